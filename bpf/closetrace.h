@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The one contract between the kernel programs and userspace: event records
+ * written to the ring buffer. Fixed-width fields only, nothing kernel-internal,
+ * so that C++ can decode them without kernel headers.
+ */
+#ifndef CLOSETRACE_H
+#define CLOSETRACE_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Bumped whenever a record layout below changes. */
+#define CT_ABI_VERSION 1
+
+/* Bytes of payload captured from a message head or a reset's trigger. */
+#define CT_PAYLOAD_MAX 128
+/* Ports the in-kernel filter can hold (local or remote port matches). */
+#define CT_MAX_PORTS 16
+#define CT_COMM_LEN 16
+
+/* Reset reason unknown: the kernel does not expose enum sk_rst_reason (< 6.10). */
+#define CT_RST_REASON_UNKNOWN (-1)
+
+enum ct_event_kind {
+	CT_EV_STATE = 1,          /* TCP state change of a tracked socket */
+	CT_EV_RESET_SENT = 2,     /* this host sent RST (tcp_send_reset) */
+	CT_EV_RESET_RECEIVED = 3, /* an RST was processed on a tracked socket */
+	CT_EV_MESSAGE = 4,        /* first payload of a new message in one direction */
+};
+
+/* Who opened the connection, from this host's point of view. */
+enum ct_role {
+	CT_ROLE_UNKNOWN = 0, /* first seen mid-life (open before recording) */
+	CT_ROLE_SERVER = 1,  /* passive open: SYN_RECV -> ESTABLISHED */
+	CT_ROLE_CLIENT = 2,  /* active open: SYN_SENT -> ESTABLISHED */
+};
+
+enum ct_direction {
+	CT_DIR_IN = 1,  /* received by this host */
+	CT_DIR_OUT = 2, /* sent by this host */
+};
+
+/* TCP flag bits as on the wire (byte 13 of the TCP header). */
+enum ct_tcp_flag {
+	CT_TCP_FIN = 0x01,
+	CT_TCP_SYN = 0x02,
+	CT_TCP_RST = 0x04,
+	CT_TCP_PSH = 0x08,
+	CT_TCP_ACK = 0x10,
+};
+
+/* Endpoints from this host's point of view. IPv4 uses the first 4 bytes. */
+struct ct_tuple {
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport; /* host byte order */
+	__u16 rport; /* host byte order */
+	__u8 family; /* AF_INET (2) or AF_INET6 (10) */
+	__u8 pad[3];
+};
+
+/* Common head of every record. */
+struct ct_event {
+	__u64 ts_ns;   /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cookie;  /* socket cookie, stable across time-wait; 0 when no socket */
+	__u32 netns;   /* network namespace inode */
+	__u16 kind;    /* enum ct_event_kind */
+	__u16 size;    /* bytes of the whole record */
+	struct ct_tuple tuple;
+};
+
+/* Counters and clocks read from the socket at the time of an event. */
+struct ct_sock_snapshot {
+	__u64 last_rx_ns;   /* last payload received, monotonic; 0 unknown */
+	__u64 last_tx_ns;   /* last payload sent, monotonic; 0 unknown */
+	__u64 bytes_in;     /* tcp_sock.bytes_received */
+	__u64 bytes_out;    /* tcp_sock.bytes_acked */
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 unacked_out;  /* snd_nxt - snd_una: sent, not yet acknowledged */
+	__u32 unread_in;    /* rcv_nxt - copied_seq: received, not yet read */
+};
+
+struct ct_state_event {
+	struct ct_event hdr;
+	struct ct_sock_snapshot snap;
+	__u64 established_ns; /* 0 when established before recording */
+	__u32 pid;            /* task running when the state changed (best effort) */
+	__u8 old_state;       /* TCP_* as in include/net/tcp_states.h */
+	__u8 new_state;
+	__u8 role;            /* enum ct_role */
+	__u8 pad;
+	char comm[CT_COMM_LEN];
+};
+
+struct ct_reset_event {
+	struct ct_event hdr;
+	struct ct_sock_snapshot snap; /* zero when the socket is not a full socket */
+	__s32 reason;          /* kernel enum sk_rst_reason value, or CT_RST_REASON_UNKNOWN */
+	__u32 payload_len;     /* trigger segment's payload length on the wire */
+	__u16 captured;        /* payload bytes captured below (<= CT_PAYLOAD_MAX) */
+	__u8 trigger_flags;    /* TCP flags of the segment that triggered it; 0 when none */
+	__u8 sk_state;         /* socket state (TCP_TIME_WAIT for a time-wait socket); 0 no socket */
+	__u8 role;
+	__u8 pad[7];
+	__u8 payload[CT_PAYLOAD_MAX];
+};
+
+struct ct_message_event {
+	struct ct_event hdr;
+	__u32 segment_len;     /* payload bytes in the segment that started the message */
+	__u16 captured;
+	__u8 direction;        /* enum ct_direction */
+	__u8 role;
+	__u8 pad[8];
+	__u8 payload[CT_PAYLOAD_MAX];
+};
+
+#endif /* CLOSETRACE_H */

@@ -1,0 +1,102 @@
+// Kernel events decoded from the ring buffer's records (bpf/closetrace.h) into plain C++.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace closetrace {
+
+enum class EventKind { State, ResetSent, ResetReceived, Message };
+enum class Role { Unknown, Server, Client };
+enum class Direction { In, Out };
+
+// TCP states as numbered in include/net/tcp_states.h.
+enum TcpState : uint8_t {
+    kTcpEstablished = 1,
+    kTcpSynSent = 2,
+    kTcpSynRecv = 3,
+    kTcpFinWait1 = 4,
+    kTcpFinWait2 = 5,
+    kTcpTimeWait = 6,
+    kTcpClose = 7,
+    kTcpCloseWait = 8,
+    kTcpLastAck = 9,
+    kTcpListen = 10,
+    kTcpClosing = 11,
+    kTcpNewSynRecv = 12,
+};
+
+// Endpoints from this host's point of view; IPv4 addresses use the first 4 bytes.
+struct Tuple {
+    int family = 0;  // AF_INET or AF_INET6
+    std::array<uint8_t, 16> laddr{};
+    std::array<uint8_t, 16> raddr{};
+    uint16_t lport = 0;
+    uint16_t rport = 0;
+    auto operator<=>(const Tuple&) const = default;
+};
+
+struct SockSnapshot {
+    uint64_t last_rx_ns = 0;  // last payload received; 0 = unknown
+    uint64_t last_tx_ns = 0;  // last payload sent; 0 = unknown
+    uint64_t bytes_in = 0;
+    uint64_t bytes_out = 0;
+    uint32_t segs_in = 0;
+    uint32_t segs_out = 0;
+    uint32_t unacked_out = 0;
+    uint32_t unread_in = 0;
+};
+
+// One kernel event. Members that do not apply to `kind` keep their defaults.
+struct Event {
+    EventKind kind = EventKind::State;
+    uint64_t ts_ns = 0;
+    uint64_t cookie = 0;  // 0 when the kernel had no socket (reset to a stray segment)
+    uint32_t netns = 0;
+    Tuple tuple;
+    Role role = Role::Unknown;
+    SockSnapshot snap;
+
+    // State
+    uint8_t old_state = 0;
+    uint8_t new_state = 0;
+    uint64_t established_ns = 0;  // 0 = established before recording
+    uint32_t pid = 0;
+    std::string comm;
+
+    // ResetSent
+    std::optional<std::string> rst_reason;  // kernel's name, e.g. "TCP_ABORT_ON_DATA"
+    uint8_t trigger_flags = 0;              // TCP flags of the triggering segment
+    uint8_t sk_state = 0;                   // 0 = no socket
+
+    // ResetSent (trigger payload) and Message
+    uint32_t payload_len = 0;  // bytes on the wire in that segment
+    std::string payload;       // first bytes captured (raw, untrusted)
+
+    // Message
+    Direction direction = Direction::In;
+};
+
+// Names of the kernel's enum sk_rst_reason, indexed by value (from the running kernel's BTF,
+// with the "SK_RST_REASON_" prefix removed). Empty when the kernel has no such enum.
+using RstReasonNames = std::vector<std::string>;
+
+// Decodes one ring buffer record. Returns nullopt and sets `error` for a record whose size or
+// kind does not match the ABI (never reads past `raw`).
+std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons,
+                                  std::string* error);
+
+const char* tcp_state_name(uint8_t state);
+const char* to_string(EventKind kind);
+const char* to_string(Role role);
+const char* to_string(Direction direction);
+// Flags as tcpdump prints them: "S", "F", "R", "P", "." for ACK; e.g. "P." for PSH|ACK.
+std::string tcp_flags_string(uint8_t flags);
+// Address text ("10.0.0.2", "fd00::2") of one side of a tuple.
+std::string format_address(int family, const std::array<uint8_t, 16>& addr);
+
+}  // namespace closetrace

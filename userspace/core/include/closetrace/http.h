@@ -1,0 +1,47 @@
+// HTTP/1.x message heads from the first bytes of a message (untrusted wire data).
+// Pure and allocation-free: results point into the caller's buffer and never past it.
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+
+namespace closetrace::http {
+
+enum class MessageKind {
+    Request,   // request line "METHOD TARGET HTTP/1.x"
+    Response,  // status line "HTTP/1.x CODE ..."
+    Opaque,    // not HTTP/1.x (TLS, binary, a request body): counted by direction only
+};
+
+struct Message {
+    MessageKind kind = MessageKind::Opaque;
+    std::string_view method;   // Request
+    std::string_view target;   // Request, as on the wire (query string included)
+    std::string_view version;  // "HTTP/1.1"; empty when the line was cut before it
+    int status = 0;            // Response; 0 when the line was cut before the code
+    bool line_complete = false;  // the whole request/status line lies within the buffer
+};
+
+// At most this many messages are reported from one buffer (pipelining in 128 bytes).
+inline constexpr std::size_t kMaxMessages = 8;
+
+struct ParseResult {
+    Message messages[kMaxMessages];
+    std::size_t count = 0;  // >= 1 for a non-empty buffer
+};
+
+// Parses every message that starts within `bytes`: the first at offset 0, then each further one
+// that begins after a complete head ("\r\n\r\n") and the body its Content-Length announces, where
+// both lie within the buffer (pipelined requests). A buffer that does not start with an HTTP/1.x
+// request or status line yields one Opaque message. Partial lines (a head cut by the capture
+// limit) still yield their method/target or status as far as they are complete.
+ParseResult parse(std::string_view bytes);
+
+// The target without its query string or fragment ("/pay?card=1" -> "/pay").
+std::string_view strip_query(std::string_view target);
+
+// True for 1xx status codes other than 101: an interim response ("100 Continue") that does not
+// answer the request by itself.
+bool is_interim_status(int status);
+
+}  // namespace closetrace::http

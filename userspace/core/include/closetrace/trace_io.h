@@ -1,0 +1,133 @@
+// Writing and reading traces (docs/trace-format.md): JSON Lines with header, conn, event and
+// summary objects.
+#pragma once
+
+#include <cstdint>
+#include <istream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "closetrace/event.h"
+#include "closetrace/model.h"
+
+namespace closetrace {
+
+inline constexpr std::string_view kTraceSchema = "closetrace/1";
+
+struct TraceFilters {
+    std::vector<uint16_t> ports;
+    std::optional<std::string> cgroup;
+    bool full_target = false;
+};
+
+struct TraceProbes {
+    std::optional<std::string> state;           // e.g. "tp_btf/inet_sock_set_state"
+    std::optional<std::string> reset_sent;      // e.g. "tp_btf/tcp_send_reset"
+    std::optional<std::string> reset_received;  // e.g. "tp_btf/tcp_receive_reset"
+    std::optional<std::string> messages;        // e.g. "cgroup_skb"
+    bool rst_reason = false;
+};
+
+struct TraceHeader {
+    std::string schema{kTraceSchema};
+    std::string tool_version;
+    std::string host;
+    std::string kernel;
+    uint64_t start_ns = 0;
+    std::string start_wall;       // ISO 8601 UTC
+    int64_t mono_to_wall_ns = 0;  // monotonic ns + this = Unix-epoch ns
+    TraceFilters filters;
+    TraceProbes probes;
+};
+
+struct TraceSummary {
+    uint64_t connections = 0;
+    uint64_t open_at_end = 0;
+    uint64_t requests = 0;
+    uint64_t lost_events = 0;
+    uint64_t events = 0;
+    double duration_s = 0;
+    uint64_t end_ns = 0;
+    std::map<std::string, uint64_t> by_initiator;
+    std::map<std::string, uint64_t> by_how;
+    std::map<std::string, uint64_t> verdicts;
+};
+
+// Serialises one trace line each (no trailing newline). Wire bytes (targets, payloads) are
+// written byte for byte as code points 0-255 with every non-ASCII or control byte escaped as
+// \u00XX, so any byte string round-trips and no output is invalid JSON or UTF-8.
+std::string header_line(const TraceHeader& header);
+std::string conn_line(const Connection& conn);
+std::string event_line(const Event& event);
+std::string summary_line(const TraceSummary& summary);
+
+// Appends whole lines to a file descriptor: a reader never sees half a line unless the process
+// dies inside write(2). Buffers up to `flush_bytes`, then writes.
+class TraceWriter {
+public:
+    explicit TraceWriter(int fd, std::size_t flush_bytes = 64 * 1024);
+    ~TraceWriter();  // flushes
+    TraceWriter(const TraceWriter&) = delete;
+    TraceWriter& operator=(const TraceWriter&) = delete;
+
+    void write_line(std::string_view line);  // adds the '\n'
+    void flush();                            // throws std::system_error on a write error
+
+private:
+    int fd_;
+    std::size_t flush_bytes_;
+    std::string buffer_;
+};
+
+// A problem with a trace file: names the file and the 1-based line.
+class TraceError : public std::runtime_error {
+public:
+    TraceError(const std::string& file, uint64_t line, const std::string& what);
+    const std::string& file() const { return file_; }
+    uint64_t line() const { return line_; }
+
+private:
+    std::string file_;
+    uint64_t line_;
+};
+
+// A trace `event` line, kept as read (its members are informational for analysis).
+struct TraceEventLine {
+    std::string kind;
+    uint64_t ts_ns = 0;
+    uint64_t cookie = 0;
+    Endpoint local;
+    Endpoint remote;
+    std::optional<std::string> rst_reason;
+    std::string payload;  // bytes
+};
+
+using TraceRecord = std::variant<Connection, TraceEventLine, TraceSummary>;
+
+// Streaming, strict reader: constant memory in the number of lines. The header is read by the
+// constructor. A malformed line throws TraceError naming the file and line; an unknown schema
+// throws; a truncated last line (no '\n', not valid JSON) is skipped with a warning.
+class TraceReader {
+public:
+    TraceReader(std::istream& in, std::string file_name);
+    ~TraceReader();
+    TraceReader(const TraceReader&) = delete;
+    TraceReader& operator=(const TraceReader&) = delete;
+
+    const TraceHeader& header() const;
+    // The next record after the header; nullopt at the end of the file.
+    std::optional<TraceRecord> next();
+    const std::vector<std::string>& warnings() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace closetrace

@@ -1,0 +1,47 @@
+// ConnTracker: kernel events in, connection records with requests and a verdict out.
+// Pure (no I/O, no clocks of its own): time is the events' and the caller's.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "closetrace/event.h"
+#include "closetrace/model.h"
+
+namespace closetrace {
+
+struct TrackerOptions {
+    // How long a connection is kept after its socket closed, so that a late request reaching its
+    // time-wait socket (answered with RST) is still attributed to it.
+    uint64_t linger_ns = 2'000'000'000;
+    // Keep request targets' query strings (record --full-target).
+    bool full_target = false;
+};
+
+class ConnTracker {
+public:
+    explicit ConnTracker(TrackerOptions options = {});
+
+    // Events may arrive out of time order by up to the linger (ring buffer order is per CPU).
+    void on_event(const Event& event);
+
+    // Connections whose socket closed before `now_ns - linger_ns`, finalised and removed.
+    std::vector<Connection> take_finished(uint64_t now_ns);
+
+    // End of recording: every connection still held, finalised (open ones get verdict Open).
+    std::vector<Connection> finish_all(uint64_t end_ns);
+
+    // Events that belong to no connection (a reset sent with no socket, or a segment for a
+    // connection already finalised), in arrival order; removed from the tracker.
+    std::vector<Event> take_unattributed();
+
+    std::size_t open_connections() const;
+
+private:
+    struct State;
+    TrackerOptions options_;
+    uint64_t next_id_ = 1;
+    // Implementation details are up to tracker.cpp; kept behind a pointer-free layout there.
+};
+
+}  // namespace closetrace
