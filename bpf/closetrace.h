@@ -20,6 +20,13 @@
 #define CT_MAX_PORTS 16
 #define CT_COMM_LEN 16
 
+/* Per-CPU counters the loader sums (index into the `counters` map). */
+enum ct_counter {
+	CT_COUNTER_EMITTED = 0, /* records handed to the ring buffer */
+	CT_COUNTER_LOST = 1,    /* records dropped: ring buffer full */
+	CT_COUNTER_MAX = 2,
+};
+
 /* Reset reason unknown: the kernel does not expose enum sk_rst_reason (< 6.10). */
 #define CT_RST_REASON_UNKNOWN (-1)
 

@@ -1,0 +1,612 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * closetrace kernel programs: the lifecycle of tracked TCP sockets (state changes, resets sent
+ * and received) and the first bytes of each new message on them. Built only on tracepoints and
+ * cgroup hooks: kprobes and fentry are not available on every host.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "closetrace.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+/* TCP states (include/net/tcp_states.h). */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
+#define TCP_TIME_WAIT 6
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
+#define TCP_CLOSING 11
+#define TCP_NEW_SYN_RECV 12
+
+/* Filters, written by userspace before the programs load. */
+const volatile __u16 filter_ports[CT_MAX_PORTS] = {};
+const volatile __u32 filter_port_count = 0;
+const volatile __u64 filter_cgroup_id = 0; /* cgroup v2 id (inode) of --cgroup, 0 = any */
+const volatile __u32 filter_cgroup_level = 0;
+
+/* Kernel layout facts the loader cannot give us any other way (x86_64 direct map). */
+extern const void vmemmap_base __ksym __weak;
+extern const void page_offset_base __ksym __weak;
+extern unsigned long CONFIG_HZ __kconfig __weak;
+
+/* Reads skb data wherever it lies (6.15+ allows it from tp_btf); weak: absent before 6.4. */
+extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags,
+			       struct bpf_dynptr *ptr__uninit) __ksym __weak;
+
+/* Local flavour of the kernel's enum (6.10+): lets CO-RE tell whether the reason exists. */
+enum sk_rst_reason___ct { SK_RST_REASON_NOT_SPECIFIED___ct = 0 };
+
+/* Per-socket state, freed by the kernel with the socket. */
+struct sock_state {
+	__u64 established_ns;
+	__u64 last_rx_ns; /* last payload received (cgroup_skb), 0 = none seen */
+	__u64 last_tx_ns;
+	__u32 netns;
+	__u32 pid;
+	char comm[CT_COMM_LEN];
+	__u8 role;
+	__u8 last_direction; /* direction of the last payload: a change starts a new message */
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sock_states SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 counter)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
+	if (value)
+		*value += 1;
+}
+
+static __always_inline void *reserve_event(__u32 size)
+{
+	void *record = bpf_ringbuf_reserve(&events, size, 0);
+	count(record ? CT_COUNTER_EMITTED : CT_COUNTER_LOST);
+	return record;
+}
+
+static __always_inline bool port_matches(__u16 lport, __u16 rport)
+{
+	if (filter_port_count == 0)
+		return true;
+	for (int i = 0; i < CT_MAX_PORTS; i++) {
+		if (i >= filter_port_count)
+			break;
+		if (filter_ports[i] == lport || filter_ports[i] == rport)
+			return true;
+	}
+	return false;
+}
+
+/* Is the socket's cgroup (v2) the filter cgroup or below it? */
+static __always_inline bool cgroup_matches(const struct sock *sk)
+{
+	if (filter_cgroup_id == 0)
+		return true;
+	struct cgroup *cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	if (!cgrp)
+		return false;
+	if (BPF_CORE_READ(cgrp, level) < (int)filter_cgroup_level)
+		return false;
+	struct cgroup *ancestor = NULL;
+	void *slot = (void *)cgrp + bpf_core_field_offset(struct cgroup, ancestors) +
+		     filter_cgroup_level * sizeof(void *);
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor), slot);
+	return ancestor && BPF_CORE_READ(ancestor, kn, id) == filter_cgroup_id;
+}
+
+static __always_inline bool is_full_socket_state(int state)
+{
+	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+}
+
+static __always_inline void tuple_from_sock(const struct sock *sk, struct ct_tuple *tuple)
+{
+	tuple->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	tuple->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* The port is unbound (skc_num 0) by the time a closing socket reaches CLOSE. */
+	if (tuple->lport == 0 && is_full_socket_state(BPF_CORE_READ(sk, __sk_common.skc_state)))
+		tuple->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	tuple->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (tuple->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&tuple->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&tuple->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)tuple->laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)tuple->raddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+static __always_inline __u32 sock_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* A jiffies stamp of the socket converted to monotonic ns (HZ resolution). */
+static __always_inline __u64 jiffies_to_mono(__u32 stamp, __u64 now)
+{
+	if (CONFIG_HZ == 0)
+		return 0;
+	__u32 elapsed = (__u32)bpf_jiffies64() - stamp;
+	__u64 elapsed_ns = (__u64)elapsed * (1000000000ULL / CONFIG_HZ);
+	return elapsed_ns < now ? now - elapsed_ns : 0;
+}
+
+static __always_inline void snapshot_sock(const struct sock *sk, const struct sock_state *state,
+					  struct ct_sock_snapshot *snap, __u64 now)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	snap->bytes_in = BPF_CORE_READ(tp, bytes_received);
+	snap->bytes_out = BPF_CORE_READ(tp, bytes_acked);
+	snap->segs_in = BPF_CORE_READ(tp, segs_in);
+	snap->segs_out = BPF_CORE_READ(tp, segs_out);
+	snap->unacked_out = BPF_CORE_READ(tp, snd_nxt) - BPF_CORE_READ(tp, snd_una);
+	snap->unread_in = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+	/* Exact times when the cgroup hooks saw the payload; the kernel's jiffies otherwise. */
+	if (state && state->last_rx_ns)
+		snap->last_rx_ns = state->last_rx_ns;
+	else
+		snap->last_rx_ns =
+			jiffies_to_mono(BPF_CORE_READ(&tp->inet_conn, icsk_ack.lrcvtime), now);
+	if (state && state->last_tx_ns)
+		snap->last_tx_ns = state->last_tx_ns;
+	else
+		snap->last_tx_ns = jiffies_to_mono(BPF_CORE_READ(tp, lsndtime), now);
+	/* Stamps from before the connection existed mean "no payload yet". */
+	if (state && snap->last_rx_ns < state->established_ns)
+		snap->last_rx_ns = state->established_ns;
+	if (state && snap->last_tx_ns < state->established_ns)
+		snap->last_tx_ns = state->established_ns;
+}
+
+
+/* States in which a socket we have not seen before is a connection open before recording. */
+static __always_inline bool is_midlife_state(int state)
+{
+	return state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT || state == TCP_FIN_WAIT1 ||
+	       state == TCP_FIN_WAIT2 || state == TCP_LAST_ACK || state == TCP_CLOSING;
+}
+
+/* Transitions made by a system call of the owning process, so `current` is that process. */
+static __always_inline bool by_owner_syscall(int oldstate, int newstate)
+{
+	return newstate == TCP_SYN_SENT ||
+	       (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+	       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
+}
+
+static __always_inline void remember_owner(struct sock_state *state)
+{
+	state->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(&state->comm, sizeof(state->comm));
+}
+
+static __always_inline struct sock_state *new_state(struct sock *sk, __u8 role, __u64 now)
+{
+	struct sock_state *state =
+		bpf_sk_storage_get(&sock_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state)
+		return NULL;
+	state->role = role;
+	state->netns = sock_netns(sk);
+	if (role != CT_ROLE_UNKNOWN)
+		state->established_ns = now;
+	return state;
+}
+
+static __always_inline bool sock_selected(const struct sock *sk)
+{
+	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u16 rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return port_matches(lport, rport) && cgroup_matches(sk);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(): the only moment the connecting process is `current`. */
+		if (!sock_selected(sk))
+			return 0;
+		state = new_state(sk, CT_ROLE_CLIENT, now);
+		if (state)
+			remember_owner(state);
+		return 0;
+	}
+	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+		__u8 role = oldstate == TCP_SYN_SENT ? CT_ROLE_CLIENT : CT_ROLE_SERVER;
+		if (!state) {
+			if (!sock_selected(sk))
+				return 0;
+			state = new_state(sk, role, now);
+			if (!state)
+				return 0;
+		}
+		state->role = role;
+		state->established_ns = now;
+	} else if (!state) {
+		if (!is_midlife_state(oldstate) || !sock_selected(sk))
+			return 0;
+		state = new_state(sk, CT_ROLE_UNKNOWN, now);
+		if (!state)
+			return 0;
+	}
+
+	if (by_owner_syscall(oldstate, newstate))
+		remember_owner(state);
+
+	struct ct_state_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return 0;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->hdr.ts_ns = now;
+	event->hdr.cookie = bpf_get_socket_cookie(sk);
+	event->hdr.netns = state->netns;
+	event->hdr.kind = CT_EV_STATE;
+	event->hdr.size = sizeof(*event);
+	tuple_from_sock(sk, &event->hdr.tuple);
+	snapshot_sock(sk, state, &event->snap, now);
+	event->established_ns = state->established_ns;
+	event->pid = state->pid;
+	__builtin_memcpy(event->comm, state->comm, sizeof(event->comm));
+	event->old_state = oldstate;
+	event->new_state = newstate;
+	event->role = state->role;
+	bpf_ringbuf_submit(event, 0);
+	return 0;
+}
+
+/* Maps a page to its address in the kernel's direct map (x86_64 with SPARSEMEM_VMEMMAP). */
+static __always_inline const void *page_address_of(__u64 page)
+{
+	__u64 vmemmap = 0, direct_map = 0;
+	if (!&vmemmap_base || !&page_offset_base) /* weak: unresolved on other arches */
+		return NULL;
+	bpf_probe_read_kernel(&vmemmap, sizeof(vmemmap), &vmemmap_base);
+	bpf_probe_read_kernel(&direct_map, sizeof(direct_map), &page_offset_base);
+	__u64 page_size = bpf_core_type_size(struct page);
+	if (!vmemmap || !direct_map || page < vmemmap || page_size == 0)
+		return NULL;
+	return (const void *)(direct_map + ((page - vmemmap) / page_size) * 4096);
+}
+
+/* Layout of skb_frag_t on every kernel since 5.x: page (or netmem) pointer, length, offset. */
+struct frag_layout {
+	__u64 page;
+	__u32 len;
+	__u32 offset;
+};
+
+/*
+ * Reads the segment that triggered a reset: its endpoints (it was received, so its source is
+ * the peer), TCP flags and first payload bytes. The payload is in the linear area or, on
+ * loopback, veth and most NICs, in page fragments: read through an skb dynptr where the kernel
+ * allows it, else through the direct map (x86_64 kernels that export its base).
+ */
+static __always_inline void read_trigger(const struct sk_buff *skb, struct ct_reset_event *event,
+					 bool use_dynptr)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 network = BPF_CORE_READ(skb, network_header);
+	__u16 transport = BPF_CORE_READ(skb, transport_header);
+	__u8 version = 0;
+	__u32 ip_total = 0;
+
+	bpf_probe_read_kernel(&version, 1, head + network);
+	version >>= 4;
+	if (version == 4) {
+		struct iphdr ip;
+		bpf_probe_read_kernel(&ip, sizeof(ip), head + network);
+		event->hdr.tuple.family = AF_INET;
+		__builtin_memcpy(event->hdr.tuple.raddr, &ip.saddr, 4);
+		__builtin_memcpy(event->hdr.tuple.laddr, &ip.daddr, 4);
+		ip_total = bpf_ntohs(ip.tot_len);
+	} else if (version == 6) {
+		struct ipv6hdr ip6;
+		bpf_probe_read_kernel(&ip6, sizeof(ip6), head + network);
+		event->hdr.tuple.family = AF_INET6;
+		__builtin_memcpy(event->hdr.tuple.raddr, &ip6.saddr, 16);
+		__builtin_memcpy(event->hdr.tuple.laddr, &ip6.daddr, 16);
+		ip_total = bpf_ntohs(ip6.payload_len) + sizeof(struct ipv6hdr);
+	} else {
+		return;
+	}
+
+	__u8 tcp[20];
+	if (bpf_probe_read_kernel(tcp, sizeof(tcp), head + transport))
+		return;
+	event->hdr.tuple.rport = (tcp[0] << 8) | tcp[1];
+	event->hdr.tuple.lport = (tcp[2] << 8) | tcp[3];
+	event->trigger_flags = tcp[13];
+	__u32 headers = (__u32)(transport - network) + (tcp[12] >> 4) * 4;
+	if (ip_total <= headers)
+		return;
+	event->payload_len = ip_total - headers;
+
+	/* 64-bit arithmetic throughout: the verifier must see the copy length's bounds. */
+	__u64 start = (__u64)transport + (tcp[12] >> 4) * 4; /* payload offset from head */
+	__u64 linear_end = BPF_CORE_READ(skb, tail);
+	__u64 want = event->payload_len < CT_PAYLOAD_MAX ? event->payload_len : CT_PAYLOAD_MAX;
+	const void *source;
+	__u64 available;
+
+	if (start < linear_end) {
+		source = head + start;
+		available = linear_end - start;
+	} else if (use_dynptr) {
+		struct bpf_dynptr data;
+		__u64 data_offset = (__u64)BPF_CORE_READ(skb, data) - (__u64)head;
+		if (bpf_dynptr_from_skb((struct __sk_buff *)skb, 0, &data))
+			return;
+		if (want == 0 || want > CT_PAYLOAD_MAX)
+			return;
+		if (!bpf_dynptr_read(event->payload, want, &data, start - data_offset, 0))
+			event->captured = want;
+		return;
+	} else {
+		struct skb_shared_info *shinfo = (void *)(head + BPF_CORE_READ(skb, end));
+		if (BPF_CORE_READ(shinfo, nr_frags) == 0)
+			return;
+		struct frag_layout frag;
+		if (bpf_probe_read_kernel(&frag, sizeof(frag), &shinfo->frags[0]))
+			return;
+		if (frag.page & 1) /* net_iov (device memory), not a page */
+			return;
+		__u64 skip = start - linear_end;
+		if (skip >= frag.len)
+			return;
+		const void *base = page_address_of(frag.page);
+		if (!base)
+			return;
+		source = base + frag.offset + skip;
+		available = frag.len - skip;
+	}
+	__u64 n = available < want ? available : want;
+	if (n == 0 || n > CT_PAYLOAD_MAX)
+		return;
+	if (!bpf_probe_read_kernel(event->payload, n, source))
+		event->captured = n;
+}
+
+static __always_inline int handle_reset_sent(unsigned long long *ctx, const struct sock *sk,
+					     const struct sk_buff *skb, bool use_dynptr)
+{
+	__u64 now = bpf_ktime_get_ns();
+	int reason = CT_RST_REASON_UNKNOWN;
+	/* The reason argument exists since 6.10; reading it elsewhere would not verify. */
+	if (bpf_core_enum_value_exists(enum sk_rst_reason___ct, SK_RST_REASON_NOT_SPECIFIED___ct))
+		reason = (int)ctx[2];
+
+	struct sock_state *state = NULL;
+	int sk_state = 0;
+	if (sk) {
+		sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		if (is_full_socket_state(sk_state))
+			state = bpf_sk_storage_get(&sock_states, (struct sock *)sk, NULL, 0);
+	}
+
+	struct ct_reset_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return 0;
+	__builtin_memset(event, 0, sizeof(*event));
+	if (skb) {
+		read_trigger(skb, event, use_dynptr);
+	} else if (sk) {
+		tuple_from_sock(sk, &event->hdr.tuple);
+	}
+
+	/* A full socket we do not track, or a segment for none of the filtered ports: not ours. */
+	bool selected = state != NULL;
+	if (!selected && (!sk || !is_full_socket_state(sk_state)))
+		selected = port_matches(event->hdr.tuple.lport, event->hdr.tuple.rport);
+	if (!selected) {
+		bpf_ringbuf_discard(event, 0);
+		return 0;
+	}
+
+	event->hdr.ts_ns = now;
+	event->hdr.kind = CT_EV_RESET_SENT;
+	event->hdr.size = sizeof(*event);
+	event->reason = reason;
+	event->sk_state = sk_state;
+	if (sk) {
+		event->hdr.cookie = bpf_get_socket_cookie((void *)sk);
+		event->hdr.netns = sock_netns(sk);
+	} else if (skb) {
+		event->hdr.netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	}
+	if (state) {
+		snapshot_sock(sk, state, &event->snap, now);
+		event->role = state->role;
+	}
+	bpf_ringbuf_submit(event, 0);
+	return 0;
+}
+
+/* Two variants of one program: the loader keeps the first that this kernel accepts. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(on_reset_sent_dynptr, const struct sock *sk, const struct sk_buff *skb)
+{
+	return handle_reset_sent(ctx, sk, skb, true);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(on_reset_sent, const struct sock *sk, const struct sk_buff *skb)
+{
+	return handle_reset_sent(ctx, sk, skb, false);
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(on_reset_received, struct sock *sk)
+{
+	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+	if (!state)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_reset_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return 0;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->hdr.ts_ns = now;
+	event->hdr.cookie = bpf_get_socket_cookie(sk);
+	event->hdr.netns = state->netns;
+	event->hdr.kind = CT_EV_RESET_RECEIVED;
+	event->hdr.size = sizeof(*event);
+	tuple_from_sock(sk, &event->hdr.tuple);
+	snapshot_sock(sk, state, &event->snap, now);
+	event->reason = CT_RST_REASON_UNKNOWN;
+	event->sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	event->role = state->role;
+	bpf_ringbuf_submit(event, 0);
+	return 0;
+}
+
+/*
+ * Every packet of a tracked socket passes here: update the last-payload clocks, and emit the
+ * first bytes only when the payload direction changes (a new request or a new response).
+ */
+static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return;
+
+	__u32 ip_header_len;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 version_ihl;
+		if (bpf_skb_load_bytes(skb, 0, &version_ihl, 1))
+			return;
+		ip_header_len = (version_ihl & 0x0f) * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 next_header;
+		if (bpf_skb_load_bytes(skb, 6, &next_header, 1) || next_header != IPPROTO_TCP)
+			return;
+		ip_header_len = 40;
+	} else {
+		return;
+	}
+	__u8 data_offset;
+	if (bpf_skb_load_bytes(skb, ip_header_len + 12, &data_offset, 1))
+		return;
+	__u32 payload_offset = ip_header_len + (data_offset >> 4) * 4;
+	if (skb->len <= payload_offset)
+		return; /* no payload: ACK, FIN, RST */
+
+	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+	if (!state) {
+		/* Open before recording: start tracking it now if the filters select it. */
+		if (!is_midlife_state(sk->state) ||
+		    !port_matches(sk->src_port, bpf_ntohs(sk->dst_port)))
+			return;
+		state = bpf_sk_storage_get(&sock_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!state)
+			return;
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	if (direction == CT_DIR_IN)
+		state->last_rx_ns = now;
+	else
+		state->last_tx_ns = now;
+	if (state->last_direction == direction)
+		return;
+	state->last_direction = direction;
+
+	struct ct_message_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->hdr.ts_ns = now;
+	event->hdr.cookie = bpf_get_socket_cookie(skb);
+	event->hdr.netns = state->netns;
+	event->hdr.kind = CT_EV_MESSAGE;
+	event->hdr.size = sizeof(*event);
+	struct ct_tuple *tuple = &event->hdr.tuple;
+	tuple->lport = sk->src_port;
+	tuple->rport = bpf_ntohs(sk->dst_port);
+	if (sk->family == AF_INET6) {
+		tuple->family = AF_INET6;
+		/* Context fields are read one word at a time: no pointer arithmetic on sock. */
+		__u32 *local = (__u32 *)tuple->laddr, *remote = (__u32 *)tuple->raddr;
+		local[0] = sk->src_ip6[0];
+		local[1] = sk->src_ip6[1];
+		local[2] = sk->src_ip6[2];
+		local[3] = sk->src_ip6[3];
+		remote[0] = sk->dst_ip6[0];
+		remote[1] = sk->dst_ip6[1];
+		remote[2] = sk->dst_ip6[2];
+		remote[3] = sk->dst_ip6[3];
+	} else {
+		tuple->family = AF_INET;
+		__u32 src = sk->src_ip4, dst = sk->dst_ip4;
+		__builtin_memcpy(tuple->laddr, &src, 4);
+		__builtin_memcpy(tuple->raddr, &dst, 4);
+	}
+	event->direction = direction;
+	event->role = state->role;
+	__u64 payload_len = skb->len - payload_offset;
+	event->segment_len = payload_len;
+	__u64 n = payload_len < CT_PAYLOAD_MAX ? payload_len : CT_PAYLOAD_MAX;
+	if (n > 0 && n <= CT_PAYLOAD_MAX && !bpf_skb_load_bytes(skb, payload_offset, event->payload, n))
+		event->captured = n;
+	bpf_ringbuf_submit(event, 0);
+}
+
+SEC("cgroup_skb/ingress")
+int on_ingress(struct __sk_buff *skb)
+{
+	on_packet(skb, CT_DIR_IN);
+	return 1; /* observe only: always let the packet through */
+}
+
+SEC("cgroup_skb/egress")
+int on_egress(struct __sk_buff *skb)
+{
+	on_packet(skb, CT_DIR_OUT);
+	return 1;
+}

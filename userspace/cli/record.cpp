@@ -1,0 +1,406 @@
+#include "record.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "closetrace/event.h"
+#include "closetrace/tracker.h"
+#include "closetrace/trace_io.h"
+#include "closetrace/wallclock.h"
+#include "host.h"
+#include "tracer.h"
+
+namespace closetrace {
+namespace {
+
+volatile sig_atomic_t stop_requested = 0;
+
+void request_stop(int) { stop_requested = 1; }
+
+// SIGINT and SIGTERM end the recording cleanly; no SA_RESTART so that polling wakes up.
+void install_stop_handlers() {
+    struct sigaction action{};
+    action.sa_handler = request_stop;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+}
+
+struct RecordOptions {
+    std::vector<uint16_t> ports;
+    std::string cgroup;
+    double duration_s = 0;
+    std::string output;
+    bool quiet = false;
+    bool full_target = false;
+    bool raw_events = false;
+    bool no_messages = false;
+    std::string btf;
+    double linger_ms = 2000;
+    uint32_t ring_mb = 8;
+};
+
+[[noreturn]] void fail(const std::string& message, int exit_code = 1) {
+    throw CLI::RuntimeError("closetrace record: " + message, exit_code);
+}
+
+std::string default_output_name() {
+    const int64_t now = static_cast<int64_t>(monotonic_now_ns()) + mono_to_wall_offset_ns();
+    std::string stamp = iso8601_utc(now).substr(0, 19);  // 2026-11-25T01:02:03
+    std::erase(stamp, '-');
+    std::erase(stamp, ':');
+    return fmt::format("closetrace-{}.jsonl", stamp);
+}
+
+// Resolves --cgroup (a path in the cgroup v2 hierarchy, absolute or relative to its mount)
+// to a directory and its depth below the hierarchy's root.
+std::pair<std::string, uint32_t> resolve_cgroup(const std::string& requested,
+                                                const std::string& mount) {
+    namespace fs = std::filesystem;
+    fs::path path(requested);
+    const fs::path root = fs::weakly_canonical(mount);
+    if (!requested.starts_with(mount)) path = root / path.relative_path();
+    std::error_code error;
+    path = fs::canonical(path, error);
+    if (error || !fs::is_directory(path)) {
+        fail(fmt::format("--cgroup {}: no such cgroup under the cgroup v2 mount {}", requested,
+                         mount),
+             2);
+    }
+    const fs::path relative = path.lexically_relative(root);
+    if (relative.empty() || *relative.begin() == "..") {
+        fail(fmt::format("--cgroup {}: not inside the cgroup v2 mount {}", requested, mount), 2);
+    }
+    uint32_t depth = 0;
+    for (const auto& part : relative) {
+        if (part != ".") ++depth;
+    }
+    return {path.string(), depth};
+}
+
+class SummaryCounter {
+public:
+    void add(const Connection& conn) {
+        ++summary_.connections;
+        if (conn.verdict == Verdict::Open) ++summary_.open_at_end;
+        summary_.requests += conn.requests.size();
+        ++summary_.by_initiator[to_string(conn.close.initiator)];
+        ++summary_.by_how[conn.close.how ? to_string(*conn.close.how) : "none"];
+        ++summary_.verdicts[to_string(conn.verdict)];
+    }
+    TraceSummary& summary() { return summary_; }
+
+private:
+    TraceSummary summary_;
+};
+
+bool is_notable(Verdict verdict) {
+    return verdict == Verdict::LocalCloseRace || verdict == Verdict::PeerCloseRace ||
+           verdict == Verdict::LocalResetInflight || verdict == Verdict::PeerCloseInflight;
+}
+
+std::string request_line(const Request& request) {
+    if (request.opaque) return "(non-HTTP)";
+    return fmt::format("{} {}", request.method.value_or("?"), request.target.value_or("?"));
+}
+
+// The request a notable close is about: the late one, or the one left unanswered.
+const Request* request_of_interest(const Connection& conn) {
+    for (const auto& request : conn.requests) {
+        if (request.outcome == Outcome::AfterLocalClose ||
+            request.outcome == Outcome::AfterPeerClose ||
+            request.outcome == Outcome::UnansweredAtClose) {
+            return &request;
+        }
+    }
+    return nullptr;
+}
+
+// One short line per closed connection on the terminal; notable closes always, the rest at
+// most `kRoutinePerSecond` a second, then a count, so churn cannot flood the terminal.
+class LiveView {
+public:
+    LiveView(bool quiet, int64_t mono_to_wall) : quiet_(quiet), mono_to_wall_(mono_to_wall) {}
+
+    void show(const Connection& conn) {
+        if (quiet_) return;
+        const uint64_t at = conn.close.local_fin_ns.value_or(
+            conn.close.peer_fin_ns.value_or(conn.closed_ns.value_or(monotonic_now_ns())));
+        const uint64_t second = at / 1'000'000'000;
+        if (second != current_second_) {
+            flush_suppressed();
+            current_second_ = second;
+            shown_this_second_ = 0;
+        }
+        const bool notable = is_notable(conn.verdict);
+        if (!notable && shown_this_second_ >= kRoutinePerSecond) {
+            ++suppressed_;
+            return;
+        }
+        if (!notable) ++shown_this_second_;
+
+        std::string line = fmt::format(
+            "{} {}{:<21} {}:{} -> {}:{}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
+            notable ? "!! " : "   ", to_string(conn.verdict), conn.remote.addr, conn.remote.port,
+            conn.local.addr, conn.local.port);
+        if (conn.comm) line += fmt::format(" [{}]", *conn.comm);
+        if (conn.close.idle_ms) line += fmt::format(" idle {:.1f} ms", *conn.close.idle_ms);
+        if (const Request* request = request_of_interest(conn)) {
+            line += "  " + printable(request_line(*request));
+            if (request->outcome == Outcome::AfterLocalClose && conn.close.local_fin_ns) {
+                const double gap_ms =
+                    (static_cast<double>(request->request_ns) -
+                     static_cast<double>(*conn.close.local_fin_ns)) / 1e6;
+                line += fmt::format(" ({:.3f} ms after this host's FIN)", gap_ms);
+            }
+        }
+        std::fprintf(stderr, "%s\n", line.c_str());
+    }
+
+    void flush_suppressed() {
+        if (suppressed_ > 0 && !quiet_) {
+            std::fprintf(stderr, "   ... and %llu more routine closes\n",
+                         static_cast<unsigned long long>(suppressed_));
+        }
+        suppressed_ = 0;
+    }
+
+private:
+    static constexpr int kRoutinePerSecond = 20;
+
+    // Wire bytes on a terminal: control characters could rewrite the screen.
+    static std::string printable(const std::string& text) {
+        std::string safe;
+        for (unsigned char c : text) safe += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+        return safe;
+    }
+
+    bool quiet_;
+    int64_t mono_to_wall_;
+    uint64_t current_second_ = 0;
+    int shown_this_second_ = 0;
+    uint64_t suppressed_ = 0;
+};
+
+int open_output(const std::string& output) {
+    if (output == "-") return STDOUT_FILENO;
+    const int fd = open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail(fmt::format("cannot write {}: {}", output, std::strerror(errno)));
+    return fd;
+}
+
+void record(const RecordOptions& options) {
+    install_stop_handlers();
+    const HostFacts host = inspect_host();
+    if (const std::string missing = missing_privileges(host); !missing.empty()) {
+        fail(fmt::format("missing privilege {}: run it as root (sudo closetrace record ...)",
+                         missing));
+    }
+    if (!host.kernel_btf && options.btf.empty()) {
+        fail("this kernel has no BTF (/sys/kernel/btf/vmlinux); pass --btf FILE with the "
+             "kernel's BTF (from BTFHub, or `bpftool gen min_core_btf`)");
+    }
+
+    TracerConfig config;
+    config.ports = options.ports;
+    config.ring_buffer_bytes = options.ring_mb << 20;
+    if (!options.btf.empty()) config.btf_path = options.btf;
+    config.messages = !options.no_messages;
+    if (!host.cgroup2_mount && (config.messages || !options.cgroup.empty())) {
+        if (!options.cgroup.empty()) fail("--cgroup needs a cgroup v2 mount; none is mounted");
+        std::fprintf(stderr,
+                     "closetrace record: warning: no cgroup v2 mount, so HTTP requests are not "
+                     "seen; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) for "
+                     "verdicts on requests\n");
+        config.messages = false;
+    }
+    if (!options.cgroup.empty()) {
+        auto [dir, level] = resolve_cgroup(options.cgroup, *host.cgroup2_mount);
+        config.cgroup_filter_dir = dir;
+        config.cgroup_filter_level = level;
+        config.attach_cgroup_dir = dir;
+    } else if (host.cgroup2_mount) {
+        config.attach_cgroup_dir = *host.cgroup2_mount;
+    }
+
+    const std::string output = options.output.empty() ? default_output_name() : options.output;
+    TrackerOptions tracker_options;
+    tracker_options.linger_ns = static_cast<uint64_t>(options.linger_ms * 1e6);
+    tracker_options.full_target = options.full_target;
+    ConnTracker tracker(tracker_options);
+
+    std::vector<Event> decoded;
+    uint64_t undecodable = 0;
+    RstReasonNames reasons;
+    std::optional<Tracer> tracer;
+    try {
+        tracer.emplace(config, [&](std::span<const uint8_t> record) {
+            std::string error;
+            if (auto event = decode_event(record, reasons, &error)) {
+                decoded.push_back(std::move(*event));
+            } else {
+                ++undecodable;
+            }
+        });
+    } catch (const LoaderError& error) {
+        fail(error.what());
+    }
+    reasons = tracer->rst_reasons();
+
+    const int fd = open_output(output);
+    TraceWriter writer(fd);
+    const int64_t mono_to_wall = mono_to_wall_offset_ns();
+    const uint64_t start_ns = monotonic_now_ns();
+
+    TraceHeader header;
+    header.tool_version = CLOSETRACE_VERSION;
+    char host_name[256] = {};
+    gethostname(host_name, sizeof(host_name) - 1);
+    header.host = host_name;
+    header.kernel = host.kernel_release;
+    header.start_ns = start_ns;
+    header.start_wall = iso8601_utc(static_cast<int64_t>(start_ns) + mono_to_wall);
+    header.mono_to_wall_ns = mono_to_wall;
+    header.filters.ports = options.ports;
+    if (!options.cgroup.empty()) header.filters.cgroup = config.cgroup_filter_dir;
+    header.filters.full_target = options.full_target;
+    const ProbeSet& probes = tracer->probes();
+    header.probes.state = probes.state;
+    header.probes.reset_sent = probes.reset_sent;
+    header.probes.reset_received = probes.reset_received;
+    if (!probes.messages.empty()) header.probes.messages = probes.messages;
+    header.probes.rst_reason = probes.rst_reason;
+    writer.write_line(header_line(header));
+    writer.flush();
+
+    if (!options.quiet) {
+        std::string filters = options.ports.empty() ? "all TCP ports" : "port";
+        for (uint16_t port : options.ports) filters += fmt::format(" {}", port);
+        std::fprintf(stderr, "closetrace: recording %s to %s%s; Ctrl-C to stop\n",
+                     filters.c_str(), output == "-" ? "standard output" : output.c_str(),
+                     options.duration_s > 0
+                         ? fmt::format(" for {:g} s", options.duration_s).c_str()
+                         : "");
+        for (const auto& note : probes.notes) std::fprintf(stderr, "closetrace: note: %s\n", note.c_str());
+    }
+
+    SummaryCounter counter;
+    LiveView live(options.quiet, mono_to_wall);
+    uint64_t events = 0;
+    // A cgroup filter cannot be checked for a reset with no full socket: leave those out.
+    const bool keep_unattributed = options.cgroup.empty();
+
+    auto feed_tracker = [&] {
+        for (const auto& event : decoded) {
+            ++events;
+            if (options.raw_events) writer.write_line(event_line(event));
+            tracker.on_event(event);
+        }
+        decoded.clear();
+    };
+    auto write_connections = [&](std::vector<Connection> finished) {
+        for (auto& conn : finished) {
+            counter.add(conn);
+            writer.write_line(conn_line(conn));
+            live.show(conn);
+        }
+    };
+    auto write_unattributed = [&] {
+        for (const auto& event : tracker.take_unattributed()) {
+            if (keep_unattributed && !options.raw_events) writer.write_line(event_line(event));
+        }
+    };
+
+    const uint64_t deadline =
+        options.duration_s > 0 ? start_ns + static_cast<uint64_t>(options.duration_s * 1e9) : 0;
+    try {
+        while (!stop_requested) {
+            const uint64_t now = monotonic_now_ns();
+            if (deadline && now >= deadline) break;
+            int timeout_ms = 100;
+            if (deadline) timeout_ms = static_cast<int>(std::min<uint64_t>(100, (deadline - now) / 1'000'000 + 1));
+            tracer->poll(timeout_ms);
+            feed_tracker();
+            write_connections(tracker.take_finished(monotonic_now_ns()));
+            write_unattributed();
+            writer.flush();
+        }
+        tracer->drain();
+        feed_tracker();
+        const uint64_t end_ns = monotonic_now_ns();
+        write_connections(tracker.finish_all(end_ns));
+        write_unattributed();
+        live.flush_suppressed();
+
+        const TracerCounters kernel_counters = tracer->counters();
+        TraceSummary& summary = counter.summary();
+        summary.lost_events = kernel_counters.lost + undecodable;
+        summary.events = events;
+        summary.duration_s = static_cast<double>(end_ns - start_ns) / 1e9;
+        summary.end_ns = end_ns;
+        writer.write_line(summary_line(summary));
+        writer.flush();
+        if (!options.quiet) {
+            std::fprintf(stderr, "closetrace: %llu connections, %llu events, %llu lost; trace in %s\n",
+                         static_cast<unsigned long long>(summary.connections),
+                         static_cast<unsigned long long>(events),
+                         static_cast<unsigned long long>(summary.lost_events),
+                         output == "-" ? "standard output" : output.c_str());
+        }
+        if (summary.lost_events > 0) {
+            std::fprintf(stderr,
+                         "closetrace record: warning: %llu events were lost (ring buffer full); "
+                         "some connections may be incomplete: raise --ring-mb or narrow --port\n",
+                         static_cast<unsigned long long>(summary.lost_events));
+        }
+    } catch (const std::system_error& error) {
+        fail(fmt::format("writing {} failed: {}", output, error.what()));
+    } catch (const LoaderError& error) {
+        fail(error.what());
+    }
+    if (fd != STDOUT_FILENO) close(fd);
+}
+
+}  // namespace
+
+void add_record_command(CLI::App& app) {
+    auto options = std::make_shared<RecordOptions>();
+    CLI::App* command = app.add_subcommand(
+        "record", "Record TCP connection lifecycles and HTTP requests to a JSON Lines trace");
+    command->add_option("--port,-p", options->ports,
+                        "Only connections with this local or remote port (repeatable)")
+        ->check(CLI::Range(1, 65535));
+    command->add_option("--cgroup", options->cgroup,
+                        "Only sockets of this cgroup v2 subtree (path, absolute or below the mount)");
+    command->add_option("--duration,-d", options->duration_s, "Stop after this many seconds")
+        ->check(CLI::PositiveNumber);
+    command->add_option("--output,-o", options->output,
+                        "Trace file, or - for standard output (default: closetrace-DATE.jsonl)");
+    command->add_flag("--quiet,-q", options->quiet, "No live lines on the terminal");
+    command->add_flag("--full-target", options->full_target,
+                      "Keep request targets' query strings (they may hold secrets)");
+    command->add_flag("--events", options->raw_events, "Also write every raw kernel event");
+    command->add_flag("--no-messages", options->no_messages,
+                      "Do not attach the cgroup_skb programs (no HTTP requests)");
+    command->add_option("--btf", options->btf,
+                        "BTF file for a kernel without /sys/kernel/btf/vmlinux")
+        ->check(CLI::ExistingFile);
+    command->add_option("--linger-ms", options->linger_ms,
+                        "How long a closed connection waits for a late request before it is written")
+        ->check(CLI::Range(0.0, 120000.0));
+    command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
+        ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));
+    command->callback([options] { record(*options); });
+}
+
+}  // namespace closetrace

@@ -1,0 +1,172 @@
+#include "closetrace/event.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+extern "C" {
+#include "closetrace.h"
+}
+
+namespace closetrace {
+namespace {
+
+// Copies a fixed-size record out of the ring buffer; the caller checked the size.
+template <typename Record>
+Record copy_record(std::span<const uint8_t> raw) {
+    Record record;
+    std::memcpy(&record, raw.data(), sizeof(record));
+    return record;
+}
+
+Tuple decode_tuple(const ct_tuple& raw) {
+    Tuple tuple;
+    tuple.family = raw.family;
+    std::memcpy(tuple.laddr.data(), raw.laddr, sizeof(raw.laddr));
+    std::memcpy(tuple.raddr.data(), raw.raddr, sizeof(raw.raddr));
+    tuple.lport = raw.lport;
+    tuple.rport = raw.rport;
+    return tuple;
+}
+
+SockSnapshot decode_snapshot(const ct_sock_snapshot& raw) {
+    return SockSnapshot{
+        .last_rx_ns = raw.last_rx_ns,
+        .last_tx_ns = raw.last_tx_ns,
+        .bytes_in = raw.bytes_in,
+        .bytes_out = raw.bytes_out,
+        .segs_in = raw.segs_in,
+        .segs_out = raw.segs_out,
+        .unacked_out = raw.unacked_out,
+        .unread_in = raw.unread_in,
+    };
+}
+
+Role decode_role(uint8_t role) {
+    switch (role) {
+        case CT_ROLE_SERVER: return Role::Server;
+        case CT_ROLE_CLIENT: return Role::Client;
+        default: return Role::Unknown;
+    }
+}
+
+std::string bounded_string(const char* chars, std::size_t capacity) {
+    return std::string(chars, strnlen(chars, capacity));
+}
+
+std::string captured_payload(const uint8_t* payload, uint16_t captured) {
+    std::size_t length = captured < CT_PAYLOAD_MAX ? captured : CT_PAYLOAD_MAX;
+    return std::string(reinterpret_cast<const char*>(payload), length);
+}
+
+void decode_common(const ct_event& raw, Event& event) {
+    event.ts_ns = raw.ts_ns;
+    event.cookie = raw.cookie;
+    event.netns = raw.netns;
+    event.tuple = decode_tuple(raw.tuple);
+}
+
+}  // namespace
+
+std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons,
+                                  std::string* error) {
+    auto fail = [&](const char* why) -> std::optional<Event> {
+        if (error) *error = why;
+        return std::nullopt;
+    };
+    if (raw.size() < sizeof(ct_event)) return fail("record shorter than the event header");
+    const auto head = copy_record<ct_event>(raw);
+    if (head.size != raw.size()) return fail("record size does not match its header");
+
+    Event event;
+    switch (head.kind) {
+        case CT_EV_STATE: {
+            if (raw.size() != sizeof(ct_state_event)) return fail("state record has the wrong size");
+            const auto record = copy_record<ct_state_event>(raw);
+            event.kind = EventKind::State;
+            decode_common(record.hdr, event);
+            event.snap = decode_snapshot(record.snap);
+            event.established_ns = record.established_ns;
+            event.pid = record.pid;
+            event.old_state = record.old_state;
+            event.new_state = record.new_state;
+            event.role = decode_role(record.role);
+            event.comm = bounded_string(record.comm, sizeof(record.comm));
+            return event;
+        }
+        case CT_EV_RESET_SENT:
+        case CT_EV_RESET_RECEIVED: {
+            if (raw.size() != sizeof(ct_reset_event)) return fail("reset record has the wrong size");
+            const auto record = copy_record<ct_reset_event>(raw);
+            event.kind = head.kind == CT_EV_RESET_SENT ? EventKind::ResetSent
+                                                       : EventKind::ResetReceived;
+            decode_common(record.hdr, event);
+            event.snap = decode_snapshot(record.snap);
+            event.role = decode_role(record.role);
+            if (record.reason >= 0 && static_cast<std::size_t>(record.reason) < reasons.size()) {
+                event.rst_reason = reasons[record.reason];
+            }
+            event.trigger_flags = record.trigger_flags;
+            event.sk_state = record.sk_state;
+            event.payload_len = record.payload_len;
+            event.payload = captured_payload(record.payload, record.captured);
+            return event;
+        }
+        case CT_EV_MESSAGE: {
+            if (raw.size() != sizeof(ct_message_event)) {
+                return fail("message record has the wrong size");
+            }
+            const auto record = copy_record<ct_message_event>(raw);
+            event.kind = EventKind::Message;
+            decode_common(record.hdr, event);
+            event.role = decode_role(record.role);
+            event.direction = record.direction == CT_DIR_OUT ? Direction::Out : Direction::In;
+            event.payload_len = record.segment_len;
+            event.payload = captured_payload(record.payload, record.captured);
+            return event;
+        }
+        default:
+            return fail("unknown event kind");
+    }
+}
+
+const char* tcp_state_name(uint8_t state) {
+    static constexpr const char* kNames[] = {
+        "UNKNOWN",   "ESTABLISHED", "SYN_SENT",   "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+        "TIME_WAIT", "CLOSE",       "CLOSE_WAIT", "LAST_ACK", "LISTEN",    "CLOSING",
+        "NEW_SYN_RECV",
+    };
+    return state < std::size(kNames) ? kNames[state] : "UNKNOWN";
+}
+
+const char* to_string(EventKind kind) {
+    switch (kind) {
+        case EventKind::State: return "state";
+        case EventKind::ResetSent: return "reset_sent";
+        case EventKind::ResetReceived: return "reset_received";
+        case EventKind::Message: return "message";
+    }
+    return "?";
+}
+
+const char* to_string(Direction direction) { return direction == Direction::In ? "in" : "out"; }
+
+std::string tcp_flags_string(uint8_t flags) {
+    std::string text;
+    if (flags & CT_TCP_SYN) text += 'S';
+    if (flags & CT_TCP_FIN) text += 'F';
+    if (flags & CT_TCP_RST) text += 'R';
+    if (flags & CT_TCP_PSH) text += 'P';
+    if (flags & CT_TCP_ACK) text += '.';
+    return text;
+}
+
+std::string format_address(int family, const std::array<uint8_t, 16>& addr) {
+    char text[INET6_ADDRSTRLEN] = {};
+    const int af = family == AF_INET6 ? AF_INET6 : AF_INET;
+    if (!inet_ntop(af, addr.data(), text, sizeof(text))) return "?";
+    return text;
+}
+
+}  // namespace closetrace

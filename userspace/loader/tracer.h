@@ -1,0 +1,85 @@
+// Loads and attaches the kernel programs (bpf/closetrace.bpf.c) and hands their ring buffer
+// records to a callback. Everything attached is detached by the destructor.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "closetrace/event.h"
+
+namespace closetrace {
+
+struct TracerConfig {
+    std::vector<uint16_t> ports;
+    // --cgroup: a cgroup v2 directory and its depth below the hierarchy's root (root = 0).
+    std::optional<std::string> cgroup_filter_dir;
+    uint32_t cgroup_filter_level = 0;
+    // Where the cgroup_skb programs attach: the filter cgroup, or the cgroup v2 root.
+    std::string attach_cgroup_dir;
+    std::optional<std::string> btf_path;    // --btf: external BTF for kernels without their own
+    uint32_t ring_buffer_bytes = 8u << 20;
+    bool messages = true;  // attach the cgroup_skb programs (HTTP heads, exact idle times)
+};
+
+// Which kernel hook feeds each kind of event ("" where none is attached).
+struct ProbeSet {
+    std::string state;
+    std::string reset_sent;
+    std::string reset_received;
+    std::string messages;
+    bool rst_reason = false;
+    std::vector<std::string> notes;  // why a probe is missing or degraded
+};
+
+struct TracerCounters {
+    uint64_t emitted = 0;  // records the kernel handed to the ring buffer
+    uint64_t lost = 0;     // records the kernel dropped (ring buffer full)
+};
+
+// A failure to load or attach: `what()` is one line that says what to do.
+class LoaderError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+using RecordSink = std::function<void(std::span<const uint8_t>)>;
+
+class Tracer {
+public:
+    // Opens, configures, loads and attaches; throws LoaderError.
+    Tracer(const TracerConfig& config, RecordSink sink);
+    ~Tracer();
+    Tracer(const Tracer&) = delete;
+    Tracer& operator=(const Tracer&) = delete;
+
+    // Waits up to timeout_ms for records and delivers them; returns the number delivered.
+    // Interrupted by a signal, returns 0.
+    int poll(int timeout_ms);
+    // Delivers every record already in the ring buffer.
+    int drain();
+
+    TracerCounters counters() const;
+    const ProbeSet& probes() const { return probes_; }
+    const RstReasonNames& rst_reasons() const { return rst_reasons_; }
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    ProbeSet probes_;
+    RstReasonNames rst_reasons_;
+};
+
+// The kernel's names for enum sk_rst_reason, indexed by value, prefix removed; empty when the
+// kernel (or the given BTF file) has no such enum.
+RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path);
+
+// Whether an fentry program can be loaded here (for `doctor`); on failure, why.
+std::optional<std::string> fentry_unavailable_reason();
+
+}  // namespace closetrace
