@@ -1,0 +1,100 @@
+"""Helpers shared by the integration tests: run `closetrace record` and read its trace."""
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+CLOSETRACE = os.environ.get("CLOSETRACE", "build/closetrace")
+
+
+def require_bpf(test_case=None):
+    """Skip, saying why, where recording truly cannot work: not root, or no kernel BTF."""
+    reason = None
+    if os.geteuid() != 0:
+        reason = "integration tests need root (BPF and network namespaces): run them with sudo"
+    elif not os.path.exists("/sys/kernel/btf/vmlinux"):
+        reason = "this kernel has no BTF (/sys/kernel/btf/vmlinux): closetrace cannot record here"
+    elif not os.path.exists(CLOSETRACE):
+        raise RuntimeError(f"{CLOSETRACE} is not built")
+    if reason:
+        raise unittest.SkipTest(reason)
+
+
+def read_trace(path):
+    """Returns (header, conns, events, summary) from a trace file; asserts its shape."""
+    header, conns, events, summary = None, [], [], None
+    with open(path, encoding="ascii") as trace:
+        for number, line in enumerate(trace, 1):
+            record = json.loads(line)
+            kind = record["type"]
+            if number == 1:
+                assert kind == "header", f"{path}: first line is {kind}, not header"
+                header = record
+            elif kind == "conn":
+                conns.append(record)
+            elif kind == "event":
+                events.append(record)
+            elif kind == "summary":
+                summary = record
+            else:
+                raise AssertionError(f"{path}:{number}: unknown type {kind}")
+    assert summary is not None, f"{path}: no summary line"
+    return header, conns, events, summary
+
+
+class Recorder:
+    """`closetrace record` in the background for the duration of a `with` block."""
+
+    def __init__(self, *args, netns=None, linger_ms=300):
+        self.directory = tempfile.TemporaryDirectory(prefix="closetrace-test-")
+        self.path = os.path.join(self.directory.name, "trace.jsonl")
+        command = [os.path.abspath(CLOSETRACE), "record", "-o", self.path,
+                   "--linger-ms", str(linger_ms), *args]
+        if netns:
+            command = ["ip", "netns", "exec", netns, *command]
+        self.command = command
+        self.process = None
+        self.stderr = ""
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, text=True)
+        # The first stderr line says recording has started (programs attached).
+        line = self.process.stderr.readline()
+        if "recording" not in line:
+            rest = self.process.stderr.read() if self.process.poll() is not None else ""
+            self.process.kill()
+            raise RuntimeError(f"closetrace record did not start: {line}{rest}")
+        return self
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                _, self.stderr = self.process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.communicate()
+                raise
+        return self.process.returncode
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def trace(self):
+        return read_trace(self.path)
+
+    def cleanup(self):
+        self.directory.cleanup()
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

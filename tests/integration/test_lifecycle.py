@@ -1,0 +1,161 @@
+"""Issue: the kernel lifecycle record. Real sockets on loopback close in each way while
+`closetrace record` runs; every conn record's initiator and how must say what happened."""
+import socket
+import struct
+import threading
+import time
+import unittest
+
+from support import Recorder, require_bpf
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Pair:
+    """A connected client/server socket pair on loopback that has exchanged one request."""
+
+    def __init__(self, listener):
+        self.client = socket.create_connection(listener.getsockname())
+        self.server, _ = listener.accept()
+        self.client_port = self.client.getsockname()[1]
+        self.client.sendall(b"GET /lifecycle HTTP/1.1\r\nHost: test\r\n\r\n")
+        self.server.recv(1024)
+        self.server.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.client.recv(1024)
+
+    def close_both(self):
+        for sock in (self.client, self.server):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def abort(sock):
+    """close() with SO_LINGER 0: the kernel resets the connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class LifecycleTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        require_bpf()
+
+    def setUp(self):
+        self.port = free_port()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(16)
+        self.recorder = Recorder("--port", str(self.port), "--quiet")
+
+    def tearDown(self):
+        self.listener.close()
+        self.recorder.stop()
+        self.recorder.cleanup()
+
+    def run_cases(self, cases):
+        """Runs each case on its own pair; returns {case: (client conn, server conn)}."""
+        pairs = {}
+        with self.recorder:
+            for name, close in cases.items():
+                pair = Pair(self.listener)
+                close(pair)
+                time.sleep(0.05)
+                pair.close_both()
+                pairs[name] = pair
+            time.sleep(0.5)  # past the linger, so every connection is written before the end
+        self.assertEqual(self.recorder.process.returncode, 0, self.recorder.stderr)
+        header, conns, _, summary = self.recorder.trace()
+        self.assertEqual(header["schema"], "closetrace/1")
+        self.assertEqual(summary["lost_events"], 0)
+        result = {}
+        for name, pair in pairs.items():
+            client = [c for c in conns if c["local"]["port"] == pair.client_port]
+            server = [c for c in conns
+                      if c["local"]["port"] == self.port and c["remote"]["port"] == pair.client_port]
+            self.assertEqual(len(client), 1, f"{name}: client conn records {client}")
+            self.assertEqual(len(server), 1, f"{name}: server conn records {server}")
+            result[name] = (client[0], server[0])
+        return result
+
+    def assert_close(self, conn, initiator, how):
+        close = conn["close"]
+        self.assertEqual((close["initiator"], close["how"]), (initiator, how), conn)
+        self.assertIsNotNone(conn["closed_ns"], conn)
+
+    def test_each_way_of_closing(self):
+        def server_first(pair):
+            pair.server.close()
+            time.sleep(0.05)
+
+        def client_first(pair):
+            pair.client.close()
+            time.sleep(0.05)
+
+        def client_resets(pair):
+            abort(pair.client)
+
+        def server_resets(pair):
+            abort(pair.server)
+
+        def both_at_once(pair):
+            barrier = threading.Barrier(2)
+
+            def close(sock):
+                barrier.wait()
+                sock.shutdown(socket.SHUT_WR)
+
+            threads = [threading.Thread(target=close, args=(s,)) for s in (pair.client, pair.server)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        records = self.run_cases({
+            "server_first": server_first,
+            "client_first": client_first,
+            "client_resets": client_resets,
+            "server_resets": server_resets,
+            "both_at_once": both_at_once,
+        })
+
+        client, server = records["server_first"]
+        self.assert_close(server, "local", "fin")
+        self.assert_close(client, "peer", "fin")
+        self.assertEqual((server["role"], client["role"]), ("server", "client"))
+
+        client, server = records["client_first"]
+        self.assert_close(client, "local", "fin")
+        self.assert_close(server, "peer", "fin")
+
+        client, server = records["client_resets"]
+        self.assert_close(client, "local", "rst")
+        self.assert_close(server, "peer", "rst")
+
+        client, server = records["server_resets"]
+        self.assert_close(server, "local", "rst")
+        self.assert_close(client, "peer", "rst")
+
+        # Both closed together: whichever FIN the kernel processed first, the two records of the
+        # one connection must mirror each other.
+        client, server = records["both_at_once"]
+        self.assertEqual(client["close"]["how"], "fin")
+        self.assertEqual(server["close"]["how"], "fin")
+        self.assertEqual({client["close"]["initiator"], server["close"]["initiator"]},
+                         {"local", "peer"}, (client, server))
+
+        for client, server in records.values():
+            for conn in (client, server):
+                self.assertEqual(conn["local"]["addr"], "127.0.0.1")
+                self.assertGreater(conn["bytes_in"] + conn["bytes_out"], 0, conn)
+                self.assertIsNotNone(conn["close"]["idle_ms"], conn)
+
+
+if __name__ == "__main__":
+    unittest.main()
