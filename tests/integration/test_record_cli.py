@@ -1,0 +1,137 @@
+"""`closetrace record` and `doctor` as a user meets them: privileges, bad flags, stopping."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from support import CLOSETRACE, Recorder, read_trace, require_bpf
+
+
+def run(*args, user=None, timeout=30):
+    command = [CLOSETRACE, *args]
+    if user:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+class ChurningTraffic:
+    """Short connections to a local listener until stopped, so a recording has work in flight."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.running = True
+        self.threads = [threading.Thread(target=self.serve), threading.Thread(target=self.connect)]
+
+    def serve(self):
+        self.listener.settimeout(0.2)
+        while self.running:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    def connect(self):
+        while self.running:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as client:
+                    client.sendall(b"GET /churn HTTP/1.1\r\nHost: t\r\n\r\n")
+                    client.recv(1024)
+            except OSError:
+                pass
+            time.sleep(0.005)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        for thread in self.threads:
+            thread.join()
+        self.listener.close()
+
+
+class RecordCliTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        require_bpf()
+
+    def test_non_root_gets_one_line_naming_the_privilege(self):
+        result = run("record", "--duration", "1", "-o", "/tmp/never-written.jsonl", user=65534)
+        self.assertNotEqual(result.returncode, 0)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("CAP_BPF", lines[0])
+        self.assertIn("root", lines[0])
+        self.assertFalse(os.path.exists("/tmp/never-written.jsonl"))
+
+    def test_unknown_flag_is_one_line_and_exit_2(self):
+        result = run("record", "--no-such-flag")
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("--no-such-flag", result.stderr)
+
+    def test_doctor_names_probes_and_why_not_kprobes(self):
+        result = run("doctor")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("record will use: tp_btf/inet_sock_set_state", result.stdout)
+        self.assertIn("kprobes", result.stdout)
+        self.assertIn("fentry", result.stdout)
+
+    def test_doctor_without_privileges_fails_with_what_to_do(self):
+        result = run("doctor", user=65534)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("run as root", result.stdout)
+
+    def stop_midway_and_check(self, stop_signal):
+        with ChurningTraffic() as traffic:
+            recorder = Recorder("--port", str(traffic.port), "--quiet", linger_ms=100)
+            try:
+                with recorder:
+                    time.sleep(1.5)
+                    recorder.process.send_signal(stop_signal)
+                    recorder.stop()
+                self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+                header, conns, _, summary = recorder.trace()
+                self.assertGreater(len(conns), 10)
+                self.assertEqual(summary["connections"], len(conns))
+                self.assertEqual(summary["lost_events"], 0)
+                self.assertGreater(summary["duration_s"], 1.0)
+                with open(recorder.path, encoding="ascii") as trace:
+                    last = trace.read().splitlines()[-1]
+                self.assertEqual(json.loads(last)["type"], "summary")
+            finally:
+                recorder.cleanup()
+
+    def test_ctrl_c_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGINT)
+
+    def test_sigterm_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGTERM)
+
+    def test_duration_ends_the_recording(self):
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "t.jsonl")
+            started = time.monotonic()
+            result = run("record", "--duration", "1", "--quiet", "-o", path)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertLess(time.monotonic() - started, 10)
+            header, _, _, summary = read_trace(path)
+            self.assertIn("mono_to_wall_ns", header)
+            self.assertGreaterEqual(summary["duration_s"], 1.0)
+
+
+if __name__ == "__main__":
+    unittest.main()

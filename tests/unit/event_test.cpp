@@ -1,0 +1,165 @@
+#include "closetrace/event.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "closetrace.h"
+}
+
+namespace closetrace {
+namespace {
+
+template <typename Record>
+std::vector<uint8_t> bytes_of(const Record& record) {
+    std::vector<uint8_t> bytes(sizeof(record));
+    std::memcpy(bytes.data(), &record, sizeof(record));
+    return bytes;
+}
+
+ct_event make_header(uint16_t kind, uint16_t size) {
+    ct_event header{};
+    header.ts_ns = 1'000;
+    header.cookie = 42;
+    header.netns = 4026531840u;
+    header.kind = kind;
+    header.size = size;
+    header.tuple.family = AF_INET;
+    const uint32_t local = htonl(0x0a000002), remote = htonl(0x0a000001);
+    std::memcpy(header.tuple.laddr, &local, 4);
+    std::memcpy(header.tuple.raddr, &remote, 4);
+    header.tuple.lport = 8080;
+    header.tuple.rport = 51234;
+    return header;
+}
+
+TEST(DecodeEvent, StateRecord) {
+    ct_state_event record{};
+    record.hdr = make_header(CT_EV_STATE, sizeof(record));
+    record.snap.last_rx_ns = 500;
+    record.snap.bytes_in = 812;
+    record.old_state = kTcpEstablished;
+    record.new_state = kTcpFinWait1;
+    record.role = CT_ROLE_SERVER;
+    record.pid = 4242;
+    std::memcpy(record.comm, "node", 4);
+
+    std::string error;
+    const auto event = decode_event(bytes_of(record), {}, &error);
+    ASSERT_TRUE(event) << error;
+    EXPECT_EQ(event->kind, EventKind::State);
+    EXPECT_EQ(event->ts_ns, 1'000u);
+    EXPECT_EQ(event->cookie, 42u);
+    EXPECT_EQ(event->role, Role::Server);
+    EXPECT_EQ(event->old_state, kTcpEstablished);
+    EXPECT_EQ(event->new_state, kTcpFinWait1);
+    EXPECT_EQ(event->snap.last_rx_ns, 500u);
+    EXPECT_EQ(event->snap.bytes_in, 812u);
+    EXPECT_EQ(event->comm, "node");
+    EXPECT_EQ(event->pid, 4242u);
+    EXPECT_EQ(format_address(event->tuple.family, event->tuple.laddr), "10.0.0.2");
+    EXPECT_EQ(format_address(event->tuple.family, event->tuple.raddr), "10.0.0.1");
+    EXPECT_EQ(event->tuple.lport, 8080);
+}
+
+TEST(DecodeEvent, CommWithoutTerminatorIsBounded) {
+    ct_state_event record{};
+    record.hdr = make_header(CT_EV_STATE, sizeof(record));
+    std::memset(record.comm, 'x', sizeof(record.comm));
+    const auto event = decode_event(bytes_of(record), {}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_EQ(event->comm, std::string(CT_COMM_LEN, 'x'));
+}
+
+TEST(DecodeEvent, ResetSentNamesTheReasonAndKeepsThePayload) {
+    ct_reset_event record{};
+    record.hdr = make_header(CT_EV_RESET_SENT, sizeof(record));
+    record.reason = 2;
+    record.trigger_flags = CT_TCP_PSH | CT_TCP_ACK;
+    record.sk_state = kTcpTimeWait;
+    record.payload_len = 300;
+    const char request[] = "POST /pay HTTP/1.1\r\n";
+    std::memcpy(record.payload, request, sizeof(request) - 1);
+    record.captured = sizeof(request) - 1;
+
+    const RstReasonNames reasons = {"NOT_SPECIFIED", "NO_SOCKET", "TCP_ABORT_ON_DATA"};
+    const auto event = decode_event(bytes_of(record), reasons, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_EQ(event->kind, EventKind::ResetSent);
+    EXPECT_EQ(event->rst_reason, "TCP_ABORT_ON_DATA");
+    EXPECT_EQ(event->payload, "POST /pay HTTP/1.1\r\n");
+    EXPECT_EQ(event->payload_len, 300u);
+    EXPECT_EQ(event->sk_state, kTcpTimeWait);
+    EXPECT_EQ(tcp_flags_string(event->trigger_flags), "P.");
+}
+
+TEST(DecodeEvent, ReasonOutsideTheKernelsEnumIsUnknown) {
+    ct_reset_event record{};
+    record.hdr = make_header(CT_EV_RESET_SENT, sizeof(record));
+    record.reason = CT_RST_REASON_UNKNOWN;
+    auto event = decode_event(bytes_of(record), {"NOT_SPECIFIED"}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_FALSE(event->rst_reason);
+    record.reason = 7;
+    event = decode_event(bytes_of(record), {"NOT_SPECIFIED"}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_FALSE(event->rst_reason);
+}
+
+TEST(DecodeEvent, CapturedLengthIsClampedToTheBuffer) {
+    ct_message_event record{};
+    record.hdr = make_header(CT_EV_MESSAGE, sizeof(record));
+    record.direction = CT_DIR_OUT;
+    record.captured = 60000;  // corrupt: must not read past the payload array
+    record.segment_len = 1448;
+    const auto event = decode_event(bytes_of(record), {}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_EQ(event->direction, Direction::Out);
+    EXPECT_EQ(event->payload.size(), static_cast<std::size_t>(CT_PAYLOAD_MAX));
+    EXPECT_EQ(event->payload_len, 1448u);
+}
+
+TEST(DecodeEvent, RejectsRecordsThatDoNotMatchTheAbi) {
+    std::string error;
+    std::vector<uint8_t> tiny(4);
+    EXPECT_FALSE(decode_event(tiny, {}, &error));
+    EXPECT_NE(error.find("shorter"), std::string::npos);
+
+    ct_state_event record{};
+    record.hdr = make_header(CT_EV_STATE, sizeof(record) + 8);
+    EXPECT_FALSE(decode_event(bytes_of(record), {}, &error));
+    EXPECT_NE(error.find("size"), std::string::npos);
+
+    record.hdr = make_header(99, sizeof(record));
+    EXPECT_FALSE(decode_event(bytes_of(record), {}, &error));
+    EXPECT_NE(error.find("kind"), std::string::npos);
+
+    ct_reset_event reset{};
+    reset.hdr = make_header(CT_EV_STATE, sizeof(reset));  // a reset's size under a state's kind
+    EXPECT_FALSE(decode_event(bytes_of(reset), {}, &error));
+}
+
+TEST(DecodeEvent, Ipv6Addresses) {
+    ct_state_event record{};
+    record.hdr = make_header(CT_EV_STATE, sizeof(record));
+    record.hdr.tuple.family = AF_INET6;
+    inet_pton(AF_INET6, "fd00::2", record.hdr.tuple.laddr);
+    const auto event = decode_event(bytes_of(record), {}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_EQ(format_address(event->tuple.family, event->tuple.laddr), "fd00::2");
+}
+
+TEST(TcpNames, StatesAndFlags) {
+    EXPECT_STREQ(tcp_state_name(kTcpCloseWait), "CLOSE_WAIT");
+    EXPECT_STREQ(tcp_state_name(200), "UNKNOWN");
+    EXPECT_EQ(tcp_flags_string(CT_TCP_SYN), "S");
+    EXPECT_EQ(tcp_flags_string(CT_TCP_FIN | CT_TCP_ACK), "F.");
+    EXPECT_EQ(tcp_flags_string(CT_TCP_RST), "R");
+    EXPECT_EQ(tcp_flags_string(0), "");
+}
+
+}  // namespace
+}  // namespace closetrace
