@@ -39,6 +39,7 @@ const volatile __u16 filter_ports[CT_MAX_PORTS] = {};
 const volatile __u32 filter_port_count = 0;
 const volatile __u64 filter_cgroup_id = 0; /* cgroup v2 id (inode) of --cgroup, 0 = any */
 const volatile __u32 filter_cgroup_level = 0;
+const volatile __u32 filter_netns = 0; /* network namespace inode, 0 = any */
 
 /* Kernel layout facts the loader cannot give us any other way (x86_64 direct map). */
 extern const void vmemmap_base __ksym __weak;
@@ -231,7 +232,15 @@ static __always_inline bool sock_selected(const struct sock *sk)
 {
 	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u16 rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (filter_netns && sock_netns(sk) != filter_netns)
+		return false;
 	return port_matches(lport, rport) && cgroup_matches(sk);
+}
+
+static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	return cgrp ? BPF_CORE_READ(cgrp, kn, id) : 0;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -289,6 +298,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	tuple_from_sock(sk, &event->hdr.tuple);
 	snapshot_sock(sk, state, &event->snap, now);
 	event->established_ns = state->established_ns;
+	event->cgroup_id = sock_cgroup_id(sk);
 	event->pid = state->pid;
 	__builtin_memcpy(event->comm, state->comm, sizeof(event->comm));
 	event->old_state = oldstate;
@@ -537,18 +547,21 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	if (skb->len <= payload_offset)
 		return; /* no payload: ACK, FIN, RST */
 
+	__u64 now = bpf_ktime_get_ns();
 	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
 	if (!state) {
 		/* Open before recording: start tracking it now if the filters select it. */
 		if (!is_midlife_state(sk->state) ||
 		    !port_matches(sk->src_port, bpf_ntohs(sk->dst_port)))
 			return;
-		state = bpf_sk_storage_get(&sock_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+		if (!tp || !sock_selected((struct sock *)tp))
+			return;
+		state = new_state((struct sock *)tp, CT_ROLE_UNKNOWN, now);
 		if (!state)
 			return;
 	}
 
-	__u64 now = bpf_ktime_get_ns();
 	if (direction == CT_DIR_IN)
 		state->last_rx_ns = now;
 	else

@@ -94,6 +94,7 @@ struct ct_state_event {
 	struct ct_event hdr;
 	struct ct_sock_snapshot snap;
 	__u64 established_ns; /* 0 when established before recording */
+	__u64 cgroup_id;      /* the socket's cgroup v2 id (inode of its directory); 0 unknown */
 	__u32 pid;            /* task running when the state changed (best effort) */
 	__u8 old_state;       /* TCP_* as in include/net/tcp_states.h */
 	__u8 new_state;

@@ -66,6 +66,7 @@ closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
     auto* rodata = skeleton->rodata;
     for (std::size_t i = 0; i < config.ports.size(); ++i) rodata->filter_ports[i] = config.ports[i];
     rodata->filter_port_count = static_cast<uint32_t>(config.ports.size());
+    rodata->filter_netns = config.netns;
     if (config.cgroup_filter_dir) {
         struct stat info{};
         if (stat(config.cgroup_filter_dir->c_str(), &info) != 0) {

@@ -17,6 +17,7 @@ namespace closetrace {
 
 struct TracerConfig {
     std::vector<uint16_t> ports;
+    uint32_t netns = 0;  // only sockets of this network namespace (inode); 0 = any
     // --cgroup: a cgroup v2 directory and its depth below the hierarchy's root (root = 0).
     std::optional<std::string> cgroup_filter_dir;
     uint32_t cgroup_filter_level = 0;

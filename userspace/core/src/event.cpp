@@ -88,6 +88,7 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             decode_common(record.hdr, event);
             event.snap = decode_snapshot(record.snap);
             event.established_ns = record.established_ns;
+            event.cgroup_id = record.cgroup_id;
             event.pid = record.pid;
             event.old_state = record.old_state;
             event.new_state = record.new_state;

@@ -65,6 +65,7 @@ struct Event {
     uint8_t old_state = 0;
     uint8_t new_state = 0;
     uint64_t established_ns = 0;  // 0 = established before recording
+    uint64_t cgroup_id = 0;       // the socket's cgroup v2 id; 0 = unknown
     uint32_t pid = 0;
     std::string comm;
 
