@@ -1,0 +1,315 @@
+"""Real peers started inside a Topology's namespaces.
+
+Every ``start_*`` returns a handle with ``.stop()``, ``.pid``, ``.dir`` (its temp dir with
+config, pid file and logs) and log paths.  Servers run in the foreground as children of
+the harness (own process group, registered with the Topology so its teardown kills
+them).  Each start waits (bounded) until the port accepts connections.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+
+from netns import Topology, children_of
+
+NODE = "/usr/bin/node"
+NGINX = "/usr/sbin/nginx"
+HAPROXY = "/usr/sbin/haproxy"
+
+NODE_SERVER_JS = r"""
+// closetrace scenario backend: 200 to any GET/POST.
+//   ?delay=MS or /slow  -> answer after MS ms (default: DEFAULT_DELAY env, /slow: SLOW_MS)
+//   /busy?ms=MS          -> block the event loop for MS ms (overload: nothing else is read)
+//   /crash               -> process.abort()
+const http = require('http');
+const KA = parseInt(process.env.KEEPALIVE_MS || '5000');
+const HT = parseInt(process.env.HEADERS_MS || String(KA + 1000));
+const PORT = parseInt(process.env.PORT || '8080');
+const HOST = process.env.HOST || '0.0.0.0';
+const SLOW = parseInt(process.env.SLOW_MS || '1000');
+const DEF = parseInt(process.env.DEFAULT_DELAY || '0');
+const log = (o) => process.stdout.write(JSON.stringify(Object.assign({t: Date.now() / 1000}, o)) + '\n');
+const server = http.createServer((req, res) => {
+  const u = new URL(req.url, 'http://x');
+  const sock = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+  log({ev: 'request', method: req.method, url: req.url, peer: sock});
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    if (u.pathname === '/crash') { log({ev: 'abort'}); process.abort(); }
+    if (u.pathname === '/busy') {
+      const until = Date.now() + parseInt(u.searchParams.get('ms') || '2000');
+      while (Date.now() < until) {}
+    }
+    let delay = DEF;
+    if (u.pathname.startsWith('/slow')) delay = SLOW;
+    if (u.searchParams.has('delay')) delay = parseInt(u.searchParams.get('delay'));
+    const answer = () => {
+      const body = `ok ${req.method} ${u.pathname} ${Buffer.concat(chunks).length}\n`;
+      res.writeHead(200, {'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body)});
+      res.end(body);
+      log({ev: 'response', method: req.method, url: req.url, peer: sock});
+    };
+    if (delay > 0) setTimeout(answer, delay); else answer();
+  });
+});
+server.keepAliveTimeout = KA;
+server.headersTimeout = HT;
+server.requestTimeout = 0;
+server.on('connection', (s) => log({ev: 'connection', peer: `${s.remoteAddress}:${s.remotePort}`}));
+server.listen(PORT, HOST, () => log({ev: 'listening', port: PORT, keepAliveTimeout: KA,
+                                     headersTimeout: HT, node: process.version}));
+process.on('SIGTERM', () => process.exit(0));
+"""
+
+
+class Peer:
+    def __init__(self, topo: Topology, ns: str, proc: subprocess.Popen, workdir: str,
+                 kind: str, addr: str, port: int, **logs):
+        self.topo, self.ns, self.proc, self.dir = topo, ns, proc, workdir
+        self.kind, self.addr, self.port = kind, addr, port
+        self.logs = logs
+        for k, v in logs.items():
+            setattr(self, k, v)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def workers(self) -> list[int]:
+        """Worker processes (nginx: children of the master; others: the process itself)."""
+        kids = children_of(self.proc.pid)
+        return kids or [self.proc.pid]
+
+    def signal(self, sig, workers=False):
+        for p in (self.workers() if workers else [self.proc.pid]):
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill9(self):
+        """SIGKILL the server (and its workers) right now, as a crash would."""
+        for p in set(self.workers() + [self.proc.pid]):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self, timeout=5.0):
+        for p in self.workers():  # a SIGSTOPped worker would block a graceful stop
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        return self.topo.stop_proc(self.proc, signal.SIGTERM, timeout)
+
+    def __repr__(self):
+        return f"<{self.kind} pid={self.pid} {self.addr}:{self.port} in {self.ns}>"
+
+
+def wait_port(topo: Topology, ns: str, addr: str, port: int, timeout=10.0, proc=None):
+    """Wait until addr:port inside ns accepts a TCP connection (one helper process)."""
+    code = textwrap.dedent(f"""
+        import socket, sys, time
+        end = time.monotonic() + {timeout}
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(({addr!r}, {port}), timeout=0.5).close()
+                sys.exit(0)
+            except OSError:
+                time.sleep(0.05)
+        sys.exit(1)
+    """)
+    r = topo.run_in(ns, ["python3", "-c", code], check=False, timeout=timeout + 5)
+    if r.returncode != 0:
+        dead = proc is not None and proc.poll() is not None
+        raise RuntimeError(f"{addr}:{port} in {ns} not accepting after {timeout}s"
+                           + (f" (process exited with {proc.returncode})" if dead else ""))
+
+
+def _mkdir(kind, base=None):
+    return tempfile.mkdtemp(prefix=f"cts-{kind}-", dir=base)
+
+
+def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=8080,
+                       slow_ms=1000, default_delay_ms=0, ns="backend", base_dir=None) -> Peer:
+    """Node.js http server, 200 to GET and POST on any path (see NODE_SERVER_JS)."""
+    d = _mkdir("node", base_dir)
+    script = os.path.join(d, "server.js")
+    with open(script, "w") as f:
+        f.write(NODE_SERVER_JS)
+    addr = topo.addr["backend"] if ns == "backend" else "0.0.0.0"
+    env = dict(os.environ, KEEPALIVE_MS=str(keepalive_ms),
+               HEADERS_MS=str(headers_ms or keepalive_ms + 1000), PORT=str(port),
+               HOST="0.0.0.0", SLOW_MS=str(slow_ms), DEFAULT_DELAY=str(default_delay_ms))
+    log = os.path.join(d, "node.log")
+    with open(log, "w") as out:
+        p = topo.spawn_in(ns, [NODE, script], stdout=out, stderr=subprocess.STDOUT, env=env)
+    peer = Peer(topo, ns, p, d, "node", addr, port, log=log, script=script)
+    wait_port(topo, ns, addr, port, proc=p)
+    return peer
+
+
+def _nginx_common(d):
+    return textwrap.dedent(f"""
+        user root;
+        daemon off;
+        master_process on;
+        worker_processes 1;
+        pid {d}/nginx.pid;
+        error_log {d}/error.log info;
+        events {{ worker_connections 1024; }}
+    """)
+
+
+def _nginx_http_common(d):
+    return textwrap.dedent(f"""
+        client_body_temp_path {d}/body;
+        proxy_temp_path {d}/proxy;
+        fastcgi_temp_path {d}/fastcgi;
+        uwsgi_temp_path {d}/uwsgi;
+        scgi_temp_path {d}/scgi;
+        log_format ct '$msec $status $upstream_status "$request" upstream=$upstream_addr '
+                      'rt=$request_time urt=$upstream_response_time conn=$connection '
+                      'creq=$connection_requests client=$remote_addr:$remote_port';
+        access_log {d}/access.log ct;
+    """)
+
+
+def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=10.0) -> Peer:
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    stderr = os.path.join(d, "stderr.log")
+    r = topo.run_in(ns, [NGINX, "-t", "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf],
+                    check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"nginx -t failed: {r.stderr}")
+    with open(stderr, "w") as out:
+        p = topo.spawn_in(ns, [NGINX, "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf],
+                          stdout=out, stderr=subprocess.STDOUT)
+    peer = Peer(topo, ns, p, d, kind, addr, port, access_log=os.path.join(d, "access.log"),
+                error_log=os.path.join(d, "error.log"), conf=conf, stderr=stderr)
+    wait_port(topo, ns, "127.0.0.1" if addr == "0.0.0.0" else addr, port, timeout=timeout,
+              proc=p)
+    return peer
+
+
+def start_nginx_backend(topo: Topology, keepalive_timeout_s=1.0, port=8080, ns="backend",
+                        base_dir=None) -> Peer:
+    """nginx answering 200 to everything, with keepalive_timeout toward its clients."""
+    d = _mkdir("nginx-backend", base_dir)
+    addr = topo.addr["backend"]
+    conf = _nginx_common(d) + textwrap.dedent(f"""
+        http {{
+        {_nginx_http_common(d)}
+            keepalive_timeout {int(keepalive_timeout_s * 1000)}ms;
+            keepalive_requests 10000;
+            server {{
+                listen {port};
+                location / {{ return 200 "ok\\n"; }}
+            }}
+        }}
+    """)
+    return _start_nginx(topo, ns, d, conf, addr, port, "nginx-backend")
+
+
+def start_nginx_balancer(topo: Topology, backend_addr=None, backend_port=8080,
+                         upstream_keepalive_timeout_s=3.0, port=80, ns="balancer",
+                         proxy_read_timeout_s=30, extra_location="", base_dir=None) -> Peer:
+    """nginx reverse proxy reusing upstream connections (keepalive 16, HTTP/1.1,
+    Connection "" cleared, upstream keepalive_timeout).  One worker, so that the harness can
+    SIGSTOP/SIGCONT it (``peer.workers()``)."""
+    d = _mkdir("nginx-balancer", base_dir)
+    backend_addr = backend_addr or topo.addr["backend"]
+    conf = _nginx_common(d) + textwrap.dedent(f"""
+        http {{
+        {_nginx_http_common(d)}
+            keepalive_timeout 75s;
+            keepalive_requests 10000;
+            upstream backend {{
+                server {backend_addr}:{backend_port};
+                keepalive 16;
+                keepalive_timeout {int(upstream_keepalive_timeout_s * 1000)}ms;
+                keepalive_requests 10000;
+            }}
+            server {{
+                listen {port};
+                location / {{
+                    proxy_pass http://backend;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_read_timeout {proxy_read_timeout_s}s;
+                    {extra_location}
+                }}
+            }}
+        }}
+    """)
+    return _start_nginx(topo, ns, d, conf, "0.0.0.0", port, "nginx-balancer")
+
+
+def start_haproxy_balancer(topo: Topology, backend_addr=None, backend_port=8080,
+                           keepalive_timeout_s=3.0, port=80, ns="balancer",
+                           server_timeout_s=30, client_keepalive_s=75.0, retry_on=None,
+                           base_dir=None) -> Peer:
+    """HAProxy 2.6 (foreground, -db) with `http-reuse always`, `timeout server/client/
+    connect`, and its log on stdout (``log stdout format raw local0``) captured in
+    ``peer.log`` (no syslog needed).
+
+    HAProxy has no upstream keep-alive timeout like nginx's: `timeout http-keep-alive`
+    (client_keepalive_s here) is the idle timeout of the *client* side; idle server
+    connections sit in the server's idle pool and `pool-purge-delay` (keepalive_timeout_s
+    here) only closes the ones above the estimated need, so with steady light traffic an
+    idle upstream connection is never closed by HAProxy (observed: see README).
+    """
+    d = _mkdir("haproxy", base_dir)
+    backend_addr = backend_addr or topo.addr["backend"]
+    ka_ms = int(keepalive_timeout_s * 1000)
+    retry = f"    retry-on {retry_on}\n" if retry_on else ""
+    cfg = textwrap.dedent(f"""
+        global
+            log stdout format raw local0 info
+            pidfile {d}/haproxy.pid
+            nbthread 1
+        defaults
+            mode http
+            log global
+            option httplog
+            timeout connect 2s
+            timeout client 30s
+            timeout server {server_timeout_s}s
+            timeout http-keep-alive {int(client_keepalive_s * 1000)}ms
+            timeout http-request 10s
+        frontend fe
+            bind *:{port}
+            default_backend be
+        backend be
+            http-reuse always
+        {retry}    server s1 {backend_addr}:{backend_port} pool-purge-delay {ka_ms}ms
+    """)
+    conf = os.path.join(d, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(cfg)
+    r = topo.run_in(ns, [HAPROXY, "-c", "-f", conf], check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"haproxy -c failed: {r.stdout}{r.stderr}")
+    log = os.path.join(d, "haproxy.log")
+    with open(log, "w") as out:
+        p = topo.spawn_in(ns, [HAPROXY, "-db", "-f", conf], stdout=out, stderr=subprocess.STDOUT)
+    peer = Peer(topo, ns, p, d, "haproxy", "0.0.0.0", port, log=log, access_log=log,
+                error_log=log, conf=conf)
+    wait_port(topo, ns, "127.0.0.1", port, proc=p)
+    return peer
