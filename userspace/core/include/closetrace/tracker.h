@@ -2,7 +2,9 @@
 // Pure (no I/O, no clocks of its own): time is the events' and the caller's.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "closetrace/event.h"
@@ -21,6 +23,9 @@ struct TrackerOptions {
 class ConnTracker {
 public:
     explicit ConnTracker(TrackerOptions options = {});
+    ~ConnTracker();
+    ConnTracker(ConnTracker&&) noexcept;
+    ConnTracker& operator=(ConnTracker&&) noexcept;
 
     // Events may arrive out of time order by up to the linger (ring buffer order is per CPU).
     void on_event(const Event& event);
@@ -35,13 +40,17 @@ public:
     // connection already finalised), in arrival order; removed from the tracker.
     std::vector<Event> take_unattributed();
 
+    // Connections seen alive whose socket has not closed yet.
     std::size_t open_connections() const;
 
 private:
+    // Held connections (compact facts, payloads parsed on arrival) and the tuple index; defined
+    // in tracker.cpp.
     struct State;
+
     TrackerOptions options_;
     uint64_t next_id_ = 1;
-    // Implementation details are up to tracker.cpp; kept behind a pointer-free layout there.
+    std::unique_ptr<State> state_;
 };
 
 }  // namespace closetrace

@@ -1,0 +1,1073 @@
+#include "closetrace/tracker.h"
+
+#include <gtest/gtest.h>
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "closetrace.h"
+
+namespace closetrace {
+namespace {
+
+using namespace std::string_view_literals;
+
+constexpr uint64_t kUs = 1'000;
+constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kSec = 1'000'000'000;
+constexpr uint64_t kEnd = 1'000 * kSec;  // end of every recording here
+
+constexpr std::string_view kGet = "GET /health HTTP/1.1\r\nHost: backend\r\n\r\n";
+constexpr std::string_view kOk = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+constexpr std::string_view kLatePost =
+    "POST /pay?card=1 HTTP/1.1\r\nHost: backend\r\nContent-Length: 2\r\n\r\n{}";
+constexpr std::string_view kTlsHello = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"sv;
+constexpr std::string_view kTlsReply = "\x16\x03\x03\x00\x5a\x02\x00\x00\x56\x03\x03"sv;
+
+Tuple ipv4_tuple(uint16_t local_port, uint16_t remote_port) {
+    Tuple tuple;
+    tuple.family = AF_INET;
+    tuple.laddr = {10, 0, 0, 2};
+    tuple.raddr = {10, 0, 0, 1};
+    tuple.lport = local_port;
+    tuple.rport = remote_port;
+    return tuple;
+}
+
+// Counters and payload clocks of a socket, as the kernel snapshots them with an event.
+SockSnapshot activity(uint64_t last_rx_ns, uint64_t last_tx_ns, uint32_t unread_in = 0) {
+    return {.last_rx_ns = last_rx_ns,
+            .last_tx_ns = last_tx_ns,
+            .bytes_in = 100,
+            .bytes_out = 200,
+            .segs_in = 5,
+            .segs_out = 4,
+            .unacked_out = 0,
+            .unread_in = unread_in};
+}
+
+// One socket on this host and the events the kernel reports for it.
+struct Socket {
+    uint64_t cookie = 11;
+    Role role = Role::Server;
+    Tuple tuple = ipv4_tuple(8080, 51234);
+    uint32_t netns = 4026531840;
+
+    Event event(EventKind kind, uint64_t ts_ns) const {
+        Event event;
+        event.kind = kind;
+        event.ts_ns = ts_ns;
+        event.cookie = cookie;
+        event.netns = netns;
+        event.tuple = tuple;
+        event.role = role;
+        return event;
+    }
+
+    Event state(uint64_t ts_ns, uint8_t from, uint8_t to,
+                SockSnapshot snap = activity(0, 0)) const {
+        Event state = event(EventKind::State, ts_ns);
+        state.old_state = from;
+        state.new_state = to;
+        state.snap = snap;
+        return state;
+    }
+
+    // The passive or active open, by role.
+    Event established(uint64_t ts_ns) const {
+        Event open =
+            state(ts_ns, role == Role::Client ? kTcpSynSent : kTcpSynRecv, kTcpEstablished);
+        open.established_ns = ts_ns;
+        if (role == Role::Client) {
+            open.pid = 77;
+            open.comm = "nginx";
+        }
+        return open;
+    }
+
+    Event message(uint64_t ts_ns, Direction direction, std::string_view payload) const {
+        Event message = event(EventKind::Message, ts_ns);
+        message.direction = direction;
+        message.payload = std::string(payload);
+        message.payload_len = static_cast<uint32_t>(payload.size());
+        return message;
+    }
+
+    Event reset_received(uint64_t ts_ns) const {
+        Event reset = event(EventKind::ResetReceived, ts_ns);
+        reset.snap = activity(0, 0);
+        return reset;
+    }
+
+    // An RST this host sent from its full socket: actively (no trigger) or answering data.
+    Event reset_sent(uint64_t ts_ns, std::string reason,
+                     std::string_view trigger_payload = {}) const {
+        Event reset = event(EventKind::ResetSent, ts_ns);
+        reset.rst_reason = std::move(reason);
+        reset.sk_state = kTcpClose;
+        reset.snap = activity(0, 0);
+        if (!trigger_payload.empty()) {
+            reset.trigger_flags = CT_TCP_PSH | CT_TCP_ACK;
+            reset.payload = std::string(trigger_payload);
+            reset.payload_len = static_cast<uint32_t>(trigger_payload.size());
+        }
+        return reset;
+    }
+
+    // The RST a time-wait socket answers a data segment with: no full socket, no snapshot.
+    Event time_wait_reset(uint64_t ts_ns, std::string_view payload) const {
+        Event reset = reset_sent(ts_ns, "TCP_TIMEWAIT_SOCKET", payload);
+        reset.sk_state = kTcpTimeWait;
+        reset.role = Role::Unknown;
+        reset.snap = {};
+        return reset;
+    }
+
+    // A segment for no socket at all (cookie 0), answered with RST.
+    Event no_socket_reset(uint64_t ts_ns, std::string_view payload) const {
+        Event reset = time_wait_reset(ts_ns, payload);
+        reset.cookie = 0;
+        reset.sk_state = 0;
+        reset.rst_reason = "NO_SOCKET";
+        return reset;
+    }
+};
+
+// A server connection that answers one GET and is then closed idle by this host: its owner
+// closes it (the orphaned socket goes FIN_WAIT2 -> CLOSE on the ACK of its FIN).
+struct IdleServer {
+    Socket socket;
+    uint64_t open_ns = 1 * kSec;
+    uint64_t request_ns = open_ns + 10 * kMs;
+    uint64_t response_ns = request_ns + 2 * kMs;
+    uint64_t fin_ns = response_ns + 5 * kSec;
+    uint64_t closed_ns = fin_ns + 100 * kUs;
+
+    std::vector<Event> until_fin() const {
+        Event fin =
+            socket.state(fin_ns, kTcpEstablished, kTcpFinWait1, activity(request_ns, response_ns));
+        fin.pid = 4242;
+        fin.comm = "node";
+        return {socket.established(open_ns), socket.message(request_ns, Direction::In, kGet),
+                socket.message(response_ns, Direction::Out, kOk), fin};
+    }
+
+    std::vector<Event> closed() const {
+        std::vector<Event> events = until_fin();
+        events.push_back(socket.state(closed_ns - 1 * kUs, kTcpFinWait1, kTcpFinWait2));
+        events.push_back(socket.state(closed_ns, kTcpFinWait2, kTcpClose));
+        return events;
+    }
+};
+
+std::vector<Connection> run(const std::vector<Event>& events, TrackerOptions options = {}) {
+    ConnTracker tracker(options);
+    for (const Event& event : events) tracker.on_event(event);
+    return tracker.finish_all(kEnd);
+}
+
+Connection run_one(const std::vector<Event>& events, TrackerOptions options = {}) {
+    std::vector<Connection> connections = run(events, options);
+    EXPECT_EQ(connections.size(), 1u);
+    return connections.empty() ? Connection{} : connections.front();
+}
+
+template <typename T>
+std::string text(const std::optional<T>& value) {
+    if (!value) return "null";
+    std::ostringstream out;
+    out << *value;
+    return out.str();
+}
+
+// Every member of a record, to compare records whole.
+std::string describe(const Connection& conn) {
+    std::ostringstream out;
+    out << conn.id << ' ' << conn.cookie << ' ' << conn.netns << ' ' << conn.family << ' '
+        << conn.local.addr << ':' << conn.local.port << ' ' << conn.remote.addr << ':'
+        << conn.remote.port << ' ' << to_string(conn.role) << ' ' << text(conn.pid) << ' '
+        << text(conn.comm) << ' ' << text(conn.established_ns) << ' ' << text(conn.closed_ns) << ' '
+        << conn.bytes_in << ' ' << conn.bytes_out << ' ' << conn.segs_in << ' ' << conn.segs_out
+        << " close " << to_string(conn.close.initiator) << ' '
+        << (conn.close.how ? to_string(*conn.close.how) : "null") << ' '
+        << text(conn.close.local_fin_ns) << ' ' << text(conn.close.peer_fin_ns) << ' '
+        << text(conn.close.local_rst_ns) << ' ' << text(conn.close.peer_rst_ns) << ' '
+        << text(conn.close.rst_reason) << ' ' << text(conn.close.idle_ms) << " requests";
+    for (const Request& request : conn.requests) {
+        out << " [" << text(request.method) << ' ' << text(request.target) << ' ' << request.opaque
+            << ' ' << text(request.status) << ' ' << request.request_ns << ' '
+            << text(request.response_ns) << ' ' << to_string(request.outcome) << ']';
+    }
+    out << ' ' << to_string(conn.verdict);
+    return out.str();
+}
+
+std::vector<Outcome> outcomes(const Connection& conn) {
+    std::vector<Outcome> result;
+    for (const Request& request : conn.requests) result.push_back(request.outcome);
+    return result;
+}
+
+// --- verdicts ------------------------------------------------------------------------------
+
+TEST(TrackerVerdict, LocalIdleClose) {
+    const IdleServer server;
+    const Connection conn = run_one(server.closed());
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.local_fin_ns, server.fin_ns);
+    // The ACK of our FIN alone moved the orphaned socket on: no FIN of the peer was seen.
+    EXPECT_EQ(conn.close.peer_fin_ns, std::nullopt);
+    EXPECT_EQ(conn.close.local_rst_ns, std::nullopt);
+    EXPECT_EQ(conn.close.peer_rst_ns, std::nullopt);
+    EXPECT_EQ(conn.close.rst_reason, std::nullopt);
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].method, "GET");
+    EXPECT_EQ(conn.requests[0].target, "/health");
+    EXPECT_EQ(conn.requests[0].status, 200);
+    EXPECT_EQ(conn.requests[0].request_ns, server.request_ns);
+    EXPECT_EQ(conn.requests[0].response_ns, server.response_ns);
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+}
+
+TEST(TrackerVerdict, PeerFinAfterOursSeenInFinWait2) {
+    // shutdown() rather than close(): the socket waits in FIN_WAIT2 until the peer's FIN, which
+    // is the one sequence number left unread when it goes.
+    const IdleServer server;
+    std::vector<Event> events = server.until_fin();
+    const uint64_t peer_fin_ns = server.fin_ns + 3 * kMs;
+    events.push_back(server.socket.state(server.fin_ns + 1 * kMs, kTcpFinWait1, kTcpFinWait2));
+    events.push_back(server.socket.state(peer_fin_ns, kTcpFinWait2, kTcpClose, activity(0, 0, 1)));
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.close.peer_fin_ns, peer_fin_ns);
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+}
+
+TEST(TrackerVerdict, PeerIdleClose) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.state(62 * kSec, kTcpEstablished, kTcpCloseWait),
+        socket.state(62 * kSec + kMs, kTcpCloseWait, kTcpLastAck),
+        socket.state(62 * kSec + 2 * kMs, kTcpLastAck, kTcpClose),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.peer_fin_ns, 62 * kSec);
+    EXPECT_EQ(conn.close.local_fin_ns, 62 * kSec + kMs);
+    EXPECT_EQ(conn.closed_ns, 62 * kSec + 2 * kMs);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::Completed});
+}
+
+TEST(TrackerVerdict, PeerCloseInflight) {
+    // The balancer gave up on a request this host was still working on (the ALB's 460).
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.state(3 * kSec, kTcpEstablished, kTcpCloseWait),
+        socket.state(4 * kSec, kTcpCloseWait, kTcpLastAck),
+        socket.state(4 * kSec + kMs, kTcpLastAck, kTcpClose),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseInflight);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::UnansweredAtClose});
+}
+
+TEST(TrackerVerdict, PeerReset) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.reset_received(5 * kSec),
+        socket.state(5 * kSec + 5 * kUs, kTcpEstablished, kTcpClose),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::PeerReset);
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+    EXPECT_EQ(conn.close.how, CloseHow::Rst);
+    EXPECT_EQ(conn.close.peer_rst_ns, 5 * kSec);
+    EXPECT_EQ(conn.close.local_rst_ns, std::nullopt);
+}
+
+TEST(TrackerVerdict, LocalReset) {
+    // SO_LINGER 0: the socket closes, then the kernel sends its RST (no trigger segment).
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.state(5 * kSec, kTcpEstablished, kTcpClose),
+        socket.reset_sent(5 * kSec + 13 * kUs, "TCP_ABORT_ON_CLOSE"),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalReset);
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.how, CloseHow::Rst);
+    EXPECT_EQ(conn.close.local_rst_ns, 5 * kSec + 13 * kUs);
+    EXPECT_EQ(conn.close.rst_reason, "TCP_ABORT_ON_CLOSE");
+}
+
+TEST(TrackerVerdict, LocalResetInflightByReset) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.state(2 * kSec + 30 * kMs, kTcpEstablished, kTcpClose),
+        socket.reset_sent(2 * kSec + 30 * kMs + 10 * kUs, "TCP_ABORT_ON_CLOSE"),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalResetInflight);
+    EXPECT_EQ(conn.close.how, CloseHow::Rst);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::UnansweredAtClose});
+}
+
+TEST(TrackerVerdict, LocalResetInflightByFin) {
+    // The owner read a request and closed without answering it.
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.state(3 * kSec, kTcpEstablished, kTcpFinWait1),
+        socket.state(3 * kSec + kMs, kTcpFinWait1, kTcpFinWait2),
+        socket.state(3 * kSec + kMs, kTcpFinWait2, kTcpClose),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalResetInflight);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::UnansweredAtClose});
+}
+
+TEST(TrackerVerdict, OpenAtEndWithRequestInFlight) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.message(3 * kSec, Direction::In, kGet),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::Open);
+    EXPECT_EQ(conn.close.initiator, Initiator::Unknown);
+    EXPECT_EQ(conn.close.how, std::nullopt);
+    EXPECT_EQ(conn.closed_ns, std::nullopt);
+    EXPECT_EQ(outcomes(conn), (std::vector{Outcome::Completed, Outcome::InFlight}));
+}
+
+TEST(TrackerVerdict, SocketGoneWithNoCloseSeenIsOpenWithUnknownInitiator) {
+    // No FIN and no RST on record (events lost, or an abort on a kernel that does not trace
+    // active resets): a side would be a guess, so `open`, with closed_ns saying it is gone.
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.state(3 * kSec, kTcpEstablished, kTcpClose),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::Open);
+    EXPECT_EQ(conn.close.initiator, Initiator::Unknown);
+    EXPECT_EQ(conn.close.how, std::nullopt);
+    EXPECT_EQ(conn.close.idle_ms, std::nullopt);
+    EXPECT_EQ(conn.closed_ns, 3 * kSec);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::UnansweredAtClose});
+}
+
+// --- the close race ------------------------------------------------------------------------
+
+TEST(TrackerCloseRace, LateRequestSeenByIngressThenResetAsDataOnClosedSocket) {
+    // The request reaches the socket in FIN_WAIT1: the kernel resets the socket itself
+    // (tcp_receive_reset), closes it and answers the data with an RST (TCP_ABORT_ON_DATA).
+    const IdleServer server;
+    const Socket& socket = server.socket;
+    std::vector<Event> events = server.until_fin();
+    const uint64_t late_ns = server.fin_ns + 300 * kUs;
+    events.push_back(socket.message(late_ns, Direction::In, kLatePost));
+    events.push_back(socket.reset_received(late_ns + 10 * kUs));
+    events.push_back(socket.state(late_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
+    events.push_back(socket.reset_sent(late_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kLatePost));
+
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.peer_rst_ns, std::nullopt) << "the kernel's own reset is not the peer's";
+    EXPECT_EQ(conn.close.local_rst_ns, late_ns + 12 * kUs);
+    EXPECT_EQ(conn.close.rst_reason, "TCP_ABORT_ON_DATA");
+    ASSERT_EQ(conn.requests.size(), 2u) << "no duplicate of the late request";
+    EXPECT_EQ(conn.requests[1].method, "POST");
+    EXPECT_EQ(conn.requests[1].target, "/pay");
+    EXPECT_EQ(conn.requests[1].request_ns, late_ns);
+    EXPECT_EQ(conn.requests[1].status, std::nullopt);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
+}
+
+TEST(TrackerCloseRace, LateRequestOnlyInTimeWaitReset) {
+    // The socket is already a time-wait socket: no ingress message, only the RST's trigger.
+    const IdleServer server;
+    std::vector<Event> events = server.closed();
+    const uint64_t late_ns = server.closed_ns + 700 * kMs;
+    events.push_back(server.socket.time_wait_reset(late_ns, kLatePost));
+
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.local_rst_ns, late_ns);
+    EXPECT_EQ(conn.close.rst_reason, "TCP_TIMEWAIT_SOCKET");
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[1].method, "POST");
+    EXPECT_EQ(conn.requests[1].request_ns, late_ns);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
+}
+
+TEST(TrackerCloseRace, LateRequestInMessageAndTimeWaitResetCountsOnce) {
+    const IdleServer server;
+    std::vector<Event> events = server.closed();
+    const uint64_t late_ns = server.closed_ns + 5 * kMs;
+    events.push_back(server.socket.message(late_ns, Direction::In, kLatePost));
+    events.push_back(server.socket.time_wait_reset(late_ns + 40 * kUs, kLatePost));
+    // A retransmission of the same segment meets the time-wait socket again.
+    events.push_back(server.socket.time_wait_reset(late_ns + 200 * kMs, kLatePost));
+
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[1].request_ns, late_ns);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
+}
+
+TEST(TrackerCloseRace, TwoDifferentLateRequestsInResetsCountTwice) {
+    const IdleServer server;
+    std::vector<Event> events = server.closed();
+    events.push_back(server.socket.time_wait_reset(server.closed_ns + kMs, kLatePost));
+    events.push_back(server.socket.time_wait_reset(server.closed_ns + 2 * kMs, kGet));
+    const Connection conn = run_one(events);
+    ASSERT_EQ(conn.requests.size(), 3u);
+    EXPECT_EQ(conn.requests[1].method, "POST");
+    EXPECT_EQ(conn.requests[2].method, "GET");
+}
+
+TEST(TrackerCloseRace, RequestInTheSameNanosecondAsTheFinCountsAfterIt) {
+    const IdleServer server;
+    std::vector<Event> events = server.closed();
+    events.push_back(server.socket.message(server.fin_ns, Direction::In, kLatePost));
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conn.requests.back().outcome, Outcome::AfterLocalClose);
+}
+
+TEST(TrackerCloseRace, RequestStampedJustBeforeTheFinButResetAsLateCountsAfterIt) {
+    // Ingress stamped the segment, then it waited for the socket lock that close() held.
+    const IdleServer server;
+    const Socket& socket = server.socket;
+    std::vector<Event> events = server.until_fin();
+    const uint64_t stamped_ns = server.fin_ns - 50 * kUs;
+    events.push_back(socket.message(stamped_ns, Direction::In, kLatePost));
+    events.push_back(socket.reset_received(server.fin_ns + 20 * kUs));
+    events.push_back(socket.state(server.fin_ns + 21 * kUs, kTcpFinWait1, kTcpClose));
+    events.push_back(socket.reset_sent(server.fin_ns + 22 * kUs, "TCP_ABORT_ON_DATA", kLatePost));
+
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[1].request_ns, stamped_ns);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
+}
+
+TEST(TrackerCloseRace, LateRequestAfterLocalResetMeetsNoSocket) {
+    // This host aborted the connection; the request crossing its RST finds no socket (cookie 0)
+    // and is attributed by its tuple.
+    const Socket socket;
+    std::vector<Event> events = {
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.state(5 * kSec, kTcpEstablished, kTcpClose),
+        socket.reset_sent(5 * kSec + 10 * kUs, "TCP_ABORT_ON_CLOSE"),
+        socket.no_socket_reset(5 * kSec + 80 * kUs, kLatePost),
+    };
+    ConnTracker tracker;
+    for (const Event& event : events) tracker.on_event(event);
+    EXPECT_TRUE(tracker.take_unattributed().empty());
+    const std::vector<Connection> connections = tracker.finish_all(kEnd);
+    ASSERT_EQ(connections.size(), 1u);
+    EXPECT_EQ(connections[0].verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(connections[0].close.how, CloseHow::Rst);
+    EXPECT_EQ(connections[0].close.rst_reason, "TCP_ABORT_ON_CLOSE");
+    EXPECT_EQ(outcomes(connections[0]),
+              (std::vector{Outcome::Completed, Outcome::AfterLocalClose}));
+}
+
+TEST(TrackerCloseRace, LateRequestAfterAnUntracedAbort) {
+    // Kernels before 6.10 do not trace an active reset: the socket just goes. Data meeting no
+    // socket after that still proves a request came too late.
+    const Socket socket;
+    const uint64_t late_ns = 5 * kSec + 80 * kUs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.state(5 * kSec, kTcpEstablished, kTcpClose),
+        socket.no_socket_reset(late_ns, kLatePost),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.how, CloseHow::Rst);
+    EXPECT_EQ(conn.close.local_rst_ns, late_ns);
+    EXPECT_EQ(outcomes(conn), (std::vector{Outcome::Completed, Outcome::AfterLocalClose}));
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+}
+
+TEST(TrackerCloseRace, ResetWithoutPayloadAfterCloseIsNoRequest) {
+    // A stray ACK or FIN to the time-wait socket: an RST, but no request.
+    const IdleServer server;
+    std::vector<Event> events = server.closed();
+    events.push_back(server.socket.time_wait_reset(server.closed_ns + kMs, ""));
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.close.local_rst_ns, server.closed_ns + kMs);
+}
+
+// --- resets --------------------------------------------------------------------------------
+
+TEST(TrackerResets, GenuinePeerResetAfterOurFinIsKept) {
+    // An RST from the peer never triggers one from this host, so it stays a peer reset.
+    const IdleServer server;
+    std::vector<Event> events = server.until_fin();
+    events.push_back(server.socket.reset_received(server.fin_ns + 2 * kMs));
+    events.push_back(server.socket.state(server.fin_ns + 2 * kMs + kUs, kTcpFinWait1, kTcpClose));
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.close.peer_rst_ns, server.fin_ns + 2 * kMs);
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+}
+
+TEST(TrackerResets, ResetAnsweringAnRstDoesNotHideThePeerReset) {
+    const Socket socket;
+    Event answer = socket.reset_sent(5 * kSec + 100 * kUs, "NOT_SPECIFIED", "x");
+    answer.trigger_flags = CT_TCP_RST | CT_TCP_ACK;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.reset_received(5 * kSec),
+        socket.state(5 * kSec + kUs, kTcpEstablished, kTcpClose),
+        answer,
+    });
+    EXPECT_EQ(conn.close.peer_rst_ns, 5 * kSec);
+    EXPECT_EQ(conn.verdict, Verdict::PeerReset);
+}
+
+TEST(TrackerResets, SelfResetOnlyWithinAMillisecond) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.reset_received(5 * kSec),
+        socket.state(5 * kSec + kUs, kTcpEstablished, kTcpClose),
+        socket.reset_sent(5 * kSec + 2 * kMs, "TCP_ABORT_ON_DATA", "late"),
+    });
+    EXPECT_EQ(conn.close.peer_rst_ns, 5 * kSec);
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+}
+
+// --- closing at once and ties --------------------------------------------------------------
+
+TEST(TrackerTies, SimultaneousClose) {
+    const Socket socket;
+    const uint64_t fin_ns = 5 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.state(fin_ns, kTcpEstablished, kTcpFinWait1),
+        socket.state(fin_ns + 10 * kUs, kTcpFinWait1, kTcpClosing),
+        socket.state(fin_ns + 20 * kUs, kTcpClosing, kTcpClose),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.local_fin_ns, fin_ns);
+    EXPECT_EQ(conn.close.peer_fin_ns, fin_ns + 10 * kUs);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+}
+
+TEST(TrackerTies, BothFinsInOneNanosecondFollowTheStateOrderNotArrival) {
+    const Socket socket;
+    const uint64_t fin_ns = 5 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.state(fin_ns, kTcpClosing, kTcpClose),
+        socket.state(fin_ns, kTcpFinWait1, kTcpClosing),
+        socket.state(fin_ns, kTcpEstablished, kTcpFinWait1),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.local_fin_ns, fin_ns);
+    EXPECT_EQ(conn.close.peer_fin_ns, fin_ns);
+    EXPECT_EQ(conn.closed_ns, fin_ns);
+
+    const Connection peer_first = run_one({
+        socket.established(1 * kSec),
+        socket.state(fin_ns, kTcpCloseWait, kTcpLastAck),
+        socket.state(fin_ns, kTcpEstablished, kTcpCloseWait),
+    });
+    EXPECT_EQ(peer_first.close.initiator, Initiator::Peer);
+}
+
+TEST(TrackerTies, EventsShuffledAcrossCpusGiveTheSameRecord) {
+    const IdleServer server;
+    const Socket& socket = server.socket;
+    std::vector<Event> events = server.until_fin();
+    const uint64_t late_ns = server.fin_ns + 300 * kUs;
+    events.push_back(socket.message(late_ns, Direction::In, kLatePost));
+    events.push_back(socket.reset_received(late_ns + 10 * kUs));
+    events.push_back(socket.state(late_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
+    events.push_back(socket.reset_sent(late_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kLatePost));
+    const std::string expected = describe(run_one(events));
+
+    std::mt19937 random(20261125);
+    for (int round = 0; round < 200; ++round) {
+        // Each event goes to one of three CPUs, which deliver in order but interleaved.
+        std::vector<std::vector<Event>> cpus(3);
+        for (const Event& event : events) cpus[random() % cpus.size()].push_back(event);
+        std::vector<Event> delivered;
+        std::vector<std::size_t> next(cpus.size(), 0);
+        while (delivered.size() < events.size()) {
+            const std::size_t cpu = random() % cpus.size();
+            if (next[cpu] < cpus[cpu].size()) delivered.push_back(cpus[cpu][next[cpu]++]);
+        }
+        EXPECT_EQ(describe(run_one(delivered)), expected) << "round " << round;
+    }
+}
+
+// --- messages ------------------------------------------------------------------------------
+
+TEST(TrackerMessages, PipelinedRequestsAndResponses) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In,
+                       "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"),
+        socket.message(2 * kSec + kMs, Direction::Out,
+                       "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+                       "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+        socket.message(3 * kSec, Direction::In, "GET /c HTTP/1.1\r\nHost: x\r\n\r\n"),
+    });
+    ASSERT_EQ(conn.requests.size(), 3u);
+    EXPECT_EQ(conn.requests[0].target, "/a");
+    EXPECT_EQ(conn.requests[1].target, "/b");
+    EXPECT_EQ(conn.requests[0].request_ns, 2 * kSec);
+    EXPECT_EQ(conn.requests[1].request_ns, 2 * kSec);
+    EXPECT_EQ(conn.requests[0].status, 200);
+    EXPECT_EQ(conn.requests[1].status, 404);
+    EXPECT_EQ(conn.requests[1].response_ns, 2 * kSec + kMs);
+    EXPECT_EQ(conn.requests[2].target, "/c");
+    EXPECT_EQ(conn.requests[2].outcome, Outcome::InFlight);
+}
+
+TEST(TrackerMessages, ResponsesAnswerTheOldestRequestFirst) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, "GET /a HTTP/1.1\r\n"),
+        socket.message(2 * kSec + 1 * kMs, Direction::Out, kOk),
+        socket.message(2 * kSec + 2 * kMs, Direction::In, "GET /b HTTP/1.1\r\n"),
+        socket.message(2 * kSec + 3 * kMs, Direction::Out, "HTTP/1.1 503 Service Unavailable\r\n"),
+        // A response with no request left to answer is ignored.
+        socket.message(2 * kSec + 4 * kMs, Direction::Out, kOk),
+    });
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[0].status, 200);
+    EXPECT_EQ(conn.requests[1].status, 503);
+    EXPECT_EQ(conn.requests[1].response_ns, 2 * kSec + 3 * kMs);
+}
+
+TEST(TrackerMessages, ContinueDoesNotAnswerAndItsBodyIsNoRequest) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(
+            2 * kSec, Direction::In,
+            "POST /upload HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"),
+        socket.message(2 * kSec + 1 * kMs, Direction::Out, "HTTP/1.1 100 Continue\r\n\r\n"),
+        socket.message(2 * kSec + 2 * kMs, Direction::In, "{\"a\": 1}\n"),
+        socket.message(2 * kSec + 9 * kMs, Direction::Out, "HTTP/1.1 201 Created\r\n"),
+        socket.message(3 * kSec, Direction::In, kGet),
+        socket.message(3 * kSec + kMs, Direction::Out, kOk),
+    });
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[0].method, "POST");
+    EXPECT_EQ(conn.requests[0].status, 201);
+    EXPECT_EQ(conn.requests[0].response_ns, 2 * kSec + 9 * kMs);
+    EXPECT_EQ(conn.requests[1].status, 200);
+}
+
+TEST(TrackerMessages, RequestAfterContinueIsStillARequest) {
+    // The final response went out in the same burst as the 100 (no message of its own).
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, "POST /a HTTP/1.1\r\nExpect: 100-continue\r\n"),
+        socket.message(2 * kSec + 1 * kMs, Direction::Out, "HTTP/1.1 100 Continue\r\n\r\n"),
+        socket.message(3 * kSec, Direction::In, kGet),
+    });
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[1].method, "GET");
+}
+
+TEST(TrackerMessages, OpaqueMessagesCountByDirection) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kTlsHello),
+        socket.message(2 * kSec + kMs, Direction::Out, kTlsReply),
+        socket.message(3 * kSec, Direction::In, kTlsHello),
+    });
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_TRUE(conn.requests[0].opaque);
+    EXPECT_EQ(conn.requests[0].method, std::nullopt);
+    EXPECT_EQ(conn.requests[0].target, std::nullopt);
+    EXPECT_EQ(conn.requests[0].status, std::nullopt);
+    EXPECT_EQ(conn.requests[0].response_ns, 2 * kSec + kMs);
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::InFlight);
+}
+
+TEST(TrackerMessages, NothingAfterSwitchingProtocolsIsARequest) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"),
+        socket.message(2 * kSec + kMs, Direction::Out, "HTTP/1.1 101 Switching Protocols\r\n"),
+        socket.message(3 * kSec, Direction::In, "\x81\x85\x37\xfa\x21\x3d"),
+        socket.message(3 * kSec + kMs, Direction::Out, "\x81\x05hello"),
+        socket.message(4 * kSec, Direction::In, "\x81\x85\x37\xfa\x21\x3d"),
+        socket.state(5 * kSec, kTcpEstablished, kTcpFinWait1),
+    });
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].status, 101);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+}
+
+TEST(TrackerMessages, TargetQueryKeptOnlyWithFullTarget) {
+    const Socket socket;
+    const std::vector<Event> events = {
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, "GET /pay?card=1#x HTTP/1.1\r\n"),
+    };
+    EXPECT_EQ(run_one(events).requests.at(0).target, "/pay");
+    EXPECT_EQ(run_one(events, {.full_target = true}).requests.at(0).target, "/pay?card=1#x");
+}
+
+TEST(TrackerMessages, RequestLineCutAfterTheMethodHasNoTarget) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, "POST "),
+    });
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].method, "POST");
+    EXPECT_EQ(conn.requests[0].target, std::nullopt);
+    EXPECT_FALSE(conn.requests[0].opaque);
+}
+
+// --- client role (a proxy's upstream connection) -------------------------------------------
+
+TEST(TrackerClient, RequestsGoOutAndResponsesComeIn) {
+    const Socket socket{.cookie = 21, .role = Role::Client, .tuple = ipv4_tuple(40000, 8080)};
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::Out, kGet),
+        socket.message(2 * kSec + kMs, Direction::In, kOk),
+        socket.state(3 * kSec, kTcpEstablished, kTcpFinWait1),
+    });
+    EXPECT_EQ(conn.role, Role::Client);
+    EXPECT_EQ(conn.pid, 77u);
+    EXPECT_EQ(conn.comm, "nginx");
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].status, 200);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+}
+
+TEST(TrackerClient, RequestSentAfterThePeersFinIsPeerCloseRace) {
+    const Socket socket{.cookie = 21, .role = Role::Client, .tuple = ipv4_tuple(40000, 8080)};
+    const uint64_t peer_fin_ns = 7 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::Out, kGet),
+        socket.message(2 * kSec + kMs, Direction::In, kOk),
+        socket.state(peer_fin_ns, kTcpEstablished, kTcpCloseWait),
+        socket.message(peer_fin_ns + 400 * kUs, Direction::Out, kLatePost),
+        socket.reset_received(peer_fin_ns + 500 * kUs),
+        socket.state(peer_fin_ns + 501 * kUs, kTcpCloseWait, kTcpClose),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+    EXPECT_EQ(conn.close.peer_rst_ns, peer_fin_ns + 500 * kUs);
+    EXPECT_EQ(outcomes(conn), (std::vector{Outcome::Completed, Outcome::AfterPeerClose}));
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseRace);
+}
+
+TEST(TrackerClient, RequestInFlightWhenThePeerClosesIsPeerCloseInflight) {
+    const Socket socket{.cookie = 21, .role = Role::Client, .tuple = ipv4_tuple(40000, 8080)};
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::Out, kGet),
+        socket.state(3 * kSec, kTcpEstablished, kTcpCloseWait),
+    });
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::UnansweredAtClose});
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseInflight);
+}
+
+// --- sockets first seen mid-life -----------------------------------------------------------
+
+TEST(TrackerMidLife, ServerSeenFirstByAMessage) {
+    Socket socket;
+    socket.role = Role::Unknown;
+    const Connection conn = run_one({
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.state(9 * kSec, kTcpEstablished, kTcpFinWait1, activity(2 * kSec, 2 * kSec + kMs)),
+        socket.state(9 * kSec + kMs, kTcpFinWait1, kTcpFinWait2),
+        socket.state(9 * kSec + kMs, kTcpFinWait2, kTcpClose),
+    });
+    EXPECT_EQ(conn.role, Role::Unknown);
+    EXPECT_EQ(conn.established_ns, std::nullopt);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::Completed});
+    ASSERT_TRUE(conn.close.idle_ms);
+    EXPECT_DOUBLE_EQ(*conn.close.idle_ms, 6999.0);
+}
+
+TEST(TrackerMidLife, OutgoingRequestLineMakesThisHostTheClient) {
+    Socket socket{.cookie = 21, .role = Role::Unknown, .tuple = ipv4_tuple(40000, 8080)};
+    const Connection conn = run_one({
+        socket.message(2 * kSec, Direction::Out, kGet),
+        socket.message(2 * kSec + kMs, Direction::In, kOk),
+        socket.state(5 * kSec, kTcpEstablished, kTcpCloseWait),
+        socket.message(5 * kSec + kMs, Direction::Out, kLatePost),
+    });
+    EXPECT_EQ(conn.role, Role::Unknown);
+    EXPECT_EQ(outcomes(conn), (std::vector{Outcome::Completed, Outcome::AfterPeerClose}));
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseRace);
+}
+
+TEST(TrackerMidLife, FirstSeenAlreadyClosedByThisHost) {
+    // Closed before the recording; a late request still meets the FIN_WAIT2 socket.
+    Socket socket;
+    socket.role = Role::Unknown;
+    const uint64_t late_ns = 3 * kSec;
+    const Connection conn = run_one({
+        socket.message(late_ns, Direction::In, kLatePost),
+        socket.reset_received(late_ns + 10 * kUs),
+        socket.state(late_ns + 11 * kUs, kTcpFinWait2, kTcpClose),
+        socket.reset_sent(late_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kLatePost),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.local_fin_ns, std::nullopt);
+    EXPECT_EQ(conn.close.peer_fin_ns, std::nullopt);
+    EXPECT_EQ(conn.close.peer_rst_ns, std::nullopt);
+    EXPECT_EQ(conn.close.idle_ms, std::nullopt);
+    EXPECT_EQ(outcomes(conn), std::vector{Outcome::AfterLocalClose});
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+}
+
+TEST(TrackerMidLife, FirstSeenAfterThePeersFin) {
+    Socket socket;
+    socket.role = Role::Unknown;
+    const Connection conn = run_one({
+        socket.reset_received(3 * kSec),
+        socket.state(3 * kSec + kUs, kTcpLastAck, kTcpClose),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.peer_rst_ns, 3 * kSec);
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
+}
+
+// --- linger, attribution -------------------------------------------------------------------
+
+TEST(TrackerLinger, ClosedConnectionWaitsForTheLingerAndTakesALateReset) {
+    const IdleServer server;
+    ConnTracker tracker({.linger_ns = 2 * kSec});
+    for (const Event& event : server.closed()) tracker.on_event(event);
+    EXPECT_EQ(tracker.open_connections(), 0u);
+    EXPECT_TRUE(tracker.take_finished(server.closed_ns + 2 * kSec).empty());
+
+    tracker.on_event(server.socket.time_wait_reset(server.closed_ns + 1500 * kMs, kLatePost));
+    const std::vector<Connection> finished = tracker.take_finished(server.closed_ns + 2 * kSec + 1);
+    ASSERT_EQ(finished.size(), 1u);
+    EXPECT_EQ(finished[0].id, 1u);
+    EXPECT_EQ(finished[0].verdict, Verdict::LocalCloseRace);
+    EXPECT_TRUE(tracker.take_unattributed().empty());
+
+    // Too late for the record already written: the event stands alone once the linger passes.
+    const Event too_late = server.socket.time_wait_reset(server.closed_ns + 3 * kSec, kLatePost);
+    tracker.on_event(too_late);
+    EXPECT_TRUE(tracker.take_finished(server.closed_ns + 4 * kSec).empty());
+    EXPECT_TRUE(tracker.take_unattributed().empty());
+    EXPECT_TRUE(tracker.take_finished(server.closed_ns + 5 * kSec + 1).empty());
+    const std::vector<Event> unattributed = tracker.take_unattributed();
+    ASSERT_EQ(unattributed.size(), 1u);
+    EXPECT_EQ(unattributed[0].ts_ns, too_late.ts_ns);
+    EXPECT_EQ(unattributed[0].payload, kLatePost);
+}
+
+TEST(TrackerLinger, OpenConnectionsAreHeldUntilTheEnd) {
+    const IdleServer closed;
+    const Socket open{.cookie = 12, .role = Role::Server, .tuple = ipv4_tuple(8080, 51235)};
+    ConnTracker tracker;
+    for (const Event& event : closed.closed()) tracker.on_event(event);
+    tracker.on_event(open.established(2 * kSec));
+    tracker.on_event(open.message(3 * kSec, Direction::In, kGet));
+    EXPECT_EQ(tracker.open_connections(), 1u);
+
+    const std::vector<Connection> finished = tracker.take_finished(kEnd);
+    ASSERT_EQ(finished.size(), 1u);
+    EXPECT_EQ(finished[0].cookie, closed.socket.cookie);
+    EXPECT_EQ(tracker.open_connections(), 1u);
+
+    const std::vector<Connection> rest = tracker.finish_all(kEnd);
+    ASSERT_EQ(rest.size(), 1u);
+    EXPECT_EQ(rest[0].id, 2u);
+    EXPECT_EQ(rest[0].verdict, Verdict::Open);
+    EXPECT_EQ(outcomes(rest[0]), std::vector{Outcome::InFlight});
+    EXPECT_EQ(tracker.open_connections(), 0u);
+}
+
+TEST(TrackerAttribution, ResetWithNoSocketAndUnknownTupleIsUnattributed) {
+    const IdleServer server;
+    Socket stranger = server.socket;
+    stranger.tuple = ipv4_tuple(8080, 60000);
+    ConnTracker tracker;
+    for (const Event& event : server.closed()) tracker.on_event(event);
+    tracker.on_event(stranger.no_socket_reset(9 * kSec, kGet));
+    Socket other_namespace = server.socket;
+    other_namespace.netns = 4026532000;
+    tracker.on_event(other_namespace.no_socket_reset(9 * kSec + kMs, kGet));
+
+    const std::vector<Event> unattributed = tracker.take_unattributed();
+    ASSERT_EQ(unattributed.size(), 2u);
+    EXPECT_EQ(unattributed[0].tuple.rport, 60000);
+    EXPECT_EQ(unattributed[1].netns, 4026532000u);
+    const std::vector<Connection> connections = tracker.finish_all(kEnd);
+    ASSERT_EQ(connections.size(), 1u);
+    EXPECT_EQ(connections[0].close.local_rst_ns, std::nullopt);
+}
+
+TEST(TrackerAttribution, ResetWithNoSocketGoesToTheNewestSocketOfItsTuple) {
+    const Socket older{.cookie = 31};
+    const Socket newer{.cookie = 32};
+    ConnTracker tracker;
+    tracker.on_event(older.established(1 * kSec));
+    tracker.on_event(older.state(2 * kSec, kTcpEstablished, kTcpFinWait1));
+    tracker.on_event(newer.established(3 * kSec));
+    tracker.on_event(newer.no_socket_reset(4 * kSec, ""));
+    const std::vector<Connection> connections = tracker.finish_all(kEnd);
+    ASSERT_EQ(connections.size(), 2u);
+    EXPECT_EQ(connections[0].cookie, 31u);
+    EXPECT_EQ(connections[0].close.local_rst_ns, std::nullopt);
+    EXPECT_EQ(connections[1].cookie, 32u);
+    EXPECT_EQ(connections[1].close.local_rst_ns, 4 * kSec);
+    EXPECT_EQ(connections[1].close.rst_reason, "NO_SOCKET");
+}
+
+TEST(TrackerAttribution, ResetOfASocketNeverSeenAliveIsUnattributedAfterTheLinger) {
+    // A time-wait socket of a connection closed before the recording.
+    const Socket socket{.cookie = 41};
+    ConnTracker tracker({.linger_ns = 2 * kSec});
+    tracker.on_event(socket.time_wait_reset(5 * kSec, kLatePost));
+    EXPECT_EQ(tracker.open_connections(), 0u);
+    EXPECT_TRUE(tracker.take_finished(6 * kSec).empty());
+    EXPECT_TRUE(tracker.take_unattributed().empty());
+    EXPECT_TRUE(tracker.take_finished(7 * kSec + 1).empty());
+    EXPECT_EQ(tracker.take_unattributed().size(), 1u);
+
+    tracker.on_event(socket.time_wait_reset(8 * kSec, kLatePost));
+    EXPECT_TRUE(tracker.finish_all(kEnd).empty());
+    EXPECT_EQ(tracker.take_unattributed().size(), 1u);
+}
+
+TEST(TrackerAttribution, ResetDeliveredBeforeItsSocketsFirstEventIsKept) {
+    // Accepted and aborted at once; the RST's CPU delivered first.
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.reset_sent(1 * kSec + 20 * kUs, "TCP_ABORT_ON_CLOSE"),
+        socket.established(1 * kSec),
+        socket.state(1 * kSec + 10 * kUs, kTcpEstablished, kTcpClose),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalReset);
+    EXPECT_EQ(conn.close.local_rst_ns, 1 * kSec + 20 * kUs);
+}
+
+// --- the record's other members ------------------------------------------------------------
+
+TEST(TrackerRecord, IdentityCountersAndIds) {
+    Socket socket{.cookie = 8231};
+    socket.tuple.family = AF_INET6;
+    socket.tuple.laddr = {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2};
+    socket.tuple.raddr = {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    const IdleServer server{.socket = socket};
+    std::vector<Event> events = server.closed();
+    SockSnapshot final_counters = activity(0, 0);
+    final_counters.bytes_in = 812;
+    final_counters.bytes_out = 1640;
+    final_counters.segs_in = 9;
+    final_counters.segs_out = 8;
+    events.back().snap = final_counters;
+    const Socket second{.cookie = 8232, .tuple = ipv4_tuple(8080, 51300)};
+    events.push_back(second.established(2 * kSec));
+
+    const std::vector<Connection> connections = run(events);
+    ASSERT_EQ(connections.size(), 2u);
+    const Connection& conn = connections[0];
+    EXPECT_EQ(conn.id, 1u);
+    EXPECT_EQ(connections[1].id, 2u);
+    EXPECT_EQ(conn.cookie, 8231u);
+    EXPECT_EQ(conn.netns, 4026531840u);
+    EXPECT_EQ(conn.family, "ipv6");
+    EXPECT_EQ(conn.local, (Endpoint{"fd00::2", 8080}));
+    EXPECT_EQ(conn.remote, (Endpoint{"fd00::1", 51234}));
+    EXPECT_EQ(conn.role, Role::Server);
+    EXPECT_EQ(conn.pid, 4242u);  // the accepted socket's owner shows first when it closes
+    EXPECT_EQ(conn.comm, "node");
+    EXPECT_EQ(conn.established_ns, server.open_ns);
+    EXPECT_EQ(conn.closed_ns, server.closed_ns);
+    EXPECT_EQ(conn.bytes_in, 812u);
+    EXPECT_EQ(conn.bytes_out, 1640u);
+    EXPECT_EQ(conn.segs_in, 9u);
+    EXPECT_EQ(conn.segs_out, 8u);
+    EXPECT_EQ(connections[1].family, "ipv4");
+    EXPECT_EQ(connections[1].local, (Endpoint{"10.0.0.2", 8080}));
+    EXPECT_EQ(connections[1].pid, std::nullopt);
+    EXPECT_EQ(connections[1].comm, std::nullopt);
+}
+
+TEST(TrackerRecord, IdleIsTheTimeSinceTheLastPayloadAtTheFirstClose) {
+    const IdleServer server;
+    const Connection conn = run_one(server.closed());
+    ASSERT_TRUE(conn.close.idle_ms);
+    EXPECT_DOUBLE_EQ(*conn.close.idle_ms, 5000.0);
+}
+
+TEST(TrackerRecord, IdleUnknownWithoutPayloadClocksAndNeverNegative) {
+    const Socket socket;
+    const Connection unknown = run_one({
+        socket.established(1 * kSec),
+        socket.state(5 * kSec, kTcpEstablished, kTcpCloseWait, activity(0, 0)),
+    });
+    EXPECT_EQ(unknown.close.idle_ms, std::nullopt);
+
+    const Connection skewed = run_one({
+        socket.established(1 * kSec),
+        socket.state(5 * kSec, kTcpEstablished, kTcpCloseWait, activity(5 * kSec + kUs, 0)),
+    });
+    EXPECT_EQ(skewed.close.idle_ms, 0.0);
+
+    const Connection by_reset = run_one({
+        socket.established(1 * kSec),
+        socket.reset_received(5 * kSec),
+    });
+    EXPECT_EQ(by_reset.close.idle_ms, std::nullopt);
+}
+
+}  // namespace
+}  // namespace closetrace
