@@ -92,11 +92,37 @@ static __always_inline void count(__u32 counter)
 		*value += 1;
 }
 
+/*
+ * One test of the reserved pointer only: 6.1's verifier does not know that ring buffer memory
+ * it has seen non-NULL stays so, and a second test makes it follow a NULL path that still holds
+ * the reservation ("Unreleased reference").
+ */
 static __always_inline void *reserve_event(__u32 size)
 {
 	void *record = bpf_ringbuf_reserve(&events, size, 0);
-	count(record ? CT_COUNTER_EMITTED : CT_COUNTER_LOST);
+	if (!record)
+		count(CT_COUNTER_LOST);
 	return record;
+}
+
+static __always_inline void submit_event(void *record)
+{
+	bpf_ringbuf_submit(record, 0);
+	count(CT_COUNTER_EMITTED);
+}
+
+/*
+ * A copy length n (1..CT_PAYLOAD_MAX, checked by the caller) in a form older verifiers can
+ * bound: 6.1 learns bounds only from comparisons with constants on the register it is given,
+ * and the compiler, knowing n's range, drops or moves such tests. A mask on an opaque value
+ * stays: ((n - 1) & (MAX - 1)) + 1 == n for n in 1..MAX (MAX a power of 2).
+ */
+_Static_assert((CT_PAYLOAD_MAX & (CT_PAYLOAD_MAX - 1)) == 0, "CT_PAYLOAD_MAX: a power of 2");
+static __always_inline __u64 copy_len(__u64 n)
+{
+	__u64 minus_one = n - 1;
+	barrier_var(minus_one);
+	return (minus_one & (CT_PAYLOAD_MAX - 1)) + 1;
 }
 
 static __always_inline bool port_matches(__u16 lport, __u16 rport)
@@ -304,7 +330,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	event->old_state = oldstate;
 	event->new_state = newstate;
 	event->role = state->role;
-	bpf_ringbuf_submit(event, 0);
+	submit_event(event);
 	return 0;
 }
 
@@ -390,10 +416,11 @@ static __always_inline void read_trigger(const struct sk_buff *skb, struct ct_re
 		__u64 data_offset = (__u64)BPF_CORE_READ(skb, data) - (__u64)head;
 		if (bpf_dynptr_from_skb((struct __sk_buff *)skb, 0, &data))
 			return;
-		if (want == 0 || want > CT_PAYLOAD_MAX)
+		if (want == 0)
 			return;
-		if (!bpf_dynptr_read(event->payload, want, &data, start - data_offset, 0))
-			event->captured = want;
+		__u64 len = copy_len(want);
+		if (!bpf_dynptr_read(event->payload, len, &data, start - data_offset, 0))
+			event->captured = len;
 		return;
 	} else {
 		struct skb_shared_info *shinfo = (void *)(head + BPF_CORE_READ(skb, end));
@@ -414,10 +441,11 @@ static __always_inline void read_trigger(const struct sk_buff *skb, struct ct_re
 		available = frag.len - skip;
 	}
 	__u64 n = available < want ? available : want;
-	if (n == 0 || n > CT_PAYLOAD_MAX)
+	if (n == 0)
 		return;
-	if (!bpf_probe_read_kernel(event->payload, n, source))
-		event->captured = n;
+	__u64 len = copy_len(n);
+	if (!bpf_probe_read_kernel(event->payload, len, source))
+		event->captured = len;
 }
 
 static __always_inline int handle_reset_sent(unsigned long long *ctx, const struct sock *sk,
@@ -471,7 +499,7 @@ static __always_inline int handle_reset_sent(unsigned long long *ctx, const stru
 		snapshot_sock(sk, state, &event->snap, now);
 		event->role = state->role;
 	}
-	bpf_ringbuf_submit(event, 0);
+	submit_event(event);
 	return 0;
 }
 
@@ -509,7 +537,7 @@ int BPF_PROG(on_reset_received, struct sock *sk)
 	event->reason = CT_RST_REASON_UNKNOWN;
 	event->sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	event->role = state->role;
-	bpf_ringbuf_submit(event, 0);
+	submit_event(event);
 	return 0;
 }
 
@@ -605,9 +633,12 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	__u64 payload_len = skb->len - payload_offset;
 	event->segment_len = payload_len;
 	__u64 n = payload_len < CT_PAYLOAD_MAX ? payload_len : CT_PAYLOAD_MAX;
-	if (n > 0 && n <= CT_PAYLOAD_MAX && !bpf_skb_load_bytes(skb, payload_offset, event->payload, n))
-		event->captured = n;
-	bpf_ringbuf_submit(event, 0);
+	if (n > 0) {
+		__u64 len = copy_len(n);
+		if (!bpf_skb_load_bytes(skb, payload_offset, event->payload, len))
+			event->captured = len;
+	}
+	submit_event(event);
 }
 
 SEC("cgroup_skb/ingress")

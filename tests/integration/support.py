@@ -61,12 +61,14 @@ class Recorder:
 
     def __enter__(self):
         self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, text=True)
-        # The first stderr line says recording has started (programs attached).
-        line = self.process.stderr.readline()
-        if "recording" not in line:
-            rest = self.process.stderr.read() if self.process.poll() is not None else ""
+        # The header line is written once the programs are attached: recording has started.
+        def started():
+            return os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if not wait_for(lambda: started() or self.process.poll() is not None, timeout=30):
             self.process.kill()
-            raise RuntimeError(f"closetrace record did not start: {line}{rest}")
+        if not started():
+            _, stderr = self.process.communicate()
+            raise RuntimeError(f"closetrace record did not start: {stderr}")
         return self
 
     def stop(self):

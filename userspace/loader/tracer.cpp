@@ -6,12 +6,18 @@
 #include <fcntl.h>
 #include <linux/bpf.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -27,7 +33,15 @@ namespace {
 // libbpf's own diagnostics are for developers; keep the last warning for the error message.
 thread_local std::string last_libbpf_message;
 
+// CLOSETRACE_LIBBPF_DEBUG=1: all of libbpf's log on stderr, the verifier's log included (what
+// tools/vm/kernel-check --libbpf-debug shows from inside a VM).
 int capture_libbpf_print(enum libbpf_print_level level, const char* format, va_list args) {
+    if (std::getenv("CLOSETRACE_LIBBPF_DEBUG")) {
+        va_list copy;
+        va_copy(copy, args);
+        vfprintf(stderr, format, copy);
+        va_end(copy);
+    }
     if (level == LIBBPF_DEBUG) return 0;
     char text[512];
     vsnprintf(text, sizeof(text), format, args);
@@ -53,11 +67,57 @@ private:
     int fd_;
 };
 
+// "now at N nsecs" (CLOCK_MONOTONIC) and the first "jiffies: N" of /proc/timer_list.
+std::optional<std::pair<uint64_t, uint64_t>> sample_jiffies() {
+    std::ifstream list("/proc/timer_list");
+    std::string line;
+    std::optional<uint64_t> now_ns;
+    while (std::getline(list, line)) {
+        unsigned long long value = 0;
+        if (!now_ns && std::sscanf(line.c_str(), "now at %llu nsecs", &value) == 1) now_ns = value;
+        if (now_ns && std::sscanf(line.c_str(), "jiffies: %llu", &value) == 1) {
+            return std::make_pair(*now_ns, static_cast<uint64_t>(value));
+        }
+    }
+    return std::nullopt;
+}
+
+// The kernel's HZ from the pace of its jiffies over 200 ms; 0 when it cannot be told.
+unsigned measure_hz() {
+    const auto first = sample_jiffies();
+    usleep(200 * 1000);
+    const auto second = sample_jiffies();
+    if (!first || !second || second->first <= first->first) return 0;
+    const double rate = static_cast<double>(second->second - first->second) * 1e9 /
+                        static_cast<double>(second->first - first->first);
+    for (const unsigned hz : {100u, 250u, 300u, 1000u}) {
+        if (rate > hz * 0.9 && rate < hz * 1.1) return hz;
+    }
+    return 0;
+}
+
+// CONFIG_HZ for the programs' `__kconfig` extern, when libbpf cannot read it itself: it looks
+// in /boot/config-RELEASE and /proc/config.gz only, and refuses to load anything when neither
+// is there (a container that does not mount /boot; Debian and AL2023 kernels have no
+// /proc/config.gz). Empty when libbpf will find the kernel's config.
+std::string kconfig_override() {
+    utsname names{};
+    if (uname(&names) == 0 &&
+        access((std::string("/boot/config-") + names.release).c_str(), R_OK) == 0) {
+        return {};
+    }
+    if (access("/proc/config.gz", R_OK) == 0) return {};
+    static const std::string measured = fmt::format("CONFIG_HZ={}\n", measure_hz());
+    return measured;
+}
+
 // Opens the skeleton with the filters in its read-only data and one reset program variant.
 closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
     bpf_object_open_opts open_options{};
     open_options.sz = sizeof(open_options);
     if (config.btf_path) open_options.btf_custom_path = config.btf_path->c_str();
+    const std::string kconfig = kconfig_override();
+    if (!kconfig.empty()) open_options.kconfig = kconfig.c_str();
     closetrace_bpf* skeleton = closetrace_bpf__open_opts(&open_options);
     if (!skeleton) {
         throw LoaderError(fmt::format("cannot open the BPF programs: {} ({})", errno_text(errno),
@@ -246,6 +306,7 @@ RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path)
 }
 
 std::optional<std::string> fentry_unavailable_reason() {
+    libbpf_set_print(capture_libbpf_print);  // not libbpf's own stderr lines in doctor's table
     btf* types = btf__load_vmlinux_btf();
     if (!types) return std::string("no kernel BTF");
     const int target = btf__find_by_name_kind(types, "tcp_close", BTF_KIND_FUNC);
