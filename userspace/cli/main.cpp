@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     closetrace::add_record_command(app);
     closetrace::add_doctor_command(app);
+    closetrace::add_demo_command(app);
     closetrace::add_analysis_commands(app);
     try {
         app.parse(argc, argv);

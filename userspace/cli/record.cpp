@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "closetrace/container.h"
 #include "closetrace/event.h"
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
@@ -39,6 +40,7 @@ void install_stop_handlers() {
 struct RecordOptions {
     std::vector<uint16_t> ports;
     std::string cgroup;
+    std::string netns;
     double duration_s = 0;
     std::string output;
     bool quiet = false;
@@ -213,6 +215,12 @@ void record(const RecordOptions& options) {
 
     TracerConfig config;
     config.ports = options.ports;
+    if (!options.netns.empty()) {
+        std::string error;
+        const auto inode = netns_inode(options.netns, &error);
+        if (!inode) fail(fmt::format("--netns {}: {}", options.netns, error), 2);
+        config.netns = *inode;
+    }
     config.ring_buffer_bytes = options.ring_mb << 20;
     if (!options.btf.empty()) config.btf_path = options.btf;
     config.messages = !options.no_messages;
@@ -382,6 +390,9 @@ void add_record_command(CLI::App& app) {
         ->check(CLI::Range(1, 65535));
     command->add_option("--cgroup", options->cgroup,
                         "Only sockets of this cgroup v2 subtree (path, absolute or below the mount)");
+    command->add_option("--netns", options->netns,
+                        "Only sockets of this network namespace: /proc/PID/ns/net, "
+                        "/run/netns/NAME or an inode number");
     command->add_option("--duration,-d", options->duration_s, "Stop after this many seconds")
         ->check(CLI::PositiveNumber);
     command->add_option("--output,-o", options->output,

@@ -7,5 +7,6 @@ namespace closetrace {
 
 void add_record_command(CLI::App& app);
 void add_doctor_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 
 }  // namespace closetrace

@@ -1,5 +1,7 @@
 #include "host.h"
 
+#include "closetrace/container.h"
+
 #include <bpf/libbpf.h>
 #include <linux/capability.h>
 #include <sys/syscall.h>
@@ -19,9 +21,8 @@ bool has_capability(const __user_cap_data_struct (&caps)[2], int capability) {
     return caps[capability / 32].effective & (1u << (capability % 32));
 }
 
-}  // namespace
-
-std::optional<std::string> find_mount(const std::string& fs_type) {
+// The mount point of the first file system of this type in /proc/mounts (never assumed).
+std::optional<std::string> find_mount(std::string_view fs_type) {
     std::ifstream mounts("/proc/mounts");
     std::string line;
     while (std::getline(mounts, line)) {
@@ -32,12 +33,14 @@ std::optional<std::string> find_mount(const std::string& fs_type) {
     return std::nullopt;
 }
 
+}  // namespace
+
 HostFacts inspect_host() {
     HostFacts facts;
     utsname names{};
     if (uname(&names) == 0) facts.kernel_release = names.release;
     facts.kernel_btf = std::filesystem::exists("/sys/kernel/btf/vmlinux");
-    facts.cgroup2_mount = find_mount("cgroup2");
+    if (auto mount = find_cgroup2_mount()) facts.cgroup2_mount = mount->string();
     facts.tracefs_mount = find_mount("tracefs");
     facts.kprobe_pmu = std::filesystem::exists("/sys/bus/event_source/devices/kprobe/type");
     facts.libbpf_version = libbpf_version_string();

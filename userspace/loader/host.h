@@ -23,7 +23,4 @@ HostFacts inspect_host();
 // The privileges recording needs that this process lacks, as one phrase ("" when none).
 std::string missing_privileges(const HostFacts& facts);
 
-// The mount point of the first cgroup2 file system in /proc/mounts (never assumed).
-std::optional<std::string> find_mount(const std::string& fs_type);
-
 }  // namespace closetrace

@@ -2,6 +2,7 @@
 // summary objects.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <istream>
 #include <map>
@@ -59,9 +60,9 @@ struct TraceSummary {
     std::map<std::string, uint64_t> verdicts;
 };
 
-// Serialises one trace line each (no trailing newline). Wire bytes (targets, payloads) are
-// written byte for byte as code points 0-255 with every non-ASCII or control byte escaped as
-// \u00XX, so any byte string round-trips and no output is invalid JSON or UTF-8.
+// Serialises one trace line each (no trailing newline). Every string is taken as bytes: each
+// byte becomes the code point of the same value (0-255), escaped as \u00XX unless printable
+// ASCII, so any byte string round-trips and every line is pure ASCII JSON.
 std::string header_line(const TraceHeader& header);
 std::string conn_line(const Connection& conn);
 std::string event_line(const Event& event);
@@ -72,12 +73,14 @@ std::string summary_line(const TraceSummary& summary);
 class TraceWriter {
 public:
     explicit TraceWriter(int fd, std::size_t flush_bytes = 64 * 1024);
-    ~TraceWriter();  // flushes
+    ~TraceWriter();  // flushes, ignoring errors: call flush() first to see them
     TraceWriter(const TraceWriter&) = delete;
     TraceWriter& operator=(const TraceWriter&) = delete;
 
-    void write_line(std::string_view line);  // adds the '\n'
-    void flush();                            // throws std::system_error on a write error
+    void write_line(std::string_view line);  // adds the '\n'; may flush (and throw)
+    // Throws std::system_error with the errno on a write error; what could not be written stays
+    // buffered, so a later flush() continues where this one stopped.
+    void flush();
 
 private:
     int fd_;
@@ -85,7 +88,8 @@ private:
     std::string buffer_;
 };
 
-// A problem with a trace file: names the file and the 1-based line.
+// A problem with a trace file: names the file and the 1-based line (0: the file as a whole).
+// what() is one line: "trace.jsonl:17: conn.close.how: expected \"fin\", \"rst\" or null".
 class TraceError : public std::runtime_error {
 public:
     TraceError(const std::string& file, uint64_t line, const std::string& what);
@@ -97,22 +101,44 @@ private:
     uint64_t line_;
 };
 
-// A trace `event` line, kept as read (its members are informational for analysis).
+// A trace `event` line, kept as read (its members are informational for analysis). Members that
+// do not apply to `kind` keep their defaults.
 struct TraceEventLine {
-    std::string kind;
+    std::string kind;  // "state" | "reset_sent" | "reset_received" | "message"
     uint64_t ts_ns = 0;
     uint64_t cookie = 0;
+    uint32_t netns = 0;
+    std::string family;  // "ipv4" | "ipv6"
     Endpoint local;
     Endpoint remote;
+
+    // state
+    std::string old_state;  // e.g. "ESTABLISHED"
+    std::string new_state;
+    Role role = Role::Unknown;
+
+    // reset_sent, reset_received
     std::optional<std::string> rst_reason;
-    std::string payload;  // bytes
+    std::string trigger_flags;            // e.g. "P."
+    std::optional<std::string> sk_state;  // nullopt when the kernel had no socket
+
+    // message
+    Direction direction = Direction::In;
+
+    // reset_* (`payload_len`) and message (`segment_len`): bytes on the wire in that segment
+    uint32_t payload_len = 0;
+    std::string payload;  // first bytes captured (raw bytes)
 };
 
 using TraceRecord = std::variant<Connection, TraceEventLine, TraceSummary>;
 
+// Longest line a reader accepts (without its '\n').
+inline constexpr std::size_t kMaxTraceLineBytes = 1024 * 1024;
+
 // Streaming, strict reader: constant memory in the number of lines. The header is read by the
 // constructor. A malformed line throws TraceError naming the file and line; an unknown schema
-// throws; a truncated last line (no '\n', not valid JSON) is skipped with a warning.
+// throws; a truncated last line (no '\n', not valid JSON) is skipped with a warning. Blank lines
+// are skipped and CRLF line ends are accepted. Unknown members are ignored.
 class TraceReader {
 public:
     TraceReader(std::istream& in, std::string file_name);
