@@ -63,7 +63,8 @@ struct sock_state {
 	char comm[CT_COMM_LEN];
 	__u8 role;
 	__u8 last_direction; /* direction of the last payload: a change starts a new message */
-	__u8 pad[6];
+	__u8 owner_from;     /* enum ct_owner_source */
+	__u8 pad[5];
 };
 
 struct {
@@ -227,16 +228,16 @@ static __always_inline bool is_midlife_state(int state)
 	       state == TCP_FIN_WAIT2 || state == TCP_LAST_ACK || state == TCP_CLOSING;
 }
 
-/* Transitions made by a system call of the owning process, so `current` is that process. */
-static __always_inline bool by_owner_syscall(int oldstate, int newstate)
+/* Our FIN: sent by close() or shutdown() of the owning process, so `current` is that process. */
+static __always_inline bool by_close_syscall(int oldstate, int newstate)
 {
-	return newstate == TCP_SYN_SENT ||
-	       (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+	return (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
 	       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
 }
 
-static __always_inline void remember_owner(struct sock_state *state)
+static __always_inline void remember_owner(struct sock_state *state, __u8 source)
 {
+	state->owner_from = source;
 	state->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(&state->comm, sizeof(state->comm));
 }
@@ -287,7 +288,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 			return 0;
 		state = new_state(sk, CT_ROLE_CLIENT, now);
 		if (state)
-			remember_owner(state);
+			remember_owner(state, CT_OWNER_CONNECT);
 		return 0;
 	}
 	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
@@ -309,8 +310,8 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 			return 0;
 	}
 
-	if (by_owner_syscall(oldstate, newstate))
-		remember_owner(state);
+	if (by_close_syscall(oldstate, newstate))
+		remember_owner(state, CT_OWNER_CLOSE);
 
 	struct ct_state_event *event = reserve_event(sizeof(*event));
 	if (!event)
@@ -330,6 +331,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	event->old_state = oldstate;
 	event->new_state = newstate;
 	event->role = state->role;
+	event->owner_from = state->owner_from;
 	submit_event(event);
 	return 0;
 }

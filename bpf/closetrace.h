@@ -44,6 +44,13 @@ enum ct_role {
 	CT_ROLE_CLIENT = 2,  /* active open: SYN_SENT -> ESTABLISHED */
 };
 
+/* Where a socket's owning process (pid, comm) was seen: a system call of that process. */
+enum ct_owner_source {
+	CT_OWNER_NONE = 0,
+	CT_OWNER_CONNECT = 1, /* connect() */
+	CT_OWNER_CLOSE = 2,   /* close() or shutdown() that sent our FIN */
+};
+
 enum ct_direction {
 	CT_DIR_IN = 1,  /* received by this host */
 	CT_DIR_OUT = 2, /* sent by this host */
@@ -99,7 +106,7 @@ struct ct_state_event {
 	__u8 old_state;       /* TCP_* as in include/net/tcp_states.h */
 	__u8 new_state;
 	__u8 role;            /* enum ct_role */
-	__u8 pad;
+	__u8 owner_from;      /* enum ct_owner_source: where pid and comm were seen */
 	char comm[CT_COMM_LEN];
 };
 

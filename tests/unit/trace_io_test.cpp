@@ -274,7 +274,7 @@ TEST(TraceIo, HeaderHasTheDocumentedMembers) {
               (std::vector<std::string>{"type", "schema", "tool_version", "host", "kernel",
                                         "start_ns", "start_wall", "mono_to_wall_ns", "filters",
                                         "probes"}));
-    EXPECT_EQ(json["filters"].dump(), R"({"ports":[8080,443],"cgroup":null,"full_target":false})");
+    EXPECT_EQ(json["filters"].dump(), R"({"ports":[8080,443],"cgroup":null,"full_target":false,"netns":null,"container":null,"pid":null})");
     EXPECT_EQ(json["probes"]["messages"], nullptr);
     EXPECT_EQ(member_names(json["probes"]),
               (std::vector<std::string>{"state", "reset_sent", "reset_received", "messages",
@@ -290,6 +290,7 @@ TEST(TraceIo, ConnLineIsTheDocumentedExample) {
         R"({"type":"conn","id":17,"cookie":8231,"netns":4026531840,"family":"ipv4",)"
         R"("local":{"addr":"10.0.0.2","port":8080},"remote":{"addr":"10.0.0.1","port":51234},)"
         R"("role":"server","pid":4242,"comm":"node",)"
+        R"("owner_from":null,"cgroup_id":0,"cgroup":null,"container":null,)"
         R"("established_ns":1000,"closed_ns":2000,"bytes_in":812,"bytes_out":1640,)"
         R"("segs_in":9,"segs_out":8,)"
         R"("close":{"initiator":"local","how":"fin","local_fin_ns":1900,"peer_fin_ns":1950,)"

@@ -41,6 +41,8 @@ struct RecordOptions {
     std::vector<uint16_t> ports;
     std::string cgroup;
     std::string netns;
+    std::string container;
+    uint32_t pid = 0;
     double duration_s = 0;
     std::string output;
     bool quiet = false;
@@ -155,7 +157,8 @@ public:
             "{} {}{:<21} {}:{} -> {}:{}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
             notable ? "!! " : "   ", to_string(conn.verdict), conn.remote.addr, conn.remote.port,
             conn.local.addr, conn.local.port);
-        if (conn.comm) line += fmt::format(" [{}]", *conn.comm);
+        if (conn.comm) line += fmt::format(" [{}]", printable(*conn.comm));
+        if (conn.container) line += " {" + printable(container_label(conn.container)) + "}";
         if (conn.close.idle_ms) line += fmt::format(" idle {:.1f} ms", *conn.close.idle_ms);
         if (const Request* request = request_of_interest(conn)) {
             line += "  " + printable(request_line(*request));
@@ -232,8 +235,36 @@ void record(const RecordOptions& options) {
                      "verdicts on requests\n");
         config.messages = false;
     }
-    if (!options.cgroup.empty()) {
-        auto [dir, level] = resolve_cgroup(options.cgroup, *host.cgroup2_mount);
+    AttributorOptions attributor_options;
+    if (host.cgroup2_mount) attributor_options.cgroup2_mount = *host.cgroup2_mount;
+    ContainerAttributor attributor(attributor_options);
+    std::string cgroup_filter = options.cgroup;
+    if (!options.container.empty()) {
+        if (!options.cgroup.empty()) fail("--container and --cgroup cannot be combined", 2);
+        std::vector<RunningContainer> matches;
+        for (auto& running : attributor.running_containers()) {
+            if (container_matches(running.container, options.container)) {
+                matches.push_back(std::move(running));
+            }
+        }
+        if (matches.empty()) {
+            fail(fmt::format("--container {}: no running container has that id or name", 
+                             options.container),
+                 2);
+        }
+        // One container with its own cgroup: filter in the kernel. Otherwise (several matches,
+        // cgroup v1 hosts) every socket reaches userspace and is filtered there.
+        if (matches.size() == 1 && matches.front().cgroup && host.cgroup2_mount) {
+            cgroup_filter = matches.front().cgroup->path;
+        } else if (!options.quiet) {
+            std::fprintf(stderr,
+                         "closetrace record: note: --container %s is applied in userspace (%zu "
+                         "matches); on a busy host narrow it with --port\n",
+                         options.container.c_str(), matches.size());
+        }
+    }
+    if (!cgroup_filter.empty()) {
+        auto [dir, level] = resolve_cgroup(cgroup_filter, *host.cgroup2_mount);
         config.cgroup_filter_dir = dir;
         config.cgroup_filter_level = level;
         config.attach_cgroup_dir = dir;
@@ -280,8 +311,11 @@ void record(const RecordOptions& options) {
     header.start_wall = iso8601_utc(static_cast<int64_t>(start_ns) + mono_to_wall);
     header.mono_to_wall_ns = mono_to_wall;
     header.filters.ports = options.ports;
-    if (!options.cgroup.empty()) header.filters.cgroup = config.cgroup_filter_dir;
+    if (config.cgroup_filter_dir) header.filters.cgroup = config.cgroup_filter_dir;
     header.filters.full_target = options.full_target;
+    if (config.netns != 0) header.filters.netns = config.netns;
+    if (!options.container.empty()) header.filters.container = options.container;
+    if (options.pid != 0) header.filters.pid = options.pid;
     const ProbeSet& probes = tracer->probes();
     header.probes.state = probes.state;
     header.probes.reset_sent = probes.reset_sent;
@@ -305,19 +339,43 @@ void record(const RecordOptions& options) {
     SummaryCounter counter;
     LiveView live(options.quiet, mono_to_wall);
     uint64_t events = 0;
-    // A cgroup filter cannot be checked for a reset with no full socket: leave those out.
-    const bool keep_unattributed = options.cgroup.empty();
+    // Filters that need a full socket cannot be checked for a reset without one: leave those
+    // out; the netns of such a reset is known, so --netns keeps its own.
+    const bool keep_unattributed =
+        options.cgroup.empty() && options.container.empty() && options.pid == 0;
+    std::optional<ProcessFamily> family;
+    if (options.pid != 0) family.emplace(options.pid);
+    auto attribute = [&](Connection& conn) {
+        if (conn.cgroup_id != 0) conn.cgroup = attributor.cgroup_path(conn.cgroup_id);
+        if (auto found = attributor.container_of(conn.cgroup_id, conn.pid)) {
+            conn.container = found->container;
+        }
+    };
+    auto selected = [&](const Connection& conn) {
+        if (!options.container.empty() &&
+            !(conn.container && container_matches(*conn.container, options.container))) {
+            return false;
+        }
+        return !family || (conn.pid && family->contains(*conn.pid));
+    };
 
     auto feed_tracker = [&] {
         for (const auto& event : decoded) {
             ++events;
             if (options.raw_events) writer.write_line(event_line(event));
+            // While the process and its container still exist: the answer is cached for later.
+            if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
+                attributor.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
+                                                                   : std::nullopt);
+            }
             tracker.on_event(event);
         }
         decoded.clear();
     };
     auto write_connections = [&](std::vector<Connection> finished) {
         for (auto& conn : finished) {
+            attribute(conn);
+            if (!selected(conn)) continue;
             counter.add(conn);
             writer.write_line(conn_line(conn));
             live.show(conn);
@@ -325,7 +383,9 @@ void record(const RecordOptions& options) {
     };
     auto write_unattributed = [&] {
         for (const auto& event : tracker.take_unattributed()) {
-            if (keep_unattributed && !options.raw_events) writer.write_line(event_line(event));
+            if (!keep_unattributed || options.raw_events) continue;
+            if (config.netns != 0 && event.netns != config.netns) continue;
+            writer.write_line(event_line(event));
         }
     };
 
@@ -393,6 +453,12 @@ void add_record_command(CLI::App& app) {
     command->add_option("--netns", options->netns,
                         "Only sockets of this network namespace: /proc/PID/ns/net, "
                         "/run/netns/NAME or an inode number");
+    command->add_option("--container", options->container,
+                        "Only sockets of this container: its name (ECS container, systemd "
+                        "unit) or at least 12 hex digits of its id or ECS task id");
+    command->add_option("--pid", options->pid,
+                        "Only sockets owned by this process or its descendants")
+        ->check(CLI::PositiveNumber);
     command->add_option("--duration,-d", options->duration_s, "Stop after this many seconds")
         ->check(CLI::PositiveNumber);
     command->add_option("--output,-o", options->output,

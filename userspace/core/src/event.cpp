@@ -94,6 +94,8 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.new_state = record.new_state;
             event.role = decode_role(record.role);
             event.comm = bounded_string(record.comm, sizeof(record.comm));
+            if (record.owner_from == CT_OWNER_CONNECT) event.owner_from = "connect";
+            if (record.owner_from == CT_OWNER_CLOSE) event.owner_from = "close";
             return event;
         }
         case CT_EV_RESET_SENT:

@@ -125,6 +125,24 @@ Json endpoint_json(std::string_view addr, uint16_t port) {
     return endpoint;
 }
 
+Json container_json(const ContainerRef& container) {
+    Json json = Json::object();
+    json["runtime"] = bytes_json(container.runtime);
+    json["id"] = bytes_json(container.id);
+    json["name"] = nullable_json(container.name);
+    json["task_id"] = nullable_json(container.task_id);
+    json["pod_uid"] = nullable_json(container.pod_uid);
+    Json ecs(nullptr);
+    if (container.ecs) {
+        ecs = Json::object();
+        ecs["task_arn"] = bytes_json(container.ecs->task_arn);
+        ecs["family"] = bytes_json(container.ecs->family);
+        ecs["revision"] = bytes_json(container.ecs->revision);
+    }
+    json["ecs"] = std::move(ecs);
+    return json;
+}
+
 Json counts_json(const std::map<std::string, uint64_t>& counts) {
     Json object = Json::object();
     for (const auto& [name, count] : counts) object[bytes_to_utf8(name)] = count;
@@ -189,6 +207,8 @@ private:
     object fields_;
     object::iterator next_;
 };
+
+bool has_member(Members& parent, std::string_view name) { return parent.find(name).has_value(); }
 
 element member(Members& parent, const MemberPath& path) {
     const std::optional<element> value = parent.find(path.name);
@@ -351,6 +371,26 @@ std::string required_family(Members& parent, const MemberPath& path) {
     return std::string(name);
 }
 
+
+std::optional<ContainerRef> read_container(Members& parent, const MemberPath& path) {
+    if (member(parent, path).is_null()) return std::nullopt;
+    Members fields(required_object(parent, path));
+    ContainerRef container;
+    container.runtime = required<std::string>(fields, {&path, "runtime"});
+    container.id = required<std::string>(fields, {&path, "id"});
+    container.name = nullable<std::string>(fields, {&path, "name"});
+    container.task_id = nullable<std::string>(fields, {&path, "task_id"});
+    container.pod_uid = nullable<std::string>(fields, {&path, "pod_uid"});
+    const MemberPath ecs_path{&path, "ecs"};
+    if (!member(fields, ecs_path).is_null()) {
+        Members ecs(required_object(fields, ecs_path));
+        container.ecs = EcsTask{required<std::string>(ecs, {&ecs_path, "task_arn"}),
+                                required<std::string>(ecs, {&ecs_path, "family"}),
+                                required<std::string>(ecs, {&ecs_path, "revision"})};
+    }
+    return container;
+}
+
 Endpoint read_endpoint(Members& parent, const MemberPath& path) {
     Members endpoint(required_object(parent, path));
     return Endpoint{
@@ -404,6 +444,16 @@ TraceHeader read_header(Members& line) {
     }
     header.filters.cgroup = nullable<std::string>(filters, {&filters_path, "cgroup"});
     header.filters.full_target = required<bool>(filters, {&filters_path, "full_target"});
+    // Filters added later in closetrace/1: absent means not used.
+    if (has_member(filters, "netns")) {
+        header.filters.netns = nullable<uint32_t>(filters, {&filters_path, "netns"});
+    }
+    if (has_member(filters, "container")) {
+        header.filters.container = nullable<std::string>(filters, {&filters_path, "container"});
+    }
+    if (has_member(filters, "pid")) {
+        header.filters.pid = nullable<uint32_t>(filters, {&filters_path, "pid"});
+    }
 
     const MemberPath probes_path{&root, "probes"};
     Members probes(required_object(line, probes_path));
@@ -461,6 +511,13 @@ Connection read_connection(Members& line) {
     conn.role = required_enum<Role>(line, {&root, "role"}, role_from_string, kRoles);
     conn.pid = nullable<uint32_t>(line, {&root, "pid"});
     conn.comm = nullable<std::string>(line, {&root, "comm"});
+    // Attribution members came later in closetrace/1: absent means not known.
+    if (has_member(line, "owner_from")) {
+        conn.owner_from = nullable<std::string>(line, {&root, "owner_from"});
+    }
+    if (has_member(line, "cgroup_id")) conn.cgroup_id = required<uint64_t>(line, {&root, "cgroup_id"});
+    if (has_member(line, "cgroup")) conn.cgroup = nullable<std::string>(line, {&root, "cgroup"});
+    if (has_member(line, "container")) conn.container = read_container(line, {&root, "container"});
     conn.established_ns = nullable<uint64_t>(line, {&root, "established_ns"});
     conn.closed_ns = nullable<uint64_t>(line, {&root, "closed_ns"});
     conn.bytes_in = required<uint64_t>(line, {&root, "bytes_in"});
@@ -641,6 +698,9 @@ std::string header_line(const TraceHeader& header) {
     filters["ports"] = std::move(ports);
     filters["cgroup"] = nullable_json(header.filters.cgroup);
     filters["full_target"] = header.filters.full_target;
+    filters["netns"] = nullable_json(header.filters.netns);
+    filters["container"] = nullable_json(header.filters.container);
+    filters["pid"] = nullable_json(header.filters.pid);
 
     Json probes;
     probes["state"] = nullable_json(header.probes.state);
@@ -699,6 +759,10 @@ std::string conn_line(const Connection& conn) {
     line["role"] = to_string(conn.role);
     line["pid"] = nullable_json(conn.pid);
     line["comm"] = nullable_json(conn.comm);
+    line["owner_from"] = nullable_json(conn.owner_from);
+    line["cgroup_id"] = conn.cgroup_id;
+    line["cgroup"] = nullable_json(conn.cgroup);
+    line["container"] = conn.container ? container_json(*conn.container) : Json(nullptr);
     line["established_ns"] = nullable_json(conn.established_ns);
     line["closed_ns"] = nullable_json(conn.closed_ns);
     line["bytes_in"] = conn.bytes_in;

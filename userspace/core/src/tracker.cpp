@@ -494,7 +494,9 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
             if (!conn.comm && !event.comm.empty()) {
                 conn.pid = event.pid;
                 conn.comm = event.comm;
+                conn.owner_from = event.owner_from;
             }
+            if (conn.cgroup_id == 0) conn.cgroup_id = event.cgroup_id;
             if (!conn.established_ns && event.established_ns != 0) {
                 conn.established_ns = event.established_ns;
             }

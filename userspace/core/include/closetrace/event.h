@@ -68,6 +68,7 @@ struct Event {
     uint64_t cgroup_id = 0;       // the socket's cgroup v2 id; 0 = unknown
     uint32_t pid = 0;
     std::string comm;
+    std::optional<std::string> owner_from;  // "connect" | "close": where pid/comm were seen
 
     // ResetSent
     std::optional<std::string> rst_reason;  // kernel's name, e.g. "TCP_ABORT_ON_DATA"

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "closetrace/container.h"
 #include "closetrace/event.h"
 
 namespace closetrace {
@@ -65,6 +66,10 @@ struct Connection {
     Role role = Role::Unknown;
     std::optional<uint32_t> pid;
     std::optional<std::string> comm;
+    std::optional<std::string> owner_from;  // "connect" | "close": the syscall pid/comm came from
+    uint64_t cgroup_id = 0;                 // the socket's cgroup v2 id; 0 = unknown
+    std::optional<std::string> cgroup;      // its path below the cgroup v2 mount
+    std::optional<ContainerRef> container;  // null for a host process
     std::optional<uint64_t> established_ns;
     std::optional<uint64_t> closed_ns;
     uint64_t bytes_in = 0;

@@ -25,6 +25,9 @@ struct TraceFilters {
     std::vector<uint16_t> ports;
     std::optional<std::string> cgroup;
     bool full_target = false;
+    std::optional<uint32_t> netns;         // --netns inode
+    std::optional<std::string> container;  // --container
+    std::optional<uint32_t> pid;           // --pid
 };
 
 struct TraceProbes {
