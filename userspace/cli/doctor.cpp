@@ -23,7 +23,7 @@ void doctor() {
     row("kernel", host.kernel_release);
     row("libbpf", host.libbpf_version);
     row("kernel BTF", host.kernel_btf ? "yes (/sys/kernel/btf/vmlinux)"
-                                      : "NO: record needs --btf FILE (BTFHub, bpftool gen min_core_btf)");
+                                      : "NO: needs a kernel built with CONFIG_DEBUG_INFO_BTF");
     const std::string missing = missing_privileges(host);
     row("privileges", missing.empty() ? "ok (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
                                       : "MISSING " + missing + ": run as root");

@@ -49,7 +49,6 @@ struct RecordOptions {
     bool full_target = false;
     bool raw_events = false;
     bool no_messages = false;
-    std::string btf;
     double linger_ms = 2000;
     uint32_t ring_mb = 8;
 };
@@ -211,9 +210,10 @@ void record(const RecordOptions& options) {
         fail(fmt::format("missing privilege {}: run it as root (sudo closetrace record ...)",
                          missing));
     }
-    if (!host.kernel_btf && options.btf.empty()) {
-        fail("this kernel has no BTF (/sys/kernel/btf/vmlinux); pass --btf FILE with the "
-             "kernel's BTF (from BTFHub, or `bpftool gen min_core_btf`)");
+    if (!host.kernel_btf) {
+        fail("this kernel has no BTF (/sys/kernel/btf/vmlinux), which closetrace's tracepoint "
+             "programs need: run it on a kernel built with CONFIG_DEBUG_INFO_BTF (Amazon Linux "
+             "2023, Amazon Linux 2 with kernel 5.10, Ubuntu 20.10+, Debian 11+)");
     }
 
     TracerConfig config;
@@ -225,7 +225,6 @@ void record(const RecordOptions& options) {
         config.netns = *inode;
     }
     config.ring_buffer_bytes = options.ring_mb << 20;
-    if (!options.btf.empty()) config.btf_path = options.btf;
     config.messages = !options.no_messages;
     if (!host.cgroup2_mount && (config.messages || !options.cgroup.empty())) {
         if (!options.cgroup.empty()) fail("--cgroup needs a cgroup v2 mount; none is mounted");
@@ -469,9 +468,6 @@ void add_record_command(CLI::App& app) {
     command->add_flag("--events", options->raw_events, "Also write every raw kernel event");
     command->add_flag("--no-messages", options->no_messages,
                       "Do not attach the cgroup_skb programs (no HTTP requests)");
-    command->add_option("--btf", options->btf,
-                        "BTF file for a kernel without /sys/kernel/btf/vmlinux")
-        ->check(CLI::ExistingFile);
     command->add_option("--linger-ms", options->linger_ms,
                         "How long a closed connection waits for a late request before it is written")
         ->check(CLI::Range(0.0, 120000.0));

@@ -115,7 +115,6 @@ std::string kconfig_override() {
 closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
     bpf_object_open_opts open_options{};
     open_options.sz = sizeof(open_options);
-    if (config.btf_path) open_options.btf_custom_path = config.btf_path->c_str();
     const std::string kconfig = kconfig_override();
     if (!kconfig.empty()) open_options.kconfig = kconfig.c_str();
     closetrace_bpf* skeleton = closetrace_bpf__open_opts(&open_options);
@@ -241,7 +240,7 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
         probes_.messages = "cgroup_skb";
     }
 
-    rst_reasons_ = load_rst_reason_names(config.btf_path);
+    rst_reasons_ = load_rst_reason_names();
     probes_.rst_reason = !rst_reasons_.empty();
     if (!probes_.rst_reason) {
         probes_.notes.emplace_back("this kernel does not say why it sends resets (< 6.10)");
@@ -283,8 +282,8 @@ TracerCounters Tracer::counters() const {
     return totals;
 }
 
-RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path) {
-    btf* types = btf_path ? btf__parse(btf_path->c_str(), nullptr) : btf__load_vmlinux_btf();
+RstReasonNames load_rst_reason_names() {
+    btf* types = btf__load_vmlinux_btf();
     if (!types) return {};
     RstReasonNames names;
     const int id = btf__find_by_name_kind(types, "sk_rst_reason", BTF_KIND_ENUM);

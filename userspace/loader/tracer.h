@@ -23,7 +23,6 @@ struct TracerConfig {
     uint32_t cgroup_filter_level = 0;
     // Where the cgroup_skb programs attach: the filter cgroup, or the cgroup v2 root.
     std::string attach_cgroup_dir;
-    std::optional<std::string> btf_path;    // --btf: external BTF for kernels without their own
     uint32_t ring_buffer_bytes = 8u << 20;
     bool messages = true;  // attach the cgroup_skb programs (HTTP heads, exact idle times)
 };
@@ -77,8 +76,8 @@ private:
 };
 
 // The kernel's names for enum sk_rst_reason, indexed by value, prefix removed; empty when the
-// kernel (or the given BTF file) has no such enum.
-RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path);
+// kernel has no such enum.
+RstReasonNames load_rst_reason_names();
 
 // Whether an fentry program can be loaded here (for `doctor`); on failure, why.
 std::optional<std::string> fentry_unavailable_reason();
