@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "alb_command.h"
 #include "analysis_commands.h"
 #include "record.h"
 
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
     closetrace::add_doctor_command(app);
     closetrace::add_demo_command(app);
     closetrace::add_analysis_commands(app);
+    closetrace::add_alb_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -28,6 +28,13 @@ struct Malformed {
     std::string why;
 };
 
+// A field's text for a message: a line may be megabytes of anything.
+std::string excerpt(std::string_view text) {
+    constexpr size_t kMaxBytes = 40;
+    if (text.size() <= kMaxBytes) return fmt::format("\"{}\"", text);
+    return fmt::format("\"{}...\"", text.substr(0, kMaxBytes));
+}
+
 // Space-separated fields; a quoted field runs to the next quote that is followed by a space or
 // the end of the line and not escaped by a backslash (a user agent may hold quotes).
 std::vector<Field> split_fields(std::string_view line) {
@@ -54,8 +61,8 @@ std::vector<Field> split_fields(std::string_view line) {
             const size_t end = std::min(line.find(' ', pos), line.size());
             const std::string_view text = line.substr(pos, end - pos);
             if (text.find('"') != std::string_view::npos) {
-                throw Malformed{fmt::format("field {}: stray quote in \"{}\"", fields.size() + 1,
-                                            text)};
+                throw Malformed{
+                    fmt::format("field {}: stray quote in {}", fields.size() + 1, excerpt(text))};
             }
             fields.push_back({text, false});
             pos = end;
@@ -84,7 +91,10 @@ std::optional<Number> parse_number(std::string_view text) {
 
 int64_t parse_time(const Field& field, const char* name) {
     const std::optional<int64_t> ns = parse_iso8601_utc(unquoted(field, name));
-    if (!ns) throw Malformed{fmt::format("{}: \"{}\" is not an ISO 8601 UTC time", name, field.text)};
+    if (!ns) {
+        throw Malformed{
+            fmt::format("{}: {} is not an ISO 8601 UTC time", name, excerpt(field.text))};
+    }
     return *ns;
 }
 
@@ -92,7 +102,7 @@ int64_t parse_time(const Field& field, const char* name) {
 double parse_seconds(const Field& field, const char* name) {
     const std::optional<double> seconds = parse_number<double>(unquoted(field, name));
     if (!seconds || !std::isfinite(*seconds) || (*seconds < 0 && *seconds != -1)) {
-        throw Malformed{fmt::format("{}: \"{}\" is not seconds or -1", name, field.text)};
+        throw Malformed{fmt::format("{}: {} is not seconds or -1", name, excerpt(field.text))};
     }
     return *seconds;
 }
@@ -103,14 +113,16 @@ std::optional<int> parse_status(const Field& field, const char* name) {
     if (text == "-" || text == "0") return std::nullopt;
     const std::optional<int> status = parse_number<int>(text);
     if (!status || *status < 100 || *status > 999) {
-        throw Malformed{fmt::format("{}: \"{}\" is not an HTTP status or -", name, text)};
+        throw Malformed{fmt::format("{}: {} is not an HTTP status or -", name, excerpt(text))};
     }
     return status;
 }
 
 uint64_t parse_bytes(const Field& field, const char* name) {
     const std::optional<uint64_t> bytes = parse_number<uint64_t>(unquoted(field, name));
-    if (!bytes) throw Malformed{fmt::format("{}: \"{}\" is not a byte count", name, field.text)};
+    if (!bytes) {
+        throw Malformed{fmt::format("{}: {} is not a byte count", name, excerpt(field.text))};
+    }
     return *bytes;
 }
 
@@ -118,7 +130,9 @@ std::optional<Endpoint> parse_endpoint_field(const Field& field, const char* nam
     const std::string_view text = unquoted(field, name);
     if (text == "-") return std::nullopt;
     std::optional<Endpoint> endpoint = parse_host_port(text);
-    if (!endpoint) throw Malformed{fmt::format("{}: \"{}\" is not address:port or -", name, text)};
+    if (!endpoint) {
+        throw Malformed{fmt::format("{}: {} is not address:port or -", name, excerpt(text))};
+    }
     return endpoint;
 }
 
@@ -127,7 +141,8 @@ std::optional<int> parse_rule_priority(const Field& field) {
     if (text == "-") return std::nullopt;
     const std::optional<int> priority = parse_number<int>(text);
     if (!priority) {
-        throw Malformed{fmt::format("matched_rule_priority: \"{}\" is not a number or -", text)};
+        throw Malformed{
+            fmt::format("matched_rule_priority: {} is not a number or -", excerpt(text))};
     }
     return priority;
 }
@@ -151,6 +166,14 @@ void parse_common_fields(const std::vector<Field>& fields, size_t first, LbLogEn
     entry.user_agent = quoted(f[10], "user_agent");
     entry.ssl_cipher = unquoted(f[11], "ssl_cipher");
     entry.ssl_protocol = unquoted(f[12], "ssl_protocol");
+}
+
+// A quoted field that swallowed its neighbours holds a quote: the likely cause of a misfit.
+std::string lost_quote_hint(const std::vector<Field>& fields) {
+    const bool swallowed = std::ranges::any_of(fields, [](const Field& field) {
+        return field.quoted && field.text.find('"') != std::string_view::npos;
+    });
+    return swallowed ? " (a closing quote missing?)" : "";
 }
 
 // type time elb client:port target:port ... ssl_protocol target_group_arn "trace_id" ...
@@ -236,7 +259,7 @@ public:
         int code = Z_OK;
         const char* message = gzerror(file_, &code);
         if (code == Z_OK) return std::nullopt;
-        return std::string(code == Z_ERRNO ? std::strerror(errno) : message);
+        return std::string(message);
     }
 
 private:
@@ -350,7 +373,9 @@ void read_one_file(const std::string& file, const LbLogVisitor& visit, LbLogRead
         }
     }
     if (const std::optional<std::string> error = lines.error()) {
-        stats.file_errors.push_back(fmt::format("{}: {}", file, *error));
+        // zlib's messages start with the path already.
+        const std::string prefix = file + ": ";
+        stats.file_errors.push_back(error->starts_with(prefix) ? *error : prefix + *error);
     }
     gzclose_r(handle);
 }
@@ -393,13 +418,14 @@ std::optional<int64_t> parse_iso8601_utc(std::string_view text) {
 }
 
 std::optional<LbLogEntry> parse_lb_log_line(std::string_view line, std::string& error) {
+    std::vector<Field> fields;
     try {
-        const std::vector<Field> fields = split_fields(line);
+        fields = split_fields(line);
         if (fields.empty()) throw Malformed{"empty line"};
         const bool classic = !fields[0].quoted && parse_iso8601_utc(fields[0].text).has_value();
         return classic ? parse_classic(fields) : parse_alb(fields);
     } catch (const Malformed& malformed) {
-        error = malformed.why;
+        error = malformed.why + lost_quote_hint(fields);
         return std::nullopt;
     }
 }
@@ -443,6 +469,13 @@ std::optional<Endpoint> parse_host_port(std::string_view text) {
     const std::optional<uint16_t> port = parse_number<uint16_t>(text.substr(colon + 1));
     if (host.empty() || !port || *port == 0) return std::nullopt;
     return Endpoint{std::string(host), *port};
+}
+
+std::string format_host_port(const Endpoint& endpoint) {
+    if (endpoint.addr.find(':') != std::string::npos) {
+        return fmt::format("[{}]:{}", endpoint.addr, endpoint.port);
+    }
+    return fmt::format("{}:{}", endpoint.addr, endpoint.port);
 }
 
 LbLogReadStats read_lb_logs(const std::vector<std::string>& paths, const LbLogVisitor& visit) {

@@ -52,8 +52,7 @@ uint64_t latest_time_ns(const Connection& conn) {
 
 // Whether a request the trace saw can be the one the load balancer logged; `compared` says
 // whether there was a request line to compare (there is none when the target speaks TLS).
-bool same_request(const std::optional<LoggedRequest>& logged, const Request& seen,
-                  bool& compared) {
+bool same_request(const std::optional<LoggedRequest>& logged, const Request& seen, bool& compared) {
     compared = logged && !seen.opaque && seen.method && seen.target;
     if (!compared) return true;
     return *seen.method == logged->method && path_without_query(*seen.target) == logged->path;
@@ -124,15 +123,17 @@ std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint
     const std::string who = subject(count, total, status);
     switch (verdict) {
         case Verdict::LocalCloseRace:
-            return who + " explained by close races: the backend closed idle keep-alive "
-                         "connections just as the load balancer sent a request on them. Make "
-                         "the backend's keep-alive timeout longer than the load balancer's idle "
-                         "timeout (ALB default 60 s; Node.js: server.keepAliveTimeout, with "
-                         "server.headersTimeout above it).";
+            return who +
+                   " explained by close races: the backend closed idle keep-alive "
+                   "connections just as the load balancer sent a request on them. Make "
+                   "the backend's keep-alive timeout longer than the load balancer's idle "
+                   "timeout (ALB default 60 s; Node.js: server.keepAliveTimeout, with "
+                   "server.headersTimeout above it).";
         case Verdict::LocalResetInflight:
-            return who + " explained by in-flight closes: the backend reset or closed the "
-                         "connection with the request unanswered (crash, restart, aborted "
-                         "handler, overload): look at the backend's health and resources then.";
+            return who +
+                   " explained by in-flight closes: the backend reset or closed the "
+                   "connection with the request unanswered (crash, restart, aborted "
+                   "handler, overload): look at the backend's health and resources then.";
         case Verdict::PeerCloseInflight:
             return who + (status == 504
                               ? " explained by the load balancer closing the connection while "
@@ -146,43 +147,49 @@ std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint
     }
 }
 
-std::string unexplained_sentence(const TraceFacts& trace, const AlbCorrelation& result,
-                                 int status, uint64_t count, uint64_t total, int64_t skew_ns) {
+std::string unexplained_sentence(const TraceFacts& trace, const AlbCorrelation& result, int status,
+                                 uint64_t count, uint64_t total, int64_t skew_ns) {
     const std::vector<Verdict> verdicts = verdicts_explaining(status);
     auto explains = [&](Verdict verdict) { return std::ranges::count(verdicts, verdict) > 0; };
-    uint64_t notable = 0;
-    for (const auto& [verdict, connections] : trace.notable_connections) {
-        if (explains(verdict)) notable += connections;
+    uint64_t caught = 0;
+    for (const auto& [verdict, connections] : trace.caught_connections) {
+        if (explains(verdict)) caught += connections;
     }
     const auto unmatched = std::ranges::count_if(
-        result.unmatched_requests, [&](const CaughtRequest& caught) { return explains(caught.verdict); });
+        result.unmatched_requests,
+        [&](const CaughtRequest& caught) { return explains(caught.verdict); });
     const std::string who = subject(count, total, status);
-    if (notable == 0) {
-        const std::string kinds =
-            status == 502 ? "close race or in-flight close" : "connection the load balancer closed in flight";
-        return fmt::format("{} unexplained while the trace shows no {}: look away from the "
-                           "connection lifecycle (target health and deregistration, responses "
-                           "the load balancer rejects, the load balancer itself).",
-                           who, kinds);
+    if (caught == 0) {
+        if (status == 502) {
+            return who +
+                   " unexplained while the trace shows no close race or in-flight close: look "
+                   "away from the connection lifecycle (target health and deregistration, "
+                   "responses the load balancer cannot parse, the load balancer itself).";
+        }
+        return who +
+               " unexplained while the trace shows no connection the load balancer closed in "
+               "flight: look away from the connection lifecycle (connections the load balancer "
+               "could not open: security groups, a full accept queue, target health).";
     }
     if (unmatched > 0) {
-        return fmt::format("{} unexplained although the trace has {} that no line matched: the "
-                           "clocks may differ by more than --skew ({} ms), or something between "
-                           "the load balancer and the backend rewrites the path.",
-                           who, plural(static_cast<uint64_t>(unmatched), "caught request"),
-                           skew_ns / 1'000'000);
+        return fmt::format(
+            "{} unexplained although the trace has {} that no line matched: the "
+            "clocks may differ by more than --skew ({} ms), or something between "
+            "the load balancer and the backend rewrites the path.",
+            who, plural(static_cast<uint64_t>(unmatched), "caught request"), skew_ns / 1'000'000);
     }
-    return fmt::format("{} unexplained, and every caught request in the trace already explains "
-                       "another line: look beyond the connection lifecycle for these (target "
-                       "health, the load balancer itself).",
-                       who);
+    return fmt::format(
+        "{} unexplained, and every caught request in the trace already explains "
+        "another line: look beyond the connection lifecycle for these (target "
+        "health, the load balancer itself).",
+        who);
 }
 
 std::string endpoint_list(const std::set<Endpoint>& endpoints) {
     std::string list;
     for (const Endpoint& endpoint : endpoints) {
         if (!list.empty()) list += ", ";
-        list += fmt::format("{}:{}", endpoint.addr, endpoint.port);
+        list += format_host_port(endpoint);
     }
     return list.empty() ? "none" : list;
 }
@@ -194,8 +201,10 @@ std::optional<PortMapping> parse_port_mapping(std::string_view text) {
     if (equals == std::string_view::npos) return std::nullopt;
     auto port = [](std::string_view digits) -> std::optional<uint16_t> {
         uint16_t value = 0;
-        const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
-        if (error != std::errc{} || end != digits.data() + digits.size() || value == 0) return std::nullopt;
+        const auto [end, error] =
+            std::from_chars(digits.data(), digits.data() + digits.size(), value);
+        if (error != std::errc{} || end != digits.data() + digits.size() || value == 0)
+            return std::nullopt;
         return value;
     };
     const std::string_view host = text.substr(0, equals);
@@ -213,10 +222,13 @@ std::optional<PortMapping> parse_port_mapping(std::string_view text) {
 
 std::vector<Verdict> verdicts_explaining(int elb_status_code) {
     switch (elb_status_code) {
-        case 502: return {Verdict::LocalCloseRace, Verdict::LocalResetInflight};
+        case 502:
+            return {Verdict::LocalCloseRace, Verdict::LocalResetInflight};
         case 504:
-        case 460: return {Verdict::PeerCloseInflight};
-        default: return {};
+        case 460:
+            return {Verdict::PeerCloseInflight};
+        default:
+            return {};
     }
 }
 
@@ -232,7 +244,7 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
             if (!can_explain_some_error(conn->verdict)) continue;
-            ++facts.notable_connections[conn->verdict];
+            ++facts.caught_connections[conn->verdict];
             for (const Request& request : conn->requests) {
                 if (request.outcome != Outcome::AfterLocalClose &&
                     request.outcome != Outcome::UnansweredAtClose) {
@@ -251,7 +263,8 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
     }
     facts.has_summary = summary_end_ns.has_value();
     facts.start_wall_ns = static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
-    facts.end_wall_ns = static_cast<int64_t>(summary_end_ns.value_or(last_ns)) + header.mono_to_wall_ns;
+    facts.end_wall_ns =
+        static_cast<int64_t>(summary_end_ns.value_or(last_ns)) + header.mono_to_wall_ns;
     facts.warnings = reader.warnings();
     return facts;
 }
@@ -315,7 +328,8 @@ AlbCorrelation AlbCorrelator::finish() const {
         auto first = std::ranges::lower_bound(by_time, error.dispatch_ns - skew_ns_, {},
                                               [&](size_t i) { return requests[i].wall_ns; });
         std::vector<std::pair<int64_t, size_t>> found;  // |delta|, request
-        for (auto it = first; it != by_time.end() && requests[*it].wall_ns <= error.dispatch_ns + skew_ns_; ++it) {
+        for (auto it = first;
+             it != by_time.end() && requests[*it].wall_ns <= error.dispatch_ns + skew_ns_; ++it) {
             const CaughtRequest& caught = requests[*it];
             bool compared = false;
             if (std::ranges::count(verdicts, caught.verdict) == 0 ||
@@ -346,7 +360,8 @@ AlbCorrelation AlbCorrelator::finish() const {
     std::vector<char> request_used(requests.size(), 0);
     std::vector<size_t> time_order(selected_.size());
     std::iota(time_order.begin(), time_order.end(), 0);
-    std::ranges::stable_sort(time_order, {}, [&](size_t line) { return selected_[line].dispatch_ns; });
+    std::ranges::stable_sort(time_order, {},
+                             [&](size_t line) { return selected_[line].dispatch_ns; });
     for (size_t line : time_order) {
         const LbErrorLine& error = selected_[line];
         StatusTally& tally = result.by_status[*error.entry.elb_status_code];
@@ -375,7 +390,7 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
     std::vector<std::string> sentences;
     const AlbCounts& counts = result.counts;
     uint64_t caught_connections = 0;
-    for (const auto& [verdict, connections] : trace.notable_connections) {
+    for (const auto& [verdict, connections] : trace.caught_connections) {
         caught_connections += connections;
     }
     if (counts.requests_on_trace == 0) {
@@ -404,11 +419,12 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
         for (Verdict verdict : kAllVerdicts) {
             const auto explained = tally.explained.find(verdict);
             if (explained == tally.explained.end()) continue;
-            sentences.push_back(explained_sentence(status, verdict, explained->second, tally.lines));
+            sentences.push_back(
+                explained_sentence(status, verdict, explained->second, tally.lines));
         }
         if (tally.unexplained > 0) {
-            sentences.push_back(
-                unexplained_sentence(trace, result, status, tally.unexplained, tally.lines, skew_ns));
+            sentences.push_back(unexplained_sentence(trace, result, status, tally.unexplained,
+                                                     tally.lines, skew_ns));
         }
     }
     // With unexplained lines, their sentences already speak of the unmatched requests.

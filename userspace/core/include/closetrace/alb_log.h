@@ -21,15 +21,15 @@ enum class LbKind { Application, Classic };
 // stored without their quotes.
 struct LbLogEntry {
     LbKind kind = LbKind::Application;
-    std::string type;      // http | https | h2 | grpcs | ws | wss; empty for Classic
-    int64_t time_ns = 0;   // Unix epoch. ALB: when it answered the client; Classic: when it
-                           // received the request
-    std::string elb;       // load balancer resource id ("app/my-lb/50dc6c495c0c9188")
+    std::string type;     // http | https | h2 | grpcs | ws | wss; empty for Classic
+    int64_t time_ns = 0;  // Unix epoch. ALB: when it answered the client; Classic: when it
+                          // received the request
+    std::string elb;      // load balancer resource id ("app/my-lb/50dc6c495c0c9188")
     std::optional<Endpoint> client;
-    std::optional<Endpoint> target;     // nullopt for "-": not sent to a target
-    double request_processing_s = 0;    // -1: not sent to a target
-    double target_processing_s = 0;     // -1: no complete response from the target
-    double response_processing_s = 0;   // -1: no response to send
+    std::optional<Endpoint> target;         // nullopt for "-": not sent to a target
+    double request_processing_s = 0;        // -1: not sent to a target
+    double target_processing_s = 0;         // -1: no complete response from the target
+    double response_processing_s = 0;       // -1: no response to send
     std::optional<int> elb_status_code;     // nullopt for "-"
     std::optional<int> target_status_code;  // nullopt for "-" (Classic: 0): no answer
     uint64_t received_bytes = 0;
@@ -44,7 +44,7 @@ struct LbLogEntry {
     std::string trace_id;
     std::string domain_name;
     std::string chosen_cert_arn;
-    std::optional<int> matched_rule_priority;      // nullopt for "-"
+    std::optional<int> matched_rule_priority;         // nullopt for "-"
     std::optional<int64_t> request_creation_time_ns;  // when it received the request
     std::string actions_executed;
     std::string redirect_url;
@@ -84,16 +84,18 @@ std::string path_without_query(std::string_view target);
 
 // "10.0.0.1:80", "[fd00::1]:80" or "fd00::1:80" (split at the last colon); nullopt otherwise.
 std::optional<Endpoint> parse_host_port(std::string_view text);
+// "10.0.0.1:80", "[fd00::1]:80".
+std::string format_host_port(const Endpoint& endpoint);
 
 inline constexpr std::size_t kMaxMalformedExamples = 5;
 // Longer lines are counted as malformed rather than held in memory.
 inline constexpr std::size_t kMaxLbLogLineBytes = 1024 * 1024;
 
 struct LbLogReadStats {
-    uint64_t files = 0;      // files opened
-    uint64_t lines = 0;      // lines that are not blank
-    uint64_t entries = 0;    // lines parsed
-    uint64_t malformed = 0;  // lines that could not be parsed
+    uint64_t files = 0;                           // files opened
+    uint64_t lines = 0;                           // lines that are not blank
+    uint64_t entries = 0;                         // lines parsed
+    uint64_t malformed = 0;                       // lines that could not be parsed
     std::vector<std::string> malformed_examples;  // "file:line: why", the first few
     std::vector<std::string> file_errors;         // "path: why": missing, unreadable, corrupt
 };

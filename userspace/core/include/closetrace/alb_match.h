@@ -49,8 +49,8 @@ inline constexpr int kLbErrorCodes[] = {502, 504, 460};
 // peer_close_inflight. Empty for other codes.
 std::vector<Verdict> verdicts_explaining(int elb_status_code);
 
-// What the correlation needs from a trace, read in one pass. Memory grows with the notable
-// connections, not with the trace.
+// What the correlation needs from a trace, read in one pass. Memory grows with the caught
+// requests, not with the trace.
 struct TraceFacts {
     std::string file;
     int64_t start_wall_ns = 0;
@@ -58,9 +58,9 @@ struct TraceFacts {
     bool has_summary = false;  // false: the recording was cut short
     uint64_t lost_events = 0;
     std::set<Endpoint> local_endpoints;  // of connections this host accepted (or of unknown role)
-    std::map<Verdict, uint64_t> notable_connections;  // for each verdict that can explain an error
-    std::vector<CaughtRequest> caught_requests;       // their late or unanswered requests
-    std::vector<std::string> warnings;                // the reader's
+    std::map<Verdict, uint64_t> caught_connections;  // for each verdict that can explain an error
+    std::vector<CaughtRequest> caught_requests;      // their late or unanswered requests
+    std::vector<std::string> warnings;               // the reader's
 };
 // Reads the rest of the trace; throws TraceError on a malformed one.
 TraceFacts read_trace_facts(TraceReader& reader, std::string file);
@@ -88,7 +88,7 @@ struct StatusTally {
 
 struct AlbCounts {
     uint64_t lb_errors = 0;  // 502, 504, 460 lines with target_status_code "-"
-    uint64_t not_sent = 0;   // of those, never sent to a target (target:port "-")
+    uint64_t not_sent = 0;   // of those, never sent: target:port "-" or request time -1
     uint64_t other_targets = 0;
     uint64_t outside_recording = 0;
     uint64_t on_trace = 0;  // on the trace's endpoints during the recording: the ones matched
@@ -97,9 +97,9 @@ struct AlbCounts {
 
 struct AlbCorrelation {
     AlbCounts counts;
-    std::map<int, StatusTally> by_status;  // every code of verdicts_explaining(), lines or not
-    std::vector<AlbPair> pairs;            // in the order of the load balancer's times
-    std::vector<LbErrorLine> unexplained;  // likewise
+    std::map<int, StatusTally> by_status;           // every code of kLbErrorCodes, lines or not
+    std::vector<AlbPair> pairs;                     // in the order of the load balancer's times
+    std::vector<LbErrorLine> unexplained;           // likewise
     std::vector<CaughtRequest> unmatched_requests;  // caught requests no line explains
 };
 
@@ -108,7 +108,7 @@ struct AlbCorrelation {
 // the same endpoint whose time is within `skew_ns` of it, with the same method and path (unless
 // the trace could not read the request), and whose verdict can explain its status. Each line and
 // each request is used once, in a matching as large as possible; each line tries its closest
-// requests first.
+// requests first. `trace` must outlive the correlator.
 class AlbCorrelator {
 public:
     AlbCorrelator(const TraceFacts& trace, std::vector<PortMapping> mappings, int64_t skew_ns);
