@@ -1,0 +1,822 @@
+#include "closetrace/analysis.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace closetrace {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kStartNs = 1'000'000'000'000;
+constexpr int64_t kMonoToWall = 1'795'567'400'000'000'000;
+
+TraceHeader test_header() {
+    TraceHeader header;
+    header.host = "ip-10-0-0-2";
+    header.start_ns = kStartNs;
+    header.start_wall = "2026-11-25T01:00:00.000000Z";
+    header.mono_to_wall_ns = kMonoToWall;
+    return header;
+}
+
+TraceSummary test_summary(uint64_t lost_events = 0) {
+    TraceSummary summary;
+    summary.lost_events = lost_events;
+    summary.duration_s = 60;
+    return summary;
+}
+
+struct ConnSpec {
+    Verdict verdict = Verdict::LocalIdleClose;
+    std::optional<double> idle_ms = 2000;
+    Role role = Role::Server;
+    std::optional<std::string> comm = "node";
+    std::string peer = "10.0.0.1";
+    uint64_t at_ns = kStartNs + 1000 * kMs;  // the first request
+};
+
+// A connection as the tracker would write it for `spec.verdict`: one completed request, then for
+// a race a late request 0.5 ms after the closer's FIN, for an in-flight close an unanswered
+// request 1.5 s before it.
+Connection make_conn(const ConnSpec& spec) {
+    static uint64_t next_id = 1;
+    Connection conn;
+    conn.id = next_id++;
+    conn.family = "ipv4";
+    conn.local = {"10.0.0.2", 8080};
+    conn.remote = {spec.peer, 40000};
+    conn.role = spec.role;
+    conn.comm = spec.comm;
+    conn.verdict = spec.verdict;
+    conn.established_ns = spec.at_ns - kMs;
+    conn.requests.push_back({.method = "GET",
+                             .target = "/a",
+                             .status = 200,
+                             .request_ns = spec.at_ns,
+                             .response_ns = spec.at_ns + 2 * kMs,
+                             .outcome = Outcome::Completed});
+    const uint64_t close_ns =
+        spec.at_ns + 3 * kMs + static_cast<uint64_t>(spec.idle_ms.value_or(2000) * 1e6);
+    CloseInfo& close = conn.close;
+    close.idle_ms = spec.idle_ms;
+    close.how = CloseHow::Fin;
+    switch (spec.verdict) {
+        case Verdict::LocalIdleClose:
+        case Verdict::LocalCloseRace:
+        case Verdict::LocalResetInflight:
+        case Verdict::LocalReset:
+            close.initiator = Initiator::Local;
+            close.local_fin_ns = close_ns;
+            break;
+        case Verdict::PeerIdleClose:
+        case Verdict::PeerCloseRace:
+        case Verdict::PeerCloseInflight:
+        case Verdict::PeerReset:
+            close.initiator = Initiator::Peer;
+            close.peer_fin_ns = close_ns;
+            break;
+        case Verdict::Open: close = {}; return conn;
+    }
+    if (spec.verdict == Verdict::LocalCloseRace || spec.verdict == Verdict::PeerCloseRace) {
+        conn.requests.push_back({.method = "POST",
+                                 .target = "/pay",
+                                 .request_ns = close_ns + kMs / 2,
+                                 .outcome = spec.verdict == Verdict::LocalCloseRace
+                                                ? Outcome::AfterLocalClose
+                                                : Outcome::AfterPeerClose});
+    }
+    if (spec.verdict == Verdict::LocalResetInflight || spec.verdict == Verdict::PeerCloseInflight) {
+        conn.requests.push_back({.method = "POST",
+                                 .target = "/orders",
+                                 .request_ns = close_ns - 1500 * kMs,
+                                 .outcome = Outcome::UnansweredAtClose});
+    }
+    if (spec.verdict == Verdict::LocalResetInflight) {
+        close.how = CloseHow::Rst;
+        close.local_fin_ns.reset();
+        close.local_rst_ns = close_ns;
+        close.rst_reason = "TCP_ABORT_ON_CLOSE";
+    }
+    conn.closed_ns = close_ns + kMs;
+    return conn;
+}
+
+class Recording {
+public:
+    Recording& add(const ConnSpec& spec, int times = 1) {
+        for (int i = 0; i < times; ++i) analyzer_.add(make_conn(spec));
+        return *this;
+    }
+    Recording& add_conn(const Connection& conn) {
+        analyzer_.add(conn);
+        return *this;
+    }
+    TraceAnalysis finish(std::optional<TraceSummary> summary = test_summary()) {
+        if (summary) analyzer_.add(*summary);
+        return analyzer_.finish({});
+    }
+
+private:
+    TraceAnalyzer analyzer_{"test.jsonl", test_header()};
+};
+
+Assessment assess_default(const TraceAnalysis& trace) {
+    return assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
+}
+
+// ---------------------------------------------------------------------------------------------
+// IdleHistogram
+
+TEST(IdleHistogram, EmptyHasNoFigures) {
+    const IdleHistogram histogram;
+    EXPECT_EQ(histogram.count(), 0u);
+    EXPECT_FALSE(histogram.min());
+    EXPECT_FALSE(histogram.max());
+    EXPECT_FALSE(histogram.percentile(50));
+    EXPECT_EQ(histogram.count_below(1e9), 0u);
+}
+
+TEST(IdleHistogram, OneSampleIsEveryPercentile) {
+    IdleHistogram histogram;
+    histogram.add(2000.5);
+    for (const double p : {0.0, 10.0, 50.0, 90.0, 100.0})
+        EXPECT_EQ(histogram.percentile(p), 2000.5) << p;
+    EXPECT_EQ(histogram.min(), 2000.5);
+    EXPECT_EQ(histogram.max(), 2000.5);
+}
+
+TEST(IdleHistogram, TwoSamplesByNearestRank) {
+    IdleHistogram histogram;
+    histogram.add(3000);
+    histogram.add(1000);
+    EXPECT_EQ(histogram.percentile(10), 1000);
+    EXPECT_EQ(histogram.percentile(50), 1000);  // rank ceil(0.5 * 2) = 1
+    EXPECT_EQ(histogram.percentile(90), 3000);
+    EXPECT_EQ(histogram.count_below(3000), 1u);
+    EXPECT_EQ(histogram.count_below(3000.001), 2u);
+}
+
+TEST(IdleHistogram, ManySamplesInAnyOrder) {
+    IdleHistogram histogram;
+    for (int i = 100; i >= 1; --i) histogram.add(i);
+    EXPECT_EQ(histogram.count(), 100u);
+    EXPECT_EQ(histogram.min(), 1);
+    EXPECT_EQ(histogram.percentile(10), 10);
+    EXPECT_EQ(histogram.percentile(50), 50);
+    EXPECT_EQ(histogram.percentile(90), 90);
+    EXPECT_EQ(histogram.max(), 100);
+    EXPECT_EQ(histogram.count_below(50), 49u);
+    histogram.add(0.5);  // queries in between do not lose samples added later
+    EXPECT_EQ(histogram.min(), 0.5);
+    EXPECT_EQ(histogram.percentile(0), 0.5);
+    EXPECT_EQ(histogram.percentile(50), 50);  // rank 51 of 101
+}
+
+TEST(IdleHistogram, BeyondTheExactSamplesWithinATenthOfAPercent) {
+    IdleHistogram histogram;
+    const uint64_t samples = IdleHistogram::kExactSamples + 10'000;
+    // Idle closes spread over 1 s to 76.5 s, and one zero.
+    histogram.add(0);
+    for (uint64_t i = 1; i < samples; ++i) histogram.add(1000 + static_cast<double>(i));
+    EXPECT_EQ(histogram.count(), samples);
+    EXPECT_EQ(histogram.min(), 0);
+    EXPECT_EQ(histogram.max(), 1000 + static_cast<double>(samples - 1));
+    for (const double p : {10.0, 50.0, 90.0}) {
+        const double exact = 1000 + std::ceil(p / 100 * static_cast<double>(samples)) - 1;
+        EXPECT_NEAR(*histogram.percentile(p), exact, exact * 0.001) << p;
+    }
+    const double below = static_cast<double>(histogram.count_below(30'000));
+    EXPECT_NEAR(below, 29'000, 30);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregation
+
+TEST(TraceAnalyzer, CountsVerdictsRequestsAndGroups) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalIdleClose, .peer = "10.0.0.1"}, 3)
+            .add({.verdict = Verdict::LocalCloseRace, .peer = "10.0.0.3"})
+            .add({.verdict = Verdict::PeerIdleClose,
+                  .idle_ms = 3000,
+                  .comm = std::nullopt,
+                  .peer = "10.0.0.3"})
+            .add({.verdict = Verdict::Open, .comm = "nginx"})
+            .finish();
+    EXPECT_EQ(trace.connections, 6u);
+    EXPECT_EQ(trace.requests, 7u);  // one each, and the race's late request
+    EXPECT_EQ(trace.verdicts[Verdict::LocalIdleClose], 3u);
+    EXPECT_EQ(trace.verdicts[Verdict::LocalCloseRace], 1u);
+    EXPECT_EQ(trace.verdicts[Verdict::Open], 1u);
+    ASSERT_EQ(trace.by_comm.size(), 3u);
+    EXPECT_EQ(trace.by_comm.at("node").connections, 4u);
+    EXPECT_EQ(trace.by_comm.at("node").requests, 5u);
+    EXPECT_EQ(trace.by_comm.at("").verdicts[Verdict::PeerIdleClose], 1u);
+    EXPECT_EQ(trace.by_peer.at("10.0.0.3").connections, 2u);
+    EXPECT_EQ(trace.by_peer.at("10.0.0.1").connections, 4u);
+    EXPECT_EQ(trace.local_idle.count(), 4u);  // local_idle_close + local_close_race
+    EXPECT_EQ(trace.peer_idle.count(), 1u);
+    EXPECT_EQ(trace.local_idle_closers.at("node"), 4u);
+    EXPECT_TRUE(trace.warnings.empty());
+}
+
+TEST(TraceAnalyzer, ClientConnectionsStayOutOfTheServerSideFigures) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 100, .role = Role::Client})
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 5000, .role = Role::Client})
+            .add({.verdict = Verdict::PeerCloseRace,
+                  .idle_ms = 5001,
+                  .role = Role::Client,
+                  .comm = "nginx"})
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000, .role = Role::Unknown})
+            .finish();
+    EXPECT_EQ(trace.local_idle.count(), 1u);  // the unknown-role one only
+    EXPECT_EQ(trace.peer_idle.count(), 0u);
+    EXPECT_EQ(trace.upstream_peer_idle.count(), 2u);
+    EXPECT_EQ(trace.upstream_peer_idle.min(), 5000);
+    EXPECT_EQ(trace.upstream_racers.at("nginx"), 1u);
+    EXPECT_FALSE(trace.local_idle_closers.contains(""));
+    EXPECT_EQ(trace.races.total, 1u);
+    EXPECT_EQ(trace.longest_idle_at_local_close_ms, 2000);
+}
+
+TEST(TraceAnalyzer, BoundsComeFromTheOtherSidesIdleCloses) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000.2})
+            .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2001.3})
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = std::nullopt})
+            // With a request in flight the connection was silent, not idle: no bound.
+            .add({.verdict = Verdict::LocalResetInflight, .idle_ms = 9000})
+            .finish();
+    const IdleFigures peer = idle_figures(trace.peer_idle, trace.longest_idle_at_local_close_ms);
+    EXPECT_EQ(peer.closes, 0u);
+    EXPECT_FALSE(peer.median_ms);
+    EXPECT_EQ(peer.keeps_idle_longer_than_ms, 2001.3);
+    const IdleFigures local = idle_figures(trace.local_idle, trace.longest_idle_at_peer_close_ms);
+    EXPECT_EQ(local.closes, 2u);  // the one without an idle time is not a sample
+    EXPECT_EQ(local.min_ms, 2000.2);
+    EXPECT_EQ(local.max_ms, 2001.3);
+    EXPECT_FALSE(local.keeps_idle_longer_than_ms);  // it idle-closed: no bound needed
+}
+
+TEST(TraceAnalyzer, ListsCaughtConnectionsWithTimes) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000})
+                                    .add({.verdict = Verdict::LocalResetInflight, .idle_ms = 1500})
+                                    .add({.verdict = Verdict::PeerCloseInflight, .idle_ms = 1500})
+                                    .finish();
+    ASSERT_EQ(trace.races.listed.size(), 1u);
+    const CaughtConnection& race = trace.races.listed[0];
+    ASSERT_TRUE(race.request);
+    EXPECT_EQ(*race.request->method, "POST");
+    EXPECT_EQ(race.caught_requests, 1u);
+    EXPECT_DOUBLE_EQ(*race.request_after_close_ms, 0.5);
+    EXPECT_EQ(race.wall_ns, static_cast<int64_t>(race.request->request_ns) + kMonoToWall);
+    EXPECT_FALSE(trace.races.longest_unanswered_ms);
+
+    ASSERT_EQ(trace.inflight_resets.listed.size(), 1u);
+    EXPECT_DOUBLE_EQ(*trace.inflight_resets.listed[0].request_after_close_ms, -1500);
+    EXPECT_EQ(trace.inflight_resets.listed[0].rst_reason, "TCP_ABORT_ON_CLOSE");
+    EXPECT_DOUBLE_EQ(*trace.inflight_resets.longest_unanswered_ms, 1500);
+    ASSERT_EQ(trace.peer_gave_up.listed.size(), 1u);
+    EXPECT_DOUBLE_EQ(*trace.peer_gave_up.listed[0].request_after_close_ms, -1500);
+}
+
+TEST(TraceAnalyzer, ListsTheFirstFiftyAndCountsTheRest) {
+    const TraceAnalysis trace = Recording().add({.verdict = Verdict::LocalCloseRace}, 70).finish();
+    EXPECT_EQ(trace.races.total, 70u);
+    EXPECT_EQ(trace.races.listed.size(), CaughtList::kMaxListed);
+    const std::string text = render_report(trace, assess_default(trace), OutputFormat::Text);
+    EXPECT_THAT(text, HasSubstr("... and 20 more (the first 50 are listed)"));
+}
+
+TEST(TraceAnalyzer, WarnsAboutLostEventsAndAMissingSummary) {
+    const TraceAnalysis lost = Recording().add({}).finish(test_summary(12));
+    ASSERT_EQ(lost.warnings.size(), 1u);
+    EXPECT_THAT(lost.warnings[0], HasSubstr("lost 12 events"));
+    EXPECT_THAT(assess_default(lost).conclusion, HasSubstr("the kernel lost 12 events"));
+
+    const TraceAnalysis cut =
+        Recording().add({.at_ns = kStartNs + 7000 * kMs}).finish(std::nullopt);
+    ASSERT_EQ(cut.warnings.size(), 1u);
+    EXPECT_THAT(cut.warnings[0], HasSubstr("no summary line"));
+    // Without a summary, the duration runs to the latest time recorded: the close's ack.
+    EXPECT_NEAR(cut.duration_s(), 7.0 + 0.003 + 2.0 + 0.001, 1e-9);
+    EXPECT_THAT(assess_default(cut).conclusion, HasSubstr("cut short"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Judgement
+
+TEST(PeerTimeout, GivenThenObservedThenTheAlbDefault) {
+    const TraceAnalysis peer_closes =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000.4})
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 2999})
+            .finish();
+    const TraceAnalysis silent = Recording().add({.verdict = Verdict::LocalIdleClose}).finish();
+
+    const PeerTimeout given = resolve_peer_timeout({&peer_closes}, 60'000.0);
+    EXPECT_EQ(given.source, PeerTimeoutSource::Given);
+    EXPECT_EQ(given.ms, 60'000);
+    const PeerTimeout observed = resolve_peer_timeout({&silent, &peer_closes}, std::nullopt);
+    EXPECT_EQ(observed.source, PeerTimeoutSource::Observed);
+    EXPECT_EQ(observed.ms, 3000.4);  // the longest
+    const PeerTimeout assumed = resolve_peer_timeout({&silent}, std::nullopt);
+    EXPECT_EQ(assumed.source, PeerTimeoutSource::AlbDefault);
+    EXPECT_EQ(assumed.ms, kAlbDefaultIdleTimeoutMs);
+}
+
+TEST(Recommendations, NameTheSettingOfEachServer) {
+    struct Case {
+        const char* comm;
+        const char* setting;
+    };
+    const Case cases[] = {
+        {"node", "server.keepAliveTimeout = 65000 and server.headersTimeout = 66000"},
+        {"nginx", "keepalive_timeout 65s"},
+        {"gunicorn", "--keep-alive 65"},
+        {"uvicorn", "--timeout-keep-alive 65"},
+        {"python3", "Gunicorn --keep-alive 65 or uvicorn --timeout-keep-alive 65"},
+        {"puma", "persistent_timeout 65"},
+        {"ruby", "persistent_timeout 65"},
+        {"java", "keepAliveTimeout=\"65000\" on the Connector"},
+        {"httpd", "KeepAliveTimeout 65"},
+        {"apache2", "KeepAliveTimeout 65"},
+        {"haproxy", "timeout http-keep-alive 65s"},
+        {"api-server", "http.Server.IdleTimeout = 65 * time.Second"},
+    };
+    for (const Case& c : cases) {
+        EXPECT_THAT(keepalive_fix(c.comm, 65), HasSubstr(c.setting)) << c.comm;
+    }
+    EXPECT_THAT(keepalive_fix("node", 65),
+                HasSubstr("headersTimeout must exceed keepAliveTimeout"));
+}
+
+TEST(Recommendations, ValueIsThePeersTimeoutPlusAMarginInWholeSeconds) {
+    const TraceAnalysis observed = Recording()
+                                       .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000})
+                                       .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000.4})
+                                       .finish();
+    const Assessment a = assess_default(observed);
+    EXPECT_EQ(a.recommended_keepalive_s, 9u);  // ceil(3.0004 + 5)
+    ASSERT_EQ(a.recommendations.front().kind, RecommendationKind::KeepAliveTimeout);
+    EXPECT_EQ(a.recommendations.front().value_s, 9u);
+    EXPECT_EQ(a.recommendations.front().comm, "node");
+    EXPECT_THAT(a.recommendations.front().text, HasSubstr("server.keepAliveTimeout = 9000"));
+    EXPECT_THAT(a.recommendations.front().text, HasSubstr("longest observed idle close (3.000 s)"));
+
+    const TraceAnalysis silent = Recording().add({.verdict = Verdict::LocalIdleClose}).finish();
+    const Assessment assumed = assess_default(silent);
+    EXPECT_EQ(assumed.recommended_keepalive_s, 65u);
+    EXPECT_THAT(assumed.recommendations.front().text,
+                HasSubstr("assumes the peer is an ALB with the default idle timeout of 60 s"));
+}
+
+TEST(Recommendations, OnePerServerThatIdleClosesEarly) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose, .comm = "gunicorn"})
+                                    .add({.verdict = Verdict::LocalIdleClose, .comm = "node"}, 2)
+                                    .add({.verdict = Verdict::LocalIdleClose, .comm = std::nullopt})
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    ASSERT_EQ(a.recommendations.size(), 3u);
+    EXPECT_EQ(a.recommendations[0].comm, "node");  // the most idle closes first
+    EXPECT_EQ(a.recommendations[1].comm, std::nullopt);
+    EXPECT_THAT(a.recommendations[1].text, HasSubstr("its process was not seen"));
+    EXPECT_EQ(a.recommendations[2].comm, "gunicorn");
+}
+
+TEST(Recommendations, IdleClosesAfterThePeersTimeoutNeedNoFix) {
+    // keepAliveTimeout 65 s behind an ALB at 60 s: the rare idle close after 66 s is harmless.
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 66'000})
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000.2}, 5)
+            .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_FALSE(a.closes_before_peer);
+    EXPECT_EQ(a.early_idle_closes, 0u);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::NothingToFix);
+    EXPECT_THAT(a.conclusion, HasSubstr("Nothing to fix"));
+}
+
+TEST(Recommendations, UpstreamRacesAskForAShorterClientIdleTimeout) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::PeerCloseRace,
+                                          .idle_ms = 5000.5,
+                                          .role = Role::Client,
+                                          .comm = "nginx"})
+                                    .add({.verdict = Verdict::PeerIdleClose,
+                                          .idle_ms = 5000.1,
+                                          .role = Role::Client,
+                                          .comm = "nginx"})
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_FALSE(a.closes_before_peer);
+    EXPECT_EQ(a.upstream_races, 1u);
+    EXPECT_EQ(a.dominant, FailureKind::CloseRaces);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::UpstreamIdleTimeout);
+    EXPECT_EQ(a.recommendations[0].value_s, 4u);
+    EXPECT_THAT(a.recommendations[0].text,
+                HasSubstr("keepalive_timeout 4s; inside the upstream block"));
+    EXPECT_THAT(a.recommendations[0].text, HasSubstr("shortest idle close here was 5.000 s"));
+}
+
+TEST(Dominance, RacesFirstWhenTheyAreMost) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalCloseRace}, 3)
+                                    .add({.verdict = Verdict::LocalResetInflight}, 2)
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.dominant, FailureKind::CloseRaces);
+    ASSERT_EQ(a.recommendations.size(), 2u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::KeepAliveTimeout);
+    EXPECT_EQ(a.recommendations[1].kind, RecommendationKind::Load);
+    EXPECT_THAT(a.recommendations[1].text, HasSubstr("if they remain after the keep-alive fix"));
+    EXPECT_THAT(a.conclusion, HasSubstr("Fix: Node.js"));
+}
+
+TEST(Dominance, InflightResetsPointAtLoad) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalCloseRace})
+                                    .add({.verdict = Verdict::LocalResetInflight}, 4)
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.dominant, FailureKind::InflightResets);
+    ASSERT_EQ(a.recommendations.size(), 2u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::Load);
+    EXPECT_THAT(a.recommendations[0].text, HasSubstr("the connection lifecycle is not the cause"));
+    EXPECT_THAT(a.recommendations[0].text, HasSubstr("CPU, memory"));
+    EXPECT_EQ(a.recommendations[1].kind, RecommendationKind::KeepAliveTimeout);
+    EXPECT_THAT(a.conclusion, HasSubstr("Next: In-flight resets (4) outnumber close races (1)"));
+}
+
+TEST(Dominance, ThePeerGivingUpPointsAtTheClientsTimeout) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::PeerCloseInflight}, 3)
+                                    .add({.verdict = Verdict::LocalResetInflight})
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000})
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.dominant, FailureKind::PeerGaveUp);
+    ASSERT_EQ(a.recommendations.size(), 2u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::ClientTimeout);
+    EXPECT_THAT(a.recommendations[0].text, HasSubstr("460"));
+    EXPECT_THAT(a.recommendations[0].text, HasSubstr("the longest had waited 1.500 s"));
+    EXPECT_EQ(a.recommendations[1].kind, RecommendationKind::Load);
+    EXPECT_THAT(a.recommendations[1].text, HasSubstr("1 in-flight reset also"));
+    // The dominant failure is told once, by its recommendation.
+    EXPECT_THAT(a.conclusion, HasSubstr("This host reset or closed 1 connection with a request "
+                                        "unanswered (in-flight resets). Next: The peer gave up on "
+                                        "3 requests before this host answered; the longest"));
+    EXPECT_EQ(a.conclusion.find("gave up"), a.conclusion.rfind("gave up"));
+}
+
+TEST(Dominance, NothingWrongSaysSo) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 4)
+                                    .add({.verdict = Verdict::PeerReset})
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.dominant, FailureKind::None);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::NothingToFix);
+    EXPECT_THAT(a.conclusion,
+                StartsWith("The peer closed idle keep-alive connections after 3.000 s"));
+}
+
+TEST(Conclusion, SaysWhoClosesFirstAndTheRaces) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000}, 5)
+                                    .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2001}, 2)
+                                    .finish();
+    EXPECT_THAT(
+        assess_default(trace).conclusion,
+        StartsWith("This host closed idle keep-alive connections after 2.000 s (median of 7) "
+                   "while its peer kept them longer than 2.001 s. 2 requests arrived on "
+                   "connections this host had just closed (close races: the load "
+                   "balancer's 502). Fix: Node.js (comm node): set "
+                   "server.keepAliveTimeout = 65000"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// diff
+
+TEST(Diff, FixedWhenTheRacesAndEarlyClosesAreGone) {
+    const TraceAnalysis before = Recording()
+                                     .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000}, 10)
+                                     .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000}, 2)
+                                     .finish();
+    const TraceAnalysis after =
+        Recording().add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 25).finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::Fixed);
+    // The peer idle-closed only after the change, and its timeout judges both recordings.
+    EXPECT_EQ(result.peer_timeout.source, PeerTimeoutSource::Observed);
+    EXPECT_EQ(result.before.early_idle_closes, 12u);
+    EXPECT_THAT(result.explanation, HasSubstr("Before: 2 close races and 12 idle closes"));
+}
+
+TEST(Diff, NotFixedWhileRacesRemain) {
+    const TraceAnalysis before = Recording().add({.verdict = Verdict::LocalCloseRace}, 5).finish();
+    const TraceAnalysis after = Recording()
+                                    .add({.verdict = Verdict::LocalCloseRace})
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 30)
+                                    .finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::NotFixed);
+    EXPECT_THAT(result.explanation, HasSubstr("1 close race"));
+}
+
+TEST(Diff, NotFixedWhileThisHostStillClosesFirst) {
+    // Raised from 2 s to 4 s, but the peer keeps connections for 5 s: no race seen yet, still
+    // wrong.
+    const TraceAnalysis before =
+        Recording().add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000}, 3).finish();
+    const TraceAnalysis after = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 4000}, 30)
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 5000})
+                                    .finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::NotFixed);
+    EXPECT_THAT(result.explanation,
+                HasSubstr("30 idle closes by this host sooner than the peer's idle "
+                          "timeout of 5.000 s (observed)"));
+}
+
+TEST(Diff, InconclusiveWithTooFewRequestsAfter) {
+    const TraceAnalysis before = Recording().add({.verdict = Verdict::LocalCloseRace}, 3).finish();
+    const TraceAnalysis after =
+        Recording().add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 5).finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::Inconclusive);
+    EXPECT_THAT(result.explanation, HasSubstr("5 requests"));
+    EXPECT_THAT(result.explanation, HasSubstr("Record for longer than the peer's idle timeout"));
+}
+
+TEST(Diff, InconclusiveWithoutIdleClosesAfter) {
+    const TraceAnalysis before = Recording().add({.verdict = Verdict::LocalCloseRace}, 3).finish();
+    const TraceAnalysis after = Recording().add({.verdict = Verdict::Open}, 40).finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::Inconclusive);
+    EXPECT_THAT(result.explanation, HasSubstr("0 idle closes by either side"));
+    EXPECT_THAT(result.explanation, HasSubstr("(60.00 s)"));
+}
+
+TEST(Diff, InconclusiveWhenBeforeHadNothingToFix) {
+    const TraceAnalysis before =
+        Recording().add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 30).finish();
+    const TraceAnalysis after =
+        Recording().add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 30).finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::Inconclusive);
+    EXPECT_THAT(result.explanation, HasSubstr("nothing the change could have fixed"));
+}
+
+TEST(Diff, NamesTheConclusions) {
+    EXPECT_STREQ(to_string(DiffConclusion::Fixed), "fixed");
+    EXPECT_STREQ(to_string(DiffConclusion::NotFixed), "not fixed");
+    EXPECT_STREQ(to_string(DiffConclusion::Inconclusive), "inconclusive");
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+TEST(Verify, FailsOnCloseRaces) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 70'000})
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000})
+                                    .finish();
+    const VerifyResult result = verify_trace(trace, std::nullopt);
+    EXPECT_FALSE(result.passed);
+    ASSERT_EQ(result.reasons.size(), 1u);
+    EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
+    EXPECT_THAT(result.reasons[0], HasSubstr("POST /pay from 10.0.0.1:40000"));
+}
+
+TEST(Verify, FailsOnIdleClosesSoonerThanThePeersTimeout) {
+    const TraceAnalysis trace =
+        Recording().add({.verdict = Verdict::LocalIdleClose, .idle_ms = 5000}, 4).finish();
+    const VerifyResult assumed = verify_trace(trace, std::nullopt);
+    EXPECT_FALSE(assumed.passed);
+    EXPECT_EQ(assumed.peer_timeout.source, PeerTimeoutSource::AlbDefault);
+    ASSERT_EQ(assumed.reasons.size(), 1u);
+    EXPECT_THAT(assumed.reasons[0],
+                HasSubstr("4 of 4 idle closes by this host came sooner than the "
+                          "peer's idle timeout of 60.00 s (assumed: the ALB default)"));
+    EXPECT_THAT(assumed.reasons[0], HasSubstr("pass --peer-idle-timeout"));
+
+    // The peer is known to close after 4 s: closing at 5 s is not first.
+    const VerifyResult given = verify_trace(trace, 4000.0);
+    EXPECT_TRUE(given.passed);
+    EXPECT_EQ(given.peer_timeout.source, PeerTimeoutSource::Given);
+    EXPECT_TRUE(given.reasons.empty());
+}
+
+TEST(Verify, HoldsIdleClosesAgainstThePeersObservedTimeout) {
+    const TraceAnalysis early = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000})
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000})
+                                    .finish();
+    EXPECT_FALSE(verify_trace(early, std::nullopt).passed);
+    const TraceAnalysis later = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 6000})
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000})
+                                    .finish();
+    const VerifyResult result = verify_trace(later, std::nullopt);
+    EXPECT_TRUE(result.passed);
+    EXPECT_EQ(result.peer_timeout.source, PeerTimeoutSource::Observed);
+}
+
+TEST(Verify, FailsOnUpstreamRaces) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::PeerCloseRace, .role = Role::Client, .comm = "nginx"})
+            .finish();
+    const VerifyResult result = verify_trace(trace, std::nullopt);
+    EXPECT_FALSE(result.passed);
+    ASSERT_EQ(result.reasons.size(), 1u);
+    EXPECT_THAT(result.reasons[0], HasSubstr("1 upstream close race (peer_close_race)"));
+}
+
+TEST(Verify, PassesWhenNothingIsWrongAndMentionsOtherFailures) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 3)
+                                    .add({.verdict = Verdict::LocalResetInflight})
+                                    .finish();
+    const VerifyResult result = verify_trace(trace, std::nullopt);
+    EXPECT_TRUE(result.passed);
+    const std::string text = render_verify(trace, result);
+    EXPECT_THAT(text, StartsWith("closetrace verify: test.jsonl: OK"));
+    EXPECT_THAT(text, HasSubstr("see `closetrace report test.jsonl`: 1 in-flight reset.\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+TEST(ReportJson, HasTheDocumentedMembers) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000}, 3)
+                                    .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000})
+                                    .finish();
+    const auto report =
+        nlohmann::json::parse(render_report(trace, assess_default(trace), OutputFormat::Json));
+    EXPECT_EQ(report["format"], "closetrace-report/1");
+    EXPECT_EQ(report["trace"]["requests"], 5);
+    EXPECT_EQ(report["verdicts"]["local_close_race"]["connections"], 1);
+    EXPECT_DOUBLE_EQ(report["verdicts"]["local_close_race"]["per_1000_requests"].get<double>(),
+                     200);
+    EXPECT_EQ(report["idle"]["this_host"]["closes"], 4);
+    EXPECT_EQ(report["idle"]["peer"]["median_ms"], nullptr);
+    EXPECT_EQ(report["idle"]["peer"]["keeps_idle_longer_than_ms"], 2000);
+    EXPECT_EQ(report["peer_idle_timeout"]["source"], "alb_default");
+    EXPECT_EQ(report["races"]["total"], 1);
+    EXPECT_EQ(report["races"]["listed"][0]["method"], "POST");
+    EXPECT_EQ(report["races"]["listed"][0]["request_after_close_ms"], 0.5);
+    EXPECT_EQ(report["by_comm"]["groups"][0]["comm"], "node");
+    EXPECT_EQ(report["recommendations"][0]["kind"], "keepalive_timeout");
+    EXPECT_EQ(report["recommendations"][0]["value_s"], 65);
+    EXPECT_EQ(report["dominant"], "close_races");
+}
+
+TEST(ReportText, ListsTheTopGroupsAndSumsTheRest) {
+    Recording recording;
+    for (int i = 0; i < 12; ++i) {
+        recording.add({.verdict = Verdict::PeerIdleClose, .peer = "10.0.1." + std::to_string(i)},
+                      12 - i);
+    }
+    const TraceAnalysis trace = recording.finish();
+    const std::string text = render_report(trace, assess_default(trace), OutputFormat::Text);
+    EXPECT_THAT(text, HasSubstr("  10.0.1.0                      12"));
+    EXPECT_THAT(text, HasSubstr("  (2 more)                       3"));  // 2 + 1 connections
+    EXPECT_EQ(text.find("10.0.1.10 "), std::string::npos);
+}
+
+TEST(ReportText, MakesWireBytesPrintable) {
+    Connection conn = make_conn({.verdict = Verdict::LocalCloseRace});
+    conn.requests.back().target = std::string("/a\x1b[2J\r\n\xc3\xa9", 10);
+    const TraceAnalysis trace = Recording().add_conn(conn).finish();
+    const std::string text = render_report(trace, assess_default(trace), OutputFormat::Text);
+    EXPECT_THAT(text, HasSubstr("POST /a?[2J????"));
+    EXPECT_EQ(text.find('\x1b'), std::string::npos);
+    // JSON keeps what it can and replaces bytes that are not UTF-8.
+    const std::string json = render_report(trace, assess_default(trace), OutputFormat::Json);
+    EXPECT_TRUE(nlohmann::json::accept(json));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The commands' unusable input
+
+class ScratchFile {
+public:
+    explicit ScratchFile(const std::string& text) {
+        char name[] = "/tmp/closetrace_analysis_XXXXXX";
+        const int fd = mkstemp(name);
+        path_ = name;
+        close(fd);
+        std::ofstream(path_, std::ios::binary) << text;
+    }
+    ~ScratchFile() { std::filesystem::remove(path_); }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+std::string header_line_text() { return header_line(test_header()) + "\n"; }
+
+TEST(Commands, AMissingFileIsUnusable) {
+    const CommandOutput output = run_report("/nonexistent/trace.jsonl", OutputFormat::Text);
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_TRUE(output.out.empty());
+    EXPECT_EQ(output.err,
+              "closetrace report: cannot open /nonexistent/trace.jsonl: No such file or "
+              "directory; give the trace file `closetrace record --output` wrote\n");
+    EXPECT_EQ(run_verify("/nonexistent/trace.jsonl", std::nullopt).exit_code, 2);
+}
+
+TEST(Commands, ADirectoryIsUnusable) {
+    const CommandOutput output = run_diff("/tmp", "/tmp", OutputFormat::Json);
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_THAT(output.err, StartsWith("closetrace diff: /tmp is a directory"));
+}
+
+TEST(Commands, AMalformedLineNamesFileAndLine) {
+    const ScratchFile trace(header_line_text() + conn_line(make_conn({})) +
+                            "\n{\"type\":\"conn\"}\n");
+    const CommandOutput output = run_verify(trace.path(), std::nullopt);
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_THAT(output.err, StartsWith("closetrace verify: " + trace.path() + ":3: "));
+    EXPECT_THAT(output.err, HasSubstr("remove the line or record again\n"));
+    EXPECT_EQ(std::count(output.err.begin(), output.err.end(), '\n'), 1);
+}
+
+TEST(Commands, NotATraceSaysWhatToGive) {
+    const ScratchFile trace("GET / HTTP/1.1\r\n");
+    const CommandOutput output = run_report(trace.path(), OutputFormat::Text);
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_THAT(
+        output.err,
+        HasSubstr(":1: not a closetrace trace; give a trace written by `closetrace record`"));
+}
+
+TEST(Commands, AnEmptyFileIsUnusable) {
+    const ScratchFile trace("");
+    const CommandOutput output = run_report(trace.path(), OutputFormat::Text);
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_THAT(output.err, HasSubstr("empty file"));
+}
+
+TEST(Commands, VerifyRejectsANonsensicalPeerTimeout) {
+    const ScratchFile trace(header_line_text() + summary_line(test_summary()) + "\n");
+    for (const double seconds : {0.0, -5.0, std::nan("")}) {
+        const CommandOutput output = run_verify(trace.path(), seconds);
+        EXPECT_EQ(output.exit_code, 2) << seconds;
+        EXPECT_THAT(output.err, HasSubstr("expected a positive number of seconds"));
+    }
+    EXPECT_EQ(run_verify(trace.path(), 60.0).exit_code, 0);
+}
+
+TEST(Commands, WarningsGoToStderrAndTheReportStillComes) {
+    const ScratchFile trace(header_line_text() + conn_line(make_conn({})) + "\n" +
+                            conn_line(make_conn({})).substr(0, 40));
+    const CommandOutput output = run_report(trace.path(), OutputFormat::Text);
+    EXPECT_EQ(output.exit_code, 0);
+    EXPECT_THAT(output.out, HasSubstr("1 connection, 1 request"));
+    EXPECT_THAT(output.err,
+                HasSubstr("closetrace report: warning: " + trace.path() + ": line 3 is truncated"));
+    EXPECT_THAT(output.err,
+                HasSubstr("closetrace report: warning: " + trace.path() + ": no summary line"));
+}
+
+TEST(Commands, VerifyExitsOneWithTheReasons) {
+    std::string text = header_line_text();
+    for (int i = 0; i < 3; ++i)
+        text += conn_line(make_conn({.verdict = Verdict::LocalCloseRace})) + "\n";
+    const ScratchFile trace(text + summary_line(test_summary()) + "\n");
+    const CommandOutput output = run_verify(trace.path(), std::nullopt);
+    EXPECT_EQ(output.exit_code, 1);
+    EXPECT_THAT(output.out, HasSubstr(": FAIL\n  - 3 close races"));
+    EXPECT_TRUE(output.err.empty());
+}
+
+}  // namespace
+}  // namespace closetrace

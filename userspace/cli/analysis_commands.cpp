@@ -1,0 +1,75 @@
+#include "analysis_commands.h"
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "closetrace/analysis.h"
+
+namespace closetrace {
+namespace {
+
+struct AnalysisOptions {
+    std::string trace;
+    std::string later_trace;  // diff's AFTER
+    std::string format = "text";
+    std::optional<double> peer_idle_timeout_s;
+};
+
+OutputFormat output_format(const std::string& name) {
+    return name == "json" ? OutputFormat::Json : OutputFormat::Text;
+}
+
+void add_format_option(CLI::App* command, AnalysisOptions& options) {
+    command->add_option("--format", options.format, "Output format")
+        ->check(CLI::IsMember({"text", "json"}))
+        ->capture_default_str();
+}
+
+// The messages are complete on stderr already: the exception only carries the status.
+void finish(const CommandOutput& output) {
+    std::fputs(output.out.c_str(), stdout);
+    std::fflush(stdout);
+    std::fputs(output.err.c_str(), stderr);
+    if (output.exit_code != 0) throw CLI::RuntimeError("", output.exit_code);
+}
+
+}  // namespace
+
+void add_analysis_commands(CLI::App& app) {
+    auto options = std::make_shared<AnalysisOptions>();
+
+    CLI::App* report = app.add_subcommand(
+        "report",
+        "Who closes idle keep-alive connections and after how long, the requests caught "
+        "in a close, and the setting to change");
+    report->add_option("trace", options->trace, "Trace written by `closetrace record`")->required();
+    add_format_option(report, *options);
+    report->callback(
+        [options] { finish(run_report(options->trace, output_format(options->format))); });
+
+    CLI::App* diff = app.add_subcommand(
+        "diff",
+        "Compare a recording before a change with one after it: fixed, not fixed or "
+        "inconclusive (exit 0 for each)");
+    diff->add_option("before", options->trace, "Trace recorded before the change")->required();
+    diff->add_option("after", options->later_trace, "Trace recorded after the change")->required();
+    add_format_option(diff, *options);
+    diff->callback([options] {
+        finish(run_diff(options->trace, options->later_trace, output_format(options->format)));
+    });
+
+    CLI::App* verify = app.add_subcommand(
+        "verify",
+        "Exit 0 when this host neither races nor idle-closes before its peer, 1 with the "
+        "reasons otherwise, 2 on unusable input");
+    verify->add_option("trace", options->trace, "Trace written by `closetrace record`")->required();
+    verify->add_option("--peer-idle-timeout", options->peer_idle_timeout_s,
+                       "The peer's idle timeout in seconds (default: the longest idle close the "
+                       "peer made in the trace, else the ALB default of 60)");
+    verify->callback(
+        [options] { finish(run_verify(options->trace, options->peer_idle_timeout_s)); });
+}
+
+}  // namespace closetrace
