@@ -85,7 +85,8 @@ def main():
         step(3, "The fix: backend keepAliveTimeout 5 s, above the balancer's 3 s. Recording "
                 "the same traffic again (about 15 s) ...")
         after = scenarios.fixed(recorder=recorder(closetrace), recorder_ns="backend",
-                                workdir=os.path.join(work, "fixed"), races=2)
+                                workdir=os.path.join(work, "fixed"), races=2,
+                                normal_requests=25)
         after_trace = keep(after.trace, output_dir, "after")
         print(f"nginx answered the same POSTs with {after.measured.get('race_statuses', [])}",
               flush=True)

@@ -189,7 +189,7 @@ def _nginx_http_common(d):
     """)
 
 
-def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=10.0) -> Peer:
+def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=10.0, env=None) -> Peer:
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write(conf_text)
@@ -200,7 +200,7 @@ def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=10.0) -> Peer
         raise RuntimeError(f"nginx -t failed: {r.stderr}")
     with open(stderr, "w") as out:
         p = topo.spawn_in(ns, [NGINX, "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf],
-                          stdout=out, stderr=subprocess.STDOUT)
+                          stdout=out, stderr=subprocess.STDOUT, env=env)
     peer = Peer(topo, ns, p, d, kind, addr, port, access_log=os.path.join(d, "access.log"),
                 error_log=os.path.join(d, "error.log"), conf=conf, stderr=stderr)
     wait_port(topo, ns, "127.0.0.1" if addr == "0.0.0.0" else addr, port, timeout=timeout,
@@ -227,17 +227,104 @@ def start_nginx_backend(topo: Topology, keepalive_timeout_s=1.0, port=8080, ns="
     return _start_nginx(topo, ns, d, conf, addr, port, "nginx-backend")
 
 
+# The balancer's second access log, `alb.log`, in the AWS Application Load Balancer access
+# log format (29 fields up to classification_reason, then conn_trace_id), so that
+# `closetrace alb TRACE alb.log` can be tested on a real balancer.  nginx -> ALB field mapping:
+#   time                     $time_iso8601 + $msec's milliseconds, when nginx logged the
+#                            request (ALB: when it answered the client).  nginx runs with TZ=UTC,
+#                            so $time_iso8601 ends in +00:00; the map swaps that for
+#                            ".mmm000Z".  Without UTC the field reads "not-utc:..." and the
+#                            line is malformed rather than silently shifted.
+#   request_creation_time    the same clock, saved by `set` in the server's rewrite phase: when
+#                            nginx had read the request's headers (ALB: when it received the
+#                            request).  It forwards the request right after (after the body,
+#                            which it buffers), so request_processing_time is 0.000, and -1
+#                            when no upstream was tried (ALB: never sent to a target).
+#   target:port              the last upstream tried ($upstream_addr lists every retry).
+#   target_processing_time   the last upstream's $upstream_header_time; when it sent no header
+#                            (reset, closed, timed out), its $upstream_response_time: the time
+#                            until the failure.  -1 when no upstream was tried.
+#   response_processing_time 0.000 when the last upstream sent a header, else -1.
+#   elb_status_code          $status, 499 (client went away) as ALB's 460.
+#   target_status_code       the last upstream's status if it sent a header, else "-": for a
+#                            connection error nginx puts its own 502 (504 on timeout) in
+#                            $upstream_status with header time "-", which ALB logs as "-".
+#   "target:port_list"       every upstream tried ($upstream_addr); "target_status_code_list"
+#                            $upstream_status when the last one sent a header, else "-".
+#   trace_id                 "Root=1-" + $request_id; conn_trace_id "TID_" + $connection.
+# A line looks like:
+#   http 2026-11-25T01:01:05.123000Z app/scenario-nginx/0000000000000000 10.201.0.1:41234
+#   10.201.0.6:8080 0.000 0.000 -1 502 - 187 319 "POST http://10.201.0.2:80/pay HTTP/1.1" "-"
+#   - - arn:aws:elasticloadbalancing:local:000000000000:targetgroup/scenario-backend/0000000000000000
+#   "Root=1-..." "-" "-" 0 2026-11-25T01:01:05.123000Z "forward" "-" "-" "10.201.0.6:8080"
+#   "-" "-" "-" TID_3                                                          (one line)
+_ALB_LOG_HTTP = r"""
+    map "$time_iso8601|$msec" $alb_time {
+        "~^(?<alb_ts>[0-9T:-]{19})\+00:00\|[0-9]+\.(?<alb_tf>[0-9]{3})$" "${alb_ts}.${alb_tf}000Z";
+        default "not-utc:$time_iso8601";
+    }
+    map "$alb_start_iso|$alb_start_msec" $alb_request_creation_time {
+        "~^(?<alb_cs>[0-9T:-]{19})\+00:00\|[0-9]+\.(?<alb_cf>[0-9]{3})$" "${alb_cs}.${alb_cf}000Z";
+        default $alb_time;
+    }
+    map $upstream_addr $alb_target {
+        "~(?<alb_a>[^ ,]+:[0-9]+)$" $alb_a;
+        default -;
+    }
+    map $upstream_addr $alb_request_processing_time {
+        "" -1;
+        default 0.000;
+    }
+    map "$upstream_header_time|$upstream_response_time" $alb_target_processing_time {
+        "~(?<alb_h>[0-9.]+)\|" $alb_h;
+        "~(?<alb_r>[0-9.]+)$" $alb_r;
+        default -1;
+    }
+    map $upstream_header_time $alb_response_processing_time {
+        "~[0-9]$" 0.000;
+        default -1;
+    }
+    map "$upstream_status|$upstream_header_time" $alb_target_status {
+        "~(?<alb_s>[0-9]{3})\|.*[0-9]$" $alb_s;
+        default -;
+    }
+    map "$upstream_status|$upstream_header_time" $alb_target_status_list {
+        "|" -;
+        "~\|.*[0-9]$" $upstream_status;
+        default -;
+    }
+    map $status $alb_elb_status {
+        499 460;
+        default $status;
+    }
+    log_format alb 'http $alb_time app/scenario-nginx/0000000000000000 '
+                   '$remote_addr:$remote_port $alb_target '
+                   '$alb_request_processing_time $alb_target_processing_time '
+                   '$alb_response_processing_time $alb_elb_status $alb_target_status '
+                   '$request_length $bytes_sent '
+                   '"$request_method http://$host:$server_port$request_uri $server_protocol" '
+                   '"$http_user_agent" - - '
+                   'arn:aws:elasticloadbalancing:local:000000000000:targetgroup/scenario-backend/0000000000000000 '
+                   '"Root=1-$request_id" "-" "-" 0 $alb_request_creation_time '
+                   '"forward" "-" "-" "$upstream_addr" "$alb_target_status_list" "-" "-" '
+                   'TID_$connection';
+"""
+
+
 def start_nginx_balancer(topo: Topology, backend_addr=None, backend_port=8080,
                          upstream_keepalive_timeout_s=3.0, port=80, ns="balancer",
                          proxy_read_timeout_s=30, extra_location="", base_dir=None) -> Peer:
     """nginx reverse proxy reusing upstream connections (keepalive 16, HTTP/1.1,
     Connection "" cleared, upstream keepalive_timeout).  One worker, so that the harness can
-    SIGSTOP/SIGCONT it (``peer.workers()``)."""
+    SIGSTOP/SIGCONT it (``peer.workers()``).  Besides ``access_log`` it writes ``alb_log``
+    in the ALB access log format (see _ALB_LOG_HTTP); it runs with TZ=UTC for that."""
     d = _mkdir("nginx-balancer", base_dir)
     backend_addr = backend_addr or topo.addr["backend"]
     conf = _nginx_common(d) + textwrap.dedent(f"""
         http {{
         {_nginx_http_common(d)}
+        {textwrap.indent(_ALB_LOG_HTTP, "    ").strip()}
+            access_log {d}/alb.log alb;
             keepalive_timeout 75s;
             keepalive_requests 10000;
             upstream backend {{
@@ -248,6 +335,9 @@ def start_nginx_balancer(topo: Topology, backend_addr=None, backend_port=8080,
             }}
             server {{
                 listen {port};
+                # when the request was received (headers read), for alb.log
+                set $alb_start_iso $time_iso8601;
+                set $alb_start_msec $msec;
                 location / {{
                     proxy_pass http://backend;
                     proxy_http_version 1.1;
@@ -258,7 +348,10 @@ def start_nginx_balancer(topo: Topology, backend_addr=None, backend_port=8080,
             }}
         }}
     """)
-    return _start_nginx(topo, ns, d, conf, "0.0.0.0", port, "nginx-balancer")
+    peer = _start_nginx(topo, ns, d, conf, "0.0.0.0", port, "nginx-balancer",
+                        env=dict(os.environ, TZ="UTC"))
+    peer.alb_log = peer.logs["alb_log"] = os.path.join(d, "alb.log")
+    return peer
 
 
 def start_haproxy_balancer(topo: Topology, backend_addr=None, backend_port=8080,

@@ -63,6 +63,7 @@ class ScenarioResult:
     duration_s: float = 0.0
     measured: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    balancer_alb_log: str | None = None  # nginx: the same requests in the ALB access log format
 
     def wire_conns(self, local_ports=None):
         return wire.read_capture(self.pcap, self.backend_addr,
@@ -215,6 +216,7 @@ class _Run:
             recorder_rc=self.recorder_rc, balancer=balancer_kind,
             balancer_access_log=getattr(b, "access_log", None) if b else None,
             balancer_error_log=getattr(b, "error_log", None) if b else None,
+            balancer_alb_log=getattr(b, "alb_log", None) if b else None,
             backend_log=n.log if n else "", client_log=self.client_log,
             backend_addr=self.topo.addr["backend"], backend_port=BACKEND_PORT,
             balancer_addr=self.topo.addr["balancer"],
