@@ -274,6 +274,20 @@ TEST(TraceAnalyzer, BoundsComeFromTheOtherSidesIdleCloses) {
     EXPECT_FALSE(local.keeps_idle_longer_than_ms);  // it idle-closed: no bound needed
 }
 
+TEST(TraceAnalyzer, APeerClosingWithoutARequestSaysNothingAboutItsIdleTimeout) {
+    Connection probe = make_conn({.verdict = Verdict::PeerIdleClose, .idle_ms = 0.05});
+    probe.requests.clear();  // a port probe: connect, close
+    const TraceAnalysis trace = Recording()
+                                    .add_conn(probe)
+                                    .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2001.3})
+                                    .finish();
+    EXPECT_EQ(trace.peer_idle.count(), 0u);
+    EXPECT_FALSE(trace.longest_idle_at_peer_close_ms);
+    const IdleFigures peer = idle_figures(trace.peer_idle, trace.longest_idle_at_local_close_ms);
+    EXPECT_EQ(peer.keeps_idle_longer_than_ms, 2001.3);
+    EXPECT_EQ(trace.verdicts[Verdict::PeerIdleClose], 1u);  // still counted as a connection
+}
+
 TEST(TraceAnalyzer, ListsCaughtConnectionsWithTimes) {
     const TraceAnalysis trace = Recording()
                                     .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000})

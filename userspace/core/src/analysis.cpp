@@ -428,11 +428,14 @@ void TraceAnalyzer::add(const Connection& conn) {
 
     const bool server_side = conn.role != Role::Client;
     const std::optional<double> idle_ms = conn.close.idle_ms;
+    // A peer that closes a connection it never sent a request on was probing the port (a
+    // health check, a readiness probe), not timing out an idle keep-alive connection.
+    const std::optional<double> peer_idle_ms = conn.requests.empty() ? std::nullopt : idle_ms;
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
             raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
-        if (conn.close.initiator == Initiator::Peer)
-            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
+        if (conn.close.initiator == Initiator::Peer && peer_idle_ms)
+            raise_to(a.longest_idle_at_peer_close_ms, *peer_idle_ms);
     }
     const int64_t mono_to_wall_ns = a.header.mono_to_wall_ns;
     switch (conn.verdict) {
@@ -447,7 +450,7 @@ void TraceAnalyzer::add(const Connection& conn) {
             ++a.upstream_racers[comm];
             [[fallthrough]];
         case Verdict::PeerIdleClose:
-            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
+            if (peer_idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*peer_idle_ms);
             break;
         case Verdict::LocalResetInflight:
             list_caught(a.inflight_resets, conn, mono_to_wall_ns);
