@@ -12,7 +12,7 @@
 // file names in the outputs are the bare names.
 //
 // To regenerate after a deliberate change (then review the diff of tests/fixtures):
-//   CLOSETRACE_UPDATE_GOLDEN=1 build/tests/unit_tests --gtest_filter='Golden*'
+//   CLOSETRACE_UPDATE_GOLDEN=1 build/tests/unit_tests --gtest_filter='*Golden*'
 // It rewrites every expected file, and writes the report's (text, and JSON unless the report
 // fails) and verify's for a trace that has none. A new diff pair: create an empty
 // A--B.diff.expected.txt (and .json) and regenerate.
