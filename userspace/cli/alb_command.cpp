@@ -15,6 +15,7 @@
 
 #include "closetrace/alb_log.h"
 #include "closetrace/alb_match.h"
+#include "closetrace/text.h"
 #include "closetrace/trace_io.h"
 #include "closetrace/wallclock.h"
 
@@ -39,13 +40,6 @@ struct AlbOptions {
 
 void warn(const std::string& message) {
     std::fprintf(stderr, "closetrace alb: warning: %s\n", message.c_str());
-}
-
-// Log and wire bytes on a terminal: control characters could rewrite the screen.
-std::string printable(std::string_view text) {
-    std::string safe;
-    for (unsigned char c : text) safe += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-    return safe;
 }
 
 double to_ms(int64_t ns) { return static_cast<double>(ns) / 1e6; }
@@ -92,11 +86,6 @@ std::string caught_summary(const TraceFacts& trace) {
         text += fmt::format("{}{} {}", text.empty() ? "" : ", ", connections, to_string(verdict));
     }
     return text.empty() ? "none" : text;
-}
-
-std::string request_text(const Request& request) {
-    if (request.opaque || !request.method || !request.target) return "(not HTTP: TLS?)";
-    return fmt::format("{} {}", *request.method, *request.target);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +139,7 @@ void print_text(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
     for (const AlbPair& pair : result.pairs) {
         fmt::print("  {} {} {} -> {}  conn {} {}  {:+.1f} ms{}  ({}:{})\n",
                    iso8601_utc(pair.error.dispatch_ns), *pair.error.entry.elb_status_code,
-                   printable(request_text(pair.request.request)),
+                   request_line(pair.request.request),
                    format_host_port(*pair.error.entry.target), pair.request.conn_id,
                    to_string(pair.request.verdict), to_ms(pair.delta_ns),
                    pair.path_compared ? "" : ", path not compared", printable(pair.error.file),

@@ -14,17 +14,22 @@ struct AnalysisOptions {
     std::string trace;
     std::string later_trace;  // diff's AFTER
     std::string format = "text";
+    std::string output = "-";
     std::optional<double> peer_idle_timeout_s;
 };
 
 OutputFormat output_format(const std::string& name) {
+    if (name == "html") return OutputFormat::Html;
     return name == "json" ? OutputFormat::Json : OutputFormat::Text;
 }
 
-void add_format_option(CLI::App* command, AnalysisOptions& options) {
+// --format, and --output for the file it goes to.
+void add_output_options(CLI::App* command, AnalysisOptions& options) {
     command->add_option("--format", options.format, "Output format")
-        ->check(CLI::IsMember({"text", "json"}))
+        ->check(CLI::IsMember({"text", "json", "html"}))
         ->capture_default_str();
+    command->add_option("--output,-o", options.output,
+                        "Write to FILE instead of standard output (e.g. report.html)");
 }
 
 // The messages are complete on stderr already: the exception only carries the status.
@@ -45,9 +50,11 @@ void add_analysis_commands(CLI::App& app) {
         "Who closes idle keep-alive connections and after how long, the requests caught "
         "in a close, and the setting to change");
     report->add_option("trace", options->trace, "Trace written by `closetrace record`")->required();
-    add_format_option(report, *options);
-    report->callback(
-        [options] { finish(run_report(options->trace, output_format(options->format))); });
+    add_output_options(report, *options);
+    report->callback([options] {
+        finish(write_output(run_report(options->trace, output_format(options->format)),
+                            options->output, "report"));
+    });
 
     CLI::App* diff = app.add_subcommand(
         "diff",
@@ -55,9 +62,11 @@ void add_analysis_commands(CLI::App& app) {
         "inconclusive (exit 0 for each)");
     diff->add_option("before", options->trace, "Trace recorded before the change")->required();
     diff->add_option("after", options->later_trace, "Trace recorded after the change")->required();
-    add_format_option(diff, *options);
+    add_output_options(diff, *options);
     diff->callback([options] {
-        finish(run_diff(options->trace, options->later_trace, output_format(options->format)));
+        finish(write_output(
+            run_diff(options->trace, options->later_trace, output_format(options->format)),
+            options->output, "diff"));
     });
 
     CLI::App* verify = app.add_subcommand(

@@ -15,6 +15,7 @@
 
 #include "closetrace/container.h"
 #include "closetrace/event.h"
+#include "closetrace/text.h"
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
 #include "closetrace/wallclock.h"
@@ -112,11 +113,6 @@ bool is_notable(Verdict verdict) {
            verdict == Verdict::LocalResetInflight || verdict == Verdict::PeerCloseInflight;
 }
 
-std::string request_line(const Request& request) {
-    if (request.opaque) return "(non-HTTP)";
-    return fmt::format("{} {}", request.method.value_or("?"), request.target.value_or("?"));
-}
-
 // The request a notable close is about: the late one, or the one left unanswered.
 const Request* request_of_interest(const Connection& conn) {
     for (const auto& request : conn.requests) {
@@ -153,14 +149,14 @@ public:
         if (!notable) ++shown_this_second_;
 
         std::string line = fmt::format(
-            "{} {}{:<21} {}:{} -> {}:{}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
-            notable ? "!! " : "   ", to_string(conn.verdict), conn.remote.addr, conn.remote.port,
-            conn.local.addr, conn.local.port);
+            "{} {}{:<21} {} -> {}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
+            notable ? "!! " : "   ", to_string(conn.verdict), endpoint_text(conn.remote),
+            endpoint_text(conn.local));
         if (conn.comm) line += fmt::format(" [{}]", printable(*conn.comm));
         if (conn.container) line += " {" + printable(container_label(conn.container)) + "}";
         if (conn.close.idle_ms) line += fmt::format(" idle {:.1f} ms", *conn.close.idle_ms);
         if (const Request* request = request_of_interest(conn)) {
-            line += "  " + printable(request_line(*request));
+            line += "  " + request_line(*request);
             if (request->outcome == Outcome::AfterLocalClose && conn.close.local_fin_ns) {
                 const double gap_ms =
                     (static_cast<double>(request->request_ns) -
@@ -181,13 +177,6 @@ public:
 
 private:
     static constexpr int kRoutinePerSecond = 20;
-
-    // Wire bytes on a terminal: control characters could rewrite the screen.
-    static std::string printable(const std::string& text) {
-        std::string safe;
-        for (unsigned char c : text) safe += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-        return safe;
-    }
 
     bool quiet_;
     int64_t mono_to_wall_;

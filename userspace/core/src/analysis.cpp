@@ -50,6 +50,15 @@ uint64_t latest_time(const Connection& conn) {
     return latest;
 }
 
+// Where a connection goes on the verdicts over time: its first FIN or RST, else when last seen.
+uint64_t verdict_time(const Connection& conn) {
+    const CloseInfo& close = conn.close;
+    const std::optional<uint64_t> first_close =
+        earliest(earliest(close.local_fin_ns, close.peer_fin_ns),
+                 earliest(close.local_rst_ns, close.peer_rst_ns));
+    return first_close.value_or(latest_time(conn));
+}
+
 // A close of an idle connection: its idle time is how long the other side kept it idle. (With a
 // request in flight the connection was not idle, only silent.)
 bool nothing_in_flight_at_close(Verdict verdict) {
@@ -83,9 +92,15 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
                             .comm = conn.comm,
                             .idle_ms = conn.close.idle_ms,
                             .how = conn.close.how,
-                            .rst_reason = conn.close.rst_reason};
+                            .rst_reason = conn.close.rst_reason,
+                            .local_fin_ns = conn.close.local_fin_ns,
+                            .peer_fin_ns = conn.close.peer_fin_ns,
+                            .local_rst_ns = conn.close.local_rst_ns,
+                            .peer_rst_ns = conn.close.peer_rst_ns};
     const Outcome outcome = caught_outcome(conn.verdict);
     for (const Request& request : conn.requests) {
+        if (!caught.request && request.outcome == Outcome::Completed)
+            caught.last_answered = request;
         if (request.outcome != outcome) continue;
         if (!caught.request) caught.request = request;
         ++caught.caught_requests;
@@ -402,6 +417,22 @@ IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> othe
     return figures;
 }
 
+void VerdictTimeline::add(uint64_t at_ns, Verdict verdict) {
+    const uint64_t offset_ns = at_ns > origin_ns_ ? at_ns - origin_ns_ : 0;
+    while (offset_ns / bucket_ns_ >= kBuckets) {
+        std::vector<VerdictCounts> merged((buckets_.size() + 1) / 2);
+        for (std::size_t index = 0; index < buckets_.size(); ++index) {
+            for (const Verdict each : kAllVerdicts)
+                merged[index / 2][each] += buckets_[index][each];
+        }
+        buckets_ = std::move(merged);
+        bucket_ns_ *= 2;
+    }
+    const std::size_t index = offset_ns / bucket_ns_;
+    if (buckets_.size() <= index) buckets_.resize(index + 1);
+    ++buckets_[index][verdict];
+}
+
 // ---------------------------------------------------------------------------------------------
 // TraceAnalysis, TraceAnalyzer
 
@@ -414,6 +445,7 @@ double TraceAnalysis::duration_s() const {
 TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
     analysis_.file = std::move(file);
     analysis_.header = std::move(header);
+    analysis_.verdicts_over_time = VerdictTimeline(analysis_.header.start_ns);
 }
 
 void TraceAnalyzer::add(const Connection& conn) {
@@ -422,6 +454,7 @@ void TraceAnalyzer::add(const Connection& conn) {
     a.requests += conn.requests.size();
     ++a.verdicts[conn.verdict];
     a.last_ns = std::max(a.last_ns, latest_time(conn));
+    a.verdicts_over_time.add(verdict_time(conn), conn.verdict);
     const std::string comm = conn.comm.value_or("");
     count_in(a.by_comm[comm], conn);
     count_in(a.by_peer[conn.remote.addr], conn);
@@ -695,7 +728,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             if (caught.verdict != verdict || !caught.request) continue;
             return fmt::format("; the first: {} {} from {}", iso8601_utc(caught.wall_ns),
                                analysis_text::request_line(*caught.request),
-                               analysis_text::endpoint(caught.remote));
+                               endpoint_text(caught.remote));
         }
         return "";
     };

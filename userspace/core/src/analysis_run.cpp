@@ -76,7 +76,8 @@ CommandOutput run_report(const std::string& path, OutputFormat format) {
     try {
         const TraceAnalysis trace = load(path);
         const Assessment assessment = assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
-        return {.out = render_report(trace, assessment, format),
+        return {.out = format == OutputFormat::Html ? render_report_html(trace, assessment)
+                                                    : render_report(trace, assessment, format),
                 .err = warnings_text("report", trace)};
     } catch (const UnusableInput& input) {
         return unusable("report", input);
@@ -88,7 +89,9 @@ CommandOutput run_diff(const std::string& before_path, const std::string& after_
     try {
         const TraceAnalysis before = load(before_path);
         const TraceAnalysis after = load(after_path);
-        return {.out = render_diff(before, after, diff_traces(before, after), format),
+        const DiffResult result = diff_traces(before, after);
+        return {.out = format == OutputFormat::Html ? render_diff_html(before, after, result)
+                                                    : render_diff(before, after, result, format),
                 .err = warnings_text("diff", before) + warnings_text("diff", after)};
     } catch (const UnusableInput& input) {
         return unusable("diff", input);
@@ -114,6 +117,22 @@ CommandOutput run_verify(const std::string& path, std::optional<double> peer_idl
     } catch (const UnusableInput& input) {
         return unusable("verify", input);
     }
+}
+
+CommandOutput write_output(CommandOutput output, const std::string& path, const char* command) {
+    if (output.exit_code != 0 || path == "-") return output;
+    std::ofstream file(path, std::ios::binary | std::ios::trunc);
+    file << output.out;
+    file.close();
+    if (!file) {
+        CommandOutput failed = unusable(
+            command, UnusableInput{fmt::format("cannot write {}: {}; give a writable --output path",
+                                               path, std::strerror(errno))});
+        failed.err = output.err + failed.err;
+        return failed;
+    }
+    output.out.clear();
+    return output;
 }
 
 }  // namespace closetrace

@@ -29,27 +29,6 @@ std::string count_of(uint64_t count, std::string_view singular, std::string_view
     return fmt::format("{} {}", count, count == 1 ? singular : plural);
 }
 
-std::string endpoint(const Endpoint& endpoint) {
-    const bool ipv6 = endpoint.addr.find(':') != std::string::npos;
-    return ipv6 ? fmt::format("[{}]:{}", printable(endpoint.addr), endpoint.port)
-                : fmt::format("{}:{}", printable(endpoint.addr), endpoint.port);
-}
-
-std::string request_line(const Request& request) {
-    if (request.opaque || !request.method) return "(not HTTP: TLS?)";
-    return printable(fmt::format("{} {}", *request.method, request.target.value_or("")));
-}
-
-std::string printable(std::string_view text) {
-    std::string safe;
-    safe.reserve(text.size());
-    for (const char c : text) {
-        const auto byte = static_cast<unsigned char>(c);
-        safe += (byte >= 0x20 && byte < 0x7f) ? c : '?';
-    }
-    return safe;
-}
-
 std::string peer_timeout_text(const PeerTimeout& timeout) {
     return fmt::format("{} ({})", duration(timeout.ms), source_text(timeout.source));
 }

@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "closetrace/analysis.h"
+#include "closetrace/text.h"
 
 namespace closetrace::analysis_text {
 
@@ -13,12 +14,8 @@ namespace closetrace::analysis_text {
 std::string duration(double ms);
 // "3 requests", "1 request".
 std::string count_of(uint64_t count, std::string_view singular, std::string_view plural);
-// "10.0.0.1:51234", "[fd00::1]:51234".
-std::string endpoint(const Endpoint& endpoint);
-// "POST /pay"; what an opaque or unread request was. Wire bytes made printable.
-std::string request_line(const Request& request);
-// Wire and trace bytes on a terminal: control and non-ASCII bytes could rewrite the screen.
-std::string printable(std::string_view text);
+using closetrace::printable;
+using closetrace::request_line;
 // "60.00 s (assumed: the ALB default)"; callers write "the peer's idle timeout of ...".
 std::string peer_timeout_text(const PeerTimeout& timeout);
 

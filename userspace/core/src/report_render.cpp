@@ -130,8 +130,8 @@ json caught_json(const CaughtConnection& caught) {
             {"role", to_string(caught.role)},
             {"time", iso8601_utc(caught.wall_ns)},
             {"wall_ns", caught.wall_ns},
-            {"local", analysis_text::endpoint(caught.local)},
-            {"remote", analysis_text::endpoint(caught.remote)},
+            {"local", endpoint_text(caught.local)},
+            {"remote", endpoint_text(caught.remote)},
             {"comm", optional_string(caught.comm)},
             {"method", request ? optional_string(request->method) : json(nullptr)},
             {"target", request ? optional_string(request->target) : json(nullptr)},
@@ -279,7 +279,7 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
         }
         out += fmt::format(
             "  {:<27}  {:<20}  {:>9}  {:>12}  {:<8}  {:<26}  {}\n", iso8601_utc(caught.wall_ns),
-            analysis_text::endpoint(caught.remote), optional_duration(caught.idle_ms),
+            endpoint_text(caught.remote), optional_duration(caught.idle_ms),
             caught.request_after_close_ms ? timing(*caught.request_after_close_ms) : "-",
             printable(caught.comm.value_or("?")), close, request);
     }

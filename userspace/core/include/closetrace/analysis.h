@@ -74,6 +74,28 @@ struct VerdictCounts {
     }
 };
 
+// Connections by verdict over the recording, for the HTML report's chart: at most kBuckets
+// buckets of equal width from `origin_ns`. A connection beyond the last bucket doubles the width
+// (neighbours merged), so memory stays fixed however long the recording and counts stay exact.
+class VerdictTimeline {
+public:
+    static constexpr std::size_t kBuckets = 100;
+    static constexpr uint64_t kFirstBucketNs = 10'000'000;
+
+    explicit VerdictTimeline(uint64_t origin_ns = 0) : origin_ns_(origin_ns) {}
+    // A time before the origin counts in the first bucket.
+    void add(uint64_t at_ns, Verdict verdict);
+    uint64_t origin_ns() const { return origin_ns_; }
+    uint64_t bucket_ns() const { return bucket_ns_; }
+    // From the origin to the last bucket that holds a connection.
+    const std::vector<VerdictCounts>& buckets() const { return buckets_; }
+
+private:
+    uint64_t origin_ns_;
+    uint64_t bucket_ns_ = kFirstBucketNs;
+    std::vector<VerdictCounts> buckets_;
+};
+
 // Connections and requests of one process or peer address.
 struct GroupFigures {
     uint64_t connections = 0;
@@ -99,6 +121,10 @@ struct CaughtConnection {
     std::optional<double> request_after_close_ms;
     std::optional<CloseHow> how;
     std::optional<std::string> rst_reason;
+    // For the timeline of the close (monotonic ns; nullopt where none): the request answered
+    // last before the caught one, and each side's first FIN and RST.
+    std::optional<Request> last_answered;
+    std::optional<uint64_t> local_fin_ns, peer_fin_ns, local_rst_ns, peer_rst_ns;
 };
 
 // The first kMaxListed caught connections of a kind, and how many there were.
@@ -143,6 +169,9 @@ struct TraceAnalysis {
     // who sent requests on connections the peer had closed (peer_close_race).
     std::map<std::string, uint64_t> local_idle_closers;
     std::map<std::string, uint64_t> upstream_racers;
+    // Each connection at its first FIN or RST (else when it was last seen), from the header's
+    // start.
+    VerdictTimeline verdicts_over_time;
 
     double duration_s() const;  // the summary's, or from the header's start to last_ns
     uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
@@ -246,13 +275,22 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
 // ---------------------------------------------------------------------------------------------
 // Rendering (report_render.cpp)
 
-enum class OutputFormat { Text, Json };
+// Html: render_report_html and render_diff_html (report_html.cpp), which run_report and run_diff
+// call for it.
+enum class OutputFormat { Text, Json, Html };
 
 std::string render_report(const TraceAnalysis& trace, const Assessment& assessment,
                           OutputFormat format);
 std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
                         const DiffResult& result, OutputFormat format);
 std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result);
+
+// One self-contained page (inline CSS and SVG, no script, no fetches) with the same conclusion
+// and recommendations, the idle times of each side as histograms, the verdicts over time and a
+// timeline of each listed race; the diff puts the two recordings side by side.
+std::string render_report_html(const TraceAnalysis& trace, const Assessment& assessment);
+std::string render_diff_html(const TraceAnalysis& before, const TraceAnalysis& after,
+                             const DiffResult& result);
 
 // ---------------------------------------------------------------------------------------------
 // The commands, as the CLI runs them: what goes to stdout and stderr and the exit status
@@ -268,5 +306,8 @@ CommandOutput run_report(const std::string& path, OutputFormat format);
 CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
                        OutputFormat format);
 CommandOutput run_verify(const std::string& path, std::optional<double> peer_idle_timeout_s);
+// `--output FILE`: writes a successful command's stdout to `path` instead ("-": stdout). A file
+// that cannot be written fails with exit 2.
+CommandOutput write_output(CommandOutput output, const std::string& path, const char* command);
 
 }  // namespace closetrace

@@ -1,0 +1,28 @@
+#include "closetrace/text.h"
+
+#include <fmt/format.h>
+
+namespace closetrace {
+
+std::string printable(std::string_view text) {
+    std::string safe;
+    safe.reserve(text.size());
+    for (const char c : text) {
+        const auto byte = static_cast<unsigned char>(c);
+        safe += (byte >= 0x20 && byte < 0x7f) ? c : '?';
+    }
+    return safe;
+}
+
+std::string endpoint_text(const Endpoint& endpoint) {
+    const bool ipv6 = endpoint.addr.find(':') != std::string::npos;
+    return ipv6 ? fmt::format("[{}]:{}", printable(endpoint.addr), endpoint.port)
+                : fmt::format("{}:{}", printable(endpoint.addr), endpoint.port);
+}
+
+std::string request_line(const Request& request) {
+    if (request.opaque || !request.method) return "(not HTTP: TLS?)";
+    return printable(fmt::format("{} {}", *request.method, request.target.value_or("")));
+}
+
+}  // namespace closetrace
