@@ -270,6 +270,19 @@ static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
 	return cgrp ? BPF_CORE_READ(cgrp, kn, id) : 0;
 }
 
+/* The head of a record about a tracked full socket. */
+static __always_inline void fill_sock_head(struct ct_event *head, struct sock *sk,
+					   const struct sock_state *state, __u16 kind, __u16 size,
+					   __u64 now)
+{
+	head->ts_ns = now;
+	head->cookie = bpf_get_socket_cookie(sk);
+	head->netns = state->netns;
+	head->kind = kind;
+	head->size = size;
+	tuple_from_sock(sk, &head->tuple);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 {
@@ -317,12 +330,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	if (!event)
 		return 0;
 	__builtin_memset(event, 0, sizeof(*event));
-	event->hdr.ts_ns = now;
-	event->hdr.cookie = bpf_get_socket_cookie(sk);
-	event->hdr.netns = state->netns;
-	event->hdr.kind = CT_EV_STATE;
-	event->hdr.size = sizeof(*event);
-	tuple_from_sock(sk, &event->hdr.tuple);
+	fill_sock_head(&event->hdr, sk, state, CT_EV_STATE, sizeof(*event), now);
 	snapshot_sock(sk, state, &event->snap, now);
 	event->established_ns = state->established_ns;
 	event->cgroup_id = sock_cgroup_id(sk);
@@ -529,12 +537,7 @@ int BPF_PROG(on_reset_received, struct sock *sk)
 	if (!event)
 		return 0;
 	__builtin_memset(event, 0, sizeof(*event));
-	event->hdr.ts_ns = now;
-	event->hdr.cookie = bpf_get_socket_cookie(sk);
-	event->hdr.netns = state->netns;
-	event->hdr.kind = CT_EV_RESET_RECEIVED;
-	event->hdr.size = sizeof(*event);
-	tuple_from_sock(sk, &event->hdr.tuple);
+	fill_sock_head(&event->hdr, sk, state, CT_EV_RESET_RECEIVED, sizeof(*event), now);
 	snapshot_sock(sk, state, &event->snap, now);
 	event->reason = CT_RST_REASON_UNKNOWN;
 	event->sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);

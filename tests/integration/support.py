@@ -3,11 +3,28 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
 CLOSETRACE = os.environ.get("CLOSETRACE", "build/closetrace")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCENARIO_TOOLS = os.path.join(ROOT, "tools", "scenario")
+
+
+def closetrace(*args):
+    """Runs a closetrace command to completion; returns the CompletedProcess."""
+    return subprocess.run([CLOSETRACE, *args], capture_output=True, text=True, timeout=120)
+
+
+def backend_recorder():
+    """The scenario harness' recorder: closetrace in the backend's namespace, recording that
+    namespace only (run it with recorder_ns="backend")."""
+    if SCENARIO_TOOLS not in sys.path:
+        sys.path.insert(0, SCENARIO_TOOLS)
+    import scenarios
+    return scenarios.backend_recorder(os.path.abspath(CLOSETRACE))
 
 
 def require_bpf(test_case=None):

@@ -10,10 +10,9 @@ import subprocess
 import sys
 import unittest
 
-from support import CLOSETRACE, require_bpf
+from support import SCENARIO_TOOLS, backend_recorder, closetrace, require_bpf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools", "scenario"))
+sys.path.insert(0, SCENARIO_TOOLS)
 
 import scenarios  # noqa: E402
 
@@ -21,14 +20,6 @@ PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump")
 NO_ERRORS = "logged no 502, 504 or 460 for this trace's endpoints"
 
 
-def recorder():
-    """closetrace in the backend's namespace, recording that namespace only."""
-    return scenarios.closetrace_recorder(os.path.abspath(CLOSETRACE),
-                                         extra=["--netns", "/proc/self/ns/net"])
-
-
-def closetrace(*args):
-    return subprocess.run([CLOSETRACE, *args], capture_output=True, text=True, timeout=120)
 
 
 def alb_lines(path):
@@ -56,7 +47,7 @@ class AlbScenarioTest(unittest.TestCase):
             raise unittest.SkipTest(f"missing real peers {missing}: run tools/setup")
 
     def run_scenario(self, run, **options):
-        result = run(recorder=recorder(), recorder_ns="backend", **options)
+        result = run(recorder=backend_recorder(), recorder_ns="backend", **options)
         self.results.append(result)
         self.assertEqual(result.recorder_rc, 0, f"recorder failed; see {result.recorder_log}")
         self.assertTrue(result.balancer_alb_log and os.path.exists(result.balancer_alb_log))

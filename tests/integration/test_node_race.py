@@ -9,10 +9,9 @@ import tempfile
 import time
 import unittest
 
-from support import Recorder, read_trace, require_bpf
+from support import SCENARIO_TOOLS, Recorder, read_trace, require_bpf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools", "scenario"))
+sys.path.insert(0, SCENARIO_TOOLS)
 
 import clients  # noqa: E402
 import netns  # noqa: E402

@@ -9,24 +9,15 @@ import subprocess
 import sys
 import unittest
 
-from support import CLOSETRACE, require_bpf
+from support import SCENARIO_TOOLS, backend_recorder, closetrace, require_bpf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools", "scenario"))
+sys.path.insert(0, SCENARIO_TOOLS)
 
 import scenarios  # noqa: E402
 
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "tshark")
 
 
-def recorder():
-    """closetrace in the backend's namespace, recording that namespace only."""
-    return scenarios.closetrace_recorder(os.path.abspath(CLOSETRACE),
-                                         extra=["--netns", "/proc/self/ns/net"])
-
-
-def closetrace(*args):
-    return subprocess.run([CLOSETRACE, *args], capture_output=True, text=True, timeout=120)
 
 
 def report_json(trace):
@@ -51,7 +42,7 @@ class ScenarioTest(unittest.TestCase):
     def run_scenario(self, name, **options):
         if name not in self.results:
             run = scenarios.SCENARIOS[name]
-            self.results[name] = run(recorder=recorder(), recorder_ns="backend", **options)
+            self.results[name] = run(recorder=backend_recorder(), recorder_ns="backend", **options)
         result = self.results[name]
         self.assertEqual(result.recorder_rc, 0, f"recorder failed; see {result.recorder_log}")
         return result

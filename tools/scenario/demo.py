@@ -28,11 +28,6 @@ def fail(message):
     sys.exit(1)
 
 
-def recorder(closetrace):
-    """Records on the backend only: run inside its namespace, filtered to that namespace."""
-    return scenarios.closetrace_recorder(closetrace, extra=["--netns", "/proc/self/ns/net"])
-
-
 def run_closetrace(closetrace, *args):
     result = subprocess.run([closetrace, *args], capture_output=True, text=True)
     output = result.stdout + result.stderr
@@ -72,7 +67,8 @@ def main():
                 "balancer that keeps idle upstream connections for 3 s. Recording the "
                 "backend's port 8080 while a client sends traffic and, three times, a POST "
                 "just as the backend closes an idle connection (about 15 s) ...")
-        before = scenarios.mismatch(recorder=recorder(closetrace), recorder_ns="backend",
+        before = scenarios.mismatch(recorder=scenarios.backend_recorder(closetrace),
+                                    recorder_ns="backend",
                                     workdir=os.path.join(work, "mismatch"), races=3)
         before_trace = keep(before.trace, output_dir, "before")
         statuses = before.measured.get("race_statuses", [])
@@ -84,7 +80,8 @@ def main():
 
         step(3, "The fix: backend keepAliveTimeout 5 s, above the balancer's 3 s. Recording "
                 "the same traffic again (about 15 s) ...")
-        after = scenarios.fixed(recorder=recorder(closetrace), recorder_ns="backend",
+        after = scenarios.fixed(recorder=scenarios.backend_recorder(closetrace),
+                                recorder_ns="backend",
                                 workdir=os.path.join(work, "fixed"), races=2,
                                 normal_requests=25)
         after_trace = keep(after.trace, output_dir, "after")

@@ -43,6 +43,12 @@ def closetrace_recorder(binary="closetrace", port=BACKEND_PORT, extra=()) -> lis
     return [binary, "record", "--port", str(port), "-o", "{trace}", "--quiet", *extra]
 
 
+def backend_recorder(binary="closetrace", port=BACKEND_PORT) -> list[str]:
+    """closetrace recording the backend's network namespace only: pass recorder_ns="backend",
+    so that /proc/self/ns/net is that namespace."""
+    return closetrace_recorder(binary, port, extra=["--netns", "/proc/self/ns/net"])
+
+
 @dataclass
 class ScenarioResult:
     name: str
