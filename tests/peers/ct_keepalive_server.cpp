@@ -32,6 +32,8 @@
 #include <string_view>
 #include <utility>
 
+#include "peer_common.h"
+
 namespace {
 
 constexpr std::size_t kMaxHead = 64 * 1024;
@@ -44,60 +46,36 @@ struct Options {
     bool verbose = false;
 };
 
-[[noreturn]] void usage(const char* why) {
-    std::fprintf(stderr,
-                 "ct_keepalive_server: %s\n"
-                 "usage: ct_keepalive_server --port N --idle-timeout-ms MS "
-                 "[--response-delay-ms MS] [--bind ADDR] [--verbose]\n",
-                 why);
-    std::exit(2);
-}
-
-int64_t parse_number(std::string_view text, const char* what) {
-    int64_t value = 0;
-    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (error != std::errc() || end != text.data() + text.size() || value < 0) {
-        usage((std::string("bad value for ") + what).c_str());
-    }
-    return value;
-}
+constexpr ct_peer::Usage kUsage{
+    "ct_keepalive_server",
+    "ct_keepalive_server --port N --idle-timeout-ms MS [--response-delay-ms MS] [--bind ADDR] "
+    "[--verbose]"};
 
 Options parse_options(int argc, char** argv) {
     Options options;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view arg = argv[i];
-        auto value = [&]() -> std::string_view {
-            if (i + 1 >= argc) usage((std::string(arg) + " needs a value").c_str());
-            return argv[++i];
-        };
-        if (arg == "--port") {
-            const int64_t port = parse_number(value(), "--port");
-            if (port == 0 || port > 65535) usage("--port must be 1..65535");
-            options.port = static_cast<uint16_t>(port);
-        } else if (arg == "--idle-timeout-ms") {
-            options.idle_timeout_ms = parse_number(value(), "--idle-timeout-ms");
-        } else if (arg == "--response-delay-ms") {
-            options.response_delay_ms = parse_number(value(), "--response-delay-ms");
-        } else if (arg == "--bind") {
-            options.bind_address = std::string(value());
-        } else if (arg == "--verbose" || arg == "-v") {
+    ct_peer::Arguments args(kUsage, argc, argv);
+    while (args.next()) {
+        const std::string_view option = args.option();
+        if (option == "--port") {
+            options.port = args.port();
+        } else if (option == "--idle-timeout-ms") {
+            options.idle_timeout_ms = args.number();
+        } else if (option == "--response-delay-ms") {
+            options.response_delay_ms = args.number();
+        } else if (option == "--bind") {
+            options.bind_address = std::string(args.value());
+        } else if (option == "--verbose" || option == "-v") {
             options.verbose = true;
-        } else if (arg == "--help" || arg == "-h") {
-            usage("help");
         } else {
-            usage((std::string("unknown argument ") + std::string(arg)).c_str());
+            args.help_or_unknown();
         }
     }
-    if (options.port == 0) usage("--port is required");
-    if (options.idle_timeout_ms < 0) usage("--idle-timeout-ms is required");
+    if (options.port == 0) kUsage.fail("--port is required");
+    if (options.idle_timeout_ms < 0) kUsage.fail("--idle-timeout-ms is required");
     return options;
 }
 
-int64_t now_ns() {
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+using ct_peer::now_ns;
 
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
@@ -240,32 +218,19 @@ public:
 
 private:
     bool listen_socket() {
-        const bool v6 = options_.bind_address.find(':') != std::string::npos;
-        listener_ = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        listener_ = socket(ct_peer::address_family(options_.bind_address),
+                           SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (listener_ < 0) {
             std::perror("ct_keepalive_server: socket");
             return false;
         }
         const int one = 1;
         setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        int result;
-        if (v6) {
-            sockaddr_in6 address{};
-            address.sin6_family = AF_INET6;
-            address.sin6_port = htons(options_.port);
-            if (inet_pton(AF_INET6, options_.bind_address.c_str(), &address.sin6_addr) != 1) {
-                usage("--bind is not a numeric address");
-            }
-            result = bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-        } else {
-            sockaddr_in address{};
-            address.sin_family = AF_INET;
-            address.sin_port = htons(options_.port);
-            if (inet_pton(AF_INET, options_.bind_address.c_str(), &address.sin_addr) != 1) {
-                usage("--bind is not a numeric address");
-            }
-            result = bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-        }
+        sockaddr_storage address{};
+        const socklen_t length =
+            ct_peer::numeric_socket_address(options_.bind_address, options_.port, address);
+        if (length == 0) kUsage.fail("--bind is not a numeric address");
+        const int result = bind(listener_, reinterpret_cast<sockaddr*>(&address), length);
         if (result != 0 || listen(listener_, 1024) != 0) {
             std::fprintf(stderr, "ct_keepalive_server: cannot listen on %s:%u: %s\n",
                          options_.bind_address.c_str(), options_.port, std::strerror(errno));

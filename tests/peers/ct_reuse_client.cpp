@@ -33,6 +33,8 @@
 #include <string>
 #include <string_view>
 
+#include "peer_common.h"
+
 namespace {
 
 struct Options {
@@ -47,70 +49,46 @@ struct Options {
     bool reset_on_close = false;
 };
 
-[[noreturn]] void usage(const char* why) {
-    std::fprintf(stderr,
-                 "ct_reuse_client: %s\n"
-                 "usage: ct_reuse_client --host H --port N --delay-ms MS [--count N] "
-                 "[--method M] [--target T] [--hold-ms MS] [--timeout-ms MS] [--reset]\n",
-                 why);
-    std::exit(2);
-}
-
-int64_t parse_number(std::string_view text, const char* what) {
-    int64_t value = 0;
-    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (error != std::errc() || end != text.data() + text.size() || value < 0) {
-        usage((std::string("bad value for ") + what).c_str());
-    }
-    return value;
-}
+constexpr ct_peer::Usage kUsage{
+    "ct_reuse_client",
+    "ct_reuse_client --host H --port N --delay-ms MS [--count N] [--method M] [--target T] "
+    "[--hold-ms MS] [--timeout-ms MS] [--reset]"};
 
 Options parse_options(int argc, char** argv) {
     Options options;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view arg = argv[i];
-        auto value = [&]() -> std::string_view {
-            if (i + 1 >= argc) usage((std::string(arg) + " needs a value").c_str());
-            return argv[++i];
-        };
-        if (arg == "--host") {
-            options.host = std::string(value());
+    ct_peer::Arguments args(kUsage, argc, argv);
+    while (args.next()) {
+        const std::string_view option = args.option();
+        if (option == "--host") {
+            options.host = std::string(args.value());
             if (options.host == "localhost") options.host = "127.0.0.1";
-        } else if (arg == "--port") {
-            const int64_t port = parse_number(value(), "--port");
-            if (port == 0 || port > 65535) usage("--port must be 1..65535");
-            options.port = static_cast<uint16_t>(port);
-        } else if (arg == "--delay-ms") {
-            options.delay_ms = parse_number(value(), "--delay-ms");
-        } else if (arg == "--count") {
-            options.count = parse_number(value(), "--count");
-            if (options.count < 1) usage("--count must be at least 1");
-        } else if (arg == "--hold-ms") {
-            options.hold_ms = parse_number(value(), "--hold-ms");
-        } else if (arg == "--timeout-ms") {
-            options.timeout_ms = parse_number(value(), "--timeout-ms");
-        } else if (arg == "--method") {
-            options.method = std::string(value());
-        } else if (arg == "--target") {
-            options.target = std::string(value());
-        } else if (arg == "--reset") {
+        } else if (option == "--port") {
+            options.port = args.port();
+        } else if (option == "--delay-ms") {
+            options.delay_ms = args.number();
+        } else if (option == "--count") {
+            options.count = args.number();
+            if (options.count < 1) kUsage.fail("--count must be at least 1");
+        } else if (option == "--hold-ms") {
+            options.hold_ms = args.number();
+        } else if (option == "--timeout-ms") {
+            options.timeout_ms = args.number();
+        } else if (option == "--method") {
+            options.method = std::string(args.value());
+        } else if (option == "--target") {
+            options.target = std::string(args.value());
+        } else if (option == "--reset") {
             options.reset_on_close = true;
-        } else if (arg == "--help" || arg == "-h") {
-            usage("help");
         } else {
-            usage((std::string("unknown argument ") + std::string(arg)).c_str());
+            args.help_or_unknown();
         }
     }
-    if (options.port == 0) usage("--port is required");
-    if (options.delay_ms < 0) usage("--delay-ms is required");
+    if (options.port == 0) kUsage.fail("--port is required");
+    if (options.delay_ms < 0) kUsage.fail("--delay-ms is required");
     return options;
 }
 
-int64_t now_ns() {
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+using ct_peer::now_ns;
 
 double ms_since(int64_t start) { return static_cast<double>(now_ns() - start) / 1e6; }
 
@@ -124,30 +102,15 @@ void sleep_until(int64_t when_ns) {
 }
 
 int connect_to(const Options& options) {
-    const bool v6 = options.host.find(':') != std::string::npos;
-    const int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = socket(ct_peer::address_family(options.host), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         std::perror("ct_reuse_client: socket");
         std::exit(2);
     }
-    int result;
-    if (v6) {
-        sockaddr_in6 address{};
-        address.sin6_family = AF_INET6;
-        address.sin6_port = htons(options.port);
-        if (inet_pton(AF_INET6, options.host.c_str(), &address.sin6_addr) != 1) {
-            usage("--host must be a numeric address (or localhost)");
-        }
-        result = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-    } else {
-        sockaddr_in address{};
-        address.sin_family = AF_INET;
-        address.sin_port = htons(options.port);
-        if (inet_pton(AF_INET, options.host.c_str(), &address.sin_addr) != 1) {
-            usage("--host must be a numeric address (or localhost)");
-        }
-        result = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-    }
+    sockaddr_storage address{};
+    const socklen_t length = ct_peer::numeric_socket_address(options.host, options.port, address);
+    if (length == 0) kUsage.fail("--host must be a numeric address (or localhost)");
+    const int result = connect(fd, reinterpret_cast<sockaddr*>(&address), length);
     if (result != 0) {
         std::fprintf(stderr, "ct_reuse_client: cannot connect to %s:%u: %s\n",
                      options.host.c_str(), options.port, std::strerror(errno));
