@@ -76,8 +76,7 @@ CommandOutput run_report(const std::string& path, OutputFormat format) {
     try {
         const TraceAnalysis trace = load(path);
         const Assessment assessment = assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
-        return {.out = format == OutputFormat::Html ? render_report_html(trace, assessment)
-                                                    : render_report(trace, assessment, format),
+        return {.out = render_report(trace, assessment, format),
                 .err = warnings_text("report", trace)};
     } catch (const UnusableInput& input) {
         return unusable("report", input);
@@ -90,8 +89,7 @@ CommandOutput run_diff(const std::string& before_path, const std::string& after_
         const TraceAnalysis before = load(before_path);
         const TraceAnalysis after = load(after_path);
         const DiffResult result = diff_traces(before, after);
-        return {.out = format == OutputFormat::Html ? render_diff_html(before, after, result)
-                                                    : render_diff(before, after, result, format),
+        return {.out = render_diff(before, after, result, format),
                 .err = warnings_text("diff", before) + warnings_text("diff", after)};
     } catch (const UnusableInput& input) {
         return unusable("diff", input);

@@ -6,8 +6,6 @@
 // made printable as on a terminal, then HTML-escaped. Figures carry data-json="member.path",
 // the member of the JSON report (closetrace-report/1, or closetrace-diff/1) they show, and
 // data-value with its exact value where the text rounds it, so tests hold the page to the JSON.
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -17,6 +15,8 @@
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "analysis_text.h"
 #include "closetrace/analysis.h"
@@ -147,6 +147,11 @@ ol.recommendations li { margin: 4px 0; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 14px; }
 th, td { padding: 3px 10px; text-align: left; border-bottom: 1px solid #eee; vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+body.diff table { font-size: 13px; }
+body.diff th, body.diff td { padding: 3px 6px; }
+ul.verdicts { list-style: none; padding: 0; margin: 6px 0; display: flex; flex-wrap: wrap;
+              gap: 4px 18px; font-size: 14px; }
 .swatch { display: inline-block; width: 11px; height: 11px; margin-right: 6px;
           vertical-align: -1px; border-radius: 2px; }
 svg { display: block; width: 100%; height: auto; margin: 6px 0; }
@@ -188,8 +193,8 @@ void open_page(std::string& out, const std::string& title_html, const char* body
 
 void close_page(std::string& out, const TraceAnalysis& trace) {
     out += fmt::format(
-        "<footer>closetrace; traces recorded by closetrace {}. Times are UTC. The figures are "
-        "those of <code>--format json</code>.</footer>\n</body>\n</html>\n",
+        "<footer>Recorded by closetrace {}. Times are UTC; the figures are those of "
+        "<code>--format json</code>.</footer>\n</body>\n</html>\n",
         text(trace.header.tool_version));
 }
 
@@ -203,8 +208,8 @@ constexpr double kLongestIdleMs = 1e10;
 
 // Logarithmic, and shared by both recordings of a diff so that their histograms line up.
 struct IdleAxis {
-    double lo_ms = 1;
-    double hi_ms = 1000;
+    double lo_ms;
+    double hi_ms;
 
     double fraction(double ms) const {
         const double clamped = std::clamp(ms, lo_ms, hi_ms);
@@ -291,10 +296,14 @@ void idle_marker(std::string& out, double x, double label_y, double top, double 
     out += fmt::format(
         "<line class=\"{}\" x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\"/>\n", css_class,
         x, top, x, bottom);
-    const bool near_right = x > right_edge - 260;
+    // To the right of the line unless that runs off the chart (~7 units a bold char), then to
+    // its left, as far as the chart's left edge allows.
+    const double label_width = 7 * static_cast<double>(label_html.size());
+    const bool fits_right = x + 4 + label_width <= right_edge;
     out += fmt::format(
         "<text class=\"label\" x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\">{}</text>\n",
-        near_right ? x - 4 : x + 4, label_y, near_right ? "end" : "start", label_html);
+        fits_right ? x + 4 : std::max(x - 4, label_width), label_y, fits_right ? "start" : "end",
+        label_html);
 }
 
 void idle_histograms(std::string& out, const View& view, const TraceAnalysis& trace,
@@ -337,7 +346,7 @@ void idle_histograms(std::string& out, const View& view, const TraceAnalysis& tr
             "<text class=\"label\" x=\"{0:.1f}\" y=\"{1:.1f}\" text-anchor=\"end\">{2}</text>"
             "<text class=\"small\" x=\"{0:.1f}\" y=\"{3:.1f}\" text-anchor=\"end\">{4}</text>\n",
             kLeft - 8, top + 18, panel.side, top + 34,
-            count_of(panel.closes->count(), "idle close", "idle closes"));
+            count_of(panel.closes->count(), "close", "closes"));
         if (panel.closes->count() == 0) {
             const std::string bound = panel.keeps_idle_longer_than_ms
                                           ? fmt::format("; keeps idle connections longer than {}",
@@ -352,9 +361,9 @@ void idle_histograms(std::string& out, const View& view, const TraceAnalysis& tr
         }
         const std::vector<uint64_t> bins = idle_bins(*panel.closes, axis);
         const uint64_t tallest = *std::ranges::max_element(bins);
-        out += fmt::format(
-            "<text class=\"small\" x=\"{:.1f}\" y=\"{:.1f}\">{} per bar at most</text>\n",
-            kLeft + 4, top + 13, tallest);
+        out +=
+            fmt::format("<text class=\"small\" x=\"{:.1f}\" y=\"{:.1f}\">tallest bar: {}</text>\n",
+                        kLeft + 4, top + 13, tallest);
         for (std::size_t bin = 0; bin < kIdleBins; ++bin) {
             if (bins[bin] == 0) continue;
             const double x0 = x_of(axis.bin_edge(bin));
@@ -372,9 +381,8 @@ void idle_histograms(std::string& out, const View& view, const TraceAnalysis& tr
     }
     const double markers_bottom = bottom - kPanelGap;
     if (const std::optional<double> median = trace.local_idle.percentile(50)) {
-        idle_marker(
-            out, x_of(*median), 14, 20, markers_bottom, width - kRight, "marker-host",
-            fmt::format("this host closes idle connections after {} (median)", duration(*median)));
+        idle_marker(out, x_of(*median), 14, 20, markers_bottom, width - kRight, "marker-host",
+                    fmt::format("this host closes after {} (median)", duration(*median)));
     }
     const bool assumed = peer_timeout.source == PeerTimeoutSource::AlbDefault;
     idle_marker(out, x_of(peer_timeout.ms), 32, 38, markers_bottom, width - kRight,
@@ -401,8 +409,8 @@ void idle_table(std::string& out, const View& view, const TraceAnalysis& trace) 
     out +=
         "<table class=\"idle-figures\"><tr><th>side</th><th class=\"num\">closes</th><th "
         "class=\"num\">min</th><th class=\"num\">p10</th><th class=\"num\">median</th><th "
-        "class=\"num\">p90</th><th class=\"num\">max</th><th>never idle-closed, but kept idle "
-        "connections longer than</th></tr>\n";
+        "class=\"num\">p90</th><th class=\"num\">max</th><th class=\"num\">kept idle longer "
+        "than</th></tr>\n";
     for (const Row& row : rows) {
         const std::string idle = fmt::format("idle.{}.", row.member);
         out += fmt::format("<tr><td>{}</td><td class=\"num\"{}>{}</td>", row.side,
@@ -445,18 +453,17 @@ void idle_section(std::string& out, const View& view, const TraceAnalysis& trace
 // Verdicts over time: stacked bars per bucket, all connections and the caught ones apart (a
 // handful of races would not show among a million idle closes)
 
-void verdict_table(std::string& out, const View& view, const TraceAnalysis& trace) {
-    out +=
-        "<table class=\"verdicts\"><tr><th>verdict</th><th class=\"num\">connections</th></tr>\n";
+// The connections of each verdict, which is also the chart's legend.
+void verdict_legend(std::string& out, const View& view, const TraceAnalysis& trace) {
+    out += "<ul class=\"verdicts\">\n";
     for (const Verdict verdict : kAllVerdicts) {
         out += fmt::format(
-            "<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td>"
-            "<td class=\"num\"{}>{}</td></tr>\n",
+            "<li><span class=\"swatch\" style=\"background:{}\"></span>{} <b{}>{}</b></li>\n",
             verdict_color(verdict), to_string(verdict),
             figure(view, fmt::format("verdicts.{}.connections", to_string(verdict))),
             trace.verdicts[verdict]);
     }
-    out += "</table>\n";
+    out += "</ul>\n";
 }
 
 // One stacked bar per bucket of `verdicts`; `counted` marks the panel whose bars carry their
@@ -518,7 +525,7 @@ void over_time_section(std::string& out, const View& view, const TraceAnalysis& 
     const VerdictTimeline& timeline = trace.verdicts_over_time;
     out +=
         fmt::format("<section class=\"over-time\">\n<{0}>Verdicts over time</{0}>\n", view.heading);
-    verdict_table(out, view, trace);
+    verdict_legend(out, view, trace);
     if (timeline.buckets().empty()) {
         out += "<p>No connections.</p>\n</section>\n";
         return;
@@ -533,7 +540,7 @@ void over_time_section(std::string& out, const View& view, const TraceAnalysis& 
     out += fmt::format(
         "<p class=\"note\">Each connection at its first FIN or RST; each bar is {} (times UTC, "
         "hover a bar for its counts).</p>\n",
-        gap_text(static_cast<double>(timeline.bucket_ns()) / 1e6));
+        duration(static_cast<double>(timeline.bucket_ns()) / 1e6));
     out += fmt::format(
         "<svg class=\"verdicts-over-time\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\" "
         "aria-label=\"Verdicts over time\">\n",
@@ -549,8 +556,9 @@ void over_time_section(std::string& out, const View& view, const TraceAnalysis& 
     over_time_panel(out, trace, kAllVerdicts, true, kLeft, 18, bar_width, kAllHeight);
     over_time_panel(out, trace, kCaughtVerdicts, false, kLeft, caught_top, bar_width,
                     kCaughtHeight);
-    // About six time labels, on bucket boundaries.
-    const std::size_t step = std::max<std::size_t>(1, (bucket_count + 5) / 6);
+    // Time labels on bucket boundaries, ~130 units apart so that they never overlap.
+    const auto labels = std::max<std::size_t>(2, static_cast<std::size_t>(plot_width / 130));
+    const std::size_t step = std::max<std::size_t>(1, (bucket_count + labels - 1) / labels);
     for (std::size_t index = 0; index <= bucket_count; index += step) {
         const double x = kLeft + static_cast<double>(index) * bar_width;
         const int64_t wall =
@@ -559,7 +567,10 @@ void over_time_section(std::string& out, const View& view, const TraceAnalysis& 
         out += fmt::format(
             "<line class=\"axis\" x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\"/>"
             "<text class=\"small\" x=\"{0:.1f}\" y=\"{3:.1f}\" text-anchor=\"{4}\">{5}</text>\n",
-            x, axis_y, axis_y + 5, axis_y + 17, index == 0 ? "start" : "middle",
+            x, axis_y, axis_y + 5, axis_y + 17,
+            index == 0              ? "start"
+            : index == bucket_count ? "end"
+                                    : "middle",
             time_of_day_utc(wall));
     }
     out += "</svg>\n</section>\n";
@@ -571,7 +582,7 @@ void over_time_section(std::string& out, const View& view, const TraceAnalysis& 
 struct TimelineEvent {
     uint64_t ns = 0;
     const char* name = "";
-    std::string detail;   // plain printable text, escaped when drawn
+    std::string detail;   // trace bytes, made printable and escaped when drawn
     bool closes = false;  // a FIN or RST
     bool late = false;    // the caught request
 };
@@ -621,8 +632,10 @@ void timeline_svg(std::string& out, const View& view, const std::vector<Timeline
     auto x_of = [&](std::size_t index) {
         return events.size() > 1 ? kMargin + static_cast<double>(index) * spacing : width / 2;
     };
-    // Labels alternate between two rows, so each row has twice the spacing; ~6.5 units a char.
+    // Labels alternate between two rows, so each row has twice the spacing (~6.5 units a char);
+    // the first and last reach inwards from their event, to stay inside the chart.
     const auto label_chars = static_cast<std::size_t>(std::max(2 * spacing / 6.5, 12.0));
+    const auto edge_label_chars = static_cast<std::size_t>(std::max(1.5 * spacing / 6.5, 12.0));
     out += fmt::format("<svg class=\"timeline\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\">\n",
                        width, kHeight);
     const auto first_close = std::ranges::find_if(events, &TimelineEvent::closes);
@@ -646,18 +659,24 @@ void timeline_svg(std::string& out, const View& view, const std::vector<Timeline
         const TimelineEvent& event = events[index];
         const double x = x_of(index);
         const bool upper_row = index % 2 == 0;
+        const bool first = index == 0 && events.size() > 1;
+        const bool last = index + 1 == events.size() && events.size() > 1;
+        const char* anchor = first ? "start" : last ? "end" : "middle";
+        const double label_x = first ? x - 10 : last ? x + 10 : x;
         const char* color = event.late     ? verdict_color(Verdict::LocalCloseRace)
                             : event.closes ? "#333"
                                            : verdict_color(Verdict::LocalIdleClose);
         out += fmt::format(
             "<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"{}\" fill=\"{}\"/>"
-            "<text class=\"label\" x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>",
-            x, kLineY, event.late ? 7 : 5, color, x, upper_row ? 12.0 : 26.0, event.name);
+            "<text class=\"label\" x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\">{}</text>",
+            x, kLineY, event.late ? 7 : 5, color, label_x, upper_row ? 12.0 : 26.0, anchor,
+            event.name);
         if (!event.detail.empty()) {
             out += fmt::format(
-                "<text class=\"small\" x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}"
+                "<text class=\"small\" x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\">{}"
                 "<title>{}</title></text>",
-                x, upper_row ? 68.0 : 84.0, shortened(event.detail, label_chars),
+                label_x, upper_row ? 68.0 : 84.0, anchor,
+                shortened(event.detail, first || last ? edge_label_chars : label_chars),
                 text(event.detail));
         }
         out += "\n";
@@ -689,14 +708,15 @@ void races_section(std::string& out, const View& view, const TraceAnalysis& trac
                               upstream ? "the peer" : "this host")
                 : std::string("after the close");
         out += fmt::format(
-            "<figure class=\"timeline\"{}>\n<figcaption><b>#{}</b> <time>{}</time> "
-            "<code class=\"request\">{}</code> {} {} ({}) arrived {}; idle {} before the close; "
-            "close: {}{}</figcaption>\n",
-            figure(view, member + "conn_id"), index + 1, iso8601_utc(caught.wall_ns),
-            caught_request_text(caught), upstream ? "sent by this host to" : "from",
-            text(endpoint_text(caught.remote)), text(caught.comm.value_or("process unknown")),
-            after, caught.idle_ms ? duration(*caught.idle_ms) : "unknown", close_text(caught),
-            upstream ? " [upstream: peer_close_race]" : "");
+            "<figure class=\"timeline\">\n<figcaption><b>#{}</b> <time>{}</time> "
+            "<code class=\"request\">{}</code> {} {} ({}) {} {}; idle {} before the close; "
+            "close: {}{}; connection <span{}>{}</span></figcaption>\n",
+            index + 1, iso8601_utc(caught.wall_ns), caught_request_text(caught),
+            upstream ? "sent by this host to" : "from", text(endpoint_text(caught.remote)),
+            text(caught.comm.value_or("process unknown")), upstream ? "went out" : "arrived", after,
+            caught.idle_ms ? duration(*caught.idle_ms) : "unknown", close_text(caught),
+            upstream ? " [upstream: peer_close_race]" : "", figure(view, member + "conn_id"),
+            caught.conn_id);
         timeline_svg(out, view, timeline_events(caught));
         out += "</figure>\n";
     }

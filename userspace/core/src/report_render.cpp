@@ -428,12 +428,14 @@ std::string diff_text(const TraceAnalysis& before, const TraceAnalysis& after,
 std::string render_report(const TraceAnalysis& trace, const Assessment& assessment,
                           OutputFormat format) {
     if (format == OutputFormat::Json) return dump(report_json(trace, assessment));
+    if (format == OutputFormat::Html) return render_report_html(trace, assessment);
     return report_text(trace, assessment);
 }
 
 std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
                         const DiffResult& result, OutputFormat format) {
     if (format == OutputFormat::Text) return diff_text(before, after, result);
+    if (format == OutputFormat::Html) return render_diff_html(before, after, result);
     return dump({{"format", "closetrace-diff/1"},
                  {"conclusion", to_string(result.conclusion)},
                  {"explanation", result.explanation},
