@@ -9,7 +9,7 @@ import subprocess
 import time
 import unittest
 
-from support import Recorder, require_bpf, wait_for
+from support import CLOSETRACE, Recorder, closetrace, require_bpf, wait_for
 
 PORT = 8080
 SERVER = """
@@ -99,7 +99,8 @@ class ContainerAttributionTest(unittest.TestCase):
         if os.path.isdir(getattr(cls, "parent", "")):
             os.rmdir(cls.parent)
 
-    def record(self, *args):
+    def record(self, *args, report_args=None):
+        """Records both containers serving; returns the trace (and `report` output if asked)."""
         recorder = Recorder("--port", str(PORT), "--quiet", *args)
         try:
             with recorder:
@@ -107,7 +108,9 @@ class ContainerAttributionTest(unittest.TestCase):
                     container.serve_requests()
                 time.sleep(0.6)
             self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
-            return recorder.trace()
+            if report_args is None:
+                return recorder.trace()
+            return recorder.trace(), closetrace("report", recorder.path, *report_args)
         finally:
             recorder.cleanup()
 
@@ -133,6 +136,13 @@ class ContainerAttributionTest(unittest.TestCase):
         netns = {by_container[c.id][0]["netns"] for c in self.containers}
         self.assertEqual(len(netns), 2, "the two containers' network namespaces")
 
+    def test_report_breaks_the_figures_down_by_container(self):
+        _, report = self.record(report_args=["--by", "container"])
+        self.assertEqual(report.returncode, 0, report.stderr)
+        self.assertIn("By container", report.stdout)
+        for container in self.containers:
+            self.assertIn(f"docker:{container.id[:12]}", report.stdout)
+
     def test_container_filter_keeps_only_that_container(self):
         kept = self.containers[0]
         header, conns, _, _ = self.record("--container", kept.id[:12])
@@ -143,7 +153,7 @@ class ContainerAttributionTest(unittest.TestCase):
             self.assertEqual(conn["local"]["port"], PORT)
 
     def test_unknown_container_is_a_one_line_error(self):
-        result = subprocess.run([os.environ.get("CLOSETRACE", "build/closetrace"), "record",
+        result = subprocess.run([CLOSETRACE, "record",
                                  "--container", "0123456789abcdef0123", "--duration", "1"],
                                 capture_output=True, text=True)
         self.assertEqual(result.returncode, 2)

@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "closetrace/analysis.h"
 
@@ -16,7 +17,19 @@ struct AnalysisOptions {
     std::string format = "text";
     std::string output = "-";
     std::optional<double> peer_idle_timeout_s;
+    std::vector<std::string> by;  // report --by
 };
+
+std::vector<Breakdown> breakdowns(const std::vector<std::string>& names) {
+    if (names.empty()) return kDefaultBreakdowns;
+    std::vector<Breakdown> chosen;
+    for (const std::string& name : names) {
+        chosen.push_back(name == "comm"   ? Breakdown::Comm
+                         : name == "peer" ? Breakdown::Peer
+                                          : Breakdown::Container);
+    }
+    return chosen;
+}
 
 OutputFormat output_format(const std::string& name) {
     if (name == "html") return OutputFormat::Html;
@@ -51,8 +64,13 @@ void add_analysis_commands(CLI::App& app) {
         "in a close, and the setting to change");
     report->add_option("trace", options->trace, "Trace written by `closetrace record`")->required();
     add_output_options(report, *options);
+    report->add_option("--by", options->by,
+                       "Break the figures down by comm, peer or container (repeatable; default: "
+                       "comm and peer)")
+        ->check(CLI::IsMember({"comm", "peer", "container"}));
     report->callback([options] {
-        finish(write_output(run_report(options->trace, output_format(options->format)),
+        finish(write_output(run_report(options->trace, output_format(options->format),
+                                       breakdowns(options->by)),
                             options->output, "report"));
     });
 

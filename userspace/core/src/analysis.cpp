@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "analysis_text.h"
+#include "closetrace/container.h"
 #include "closetrace/wallclock.h"
 
 namespace closetrace {
@@ -458,6 +459,7 @@ void TraceAnalyzer::add(const Connection& conn) {
     const std::string comm = conn.comm.value_or("");
     count_in(a.by_comm[comm], conn);
     count_in(a.by_peer[conn.remote.addr], conn);
+    count_in(a.by_container[container_label(conn.container)], conn);
 
     const bool server_side = conn.role != Role::Client;
     const std::optional<double> idle_ms = conn.close.idle_ms;

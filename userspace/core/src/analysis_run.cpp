@@ -72,11 +72,12 @@ CommandOutput unusable(const char* command, const UnusableInput& input) {
 
 }  // namespace
 
-CommandOutput run_report(const std::string& path, OutputFormat format) {
+CommandOutput run_report(const std::string& path, OutputFormat format,
+                         const std::vector<Breakdown>& breakdowns) {
     try {
         const TraceAnalysis trace = load(path);
         const Assessment assessment = assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
-        return {.out = render_report(trace, assessment, format),
+        return {.out = render_report(trace, assessment, format, breakdowns),
                 .err = warnings_text("report", trace)};
     } catch (const UnusableInput& input) {
         return unusable("report", input);

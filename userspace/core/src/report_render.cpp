@@ -219,6 +219,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
         {"peer_gave_up", caught_list_json(trace.peer_gave_up)},
         {"by_comm", groups_json(trace.by_comm, "comm")},
         {"by_peer", groups_json(trace.by_peer, "addr")},
+        {"by_container", groups_json(trace.by_container, "container")},
         {"recommended_keepalive_s", assessment.recommended_keepalive_s},
         {"recommendations", recommendations},
         {"conclusion", assessment.conclusion},
@@ -319,7 +320,8 @@ std::string race_timing(double request_after_close_ms) {
 
 std::string wait_timing(double request_after_close_ms) { return duration(-request_after_close_ms); }
 
-std::string report_text(const TraceAnalysis& trace, const Assessment& a) {
+std::string report_text(const TraceAnalysis& trace, const Assessment& a,
+                        const std::vector<Breakdown>& breakdowns) {
     std::string out = fmt::format("closetrace report: {}\n", printable(trace.file));
     out += fmt::format("Host {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
                        printable(trace.header.host), printable(trace.header.start_wall),
@@ -352,8 +354,20 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a) {
     caught_section(out, "In-flight resets", trace.inflight_resets, "waited", wait_timing);
     caught_section(out, "Requests the peer gave up on", trace.peer_gave_up, "waited", wait_timing);
 
-    groups_section(out, "By process (comm)", "comm", trace.by_comm, "(unknown)");
-    groups_section(out, "By peer address", "peer", trace.by_peer, "(unknown)");
+    for (const Breakdown breakdown : breakdowns) {
+        switch (breakdown) {
+            case Breakdown::Comm:
+                groups_section(out, "By process (comm)", "comm", trace.by_comm, "(unknown)");
+                break;
+            case Breakdown::Peer:
+                groups_section(out, "By peer address", "peer", trace.by_peer, "(unknown)");
+                break;
+            case Breakdown::Container:
+                groups_section(out, "By container ('-': host processes)", "container",
+                               trace.by_container, "-");
+                break;
+        }
+    }
 
     out += "\nRecommendations\n";
     for (const Recommendation& recommendation : a.recommendations) {
@@ -426,10 +440,10 @@ std::string diff_text(const TraceAnalysis& before, const TraceAnalysis& after,
 }  // namespace
 
 std::string render_report(const TraceAnalysis& trace, const Assessment& assessment,
-                          OutputFormat format) {
+                          OutputFormat format, const std::vector<Breakdown>& breakdowns) {
     if (format == OutputFormat::Json) return dump(report_json(trace, assessment));
     if (format == OutputFormat::Html) return render_report_html(trace, assessment);
-    return report_text(trace, assessment);
+    return report_text(trace, assessment, breakdowns);
 }
 
 std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,

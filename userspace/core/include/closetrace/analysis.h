@@ -165,6 +165,8 @@ struct TraceAnalysis {
     CaughtList peer_gave_up;                      // peer_close_inflight
     std::map<std::string, GroupFigures> by_comm;  // "" for an unknown process
     std::map<std::string, GroupFigures> by_peer;  // by remote address
+    // By container_label(): "docker:9581a69a761a", "ecs:api (task …)", "-" for a host process.
+    std::map<std::string, GroupFigures> by_container;
     // Server side: who idle-closed (local_idle_close + local_close_race) by comm; client side:
     // who sent requests on connections the peer had closed (peer_close_race).
     std::map<std::string, uint64_t> local_idle_closers;
@@ -279,8 +281,13 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
 // call for it.
 enum class OutputFormat { Text, Json, Html };
 
+// The breakdowns the text report shows (`report --by`); the JSON report has all of them.
+enum class Breakdown { Comm, Peer, Container };
+inline const std::vector<Breakdown> kDefaultBreakdowns = {Breakdown::Comm, Breakdown::Peer};
+
 std::string render_report(const TraceAnalysis& trace, const Assessment& assessment,
-                          OutputFormat format);
+                          OutputFormat format,
+                          const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
 std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
                         const DiffResult& result, OutputFormat format);
 std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result);
@@ -302,7 +309,8 @@ struct CommandOutput {
     int exit_code = 0;
 };
 
-CommandOutput run_report(const std::string& path, OutputFormat format);
+CommandOutput run_report(const std::string& path, OutputFormat format,
+                         const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
 CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
                        OutputFormat format);
 CommandOutput run_verify(const std::string& path, std::optional<double> peer_idle_timeout_s);
