@@ -558,6 +558,14 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return;
+	/*
+	 * Every TCP packet of the cgroup passes here: a socket neither tracked nor on a filtered
+	 * port (the host's other traffic) leaves before any parsing.
+	 */
+	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+	if (!state && (!is_midlife_state(sk->state) ||
+		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
+		return;
 
 	__u32 ip_header_len;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
@@ -581,12 +589,8 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		return; /* no payload: ACK, FIN, RST */
 
 	__u64 now = bpf_ktime_get_ns();
-	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
 	if (!state) {
 		/* Open before recording: start tracking it now if the filters select it. */
-		if (!is_midlife_state(sk->state) ||
-		    !port_matches(sk->src_port, bpf_ntohs(sk->dst_port)))
-			return;
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 		if (!tp || !sock_selected((struct sock *)tp))
 			return;
