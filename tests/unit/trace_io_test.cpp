@@ -300,7 +300,7 @@ TEST(TraceIo, ConnLineIsTheDocumentedExample) {
         R"("response_ns":1102,"outcome":"completed"},)"
         R"({"method":"POST","target":"/pay","status":null,"request_ns":1955,"response_ns":null,)"
         R"("outcome":"after_local_close"}],)"
-        R"("verdict":"local_close_race"})");
+        R"("requests_omitted":0,"verdict":"local_close_race"})");
 }
 
 TEST(TraceIo, ConnRoundTrips) {

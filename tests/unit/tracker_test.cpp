@@ -1071,3 +1071,40 @@ TEST(TrackerRecord, IdleUnknownWithoutPayloadClocksAndNeverNegative) {
 
 }  // namespace
 }  // namespace closetrace
+
+namespace closetrace {
+namespace {
+
+Connection connection_with_requests(std::size_t count, std::size_t unanswered_index) {
+    Connection conn;
+    for (std::size_t i = 0; i < count; ++i) {
+        Request request;
+        request.method = "GET";
+        request.target = "/r" + std::to_string(i);
+        request.request_ns = i;
+        request.outcome = i == unanswered_index ? Outcome::UnansweredAtClose : Outcome::Completed;
+        conn.requests.push_back(request);
+    }
+    return conn;
+}
+
+TEST(TrackerRecordBound, ShortListsAreKeptWhole) {
+    Connection conn = connection_with_requests(kListedFirstRequests + kListedLastRequests, 99);
+    bound_request_list(conn);
+    EXPECT_EQ(conn.requests.size(), kListedFirstRequests + kListedLastRequests);
+    EXPECT_EQ(conn.requests_omitted, 0u);
+}
+
+TEST(TrackerRecordBound, LongListsKeepTheEndsAndEveryRequestThatWasNotCompleted) {
+    Connection conn = connection_with_requests(10'000, 5'000);
+    bound_request_list(conn);
+    EXPECT_EQ(conn.requests.size(), kListedFirstRequests + kListedLastRequests + 1);
+    EXPECT_EQ(conn.request_count(), 10'000u);
+    EXPECT_EQ(conn.requests.front().target, "/r0");
+    EXPECT_EQ(conn.requests.back().target, "/r9999");
+    EXPECT_EQ(conn.requests[kListedFirstRequests].target, "/r5000");
+    EXPECT_EQ(conn.requests[kListedFirstRequests].outcome, Outcome::UnansweredAtClose);
+}
+
+}  // namespace
+}  // namespace closetrace

@@ -97,7 +97,7 @@ public:
     void add(const Connection& conn) {
         ++summary_.connections;
         if (conn.verdict == Verdict::Open) ++summary_.open_at_end;
-        summary_.requests += conn.requests.size();
+        summary_.requests += conn.request_count();
         ++summary_.by_initiator[to_string(conn.close.initiator)];
         ++summary_.by_how[conn.close.how ? to_string(*conn.close.how) : "none"];
         ++summary_.verdicts[to_string(conn.verdict)];

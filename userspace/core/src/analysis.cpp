@@ -133,7 +133,7 @@ void list_caught(CaughtList& list, const Connection& conn, int64_t mono_to_wall_
 
 void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
-    group.requests += conn.requests.size();
+    group.requests += conn.request_count();
     ++group.verdicts[conn.verdict];
 }
 
@@ -452,7 +452,7 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
 void TraceAnalyzer::add(const Connection& conn) {
     TraceAnalysis& a = analysis_;
     ++a.connections;
-    a.requests += conn.requests.size();
+    a.requests += conn.request_count();
     ++a.verdicts[conn.verdict];
     a.last_ns = std::max(a.last_ns, latest_time(conn));
     a.verdicts_over_time.add(verdict_time(conn), conn.verdict);

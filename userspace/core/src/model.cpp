@@ -82,4 +82,22 @@ std::optional<Verdict> verdict_from_string(std::string_view name) {
 }
 std::optional<Role> role_from_string(std::string_view name) { return lookup(kRoleNames, name); }
 
+void bound_request_list(Connection& conn) {
+    std::vector<Request>& requests = conn.requests;
+    if (requests.size() <= kListedFirstRequests + kListedLastRequests) return;
+    const std::size_t last_start = requests.size() - kListedLastRequests;
+    std::vector<Request> kept;
+    kept.reserve(kListedFirstRequests + kListedLastRequests);
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+        const bool listed = i < kListedFirstRequests || i >= last_start ||
+                            requests[i].outcome != Outcome::Completed;
+        if (listed) {
+            kept.push_back(std::move(requests[i]));
+        } else {
+            ++conn.requests_omitted;
+        }
+    }
+    requests = std::move(kept);
+}
+
 }  // namespace closetrace

@@ -539,6 +539,9 @@ Connection read_connection(Members& line) {
         Members members(fields);
         conn.requests.push_back(read_request(members, request_path));
     }
+    if (has_member(line, "requests_omitted")) {
+        conn.requests_omitted = required<uint64_t>(line, {&root, "requests_omitted"});
+    }
     conn.verdict = required_enum<Verdict>(line, {&root, "verdict"}, verdict_from_string,
                                           kAllVerdicts);
     return conn;
@@ -771,6 +774,7 @@ std::string conn_line(const Connection& conn) {
     line["segs_out"] = conn.segs_out;
     line["close"] = std::move(close);
     line["requests"] = std::move(requests);
+    line["requests_omitted"] = conn.requests_omitted;
     line["verdict"] = to_string(conn.verdict);
     return dump_line(line);
 }

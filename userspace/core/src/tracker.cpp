@@ -532,6 +532,7 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
         RequestBuilder(serves_requests(conn.role, tracked.messages), close, conn.closed_ns)
             .build(tracked.messages, tracked.lifecycle);
     conn.verdict = verdict_of(conn.close, conn.requests);
+    bound_request_list(conn);
     return conn;
 }
 

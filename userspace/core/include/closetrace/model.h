@@ -78,7 +78,12 @@ struct Connection {
     uint64_t segs_out = 0;
     CloseInfo close;
     std::vector<Request> requests;
+    // Completed requests in the middle of a long keep-alive connection, left out of `requests`
+    // so that a record stays small (see bound_request_list).
+    uint64_t requests_omitted = 0;
     Verdict verdict = Verdict::Open;
+
+    uint64_t request_count() const { return requests.size() + requests_omitted; }
 };
 
 const char* to_string(Initiator initiator);
@@ -91,6 +96,12 @@ std::optional<CloseHow> close_how_from_string(std::string_view name);
 std::optional<Outcome> outcome_from_string(std::string_view name);
 std::optional<Verdict> verdict_from_string(std::string_view name);
 std::optional<Role> role_from_string(std::string_view name);
+
+// A long keep-alive connection carries many thousands of requests; its record keeps the first
+// and the last ones and every request that was not completed (the evidence), and counts the rest.
+inline constexpr std::size_t kListedFirstRequests = 16;
+inline constexpr std::size_t kListedLastRequests = 48;
+void bound_request_list(Connection& conn);
 
 // Every verdict, in the order reports list them.
 inline constexpr Verdict kAllVerdicts[] = {
