@@ -9,6 +9,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -138,6 +139,8 @@ closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
         rodata->filter_cgroup_level = config.cgroup_filter_level;
     }
     bpf_map__set_max_entries(skeleton->maps.events, config.ring_buffer_bytes);
+    // A wake-up each time a sixteenth of the ring fills (see submit_event in closetrace.bpf.c).
+    rodata->wakeup_shift = static_cast<uint32_t>(std::countr_zero(config.ring_buffer_bytes)) - 4;
     bpf_program__set_autoload(skeleton->progs.on_reset_sent_dynptr, dynptr_reset);
     bpf_program__set_autoload(skeleton->progs.on_reset_sent, !dynptr_reset);
     if (!config.messages) {
@@ -256,12 +259,14 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
 Tracer::~Tracer() = default;
 
 int Tracer::poll(int timeout_ms) {
-    const int delivered = ring_buffer__poll(impl_->ring, timeout_ms);
-    if (delivered == -EINTR) return 0;
+    int delivered = ring_buffer__poll(impl_->ring, timeout_ms);
+    if (delivered == -EINTR) delivered = 0;
     if (delivered < 0) {
         throw LoaderError(fmt::format("reading the ring buffer failed: {}", errno_text(delivered)));
     }
-    return delivered;
+    // The programs wake us only when a batch is waiting: also take what is there below it.
+    const int more = ring_buffer__consume(impl_->ring);
+    return delivered + (more > 0 ? more : 0);
 }
 
 int Tracer::drain() {

@@ -6,6 +6,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -541,6 +542,11 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
 struct ConnTracker::State {
     uint64_t next_arrival = 0;
     std::map<uint64_t, Tracked> by_cookie;
+    // Indexes for take_finished(), which must not walk every connection held (a busy host holds
+    // hundreds of thousands): closed connections by (closed_ns, cookie), and the cookies not
+    // seen alive yet.
+    std::set<std::pair<uint64_t, uint64_t>> closed;
+    std::set<uint64_t> unconfirmed;
     // Connections seen alive by tuple, oldest first among equal tuples: for resets with no socket.
     std::multimap<Tuple, uint64_t> alive_by_tuple;
     std::vector<Arrived> unattributed;
@@ -585,6 +591,7 @@ struct ConnTracker::State {
 
     void confirm_alive(uint64_t cookie, Tracked& tracked, const Event& event, bool full_target) {
         tracked.seen_alive = true;
+        unconfirmed.erase(cookie);
         tracked.tuple = event.tuple;
         alive_by_tuple.emplace(event.tuple, cookie);
         for (const Arrived& earlier : tracked.unconfirmed) {
@@ -607,6 +614,8 @@ struct ConnTracker::State {
         }
         for (Arrived& arrived : tracked.unconfirmed) unattributed.push_back(std::move(arrived));
         tracked.unconfirmed.clear();
+        if (tracked.closed_ns) closed.erase({*tracked.closed_ns, it->first});
+        unconfirmed.erase(it->first);
         by_cookie.erase(it);
         return tracked;
     }
@@ -637,27 +646,32 @@ void ConnTracker::on_event(const Event& event) {
         if (event.kind == EventKind::ResetSent) {
             tracked.newest_ns = std::max(tracked.newest_ns, event.ts_ns);
             tracked.unconfirmed.push_back({arrival, event});
+            state_->unconfirmed.insert(event.cookie);
             return;
         }
         state_->confirm_alive(event.cookie, tracked, event, options_.full_target);
     }
+    const std::optional<uint64_t> closed_before = tracked.closed_ns;
     State::add(tracked, event, arrival, false, options_.full_target);
+    if (tracked.closed_ns != closed_before) {
+        if (closed_before) state_->closed.erase({*closed_before, event.cookie});
+        state_->closed.emplace(*tracked.closed_ns, event.cookie);
+    }
 }
 
 std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
-    std::vector<std::pair<uint64_t, uint64_t>> finished;  // (closed_ns, cookie)
+    std::vector<std::pair<uint64_t, uint64_t>> finished;  // (closed_ns, cookie), in that order
+    for (const auto& [closed_ns, cookie] : state_->closed) {
+        if (closed_ns + options_.linger_ns >= now_ns) break;
+        finished.emplace_back(closed_ns, cookie);
+    }
     std::vector<uint64_t> stale;
-    for (const auto& [cookie, tracked] : state_->by_cookie) {
-        if (tracked.seen_alive) {
-            if (tracked.closed_ns && *tracked.closed_ns + options_.linger_ns < now_ns) {
-                finished.emplace_back(*tracked.closed_ns, cookie);
-            }
-        } else if (tracked.newest_ns + options_.linger_ns < now_ns) {
+    for (uint64_t cookie : state_->unconfirmed) {
+        if (state_->by_cookie.at(cookie).newest_ns + options_.linger_ns < now_ns) {
             stale.push_back(cookie);
         }
     }
     for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
-    std::ranges::sort(finished);
     std::vector<Connection> connections;
     for (const auto& [closed_ns, cookie] : finished) {
         connections.push_back(
