@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "closetrace/analysis.h"
 #include "closetrace/container.h"
 #include "closetrace/event.h"
 #include "closetrace/text.h"
@@ -108,23 +109,6 @@ private:
     TraceSummary summary_;
 };
 
-bool is_notable(Verdict verdict) {
-    return verdict == Verdict::LocalCloseRace || verdict == Verdict::PeerCloseRace ||
-           verdict == Verdict::LocalResetInflight || verdict == Verdict::PeerCloseInflight;
-}
-
-// The request a notable close is about: the late one, or the one left unanswered.
-const Request* request_of_interest(const Connection& conn) {
-    for (const auto& request : conn.requests) {
-        if (request.outcome == Outcome::AfterLocalClose ||
-            request.outcome == Outcome::AfterPeerClose ||
-            request.outcome == Outcome::UnansweredAtClose) {
-            return &request;
-        }
-    }
-    return nullptr;
-}
-
 // One short line per closed connection on the terminal; notable closes always, the rest at
 // most `kRoutinePerSecond` a second, then a count, so churn cannot flood the terminal.
 class LiveView {
@@ -141,7 +125,7 @@ public:
             current_second_ = second;
             shown_this_second_ = 0;
         }
-        const bool notable = is_notable(conn.verdict);
+        const bool notable = catches_a_request(conn.verdict);
         if (!notable && shown_this_second_ >= kRoutinePerSecond) {
             ++suppressed_;
             return;
@@ -155,13 +139,12 @@ public:
         if (conn.comm) line += fmt::format(" [{}]", printable(*conn.comm));
         if (conn.container) line += " {" + printable(container_label(conn.container)) + "}";
         if (conn.close.idle_ms) line += fmt::format(" idle {:.1f} ms", *conn.close.idle_ms);
-        if (const Request* request = request_of_interest(conn)) {
-            line += "  " + request_line(*request);
-            if (request->outcome == Outcome::AfterLocalClose && conn.close.local_fin_ns) {
-                const double gap_ms =
-                    (static_cast<double>(request->request_ns) -
-                     static_cast<double>(*conn.close.local_fin_ns)) / 1e6;
-                line += fmt::format(" ({:.3f} ms after this host's FIN)", gap_ms);
+        if (notable) {
+            const CaughtConnection caught = caught_connection(conn, mono_to_wall_);
+            if (caught.request) line += "  " + request_line(*caught.request);
+            if (conn.verdict == Verdict::LocalCloseRace && caught.request_after_close_ms) {
+                line += fmt::format(" ({:.3f} ms after this host's FIN)",
+                                    *caught.request_after_close_ms);
             }
         }
         std::fprintf(stderr, "%s\n", line.c_str());

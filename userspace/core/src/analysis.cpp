@@ -84,44 +84,6 @@ Outcome caught_outcome(Verdict verdict) {
     }
 }
 
-CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_ns) {
-    CaughtConnection caught{.conn_id = conn.id,
-                            .verdict = conn.verdict,
-                            .role = conn.role,
-                            .local = conn.local,
-                            .remote = conn.remote,
-                            .comm = conn.comm,
-                            .idle_ms = conn.close.idle_ms,
-                            .how = conn.close.how,
-                            .rst_reason = conn.close.rst_reason,
-                            .local_fin_ns = conn.close.local_fin_ns,
-                            .peer_fin_ns = conn.close.peer_fin_ns,
-                            .local_rst_ns = conn.close.local_rst_ns,
-                            .peer_rst_ns = conn.close.peer_rst_ns};
-    const Outcome outcome = caught_outcome(conn.verdict);
-    for (const Request& request : conn.requests) {
-        if (!caught.request && request.outcome == Outcome::Completed)
-            caught.last_answered = request;
-        if (request.outcome != outcome) continue;
-        if (!caught.request) caught.request = request;
-        ++caught.caught_requests;
-    }
-    const bool local_closed =
-        conn.verdict == Verdict::LocalCloseRace || conn.verdict == Verdict::LocalResetInflight;
-    const std::optional<uint64_t> close_ns =
-        local_closed ? earliest(conn.close.local_fin_ns, conn.close.local_rst_ns)
-                     : earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns);
-    if (caught.request && close_ns) {
-        caught.request_after_close_ms =
-            (static_cast<double>(caught.request->request_ns) - static_cast<double>(*close_ns)) /
-            1e6;
-    }
-    const uint64_t when_ns =
-        caught.request ? caught.request->request_ns : close_ns.value_or(conn.closed_ns.value_or(0));
-    caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
-    return caught;
-}
-
 void list_caught(CaughtList& list, const Connection& conn, int64_t mono_to_wall_ns) {
     ++list.total;
     const CaughtConnection caught = caught_connection(conn, mono_to_wall_ns);
@@ -336,6 +298,55 @@ std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
 }
 
 }  // namespace
+
+bool catches_a_request(Verdict verdict) {
+    switch (verdict) {
+        case Verdict::LocalCloseRace:
+        case Verdict::PeerCloseRace:
+        case Verdict::LocalResetInflight:
+        case Verdict::PeerCloseInflight: return true;
+        default: return false;
+    }
+}
+
+CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_ns) {
+    CaughtConnection caught{.conn_id = conn.id,
+                            .verdict = conn.verdict,
+                            .role = conn.role,
+                            .local = conn.local,
+                            .remote = conn.remote,
+                            .comm = conn.comm,
+                            .idle_ms = conn.close.idle_ms,
+                            .how = conn.close.how,
+                            .rst_reason = conn.close.rst_reason,
+                            .local_fin_ns = conn.close.local_fin_ns,
+                            .peer_fin_ns = conn.close.peer_fin_ns,
+                            .local_rst_ns = conn.close.local_rst_ns,
+                            .peer_rst_ns = conn.close.peer_rst_ns};
+    const Outcome outcome = caught_outcome(conn.verdict);
+    for (const Request& request : conn.requests) {
+        if (!caught.request && request.outcome == Outcome::Completed)
+            caught.last_answered = request;
+        if (request.outcome != outcome) continue;
+        if (!caught.request) caught.request = request;
+        ++caught.caught_requests;
+    }
+    const bool local_closed =
+        conn.verdict == Verdict::LocalCloseRace || conn.verdict == Verdict::LocalResetInflight;
+    const std::optional<uint64_t> close_ns =
+        local_closed ? earliest(conn.close.local_fin_ns, conn.close.local_rst_ns)
+                     : earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns);
+    if (caught.request && close_ns) {
+        caught.request_after_close_ms =
+            (static_cast<double>(caught.request->request_ns) - static_cast<double>(*close_ns)) /
+            1e6;
+    }
+    const uint64_t when_ns =
+        caught.request ? caught.request->request_ns : close_ns.value_or(conn.closed_ns.value_or(0));
+    caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
+    return caught;
+}
+
 
 // ---------------------------------------------------------------------------------------------
 // IdleHistogram
