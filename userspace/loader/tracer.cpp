@@ -1,5 +1,7 @@
 #include "tracer.h"
 
+#include "closetrace/file_descriptor.h"
+
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
@@ -53,20 +55,6 @@ int capture_libbpf_print(enum libbpf_print_level level, const char* format, va_l
 }
 
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
-
-class FileDescriptor {
-public:
-    explicit FileDescriptor(int fd) : fd_(fd) {}
-    ~FileDescriptor() {
-        if (fd_ >= 0) close(fd_);
-    }
-    FileDescriptor(const FileDescriptor&) = delete;
-    FileDescriptor& operator=(const FileDescriptor&) = delete;
-    int get() const { return fd_; }
-
-private:
-    int fd_;
-};
 
 // "now at N nsecs" (CLOCK_MONOTONIC) and the first "jiffies: N" of /proc/timer_list.
 std::optional<std::pair<uint64_t, uint64_t>> sample_jiffies() {

@@ -1,4 +1,5 @@
 #include "closetrace/container.h"
+#include "closetrace/file_descriptor.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -207,20 +208,6 @@ std::string_view trim(std::string_view text) {
 // ---- A minimal HTTP/1.1 client for the agent on loopback ----
 
 constexpr std::size_t kMaxAgentResponseBytes = 16u << 20;
-
-class FileDescriptor {
-public:
-    explicit FileDescriptor(int fd) : fd_(fd) {}
-    ~FileDescriptor() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    FileDescriptor(const FileDescriptor&) = delete;
-    FileDescriptor& operator=(const FileDescriptor&) = delete;
-    int get() const { return fd_; }
-
-private:
-    int fd_;
-};
 
 enum class HttpParse { Incomplete, Complete, Malformed };
 
