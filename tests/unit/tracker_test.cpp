@@ -1069,8 +1069,6 @@ TEST(TrackerRecord, IdleUnknownWithoutPayloadClocksAndNeverNegative) {
     EXPECT_EQ(by_reset.close.idle_ms, std::nullopt);
 }
 
-}  // namespace
-}  // namespace closetrace
 
 namespace closetrace {
 namespace {
@@ -1104,6 +1102,59 @@ TEST(TrackerRecordBound, LongListsKeepTheEndsAndEveryRequestThatWasNotCompleted)
     EXPECT_EQ(conn.requests.back().target, "/r9999");
     EXPECT_EQ(conn.requests[kListedFirstRequests].target, "/r5000");
     EXPECT_EQ(conn.requests[kListedFirstRequests].outcome, Outcome::UnansweredAtClose);
+}
+
+}  // namespace
+}  // namespace closetrace
+
+// --- long keep-alive connections ------------------------------------------------------------
+
+// A keep-alive connection that served `count` requests, one every `every_ns`, delivered with
+// neighbouring events swapped (two CPUs), then closed idle by this host while a late POST arrived.
+std::vector<Event> long_connection(const Socket& socket, int count, uint64_t every_ns) {
+    std::vector<Event> events{socket.established(1 * kSec)};
+    uint64_t ts = 1 * kSec;
+    for (int i = 0; i < count; ++i) {
+        ts += every_ns;
+        const std::string request = "GET /r" + std::to_string(i) + " HTTP/1.1\r\n\r\n";
+        events.push_back(socket.message(ts, Direction::In, request));
+        events.push_back(socket.message(ts + every_ns / 2, Direction::Out, kOk));
+    }
+    for (std::size_t i = 2; i + 1 < events.size(); i += 7) std::swap(events[i], events[i + 1]);
+    const uint64_t fin_ns = ts + 5 * kSec;
+    events.push_back(socket.state(fin_ns, kTcpEstablished, kTcpFinWait1, activity(ts, ts)));
+    events.push_back(socket.state(fin_ns + 10 * kUs, kTcpFinWait1, kTcpFinWait2));
+    events.push_back(socket.state(fin_ns + 20 * kUs, kTcpFinWait2, kTcpClose));
+    events.push_back(socket.time_wait_reset(fin_ns + 70 * kMs, kLatePost));
+    return events;
+}
+
+TEST(TrackerLongConnection, SettlingMessagesOnTheWayGivesTheRecordOfHoldingThemAll) {
+    for (const Role role : {Role::Server, Role::Unknown}) {
+        Socket socket;
+        socket.role = role;
+        const std::vector<Event> events = long_connection(socket, 5'000, 2 * kMs);  // 10 s
+        const Connection settled = run_one(events);
+        const Connection held = run_one(events, {.linger_ns = kEnd, .full_target = false});
+        EXPECT_EQ(describe(settled), describe(held));
+        EXPECT_EQ(settled.requests_omitted, held.requests_omitted);
+        EXPECT_EQ(settled.request_count(), 5'001u);
+        EXPECT_EQ(settled.requests.size(), kListedFirstRequests + kListedLastRequests);
+        EXPECT_EQ(settled.requests.front().target, "/r0");
+        EXPECT_EQ(settled.requests.back().method, "POST");
+        EXPECT_EQ(settled.requests.back().outcome, Outcome::AfterLocalClose);
+        EXPECT_EQ(settled.verdict, Verdict::LocalCloseRace);
+    }
+}
+
+TEST(TrackerLongConnection, BusyConnectionsStillListTheLastRequestsBeforeTheClose) {
+    Socket socket;
+    const std::vector<Event> events = long_connection(socket, 100'000, 50 * kUs);  // 5 s
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.request_count(), 100'001u);
+    ASSERT_GE(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[conn.requests.size() - 2].target, "/r99999");
+    EXPECT_EQ(conn.requests[conn.requests.size() - 2].outcome, Outcome::Completed);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <map>
 #include <optional>
@@ -46,6 +47,9 @@ constexpr uint64_t kSameInstantNs = 1'000'000;
 // A FIN sent or received before the recording started (socket first seen already closing).
 constexpr uint64_t kBeforeRecording = 0;
 
+// Messages a connection holds before the settled ones are fed to its request builder.
+constexpr std::size_t kSettleBatch = 128;
+
 struct Head {
     http::MessageKind kind = http::MessageKind::Opaque;
     std::optional<std::string> method;
@@ -73,24 +77,6 @@ struct MessageFact {
 struct Arrived {
     uint64_t arrival = 0;
     Event event;
-};
-
-struct Tracked {
-    // Until a State, Message or ResetReceived shows the socket alive, its events are only resets,
-    // kept as they came: from a time-wait socket of a connection closed before the recording or
-    // already finalised (unattributed once the linger passes), or delivered by another CPU ahead
-    // of the socket's first event (folded in when that comes).
-    bool seen_alive = false;
-    std::vector<Arrived> unconfirmed;
-    std::vector<LifecycleFact> lifecycle;
-    std::vector<MessageFact> messages;
-    // The same on every event of the socket, so taken as they first come.
-    Tuple tuple;  // also the key in the tuple index
-    uint32_t netns = 0;
-    Role role = Role::Unknown;
-    uint64_t first_arrival = 0;
-    uint64_t newest_ns = 0;
-    std::optional<uint64_t> closed_ns;
 };
 
 std::vector<Head> parse_heads(std::string_view payload, bool full_target) {
@@ -299,7 +285,8 @@ std::optional<uint64_t> recorded_time(std::optional<uint64_t> ns) {
 
 // Whether this host is the server of the exchange: by its role, or for a socket first seen
 // mid-life by the first message that parses as HTTP (a request going out makes it the client).
-bool serves_requests(Role role, std::span<const MessageFact> messages) {
+// Unknown while no message tells.
+std::optional<bool> serves_requests(Role role, std::span<const MessageFact> messages) {
     if (role != Role::Unknown) return role == Role::Server;
     for (const MessageFact& message : messages) {
         for (const Head& head : message.heads) {
@@ -308,7 +295,7 @@ bool serves_requests(Role role, std::span<const MessageFact> messages) {
             if (head.kind == http::MessageKind::Response) return !incoming;
         }
     }
-    return true;
+    return std::nullopt;
 }
 
 Request make_request(const Head& head, uint64_t ts_ns) {
@@ -329,50 +316,15 @@ bool same_segment(std::string_view a, std::string_view b) {
     return a.substr(0, common) == b.substr(0, common);
 }
 
-// Requests in the order they were made, each with its outcome.
+// Requests in the order they were made, each with its outcome. Fed messages in time order,
+// possibly over the connection's life: requests answered long ago and beyond the first listed are
+// reduced to a count as they go (see compact()), so a keep-alive connection that lives for hours
+// holds as much as the record will list, not every message it carried.
 class RequestBuilder {
 public:
-    RequestBuilder(bool serves, const CloseFacts& close, std::optional<uint64_t> closed_ns)
-        : serves_(serves),
-          close_(close),
-          closed_ns_(closed_ns),
-          closing_(close.how.has_value() || closed_ns.has_value()) {}
+    explicit RequestBuilder(bool serves) : serves_(serves) {}
 
-    std::vector<Request> build(std::span<const MessageFact> messages,
-                               std::span<const LifecycleFact> lifecycle) {
-        for (const MessageFact& message : messages) on_message(message);
-        if (serves_) {
-            bool reset_before = false;
-            for (const LifecycleFact& fact : lifecycle) {
-                if (fact.event.kind != EventKind::ResetSent) continue;
-                on_reset(fact, reset_before);
-                reset_before = true;
-            }
-        }
-        std::vector<Request> requests;
-        for (Pending& pending : pending_) {
-            pending.request.outcome = outcome(pending);
-            requests.push_back(std::move(pending.request));
-        }
-        std::ranges::stable_sort(requests, {}, &Request::request_ns);
-        return requests;
-    }
-
-private:
-    struct Pending {
-        Request request;
-        bool proven_late = false;  // the kernel reset it as data on a closed socket
-    };
-    // Incoming segments that carried requests, to recognise them in a reset's trigger.
-    struct Segment {
-        std::string_view prefix;
-        uint64_t ts_ns = 0;
-        std::size_t first = 0;
-        std::size_t count = 0;
-        bool from_reset = false;
-    };
-
-    void on_message(const MessageFact& message) {
+    void feed(const MessageFact& message) {
         if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
         const bool request_direction = (message.direction == Direction::In) == serves_;
         if (request_direction) {
@@ -390,8 +342,8 @@ private:
                 continue;
             }
             expecting_body_ = false;
-            if (answered_ < pending_.size()) {
-                Request& request = pending_[answered_++].request;
+            if (answered_ < total_) {
+                Request& request = at(answered_++).request;
                 request.status = head.status;
                 request.response_ns = message.ts_ns;
             }
@@ -399,23 +351,76 @@ private:
         }
     }
 
+    // Drops answered requests that the record would not list (bound_request_list keeps the first
+    // kListedFirstRequests, the last kListedLastRequests and every one not completed), counting
+    // them, and the segments of answered requests, which no reset can concern any more.
+    void compact() {
+        while (answered_ > kListedFirstRequests + omitted_ + kListedLastRequests) {
+            pending_.erase(pending_.begin() + kListedFirstRequests);
+            ++omitted_;
+        }
+        while (!segments_.empty() && segments_.front().first < answered_) segments_.pop_front();
+    }
+
+    // The requests with their outcomes, once the close is known; `omitted` counts those dropped.
+    std::vector<Request> finish(const CloseFacts& close, std::optional<uint64_t> closed_ns,
+                                std::span<const LifecycleFact> lifecycle, uint64_t& omitted) {
+        if (serves_) {
+            bool reset_before = false;
+            for (const LifecycleFact& fact : lifecycle) {
+                if (fact.event.kind != EventKind::ResetSent) continue;
+                on_reset(fact, close, closed_ns, reset_before);
+                reset_before = true;
+            }
+        }
+        const bool closing = close.how.has_value() || closed_ns.has_value();
+        std::vector<Request> requests;
+        for (Pending& pending : pending_) {
+            pending.request.outcome = outcome(pending, close, closing);
+            requests.push_back(std::move(pending.request));
+        }
+        std::ranges::stable_sort(requests, {}, &Request::request_ns);
+        omitted = omitted_;
+        return requests;
+    }
+
+private:
+    struct Pending {
+        Request request;
+        bool proven_late = false;  // the kernel reset it as data on a closed socket
+    };
+    // Incoming segments that carried requests, to recognise them in a reset's trigger.
+    struct Segment {
+        std::string prefix;
+        uint64_t ts_ns = 0;
+        std::size_t first = 0;  // index of its first request among all made
+        std::size_t count = 0;
+        bool from_reset = false;
+    };
+
+    // Request `index` (counting every request made, omitted ones included); never an omitted one.
+    Pending& at(std::size_t index) {
+        return pending_[index < kListedFirstRequests ? index : index - omitted_];
+    }
+
     // A data segment reset after this host closed (or after its socket was gone) is a request
     // that arrived too late: unless the ingress hook already recorded it (at the close, or in the
     // same instant before it) or an earlier reset did (a retransmission).
-    void on_reset(const LifecycleFact& fact, bool reset_before) {
+    void on_reset(const LifecycleFact& fact, const CloseFacts& close,
+                  std::optional<uint64_t> closed_ns, bool reset_before) {
         const Event& reset = fact.event;
         const bool closed_before = reset_before ||
-                                   (close_.local_fin && *close_.local_fin <= reset.ts_ns) ||
-                                   (closed_ns_ && *closed_ns_ <= reset.ts_ns);
+                                   (close.local_fin && *close.local_fin <= reset.ts_ns) ||
+                                   (closed_ns && *closed_ns <= reset.ts_ns);
         if (reset.payload_len == 0 || !closed_before) return;
-        const uint64_t local_close = *close_.local_first();  // this reset is one, if none before
+        const uint64_t local_close = *close.local_first();  // this reset is one, if none before
         for (const Segment& segment : segments_) {
             if (!same_segment(segment.prefix, reset.payload)) continue;
             if (segment.from_reset) return;
-            const bool unanswered = !pending_[segment.first].request.response_ns;
+            const bool unanswered = segment.first >= answered_;
             if (unanswered && segment.ts_ns + kSameInstantNs >= local_close) {
                 for (std::size_t i = 0; i < segment.count; ++i) {
-                    pending_[segment.first + i].proven_late = true;
+                    at(segment.first + i).proven_late = true;
                 }
                 return;
             }
@@ -425,38 +430,58 @@ private:
 
     void add_requests(std::span<const Head> heads, std::string_view prefix, uint64_t ts_ns,
                       bool from_reset) {
-        segments_.push_back({.prefix = prefix,
+        segments_.push_back({.prefix = std::string(prefix),
                              .ts_ns = ts_ns,
-                             .first = pending_.size(),
+                             .first = total_,
                              .count = heads.size(),
                              .from_reset = from_reset});
         for (const Head& head : heads) pending_.push_back({.request = make_request(head, ts_ns)});
+        total_ += heads.size();
     }
 
-    Outcome outcome(const Pending& pending) const {
+    Outcome outcome(const Pending& pending, const CloseFacts& close, bool closing) const {
         const Request& request = pending.request;
         if (request.response_ns) return Outcome::Completed;
         if (serves_) {
-            const std::optional<uint64_t> local_close = close_.local_first();
+            const std::optional<uint64_t> local_close = close.local_first();
             if (pending.proven_late || (local_close && request.request_ns >= *local_close)) {
                 return Outcome::AfterLocalClose;
             }
         } else {
-            const std::optional<uint64_t> peer_close = close_.peer_first();
+            const std::optional<uint64_t> peer_close = close.peer_first();
             if (peer_close && request.request_ns >= *peer_close) return Outcome::AfterPeerClose;
         }
-        return closing_ ? Outcome::UnansweredAtClose : Outcome::InFlight;
+        return closing ? Outcome::UnansweredAtClose : Outcome::InFlight;
     }
 
     bool serves_;
-    const CloseFacts& close_;
-    std::optional<uint64_t> closed_ns_;
-    bool closing_;  // a FIN or RST was seen, or the socket is gone
-    std::vector<Pending> pending_;
-    std::vector<Segment> segments_;
-    std::size_t answered_ = 0;  // requests are answered in order (FIFO)
+    std::deque<Pending> pending_;  // every request made but the omitted ones
+    std::deque<Segment> segments_;
+    std::size_t total_ = 0;        // requests made
+    std::size_t answered_ = 0;     // requests are answered in order (FIFO)
+    std::size_t omitted_ = 0;      // answered requests dropped by compact()
     bool expecting_body_ = false;
     bool upgraded_ = false;
+};
+
+struct Tracked {
+    // Until a State, Message or ResetReceived shows the socket alive, its events are only resets,
+    // kept as they came: from a time-wait socket of a connection closed before the recording or
+    // already finalised (unattributed once the linger passes), or delivered by another CPU ahead
+    // of the socket's first event (folded in when that comes).
+    bool seen_alive = false;
+    std::vector<Arrived> unconfirmed;
+    std::vector<LifecycleFact> lifecycle;
+    std::vector<MessageFact> messages;  // not yet fed to the builder
+    std::optional<RequestBuilder> builder;  // once the side that serves is known
+    std::size_t settle_at = kSettleBatch;    // messages held when settle() next runs
+    // The same on every event of the socket, so taken as they first come.
+    Tuple tuple;  // also the key in the tuple index
+    uint32_t netns = 0;
+    Role role = Role::Unknown;
+    uint64_t first_arrival = 0;
+    uint64_t newest_ns = 0;
+    std::optional<uint64_t> closed_ns;
 };
 
 bool any_outcome(const std::vector<Request>& requests, Outcome outcome) {
@@ -529,9 +554,12 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
                   .rst_reason = close.rst_reason,
                   .idle_ms = close.idle_ms};
 
-    conn.requests =
-        RequestBuilder(serves_requests(conn.role, tracked.messages), close, conn.closed_ns)
-            .build(tracked.messages, tracked.lifecycle);
+    if (!tracked.builder) {
+        tracked.builder.emplace(serves_requests(conn.role, tracked.messages).value_or(true));
+    }
+    for (const MessageFact& message : tracked.messages) tracked.builder->feed(message);
+    conn.requests = tracked.builder->finish(close, conn.closed_ns, tracked.lifecycle,
+                                            conn.requests_omitted);
     conn.verdict = verdict_of(conn.close, conn.requests);
     bound_request_list(conn);
     return conn;
@@ -565,7 +593,8 @@ struct ConnTracker::State {
     }
 
     static void add(Tracked& tracked, const Event& event, uint64_t arrival, bool by_tuple,
-                    bool full_target) {
+                    const TrackerOptions& options) {
+        const bool full_target = options.full_target;
         tracked.newest_ns = std::max(tracked.newest_ns, event.ts_ns);
         if (tracked.netns == 0) tracked.netns = event.netns;
         if (tracked.role == Role::Unknown) tracked.role = event.role;
@@ -576,6 +605,7 @@ struct ConnTracker::State {
                  .direction = event.direction,
                  .heads = parse_heads(event.payload, full_target),
                  .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});
+            if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.linger_ns);
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {
@@ -589,13 +619,36 @@ struct ConnTracker::State {
         tracked.lifecycle.push_back(std::move(fact));
     }
 
-    void confirm_alive(uint64_t cookie, Tracked& tracked, const Event& event, bool full_target) {
+    // Feeds the builder the messages older than the newest event by more than the linger, in
+    // time order: no event still to come can precede them (see ConnTracker::on_event).
+    static void settle(Tracked& tracked, uint64_t linger_ns) {
+        if (!tracked.builder) {
+            const std::optional<bool> serves = serves_requests(tracked.role, tracked.messages);
+            if (!serves) {
+                tracked.settle_at = 2 * tracked.messages.size();
+                return;
+            }
+            tracked.builder.emplace(*serves);
+        }
+        order_by_time(tracked.messages);
+        const auto settled = std::ranges::find_if(tracked.messages, [&](const MessageFact& m) {
+            return m.ts_ns + linger_ns >= tracked.newest_ns;
+        });
+        for (auto it = tracked.messages.begin(); it != settled; ++it) tracked.builder->feed(*it);
+        tracked.messages.erase(tracked.messages.begin(), settled);
+        tracked.builder->compact();
+        // Twice what stays (messages within the linger): sorting is amortised at a busy rate.
+        tracked.settle_at = std::max(kSettleBatch, 2 * tracked.messages.size());
+    }
+
+    void confirm_alive(uint64_t cookie, Tracked& tracked, const Event& event,
+                       const TrackerOptions& options) {
         tracked.seen_alive = true;
         unconfirmed.erase(cookie);
         tracked.tuple = event.tuple;
         alive_by_tuple.emplace(event.tuple, cookie);
         for (const Arrived& earlier : tracked.unconfirmed) {
-            add(tracked, earlier.event, earlier.arrival, false, full_target);
+            add(tracked, earlier.event, earlier.arrival, false, options);
         }
         tracked.unconfirmed = {};
     }
@@ -632,7 +685,7 @@ void ConnTracker::on_event(const Event& event) {
     const uint64_t arrival = state_->next_arrival++;
     if (event.cookie == 0) {
         if (Tracked* tracked = state_->find_by_tuple(event)) {
-            State::add(*tracked, event, arrival, true, options_.full_target);
+            State::add(*tracked, event, arrival, true, options_);
         } else {
             state_->unattributed.push_back({arrival, event});
         }
@@ -649,10 +702,10 @@ void ConnTracker::on_event(const Event& event) {
             state_->unconfirmed.insert(event.cookie);
             return;
         }
-        state_->confirm_alive(event.cookie, tracked, event, options_.full_target);
+        state_->confirm_alive(event.cookie, tracked, event, options_);
     }
     const std::optional<uint64_t> closed_before = tracked.closed_ns;
-    State::add(tracked, event, arrival, false, options_.full_target);
+    State::add(tracked, event, arrival, false, options_);
     if (tracked.closed_ns != closed_before) {
         if (closed_before) state_->closed.erase({*closed_before, event.cookie});
         state_->closed.emplace(*tracked.closed_ns, event.cookie);
