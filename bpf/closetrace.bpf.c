@@ -3,6 +3,13 @@
  * closetrace kernel programs: the lifecycle of tracked TCP sockets (state changes, resets sent
  * and received) and the first bytes of each new message on them. Built only on tracepoints and
  * cgroup hooks: kprobes and fentry are not available on every host.
+ *
+ * Built twice. The default object uses BTF tracepoints (tp_btf), which need the kernel's own
+ * BTF. With CT_NO_KERNEL_BTF it is the portable object for kernels built without BTF: raw
+ * tracepoints, CO-RE against a BTF file the user supplies (record --btf), per-socket state in an
+ * LRU hash keyed by socket address instead of socket storage (which tracing programs can use only
+ * with kernel BTF), and identities of its own instead of socket cookies (which raw tracepoints
+ * cannot ask for).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -11,6 +18,12 @@
 #include <bpf/bpf_tracing.h>
 
 #include "closetrace.h"
+
+#ifdef CT_NO_KERNEL_BTF
+#define CT_TRACEPOINT(name) SEC("raw_tp/" name)
+#else
+#define CT_TRACEPOINT(name) SEC("tp_btf/" name)
+#endif
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -46,15 +59,21 @@ extern const void vmemmap_base __ksym __weak;
 extern const void page_offset_base __ksym __weak;
 extern unsigned long CONFIG_HZ __kconfig __weak;
 
+#ifndef CT_NO_KERNEL_BTF
 /* Reads skb data wherever it lies (6.15+ allows it from tp_btf); weak: absent before 6.4. */
 extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags,
 			       struct bpf_dynptr *ptr__uninit) __ksym __weak;
+#endif
 
 /* Local flavour of the kernel's enum (6.10+): lets CO-RE tell whether the reason exists. */
 enum sk_rst_reason___ct { SK_RST_REASON_NOT_SPECIFIED___ct = 0 };
 
-/* Per-socket state, freed by the kernel with the socket. */
+/* Per-socket state. */
 struct sock_state {
+#ifdef CT_NO_KERNEL_BTF
+	__u64 identity;  /* stands for the socket cookie in records */
+	__u64 closed_ns; /* reached TCP_CLOSE: the entry outlives the socket (see find_state) */
+#endif
 	__u64 established_ns;
 	__u64 last_rx_ns; /* last payload received (cgroup_skb), 0 = none seen */
 	__u64 last_tx_ns;
@@ -67,12 +86,38 @@ struct sock_state {
 	__u8 pad[5];
 };
 
+#ifdef CT_NO_KERNEL_BTF
+/* Sockets tracked at once; the loader may resize it. Least recently used entries go first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* the socket's address */
+	__type(value, struct sock_state);
+} sock_states SEC(".maps");
+
+/* The cgroup hooks' way to a socket's state: its address, kept in socket storage. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} sock_addresses SEC(".maps");
+
+/*
+ * An entry is not freed with its socket: once closed it still serves the resets the kernel sends
+ * from the dying socket in the same instant (data on a closed socket), then it is stale (the
+ * address may belong to a new socket by then) and reads as absent.
+ */
+#define CT_CLOSED_STATE_GRACE_NS 10000000ULL
+#else
+/* Freed by the kernel with the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct sock_state);
 } sock_states SEC(".maps");
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -258,10 +303,43 @@ static __always_inline void remember_owner(struct sock_state *state, __u8 source
 	bpf_get_current_comm(&state->comm, sizeof(state->comm));
 }
 
+/* The state of a tracked socket; with `closing`, also one that reached TCP_CLOSE just now. */
+static __always_inline struct sock_state *find_state(const struct sock *sk, __u64 now, bool closing)
+{
+#ifdef CT_NO_KERNEL_BTF
+	__u64 address = (__u64)sk;
+	struct sock_state *state = bpf_map_lookup_elem(&sock_states, &address);
+	if (state && state->closed_ns &&
+	    (!closing || now - state->closed_ns > CT_CLOSED_STATE_GRACE_NS))
+		return NULL;
+	return state;
+#else
+	return bpf_sk_storage_get(&sock_states, (struct sock *)sk, NULL, 0);
+#endif
+}
+
+#ifdef CT_NO_KERNEL_BTF
+/* A fresh entry for the socket at `address` (any stale one replaced). */
+static __always_inline struct sock_state *create_state_at(const __u64 *address, __u64 now)
+{
+	struct sock_state fresh = {};
+	/* Unique: one CPU never stamps two sockets in the same nanosecond. */
+	fresh.identity = (now << 8) | (bpf_get_smp_processor_id() & 0xff);
+	if (bpf_map_update_elem(&sock_states, address, &fresh, BPF_ANY))
+		return NULL;
+	return bpf_map_lookup_elem(&sock_states, address);
+}
+#endif
+
 static __always_inline struct sock_state *new_state(struct sock *sk, __u8 role, __u64 now)
 {
+#ifdef CT_NO_KERNEL_BTF
+	__u64 address = (__u64)sk;
+	struct sock_state *state = create_state_at(&address, now);
+#else
 	struct sock_state *state =
 		bpf_sk_storage_get(&sock_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+#endif
 	if (!state)
 		return NULL;
 	state->role = role;
@@ -269,6 +347,16 @@ static __always_inline struct sock_state *new_state(struct sock *sk, __u8 role, 
 	if (role != CT_ROLE_UNKNOWN)
 		state->established_ns = now;
 	return state;
+}
+
+/* What records call the socket: its cookie, or in the portable object the state's identity. */
+static __always_inline __u64 sock_identity(const struct sock *sk, const struct sock_state *state)
+{
+#ifdef CT_NO_KERNEL_BTF
+	return state ? state->identity : 0;
+#else
+	return bpf_get_socket_cookie((void *)sk);
+#endif
 }
 
 static __always_inline bool sock_selected(const struct sock *sk)
@@ -292,14 +380,14 @@ static __always_inline void fill_sock_head(struct ct_event *head, struct sock *s
 					   __u64 now)
 {
 	head->ts_ns = now;
-	head->cookie = bpf_get_socket_cookie(sk);
+	head->cookie = sock_identity(sk, state);
 	head->netns = state->netns;
 	head->kind = kind;
 	head->size = size;
 	tuple_from_sock(sk, &head->tuple);
 }
 
-SEC("tp_btf/inet_sock_set_state")
+CT_TRACEPOINT("inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 {
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
@@ -309,7 +397,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
-	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+	struct sock_state *state = find_state(sk, now, false);
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the only moment the connecting process is `current`. */
@@ -357,6 +445,10 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	event->role = state->role;
 	event->owner_from = state->owner_from;
 	submit_event(event, sizeof(*event));
+#ifdef CT_NO_KERNEL_BTF
+	if (newstate == TCP_CLOSE)
+		state->closed_ns = now;
+#endif
 	return 0;
 }
 
@@ -437,6 +529,7 @@ static __always_inline void read_trigger(const struct sk_buff *skb, struct ct_re
 	if (start < linear_end) {
 		source = head + start;
 		available = linear_end - start;
+#ifndef CT_NO_KERNEL_BTF
 	} else if (use_dynptr) {
 		struct bpf_dynptr data;
 		__u64 data_offset = (__u64)BPF_CORE_READ(skb, data) - (__u64)head;
@@ -448,6 +541,7 @@ static __always_inline void read_trigger(const struct sk_buff *skb, struct ct_re
 		if (!bpf_dynptr_read(event->payload, len, &data, start - data_offset, 0))
 			event->captured = len;
 		return;
+#endif
 	} else {
 		struct skb_shared_info *shinfo = (void *)(head + BPF_CORE_READ(skb, end));
 		if (BPF_CORE_READ(shinfo, nr_frags) == 0)
@@ -488,7 +582,7 @@ static __always_inline int handle_reset_sent(unsigned long long *ctx, const stru
 	if (sk) {
 		sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
 		if (is_full_socket_state(sk_state))
-			state = bpf_sk_storage_get(&sock_states, (struct sock *)sk, NULL, 0);
+			state = find_state(sk, now, true);
 	}
 
 	struct ct_reset_event *event = reserve_event(sizeof(*event));
@@ -516,7 +610,8 @@ static __always_inline int handle_reset_sent(unsigned long long *ctx, const stru
 	event->reason = reason;
 	event->sk_state = sk_state;
 	if (sk) {
-		event->hdr.cookie = bpf_get_socket_cookie((void *)sk);
+		/* A time-wait socket has the full socket's cookie; in the portable object, none. */
+		event->hdr.cookie = sock_identity(sk, state);
 		event->hdr.netns = sock_netns(sk);
 	} else if (skb) {
 		event->hdr.netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
@@ -529,26 +624,28 @@ static __always_inline int handle_reset_sent(unsigned long long *ctx, const stru
 	return 0;
 }
 
+#ifndef CT_NO_KERNEL_BTF
 /* Two variants of one program: the loader keeps the first that this kernel accepts. */
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(on_reset_sent_dynptr, const struct sock *sk, const struct sk_buff *skb)
 {
 	return handle_reset_sent(ctx, sk, skb, true);
 }
+#endif
 
-SEC("tp_btf/tcp_send_reset")
+CT_TRACEPOINT("tcp_send_reset")
 int BPF_PROG(on_reset_sent, const struct sock *sk, const struct sk_buff *skb)
 {
 	return handle_reset_sent(ctx, sk, skb, false);
 }
 
-SEC("tp_btf/tcp_receive_reset")
+CT_TRACEPOINT("tcp_receive_reset")
 int BPF_PROG(on_reset_received, struct sock *sk)
 {
-	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_state *state = find_state(sk, now, false);
 	if (!state)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_reset_event *event = reserve_event(sizeof(*event));
 	if (!event)
 		return 0;
@@ -578,7 +675,17 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	 * Every TCP packet of the cgroup passes here: a socket neither tracked nor on a filtered
 	 * port (the host's other traffic) leaves before any parsing.
 	 */
+#ifdef CT_NO_KERNEL_BTF
+	__u64 *address = bpf_sk_storage_get(&sock_addresses, sk, NULL, 0);
+	struct sock_state *state = NULL;
+	if (address) {
+		state = bpf_map_lookup_elem(&sock_states, address);
+		if (state && state->closed_ns)
+			state = NULL;
+	}
+#else
 	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+#endif
 	if (!state && (!is_midlife_state(sk->state) ||
 		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
 		return;
@@ -607,12 +714,32 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	__u64 now = bpf_ktime_get_ns();
 	if (!state) {
 		/* Open before recording: start tracking it now if the filters select it. */
+#ifdef CT_NO_KERNEL_BTF
+		if (!address) {
+			address = bpf_sk_storage_get(&sock_addresses, sk, NULL,
+						     BPF_SK_STORAGE_GET_F_CREATE);
+			if (!address)
+				return;
+			*address = (__u64)sk; /* an address in a map: allowed to privileged loaders */
+		}
+		state = find_state((const struct sock *)*address, now, false);
+		/*
+		 * The cgroup filter is where these programs attach; the namespace cannot be read here
+		 * without kernel BTF, so with --netns a socket waits for its next state change. The
+		 * fresh state's role and namespace are unknown (0).
+		 */
+		if (!state && !filter_netns)
+			state = create_state_at(address, now);
+		if (!state)
+			return;
+#else
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 		if (!tp || !sock_selected((struct sock *)tp))
 			return;
 		state = new_state((struct sock *)tp, CT_ROLE_UNKNOWN, now);
 		if (!state)
 			return;
+#endif
 	}
 
 	if (direction == CT_DIR_IN)
@@ -628,7 +755,11 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		return;
 	__builtin_memset(event, 0, sizeof(*event));
 	event->hdr.ts_ns = now;
+#ifdef CT_NO_KERNEL_BTF
+	event->hdr.cookie = state->identity;
+#else
 	event->hdr.cookie = bpf_get_socket_cookie(skb);
+#endif
 	event->hdr.netns = state->netns;
 	event->hdr.kind = CT_EV_MESSAGE;
 	event->hdr.size = sizeof(*event);

@@ -95,6 +95,61 @@ class RecordCliTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("run as root", result.stdout)
 
+    def run_without_kernel_btf(self, *args):
+        """closetrace in a mount namespace where /sys/kernel/btf is hidden, as on a kernel built
+        without BTF (the kernel itself keeps it; the portable programs do not use it)."""
+        script = 'mount -t tmpfs -o size=1m none /sys/kernel/btf && exec "$@"'
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script, "sh", CLOSETRACE, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_without_kernel_btf_record_says_to_give_btf_in_one_line(self):
+        result = self.run_without_kernel_btf("record", "--duration", "1", "-o",
+                                             "/tmp/never-written.jsonl")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("no BTF", lines[0])
+        self.assertIn("--btf FILE", lines[0])
+        self.assertFalse(os.path.exists("/tmp/never-written.jsonl"))
+        doctor = self.run_without_kernel_btf("doctor")
+        self.assertEqual(doctor.returncode, 1, doctor.stdout)
+        self.assertIn("NO: record needs --btf FILE", doctor.stdout)
+
+    def test_without_kernel_btf_record_with_btf_file_records(self):
+        with tempfile.TemporaryDirectory() as directory:
+            btf = os.path.join(directory, "vmlinux.btf")
+            with open("/sys/kernel/btf/vmlinux", "rb") as source, open(btf, "wb") as copy:
+                copy.write(source.read())
+            path = os.path.join(directory, "t.jsonl")
+            with ChurningTraffic() as traffic:
+                result = self.run_without_kernel_btf(
+                    "record", "--btf", btf, "--port", str(traffic.port), "--duration", "2",
+                    "--quiet", "-o", path)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            header, conns, _, summary = read_trace(path)
+            self.assertTrue(header["probes"]["state"].startswith("raw_tp/"), header["probes"])
+            self.assertGreater(len(conns), 10)
+            self.assertEqual(summary["lost_events"], 0)
+            # Each side closes right after the one exchange: whichever FIN goes first.
+            servers = [conn for conn in conns if conn["role"] == "server"]
+            self.assertGreater(len(servers), 5)
+            for conn in servers:
+                self.assertIn(conn["verdict"], {"local_idle_close", "peer_idle_close"}, conn)
+                self.assertEqual([(r["method"], r["target"], r.get("status"))
+                                  for r in conn["requests"]], [("GET", "/churn", 200)], conn)
+
+    def test_btf_option_rejects_a_file_that_is_not_btf(self):
+        result = run("record", "--btf", "/etc/hostname", "--duration", "1", "-o",
+                     "/tmp/never-written.jsonl")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("--btf /etc/hostname: not a BTF file", result.stderr)
+        self.assertFalse(os.path.exists("/tmp/never-written.jsonl"))
+        missing = run("record", "--btf", "/no/such.btf")
+        self.assertEqual(missing.returncode, 2, missing.stderr)
+        self.assertIn("/no/such.btf", missing.stderr)
+
     def stop_midway_and_check(self, stop_signal):
         with ChurningTraffic() as traffic:
             recorder = Recorder("--port", str(traffic.port), "--quiet", linger_ms=100)

@@ -5,9 +5,11 @@ C++ test peers (tools/vm/kernel-check), and checks what ran inside:
   lifecycle  server-first, client-first and client-reset connections get the right records
   race       a request reusing a connection the server closed at its idle timeout: the server's
              conn record says local_close_race (the ALB 502), as on the host
-  btf        with the kernel's BTF hidden, record refuses in one line naming what is missing
-The VM boots once for all four (about 20-40 s here); skipped, saying why, when not root or when
-qemu cannot be installed.
+  btf        with the kernel's BTF hidden, record refuses in one line naming the fix (--btf FILE);
+             with --btf and a copy of the BTF, the portable programs (raw tracepoints) load, and
+             the lifecycle and race checks pass again (btf_lifecycle, btf_race)
+The VM boots once for all (about 60 s here); skipped, saying why, when not root or when qemu
+cannot be installed.
 
 Run: sudo python3 tests/integration/run.py tests/vm/test_kernel_6_1.py
      (CLOSETRACE=path/to/closetrace to test another build than build/closetrace)
@@ -23,7 +25,7 @@ SCRIPT = os.path.join(ROOT, "tools", "vm", "kernel-check")
 CLOSETRACE = os.environ.get("CLOSETRACE", os.path.join(ROOT, "build", "closetrace"))
 HARD_LIMIT_S = 480  # the script kills qemu after this; the test allows a little more
 RESULT_RE = re.compile(
-    r"^  (doctor|lifecycle|race|btf)\s+(PASS|FAIL|SKIP|MISSING)(?: \([\d.]+ s\))?:? ?(.*)$", re.M)
+    r"^  (doctor|lifecycle|race|btf|btf_lifecycle|btf_race)\s+(PASS|FAIL|SKIP|MISSING)(?: \([\d.]+ s\))?:? ?(.*)$", re.M)
 
 
 class Kernel61Test(unittest.TestCase):
@@ -83,8 +85,20 @@ class Kernel61Test(unittest.TestCase):
         _, detail = self.result("race")
         self.assertIn("server verdict local_close_race", detail)
 
-    def test_without_btf_record_refuses_in_one_line(self):
+    def test_without_btf_record_refuses_in_one_line_and_doctor_btf_loads_raw_tracepoints(self):
         self.assert_pass("btf")
+        _, detail = self.result("btf")
+        self.assertIn("hidden BTF", detail)
+        self.assertIn("raw_tp/inet_sock_set_state", detail)
+
+    def test_without_btf_lifecycle_with_btf_file(self):
+        self.assert_pass("btf_lifecycle")
+
+    def test_without_btf_close_race_with_btf_file(self):
+        self.assert_pass("btf_race")
+        _, detail = self.result("btf_race")
+        self.assertIn("server verdict local_close_race", detail)
+        self.assertIn("RST trigger payload captured: yes", detail)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -17,13 +18,17 @@ void row(const std::string& what, const std::string& finding) {
 
 // Prints what this host supports and which probes `record` will use; throws with exit code 1
 // when recording cannot work here.
-void doctor() {
+void doctor(const std::string& btf_path) {
     const HostFacts host = inspect_host();
     std::printf("closetrace doctor\n");
     row("kernel", host.kernel_release);
     row("libbpf", host.libbpf_version);
-    row("kernel BTF", host.kernel_btf ? "yes (/sys/kernel/btf/vmlinux)"
-                                      : "NO: needs a kernel built with CONFIG_DEBUG_INFO_BTF");
+    if (host.kernel_btf) {
+        row("kernel BTF", "yes (/sys/kernel/btf/vmlinux)");
+    } else {
+        row("kernel BTF", btf_path.empty() ? "NO: record needs --btf FILE"
+                                           : "NO: using --btf " + btf_path);
+    }
     const std::string missing = missing_privileges(host);
     row("privileges", missing.empty() ? "ok (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
                                       : "MISSING " + missing + ": run as root");
@@ -36,7 +41,7 @@ void doctor() {
 
     std::optional<std::string> failure;
     if (!missing.empty()) failure = "missing privileges " + missing;
-    if (!host.kernel_btf) failure = "no kernel BTF";
+    if (!host.kernel_btf && btf_path.empty()) failure = no_kernel_btf_advice();
 
     if (missing.empty()) {
         const auto fentry = fentry_unavailable_reason();
@@ -51,6 +56,7 @@ void doctor() {
         config.messages = host.cgroup2_mount.has_value();
         if (host.cgroup2_mount) config.attach_cgroup_dir = *host.cgroup2_mount;
         config.ring_buffer_bytes = 1u << 20;
+        if (!btf_path.empty()) config.btf_path = btf_path;
         try {
             Tracer tracer(config, [](std::span<const uint8_t>) {});
             const ProbeSet& probes = tracer.probes();
@@ -67,7 +73,7 @@ void doctor() {
             std::printf("record will use: %s\n", used.c_str());
             for (const auto& note : probes.notes) std::printf("note: %s\n", note.c_str());
             std::printf("kprobes and fentry are not used: tracepoints and cgroup hooks give the "
-                        "same facts on every kernel that has BTF\n");
+                        "same facts on every kernel\n");
         } catch (const LoaderError& error) {
             failure = error.what();
         }
@@ -80,8 +86,11 @@ void doctor() {
 }  // namespace
 
 void add_doctor_command(CLI::App& app) {
-    app.add_subcommand("doctor", "Check what this host supports and which probes record will use")
-        ->callback(doctor);
+    auto btf_path = std::make_shared<std::string>();
+    CLI::App* command = app.add_subcommand(
+        "doctor", "Check what this host supports and which probes record will use");
+    command->add_option("--btf", *btf_path, kBtfOptionHelp)->check(CLI::ExistingFile);
+    command->callback([btf_path] { doctor(*btf_path); });
 }
 
 }  // namespace closetrace

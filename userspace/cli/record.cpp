@@ -53,6 +53,7 @@ struct RecordOptions {
     bool no_messages = false;
     double linger_ms = 2000;
     uint32_t ring_mb = 8;
+    std::string btf;
 };
 
 [[noreturn]] void fail(const std::string& message, int exit_code = 1) {
@@ -175,6 +176,17 @@ int open_output(const std::string& output) {
     return fd;
 }
 
+}  // namespace
+
+std::string no_kernel_btf_advice() {
+    return "this kernel has no BTF (/sys/kernel/btf/vmlinux; built without "
+           "CONFIG_DEBUG_INFO_BTF): give its BTF with --btf FILE (from BTFHub, "
+           "https://github.com/aquasecurity/btfhub-archive, for this kernel release), or run on a "
+           "kernel with BTF (Amazon Linux 2023, Amazon Linux 2 with kernel 5.10)";
+}
+
+namespace {
+
 void record(const RecordOptions& options) {
     install_stop_handlers();
     const HostFacts host = inspect_host();
@@ -182,13 +194,10 @@ void record(const RecordOptions& options) {
         fail(fmt::format("missing privilege {}: run it as root (sudo closetrace record ...)",
                          missing));
     }
-    if (!host.kernel_btf) {
-        fail("this kernel has no BTF (/sys/kernel/btf/vmlinux), which closetrace's tracepoint "
-             "programs need: run it on a kernel built with CONFIG_DEBUG_INFO_BTF (Amazon Linux "
-             "2023, Amazon Linux 2 with kernel 5.10, Ubuntu 20.10+, Debian 11+)");
-    }
+    if (!host.kernel_btf && options.btf.empty()) fail(no_kernel_btf_advice());
 
     TracerConfig config;
+    if (!options.btf.empty()) config.btf_path = options.btf;
     config.ports = options.ports;
     if (!options.netns.empty()) {
         std::string error;
@@ -443,6 +452,7 @@ void add_record_command(CLI::App& app) {
     command->add_option("--linger-ms", options->linger_ms,
                         "How long a closed connection waits for a late request before it is written")
         ->check(CLI::Range(0.0, 120000.0));
+    command->add_option("--btf", options->btf, kBtfOptionHelp)->check(CLI::ExistingFile);
     command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
         ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));
     command->callback([options] { record(*options); });

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -25,6 +26,7 @@
 #include <fmt/format.h>
 
 #include "closetrace.skel.h"
+#include "closetrace_portable.skel.h"
 
 extern "C" {
 #include "closetrace.h"
@@ -100,13 +102,40 @@ std::string kconfig_override() {
     return measured;
 }
 
+// The two objects built from bpf/closetrace.bpf.c, behind one interface.
+template <typename Skeleton>
+struct SkeletonApi;
+
+template <>
+struct SkeletonApi<closetrace_bpf> {
+    static constexpr auto open = closetrace_bpf__open_opts;
+    static constexpr auto load = closetrace_bpf__load;
+    static constexpr auto destroy = closetrace_bpf__destroy;
+    static constexpr const char* kTracepoint = "tp_btf";
+};
+
+template <>
+struct SkeletonApi<closetrace_portable_bpf> {
+    static constexpr auto open = closetrace_portable_bpf__open_opts;
+    static constexpr auto load = closetrace_portable_bpf__load;
+    static constexpr auto destroy = closetrace_portable_bpf__destroy;
+    static constexpr const char* kTracepoint = "raw_tp";
+};
+
+// Whether the object has the reset program that reads the trigger through an skb dynptr.
+template <typename Skeleton>
+constexpr bool kHasDynptrReset = requires(Skeleton* s) { s->progs.on_reset_sent_dynptr; };
+
 // Opens the skeleton with the filters in its read-only data and one reset program variant.
-closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
+template <typename Skeleton>
+Skeleton* open_configured(const TracerConfig& config, bool dynptr_reset) {
+    using Api = SkeletonApi<Skeleton>;
     bpf_object_open_opts open_options{};
     open_options.sz = sizeof(open_options);
     const std::string kconfig = kconfig_override();
     if (!kconfig.empty()) open_options.kconfig = kconfig.c_str();
-    closetrace_bpf* skeleton = closetrace_bpf__open_opts(&open_options);
+    if (config.btf_path) open_options.btf_custom_path = config.btf_path->c_str();
+    Skeleton* skeleton = Api::open(&open_options);
     if (!skeleton) {
         throw LoaderError(fmt::format("cannot open the BPF programs: {} ({})", errno_text(errno),
                                       last_libbpf_message));
@@ -119,7 +148,7 @@ closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
         struct stat info{};
         if (stat(config.cgroup_filter_dir->c_str(), &info) != 0) {
             const int err = errno;
-            closetrace_bpf__destroy(skeleton);
+            Api::destroy(skeleton);
             throw LoaderError(fmt::format("--cgroup {}: {}", *config.cgroup_filter_dir,
                                           errno_text(err)));
         }
@@ -129,8 +158,10 @@ closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
     bpf_map__set_max_entries(skeleton->maps.events, config.ring_buffer_bytes);
     // A wake-up each time a sixteenth of the ring fills (see submit_event in closetrace.bpf.c).
     rodata->wakeup_shift = static_cast<uint32_t>(std::countr_zero(config.ring_buffer_bytes)) - 4;
-    bpf_program__set_autoload(skeleton->progs.on_reset_sent_dynptr, dynptr_reset);
-    bpf_program__set_autoload(skeleton->progs.on_reset_sent, !dynptr_reset);
+    if constexpr (kHasDynptrReset<Skeleton>) {
+        bpf_program__set_autoload(skeleton->progs.on_reset_sent_dynptr, dynptr_reset);
+        bpf_program__set_autoload(skeleton->progs.on_reset_sent, !dynptr_reset);
+    }
     if (!config.messages) {
         bpf_program__set_autoload(skeleton->progs.on_ingress, false);
         bpf_program__set_autoload(skeleton->progs.on_egress, false);
@@ -138,11 +169,59 @@ closetrace_bpf* open_configured(const TracerConfig& config, bool dynptr_reset) {
     return skeleton;
 }
 
+// What the tracer uses of a loaded object, whichever it is.
+struct LoadedObject {
+    std::function<void()> destroy;
+    bpf_program* state = nullptr;
+    bpf_program* reset_sent = nullptr;  // the variant of tcp_send_reset that loaded
+    bpf_program* reset_received = nullptr;
+    bpf_program* ingress = nullptr;
+    bpf_program* egress = nullptr;
+    bpf_map* events = nullptr;
+    bpf_map* counters = nullptr;
+};
+
+// Loads the object; where it has two reset program variants, the first this kernel accepts
+// (the skb dynptr needs 6.15+; older kernels read page fragments through the direct map).
+template <typename Skeleton>
+LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
+    using Api = SkeletonApi<Skeleton>;
+    const std::string tracepoint = Api::kTracepoint;
+    std::string refusal;
+    for (const bool dynptr : {true, false}) {
+        if (dynptr && !kHasDynptrReset<Skeleton>) continue;
+        Skeleton* skeleton = open_configured<Skeleton>(config, dynptr);
+        const int err = Api::load(skeleton);
+        if (err != 0) {
+            refusal = fmt::format("{} ({})", errno_text(err), last_libbpf_message);
+            Api::destroy(skeleton);
+            continue;
+        }
+        LoadedObject object{.destroy = [skeleton] { Api::destroy(skeleton); },
+                            .state = skeleton->progs.on_state_change,
+                            .reset_sent = skeleton->progs.on_reset_sent,
+                            .reset_received = skeleton->progs.on_reset_received,
+                            .ingress = skeleton->progs.on_ingress,
+                            .egress = skeleton->progs.on_egress,
+                            .events = skeleton->maps.events,
+                            .counters = skeleton->maps.counters};
+        if constexpr (kHasDynptrReset<Skeleton>) {
+            if (dynptr) object.reset_sent = skeleton->progs.on_reset_sent_dynptr;
+        }
+        probes.state = tracepoint + "/inet_sock_set_state";
+        probes.reset_sent = tracepoint + "/tcp_send_reset" +
+                            (dynptr ? " (skb dynptr)" : " (direct map)");
+        probes.reset_received = tracepoint + "/tcp_receive_reset";
+        return object;
+    }
+    throw LoaderError(fmt::format(
+        "the kernel refused the BPF programs: {}; run `closetrace doctor`", refusal));
+}
+
 }  // namespace
 
 struct Tracer::Impl {
-    closetrace_bpf* skeleton = nullptr;
-    bpf_program* reset_sent = nullptr;  // the variant of tcp_send_reset that loaded
+    LoadedObject object;
     std::vector<bpf_link*> links;
     ring_buffer* ring = nullptr;
     RecordSink sink;
@@ -151,7 +230,7 @@ struct Tracer::Impl {
     ~Impl() {
         if (ring) ring_buffer__free(ring);
         for (auto it = links.rbegin(); it != links.rend(); ++it) bpf_link__destroy(*it);
-        if (skeleton) closetrace_bpf__destroy(skeleton);
+        if (object.destroy) object.destroy();
     }
 
     static int on_record(void* context, void* data, size_t size) {
@@ -182,36 +261,42 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
         throw LoaderError(fmt::format("at most {} --port filters are supported", CT_MAX_PORTS));
     }
 
-    // The reset program that reads page fragments through an skb dynptr needs 6.15+; older
-    // kernels get the variant that reads them through the direct map.
-    std::string refusal;
-    for (const bool dynptr : {true, false}) {
-        impl_->skeleton = open_configured(config, dynptr);
-        const int err = closetrace_bpf__load(impl_->skeleton);
-        if (err == 0) {
-            probes_.reset_sent = dynptr ? "tp_btf/tcp_send_reset (skb dynptr)"
-                                        : "tp_btf/tcp_send_reset (direct map)";
-            impl_->reset_sent = dynptr ? impl_->skeleton->progs.on_reset_sent_dynptr
-                                       : impl_->skeleton->progs.on_reset_sent;
-            break;
+    if (config.btf_path) {
+        btf* types = btf__parse(config.btf_path->c_str(), nullptr);
+        if (!types) {
+            throw LoaderError(fmt::format("--btf {}: not a BTF file ({})", *config.btf_path,
+                                          errno_text(errno)));
         }
-        refusal = fmt::format("{} ({})", errno_text(err), last_libbpf_message);
-        closetrace_bpf__destroy(impl_->skeleton);
-        impl_->skeleton = nullptr;
+        btf__free(types);
+        impl_->object = load_object<closetrace_portable_bpf>(config, probes_);
+        probes_.notes.push_back(fmt::format(
+            "portable programs with BTF from {}: connections are told apart by closetrace's own "
+            "identities, and resets from time-wait sockets by their addresses",
+            *config.btf_path));
+    } else {
+        try {
+            impl_->object = load_object<closetrace_bpf>(config, probes_);
+        } catch (const LoaderError& refused) {
+            // Kernels before 5.12 have BTF but no socket storage or cookies in BTF tracepoints
+            // (Amazon Linux 2's 5.10): the portable programs, relocated against the kernel's BTF.
+            try {
+                impl_->object = load_object<closetrace_portable_bpf>(config, probes_);
+            } catch (const LoaderError& also_refused) {
+                throw LoaderError(fmt::format("{}; the portable programs too: {}", refused.what(),
+                                              also_refused.what()));
+            }
+            probes_.notes.push_back(fmt::format(
+                "the BTF tracepoint programs were refused ({}): using the portable ones",
+                refused.what()));
+        }
     }
-    if (!impl_->skeleton) {
-        throw LoaderError(fmt::format(
-            "the kernel refused the BPF programs: {}; run `closetrace doctor`", refusal));
-    }
-    probes_.state = "tp_btf/inet_sock_set_state";
-    probes_.reset_received = "tp_btf/tcp_receive_reset";
     if (!config.messages) {
         probes_.notes.emplace_back("cgroup_skb not attached: no HTTP heads; idle times in jiffies");
     }
 
-    impl_->attach(impl_->skeleton->progs.on_state_change, "tp_btf/inet_sock_set_state");
-    impl_->attach(impl_->reset_sent, "tp_btf/tcp_send_reset");
-    impl_->attach(impl_->skeleton->progs.on_reset_received, "tp_btf/tcp_receive_reset");
+    impl_->attach(impl_->object.state, probes_.state.c_str());
+    impl_->attach(impl_->object.reset_sent, probes_.reset_sent.c_str());
+    impl_->attach(impl_->object.reset_received, probes_.reset_received.c_str());
 
     std::optional<FileDescriptor> cgroup_fd;
     if (config.messages) {
@@ -220,7 +305,7 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
         if (cgroup_fd->get() < 0) {
             throw LoaderError(fmt::format("cannot open cgroup {}: {}", dir, errno_text(errno)));
         }
-        for (auto* program : {impl_->skeleton->progs.on_ingress, impl_->skeleton->progs.on_egress}) {
+        for (auto* program : {impl_->object.ingress, impl_->object.egress}) {
             bpf_link* link = bpf_program__attach_cgroup(program, cgroup_fd->get());
             if (!link) {
                 throw LoaderError(fmt::format("cannot attach cgroup_skb to {}: {} ({})", dir,
@@ -231,13 +316,13 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
         probes_.messages = "cgroup_skb";
     }
 
-    rst_reasons_ = load_rst_reason_names();
+    rst_reasons_ = load_rst_reason_names(config.btf_path);
     probes_.rst_reason = !rst_reasons_.empty();
     if (!probes_.rst_reason) {
         probes_.notes.emplace_back("this kernel does not say why it sends resets (< 6.10)");
     }
 
-    impl_->ring = ring_buffer__new(bpf_map__fd(impl_->skeleton->maps.events), &Impl::on_record,
+    impl_->ring = ring_buffer__new(bpf_map__fd(impl_->object.events), &Impl::on_record,
                                    impl_.get(), nullptr);
     if (!impl_->ring) {
         throw LoaderError(fmt::format("cannot map the ring buffer: {}", errno_text(errno)));
@@ -265,7 +350,7 @@ int Tracer::drain() {
 TracerCounters Tracer::counters() const {
     TracerCounters totals;
     std::vector<uint64_t> per_cpu(impl_->possible_cpus);
-    const int fd = bpf_map__fd(impl_->skeleton->maps.counters);
+    const int fd = bpf_map__fd(impl_->object.counters);
     for (uint32_t key : {uint32_t{CT_COUNTER_EMITTED}, uint32_t{CT_COUNTER_LOST}}) {
         if (bpf_map_lookup_elem(fd, &key, per_cpu.data()) != 0) continue;
         uint64_t sum = 0;
@@ -275,8 +360,8 @@ TracerCounters Tracer::counters() const {
     return totals;
 }
 
-RstReasonNames load_rst_reason_names() {
-    btf* types = btf__load_vmlinux_btf();
+RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path) {
+    btf* types = btf_path ? btf__parse(btf_path->c_str(), nullptr) : btf__load_vmlinux_btf();
     if (!types) return {};
     RstReasonNames names;
     const int id = btf__find_by_name_kind(types, "sk_rst_reason", BTF_KIND_ENUM);

@@ -25,6 +25,9 @@ struct TracerConfig {
     std::string attach_cgroup_dir;
     uint32_t ring_buffer_bytes = 8u << 20;
     bool messages = true;  // attach the cgroup_skb programs (HTTP heads, exact idle times)
+    // record --btf: the portable programs (raw tracepoints), relocated against this BTF file
+    // instead of the kernel's own (which kernels built without CONFIG_DEBUG_INFO_BTF lack).
+    std::optional<std::string> btf_path;
 };
 
 // Which kernel hook feeds each kind of event ("" where none is attached).
@@ -76,8 +79,8 @@ private:
 };
 
 // The kernel's names for enum sk_rst_reason, indexed by value, prefix removed; empty when the
-// kernel has no such enum.
-RstReasonNames load_rst_reason_names();
+// kernel has no such enum. From the kernel's BTF, or from the file given.
+RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path = std::nullopt);
 
 // Whether an fentry program can be loaded here (for `doctor`); on failure, why.
 std::optional<std::string> fentry_unavailable_reason();
