@@ -3,9 +3,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <deque>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -355,11 +355,13 @@ public:
     // kListedFirstRequests, the last kListedLastRequests and every one not completed), counting
     // them, and the segments of answered requests, which no reset can concern any more.
     void compact() {
-        while (answered_ > kListedFirstRequests + omitted_ + kListedLastRequests) {
-            pending_.erase(pending_.begin() + kListedFirstRequests);
-            ++omitted_;
+        const std::size_t listed = kListedFirstRequests + omitted_ + kListedLastRequests;
+        if (answered_ > listed) {
+            const auto first_dropped = pending_.begin() + kListedFirstRequests;
+            pending_.erase(first_dropped, first_dropped + static_cast<long>(answered_ - listed));
+            omitted_ += answered_ - listed;
         }
-        while (!segments_.empty() && segments_.front().first < answered_) segments_.pop_front();
+        std::erase_if(segments_, [this](const Segment& s) { return s.first < answered_; });
     }
 
     // The requests with their outcomes, once the close is known; `omitted` counts those dropped.
@@ -455,8 +457,8 @@ private:
     }
 
     bool serves_;
-    std::deque<Pending> pending_;  // every request made but the omitted ones
-    std::deque<Segment> segments_;
+    std::vector<Pending> pending_;  // every request made but the omitted ones
+    std::vector<Segment> segments_;
     std::size_t total_ = 0;        // requests made
     std::size_t answered_ = 0;     // requests are answered in order (FIFO)
     std::size_t omitted_ = 0;      // answered requests dropped by compact()
@@ -473,7 +475,7 @@ struct Tracked {
     std::vector<Arrived> unconfirmed;
     std::vector<LifecycleFact> lifecycle;
     std::vector<MessageFact> messages;  // not yet fed to the builder
-    std::optional<RequestBuilder> builder;  // once the side that serves is known
+    std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
     std::size_t settle_at = kSettleBatch;    // messages held when settle() next runs
     // The same on every event of the socket, so taken as they first come.
     Tuple tuple;  // also the key in the tuple index
@@ -555,7 +557,8 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
                   .idle_ms = close.idle_ms};
 
     if (!tracked.builder) {
-        tracked.builder.emplace(serves_requests(conn.role, tracked.messages).value_or(true));
+        tracked.builder = std::make_unique<RequestBuilder>(
+            serves_requests(conn.role, tracked.messages).value_or(true));
     }
     for (const MessageFact& message : tracked.messages) tracked.builder->feed(message);
     conn.requests = tracked.builder->finish(close, conn.closed_ns, tracked.lifecycle,
@@ -628,7 +631,7 @@ struct ConnTracker::State {
                 tracked.settle_at = 2 * tracked.messages.size();
                 return;
             }
-            tracked.builder.emplace(*serves);
+            tracked.builder = std::make_unique<RequestBuilder>(*serves);
         }
         order_by_time(tracked.messages);
         const auto settled = std::ranges::find_if(tracked.messages, [&](const MessageFact& m) {
