@@ -1135,7 +1135,8 @@ TEST(TrackerLongConnection, SettlingMessagesOnTheWayGivesTheRecordOfHoldingThemA
         socket.role = role;
         const std::vector<Event> events = long_connection(socket, 5'000, 2 * kMs);  // 10 s
         const Connection settled = run_one(events);
-        const Connection held = run_one(events, {.linger_ns = kEnd, .full_target = false});
+        const Connection held =
+            run_one(events, {.linger_ns = 2 * kSec, .full_target = false, .reorder_ns = kEnd});
         EXPECT_EQ(describe(settled), describe(held));
         EXPECT_EQ(settled.requests_omitted, held.requests_omitted);
         EXPECT_EQ(settled.request_count(), 5'001u);

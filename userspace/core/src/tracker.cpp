@@ -610,7 +610,7 @@ struct ConnTracker::State {
                  .direction = event.direction,
                  .heads = parse_heads(event.payload, full_target),
                  .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});
-            if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.linger_ns);
+            if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {
@@ -624,9 +624,9 @@ struct ConnTracker::State {
         tracked.lifecycle.push_back(std::move(fact));
     }
 
-    // Feeds the builder the messages older than the newest event by more than the linger, in
-    // time order: no event still to come can precede them (see ConnTracker::on_event).
-    static void settle(Tracked& tracked, uint64_t linger_ns) {
+    // Feeds the builder the messages older than the newest event by more than reorder_ns, in
+    // time order: no event of the socket still to come can precede them.
+    static void settle(Tracked& tracked, uint64_t reorder_ns) {
         if (!tracked.builder) {
             const std::optional<bool> serves = serves_requests(tracked.role, tracked.messages);
             if (!serves) {
@@ -637,7 +637,7 @@ struct ConnTracker::State {
         }
         order_by_time(tracked.messages);
         const auto settled = std::ranges::find_if(tracked.messages, [&](const MessageFact& m) {
-            return m.ts_ns + linger_ns >= tracked.newest_ns;
+            return m.ts_ns + reorder_ns >= tracked.newest_ns;
         });
         for (auto it = tracked.messages.begin(); it != settled; ++it) tracked.builder->feed(*it);
         tracked.messages.erase(tracked.messages.begin(), settled);

@@ -18,6 +18,11 @@ struct TrackerOptions {
     uint64_t linger_ns = 2'000'000'000;
     // Keep request targets' query strings (record --full-target).
     bool full_target = false;
+    // How far out of time order the events of one socket can reach the tracker: all of them pass
+    // through one ring buffer, where records of different CPUs interleave by microseconds. A busy
+    // connection's messages older than this (from its newest event) are settled: reduced to the
+    // requests its record will list.
+    uint64_t reorder_ns = 200'000'000;
 };
 
 class ConnTracker {
@@ -27,7 +32,8 @@ public:
     ConnTracker(ConnTracker&&) noexcept;
     ConnTracker& operator=(ConnTracker&&) noexcept;
 
-    // Events may arrive out of time order by up to the linger (ring buffer order is per CPU).
+    // Events may arrive out of time order: a socket's own by up to reorder_ns, a late reset
+    // attributed by its tuple by up to the linger.
     void on_event(const Event& event);
 
     // Connections whose socket closed before `now_ns - linger_ns`, finalised and removed.
