@@ -200,16 +200,42 @@ static __always_inline bool port_matches(__u16 lport, __u16 rport)
 	return false;
 }
 
+/* Before 5.15 (Amazon Linux 2's 5.10): the cgroup pointer is a word whose low bit set means
+ * it holds net_cls/net_prio data instead. Before 6.0: the ancestors' ids, not pointers. */
+struct sock_cgroup_data___old {
+	__u64 val;
+} __attribute__((preserve_access_index));
+struct cgroup___old {
+	__u64 ancestor_ids[0];
+} __attribute__((preserve_access_index));
+
+/* The socket's cgroup v2, NULL when none is recorded. */
+static __always_inline struct cgroup *sock_cgroup(const struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	const struct sock_cgroup_data___old *data = (const void *)&sk->sk_cgrp_data;
+	__u64 val = BPF_CORE_READ(data, val);
+	return (val & 1) ? NULL : (struct cgroup *)val;
+}
+
 /* Is the socket's cgroup (v2) the filter cgroup or below it? */
 static __always_inline bool cgroup_matches(const struct sock *sk)
 {
 	if (filter_cgroup_id == 0)
 		return true;
-	struct cgroup *cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	struct cgroup *cgrp = sock_cgroup(sk);
 	if (!cgrp)
 		return false;
 	if (BPF_CORE_READ(cgrp, level) < (int)filter_cgroup_level)
 		return false;
+	if (!bpf_core_field_exists(struct cgroup, ancestors)) {
+		__u64 id = 0;
+		void *slot = (void *)cgrp + bpf_core_field_offset(struct cgroup___old, ancestor_ids) +
+			     filter_cgroup_level * sizeof(__u64);
+		bpf_probe_read_kernel(&id, sizeof(id), slot);
+		return id == filter_cgroup_id;
+	}
 	struct cgroup *ancestor = NULL;
 	void *slot = (void *)cgrp + bpf_core_field_offset(struct cgroup, ancestors) +
 		     filter_cgroup_level * sizeof(void *);
@@ -370,7 +396,7 @@ static __always_inline bool sock_selected(const struct sock *sk)
 
 static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
 {
-	struct cgroup *cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	struct cgroup *cgrp = sock_cgroup(sk);
 	return cgrp ? BPF_CORE_READ(cgrp, kn, id) : 0;
 }
 
