@@ -1,7 +1,7 @@
 """Issue 9: the portable programs (raw tracepoints, for kernels without BTF) on this host, with
 the smallest BTF file that serves them (`bpftool gen min_core_btf`, as BTFHub users make it):
 doctor --btf, then the lifecycle and close race checks of tools/vm/vmcheck.sh with --btf. The
-6.1 VM runs the same with the kernel's BTF hidden (tests/vm/test_kernel_6_1.py)."""
+6.1 and 5.10 VMs run the same with the kernel's BTF hidden (tests/vm/test_kernels.py)."""
 import os
 import re
 import subprocess

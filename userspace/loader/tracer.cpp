@@ -277,17 +277,17 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
         try {
             impl_->object = load_object<closetrace_bpf>(config, probes_);
         } catch (const LoaderError& refused) {
-            // Kernels before 5.12 have BTF but no socket storage or cookies in BTF tracepoints
-            // (Amazon Linux 2's 5.10): the portable programs, relocated against the kernel's BTF.
+            // Kernels before 5.11 have BTF but no socket storage in BTF tracepoints (Amazon
+            // Linux 2's 5.10): the portable programs, relocated against the kernel's own BTF.
             try {
                 impl_->object = load_object<closetrace_portable_bpf>(config, probes_);
             } catch (const LoaderError& also_refused) {
                 throw LoaderError(fmt::format("{}; the portable programs too: {}", refused.what(),
                                               also_refused.what()));
             }
-            probes_.notes.push_back(fmt::format(
-                "the BTF tracepoint programs were refused ({}): using the portable ones",
-                refused.what()));
+            probes_.notes.emplace_back(
+                "this kernel refused the BTF tracepoint programs (as kernels before 5.11 do: no "
+                "socket storage in tracing programs): using the portable ones (raw tracepoints)");
         }
     }
     if (!config.messages) {
