@@ -455,6 +455,11 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 
 	if (by_close_syscall(oldstate, newstate))
 		remember_owner(state, CT_OWNER_CLOSE);
+#ifdef CT_NO_KERNEL_BTF
+	/* Also when the record below is lost: the entry must not outlive its socket as live. */
+	if (newstate == TCP_CLOSE)
+		state->closed_ns = now;
+#endif
 
 	struct ct_state_event *event = reserve_event(sizeof(*event));
 	if (!event)
@@ -471,10 +476,6 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	event->role = state->role;
 	event->owner_from = state->owner_from;
 	submit_event(event, sizeof(*event));
-#ifdef CT_NO_KERNEL_BTF
-	if (newstate == TCP_CLOSE)
-		state->closed_ns = now;
-#endif
 	return 0;
 }
 
