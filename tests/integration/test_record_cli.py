@@ -87,6 +87,7 @@ class RecordCliTest(unittest.TestCase):
         result = run("doctor")
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("record will use: tp_btf/inet_sock_set_state", result.stdout)
+        self.assertRegex(result.stdout, r"test connection +recorded with its addresses and ports")
         self.assertIn("kprobes", result.stdout)
         self.assertIn("fentry", result.stdout)
 

@@ -102,6 +102,7 @@ class KernelChecks:
         self.assert_pass("btf")
         _, detail = self.result("btf")
         self.assertIn("hidden BTF", detail)
+        self.assertIn("another kernel's BTF fails", detail)
         self.assertIn("raw_tp/inet_sock_set_state", detail)
 
     def test_without_btf_lifecycle_with_btf_file(self):

@@ -279,8 +279,24 @@ if wanted btf; then
 	show doctor-with-btf-file $T/doctor-btf.out
 	portable=$(sed -n 's/^record will use: //p' $T/doctor-btf.out)
 	[ $drc -eq 0 ] || BTF_FAIL="${BTF_FAIL:+$BTF_FAIL; }doctor-with-btf-file-exit-$drc"
+	# Another kernel's BTF (the host's, put into the image): doctor must not pass it.
+	foreign=
+	if [ -f /foreign.btf ]; then
+		$CT doctor --btf /foreign.btf >$T/doctor-foreign.out 2>&1
+		frc=$?
+		show doctor-with-foreign-btf $T/doctor-foreign.out
+		if [ $frc -eq 0 ]; then
+			BTF_FAIL="${BTF_FAIL:+$BTF_FAIL; }doctor-passed-another-kernels-btf"
+		elif grep -q "not this kernel's" $T/doctor-foreign.out; then
+			foreign="another kernel's BTF fails doctor's test connection; "
+		elif grep -q "this kernel's BTF (uname -r)?" $T/doctor-foreign.out; then
+			foreign="another kernel's BTF fails to attach, naming the file; "
+		else
+			BTF_FAIL="${BTF_FAIL:+$BTF_FAIL; }another-kernels-btf-refused-without-naming-the-file"
+		fi
+	fi
 	if [ -z "$BTF_FAIL" ]; then
-		mark btf PASS "${hidden:+hidden BTF: record and doctor refuse naming --btf FILE; }doctor --btf uses: $portable"
+		mark btf PASS "${hidden:+hidden BTF: record and doctor refuse naming --btf FILE; }${foreign}doctor --btf uses: $portable"
 	else
 		mark btf FAIL "$BTF_FAIL"
 	fi

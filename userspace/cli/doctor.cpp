@@ -1,10 +1,17 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
+#include "closetrace/event.h"
+#include "closetrace/file_descriptor.h"
 #include "host.h"
 #include "record.h"
 #include "tracer.h"
@@ -14,6 +21,58 @@ namespace {
 
 void row(const std::string& what, const std::string& finding) {
     std::printf("  %-30s %s\n", what.c_str(), finding.c_str());
+}
+
+bool is_loopback_v4(const std::array<uint8_t, 16>& addr) {
+    return addr[0] == 127 && addr[1] == 0 && addr[2] == 0 && addr[3] == 1;
+}
+
+// Opens and closes a loopback connection of doctor's own while the programs are attached; the
+// records of its two ends must carry its real addresses and ports. Wrong ones mean the programs
+// read sockets at wrong offsets: a --btf file made for another kernel build. Returns why not.
+std::optional<std::string> traced_connection_failure(Tracer& tracer,
+                                                     const std::vector<Event>& seen) {
+    FileDescriptor listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (listener.get() < 0 ||
+        bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+        listen(listener.get(), 1) != 0 ||
+        getsockname(listener.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+        return "cannot open a loopback listener for the test connection";
+    }
+    const uint16_t port = ntohs(address.sin_port);
+    {
+        FileDescriptor client(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (client.get() < 0 ||
+            connect(client.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+            return "cannot open the loopback test connection";
+        }
+        FileDescriptor accepted(accept(listener.get(), nullptr, nullptr));
+    }
+    auto found = [&](Role role) {
+        for (const Event& event : seen) {
+            const Tuple& t = event.tuple;
+            const uint16_t server_port = role == Role::Server ? t.lport : t.rport;
+            if (event.kind == EventKind::State && event.new_state == kTcpEstablished &&
+                event.role == role && server_port == port && t.family == AF_INET &&
+                is_loopback_v4(t.laddr) && is_loopback_v4(t.raddr)) {
+                return true;
+            }
+        }
+        return false;
+    };
+    for (int i = 0; i < 20 && !(found(Role::Server) && found(Role::Client)); ++i) {
+        tracer.poll(50);
+    }
+    if (found(Role::Server) && found(Role::Client)) return std::nullopt;
+    return fmt::format(
+        "a loopback test connection (127.0.0.1:{}) was not recorded with its addresses and ports "
+        "({} records seen): the programs read sockets wrongly; with --btf, the file is not this "
+        "kernel's (uname -r)",
+        port, seen.size());
 }
 
 // Prints what this host supports and which probes `record` will use; throws with exit code 1
@@ -58,7 +117,11 @@ void doctor(const std::string& btf_path) {
         config.ring_buffer_bytes = 1u << 20;
         if (!btf_path.empty()) config.btf_path = btf_path;
         try {
-            Tracer tracer(config, [](std::span<const uint8_t>) {});
+            std::vector<Event> seen;
+            Tracer tracer(config, [&seen](std::span<const uint8_t> record) {
+                std::string error;
+                if (auto event = decode_event(record, {}, &error)) seen.push_back(*event);
+            });
             const ProbeSet& probes = tracer.probes();
             row(probes.state, "loaded and attached");
             row(probes.reset_sent, probes.rst_reason
@@ -68,6 +131,9 @@ void doctor(const std::string& btf_path) {
             if (!probes.messages.empty()) {
                 row("cgroup_skb ingress/egress", "loaded and attached on " + config.attach_cgroup_dir);
             }
+            const auto traced = traced_connection_failure(tracer, seen);
+            row("test connection", traced ? "FAILED" : "recorded with its addresses and ports");
+            if (traced) failure = *traced;
             std::string used = probes.state + ", " + probes.reset_sent + ", " + probes.reset_received;
             if (!probes.messages.empty()) used += ", " + probes.messages;
             std::printf("record will use: %s\n", used.c_str());

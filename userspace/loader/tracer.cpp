@@ -239,14 +239,19 @@ struct Tracer::Impl {
         return 0;
     }
 
+    // With --btf, a tracepoint whose arguments differ from what the file describes is the
+    // usual cause: a file made for another kernel build.
+    std::string btf_path;
+
     void attach(bpf_program* program, const char* what) {
         bpf_link* link = bpf_program__attach(program);
         if (!link) {
             const int err = errno;
-            throw LoaderError(fmt::format(
-                "cannot attach {}: {} ({}); run `closetrace doctor` to see what this kernel "
-                "supports",
-                what, errno_text(err), last_libbpf_message));
+            const std::string advice =
+                btf_path.empty() ? "run `closetrace doctor` to see what this kernel supports"
+                                 : fmt::format("is {} this kernel's BTF (uname -r)?", btf_path);
+            throw LoaderError(fmt::format("cannot attach {}: {} ({}); {}", what, errno_text(err),
+                                          last_libbpf_message, advice));
         }
         links.push_back(link);
     }
@@ -268,10 +273,12 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
                                           errno_text(errno)));
         }
         btf__free(types);
+        impl_->btf_path = *config.btf_path;
         impl_->object = load_object<closetrace_portable_bpf>(config, probes_);
         probes_.notes.push_back(fmt::format(
-            "portable programs with BTF from {}: connections are told apart by closetrace's own "
-            "identities, and resets from time-wait sockets by their addresses",
+            "portable programs with BTF from {} (`closetrace doctor --btf` checks that it is this "
+            "kernel's): connections are told apart by closetrace's own identities, and resets "
+            "from time-wait sockets by their addresses",
             *config.btf_path));
     } else {
         try {
