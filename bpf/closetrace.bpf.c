@@ -329,14 +329,17 @@ static __always_inline void remember_owner(struct sock_state *state, __u8 source
 	bpf_get_current_comm(&state->comm, sizeof(state->comm));
 }
 
-/* The state of a tracked socket; with `closing`, also one that reached TCP_CLOSE just now. */
-static __always_inline struct sock_state *find_state(const struct sock *sk, __u64 now, bool closing)
+/*
+ * The state of a tracked socket. With `closing_now` (the time, for the resets a dying socket
+ * sends), also one that reached TCP_CLOSE just before; with 0, only a live one.
+ */
+static __always_inline struct sock_state *find_state(const struct sock *sk, __u64 closing_now)
 {
 #ifdef CT_NO_KERNEL_BTF
 	__u64 address = (__u64)sk;
 	struct sock_state *state = bpf_map_lookup_elem(&sock_states, &address);
 	if (state && state->closed_ns &&
-	    (!closing || now - state->closed_ns > CT_CLOSED_STATE_GRACE_NS))
+	    (!closing_now || closing_now - state->closed_ns > CT_CLOSED_STATE_GRACE_NS))
 		return NULL;
 	return state;
 #else
@@ -423,7 +426,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
-	struct sock_state *state = find_state(sk, now, false);
+	struct sock_state *state = find_state(sk, 0);
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the only moment the connecting process is `current`. */
@@ -609,7 +612,7 @@ static __always_inline int handle_reset_sent(unsigned long long *ctx, const stru
 	if (sk) {
 		sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
 		if (is_full_socket_state(sk_state))
-			state = find_state(sk, now, true);
+			state = find_state(sk, now);
 	}
 
 	struct ct_reset_event *event = reserve_event(sizeof(*event));
@@ -669,10 +672,10 @@ int BPF_PROG(on_reset_sent, const struct sock *sk, const struct sk_buff *skb)
 CT_TRACEPOINT("tcp_receive_reset")
 int BPF_PROG(on_reset_received, struct sock *sk)
 {
-	__u64 now = bpf_ktime_get_ns();
-	struct sock_state *state = find_state(sk, now, false);
+	struct sock_state *state = find_state(sk, 0);
 	if (!state)
 		return 0;
+	__u64 now = bpf_ktime_get_ns();
 	struct ct_reset_event *event = reserve_event(sizeof(*event));
 	if (!event)
 		return 0;
@@ -704,12 +707,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	 */
 #ifdef CT_NO_KERNEL_BTF
 	__u64 *address = bpf_sk_storage_get(&sock_addresses, sk, NULL, 0);
-	struct sock_state *state = NULL;
-	if (address) {
-		state = bpf_map_lookup_elem(&sock_states, address);
-		if (state && state->closed_ns)
-			state = NULL;
-	}
+	struct sock_state *state = address ? find_state((const struct sock *)*address, 0) : NULL;
 #else
 	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
 #endif
@@ -749,7 +747,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 				return;
 			*address = (__u64)sk; /* an address in a map: allowed to privileged loaders */
 		}
-		state = find_state((const struct sock *)*address, now, false);
+		state = find_state((const struct sock *)*address, 0);
 		/*
 		 * The cgroup filter is where these programs attach; the namespace cannot be read here
 		 * without kernel BTF, so with --netns a socket waits for its next state change. The

@@ -642,7 +642,7 @@ struct ConnTracker::State {
         for (auto it = tracked.messages.begin(); it != settled; ++it) tracked.builder->feed(*it);
         tracked.messages.erase(tracked.messages.begin(), settled);
         tracked.builder->compact();
-        // Twice what stays (messages within the linger): sorting is amortised at a busy rate.
+        // Twice what stays (messages within reorder_ns): sorting is amortised at a busy rate.
         tracked.settle_at = std::max(kSettleBatch, 2 * tracked.messages.size());
     }
 
