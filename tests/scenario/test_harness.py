@@ -66,6 +66,15 @@ def _procs_mentioning(text):
     return found
 
 
+def _procs_appearing(text, timeout=5.0):
+    """_procs_mentioning once they show: a process caught inside execve (`ip netns exec`
+    replacing itself with its command) has no readable command line for that instant."""
+    deadline = time.monotonic() + timeout
+    while not (found := _procs_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 class ScenarioCase(unittest.TestCase):
     results = {}
 
@@ -281,7 +290,7 @@ class TestTopology(unittest.TestCase):
         prefix = p.stdout.readline().strip()
         self.assertTrue(prefix)
         self.assertEqual(len([n for n in netns.list_netns() if n.startswith(prefix + "-")]), 3)
-        self.assertTrue(_procs_mentioning("sleep 300.0417"))
+        self.assertTrue(_procs_appearing("sleep 300.0417"))
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=20)
         p.stdout.close()
