@@ -143,10 +143,12 @@ class Conn:
         return status, headers, body
 
     def request(self, method="GET", path="/", body=b"", timeout=5.0, on_sent=None,
-                close_on_timeout=True, reconnect=True, headers=None, wait_server_close=False):
+                close_on_timeout=True, reconnect=True, headers=None, wait_server_close=0.0):
         """Send one request; returns a result dict.  Reconnects first if there is no socket
         (or the previous one failed) when reconnect is true.  headers: extra or replaced
-        header lines (see build_request)."""
+        header lines (see build_request).  wait_server_close: after a response with
+        Connection: close, wait up to that many seconds for the server's FIN before closing
+        (0: close at once, as most clients do; then client and server race to close)."""
         res = {"method": method, "path": path, "sent": None, "status": None, "error": None,
                "done": None, "local_port": None, "reconnected": False}
         try:
@@ -195,8 +197,8 @@ class Conn:
             res["body"] = rbody[:200].decode("latin-1")
             if rheaders.get("connection", "").lower() == "close":
                 res["connection_close"] = True
-                if wait_server_close:  # the server closes first, as it said it would
-                    res["server_close"] = self.wait_close(max(0.1, deadline - time.monotonic()))["how"]
+                if wait_server_close:
+                    res["server_close"] = self.wait_close(wait_server_close)["how"]
                 self.close()
         except socket.timeout:
             res["error"] = "timeout"
@@ -259,7 +261,8 @@ def serve(host, port):
                                                          "t": res["sent"],
                                                          "local_port": res["local_port"]}),
                               close_on_timeout=cmd.get("close_on_timeout", True),
-                              reconnect=cmd.get("reconnect", True))
+                              reconnect=cmd.get("reconnect", True),
+                              wait_server_close=float(cmd.get("wait_server_close", 0)))
                 r.update(ev="result", id=cid)
                 _emit(r)
             elif op == "wait_close":
@@ -322,7 +325,7 @@ def healthcheck(host, port, interval, path, timeout, stop_file=None):
         c = Conn(host, port)
         # waits for the target's FIN after its Connection: close response before closing,
         # so that the target always closes these connections first (deterministic tests)
-        r = c.request("GET", path, timeout=timeout, headers=hdrs, wait_server_close=True)
+        r = c.request("GET", path, timeout=timeout, headers=hdrs, wait_server_close=timeout)
         c.close()
         r["i"] = i
         _emit(r)
