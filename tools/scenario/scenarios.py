@@ -712,7 +712,7 @@ def pipelining(recorder=None, workdir=None, *, backend="node",
                                                 BACKEND_PORT, list(paths), hold=hold_s),
                            phase="pipeline")
         run.measured["pipeline_statuses"] = r.get("statuses")
-        time.sleep(1.0)
+        time.sleep(2.0)  # a few more health checks
     return run.result(None)
 
 
