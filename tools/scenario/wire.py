@@ -39,8 +39,8 @@ HEALTH_CHECKERS = ("ELB-HealthChecker", "kube-probe", "GoogleHC", "Consul Health
 IDLE_TIMER_MIN_S = 1.0
 AFTER_USE_MAX_S = 1.0
 RACE_IDLE_MIN_S = 0.5
-_HEAD_START_RX = re.compile(rb"^((%s) \S+ HTTP/1\.[01]|HTTP/1\.[01] \d{3})"
-                            % b"|".join(m.encode() for m in HTTP_METHODS))
+# a segment that starts a message (its head may go on in the next segments)
+_HEAD_START_RX = re.compile(rb"^((%s) |HTTP/1\.)" % b"|".join(m.encode() for m in HTTP_METHODS))
 
 
 # ---------------------------------------------------------------------------------------
