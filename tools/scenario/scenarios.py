@@ -658,6 +658,8 @@ def crash(recorder=None, workdir=None, *, slow=3, slow_ms=5000, normal_requests=
                                                port=BACKEND_PORT, base_dir=run.workdir)
         _start_balancer(run, "nginx", 3.0)
         run.health_checks(hc_interval_s)
+        # a few health checks answered before the crash, as a target in service has had
+        time.sleep(3 * hc_interval_s)
         host = t.addr["balancer_client_side"]
         cl = run.client("client", host, BALANCER_PORT)
         for i in range(normal_requests):
