@@ -220,10 +220,11 @@ check_race() { # NAME PORT [RECORD ARGS...]: marks NAME
 			sv=$(field "$server" verdict)
 			cv=$(field "$client" verdict)
 			how=$(grep '^request 2' $T/$name-$hit.out | cut -d' ' -f3,5)
-			# The late request as the kernel saw it in the segment it answered with RST.
+			# The late request as the kernel saw it in the segment it answered with RST (event
+			# lines carry its parsed head, not its bytes).
 			trigger=no
 			grep '"kind":"reset_sent"' $T/$name.jsonl | grep -E "\"port\":$p[,}]" |
-				grep -q '"payload":"POST /pay' && trigger=yes
+				grep -q '"method":"POST","target":"/pay"' && trigger=yes
 			if [ "$sv" = local_close_race ] && [ $rrc -eq 0 ]; then
 				mark $name PASS "delay ${hit}ms after $tries tries: client saw $how; server verdict $sv, client verdict ${cv:-none}; RST trigger payload captured: $trigger"
 			else
