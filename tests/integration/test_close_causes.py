@@ -4,14 +4,13 @@ its interface.  Every connection must agree with the wire on who closed, how, th
 the cause (where the wire can tell it), the requests' outcomes and the health checker; and
 report/verify must draw the conclusion the issue asks for.  What each scenario measured on
 the wire is in tools/scenario/README.md."""
-import json
 import os
 import shutil
 import subprocess
 import sys
 import unittest
 
-from support import SCENARIO_TOOLS, backend_recorder, closetrace, require_bpf
+from support import SCENARIO_TOOLS, backend_recorder, closetrace, report_json, require_bpf
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -19,13 +18,6 @@ import scenarios  # noqa: E402
 
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "tshark", "nft")
 HC = "ELB-HealthChecker"
-
-
-def report_json(trace):
-    result = closetrace("report", trace, "--format", "json")
-    if result.returncode != 0:
-        raise AssertionError(f"report failed: {result.stderr}")
-    return json.loads(result.stdout)
 
 
 class CloseCauseTest(unittest.TestCase):
