@@ -1,6 +1,7 @@
 """Helpers shared by the integration tests: run `closetrace record` and read its trace."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,13 @@ def require_bpf(test_case=None):
         raise RuntimeError(f"{CLOSETRACE} is not built")
     if reason:
         raise unittest.SkipTest(reason)
+
+
+def require_peers(tools):
+    """Skip, naming them, when the real peers a scenario runs are not installed."""
+    missing = [tool for tool in tools if not shutil.which(tool)]
+    if missing:
+        raise unittest.SkipTest(f"missing real peers {missing}: run tools/setup")
 
 
 def read_trace(path):

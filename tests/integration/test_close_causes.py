@@ -10,7 +10,7 @@ import subprocess
 import sys
 import unittest
 
-from support import SCENARIO_TOOLS, backend_recorder, closetrace, report_json, require_bpf
+from support import SCENARIO_TOOLS, backend_recorder, closetrace, report_json, require_bpf, require_peers
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -29,9 +29,7 @@ class CloseCauseTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         require_bpf()
-        missing = [tool for tool in PEERS if not shutil.which(tool)]
-        if missing:
-            raise unittest.SkipTest(f"missing real peers {missing}: run tools/setup")
+        require_peers(PEERS)
 
     def run_scenario(self, name, recorder_ns="backend", **options):
         key = (name, tuple(sorted(options.items())))
