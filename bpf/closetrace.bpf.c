@@ -55,6 +55,8 @@ const volatile __u32 filter_port_count = 0;
 const volatile __u64 filter_cgroup_id = 0; /* cgroup v2 id (inode) of --cgroup, 0 = any */
 const volatile __u32 filter_cgroup_level = 0;
 const volatile __u32 filter_netns = 0; /* network namespace inode, 0 = any */
+/* A request after at least this much silence on its socket is written (record --idle-gap). */
+const volatile __u64 idle_gap_ns = 500000000ULL;
 
 /* Kernel layout facts the loader cannot give us any other way (x86_64 direct map). */
 extern const void vmemmap_base __ksym __weak;
@@ -69,6 +71,42 @@ extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags,
 
 /* Local flavour of the kernel's enum (6.10+): lets CO-RE tell whether the reason exists. */
 enum sk_rst_reason___ct { SK_RST_REASON_NOT_SPECIFIED___ct = 0 };
+
+/* The latest message of one kind on a socket, kept until it is known whether it matters. */
+enum slot_status {
+	SLOT_EMPTY = 0,
+	SLOT_HELD = 1,      /* nothing marked it: written only if the connection closes next */
+	SLOT_TO_WRITE = 2,  /* it matters: written once its head is whole */
+	SLOT_WRITTEN = 3,
+};
+
+struct message_slot {
+	__u64 ts_ns;
+	__u64 previous_ns;
+	__u32 segment_len;
+	__u32 index;
+	__u16 captured;
+	__u8 direction;
+	__u8 status;        /* enum slot_status */
+	__u8 head_complete; /* the blank line ending the head, or CT_PAYLOAD_MAX bytes, was seen */
+	__u8 pad[3];
+	__u8 head[CT_PAYLOAD_MAX];
+};
+
+/*
+ * Messages of one socket, counted in the kernel: a busy keep-alive connection costs no record
+ * per request. Written only by the cgroup_skb programs, which see every segment.
+ */
+struct message_state {
+	struct message_slot slots[2]; /* by enum ct_message_kind */
+	__u64 last_start_ns;          /* the latest message start, either kind */
+	__u32 counts[2];              /* messages of each kind so far */
+	__u8 request_direction;       /* enum ct_direction; 0 until the first message tells */
+	__u8 current;                 /* kind of the message whose segments are passing */
+	__u8 answer_pending;          /* a written request: its responses are written too */
+	__u8 closing_seen;            /* the first FIN or RST passed: held messages are written */
+	__u8 pad[4];
+};
 
 /* Per-socket state. */
 struct sock_state {
@@ -87,6 +125,9 @@ struct sock_state {
 	__u8 owner_from;     /* enum ct_owner_source */
 	__u8 owner_exiting;  /* the owner was exiting when it closed the socket */
 	__u8 pad[4];
+#ifndef CT_NO_KERNEL_BTF
+	struct message_state messages;
+#endif
 };
 
 #ifdef CT_NO_KERNEL_BTF
@@ -98,13 +139,21 @@ struct {
 	__type(value, struct sock_state);
 } sock_states SEC(".maps");
 
-/* The cgroup hooks' way to a socket's state: its address, kept in socket storage. */
+/*
+ * What only the cgroup hooks use, in socket storage (which they, unlike raw tracepoints, can
+ * use without kernel BTF): the way to the socket's state (its address), and its messages.
+ */
+struct sock_link {
+	__u64 address;
+	struct message_state messages;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, __u64);
-} sock_addresses SEC(".maps");
+	__type(value, struct sock_link);
+} sock_links SEC(".maps");
 
 /*
  * An entry is not freed with its socket: once closed it still serves the resets the kernel sends
@@ -709,10 +758,7 @@ int BPF_PROG(on_reset_received, struct sock *sk)
 	return 0;
 }
 
-/*
- * Does the payload open a response? Responses to pipelined requests follow each other in one
- * direction, each in its own segment: without this only the first would be seen.
- */
+/* Does the payload open a response ("HTTP/")? */
 static __always_inline bool opens_response(struct __sk_buff *skb, __u32 payload_offset)
 {
 	char start[5];
@@ -722,10 +768,228 @@ static __always_inline bool opens_response(struct __sk_buff *skb, __u32 payload_
 	       start[4] == '/';
 }
 
+/* Scratch for a head continued in a later segment (one per CPU: too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[CT_PAYLOAD_MAX]);
+} head_scratch SEC(".maps");
+
+/* A head ends with a blank line; a segment that ends on one leaves nothing to reassemble. */
+static __always_inline void note_head_end(struct message_slot *slot)
+{
+	if (slot->captured >= CT_PAYLOAD_MAX) {
+		slot->head_complete = 1;
+		return;
+	}
+	if (slot->captured < 4)
+		return;
+	__u32 end = slot->captured;
+	slot->head_complete = slot->head[(end - 4) & (CT_PAYLOAD_MAX - 1)] == '\r' &&
+			      slot->head[(end - 3) & (CT_PAYLOAD_MAX - 1)] == '\n' &&
+			      slot->head[(end - 2) & (CT_PAYLOAD_MAX - 1)] == '\r' &&
+			      slot->head[(end - 1) & (CT_PAYLOAD_MAX - 1)] == '\n';
+}
+
 /*
- * Every packet of a tracked socket passes here: update the last-payload clocks, and emit the
- * first bytes only when a new message starts: the payload direction changes (a new request or
- * a new response), or a segment in the same direction opens a further response.
+ * Appends a segment's first bytes to a head that ended mid-segment (a client writing its request
+ * a few bytes at a time). Byte by byte from a scratch copy: the verifier bounds an index, not
+ * the sum of an offset and a length. Rare: most heads come whole in their first segment.
+ */
+static __always_inline void continue_head(struct __sk_buff *skb, struct message_slot *slot,
+					  __u32 payload_offset, __u64 payload_len)
+{
+	__u32 zero = 0;
+	__u8 *scratch = bpf_map_lookup_elem(&head_scratch, &zero);
+	if (!scratch)
+		return;
+	__u64 room = CT_PAYLOAD_MAX - slot->captured;
+	__u64 n = payload_len < room ? payload_len : room;
+	if (n == 0 || n > CT_PAYLOAD_MAX)
+		return;
+	if (bpf_skb_load_bytes(skb, payload_offset, scratch, copy_len(n)))
+		return;
+	__u32 at = slot->captured;
+	for (__u32 i = 0; i < CT_PAYLOAD_MAX; i++) {
+		if (i >= n)
+			break;
+		slot->head[(at + i) & (CT_PAYLOAD_MAX - 1)] = scratch[i];
+	}
+	slot->captured = at + n;
+	note_head_end(slot);
+}
+
+/* The tuple of a socket as the cgroup hooks see it. */
+static __always_inline void tuple_from_bpf_sock(const struct bpf_sock *sk, struct ct_tuple *tuple)
+{
+	tuple->lport = sk->src_port;
+	tuple->rport = bpf_ntohs(sk->dst_port);
+	if (sk->family == AF_INET6) {
+		tuple->family = AF_INET6;
+		/* Context fields are read one word at a time: no pointer arithmetic on sock. */
+		__u32 *local = (__u32 *)tuple->laddr, *remote = (__u32 *)tuple->raddr;
+		local[0] = sk->src_ip6[0];
+		local[1] = sk->src_ip6[1];
+		local[2] = sk->src_ip6[2];
+		local[3] = sk->src_ip6[3];
+		remote[0] = sk->dst_ip6[0];
+		remote[1] = sk->dst_ip6[1];
+		remote[2] = sk->dst_ip6[2];
+		remote[3] = sk->dst_ip6[3];
+	} else {
+		tuple->family = AF_INET;
+		__u32 src = sk->src_ip4, dst = sk->dst_ip4;
+		__builtin_memcpy(tuple->laddr, &src, 4);
+		__builtin_memcpy(tuple->raddr, &dst, 4);
+	}
+}
+
+/* A packet of a tracked socket, as the message logic needs it. */
+struct packet {
+	struct __sk_buff *skb;
+	const struct bpf_sock *sk;
+	struct sock_state *state;
+	struct message_state *messages;
+	__u64 now;
+	__u32 payload_offset;
+	__u32 payload_len;
+	__u8 direction;
+};
+
+static __always_inline void write_slot(const struct packet *p, __u8 kind)
+{
+	struct message_slot *slot = &p->messages->slots[kind & 1];
+	__u8 flags = slot->status == SLOT_HELD ? CT_MESSAGE_HELD : 0;
+	slot->status = SLOT_WRITTEN;
+	struct ct_message_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return;
+	__builtin_memset(event, 0, offsetof(struct ct_message_event, payload));
+	event->hdr.ts_ns = slot->ts_ns;
+#ifdef CT_NO_KERNEL_BTF
+	event->hdr.cookie = p->state->identity;
+#else
+	event->hdr.cookie = bpf_get_socket_cookie(p->skb);
+#endif
+	event->hdr.netns = p->state->netns;
+	event->hdr.kind = CT_EV_MESSAGE;
+	event->hdr.size = sizeof(*event);
+	tuple_from_bpf_sock(p->sk, &event->hdr.tuple);
+	event->previous_ns = slot->previous_ns;
+	event->segment_len = slot->segment_len;
+	event->index = slot->index;
+	event->captured = slot->captured;
+	event->direction = slot->direction;
+	event->role = p->state->role;
+	event->kind = kind;
+	event->flags = flags;
+	__builtin_memcpy(event->payload, slot->head, CT_PAYLOAD_MAX);
+	submit_event(event, sizeof(*event));
+}
+
+/*
+ * A segment that starts a message: count it, keep its head in the slot of its kind, and decide
+ * whether it matters. The other kind's message before it is over: if it was to be written and
+ * still waited for the rest of its head, it goes now.
+ */
+static __always_inline void start_message(const struct packet *p, __u64 silence_ns)
+{
+	struct message_state *m = p->messages;
+	if (!m->request_direction) {
+		bool response = opens_response(p->skb, p->payload_offset);
+		m->request_direction = response ? (CT_DIR_IN + CT_DIR_OUT - p->direction)
+						: p->direction;
+	}
+	__u8 kind = p->direction == m->request_direction ? CT_MESSAGE_REQUEST : CT_MESSAGE_RESPONSE;
+	if (m->slots[m->current & 1].status == SLOT_TO_WRITE)
+		write_slot(p, m->current);
+
+	bool closing = p->sk->state != TCP_ESTABLISHED;
+	bool first = m->counts[kind & 1] == 0;
+	bool matters;
+	if (kind == CT_MESSAGE_REQUEST) {
+		matters = closing || first || silence_ns >= idle_gap_ns;
+		m->answer_pending = matters;
+	} else {
+		matters = closing || first || m->answer_pending;
+	}
+
+	struct message_slot *slot = &m->slots[kind & 1];
+	slot->ts_ns = p->now;
+	slot->previous_ns = m->last_start_ns;
+	slot->segment_len = p->payload_len;
+	slot->index = m->counts[kind & 1]++;
+	slot->direction = p->direction;
+	slot->captured = 0;
+	slot->head_complete = 0;
+	slot->status = matters ? SLOT_TO_WRITE : SLOT_HELD;
+	__u64 n = p->payload_len < CT_PAYLOAD_MAX ? p->payload_len : CT_PAYLOAD_MAX;
+	if (n > 0) {
+		__u64 len = copy_len(n);
+		if (!bpf_skb_load_bytes(p->skb, p->payload_offset, slot->head, len))
+			slot->captured = len;
+	}
+	note_head_end(slot);
+	m->current = kind;
+	m->last_start_ns = p->now;
+	if (matters && slot->head_complete)
+		write_slot(p, kind);
+}
+
+/* A segment that continues the current message: only its head may still need bytes. */
+static __always_inline void continue_message(const struct packet *p)
+{
+	__u8 kind = p->messages->current;
+	struct message_slot *slot = &p->messages->slots[kind & 1];
+	if (slot->head_complete || slot->status == SLOT_EMPTY || slot->status == SLOT_WRITTEN)
+		return;
+	continue_head(p->skb, slot, p->payload_offset, p->payload_len);
+	if (slot->head_complete && slot->status == SLOT_TO_WRITE)
+		write_slot(p, kind);
+}
+
+static __always_inline void on_payload(const struct packet *p)
+{
+	struct sock_state *state = p->state;
+	__u64 last_payload = state->last_rx_ns > state->last_tx_ns ? state->last_rx_ns
+								    : state->last_tx_ns;
+	__u64 silence_ns = last_payload && p->now > last_payload ? p->now - last_payload : 0;
+	if (p->direction == CT_DIR_IN)
+		state->last_rx_ns = p->now;
+	else
+		state->last_tx_ns = p->now;
+
+	bool same_direction = state->last_direction == p->direction;
+	state->last_direction = p->direction;
+	/* Responses to pipelined requests follow each other in one direction, each in its own
+	 * segment: a further response opens with "HTTP/". */
+	bool response_direction =
+		p->messages->request_direction && p->direction != p->messages->request_direction;
+	if (same_direction && !(response_direction && opens_response(p->skb, p->payload_offset)))
+		continue_message(p);
+	else
+		start_message(p, silence_ns);
+}
+
+/* The connection begins to close (its first FIN or RST, either way): its last request and
+ * response, held until now, are written, so that its record shows the exchange it ended on. */
+static __always_inline void on_closing(const struct packet *p)
+{
+	struct message_state *m = p->messages;
+	if (m->closing_seen)
+		return;
+	m->closing_seen = 1;
+	for (__u8 kind = CT_MESSAGE_REQUEST; kind <= CT_MESSAGE_RESPONSE; kind++) {
+		__u8 status = m->slots[kind].status;
+		if (status == SLOT_HELD || status == SLOT_TO_WRITE)
+			write_slot(p, kind);
+	}
+}
+
+/*
+ * Every packet of a tracked socket passes here: update the last-payload clocks, count messages,
+ * and write the heads of those that matter (see ct_message_event).
  */
 static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 {
@@ -740,8 +1004,10 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	 * port (the host's other traffic) leaves before any parsing.
 	 */
 #ifdef CT_NO_KERNEL_BTF
-	__u64 *address = bpf_sk_storage_get(&sock_addresses, sk, NULL, 0);
-	struct sock_state *state = address ? find_state((const struct sock *)*address, 0) : NULL;
+	/* The entry at a linked socket's address is its own while the socket lives, closed or
+	 * not: its last packets (FIN, RST) still find it. */
+	struct sock_link *link = bpf_sk_storage_get(&sock_links, sk, NULL, 0);
+	struct sock_state *state = link ? bpf_map_lookup_elem(&sock_states, &link->address) : NULL;
 #else
 	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
 #endif
@@ -763,32 +1029,33 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	} else {
 		return;
 	}
-	__u8 data_offset;
-	if (bpf_skb_load_bytes(skb, ip_header_len + 12, &data_offset, 1))
+	__u8 tcp[2]; /* data offset, flags */
+	if (bpf_skb_load_bytes(skb, ip_header_len + 12, tcp, sizeof(tcp)))
 		return;
-	__u32 payload_offset = ip_header_len + (data_offset >> 4) * 4;
-	if (skb->len <= payload_offset)
-		return; /* no payload: ACK, FIN, RST */
+	__u32 payload_offset = ip_header_len + (tcp[0] >> 4) * 4;
+	bool has_payload = skb->len > payload_offset;
+	bool closes = (tcp[1] & (CT_TCP_FIN | CT_TCP_RST)) != 0;
+	if (!has_payload && !(state && closes))
+		return; /* a bare ACK */
 
 	__u64 now = bpf_ktime_get_ns();
 	if (!state) {
 		/* Open before recording: start tracking it now if the filters select it. */
 #ifdef CT_NO_KERNEL_BTF
-		if (!address) {
-			address = bpf_sk_storage_get(&sock_addresses, sk, NULL,
-						     BPF_SK_STORAGE_GET_F_CREATE);
-			if (!address)
+		if (!link) {
+			link = bpf_sk_storage_get(&sock_links, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+			if (!link)
 				return;
-			*address = (__u64)sk; /* an address in a map: allowed to privileged loaders */
+			link->address = (__u64)sk; /* an address in a map: allowed to privileged loaders */
 		}
-		state = find_state((const struct sock *)*address, 0);
+		state = find_state((const struct sock *)link->address, 0);
 		/*
 		 * The cgroup filter is where these programs attach; the namespace cannot be read here
 		 * without kernel BTF, so with --netns a socket waits for its next state change. The
 		 * fresh state's role and namespace are unknown (0).
 		 */
 		if (!state && !filter_netns)
-			state = create_state_at(address, now);
+			state = create_state_at(&link->address, now);
 		if (!state)
 			return;
 #else
@@ -801,59 +1068,24 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 #endif
 	}
 
-	if (direction == CT_DIR_IN)
-		state->last_rx_ns = now;
-	else
-		state->last_tx_ns = now;
-	if (state->last_direction == direction && !opens_response(skb, payload_offset))
-		return;
-	state->last_direction = direction;
-
-	struct ct_message_event *event = reserve_event(sizeof(*event));
-	if (!event)
-		return;
-	__builtin_memset(event, 0, sizeof(*event));
-	event->hdr.ts_ns = now;
+	struct packet p = {
+		.skb = skb,
+		.sk = sk,
+		.state = state,
+		.now = now,
+		.payload_offset = payload_offset,
+		.payload_len = has_payload ? skb->len - payload_offset : 0,
+		.direction = direction,
+	};
 #ifdef CT_NO_KERNEL_BTF
-	event->hdr.cookie = state->identity;
+	p.messages = &link->messages;
 #else
-	event->hdr.cookie = bpf_get_socket_cookie(skb);
+	p.messages = &state->messages;
 #endif
-	event->hdr.netns = state->netns;
-	event->hdr.kind = CT_EV_MESSAGE;
-	event->hdr.size = sizeof(*event);
-	struct ct_tuple *tuple = &event->hdr.tuple;
-	tuple->lport = sk->src_port;
-	tuple->rport = bpf_ntohs(sk->dst_port);
-	if (sk->family == AF_INET6) {
-		tuple->family = AF_INET6;
-		/* Context fields are read one word at a time: no pointer arithmetic on sock. */
-		__u32 *local = (__u32 *)tuple->laddr, *remote = (__u32 *)tuple->raddr;
-		local[0] = sk->src_ip6[0];
-		local[1] = sk->src_ip6[1];
-		local[2] = sk->src_ip6[2];
-		local[3] = sk->src_ip6[3];
-		remote[0] = sk->dst_ip6[0];
-		remote[1] = sk->dst_ip6[1];
-		remote[2] = sk->dst_ip6[2];
-		remote[3] = sk->dst_ip6[3];
-	} else {
-		tuple->family = AF_INET;
-		__u32 src = sk->src_ip4, dst = sk->dst_ip4;
-		__builtin_memcpy(tuple->laddr, &src, 4);
-		__builtin_memcpy(tuple->raddr, &dst, 4);
-	}
-	event->direction = direction;
-	event->role = state->role;
-	__u64 payload_len = skb->len - payload_offset;
-	event->segment_len = payload_len;
-	__u64 n = payload_len < CT_PAYLOAD_MAX ? payload_len : CT_PAYLOAD_MAX;
-	if (n > 0) {
-		__u64 len = copy_len(n);
-		if (!bpf_skb_load_bytes(skb, payload_offset, event->payload, len))
-			event->captured = len;
-	}
-	submit_event(event, sizeof(*event));
+	if (has_payload)
+		on_payload(&p);
+	if (closes)
+		on_closing(&p);
 }
 
 SEC("cgroup_skb/ingress")

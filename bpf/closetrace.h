@@ -12,10 +12,11 @@
 #endif
 
 /* Bumped whenever a record layout below changes. */
-#define CT_ABI_VERSION 2
+#define CT_ABI_VERSION 3
 
-/* Bytes of payload captured from a message head or a reset's trigger: enough for the request
- * line and the first headers, where Connection and User-Agent usually stand. */
+/* Bytes of payload captured from a message head (reassembled across segments) or a reset's
+ * trigger: enough for the request line and the first headers, where Connection and User-Agent
+ * usually stand. */
 #define CT_PAYLOAD_MAX 256
 /* Ports the in-kernel filter can hold (local or remote port matches). */
 #define CT_MAX_PORTS 16
@@ -35,7 +36,20 @@ enum ct_event_kind {
 	CT_EV_STATE = 1,          /* TCP state change of a tracked socket */
 	CT_EV_RESET_SENT = 2,     /* this host sent RST (tcp_send_reset) */
 	CT_EV_RESET_RECEIVED = 3, /* an RST was processed on a tracked socket */
-	CT_EV_MESSAGE = 4,        /* first payload of a new message in one direction */
+	CT_EV_MESSAGE = 4,        /* the head of a message that matters (see ct_message_event) */
+};
+
+/* What the kernel tells apart on a socket: the side that spoke first sends requests, unless its
+ * first message opens with "HTTP/" (a response: the socket was first seen mid-exchange). */
+enum ct_message_kind {
+	CT_MESSAGE_REQUEST = 0,
+	CT_MESSAGE_RESPONSE = 1,
+};
+
+enum ct_message_flag {
+	/* Written when the connection began to close, not when the message passed: the last
+	 * message of its kind, held in the socket's state because nothing marked it then. */
+	CT_MESSAGE_HELD = 0x1,
 };
 
 /* Who opened the connection, from this host's point of view. */
@@ -132,13 +146,24 @@ struct ct_reset_event {
 	__u8 payload[CT_PAYLOAD_MAX];
 };
 
+/*
+ * A message that matters: a socket's first request and response, a request after an idle gap
+ * (and the responses that answer it), any message while the socket is closing, and, when it
+ * begins to close, the last request and response if they were not written yet. Every other
+ * message is only counted: `index` numbers the messages of one kind, so the count of those
+ * between two records is known. hdr.ts_ns is when the message started.
+ */
 struct ct_message_event {
 	struct ct_event hdr;
+	__u64 previous_ns;     /* when the previous message (either kind) started; 0 none */
 	__u32 segment_len;     /* payload bytes in the segment that started the message */
-	__u16 captured;
+	__u32 index;           /* messages of this kind before it on the socket */
+	__u16 captured;        /* head bytes below, from one or more segments */
 	__u8 direction;        /* enum ct_direction */
 	__u8 role;
-	__u8 pad[8];
+	__u8 kind;             /* enum ct_message_kind */
+	__u8 flags;            /* enum ct_message_flag */
+	__u8 pad[2];
 	__u8 payload[CT_PAYLOAD_MAX];
 };
 

@@ -571,16 +571,23 @@ TEST(TraceIo, MessageEventLine) {
     event.ts_ns = 11;
     event.tuple = ipv4_tuple();
     event.direction = Direction::Out;
+    event.response = true;
+    event.index = 7;
+    event.held = true;
     event.payload_len = 5;
     event.payload = "HTTP/";
     EXPECT_EQ(event_line(event, kRawPayloads),
               R"({"type":"event","kind":"message","ts_ns":11,"cookie":0,"netns":0,)"
               R"("family":"ipv4","local":{"addr":"10.0.0.2","port":8080},)"
               R"("remote":{"addr":"10.0.0.1","port":51234},)"
-              R"("direction":"out","segment_len":5,"heads":[{"opaque":true}],"payload":"HTTP/"})");
+              R"("direction":"out","segment_len":5,"message":"response","index":7,"held":true,)"
+              R"("heads":[{"opaque":true}],"payload":"HTTP/"})");
     const TraceEventLine read = event_round_trip(event);
     EXPECT_EQ(read.kind, "message");
     EXPECT_EQ(read.direction, Direction::Out);
+    EXPECT_TRUE(read.response);
+    EXPECT_EQ(read.index, 7u);
+    EXPECT_TRUE(read.held);
     EXPECT_EQ(read.payload_len, 5u);
     EXPECT_EQ(read.payload, "HTTP/");
 }

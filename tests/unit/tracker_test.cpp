@@ -100,6 +100,17 @@ struct Socket {
         return message;
     }
 
+    // A message as the kernel writes it when it counts the others: numbered within its kind,
+    // with the start of the message before it.
+    Event numbered(uint64_t ts_ns, Direction direction, std::string_view payload, uint32_t index,
+                   uint64_t previous_ns) const {
+        Event numbered = message(ts_ns, direction, payload);
+        numbered.response = payload.starts_with("HTTP/");
+        numbered.index = index;
+        numbered.previous_ns = previous_ns;
+        return numbered;
+    }
+
     Event reset_received(uint64_t ts_ns) const {
         Event reset = event(EventKind::ResetReceived, ts_ns);
         reset.snap = activity(0, 0);
@@ -1328,6 +1339,81 @@ TEST(TrackerCause, PipelinedRequestsEachMatchTheirResponse) {
     EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(3, Outcome::Completed)));
     EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
     EXPECT_EQ(conn.close.cause, CloseCause::ClosedAfterUse);
+}
+
+// --- messages the kernel only counted --------------------------------------------------------
+
+// A busy keep-alive connection: the kernel wrote its first exchange and, at the close, its last
+// one; the nine exchanges between are known by their numbers.
+TEST(TrackerCounted, ExchangesBetweenWrittenOnesAreCountedAsCompleted) {
+    const Socket socket;
+    const uint64_t last_request_ns = 2 * kSec;
+    const uint64_t last_response_ns = last_request_ns + kMs;
+    const uint64_t fin_ns = last_response_ns + 5 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 0, 1 * kSec + kMs),
+        socket.numbered(last_request_ns, Direction::In, kGet, 10, last_request_ns - 3 * kMs),
+        socket.numbered(last_response_ns, Direction::Out, kOk, 10, last_request_ns),
+        socket.state(fin_ns, kTcpEstablished, kTcpFinWait1,
+                     activity(last_request_ns, last_response_ns)),
+    });
+    EXPECT_EQ(conn.request_count(), 11u);
+    EXPECT_EQ(conn.requests_omitted, 9u);
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(2, Outcome::Completed)));
+    EXPECT_EQ(conn.requests.back().response_ns, last_response_ns);
+    // From the kernel's previous message, not from the last message written.
+    EXPECT_EQ(conn.requests.back().idle_before_ms, 3.0);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+}
+
+// The client gives up on a request the kernel held until the close: it is the one listed as
+// unanswered, after the requests only counted, all answered.
+TEST(TrackerCounted, RequestHeldUntilTheCloseIsTheOneInFlight) {
+    const Socket socket;
+    const uint64_t answered_ns = 3 * kSec;
+    const uint64_t stuck_ns = answered_ns + 100 * kMs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 0, 1 * kSec + kMs),
+        socket.numbered(answered_ns, Direction::Out, kOk, 4, answered_ns - kMs),
+        socket.numbered(stuck_ns, Direction::In, kLatePost, 5, answered_ns),
+        socket.state(stuck_ns + 30 * kSec, kTcpEstablished, kTcpCloseWait,
+                     activity(stuck_ns, answered_ns)),
+    });
+    EXPECT_EQ(conn.request_count(), 6u);
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests.back().method, "POST");
+    EXPECT_EQ(conn.requests.back().idle_before_ms, 100.0);
+    EXPECT_EQ(outcomes(conn),
+              (std::vector<Outcome>{Outcome::Completed, Outcome::UnansweredAtClose}));
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseInflight);
+}
+
+// A request after an idle gap is written with the response that answers it, between requests
+// only counted: it is listed with its own status.
+TEST(TrackerCounted, RequestAfterAnIdleGapMatchesItsOwnResponse) {
+    const Socket socket;
+    const uint64_t gap_request_ns = 10 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 0, 1 * kSec + kMs),
+        socket.numbered(gap_request_ns, Direction::In, kLatePost, 3, 2 * kSec),
+        socket.numbered(gap_request_ns + kMs, Direction::Out, "HTTP/1.1 201 Created\r\n\r\n", 3,
+                        gap_request_ns),
+        socket.state(gap_request_ns + 6 * kSec, kTcpEstablished, kTcpFinWait1,
+                     activity(gap_request_ns, gap_request_ns + kMs)),
+    });
+    EXPECT_EQ(conn.request_count(), 4u);
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests.back().status, 201);
+    EXPECT_EQ(conn.requests.back().idle_before_ms, 8000.0);
+    EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(2, Outcome::Completed)));
 }
 
 }  // namespace

@@ -62,6 +62,7 @@ struct RecordOptions {
     bool raw_events = false;
     bool no_messages = false;
     double linger_ms = 2000;
+    double idle_gap_ms = 500;
     uint32_t ring_mb = 8;
     std::string btf;
 };
@@ -260,6 +261,7 @@ void record(const RecordOptions& options) {
     }
     config.ring_buffer_bytes = options.ring_mb << 20;
     config.messages = !options.no_messages;
+    config.idle_gap_ns = static_cast<uint64_t>(options.idle_gap_ms * 1e6);
     if (!host.cgroup2_mount && (config.messages || !options.cgroup.empty())) {
         if (!options.cgroup.empty()) fail("--cgroup needs a cgroup v2 mount; none is mounted");
         std::fprintf(stderr,
@@ -526,6 +528,10 @@ void add_record_command(CLI::App& app) {
     command->add_option("--linger-ms", options->linger_ms,
                         "How long a closed connection waits for a late request before it is written")
         ->check(finite_range(0, 120000, "ms"));
+    command->add_option("--idle-gap-ms", options->idle_gap_ms,
+                        "List a request that follows this much silence on its connection (the "
+                        "others in between are counted); well below any keep-alive timeout")
+        ->check(finite_range(1, 60000, "ms"));
     command->add_option("--btf", options->btf, kBtfOptionHelp)->check(CLI::ExistingFile);
     command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
         ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));

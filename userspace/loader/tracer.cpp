@@ -144,6 +144,7 @@ Skeleton* open_configured(const TracerConfig& config, bool dynptr_reset) {
     for (std::size_t i = 0; i < config.ports.size(); ++i) rodata->filter_ports[i] = config.ports[i];
     rodata->filter_port_count = static_cast<uint32_t>(config.ports.size());
     rodata->filter_netns = config.netns;
+    rodata->idle_gap_ns = config.idle_gap_ns;
     if (config.cgroup_filter_dir) {
         struct stat info{};
         if (stat(config.cgroup_filter_dir->c_str(), &info) != 0) {

@@ -636,6 +636,12 @@ TraceEventLine read_event(Members& line) {
                 [](std::string_view name) { return find_by_name<Direction>(kDirections, name); },
                 kDirections);
             event.payload_len = required<uint32_t>(line, {&root, "segment_len"});
+            // closetrace/2 recorders since ABI 3: the kernel's numbering of the message.
+            if (has_member(line, "message")) {
+                event.response = required<std::string>(line, {&root, "message"}) == "response";
+                event.index = required<uint32_t>(line, {&root, "index"});
+                event.held = required<bool>(line, {&root, "held"});
+            }
             break;
     }
     // Written only by a recording with --raw-payloads.
@@ -891,6 +897,9 @@ std::string event_line(const Event& event, PayloadPolicy policy) {
         case EventKind::Message:
             line["direction"] = to_string(event.direction);
             line["segment_len"] = event.payload_len;
+            line["message"] = event.response ? "response" : "request";
+            line["index"] = event.index;
+            line["held"] = event.held;
             break;
     }
     if (event.kind != EventKind::State) {

@@ -67,11 +67,14 @@ struct LifecycleFact {
     std::vector<Head> heads;  // a reset's trigger payload, parsed
 };
 
-// A Message, one per request or response: only what the requests need.
+// A Message, one per request or response the kernel wrote: only what the requests need.
 struct MessageFact {
     uint64_t ts_ns = 0;
     uint64_t arrival = 0;
     Direction direction = Direction::In;
+    bool response = false;     // the kernel's kind, which its index counts
+    uint32_t index = 0;
+    uint64_t previous_ns = 0;  // the previous message's start; 0 unknown
     std::vector<Head> heads;
     std::string prefix;  // incoming payload, cut to kSegmentPrefixBytes; empty for outgoing
 };
@@ -347,9 +350,11 @@ bool same_segment(std::string_view a, std::string_view b) {
 }
 
 // Requests in the order they were made, each with its outcome. Fed messages in time order,
-// possibly over the connection's life: requests answered long ago and beyond the first listed are
-// reduced to a count as they go (see compact()), so a keep-alive connection that lives for hours
-// holds as much as the record will list, not every message it carried.
+// possibly over the connection's life. The kernel writes only the messages that matter and
+// numbers them, so the requests and responses between two of them are known by count: made and
+// answered, never listed. Requests answered long ago and beyond the first listed are reduced to
+// a count as they go too (see compact()), so a keep-alive connection that lives for hours holds
+// as much as the record will list.
 class RequestBuilder {
 public:
     explicit RequestBuilder(bool serves) : serves_(serves) {}
@@ -357,6 +362,7 @@ public:
     // Takes the message's payload prefix.
     void feed(MessageFact& message) {
         if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
+        count_unwritten(message);
         const bool request_direction = (message.direction == Direction::In) == serves_;
         if (request_direction) {
             // After an interim response the next request-direction message is the body it asked
@@ -364,7 +370,12 @@ public:
             const bool body =
                 expecting_body_ && message.heads.front().kind != http::MessageKind::Request;
             expecting_body_ = false;
-            if (!body) add_requests(message.heads, std::move(message.prefix), message.ts_ns, false);
+            if (!body) {
+                const uint64_t previous_ns =
+                    message.previous_ns != 0 ? message.previous_ns : last_exchange_ns_;
+                add_requests(message.heads, std::move(message.prefix), message.ts_ns, previous_ns,
+                             false);
+            }
             return;
         }
         for (const Head& head : message.heads) {
@@ -375,12 +386,15 @@ public:
             expecting_body_ = false;
             last_exchange_ns_ = std::max(last_exchange_ns_, message.ts_ns);
             if (answered_ < total_) {
-                Request& request = at(answered_++).request;
-                request.status = head.status;
-                request.response_ns = message.ts_ns;
-                if (head.asks_to_close && request.close_asked == CloseAsked::None) {
-                    request.close_asked = CloseAsked::Response;
+                if (Pending* pending = listed(answered_)) {
+                    Request& request = pending->request;
+                    request.status = head.status;
+                    request.response_ns = message.ts_ns;
+                    if (head.asks_to_close && request.close_asked == CloseAsked::None) {
+                        request.close_asked = CloseAsked::Response;
+                    }
                 }
+                ++answered_;
             }
             if (head.status == 101) upgraded_ = true;
         }
@@ -391,14 +405,16 @@ public:
     const std::string& health_checker() const { return health_checker_; }
 
     // Drops answered requests that the record would not list (bound_request_list keeps the first
-    // kListedFirstRequests, the last kListedLastRequests and every one not completed), counting
-    // them, and the segments of answered requests, which no reset can concern any more.
+    // kListedFirstRequests, the last kListedLastRequests and every one not completed), and the
+    // segments of answered requests, which no reset can concern any more.
     void compact() {
-        const std::size_t listed = kListedFirstRequests + omitted_ + kListedLastRequests;
-        if (answered_ > listed) {
+        if (pending_.size() > kListedFirstRequests + kListedLastRequests) {
             const auto first_dropped = pending_.begin() + kListedFirstRequests;
-            pending_.erase(first_dropped, first_dropped + static_cast<long>(answered_ - listed));
-            omitted_ += answered_ - listed;
+            const auto kept_last = pending_.end() - kListedLastRequests;
+            const auto first_kept = std::find_if(first_dropped, kept_last, [this](const Pending& p) {
+                return p.number >= answered_;
+            });
+            pending_.erase(first_dropped, first_kept);
         }
         std::erase_if(segments_, [this](const Segment& s) { return s.first < answered_; });
     }
@@ -429,12 +445,13 @@ public:
             requests.push_back(std::move(pending.request));
         }
         std::ranges::stable_sort(requests, {}, &Request::request_ns);
-        omitted = omitted_;
+        omitted = total_ - pending_.size();
         return requests;
     }
 
 private:
     struct Pending {
+        std::size_t number = 0;  // among every request made, unlisted ones included
         Request request;
         bool proven_late = false;  // the kernel reset it as data on a closed socket
         bool unread = false;       // its bytes were left unread when this host aborted
@@ -456,7 +473,9 @@ private:
             }
         }
         if (!last) return;
-        for (std::size_t i = 0; i < last->count; ++i) at(last->first + i).unread = true;
+        for (std::size_t i = 0; i < last->count; ++i) {
+            if (Pending* pending = listed(last->first + i)) pending->unread = true;
+        }
     }
     // Incoming segments that carried requests, to recognise them in a reset's trigger.
     struct Segment {
@@ -467,9 +486,25 @@ private:
         bool from_reset = false;
     };
 
-    // Request `index` (counting every request made, omitted ones included); never an omitted one.
-    Pending& at(std::size_t index) {
-        return pending_[index < kListedFirstRequests ? index : index - omitted_];
+    // Request `number` (counting every request made), if it is still listed.
+    Pending* listed(std::size_t number) {
+        const auto it = std::ranges::lower_bound(pending_, number, {}, &Pending::number);
+        return it != pending_.end() && it->number == number ? &*it : nullptr;
+    }
+
+    // The kernel numbers the messages of each kind: an index beyond those seen counts messages it
+    // did not write, requests made and, for responses, the oldest requests answered.
+    void count_unwritten(const MessageFact& message) {
+        std::size_t& numbered = message.response ? responses_numbered_ : requests_numbered_;
+        if (message.index > numbered) {
+            const std::size_t unwritten = message.index - numbered;
+            if (message.response) {
+                answered_ = std::min(total_, answered_ + unwritten);
+            } else {
+                total_ += unwritten;
+            }
+        }
+        numbered = std::max<std::size_t>(numbered, std::size_t{message.index} + 1);
     }
 
     // A data segment reset after this host closed (or after its socket was gone) is a request
@@ -489,16 +524,17 @@ private:
             const bool unanswered = segment.first >= answered_;
             if (unanswered && segment.ts_ns + kSameInstantNs >= local_close) {
                 for (std::size_t i = 0; i < segment.count; ++i) {
-                    at(segment.first + i).proven_late = true;
+                    if (Pending* pending = listed(segment.first + i)) pending->proven_late = true;
                 }
                 return;
             }
         }
-        add_requests(fact.heads, reset.payload, reset.ts_ns, true);
+        add_requests(fact.heads, reset.payload, reset.ts_ns, last_exchange_ns_, true);
     }
 
+    // `previous_ns`: when the message before them started; 0 unknown.
     void add_requests(std::span<const Head> heads, std::string prefix, uint64_t ts_ns,
-                      bool from_reset) {
+                      uint64_t previous_ns, bool from_reset) {
         segments_.push_back({.prefix = std::move(prefix),
                              .ts_ns = ts_ns,
                              .first = total_,
@@ -506,14 +542,13 @@ private:
                              .from_reset = from_reset});
         for (const Head& head : heads) {
             Request request = make_request(head, ts_ns);
-            if (last_exchange_ns_ != 0 && ts_ns >= last_exchange_ns_) {
-                request.idle_before_ms = ms_between(last_exchange_ns_, ts_ns);
+            if (previous_ns != 0 && ts_ns >= previous_ns) {
+                request.idle_before_ms = ms_between(previous_ns, ts_ns);
             }
             if (health_checker_.empty()) health_checker_ = head.health_checker;
-            pending_.push_back({.request = std::move(request)});
+            pending_.push_back({.number = total_++, .request = std::move(request)});
         }
         last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
-        total_ += heads.size();
     }
 
     Outcome outcome(const Pending& pending, const CloseFacts& close, bool closing) const {
@@ -537,7 +572,8 @@ private:
     std::vector<Segment> segments_;
     std::size_t total_ = 0;        // requests made
     std::size_t answered_ = 0;     // requests are answered in order (FIFO)
-    std::size_t omitted_ = 0;      // answered requests dropped by compact()
+    std::size_t requests_numbered_ = 0;   // the kernel's request messages seen or skipped
+    std::size_t responses_numbered_ = 0;  // ... and its response messages
     bool expecting_body_ = false;
     bool upgraded_ = false;
     uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
@@ -684,6 +720,9 @@ struct ConnTracker::State {
                 {.ts_ns = event.ts_ns,
                  .arrival = arrival,
                  .direction = event.direction,
+                 .response = event.response,
+                 .index = event.index,
+                 .previous_ns = event.previous_ns,
                  .heads = parse_heads(event.payload, full_target),
                  .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});
             if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);

@@ -81,8 +81,12 @@ struct Event {
     uint32_t payload_len = 0;  // bytes on the wire in that segment
     std::string payload;       // first bytes captured (raw, untrusted)
 
-    // Message
+    // Message: one the kernel wrote because it matters; those between are only numbered.
     Direction direction = Direction::In;
+    bool response = false;     // the kernel's kind: a response, else a request
+    uint32_t index = 0;        // messages of its kind before it on the socket
+    uint64_t previous_ns = 0;  // when the previous message (either kind) started; 0 none
+    bool held = false;         // written only when the connection began to close
 };
 
 // Names of the kernel's enum sk_rst_reason, indexed by value (from the running kernel's BTF,

@@ -139,6 +139,9 @@ struct TraceEventLine {
 
     // message
     Direction direction = Direction::In;
+    bool response = false;  // the kernel's kind (`message`); requests and responses numbered apart
+    uint32_t index = 0;
+    bool held = false;      // written when the connection began to close
 
     // reset_* (`payload_len`) and message (`segment_len`): bytes on the wire in that segment
     uint32_t payload_len = 0;
