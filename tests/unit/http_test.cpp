@@ -428,8 +428,17 @@ TEST(HttpParse, TlsClientHelloIsOpaque) {
     expect_opaque({reinterpret_cast<const char*>(kClientHello.data()), kClientHello.size()});
 }
 
-TEST(HttpParse, Http2PrefaceIsOpaque) {
-    expect_opaque("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"sv);
+// h2c (issue 18): the preface is named, not taken for TLS; the SETTINGS frame after it is not
+// a further message.
+TEST(HttpParse, Http2PrefaceIsNamed) {
+    const ParseResult result =
+        parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"sv);
+    ASSERT_EQ(result.count, 1u);
+    EXPECT_EQ(result.messages[0].kind, MessageKind::Request);
+    EXPECT_EQ(result.messages[0].version, "HTTP/2.0");
+    EXPECT_TRUE(is_http2_preface(result.messages[0].method, result.messages[0].target));
+    EXPECT_FALSE(is_http2_preface("GET", "*"));
+    expect_opaque("PRI * HTTP/2.1\r\n\r\n"sv);
 }
 
 TEST(HttpParse, RequestBodyIsOpaque) {

@@ -10,7 +10,10 @@
 //   when all its 8 characters are present, the status when its 3 digits are;
 // - a complete line (ending in LF) must be a valid request or status line, else Opaque: methods
 //   are case-sensitive tokens, so "get / HTTP/1.1" is a request (its server will reject it) but
-//   "hello world" is not, nor "PRI * HTTP/2.0";
+//   "hello world" is not;
+// - HTTP/2's connection preface ("PRI * HTTP/2.0", RFC 9113 section 3.4) is named a request with
+//   that method and target, so that an h2c connection is not taken for TLS; the frames after it
+//   are not decoded;
 // - these rules apply to the first message, which the kernel saw start a message; a pipelined
 //   message after it must in addition show its whole version ("GET /b HTTP/1.1").
 
@@ -20,6 +23,7 @@ namespace {
 constexpr std::size_t kMaxMethodLength = 32;
 constexpr std::string_view kVersionPrefix = "HTTP/1.";
 constexpr std::size_t kVersionLength = kVersionPrefix.size() + 1;  // "HTTP/1." and one digit
+constexpr std::string_view kHttp2PrefaceLine = "PRI * HTTP/2.0\r\n";
 
 bool is_digit(char c) {
     return c >= '0' && c <= '9';
@@ -351,6 +355,14 @@ ParseResult parse(std::string_view bytes) {
     if (bytes.empty()) {
         return result;
     }
+    if (bytes.starts_with(kHttp2PrefaceLine)) {
+        result.messages[result.count++] = {.kind = MessageKind::Request,
+                                           .method = bytes.substr(0, 3),
+                                           .target = bytes.substr(4, 1),
+                                           .version = bytes.substr(6, 8),
+                                           .line_complete = true};
+        return result;
+    }
     std::size_t offset = skip_empty_lines(bytes, 0);
     std::optional<StartLine> line = parse_start_line(bytes.substr(offset));
     if (!line) {
@@ -379,6 +391,10 @@ ParseResult parse(std::string_view bytes) {
             return result;
         }
     }
+}
+
+bool is_http2_preface(std::string_view method, std::string_view target) {
+    return method == "PRI" && target == "*";
 }
 
 std::string_view strip_query(std::string_view target) {

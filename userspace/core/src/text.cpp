@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "closetrace/http.h"
+
 namespace closetrace {
 
 std::string printable(std::string_view text) {
@@ -22,6 +24,9 @@ std::string endpoint_text(const Endpoint& endpoint) {
 
 std::string request_line(const Request& request) {
     if (request.opaque || !request.method) return "(not HTTP: TLS?)";
+    if (http::is_http2_preface(*request.method, request.target.value_or(""))) {
+        return "PRI * (HTTP/2 cleartext; its streams are not decoded)";
+    }
     return printable(fmt::format("{} {}", *request.method, request.target.value_or("")));
 }
 

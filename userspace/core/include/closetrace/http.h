@@ -46,8 +46,12 @@ struct ParseResult {
 // that begins after a complete head ("\r\n\r\n") and the body its Content-Length announces, where
 // both lie within the buffer (pipelined requests). A buffer that does not start with an HTTP/1.x
 // request or status line yields one Opaque message. Partial lines (a head cut by the capture
-// limit) still yield their method/target or status as far as they are complete.
+// limit) still yield their method/target or status as far as they are complete. HTTP/2's
+// connection preface yields one Request "PRI *" with version "HTTP/2.0" (see is_http2_preface).
 ParseResult parse(std::string_view bytes);
+
+// The request HTTP/2 cleartext (h2c) opens a connection with; its frames are not decoded.
+bool is_http2_preface(std::string_view method, std::string_view target);
 
 // The target without its query string or fragment ("/pay?card=1" -> "/pay").
 std::string_view strip_query(std::string_view target);

@@ -1,0 +1,145 @@
+"""What the kernel writes of a connection's messages (issue 15) and how it reads their heads
+(issue 18): a busy keep-alive connection costs a handful of message records, not one per
+request, yet its record counts every request and lists the first, the one after an idle gap and
+the last; a request head sent a few bytes per segment is reassembled to its method and target."""
+import socket
+import threading
+import time
+import unittest
+
+from support import Recorder, require_bpf
+
+PORT = 18950
+REQUEST = b"GET /split/path/abc?token=SECRET HTTP/1.1\r\nHost: backend\r\nUser-Agent: t\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class KeepAliveServer:
+    """Answers every request head on a connection until the client closes it."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", PORT))
+        self.listener.listen(16)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def answer(conn):
+        buffered = b""
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffered += data
+                while b"\r\n\r\n" in buffered:
+                    _, buffered = buffered.split(b"\r\n\r\n", 1)
+                    conn.sendall(RESPONSE)
+
+    def close(self):
+        self.listener.close()
+
+
+def client():
+    sock = socket.create_connection(("127.0.0.1", PORT))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def exchange(sock, chunk=None):
+    """One request, `chunk` bytes per segment (whole when None), and its response read."""
+    step = chunk or len(REQUEST)
+    for start in range(0, len(REQUEST), step):
+        sock.sendall(REQUEST[start:start + step])
+        if chunk:
+            time.sleep(0.005)  # each piece its own segment
+    received = b""
+    while not received.endswith(b"ok"):
+        received += sock.recv(4096)
+
+
+def server_record(conns, client_port):
+    found = [c for c in conns if c["role"] == "server" and c["remote"]["port"] == client_port]
+    assert len(found) == 1, f"{len(found)} server records for client port {client_port}"
+    return found[0]
+
+
+class MessagesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        require_bpf()
+        cls.server = KeepAliveServer()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.close()
+
+    def record(self, traffic, *args):
+        recorder = Recorder("--port", str(PORT), *args)
+        self.addCleanup(recorder.cleanup)
+        with recorder:
+            ports = traffic()
+            time.sleep(0.6)  # past the linger: every connection is written
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        return recorder.trace(), ports
+
+    def test_busy_connection_counts_every_request_and_lists_those_that_matter(self):
+        def traffic():
+            sock = client()
+            port = sock.getsockname()[1]
+            for _ in range(300):
+                exchange(sock)
+            time.sleep(0.8)  # an idle gap longer than --idle-gap-ms
+            exchange(sock)
+            for _ in range(50):
+                exchange(sock)
+            sock.close()
+            return port
+
+        (_, conns, events, summary), port = self.record(traffic, "--events")
+        conn = server_record(conns, port)
+        listed = conn["requests"]
+        gaps = [r["idle_before_ms"] for r in listed]
+        self.assertEqual(len(listed) + conn["requests_omitted"], 351, gaps)
+        self.assertTrue(all(r["outcome"] == "completed" for r in listed), listed)
+        # The first, the one after the gap and the last, each with its own response.
+        self.assertEqual(len(listed), 3, gaps)
+        self.assertGreaterEqual(listed[1]["idle_before_ms"], 700)
+        self.assertLess(listed[2]["idle_before_ms"], 700)
+        self.assertTrue(all(r["status"] == 200 for r in listed), listed)
+        self.assertEqual(conn["verdict"], "peer_idle_close")
+        # Both ends are on this host: 2 x (the first exchange, the gap's, the last) at most.
+        messages = [e for e in events if e["kind"] == "message"]
+        self.assertLessEqual(len(messages), 12, messages)
+        self.assertEqual(summary["lost_events"], 0)
+
+    def test_heads_split_across_small_segments_give_method_and_target(self):
+        def traffic():
+            ports = {}
+            for chunk in (1, 4, 8):
+                sock = client()
+                ports[chunk] = sock.getsockname()[1]
+                exchange(sock, chunk)
+                sock.close()
+            return ports
+
+        (_, conns, _, _), ports = self.record(traffic)
+        for chunk, port in ports.items():
+            with self.subTest(bytes_per_segment=chunk):
+                request = server_record(conns, port)["requests"][0]
+                self.assertEqual((request["method"], request["target"]), ("GET", "/split/path/abc"))
+                self.assertEqual(request["status"], 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
