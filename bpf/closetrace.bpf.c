@@ -69,6 +69,19 @@ extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags,
 			       struct bpf_dynptr *ptr__uninit) __ksym __weak;
 #endif
 
+/*
+ * Socket fields, one path without pointer hops: loaded directly where the kernel has BTF (the
+ * verifier lets programs load from tp_btf's typed arguments: no helper call per field, which
+ * made up most of a state change's cost), through CO-RE probe reads in the portable object.
+ */
+#ifdef CT_NO_KERNEL_BTF
+#define SOCK_READ(src, field) BPF_CORE_READ(src, field)
+#define SOCK_READ_INTO(dst, src, field) BPF_CORE_READ_INTO(dst, src, field)
+#else
+#define SOCK_READ(src, field) ((src)->field)
+#define SOCK_READ_INTO(dst, src, field) __builtin_memcpy(dst, &(src)->field, sizeof((src)->field))
+#endif
+
 /* Local flavour of the kernel's enum (6.10+): lets CO-RE tell whether the reason exists. */
 enum sk_rst_reason___ct { SK_RST_REASON_NOT_SPECIFIED___ct = 0 };
 
@@ -300,26 +313,40 @@ static __always_inline bool is_full_socket_state(int state)
 	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
 }
 
+/* A full socket as the TCP socket it is (the typed pointer the verifier needs for its fields). */
+static __always_inline const struct tcp_sock *tcp_sock_of(const struct sock *sk)
+{
+#ifdef CT_NO_KERNEL_BTF
+	return (const struct tcp_sock *)sk;
+#else
+	return bpf_skc_to_tcp_sock((void *)sk);
+#endif
+}
+
 static __always_inline void tuple_from_sock(const struct sock *sk, struct ct_tuple *tuple)
 {
-	tuple->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	tuple->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	tuple->family = SOCK_READ(sk, __sk_common.skc_family);
+	tuple->lport = SOCK_READ(sk, __sk_common.skc_num);
 	/* The port is unbound (skc_num 0) by the time a closing socket reaches CLOSE. */
-	if (tuple->lport == 0 && is_full_socket_state(BPF_CORE_READ(sk, __sk_common.skc_state)))
-		tuple->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	tuple->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (tuple->lport == 0 && is_full_socket_state(SOCK_READ(sk, __sk_common.skc_state))) {
+		const struct tcp_sock *tp = tcp_sock_of(sk);
+		if (tp)
+			tuple->lport = bpf_ntohs(SOCK_READ(tp, inet_conn.icsk_inet.inet_sport));
+	}
+	tuple->rport = bpf_ntohs(SOCK_READ(sk, __sk_common.skc_dport));
 	if (tuple->family == AF_INET6) {
-		BPF_CORE_READ_INTO(&tuple->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&tuple->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		SOCK_READ_INTO(&tuple->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		SOCK_READ_INTO(&tuple->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	} else {
-		BPF_CORE_READ_INTO((__u32 *)tuple->laddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)tuple->raddr, sk, __sk_common.skc_daddr);
+		SOCK_READ_INTO((__u32 *)tuple->laddr, sk, __sk_common.skc_rcv_saddr);
+		SOCK_READ_INTO((__u32 *)tuple->raddr, sk, __sk_common.skc_daddr);
 	}
 }
 
 static __always_inline __u32 sock_netns(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	const struct net *net = SOCK_READ(sk, __sk_common.skc_net.net);
+	return SOCK_READ(net, ns.inum);
 }
 
 /* A jiffies stamp of the socket converted to monotonic ns (HZ resolution). */
@@ -335,23 +362,25 @@ static __always_inline __u64 jiffies_to_mono(__u32 stamp, __u64 now)
 static __always_inline void snapshot_sock(const struct sock *sk, const struct sock_state *state,
 					  struct ct_sock_snapshot *snap, __u64 now)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	snap->bytes_in = BPF_CORE_READ(tp, bytes_received);
-	snap->bytes_out = BPF_CORE_READ(tp, bytes_acked);
-	snap->segs_in = BPF_CORE_READ(tp, segs_in);
-	snap->segs_out = BPF_CORE_READ(tp, segs_out);
-	snap->unacked_out = BPF_CORE_READ(tp, snd_nxt) - BPF_CORE_READ(tp, snd_una);
-	snap->unread_in = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+	const struct tcp_sock *tp = tcp_sock_of(sk);
+	if (!tp)
+		return;
+	snap->bytes_in = SOCK_READ(tp, bytes_received);
+	snap->bytes_out = SOCK_READ(tp, bytes_acked);
+	snap->segs_in = SOCK_READ(tp, segs_in);
+	snap->segs_out = SOCK_READ(tp, segs_out);
+	snap->unacked_out = SOCK_READ(tp, snd_nxt) - SOCK_READ(tp, snd_una);
+	snap->unread_in = SOCK_READ(tp, rcv_nxt) - SOCK_READ(tp, copied_seq);
 	/* Exact times when the cgroup hooks saw the payload; the kernel's jiffies otherwise. */
 	if (state && state->last_rx_ns)
 		snap->last_rx_ns = state->last_rx_ns;
 	else
 		snap->last_rx_ns =
-			jiffies_to_mono(BPF_CORE_READ(&tp->inet_conn, icsk_ack.lrcvtime), now);
+			jiffies_to_mono(SOCK_READ(tp, inet_conn.icsk_ack.lrcvtime), now);
 	if (state && state->last_tx_ns)
 		snap->last_tx_ns = state->last_tx_ns;
 	else
-		snap->last_tx_ns = jiffies_to_mono(BPF_CORE_READ(tp, lsndtime), now);
+		snap->last_tx_ns = jiffies_to_mono(SOCK_READ(tp, lsndtime), now);
 	/* Stamps from before the connection existed mean "no payload yet". */
 	if (state && snap->last_rx_ns < state->established_ns)
 		snap->last_rx_ns = state->established_ns;
@@ -380,7 +409,7 @@ static __always_inline bool by_owner_close(const struct sock *sk, int oldstate, 
 		return true;
 	return newstate == TCP_CLOSE &&
 	       (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT) &&
-	       BPF_CORE_READ(sk, sk_err) == 0;
+	       SOCK_READ(sk, sk_err) == 0;
 }
 
 static __always_inline void remember_owner(struct sock_state *state, __u8 source)
@@ -455,8 +484,8 @@ static __always_inline __u64 sock_identity(const struct sock *sk, const struct s
 
 static __always_inline bool sock_selected(const struct sock *sk)
 {
-	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	__u16 rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__u16 lport = SOCK_READ(sk, __sk_common.skc_num);
+	__u16 rport = bpf_ntohs(SOCK_READ(sk, __sk_common.skc_dport));
 	if (filter_netns && sock_netns(sk) != filter_netns)
 		return false;
 	return port_matches(lport, rport) && cgroup_matches(sk);
@@ -484,9 +513,9 @@ static __always_inline void fill_sock_head(struct ct_event *head, struct sock *s
 CT_TRACEPOINT("inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (SOCK_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = SOCK_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
@@ -679,7 +708,7 @@ static __always_inline int handle_reset_sent(unsigned long long *ctx, const stru
 	struct sock_state *state = NULL;
 	int sk_state = 0;
 	if (sk) {
-		sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		sk_state = SOCK_READ(sk, __sk_common.skc_state);
 		if (is_full_socket_state(sk_state))
 			state = find_state(sk, now);
 	}
@@ -752,7 +781,7 @@ int BPF_PROG(on_reset_received, struct sock *sk)
 	fill_sock_head(&event->hdr, sk, state, CT_EV_RESET_RECEIVED, sizeof(*event), now);
 	snapshot_sock(sk, state, &event->snap, now);
 	event->reason = CT_RST_REASON_UNKNOWN;
-	event->sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	event->sk_state = SOCK_READ(sk, __sk_common.skc_state);
 	event->role = state->role;
 	submit_event(event, sizeof(*event));
 	return 0;
