@@ -236,6 +236,23 @@ TEST(MergeEnds, TheClientsResetRequestMakesTheServersCloseARace) {
     EXPECT_TRUE(trace.upstream_racers.empty());
 }
 
+TEST(MergeEnds, ALateFirstRequestIsNoProbe) {
+    // A pooled connection idle from its start: the server's record alone is a probe's close.
+    Connection server = end_of(Role::Server);
+    server.requests.clear();
+    server = closed_by(server, Initiator::Local, CloseHow::Fin);
+    ASSERT_EQ(server.close.cause, CloseCause::Probe);
+    Connection client = end_of(Role::Client);
+    client.requests = {{.method = "GET",
+                        .target = "/a",
+                        .request_ns = *server.close.local_fin_ns + kMs / 2,
+                        .outcome = Outcome::AfterPeerClose}};
+    client = closed_by(client, Initiator::Peer, CloseHow::Fin);
+    const ConnectionStory story = merge_ends(server, client);
+    EXPECT_EQ(story.conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(story.conn.close.cause, CloseCause::IdleTimer);
+}
+
 TEST(MergeEnds, ARequestTheServerSawStaysItsOwn) {
     Connection server = end_of(Role::Server);
     server.requests.push_back({.method = "POST",

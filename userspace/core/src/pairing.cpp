@@ -47,7 +47,14 @@ ConnectionStory merge_ends(Connection server, const Connection& client) {
             server.requests.push_back(std::move(late));
             added = true;
         }
-        if (added) server.verdict = judge(server);
+        if (added) {
+            // A late request shows the closer's timer ran (not a probe's close): the same rules
+            // again, with the one fact the record does not hold.
+            const CloseEvidence evidence{.owner_exiting =
+                                             server.close.cause == CloseCause::ProcessExit};
+            server.close.cause = classify_close(server, evidence);
+            server.verdict = judge(server);
+        }
     }
     // Only this host's kernel can have reset the client end: the server's socket, or a socket
     // already gone that the server's record does not show.
