@@ -9,20 +9,13 @@
 
 #include <fmt/format.h>
 
+#include "closetrace/pairing.h"
 #include "closetrace/wallclock.h"
 
 namespace closetrace {
 namespace {
 
 // A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d; the load balancer logs a.b.c.d.
-std::string_view plain_address(std::string_view addr) {
-    constexpr std::string_view kMappedPrefix = "::ffff:";
-    if (addr.starts_with(kMappedPrefix) && addr.find('.') != std::string_view::npos) {
-        addr.remove_prefix(kMappedPrefix.size());
-    }
-    return addr;
-}
-
 bool same_address(std::string_view a, std::string_view b) {
     return plain_address(a) == plain_address(b);
 }
@@ -194,6 +187,22 @@ std::string endpoint_list(const std::set<Endpoint>& endpoints) {
     return list.empty() ? "none" : list;
 }
 
+// A connection's caught requests, of the verdicts that can explain a load balancer error.
+void add_caught(TraceFacts& facts, const Connection& conn, int64_t mono_to_wall_ns) {
+    if (!can_explain_some_error(conn.verdict)) return;
+    ++facts.caught_connections[conn.verdict];
+    for (const Request& request : conn.requests) {
+        if (request.outcome != Outcome::AfterLocalClose &&
+            request.outcome != Outcome::UnansweredAtClose &&
+            request.outcome != Outcome::UnreadAtClose) {
+            continue;
+        }
+        const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + mono_to_wall_ns;
+        facts.caught_requests.push_back(
+            {conn.id, conn.cookie, conn.verdict, conn.local, conn.remote, request, wall_ns});
+    }
+}
+
 }  // namespace
 
 std::optional<PortMapping> parse_port_mapping(std::string_view text) {
@@ -238,22 +247,15 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
     const TraceHeader& header = reader.header();
     uint64_t last_ns = header.start_ns;
     std::optional<uint64_t> summary_end_ns;
+    // A connection with both ends on this host is caught once, by its server end.
+    EndPairer pairer;
     while (std::optional<TraceRecord> record = reader.next()) {
-        if (const auto* conn = std::get_if<Connection>(&*record)) {
+        if (auto* conn = std::get_if<Connection>(&*record)) {
             last_ns = std::max(last_ns, latest_time_ns(*conn));
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
-            if (!can_explain_some_error(conn->verdict)) continue;
-            ++facts.caught_connections[conn->verdict];
-            for (const Request& request : conn->requests) {
-                if (request.outcome != Outcome::AfterLocalClose &&
-                    request.outcome != Outcome::UnansweredAtClose &&
-                    request.outcome != Outcome::UnreadAtClose) {
-                    continue;
-                }
-                facts.caught_requests.push_back(
-                    {conn->id, conn->cookie, conn->verdict, conn->local, conn->remote, request,
-                     static_cast<int64_t>(request.request_ns) + header.mono_to_wall_ns});
+            for (const ConnectionStory& story : pairer.add(std::move(*conn))) {
+                add_caught(facts, story.conn, header.mono_to_wall_ns);
             }
         } else if (const auto* event = std::get_if<TraceEventLine>(&*record)) {
             last_ns = std::max(last_ns, event->ts_ns);
@@ -261,6 +263,9 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             summary_end_ns = summary->end_ns;
             facts.lost_events = summary->lost_events;
         }
+    }
+    for (const ConnectionStory& story : pairer.finish()) {
+        add_caught(facts, story.conn, header.mono_to_wall_ns);
     }
     facts.has_summary = summary_end_ns.has_value();
     facts.start_wall_ns = static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;

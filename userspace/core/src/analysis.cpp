@@ -85,9 +85,10 @@ bool caught_in(Verdict verdict, Outcome outcome) {
     }
 }
 
-void list_caught(CaughtList& list, const Connection& conn, int64_t mono_to_wall_ns) {
+void list_caught(CaughtList& list, const ConnectionStory& story, int64_t mono_to_wall_ns) {
     ++list.total;
-    const CaughtConnection caught = caught_connection(conn, mono_to_wall_ns);
+    CaughtConnection caught = caught_connection(story.conn, mono_to_wall_ns);
+    caught.client_end = story.client_end;
     if (caught.request_after_close_ms && *caught.request_after_close_ms < 0) {
         raise_to(list.longest_unanswered_ms, -*caught.request_after_close_ms);
     }
@@ -366,6 +367,7 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
                             .role = conn.role,
                             .local = conn.local,
                             .remote = conn.remote,
+                            .pid = conn.pid,
                             .comm = conn.comm,
                             .idle_ms = conn.close.idle_ms,
                             .how = conn.close.how,
@@ -396,7 +398,6 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
     caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
     return caught;
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // IdleHistogram
@@ -532,23 +533,40 @@ double TraceAnalysis::duration_s() const {
     return static_cast<double>(last_ns - header.start_ns) / 1e9;
 }
 
+uint64_t TraceAnalysis::same_host_connections() const {
+    uint64_t connections = 0;
+    for (const auto& [processes, figures] : by_same_host) connections += figures.connections;
+    return connections;
+}
+
 TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
     analysis_.file = std::move(file);
     analysis_.header = std::move(header);
     analysis_.verdicts_over_time = VerdictTimeline(analysis_.header.start_ns);
 }
 
-void TraceAnalyzer::add(const Connection& conn) {
+void TraceAnalyzer::add(Connection conn) {
+    // Of every record: the client end of a pair may be the last one seen.
+    analysis_.last_ns = std::max(analysis_.last_ns, latest_time(conn));
+    for (const ConnectionStory& story : pairer_.add(std::move(conn))) count(story);
+}
+
+void TraceAnalyzer::count(const ConnectionStory& story) {
+    const Connection& conn = story.conn;
     TraceAnalysis& a = analysis_;
     ++a.connections;
     a.requests += conn.request_count();
     ++a.verdicts[conn.verdict];
-    a.last_ns = std::max(a.last_ns, latest_time(conn));
     a.verdicts_over_time.add(verdict_time(conn), conn.verdict);
     const std::string comm = conn.comm.value_or("");
     count_in(a.by_comm[comm], conn);
     count_in(a.by_peer[conn.remote.addr], conn);
     count_in(a.by_container[container_label(conn.container)], conn);
+    if (story.client_end) {
+        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
+                                            conn.comm.value_or("?"))],
+                 conn);
+    }
 
     if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
     if (conn.health_check) {
@@ -572,14 +590,14 @@ void TraceAnalyzer::add(const Connection& conn) {
     }
     const int64_t mono_to_wall_ns = a.header.mono_to_wall_ns;
     switch (conn.verdict) {
-        case Verdict::LocalCloseRace: list_caught(a.races, conn, mono_to_wall_ns); [[fallthrough]];
+        case Verdict::LocalCloseRace: list_caught(a.races, story, mono_to_wall_ns); [[fallthrough]];
         case Verdict::LocalIdleClose:
             if (!server_side || !idle_ms) break;
             ++a.local_idle_closers[comm];
             a.local_idle.add(*idle_ms);
             break;
         case Verdict::PeerCloseRace:
-            list_caught(a.races, conn, mono_to_wall_ns);
+            list_caught(a.races, story, mono_to_wall_ns);
             ++a.upstream_racers[comm];
             [[fallthrough]];
         case Verdict::PeerIdleClose:
@@ -588,11 +606,11 @@ void TraceAnalyzer::add(const Connection& conn) {
         case Verdict::LocalResetInflight:
             list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
                                                                      : a.inflight_resets,
-                        conn, mono_to_wall_ns);
+                        story, mono_to_wall_ns);
             break;
         case Verdict::PeerCloseInflight:
             list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
-                        conn, mono_to_wall_ns);
+                        story, mono_to_wall_ns);
             break;
         case Verdict::LocalReset:
         case Verdict::PeerReset:
@@ -605,6 +623,7 @@ void TraceAnalyzer::add(const TraceEventLine&) { ++analysis_.event_lines; }
 void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summary; }
 
 TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
+    for (const ConnectionStory& story : pairer_.finish()) count(story);
     TraceAnalysis& a = analysis_;
     a.warnings = std::move(reader_warnings);
     if (!a.summary) {
@@ -623,7 +642,7 @@ TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
 TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
     TraceAnalyzer analyzer(std::move(file), reader.header());
     while (std::optional<TraceRecord> record = reader.next()) {
-        std::visit([&](const auto& line) { analyzer.add(line); }, *record);
+        std::visit([&](auto& line) { analyzer.add(std::move(line)); }, *record);
     }
     return analyzer.finish(reader.warnings());
 }
@@ -852,9 +871,13 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     auto first_race = [&](Verdict verdict) -> std::string {
         for (const CaughtConnection& caught : trace.races.listed) {
             if (caught.verdict != verdict || !caught.request) continue;
-            return fmt::format("; the first: {} {} from {}", iso8601_utc(caught.wall_ns),
+            const std::string client =
+                caught.client_end
+                    ? " (" + analysis_text::client_end_text(*caught.client_end) + ")"
+                    : std::string();
+            return fmt::format("; the first: {} {} from {}{}", iso8601_utc(caught.wall_ns),
                                analysis_text::request_line(*caught.request),
-                               endpoint_text(caught.remote));
+                               endpoint_text(caught.remote), client);
         }
         return "";
     };

@@ -33,6 +33,12 @@ std::string peer_timeout_text(const PeerTimeout& timeout) {
     return fmt::format("{} ({})", duration(timeout.ms), source_text(timeout.source));
 }
 
+std::string client_end_text(const ClientEnd& client) {
+    const std::string name = client.comm ? printable(*client.comm) : "a process not seen";
+    return client.pid ? fmt::format("client on this host: {} (pid {})", name, *client.pid)
+                      : "client on this host: " + name;
+}
+
 std::string left_out_sentence(const TraceAnalysis& trace) {
     const std::pair<CloseCause, const char*> reasons[] = {
         {CloseCause::ConnectionClose, "asked for by Connection: close"},

@@ -18,6 +18,8 @@ using closetrace::printable;
 using closetrace::request_line;
 // "60.00 s (assumed: the ALB default)"; callers write "the peer's idle timeout of ...".
 std::string peer_timeout_text(const PeerTimeout& timeout);
+// "client on this host: python3 (pid 3762)": the other process of a same-host connection.
+std::string client_end_text(const ClientEnd& client);
 // What the idle timeouts leave out, by cause, and the health checkers' connections.
 std::string left_out_sentence(const TraceAnalysis& trace);
 

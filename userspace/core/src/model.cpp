@@ -110,6 +110,14 @@ std::optional<CloseAsked> close_asked_from_string(std::string_view name) {
     return lookup(kCloseAskedNames, name);
 }
 
+std::string_view plain_address(std::string_view addr) {
+    constexpr std::string_view kMappedPrefix = "::ffff:";
+    if (addr.starts_with(kMappedPrefix) && addr.find('.') != std::string_view::npos) {
+        addr.remove_prefix(kMappedPrefix.size());
+    }
+    return addr;
+}
+
 namespace {
 
 bool came_after_the_close(const Request& request) {

@@ -101,9 +101,11 @@ std::string close_text(const CaughtConnection& caught) {
 }
 
 std::string caught_request_text(const CaughtConnection& caught) {
-    if (!caught.request) return "-";
-    std::string line = text(request_line(*caught.request));
+    std::string line = caught.request ? text(request_line(*caught.request)) : "-";
     if (caught.caught_requests > 1) line += fmt::format(" (+{} more)", caught.caught_requests - 1);
+    if (caught.client_end) {
+        line += " [" + escaped(analysis_text::client_end_text(*caught.client_end)) + "]";
+    }
     return line;
 }
 
@@ -769,15 +771,21 @@ void recording(std::string& out, const View& view, const TraceAnalysis& trace, c
                             "lost events <span{} data-value=\"null\">unknown</span> (no "
                             "summary)",
                             figure(view, "trace.lost_events"));
+    const uint64_t same_host = trace.same_host_connections();
+    const std::string same_host_text =
+        same_host > 0 ? fmt::format(" (<span{}>{}</span> with both ends on this host, each "
+                                    "counted once)",
+                                    figure(view, "trace.same_host_connections"), same_host)
+                      : std::string();
     out += fmt::format(
         "<p class=\"meta\"><code>{}</code>: host <b>{}</b>, kernel {}, recorded from {} for "
-        "<span{}>{:.1f} s</span>: <span{}>{}</span> connections, <span{}>{}</span> requests, "
+        "<span{}>{:.1f} s</span>: <span{}>{}</span> connections{}, <span{}>{}</span> requests, "
         "{}.</p>\n",
         text(trace.file), text(trace.header.host), text(trace.header.kernel),
         text(trace.header.start_wall),
         figure(view, "trace.duration_s") +
             fmt::format(" data-value=\"{:.3f}\"", trace.duration_s()),
-        trace.duration_s(), figure(view, "trace.connections"), trace.connections,
+        trace.duration_s(), figure(view, "trace.connections"), trace.connections, same_host_text,
         figure(view, "trace.requests"), trace.requests, lost);
     if (!trace.warnings.empty()) {
         out += "<ul class=\"warnings\">\n";

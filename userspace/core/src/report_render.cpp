@@ -132,6 +132,13 @@ json idle_json(const IdleFigures& figures) {
             {"keeps_idle_longer_than_ms", optional_ms(figures.keeps_idle_longer_than_ms)}};
 }
 
+json client_end_json(const std::optional<ClientEnd>& client) {
+    if (!client) return nullptr;
+    return {{"conn_id", client->conn_id},
+            {"comm", optional_string(client->comm)},
+            {"pid", client->pid ? json(*client->pid) : json(nullptr)}};
+}
+
 json caught_json(const CaughtConnection& caught) {
     const std::optional<Request>& request = caught.request;
     return {{"conn_id", caught.conn_id},
@@ -142,6 +149,8 @@ json caught_json(const CaughtConnection& caught) {
             {"local", endpoint_text(caught.local)},
             {"remote", endpoint_text(caught.remote)},
             {"comm", optional_string(caught.comm)},
+            {"pid", caught.pid ? json(*caught.pid) : json(nullptr)},
+            {"client_end", client_end_json(caught.client_end)},
             {"method", request ? optional_string(request->method) : json(nullptr)},
             {"target", request ? optional_string(request->target) : json(nullptr)},
             {"opaque", request && request->opaque},
@@ -211,6 +220,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
           {"complete", trace.summary.has_value()},
           {"lost_events", trace.summary ? json(trace.summary->lost_events) : json(nullptr)},
           {"connections", trace.connections},
+          {"same_host_connections", trace.same_host_connections()},
           {"requests", trace.requests},
           {"event_lines", trace.event_lines}}},
         {"verdicts", verdicts},
@@ -234,6 +244,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
         {"by_comm", groups_json(trace.by_comm, "comm")},
         {"by_peer", groups_json(trace.by_peer, "addr")},
         {"by_container", groups_json(trace.by_container, "container")},
+        {"by_same_host", groups_json(trace.by_same_host, "processes")},
         {"recommended_keepalive_s", assessment.recommended_keepalive_s},
         {"recommendations", recommendations},
         {"conclusion", assessment.conclusion},
@@ -287,6 +298,9 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
         if (caught.caught_requests > 1)
             request += fmt::format(" (+{} more)", caught.caught_requests - 1);
         if (caught.verdict == Verdict::PeerCloseRace) request += " [upstream: peer_close_race]";
+        if (caught.client_end) {
+            request += " [" + analysis_text::client_end_text(*caught.client_end) + "]";
+        }
         // "fin, rst TCP_ABORT_ON_DATA": the close, then the reset this host sent (its reason).
         std::string close = caught.how ? to_string(*caught.how) : "-";
         if (caught.rst_reason) {
@@ -337,9 +351,14 @@ std::string wait_timing(double request_after_close_ms) { return duration(-reques
 std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                         const std::vector<Breakdown>& breakdowns) {
     std::string out = fmt::format("closetrace report: {}\n", printable(trace.file));
+    std::string connections = count_of(trace.connections, "connection", "connections");
+    if (const uint64_t same_host = trace.same_host_connections()) {
+        connections +=
+            fmt::format(" ({} with both ends on this host, each counted once)", same_host);
+    }
     out += fmt::format("Host {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
                        printable(trace.header.host), printable(trace.header.start_wall),
-                       trace.duration_s(), count_of(trace.connections, "connection", "connections"),
+                       trace.duration_s(), connections,
                        count_of(trace.requests, "request", "requests"),
                        trace.summary ? count_of(trace.lost_events(), "lost event", "lost events")
                                      : std::string("lost events unknown (no summary)"));
@@ -399,6 +418,11 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                                trace.by_container, "-");
                 break;
         }
+    }
+
+    if (!trace.by_same_host.empty()) {
+        groups_section(out, "Both ends on this host (judged by the server end)", "client -> server",
+                       trace.by_same_host, "?");
     }
 
     out += "\nRecommendations\n";

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "closetrace/model.h"
+#include "closetrace/pairing.h"
 #include "closetrace/trace_io.h"
 
 namespace closetrace {
@@ -120,8 +121,10 @@ struct CaughtConnection {
     Role role = Role::Unknown;
     Endpoint local;
     Endpoint remote;
+    std::optional<uint32_t> pid;
     std::optional<std::string> comm;
-    std::optional<Request> request;  // the first caught request
+    std::optional<ClientEnd> client_end;  // the client's process when it is on this host too
+    std::optional<Request> request;       // the first caught request
     uint64_t caught_requests = 0;    // late (race) or unanswered (in flight) requests
     int64_t wall_ns = 0;             // Unix-epoch time of the request (of the close without one)
     std::optional<double> idle_ms;   // the connection's idle time when it was closed
@@ -160,7 +163,7 @@ struct TraceAnalysis {
     std::optional<TraceSummary> summary;  // nullopt: the recording was cut short
     // About the trace: the reader's (a truncated last line), a missing summary, lost events.
     std::vector<std::string> warnings;
-    uint64_t connections = 0;
+    uint64_t connections = 0;  // a connection with both ends on this host counts once
     uint64_t requests = 0;     // requests over all connections
     uint64_t event_lines = 0;  // `event` lines (informational)
     uint64_t last_ns = 0;      // the latest monotonic time any conn line records
@@ -188,6 +191,9 @@ struct TraceAnalysis {
     std::map<std::string, GroupFigures> by_peer;  // by remote address
     // By container_label(): "docker:9581a69a761a", "ecs:api (task …)", "-" for a host process.
     std::map<std::string, GroupFigures> by_container;
+    // Connections with both ends on this host, by "client comm -> server comm" (counted also
+    // above, by their server end).
+    std::map<std::string, GroupFigures> by_same_host;
     // Server side: who idle-closed (local_idle_close + local_close_race) by comm; client side:
     // who sent requests on connections the peer had closed (peer_close_race).
     std::map<std::string, uint64_t> local_idle_closers;
@@ -201,18 +207,24 @@ struct TraceAnalysis {
         return causes[static_cast<std::size_t>(cause)];
     }
     uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
+    uint64_t same_host_connections() const;
 };
 
-// Accumulates a trace's records; analyze_trace() drives it from a reader.
+// Accumulates a trace's records; analyze_trace() drives it from a reader. The two records of a
+// connection with both ends on this host are counted once (EndPairer): a record may be counted
+// only when its other end arrives, or at finish().
 class TraceAnalyzer {
 public:
     TraceAnalyzer(std::string file, TraceHeader header);
-    void add(const Connection& conn);
+    void add(Connection conn);
     void add(const TraceEventLine& event);
     void add(const TraceSummary& summary);
     TraceAnalysis finish(std::vector<std::string> reader_warnings);
 
 private:
+    void count(const ConnectionStory& story);
+
+    EndPairer pairer_;
     TraceAnalysis analysis_;
 };
 

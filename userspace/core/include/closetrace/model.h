@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "closetrace/container.h"
@@ -90,6 +91,9 @@ struct Endpoint {
     uint16_t port = 0;
     auto operator<=>(const Endpoint&) const = default;
 };
+
+// The address without the ::ffff: prefix a dual-stack socket shows an IPv4 address with.
+std::string_view plain_address(std::string_view addr);
 
 struct Connection {
     uint64_t id = 0;
