@@ -476,7 +476,8 @@ void TraceAnalyzer::add(const Connection& conn) {
     const std::optional<double> idle_ms = conn.close.idle_ms;
     // A peer that closes a connection it never sent a request on was probing the port (a
     // health check, a readiness probe), not timing out an idle keep-alive connection.
-    const std::optional<double> peer_idle_ms = conn.requests.empty() ? std::nullopt : idle_ms;
+    std::optional<double> peer_idle_ms;
+    if (!conn.requests.empty()) peer_idle_ms = idle_ms;
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
             raise_to(a.longest_idle_at_local_close_ms, *idle_ms);

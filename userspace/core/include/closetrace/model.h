@@ -29,25 +29,27 @@ enum class Verdict {
     Open,
 };
 
+// Every member of the records below has a default, so that a designated initializer names only
+// what it sets (g++'s -Wextra flags an omitted member without one).
 struct Request {
-    std::optional<std::string> method;  // nullopt for an opaque (non-HTTP) message
-    std::optional<std::string> target;  // query string removed unless recorded with --full-target
+    std::optional<std::string> method{};  // nullopt for an opaque (non-HTTP) message
+    std::optional<std::string> target{};  // query string removed unless recorded with --full-target
     bool opaque = false;
-    std::optional<int> status;
+    std::optional<int> status{};
     uint64_t request_ns = 0;
-    std::optional<uint64_t> response_ns;
+    std::optional<uint64_t> response_ns{};
     Outcome outcome = Outcome::InFlight;
 };
 
 struct CloseInfo {
     Initiator initiator = Initiator::Unknown;
-    std::optional<CloseHow> how;
-    std::optional<uint64_t> local_fin_ns;
-    std::optional<uint64_t> peer_fin_ns;
-    std::optional<uint64_t> local_rst_ns;
-    std::optional<uint64_t> peer_rst_ns;
-    std::optional<std::string> rst_reason;
-    std::optional<double> idle_ms;
+    std::optional<CloseHow> how{};
+    std::optional<uint64_t> local_fin_ns{};
+    std::optional<uint64_t> peer_fin_ns{};
+    std::optional<uint64_t> local_rst_ns{};
+    std::optional<uint64_t> peer_rst_ns{};
+    std::optional<std::string> rst_reason{};
+    std::optional<double> idle_ms{};
 };
 
 struct Endpoint {
