@@ -47,6 +47,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define TCP_CLOSING 11
 #define TCP_NEW_SYN_RECV 12
 
+#define PF_EXITING 0x00000004 /* include/linux/sched.h: the task is exiting */
+
 /* Filters, written by userspace before the programs load. */
 const volatile __u16 filter_ports[CT_MAX_PORTS] = {};
 const volatile __u32 filter_port_count = 0;
@@ -83,7 +85,8 @@ struct sock_state {
 	__u8 role;
 	__u8 last_direction; /* direction of the last payload: a change starts a new message */
 	__u8 owner_from;     /* enum ct_owner_source */
-	__u8 pad[5];
+	__u8 owner_exiting;  /* the owner was exiting when it closed the socket */
+	__u8 pad[4];
 };
 
 #ifdef CT_NO_KERNEL_BTF
@@ -315,11 +318,20 @@ static __always_inline bool is_midlife_state(int state)
 	       state == TCP_FIN_WAIT2 || state == TCP_LAST_ACK || state == TCP_CLOSING;
 }
 
-/* Our FIN: sent by close() or shutdown() of the owning process, so `current` is that process. */
-static __always_inline bool by_close_syscall(int oldstate, int newstate)
+/*
+ * Our close, made by the owning process (close(), shutdown(), or its exit closing its files), so
+ * `current` is that process: our FIN, or an abort (close() with unread data resets the
+ * connection: ESTABLISHED or CLOSE_WAIT straight to CLOSE). The kernel's own aborts (a received
+ * RST, a retransmission timeout) also go to CLOSE, in softirq, but set sk_err first.
+ */
+static __always_inline bool by_owner_close(const struct sock *sk, int oldstate, int newstate)
 {
-	return (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
-	       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
+	if ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+	    (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK))
+		return true;
+	return newstate == TCP_CLOSE &&
+	       (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT) &&
+	       BPF_CORE_READ(sk, sk_err) == 0;
 }
 
 static __always_inline void remember_owner(struct sock_state *state, __u8 source)
@@ -327,6 +339,10 @@ static __always_inline void remember_owner(struct sock_state *state, __u8 source
 	state->owner_from = source;
 	state->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(&state->comm, sizeof(state->comm));
+	if (source == CT_OWNER_CLOSE) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		state->owner_exiting = (BPF_CORE_READ(task, flags) & PF_EXITING) != 0;
+	}
 }
 
 /*
@@ -456,8 +472,11 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 			return 0;
 	}
 
-	if (by_close_syscall(oldstate, newstate))
+	__u8 flags = 0;
+	if (by_owner_close(sk, oldstate, newstate)) {
 		remember_owner(state, CT_OWNER_CLOSE);
+		flags = CT_STATE_BY_OWNER | (state->owner_exiting ? CT_STATE_OWNER_EXITING : 0);
+	}
 #ifdef CT_NO_KERNEL_BTF
 	/* Also when the record below is lost: the entry must not outlive its socket as live. */
 	if (newstate == TCP_CLOSE)
@@ -478,6 +497,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	event->new_state = newstate;
 	event->role = state->role;
 	event->owner_from = state->owner_from;
+	event->flags = flags;
 	submit_event(event, sizeof(*event));
 	return 0;
 }
@@ -690,8 +710,22 @@ int BPF_PROG(on_reset_received, struct sock *sk)
 }
 
 /*
+ * Does the payload open a response? Responses to pipelined requests follow each other in one
+ * direction, each in its own segment: without this only the first would be seen.
+ */
+static __always_inline bool opens_response(struct __sk_buff *skb, __u32 payload_offset)
+{
+	char start[5];
+	if (bpf_skb_load_bytes(skb, payload_offset, start, sizeof(start)))
+		return false;
+	return start[0] == 'H' && start[1] == 'T' && start[2] == 'T' && start[3] == 'P' &&
+	       start[4] == '/';
+}
+
+/*
  * Every packet of a tracked socket passes here: update the last-payload clocks, and emit the
- * first bytes only when the payload direction changes (a new request or a new response).
+ * first bytes only when a new message starts: the payload direction changes (a new request or
+ * a new response), or a segment in the same direction opens a further response.
  */
 static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 {
@@ -771,7 +805,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		state->last_rx_ns = now;
 	else
 		state->last_tx_ns = now;
-	if (state->last_direction == direction)
+	if (state->last_direction == direction && !opens_response(skb, payload_offset))
 		return;
 	state->last_direction = direction;
 

@@ -12,10 +12,11 @@
 #endif
 
 /* Bumped whenever a record layout below changes. */
-#define CT_ABI_VERSION 1
+#define CT_ABI_VERSION 2
 
-/* Bytes of payload captured from a message head or a reset's trigger. */
-#define CT_PAYLOAD_MAX 128
+/* Bytes of payload captured from a message head or a reset's trigger: enough for the request
+ * line and the first headers, where Connection and User-Agent usually stand. */
+#define CT_PAYLOAD_MAX 256
 /* Ports the in-kernel filter can hold (local or remote port matches). */
 #define CT_MAX_PORTS 16
 #define CT_COMM_LEN 16
@@ -49,6 +50,12 @@ enum ct_owner_source {
 	CT_OWNER_NONE = 0,
 	CT_OWNER_CONNECT = 1, /* connect() */
 	CT_OWNER_CLOSE = 2,   /* close() or shutdown() that sent our FIN */
+};
+
+/* What a state change tells of the process that made it (ct_state_event.flags). */
+enum ct_state_flag {
+	CT_STATE_BY_OWNER = 0x1,      /* made by the owning process closing the socket */
+	CT_STATE_OWNER_EXITING = 0x2, /* ... while that process was exiting (crash, kill, exit) */
 };
 
 enum ct_direction {
@@ -108,6 +115,8 @@ struct ct_state_event {
 	__u8 role;            /* enum ct_role */
 	__u8 owner_from;      /* enum ct_owner_source: where pid and comm were seen */
 	char comm[CT_COMM_LEN];
+	__u8 flags;           /* enum ct_state_flag */
+	__u8 pad[7];
 };
 
 struct ct_reset_event {

@@ -111,6 +111,7 @@ Connection make_conn(const ConnSpec& spec) {
         close.rst_reason = "TCP_ABORT_ON_CLOSE";
     }
     conn.closed_ns = close_ns + kMs;
+    conn.close.cause = classify_close(conn, {});
     return conn;
 }
 

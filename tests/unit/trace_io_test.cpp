@@ -73,12 +73,16 @@ Connection sample_connection() {
         .peer_rst_ns = std::nullopt,
         .rst_reason = "TCP_TIMEWAIT_SOCKET",
         .idle_ms = 2001.2,
+        .cause = CloseCause::IdleTimer,
+        .asked_by = std::nullopt,
+        .unread_bytes = 0,
     };
     conn.requests = {
         Request{.method = "GET", .target = "/a", .status = 200, .request_ns = 1100,
-                .response_ns = 1102, .outcome = Outcome::Completed},
+                .response_ns = 1102, .outcome = Outcome::Completed, .idle_before_ms = 0.1},
         Request{.method = "POST", .target = "/pay", .status = std::nullopt, .request_ns = 1955,
-                .response_ns = std::nullopt, .outcome = Outcome::AfterLocalClose},
+                .response_ns = std::nullopt, .outcome = Outcome::AfterLocalClose,
+                .idle_before_ms = 2052.5},
     };
     conn.verdict = Verdict::LocalCloseRace;
     return conn;
@@ -163,6 +167,8 @@ void expect_same_request(const Request& actual, const Request& expected) {
     EXPECT_EQ(actual.request_ns, expected.request_ns);
     EXPECT_EQ(actual.response_ns, expected.response_ns);
     EXPECT_EQ(actual.outcome, expected.outcome);
+    EXPECT_EQ(actual.idle_before_ms, expected.idle_before_ms);
+    EXPECT_EQ(actual.close_asked, expected.close_asked);
 }
 
 void expect_same_connection(const Connection& actual, const Connection& expected) {
@@ -189,6 +195,10 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.close.peer_rst_ns, expected.close.peer_rst_ns);
     EXPECT_EQ(actual.close.rst_reason, expected.close.rst_reason);
     EXPECT_EQ(actual.close.idle_ms, expected.close.idle_ms);
+    EXPECT_EQ(actual.close.cause, expected.close.cause);
+    EXPECT_EQ(actual.close.asked_by, expected.close.asked_by);
+    EXPECT_EQ(actual.close.unread_bytes, expected.close.unread_bytes);
+    EXPECT_EQ(actual.health_check, expected.health_check);
     ASSERT_EQ(actual.requests.size(), expected.requests.size());
     for (std::size_t i = 0; i < expected.requests.size(); ++i) {
         SCOPED_TRACE(testing::Message() << "request " << i);
@@ -249,7 +259,7 @@ TEST(TraceIo, HeaderRoundTrips) {
     header.mono_to_wall_ns = std::numeric_limits<int64_t>::min();
     header.start_ns = kMaxU64;
     const TraceHeader read = read_trace(trace_text({header_line(header)})).header;
-    EXPECT_EQ(read.schema, "closetrace/1");
+    EXPECT_EQ(read.schema, "closetrace/2");
     EXPECT_EQ(read.tool_version, header.tool_version);
     EXPECT_EQ(read.host, header.host);
     EXPECT_EQ(read.kernel, header.kernel);
@@ -290,16 +300,16 @@ TEST(TraceIo, ConnLineIsTheDocumentedExample) {
         R"({"type":"conn","id":17,"cookie":8231,"netns":4026531840,"family":"ipv4",)"
         R"("local":{"addr":"10.0.0.2","port":8080},"remote":{"addr":"10.0.0.1","port":51234},)"
         R"("role":"server","pid":4242,"comm":"node",)"
-        R"("owner_from":null,"cgroup_id":0,"cgroup":null,"container":null,)"
+        R"("owner_from":null,"cgroup_id":0,"cgroup":null,"container":null,"health_check":null,)"
         R"("established_ns":1000,"closed_ns":2000,"bytes_in":812,"bytes_out":1640,)"
         R"("segs_in":9,"segs_out":8,)"
         R"("close":{"initiator":"local","how":"fin","local_fin_ns":1900,"peer_fin_ns":1950,)"
         R"("local_rst_ns":1960,"peer_rst_ns":null,"rst_reason":"TCP_TIMEWAIT_SOCKET",)"
-        R"("idle_ms":2001.2},)"
+        R"("idle_ms":2001.2,"cause":"idle_timer","asked_by":null,"unread_bytes":0},)"
         R"("requests":[{"method":"GET","target":"/a","status":200,"request_ns":1100,)"
-        R"("response_ns":1102,"outcome":"completed"},)"
+        R"("response_ns":1102,"outcome":"completed","idle_before_ms":0.1},)"
         R"({"method":"POST","target":"/pay","status":null,"request_ns":1955,"response_ns":null,)"
-        R"("outcome":"after_local_close"}],)"
+        R"("outcome":"after_local_close","idle_before_ms":2052.5}],)"
         R"("requests_omitted":0,"verdict":"local_close_race"})");
 }
 
@@ -369,10 +379,50 @@ TEST(TraceIo, EveryEnumValueRoundTrips) {
     }
     for (const Outcome outcome : {Outcome::Completed, Outcome::UnansweredAtClose,
                                   Outcome::AfterLocalClose, Outcome::AfterPeerClose,
-                                  Outcome::InFlight}) {
+                                  Outcome::InFlight, Outcome::UnreadAtClose}) {
         conn.requests[0].outcome = outcome;
         EXPECT_EQ(conn_round_trip(conn).requests[0].outcome, outcome);
     }
+    for (const CloseCause cause : kAllCloseCauses) {
+        conn.close.cause = cause;
+        EXPECT_EQ(conn_round_trip(conn).close.cause, cause) << to_string(cause);
+    }
+    for (const Initiator side : {Initiator::Local, Initiator::Peer}) {
+        conn.close.asked_by = side;
+        EXPECT_EQ(conn_round_trip(conn).close.asked_by, side);
+    }
+    for (const CloseAsked asked : {CloseAsked::None, CloseAsked::Request, CloseAsked::Response}) {
+        conn.requests[0].close_asked = asked;
+        EXPECT_EQ(conn_round_trip(conn).requests[0].close_asked, asked);
+    }
+}
+
+TEST(TraceIo, CloseFactsRoundTrip) {
+    Connection conn = sample_connection();
+    conn.health_check = "ELB-HealthChecker";
+    conn.close.unread_bytes = 93;
+    conn.requests[1].outcome = Outcome::UnreadAtClose;
+    conn.requests[1].idle_before_ms.reset();
+    expect_same_connection(conn_round_trip(conn), conn);
+}
+
+// A closetrace/1 record has no cause: the reader derives it from what the record holds.
+TEST(TraceReading, Schema1RecordsGetACause) {
+    std::string header = replaced(header_line(sample_header()), "closetrace/2", "closetrace/1");
+    Connection conn = sample_connection();
+    conn.requests.pop_back();
+    conn.verdict = Verdict::LocalIdleClose;
+    std::string line = conn_line(conn);
+    for (const std::string_view member :
+         {R"(,"cause":"idle_timer","asked_by":null,"unread_bytes":0)", R"(,"idle_before_ms":0.1)",
+          R"("health_check":null,)"}) {
+        line = replaced(line, member, "");
+    }
+    const ReadResult read = read_trace(trace_text({header, line}));
+    ASSERT_EQ(read.records.size(), 1u);
+    const Connection& got = std::get<Connection>(read.records[0]);
+    EXPECT_EQ(got.close.cause, CloseCause::IdleTimer);  // idle 2001.2 ms after the exchange
+    EXPECT_EQ(got.requests[0].idle_before_ms, std::nullopt);
 }
 
 TEST(TraceIo, DoublesRoundTripExactly) {
@@ -391,10 +441,10 @@ TEST(TraceIo, OpaqueIsWrittenOnlyWhenTrue) {
     const auto json = nlohmann::ordered_json::parse(conn_line(conn));
     EXPECT_EQ(member_names(json["requests"][0]),
               (std::vector<std::string>{"method", "target", "status", "request_ns",
-                                        "response_ns", "outcome"}));
+                                        "response_ns", "outcome", "idle_before_ms"}));
     EXPECT_EQ(member_names(json["requests"][1]),
               (std::vector<std::string>{"method", "target", "opaque", "status", "request_ns",
-                                        "response_ns", "outcome"}));
+                                        "response_ns", "outcome", "idle_before_ms"}));
     EXPECT_EQ(json["requests"][1]["method"], nullptr);
     expect_same_connection(conn_round_trip(conn), conn);
 }
@@ -643,8 +693,8 @@ TEST(TraceReading, UnknownEnumNames) {
                                                          R"("outcome":null)")}))
                      .what(),
                  "t.jsonl:2: conn.requests[1].outcome: expected \"completed\", "
-                 "\"unanswered_at_close\", \"after_local_close\", \"after_peer_close\" or "
-                 "\"in_flight\"");
+                 "\"unanswered_at_close\", \"after_local_close\", \"after_peer_close\", "
+                 "\"in_flight\" or \"unread_at_close\"");
     EXPECT_STREQ(
         read_error(trace_text({header, replaced(conn, R"("role":"server")", R"("role":1)")}))
             .what(),
@@ -669,11 +719,11 @@ TEST(TraceReading, MissingMember) {
 
 TEST(TraceReading, UnknownSchema) {
     const std::string header =
-        replaced(header_line(sample_header()), "closetrace/1", "closetrace/2");
+        replaced(header_line(sample_header()), "closetrace/2", "closetrace/3");
     const TraceError error = read_error(trace_text({header}));
     EXPECT_STREQ(error.what(),
-                 "t.jsonl:1: unsupported schema \"closetrace/2\"; this closetrace reads "
-                 "closetrace/1");
+                 "t.jsonl:1: unsupported schema \"closetrace/3\"; this closetrace reads "
+                 "closetrace/1 and closetrace/2");
     EXPECT_EQ(error.line(), 1u);
 }
 

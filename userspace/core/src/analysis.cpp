@@ -193,6 +193,56 @@ Recommendation load_recommendation(const Assessment& a) {
     return {.kind = RecommendationKind::Load, .text = text};
 }
 
+// The processes named by a caught list (its listed connections), for a sentence.
+std::string processes_of(const CaughtList& list) {
+    std::map<std::string, uint64_t> comms;
+    for (const CaughtConnection& caught : list.listed) ++comms[caught.comm.value_or("")];
+    std::string names;
+    for (const auto& [comm, count] : by_count(comms)) {
+        names += (names.empty() ? "" : ", ") +
+                 (comm.empty() ? std::string("a process not seen") : analysis_text::printable(comm));
+    }
+    return names;
+}
+
+Recommendation process_exit_recommendation(const TraceAnalysis& trace) {
+    const CaughtList& exits = trace.process_exits;
+    return {.kind = RecommendationKind::ProcessExit,
+            .text = fmt::format(
+                "{} closed by their process exiting ({}) with requests unanswered: a crash, a "
+                "kill (the OOM killer, a deploy without draining), not the keep-alive timeout "
+                "and not load by itself. Check why the process exited around the listed times "
+                "(exit codes, OOM kills in the kernel log, deploys), and drain connections "
+                "before stopping it.",
+                count_of(exits.total, "connection was", "connections were"),
+                processes_of(exits))};
+}
+
+// AWS NAT gateways drop flows idle this long (documented).
+constexpr uint64_t kNatGatewayIdleS = 350;
+
+Recommendation pool_recommendation(const TraceAnalysis& trace) {
+    const CaughtList& forgotten = trace.forgotten;
+    std::optional<double> shortest_idle;
+    for (const CaughtConnection& caught : forgotten.listed) {
+        if (caught.request && caught.request->idle_before_ms) {
+            shortest_idle = shortest_idle ? std::min(*shortest_idle, *caught.request->idle_before_ms)
+                                          : *caught.request->idle_before_ms;
+        }
+    }
+    const std::string idle = shortest_idle
+                                 ? fmt::format(" after {} idle", duration(*shortest_idle))
+                                 : std::string();
+    return {.kind = RecommendationKind::PoolIdleTimeout,
+            .text = fmt::format(
+                "{} reset at the first request{}, with no FIN before: something between the two "
+                "hosts (a NAT gateway, a firewall's conntrack) forgot the idle connection. Close "
+                "idle pooled connections sooner than it forgets them (an AWS NAT gateway: {} s) "
+                "or enable TCP keep-alive on them ({}).",
+                count_of(forgotten.total, "pooled connection was", "pooled connections were"),
+                idle, kNatGatewayIdleS, processes_of(forgotten))};
+}
+
 Recommendation client_timeout_recommendation(const Assessment& a, const TraceAnalysis& trace) {
     const std::optional<double> longest = trace.peer_gave_up.longest_unanswered_ms;
     const std::string wait =
@@ -418,6 +468,34 @@ uint64_t IdleHistogram::count_below(double ms) const {
     return below;
 }
 
+std::optional<IdleHistogram::Cluster> IdleHistogram::densest_cluster() const {
+    if (count_ == 0) return std::nullopt;
+    // (value, count) in ascending order: the samples, or the buckets by their mean.
+    std::vector<std::pair<double, uint64_t>> values;
+    if (buckets_.empty()) {
+        if (!sorted_) std::ranges::sort(exact_);
+        sorted_ = true;
+        for (const double sample : exact_) values.emplace_back(sample, 1);
+    } else {
+        for (const auto& [index, bucket] : buckets_) {
+            values.emplace_back(bucket.sum / static_cast<double>(bucket.count), bucket.count);
+        }
+    }
+    Cluster best;
+    uint64_t in_window = 0;
+    std::size_t end = 0;
+    for (std::size_t begin = 0; begin < values.size(); ++begin) {
+        const double limit = values[begin].first * (1 + kClusterSpread);
+        while (end < values.size() && values[end].first <= limit) in_window += values[end++].second;
+        // Ties go to the longer idle: the timer is the longest a side waits.
+        if (in_window >= best.count) {
+            best = {in_window, values[begin].first, values[end - 1].first};
+        }
+        in_window -= values[begin].second;
+    }
+    return best;
+}
+
 IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms) {
     IdleFigures figures{.closes = closes.count(),
                         .min_ms = closes.min(),
@@ -472,37 +550,50 @@ void TraceAnalyzer::add(const Connection& conn) {
     count_in(a.by_peer[conn.remote.addr], conn);
     count_in(a.by_container[container_label(conn.container)], conn);
 
+    if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
+    if (conn.health_check) {
+        ++a.health_check_connections;
+        ++a.health_checkers[*conn.health_check];
+    }
+
     const bool server_side = conn.role != Role::Client;
-    const std::optional<double> idle_ms = conn.close.idle_ms;
-    // A peer that closes a connection it never sent a request on was probing the port (a
-    // health check, a readiness probe), not timing out an idle keep-alive connection.
-    std::optional<double> peer_idle_ms;
-    if (!conn.requests.empty()) peer_idle_ms = idle_ms;
+    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
+    // connection, a probe or a process exit does not, nor does anything on a health checker's
+    // connection. A race's close is the closer's timer whatever the late request did.
+    const bool race = conn.verdict == Verdict::LocalCloseRace ||
+                      conn.verdict == Verdict::PeerCloseRace;
+    const std::optional<double> idle_ms =
+        (is_timer_close(conn) || race) && !conn.health_check ? conn.close.idle_ms : std::nullopt;
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
             raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
-        if (conn.close.initiator == Initiator::Peer && peer_idle_ms)
-            raise_to(a.longest_idle_at_peer_close_ms, *peer_idle_ms);
+        if (conn.close.initiator == Initiator::Peer)
+            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
     }
     const int64_t mono_to_wall_ns = a.header.mono_to_wall_ns;
     switch (conn.verdict) {
         case Verdict::LocalCloseRace: list_caught(a.races, conn, mono_to_wall_ns); [[fallthrough]];
         case Verdict::LocalIdleClose:
-            if (!server_side) break;
+            if (!server_side || !idle_ms) break;
             ++a.local_idle_closers[comm];
-            if (idle_ms) a.local_idle.add(*idle_ms);
+            a.local_idle.add(*idle_ms);
             break;
         case Verdict::PeerCloseRace:
             list_caught(a.races, conn, mono_to_wall_ns);
             ++a.upstream_racers[comm];
             [[fallthrough]];
         case Verdict::PeerIdleClose:
-            if (peer_idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*peer_idle_ms);
+            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
             break;
         case Verdict::LocalResetInflight:
-            list_caught(a.inflight_resets, conn, mono_to_wall_ns);
+            list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
+                                                                     : a.inflight_resets,
+                        conn, mono_to_wall_ns);
             break;
-        case Verdict::PeerCloseInflight: list_caught(a.peer_gave_up, conn, mono_to_wall_ns); break;
+        case Verdict::PeerCloseInflight:
+            list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
+                        conn, mono_to_wall_ns);
+            break;
         case Verdict::LocalReset:
         case Verdict::PeerReset:
         case Verdict::Open: break;
@@ -543,11 +634,15 @@ TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
 PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
                                  std::optional<double> given_ms) {
     if (given_ms) return {*given_ms, PeerTimeoutSource::Given};
-    std::optional<double> longest;
+    std::optional<IdleHistogram::Cluster> timer;
     for (const TraceAnalysis* trace : traces) {
-        if (const std::optional<double> max = trace->peer_idle.max()) raise_to(longest, *max);
+        const std::optional<IdleHistogram::Cluster> cluster = trace->peer_idle.densest_cluster();
+        if (cluster && (!timer || cluster->count > timer->count ||
+                        (cluster->count == timer->count && cluster->max_ms > timer->max_ms))) {
+            timer = cluster;
+        }
     }
-    if (longest) return {*longest, PeerTimeoutSource::Observed};
+    if (timer) return {timer->max_ms, PeerTimeoutSource::Observed};
     return {};
 }
 
@@ -604,21 +699,32 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     a.peer_timeout = peer_timeout;
     a.races = trace.verdicts[Verdict::LocalCloseRace];
     a.upstream_races = trace.verdicts[Verdict::PeerCloseRace];
-    a.inflight_resets = trace.verdicts[Verdict::LocalResetInflight];
-    a.peer_gave_up = trace.verdicts[Verdict::PeerCloseInflight];
+    a.inflight_resets = trace.inflight_resets.total;
+    a.process_exits = trace.process_exits.total;
+    a.peer_gave_up = trace.peer_gave_up.total;
+    a.forgotten = trace.forgotten.total;
     a.early_idle_closes = trace.local_idle.count_below(peer_timeout.ms);
     a.closes_before_peer = a.races > 0 || a.early_idle_closes > 0;
     a.recommended_keepalive_s =
         static_cast<uint64_t>(std::ceil((peer_timeout.ms + kKeepAliveMarginMs) / 1000));
 
     const uint64_t all_races = a.races + a.upstream_races;
-    if (all_races > 0 || a.inflight_resets > 0 || a.peer_gave_up > 0) {
-        if (all_races >= a.inflight_resets && all_races >= a.peer_gave_up) {
-            a.dominant = FailureKind::CloseRaces;
-        } else {
-            a.dominant = a.inflight_resets >= a.peer_gave_up ? FailureKind::InflightResets
-                                                             : FailureKind::PeerGaveUp;
+    // In order: ties go to the first.
+    const std::pair<FailureKind, uint64_t> failures[] = {
+        {FailureKind::CloseRaces, all_races},
+        {FailureKind::InflightResets, a.inflight_resets},
+        {FailureKind::ProcessExits, a.process_exits},
+        {FailureKind::PeerGaveUp, a.peer_gave_up},
+    };
+    for (const auto& [kind, count] : failures) {
+        if (count == 0) continue;
+        if (a.dominant == FailureKind::None) {
+            a.dominant = kind;
+            continue;
         }
+        const auto current = std::ranges::find(failures, a.dominant,
+                                               &std::pair<FailureKind, uint64_t>::first);
+        if (count > current->second) a.dominant = kind;
     }
 
     std::vector<Recommendation> lifecycle;
@@ -633,8 +739,14 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     for (const auto& [comm, races] : by_count(trace.upstream_racers)) {
         lifecycle.push_back(upstream_recommendation(comm, races, trace.upstream_peer_idle));
     }
+    if (a.forgotten > 0) lifecycle.push_back(pool_recommendation(trace));
     std::vector<Recommendation> elsewhere;
     if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a));
+    if (a.process_exits > 0) {
+        const auto position =
+            a.dominant == FailureKind::ProcessExits ? elsewhere.begin() : elsewhere.end();
+        elsewhere.insert(position, process_exit_recommendation(trace));
+    }
     if (a.peer_gave_up > 0) {
         const auto position =
             a.dominant == FailureKind::PeerGaveUp ? elsewhere.begin() : elsewhere.end();
@@ -652,8 +764,8 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
             {.kind = RecommendationKind::NothingToFix,
              .text = fmt::format(
                  "Nothing to fix in the connection lifecycle: no close race, no in-flight reset, "
-                 "no request the peer gave up on, and no idle close by this host sooner than the "
-                 "peer's idle timeout of {}.",
+                 "no process exit with requests in flight, no request the peer gave up on, and no "
+                 "idle close by this host sooner than the peer's idle timeout of {}.",
                  analysis_text::peer_timeout_text(peer_timeout))});
     }
     a.conclusion = conclusion(trace, a);

@@ -33,4 +33,35 @@ std::string peer_timeout_text(const PeerTimeout& timeout) {
     return fmt::format("{} ({})", duration(timeout.ms), source_text(timeout.source));
 }
 
+std::string left_out_sentence(const TraceAnalysis& trace) {
+    const std::pair<CloseCause, const char*> reasons[] = {
+        {CloseCause::ConnectionClose, "asked for by Connection: close"},
+        {CloseCause::KeepaliveEnded, "keep-alive ended by the server (Connection: close)"},
+        {CloseCause::ClosedAfterUse, "closed by the client right after use"},
+        {CloseCause::Probe, "probes (no request)"},
+        {CloseCause::ProcessExit, "process exits"},
+        {CloseCause::InFlight, "with a request in flight"},
+        {CloseCause::UnreadRequest, "with a request unread"},
+        {CloseCause::Forgotten, "forgotten in between"},
+        {CloseCause::Unknown, "of unknown cause"},
+    };
+    std::string parts;
+    for (const auto& [cause, reason] : reasons) {
+        if (const uint64_t count = trace.with_cause(cause)) {
+            parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", count, reason);
+        }
+    }
+    if (trace.health_check_connections > 0) {
+        std::string checkers;
+        for (const auto& [name, count] : trace.health_checkers) {
+            checkers += (checkers.empty() ? "" : ", ") + printable(name);
+        }
+        parts += fmt::format("{}{} from health checkers ({})", parts.empty() ? "" : "; ",
+                             count_of(trace.health_check_connections, "connection", "connections"),
+                             checkers);
+    }
+    if (parts.empty()) return "Every close with a known idle came from an idle timer.";
+    return "Left out of the idle timeouts (not an idle timer's close): " + parts + ".";
+}
+
 }  // namespace closetrace::analysis_text

@@ -18,5 +18,7 @@ using closetrace::printable;
 using closetrace::request_line;
 // "60.00 s (assumed: the ALB default)"; callers write "the peer's idle timeout of ...".
 std::string peer_timeout_text(const PeerTimeout& timeout);
+// What the idle timeouts leave out, by cause, and the health checkers' connections.
+std::string left_out_sentence(const TraceAnalysis& trace);
 
 }  // namespace closetrace::analysis_text

@@ -96,6 +96,8 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.comm = bounded_string(record.comm, sizeof(record.comm));
             if (record.owner_from == CT_OWNER_CONNECT) event.owner_from = "connect";
             if (record.owner_from == CT_OWNER_CLOSE) event.owner_from = "close";
+            event.by_owner = (record.flags & CT_STATE_BY_OWNER) != 0;
+            event.owner_exiting = (record.flags & CT_STATE_OWNER_EXITING) != 0;
             return event;
         }
         case CT_EV_RESET_SENT:

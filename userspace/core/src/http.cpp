@@ -248,11 +248,25 @@ struct BodyFraming {
     std::optional<std::size_t> content_length;
 };
 
-// Reads the header fields from `offset` (just past the start line) to the empty line. nullopt
-// when the head does not end within the buffer or its framing cannot be trusted: a malformed
-// field, Transfer-Encoding (chunked bodies are not followed), or a repeated Content-Length.
-std::optional<BodyFraming> read_head(std::string_view bytes, std::size_t offset) {
+// The tokens of a Connection header value ("keep-alive, Upgrade").
+void note_connection_tokens(std::string_view value, Message& message) {
+    while (!value.empty()) {
+        const std::size_t comma = value.find(',');
+        const std::string_view token = trim_whitespace(value.substr(0, comma));
+        if (equals_ignoring_case(token, "close")) message.connection_close = true;
+        if (equals_ignoring_case(token, "keep-alive")) message.keep_alive = true;
+        value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
+    }
+}
+
+// Reads the header fields from `offset` (just past the start line) to the empty line, noting
+// in `message` those it reports (as far as whole fields lie in the buffer). nullopt when the head
+// does not end within the buffer or its framing cannot be trusted: a malformed field,
+// Transfer-Encoding (chunked bodies are not followed), or a repeated Content-Length.
+std::optional<BodyFraming> read_head(std::string_view bytes, std::size_t offset,
+                                     Message& message) {
     BodyFraming framing;
+    bool trusted = true;
     while (true) {
         const std::size_t newline = bytes.find('\n', offset);
         if (newline == std::string_view::npos) {
@@ -265,7 +279,7 @@ std::optional<BodyFraming> read_head(std::string_view bytes, std::size_t offset)
         offset = newline + 1;
         if (field.empty()) {
             framing.body_begin = offset;
-            return framing;
+            return trusted ? std::optional(framing) : std::nullopt;
         }
         const std::size_t colon = field.find(':');
         if (colon == 0 || colon == std::string_view::npos) {
@@ -283,16 +297,19 @@ std::optional<BodyFraming> read_head(std::string_view bytes, std::size_t offset)
                 return std::nullopt;
             }
         }
-        if (equals_ignoring_case(name, "transfer-encoding")) {
-            return std::nullopt;
-        }
-        if (equals_ignoring_case(name, "content-length")) {
+        if (equals_ignoring_case(name, "connection")) {
+            note_connection_tokens(value, message);
+        } else if (equals_ignoring_case(name, "user-agent")) {
+            message.user_agent = value;
+        } else if (equals_ignoring_case(name, "transfer-encoding")) {
+            trusted = false;
+        } else if (equals_ignoring_case(name, "content-length")) {
             if (framing.content_length) {
-                return std::nullopt;
+                trusted = false;
             }
             framing.content_length = parse_content_length(value, bytes.size());
             if (!framing.content_length) {
-                return std::nullopt;
+                trusted = false;
             }
         }
     }
@@ -303,11 +320,12 @@ bool response_has_no_body(int status) {
     return (status >= 100 && status <= 199) || status == 204 || status == 304;
 }
 
-// Where the message after the one whose complete start line `line` begins at `offset` starts,
-// when that message's head and body both end within the buffer.
+// Reads the head of the message whose complete start line `line` begins at `offset` (its
+// header facts go into line.message), and tells where the next message starts, when this one's
+// head and body both end within the buffer.
 std::optional<std::size_t> next_message_offset(std::string_view bytes, std::size_t offset,
-                                               const StartLine& line) {
-    const std::optional<BodyFraming> framing = read_head(bytes, offset + line.length);
+                                               StartLine& line) {
+    const std::optional<BodyFraming> framing = read_head(bytes, offset + line.length, line.message);
     if (!framing) {
         return std::nullopt;
     }
@@ -340,12 +358,14 @@ ParseResult parse(std::string_view bytes) {
         return result;
     }
     while (true) {
-        result.messages[result.count++] = line->message;
-        if (!line->message.line_complete || result.count == kMaxMessages) {
+        Message& message = result.messages[result.count++];
+        if (!line->message.line_complete) {
+            message = line->message;
             return result;
         }
         const std::optional<std::size_t> next = next_message_offset(bytes, offset, *line);
-        if (!next) {
+        message = line->message;
+        if (!next || result.count == kMaxMessages) {
             return result;
         }
         offset = skip_empty_lines(bytes, *next);
@@ -367,6 +387,23 @@ std::string_view strip_query(std::string_view target) {
 
 bool is_interim_status(int status) {
     return status >= 100 && status <= 199 && status != 101;
+}
+
+bool asks_to_close(const Message& message) {
+    return message.connection_close || (message.version == "HTTP/1.0" && !message.keep_alive);
+}
+
+std::string_view health_checker(std::string_view user_agent) {
+    // As they introduce themselves: AWS ELB/ALB/NLB, Route 53, Kubernetes, Google Cloud load
+    // balancing, Consul, Envoy's active health checks.
+    constexpr std::string_view kCheckers[] = {
+        "ELB-HealthChecker", "Amazon-Route53-Health-Check-Service", "kube-probe",
+        "GoogleHC",          "Consul Health Check",                 "Envoy/HC",
+    };
+    for (const std::string_view checker : kCheckers) {
+        if (user_agent.starts_with(checker)) return checker;
+    }
+    return {};
 }
 
 }  // namespace closetrace::http

@@ -79,7 +79,9 @@ const char* kind_name(RecommendationKind kind) {
         case RecommendationKind::KeepAliveTimeout: return "keepalive_timeout";
         case RecommendationKind::UpstreamIdleTimeout: return "upstream_idle_timeout";
         case RecommendationKind::Load: return "load";
+        case RecommendationKind::ProcessExit: return "process_exit";
         case RecommendationKind::ClientTimeout: return "client_timeout";
+        case RecommendationKind::PoolIdleTimeout: return "pool_idle_timeout";
         case RecommendationKind::NothingToFix: return "nothing_to_fix";
     }
     return "?";
@@ -90,6 +92,7 @@ const char* failure_name(FailureKind kind) {
         case FailureKind::None: return "none";
         case FailureKind::CloseRaces: return "close_races";
         case FailureKind::InflightResets: return "inflight_resets";
+        case FailureKind::ProcessExits: return "process_exits";
         case FailureKind::PeerGaveUp: return "peer_gave_up";
     }
     return "?";
@@ -106,6 +109,12 @@ const char* source_name(PeerTimeoutSource source) {
 
 // ---------------------------------------------------------------------------------------------
 // JSON
+
+json causes_json(const TraceAnalysis& trace) {
+    json causes = json::object();
+    for (const CloseCause cause : kAllCloseCauses) causes[to_string(cause)] = trace.with_cause(cause);
+    return causes;
+}
 
 json verdicts_json(const VerdictCounts& counts) {
     json verdicts = json::object();
@@ -205,6 +214,9 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
           {"requests", trace.requests},
           {"event_lines", trace.event_lines}}},
         {"verdicts", verdicts},
+        {"causes", causes_json(trace)},
+        {"health_checks", {{"connections", trace.health_check_connections},
+                           {"by_checker", trace.health_checkers}}},
         {"idle",
          {{"this_host",
            idle_json(idle_figures(trace.local_idle, trace.longest_idle_at_peer_close_ms))},
@@ -216,7 +228,9 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
         {"dominant", failure_name(assessment.dominant)},
         {"races", caught_list_json(trace.races)},
         {"inflight_resets", caught_list_json(trace.inflight_resets)},
+        {"process_exits", caught_list_json(trace.process_exits)},
         {"peer_gave_up", caught_list_json(trace.peer_gave_up)},
+        {"forgotten", caught_list_json(trace.forgotten)},
         {"by_comm", groups_json(trace.by_comm, "comm")},
         {"by_peer", groups_json(trace.by_peer, "addr")},
         {"by_container", groups_json(trace.by_container, "container")},
@@ -349,10 +363,28 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
     out += fmt::format("  Held against the peer's idle timeout of {}: {} by this host sooner.\n",
                        analysis_text::peer_timeout_text(a.peer_timeout),
                        count_of(a.early_idle_closes, "idle close", "idle closes"));
+    out += "  " + analysis_text::left_out_sentence(trace) + "\n";
+
+    out += "\nWhy connections closed\n";
+    out += fmt::format("  {:<18} {:>11}\n", "cause", "connections");
+    for (const CloseCause cause : kAllCloseCauses) {
+        if (trace.with_cause(cause) > 0) {
+            out += fmt::format("  {:<18} {:>11}\n", to_string(cause), trace.with_cause(cause));
+        }
+    }
 
     caught_section(out, "Close races", trace.races, "after close", race_timing);
     caught_section(out, "In-flight resets", trace.inflight_resets, "waited", wait_timing);
+    // Kinds that closetrace/1 traces never have: listed only when there are some.
+    if (trace.process_exits.total > 0) {
+        caught_section(out, "Process exits with requests in flight", trace.process_exits,
+                       "waited", wait_timing);
+    }
     caught_section(out, "Requests the peer gave up on", trace.peer_gave_up, "waited", wait_timing);
+    if (trace.forgotten.total > 0) {
+        caught_section(out, "Pooled connections forgotten in between", trace.forgotten, "waited",
+                       wait_timing);
+    }
 
     for (const Breakdown breakdown : breakdowns) {
         switch (breakdown) {

@@ -81,9 +81,11 @@ std::string printable(std::string_view text) {
 
 constexpr Initiator kInitiators[] = {Initiator::Local, Initiator::Peer, Initiator::Unknown};
 constexpr CloseHow kCloseHows[] = {CloseHow::Fin, CloseHow::Rst};
-constexpr Outcome kOutcomes[] = {Outcome::Completed, Outcome::UnansweredAtClose,
+constexpr Outcome kOutcomes[] = {Outcome::Completed,      Outcome::UnansweredAtClose,
                                  Outcome::AfterLocalClose, Outcome::AfterPeerClose,
-                                 Outcome::InFlight};
+                                 Outcome::InFlight,        Outcome::UnreadAtClose};
+constexpr CloseAsked kCloseAskedValues[] = {CloseAsked::Request, CloseAsked::Response};
+constexpr Initiator kSides[] = {Initiator::Local, Initiator::Peer};
 constexpr Role kRoles[] = {Role::Server, Role::Client, Role::Unknown};
 constexpr Direction kDirections[] = {Direction::In, Direction::Out};
 constexpr EventKind kEventKinds[] = {EventKind::State, EventKind::ResetSent,
@@ -419,9 +421,9 @@ TraceHeader read_header(Members& line) {
     TraceHeader header;
     // First, so that a later schema's changes are reported as what they are.
     header.schema = required<std::string>(line, {&root, "schema"});
-    if (header.schema != kTraceSchema) {
-        throw LineError{fmt::format("unsupported schema \"{}\"; this closetrace reads {}",
-                                    printable(header.schema), kTraceSchema)};
+    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV1) {
+        throw LineError{fmt::format("unsupported schema \"{}\"; this closetrace reads {} and {}",
+                                    printable(header.schema), kTraceSchemaV1, kTraceSchema)};
     }
     header.tool_version = required<std::string>(line, {&root, "tool_version"});
     header.host = required<std::string>(line, {&root, "host"});
@@ -481,6 +483,14 @@ Request read_request(Members& request, const MemberPath& path) {
     out.response_ns = nullable<uint64_t>(request, {&path, "response_ns"});
     out.outcome = required_enum<Outcome>(request, {&path, "outcome"}, outcome_from_string,
                                          kOutcomes);
+    // closetrace/2; idle_before_ms nullable, close_asked written only when a message asked.
+    if (has_member(request, "idle_before_ms")) {
+        out.idle_before_ms = nullable<double>(request, {&path, "idle_before_ms"});
+    }
+    if (has_member(request, "close_asked")) {
+        out.close_asked = required_enum<CloseAsked>(request, {&path, "close_asked"},
+                                                    close_asked_from_string, kCloseAskedValues);
+    }
     return out;
 }
 
@@ -496,10 +506,18 @@ CloseInfo read_close(Members& parent, const MemberPath& path) {
     out.peer_rst_ns = nullable<uint64_t>(close, {&path, "peer_rst_ns"});
     out.rst_reason = nullable<std::string>(close, {&path, "rst_reason"});
     out.idle_ms = nullable<double>(close, {&path, "idle_ms"});
+    if (has_member(close, "cause")) {  // closetrace/2
+        out.cause = required_enum<CloseCause>(close, {&path, "cause"}, close_cause_from_string,
+                                              kAllCloseCauses);
+        out.asked_by = nullable_enum<Initiator>(close, {&path, "asked_by"}, initiator_from_string,
+                                                kSides);
+        out.unread_bytes = required<uint64_t>(close, {&path, "unread_bytes"});
+    }
     return out;
 }
 
-Connection read_connection(Members& line) {
+// `v1`: a closetrace/1 record, whose close cause is derived here from what it holds.
+Connection read_connection(Members& line, bool v1) {
     const MemberPath root{nullptr, "conn"};
     Connection conn;
     conn.id = required<uint64_t>(line, {&root, "id"});
@@ -544,6 +562,13 @@ Connection read_connection(Members& line) {
     }
     conn.verdict = required_enum<Verdict>(line, {&root, "verdict"}, verdict_from_string,
                                           kAllVerdicts);
+    if (has_member(line, "health_check")) {
+        conn.health_check = nullable<std::string>(line, {&root, "health_check"});
+    }
+    if (v1) {
+        conn.close.cause = classify_close(conn, {});
+        conn.close.asked_by = asked_by(conn);
+    }
     return conn;
 }
 
@@ -737,6 +762,9 @@ std::string conn_line(const Connection& conn) {
     close["peer_rst_ns"] = nullable_json(info.peer_rst_ns);
     close["rst_reason"] = nullable_json(info.rst_reason);
     close["idle_ms"] = nullable_json(info.idle_ms);
+    close["cause"] = to_string(info.cause);
+    close["asked_by"] = info.asked_by ? Json(to_string(*info.asked_by)) : Json(nullptr);
+    close["unread_bytes"] = info.unread_bytes;
 
     Json requests = Json::array();
     for (const Request& request : conn.requests) {
@@ -748,6 +776,10 @@ std::string conn_line(const Connection& conn) {
         entry["request_ns"] = request.request_ns;
         entry["response_ns"] = nullable_json(request.response_ns);
         entry["outcome"] = to_string(request.outcome);
+        entry["idle_before_ms"] = nullable_json(request.idle_before_ms);
+        if (request.close_asked != CloseAsked::None) {
+            entry["close_asked"] = to_string(request.close_asked);
+        }
         requests.push_back(std::move(entry));
     }
 
@@ -766,6 +798,7 @@ std::string conn_line(const Connection& conn) {
     line["cgroup_id"] = conn.cgroup_id;
     line["cgroup"] = nullable_json(conn.cgroup);
     line["container"] = conn.container ? container_json(*conn.container) : Json(nullptr);
+    line["health_check"] = nullable_json(conn.health_check);
     line["established_ns"] = nullable_json(conn.established_ns);
     line["closed_ns"] = nullable_json(conn.closed_ns);
     line["bytes_in"] = conn.bytes_in;
@@ -930,7 +963,7 @@ struct TraceReader::Impl {
         }
         Members members(fields);
         const std::string_view type = line_type(members);
-        if (type == "conn") return read_connection(members);
+        if (type == "conn") return read_connection(members, header.schema == kTraceSchemaV1);
         if (type == "event") return read_event(members);
         if (type == "summary") return read_summary(members);
         if (type == "header") throw LineError{"a second header (traces concatenated?)"};

@@ -55,6 +55,8 @@ struct Head {
     std::optional<std::string> method;
     std::optional<std::string> target;
     std::optional<int> status;
+    bool asks_to_close = false;  // Connection: close (or HTTP/1.0 without keep-alive)
+    std::string health_checker;  // a request's known health checker; empty for any other
 };
 
 // A State or reset event, kept whole but for its payload: a socket has only a few.
@@ -86,7 +88,9 @@ std::vector<Head> parse_heads(std::string_view payload, bool full_target) {
         const http::Message& message = parsed.messages[i];
         Head head;
         head.kind = message.kind;
+        head.asks_to_close = http::asks_to_close(message);
         if (message.kind == http::MessageKind::Request) {
+            head.health_checker = std::string(http::health_checker(message.user_agent));
             head.method = std::string(message.method);
             // Empty only when the capture ended right after the method.
             if (!message.target.empty()) {
@@ -200,6 +204,9 @@ struct CloseFacts {
     Initiator initiator = Initiator::Unknown;
     std::optional<CloseHow> how;
     std::optional<double> idle_ms;
+    SockSnapshot at_close;       // the socket when the first FIN or RST went
+    uint64_t unread_bytes = 0;   // left unread when this host's application aborted
+    bool owner_exiting = false;  // this host's close was its owning process exiting
 
     std::optional<uint64_t> local_first() const { return earliest(local_fin, local_rst); }
     std::optional<uint64_t> peer_first() const { return earliest(peer_fin, peer_rst); }
@@ -211,6 +218,18 @@ struct CloseFacts {
         initiator = side;
         how = kind;
         idle_ms = closetrace::idle_ms(event.ts_ns, event.snap);
+        at_close = event.snap;
+    }
+
+    // The owning process closing the socket: an abort (straight to CLOSE) drops what it left
+    // unread.
+    void note_owner_close(const Event& state) {
+        if (!state.by_owner || owner_exiting || unread_bytes > 0) return;
+        owner_exiting = state.owner_exiting;
+        if (state.new_state != kTcpClose) return;
+        // A FIN received takes a sequence number that is never read.
+        const uint32_t fin = peer_fin ? 1 : 0;
+        unread_bytes = state.snap.unread_in > fin ? state.snap.unread_in - fin : 0;
     }
 
     static std::optional<uint64_t> earliest(std::optional<uint64_t> a, std::optional<uint64_t> b) {
@@ -258,6 +277,7 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
         const Event& event = fact.event;
         switch (event.kind) {
             case EventKind::State:
+                close.note_owner_close(event);
                 if (is_local_fin(event)) {
                     close.mark(close.local_fin, event, Initiator::Local, CloseHow::Fin);
                 }
@@ -278,6 +298,10 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
         }
     }
     return close;
+}
+
+std::optional<uint64_t> earliest_close(const CloseFacts& close) {
+    return CloseFacts::earliest(close.local_first(), close.peer_first());
 }
 
 std::optional<uint64_t> recorded_time(std::optional<uint64_t> ns) {
@@ -302,6 +326,7 @@ std::optional<bool> serves_requests(Role role, std::span<const MessageFact> mess
 Request make_request(const Head& head, uint64_t ts_ns) {
     Request request;
     request.request_ns = ts_ns;
+    if (head.asks_to_close) request.close_asked = CloseAsked::Request;
     if (head.kind == http::MessageKind::Request) {
         request.method = head.method;
         request.target = head.target;
@@ -344,14 +369,22 @@ public:
                 continue;
             }
             expecting_body_ = false;
+            last_exchange_ns_ = std::max(last_exchange_ns_, message.ts_ns);
             if (answered_ < total_) {
                 Request& request = at(answered_++).request;
                 request.status = head.status;
                 request.response_ns = message.ts_ns;
+                if (head.asks_to_close && request.close_asked == CloseAsked::None) {
+                    request.close_asked = CloseAsked::Response;
+                }
             }
             if (head.status == 101) upgraded_ = true;
         }
     }
+
+    bool serves() const { return serves_; }
+    // The known health checker that sent requests here; empty when none did.
+    const std::string& health_checker() const { return health_checker_; }
 
     // Drops answered requests that the record would not list (bound_request_list keeps the first
     // kListedFirstRequests, the last kListedLastRequests and every one not completed), counting
@@ -368,6 +401,7 @@ public:
 
     // The requests with their outcomes, once the close is known; `omitted` counts those dropped.
     std::vector<Request> finish(const CloseFacts& close, std::optional<uint64_t> closed_ns,
+                                std::optional<uint64_t> established_ns,
                                 std::span<const LifecycleFact> lifecycle, uint64_t& omitted) {
         if (serves_) {
             bool reset_before = false;
@@ -376,6 +410,13 @@ public:
                 on_reset(fact, close, closed_ns, reset_before);
                 reset_before = true;
             }
+            if (close.unread_bytes > 0) mark_unread(*close.local_first());
+        }
+        // The first request's idle gap runs from the connection's start.
+        if (!pending_.empty() && !pending_.front().request.idle_before_ms && established_ns &&
+            pending_.front().request.request_ns >= *established_ns) {
+            pending_.front().request.idle_before_ms =
+                ms_between(*established_ns, pending_.front().request.request_ns);
         }
         const bool closing = close.how.has_value() || closed_ns.has_value();
         std::vector<Request> requests;
@@ -392,7 +433,27 @@ private:
     struct Pending {
         Request request;
         bool proven_late = false;  // the kernel reset it as data on a closed socket
+        bool unread = false;       // its bytes were left unread when this host aborted
     };
+
+    static double ms_between(uint64_t from_ns, uint64_t to_ns) {
+        return static_cast<double>(to_ns - from_ns) / 1e6;
+    }
+
+    // The application closed with bytes unread: those of the requests that came in last, in the
+    // last segment it had not answered anything of before the close.
+    void mark_unread(uint64_t local_close) {
+        const Segment* last = nullptr;
+        for (const Segment& segment : segments_) {
+            const bool before_close = segment.ts_ns <= local_close + kSameInstantNs;
+            if (!segment.from_reset && before_close && segment.first >= answered_ &&
+                (!last || segment.ts_ns >= last->ts_ns)) {
+                last = &segment;
+            }
+        }
+        if (!last) return;
+        for (std::size_t i = 0; i < last->count; ++i) at(last->first + i).unread = true;
+    }
     // Incoming segments that carried requests, to recognise them in a reset's trigger.
     struct Segment {
         std::string prefix;
@@ -439,7 +500,15 @@ private:
                              .first = total_,
                              .count = heads.size(),
                              .from_reset = from_reset});
-        for (const Head& head : heads) pending_.push_back({.request = make_request(head, ts_ns)});
+        for (const Head& head : heads) {
+            Request request = make_request(head, ts_ns);
+            if (last_exchange_ns_ != 0 && ts_ns >= last_exchange_ns_) {
+                request.idle_before_ms = ms_between(last_exchange_ns_, ts_ns);
+            }
+            if (health_checker_.empty()) health_checker_ = head.health_checker;
+            pending_.push_back({.request = std::move(request)});
+        }
+        last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
         total_ += heads.size();
     }
 
@@ -451,6 +520,7 @@ private:
             if (pending.proven_late || (local_close && request.request_ns >= *local_close)) {
                 return Outcome::AfterLocalClose;
             }
+            if (pending.unread) return Outcome::UnreadAtClose;
         } else {
             const std::optional<uint64_t> peer_close = close.peer_first();
             if (peer_close && request.request_ns >= *peer_close) return Outcome::AfterPeerClose;
@@ -466,6 +536,8 @@ private:
     std::size_t omitted_ = 0;      // answered requests dropped by compact()
     bool expecting_body_ = false;
     bool upgraded_ = false;
+    uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
+    std::string health_checker_;
 };
 
 struct Tracked {
@@ -488,25 +560,19 @@ struct Tracked {
     std::optional<uint64_t> closed_ns;
 };
 
-bool any_outcome(const std::vector<Request>& requests, Outcome outcome) {
-    return std::ranges::any_of(requests,
-                               [outcome](const Request& r) { return r.outcome == outcome; });
-}
-
-Verdict verdict_of(const CloseInfo& close, const std::vector<Request>& requests) {
-    // Nothing known of a close, even of a socket that is gone (events lost, or an abort on a
-    // kernel that does not trace active resets): naming a side would be a guess, so the record
-    // says `open` with initiator unknown, and its closed_ns tells that the socket is gone.
-    if (close.initiator == Initiator::Unknown) return Verdict::Open;
-    const bool unanswered = any_outcome(requests, Outcome::UnansweredAtClose);
-    if (close.initiator == Initiator::Local) {
-        if (any_outcome(requests, Outcome::AfterLocalClose)) return Verdict::LocalCloseRace;
-        if (unanswered) return Verdict::LocalResetInflight;
-        return close.how == CloseHow::Fin ? Verdict::LocalIdleClose : Verdict::LocalReset;
-    }
-    if (any_outcome(requests, Outcome::AfterPeerClose)) return Verdict::PeerCloseRace;
-    if (unanswered) return Verdict::PeerCloseInflight;
-    return close.how == CloseHow::Fin ? Verdict::PeerIdleClose : Verdict::PeerReset;
+// Idle at the first FIN or RST, from the end of the last completed exchange: a request that came
+// before the close and was never answered does not count as activity, so the idle is the
+// response direction's (the timer that closed saw no response go out since).
+std::optional<double> idle_since_last_exchange(const CloseFacts& close,
+                                               const std::vector<Request>& requests, bool serves) {
+    const std::optional<uint64_t> first = earliest_close(close);
+    if (!first) return close.idle_ms;
+    const bool pending_at_close = std::ranges::any_of(requests, [&](const Request& r) {
+        return r.outcome != Outcome::Completed && r.request_ns <= *first;
+    });
+    const uint64_t response_clock = serves ? close.at_close.last_tx_ns : close.at_close.last_rx_ns;
+    if (!pending_at_close || response_clock == 0) return close.idle_ms;
+    return idle_ms(*first, SockSnapshot{.last_rx_ns = response_clock, .last_tx_ns = 0});
 }
 
 void fill_identity(Connection& conn, const Tracked& tracked) {
@@ -562,10 +628,16 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
         tracked.builder = std::make_unique<RequestBuilder>(
             serves_requests(conn.role, tracked.messages).value_or(true));
     }
-    for (MessageFact& message : tracked.messages) tracked.builder->feed(message);
-    conn.requests = tracked.builder->finish(close, conn.closed_ns, tracked.lifecycle,
-                                            conn.requests_omitted);
-    conn.verdict = verdict_of(conn.close, conn.requests);
+    RequestBuilder& builder = *tracked.builder;
+    for (MessageFact& message : tracked.messages) builder.feed(message);
+    conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
+                                   conn.requests_omitted);
+    if (!builder.health_checker().empty()) conn.health_check = builder.health_checker();
+    conn.close.unread_bytes = close.unread_bytes;
+    conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
+    conn.close.cause = classify_close(conn, {.owner_exiting = close.owner_exiting});
+    conn.close.asked_by = asked_by(conn);
+    conn.verdict = judge(conn);
     bound_request_list(conn);
     return conn;
 }

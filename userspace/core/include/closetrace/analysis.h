@@ -38,6 +38,15 @@ public:
     std::optional<double> percentile(double p) const;
     // Samples below `ms` (in bucket mode: by bucket mean inside the bucket that holds `ms`).
     uint64_t count_below(double ms) const;
+    // The densest cluster of samples at a consistent value (all within kClusterSpread of its
+    // smallest): how a timer shows, whatever stray values lie around it. nullopt when empty.
+    struct Cluster {
+        uint64_t count = 0;
+        double min_ms = 0;
+        double max_ms = 0;
+    };
+    static constexpr double kClusterSpread = 0.10;
+    std::optional<Cluster> densest_cluster() const;
 
 private:
     struct Bucket {
@@ -167,9 +176,15 @@ struct TraceAnalysis {
     std::optional<double> longest_idle_at_peer_close_ms;
     // Client side: idle_ms of the peer's idle closes (how soon upstream servers close).
     IdleHistogram upstream_peer_idle;
+    // Only idle-timer closes feed the figures above; the others, by cause (health checks apart).
+    std::array<uint64_t, std::size(kAllCloseCauses)> causes{};
+    uint64_t health_check_connections = 0;
+    std::map<std::string, uint64_t> health_checkers;  // by name
     CaughtList races;                             // local_close_race, peer_close_race
-    CaughtList inflight_resets;                   // local_reset_inflight
-    CaughtList peer_gave_up;                      // peer_close_inflight
+    CaughtList inflight_resets;                   // local_reset_inflight but process exits
+    CaughtList process_exits;                     // local_reset_inflight: the owner exited
+    CaughtList peer_gave_up;                      // peer_close_inflight but forgotten
+    CaughtList forgotten;                         // peer_close_inflight: a NAT forgot it
     std::map<std::string, GroupFigures> by_comm;  // "" for an unknown process
     std::map<std::string, GroupFigures> by_peer;  // by remote address
     // By container_label(): "docker:9581a69a761a", "ecs:api (task …)", "-" for a host process.
@@ -183,6 +198,9 @@ struct TraceAnalysis {
     VerdictTimeline verdicts_over_time;
 
     double duration_s() const;  // the summary's, or from the header's start to last_ns
+    uint64_t with_cause(CloseCause cause) const {
+        return causes[static_cast<std::size_t>(cause)];
+    }
     uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
 };
 
@@ -218,18 +236,20 @@ struct PeerTimeout {
     double ms = kAlbDefaultIdleTimeoutMs;
     PeerTimeoutSource source = PeerTimeoutSource::AlbDefault;
 };
-// `given_ms`, else the longest idle close of the peer observed in any of `traces` (server
-// side), else ALB's default.
+// `given_ms`, else the peer's idle timer as its idle-timer closes show it in `traces` (server
+// side: the densest cluster's longest), else ALB's default.
 PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
                                  std::optional<double> given_ms);
 
-enum class FailureKind { None, CloseRaces, InflightResets, PeerGaveUp };
+enum class FailureKind { None, CloseRaces, InflightResets, ProcessExits, PeerGaveUp };
 
 enum class RecommendationKind {
     KeepAliveTimeout,
     UpstreamIdleTimeout,
     Load,
+    ProcessExit,
     ClientTimeout,
+    PoolIdleTimeout,  // connections forgotten by a NAT or conntrack in between
     NothingToFix
 };
 
@@ -245,12 +265,14 @@ struct Assessment {
     uint64_t races = 0;              // local_close_race
     uint64_t upstream_races = 0;     // peer_close_race
     uint64_t early_idle_closes = 0;  // server-side idle closes by this host sooner than the peer's
-    uint64_t inflight_resets = 0;    // local_reset_inflight
-    uint64_t peer_gave_up = 0;       // peer_close_inflight
+    uint64_t inflight_resets = 0;    // local_reset_inflight but process exits
+    uint64_t process_exits = 0;      // local_reset_inflight with cause process_exit
+    uint64_t peer_gave_up = 0;       // peer_close_inflight but forgotten
+    uint64_t forgotten = 0;          // peer_close_inflight with cause forgotten
     // This host closes idle connections before its peer: races, or early idle closes.
     bool closes_before_peer = false;
-    // The most frequent of races, in-flight resets and requests the peer gave up on (ties in that
-    // order); None when there were none.
+    // The most frequent of races, in-flight resets, process exits and requests the peer gave up
+    // on (ties in that order); None when there were none.
     FailureKind dominant = FailureKind::None;
     uint64_t recommended_keepalive_s = 0;  // above the peer's timeout by the margin
     std::vector<Recommendation> recommendations;

@@ -69,6 +69,8 @@ struct Event {
     uint32_t pid = 0;
     std::string comm;
     std::optional<std::string> owner_from;  // "connect" | "close": where pid/comm were seen
+    bool by_owner = false;       // made by the owning process closing the socket
+    bool owner_exiting = false;  // ... while that process was exiting
 
     // ResetSent
     std::optional<std::string> rst_reason;  // kernel's name, e.g. "TCP_ABORT_ON_DATA"

@@ -20,9 +20,21 @@ struct Message {
     std::string_view version;  // "HTTP/1.1"; empty when the line was cut before it
     int status = 0;            // Response; 0 when the line was cut before the code
     bool line_complete = false;  // the whole request/status line lies within the buffer
+    // From the header fields that lie whole within the buffer:
+    bool connection_close = false;  // "Connection: close"
+    bool keep_alive = false;        // "Connection: keep-alive"
+    std::string_view user_agent;    // the User-Agent value; empty when not seen
 };
 
-// At most this many messages are reported from one buffer (pipelining in 128 bytes).
+// The message asks for the connection to close after its exchange: "Connection: close", or
+// HTTP/1.0 without "Connection: keep-alive".
+bool asks_to_close(const Message& message);
+
+// The name of a known health checker (load balancers, orchestrators) that sends requests with
+// this User-Agent ("ELB-HealthChecker/2.0" -> "ELB-HealthChecker"); empty for any other.
+std::string_view health_checker(std::string_view user_agent);
+
+// At most this many messages are reported from one buffer (pipelined requests).
 inline constexpr std::size_t kMaxMessages = 8;
 
 struct ParseResult {

@@ -19,7 +19,10 @@
 
 namespace closetrace {
 
-inline constexpr std::string_view kTraceSchema = "closetrace/1";
+// What this closetrace writes; it reads this and every earlier schema (docs/trace-format.md).
+inline constexpr std::string_view kTraceSchema = "closetrace/2";
+// Before close causes: conn records without close.cause, idle_ms from the last payload.
+inline constexpr std::string_view kTraceSchemaV1 = "closetrace/1";
 
 struct TraceFilters {
     std::vector<uint16_t> ports;
