@@ -280,6 +280,26 @@ class SystemdUnitTest(unittest.TestCase):
             self.assertEqual(verified.returncode, 0, verified.stderr)
             self.assertEqual(verified.stderr.strip(), "")
 
+    # `systemd-analyze security` rated the unit 9.0 UNSAFE before it was sandboxed; 2.3 since.
+    MAX_EXPOSURE = 2.5
+
+    def test_sandboxed_to_a_low_exposure(self):
+        if not shutil.which("systemd-analyze"):
+            self.skipTest("no systemd-analyze here")
+        analyzed = subprocess.run(["systemd-analyze", "security", "--offline=yes",
+                                   "--no-pager", str(self.UNIT)],
+                                  capture_output=True, text=True, check=False)
+        level = re.search(r"Overall exposure level for \S+: ([0-9.]+)", analyzed.stdout)
+        self.assertIsNotNone(level, analyzed.stdout + analyzed.stderr)
+        failed = [line for line in analyzed.stdout.splitlines() if line.startswith("\u2717")]
+        self.assertLessEqual(float(level.group(1)), self.MAX_EXPOSURE, "\n".join(failed))
+
+    def test_capabilities_are_those_recording_needs(self):
+        self.assertEqual(set(self.service["CapabilityBoundingSet"].split()),
+                         {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE"})
+        self.assertEqual(self.service["ProtectSystem"], "strict")
+        self.assertEqual(self.service["UMask"], "0077")
+
 
 class CollectToS3Test(unittest.TestCase):
     SCRIPT = DEPLOY / "collect-to-s3.sh"

@@ -18,6 +18,14 @@ def closetrace(*args):
     return subprocess.run([CLOSETRACE, *args], capture_output=True, text=True, timeout=120)
 
 
+def report_json(trace):
+    """`closetrace report --format json` of a trace, parsed; fails the test if report fails."""
+    result = closetrace("report", trace, "--format", "json")
+    if result.returncode != 0:
+        raise AssertionError(f"report failed: {result.stderr}")
+    return json.loads(result.stdout)
+
+
 def backend_recorder():
     """The scenario harness' recorder: closetrace in the backend's namespace, recording that
     namespace only (run it with recorder_ns="backend")."""

@@ -177,6 +177,15 @@ class RecordCliTest(unittest.TestCase):
     def test_sigterm_leaves_a_complete_valid_file(self):
         self.stop_midway_and_check(signal.SIGTERM)
 
+    def test_sighup_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGHUP)  # the SSH session dropped
+
+    def test_sigquit_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGQUIT)
+
+    def test_sigpipe_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGPIPE)
+
     def test_duration_ends_the_recording(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "t.jsonl")

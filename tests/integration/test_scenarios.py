@@ -9,7 +9,7 @@ import subprocess
 import sys
 import unittest
 
-from support import SCENARIO_TOOLS, backend_recorder, closetrace, require_bpf
+from support import SCENARIO_TOOLS, backend_recorder, closetrace, report_json, require_bpf
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -18,13 +18,6 @@ import scenarios  # noqa: E402
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "tshark")
 
 
-
-
-def report_json(trace):
-    result = closetrace("report", trace, "--format", "json")
-    if result.returncode != 0:
-        raise AssertionError(f"report failed: {result.stderr}")
-    return json.loads(result.stdout)
 
 
 class ScenarioTest(unittest.TestCase):

@@ -203,7 +203,7 @@ class TestScenarios(ScenarioCase):
         dump = self.dump(conns)
         # unread requests (Node's event loop blocked): the kernel resets them
         rst = [c for c in conns if (c.initiator, c.how) == ("local", "rst")
-               and any(o["outcome"] == "unanswered_at_close" for o in c.request_outcomes())]
+               and any(o["outcome"] == "unread_at_close" for o in c.request_outcomes())]
         self.assertGreaterEqual(len(rst), 1, dump)
         for c in rst:
             self.assertEqual(c.verdict, "local_reset_inflight", c.describe())

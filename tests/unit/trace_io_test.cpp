@@ -242,9 +242,12 @@ Tuple ipv4_tuple() {
     return tuple;
 }
 
-TraceEventLine event_round_trip(const Event& event) {
+// The lines of a recording with --raw-payloads: they keep the captured bytes.
+constexpr PayloadPolicy kRawPayloads{.raw = true};
+
+TraceEventLine event_round_trip(const Event& event, PayloadPolicy policy = kRawPayloads) {
     const ReadResult result =
-        read_trace(trace_text({header_line(sample_header()), event_line(event)}));
+        read_trace(trace_text({header_line(sample_header()), event_line(event, policy)}));
     EXPECT_EQ(result.records.size(), 1u);
     return std::get<TraceEventLine>(result.records.at(0));
 }
@@ -256,6 +259,7 @@ TEST(TraceIo, HeaderRoundTrips) {
     TraceHeader header = sample_header();
     header.filters.cgroup = "/sys/fs/cgroup/system.slice/api.service";
     header.filters.full_target = true;
+    header.filters.raw_payloads = true;
     header.mono_to_wall_ns = std::numeric_limits<int64_t>::min();
     header.start_ns = kMaxU64;
     const TraceHeader read = read_trace(trace_text({header_line(header)})).header;
@@ -269,6 +273,7 @@ TEST(TraceIo, HeaderRoundTrips) {
     EXPECT_EQ(read.filters.ports, header.filters.ports);
     EXPECT_EQ(read.filters.cgroup, header.filters.cgroup);
     EXPECT_EQ(read.filters.full_target, header.filters.full_target);
+    EXPECT_EQ(read.filters.raw_payloads, header.filters.raw_payloads);
     EXPECT_EQ(read.probes.state, header.probes.state);
     EXPECT_EQ(read.probes.reset_sent, header.probes.reset_sent);
     EXPECT_EQ(read.probes.reset_received, header.probes.reset_received);
@@ -284,7 +289,7 @@ TEST(TraceIo, HeaderHasTheDocumentedMembers) {
               (std::vector<std::string>{"type", "schema", "tool_version", "host", "kernel",
                                         "start_ns", "start_wall", "mono_to_wall_ns", "filters",
                                         "probes"}));
-    EXPECT_EQ(json["filters"].dump(), R"({"ports":[8080,443],"cgroup":null,"full_target":false,"netns":null,"container":null,"pid":null})");
+    EXPECT_EQ(json["filters"].dump(), R"({"ports":[8080,443],"cgroup":null,"full_target":false,"raw_payloads":false,"netns":null,"container":null,"pid":null})");
     EXPECT_EQ(json["probes"]["messages"], nullptr);
     EXPECT_EQ(member_names(json["probes"]),
               (std::vector<std::string>{"state", "reset_sent", "reset_received", "messages",
@@ -336,8 +341,9 @@ TEST(TraceIo, ConnWithAwkwardValuesRoundTrips) {
 
     conn.pid = std::numeric_limits<uint32_t>::max();
     conn.comm = every_byte();
-    conn.established_ns = kMaxU64;
-    conn.closed_ns = 0;
+    // Both ends of the range, in the order a connection has them (closed after established).
+    conn.established_ns = 0;
+    conn.closed_ns = kMaxU64;
     conn.close.initiator = Initiator::Peer;
     conn.close.how = CloseHow::Rst;
     conn.close.local_fin_ns = kMaxU64;
@@ -488,7 +494,7 @@ TEST(TraceIo, StateEventLine) {
     event.old_state = kTcpEstablished;
     event.new_state = kTcpFinWait1;
     event.comm = "node";  // not a member of the line
-    EXPECT_EQ(event_line(event),
+    EXPECT_EQ(event_line(event, kRawPayloads),
               R"({"type":"event","kind":"state","ts_ns":1500,"cookie":8231,"netns":4026531840,)"
               R"("family":"ipv4","local":{"addr":"10.0.0.2","port":8080},)"
               R"("remote":{"addr":"10.0.0.1","port":51234},)"
@@ -519,12 +525,12 @@ TEST(TraceIo, ResetSentEventLine) {
     event.sk_state = 0;
     event.payload_len = 1400;
     event.payload = std::string("GET /\0\xff", 7);
-    EXPECT_EQ(event_line(event),
+    EXPECT_EQ(event_line(event, kRawPayloads),
               R"({"type":"event","kind":"reset_sent","ts_ns":7,"cookie":0,"netns":0,)"
               R"("family":"ipv6","local":{"addr":"fd00::2","port":8080},)"
               R"("remote":{"addr":"fd00::1","port":51234},)"
               R"("rst_reason":"NO_SOCKET","trigger_flags":"P.","sk_state":null,)"
-              R"("payload_len":1400,"payload":"GET /\u0000\u00ff"})");
+              R"("payload_len":1400,"heads":[{"opaque":true}],"payload":"GET /\u0000\u00ff"})");
     const TraceEventLine read = event_round_trip(event);
     EXPECT_EQ(read.kind, "reset_sent");
     EXPECT_EQ(read.family, "ipv6");
@@ -544,11 +550,11 @@ TEST(TraceIo, ResetReceivedEventLine) {
     event.tuple = ipv4_tuple();
     event.trigger_flags = 0x04;
     event.sk_state = kTcpCloseWait;
-    const auto json = nlohmann::ordered_json::parse(event_line(event));
+    const auto json = nlohmann::ordered_json::parse(event_line(event, kRawPayloads));
     EXPECT_EQ(member_names(json),
               (std::vector<std::string>{"type", "kind", "ts_ns", "cookie", "netns", "family",
                                         "local", "remote", "rst_reason", "trigger_flags",
-                                        "sk_state", "payload_len", "payload"}));
+                                        "sk_state", "payload_len", "heads", "payload"}));
     EXPECT_EQ(json["rst_reason"], nullptr);
     EXPECT_EQ(json["sk_state"], "CLOSE_WAIT");
     const TraceEventLine read = event_round_trip(event);
@@ -567,16 +573,68 @@ TEST(TraceIo, MessageEventLine) {
     event.direction = Direction::Out;
     event.payload_len = 5;
     event.payload = "HTTP/";
-    EXPECT_EQ(event_line(event),
+    EXPECT_EQ(event_line(event, kRawPayloads),
               R"({"type":"event","kind":"message","ts_ns":11,"cookie":0,"netns":0,)"
               R"("family":"ipv4","local":{"addr":"10.0.0.2","port":8080},)"
               R"("remote":{"addr":"10.0.0.1","port":51234},)"
-              R"("direction":"out","segment_len":5,"payload":"HTTP/"})");
+              R"("direction":"out","segment_len":5,"heads":[{"opaque":true}],"payload":"HTTP/"})");
     const TraceEventLine read = event_round_trip(event);
     EXPECT_EQ(read.kind, "message");
     EXPECT_EQ(read.direction, Direction::Out);
     EXPECT_EQ(read.payload_len, 5u);
     EXPECT_EQ(read.payload, "HTTP/");
+}
+
+// The late request of a close race, as the reset it was answered with carries it.
+Event late_request_reset() {
+    Event event;
+    event.kind = EventKind::ResetSent;
+    event.tuple = ipv4_tuple();
+    event.trigger_flags = 0x18;
+    event.payload = "POST /pay?token=SECRET-QUERY HTTP/1.1\r\nHost: b\r\n"
+                    "Cookie: session=SECRET-COOKIE\r\nAuthorization: Bearer SECRET-AUTH\r\n\r\n";
+    event.payload_len = static_cast<uint32_t>(event.payload.size());
+    return event;
+}
+
+TEST(TraceIo, EventLinesKeepNoPayloadBytesByDefault) {
+    Event message = late_request_reset();
+    message.kind = EventKind::Message;
+    for (const Event& event : {late_request_reset(), message}) {
+        const std::string line = event_line(event, {});
+        EXPECT_EQ(line.find("SECRET"), std::string::npos) << line;
+        const auto json = nlohmann::ordered_json::parse(line);
+        EXPECT_FALSE(json.contains("payload")) << line;
+        EXPECT_EQ(json["heads"].dump(), R"([{"method":"POST","target":"/pay"}])");
+        EXPECT_EQ(event_round_trip(event, {}).payload, "");
+    }
+    const std::string response = [] {
+        Event event = late_request_reset();
+        event.kind = EventKind::Message;
+        event.payload = "HTTP/1.1 401 Unauthorized\r\nSet-Cookie: s=SECRET\r\n\r\n";
+        return event_line(event, {});
+    }();
+    EXPECT_EQ(response.find("SECRET"), std::string::npos) << response;
+    EXPECT_EQ(nlohmann::json::parse(response)["heads"].dump(), R"([{"status":401}])");
+    Event opaque = late_request_reset();
+    opaque.payload = "\x16\x03\x01\x02\x00SECRET";
+    EXPECT_EQ(nlohmann::json::parse(event_line(opaque, {}))["heads"].dump(),
+              R"([{"opaque":true}])");
+}
+
+TEST(TraceIo, FullTargetKeepsTheQueryButNoHeader) {
+    const std::string line = event_line(late_request_reset(), {.full_target = true});
+    EXPECT_EQ(nlohmann::json::parse(line)["heads"][0]["target"], "/pay?token=SECRET-QUERY");
+    EXPECT_EQ(line.find("SECRET-COOKIE"), std::string::npos) << line;
+    EXPECT_EQ(line.find("SECRET-AUTH"), std::string::npos) << line;
+}
+
+TEST(TraceIo, RawPayloadsKeepTheBytes) {
+    const Event event = late_request_reset();
+    const auto json = nlohmann::json::parse(event_line(event, kRawPayloads));
+    EXPECT_EQ(json["payload"], event.payload);
+    EXPECT_EQ(json["heads"][0]["target"], "/pay");
+    EXPECT_EQ(event_round_trip(event).payload, event.payload);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -599,7 +657,7 @@ TEST(TraceIo, EveryByteValueIsEscapedIntoOneAsciiLine) {
     Event event;
     event.kind = EventKind::Message;
     event.payload = every_byte() + every_byte();
-    const std::string line = event_line(event);
+    const std::string line = event_line(event, kRawPayloads);
     ASSERT_TRUE(is_printable_ascii(line)) << line;
     EXPECT_EQ(latin1_from_utf8(nlohmann::json::parse(line)["payload"]), event.payload);
     EXPECT_EQ(event_round_trip(event).payload, event.payload);
@@ -797,6 +855,40 @@ TEST(TraceReading, UnknownAndMisplacedLineTypes) {
     EXPECT_TRUE(std::string_view(
                     read_error(trace_text({header, summary_line(sample_summary()) + " x"})).what())
                     .starts_with("t.jsonl:2: not valid JSON"));
+}
+
+TEST(TraceReading, ALineAfterTheSummaryIsAnError) {
+    const std::string header = header_line(sample_header());
+    const std::string summary = summary_line(sample_summary());
+    const std::string conn = conn_line(sample_connection());
+    EXPECT_STREQ(read_error(trace_text({header, summary, conn, summary})).what(),
+                 "t.jsonl:3: a line after the summary (traces concatenated?)");
+    EXPECT_STREQ(read_error(trace_text({header, summary, summary})).what(),
+                 "t.jsonl:3: a line after the summary (traces concatenated?)");
+    EXPECT_EQ(read_trace(trace_text({header, conn, summary}) + "\n\n").records.size(), 2u);
+}
+
+TEST(TraceReading, ImpossibleValuesAreErrorsWithTheLine) {
+    const std::string header = header_line(sample_header());
+    Connection reversed = sample_connection();
+    reversed.closed_ns = *reversed.established_ns - 1;
+    EXPECT_STREQ(read_error(trace_text({header, conn_line(reversed)})).what(),
+                 "t.jsonl:2: conn.closed_ns: before conn.established_ns");
+    Connection negative_idle = sample_connection();
+    negative_idle.close.idle_ms = -0.5;
+    EXPECT_STREQ(read_error(trace_text({header, conn_line(sample_connection()),
+                                        conn_line(negative_idle)}))
+                     .what(),
+                 "t.jsonl:3: conn.close.idle_ms: negative");
+    TraceSummary summary = sample_summary();
+    summary.duration_s = -10;
+    EXPECT_STREQ(read_error(trace_text({header, summary_line(summary)})).what(),
+                 "t.jsonl:2: summary.duration_s: negative");
+    // Open before the recording, or still open at its end: nothing to compare.
+    Connection open = sample_connection();
+    open.established_ns.reset();
+    open.closed_ns = 5;
+    EXPECT_EQ(read_trace(trace_text({header, conn_line(open)})).records.size(), 1u);
 }
 
 TEST(TraceReading, UnknownMembersAreIgnored) {

@@ -1158,5 +1158,177 @@ TEST(TrackerLongConnection, BusyConnectionsStillListTheLastRequestsBeforeTheClos
     EXPECT_EQ(conn.requests[conn.requests.size() - 2].outcome, Outcome::Completed);
 }
 
+
+// --- close causes --------------------------------------------------------------------------
+
+constexpr std::string_view kHealthCheck =
+    "GET /health HTTP/1.1\r\nHost: 10.0.0.2:8080\r\nConnection: close\r\n"
+    "User-Agent: ELB-HealthChecker/2.0\r\nAccept-Encoding: gzip, compressed\r\n\r\n";
+constexpr std::string_view kOkClose =
+    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+
+// This host's owner closing the socket: a FIN, or with unread bytes an abort straight to CLOSE.
+Event owner_close(const Socket& socket, uint64_t ts_ns, SockSnapshot snap, bool abort,
+                  bool exiting = false) {
+    Event close = socket.state(ts_ns, kTcpEstablished, abort ? kTcpClose : kTcpFinWait1, snap);
+    close.pid = 4242;
+    close.comm = "node";
+    close.owner_from = "close";
+    close.by_owner = true;
+    close.owner_exiting = exiting;
+    return close;
+}
+
+TEST(TrackerCause, IdleTimer) {
+    const Connection conn = run_one(IdleServer{}.closed());
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    EXPECT_EQ(conn.close.asked_by, std::nullopt);
+    EXPECT_EQ(conn.health_check, std::nullopt);
+    EXPECT_EQ(conn.requests[0].idle_before_ms, 10.0);  // since the connection was established
+}
+
+TEST(TrackerCause, HealthCheckAsksForTheClose) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kHealthCheck),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kOkClose),
+        owner_close(socket, 1 * kSec + 2 * kMs + 200 * kUs,
+                    activity(1 * kSec + kMs, 1 * kSec + 2 * kMs), false),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::ConnectionClose);
+    EXPECT_EQ(conn.close.asked_by, Initiator::Peer);
+    EXPECT_EQ(conn.health_check, "ELB-HealthChecker");
+    EXPECT_EQ(conn.requests[0].close_asked, CloseAsked::Request);
+}
+
+TEST(TrackerCause, ServerEndsKeepAliveByItsResponse) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kGet),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kOkClose),
+        owner_close(socket, 1 * kSec + 3 * kMs, activity(1 * kSec + kMs, 1 * kSec + 2 * kMs),
+                    false),
+    });
+    EXPECT_EQ(conn.close.cause, CloseCause::KeepaliveEnded);
+    EXPECT_EQ(conn.close.asked_by, Initiator::Local);
+    EXPECT_EQ(conn.requests[0].close_asked, CloseAsked::Response);
+}
+
+TEST(TrackerCause, ClientClosesRightAfterUse) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kGet),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kOk),
+        socket.state(1 * kSec + 9 * kMs, kTcpEstablished, kTcpCloseWait,
+                     activity(1 * kSec + kMs, 1 * kSec + 2 * kMs)),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::ClosedAfterUse);
+}
+
+TEST(TrackerCause, ProbeWithoutARequest) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.state(1 * kSec + kMs, kTcpEstablished, kTcpCloseWait, activity(0, 0)),
+    });
+    EXPECT_EQ(conn.close.cause, CloseCause::Probe);
+}
+
+// The keep-alive timer closes the socket while a request that came after the idle waits unread:
+// the kernel resets the connection (TCP_ABORT_ON_CLOSE). A close race, not an in-flight loss.
+TEST(TrackerCause, UnreadRequestAfterIdleIsARace) {
+    const Socket socket;
+    const uint64_t response_ns = 1 * kSec + 2 * kMs;
+    const uint64_t late_ns = response_ns + 2 * kSec;
+    const uint64_t close_ns = late_ns + 300 * kUs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kGet),
+        socket.message(response_ns, Direction::Out, kOk),
+        socket.message(late_ns, Direction::In, kLatePost),
+        owner_close(socket, close_ns, activity(late_ns, response_ns, 70), true),
+        socket.reset_sent(close_ns, "TCP_ABORT_ON_CLOSE"),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conn.close.cause, CloseCause::UnreadRequest);
+    EXPECT_EQ(conn.close.unread_bytes, 70u);
+    EXPECT_EQ(conn.comm, "node");
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::UnreadAtClose);
+    EXPECT_EQ(conn.requests[1].idle_before_ms, 2000.0);
+    // Idle since the last completed exchange, not since the late request.
+    EXPECT_NEAR(*conn.close.idle_ms, 2000.3, 1e-6);
+}
+
+TEST(TrackerCause, UnreadRequestWithoutIdleIsAnInflightLoss) {
+    const Socket socket;
+    const uint64_t response_ns = 1 * kSec + 2 * kMs;
+    const uint64_t next_ns = response_ns + 1 * kMs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kGet),
+        socket.message(response_ns, Direction::Out, kOk),
+        socket.message(next_ns, Direction::In, kLatePost),
+        owner_close(socket, next_ns + 5 * kMs, activity(next_ns, response_ns, 70), true),
+        socket.reset_sent(next_ns + 5 * kMs, "TCP_ABORT_ON_CLOSE"),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalResetInflight);
+    EXPECT_EQ(conn.close.cause, CloseCause::UnreadRequest);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::UnreadAtClose);
+}
+
+TEST(TrackerCause, CrashWithARequestReadIsAProcessExit) {
+    const Socket socket;
+    const uint64_t request_ns = 1 * kSec + kMs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(request_ns, Direction::In, kLatePost),
+        owner_close(socket, request_ns + 600 * kMs, activity(request_ns, 0), false, true),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalResetInflight);
+    EXPECT_EQ(conn.close.cause, CloseCause::ProcessExit);
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::UnansweredAtClose);
+}
+
+TEST(TrackerCause, PooledConnectionForgottenInBetween) {
+    Socket socket;
+    socket.role = Role::Client;
+    const uint64_t request_ns = 1 * kSec + kMs;
+    const uint64_t reused_ns = request_ns + 5 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(request_ns, Direction::Out, kGet),
+        socket.message(request_ns + kMs, Direction::In, kOk),
+        socket.message(reused_ns, Direction::Out, kGet),
+        socket.reset_received(reused_ns + 70 * kUs),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseInflight);
+    EXPECT_EQ(conn.close.cause, CloseCause::Forgotten);
+}
+
+// Three requests in one segment, the three responses each in its own (the kernel reports every
+// segment that opens a response).
+TEST(TrackerCause, PipelinedRequestsEachMatchTheirResponse) {
+    const Socket socket;
+    const std::string three = std::string(kGet) + std::string(kGet) + std::string(kGet);
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, three),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kOk),
+        socket.message(1 * kSec + 3 * kMs, Direction::Out, kOk),
+        socket.message(1 * kSec + 4 * kMs, Direction::Out, kOk),
+        socket.state(1 * kSec + 15 * kMs, kTcpEstablished, kTcpCloseWait,
+                     activity(1 * kSec + kMs, 1 * kSec + 4 * kMs)),
+    });
+    EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(3, Outcome::Completed)));
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::ClosedAfterUse);
+}
+
 }  // namespace
 }  // namespace closetrace

@@ -35,6 +35,27 @@ SCRIPT = os.path.abspath(__file__)
 # ---------------------------------------------------------------------------------------
 # the client itself (runs inside a namespace)
 
+# What an AWS ALB sends to every target, one connection each (field notes: HTTP/1.1,
+# Connection: close); Host is the target's address:port.
+ALB_HEALTH_CHECK_HEADERS = {"Connection": "close", "User-Agent": "ELB-HealthChecker/2.0",
+                            "Accept-Encoding": "gzip, compressed"}
+
+
+def build_request(method, path, host, body=b"", headers=None) -> bytes:
+    """One HTTP/1.1 request: Host, User-Agent (cts-client), Content-Length (left out for a
+    bodiless GET/HEAD), then `headers` (a dict: a name already present is replaced in
+    place, new ones are appended in order)."""
+    if isinstance(body, str):
+        body = body.encode()
+    lines = {"Host": host, "User-Agent": "cts-client"}
+    if body or method not in ("GET", "HEAD"):
+        lines["Content-Length"] = str(len(body))
+    for k, v in (headers or {}).items():
+        lines[k] = v
+    return (f"{method} {path} HTTP/1.1\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in lines.items()) + "\r\n").encode() + body
+
+
 class Conn:
     def __init__(self, host, port, connect_timeout=3.0):
         self.host, self.port = host, port
@@ -122,9 +143,12 @@ class Conn:
         return status, headers, body
 
     def request(self, method="GET", path="/", body=b"", timeout=5.0, on_sent=None,
-                close_on_timeout=True, reconnect=True):
+                close_on_timeout=True, reconnect=True, headers=None, wait_server_close=0.0):
         """Send one request; returns a result dict.  Reconnects first if there is no socket
-        (or the previous one failed) when reconnect is true."""
+        (or the previous one failed) when reconnect is true.  headers: extra or replaced
+        header lines (see build_request).  wait_server_close: after a response with
+        Connection: close, wait up to that many seconds for the server's FIN before closing
+        (0: close at once, as most clients do; then client and server race to close)."""
         res = {"method": method, "path": path, "sent": None, "status": None, "error": None,
                "done": None, "local_port": None, "reconnected": False}
         try:
@@ -155,10 +179,7 @@ class Conn:
         res["local_port"] = self.local_port()
         if isinstance(body, str):
             body = body.encode()
-        req = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nUser-Agent: cts-client\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        if method in ("GET", "HEAD") and not body:
-            req = req.replace(b"Content-Length: 0\r\n", b"")
+        req = build_request(method, path, self.host, body, headers)
         deadline = time.monotonic() + timeout
         try:
             res["sent"] = time.time()
@@ -171,10 +192,13 @@ class Conn:
         if on_sent:
             on_sent(res)
         try:
-            status, headers, rbody = self._read_response(deadline)
+            status, rheaders, rbody = self._read_response(deadline)
             res["status"] = status
             res["body"] = rbody[:200].decode("latin-1")
-            if headers.get("connection", "").lower() == "close":
+            if rheaders.get("connection", "").lower() == "close":
+                res["connection_close"] = True
+                if wait_server_close:
+                    res["server_close"] = self.wait_close(wait_server_close)["how"]
                 self.close()
         except socket.timeout:
             res["error"] = "timeout"
@@ -237,7 +261,8 @@ def serve(host, port):
                                                          "t": res["sent"],
                                                          "local_port": res["local_port"]}),
                               close_on_timeout=cmd.get("close_on_timeout", True),
-                              reconnect=cmd.get("reconnect", True))
+                              reconnect=cmd.get("reconnect", True),
+                              wait_server_close=float(cmd.get("wait_server_close", 0)))
                 r.update(ev="result", id=cid)
                 _emit(r)
             elif op == "wait_close":
@@ -290,10 +315,64 @@ def parallel_batch(host, port, conns, method, path, timeout, body=""):
     return results
 
 
+def healthcheck(host, port, interval, path, timeout, stop_file=None):
+    """ALB-style health checks until stdin closes: every `interval` s a new connection, one
+    `GET path` with ALB_HEALTH_CHECK_HEADERS; one JSON line per check."""
+    import select
+    hdrs = dict(ALB_HEALTH_CHECK_HEADERS, Host=f"{host}:{port}")
+    i = 0
+    while True:
+        c = Conn(host, port)
+        # waits for the target's FIN after its Connection: close response before closing,
+        # so that the target always closes these connections first (deterministic tests)
+        r = c.request("GET", path, timeout=timeout, headers=hdrs, wait_server_close=timeout)
+        c.close()
+        r["i"] = i
+        _emit(r)
+        i += 1
+        # stdin readable = EOF (the harness closed it): stop
+        if select.select([sys.stdin], [], [], interval)[0]:
+            return
+
+
+def pipeline(host, port, paths, timeout, hold):
+    """All of `paths` as GET requests in ONE send (pipelined), then read as many responses,
+    wait `hold` s, close.  One JSON line: sent, statuses, local_port."""
+    c = Conn(host, port)
+    res = {"paths": paths, "statuses": [], "error": None}
+    try:
+        res["local_port"] = c.connect()
+        data = b"".join(build_request("GET", p, host) for p in paths)
+        res["sent"] = time.time()
+        c.sock.sendall(data)
+        deadline = time.monotonic() + timeout
+        for _ in paths:
+            res["statuses"].append(c._read_response(deadline)[0])
+        res["done"] = time.time()
+        time.sleep(hold)
+    except (OSError, EOFError, ValueError) as e:
+        res["error"] = e.__class__.__name__
+    c.close()
+    res["closed"] = time.time()
+    _emit(res)
+
+
+def oneshot(host, port, path, timeout, hold):
+    """curl-like: a new connection, one request (no Connection: close), close `hold` s after
+    the response."""
+    c = Conn(host, port)
+    r = c.request("GET", path, timeout=timeout)
+    time.sleep(hold)
+    c.close()
+    r["closed"] = time.time()
+    _emit(r)
+
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["serve", "keepalive", "parallel"])
+    ap.add_argument("mode", choices=["serve", "keepalive", "parallel", "healthcheck",
+                                     "pipeline", "oneshot"])
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("-n", type=int, default=1)
@@ -303,11 +382,19 @@ def main(argv=None):
     ap.add_argument("--path", default="/")
     ap.add_argument("--body", default="")
     ap.add_argument("--timeout", type=float, default=5.0)
+    ap.add_argument("--interval", type=float, default=0.7)
+    ap.add_argument("--hold", type=float, default=0.0)
     a = ap.parse_args(argv)
     if a.mode == "serve":
         serve(a.host, a.port)
     elif a.mode == "keepalive":
         keepalive_batch(a.host, a.port, a.n, a.delay, a.method, a.path, a.timeout, a.body)
+    elif a.mode == "healthcheck":
+        healthcheck(a.host, a.port, a.interval, a.path, a.timeout)
+    elif a.mode == "pipeline":
+        pipeline(a.host, a.port, a.path.split(","), a.timeout, a.hold)
+    elif a.mode == "oneshot":
+        oneshot(a.host, a.port, a.path, a.timeout, a.hold)
     else:
         parallel_batch(a.host, a.port, a.c, a.method, a.path, a.timeout, a.body)
 
@@ -448,6 +535,46 @@ def spawn_parallel(topo, ns, host, port, conns=4, method="GET", path="/", timeou
 def parallel_results(proc: subprocess.Popen, timeout=20.0) -> list[dict]:
     out, _ = proc.communicate(timeout=timeout)
     return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+class HealthChecker:
+    """ALB-style health checks (``clients.py healthcheck``) in the background, from `ns`
+    straight to the target; ``stop()`` ends them (closes stdin) and returns the results."""
+
+    def __init__(self, topo, ns, host, port, interval=0.7, path="/health"):
+        self.topo = topo
+        self.proc = topo.spawn_in(ns, [sys.executable, SCRIPT, "healthcheck", "--host", host,
+                                       "--port", str(port), "--interval", str(interval),
+                                       "--path", path, "--timeout", "2"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.results_: list[dict] | None = None
+
+    def stop(self, timeout=10.0) -> list[dict]:
+        if self.results_ is None:
+            try:
+                out, _ = self.proc.communicate(input="", timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.topo.stop_proc(self.proc)
+                out, _ = self.proc.communicate()
+            self.results_ = [json.loads(x) for x in (out or "").splitlines() if x.strip()]
+        return self.results_
+
+
+def run_pipeline(topo, ns, host, port, paths, timeout=5.0, hold=0.0) -> dict:
+    """Pipelined GETs of `paths` in one send on a new connection (see pipeline())."""
+    r = topo.run_in(ns, [sys.executable, SCRIPT, "pipeline", "--host", host, "--port",
+                         str(port), "--path", ",".join(paths), "--timeout", str(timeout),
+                         "--hold", str(hold)], timeout=timeout + hold + 15)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_oneshot(topo, ns, host, port, path="/", hold=0.0, timeout=5.0) -> dict:
+    """One curl-like request on a new connection, closed `hold` s after the response."""
+    r = topo.run_in(ns, [sys.executable, SCRIPT, "oneshot", "--host", host, "--port",
+                         str(port), "--path", path, "--timeout", str(timeout),
+                         "--hold", str(hold)], timeout=timeout + hold + 15)
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def run_wrk(topo, ns, url, threads=2, connections=4, duration_s=2, timeout_s=2,

@@ -26,6 +26,12 @@ NODE_SERVER_JS = r"""
 //   ?delay=MS or /slow  -> answer after MS ms (default: DEFAULT_DELAY env, /slow: SLOW_MS)
 //   /busy?ms=MS          -> block the event loop for MS ms (overload: nothing else is read)
 //   /crash               -> process.abort()
+//   ?status=N            -> answer with status N
+//   ?lag_in=MS&lag_ms=MS -> answer now; MS later block the event loop for lag_ms (from the
+//                           check phase, so that the timers due meanwhile, such as a
+//                           keep-alive timeout, run before the poll phase reads any socket)
+//   MAX_REQUESTS env     -> server.maxRequestsPerSocket (the last response says
+//                           Connection: close)
 const http = require('http');
 const KA = parseInt(process.env.KEEPALIVE_MS || '5000');
 const HT = parseInt(process.env.HEADERS_MS || String(KA + 1000));
@@ -51,16 +57,27 @@ const server = http.createServer((req, res) => {
     if (u.searchParams.has('delay')) delay = parseInt(u.searchParams.get('delay'));
     const answer = () => {
       const body = `ok ${req.method} ${u.pathname} ${Buffer.concat(chunks).length}\n`;
-      res.writeHead(200, {'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body)});
+      const status = parseInt(u.searchParams.get('status') || '200');
+      res.writeHead(status, {'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body)});
       res.end(body);
       log({ev: 'response', method: req.method, url: req.url, peer: sock});
     };
     if (delay > 0) setTimeout(answer, delay); else answer();
+    if (u.searchParams.has('lag_in')) {
+      const ms = parseInt(u.searchParams.get('lag_ms') || '300');
+      setTimeout(() => setImmediate(() => {
+        log({ev: 'lag', ms});
+        const until = Date.now() + ms;
+        while (Date.now() < until) {}
+        log({ev: 'lag_end'});
+      }), parseInt(u.searchParams.get('lag_in')));
+    }
   });
 });
 server.keepAliveTimeout = KA;
 server.headersTimeout = HT;
 server.requestTimeout = 0;
+if (process.env.MAX_REQUESTS) server.maxRequestsPerSocket = parseInt(process.env.MAX_REQUESTS);
 server.on('connection', (s) => log({ev: 'connection', peer: `${s.remoteAddress}:${s.remotePort}`}));
 server.listen(PORT, HOST, () => log({ev: 'listening', port: PORT, keepAliveTimeout: KA,
                                      headersTimeout: HT, node: process.version}));
@@ -145,8 +162,10 @@ def _mkdir(kind, base=None):
 
 
 def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=8080,
-                       slow_ms=1000, default_delay_ms=0, ns="backend", base_dir=None) -> Peer:
-    """Node.js http server, 200 to GET and POST on any path (see NODE_SERVER_JS)."""
+                       slow_ms=1000, default_delay_ms=0, ns="backend", base_dir=None,
+                       max_requests=None) -> Peer:
+    """Node.js http server, 200 to GET and POST on any path (see NODE_SERVER_JS);
+    max_requests sets server.maxRequestsPerSocket."""
     d = _mkdir("node", base_dir)
     script = os.path.join(d, "server.js")
     with open(script, "w") as f:
@@ -155,6 +174,8 @@ def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=
     env = dict(os.environ, KEEPALIVE_MS=str(keepalive_ms),
                HEADERS_MS=str(headers_ms or keepalive_ms + 1000), PORT=str(port),
                HOST="0.0.0.0", SLOW_MS=str(slow_ms), DEFAULT_DELAY=str(default_delay_ms))
+    if max_requests:
+        env["MAX_REQUESTS"] = str(max_requests)
     log = os.path.join(d, "node.log")
     with open(log, "w") as out:
         p = topo.spawn_in(ns, [NODE, script], stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -209,15 +230,16 @@ def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=10.0, env=Non
 
 
 def start_nginx_backend(topo: Topology, keepalive_timeout_s=1.0, port=8080, ns="backend",
-                        base_dir=None) -> Peer:
-    """nginx answering 200 to everything, with keepalive_timeout toward its clients."""
+                        base_dir=None, keepalive_requests=10000) -> Peer:
+    """nginx answering 200 to everything, with keepalive_timeout and keepalive_requests
+    toward its clients."""
     d = _mkdir("nginx-backend", base_dir)
     addr = topo.addr["backend"]
     conf = _nginx_common(d) + textwrap.dedent(f"""
         http {{
         {_nginx_http_common(d)}
             keepalive_timeout {int(keepalive_timeout_s * 1000)}ms;
-            keepalive_requests 10000;
+            keepalive_requests {keepalive_requests};
             server {{
                 listen {port};
                 location / {{ return 200 "ok\\n"; }}

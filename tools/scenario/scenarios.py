@@ -70,21 +70,30 @@ class ScenarioResult:
     measured: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     balancer_alb_log: str | None = None  # nginx: the same requests in the ALB access log format
+    # the captured (and recorded) host's address: the backend's, or the client's where the
+    # scenario records the client (nat_forgotten)
+    local_addr: str | None = None
+    local_exits: list = field(default_factory=list)  # wall times the local server was killed
+
+    @property
+    def host_addr(self):
+        return self.local_addr or self.backend_addr
 
     def wire_conns(self, local_ports=None):
-        return wire.read_capture(self.pcap, self.backend_addr,
-                                 local_ports or {self.backend_port})
+        return wire.read_capture(self.pcap, self.host_addr,
+                                 local_ports or {self.backend_port}, self.local_exits)
 
     def trace_data(self):
         return wire.load_trace(self.trace) if self.trace else None
 
-    def compare(self, verbose=True, check_verdicts=False):
-        """closetrace conn records vs the capture: a list of disagreements."""
+    def compare(self, verbose=True, check_verdicts=False, **checks):
+        """closetrace conn records vs the capture: a list of disagreements (checks:
+        check_causes, check_outcomes, check_health; see wire.compare)."""
         if not self.trace:
             raise ValueError("no trace recorded (recorder=None)")
-        return wire.compare_files(self.trace, self.pcap, self.backend_addr,
-                                  {self.backend_port}, verbose=verbose,
-                                  check_verdicts=check_verdicts)
+        return wire.compare_files(self.trace, self.pcap, self.host_addr,
+                                  {self.backend_port}, self.local_exits, verbose=verbose,
+                                  check_verdicts=check_verdicts, **checks)
 
     def balancer_statuses(self) -> list[int]:
         """HTTP statuses the balancer returned, from its access log."""
@@ -117,7 +126,8 @@ class ScenarioResult:
 class _Run:
     """Topology + capture + recorder + bookkeeping for one scenario."""
 
-    def __init__(self, name, recorder, workdir, recorder_ns="host", recorder_ready_s=15.0):
+    def __init__(self, name, recorder, workdir, recorder_ns="host", recorder_ready_s=15.0,
+                 capture_ns="backend"):
         netns.cleanup_stale()
         self.name = name
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"cts-{name}-")
@@ -139,12 +149,17 @@ class _Run:
         self.measured: dict = {}
         self.balancer = None
         self.backend = None
+        self.health: list[clients.HealthChecker] = []
+        self.local_exits: list[float] = []
+        # the recorded host: the capture runs on its interface toward the balancer
+        self.capture_ns = capture_ns
+        self.local_addr = self.topo.addr[capture_ns]
 
     def __enter__(self):
         self.topo.__enter__()
         try:
-            self.cap = wire.Capture(self.topo, "backend", self.topo.iface["backend"],
-                                    os.path.join(self.workdir, "backend.pcap")).start()
+            self.cap = wire.Capture(self.topo, self.capture_ns, self.topo.iface[self.capture_ns],
+                                    os.path.join(self.workdir, f"{self.capture_ns}.pcap")).start()
             self._start_recorder()
         except BaseException:
             self.topo.close()
@@ -193,6 +208,30 @@ class _Run:
         self.clients.append(c)
         return c
 
+    def health_checks(self, interval=0.7, path="/health"):
+        """ALB-style health checks of the backend from the balancer's namespace, as an ALB
+        sends them straight to its targets, until the scenario ends (or stop_health())."""
+        h = clients.HealthChecker(self.topo, "balancer", self.topo.addr["backend"],
+                                  BACKEND_PORT, interval=interval, path=path)
+        self.health.append(h)
+        return h
+
+    def stop_health(self):
+        for h in self.health:
+            if h.results_ is None:
+                for r in h.stop():
+                    self.log_client(r, phase="health")
+        res = [r for h in self.health for r in h.results_ or []]
+        self.measured["health_checks"] = len(res)
+        self.measured["health_statuses"] = sorted({r.get("status") for r in res},
+                                                  key=str)
+
+    def kill_backend(self):
+        """kill -9 of the backend (a crash); the time goes to the wire judge (it cannot see
+        a process exit) as local_exits."""
+        self.local_exits.append(time.time())
+        self.backend.kill9()
+
     def log_client(self, res: dict, **extra):
         res = dict(res, **extra)
         with open(self.client_log, "a") as f:
@@ -201,6 +240,10 @@ class _Run:
 
     def __exit__(self, *exc):
         try:
+            try:
+                self.stop_health()
+            except Exception as e:  # keep tearing down
+                self.warnings.append(f"health checks: {e!r}")
             for c in self.clients:
                 c.quit()
             time.sleep(0.2)  # let the last FIN/ACKs reach the capture
@@ -223,7 +266,9 @@ class _Run:
             balancer_access_log=getattr(b, "access_log", None) if b else None,
             balancer_error_log=getattr(b, "error_log", None) if b else None,
             balancer_alb_log=getattr(b, "alb_log", None) if b else None,
-            backend_log=n.log if n else "", client_log=self.client_log,
+            backend_log=(getattr(n, "log", None) or getattr(n, "access_log", "")) if n else "",
+            client_log=self.client_log, local_addr=self.local_addr,
+            local_exits=list(self.local_exits),
             backend_addr=self.topo.addr["backend"], backend_port=BACKEND_PORT,
             balancer_addr=self.topo.addr["balancer"],
             duration_s=round(time.monotonic() - self.t0, 2),
@@ -449,8 +494,282 @@ def client_gives_up(recorder=None, workdir=None, *, tries=2, slow_ms=1000,
     return run.result(kind)
 
 
+# ---------------------------------------------------------------------------------------
+# issue 14: why each connection closed, beside ALB-style health checks
+
+def _keepalive_rounds(run: _Run, cl, rounds, per_round, gap_s, idle_s, phase):
+    """`rounds` times: `per_round` requests `gap_s` apart on the keep-alive client `cl`, then
+    `idle_s` of silence (long enough for the idle timer under test to close)."""
+    for i in range(rounds):
+        for j in range(per_round):
+            if j:
+                time.sleep(gap_s)
+            run.log_client(cl.request("GET", f"/{phase}{i}-{j}"), phase=phase)
+        time.sleep(idle_s)
+
+
+def healthy(recorder=None, workdir=None, *, backend_keepalive_ms=10000,
+            balancer_keepalive_s=3.0, rounds=2, per_round=5, gap_s=0.4,
+            hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """A correct backend: Node keepAliveTimeout (10 s) above nginx's upstream
+    keepalive_timeout (3 s), keep-alive traffic through nginx, ALB-style health checks
+    straight to the backend.  nginx closes its idle upstream connections at 3 s (the peer's
+    timer); the backend only closes the health checks' connections (Connection: close)."""
+    with _Run("healthy", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                               port=BACKEND_PORT, base_dir=run.workdir)
+        _start_balancer(run, "nginx", balancer_keepalive_s)
+        run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        _keepalive_rounds(run, cl, rounds, per_round, gap_s, balancer_keepalive_s + 0.5,
+                          "normal")
+    return run.result("nginx")
+
+
+def broken_behind_hc(recorder=None, workdir=None, *, backend_keepalive_ms=1000,
+                     balancer_keepalive_s=60.0, rounds=3, per_round=2, gap_s=0.3,
+                     idle_s=2.5, hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """The field report's misconfiguration behind health checks: Node keepAliveTimeout 1000
+    (closes idle at ~2 s) behind nginx whose upstream keepalive_timeout (60 s, like the
+    ALB's idle timeout) never runs out during the recording: the peer shows no timer."""
+    with _Run("broken_behind_hc", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                               port=BACKEND_PORT, base_dir=run.workdir)
+        _start_balancer(run, "nginx", balancer_keepalive_s)
+        run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        _keepalive_rounds(run, cl, rounds, per_round, gap_s, idle_s, "normal")
+    return run.result("nginx")
+
+
+def one_shot(recorder=None, workdir=None, *, holds=(0.0, 0.0, 0.2, 0.4),
+             backend_keepalive_ms=10000, balancer_keepalive_s=3.0, per_round=4, gap_s=0.3,
+             hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """curl-like clients (a new connection, one GET without Connection: close, closed `hold`
+    s after the response) straight to the backend, beside a keep-alive client through nginx
+    whose idle upstream connection nginx closes at its 3 s."""
+    with _Run("one_shot", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                               port=BACKEND_PORT, base_dir=run.workdir)
+        _start_balancer(run, "nginx", balancer_keepalive_s)
+        run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        _keepalive_rounds(run, cl, 1, per_round, gap_s, 0.0, "normal")
+        idle_from = time.monotonic()
+        for i, hold in enumerate(holds):
+            run.log_client(clients.run_oneshot(t, "balancer", t.addr["backend"], BACKEND_PORT,
+                                               f"/once{i}", hold=hold), phase="oneshot")
+        time.sleep(max(0.0, balancer_keepalive_s + 0.5 - (time.monotonic() - idle_from)))
+    return run.result("nginx")
+
+
+def max_requests(recorder=None, workdir=None, *, backend="node", limit=3, connections=2,
+                 hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """A server that ends keep-alive after `limit` requests (Node maxRequestsPerSocket,
+    nginx keepalive_requests): its last response says Connection: close and it closes.
+    A keep-alive client in the balancer's namespace sends `limit` requests on each of
+    `connections` connections."""
+    with _Run("max_requests", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        if backend == "node":
+            run.backend = peers.start_node_backend(t, keepalive_ms=5000, max_requests=limit,
+                                                   port=BACKEND_PORT, base_dir=run.workdir)
+        else:
+            run.backend = peers.start_nginx_backend(t, keepalive_timeout_s=5.0,
+                                                    keepalive_requests=limit,
+                                                    port=BACKEND_PORT, base_dir=run.workdir)
+        run.health_checks(hc_interval_s)
+        cl = run.client("balancer", t.addr["backend"], BACKEND_PORT)
+        for i in range(connections * limit):
+            # after the Connection: close response the client lets the server close first
+            # for up to 0.5 s (else client and server race to close): nginx closes at
+            # once; Node 20 never does (measured), so the client closes after 0.5 s
+            run.log_client(cl.request("GET", f"/req{i}", wait_server_close=0.5),
+                           phase="limited")
+            time.sleep(0.2)
+        time.sleep(0.5)
+    return run.result(None)
+
+
+def unread_race(recorder=None, workdir=None, *, backend="node", races=2, hc_interval_s=0.7,
+                recorder_ns="host") -> ScenarioResult:
+    """The unread-request race made deterministic: a request arrives on an idle keep-alive
+    connection while the server cannot run, and its keep-alive timer comes due meanwhile;
+    when it runs again it handles the timer first and closes the socket with the request
+    unread: the kernel answers RST (TCP_ABORT_ON_CLOSE), the client sees ECONNRESET.
+
+    node: keepAliveTimeout 1000 (timer due 2.0 s after the response); the warm-up request
+    asks Node (?lag_in=1850&lag_ms=300) to block its event loop from 1.85 s to 2.15 s
+    (from the check phase: after it the timers phase runs before the poll phase reads any
+    socket); the request is sent at 1.95 s.
+    nginx: keepalive_timeout 1 s; the worker is SIGSTOPped 0.6-1.5 s after the response,
+    the request sent at 1.2 s; after SIGCONT, epoll_wait returns EINTR and nginx expires
+    its timers before it reads the socket.
+    The client is in the balancer's namespace (a balancer's upstream connection)."""
+    with _Run("unread_race", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        if backend == "node":
+            run.backend = peers.start_node_backend(t, keepalive_ms=1000, port=BACKEND_PORT,
+                                                   base_dir=run.workdir)
+        else:
+            run.backend = peers.start_nginx_backend(t, keepalive_timeout_s=1.0,
+                                                    port=BACKEND_PORT, base_dir=run.workdir)
+        run.health_checks(hc_interval_s)
+        cl = run.client("balancer", t.addr["backend"], BACKEND_PORT)
+        out = []
+        for i in range(races):
+            if backend == "node":
+                warm = run.log_client(cl.request("GET", f"/warm{i}?lag_in=1850&lag_ms=300"),
+                                      phase="warm", race=i)
+                time.sleep(max(0.0, warm["done"] + 1.95 - time.time()))
+                r = run.log_client(cl.request("GET", f"/race{i}", timeout=3), phase="race",
+                                   race=i)
+            else:
+                warm = run.log_client(cl.request("GET", f"/warm{i}"), phase="warm", race=i)
+                time.sleep(max(0.0, warm["done"] + 0.6 - time.time()))
+                run.backend.signal(signal.SIGSTOP, workers=True)
+                try:
+                    time.sleep(max(0.0, warm["done"] + 1.2 - time.time()))
+                    p = cl.send("GET", f"/race{i}", timeout=3)
+                    p.wait_sent()
+                    time.sleep(max(0.0, warm["done"] + 1.5 - time.time()))
+                finally:
+                    run.backend.signal(signal.SIGCONT, workers=True)
+                r = run.log_client(p.result(8), phase="race", race=i)
+            out.append({"race": i, "warm_done": warm["done"], "sent": r.get("sent"),
+                        "status": r.get("status"), "error": r.get("error")})
+            time.sleep(0.3)
+        run.measured["races"] = out
+        run.measured["race_errors"] = [o["error"] for o in out]
+    return run.result(None)
+
+
+def crash(recorder=None, workdir=None, *, slow=3, slow_ms=5000, normal_requests=3,
+          hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """kill -9 of the Node backend with `slow` requests read (Node logged them) and
+    unanswered, beside keep-alive traffic through nginx and health checks: the kernel
+    closes the sockets of the dead process with a FIN (their requests had been read)."""
+    with _Run("crash", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=5000, slow_ms=slow_ms,
+                                               port=BACKEND_PORT, base_dir=run.workdir)
+        _start_balancer(run, "nginx", 3.0)
+        run.health_checks(hc_interval_s)
+        # a few health checks answered before the crash, as a target in service has had
+        time.sleep(3 * hc_interval_s)
+        host = t.addr["balancer_client_side"]
+        cl = run.client("client", host, BALANCER_PORT)
+        for i in range(normal_requests):
+            run.log_client(cl.request("GET", f"/normal{i}"), phase="normal")
+        proc = clients.spawn_parallel(t, "client", host, BALANCER_PORT, conns=slow,
+                                      path="/slow", timeout=15)
+        # kill only once Node has read every slow request
+        end = time.monotonic() + 5
+        while time.monotonic() < end and _node_requests(run.backend.log, "/slow") < slow:
+            time.sleep(0.05)
+        run.measured["slow_read_before_kill"] = _node_requests(run.backend.log, "/slow")
+        time.sleep(0.2)
+        run.kill_backend()
+        run.measured["killed_at"] = run.local_exits[-1]
+        results = [run.log_client(r, phase="inflight")
+                   for r in clients.parallel_results(proc, timeout=25)]
+        run.measured["inflight_statuses"] = [r.get("status") for r in results]
+        time.sleep(0.5)
+    return run.result("nginx")
+
+
+def _node_requests(log_path, path_prefix) -> int:
+    """Requests Node logged as read (NODE_SERVER_JS's "request" lines) whose url starts
+    with path_prefix."""
+    n = 0
+    with open(log_path) as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            n += e.get("ev") == "request" and e.get("url", "").startswith(path_prefix)
+    return n
+
+
+def pipelining(recorder=None, workdir=None, *, backend="node",
+               paths=("/a?status=200", "/b?status=404", "/c?status=201"), hold_s=0.0,
+               hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """Three GETs in one send on a new connection (HTTP/1.1 pipelining) from the balancer's
+    namespace, three responses (Node: each its own status), then the client closes."""
+    with _Run("pipelining", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        if backend == "node":
+            run.backend = peers.start_node_backend(t, keepalive_ms=5000, port=BACKEND_PORT,
+                                                   base_dir=run.workdir)
+        else:
+            paths = tuple(p.split("?")[0] for p in paths)
+            run.backend = peers.start_nginx_backend(t, keepalive_timeout_s=5.0,
+                                                    port=BACKEND_PORT, base_dir=run.workdir)
+        run.health_checks(hc_interval_s)
+        r = run.log_client(clients.run_pipeline(t, "balancer", t.addr["backend"],
+                                                BACKEND_PORT, list(paths), hold=hold_s),
+                           phase="pipeline")
+        run.measured["pipeline_statuses"] = r.get("statuses")
+        time.sleep(2.0)  # a few more health checks
+    return run.result(None)
+
+
+# nftables in the NAT namespace: masquerade the client's flows toward the backend; a packet
+# of a flow conntrack no longer knows is INVALID (nf_conntrack_tcp_loose=0: no mid-stream
+# pickup) and is answered with an RST, as AWS's NAT gateway does after its idle timeout.
+NAT_RULES = """
+table ip cts_nat {
+    chain masq {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr %(client)s oifname "%(out)s" masquerade
+    }
+    chain forgetful {
+        type filter hook forward priority filter; policy accept;
+        ct state invalid counter reject with tcp reset
+    }
+}
+"""
+
+
+def nat_forgotten(recorder=None, workdir=None, *, conntrack_timeout_s=2, idle_s=3.5,
+                  hc_interval_s=0.7, recorder_ns="client") -> ScenarioResult:
+    """A pooled keep-alive connection through a NAT whose conntrack entry expires while the
+    connection idles: the client (recorded and captured in the client's namespace) reuses it
+    and the NAT answers the request with an RST, no FIN before it.  The balancer's namespace
+    does the NAT (nftables masquerade) with nf_conntrack_tcp_timeout_established =
+    `conntrack_timeout_s`; the backend (Node, keepAliveTimeout 30 s) never closes."""
+    with _Run("nat_forgotten", recorder, workdir, recorder_ns, capture_ns="client") as run:
+        t = run.topo
+        t.run_in("balancer", ["nft", "-f", "-"], input=NAT_RULES % {
+            "client": t.addr["client"], "out": t.iface["balancer"]})
+        t.run_in("balancer", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0",
+                              "net.netfilter.nf_conntrack_tcp_timeout_established="
+                              f"{conntrack_timeout_s}"])
+        run.backend = peers.start_node_backend(t, keepalive_ms=30000, port=BACKEND_PORT,
+                                               base_dir=run.workdir)
+        run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["backend"], BACKEND_PORT)
+        first = run.log_client(cl.request("GET", "/pooled"), phase="pooled")
+        time.sleep(max(0.0, first["done"] + idle_s - time.time()))
+        # reconnect=False: a pool reuses the connection it has (no FIN told it otherwise)
+        r = run.log_client(cl.request("GET", "/reuse", timeout=3, reconnect=False),
+                           phase="reuse")
+        run.measured["reuse"] = {"error": r.get("error"), "status": r.get("status")}
+        run.measured["nft"] = t.run_in("balancer", ["nft", "list", "table", "ip", "cts_nat"],
+                                       check=False).stdout
+        time.sleep(0.3)
+    return run.result(None)
+
+
 SCENARIOS = {"mismatch": mismatch, "fixed": fixed, "overload": overload,
-             "client_gives_up": client_gives_up}
+             "client_gives_up": client_gives_up, "healthy": healthy,
+             "broken_behind_hc": broken_behind_hc, "one_shot": one_shot,
+             "max_requests": max_requests, "unread_race": unread_race, "crash": crash,
+             "pipelining": pipelining, "nat_forgotten": nat_forgotten}
 
 
 def main(argv=None):
@@ -461,6 +780,8 @@ def main(argv=None):
                     "{trace} is replaced by the trace path")
     ap.add_argument("--workdir")
     ap.add_argument("--balancer", choices=["nginx", "haproxy"])
+    ap.add_argument("--backend", choices=["node", "nginx"],
+                    help="max_requests, unread_race, pipelining: the backend server")
     ap.add_argument("--compare", action="store_true", help="compare the trace with the wire")
     ap.add_argument("--wire", action="store_true", help="print the wire's connections")
     a = ap.parse_args(argv)
@@ -469,6 +790,8 @@ def main(argv=None):
         if a.scenario == "client_gives_up":
             ap.error("client_gives_up takes no --balancer")
         kw["balancer"] = a.balancer
+    if a.backend:
+        kw["backend"] = a.backend
     rec = shlex.split(a.recorder) if a.recorder else None
     res = SCENARIOS[a.scenario](recorder=rec, workdir=a.workdir, **kw)
     print(res.to_json())

@@ -30,6 +30,18 @@ _REQ_RX = re.compile(rb"^(%s) \S+ HTTP/1\.[01]" % b"|".join(m.encode() for m in 
 # tcp flag bits
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
+# health checkers by User-Agent prefix (the trace's `health_check` names them the same way)
+HEALTH_CHECKERS = ("ELB-HealthChecker", "kube-probe", "GoogleHC", "Consul Health Check",
+                   "Amazon-Route53-Health-Check-Service", "Envoy/HC")
+# the trace format's thresholds (issue 14): an idle timer closes after >= 1 s idle; a client
+# that closes within 1 s of its last response closed after use; a late or unread request
+# after >= 0.5 s idle is a race's
+IDLE_TIMER_MIN_S = 1.0
+AFTER_USE_MAX_S = 1.0
+RACE_IDLE_MIN_S = 0.5
+# a segment that starts a message (its head may go on in the next segments)
+_HEAD_START_RX = re.compile(rb"^((%s) |HTTP/1\.)" % b"|".join(m.encode() for m in HTTP_METHODS))
+
 
 # ---------------------------------------------------------------------------------------
 # capture
@@ -193,6 +205,7 @@ class WireConn:
     peer_rsts: list = field(default_factory=list)
     segments: list = field(default_factory=list)  # {"t","dir","len","head","seq"}
     capture_gaps: int = 0  # payload the capture missed (sequence holes), both directions
+    exit_times: tuple = ()  # when the harness killed the local process (see ``cause``)
     _seen: set = field(default_factory=set, repr=False)
     _next: dict = field(default_factory=dict, repr=False)
 
@@ -254,44 +267,67 @@ class WireConn:
         d = "out" if self.role != "client" else "in"
         return self._msgs(d, lambda h: h.startswith("HTTP/"))
 
+    @property
+    def req_dir(self):
+        return "in" if self.role != "client" else "out"
+
+    def messages(self, direction):
+        """The HTTP/1.x messages of one direction, parsed from the reassembled stream (so
+        pipelined requests in one segment count one each): dicts with ``t`` (its first
+        segment), ``end_t`` (its last), ``line``, ``method`` or ``status``, ``headers``
+        (lower-case names) and ``close`` (it asks to end the connection: ``Connection:
+        close``, or HTTP/1.0 without keep-alive).  After a capture gap the parser waits for a
+        segment that starts a message."""
+        cache = self.__dict__.setdefault("_msgs_cache", {})
+        if direction not in cache:
+            segs = [x for x in self.segments if x["dir"] == direction]
+            cache[direction] = _parse_messages(segs, direction == self.req_dir)
+        return cache[direction]
+
+    def exchanges(self):
+        """(request, response|None) pairs: HTTP/1.1 answers requests in order, so the n-th
+        final (non-1xx) response belongs to the n-th request."""
+        reqs = self.messages(self.req_dir)
+        resps = [m for m in self.messages("out" if self.req_dir == "in" else "in")
+                 if not (m.get("status") or 0) // 100 == 1]
+        return [(q, resps[i] if i < len(resps) else None) for i, q in enumerate(reqs)]
+
     def request_outcomes(self):
         """Requests in order, each with an outcome like the trace's: completed |
-        unanswered_at_close | after_local_close | after_peer_close | in_flight.
+        unanswered_at_close | unread_at_close | after_local_close | after_peer_close |
+        in_flight, its ``status``, ``idle_before`` (s since the previous payload, or since
+        the handshake for the first) and ``close_asked`` ("request" | "response" | None).
 
-        HTTP/1.1 without pipelining: a request is answered by the next payload in the other
-        direction.  A request followed by another request with no response seen between
-        them counts as completed (the capture lost the response; see ``capture_gaps``)."""
-        req_dir = "in" if self.role != "client" else "out"
+        unread_at_close: this host's first close was an RST (no FIN of its own before it)
+        with the request unanswered: Linux resets a socket closed with unread bytes
+        (TCP_ABORT_ON_CLOSE), so the request was never read."""
         fc = self.first_close
+        unread_rst = fc is not None and fc[1] == "local" and fc[2] == "rst" and \
+            self.role != "client"
         out = []
-        pending = None
-        for s in self.segments:
-            if s["dir"] == req_dir:
-                if _REQ_RX.match(s["head"].encode("latin-1")):
-                    if pending is not None:
-                        pending.update(outcome="completed", response_t=None, status=None,
-                                       response_unseen=True)
-                    pending = {"t": s["t"], "line": s["head"].split("\r\n", 1)[0],
-                               "response_t": None, "status": None}
-                    out.append(pending)
-            elif pending is not None:
-                h = s["head"]
-                pending["response_t"] = s["t"]
-                pending["status"] = int(h[9:12]) if h.startswith("HTTP/") and \
-                    h[9:12].isdigit() else None
-                pending["outcome"] = "completed"
-                pending = None
-        for o in out:
-            if "outcome" in o:
-                continue
-            if fc and o["t"] >= fc[0] and fc[1] == "local" and self.role != "client":
+        for q, r in self.exchanges():
+            prev = [x["t"] for x in self.segments if x["t"] < q["t"]]
+            since = max(prev) if prev else (self.synack_t or self.syn_t)
+            o = {"t": q["t"], "line": q["line"], "method": q.get("method"),
+                 "target": q.get("target"), "response_t": r["t"] if r else None,
+                 "status": r.get("status") if r else None,
+                 "idle_before": q["t"] - since if since is not None else None,
+                 "close_asked": "request" if q["close"] else
+                 ("response" if r is not None and r["close"] else None),
+                 "user_agent": q["headers"].get("user-agent")}
+            if r is not None:
+                o["outcome"] = "completed"
+            elif fc and q["t"] >= fc[0] and fc[1] == "local" and self.role != "client":
                 o["outcome"] = "after_local_close"
-            elif fc and o["t"] >= fc[0] and fc[1] == "peer" and self.role == "client":
+            elif fc and q["t"] >= fc[0] and fc[1] == "peer" and self.role == "client":
                 o["outcome"] = "after_peer_close"
+            elif fc and unread_rst:
+                o["outcome"] = "unread_at_close"
             elif fc:
                 o["outcome"] = "unanswered_at_close"
             else:
                 o["outcome"] = "in_flight"
+            out.append(o)
         return out
 
     @property
@@ -302,12 +338,18 @@ class WireConn:
             return "open"
         if self.refused:
             return "refused"
-        outs = [o["outcome"] for o in self.request_outcomes()]
+        reqs = self.request_outcomes()
+        outs = [o["outcome"] for o in reqs]
         _, who, how = fc
         if who == "local":
             if "after_local_close" in outs:
                 return "local_close_race"
-            if "unanswered_at_close" in outs:
+            # an unread request that came after an idle gap: the timer closed the socket
+            # with the request waiting in it (issue 14)
+            if any(o["outcome"] == "unread_at_close" and o["idle_before"] is not None
+                   and o["idle_before"] >= RACE_IDLE_MIN_S for o in reqs):
+                return "local_close_race"
+            if "unanswered_at_close" in outs or "unread_at_close" in outs:
                 return "local_reset_inflight"
             return "local_reset" if how == "rst" else "local_idle_close"
         if "after_peer_close" in outs:
@@ -315,6 +357,72 @@ class WireConn:
         if "unanswered_at_close" in outs:
             return "peer_close_inflight"
         return "peer_reset" if how == "rst" else "peer_idle_close"
+
+    @property
+    def health_check(self):
+        """The health checker's name if a request came from one (User-Agent prefix)."""
+        for q in self.messages(self.req_dir):
+            ua = q["headers"].get("user-agent") or ""
+            for name in HEALTH_CHECKERS:
+                if ua.startswith(name):
+                    return name
+        return None
+
+    @property
+    def idle_since_exchange(self):
+        """Seconds from the end of the last completed exchange (the response's last segment;
+        the handshake without one) to the first FIN/RST: the trace's new ``idle_ms``."""
+        fc = self.first_close
+        if fc is None:
+            return None
+        ends = [r["end_t"] for q, r in self.exchanges() if r is not None and r["t"] <= fc[0]]
+        last = max(ends) if ends else (self.synack_t or self.syn_t or self.first_t)
+        return fc[0] - last if last is not None else None
+
+    @property
+    def cause(self):
+        """(causes, asked_by): the set of ``close.cause`` values the wire allows for the first
+        close (None: the wire cannot tell) and ``close.asked_by`` (None where not asked).
+
+        The wire cannot see a process exit: a harness that killed the process passes the
+        time in ``exit_times`` (read_capture(local_exits=...)); a local close within
+        0.3 s after it is ``process_exit``."""
+        fc = self.first_close
+        if fc is None or self.refused:
+            return None, None
+        t, who, how = fc
+        reqs = self.request_outcomes()
+        outs = {o["outcome"] for o in reqs}
+        closer_requested = (who == "local") == (self.role == "client")
+        if who == "local" and any(0 <= t - e <= 0.3 for e in self.exit_times):
+            # an unread request at the exit is both
+            return ({"process_exit", "unread_request"} if "unread_at_close" in outs
+                    else {"process_exit"}), None
+        if not reqs:
+            return {"probe"}, None
+        if "unread_at_close" in outs:
+            return {"unread_request"}, None
+        if who == "peer" and how == "rst" and self.role == "client" and \
+                self.peer_fin_t is None and "unanswered_at_close" in outs:
+            late = [o for o in reqs if o["outcome"] == "unanswered_at_close"]
+            if late[-1]["idle_before"] is not None and \
+                    late[-1]["idle_before"] >= IDLE_TIMER_MIN_S:
+                return {"forgotten"}, None
+        if "unanswered_at_close" in outs:
+            return {"in_flight"}, None
+        done = [o for o in reqs if o["outcome"] == "completed"]
+        if done and done[-1]["close_asked"] == "request":
+            return {"connection_close"}, "peer" if self.role != "client" else "local"
+        if done and done[-1]["close_asked"] == "response":
+            return {"keepalive_ended"}, "local" if self.role != "client" else "peer"
+        idle = self.idle_since_exchange
+        if idle is None:
+            return None, None
+        if idle >= IDLE_TIMER_MIN_S:
+            return {"idle_timer"}, None
+        if closer_requested and idle < AFTER_USE_MAX_S:
+            return {"closed_after_use"}, None
+        return None, None
 
     @property
     def idle_before_close(self):
@@ -328,6 +436,7 @@ class WireConn:
 
     def to_dict(self):
         fc = self.first_close
+        causes, asked_by = self.cause
         return {"local": {"addr": self.local[0], "port": self.local[1]},
                 "remote": {"addr": self.remote[0], "port": self.remote[1]},
                 "role": self.role, "syn_t": self.syn_t, "synack_t": self.synack_t,
@@ -339,16 +448,31 @@ class WireConn:
                           "peer_rsts": self.peer_rsts,
                           "idle_s": self.idle_before_close},
                 "requests": self.request_outcomes(), "capture_gaps": self.capture_gaps,
-                "segments": self.segments, "verdict": self.verdict}
+                "segments": [{k: v for k, v in x.items() if k != "data"}
+                             for x in self.segments],
+                "verdict": self.verdict, "cause": sorted(causes) if causes else None,
+                "asked_by": asked_by, "health_check": self.health_check,
+                "idle_since_exchange_s": self.idle_since_exchange}
 
     def describe(self, max_segments=24):
         fc = self.first_close
+        causes, asked_by = self.cause
         lines = [f"wire {self.local[0]}:{self.local[1]} <-> {self.remote[0]}:{self.remote[1]} "
                  f"role={self.role} verdict={self.verdict}"
+                 + (f" cause={'|'.join(sorted(causes))}" if causes else "")
+                 + (f" asked_by={asked_by}" if asked_by else "")
+                 + (f" health_check={self.health_check}" if self.health_check else "")
                  + (f" capture_gaps={self.capture_gaps}" if self.capture_gaps else "")]
         if fc:
+            idle = self.idle_since_exchange
             lines.append(f"  first close: {fc[1]} {fc[2]} at {fc[0]:.6f}"
-                         f" (idle {self.idle_before_close:.3f}s)")
+                         f" (idle {self.idle_before_close:.3f}s, since the last exchange "
+                         + (f"{idle:.3f}s)" if idle is not None else "-)"))
+        for o in self.request_outcomes():
+            lines.append(f"  request {o['line'][:50]!r} {o['outcome']} status={o['status']}"
+                         + (f" idle_before={o['idle_before']:.3f}s"
+                            if o["idle_before"] is not None else "")
+                         + (f" close_asked={o['close_asked']}" if o["close_asked"] else ""))
         segs = self.segments
         if max_segments is not None and len(segs) > max_segments:
             half = max_segments // 2
@@ -365,6 +489,88 @@ class WireConn:
         for t in self.peer_rsts:
             lines.append(f"  {t:.6f}  in RST")
         return "\n".join(lines)
+
+
+def _parse_head(head: bytes, is_request: bool):
+    lines = head.decode("latin-1").split("\r\n")
+    m = {"line": lines[0], "headers": {}}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        m["headers"][k.strip().lower()] = v.strip()
+    parts = lines[0].split(" ")
+    version = parts[0] if not is_request else (parts[2] if len(parts) > 2 else "")
+    if is_request:
+        m["method"], m["target"] = parts[0], parts[1] if len(parts) > 1 else None
+    else:
+        m["status"] = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    conn = {x.strip().lower() for x in m["headers"].get("connection", "").split(",")}
+    m["close"] = "close" in conn or (version == "HTTP/1.0" and "keep-alive" not in conn)
+    return m
+
+
+def _parse_messages(segs, is_request):
+    """HTTP/1.x messages in one direction's segments (see WireConn.messages)."""
+    msgs = []
+    head, head_t = b"", None    # a head still being collected
+    body_left = 0               # Content-Length bytes still to come
+    chunk = None                # bytes of a chunked body still being parsed
+    for s in segs:
+        data = s["data"]
+        if s.get("gap"):
+            head, head_t, body_left, chunk = b"", None, 0, None
+        while data:
+            if body_left:
+                n = min(body_left, len(data))
+                body_left -= n
+                data = data[n:]
+                if not body_left:
+                    msgs[-1]["end_t"] = s["t"]
+                continue
+            if chunk is not None:
+                chunk += data
+                data = b""
+                while True:  # size line, chunk, CRLF; a 0 chunk (no trailers) ends it
+                    i = chunk.find(b"\r\n")
+                    if i < 0:
+                        break
+                    try:
+                        size = int(chunk[:i].split(b";")[0], 16)
+                    except ValueError:
+                        chunk = None
+                        break
+                    if len(chunk) < i + 2 + size + 2:
+                        break
+                    chunk = chunk[i + 2 + size + 2:]
+                    if size == 0:
+                        msgs[-1]["end_t"] = s["t"]
+                        data, chunk = chunk, None
+                        break
+                continue
+            if not head and not _HEAD_START_RX.match(data):
+                break  # not a message start (body until close, or lost bytes): skip
+            if not head:
+                head_t = s["t"]
+            head += data
+            data = b""
+            i = head.find(b"\r\n\r\n")
+            if i < 0:
+                break
+            data, head = head[i + 4:], head[:i]
+            m = _parse_head(head, is_request)
+            head = b""
+            m["t"], m["end_t"] = head_t, s["t"]
+            msgs.append(m)
+            h = m["headers"]
+            st = m.get("status")
+            if not is_request and (st is None or st // 100 == 1 or st in (204, 304)):
+                continue
+            if "chunked" in h.get("transfer-encoding", "").lower():
+                chunk = b""
+            elif h.get("content-length", "").isdigit():
+                body_left = int(h["content-length"])
+            elif not is_request:
+                break  # a body until the close: the rest is body
+    return msgs
 
 
 def conns_from_packets(pkts, local_addr, local_ports=None) -> list[WireConn]:
@@ -411,19 +617,26 @@ def conns_from_packets(pkts, local_addr, local_ports=None) -> list[WireConn]:
             if sig not in c._seen:  # drop retransmissions
                 c._seen.add(sig)
                 nxt = c._next.get(sig[0])
-                if nxt is not None and p.seq > nxt:
+                gap = nxt is not None and p.seq > nxt
+                if gap:
                     c.capture_gaps += 1
                 c._next[sig[0]] = max(nxt or 0, p.seq + p.length)
+                # "data": the whole payload, for the HTTP message parser (pipelining,
+                # headers past the first 100 bytes); "gap": bytes before it were lost
                 c.segments.append({"t": p.t, "dir": "out" if out else "in", "len": p.length,
-                                   "seq": p.seq,
+                                   "seq": p.seq, "gap": gap, "data": p.payload,
                                    "head": p.payload[:100].decode("latin-1")})
     done.extend(active.values())
     done.sort(key=lambda c: c.first_t or 0)
     return done
 
 
-def read_capture(path, local_addr, local_ports=None) -> list[WireConn]:
-    return conns_from_packets(read_packets(path), local_addr, local_ports)
+def read_capture(path, local_addr, local_ports=None, local_exits=()) -> list[WireConn]:
+    """local_exits: wall times the harness killed the local process (see WireConn.cause)."""
+    conns = conns_from_packets(read_packets(path), local_addr, local_ports)
+    for c in conns:
+        c.exit_times = tuple(local_exits)
+    return conns
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,7 +681,11 @@ def describe_trace_conn(c, mono_to_wall_ns=None):
              f"{c['remote']['addr']}:{c['remote']['port']} id={c.get('id')} "
              f"role={c.get('role')} verdict={c.get('verdict')}",
              f"  close: initiator={cl.get('initiator')} how={cl.get('how')} "
-             f"idle_ms={cl.get('idle_ms')} rst_reason={cl.get('rst_reason')}"]
+             f"idle_ms={cl.get('idle_ms')} rst_reason={cl.get('rst_reason')} "
+             f"cause={cl.get('cause')} asked_by={cl.get('asked_by')} "
+             f"unread_bytes={cl.get('unread_bytes')}",
+             f"  comm={c.get('comm')} health_check={c.get('health_check')} "
+             f"requests_omitted={c.get('requests_omitted')}"]
     for k in ("established_ns", "closed_ns"):
         lines.append(f"  {k}: {c.get(k)} wall={_twall(c.get(k), mono_to_wall_ns)}")
     for k in ("local_fin_ns", "peer_fin_ns", "local_rst_ns", "peer_rst_ns"):
@@ -476,17 +693,49 @@ def describe_trace_conn(c, mono_to_wall_ns=None):
             lines.append(f"  {k}: {cl[k]} wall={_twall(cl[k], mono_to_wall_ns)}")
     for r in c.get("requests") or []:
         lines.append(f"  request {r.get('method')} {r.get('target')} status={r.get('status')} "
-                     f"outcome={r.get('outcome')} "
+                     f"outcome={r.get('outcome')} idle_before_ms={r.get('idle_before_ms')} "
+                     f"close_asked={r.get('close_asked')} "
                      f"wall={_twall(r.get('request_ns'), mono_to_wall_ns)}")
     return "\n".join(lines)
 
 
+def _outcome_disagreement(t, w):
+    """The trace's requests against the wire's: the same number (the trace's listed plus
+    ``requests_omitted``), the same requests not ``completed`` (outcome, method, target) in
+    order, and, where the trace lists every request, each one's outcome, status and
+    ``close_asked``.  Returns a description or None."""
+    wr = w.request_outcomes()
+    tr = t.get("requests") or []
+    n = len(tr) + (t.get("requests_omitted") or 0)
+    if n != len(wr):
+        return f"requests: trace {n} wire {len(wr)}"
+    key = lambda o: (o.get("outcome"), o.get("method"), o.get("target"))  # noqa: E731
+    tb = [key(o) for o in tr if o.get("outcome") != "completed"]
+    wb = [key(o) for o in wr if o["outcome"] != "completed"]
+    if tb != wb:
+        return f"requests not completed: trace {tb} wire {wb}"
+    if len(tr) == len(wr):
+        for a, b in zip(tr, wr):
+            ta = (a.get("outcome"), a.get("status"), a.get("close_asked"))
+            wa = (b["outcome"], b["status"], b["close_asked"])
+            if ta != wa:
+                return (f"request {b['line'][:40]!r}: trace (outcome, status, close_asked)="
+                        f"{ta} wire {wa}")
+    return None
+
+
 def compare(trace_conns, wire_conns, mono_to_wall_ns=None, local_addr=None,
-            trace_end_wall=None, verbose=True, check_verdicts=False, out=print):
+            trace_end_wall=None, verbose=True, check_verdicts=False, check_causes=False,
+            check_outcomes=False, check_health=False, out=print):
     """Match closetrace ``conn`` records to wire connections by 4-tuple (nearest in time when
     a 4-tuple was reused) and return a list of disagreements, each a dict with ``kind``
-    (``missing_on_wire`` | ``missing_in_trace`` | ``initiator`` | ``how`` | ``verdict``),
-    ``key``, ``trace`` and ``wire``.
+    (``missing_on_wire`` | ``missing_in_trace`` | ``initiator`` | ``how`` | ``verdict`` |
+    ``cause`` | ``asked_by`` | ``outcomes`` | ``health_check``), ``key``, ``trace`` and
+    ``wire``.
+
+    check_causes: ``close.cause`` must be one the wire allows (WireConn.cause; skipped where
+    the wire cannot tell) and ``close.asked_by`` the wire's.  check_outcomes: see
+    _outcome_disagreement.  check_health: ``health_check`` must be the wire's.
 
     Only trace records whose local address is local_addr (default: the wire's local
     address) and whose remote address differs from it (loopback traffic never reaches the
@@ -537,6 +786,19 @@ def compare(trace_conns, wire_conns, mono_to_wall_ns=None, local_addr=None,
             report("how", key, t, w, f"trace={t_how} wire={w.how}")
         elif check_verdicts and t.get("verdict") != w.verdict:
             report("verdict", key, t, w, f"trace={t.get('verdict')} wire={w.verdict}")
+        if check_causes and t_how is not None:
+            causes, asked_by = w.cause
+            if causes is not None and cl.get("cause") not in causes:
+                report("cause", key, t, w, f"trace={cl.get('cause')} wire={sorted(causes)}")
+            elif causes is not None and (cl.get("asked_by") or None) != asked_by:
+                report("asked_by", key, t, w, f"trace={cl.get('asked_by')} wire={asked_by}")
+        if check_outcomes:
+            why = _outcome_disagreement(t, w)
+            if why:
+                report("outcomes", key, t, w, why)
+        if check_health and (t.get("health_check") or None) != w.health_check:
+            report("health_check", key, t, w,
+                   f"trace={t.get('health_check')} wire={w.health_check}")
     for w in wire_conns:
         if id(w) in used or (local_addr is not None and w.local[0] != local_addr):
             continue
@@ -546,12 +808,12 @@ def compare(trace_conns, wire_conns, mono_to_wall_ns=None, local_addr=None,
     return disagreements
 
 
-def compare_files(trace_path, pcap_path, local_addr, local_ports=None, **kw):
+def compare_files(trace_path, pcap_path, local_addr, local_ports=None, local_exits=(), **kw):
     tr = load_trace(trace_path)
     hdr, summ = tr["header"] or {}, tr["summary"] or {}
     off = hdr.get("mono_to_wall_ns")
     end = _twall(summ.get("end_ns"), off)
-    wire = read_capture(pcap_path, local_addr, local_ports)
+    wire = read_capture(pcap_path, local_addr, local_ports, local_exits)
     return compare(tr["conns"], wire, mono_to_wall_ns=off, local_addr=local_addr,
                    trace_end_wall=end, **kw)
 

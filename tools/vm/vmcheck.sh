@@ -220,10 +220,15 @@ check_race() { # NAME PORT [RECORD ARGS...]: marks NAME
 			sv=$(field "$server" verdict)
 			cv=$(field "$client" verdict)
 			how=$(grep '^request 2' $T/$name-$hit.out | cut -d' ' -f3,5)
-			# The late request as the kernel saw it in the segment it answered with RST.
+			# The late request as the kernel saw it in the segment it answered with RST (event
+			# lines carry its parsed head, not its bytes).
 			trigger=no
 			grep '"kind":"reset_sent"' $T/$name.jsonl | grep -E "\"port\":$p[,}]" |
-				grep -q '"payload":"POST /pay' && trigger=yes
+				grep -q '"method":"POST","target":"/pay"' && trigger=yes
+			# The request sent before the server's FIN and left unread: the kernel's RST answers
+			# no segment, and the server's record holds the request instead.
+			[ $trigger = no ] && echo "$server" | grep -q '"outcome":"unread_at_close"' &&
+				trigger="none, request unread at close"
 			if [ "$sv" = local_close_race ] && [ $rrc -eq 0 ]; then
 				mark $name PASS "delay ${hit}ms after $tries tries: client saw $how; server verdict $sv, client verdict ${cv:-none}; RST trigger payload captured: $trigger"
 			else

@@ -8,11 +8,13 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_support.h"
 #include "closetrace/alb_log.h"
 #include "closetrace/alb_match.h"
 #include "closetrace/text.h"
@@ -350,7 +352,7 @@ void add_alb_command(CLI::App& app) {
         ->add_option("--skew", options->skew_ms,
                      "Largest difference in ms between the balancer's and the trace's time of "
                      "a request (clock skew plus network)")
-        ->check(CLI::Range(0.0, 3'600'000.0))
+        ->check(finite_range(0, 3'600'000, "ms"))
         ->capture_default_str();
     command->add_option("--format", options->format, "Output format")
         ->check(CLI::IsMember({"text", "json"}))
@@ -358,7 +360,15 @@ void add_alb_command(CLI::App& app) {
     command->add_option("--map", options->maps,
                         "HOSTPORT=CONTAINERPORT or HOSTADDR:HOSTPORT=CONTAINERPORT: the balancer "
                         "targets HOSTPORT, the trace sees the container's port (repeatable)");
-    command->callback([options] { run_alb(*options); });
+    command->callback([options] {
+        try {
+            run_alb(*options);
+        } catch (const std::system_error&) {
+            flush_stdout("alb");  // fmt::print's failed write is standard output's error
+            throw;
+        }
+        flush_stdout("alb");
+    });
 }
 
 }  // namespace closetrace

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_support.h"
 #include "closetrace/analysis.h"
 
 namespace closetrace {
@@ -46,10 +47,10 @@ void add_output_options(CLI::App* command, AnalysisOptions& options) {
 }
 
 // The messages are complete on stderr already: the exception only carries the status.
-void finish(const CommandOutput& output) {
+void finish(const CommandOutput& output, const char* command) {
     std::fputs(output.out.c_str(), stdout);
-    std::fflush(stdout);
     std::fputs(output.err.c_str(), stderr);
+    flush_stdout(command);
     if (output.exit_code != 0) throw CLI::RuntimeError("", output.exit_code);
 }
 
@@ -71,7 +72,8 @@ void add_analysis_commands(CLI::App& app) {
     report->callback([options] {
         finish(write_output(run_report(options->trace, output_format(options->format),
                                        breakdowns(options->by)),
-                            options->output, "report"));
+                            options->output, "report"),
+               "report");
     });
 
     CLI::App* diff = app.add_subcommand(
@@ -84,7 +86,8 @@ void add_analysis_commands(CLI::App& app) {
     diff->callback([options] {
         finish(write_output(
             run_diff(options->trace, options->later_trace, output_format(options->format)),
-            options->output, "diff"));
+            options->output, "diff"),
+            "diff");
     });
 
     CLI::App* verify = app.add_subcommand(
@@ -96,7 +99,7 @@ void add_analysis_commands(CLI::App& app) {
                        "The peer's idle timeout in seconds (default: the longest idle close the "
                        "peer made in the trace, else the ALB default of 60)");
     verify->callback(
-        [options] { finish(run_verify(options->trace, options->peer_idle_timeout_s)); });
+        [options] { finish(run_verify(options->trace, options->peer_idle_timeout_s), "verify"); });
 }
 
 }  // namespace closetrace

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -16,11 +18,13 @@
 #include "closetrace/analysis.h"
 #include "closetrace/container.h"
 #include "closetrace/event.h"
+#include "closetrace/file_descriptor.h"
 #include "closetrace/text.h"
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
 #include "closetrace/wallclock.h"
 #include "host.h"
+#include "cli_support.h"
 #include "tracer.h"
 
 namespace closetrace {
@@ -30,13 +34,17 @@ volatile sig_atomic_t stop_requested = 0;
 
 void request_stop(int) { stop_requested = 1; }
 
-// SIGINT and SIGTERM end the recording cleanly; no SA_RESTART so that polling wakes up.
+// Every signal that ends a process by default and can be caught ends the recording cleanly,
+// with its summary: Ctrl-C, kill, a dropped SSH session (HUP), Ctrl-\ (QUIT), and a closed
+// pipe (PIPE, after which writes fail with EPIPE and are reported). No SA_RESTART, so that
+// polling wakes up.
 void install_stop_handlers() {
     struct sigaction action{};
     action.sa_handler = request_stop;
     sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, nullptr);
-    sigaction(SIGTERM, &action, nullptr);
+    for (const int signal : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) {
+        sigaction(signal, &action, nullptr);
+    }
 }
 
 struct RecordOptions {
@@ -49,12 +57,32 @@ struct RecordOptions {
     std::string output;
     bool quiet = false;
     bool full_target = false;
+    bool raw_payloads = false;
+    bool force = false;
     bool raw_events = false;
     bool no_messages = false;
     double linger_ms = 2000;
     uint32_t ring_mb = 8;
     std::string btf;
 };
+
+// 30 days; without --duration a recording runs until it is stopped.
+constexpr double kMaxDurationS = 30 * 24 * 3600;
+
+// --pid: a process that exists now (its descendants are found from it).
+CLI::Validator running_process() {
+    return CLI::Validator(
+        [](std::string& input) -> std::string {
+            pid_t pid = 0;
+            if (CLI::detail::lexical_cast(input, pid) && pid > 0 &&
+                (kill(pid, 0) == 0 || errno == EPERM)) {
+                return {};
+            }
+            return fmt::format("no process has pid {}; give a running process's pid (pgrep NAME)",
+                               input);
+        },
+        "PID");
+}
 
 [[noreturn]] void fail(const std::string& message, int exit_code = 1) {
     throw CLI::RuntimeError("closetrace record: " + message, exit_code);
@@ -169,10 +197,35 @@ private:
     uint64_t suppressed_ = 0;
 };
 
-int open_output(const std::string& output) {
+// The trace file, readable by its owner only (it names hosts, processes and requests), and
+// locked for the whole recording so that a second recorder cannot interleave its lines. An
+// existing trace is evidence: it is overwritten only with --force.
+int open_output(const std::string& output, bool force) {
     if (output == "-") return STDOUT_FILENO;
-    const int fd = open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int fd = open(output.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) fail(fmt::format("cannot write {}: {}", output, std::strerror(errno)));
+    const auto give_up = [&](const std::string& message) {
+        close(fd);
+        fail(message);
+    };
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        give_up(errno == EWOULDBLOCK
+                    ? fmt::format("{} is being written by another closetrace record; give "
+                                  "another --output",
+                                  output)
+                    : fmt::format("cannot lock {}: {}", output, std::strerror(errno)));
+    }
+    struct stat file{};
+    if (fstat(fd, &file) == 0 && S_ISREG(file.st_mode)) {
+        if (file.st_size > 0 && !force) {
+            give_up(fmt::format("{} exists ({} bytes); give another --output, or --force to "
+                                "overwrite it",
+                                output, static_cast<long long>(file.st_size)));
+        }
+        if (ftruncate(fd, 0) != 0 || fchmod(fd, 0600) != 0) {
+            give_up(fmt::format("cannot write {}: {}", output, std::strerror(errno)));
+        }
+    }
     return fd;
 }
 
@@ -276,7 +329,9 @@ void record(const RecordOptions& options) {
     }
     reasons = tracer->rst_reasons();
 
-    const int fd = open_output(output);
+    const int fd = open_output(output, options.force);
+    // Closes the file (and releases its lock) however the recording ends.
+    const FileDescriptor owned_fd(fd == STDOUT_FILENO ? -1 : fd);
     TraceWriter writer(fd);
     const int64_t mono_to_wall = mono_to_wall_offset_ns();
     const uint64_t start_ns = monotonic_now_ns();
@@ -293,6 +348,7 @@ void record(const RecordOptions& options) {
     header.filters.ports = options.ports;
     if (config.cgroup_filter_dir) header.filters.cgroup = config.cgroup_filter_dir;
     header.filters.full_target = options.full_target;
+    header.filters.raw_payloads = options.raw_payloads;
     if (config.netns != 0) header.filters.netns = config.netns;
     if (!options.container.empty()) header.filters.container = options.container;
     if (options.pid != 0) header.filters.pid = options.pid;
@@ -302,8 +358,20 @@ void record(const RecordOptions& options) {
     header.probes.reset_received = probes.reset_received;
     if (!probes.messages.empty()) header.probes.messages = probes.messages;
     header.probes.rst_reason = probes.rst_reason;
-    writer.write_line(header_line(header));
-    writer.flush();
+    const auto write_failed = [&](const std::system_error& error) {
+        const int code = error.code().value();
+        fail(fmt::format("cannot write {}: {}; the lines written before are valid{}",
+                         output == "-" ? "standard output" : output, std::strerror(code),
+                         code == ENOSPC || code == EDQUOT ? ": free space or give another --output"
+                         : code == EPIPE                  ? ""
+                                                          : ": give another --output"));
+    };
+    try {
+        writer.write_line(header_line(header));
+        writer.flush();
+    } catch (const std::system_error& error) {
+        write_failed(error);
+    }
 
     if (!options.quiet) {
         std::string filters = options.ports.empty() ? "all TCP ports" : "port";
@@ -339,10 +407,11 @@ void record(const RecordOptions& options) {
         return !family || (conn.pid && family->contains(*conn.pid));
     };
 
+    const PayloadPolicy payloads{.raw = options.raw_payloads, .full_target = options.full_target};
     auto feed_tracker = [&] {
         for (const auto& event : decoded) {
             ++events;
-            if (options.raw_events) writer.write_line(event_line(event));
+            if (options.raw_events) writer.write_line(event_line(event, payloads));
             // While the process and its container still exist: the answer is cached for later.
             if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
                 attributor.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
@@ -365,7 +434,7 @@ void record(const RecordOptions& options) {
         for (const auto& event : tracker.take_unattributed()) {
             if (!keep_unattributed || options.raw_events) continue;
             if (config.netns != 0 && event.netns != config.netns) continue;
-            writer.write_line(event_line(event));
+            writer.write_line(event_line(event, payloads));
         }
     };
 
@@ -412,11 +481,10 @@ void record(const RecordOptions& options) {
                          static_cast<unsigned long long>(summary.lost_events));
         }
     } catch (const std::system_error& error) {
-        fail(fmt::format("writing {} failed: {}", output, error.what()));
+        write_failed(error);
     } catch (const LoaderError& error) {
         fail(error.what());
     }
-    if (fd != STDOUT_FILENO) close(fd);
 }
 
 }  // namespace
@@ -438,20 +506,26 @@ void add_record_command(CLI::App& app) {
                         "unit) or at least 12 hex digits of its id or ECS task id");
     command->add_option("--pid", options->pid,
                         "Only sockets owned by this process or its descendants")
-        ->check(CLI::PositiveNumber);
+        ->check(running_process());
     command->add_option("--duration,-d", options->duration_s, "Stop after this many seconds")
-        ->check(CLI::PositiveNumber);
+        ->check(finite_range(0.001, kMaxDurationS, "seconds"));
     command->add_option("--output,-o", options->output,
                         "Trace file, or - for standard output (default: closetrace-DATE.jsonl)");
     command->add_flag("--quiet,-q", options->quiet, "No live lines on the terminal");
+    command->add_flag("--force", options->force, "Overwrite an existing trace file");
     command->add_flag("--full-target", options->full_target,
                       "Keep request targets' query strings (they may hold secrets)");
-    command->add_flag("--events", options->raw_events, "Also write every raw kernel event");
+    command->add_flag("--raw-payloads", options->raw_payloads,
+                      "Write the captured bytes of event lines: whole request heads with their "
+                      "cookies and Authorization headers (secrets)");
+    command->add_flag("--events", options->raw_events,
+                      "Also write every kernel event (its HTTP heads; bytes only with "
+                      "--raw-payloads)");
     command->add_flag("--no-messages", options->no_messages,
                       "Do not attach the cgroup_skb programs (no HTTP requests)");
     command->add_option("--linger-ms", options->linger_ms,
                         "How long a closed connection waits for a late request before it is written")
-        ->check(CLI::Range(0.0, 120000.0));
+        ->check(finite_range(0, 120000, "ms"));
     command->add_option("--btf", options->btf, kBtfOptionHelp)->check(CLI::ExistingFile);
     command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
         ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));

@@ -269,8 +269,13 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
     if (config.btf_path) {
         btf* types = btf__parse(config.btf_path->c_str(), nullptr);
         if (!types) {
-            throw LoaderError(fmt::format("--btf {}: not a BTF file ({})", *config.btf_path,
-                                          errno_text(errno)));
+            // libbpf's own codes ("Unknown error 4001") say only that the content is not BTF.
+            const int err = errno;
+            const std::string why =
+                err > 0 && err < __LIBBPF_ERRNO__START ? " (" + errno_text(err) + ")" : "";
+            throw LoaderError(fmt::format("--btf {}: not a BTF file{}; give this kernel's BTF "
+                                          "(from BTFHub, or bpftool gen min_core_btf)",
+                                          *config.btf_path, why));
         }
         btf__free(types);
         impl_->btf_path = *config.btf_path;

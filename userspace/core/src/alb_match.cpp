@@ -247,7 +247,8 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             ++facts.caught_connections[conn->verdict];
             for (const Request& request : conn->requests) {
                 if (request.outcome != Outcome::AfterLocalClose &&
-                    request.outcome != Outcome::UnansweredAtClose) {
+                    request.outcome != Outcome::UnansweredAtClose &&
+                    request.outcome != Outcome::UnreadAtClose) {
                     continue;
                 }
                 facts.caught_requests.push_back(

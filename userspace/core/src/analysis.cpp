@@ -74,13 +74,14 @@ bool nothing_in_flight_at_close(Verdict verdict) {
     }
 }
 
-// The request a caught connection is listed by: late for a race, unanswered for an in-flight
-// close.
-Outcome caught_outcome(Verdict verdict) {
+// The requests a caught connection is listed by: late (or left unread after an idle gap) for a
+// race, unanswered or unread for an in-flight close.
+bool caught_in(Verdict verdict, Outcome outcome) {
     switch (verdict) {
-        case Verdict::LocalCloseRace: return Outcome::AfterLocalClose;
-        case Verdict::PeerCloseRace: return Outcome::AfterPeerClose;
-        default: return Outcome::UnansweredAtClose;
+        case Verdict::LocalCloseRace:
+            return outcome == Outcome::AfterLocalClose || outcome == Outcome::UnreadAtClose;
+        case Verdict::PeerCloseRace: return outcome == Outcome::AfterPeerClose;
+        default: return outcome == Outcome::UnansweredAtClose || outcome == Outcome::UnreadAtClose;
     }
 }
 
@@ -209,11 +210,11 @@ Recommendation process_exit_recommendation(const TraceAnalysis& trace) {
     const CaughtList& exits = trace.process_exits;
     return {.kind = RecommendationKind::ProcessExit,
             .text = fmt::format(
-                "{} closed by their process exiting ({}) with requests unanswered: a crash, a "
-                "kill (the OOM killer, a deploy without draining), not the keep-alive timeout "
-                "and not load by itself. Check why the process exited around the listed times "
-                "(exit codes, OOM kills in the kernel log, deploys), and drain connections "
-                "before stopping it.",
+                "{} closed by their process exiting ({}) with requests unanswered: the "
+                "connection lifecycle is not the cause, nor load by itself: a crash or a kill "
+                "(the OOM killer, a deploy without draining). Check why the process exited "
+                "around the listed times (exit codes, OOM kills in the kernel log, deploys), and "
+                "drain connections before stopping it.",
                 count_of(exits.total, "connection was", "connections were"),
                 processes_of(exits))};
 }
@@ -373,11 +374,10 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
                             .peer_fin_ns = conn.close.peer_fin_ns,
                             .local_rst_ns = conn.close.local_rst_ns,
                             .peer_rst_ns = conn.close.peer_rst_ns};
-    const Outcome outcome = caught_outcome(conn.verdict);
     for (const Request& request : conn.requests) {
         if (!caught.request && request.outcome == Outcome::Completed)
             caught.last_answered = request;
-        if (request.outcome != outcome) continue;
+        if (!caught_in(conn.verdict, request.outcome)) continue;
         if (!caught.request) caught.request = request;
         ++caught.caught_requests;
     }

@@ -16,6 +16,8 @@
 #include <nlohmann/json.hpp>
 #include <simdjson.h>
 
+#include "closetrace/http.h"
+
 namespace closetrace {
 namespace {
 
@@ -149,6 +151,32 @@ Json counts_json(const std::map<std::string, uint64_t>& counts) {
     Json object = Json::object();
     for (const auto& [name, count] : counts) object[bytes_to_utf8(name)] = count;
     return object;
+}
+
+// The HTTP messages a captured payload starts, without its bytes: what a verdict needs of them.
+Json heads_json(std::string_view payload, bool full_target) {
+    Json heads = Json::array();
+    if (payload.empty()) return heads;
+    const http::ParseResult parsed = http::parse(payload);
+    for (std::size_t i = 0; i < parsed.count; ++i) {
+        const http::Message& message = parsed.messages[i];
+        Json head = Json::object();
+        switch (message.kind) {
+            case http::MessageKind::Request:
+                head["method"] = bytes_json(message.method);
+                head["target"] =
+                    bytes_json(full_target ? message.target : http::strip_query(message.target));
+                break;
+            case http::MessageKind::Response:
+                head["status"] = message.status != 0 ? Json(message.status) : Json(nullptr);
+                break;
+            case http::MessageKind::Opaque:
+                head["opaque"] = true;
+                break;
+        }
+        heads.push_back(std::move(head));
+    }
+    return heads;
 }
 
 std::string dump_line(const Json& line) { return line.dump(-1, ' ', /*ensure_ascii=*/true); }
@@ -446,6 +474,9 @@ TraceHeader read_header(Members& line) {
     }
     header.filters.cgroup = nullable<std::string>(filters, {&filters_path, "cgroup"});
     header.filters.full_target = required<bool>(filters, {&filters_path, "full_target"});
+    if (has_member(filters, "raw_payloads")) {
+        header.filters.raw_payloads = required<bool>(filters, {&filters_path, "raw_payloads"});
+    }
     // Filters added later in closetrace/1: absent means not used.
     if (has_member(filters, "netns")) {
         header.filters.netns = nullable<uint32_t>(filters, {&filters_path, "netns"});
@@ -598,7 +629,6 @@ TraceEventLine read_event(Members& line) {
             event.trigger_flags = required<std::string>(line, {&root, "trigger_flags"});
             event.sk_state = nullable<std::string>(line, {&root, "sk_state"});
             event.payload_len = required<uint32_t>(line, {&root, "payload_len"});
-            event.payload = required<std::string>(line, {&root, "payload"});
             break;
         case EventKind::Message:
             event.direction = required_enum<Direction>(
@@ -606,8 +636,11 @@ TraceEventLine read_event(Members& line) {
                 [](std::string_view name) { return find_by_name<Direction>(kDirections, name); },
                 kDirections);
             event.payload_len = required<uint32_t>(line, {&root, "segment_len"});
-            event.payload = required<std::string>(line, {&root, "payload"});
             break;
+    }
+    // Written only by a recording with --raw-payloads.
+    if (kind != EventKind::State && has_member(line, "payload")) {
+        event.payload = required<std::string>(line, {&root, "payload"});
     }
     return event;
 }
@@ -625,6 +658,23 @@ TraceSummary read_summary(Members& line) {
     summary.by_initiator = read_counts(line, {&root, "by_initiator"});
     summary.by_how = read_counts(line, {&root, "by_how"});
     summary.verdicts = read_counts(line, {&root, "verdicts"});
+    return summary;
+}
+
+// Values no recording writes, rejected rather than turned into verdicts and figures: a trace
+// edited by hand or made by another tool.
+Connection plausible(Connection conn) {
+    if (conn.established_ns && conn.closed_ns && *conn.closed_ns < *conn.established_ns) {
+        throw LineError{"conn.closed_ns: before conn.established_ns"};
+    }
+    if (conn.close.idle_ms && *conn.close.idle_ms < 0) {
+        throw LineError{"conn.close.idle_ms: negative"};
+    }
+    return conn;
+}
+
+TraceSummary plausible(TraceSummary summary) {
+    if (summary.duration_s < 0) throw LineError{"summary.duration_s: negative"};
     return summary;
 }
 
@@ -726,6 +776,7 @@ std::string header_line(const TraceHeader& header) {
     filters["ports"] = std::move(ports);
     filters["cgroup"] = nullable_json(header.filters.cgroup);
     filters["full_target"] = header.filters.full_target;
+    filters["raw_payloads"] = header.filters.raw_payloads;
     filters["netns"] = nullable_json(header.filters.netns);
     filters["container"] = nullable_json(header.filters.container);
     filters["pid"] = nullable_json(header.filters.pid);
@@ -812,7 +863,7 @@ std::string conn_line(const Connection& conn) {
     return dump_line(line);
 }
 
-std::string event_line(const Event& event) {
+std::string event_line(const Event& event, PayloadPolicy policy) {
     const Tuple& tuple = event.tuple;
     Json line;
     line["type"] = "event";
@@ -836,13 +887,15 @@ std::string event_line(const Event& event) {
             // sk_state 0: the kernel had no socket for the segment.
             line["sk_state"] = event.sk_state ? Json(tcp_state_name(event.sk_state)) : Json(nullptr);
             line["payload_len"] = event.payload_len;
-            line["payload"] = bytes_json(event.payload);
             break;
         case EventKind::Message:
             line["direction"] = to_string(event.direction);
             line["segment_len"] = event.payload_len;
-            line["payload"] = bytes_json(event.payload);
             break;
+    }
+    if (event.kind != EventKind::State) {
+        line["heads"] = heads_json(event.payload, policy.full_target);
+        if (policy.raw) line["payload"] = bytes_json(event.payload);
     }
     return dump_line(line);
 }
@@ -961,11 +1014,16 @@ struct TraceReader::Impl {
         if (root.get_object().get(fields) != simdjson::SUCCESS) {
             throw LineError{"expected a JSON object"};
         }
+        // The summary is the last line: anything after it is another recording's.
+        if (summary_seen) throw LineError{"a line after the summary (traces concatenated?)"};
         Members members(fields);
         const std::string_view type = line_type(members);
-        if (type == "conn") return read_connection(members, header.schema == kTraceSchemaV1);
+        if (type == "conn") return plausible(read_connection(members, header.schema == kTraceSchemaV1));
         if (type == "event") return read_event(members);
-        if (type == "summary") return read_summary(members);
+        if (type == "summary") {
+            summary_seen = true;
+            return plausible(read_summary(members));
+        }
         if (type == "header") throw LineError{"a second header (traces concatenated?)"};
         throw LineError{fmt::format("unknown line type \"{}\"", printable(type))};
     }
@@ -976,6 +1034,7 @@ struct TraceReader::Impl {
     simdjson::dom::parser parser;
     TraceHeader header;
     std::vector<std::string> warnings;
+    bool summary_seen = false;
 };
 
 TraceReader::TraceReader(std::istream& in, std::string file_name)

@@ -278,6 +278,10 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
         switch (event.kind) {
             case EventKind::State:
                 close.note_owner_close(event);
+                // The owner's abort: the kernel resets the connection as it goes to CLOSE.
+                if (event.by_owner && event.new_state == kTcpClose) {
+                    close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                }
                 if (is_local_fin(event)) {
                     close.mark(close.local_fin, event, Initiator::Local, CloseHow::Fin);
                 }
@@ -286,7 +290,7 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
                 }
                 break;
             case EventKind::ResetSent:
-                if (!close.local_rst) close.rst_reason = event.rst_reason;
+                if (!close.rst_reason) close.rst_reason = event.rst_reason;
                 close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
                 break;
             case EventKind::ResetReceived:

@@ -28,6 +28,7 @@ struct TraceFilters {
     std::vector<uint16_t> ports;
     std::optional<std::string> cgroup;
     bool full_target = false;
+    bool raw_payloads = false;             // --raw-payloads
     std::optional<uint32_t> netns;         // --netns inode
     std::optional<std::string> container;  // --container
     std::optional<uint32_t> pid;           // --pid
@@ -71,7 +72,15 @@ struct TraceSummary {
 // ASCII, so any byte string round-trips and every line is pure ASCII JSON.
 std::string header_line(const TraceHeader& header);
 std::string conn_line(const Connection& conn);
-std::string event_line(const Event& event);
+
+// What an event line keeps of the payload it captured. Wire bytes hold query strings, cookies
+// and Authorization headers, and traces are uploaded and attached to tickets: by default a line
+// names the HTTP messages only (`heads`: method and target without its query, or status).
+struct PayloadPolicy {
+    bool raw = false;          // also the captured bytes (`payload`): record --raw-payloads
+    bool full_target = false;  // targets with their query string: record --full-target
+};
+std::string event_line(const Event& event, PayloadPolicy policy);
 std::string summary_line(const TraceSummary& summary);
 
 // Appends whole lines to a file descriptor: a reader never sees half a line unless the process
@@ -133,7 +142,7 @@ struct TraceEventLine {
 
     // reset_* (`payload_len`) and message (`segment_len`): bytes on the wire in that segment
     uint32_t payload_len = 0;
-    std::string payload;  // first bytes captured (raw bytes)
+    std::string payload;  // first bytes captured (raw bytes); empty unless --raw-payloads
 };
 
 using TraceRecord = std::variant<Connection, TraceEventLine, TraceSummary>;
