@@ -111,7 +111,8 @@ class DockerfileTest(unittest.TestCase):
         listed = subprocess.run(
             ["bash", "-c", extraction.group(0) + '; printf "%s\\n" "${build_packages[@]}"'],
             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-        for package in ("cmake", "clang", "libbpf-dev", "bpftool", "libsimdjson-dev"):
+        for package in ("cmake", "clang", "g++", "python3", "libbpf-dev", "bpftool",
+                        "libsimdjson-dev"):
             self.assertIn(package, listed)
         self.assertIn("--no-install-recommends", installs[0])
         self.assertIn("rm -rf /var/lib/apt/lists/*", installs[0])

@@ -580,8 +580,8 @@ void TraceAnalyzer::count(const ConnectionStory& story) {
     // connection. A race's close is the closer's timer whatever the late request did.
     const bool race = conn.verdict == Verdict::LocalCloseRace ||
                       conn.verdict == Verdict::PeerCloseRace;
-    const std::optional<double> idle_ms =
-        (is_timer_close(conn) || race) && !conn.health_check ? conn.close.idle_ms : std::nullopt;
+    std::optional<double> idle_ms;
+    if ((is_timer_close(conn) || race) && !conn.health_check) idle_ms = conn.close.idle_ms;
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
             raise_to(a.longest_idle_at_local_close_ms, *idle_ms);

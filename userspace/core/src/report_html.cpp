@@ -584,9 +584,9 @@ void over_time_section(std::string& out, const View& view, const TraceAnalysis& 
 struct TimelineEvent {
     uint64_t ns = 0;
     const char* name = "";
-    std::string detail;   // trace bytes, made printable and escaped when drawn
-    bool closes = false;  // a FIN or RST
-    bool late = false;    // the caught request
+    std::string detail{};  // trace bytes, made printable and escaped when drawn
+    bool closes = false;   // a FIN or RST
+    bool late = false;     // the caught request
 };
 
 std::vector<TimelineEvent> timeline_events(const CaughtConnection& caught) {

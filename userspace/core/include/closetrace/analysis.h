@@ -65,13 +65,14 @@ private:
     double max_ = 0;
 };
 
-// One side's idle closes: nullopt members when it had none.
+// One side's idle closes: nullopt members when it had none. Like the records of model.h, the
+// records here built with designated initializers give every member a default.
 struct IdleFigures {
     uint64_t closes = 0;  // closes with a known idle time
-    std::optional<double> min_ms, p10_ms, median_ms, p90_ms, max_ms;
+    std::optional<double> min_ms{}, p10_ms{}, median_ms{}, p90_ms{}, max_ms{};
     // Where this side never idle-closed: the longest idle it tolerated, i.e. the longest idle_ms
     // at a close by the other side with nothing in flight (nullopt when there was none).
-    std::optional<double> keeps_idle_longer_than_ms;
+    std::optional<double> keeps_idle_longer_than_ms{};
 };
 // `other_side_longest_ms`: the longest idle_ms at a close by the other side.
 IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms);
@@ -119,24 +120,24 @@ struct CaughtConnection {
     uint64_t conn_id = 0;
     Verdict verdict = Verdict::Open;
     Role role = Role::Unknown;
-    Endpoint local;
-    Endpoint remote;
-    std::optional<uint32_t> pid;
-    std::optional<std::string> comm;
-    std::optional<ClientEnd> client_end;  // the client's process when it is on this host too
-    std::optional<Request> request;       // the first caught request
-    uint64_t caught_requests = 0;    // late (race) or unanswered (in flight) requests
-    int64_t wall_ns = 0;             // Unix-epoch time of the request (of the close without one)
-    std::optional<double> idle_ms;   // the connection's idle time when it was closed
+    Endpoint local{};
+    Endpoint remote{};
+    std::optional<uint32_t> pid{};
+    std::optional<std::string> comm{};
+    std::optional<ClientEnd> client_end{};  // the client's process when it is on this host too
+    std::optional<Request> request{};       // the first caught request
+    uint64_t caught_requests = 0;           // late (race) or unanswered (in flight) requests
+    int64_t wall_ns = 0;  // Unix-epoch time of the request (of the close without one)
+    std::optional<double> idle_ms{};  // the connection's idle time when it was closed
     // The request's time minus the closing side's first FIN or RST: positive for a race (how late
     // the request came), negative for an in-flight close (how long the request had waited).
-    std::optional<double> request_after_close_ms;
-    std::optional<CloseHow> how;
-    std::optional<std::string> rst_reason;
+    std::optional<double> request_after_close_ms{};
+    std::optional<CloseHow> how{};
+    std::optional<std::string> rst_reason{};
     // For the timeline of the close (monotonic ns; nullopt where none): the request answered
     // last before the caught one, and each side's first FIN and RST.
-    std::optional<Request> last_answered;
-    std::optional<uint64_t> local_fin_ns, peer_fin_ns, local_rst_ns, peer_rst_ns;
+    std::optional<Request> last_answered{};
+    std::optional<uint64_t> local_fin_ns{}, peer_fin_ns{}, local_rst_ns{}, peer_rst_ns{};
 };
 
 // Whether a connection with this verdict caught a request (listed as a CaughtConnection).
@@ -266,9 +267,9 @@ enum class RecommendationKind {
 
 struct Recommendation {
     RecommendationKind kind = RecommendationKind::NothingToFix;
-    std::optional<std::string> comm;  // the process it is for, where it names one
-    std::optional<uint64_t> value_s;  // the timeout it recommends, where it names one
-    std::string text;
+    std::optional<std::string> comm{};  // the process it is for, where it names one
+    std::optional<uint64_t> value_s{};  // the timeout it recommends, where it names one
+    std::string text{};
 };
 
 struct Assessment {
@@ -344,8 +345,8 @@ std::string render_diff_html(const TraceAnalysis& before, const TraceAnalysis& a
 // (0 done, 1 verify failed, 2 unusable input). Messages on stderr start "closetrace COMMAND: ".
 
 struct CommandOutput {
-    std::string out;
-    std::string err;
+    std::string out{};
+    std::string err{};
     int exit_code = 0;
 };
 

@@ -55,34 +55,36 @@ enum class Verdict {
     Open,
 };
 
+// Every member of the records below has a default, so that a designated initializer names only
+// what it sets (g++'s -Wextra flags an omitted member without one).
 struct Request {
-    std::optional<std::string> method;  // nullopt for an opaque (non-HTTP) message
-    std::optional<std::string> target;  // query string removed unless recorded with --full-target
+    std::optional<std::string> method{};  // nullopt for an opaque (non-HTTP) message
+    std::optional<std::string> target{};  // query string removed unless recorded with --full-target
     bool opaque = false;
-    std::optional<int> status;
+    std::optional<int> status{};
     uint64_t request_ns = 0;
-    std::optional<uint64_t> response_ns;
+    std::optional<uint64_t> response_ns{};
     Outcome outcome = Outcome::InFlight;
     // Since the previous exchange (or the connection's start): a race's late request follows an
     // idle gap as long as the closer's timeout.
-    std::optional<double> idle_before_ms;
+    std::optional<double> idle_before_ms{};
     CloseAsked close_asked = CloseAsked::None;
 };
 
 struct CloseInfo {
     Initiator initiator = Initiator::Unknown;
-    std::optional<CloseHow> how;
-    std::optional<uint64_t> local_fin_ns;
-    std::optional<uint64_t> peer_fin_ns;
-    std::optional<uint64_t> local_rst_ns;
-    std::optional<uint64_t> peer_rst_ns;
-    std::optional<std::string> rst_reason;
+    std::optional<CloseHow> how{};
+    std::optional<uint64_t> local_fin_ns{};
+    std::optional<uint64_t> peer_fin_ns{};
+    std::optional<uint64_t> local_rst_ns{};
+    std::optional<uint64_t> peer_rst_ns{};
+    std::optional<std::string> rst_reason{};
     // From the end of the last completed exchange to the first FIN or RST: a request that came
     // unanswered into the close does not make the connection less idle.
-    std::optional<double> idle_ms;
+    std::optional<double> idle_ms{};
     CloseCause cause = CloseCause::Unknown;
     // For ConnectionClose and KeepaliveEnded: the side whose message asked.
-    std::optional<Initiator> asked_by;
+    std::optional<Initiator> asked_by{};
     uint64_t unread_bytes = 0;  // received, never read by this host's application at its close
 };
 
