@@ -356,11 +356,12 @@ ParseResult parse(std::string_view bytes) {
         return result;
     }
     if (bytes.starts_with(kHttp2PrefaceLine)) {
-        result.messages[result.count++] = {.kind = MessageKind::Request,
-                                           .method = bytes.substr(0, 3),
-                                           .target = bytes.substr(4, 1),
-                                           .version = bytes.substr(6, 8),
-                                           .line_complete = true};
+        Message& preface = result.messages[result.count++];
+        preface.kind = MessageKind::Request;
+        preface.method = bytes.substr(0, 3);
+        preface.target = bytes.substr(4, 1);
+        preface.version = bytes.substr(6, 8);
+        preface.line_complete = true;
         return result;
     }
     std::size_t offset = skip_empty_lines(bytes, 0);
