@@ -1,4 +1,5 @@
 """`closetrace record` and `doctor` as a user meets them: privileges, bad flags, stopping."""
+import collections
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import threading
 import time
 import unittest
 
-from support import CLOSETRACE, Recorder, read_trace, require_bpf
+from support import CLOSETRACE, Recorder, read_trace, report_json, require_bpf
 
 
 def run(*args, user=None, timeout=30):
@@ -163,6 +164,45 @@ class RecordCliTest(unittest.TestCase):
                                                           prefix=WITHOUT_KERNEL_BTF)
         self.assertTrue(header["probes"]["state"].startswith("raw_tp/"), header["probes"])
         self.assert_every_request_recorded(conns, summary)
+
+    def test_lost_events_mark_connections_incomplete_and_stay_out_of_the_report(self):
+        """A recorder that stops reading (SIGSTOP) under churn loses events once its smallest ring
+        is full: the connections open meanwhile are marked incomplete, every other one is whole,
+        and the report judges only those."""
+        with ChurningTraffic() as traffic:
+            recorder = Recorder("--port", str(traffic.port), "--quiet", "--ring-mb", "1")
+            self.addCleanup(recorder.cleanup)
+            with recorder:
+                time.sleep(0.5)
+                recorder.process.send_signal(signal.SIGSTOP)
+                time.sleep(4)
+                recorder.process.send_signal(signal.SIGCONT)
+                time.sleep(0.5)
+                traffic.stop()
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        self.assertIn("marked incomplete", recorder.stderr)
+        _, conns, _, summary = recorder.trace()
+        self.assertGreater(summary["lost_events"], 0)
+        incomplete = [conn for conn in conns if conn["incomplete"]]
+        complete = [conn for conn in conns if not conn["incomplete"]]
+        self.assertGreater(len(incomplete), 0)
+        # Connections seen from their opening (role known) and not marked are whole: one exchange,
+        # then whichever FIN goes first.
+        whole = [conn for conn in complete if conn["role"] != "unknown"]
+        self.assertGreater(len(whole), 10)
+        for conn in whole:
+            self.assertIn(conn["verdict"], {"local_idle_close", "peer_idle_close"}, conn)
+            self.assertEqual([(r["method"], r["target"], r.get("status"))
+                              for r in conn["requests"]], [("GET", "/churn", 200)], conn)
+
+        report = report_json(recorder.path)
+        self.assertEqual(report["trace"]["incomplete_connections"], len(incomplete))
+        self.assertEqual({verdict: figures["connections"]
+                          for verdict, figures in report["verdicts"].items()
+                          if figures["connections"]},
+                         dict(collections.Counter(conn["verdict"] for conn in complete)))
+        self.assertEqual([r["kind"] for r in report["recommendations"]], ["nothing_to_fix"])
+        self.assertIn(f"{len(incomplete)} connection", report["conclusion"])
 
     def test_btf_option_rejects_a_file_that_is_not_btf(self):
         result = run("record", "--btf", "/etc/hostname", "--duration", "1", "-o",

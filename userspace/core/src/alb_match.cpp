@@ -243,7 +243,8 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             last_ns = std::max(last_ns, latest_time_ns(*conn));
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
-            if (!can_explain_some_error(conn->verdict)) continue;
+            // An incomplete connection's verdict may be wrong: it proves nothing.
+            if (conn->incomplete || !can_explain_some_error(conn->verdict)) continue;
             ++facts.caught_connections[conn->verdict];
             for (const Request& request : conn->requests) {
                 if (request.outcome != Outcome::AfterLocalClose &&

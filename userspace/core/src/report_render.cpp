@@ -211,6 +211,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
           {"complete", trace.summary.has_value()},
           {"lost_events", trace.summary ? json(trace.summary->lost_events) : json(nullptr)},
           {"connections", trace.connections},
+          {"incomplete_connections", trace.incomplete},
           {"requests", trace.requests},
           {"event_lines", trace.event_lines}}},
         {"verdicts", verdicts},
@@ -337,9 +338,12 @@ std::string wait_timing(double request_after_close_ms) { return duration(-reques
 std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                         const std::vector<Breakdown>& breakdowns) {
     std::string out = fmt::format("closetrace report: {}\n", printable(trace.file));
+    const std::string connections =
+        count_of(trace.connections, "connection", "connections") +
+        (trace.incomplete > 0 ? fmt::format(" ({} incomplete, left out)", trace.incomplete) : "");
     out += fmt::format("Host {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
                        printable(trace.header.host), printable(trace.header.start_wall),
-                       trace.duration_s(), count_of(trace.connections, "connection", "connections"),
+                       trace.duration_s(), connections,
                        count_of(trace.requests, "request", "requests"),
                        trace.summary ? count_of(trace.lost_events(), "lost event", "lost events")
                                      : std::string("lost events unknown (no summary)"));

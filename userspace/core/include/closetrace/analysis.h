@@ -160,8 +160,11 @@ struct TraceAnalysis {
     std::optional<TraceSummary> summary;  // nullopt: the recording was cut short
     // About the trace: the reader's (a truncated last line), a missing summary, lost events.
     std::vector<std::string> warnings;
-    uint64_t connections = 0;
-    uint64_t requests = 0;     // requests over all connections
+    uint64_t connections = 0;  // every conn line, the incomplete ones included
+    // Connections marked incomplete (events of them were lost): left out of everything below,
+    // since their verdicts may be wrong.
+    uint64_t incomplete = 0;
+    uint64_t requests = 0;     // requests over the connections judged (not incomplete)
     uint64_t event_lines = 0;  // `event` lines (informational)
     uint64_t last_ns = 0;      // the latest monotonic time any conn line records
     VerdictCounts verdicts;
