@@ -58,6 +58,17 @@ const volatile __u32 filter_netns = 0; /* network namespace inode, 0 = any */
 /* A request after at least this much silence on its socket is written (record --idle-gap). */
 const volatile __u64 idle_gap_ns = 500000000ULL;
 
+/*
+ * Set by userspace once every program is attached; until then no socket gets state. A socket
+ * tracked from its opening is reported whole (its role, every request), which holds only if
+ * the hooks that see its payload were already attached: programs attach one at a time, and a
+ * connection opened in between lost its first request. Sockets opened before this is set are
+ * met later as open before recording. In the portable object it also keeps an entry from
+ * being made for a socket that dies before the state program sees its close: such an entry
+ * would stay live and be taken over by the next socket at that address.
+ */
+volatile __u32 recording = 0;
+
 /* Kernel layout facts the loader cannot give us any other way (x86_64 direct map). */
 extern const void vmemmap_base __ksym __weak;
 extern const void page_offset_base __ksym __weak;
@@ -445,6 +456,8 @@ static __always_inline struct sock_state *find_state(const struct sock *sk, __u6
 /* A fresh entry for the socket at `address` (any stale one replaced). */
 static __always_inline struct sock_state *create_state_at(const __u64 *address, __u64 now)
 {
+	if (!recording)
+		return NULL;
 	struct sock_state fresh = {};
 	/* Unique: one CPU never stamps two sockets in the same nanosecond. */
 	fresh.identity = (now << 8) | (bpf_get_smp_processor_id() & 0xff);
@@ -460,6 +473,8 @@ static __always_inline struct sock_state *new_state(struct sock *sk, __u8 role, 
 	__u64 address = (__u64)sk;
 	struct sock_state *state = create_state_at(&address, now);
 #else
+	if (!recording)
+		return NULL;
 	struct sock_state *state =
 		bpf_sk_storage_get(&sock_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 #endif

@@ -81,14 +81,13 @@ def read_trace(path):
 class Recorder:
     """`closetrace record` in the background for the duration of a `with` block."""
 
-    def __init__(self, *args, netns=None, linger_ms=300):
+    def __init__(self, *args, prefix=(), linger_ms=300):
+        """`prefix`: a command that runs closetrace in its environment (it must exec it, so that
+        stopping signals reach closetrace)."""
         self.directory = tempfile.TemporaryDirectory(prefix="closetrace-test-")
         self.path = os.path.join(self.directory.name, "trace.jsonl")
-        command = [os.path.abspath(CLOSETRACE), "record", "-o", self.path,
-                   "--linger-ms", str(linger_ms), *args]
-        if netns:
-            command = ["ip", "netns", "exec", netns, *command]
-        self.command = command
+        self.command = [*prefix, os.path.abspath(CLOSETRACE), "record", "-o", self.path,
+                        "--linger-ms", str(linger_ms), *args]
         self.process = None
         self.stderr = ""
 

@@ -1,4 +1,5 @@
 """`closetrace record` and `doctor` as a user meets them: privileges, bad flags, stopping."""
+import collections
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import threading
 import time
 import unittest
 
-from support import CLOSETRACE, Recorder, read_trace, require_bpf
+from support import CLOSETRACE, Recorder, read_trace, report_json, require_bpf
 
 
 def run(*args, user=None, timeout=30):
@@ -17,6 +18,12 @@ def run(*args, user=None, timeout=30):
     if user:
         command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+# Runs a command (closetrace) in a mount namespace where /sys/kernel/btf is hidden, as on a kernel
+# built without BTF (the kernel itself keeps it; the portable programs do not use it).
+WITHOUT_KERNEL_BTF = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount -t tmpfs -o size=1m none /sys/kernel/btf && exec "$@"', "sh"]
 
 
 class ChurningTraffic:
@@ -27,12 +34,13 @@ class ChurningTraffic:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.running = True
-        self.threads = [threading.Thread(target=self.serve), threading.Thread(target=self.connect)]
+        self.serving = self.connecting = True
+        self.server = threading.Thread(target=self.serve)
+        self.client = threading.Thread(target=self.connect)
 
     def serve(self):
         self.listener.settimeout(0.2)
-        while self.running:
+        while self.serving:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
@@ -42,7 +50,7 @@ class ChurningTraffic:
             conn.close()
 
     def connect(self):
-        while self.running:
+        while self.connecting:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as client:
                     client.sendall(b"GET /churn HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -52,15 +60,20 @@ class ChurningTraffic:
             time.sleep(0.005)
 
     def __enter__(self):
-        for thread in self.threads:
-            thread.start()
+        self.server.start()
+        self.client.start()
         return self
 
-    def __exit__(self, *exc):
-        self.running = False
-        for thread in self.threads:
-            thread.join()
+    def stop(self):
+        """The client stops first, so that every connection it made is answered and closed."""
+        self.connecting = False
+        self.client.join()
+        self.serving = False
+        self.server.join()
         self.listener.close()
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 class RecordCliTest(unittest.TestCase):
@@ -97,11 +110,7 @@ class RecordCliTest(unittest.TestCase):
         self.assertIn("run as root", result.stdout)
 
     def run_without_kernel_btf(self, *args):
-        """closetrace in a mount namespace where /sys/kernel/btf is hidden, as on a kernel built
-        without BTF (the kernel itself keeps it; the portable programs do not use it)."""
-        script = 'mount -t tmpfs -o size=1m none /sys/kernel/btf && exec "$@"'
-        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               script, "sh", CLOSETRACE, *args],
+        return subprocess.run([*WITHOUT_KERNEL_BTF, CLOSETRACE, *args],
                               capture_output=True, text=True, timeout=60)
 
     def test_without_kernel_btf_record_says_to_give_btf_in_one_line(self):
@@ -117,28 +126,83 @@ class RecordCliTest(unittest.TestCase):
         self.assertEqual(doctor.returncode, 1, doctor.stdout)
         self.assertIn("NO: record needs --btf FILE", doctor.stdout)
 
+    def record_churn(self, *args, prefix=()):
+        """Records churn that runs while the programs attach (connections open between one
+        program and the next) and ends before the recording does (none is left open)."""
+        with ChurningTraffic() as traffic:
+            recorder = Recorder("--port", str(traffic.port), "--quiet", *args, prefix=prefix)
+            self.addCleanup(recorder.cleanup)
+            with recorder:
+                time.sleep(1.5)
+                traffic.stop()
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        return recorder.trace()
+
+    def assert_every_request_recorded(self, conns, summary):
+        self.assertGreater(len(conns), 10)
+        self.assertEqual(summary["lost_events"], 0)
+        # Each side closes right after the one exchange: whichever FIN goes first. A connection
+        # opened while the programs attached is one first seen mid-life (role unknown).
+        servers = [conn for conn in conns if conn["role"] == "server"]
+        self.assertGreater(len(servers), 5)
+        for conn in servers:
+            self.assertIn(conn["verdict"], {"local_idle_close", "peer_idle_close"}, conn)
+            self.assertEqual([(r["method"], r["target"], r.get("status"))
+                              for r in conn["requests"]], [("GET", "/churn", 200)], conn)
+
+    def test_record_has_every_request_of_churn(self):
+        header, conns, _, summary = self.record_churn()
+        self.assertTrue(header["probes"]["state"].startswith("tp_btf/"), header["probes"])
+        self.assert_every_request_recorded(conns, summary)
+
     def test_without_kernel_btf_record_with_btf_file_records(self):
         with tempfile.TemporaryDirectory() as directory:
             btf = os.path.join(directory, "vmlinux.btf")
             with open("/sys/kernel/btf/vmlinux", "rb") as source, open(btf, "wb") as copy:
                 copy.write(source.read())
-            path = os.path.join(directory, "t.jsonl")
-            with ChurningTraffic() as traffic:
-                result = self.run_without_kernel_btf(
-                    "record", "--btf", btf, "--port", str(traffic.port), "--duration", "2",
-                    "--quiet", "-o", path)
-            self.assertEqual(result.returncode, 0, result.stderr)
-            header, conns, _, summary = read_trace(path)
-            self.assertTrue(header["probes"]["state"].startswith("raw_tp/"), header["probes"])
-            self.assertGreater(len(conns), 10)
-            self.assertEqual(summary["lost_events"], 0)
-            # Each side closes right after the one exchange: whichever FIN goes first.
-            servers = [conn for conn in conns if conn["role"] == "server"]
-            self.assertGreater(len(servers), 5)
-            for conn in servers:
-                self.assertIn(conn["verdict"], {"local_idle_close", "peer_idle_close"}, conn)
-                self.assertEqual([(r["method"], r["target"], r.get("status"))
-                                  for r in conn["requests"]], [("GET", "/churn", 200)], conn)
+            header, conns, _, summary = self.record_churn("--btf", btf,
+                                                          prefix=WITHOUT_KERNEL_BTF)
+        self.assertTrue(header["probes"]["state"].startswith("raw_tp/"), header["probes"])
+        self.assert_every_request_recorded(conns, summary)
+
+    def test_lost_events_mark_connections_incomplete_and_stay_out_of_the_report(self):
+        """A recorder that stops reading (SIGSTOP) under churn loses events once its smallest ring
+        is full: the connections open meanwhile are marked incomplete, every other one is whole,
+        and the report judges only those."""
+        with ChurningTraffic() as traffic:
+            recorder = Recorder("--port", str(traffic.port), "--quiet", "--ring-mb", "1")
+            self.addCleanup(recorder.cleanup)
+            with recorder:
+                time.sleep(0.5)
+                recorder.process.send_signal(signal.SIGSTOP)
+                time.sleep(4)
+                recorder.process.send_signal(signal.SIGCONT)
+                time.sleep(0.5)
+                traffic.stop()
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        self.assertIn("marked incomplete", recorder.stderr)
+        _, conns, _, summary = recorder.trace()
+        self.assertGreater(summary["lost_events"], 0)
+        incomplete = [conn for conn in conns if conn["incomplete"]]
+        complete = [conn for conn in conns if not conn["incomplete"]]
+        self.assertGreater(len(incomplete), 0)
+        # Connections seen from their opening (role known) and not marked are whole: one exchange,
+        # then whichever FIN goes first.
+        whole = [conn for conn in complete if conn["role"] != "unknown"]
+        self.assertGreater(len(whole), 10)
+        for conn in whole:
+            self.assertIn(conn["verdict"], {"local_idle_close", "peer_idle_close"}, conn)
+            self.assertEqual([(r["method"], r["target"], r.get("status"))
+                              for r in conn["requests"]], [("GET", "/churn", 200)], conn)
+
+        report = report_json(recorder.path)
+        self.assertEqual(report["trace"]["incomplete_connections"], len(incomplete))
+        self.assertEqual({verdict: figures["connections"]
+                          for verdict, figures in report["verdicts"].items()
+                          if figures["connections"]},
+                         dict(collections.Counter(conn["verdict"] for conn in complete)))
+        self.assertEqual([r["kind"] for r in report["recommendations"]], ["nothing_to_fix"])
+        self.assertIn(f"{len(incomplete)} connection", report["conclusion"])
 
     def test_btf_option_rejects_a_file_that_is_not_btf(self):
         result = run("record", "--btf", "/etc/hostname", "--duration", "1", "-o",

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 namespace closetrace {
@@ -391,6 +392,23 @@ TEST(LbLogFiles, ConcatenatedGzipMembers) {
     write_file(dir.path() / "both.gz", file_content((dir.path() / "one.gz").string()) +
                                            file_content((dir.path() / "two.gz").string()));
     EXPECT_EQ(read_all({(dir.path() / "both.gz").string()}).stats.entries, 2u);
+}
+
+// zlib's gzread would end at the gzip data and drop the plain lines after it without a word.
+TEST(LbLogFiles, PlainTextAfterGzipIsReadAndReported) {
+    TempDir dir;
+    const std::vector<std::string> lines = read_lines(kFixtures + "/aws_examples.log");
+    write_gzip(dir.path() / "gzip.gz", lines[0] + "\n" + lines[1] + "\n");
+    const std::string gzip = file_content((dir.path() / "gzip.gz").string());
+    write_file(dir.path() / "mixed.log", gzip + lines[2] + "\n" + lines[3] + "\n");
+    const Collected collected = read_all({(dir.path() / "mixed.log").string()});
+    EXPECT_EQ(collected.stats.entries, 4u);
+    EXPECT_EQ(collected.stats.malformed, 0u);
+    ASSERT_EQ(collected.stats.file_errors.size(), 1u);
+    EXPECT_EQ(collected.stats.file_errors[0],
+              fmt::format("{}: plain text after gzip data (from byte {}), read as plain text; a "
+                          "log file should be all gzip or all plain",
+                          (dir.path() / "mixed.log").string(), gzip.size()));
 }
 
 TEST(LbLogFiles, TruncatedGzipKeepsWhatWasRead) {

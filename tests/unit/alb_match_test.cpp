@@ -441,6 +441,27 @@ TEST(TraceFactsRead, KeepsEndpointsAndCaughtRequests) {
     EXPECT_EQ(facts.caught_requests[1].request.outcome, Outcome::AfterLocalClose);
 }
 
+TEST(TraceFactsRead, IncompleteConnectionsProveNothing) {
+    const std::string path = std::string(CLOSETRACE_FIXTURES) + "/alb/race_trace.jsonl";
+    std::ifstream file(path);
+    std::stringstream marked;
+    bool first_race = true;
+    for (std::string line; std::getline(file, line);) {
+        const std::string race = R"("verdict":"local_close_race")";
+        if (const std::size_t at = line.find(race); at != std::string::npos && first_race) {
+            line.insert(at + race.size(), R"(,"incomplete":true)");
+            first_race = false;
+        }
+        marked << line << "\n";
+    }
+    TraceReader reader(marked, "marked.jsonl");
+    const TraceFacts facts = read_trace_facts(reader, "marked.jsonl");
+    EXPECT_EQ(facts.caught_connections,
+              (std::map<Verdict, uint64_t>{{Verdict::LocalCloseRace, 1}}));
+    ASSERT_EQ(facts.caught_requests.size(), 1u);
+    EXPECT_NE(facts.caught_requests[0].conn_id, 2u);
+}
+
 TEST(TraceFactsRead, WithoutSummaryTheEndIsTheLastTime) {
     const std::string path = std::string(CLOSETRACE_FIXTURES) + "/alb/race_trace.jsonl";
     std::ifstream file(path);

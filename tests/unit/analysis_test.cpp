@@ -335,6 +335,47 @@ TEST(TraceAnalyzer, WarnsAboutLostEventsAndAMissingSummary) {
     EXPECT_THAT(assess_default(cut).conclusion, HasSubstr("cut short"));
 }
 
+// Incomplete connections (events lost while they were open) count as connections, and nowhere
+// else: no verdict, idle time, race or recommendation comes from them; the report says so.
+TEST(TraceAnalyzer, IncompleteConnectionsAreLeftOutOfEveryInference) {
+    Recording recording;
+    recording.add({.verdict = Verdict::PeerIdleClose, .idle_ms = 70'000}, 2);
+    for (const Verdict verdict : {Verdict::LocalIdleClose, Verdict::LocalCloseRace}) {
+        Connection conn = make_conn({.verdict = verdict, .idle_ms = 5000, .comm = "node"});
+        conn.incomplete = true;
+        for (int i = 0; i < 3; ++i) recording.add_conn(conn);
+    }
+    const TraceAnalysis trace = recording.finish(test_summary(7492));
+    EXPECT_EQ(trace.connections, 8u);
+    EXPECT_EQ(trace.incomplete, 6u);
+    EXPECT_EQ(trace.requests, 2u);
+    EXPECT_EQ(trace.verdicts[Verdict::PeerIdleClose], 2u);
+    EXPECT_EQ(trace.verdicts[Verdict::LocalIdleClose], 0u);
+    EXPECT_EQ(trace.local_idle.count(), 0u);
+    EXPECT_EQ(trace.races.total, 0u);
+    EXPECT_EQ(trace.by_comm.at("node").connections, 2u);
+    ASSERT_EQ(trace.warnings.size(), 1u);
+    EXPECT_THAT(trace.warnings[0], HasSubstr("6 connections open then left out (incomplete)"));
+
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.races, 0u);
+    EXPECT_EQ(a.early_idle_closes, 0u);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::NothingToFix);
+    EXPECT_THAT(a.conclusion, HasSubstr("6 connections were left out of all this: the kernel "
+                                        "lost 7492 events while they were open"));
+    const VerifyResult verify = verify_trace(trace, std::nullopt);
+    EXPECT_FALSE(verify.passed);
+    ASSERT_EQ(verify.reasons.size(), 1u);
+    EXPECT_THAT(verify.reasons[0], HasSubstr("6 incomplete connections cannot be vouched for"));
+
+    const auto report =
+        nlohmann::json::parse(render_report(trace, a, OutputFormat::Json));
+    EXPECT_EQ(report["trace"]["incomplete_connections"], 6);
+    EXPECT_THAT(render_report(trace, a, OutputFormat::Text),
+                HasSubstr("8 connections (6 incomplete, left out)"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Judgement
 

@@ -199,6 +199,7 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.close.asked_by, expected.close.asked_by);
     EXPECT_EQ(actual.close.unread_bytes, expected.close.unread_bytes);
     EXPECT_EQ(actual.health_check, expected.health_check);
+    EXPECT_EQ(actual.incomplete, expected.incomplete);
     ASSERT_EQ(actual.requests.size(), expected.requests.size());
     for (std::size_t i = 0; i < expected.requests.size(); ++i) {
         SCOPED_TRACE(testing::Message() << "request " << i);
@@ -315,7 +316,7 @@ TEST(TraceIo, ConnLineIsTheDocumentedExample) {
         R"("response_ns":1102,"outcome":"completed","idle_before_ms":0.1},)"
         R"({"method":"POST","target":"/pay","status":null,"request_ns":1955,"response_ns":null,)"
         R"("outcome":"after_local_close","idle_before_ms":2052.5}],)"
-        R"("requests_omitted":0,"verdict":"local_close_race"})");
+        R"("requests_omitted":0,"verdict":"local_close_race","incomplete":false})");
 }
 
 TEST(TraceIo, ConnRoundTrips) {
@@ -401,6 +402,17 @@ TEST(TraceIo, EveryEnumValueRoundTrips) {
         conn.requests[0].close_asked = asked;
         EXPECT_EQ(conn_round_trip(conn).requests[0].close_asked, asked);
     }
+}
+
+// Marked by a recorder that lost events; traces written before the mark read as complete.
+TEST(TraceIo, IncompleteRoundTripsAndIsFalseWhenAbsent) {
+    Connection conn = sample_connection();
+    conn.incomplete = true;
+    expect_same_connection(conn_round_trip(conn), conn);
+    const std::string older = replaced(conn_line(sample_connection()), R"(,"incomplete":false)", "");
+    const ReadResult read = read_trace(trace_text({header_line(sample_header()), older}));
+    ASSERT_EQ(read.records.size(), 1u);
+    EXPECT_FALSE(std::get<Connection>(read.records[0]).incomplete);
 }
 
 TEST(TraceIo, CloseFactsRoundTrip) {

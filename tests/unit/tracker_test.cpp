@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -942,6 +943,39 @@ TEST(TrackerLinger, OpenConnectionsAreHeldUntilTheEnd) {
     EXPECT_EQ(rest[0].verdict, Verdict::Open);
     EXPECT_EQ(outcomes(rest[0]), std::vector{Outcome::InFlight});
     EXPECT_EQ(tracker.open_connections(), 0u);
+}
+
+// Events the kernel lost while a connection was alive, or lingering for a late request's reset,
+// may be its own: its record is marked incomplete. One wholly outside every loss is complete; one
+// first seen mid-life was alive since before the recording.
+TEST(TrackerLostEvents, ConnectionsAliveDuringALossAreIncomplete) {
+    const IdleServer lingering;  // open from 1 s, closed at 6.012 s, lingers until 8.012 s
+    const Socket later{.cookie = 12, .role = Role::Server, .tuple = ipv4_tuple(8080, 51235)};
+    const Socket midlife{.cookie = 13, .role = Role::Unknown, .tuple = ipv4_tuple(8080, 51236)};
+    const Socket open{.cookie = 14, .role = Role::Server, .tuple = ipv4_tuple(8080, 51237)};
+    ConnTracker tracker({.linger_ns = 2 * kSec});
+    for (const Event& event : lingering.closed()) tracker.on_event(event);
+    tracker.on_events_lost(7 * kSec, 7500 * kMs);
+    tracker.on_events_lost(7500 * kMs, 7600 * kMs);  // touching: one span
+    for (const Socket* socket : {&later, &open}) tracker.on_event(socket->established(9 * kSec));
+    tracker.on_event(later.state(9500 * kMs, kTcpEstablished, kTcpCloseWait));
+    tracker.on_event(later.state(9600 * kMs, kTcpCloseWait, kTcpLastAck));
+    tracker.on_event(later.state(10 * kSec, kTcpLastAck, kTcpClose));
+    tracker.on_event(midlife.message(9 * kSec, Direction::In, kGet));
+    tracker.on_event(midlife.state(10 * kSec, kTcpEstablished, kTcpClose));
+    tracker.on_events_lost(20 * kSec, 21 * kSec);  // after the later one's linger ended
+
+    std::map<uint64_t, bool> incomplete;
+    for (const Connection& conn : tracker.finish_all(kEnd)) incomplete[conn.cookie] = conn.incomplete;
+    EXPECT_EQ(incomplete, (std::map<uint64_t, bool>{{lingering.socket.cookie, true},
+                                                    {later.cookie, false},
+                                                    {midlife.cookie, true},
+                                                    {open.cookie, true}}));
+}
+
+TEST(TrackerLostEvents, NoLossNoMark) {
+    const IdleServer server;
+    EXPECT_FALSE(run_one(server.closed()).incomplete);
 }
 
 TEST(TrackerAttribution, ResetWithNoSocketAndUnknownTupleIsUnattributed) {

@@ -132,11 +132,14 @@ public:
         ++summary_.by_initiator[to_string(conn.close.initiator)];
         ++summary_.by_how[conn.close.how ? to_string(*conn.close.how) : "none"];
         ++summary_.verdicts[to_string(conn.verdict)];
+        if (conn.incomplete) ++incomplete_;
     }
     TraceSummary& summary() { return summary_; }
+    uint64_t incomplete() const { return incomplete_; }
 
 private:
     TraceSummary summary_;
+    uint64_t incomplete_ = 0;
 };
 
 // One short line per closed connection on the terminal; notable closes always, the rest at
@@ -440,6 +443,20 @@ void record(const RecordOptions& options) {
         }
     };
 
+    // Each look at the lost-event counters that finds more tells the tracker that events were
+    // lost since the previous look (since the programs started, for the first): the connections
+    // alive then get marked incomplete. Returns the time of the look.
+    uint64_t lost_seen = 0;
+    uint64_t looked_ns = 0;
+    auto note_losses = [&] {
+        const uint64_t now = monotonic_now_ns();
+        const uint64_t lost = tracer->counters().lost + undecodable;
+        if (lost > lost_seen) tracker.on_events_lost(looked_ns, now);
+        lost_seen = lost;
+        looked_ns = now;
+        return now;
+    };
+
     const uint64_t deadline =
         options.duration_s > 0 ? start_ns + static_cast<uint64_t>(options.duration_s * 1e9) : 0;
     try {
@@ -450,20 +467,19 @@ void record(const RecordOptions& options) {
             if (deadline) timeout_ms = static_cast<int>(std::min<uint64_t>(100, (deadline - now) / 1'000'000 + 1));
             tracer->poll(timeout_ms);
             feed_tracker();
-            write_connections(tracker.take_finished(monotonic_now_ns()));
+            write_connections(tracker.take_finished(note_losses()));
             write_unattributed();
             writer.flush();
         }
         tracer->drain();
         feed_tracker();
-        const uint64_t end_ns = monotonic_now_ns();
+        const uint64_t end_ns = note_losses();
         write_connections(tracker.finish_all(end_ns));
         write_unattributed();
         live.flush_suppressed();
 
-        const TracerCounters kernel_counters = tracer->counters();
         TraceSummary& summary = counter.summary();
-        summary.lost_events = kernel_counters.lost + undecodable;
+        summary.lost_events = lost_seen;
         summary.events = events;
         summary.duration_s = static_cast<double>(end_ns - start_ns) / 1e9;
         summary.end_ns = end_ns;
@@ -479,8 +495,10 @@ void record(const RecordOptions& options) {
         if (summary.lost_events > 0) {
             std::fprintf(stderr,
                          "closetrace record: warning: %llu events were lost (ring buffer full); "
-                         "some connections may be incomplete: raise --ring-mb or narrow --port\n",
-                         static_cast<unsigned long long>(summary.lost_events));
+                         "%llu connections open then are marked incomplete and left out of the "
+                         "report's conclusions: raise --ring-mb or narrow --port\n",
+                         static_cast<unsigned long long>(summary.lost_events),
+                         static_cast<unsigned long long>(counter.incomplete()));
         }
     } catch (const std::system_error& error) {
         write_failed(error);

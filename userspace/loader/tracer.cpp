@@ -180,6 +180,7 @@ struct LoadedObject {
     bpf_program* egress = nullptr;
     bpf_map* events = nullptr;
     bpf_map* counters = nullptr;
+    volatile uint32_t* recording = nullptr;  // the programs' switch (see closetrace.bpf.c)
 };
 
 // Loads the object; where it has two reset program variants, the first this kernel accepts
@@ -205,7 +206,8 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
                             .ingress = skeleton->progs.on_ingress,
                             .egress = skeleton->progs.on_egress,
                             .events = skeleton->maps.events,
-                            .counters = skeleton->maps.counters};
+                            .counters = skeleton->maps.counters,
+                            .recording = &skeleton->bss->recording};
         if constexpr (kHasDynptrReset<Skeleton>) {
             if (dynptr) object.reset_sent = skeleton->progs.on_reset_sent_dynptr;
         }
@@ -340,6 +342,8 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
     if (!impl_->ring) {
         throw LoaderError(fmt::format("cannot map the ring buffer: {}", errno_text(errno)));
     }
+    // Only now, with every program attached, do sockets get tracked.
+    *impl_->object.recording = 1;
 }
 
 Tracer::~Tracer() = default;

@@ -187,9 +187,10 @@ std::string endpoint_list(const std::set<Endpoint>& endpoints) {
     return list.empty() ? "none" : list;
 }
 
-// A connection's caught requests, of the verdicts that can explain a load balancer error.
+// A connection's caught requests, of the verdicts that can explain a load balancer error. An
+// incomplete connection's verdict may be wrong: it proves nothing.
 void add_caught(TraceFacts& facts, const Connection& conn, int64_t mono_to_wall_ns) {
-    if (!can_explain_some_error(conn.verdict)) return;
+    if (conn.incomplete || !can_explain_some_error(conn.verdict)) return;
     ++facts.caught_connections[conn.verdict];
     for (const Request& request : conn.requests) {
         if (request.outcome != Outcome::AfterLocalClose &&

@@ -338,6 +338,12 @@ std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
                                        : first.text);
     if (!trace.summary) {
         sentences.push_back("The recording was cut short (no summary line).");
+    } else if (trace.incomplete > 0) {
+        sentences.push_back(fmt::format(
+            "{} left out of all this: the kernel lost {} while they were open, so their "
+            "records may be incomplete.",
+            count_of(trace.incomplete, "connection was", "connections were"),
+            count_of(trace.lost_events(), "event", "events")));
     } else if (trace.lost_events() > 0) {
         sentences.push_back(fmt::format("Some connections may be incomplete: the kernel lost {}.",
                                         count_of(trace.lost_events(), "event", "events")));
@@ -555,6 +561,11 @@ void TraceAnalyzer::count(const ConnectionStory& story) {
     const Connection& conn = story.conn;
     TraceAnalysis& a = analysis_;
     ++a.connections;
+    a.last_ns = std::max(a.last_ns, latest_time(conn));
+    if (conn.incomplete) {
+        ++a.incomplete;
+        return;
+    }
     a.requests += conn.request_count();
     ++a.verdicts[conn.verdict];
     a.verdicts_over_time.add(verdict_time(conn), conn.verdict);
@@ -633,8 +644,11 @@ TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
             a.file));
     } else if (a.summary->lost_events > 0) {
         a.warnings.push_back(fmt::format(
-            "{}: the kernel lost {} (ring buffer full): some connections may be incomplete", a.file,
-            count_of(a.summary->lost_events, "event", "events")));
+            "{}: the kernel lost {} (ring buffer full): {}", a.file,
+            count_of(a.summary->lost_events, "event", "events"),
+            a.incomplete > 0 ? fmt::format("{} open then left out (incomplete)",
+                                           count_of(a.incomplete, "connection", "connections"))
+                             : std::string("some connections may be incomplete")));
     }
     return std::move(analysis_);
 }
@@ -892,6 +906,12 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             "just closed{}",
             count_of(a.upstream_races, "upstream close race", "upstream close races"),
             first_race(Verdict::PeerCloseRace)));
+    }
+    if (trace.incomplete > 0) {
+        result.reasons.push_back(fmt::format(
+            "{} cannot be vouched for: the kernel lost events while they were open (record "
+            "again with a larger --ring-mb)",
+            count_of(trace.incomplete, "incomplete connection", "incomplete connections")));
     }
     if (a.early_idle_closes > 0) {
         std::string hint;

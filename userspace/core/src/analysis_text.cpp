@@ -66,6 +66,10 @@ std::string left_out_sentence(const TraceAnalysis& trace) {
                              count_of(trace.health_check_connections, "connection", "connections"),
                              checkers);
     }
+    if (trace.incomplete > 0) {
+        parts += fmt::format("{}{} incomplete (events lost while open)", parts.empty() ? "" : "; ",
+                             count_of(trace.incomplete, "connection", "connections"));
+    }
     if (parts.empty()) return "Every close with a known idle came from an idle timer.";
     return "Left out of the idle timeouts (not an idle timer's close): " + parts + ".";
 }

@@ -59,6 +59,8 @@ ConnectionStory merge_ends(Connection server, const Connection& client) {
     // Only this host's kernel can have reset the client end: the server's socket, or a socket
     // already gone that the server's record does not show.
     if (!server.close.local_rst_ns) server.close.local_rst_ns = client.close.peer_rst_ns;
+    // Events lost of either end may have changed the story.
+    server.incomplete = server.incomplete || client.incomplete;
     return {std::move(server), ClientEnd{client.id, client.pid, client.comm}};
 }
 

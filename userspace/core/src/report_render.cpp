@@ -221,6 +221,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
           {"lost_events", trace.summary ? json(trace.summary->lost_events) : json(nullptr)},
           {"connections", trace.connections},
           {"same_host_connections", trace.same_host_connections()},
+          {"incomplete_connections", trace.incomplete},
           {"requests", trace.requests},
           {"event_lines", trace.event_lines}}},
         {"verdicts", verdicts},
@@ -356,6 +357,7 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
         connections +=
             fmt::format(" ({} with both ends on this host, each counted once)", same_host);
     }
+    if (trace.incomplete > 0) connections += fmt::format(" ({} incomplete, left out)", trace.incomplete);
     out += fmt::format("Host {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
                        printable(trace.header.host), printable(trace.header.start_wall),
                        trace.duration_s(), connections,

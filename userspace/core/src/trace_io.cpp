@@ -596,6 +596,10 @@ Connection read_connection(Members& line, bool v1) {
     if (has_member(line, "health_check")) {
         conn.health_check = nullable<std::string>(line, {&root, "health_check"});
     }
+    // Added within closetrace/2: absent means no event was known lost while it was open.
+    if (has_member(line, "incomplete")) {
+        conn.incomplete = required<bool>(line, {&root, "incomplete"});
+    }
     if (v1) {
         conn.close.cause = classify_close(conn, {});
         conn.close.asked_by = asked_by(conn);
@@ -866,6 +870,7 @@ std::string conn_line(const Connection& conn) {
     line["requests"] = std::move(requests);
     line["requests_omitted"] = conn.requests_omitted;
     line["verdict"] = to_string(conn.verdict);
+    line["incomplete"] = conn.incomplete;
     return dump_line(line);
 }
 

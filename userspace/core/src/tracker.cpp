@@ -695,6 +695,26 @@ struct ConnTracker::State {
     // Connections seen alive by tuple, oldest first among equal tuples: for resets with no socket.
     std::multimap<Tuple, uint64_t> alive_by_tuple;
     std::vector<Arrived> unattributed;
+    // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
+    std::vector<std::pair<uint64_t, uint64_t>> losses;
+
+    // Whether the kernel lost events while a connection was alive, from `from` to `to`.
+    bool lost_during(uint64_t from, uint64_t to) const {
+        const auto first_after = std::ranges::lower_bound(
+            losses, from, {}, &std::pair<uint64_t, uint64_t>::second);
+        return first_after != losses.end() && first_after->first < to;
+    }
+
+    // The connection's record. It is incomplete when events were lost while it was alive: from
+    // its establishment (from the start, when that was not seen) to the end of its linger, in
+    // which a late request's reset still belongs to it (to the end, while it is open).
+    Connection finalise(uint64_t cookie, Tracked tracked, uint64_t linger_ns) {
+        Connection conn = build_connection(cookie, std::move(tracked));
+        const uint64_t end =
+            conn.closed_ns ? *conn.closed_ns + linger_ns : std::numeric_limits<uint64_t>::max();
+        conn.incomplete = lost_during(conn.established_ns.value_or(0), end);
+        return conn;
+    }
 
     Tracked* find_by_tuple(const Event& event) {
         Tracked* found = nullptr;
@@ -847,8 +867,8 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
     for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
     std::vector<Connection> connections;
     for (const auto& [closed_ns, cookie] : finished) {
-        connections.push_back(
-            build_connection(cookie, state_->release(state_->by_cookie.find(cookie))));
+        connections.push_back(state_->finalise(
+            cookie, state_->release(state_->by_cookie.find(cookie)), options_.linger_ns));
         connections.back().id = next_id_++;
     }
     return connections;
@@ -866,10 +886,19 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
     for (const auto& [closed_ns, first_arrival, cookie] : held) {
         Tracked tracked = state_->release(state_->by_cookie.find(cookie));
         if (!tracked.seen_alive) continue;
-        connections.push_back(build_connection(cookie, std::move(tracked)));
+        connections.push_back(state_->finalise(cookie, std::move(tracked), options_.linger_ns));
         connections.back().id = next_id_++;
     }
     return connections;
+}
+
+void ConnTracker::on_events_lost(uint64_t from_ns, uint64_t to_ns) {
+    auto& losses = state_->losses;
+    if (!losses.empty() && from_ns <= losses.back().second) {
+        losses.back().second = std::max(losses.back().second, to_ns);
+    } else {
+        losses.emplace_back(from_ns, to_ns);
+    }
 }
 
 std::vector<Event> ConnTracker::take_unattributed() {

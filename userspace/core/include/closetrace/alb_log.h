@@ -97,15 +97,17 @@ struct LbLogReadStats {
     uint64_t entries = 0;                         // lines parsed
     uint64_t malformed = 0;                       // lines that could not be parsed
     std::vector<std::string> malformed_examples;  // "file:line: why", the first few
-    std::vector<std::string> file_errors;         // "path: why": missing, unreadable, corrupt
+    // "path: why": missing, unreadable, corrupt, or gzip and plain text mixed in one file
+    std::vector<std::string> file_errors;
 };
 
 using LbLogVisitor =
     std::function<void(const LbLogEntry& entry, const std::string& file, uint64_t line)>;
 
 // Reads each path: a file as given, a directory's files ending .log or .gz, recursively, in name
-// order. Gzip or plain is told by the content. Every parsed line goes to `visit`; bad input
-// never throws, it is counted and described in the returned stats.
+// order. Gzip or plain is told by the content (a plain tail after gzip data is read too, and
+// reported in file_errors). Every parsed line goes to `visit`; bad input never throws, it is
+// counted and described in the returned stats.
 LbLogReadStats read_lb_logs(const std::vector<std::string>& paths, const LbLogVisitor& visit);
 
 }  // namespace closetrace

@@ -164,8 +164,12 @@ struct TraceAnalysis {
     std::optional<TraceSummary> summary;  // nullopt: the recording was cut short
     // About the trace: the reader's (a truncated last line), a missing summary, lost events.
     std::vector<std::string> warnings;
-    uint64_t connections = 0;  // a connection with both ends on this host counts once
-    uint64_t requests = 0;     // requests over all connections
+    // Every connection, the incomplete ones included; one with both ends on this host counts once.
+    uint64_t connections = 0;
+    // Connections marked incomplete (events of them were lost): left out of everything below,
+    // since their verdicts may be wrong.
+    uint64_t incomplete = 0;
+    uint64_t requests = 0;     // requests over the connections judged (not incomplete)
     uint64_t event_lines = 0;  // `event` lines (informational)
     uint64_t last_ns = 0;      // the latest monotonic time any conn line records
     VerdictCounts verdicts;

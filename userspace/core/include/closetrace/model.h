@@ -125,6 +125,9 @@ struct Connection {
     // so that a record stays small (see bound_request_list).
     uint64_t requests_omitted = 0;
     Verdict verdict = Verdict::Open;
+    // Events of it may be missing: the kernel lost events while it was open (or lingering), so
+    // its close, requests and verdict may be wrong (docs/trace-format.md, "incomplete").
+    bool incomplete = false;
 
     uint64_t request_count() const { return requests.size() + requests_omitted; }
 };

@@ -42,6 +42,10 @@ public:
     // End of recording: every connection still held, finalised (open ones get verdict Open).
     std::vector<Connection> finish_all(uint64_t end_ns);
 
+    // The kernel dropped events stamped in (from_ns, to_ns]: connections alive then (or
+    // lingering), whenever they are finalised, are marked incomplete. Calls in time order.
+    void on_events_lost(uint64_t from_ns, uint64_t to_ns);
+
     // Events that belong to no connection (a reset sent with no socket, or a segment for a
     // connection already finalised), in arrival order; removed from the tracker.
     std::vector<Event> take_unattributed();
