@@ -230,6 +230,14 @@ LbLogEntry parse_classic(const std::vector<Field>& fields) {
 // A log file's content: gzip (one member or several, as concatenated logs are) or plain text,
 // told by its first bytes. zlib's gzread ignores whatever follows the last gzip member, so a plain
 // tail would vanish without a word; here it is read as plain text, and noted.
+
+// A zero z_stream (as zlib asks before inflateInit2) reading from `input`.
+z_stream z_stream_at(Bytef* input) {
+    z_stream stream{};
+    stream.next_in = input;
+    return stream;
+}
+
 class LogContent {
 public:
     explicit LogContent(int fd) : fd_(fd) {
@@ -326,7 +334,7 @@ private:
 
     int fd_;
     std::vector<Bytef> input_ = std::vector<Bytef>(kChunkBytes);
-    z_stream stream_{.next_in = input_.data()};
+    z_stream stream_ = z_stream_at(input_.data());
     bool inflating_ = false;
     bool failed_ = false;
     uint64_t offset_ = 0;  // bytes read from the file

@@ -82,7 +82,8 @@ std::vector<ConnectionStory> EndPairer::add(Connection conn) {
     }
     if (held_.size() == kMaxHeld) ready.push_back(release(by_arrival_.begin()->second));
     const uint64_t arrival = arrivals_++;
-    const auto held = held_.emplace(key_of(conn, false), Held{arrival, std::move(conn)});
+    Key key = key_of(conn, false);  // before conn is moved: argument order is unspecified
+    const auto held = held_.emplace(std::move(key), Held{arrival, std::move(conn)});
     by_arrival_.emplace(arrival, held);
     return ready;
 }
