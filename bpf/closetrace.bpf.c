@@ -108,12 +108,12 @@ struct message_slot {
 	__u64 ts_ns;
 	__u64 previous_ns;
 	__u32 segment_len;
-	__u32 index;
+	__u32 counts_before[2]; /* requests and responses before it */
 	__u16 captured;
 	__u8 direction;
 	__u8 status;        /* enum slot_status */
 	__u8 head_complete; /* the blank line ending the head, or CT_PAYLOAD_MAX bytes, was seen */
-	__u8 pad[3];
+	__u8 pad[7];
 	__u8 head[CT_PAYLOAD_MAX];
 };
 
@@ -125,11 +125,14 @@ struct message_state {
 	struct message_slot slots[2]; /* by enum ct_message_kind */
 	__u64 last_start_ns;          /* the latest message start, either kind */
 	__u32 counts[2];              /* messages of each kind so far */
+	__u32 next_seq[2];            /* by direction - 1: the sequence number after the last byte */
+	__u8 seq_known;               /* bit (1 << (direction - 1)): next_seq holds one */
 	__u8 request_direction;       /* enum ct_direction; 0 until the first message tells */
 	__u8 current;                 /* kind of the message whose segments are passing */
 	__u8 answer_pending;          /* a written request: its responses are written too */
+	__u8 interim;                 /* a 1xx response passed: the request's body comes next */
 	__u8 closing_seen;            /* the first FIN or RST passed: held messages are written */
-	__u8 pad[4];
+	__u8 pad[2];
 };
 
 /* Per-socket state. */
@@ -525,6 +528,49 @@ static __always_inline void fill_sock_head(struct ct_event *head, struct sock *s
 	tuple_from_sock(sk, &head->tuple);
 }
 
+/* Writes the message in the slot of `kind`; `head` names the socket (cookie, netns, tuple). */
+static __always_inline void write_slot(const struct ct_event *head, __u8 role,
+				       struct message_state *m, __u8 kind)
+{
+	struct message_slot *slot = &m->slots[kind & 1];
+	__u8 flags = slot->status == SLOT_HELD ? CT_MESSAGE_HELD : 0;
+	slot->status = SLOT_WRITTEN;
+	struct ct_message_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return;
+	__builtin_memset(event, 0, offsetof(struct ct_message_event, payload));
+	event->hdr = *head;
+	event->hdr.ts_ns = slot->ts_ns;
+	event->hdr.kind = CT_EV_MESSAGE;
+	event->hdr.size = sizeof(*event);
+	event->previous_ns = slot->previous_ns;
+	event->segment_len = slot->segment_len;
+	event->requests = slot->counts_before[CT_MESSAGE_REQUEST];
+	event->responses = slot->counts_before[CT_MESSAGE_RESPONSE];
+	event->captured = slot->captured;
+	event->direction = slot->direction;
+	event->role = role;
+	event->kind = kind;
+	event->flags = flags;
+	__builtin_memcpy(event->payload, slot->head, CT_PAYLOAD_MAX);
+	submit_event(event, sizeof(*event));
+}
+
+/* The connection begins to close: its last request and response, held until now, are written,
+ * so that its record shows the exchange it ended on (and a request still in flight). */
+static __always_inline void write_held(const struct ct_event *head, __u8 role,
+				       struct message_state *m)
+{
+	if (m->closing_seen)
+		return;
+	m->closing_seen = 1;
+	for (__u8 kind = CT_MESSAGE_REQUEST; kind <= CT_MESSAGE_RESPONSE; kind++) {
+		__u8 status = m->slots[kind].status;
+		if (status == SLOT_HELD || status == SLOT_TO_WRITE)
+			write_slot(head, role, m, kind);
+	}
+}
+
 CT_TRACEPOINT("inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 {
@@ -574,6 +620,18 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	/* Also when the record below is lost: the entry must not outlive its socket as live. */
 	if (newstate == TCP_CLOSE)
 		state->closed_ns = now;
+#else
+	/* Messages held until the close are written before it: also for a close that no FIN or RST
+	 * packet announced (a retransmission timeout, failed keep-alive probes), and ahead of the
+	 * reset an abort sends after this change. (The portable object writes them from the
+	 * cgroup hooks only: its messages are in socket storage, which raw tracepoints cannot use.) */
+	if (newstate == TCP_CLOSE && !state->messages.closing_seen) {
+		struct ct_event head = {};
+		head.cookie = bpf_get_socket_cookie(sk);
+		head.netns = state->netns;
+		tuple_from_sock(sk, &head.tuple);
+		write_held(&head, state->role, &state->messages);
+	}
 #endif
 
 	struct ct_state_event *event = reserve_event(sizeof(*event));
@@ -898,38 +956,49 @@ struct packet {
 	__u64 now;
 	__u32 payload_offset;
 	__u32 payload_len;
+	__u32 seq;
 	__u8 direction;
 };
 
-static __always_inline void write_slot(const struct packet *p, __u8 kind)
+/* The socket of a packet, as message records name it. */
+static __always_inline void packet_head(const struct packet *p, struct ct_event *head)
 {
-	struct message_slot *slot = &p->messages->slots[kind & 1];
-	__u8 flags = slot->status == SLOT_HELD ? CT_MESSAGE_HELD : 0;
-	slot->status = SLOT_WRITTEN;
-	struct ct_message_event *event = reserve_event(sizeof(*event));
-	if (!event)
-		return;
-	__builtin_memset(event, 0, offsetof(struct ct_message_event, payload));
-	event->hdr.ts_ns = slot->ts_ns;
 #ifdef CT_NO_KERNEL_BTF
-	event->hdr.cookie = p->state->identity;
+	head->cookie = p->state->identity;
 #else
-	event->hdr.cookie = bpf_get_socket_cookie(p->skb);
+	head->cookie = bpf_get_socket_cookie(p->skb);
 #endif
-	event->hdr.netns = p->state->netns;
-	event->hdr.kind = CT_EV_MESSAGE;
-	event->hdr.size = sizeof(*event);
-	tuple_from_bpf_sock(p->sk, &event->hdr.tuple);
-	event->previous_ns = slot->previous_ns;
-	event->segment_len = slot->segment_len;
-	event->index = slot->index;
-	event->captured = slot->captured;
-	event->direction = slot->direction;
-	event->role = p->state->role;
-	event->kind = kind;
-	event->flags = flags;
-	__builtin_memcpy(event->payload, slot->head, CT_PAYLOAD_MAX);
-	submit_event(event, sizeof(*event));
+	head->netns = p->state->netns;
+	tuple_from_bpf_sock(p->sk, &head->tuple);
+}
+
+static __always_inline void write_packet_slot(const struct packet *p, __u8 kind)
+{
+	struct ct_event head = {};
+	packet_head(p, &head);
+	write_slot(&head, p->state->role, p->messages, kind);
+}
+
+/* An interim response ("HTTP/1.1 100 Continue", not 101): the request's body follows it, and
+ * its final response is still to come. */
+static __always_inline bool opens_interim_response(struct __sk_buff *skb, __u32 payload_offset)
+{
+	char line[12];
+	if (bpf_skb_load_bytes(skb, payload_offset, line, sizeof(line)))
+		return false;
+	return line[0] == 'H' && line[1] == 'T' && line[2] == 'T' && line[3] == 'P' &&
+	       line[4] == '/' && line[9] == '1' && !(line[10] == '0' && line[11] == '1');
+}
+
+/* Requests come from the client; a socket first seen mid-life tells by its first message. */
+static __always_inline __u8 request_direction_of(const struct packet *p)
+{
+	if (p->state->role == CT_ROLE_SERVER)
+		return CT_DIR_IN;
+	if (p->state->role == CT_ROLE_CLIENT)
+		return CT_DIR_OUT;
+	return opens_response(p->skb, p->payload_offset) ? (CT_DIR_IN + CT_DIR_OUT - p->direction)
+							  : p->direction;
 }
 
 /*
@@ -937,17 +1006,26 @@ static __always_inline void write_slot(const struct packet *p, __u8 kind)
  * whether it matters. The other kind's message before it is over: if it was to be written and
  * still waited for the rest of its head, it goes now.
  */
+static __always_inline void continue_message(const struct packet *p);
+
 static __always_inline void start_message(const struct packet *p, __u64 silence_ns)
 {
 	struct message_state *m = p->messages;
-	if (!m->request_direction) {
-		bool response = opens_response(p->skb, p->payload_offset);
-		m->request_direction = response ? (CT_DIR_IN + CT_DIR_OUT - p->direction)
-						: p->direction;
-	}
+	if (!m->request_direction)
+		m->request_direction = request_direction_of(p);
 	__u8 kind = p->direction == m->request_direction ? CT_MESSAGE_REQUEST : CT_MESSAGE_RESPONSE;
+	/* An interim response is no answer, and the body it asked for is no new request. */
+	if (kind == CT_MESSAGE_REQUEST && m->interim) {
+		m->interim = 0;
+		continue_message(p);
+		return;
+	}
+	if (kind == CT_MESSAGE_RESPONSE && opens_interim_response(p->skb, p->payload_offset)) {
+		m->interim = 1;
+		return;
+	}
 	if (m->slots[m->current & 1].status == SLOT_TO_WRITE)
-		write_slot(p, m->current);
+		write_packet_slot(p, m->current);
 
 	bool closing = p->sk->state != TCP_ESTABLISHED;
 	bool first = m->counts[kind & 1] == 0;
@@ -963,7 +1041,9 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 	slot->ts_ns = p->now;
 	slot->previous_ns = m->last_start_ns;
 	slot->segment_len = p->payload_len;
-	slot->index = m->counts[kind & 1]++;
+	slot->counts_before[CT_MESSAGE_REQUEST] = m->counts[CT_MESSAGE_REQUEST];
+	slot->counts_before[CT_MESSAGE_RESPONSE] = m->counts[CT_MESSAGE_RESPONSE];
+	m->counts[kind & 1]++;
 	slot->direction = p->direction;
 	slot->captured = 0;
 	slot->head_complete = 0;
@@ -978,7 +1058,7 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 	m->current = kind;
 	m->last_start_ns = p->now;
 	if (matters && slot->head_complete)
-		write_slot(p, kind);
+		write_packet_slot(p, kind);
 }
 
 /* A segment that continues the current message: only its head may still need bytes. */
@@ -990,11 +1070,35 @@ static __always_inline void continue_message(const struct packet *p)
 		return;
 	continue_head(p->skb, slot, p->payload_offset, p->payload_len);
 	if (slot->head_complete && slot->status == SLOT_TO_WRITE)
-		write_slot(p, kind);
+		write_packet_slot(p, kind);
+}
+
+/*
+ * Has the segment been seen already? A retransmission passes the hooks again: it is neither new
+ * activity nor a new message. One that also carries new bytes continues the message.
+ */
+static __always_inline bool seen_before(const struct packet *p, bool *overlaps)
+{
+	struct message_state *m = p->messages;
+	__u32 index = (p->direction - 1) & 1;
+	__u8 bit = 1 << index;
+	__u32 end = p->seq + p->payload_len;
+	*overlaps = false;
+	if (m->seq_known & bit) {
+		if ((__s32)(end - m->next_seq[index]) <= 0)
+			return true;
+		*overlaps = (__s32)(p->seq - m->next_seq[index]) < 0;
+	}
+	m->next_seq[index] = end;
+	m->seq_known |= bit;
+	return false;
 }
 
 static __always_inline void on_payload(const struct packet *p)
 {
+	bool overlaps;
+	if (seen_before(p, &overlaps))
+		return;
 	struct sock_state *state = p->state;
 	__u64 last_payload = state->last_rx_ns > state->last_tx_ns ? state->last_rx_ns
 								    : state->last_tx_ns;
@@ -1010,25 +1114,11 @@ static __always_inline void on_payload(const struct packet *p)
 	 * segment: a further response opens with "HTTP/". */
 	bool response_direction =
 		p->messages->request_direction && p->direction != p->messages->request_direction;
-	if (same_direction && !(response_direction && opens_response(p->skb, p->payload_offset)))
+	if (overlaps ||
+	    (same_direction && !(response_direction && opens_response(p->skb, p->payload_offset))))
 		continue_message(p);
 	else
 		start_message(p, silence_ns);
-}
-
-/* The connection begins to close (its first FIN or RST, either way): its last request and
- * response, held until now, are written, so that its record shows the exchange it ended on. */
-static __always_inline void on_closing(const struct packet *p)
-{
-	struct message_state *m = p->messages;
-	if (m->closing_seen)
-		return;
-	m->closing_seen = 1;
-	for (__u8 kind = CT_MESSAGE_REQUEST; kind <= CT_MESSAGE_RESPONSE; kind++) {
-		__u8 status = m->slots[kind].status;
-		if (status == SLOT_HELD || status == SLOT_TO_WRITE)
-			write_slot(p, kind);
-	}
 }
 
 /*
@@ -1073,12 +1163,12 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	} else {
 		return;
 	}
-	__u8 tcp[2]; /* data offset, flags */
-	if (bpf_skb_load_bytes(skb, ip_header_len + 12, tcp, sizeof(tcp)))
+	__u8 tcp[10]; /* sequence number, acknowledgment number, data offset, flags */
+	if (bpf_skb_load_bytes(skb, ip_header_len + 4, tcp, sizeof(tcp)))
 		return;
-	__u32 payload_offset = ip_header_len + (tcp[0] >> 4) * 4;
+	__u32 payload_offset = ip_header_len + (tcp[8] >> 4) * 4;
 	bool has_payload = skb->len > payload_offset;
-	bool closes = (tcp[1] & (CT_TCP_FIN | CT_TCP_RST)) != 0;
+	bool closes = (tcp[9] & (CT_TCP_FIN | CT_TCP_RST)) != 0;
 	if (!has_payload && !(state && closes))
 		return; /* a bare ACK */
 
@@ -1119,6 +1209,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		.now = now,
 		.payload_offset = payload_offset,
 		.payload_len = has_payload ? skb->len - payload_offset : 0,
+		.seq = ((__u32)tcp[0] << 24) | ((__u32)tcp[1] << 16) | ((__u32)tcp[2] << 8) | tcp[3],
 		.direction = direction,
 	};
 #ifdef CT_NO_KERNEL_BTF
@@ -1128,8 +1219,12 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 #endif
 	if (has_payload)
 		on_payload(&p);
-	if (closes)
-		on_closing(&p);
+	if (closes) {
+		/* Its first FIN or RST, either way. */
+		struct ct_event head = {};
+		packet_head(&p, &head);
+		write_held(&head, state->role, p.messages);
+	}
 }
 
 SEC("cgroup_skb/ingress")

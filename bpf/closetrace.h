@@ -39,8 +39,9 @@ enum ct_event_kind {
 	CT_EV_MESSAGE = 4,        /* the head of a message that matters (see ct_message_event) */
 };
 
-/* What the kernel tells apart on a socket: the side that spoke first sends requests, unless its
- * first message opens with "HTTP/" (a response: the socket was first seen mid-exchange). */
+/* What the kernel tells apart on a socket: requests come from the client (by the socket's role);
+ * on a socket first seen mid-life, from the side that spoke first, unless its first message
+ * opens with "HTTP/" (a response). */
 enum ct_message_kind {
 	CT_MESSAGE_REQUEST = 0,
 	CT_MESSAGE_RESPONSE = 1,
@@ -150,20 +151,22 @@ struct ct_reset_event {
  * A message that matters: a socket's first request and response, a request after an idle gap
  * (and the responses that answer it), any message while the socket is closing, and, when it
  * begins to close, the last request and response if they were not written yet. Every other
- * message is only counted: `index` numbers the messages of one kind, so the count of those
- * between two records is known. hdr.ts_ns is when the message started.
+ * message is only counted: each record carries the counts of both kinds before it, so those
+ * between two records are known. Retransmitted segments are not counted again. hdr.ts_ns is
+ * when the message started.
  */
 struct ct_message_event {
 	struct ct_event hdr;
 	__u64 previous_ns;     /* when the previous message (either kind) started; 0 none */
 	__u32 segment_len;     /* payload bytes in the segment that started the message */
-	__u32 index;           /* messages of this kind before it on the socket */
+	__u32 requests;        /* requests before it on the socket */
+	__u32 responses;       /* responses before it (interim 1xx responses not counted) */
 	__u16 captured;        /* head bytes below, from one or more segments */
 	__u8 direction;        /* enum ct_direction */
 	__u8 role;
 	__u8 kind;             /* enum ct_message_kind */
 	__u8 flags;            /* enum ct_message_flag */
-	__u8 pad[2];
+	__u8 pad[6];
 	__u8 payload[CT_PAYLOAD_MAX];
 };
 

@@ -584,7 +584,8 @@ TEST(TraceIo, MessageEventLine) {
     event.tuple = ipv4_tuple();
     event.direction = Direction::Out;
     event.response = true;
-    event.index = 7;
+    event.requests_before = 8;
+    event.responses_before = 7;
     event.held = true;
     event.payload_len = 5;
     event.payload = "HTTP/";
@@ -592,13 +593,15 @@ TEST(TraceIo, MessageEventLine) {
               R"({"type":"event","kind":"message","ts_ns":11,"cookie":0,"netns":0,)"
               R"("family":"ipv4","local":{"addr":"10.0.0.2","port":8080},)"
               R"("remote":{"addr":"10.0.0.1","port":51234},)"
-              R"("direction":"out","segment_len":5,"message":"response","index":7,"held":true,)"
+              R"("direction":"out","segment_len":5,"message":"response","requests_before":8,)"
+              R"("responses_before":7,"held":true,)"
               R"("heads":[{"opaque":true}],"payload":"HTTP/"})");
     const TraceEventLine read = event_round_trip(event);
     EXPECT_EQ(read.kind, "message");
     EXPECT_EQ(read.direction, Direction::Out);
     EXPECT_TRUE(read.response);
-    EXPECT_EQ(read.index, 7u);
+    EXPECT_EQ(read.requests_before, 8u);
+    EXPECT_EQ(read.responses_before, 7u);
     EXPECT_TRUE(read.held);
     EXPECT_EQ(read.payload_len, 5u);
     EXPECT_EQ(read.payload, "HTTP/");

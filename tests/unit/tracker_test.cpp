@@ -101,13 +101,15 @@ struct Socket {
         return message;
     }
 
-    // A message as the kernel writes it when it counts the others: numbered within its kind,
-    // with the start of the message before it.
-    Event numbered(uint64_t ts_ns, Direction direction, std::string_view payload, uint32_t index,
+    // A message as the kernel writes it when it counts the others: with the counts of requests
+    // and responses before it, and the start of the message before it.
+    Event numbered(uint64_t ts_ns, Direction direction, std::string_view payload,
+                   uint32_t requests_before, uint32_t responses_before,
                    uint64_t previous_ns) const {
         Event numbered = message(ts_ns, direction, payload);
         numbered.response = payload.starts_with("HTTP/");
-        numbered.index = index;
+        numbered.requests_before = requests_before;
+        numbered.responses_before = responses_before;
         numbered.previous_ns = previous_ns;
         return numbered;
     }
@@ -1386,10 +1388,10 @@ TEST(TrackerCounted, ExchangesBetweenWrittenOnesAreCountedAsCompleted) {
     const uint64_t fin_ns = last_response_ns + 5 * kSec;
     const Connection conn = run_one({
         socket.established(1 * kSec),
-        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0),
-        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 0, 1 * kSec + kMs),
-        socket.numbered(last_request_ns, Direction::In, kGet, 10, last_request_ns - 3 * kMs),
-        socket.numbered(last_response_ns, Direction::Out, kOk, 10, last_request_ns),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 1, 0, 1 * kSec + kMs),
+        socket.numbered(last_request_ns, Direction::In, kGet, 10, 10, last_request_ns - 3 * kMs),
+        socket.numbered(last_response_ns, Direction::Out, kOk, 11, 10, last_request_ns),
         socket.state(fin_ns, kTcpEstablished, kTcpFinWait1,
                      activity(last_request_ns, last_response_ns)),
     });
@@ -1412,10 +1414,10 @@ TEST(TrackerCounted, RequestHeldUntilTheCloseIsTheOneInFlight) {
     const uint64_t stuck_ns = answered_ns + 100 * kMs;
     const Connection conn = run_one({
         socket.established(1 * kSec),
-        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0),
-        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 0, 1 * kSec + kMs),
-        socket.numbered(answered_ns, Direction::Out, kOk, 4, answered_ns - kMs),
-        socket.numbered(stuck_ns, Direction::In, kLatePost, 5, answered_ns),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 1, 0, 1 * kSec + kMs),
+        socket.numbered(answered_ns, Direction::Out, kOk, 5, 4, answered_ns - kMs),
+        socket.numbered(stuck_ns, Direction::In, kLatePost, 5, 5, answered_ns),
         socket.state(stuck_ns + 30 * kSec, kTcpEstablished, kTcpCloseWait,
                      activity(stuck_ns, answered_ns)),
     });
@@ -1435,10 +1437,10 @@ TEST(TrackerCounted, RequestAfterAnIdleGapMatchesItsOwnResponse) {
     const uint64_t gap_request_ns = 10 * kSec;
     const Connection conn = run_one({
         socket.established(1 * kSec),
-        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0),
-        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 0, 1 * kSec + kMs),
-        socket.numbered(gap_request_ns, Direction::In, kLatePost, 3, 2 * kSec),
-        socket.numbered(gap_request_ns + kMs, Direction::Out, "HTTP/1.1 201 Created\r\n\r\n", 3,
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 1, 0, 1 * kSec + kMs),
+        socket.numbered(gap_request_ns, Direction::In, kLatePost, 3, 3, 2 * kSec),
+        socket.numbered(gap_request_ns + kMs, Direction::Out, "HTTP/1.1 201 Created\r\n\r\n", 4, 3,
                         gap_request_ns),
         socket.state(gap_request_ns + 6 * kSec, kTcpEstablished, kTcpFinWait1,
                      activity(gap_request_ns, gap_request_ns + kMs)),
@@ -1448,6 +1450,29 @@ TEST(TrackerCounted, RequestAfterAnIdleGapMatchesItsOwnResponse) {
     EXPECT_EQ(conn.requests.back().status, 201);
     EXPECT_EQ(conn.requests.back().idle_before_ms, 8000.0);
     EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(2, Outcome::Completed)));
+}
+
+// The client sends its last request with its FIN: the kernel writes the held request and the
+// older held response as the connection begins to close, then the response after the FIN. The
+// counts each record carries of both kinds place every response on its own request.
+TEST(TrackerCounted, ResponsesHeldAndWrittenAfterTheFinAnswerTheirOwnRequests) {
+    const Socket socket;
+    const uint64_t last_ns = 5 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 1, 0, 1 * kSec + kMs),
+        socket.numbered(last_ns - kMs, Direction::Out, kOk, 5, 4, last_ns - 2 * kMs),
+        socket.numbered(last_ns, Direction::In, kGet, 5, 5, last_ns - kMs),
+        socket.state(last_ns + 10 * kUs, kTcpEstablished, kTcpCloseWait, activity(last_ns, 0)),
+        socket.numbered(last_ns + kMs, Direction::Out, kOk, 6, 5, last_ns),
+        socket.state(last_ns + 2 * kMs, kTcpCloseWait, kTcpLastAck,
+                     activity(last_ns, last_ns + kMs)),
+    });
+    EXPECT_EQ(conn.request_count(), 6u);
+    EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(2, Outcome::Completed)));
+    EXPECT_EQ(conn.requests.back().response_ns, last_ns + kMs);
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
 }
 
 }  // namespace

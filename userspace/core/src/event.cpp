@@ -128,7 +128,8 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.role = decode_role(record.role);
             event.direction = record.direction == CT_DIR_OUT ? Direction::Out : Direction::In;
             event.response = record.kind == CT_MESSAGE_RESPONSE;
-            event.index = record.index;
+            event.requests_before = record.requests;
+            event.responses_before = record.responses;
             event.previous_ns = record.previous_ns;
             event.held = (record.flags & CT_MESSAGE_HELD) != 0;
             event.payload_len = record.segment_len;

@@ -643,7 +643,8 @@ TraceEventLine read_event(Members& line) {
             // closetrace/2 recorders since ABI 3: the kernel's numbering of the message.
             if (has_member(line, "message")) {
                 event.response = required<std::string>(line, {&root, "message"}) == "response";
-                event.index = required<uint32_t>(line, {&root, "index"});
+                event.requests_before = required<uint32_t>(line, {&root, "requests_before"});
+                event.responses_before = required<uint32_t>(line, {&root, "responses_before"});
                 event.held = required<bool>(line, {&root, "held"});
             }
             break;
@@ -903,7 +904,8 @@ std::string event_line(const Event& event, PayloadPolicy policy) {
             line["direction"] = to_string(event.direction);
             line["segment_len"] = event.payload_len;
             line["message"] = event.response ? "response" : "request";
-            line["index"] = event.index;
+            line["requests_before"] = event.requests_before;
+            line["responses_before"] = event.responses_before;
             line["held"] = event.held;
             break;
     }

@@ -72,8 +72,9 @@ struct MessageFact {
     uint64_t ts_ns = 0;
     uint64_t arrival = 0;
     Direction direction = Direction::In;
-    bool response = false;     // the kernel's kind, which its index counts
-    uint32_t index = 0;
+    bool response = false;     // the kernel's kind
+    uint32_t requests_before = 0;   // the kernel's counts of each kind before it
+    uint32_t responses_before = 0;
     uint64_t previous_ns = 0;  // the previous message's start; 0 unknown
     std::vector<Head> heads;
     std::string prefix;  // incoming payload, cut to kSegmentPrefixBytes; empty for outgoing
@@ -362,8 +363,9 @@ public:
     // Takes the message's payload prefix.
     void feed(MessageFact& message) {
         if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
-        count_unwritten(message);
         const bool request_direction = (message.direction == Direction::In) == serves_;
+        count_unwritten(message, request_direction);
+        last_exchange_ns_ = std::max(last_exchange_ns_, message.previous_ns);
         if (request_direction) {
             // After an interim response the next request-direction message is the body it asked
             // for, unless it opens with a request line.
@@ -492,19 +494,26 @@ private:
         return it != pending_.end() && it->number == number ? &*it : nullptr;
     }
 
-    // The kernel numbers the messages of each kind: an index beyond those seen counts messages it
-    // did not write, requests made and, for responses, the oldest requests answered.
-    void count_unwritten(const MessageFact& message) {
-        std::size_t& numbered = message.response ? responses_numbered_ : requests_numbered_;
-        if (message.index > numbered) {
-            const std::size_t unwritten = message.index - numbered;
-            if (message.response) {
-                answered_ = std::min(total_, answered_ + unwritten);
-            } else {
-                total_ += unwritten;
-            }
+    // Each written message carries the kernel's counts of requests and responses before it:
+    // beyond those seen, they are messages it did not write, requests made and the oldest
+    // requests answered (requests first, so that the responses can answer them). Taken by this
+    // builder's sides: on a socket first seen mid-life the kernel may have named them the other
+    // way round.
+    void count_unwritten(const MessageFact& message, bool request_direction) {
+        const bool kinds_agree = message.response != request_direction;
+        const std::size_t requests =
+            kinds_agree ? message.requests_before : message.responses_before;
+        const std::size_t responses =
+            kinds_agree ? message.responses_before : message.requests_before;
+        if (requests > requests_counted_) {
+            total_ += requests - requests_counted_;
+            requests_counted_ = requests;
         }
-        numbered = std::max<std::size_t>(numbered, std::size_t{message.index} + 1);
+        if (responses > responses_counted_) {
+            answered_ = std::min(total_, answered_ + (responses - responses_counted_));
+            responses_counted_ = responses;
+        }
+        ++(request_direction ? requests_counted_ : responses_counted_);  // the message itself
     }
 
     // A data segment reset after this host closed (or after its socket was gone) is a request
@@ -572,8 +581,8 @@ private:
     std::vector<Segment> segments_;
     std::size_t total_ = 0;        // requests made
     std::size_t answered_ = 0;     // requests are answered in order (FIFO)
-    std::size_t requests_numbered_ = 0;   // the kernel's request messages seen or skipped
-    std::size_t responses_numbered_ = 0;  // ... and its response messages
+    std::size_t requests_counted_ = 0;   // the kernel's request messages, written or not
+    std::size_t responses_counted_ = 0;  // ... and its response messages
     bool expecting_body_ = false;
     bool upgraded_ = false;
     uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
@@ -741,7 +750,8 @@ struct ConnTracker::State {
                  .arrival = arrival,
                  .direction = event.direction,
                  .response = event.response,
-                 .index = event.index,
+                 .requests_before = event.requests_before,
+                 .responses_before = event.responses_before,
                  .previous_ns = event.previous_ns,
                  .heads = parse_heads(event.payload, full_target),
                  .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});

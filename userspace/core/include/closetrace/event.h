@@ -84,7 +84,8 @@ struct Event {
     // Message: one the kernel wrote because it matters; those between are only numbered.
     Direction direction = Direction::In;
     bool response = false;     // the kernel's kind: a response, else a request
-    uint32_t index = 0;        // messages of its kind before it on the socket
+    uint32_t requests_before = 0;   // requests before it on the socket
+    uint32_t responses_before = 0;  // responses before it (interim ones not counted)
     uint64_t previous_ns = 0;  // when the previous message (either kind) started; 0 none
     bool held = false;         // written only when the connection began to close
 };

@@ -140,7 +140,8 @@ struct TraceEventLine {
     // message
     Direction direction = Direction::In;
     bool response = false;  // the kernel's kind (`message`); requests and responses numbered apart
-    uint32_t index = 0;
+    uint32_t requests_before = 0;
+    uint32_t responses_before = 0;
     bool held = false;      // written when the connection began to close
 
     // reset_* (`payload_len`) and message (`segment_len`): bytes on the wire in that segment
