@@ -922,6 +922,20 @@ static __always_inline void continue_head(struct __sk_buff *skb, struct message_
 	note_head_end(slot);
 }
 
+/*
+ * A word of the cgroup hooks' socket context. Context fields take no pointer arithmetic, and
+ * clang may merge two reads at different offsets into one with the offset in a register (the
+ * verifier then refuses the program): the offset is an immediate of the load itself.
+ */
+#define BPF_SOCK_WORD(sk, field)                                                            \
+	({                                                                                  \
+		__u32 word;                                                                 \
+		asm volatile("%0 = *(u32 *)(%1 + %2)"                                       \
+			     : "=r"(word)                                                   \
+			     : "r"(sk), "i"(offsetof(struct bpf_sock, field)));             \
+		word;                                                                       \
+	})
+
 /* The tuple of a socket as the cgroup hooks see it. */
 static __always_inline void tuple_from_bpf_sock(const struct bpf_sock *sk, struct ct_tuple *tuple)
 {
@@ -929,16 +943,15 @@ static __always_inline void tuple_from_bpf_sock(const struct bpf_sock *sk, struc
 	tuple->rport = bpf_ntohs(sk->dst_port);
 	if (sk->family == AF_INET6) {
 		tuple->family = AF_INET6;
-		/* Context fields are read one word at a time: no pointer arithmetic on sock. */
 		__u32 *local = (__u32 *)tuple->laddr, *remote = (__u32 *)tuple->raddr;
-		local[0] = sk->src_ip6[0];
-		local[1] = sk->src_ip6[1];
-		local[2] = sk->src_ip6[2];
-		local[3] = sk->src_ip6[3];
-		remote[0] = sk->dst_ip6[0];
-		remote[1] = sk->dst_ip6[1];
-		remote[2] = sk->dst_ip6[2];
-		remote[3] = sk->dst_ip6[3];
+		local[0] = BPF_SOCK_WORD(sk, src_ip6[0]);
+		local[1] = BPF_SOCK_WORD(sk, src_ip6[1]);
+		local[2] = BPF_SOCK_WORD(sk, src_ip6[2]);
+		local[3] = BPF_SOCK_WORD(sk, src_ip6[3]);
+		remote[0] = BPF_SOCK_WORD(sk, dst_ip6[0]);
+		remote[1] = BPF_SOCK_WORD(sk, dst_ip6[1]);
+		remote[2] = BPF_SOCK_WORD(sk, dst_ip6[2]);
+		remote[3] = BPF_SOCK_WORD(sk, dst_ip6[3]);
 	} else {
 		tuple->family = AF_INET;
 		__u32 src = sk->src_ip4, dst = sk->dst_ip4;
