@@ -3,38 +3,20 @@
 request, yet its record counts every request and lists the first, the one after an idle gap and
 the last; a request head sent a few bytes per segment is reassembled to its method and target."""
 import socket
-import threading
 import time
 import unittest
 
-from support import Recorder, require_bpf
+from support import Recorder, ThreadedServer, require_bpf
 
 PORT = 18950
 REQUEST = b"GET /split/path/abc?token=SECRET HTTP/1.1\r\nHost: backend\r\nUser-Agent: t\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class KeepAliveServer:
+class KeepAliveServer(ThreadedServer):
     """Answers every request head on a connection until the client closes it."""
 
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", PORT))
-        self.listener.listen(16)
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def answer(conn):
+    def handle(self, conn):
         buffered = b""
         with conn:
             while True:
@@ -45,9 +27,6 @@ class KeepAliveServer:
                 while b"\r\n\r\n" in buffered:
                     _, buffered = buffered.split(b"\r\n\r\n", 1)
                     conn.sendall(RESPONSE)
-
-    def close(self):
-        self.listener.close()
 
 
 def client():
@@ -78,11 +57,7 @@ class MessagesTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         require_bpf()
-        cls.server = KeepAliveServer()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.close()
+        cls.enterClassContext(KeepAliveServer(PORT))
 
     def record(self, traffic, *args):
         recorder = Recorder("--port", str(PORT), *args)

@@ -6,11 +6,10 @@ import os
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
-from support import CLOSETRACE, read_trace, require_bpf, wait_for
+from support import CLOSETRACE, ThreadedServer, read_trace, require_bpf, wait_for
 
 QUERY_SECRET = "QSECRET1"
 COOKIE_SECRET = "CSECRET2"
@@ -28,24 +27,9 @@ def request(method, path):
             "Content-Length: 0\r\n\r\n").encode()
 
 
-class KeepAliveServer:
+class KeepAliveServer(ThreadedServer):
     """Answers each request and closes a connection idle for IDLE_CLOSE_S; a request for
     /reset is answered with a reset (SO_LINGER 0)."""
-
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
     def handle(self, conn):
         conn.settimeout(IDLE_CLOSE_S)
@@ -61,13 +45,6 @@ class KeepAliveServer:
         except OSError:
             pass
         conn.close()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.listener.close()
 
 
 def exchange(port, *steps):
