@@ -1,3 +1,5 @@
+#include "doctor.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -13,7 +15,7 @@
 #include "closetrace/event.h"
 #include "closetrace/file_descriptor.h"
 #include "host.h"
-#include "record.h"
+#include "kernel_btf.h"
 #include "tracer.h"
 
 namespace closetrace {
