@@ -49,6 +49,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define PF_EXITING 0x00000004 /* include/linux/sched.h: the task is exiting */
 
+/*
+ * The record layouts this object was built with (closetrace.h). The loader compares it with the
+ * CT_ABI_VERSION it was compiled with before loading: the skeleton embeds an object built
+ * separately from the binary, so a compile-time check on the header alone cannot see a stale one.
+ */
+const volatile __u32 abi_version = CT_ABI_VERSION;
+
 /* Filters, written by userspace before the programs load. */
 const volatile __u16 filter_ports[CT_MAX_PORTS] = {};
 const volatile __u32 filter_port_count = 0;

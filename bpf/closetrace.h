@@ -11,7 +11,8 @@
 #include <linux/types.h>
 #endif
 
-/* Bumped whenever a record layout below changes. */
+/* Bumped whenever a record layout below changes. The programs carry it (abi_version in their
+ * read-only data) and the loader refuses programs built with another version than its own. */
 #define CT_ABI_VERSION 3
 
 /* Bytes of payload captured from a message head (reassembled across segments) or a reset's

@@ -93,8 +93,9 @@ std::string caught_summary(const TraceFacts& trace) {
 // ---------------------------------------------------------------------------------------------
 // Text
 
-void print_text(const TraceFacts& trace, const LbLogReadStats& stats, const AlbCorrelation& result,
-                const std::vector<std::string>& conclusions, int64_t skew_ns) {
+// What was read: the trace, the logs, and how lines are matched.
+void print_text_inputs(const TraceFacts& trace, const LbLogReadStats& stats,
+                       const AlbCorrelation& result, int64_t skew_ns) {
     std::string endpoints;
     for (const Endpoint& endpoint : trace.local_endpoints) {
         endpoints += (endpoints.empty() ? "" : ", ") + format_host_port(endpoint);
@@ -121,7 +122,10 @@ void print_text(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
         matching += fmt::format("; trace minus balancer time: median {:+.1f} ms", to_ms(*median));
     }
     fmt::print("matching  {}\n\n", matching);
+}
 
+// Each error status: its lines, how many the trace explains, and by which verdicts.
+void print_status_table(const AlbCorrelation& result) {
     fmt::print("status  lines  explained  unexplained\n");
     for (int status : kLbErrorCodes) {
         const StatusTally& tally = result.by_status.at(status);
@@ -136,7 +140,10 @@ void print_text(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
         fmt::print("{:<6}  {:>5}  {:>9}  {:>11}{}\n", status, tally.lines, explained,
                    tally.unexplained, verdicts);
     }
+}
 
+// The balancer's error lines, explained (with the request the trace caught) or not.
+void print_error_lines(const AlbCorrelation& result) {
     if (!result.pairs.empty()) fmt::print("\nexplained\n");
     for (const AlbPair& pair : result.pairs) {
         fmt::print("  {} {} {} -> {}  conn {} {}  {:+.1f} ms{}  ({}:{})\n",
@@ -163,6 +170,13 @@ void print_text(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
                    format_host_port(*entry.target), printable(reasons), printable(error.file),
                    error.line);
     }
+}
+
+void print_text(const TraceFacts& trace, const LbLogReadStats& stats, const AlbCorrelation& result,
+                const std::vector<std::string>& conclusions, int64_t skew_ns) {
+    print_text_inputs(trace, stats, result, skew_ns);
+    print_status_table(result);
+    print_error_lines(result);
     if (!stats.malformed_examples.empty()) {
         fmt::print("\nmalformed lines (first {} of {})\n", stats.malformed_examples.size(),
                    stats.malformed);
@@ -224,9 +238,7 @@ json caught_json(const CaughtRequest& caught) {
     };
 }
 
-void print_json(const TraceFacts& trace, const LbLogReadStats& stats, const AlbCorrelation& result,
-                const std::vector<std::string>& conclusions, const AlbOptions& options,
-                const std::vector<std::string>& warnings) {
+json trace_json(const TraceFacts& trace) {
     json endpoints = json::array();
     for (const Endpoint& endpoint : trace.local_endpoints) {
         endpoints.push_back(format_host_port(endpoint));
@@ -235,7 +247,17 @@ void print_json(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
     for (const auto& [verdict, count] : trace.caught_connections) {
         caught[to_string(verdict)] = count;
     }
+    return {{"file", trace.file},
+            {"start", iso8601_utc(trace.start_wall_ns)},
+            {"end", iso8601_utc(trace.end_wall_ns)},
+            {"complete", trace.has_summary},
+            {"lost_events", trace.lost_events},
+            {"endpoints", endpoints},
+            {"caught_connections", caught},
+            {"caught_requests", trace.caught_requests.size()}};
+}
 
+json by_status_json(const AlbCorrelation& result) {
     json by_status = json::object();
     for (int status : kLbErrorCodes) {
         const StatusTally& tally = result.by_status.at(status);
@@ -244,6 +266,12 @@ void print_json(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
         by_status[std::to_string(status)] = {
             {"lines", tally.lines}, {"explained", explained}, {"unexplained", tally.unexplained}};
     }
+    return by_status;
+}
+
+void print_json(const TraceFacts& trace, const LbLogReadStats& stats, const AlbCorrelation& result,
+                const std::vector<std::string>& conclusions, const AlbOptions& options,
+                const std::vector<std::string>& warnings) {
     json pairs = json::array();
     for (const AlbPair& pair : result.pairs) {
         pairs.push_back({{"lb", lb_line_json(pair.error)},
@@ -261,15 +289,7 @@ void print_json(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
     const std::optional<int64_t> median = median_delta_ns(result.pairs);
 
     const json report = {
-        {"trace",
-         {{"file", trace.file},
-          {"start", iso8601_utc(trace.start_wall_ns)},
-          {"end", iso8601_utc(trace.end_wall_ns)},
-          {"complete", trace.has_summary},
-          {"lost_events", trace.lost_events},
-          {"endpoints", endpoints},
-          {"caught_connections", caught},
-          {"caught_requests", trace.caught_requests.size()}}},
+        {"trace", trace_json(trace)},
         {"logs",
          {{"files", stats.files},
           {"lines", stats.lines},
@@ -287,7 +307,7 @@ void print_json(const TraceFacts& trace, const LbLogReadStats& stats, const AlbC
         {"skew_ms", options.skew_ms},
         {"maps", options.maps},
         {"median_delta_ms", median ? json(to_ms(*median)) : json(nullptr)},
-        {"by_status", by_status},
+        {"by_status", by_status_json(result)},
         {"pairs", pairs},
         {"unexplained", unexplained},
         {"unmatched_trace_requests", unmatched},

@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include "record.h"
+#include "demo.h"
 
 namespace closetrace {
 namespace {

@@ -1,3 +1,5 @@
+#include "doctor.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -13,7 +15,7 @@
 #include "closetrace/event.h"
 #include "closetrace/file_descriptor.h"
 #include "host.h"
-#include "record.h"
+#include "kernel_btf.h"
 #include "tracer.h"
 
 namespace closetrace {
@@ -75,11 +77,8 @@ std::optional<std::string> traced_connection_failure(Tracer& tracer,
         port, seen.size());
 }
 
-// Prints what this host supports and which probes `record` will use; throws with exit code 1
-// when recording cannot work here.
-void doctor(const std::string& btf_path) {
-    const HostFacts host = inspect_host();
-    std::printf("closetrace doctor\n");
+// What the host offers, a row each; returns why recording cannot work here, if the host says.
+std::optional<std::string> host_rows(const HostFacts& host, const std::string& btf_path) {
     row("kernel", host.kernel_release);
     row("libbpf", host.libbpf_version);
     if (host.kernel_btf) {
@@ -109,41 +108,53 @@ void doctor(const std::string& btf_path) {
     } else {
         row("fentry/fexit", "not checked without privileges");
     }
+    return failure;
+}
 
-    if (!failure) {
-        TracerConfig config;
-        config.messages = host.cgroup2_mount.has_value();
-        if (host.cgroup2_mount) config.attach_cgroup_dir = *host.cgroup2_mount;
-        config.ring_buffer_bytes = 1u << 20;
-        if (!btf_path.empty()) config.btf_path = btf_path;
-        try {
-            std::vector<Event> seen;
-            Tracer tracer(config, [&seen](std::span<const uint8_t> record) {
-                std::string error;
-                if (auto event = decode_event(record, {}, &error)) seen.push_back(*event);
-            });
-            const ProbeSet& probes = tracer.probes();
-            row(probes.state, "loaded and attached");
-            row(probes.reset_sent, probes.rst_reason
-                                       ? "loaded and attached (reset reasons: yes)"
-                                       : "loaded and attached (reset reasons: not in this kernel)");
-            row(probes.reset_received, "loaded and attached");
-            if (!probes.messages.empty()) {
-                row("cgroup_skb ingress/egress", "loaded and attached on " + config.attach_cgroup_dir);
-            }
-            const auto traced = traced_connection_failure(tracer, seen);
-            row("test connection", traced ? "FAILED" : "recorded with its addresses and ports");
-            if (traced) failure = *traced;
-            std::string used = probes.state + ", " + probes.reset_sent + ", " + probes.reset_received;
-            if (!probes.messages.empty()) used += ", " + probes.messages;
-            std::printf("record will use: %s\n", used.c_str());
-            for (const auto& note : probes.notes) std::printf("note: %s\n", note.c_str());
-            std::printf("kprobes and fentry are not used: tracepoints and cgroup hooks give the "
-                        "same facts on every kernel\n");
-        } catch (const LoaderError& error) {
-            failure = error.what();
+// Loads and attaches the programs as `record` would, a row each, and traces a connection of
+// doctor's own; returns why that failed, if it did.
+std::optional<std::string> probe_rows(const HostFacts& host, const std::string& btf_path) {
+    TracerConfig config;
+    config.messages = host.cgroup2_mount.has_value();
+    if (host.cgroup2_mount) config.attach_cgroup_dir = *host.cgroup2_mount;
+    config.ring_buffer_bytes = 1u << 20;
+    if (!btf_path.empty()) config.btf_path = btf_path;
+    try {
+        std::vector<Event> seen;
+        Tracer tracer(config, [&seen](std::span<const uint8_t> record) {
+            std::string error;
+            if (auto event = decode_event(record, {}, &error)) seen.push_back(*event);
+        });
+        const ProbeSet& probes = tracer.probes();
+        row(probes.state, "loaded and attached");
+        row(probes.reset_sent, probes.rst_reason
+                                   ? "loaded and attached (reset reasons: yes)"
+                                   : "loaded and attached (reset reasons: not in this kernel)");
+        row(probes.reset_received, "loaded and attached");
+        if (!probes.messages.empty()) {
+            row("cgroup_skb ingress/egress", "loaded and attached on " + config.attach_cgroup_dir);
         }
+        const auto traced = traced_connection_failure(tracer, seen);
+        row("test connection", traced ? "FAILED" : "recorded with its addresses and ports");
+        std::string used = probes.state + ", " + probes.reset_sent + ", " + probes.reset_received;
+        if (!probes.messages.empty()) used += ", " + probes.messages;
+        std::printf("record will use: %s\n", used.c_str());
+        for (const auto& note : probes.notes) std::printf("note: %s\n", note.c_str());
+        std::printf("kprobes and fentry are not used: tracepoints and cgroup hooks give the "
+                    "same facts on every kernel\n");
+        return traced;
+    } catch (const LoaderError& error) {
+        return error.what();
     }
+}
+
+// Prints what this host supports and which probes `record` will use; throws with exit code 1
+// when recording cannot work here.
+void doctor(const std::string& btf_path) {
+    const HostFacts host = inspect_host();
+    std::printf("closetrace doctor\n");
+    std::optional<std::string> failure = host_rows(host, btf_path);
+    if (!failure) failure = probe_rows(host, btf_path);
     if (failure) {
         throw CLI::RuntimeError("closetrace doctor: recording cannot work here: " + *failure, 1);
     }

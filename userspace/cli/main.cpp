@@ -6,6 +6,8 @@
 
 #include "alb_command.h"
 #include "analysis_commands.h"
+#include "demo.h"
+#include "doctor.h"
 #include "record.h"
 
 int main(int argc, char** argv) {

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,8 +24,9 @@
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
 #include "closetrace/wallclock.h"
-#include "host.h"
 #include "cli_support.h"
+#include "host.h"
+#include "kernel_btf.h"
 #include "tracer.h"
 
 namespace closetrace {
@@ -233,26 +235,33 @@ int open_output(const std::string& output, bool force) {
     return fd;
 }
 
-}  // namespace
-
-std::string no_kernel_btf_advice() {
-    return "this kernel has no BTF (/sys/kernel/btf/vmlinux; built without "
-           "CONFIG_DEBUG_INFO_BTF): give its BTF with --btf FILE (from BTFHub, "
-           "https://github.com/aquasecurity/btfhub-archive, for this kernel release), or run on a "
-           "kernel with BTF (Amazon Linux 2023, Amazon Linux 2 with kernel 5.10)";
+const char* output_name(const std::string& output) {
+    return output == "-" ? "standard output" : output.c_str();
 }
 
-namespace {
+// A write to the trace failed: one line, and the lines written before stay valid.
+[[noreturn]] void write_failed(const std::string& output, const std::system_error& error) {
+    const int code = error.code().value();
+    fail(fmt::format("cannot write {}: {}; the lines written before are valid{}",
+                     output_name(output), std::strerror(code),
+                     code == ENOSPC || code == EDQUOT ? ": free space or give another --output"
+                     : code == EPIPE                  ? ""
+                                                      : ": give another --output"));
+}
 
-void record(const RecordOptions& options) {
-    install_stop_handlers();
-    const HostFacts host = inspect_host();
+// Step 1: this host can record (privileges, and BTF for the programs).
+HostFacts check_host(const RecordOptions& options) {
+    HostFacts host = inspect_host();
     if (const std::string missing = missing_privileges(host); !missing.empty()) {
         fail(fmt::format("missing privilege {}: run it as root (sudo closetrace record ...)",
                          missing));
     }
     if (!host.kernel_btf && options.btf.empty()) fail(no_kernel_btf_advice());
+    return host;
+}
 
+// Step 2a: what the kernel programs filter on and capture, but the cgroup.
+TracerConfig kernel_config(const RecordOptions& options, const HostFacts& host) {
     TracerConfig config;
     if (!options.btf.empty()) config.btf_path = options.btf;
     config.ports = options.ports;
@@ -273,74 +282,102 @@ void record(const RecordOptions& options) {
                      "verdicts on requests\n");
         config.messages = false;
     }
+    return config;
+}
+
+ContainerAttributor host_attributor(const HostFacts& host) {
     AttributorOptions attributor_options;
     if (host.cgroup2_mount) attributor_options.cgroup2_mount = *host.cgroup2_mount;
-    ContainerAttributor attributor(attributor_options);
-    std::string cgroup_filter = options.cgroup;
-    if (!options.container.empty()) {
-        if (!options.cgroup.empty()) fail("--container and --cgroup cannot be combined", 2);
-        std::vector<RunningContainer> matches;
-        for (auto& running : attributor.running_containers()) {
-            if (container_matches(running.container, options.container)) {
-                matches.push_back(std::move(running));
-            }
-        }
-        if (matches.empty()) {
-            fail(fmt::format("--container {}: no running container has that id or name", 
-                             options.container),
-                 2);
-        }
-        // One container with its own cgroup: filter in the kernel. Otherwise (several matches,
-        // cgroup v1 hosts) every socket reaches userspace and is filtered there.
-        if (matches.size() == 1 && matches.front().cgroup && host.cgroup2_mount) {
-            cgroup_filter = matches.front().cgroup->path;
-        } else if (!options.quiet) {
-            std::fprintf(stderr,
-                         "closetrace record: note: --container %s is applied in userspace (%zu "
-                         "matches); on a busy host narrow it with --port\n",
-                         options.container.c_str(), matches.size());
+    return ContainerAttributor(attributor_options);
+}
+
+// The cgroup the kernel filters on: --cgroup, or the cgroup of the one --container; "" for
+// none (then --container, if given, is applied in userspace).
+std::string cgroup_filter(const RecordOptions& options, const HostFacts& host,
+                          ContainerAttributor& attributor) {
+    if (options.container.empty()) return options.cgroup;
+    if (!options.cgroup.empty()) fail("--container and --cgroup cannot be combined", 2);
+    std::vector<RunningContainer> matches;
+    for (auto& running : attributor.running_containers()) {
+        if (container_matches(running.container, options.container)) {
+            matches.push_back(std::move(running));
         }
     }
-    if (!cgroup_filter.empty()) {
-        auto [dir, level] = resolve_cgroup(cgroup_filter, *host.cgroup2_mount);
+    if (matches.empty()) {
+        fail(fmt::format("--container {}: no running container has that id or name",
+                         options.container),
+             2);
+    }
+    // One container with its own cgroup: filter in the kernel. Otherwise (several matches,
+    // cgroup v1 hosts) every socket reaches userspace and is filtered there.
+    if (matches.size() == 1 && matches.front().cgroup && host.cgroup2_mount) {
+        return matches.front().cgroup->path;
+    }
+    if (!options.quiet) {
+        std::fprintf(stderr,
+                     "closetrace record: note: --container %s is applied in userspace (%zu "
+                     "matches); on a busy host narrow it with --port\n",
+                     options.container.c_str(), matches.size());
+    }
+    return {};
+}
+
+// Step 2b: the cgroup the programs filter on and attach to.
+void narrow_to_cgroup(TracerConfig& config, const RecordOptions& options, const HostFacts& host,
+                      ContainerAttributor& attributor) {
+    if (const std::string filter = cgroup_filter(options, host, attributor); !filter.empty()) {
+        auto [dir, level] = resolve_cgroup(filter, *host.cgroup2_mount);
         config.cgroup_filter_dir = dir;
         config.cgroup_filter_level = level;
         config.attach_cgroup_dir = dir;
     } else if (host.cgroup2_mount) {
         config.attach_cgroup_dir = *host.cgroup2_mount;
     }
+}
 
-    const std::string output = options.output.empty() ? default_output_name() : options.output;
-    TrackerOptions tracker_options;
-    tracker_options.linger_ns = static_cast<uint64_t>(options.linger_ms * 1e6);
-    tracker_options.full_target = options.full_target;
-    ConnTracker tracker(tracker_options);
+// The tracker, and the records the tracer's callback decodes for it between two polls.
+struct Capture {
+    explicit Capture(const RecordOptions& options) : tracker(tracker_options(options)) {}
 
+    static TrackerOptions tracker_options(const RecordOptions& options) {
+        TrackerOptions tracker_options;
+        tracker_options.linger_ns = static_cast<uint64_t>(options.linger_ms * 1e6);
+        tracker_options.full_target = options.full_target;
+        return tracker_options;
+    }
+
+    void take(std::span<const uint8_t> record) {
+        std::string error;
+        if (auto event = decode_event(record, reasons, &error)) {
+            decoded.push_back(std::move(*event));
+        } else {
+            ++undecodable;
+        }
+    }
+
+    ConnTracker tracker;
     std::vector<Event> decoded;
     uint64_t undecodable = 0;
     RstReasonNames reasons;
-    std::optional<Tracer> tracer;
+};
+
+// Step 3: load and attach the programs, which feed `capture` (it must outlive the tracer).
+std::unique_ptr<Tracer> start_tracer(const TracerConfig& config, Capture& capture) {
+    std::unique_ptr<Tracer> tracer;
     try {
-        tracer.emplace(config, [&](std::span<const uint8_t> record) {
-            std::string error;
-            if (auto event = decode_event(record, reasons, &error)) {
-                decoded.push_back(std::move(*event));
-            } else {
-                ++undecodable;
-            }
-        });
+        tracer = std::make_unique<Tracer>(
+            config, [&capture](std::span<const uint8_t> record) { capture.take(record); });
     } catch (const LoaderError& error) {
         fail(error.what());
     }
-    reasons = tracer->rst_reasons();
+    capture.reasons = tracer->rst_reasons();
+    return tracer;
+}
 
-    const int fd = open_output(output, options.force);
-    // Closes the file (and releases its lock) however the recording ends.
-    const FileDescriptor owned_fd(fd == STDOUT_FILENO ? -1 : fd);
-    TraceWriter writer(fd);
-    const int64_t mono_to_wall = mono_to_wall_offset_ns();
-    const uint64_t start_ns = monotonic_now_ns();
-
+// Step 4: the trace's first line: this host, the clock, the filters and the probes.
+TraceHeader trace_header(const RecordOptions& options, const HostFacts& host,
+                         const TracerConfig& config, const ProbeSet& probes, uint64_t start_ns,
+                         int64_t mono_to_wall) {
     TraceHeader header;
     header.tool_version = CLOSETRACE_VERSION;
     char host_name[256] = {};
@@ -357,151 +394,217 @@ void record(const RecordOptions& options) {
     if (config.netns != 0) header.filters.netns = config.netns;
     if (!options.container.empty()) header.filters.container = options.container;
     if (options.pid != 0) header.filters.pid = options.pid;
-    const ProbeSet& probes = tracer->probes();
     header.probes.state = probes.state;
     header.probes.reset_sent = probes.reset_sent;
     header.probes.reset_received = probes.reset_received;
     if (!probes.messages.empty()) header.probes.messages = probes.messages;
     header.probes.rst_reason = probes.rst_reason;
-    const auto write_failed = [&](const std::system_error& error) {
-        const int code = error.code().value();
-        fail(fmt::format("cannot write {}: {}; the lines written before are valid{}",
-                         output == "-" ? "standard output" : output, std::strerror(code),
-                         code == ENOSPC || code == EDQUOT ? ": free space or give another --output"
-                         : code == EPIPE                  ? ""
-                                                          : ": give another --output"));
-    };
-    try {
-        writer.write_line(header_line(header));
-        writer.flush();
-    } catch (const std::system_error& error) {
-        write_failed(error);
+    return header;
+}
+
+// What is recorded where, on the terminal.
+void announce(const RecordOptions& options, const std::string& output, const ProbeSet& probes) {
+    if (options.quiet) return;
+    std::string filters = options.ports.empty() ? "all TCP ports" : "port";
+    for (uint16_t port : options.ports) filters += fmt::format(" {}", port);
+    std::fprintf(stderr, "closetrace: recording %s to %s%s; Ctrl-C to stop\n", filters.c_str(),
+                 output_name(output),
+                 options.duration_s > 0 ? fmt::format(" for {:g} s", options.duration_s).c_str()
+                                        : "");
+    for (const auto& note : probes.notes) std::fprintf(stderr, "closetrace: note: %s\n", note.c_str());
+}
+
+// Step 5: the loop that drains the tracer's records into the tracker, and the connections it
+// finishes into the trace (after the userspace filters) and onto the terminal.
+class Recorder {
+public:
+    Recorder(const RecordOptions& options, const TracerConfig& config,
+             ContainerAttributor& attributor, Capture& capture, Tracer& tracer,
+             TraceWriter& writer, int64_t mono_to_wall)
+        : options_(options),
+          config_(config),
+          attributor_(attributor),
+          capture_(capture),
+          tracer_(tracer),
+          writer_(writer),
+          payloads_{.raw = options.raw_payloads, .full_target = options.full_target},
+          // Filters that need a full socket cannot be checked for a reset without one: leave
+          // those out; the netns of such a reset is known, so --netns keeps its own.
+          keep_unattributed_(options.cgroup.empty() && options.container.empty() &&
+                             options.pid == 0),
+          live_(options.quiet, mono_to_wall) {
+        if (options.pid != 0) family_.emplace(options.pid);
     }
 
-    if (!options.quiet) {
-        std::string filters = options.ports.empty() ? "all TCP ports" : "port";
-        for (uint16_t port : options.ports) filters += fmt::format(" {}", port);
-        std::fprintf(stderr, "closetrace: recording %s to %s%s; Ctrl-C to stop\n",
-                     filters.c_str(), output == "-" ? "standard output" : output.c_str(),
-                     options.duration_s > 0
-                         ? fmt::format(" for {:g} s", options.duration_s).c_str()
-                         : "");
-        for (const auto& note : probes.notes) std::fprintf(stderr, "closetrace: note: %s\n", note.c_str());
-    }
-
-    SummaryCounter counter;
-    LiveView live(options.quiet, mono_to_wall);
-    uint64_t events = 0;
-    // Filters that need a full socket cannot be checked for a reset without one: leave those
-    // out; the netns of such a reset is known, so --netns keeps its own.
-    const bool keep_unattributed =
-        options.cgroup.empty() && options.container.empty() && options.pid == 0;
-    std::optional<ProcessFamily> family;
-    if (options.pid != 0) family.emplace(options.pid);
-    auto attribute = [&](Connection& conn) {
-        if (conn.cgroup_id != 0) conn.cgroup = attributor.cgroup_path(conn.cgroup_id);
-        if (auto found = attributor.container_of(conn.cgroup_id, conn.pid)) {
-            conn.container = found->container;
-        }
-    };
-    auto selected = [&](const Connection& conn) {
-        if (!options.container.empty() &&
-            !(conn.container && container_matches(*conn.container, options.container))) {
-            return false;
-        }
-        return !family || (conn.pid && family->contains(*conn.pid));
-    };
-
-    const PayloadPolicy payloads{.raw = options.raw_payloads, .full_target = options.full_target};
-    auto feed_tracker = [&] {
-        for (const auto& event : decoded) {
-            ++events;
-            if (options.raw_events) writer.write_line(event_line(event, payloads));
-            // While the process and its container still exist: the answer is cached for later.
-            if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
-                attributor.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
-                                                                   : std::nullopt);
-            }
-            tracker.on_event(event);
-        }
-        decoded.clear();
-    };
-    auto write_connections = [&](std::vector<Connection> finished) {
-        for (auto& conn : finished) {
-            attribute(conn);
-            if (!selected(conn)) continue;
-            counter.add(conn);
-            writer.write_line(conn_line(conn));
-            live.show(conn);
-        }
-    };
-    auto write_unattributed = [&] {
-        for (const auto& event : tracker.take_unattributed()) {
-            if (!keep_unattributed || options.raw_events) continue;
-            if (config.netns != 0 && event.netns != config.netns) continue;
-            writer.write_line(event_line(event, payloads));
-        }
-    };
-
-    // Each look at the lost-event counters that finds more tells the tracker that events were
-    // lost since the previous look (since the programs started, for the first): the connections
-    // alive then get marked incomplete. Returns the time of the look.
-    uint64_t lost_seen = 0;
-    uint64_t looked_ns = 0;
-    auto note_losses = [&] {
-        const uint64_t now = monotonic_now_ns();
-        const uint64_t lost = tracer->counters().lost + undecodable;
-        if (lost > lost_seen) tracker.on_events_lost(looked_ns, now);
-        lost_seen = lost;
-        looked_ns = now;
-        return now;
-    };
-
-    const uint64_t deadline =
-        options.duration_s > 0 ? start_ns + static_cast<uint64_t>(options.duration_s * 1e9) : 0;
-    try {
+    // Until a stop signal, or `deadline` (0: none).
+    void run(uint64_t deadline) {
         while (!stop_requested) {
             const uint64_t now = monotonic_now_ns();
             if (deadline && now >= deadline) break;
             int timeout_ms = 100;
             if (deadline) timeout_ms = static_cast<int>(std::min<uint64_t>(100, (deadline - now) / 1'000'000 + 1));
-            tracer->poll(timeout_ms);
+            tracer_.poll(timeout_ms);
             feed_tracker();
-            write_connections(tracker.take_finished(note_losses()));
+            write_connections(capture_.tracker.take_finished(note_losses()));
             write_unattributed();
-            writer.flush();
+            writer_.flush();
         }
-        tracer->drain();
+    }
+
+    // Step 6: what is left in the ring buffer and the tracker, then the summary line.
+    TraceSummary finish(uint64_t start_ns) {
+        tracer_.drain();
         feed_tracker();
         const uint64_t end_ns = note_losses();
-        write_connections(tracker.finish_all(end_ns));
+        write_connections(capture_.tracker.finish_all(end_ns));
         write_unattributed();
-        live.flush_suppressed();
+        live_.flush_suppressed();
 
-        TraceSummary& summary = counter.summary();
-        summary.lost_events = lost_seen;
-        summary.events = events;
+        TraceSummary& summary = counter_.summary();
+        summary.lost_events = lost_seen_;
+        summary.events = events_;
         summary.duration_s = static_cast<double>(end_ns - start_ns) / 1e9;
         summary.end_ns = end_ns;
-        writer.write_line(summary_line(summary));
+        writer_.write_line(summary_line(summary));
+        writer_.flush();
+        return summary;
+    }
+
+    // Connections written that were open while events were lost.
+    uint64_t incomplete() const { return counter_.incomplete(); }
+
+private:
+    void feed_tracker() {
+        for (const auto& event : capture_.decoded) {
+            ++events_;
+            if (options_.raw_events) writer_.write_line(event_line(event, payloads_));
+            // While the process and its container still exist: the answer is cached for later.
+            if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
+                attributor_.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
+                                                                    : std::nullopt);
+            }
+            capture_.tracker.on_event(event);
+        }
+        capture_.decoded.clear();
+    }
+
+    void write_connections(std::vector<Connection> finished) {
+        for (auto& conn : finished) {
+            attribute(conn);
+            if (!selected(conn)) continue;
+            counter_.add(conn);
+            writer_.write_line(conn_line(conn));
+            live_.show(conn);
+        }
+    }
+
+    void write_unattributed() {
+        for (const auto& event : capture_.tracker.take_unattributed()) {
+            if (!keep_unattributed_ || options_.raw_events) continue;
+            if (config_.netns != 0 && event.netns != config_.netns) continue;
+            writer_.write_line(event_line(event, payloads_));
+        }
+    }
+
+    void attribute(Connection& conn) {
+        if (conn.cgroup_id != 0) conn.cgroup = attributor_.cgroup_path(conn.cgroup_id);
+        if (auto found = attributor_.container_of(conn.cgroup_id, conn.pid)) {
+            conn.container = found->container;
+        }
+    }
+
+    // The filters applied in userspace: --container (when not by cgroup) and --pid.
+    bool selected(const Connection& conn) {
+        if (!options_.container.empty() &&
+            !(conn.container && container_matches(*conn.container, options_.container))) {
+            return false;
+        }
+        return !family_ || (conn.pid && family_->contains(*conn.pid));
+    }
+
+    // Each look at the lost-event counters that finds more tells the tracker that events were
+    // lost since the previous look (since the programs started, for the first): the
+    // connections alive then get marked incomplete. Returns the time of the look.
+    uint64_t note_losses() {
+        const uint64_t now = monotonic_now_ns();
+        const uint64_t lost = tracer_.counters().lost + capture_.undecodable;
+        if (lost > lost_seen_) capture_.tracker.on_events_lost(looked_ns_, now);
+        lost_seen_ = lost;
+        looked_ns_ = now;
+        return now;
+    }
+
+    const RecordOptions& options_;
+    const TracerConfig& config_;
+    ContainerAttributor& attributor_;
+    Capture& capture_;
+    Tracer& tracer_;
+    TraceWriter& writer_;
+    const PayloadPolicy payloads_;
+    const bool keep_unattributed_;
+    std::optional<ProcessFamily> family_;
+    SummaryCounter counter_;
+    LiveView live_;
+    uint64_t events_ = 0;
+    uint64_t lost_seen_ = 0;
+    uint64_t looked_ns_ = 0;
+};
+
+// The summary on the terminal, and a warning when events were lost.
+void print_summary(const RecordOptions& options, const std::string& output,
+                   const TraceSummary& summary, uint64_t incomplete) {
+    if (!options.quiet) {
+        std::fprintf(stderr, "closetrace: %llu connections, %llu events, %llu lost; trace in %s\n",
+                     static_cast<unsigned long long>(summary.connections),
+                     static_cast<unsigned long long>(summary.events),
+                     static_cast<unsigned long long>(summary.lost_events), output_name(output));
+    }
+    if (summary.lost_events > 0) {
+        std::fprintf(stderr,
+                     "closetrace record: warning: %llu events were lost (ring buffer full); "
+                     "%llu connections open then are marked incomplete and left out of the "
+                     "report's conclusions: raise --ring-mb or narrow --port\n",
+                     static_cast<unsigned long long>(summary.lost_events),
+                     static_cast<unsigned long long>(incomplete));
+    }
+}
+
+// The steps in order. Every way out (a failure, a signal, the deadline) unwinds through the
+// destructors: the writer flushes, the file is closed and unlocked, the programs detach.
+void record(const RecordOptions& options) {
+    install_stop_handlers();
+    const HostFacts host = check_host(options);
+    TracerConfig config = kernel_config(options, host);
+    ContainerAttributor attributor = host_attributor(host);
+    narrow_to_cgroup(config, options, host, attributor);
+    const std::string output = options.output.empty() ? default_output_name() : options.output;
+
+    Capture capture(options);
+    const std::unique_ptr<Tracer> tracer = start_tracer(config, capture);
+    const int fd = open_output(output, options.force);
+    // Closes the file (and releases its lock) however the recording ends.
+    const FileDescriptor owned_fd(fd == STDOUT_FILENO ? -1 : fd);
+    TraceWriter writer(fd);
+    const int64_t mono_to_wall = mono_to_wall_offset_ns();
+    const uint64_t start_ns = monotonic_now_ns();
+    try {
+        writer.write_line(header_line(
+            trace_header(options, host, config, tracer->probes(), start_ns, mono_to_wall)));
         writer.flush();
-        if (!options.quiet) {
-            std::fprintf(stderr, "closetrace: %llu connections, %llu events, %llu lost; trace in %s\n",
-                         static_cast<unsigned long long>(summary.connections),
-                         static_cast<unsigned long long>(events),
-                         static_cast<unsigned long long>(summary.lost_events),
-                         output == "-" ? "standard output" : output.c_str());
-        }
-        if (summary.lost_events > 0) {
-            std::fprintf(stderr,
-                         "closetrace record: warning: %llu events were lost (ring buffer full); "
-                         "%llu connections open then are marked incomplete and left out of the "
-                         "report's conclusions: raise --ring-mb or narrow --port\n",
-                         static_cast<unsigned long long>(summary.lost_events),
-                         static_cast<unsigned long long>(counter.incomplete()));
-        }
     } catch (const std::system_error& error) {
-        write_failed(error);
+        write_failed(output, error);
+    }
+    announce(options, output, tracer->probes());
+
+    Recorder recorder(options, config, attributor, capture, *tracer, writer, mono_to_wall);
+    const uint64_t deadline =
+        options.duration_s > 0 ? start_ns + static_cast<uint64_t>(options.duration_s * 1e9) : 0;
+    try {
+        recorder.run(deadline);
+        const TraceSummary summary = recorder.finish(start_ns);
+        print_summary(options, output, summary, recorder.incomplete());
+    } catch (const std::system_error& error) {
+        write_failed(output, error);
     } catch (const LoaderError& error) {
         fail(error.what());
     }

@@ -102,6 +102,13 @@ std::string kconfig_override() {
     return measured;
 }
 
+// An embedded object built for other record layouts than this binary decodes: no fallback
+// to the other object helps (both are built with the binary), so it ends the load.
+class AbiMismatch : public LoaderError {
+public:
+    using LoaderError::LoaderError;
+};
+
 // The two objects built from bpf/closetrace.bpf.c, behind one interface.
 template <typename Skeleton>
 struct SkeletonApi;
@@ -141,6 +148,10 @@ Skeleton* open_configured(const TracerConfig& config, bool dynptr_reset) {
                                       last_libbpf_message));
     }
     auto* rodata = skeleton->rodata;
+    if (auto mismatch = abi_mismatch(rodata->abi_version)) {
+        Api::destroy(skeleton);
+        throw AbiMismatch(*mismatch);
+    }
     for (std::size_t i = 0; i < config.ports.size(); ++i) rodata->filter_ports[i] = config.ports[i];
     rodata->filter_port_count = static_cast<uint32_t>(config.ports.size());
     rodata->filter_netns = config.netns;
@@ -291,6 +302,8 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
     } else {
         try {
             impl_->object = load_object<closetrace_bpf>(config, probes_);
+        } catch (const AbiMismatch&) {
+            throw;
         } catch (const LoaderError& refused) {
             // Kernels before 5.11 have BTF but no socket storage in BTF tracepoints (Amazon
             // Linux 2's 5.10): the portable programs, relocated against the kernel's own BTF.
@@ -397,6 +410,36 @@ RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path)
     }
     btf__free(types);
     return names;
+}
+
+std::optional<std::string> abi_mismatch(uint32_t built) {
+    if (built == CT_ABI_VERSION) return std::nullopt;
+    return fmt::format("the BPF programs were built for kernel ABI version {}, this binary for "
+                       "version {}: the BPF objects and the binary disagree; rebuild closetrace "
+                       "(tools/build)",
+                       built, CT_ABI_VERSION);
+}
+
+namespace {
+
+template <typename Skeleton>
+uint32_t embedded_abi_version() {
+    using Api = SkeletonApi<Skeleton>;
+    Skeleton* skeleton = Api::open(nullptr);
+    if (!skeleton) {
+        throw LoaderError(fmt::format("cannot open the BPF programs: {} ({})", errno_text(errno),
+                                      last_libbpf_message));
+    }
+    const uint32_t version = skeleton->rodata->abi_version;
+    Api::destroy(skeleton);
+    return version;
+}
+
+}  // namespace
+
+std::vector<uint32_t> embedded_abi_versions() {
+    return {embedded_abi_version<closetrace_bpf>(),
+            embedded_abi_version<closetrace_portable_bpf>()};
 }
 
 std::optional<std::string> fentry_unavailable_reason() {

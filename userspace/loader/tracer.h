@@ -84,6 +84,15 @@ private:
 // kernel has no such enum. From the kernel's BTF, or from the file given.
 RstReasonNames load_rst_reason_names(const std::optional<std::string>& btf_path = std::nullopt);
 
+// The kernel ABI: the record layouts of bpf/closetrace.h, versioned by CT_ABI_VERSION. The
+// embedded BPF objects carry the version they were built with (their read-only `abi_version`);
+// the tracer refuses to load one that disagrees with this binary's. This returns that refusal,
+// one line, for an object built with `built`; nullopt when they agree.
+std::optional<std::string> abi_mismatch(uint32_t built);
+// The version each embedded object (the BTF one, then the portable one) was built with, read
+// from its read-only data without loading it (no privileges needed).
+std::vector<uint32_t> embedded_abi_versions();
+
 // Whether an fentry program can be loaded here (for `doctor`); on failure, why.
 std::optional<std::string> fentry_unavailable_reason();
 
