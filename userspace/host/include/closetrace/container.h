@@ -14,27 +14,9 @@
 #include <unordered_set>
 #include <vector>
 
+#include "closetrace/container_ref.h"
+
 namespace closetrace {
-
-// What the ECS agent says about a task (GET /v1/tasks on the container instance).
-struct EcsTask {
-    std::string task_arn;  // "arn:aws:ecs:us-west-2:012345678910:task/default/5a2c…"
-    std::string family;    // task definition family
-    std::string revision;  // task definition revision (the agent's "Version")
-    bool operator==(const EcsTask&) const = default;
-};
-
-// A container (or systemd service) that a cgroup belongs to.
-struct ContainerRef {
-    std::string runtime;  // "docker" | "containerd" | "ecs" | "kubernetes" | "systemd"
-    // Container id (64 hex for Docker, ECS and CRI); the unit name ("nginx.service") for systemd.
-    std::string id;
-    std::optional<std::string> name{};     // ECS container name (from the agent); systemd: "nginx"
-    std::optional<std::string> task_id{};  // ECS task id (from the cgroup path or the task ARN)
-    std::optional<std::string> pod_uid{};  // Kubernetes pod uid
-    std::optional<EcsTask> ecs{};          // from the ECS agent, where it answers
-    bool operator==(const ContainerRef&) const = default;
-};
 
 // The container a cgroup path belongs to, as the path appears in /proc/<pid>/cgroup or below a
 // cgroup mount: cgroup v1 ("/docker/<id>", "/ecs/<task>/<id>", "/kubepods/burstable/pod<uid>/<id>")
@@ -156,10 +138,6 @@ void annotate_with_ecs(ContainerRef& container, const EcsTaskIndex& tasks);
 // prefix of its id (the length `docker ps` shows) or of its ECS task id (keeping all of the
 // task's containers); any text matches its name or its id exactly.
 bool container_matches(const ContainerRef& container, std::string_view id_or_name);
-
-// A short label for reports: "ecs:api (task 1a2b3c4d5e6f)", "docker:9581a69a761a",
-// "systemd:nginx.service"; "-" for none (a host process).
-std::string container_label(const std::optional<ContainerRef>& container);
 
 // Where a connection's container came from.
 enum class ContainerSource {

@@ -8,8 +8,8 @@
 
 #include <fmt/format.h>
 
-#include "analysis_text.h"
-#include "closetrace/analysis.h"
+#include "closetrace/analysis_text.h"
+#include "closetrace/report.h"
 
 namespace closetrace {
 namespace {

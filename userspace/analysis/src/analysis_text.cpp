@@ -1,4 +1,4 @@
-#include "analysis_text.h"
+#include "closetrace/analysis_text.h"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-// Wording shared by the analysis's sentences and its renderings (internal to the core library).
+// Wording shared by the analysis's sentences and its renderings (the render stage's too).
 #pragma once
 
 #include <cstdint>

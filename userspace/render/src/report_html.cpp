@@ -18,8 +18,8 @@
 
 #include <fmt/format.h>
 
-#include "analysis_text.h"
-#include "closetrace/analysis.h"
+#include "closetrace/analysis_text.h"
+#include "closetrace/report.h"
 #include "closetrace/text.h"
 #include "closetrace/wallclock.h"
 

@@ -8,8 +8,8 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "analysis_text.h"
-#include "closetrace/analysis.h"
+#include "closetrace/analysis_text.h"
+#include "closetrace/report.h"
 #include "closetrace/wallclock.h"
 
 namespace closetrace {

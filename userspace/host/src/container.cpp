@@ -32,13 +32,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr std::size_t kDockerIdLength = 64;
-constexpr std::size_t kShortIdLength = 12;  // what `docker ps` shows
-
-bool is_lower_hex(std::string_view text) {
-    return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
-        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-    });
-}
 
 bool is_container_hex_id(std::string_view text) {
     return text.size() == kDockerIdLength && is_lower_hex(text);
@@ -182,10 +175,6 @@ std::string parent_cgroup_path(const std::string& path) {
     const std::size_t slash = path.rfind('/');
     if (slash == std::string::npos || slash == 0) return "/";
     return path.substr(0, slash);
-}
-
-std::string short_id(const std::string& id) {
-    return is_lower_hex(id) && id.size() > kShortIdLength ? id.substr(0, kShortIdLength) : id;
 }
 
 std::string lowercase(std::string_view text) {
@@ -658,18 +647,6 @@ bool container_matches(const ContainerRef& container, std::string_view id_or_nam
     if (lower.size() < kShortIdLength || !is_lower_hex(lower)) return false;
     return container.id.starts_with(lower) ||
            (container.task_id && container.task_id->starts_with(lower));
-}
-
-std::string container_label(const std::optional<ContainerRef>& container) {
-    if (!container) return "-";
-    // A unit's full name ("nginx.service") says what it is; a container's name, where known, is
-    // what people call it.
-    const std::string who = container->runtime == "systemd"
-                                ? container->id
-                                : container->name.value_or(short_id(container->id));
-    std::string label = container->runtime + ":" + who;
-    if (container->task_id) label += fmt::format(" (task {})", short_id(*container->task_id));
-    return label;
 }
 
 const char* to_string(ContainerSource source) {

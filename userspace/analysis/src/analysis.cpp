@@ -7,8 +7,8 @@
 
 #include <fmt/format.h>
 
-#include "analysis_text.h"
-#include "closetrace/container.h"
+#include "closetrace/analysis_text.h"
+#include "closetrace/container_ref.h"
 #include "closetrace/wallclock.h"
 
 namespace closetrace {

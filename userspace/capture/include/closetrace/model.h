@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "closetrace/container.h"
+#include "closetrace/container_ref.h"
 #include "closetrace/event.h"
 
 namespace closetrace {
