@@ -31,18 +31,6 @@ bool can_explain_some_error(Verdict verdict) {
     });
 }
 
-uint64_t latest_time_ns(const Connection& conn) {
-    uint64_t latest = std::max(conn.established_ns.value_or(0), conn.closed_ns.value_or(0));
-    for (const auto& time : {conn.close.local_fin_ns, conn.close.peer_fin_ns,
-                             conn.close.local_rst_ns, conn.close.peer_rst_ns}) {
-        latest = std::max(latest, time.value_or(0));
-    }
-    for (const Request& request : conn.requests) {
-        latest = std::max({latest, request.request_ns, request.response_ns.value_or(0)});
-    }
-    return latest;
-}
-
 // Whether a request the trace saw can be the one the load balancer logged; `compared` says
 // whether there was a request line to compare (there is none when the target speaks TLS).
 bool same_request(const std::optional<LoggedRequest>& logged, const Request& seen, bool& compared) {
@@ -252,7 +240,7 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
     EndPairer pairer;
     while (std::optional<TraceRecord> record = reader.next()) {
         if (auto* conn = std::get_if<Connection>(&*record)) {
-            last_ns = std::max(last_ns, latest_time_ns(*conn));
+            last_ns = std::max(last_ns, last_seen_ns(*conn));
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
             for (const ConnectionStory& story : pairer.add(std::move(*conn))) {

@@ -28,27 +28,8 @@ int32_t bucket_of(double ms) {
     return static_cast<int32_t>(std::floor(std::log(ms) / std::log(kBucketGrowth)));
 }
 
-std::optional<uint64_t> earliest(std::optional<uint64_t> a, std::optional<uint64_t> b) {
-    if (a && b) return std::min(*a, *b);
-    return a ? a : b;
-}
-
 void raise_to(std::optional<double>& longest, double ms) {
     longest = longest ? std::max(*longest, ms) : ms;
-}
-
-// The latest monotonic time a connection records (for a trace without a summary).
-uint64_t latest_time(const Connection& conn) {
-    uint64_t latest = std::max(conn.established_ns.value_or(0), conn.closed_ns.value_or(0));
-    for (const std::optional<uint64_t> close_ns :
-         {conn.close.local_fin_ns, conn.close.peer_fin_ns, conn.close.local_rst_ns,
-          conn.close.peer_rst_ns}) {
-        latest = std::max(latest, close_ns.value_or(0));
-    }
-    for (const Request& request : conn.requests) {
-        latest = std::max({latest, request.request_ns, request.response_ns.value_or(0)});
-    }
-    return latest;
 }
 
 // Where a connection goes on the verdicts over time: its first FIN or RST, else when last seen.
@@ -57,7 +38,7 @@ uint64_t verdict_time(const Connection& conn) {
     const std::optional<uint64_t> first_close =
         earliest(earliest(close.local_fin_ns, close.peer_fin_ns),
                  earliest(close.local_rst_ns, close.peer_rst_ns));
-    return first_close.value_or(latest_time(conn));
+    return first_close.value_or(last_seen_ns(conn));
 }
 
 // A close of an idle connection: its idle time is how long the other side kept it idle. (With a
@@ -553,7 +534,7 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
 
 void TraceAnalyzer::add(Connection conn) {
     // Of every record: the client end of a pair may be the last one seen.
-    analysis_.last_ns = std::max(analysis_.last_ns, latest_time(conn));
+    analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
     for (const ConnectionStory& story : pairer_.add(std::move(conn))) count(story);
 }
 
@@ -561,7 +542,7 @@ void TraceAnalyzer::count(const ConnectionStory& story) {
     const Connection& conn = story.conn;
     TraceAnalysis& a = analysis_;
     ++a.connections;
-    a.last_ns = std::max(a.last_ns, latest_time(conn));
+    a.last_ns = std::max(a.last_ns, last_seen_ns(conn));
     if (conn.incomplete) {
         ++a.incomplete;
         return;

@@ -1,6 +1,10 @@
 #include "closetrace/http.h"
 
+#include <algorithm>
+#include <charconv>
 #include <optional>
+
+#include "closetrace/text.h"
 
 // How a start line is judged, also when the capture limit cut it (the buffer ends inside it):
 // - a request needs at least "METHOD SP"; a response at least "HTTP/1.x SP". Anything shorter
@@ -49,22 +53,6 @@ bool is_target_char(char c) {
 // Reason phrase and field value bytes: HTAB, SP, VCHAR, obs-text.
 bool is_text_char(char c) {
     return c == '\t' || c == ' ' || is_target_char(c);
-}
-
-char to_lower(char c) {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool equals_ignoring_case(std::string_view text, std::string_view lowercase) {
-    if (text.size() != lowercase.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        if (to_lower(text[i]) != lowercase[i]) {
-            return false;
-        }
-    }
-    return true;
 }
 
 // How much of a fixed syntax element the buffer holds.
@@ -236,45 +224,36 @@ std::optional<std::size_t> parse_content_length(std::string_view value, std::siz
     return length;
 }
 
-std::string_view trim_whitespace(std::string_view text) {
-    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
-        text.remove_prefix(1);
-    }
-    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
-        text.remove_suffix(1);
-    }
-    return text;
-}
-
 // The framing a head announces for its body.
 struct BodyFraming {
     std::size_t body_begin = 0;  // offset just past the empty line that ends the head
     std::optional<std::size_t> content_length;
+    bool length_trusted = true;      // false for a repeated or invalid Content-Length
+    bool transfer_encoding = false;  // any Transfer-Encoding
+    bool chunked = false;            // a Transfer-Encoding naming chunked
 };
 
-// The tokens of a Connection header value ("keep-alive, Upgrade").
-void note_connection_tokens(std::string_view value, Message& message) {
+// Whether a list-valued header field ("keep-alive, Upgrade") holds `lowercase_token`.
+bool has_token(std::string_view value, std::string_view lowercase_token) {
     while (!value.empty()) {
         const std::size_t comma = value.find(',');
-        const std::string_view token = trim_whitespace(value.substr(0, comma));
-        if (equals_ignoring_case(token, "close")) message.connection_close = true;
-        if (equals_ignoring_case(token, "keep-alive")) message.keep_alive = true;
+        if (equals_ignoring_case(trim_whitespace(value.substr(0, comma)), lowercase_token)) {
+            return true;
+        }
         value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
     }
+    return false;
 }
 
-// Reads the header fields from `offset` (just past the start line) to the empty line, noting
-// in `message` those it reports (as far as whole fields lie in the buffer). nullopt when the head
-// does not end within the buffer or its framing cannot be trusted: a malformed field,
-// Transfer-Encoding (chunked bodies are not followed), or a repeated Content-Length.
-std::optional<BodyFraming> read_head(std::string_view bytes, std::size_t offset,
-                                     Message& message) {
-    BodyFraming framing;
-    bool trusted = true;
+// Reads the header fields from `offset` (just past the start line) to the empty line into
+// `framing`, noting in `message` those it reports (as far as whole fields lie in the buffer).
+// Incomplete when the head does not end within the buffer, Malformed for a malformed field.
+ReadState read_head(std::string_view bytes, std::size_t offset, Message& message,
+                    BodyFraming& framing) {
     while (true) {
         const std::size_t newline = bytes.find('\n', offset);
         if (newline == std::string_view::npos) {
-            return std::nullopt;
+            return ReadState::Incomplete;
         }
         std::string_view field = bytes.substr(offset, newline - offset);
         if (field.ends_with('\r')) {
@@ -283,37 +262,39 @@ std::optional<BodyFraming> read_head(std::string_view bytes, std::size_t offset,
         offset = newline + 1;
         if (field.empty()) {
             framing.body_begin = offset;
-            return trusted ? std::optional(framing) : std::nullopt;
+            return ReadState::Complete;
         }
         const std::size_t colon = field.find(':');
         if (colon == 0 || colon == std::string_view::npos) {
-            return std::nullopt;
+            return ReadState::Malformed;
         }
         const std::string_view name = field.substr(0, colon);
         const std::string_view value = trim_whitespace(field.substr(colon + 1));
         for (const char c : name) {
             if (!is_tchar(c)) {
-                return std::nullopt;
+                return ReadState::Malformed;
             }
         }
         for (const char c : value) {
             if (!is_text_char(c)) {
-                return std::nullopt;
+                return ReadState::Malformed;
             }
         }
         if (equals_ignoring_case(name, "connection")) {
-            note_connection_tokens(value, message);
+            message.connection_close = message.connection_close || has_token(value, "close");
+            message.keep_alive = message.keep_alive || has_token(value, "keep-alive");
         } else if (equals_ignoring_case(name, "user-agent")) {
             message.user_agent = value;
         } else if (equals_ignoring_case(name, "transfer-encoding")) {
-            trusted = false;
+            framing.transfer_encoding = true;
+            framing.chunked = framing.chunked || has_token(value, "chunked");
         } else if (equals_ignoring_case(name, "content-length")) {
             if (framing.content_length) {
-                trusted = false;
+                framing.length_trusted = false;
             }
             framing.content_length = parse_content_length(value, bytes.size());
             if (!framing.content_length) {
-                trusted = false;
+                framing.length_trusted = false;
             }
         }
     }
@@ -329,23 +310,25 @@ bool response_has_no_body(int status) {
 // head and body both end within the buffer.
 std::optional<std::size_t> next_message_offset(std::string_view bytes, std::size_t offset,
                                                StartLine& line) {
-    const std::optional<BodyFraming> framing = read_head(bytes, offset + line.length, line.message);
-    if (!framing) {
+    // Only a framing the head states once can be followed (chunked bodies are not).
+    BodyFraming framing;
+    if (read_head(bytes, offset + line.length, line.message, framing) != ReadState::Complete ||
+        !framing.length_trusted || framing.transfer_encoding) {
         return std::nullopt;
     }
-    std::size_t body_length = framing->content_length.value_or(0);
+    std::size_t body_length = framing.content_length.value_or(0);
     if (line.message.kind == MessageKind::Response) {
         if (response_has_no_body(line.message.status)) {
             body_length = 0;
-        } else if (!framing->content_length) {
+        } else if (!framing.content_length) {
             // Without Content-Length a response body runs until the connection closes.
             return std::nullopt;
         }
     }
-    if (body_length > bytes.size() - framing->body_begin) {
+    if (body_length > bytes.size() - framing.body_begin) {
         return std::nullopt;
     }
-    return framing->body_begin + body_length;
+    return framing.body_begin + body_length;
 }
 
 }  // namespace
@@ -421,6 +404,66 @@ std::string_view health_checker(std::string_view user_agent) {
         if (user_agent.starts_with(checker)) return checker;
     }
     return {};
+}
+
+ReadState read_response_head(std::string_view bytes, ResponseHead& head) {
+    if (bytes.find('\n') == std::string_view::npos) {
+        return ReadState::Incomplete;
+    }
+    std::optional<StartLine> line = parse_start_line(bytes);
+    if (!line || line->message.kind != MessageKind::Response || !line->message.line_complete ||
+        line->message.status == 0) {
+        return ReadState::Malformed;
+    }
+    BodyFraming framing;
+    const ReadState state = read_head(bytes, line->length, line->message, framing);
+    if (state != ReadState::Complete) {
+        return state;
+    }
+    if (!framing.length_trusted) {
+        return ReadState::Malformed;
+    }
+    head = ResponseHead{.status = line->message.status,
+                        .body_begin = framing.body_begin,
+                        .content_length = framing.content_length,
+                        .chunked = framing.chunked};
+    return ReadState::Complete;
+}
+
+ReadState decode_chunked(std::string_view bytes, std::string& body, std::size_t max_chunk) {
+    body.clear();
+    while (true) {
+        const std::size_t line_end = bytes.find("\r\n");
+        if (line_end == std::string_view::npos) {
+            return ReadState::Incomplete;
+        }
+        // The size, then optional extensions after ';'.
+        const std::string_view size_text =
+            trim_whitespace(bytes.substr(0, std::min(line_end, bytes.find(';'))));
+        std::size_t size = 0;
+        const auto [end, error] =
+            std::from_chars(size_text.data(), size_text.data() + size_text.size(), size, 16);
+        if (error != std::errc{} || end != size_text.data() + size_text.size() ||
+            size_text.empty() || size > max_chunk) {
+            return ReadState::Malformed;
+        }
+        bytes.remove_prefix(line_end + 2);
+        if (size == 0) {
+            // Optional trailer fields, then an empty line.
+            if (bytes.starts_with("\r\n") || bytes.find("\r\n\r\n") != std::string_view::npos) {
+                return ReadState::Complete;
+            }
+            return ReadState::Incomplete;
+        }
+        if (bytes.size() < size + 2) {
+            return ReadState::Incomplete;
+        }
+        if (bytes.substr(size, 2) != "\r\n") {
+            return ReadState::Malformed;
+        }
+        body.append(bytes.substr(0, size));
+        bytes.remove_prefix(size + 2);
+    }
 }
 
 }  // namespace closetrace::http

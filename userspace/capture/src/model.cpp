@@ -110,6 +110,19 @@ std::optional<CloseAsked> close_asked_from_string(std::string_view name) {
     return lookup(kCloseAskedNames, name);
 }
 
+uint64_t last_seen_ns(const Connection& conn) {
+    uint64_t latest = std::max(conn.established_ns.value_or(0), conn.closed_ns.value_or(0));
+    for (const std::optional<uint64_t> close_ns :
+         {conn.close.local_fin_ns, conn.close.peer_fin_ns, conn.close.local_rst_ns,
+          conn.close.peer_rst_ns}) {
+        latest = std::max(latest, close_ns.value_or(0));
+    }
+    for (const Request& request : conn.requests) {
+        latest = std::max({latest, request.request_ns, request.response_ns.value_or(0)});
+    }
+    return latest;
+}
+
 std::string_view plain_address(std::string_view addr) {
     constexpr std::string_view kMappedPrefix = "::ffff:";
     if (addr.starts_with(kMappedPrefix) && addr.find('.') != std::string_view::npos) {

@@ -235,12 +235,6 @@ struct CloseFacts {
         const uint32_t fin = peer_fin ? 1 : 0;
         unread_bytes = state.snap.unread_in > fin ? state.snap.unread_in - fin : 0;
     }
-
-    static std::optional<uint64_t> earliest(std::optional<uint64_t> a, std::optional<uint64_t> b) {
-        if (!a) return b;
-        if (!b) return a;
-        return std::min(*a, *b);
-    }
 };
 
 // A socket first seen already closing tells which FINs went before the recording, and in which
@@ -309,7 +303,7 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
 }
 
 std::optional<uint64_t> earliest_close(const CloseFacts& close) {
-    return CloseFacts::earliest(close.local_first(), close.peer_first());
+    return earliest(close.local_first(), close.peer_first());
 }
 
 std::optional<uint64_t> recorded_time(std::optional<uint64_t> ns) {

@@ -1,5 +1,6 @@
 #include "closetrace/container.h"
 #include "closetrace/file_descriptor.h"
+#include "closetrace/http.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -184,113 +185,40 @@ std::string lowercase(std::string_view text) {
     return lower;
 }
 
-bool equals_ignoring_case(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && lowercase(a) == lowercase(b);
-}
-
-std::string_view trim(std::string_view text) {
-    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
-    return text;
-}
-
 // ---- A minimal HTTP/1.1 client for the agent on loopback ----
 
 constexpr std::size_t kMaxAgentResponseBytes = 16u << 20;
-
-enum class HttpParse { Incomplete, Complete, Malformed };
 
 struct HttpResponse {
     int status = 0;
     std::string body;
 };
 
-// Decodes a chunked body; Incomplete until the last chunk (size 0) has arrived.
-HttpParse decode_chunked(std::string_view raw, std::string& body) {
-    body.clear();
-    while (true) {
-        const std::size_t line_end = raw.find("\r\n");
-        if (line_end == std::string_view::npos) return HttpParse::Incomplete;
-        const std::string_view size_text = trim(raw.substr(0, std::min(line_end, raw.find(';'))));
-        std::size_t size = 0;
-        const auto [end, error] =
-            std::from_chars(size_text.data(), size_text.data() + size_text.size(), size, 16);
-        if (error != std::errc{} || end != size_text.data() + size_text.size() ||
-            size_text.empty() || size > kMaxAgentResponseBytes) {
-            return HttpParse::Malformed;
-        }
-        raw.remove_prefix(line_end + 2);
-        if (size == 0) {
-            // Optional trailer fields, then an empty line.
-            if (raw.starts_with("\r\n") || raw.find("\r\n\r\n") != std::string_view::npos) {
-                return HttpParse::Complete;
-            }
-            return HttpParse::Incomplete;
-        }
-        if (raw.size() < size + 2) return HttpParse::Incomplete;
-        if (raw.substr(size, 2) != "\r\n") return HttpParse::Malformed;
-        body.append(raw.substr(0, size));
-        raw.remove_prefix(size + 2);
-    }
-}
-
 // A response read so far; `at_eof` when the server has closed, which ends a body that has
 // neither a length nor chunks.
-HttpParse parse_http_response(std::string_view raw, bool at_eof, HttpResponse& response) {
-    const std::size_t head_end = raw.find("\r\n\r\n");
-    if (head_end == std::string_view::npos) {
-        return at_eof ? HttpParse::Malformed : HttpParse::Incomplete;
+http::ReadState read_http_response(std::string_view raw, bool at_eof, HttpResponse& response) {
+    using http::ReadState;
+    http::ResponseHead head;
+    const ReadState head_state = http::read_response_head(raw, head);
+    if (head_state != ReadState::Complete) {
+        return head_state == ReadState::Incomplete && !at_eof ? ReadState::Incomplete
+                                                              : ReadState::Malformed;
     }
-    std::string_view head = raw.substr(0, head_end);
-    const std::string_view rest = raw.substr(head_end + 4);
-
-    const std::size_t status_end = head.find("\r\n");
-    const std::string_view status_line = head.substr(0, status_end);
-    if (!status_line.starts_with("HTTP/1.") || status_line.size() < 12 || status_line[8] != ' ') {
-        return HttpParse::Malformed;
+    response.status = head.status;
+    const std::string_view rest = raw.substr(head.body_begin);
+    if (head.chunked) {
+        const ReadState body = http::decode_chunked(rest, response.body, kMaxAgentResponseBytes);
+        return body == ReadState::Incomplete && at_eof ? ReadState::Malformed : body;
     }
-    const std::string_view code = status_line.substr(9, 3);
-    const auto [code_end, code_error] =
-        std::from_chars(code.data(), code.data() + code.size(), response.status);
-    if (code_error != std::errc{} || code_end != code.data() + code.size())
-        return HttpParse::Malformed;
-
-    std::optional<std::size_t> content_length;
-    bool chunked = false;
-    head.remove_prefix(status_end == std::string_view::npos ? head.size() : status_end + 2);
-    while (!head.empty()) {
-        const std::size_t line_end = head.find("\r\n");
-        const std::string_view line = head.substr(0, line_end);
-        head.remove_prefix(line_end == std::string_view::npos ? head.size() : line_end + 2);
-        const std::size_t colon = line.find(':');
-        if (colon == std::string_view::npos) return HttpParse::Malformed;
-        const std::string_view name = trim(line.substr(0, colon));
-        const std::string_view value = trim(line.substr(colon + 1));
-        if (equals_ignoring_case(name, "Transfer-Encoding")) {
-            chunked = lowercase(value).find("chunked") != std::string::npos;
-        } else if (equals_ignoring_case(name, "Content-Length")) {
-            std::size_t length = 0;
-            const auto [end, error] =
-                std::from_chars(value.data(), value.data() + value.size(), length);
-            if (error != std::errc{} || end != value.data() + value.size())
-                return HttpParse::Malformed;
-            content_length = length;
-        }
+    if (head.content_length) {
+        if (rest.size() < *head.content_length)
+            return at_eof ? ReadState::Malformed : ReadState::Incomplete;
+        response.body.assign(rest.substr(0, *head.content_length));
+        return ReadState::Complete;
     }
-
-    if (chunked) {
-        const HttpParse parsed = decode_chunked(rest, response.body);
-        return parsed == HttpParse::Incomplete && at_eof ? HttpParse::Malformed : parsed;
-    }
-    if (content_length) {
-        if (rest.size() < *content_length)
-            return at_eof ? HttpParse::Malformed : HttpParse::Incomplete;
-        response.body.assign(rest.substr(0, *content_length));
-        return HttpParse::Complete;
-    }
-    if (!at_eof) return HttpParse::Incomplete;
+    if (!at_eof) return ReadState::Incomplete;
     response.body.assign(rest);
-    return HttpParse::Complete;
+    return ReadState::Complete;
 }
 
 using Clock = std::chrono::steady_clock;
@@ -384,13 +312,13 @@ std::optional<HttpResponse> http_get_loopback(uint16_t port, std::string_view ta
                 fmt::format("{} answered more than {} bytes", endpoint, kMaxAgentResponseBytes);
             return std::nullopt;
         }
-        switch (parse_http_response(raw, received == 0, response)) {
-            case HttpParse::Complete:
+        switch (read_http_response(raw, received == 0, response)) {
+            case http::ReadState::Complete:
                 return response;
-            case HttpParse::Malformed:
+            case http::ReadState::Malformed:
                 why_not = fmt::format("{} did not answer in HTTP/1.x", endpoint);
                 return std::nullopt;
-            case HttpParse::Incomplete:
+            case http::ReadState::Incomplete:
                 break;
         }
     }

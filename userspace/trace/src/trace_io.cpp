@@ -63,7 +63,7 @@ std::optional<std::string> utf8_to_bytes(std::string_view text) {
 }
 
 // Untrusted text for an error message: one line of printable ASCII, not too long.
-std::string printable(std::string_view text) {
+std::string excerpt_for_error(std::string_view text) {
     constexpr std::size_t kMaxShown = 64;
     std::string shown;
     for (const char c : text.substr(0, kMaxShown)) {
@@ -203,7 +203,7 @@ struct MemberPath {
     std::string text() const {
         std::string prefix = parent ? parent->text() : std::string();
         if (name.empty()) return prefix + fmt::format("[{}]", index);
-        return prefix.empty() ? printable(name) : prefix + "." + printable(name);
+        return prefix.empty() ? excerpt_for_error(name) : prefix + "." + excerpt_for_error(name);
     }
 };
 
@@ -451,7 +451,8 @@ TraceHeader read_header(Members& line) {
     header.schema = required<std::string>(line, {&root, "schema"});
     if (header.schema != kTraceSchema && header.schema != kTraceSchemaV1) {
         throw LineError{fmt::format("unsupported schema \"{}\"; this closetrace reads {} and {}",
-                                    printable(header.schema), kTraceSchemaV1, kTraceSchema)};
+                                    excerpt_for_error(header.schema), kTraceSchemaV1,
+                                    kTraceSchema)};
     }
     header.tool_version = required<std::string>(line, {&root, "tool_version"});
     header.host = required<std::string>(line, {&root, "host"});
@@ -1041,7 +1042,7 @@ struct TraceReader::Impl {
             return plausible(read_summary(members));
         }
         if (type == "header") throw LineError{"a second header (traces concatenated?)"};
-        throw LineError{fmt::format("unknown line type \"{}\"", printable(type))};
+        throw LineError{fmt::format("unknown line type \"{}\"", excerpt_for_error(type))};
     }
 
     LineSource lines;

@@ -1,8 +1,12 @@
-// HTTP/1.x message heads from the first bytes of a message (untrusted wire data).
-// Pure and allocation-free: results point into the caller's buffer and never past it.
+// HTTP/1.x message heads from the first bytes of a message (untrusted wire data), and whole
+// responses for closetrace's one HTTP client (the ECS agent's, host/container.cpp): the one HTTP
+// parser. Pure; heads are parsed without allocating: results point into the caller's buffer and
+// never past it.
 #pragma once
 
 #include <cstddef>
+#include <optional>
+#include <string>
 #include <string_view>
 
 namespace closetrace::http {
@@ -59,5 +63,26 @@ std::string_view strip_query(std::string_view target);
 // True for 1xx status codes other than 101: an interim response ("100 Continue") that does not
 // answer the request by itself.
 bool is_interim_status(int status);
+
+// ---- Whole responses, for a client that reads the body too ----
+
+enum class ReadState { Incomplete, Complete, Malformed };
+
+// A response head and how it frames its body.
+struct ResponseHead {
+    int status = 0;
+    std::size_t body_begin = 0;  // just past the empty line that ends the head
+    std::optional<std::size_t> content_length{};
+    bool chunked = false;  // Transfer-Encoding: chunked
+};
+
+// The response head that starts `bytes`, read by the rules parse() reads heads by: Incomplete
+// until its empty line has arrived; Malformed when it is no HTTP/1.x status line and header
+// fields, or states its Content-Length twice or invalid.
+ReadState read_response_head(std::string_view bytes, ResponseHead& head);
+
+// A chunked body (`bytes` from just past the head) into `body`: Incomplete until the last chunk
+// and the trailer's end have arrived; Malformed for a bad chunk or one above `max_chunk` bytes.
+ReadState decode_chunked(std::string_view bytes, std::string& body, std::size_t max_chunk);
 
 }  // namespace closetrace::http

@@ -2,6 +2,7 @@
 // and what the analysis reads back. See docs/trace-format.md.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -94,6 +95,12 @@ struct Endpoint {
     auto operator<=>(const Endpoint&) const = default;
 };
 
+// The earlier of two times either of which may be unknown.
+inline std::optional<uint64_t> earliest(std::optional<uint64_t> a, std::optional<uint64_t> b) {
+    if (a && b) return std::min(*a, *b);
+    return a ? a : b;
+}
+
 // The address without the ::ffff: prefix a dual-stack socket shows an IPv4 address with.
 std::string_view plain_address(std::string_view addr);
 
@@ -131,6 +138,10 @@ struct Connection {
 
     uint64_t request_count() const { return requests.size() + requests_omitted; }
 };
+
+// The latest monotonic time a connection records (its listed requests, close and end): where a
+// trace without a summary ends.
+uint64_t last_seen_ns(const Connection& conn);
 
 const char* to_string(Initiator initiator);
 const char* to_string(CloseHow how);

@@ -1,4 +1,5 @@
-// Trace and wire text made safe for a terminal or a report, shared by every command.
+// Trace and wire text made safe for a terminal or a report, shared by every command; and the
+// string helpers every parser shares.
 #pragma once
 
 #include <string>
@@ -15,5 +16,10 @@ std::string printable(std::string_view text);
 std::string endpoint_text(const Endpoint& endpoint);
 // "POST /pay"; what an opaque request was. Wire bytes made printable.
 std::string request_line(const Request& request);
+
+// Without the spaces and tabs around it (HTTP's optional whitespace).
+std::string_view trim_whitespace(std::string_view text);
+// `text` equals `lowercase` (which is all lower case) but for the case of ASCII letters.
+bool equals_ignoring_case(std::string_view text, std::string_view lowercase);
 
 }  // namespace closetrace
