@@ -786,6 +786,15 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     return a;
 }
 
+const char* to_string(PeerTimeoutSource source) {
+    switch (source) {
+        case PeerTimeoutSource::Given: return "given";
+        case PeerTimeoutSource::Observed: return "observed";
+        case PeerTimeoutSource::AlbDefault: return "alb_default";
+    }
+    return "?";
+}
+
 const char* to_string(DiffConclusion conclusion) {
     switch (conclusion) {
         case DiffConclusion::Fixed: return "fixed";

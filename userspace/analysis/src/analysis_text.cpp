@@ -5,13 +5,10 @@
 namespace closetrace::analysis_text {
 namespace {
 
-const char* source_text(PeerTimeoutSource source) {
-    switch (source) {
-        case PeerTimeoutSource::Given: return "given";
-        case PeerTimeoutSource::Observed: return "observed";
-        case PeerTimeoutSource::AlbDefault: return "assumed: the ALB default";
-    }
-    return "?";
+// Where the timeout came from, as the text says it: the JSON name but for the default, which
+// the reader should know was assumed.
+const char* source_wording(PeerTimeoutSource source) {
+    return source == PeerTimeoutSource::AlbDefault ? "assumed: the ALB default" : to_string(source);
 }
 
 }  // namespace
@@ -30,7 +27,7 @@ std::string count_of(uint64_t count, std::string_view singular, std::string_view
 }
 
 std::string peer_timeout_text(const PeerTimeout& timeout) {
-    return fmt::format("{} ({})", duration(timeout.ms), source_text(timeout.source));
+    return fmt::format("{} ({})", duration(timeout.ms), source_wording(timeout.source));
 }
 
 std::string client_end_text(const ClientEnd& client) {

@@ -98,15 +98,6 @@ const char* failure_name(FailureKind kind) {
     return "?";
 }
 
-const char* source_name(PeerTimeoutSource source) {
-    switch (source) {
-        case PeerTimeoutSource::Given: return "given";
-        case PeerTimeoutSource::Observed: return "observed";
-        case PeerTimeoutSource::AlbDefault: return "alb_default";
-    }
-    return "?";
-}
-
 // ---------------------------------------------------------------------------------------------
 // JSON
 
@@ -188,7 +179,7 @@ json groups_json(const std::map<std::string, GroupFigures>& groups, const char* 
 }
 
 json peer_timeout_json(const PeerTimeout& timeout) {
-    return {{"ms", round_us(timeout.ms)}, {"source", source_name(timeout.source)}};
+    return {{"ms", round_us(timeout.ms)}, {"source", to_string(timeout.source)}};
 }
 
 json report_json(const TraceAnalysis& trace, const Assessment& assessment) {

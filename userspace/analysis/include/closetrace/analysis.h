@@ -246,6 +246,8 @@ inline constexpr double kKeepAliveMarginMs = 5'000;
 inline constexpr uint64_t kMinRequestsToConclude = 20;
 
 enum class PeerTimeoutSource { Given, Observed, AlbDefault };
+// "given", "observed", "alb_default": the JSON report's names.
+const char* to_string(PeerTimeoutSource source);
 
 // The peer's idle timeout that this host's idle closes are held against.
 struct PeerTimeout {
