@@ -1,4 +1,4 @@
-// bench/trace_read: reads a trace with closetrace's own TraceReader (closetrace_core) and does the
+// bench/trace_read: reads a trace with closetrace's own TraceReader (closetrace_trace) and does the
 // minimum any analysis does with each record (count by type and verdict, sum requests), for
 // bench/run's offline part when `closetrace report` is not available. Prints one JSON line.
 //
@@ -6,7 +6,8 @@
 //   trace_read --parse-only TRACE  the ceiling under it: each line split and parsed by simdjson
 //                                  (DOM), nothing decoded
 //
-// Built by bench/run against the build tree's libclosetrace_core.a.
+// Built by bench/run against the build tree's libclosetrace_trace.a and
+// libclosetrace_capture.a.
 #include <chrono>
 #include <cstdio>
 #include <fstream>

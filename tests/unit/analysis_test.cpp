@@ -1,4 +1,5 @@
 #include "closetrace/analysis.h"
+#include "closetrace/report.h"
 
 #include <unistd.h>
 

@@ -29,6 +29,7 @@
 #include <gtest/gtest.h>
 
 #include "closetrace/analysis.h"
+#include "closetrace/report.h"
 
 namespace closetrace {
 namespace {

@@ -10,6 +10,7 @@
 
 #include "closetrace/alb_match.h"
 #include "closetrace/analysis.h"
+#include "closetrace/report.h"
 #include "closetrace/trace_io.h"
 
 namespace closetrace {

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "closetrace/analysis.h"
+#include "closetrace/report.h"
 
 namespace closetrace {
 namespace {

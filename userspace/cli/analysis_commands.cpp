@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "cli_support.h"
-#include "closetrace/analysis.h"
+#include "closetrace/report.h"
 
 namespace closetrace {
 namespace {

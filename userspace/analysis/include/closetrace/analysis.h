@@ -1,0 +1,324 @@
+// Analysis of a trace: who closes idle keep-alive connections and after how long, the requests
+// caught in a close, and what to change; behind `closetrace report`, `diff` and `verify`, whose
+// renderings and runs are report.h's. See docs/report-format.md.
+//
+// "Server side" below means connections this host accepted (role server) or found open (role
+// unknown): the keep-alive timeout at stake is that of the server owning them. Connections this
+// host opened (role client: a proxy's upstream connections) are counted everywhere but judged
+// only by their own race (peer_close_race).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "closetrace/model.h"
+#include "closetrace/pairing.h"
+#include "closetrace/trace_io.h"
+
+namespace closetrace {
+
+// Idle times (ms) in memory bounded by their range, not their number. The first kExactSamples
+// are kept as they are, so that percentiles are exact for any realistic recording; beyond that
+// they are folded into log-spaced buckets 0.1 % wide, each keeping the count and sum of its
+// samples, and percentiles are within 0.1 %. min and max are always exact.
+class IdleHistogram {
+public:
+    static constexpr std::size_t kExactSamples = 65'536;
+
+    void add(double ms);
+    uint64_t count() const { return count_; }
+    std::optional<double> min() const;
+    std::optional<double> max() const;
+    // Nearest rank: the ceil(p/100 * count)-th smallest sample (at least the first); p in
+    // [0, 100]. nullopt when empty.
+    std::optional<double> percentile(double p) const;
+    // Samples below `ms` (in bucket mode: by bucket mean inside the bucket that holds `ms`).
+    uint64_t count_below(double ms) const;
+    // The densest cluster of samples at a consistent value (all within kClusterSpread of its
+    // smallest): how a timer shows, whatever stray values lie around it. nullopt when empty.
+    struct Cluster {
+        uint64_t count = 0;
+        double min_ms = 0;
+        double max_ms = 0;
+    };
+    static constexpr double kClusterSpread = 0.10;
+    std::optional<Cluster> densest_cluster() const;
+
+private:
+    struct Bucket {
+        uint64_t count = 0;
+        double sum = 0;
+    };
+    void add_to_bucket(double ms);
+
+    // Sorted lazily by the const queries (a cache: the samples themselves do not change).
+    mutable std::vector<double> exact_;
+    mutable bool sorted_ = true;
+    std::map<int32_t, Bucket> buckets_;  // used once exact_ would exceed kExactSamples
+    uint64_t count_ = 0;
+    double min_ = 0;
+    double max_ = 0;
+};
+
+// One side's idle closes: nullopt members when it had none. Like the records of model.h, the
+// records here built with designated initializers give every member a default.
+struct IdleFigures {
+    uint64_t closes = 0;  // closes with a known idle time
+    std::optional<double> min_ms{}, p10_ms{}, median_ms{}, p90_ms{}, max_ms{};
+    // Where this side never idle-closed: the longest idle it tolerated, i.e. the longest idle_ms
+    // at a close by the other side with nothing in flight (nullopt when there was none).
+    std::optional<double> keeps_idle_longer_than_ms{};
+};
+// `other_side_longest_ms`: the longest idle_ms at a close by the other side.
+IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms);
+
+struct VerdictCounts {
+    std::array<uint64_t, std::size(kAllVerdicts)> connections{};
+    uint64_t& operator[](Verdict verdict) { return connections[static_cast<std::size_t>(verdict)]; }
+    uint64_t operator[](Verdict verdict) const {
+        return connections[static_cast<std::size_t>(verdict)];
+    }
+};
+
+// Connections by verdict over the recording, for the HTML report's chart: at most kBuckets
+// buckets of equal width from `origin_ns`. A connection beyond the last bucket doubles the width
+// (neighbours merged), so memory stays fixed however long the recording and counts stay exact.
+class VerdictTimeline {
+public:
+    static constexpr std::size_t kBuckets = 100;
+    static constexpr uint64_t kFirstBucketNs = 10'000'000;
+
+    explicit VerdictTimeline(uint64_t origin_ns = 0) : origin_ns_(origin_ns) {}
+    // A time before the origin counts in the first bucket.
+    void add(uint64_t at_ns, Verdict verdict);
+    uint64_t origin_ns() const { return origin_ns_; }
+    uint64_t bucket_ns() const { return bucket_ns_; }
+    // From the origin to the last bucket that holds a connection.
+    const std::vector<VerdictCounts>& buckets() const { return buckets_; }
+
+private:
+    uint64_t origin_ns_;
+    uint64_t bucket_ns_ = kFirstBucketNs;
+    std::vector<VerdictCounts> buckets_;
+};
+
+// Connections and requests of one process or peer address.
+struct GroupFigures {
+    uint64_t connections = 0;
+    uint64_t requests = 0;
+    VerdictCounts verdicts;
+};
+
+// A connection whose close caught a request: a race, an in-flight reset, or a request the peer
+// gave up on.
+struct CaughtConnection {
+    uint64_t conn_id = 0;
+    Verdict verdict = Verdict::Open;
+    Role role = Role::Unknown;
+    Endpoint local{};
+    Endpoint remote{};
+    std::optional<uint32_t> pid{};
+    std::optional<std::string> comm{};
+    std::optional<ClientEnd> client_end{};  // the client's process when it is on this host too
+    std::optional<Request> request{};       // the first caught request
+    uint64_t caught_requests = 0;           // late (race) or unanswered (in flight) requests
+    int64_t wall_ns = 0;  // Unix-epoch time of the request (of the close without one)
+    std::optional<double> idle_ms{};  // the connection's idle time when it was closed
+    // The request's time minus the closing side's first FIN or RST: positive for a race (how late
+    // the request came), negative for an in-flight close (how long the request had waited).
+    std::optional<double> request_after_close_ms{};
+    std::optional<CloseHow> how{};
+    std::optional<std::string> rst_reason{};
+    // For the timeline of the close (monotonic ns; nullopt where none): the request answered
+    // last before the caught one, and each side's first FIN and RST.
+    std::optional<Request> last_answered{};
+    std::optional<uint64_t> local_fin_ns{}, peer_fin_ns{}, local_rst_ns{}, peer_rst_ns{};
+};
+
+// Whether a connection with this verdict caught a request (listed as a CaughtConnection).
+bool catches_a_request(Verdict verdict);
+// The caught request of such a connection (the first late or unanswered one) and its timing;
+// what `report` lists and `record` shows live.
+CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_ns);
+
+// The first kMaxListed caught connections of a kind, and how many there were.
+struct CaughtList {
+    static constexpr std::size_t kMaxListed = 50;
+    uint64_t total = 0;
+    std::vector<CaughtConnection> listed;
+    // In-flight kinds: the longest a caught request had waited unanswered when the connection
+    // closed, over all of them (listed or not).
+    std::optional<double> longest_unanswered_ms;
+};
+
+// Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
+// bounded by the distinct processes and peer addresses (not by the number of lines).
+struct TraceAnalysis {
+    std::string file;
+    TraceHeader header;
+    std::optional<TraceSummary> summary;  // nullopt: the recording was cut short
+    // About the trace: the reader's (a truncated last line), a missing summary, lost events.
+    std::vector<std::string> warnings;
+    // Every connection, the incomplete ones included; one with both ends on this host counts once.
+    uint64_t connections = 0;
+    // Connections marked incomplete (events of them were lost): left out of everything below,
+    // since their verdicts may be wrong.
+    uint64_t incomplete = 0;
+    uint64_t requests = 0;     // requests over the connections judged (not incomplete)
+    uint64_t event_lines = 0;  // `event` lines (informational)
+    uint64_t last_ns = 0;      // the latest monotonic time any conn line records
+    VerdictCounts verdicts;
+    // Server side, idle_ms of local_idle_close + local_close_race and of peer_idle_close +
+    // peer_close_race.
+    IdleHistogram local_idle;
+    IdleHistogram peer_idle;
+    // Server side, the longest idle_ms at a close by this host / by the peer with nothing in
+    // flight: the bound on how long the other side keeps idle connections.
+    std::optional<double> longest_idle_at_local_close_ms;
+    std::optional<double> longest_idle_at_peer_close_ms;
+    // Client side: idle_ms of the peer's idle closes (how soon upstream servers close).
+    IdleHistogram upstream_peer_idle;
+    // Only idle-timer closes feed the figures above; the others, by cause (health checks apart).
+    std::array<uint64_t, std::size(kAllCloseCauses)> causes{};
+    uint64_t health_check_connections = 0;
+    std::map<std::string, uint64_t> health_checkers;  // by name
+    CaughtList races;                             // local_close_race, peer_close_race
+    CaughtList inflight_resets;                   // local_reset_inflight but process exits
+    CaughtList process_exits;                     // local_reset_inflight: the owner exited
+    CaughtList peer_gave_up;                      // peer_close_inflight but forgotten
+    CaughtList forgotten;                         // peer_close_inflight: a NAT forgot it
+    std::map<std::string, GroupFigures> by_comm;  // "" for an unknown process
+    std::map<std::string, GroupFigures> by_peer;  // by remote address
+    // By container_label(): "docker:9581a69a761a", "ecs:api (task …)", "-" for a host process.
+    std::map<std::string, GroupFigures> by_container;
+    // Connections with both ends on this host, by "client comm -> server comm" (counted also
+    // above, by their server end).
+    std::map<std::string, GroupFigures> by_same_host;
+    // Server side: who idle-closed (local_idle_close + local_close_race) by comm; client side:
+    // who sent requests on connections the peer had closed (peer_close_race).
+    std::map<std::string, uint64_t> local_idle_closers;
+    std::map<std::string, uint64_t> upstream_racers;
+    // Each connection at its first FIN or RST (else when it was last seen), from the header's
+    // start.
+    VerdictTimeline verdicts_over_time;
+
+    double duration_s() const;  // the summary's, or from the header's start to last_ns
+    uint64_t with_cause(CloseCause cause) const {
+        return causes[static_cast<std::size_t>(cause)];
+    }
+    uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
+    uint64_t same_host_connections() const;
+};
+
+// Accumulates a trace's records; analyze_trace() drives it from a reader. The two records of a
+// connection with both ends on this host are counted once (EndPairer): a record may be counted
+// only when its other end arrives, or at finish().
+class TraceAnalyzer {
+public:
+    TraceAnalyzer(std::string file, TraceHeader header);
+    void add(Connection conn);
+    void add(const TraceEventLine& event);
+    void add(const TraceSummary& summary);
+    TraceAnalysis finish(std::vector<std::string> reader_warnings);
+
+private:
+    void count(const ConnectionStory& story);
+
+    EndPairer pairer_;
+    TraceAnalysis analysis_;
+};
+
+// Reads the rest of the trace; throws TraceError on a malformed one.
+TraceAnalysis analyze_trace(TraceReader& reader, std::string file);
+
+// ---------------------------------------------------------------------------------------------
+// Judgement
+
+inline constexpr double kAlbDefaultIdleTimeoutMs = 60'000;
+// Added to the peer's idle timeout for the recommended keep-alive timeout of this host.
+inline constexpr double kKeepAliveMarginMs = 5'000;
+// diff needs at least this many requests in the later recording to conclude.
+inline constexpr uint64_t kMinRequestsToConclude = 20;
+
+enum class PeerTimeoutSource { Given, Observed, AlbDefault };
+// "given", "observed", "alb_default": the JSON report's names.
+const char* to_string(PeerTimeoutSource source);
+
+// The peer's idle timeout that this host's idle closes are held against.
+struct PeerTimeout {
+    double ms = kAlbDefaultIdleTimeoutMs;
+    PeerTimeoutSource source = PeerTimeoutSource::AlbDefault;
+};
+// `given_ms`, else the peer's idle timer as its idle-timer closes show it in `traces` (server
+// side: the densest cluster's longest), else ALB's default.
+PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
+                                 std::optional<double> given_ms);
+
+enum class FailureKind { None, CloseRaces, InflightResets, ProcessExits, PeerGaveUp };
+
+enum class RecommendationKind {
+    KeepAliveTimeout,
+    UpstreamIdleTimeout,
+    Load,
+    ProcessExit,
+    ClientTimeout,
+    PoolIdleTimeout,  // connections forgotten by a NAT or conntrack in between
+    NothingToFix
+};
+
+struct Recommendation {
+    RecommendationKind kind = RecommendationKind::NothingToFix;
+    std::optional<std::string> comm{};  // the process it is for, where it names one
+    std::optional<uint64_t> value_s{};  // the timeout it recommends, where it names one
+    std::string text{};
+};
+
+struct Assessment {
+    PeerTimeout peer_timeout;
+    uint64_t races = 0;              // local_close_race
+    uint64_t upstream_races = 0;     // peer_close_race
+    uint64_t early_idle_closes = 0;  // server-side idle closes by this host sooner than the peer's
+    uint64_t inflight_resets = 0;    // local_reset_inflight but process exits
+    uint64_t process_exits = 0;      // local_reset_inflight with cause process_exit
+    uint64_t peer_gave_up = 0;       // peer_close_inflight but forgotten
+    uint64_t forgotten = 0;          // peer_close_inflight with cause forgotten
+    // This host closes idle connections before its peer: races, or early idle closes.
+    bool closes_before_peer = false;
+    // The most frequent of races, in-flight resets, process exits and requests the peer gave up
+    // on (ties in that order); None when there were none.
+    FailureKind dominant = FailureKind::None;
+    uint64_t recommended_keepalive_s = 0;  // above the peer's timeout by the margin
+    std::vector<Recommendation> recommendations;
+    std::string conclusion;  // a short paragraph for humans
+};
+
+Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout);
+
+// The setting that raises the keep-alive timeout of the server `comm` to `value_s`.
+std::string keepalive_fix(const std::string& comm, uint64_t value_s);
+
+enum class DiffConclusion { Fixed, NotFixed, Inconclusive };
+const char* to_string(DiffConclusion conclusion);
+
+struct DiffResult {
+    PeerTimeout peer_timeout;  // observed in either recording (the peer is the same), or default
+    Assessment before;
+    Assessment after;
+    DiffConclusion conclusion = DiffConclusion::Inconclusive;
+    std::string explanation;  // why, and for inconclusive what would make it conclusive
+};
+DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after);
+
+struct VerifyResult {
+    PeerTimeout peer_timeout;
+    bool passed = false;
+    std::vector<std::string> reasons;  // why it failed; empty when it passed
+};
+VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer_timeout_ms);
+
+}  // namespace closetrace

@@ -1,0 +1,26 @@
+// Wording shared by the analysis's sentences and its renderings (the render stage's too).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "closetrace/analysis.h"
+#include "closetrace/text.h"
+
+namespace closetrace::analysis_text {
+
+// "2.001 s", "60.00 s", "412.3 ms".
+std::string duration(double ms);
+// "3 requests", "1 request".
+std::string count_of(uint64_t count, std::string_view singular, std::string_view plural);
+using closetrace::printable;
+using closetrace::request_line;
+// "60.00 s (assumed: the ALB default)"; callers write "the peer's idle timeout of ...".
+std::string peer_timeout_text(const PeerTimeout& timeout);
+// "client on this host: python3 (pid 3762)": the other process of a same-host connection.
+std::string client_end_text(const ClientEnd& client);
+// What the idle timeouts leave out, by cause, and the health checkers' connections.
+std::string left_out_sentence(const TraceAnalysis& trace);
+
+}  // namespace closetrace::analysis_text

@@ -1,0 +1,923 @@
+#include "closetrace/analysis.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "closetrace/analysis_text.h"
+#include "closetrace/container_ref.h"
+#include "closetrace/wallclock.h"
+
+namespace closetrace {
+namespace {
+
+using analysis_text::count_of;
+using analysis_text::duration;
+
+// Bucket i holds [kBucketGrowth^i, kBucketGrowth^(i+1)) ms; below kSmallestMs (a nanosecond)
+// everything shares one bucket.
+constexpr double kBucketGrowth = 1.001;
+constexpr double kSmallestMs = 1e-6;
+constexpr int32_t kTinyBucket = std::numeric_limits<int32_t>::min();
+
+int32_t bucket_of(double ms) {
+    if (!(ms >= kSmallestMs)) return kTinyBucket;
+    return static_cast<int32_t>(std::floor(std::log(ms) / std::log(kBucketGrowth)));
+}
+
+void raise_to(std::optional<double>& longest, double ms) {
+    longest = longest ? std::max(*longest, ms) : ms;
+}
+
+// Where a connection goes on the verdicts over time: its first FIN or RST, else when last seen.
+uint64_t verdict_time(const Connection& conn) {
+    const CloseInfo& close = conn.close;
+    const std::optional<uint64_t> first_close =
+        earliest(earliest(close.local_fin_ns, close.peer_fin_ns),
+                 earliest(close.local_rst_ns, close.peer_rst_ns));
+    return first_close.value_or(last_seen_ns(conn));
+}
+
+// A close of an idle connection: its idle time is how long the other side kept it idle. (With a
+// request in flight the connection was not idle, only silent.)
+bool nothing_in_flight_at_close(Verdict verdict) {
+    switch (verdict) {
+        case Verdict::LocalIdleClose:
+        case Verdict::LocalCloseRace:
+        case Verdict::LocalReset:
+        case Verdict::PeerIdleClose:
+        case Verdict::PeerCloseRace:
+        case Verdict::PeerReset: return true;
+        default: return false;
+    }
+}
+
+// The requests a caught connection is listed by: late (or left unread after an idle gap) for a
+// race, unanswered or unread for an in-flight close.
+bool caught_in(Verdict verdict, Outcome outcome) {
+    switch (verdict) {
+        case Verdict::LocalCloseRace:
+            return outcome == Outcome::AfterLocalClose || outcome == Outcome::UnreadAtClose;
+        case Verdict::PeerCloseRace: return outcome == Outcome::AfterPeerClose;
+        default: return outcome == Outcome::UnansweredAtClose || outcome == Outcome::UnreadAtClose;
+    }
+}
+
+void list_caught(CaughtList& list, const ConnectionStory& story, int64_t mono_to_wall_ns) {
+    ++list.total;
+    CaughtConnection caught = caught_connection(story.conn, mono_to_wall_ns);
+    caught.client_end = story.client_end;
+    if (caught.request_after_close_ms && *caught.request_after_close_ms < 0) {
+        raise_to(list.longest_unanswered_ms, -*caught.request_after_close_ms);
+    }
+    if (list.listed.size() < CaughtList::kMaxListed) list.listed.push_back(caught);
+}
+
+void count_in(GroupFigures& group, const Connection& conn) {
+    ++group.connections;
+    group.requests += conn.request_count();
+    ++group.verdicts[conn.verdict];
+}
+
+// Comms by how often they appear, most first (ties by name).
+std::vector<std::pair<std::string, uint64_t>> by_count(
+    const std::map<std::string, uint64_t>& counts) {
+    std::vector<std::pair<std::string, uint64_t>> sorted(counts.begin(), counts.end());
+    std::ranges::stable_sort(sorted,
+                             [](const auto& a, const auto& b) { return a.second > b.second; });
+    return sorted;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recommendations
+
+std::string keepalive_basis(const PeerTimeout& peer, uint64_t value_s) {
+    switch (peer.source) {
+        case PeerTimeoutSource::Observed:
+            return fmt::format("{} s: the peer's longest observed idle close ({}) plus {} s",
+                               value_s, duration(peer.ms), kKeepAliveMarginMs / 1000);
+        case PeerTimeoutSource::Given:
+            return fmt::format("{} s: the given peer idle timeout ({}) plus {} s", value_s,
+                               duration(peer.ms), kKeepAliveMarginMs / 1000);
+        case PeerTimeoutSource::AlbDefault: break;
+    }
+    return fmt::format(
+        "{} s assumes the peer is an ALB with the default idle timeout of {} s (the "
+        "peer never closed an idle connection in this recording): use the load "
+        "balancer's actual idle timeout plus {} s",
+        value_s, kAlbDefaultIdleTimeoutMs / 1000, kKeepAliveMarginMs / 1000);
+}
+
+Recommendation keepalive_recommendation(const std::optional<std::string>& comm,
+                                        const Assessment& a) {
+    const uint64_t value_s = a.recommended_keepalive_s;
+    const std::string fix = comm ? keepalive_fix(*comm, value_s)
+                                 : fmt::format(
+                                       "the server owning these connections (its process "
+                                       "was not seen): raise its idle keep-alive timeout to "
+                                       "{} s (Go: http.Server.IdleTimeout)",
+                                       value_s);
+    return {.kind = RecommendationKind::KeepAliveTimeout,
+            .comm = comm,
+            .value_s = value_s,
+            .text = fmt::format("{}; {}.", fix, keepalive_basis(a.peer_timeout, value_s))};
+}
+
+Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
+                                       const IdleHistogram& upstream_peer_idle) {
+    const std::optional<double> shortest = upstream_peer_idle.min();
+    // A whole second below the shortest close the upstream made, where that leaves one.
+    std::optional<uint64_t> value_s;
+    if (shortest && *shortest >= 2000) value_s = static_cast<uint64_t>(*shortest / 1000) - 1;
+    const std::string bound =
+        shortest
+            ? fmt::format("its shortest idle close here was {}", duration(*shortest))
+            : std::string("it never closed an idle one here; Node.js closes after 5 s by default");
+    const std::string who = comm.empty()
+                                ? std::string("this host (process not seen)")
+                                : fmt::format("{} (comm {})", analysis_text::printable(comm),
+                                              analysis_text::printable(comm));
+    std::string text = fmt::format(
+        "{} sent {} on upstream connections its peer had just closed: close idle upstream "
+        "connections sooner than the upstream server does ({})",
+        who, count_of(races, "request", "requests"), bound);
+    if (comm == "nginx") {
+        text += value_s ? fmt::format("; nginx: keepalive_timeout {}s; inside the upstream block",
+                                      *value_s)
+                        : std::string("; nginx: keepalive_timeout inside the upstream block");
+    } else if (value_s) {
+        text += fmt::format(", e.g. a pool idle timeout of {} s", *value_s);
+    }
+    return {.kind = RecommendationKind::UpstreamIdleTimeout,
+            .comm = comm.empty() ? std::nullopt : std::optional(comm),
+            .value_s = value_s,
+            .text = text + "."};
+}
+
+Recommendation load_recommendation(const Assessment& a) {
+    const uint64_t races = a.races + a.upstream_races;
+    std::string text;
+    if (a.dominant == FailureKind::InflightResets) {
+        text = fmt::format(
+            "In-flight resets ({}) outnumber close races ({}): the connection lifecycle is not the "
+            "cause. This host reset or closed connections with requests unanswered, which points "
+            "at load: check CPU, memory and the number of tasks or instances around the listed "
+            "times, and scale out (the field report's third step).",
+            a.inflight_resets, races);
+    } else {
+        text = fmt::format(
+            "{} also: if they remain after the keep-alive fix, check this host's load (CPU, "
+            "memory, scaling) around the listed times.",
+            count_of(a.inflight_resets, "in-flight reset", "in-flight resets"));
+    }
+    return {.kind = RecommendationKind::Load, .text = text};
+}
+
+// The processes named by a caught list (its listed connections), for a sentence.
+std::string processes_of(const CaughtList& list) {
+    std::map<std::string, uint64_t> comms;
+    for (const CaughtConnection& caught : list.listed) ++comms[caught.comm.value_or("")];
+    std::string names;
+    for (const auto& [comm, count] : by_count(comms)) {
+        names += (names.empty() ? "" : ", ") +
+                 (comm.empty() ? std::string("a process not seen") : analysis_text::printable(comm));
+    }
+    return names;
+}
+
+Recommendation process_exit_recommendation(const TraceAnalysis& trace) {
+    const CaughtList& exits = trace.process_exits;
+    return {.kind = RecommendationKind::ProcessExit,
+            .text = fmt::format(
+                "{} closed by their process exiting ({}) with requests unanswered: the "
+                "connection lifecycle is not the cause, nor load by itself: a crash or a kill "
+                "(the OOM killer, a deploy without draining). Check why the process exited "
+                "around the listed times (exit codes, OOM kills in the kernel log, deploys), and "
+                "drain connections before stopping it.",
+                count_of(exits.total, "connection was", "connections were"),
+                processes_of(exits))};
+}
+
+// AWS NAT gateways drop flows idle this long (documented).
+constexpr uint64_t kNatGatewayIdleS = 350;
+
+Recommendation pool_recommendation(const TraceAnalysis& trace) {
+    const CaughtList& forgotten = trace.forgotten;
+    std::optional<double> shortest_idle;
+    for (const CaughtConnection& caught : forgotten.listed) {
+        if (caught.request && caught.request->idle_before_ms) {
+            shortest_idle = shortest_idle ? std::min(*shortest_idle, *caught.request->idle_before_ms)
+                                          : *caught.request->idle_before_ms;
+        }
+    }
+    const std::string idle = shortest_idle
+                                 ? fmt::format(" after {} idle", duration(*shortest_idle))
+                                 : std::string();
+    return {.kind = RecommendationKind::PoolIdleTimeout,
+            .text = fmt::format(
+                "{} reset at the first request{}, with no FIN before: something between the two "
+                "hosts (a NAT gateway, a firewall's conntrack) forgot the idle connection. Close "
+                "idle pooled connections sooner than it forgets them (an AWS NAT gateway: {} s) "
+                "or enable TCP keep-alive on them ({}).",
+                count_of(forgotten.total, "pooled connection was", "pooled connections were"),
+                idle, kNatGatewayIdleS, processes_of(forgotten))};
+}
+
+Recommendation client_timeout_recommendation(const Assessment& a, const TraceAnalysis& trace) {
+    const std::optional<double> longest = trace.peer_gave_up.longest_unanswered_ms;
+    const std::string wait =
+        longest ? fmt::format("; the longest had waited {}", duration(*longest)) : std::string();
+    std::string text;
+    if (a.dominant == FailureKind::PeerGaveUp) {
+        text = fmt::format(
+            "The peer gave up on {} before this host answered{}: the client side times out (the "
+            "ALB's 460 when its client closes, or a proxy's read timeout), not this host's "
+            "keep-alive. Compare the client's and proxy's timeouts (nginx proxy_read_timeout, the "
+            "ALB's idle timeout) with this host's response times.",
+            count_of(a.peer_gave_up, "request", "requests"), wait);
+    } else {
+        text = fmt::format(
+            "The peer also gave up on {} before this host answered{}: if that persists, compare "
+            "the client's timeouts with this host's response times.",
+            count_of(a.peer_gave_up, "request", "requests"), wait);
+    }
+    return {.kind = RecommendationKind::ClientTimeout, .text = text};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conclusion paragraph
+
+std::string idle_sentence(const TraceAnalysis& trace) {
+    const IdleHistogram& local = trace.local_idle;
+    const IdleHistogram& peer = trace.peer_idle;
+    if (local.count() > 0) {
+        std::string sentence =
+            fmt::format("This host closed idle keep-alive connections after {} (median of {})",
+                        duration(*local.percentile(50)), local.count());
+        if (peer.count() > 0) {
+            sentence += fmt::format(" and its peer after {} (median of {})",
+                                    duration(*peer.percentile(50)), peer.count());
+        } else if (trace.longest_idle_at_local_close_ms) {
+            sentence += fmt::format(" while its peer kept them longer than {}",
+                                    duration(*trace.longest_idle_at_local_close_ms));
+        }
+        return sentence + ".";
+    }
+    if (peer.count() > 0) {
+        std::string sentence =
+            fmt::format("The peer closed idle keep-alive connections after {} (median of {})",
+                        duration(*peer.percentile(50)), peer.count());
+        if (trace.longest_idle_at_peer_close_ms) {
+            sentence += fmt::format(" and this host kept them longer than {}",
+                                    duration(*trace.longest_idle_at_peer_close_ms));
+        }
+        return sentence + ".";
+    }
+    return "Neither side closed an idle keep-alive connection in this recording.";
+}
+
+std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
+    std::vector<std::string> sentences{idle_sentence(trace)};
+    if (a.races > 0) {
+        sentences.push_back(
+            fmt::format("{} this host had just closed (close races: the load balancer's 502).",
+                        a.races == 1 ? std::string("1 request arrived on a connection")
+                                     : fmt::format("{} requests arrived on connections", a.races)));
+    } else if (a.early_idle_closes > 0) {
+        sentences.push_back(fmt::format(
+            "{} came sooner than the peer's idle timeout of {}: a request can arrive on a "
+            "connection as this host closes it (a close race, the load balancer's 502).",
+            fmt::format("{} of its idle closes", a.early_idle_closes),
+            analysis_text::peer_timeout_text(a.peer_timeout)));
+    }
+    if (a.upstream_races > 0) {
+        sentences.push_back(fmt::format(
+            "This host sent {} on upstream connections its peer had just closed (close races on "
+            "its client side).",
+            count_of(a.upstream_races, "request", "requests")));
+    }
+    // The dominant failure gets no sentence here: its recommendation, first, tells it.
+    if (a.inflight_resets > 0 && a.dominant != FailureKind::InflightResets) {
+        sentences.push_back(fmt::format(
+            "This host reset or closed {} with a request unanswered (in-flight resets).",
+            count_of(a.inflight_resets, "connection", "connections")));
+    }
+    if (a.peer_gave_up > 0 && a.dominant != FailureKind::PeerGaveUp) {
+        sentences.push_back(fmt::format("The peer gave up on {} before this host answered.",
+                                        count_of(a.peer_gave_up, "request", "requests")));
+    }
+    const Recommendation& first = a.recommendations.front();
+    const bool is_fix = first.kind == RecommendationKind::KeepAliveTimeout ||
+                        first.kind == RecommendationKind::UpstreamIdleTimeout;
+    const bool is_next_step =
+        first.kind == RecommendationKind::Load || first.kind == RecommendationKind::ClientTimeout;
+    sentences.push_back(is_fix         ? "Fix: " + first.text
+                        : is_next_step ? "Next: " + first.text
+                                       : first.text);
+    if (!trace.summary) {
+        sentences.push_back("The recording was cut short (no summary line).");
+    } else if (trace.incomplete > 0) {
+        sentences.push_back(fmt::format(
+            "{} left out of all this: the kernel lost {} while they were open, so their "
+            "records may be incomplete.",
+            count_of(trace.incomplete, "connection was", "connections were"),
+            count_of(trace.lost_events(), "event", "events")));
+    } else if (trace.lost_events() > 0) {
+        sentences.push_back(fmt::format("Some connections may be incomplete: the kernel lost {}.",
+                                        count_of(trace.lost_events(), "event", "events")));
+    }
+    std::string paragraph;
+    for (const std::string& sentence : sentences) {
+        paragraph += (paragraph.empty() ? "" : " ") + sentence;
+    }
+    return paragraph;
+}
+
+}  // namespace
+
+bool catches_a_request(Verdict verdict) {
+    switch (verdict) {
+        case Verdict::LocalCloseRace:
+        case Verdict::PeerCloseRace:
+        case Verdict::LocalResetInflight:
+        case Verdict::PeerCloseInflight: return true;
+        default: return false;
+    }
+}
+
+CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_ns) {
+    CaughtConnection caught{.conn_id = conn.id,
+                            .verdict = conn.verdict,
+                            .role = conn.role,
+                            .local = conn.local,
+                            .remote = conn.remote,
+                            .pid = conn.pid,
+                            .comm = conn.comm,
+                            .idle_ms = conn.close.idle_ms,
+                            .how = conn.close.how,
+                            .rst_reason = conn.close.rst_reason,
+                            .local_fin_ns = conn.close.local_fin_ns,
+                            .peer_fin_ns = conn.close.peer_fin_ns,
+                            .local_rst_ns = conn.close.local_rst_ns,
+                            .peer_rst_ns = conn.close.peer_rst_ns};
+    for (const Request& request : conn.requests) {
+        if (!caught.request && request.outcome == Outcome::Completed)
+            caught.last_answered = request;
+        if (!caught_in(conn.verdict, request.outcome)) continue;
+        if (!caught.request) caught.request = request;
+        ++caught.caught_requests;
+    }
+    const bool local_closed =
+        conn.verdict == Verdict::LocalCloseRace || conn.verdict == Verdict::LocalResetInflight;
+    const std::optional<uint64_t> close_ns =
+        local_closed ? earliest(conn.close.local_fin_ns, conn.close.local_rst_ns)
+                     : earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns);
+    if (caught.request && close_ns) {
+        caught.request_after_close_ms =
+            (static_cast<double>(caught.request->request_ns) - static_cast<double>(*close_ns)) /
+            1e6;
+    }
+    const uint64_t when_ns =
+        caught.request ? caught.request->request_ns : close_ns.value_or(conn.closed_ns.value_or(0));
+    caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
+    return caught;
+}
+
+// ---------------------------------------------------------------------------------------------
+// IdleHistogram
+
+void IdleHistogram::add(double ms) {
+    min_ = count_ == 0 ? ms : std::min(min_, ms);
+    max_ = count_ == 0 ? ms : std::max(max_, ms);
+    ++count_;
+    if (buckets_.empty() && exact_.size() < kExactSamples) {
+        sorted_ = sorted_ && (exact_.empty() || exact_.back() <= ms);
+        exact_.push_back(ms);
+        return;
+    }
+    for (const double sample : exact_) add_to_bucket(sample);
+    exact_ = {};
+    add_to_bucket(ms);
+}
+
+void IdleHistogram::add_to_bucket(double ms) {
+    Bucket& bucket = buckets_[bucket_of(ms)];
+    ++bucket.count;
+    bucket.sum += ms;
+}
+
+std::optional<double> IdleHistogram::min() const {
+    if (count_ == 0) return std::nullopt;
+    return min_;
+}
+
+std::optional<double> IdleHistogram::max() const {
+    if (count_ == 0) return std::nullopt;
+    return max_;
+}
+
+std::optional<double> IdleHistogram::percentile(double p) const {
+    if (count_ == 0) return std::nullopt;
+    const auto wanted = static_cast<uint64_t>(
+        std::ceil(std::clamp(p, 0.0, 100.0) / 100 * static_cast<double>(count_)));
+    const uint64_t rank = std::clamp<uint64_t>(wanted, 1, count_);
+    // The extremes are known exactly, whatever the buckets hold.
+    if (rank == 1) return min_;
+    if (rank == count_) return max_;
+    if (buckets_.empty()) {
+        if (!sorted_) std::ranges::sort(exact_);
+        sorted_ = true;
+        return exact_[rank - 1];
+    }
+    uint64_t seen = 0;
+    for (const auto& [index, bucket] : buckets_) {
+        seen += bucket.count;
+        if (seen >= rank)
+            return std::clamp(bucket.sum / static_cast<double>(bucket.count), min_, max_);
+    }
+    return max_;
+}
+
+uint64_t IdleHistogram::count_below(double ms) const {
+    if (buckets_.empty()) {
+        return static_cast<uint64_t>(
+            std::ranges::count_if(exact_, [ms](double sample) { return sample < ms; }));
+    }
+    const int32_t limit = bucket_of(ms);
+    uint64_t below = 0;
+    for (const auto& [index, bucket] : buckets_) {
+        if (index > limit) break;
+        if (index < limit || bucket.sum / static_cast<double>(bucket.count) < ms)
+            below += bucket.count;
+    }
+    return below;
+}
+
+std::optional<IdleHistogram::Cluster> IdleHistogram::densest_cluster() const {
+    if (count_ == 0) return std::nullopt;
+    // (value, count) in ascending order: the samples, or the buckets by their mean.
+    std::vector<std::pair<double, uint64_t>> values;
+    if (buckets_.empty()) {
+        if (!sorted_) std::ranges::sort(exact_);
+        sorted_ = true;
+        for (const double sample : exact_) values.emplace_back(sample, 1);
+    } else {
+        for (const auto& [index, bucket] : buckets_) {
+            values.emplace_back(bucket.sum / static_cast<double>(bucket.count), bucket.count);
+        }
+    }
+    Cluster best;
+    uint64_t in_window = 0;
+    std::size_t end = 0;
+    for (std::size_t begin = 0; begin < values.size(); ++begin) {
+        const double limit = values[begin].first * (1 + kClusterSpread);
+        while (end < values.size() && values[end].first <= limit) in_window += values[end++].second;
+        // Ties go to the longer idle: the timer is the longest a side waits.
+        if (in_window >= best.count) {
+            best = {in_window, values[begin].first, values[end - 1].first};
+        }
+        in_window -= values[begin].second;
+    }
+    return best;
+}
+
+IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms) {
+    IdleFigures figures{.closes = closes.count(),
+                        .min_ms = closes.min(),
+                        .p10_ms = closes.percentile(10),
+                        .median_ms = closes.percentile(50),
+                        .p90_ms = closes.percentile(90),
+                        .max_ms = closes.max()};
+    if (closes.count() == 0) figures.keeps_idle_longer_than_ms = other_side_longest_ms;
+    return figures;
+}
+
+void VerdictTimeline::add(uint64_t at_ns, Verdict verdict) {
+    const uint64_t offset_ns = at_ns > origin_ns_ ? at_ns - origin_ns_ : 0;
+    while (offset_ns / bucket_ns_ >= kBuckets) {
+        std::vector<VerdictCounts> merged((buckets_.size() + 1) / 2);
+        for (std::size_t index = 0; index < buckets_.size(); ++index) {
+            for (const Verdict each : kAllVerdicts)
+                merged[index / 2][each] += buckets_[index][each];
+        }
+        buckets_ = std::move(merged);
+        bucket_ns_ *= 2;
+    }
+    const std::size_t index = offset_ns / bucket_ns_;
+    if (buckets_.size() <= index) buckets_.resize(index + 1);
+    ++buckets_[index][verdict];
+}
+
+// ---------------------------------------------------------------------------------------------
+// TraceAnalysis, TraceAnalyzer
+
+double TraceAnalysis::duration_s() const {
+    if (summary) return summary->duration_s;
+    if (last_ns <= header.start_ns) return 0;
+    return static_cast<double>(last_ns - header.start_ns) / 1e9;
+}
+
+uint64_t TraceAnalysis::same_host_connections() const {
+    uint64_t connections = 0;
+    for (const auto& [processes, figures] : by_same_host) connections += figures.connections;
+    return connections;
+}
+
+TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
+    analysis_.file = std::move(file);
+    analysis_.header = std::move(header);
+    analysis_.verdicts_over_time = VerdictTimeline(analysis_.header.start_ns);
+}
+
+void TraceAnalyzer::add(Connection conn) {
+    // Of every record: the client end of a pair may be the last one seen.
+    analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
+    for (const ConnectionStory& story : pairer_.add(std::move(conn))) count(story);
+}
+
+void TraceAnalyzer::count(const ConnectionStory& story) {
+    const Connection& conn = story.conn;
+    TraceAnalysis& a = analysis_;
+    ++a.connections;
+    a.last_ns = std::max(a.last_ns, last_seen_ns(conn));
+    if (conn.incomplete) {
+        ++a.incomplete;
+        return;
+    }
+    a.requests += conn.request_count();
+    ++a.verdicts[conn.verdict];
+    a.verdicts_over_time.add(verdict_time(conn), conn.verdict);
+    const std::string comm = conn.comm.value_or("");
+    count_in(a.by_comm[comm], conn);
+    count_in(a.by_peer[conn.remote.addr], conn);
+    count_in(a.by_container[container_label(conn.container)], conn);
+    if (story.client_end) {
+        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
+                                            conn.comm.value_or("?"))],
+                 conn);
+    }
+
+    if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
+    if (conn.health_check) {
+        ++a.health_check_connections;
+        ++a.health_checkers[*conn.health_check];
+    }
+
+    const bool server_side = conn.role != Role::Client;
+    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
+    // connection, a probe or a process exit does not, nor does anything on a health checker's
+    // connection. A race's close is the closer's timer whatever the late request did.
+    const bool race = conn.verdict == Verdict::LocalCloseRace ||
+                      conn.verdict == Verdict::PeerCloseRace;
+    std::optional<double> idle_ms;
+    if ((is_timer_close(conn) || race) && !conn.health_check) idle_ms = conn.close.idle_ms;
+    if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
+        if (conn.close.initiator == Initiator::Local)
+            raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
+        if (conn.close.initiator == Initiator::Peer)
+            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
+    }
+    const int64_t mono_to_wall_ns = a.header.mono_to_wall_ns;
+    switch (conn.verdict) {
+        case Verdict::LocalCloseRace: list_caught(a.races, story, mono_to_wall_ns); [[fallthrough]];
+        case Verdict::LocalIdleClose:
+            if (!server_side || !idle_ms) break;
+            ++a.local_idle_closers[comm];
+            a.local_idle.add(*idle_ms);
+            break;
+        case Verdict::PeerCloseRace:
+            list_caught(a.races, story, mono_to_wall_ns);
+            ++a.upstream_racers[comm];
+            [[fallthrough]];
+        case Verdict::PeerIdleClose:
+            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
+            break;
+        case Verdict::LocalResetInflight:
+            list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
+                                                                     : a.inflight_resets,
+                        story, mono_to_wall_ns);
+            break;
+        case Verdict::PeerCloseInflight:
+            list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
+                        story, mono_to_wall_ns);
+            break;
+        case Verdict::LocalReset:
+        case Verdict::PeerReset:
+        case Verdict::Open: break;
+    }
+}
+
+void TraceAnalyzer::add(const TraceEventLine&) { ++analysis_.event_lines; }
+
+void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summary; }
+
+TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
+    for (const ConnectionStory& story : pairer_.finish()) count(story);
+    TraceAnalysis& a = analysis_;
+    a.warnings = std::move(reader_warnings);
+    if (!a.summary) {
+        a.warnings.push_back(fmt::format(
+            "{}: no summary line (recording cut short): lost events are unknown and connections "
+            "still open at the end are missing",
+            a.file));
+    } else if (a.summary->lost_events > 0) {
+        a.warnings.push_back(fmt::format(
+            "{}: the kernel lost {} (ring buffer full): {}", a.file,
+            count_of(a.summary->lost_events, "event", "events"),
+            a.incomplete > 0 ? fmt::format("{} open then left out (incomplete)",
+                                           count_of(a.incomplete, "connection", "connections"))
+                             : std::string("some connections may be incomplete")));
+    }
+    return std::move(analysis_);
+}
+
+TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
+    TraceAnalyzer analyzer(std::move(file), reader.header());
+    while (std::optional<TraceRecord> record = reader.next()) {
+        std::visit([&](auto& line) { analyzer.add(std::move(line)); }, *record);
+    }
+    return analyzer.finish(reader.warnings());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Judgement
+
+PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
+                                 std::optional<double> given_ms) {
+    if (given_ms) return {*given_ms, PeerTimeoutSource::Given};
+    std::optional<IdleHistogram::Cluster> timer;
+    for (const TraceAnalysis* trace : traces) {
+        const std::optional<IdleHistogram::Cluster> cluster = trace->peer_idle.densest_cluster();
+        if (cluster && (!timer || cluster->count > timer->count ||
+                        (cluster->count == timer->count && cluster->max_ms > timer->max_ms))) {
+            timer = cluster;
+        }
+    }
+    if (timer) return {timer->max_ms, PeerTimeoutSource::Observed};
+    return {};
+}
+
+std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
+    const uint64_t value_ms = value_s * 1000;
+    if (comm == "node" || comm == "nodejs") {
+        return fmt::format(
+            "Node.js (comm {}): set server.keepAliveTimeout = {} and "
+            "server.headersTimeout = {} (milliseconds; headersTimeout must exceed "
+            "keepAliveTimeout)",
+            comm, value_ms, value_ms + 1000);
+    }
+    if (comm == "nginx") {
+        return fmt::format("nginx (comm nginx): keepalive_timeout {}s; in the http or server block",
+                           value_s);
+    }
+    if (comm == "gunicorn") {
+        return fmt::format("Gunicorn (comm gunicorn): --keep-alive {}", value_s);
+    }
+    if (comm == "uvicorn") {
+        return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
+    }
+    if (comm.starts_with("python")) {
+        return fmt::format(
+            "Python (comm {}): Gunicorn --keep-alive {} or uvicorn "
+            "--timeout-keep-alive {}, whichever serves these connections",
+            comm, value_s, value_s);
+    }
+    if (comm == "puma" || comm == "ruby") {
+        return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb", comm,
+                           value_s);
+    }
+    if (comm == "java") {
+        return fmt::format(
+            "Tomcat (comm java): keepAliveTimeout=\"{}\" on the Connector (Spring "
+            "Boot: server.tomcat.keep-alive-timeout={}s)",
+            value_ms, value_s);
+    }
+    if (comm == "httpd" || comm == "apache2") {
+        return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}", comm, value_s);
+    }
+    if (comm == "haproxy") {
+        return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
+    }
+    return fmt::format(
+        "{} (comm {}): raise its idle keep-alive timeout to {} s (Go: "
+        "http.Server.IdleTimeout = {} * time.Second; other servers: their "
+        "keep-alive or idle timeout setting)",
+        analysis_text::printable(comm), analysis_text::printable(comm), value_s, value_s);
+}
+
+Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
+    Assessment a;
+    a.peer_timeout = peer_timeout;
+    a.races = trace.verdicts[Verdict::LocalCloseRace];
+    a.upstream_races = trace.verdicts[Verdict::PeerCloseRace];
+    a.inflight_resets = trace.inflight_resets.total;
+    a.process_exits = trace.process_exits.total;
+    a.peer_gave_up = trace.peer_gave_up.total;
+    a.forgotten = trace.forgotten.total;
+    a.early_idle_closes = trace.local_idle.count_below(peer_timeout.ms);
+    a.closes_before_peer = a.races > 0 || a.early_idle_closes > 0;
+    a.recommended_keepalive_s =
+        static_cast<uint64_t>(std::ceil((peer_timeout.ms + kKeepAliveMarginMs) / 1000));
+
+    const uint64_t all_races = a.races + a.upstream_races;
+    // In order: ties go to the first.
+    const std::pair<FailureKind, uint64_t> failures[] = {
+        {FailureKind::CloseRaces, all_races},
+        {FailureKind::InflightResets, a.inflight_resets},
+        {FailureKind::ProcessExits, a.process_exits},
+        {FailureKind::PeerGaveUp, a.peer_gave_up},
+    };
+    for (const auto& [kind, count] : failures) {
+        if (count == 0) continue;
+        if (a.dominant == FailureKind::None) {
+            a.dominant = kind;
+            continue;
+        }
+        const auto current = std::ranges::find(failures, a.dominant,
+                                               &std::pair<FailureKind, uint64_t>::first);
+        if (count > current->second) a.dominant = kind;
+    }
+
+    std::vector<Recommendation> lifecycle;
+    if (a.closes_before_peer) {
+        if (trace.local_idle_closers.empty())
+            lifecycle.push_back(keepalive_recommendation(std::nullopt, a));
+        for (const auto& [comm, closes] : by_count(trace.local_idle_closers)) {
+            lifecycle.push_back(
+                keepalive_recommendation(comm.empty() ? std::nullopt : std::optional(comm), a));
+        }
+    }
+    for (const auto& [comm, races] : by_count(trace.upstream_racers)) {
+        lifecycle.push_back(upstream_recommendation(comm, races, trace.upstream_peer_idle));
+    }
+    if (a.forgotten > 0) lifecycle.push_back(pool_recommendation(trace));
+    std::vector<Recommendation> elsewhere;
+    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a));
+    if (a.process_exits > 0) {
+        const auto position =
+            a.dominant == FailureKind::ProcessExits ? elsewhere.begin() : elsewhere.end();
+        elsewhere.insert(position, process_exit_recommendation(trace));
+    }
+    if (a.peer_gave_up > 0) {
+        const auto position =
+            a.dominant == FailureKind::PeerGaveUp ? elsewhere.begin() : elsewhere.end();
+        elsewhere.insert(position, client_timeout_recommendation(a, trace));
+    }
+    // The dominant cause's advice first.
+    const bool lifecycle_first =
+        a.dominant == FailureKind::CloseRaces || a.dominant == FailureKind::None;
+    std::vector<Recommendation>& first = lifecycle_first ? lifecycle : elsewhere;
+    std::vector<Recommendation>& second = lifecycle_first ? elsewhere : lifecycle;
+    a.recommendations = std::move(first);
+    a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
+    if (a.recommendations.empty()) {
+        a.recommendations.push_back(
+            {.kind = RecommendationKind::NothingToFix,
+             .text = fmt::format(
+                 "Nothing to fix in the connection lifecycle: no close race, no in-flight reset, "
+                 "no process exit with requests in flight, no request the peer gave up on, and no "
+                 "idle close by this host sooner than the peer's idle timeout of {}.",
+                 analysis_text::peer_timeout_text(peer_timeout))});
+    }
+    a.conclusion = conclusion(trace, a);
+    return a;
+}
+
+const char* to_string(PeerTimeoutSource source) {
+    switch (source) {
+        case PeerTimeoutSource::Given: return "given";
+        case PeerTimeoutSource::Observed: return "observed";
+        case PeerTimeoutSource::AlbDefault: return "alb_default";
+    }
+    return "?";
+}
+
+const char* to_string(DiffConclusion conclusion) {
+    switch (conclusion) {
+        case DiffConclusion::Fixed: return "fixed";
+        case DiffConclusion::NotFixed: return "not fixed";
+        case DiffConclusion::Inconclusive: return "inconclusive";
+    }
+    return "?";
+}
+
+DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) {
+    DiffResult result;
+    // The same peer in both recordings: whichever saw it idle-close tells its timeout.
+    result.peer_timeout = resolve_peer_timeout({&before, &after}, std::nullopt);
+    result.before = assess(before, result.peer_timeout);
+    result.after = assess(after, result.peer_timeout);
+    const Assessment& b = result.before;
+    const Assessment& a = result.after;
+    const std::string timeout = analysis_text::peer_timeout_text(result.peer_timeout);
+    const uint64_t after_idle_closes = after.local_idle.count() + after.peer_idle.count();
+
+    if (a.closes_before_peer || a.upstream_races > 0) {
+        std::vector<std::string> remaining;
+        if (a.races > 0) remaining.push_back(count_of(a.races, "close race", "close races"));
+        if (a.upstream_races > 0) {
+            remaining.push_back(
+                count_of(a.upstream_races, "upstream close race", "upstream close races"));
+        }
+        if (a.early_idle_closes > 0) {
+            remaining.push_back(
+                fmt::format("{} by this host sooner than the peer's idle timeout of {} (median {})",
+                            count_of(a.early_idle_closes, "idle close", "idle closes"), timeout,
+                            duration(*after.local_idle.percentile(50))));
+        }
+        std::string joined;
+        for (const std::string& part : remaining) joined += (joined.empty() ? "" : "; ") + part;
+        result.conclusion = DiffConclusion::NotFixed;
+        result.explanation =
+            fmt::format("After the change this host still closes first: {}.", joined);
+    } else if (after.requests < kMinRequestsToConclude || after_idle_closes == 0) {
+        result.conclusion = DiffConclusion::Inconclusive;
+        result.explanation = fmt::format(
+            "The later recording has {} and {} by either side: too little to tell who closes "
+            "first. Record for longer than the peer's idle timeout ({}) with traffic (at least {} "
+            "requests), so that idle connections get closed.",
+            count_of(after.requests, "request", "requests"),
+            count_of(after_idle_closes, "idle close", "idle closes"),
+            duration(result.peer_timeout.ms), kMinRequestsToConclude);
+    } else if (!b.closes_before_peer && b.upstream_races == 0) {
+        result.conclusion = DiffConclusion::Inconclusive;
+        result.explanation = fmt::format(
+            "The earlier recording shows no close race and no idle close by this host sooner "
+            "than the peer's idle timeout of {}: there is nothing the change could have fixed. "
+            "Record the earlier state while the problem happens.",
+            timeout);
+    } else {
+        result.conclusion = DiffConclusion::Fixed;
+        result.explanation = fmt::format(
+            "Before: {} and {} by this host sooner than the peer's idle timeout of {}. After: "
+            "none, "
+            "over {} and {}.",
+            count_of(b.races + b.upstream_races, "close race", "close races"),
+            count_of(b.early_idle_closes, "idle close", "idle closes"), timeout,
+            count_of(after.requests, "request", "requests"),
+            count_of(after_idle_closes, "idle close", "idle closes"));
+        if (a.inflight_resets > 0) {
+            result.explanation +=
+                fmt::format(" {} remain: not a keep-alive problem (see the report).",
+                            count_of(a.inflight_resets, "in-flight reset", "in-flight resets"));
+        }
+    }
+    return result;
+}
+
+VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer_timeout_ms) {
+    VerifyResult result;
+    result.peer_timeout = resolve_peer_timeout({&trace}, peer_timeout_ms);
+    const Assessment a = assess(trace, result.peer_timeout);
+    auto first_race = [&](Verdict verdict) -> std::string {
+        for (const CaughtConnection& caught : trace.races.listed) {
+            if (caught.verdict != verdict || !caught.request) continue;
+            const std::string client =
+                caught.client_end
+                    ? " (" + analysis_text::client_end_text(*caught.client_end) + ")"
+                    : std::string();
+            return fmt::format("; the first: {} {} from {}{}", iso8601_utc(caught.wall_ns),
+                               analysis_text::request_line(*caught.request),
+                               endpoint_text(caught.remote), client);
+        }
+        return "";
+    };
+    if (a.races > 0) {
+        result.reasons.push_back(fmt::format(
+            "{} (local_close_race): requests arrived on connections this host had just closed{}",
+            count_of(a.races, "close race", "close races"), first_race(Verdict::LocalCloseRace)));
+    }
+    if (a.upstream_races > 0) {
+        result.reasons.push_back(fmt::format(
+            "{} (peer_close_race): this host sent requests on upstream connections its peer had "
+            "just closed{}",
+            count_of(a.upstream_races, "upstream close race", "upstream close races"),
+            first_race(Verdict::PeerCloseRace)));
+    }
+    if (trace.incomplete > 0) {
+        result.reasons.push_back(fmt::format(
+            "{} cannot be vouched for: the kernel lost events while they were open (record "
+            "again with a larger --ring-mb)",
+            count_of(trace.incomplete, "incomplete connection", "incomplete connections")));
+    }
+    if (a.early_idle_closes > 0) {
+        std::string hint;
+        if (result.peer_timeout.source == PeerTimeoutSource::AlbDefault) {
+            hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
+        }
+        result.reasons.push_back(fmt::format(
+            "{} of {} by this host came sooner than the peer's idle timeout of {}: the shortest "
+            "after "
+            "{}, the median after {}{}",
+            a.early_idle_closes, count_of(trace.local_idle.count(), "idle close", "idle closes"),
+            analysis_text::peer_timeout_text(result.peer_timeout),
+            duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)), hint));
+    }
+    result.passed = result.reasons.empty();
+    return result;
+}
+
+}  // namespace closetrace

@@ -1,0 +1,74 @@
+#include "closetrace/analysis_text.h"
+
+#include <fmt/format.h>
+
+namespace closetrace::analysis_text {
+namespace {
+
+// Where the timeout came from, as the text says it: the JSON name but for the default, which
+// the reader should know was assumed.
+const char* source_wording(PeerTimeoutSource source) {
+    return source == PeerTimeoutSource::AlbDefault ? "assumed: the ALB default" : to_string(source);
+}
+
+}  // namespace
+
+std::string duration(double ms) {
+    // Four significant digits from a second up: enough to tell 2.001 s from 2.010 s.
+    const double magnitude = ms < 0 ? -ms : ms;
+    if (magnitude >= 100'000) return fmt::format("{:.1f} s", ms / 1000);
+    if (magnitude >= 10'000) return fmt::format("{:.2f} s", ms / 1000);
+    if (magnitude >= 1000) return fmt::format("{:.3f} s", ms / 1000);
+    return fmt::format("{:.1f} ms", ms);
+}
+
+std::string count_of(uint64_t count, std::string_view singular, std::string_view plural) {
+    return fmt::format("{} {}", count, count == 1 ? singular : plural);
+}
+
+std::string peer_timeout_text(const PeerTimeout& timeout) {
+    return fmt::format("{} ({})", duration(timeout.ms), source_wording(timeout.source));
+}
+
+std::string client_end_text(const ClientEnd& client) {
+    const std::string name = client.comm ? printable(*client.comm) : "a process not seen";
+    return client.pid ? fmt::format("client on this host: {} (pid {})", name, *client.pid)
+                      : "client on this host: " + name;
+}
+
+std::string left_out_sentence(const TraceAnalysis& trace) {
+    const std::pair<CloseCause, const char*> reasons[] = {
+        {CloseCause::ConnectionClose, "asked for by Connection: close"},
+        {CloseCause::KeepaliveEnded, "keep-alive ended by the server (Connection: close)"},
+        {CloseCause::ClosedAfterUse, "closed by the client right after use"},
+        {CloseCause::Probe, "probes (no request)"},
+        {CloseCause::ProcessExit, "process exits"},
+        {CloseCause::InFlight, "with a request in flight"},
+        {CloseCause::UnreadRequest, "with a request unread"},
+        {CloseCause::Forgotten, "forgotten in between"},
+        {CloseCause::Unknown, "of unknown cause"},
+    };
+    std::string parts;
+    for (const auto& [cause, reason] : reasons) {
+        if (const uint64_t count = trace.with_cause(cause)) {
+            parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", count, reason);
+        }
+    }
+    if (trace.health_check_connections > 0) {
+        std::string checkers;
+        for (const auto& [name, count] : trace.health_checkers) {
+            checkers += (checkers.empty() ? "" : ", ") + printable(name);
+        }
+        parts += fmt::format("{}{} from health checkers ({})", parts.empty() ? "" : "; ",
+                             count_of(trace.health_check_connections, "connection", "connections"),
+                             checkers);
+    }
+    if (trace.incomplete > 0) {
+        parts += fmt::format("{}{} incomplete (events lost while open)", parts.empty() ? "" : "; ",
+                             count_of(trace.incomplete, "connection", "connections"));
+    }
+    if (parts.empty()) return "Every close with a known idle came from an idle timer.";
+    return "Left out of the idle timeouts (not an idle timer's close): " + parts + ".";
+}
+
+}  // namespace closetrace::analysis_text

@@ -1,0 +1,205 @@
+// Connection records: what the tracker derives from events, what a trace's `conn` lines hold,
+// and what the analysis reads back. See docs/trace-format.md.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "closetrace/container_ref.h"
+#include "closetrace/event.h"
+
+namespace closetrace {
+
+enum class Initiator { Local, Peer, Unknown };
+enum class CloseHow { Fin, Rst };
+
+enum class Outcome {
+    Completed,
+    UnansweredAtClose,
+    AfterLocalClose,
+    AfterPeerClose,
+    InFlight,
+    UnreadAtClose,  // arrived before this host closed, never read by its application
+};
+
+// Why a connection closed, from the closer's side (docs/trace-format.md, "close.cause").
+enum class CloseCause {
+    IdleTimer,        // the closer's idle (keep-alive) timer
+    ConnectionClose,  // the last request asked for it (Connection: close, HTTP/1.0)
+    KeepaliveEnded,   // the last response announced Connection: close
+    ClosedAfterUse,   // the side that sent the last request closed right after its response
+    Probe,            // no request at all
+    UnreadRequest,    // this host closed with request bytes its application never read
+    ProcessExit,      // this host's owning process was exiting
+    InFlight,         // closed or reset with a request unanswered (a timeout, an abort)
+    Forgotten,        // a request after a long idle was answered by a reset: a NAT or
+                      // conntrack entry in between had expired
+    Unknown,
+};
+
+// Which message of an exchange asked for the connection to close.
+enum class CloseAsked { None, Request, Response };
+
+enum class Verdict {
+    LocalIdleClose,
+    PeerIdleClose,
+    LocalCloseRace,
+    PeerCloseRace,
+    LocalResetInflight,
+    PeerCloseInflight,
+    LocalReset,
+    PeerReset,
+    Open,
+};
+
+// Every member of the records below has a default, so that a designated initializer names only
+// what it sets (g++'s -Wextra flags an omitted member without one).
+struct Request {
+    std::optional<std::string> method{};  // nullopt for an opaque (non-HTTP) message
+    std::optional<std::string> target{};  // query string removed unless recorded with --full-target
+    bool opaque = false;
+    std::optional<int> status{};
+    uint64_t request_ns = 0;
+    std::optional<uint64_t> response_ns{};
+    Outcome outcome = Outcome::InFlight;
+    // Since the previous exchange (or the connection's start): a race's late request follows an
+    // idle gap as long as the closer's timeout.
+    std::optional<double> idle_before_ms{};
+    CloseAsked close_asked = CloseAsked::None;
+};
+
+struct CloseInfo {
+    Initiator initiator = Initiator::Unknown;
+    std::optional<CloseHow> how{};
+    std::optional<uint64_t> local_fin_ns{};
+    std::optional<uint64_t> peer_fin_ns{};
+    std::optional<uint64_t> local_rst_ns{};
+    std::optional<uint64_t> peer_rst_ns{};
+    std::optional<std::string> rst_reason{};
+    // From the end of the last completed exchange to the first FIN or RST: a request that came
+    // unanswered into the close does not make the connection less idle.
+    std::optional<double> idle_ms{};
+    CloseCause cause = CloseCause::Unknown;
+    // For ConnectionClose and KeepaliveEnded: the side whose message asked.
+    std::optional<Initiator> asked_by{};
+    uint64_t unread_bytes = 0;  // received, never read by this host's application at its close
+};
+
+struct Endpoint {
+    std::string addr;
+    uint16_t port = 0;
+    auto operator<=>(const Endpoint&) const = default;
+};
+
+// The earlier of two times either of which may be unknown.
+inline std::optional<uint64_t> earliest(std::optional<uint64_t> a, std::optional<uint64_t> b) {
+    if (a && b) return std::min(*a, *b);
+    return a ? a : b;
+}
+
+// The address without the ::ffff: prefix a dual-stack socket shows an IPv4 address with.
+std::string_view plain_address(std::string_view addr);
+
+struct Connection {
+    uint64_t id = 0;
+    uint64_t cookie = 0;
+    uint32_t netns = 0;
+    std::string family;  // "ipv4" | "ipv6"
+    Endpoint local;
+    Endpoint remote;
+    Role role = Role::Unknown;
+    std::optional<uint32_t> pid;
+    std::optional<std::string> comm;
+    std::optional<std::string> owner_from;  // "connect" | "close": the syscall pid/comm came from
+    uint64_t cgroup_id = 0;                 // the socket's cgroup v2 id; 0 = unknown
+    std::optional<std::string> cgroup;      // its path below the cgroup v2 mount
+    std::optional<ContainerRef> container;  // null for a host process
+    // The known health checker that sent requests on it (http::health_checker), if any.
+    std::optional<std::string> health_check;
+    std::optional<uint64_t> established_ns;
+    std::optional<uint64_t> closed_ns;
+    uint64_t bytes_in = 0;
+    uint64_t bytes_out = 0;
+    uint64_t segs_in = 0;
+    uint64_t segs_out = 0;
+    CloseInfo close;
+    std::vector<Request> requests;
+    // Completed requests in the middle of a long keep-alive connection, left out of `requests`
+    // so that a record stays small (see bound_request_list).
+    uint64_t requests_omitted = 0;
+    Verdict verdict = Verdict::Open;
+    // Events of it may be missing: the kernel lost events while it was open (or lingering), so
+    // its close, requests and verdict may be wrong (docs/trace-format.md, "incomplete").
+    bool incomplete = false;
+
+    uint64_t request_count() const { return requests.size() + requests_omitted; }
+};
+
+// The latest monotonic time a connection records (its listed requests, close and end): where a
+// trace without a summary ends.
+uint64_t last_seen_ns(const Connection& conn);
+
+const char* to_string(Initiator initiator);
+const char* to_string(CloseHow how);
+const char* to_string(Outcome outcome);
+const char* to_string(Verdict verdict);
+const char* to_string(CloseCause cause);
+const char* to_string(CloseAsked asked);
+// Inverse of to_string; nullopt for an unknown name.
+std::optional<Initiator> initiator_from_string(std::string_view name);
+std::optional<CloseHow> close_how_from_string(std::string_view name);
+std::optional<Outcome> outcome_from_string(std::string_view name);
+std::optional<Verdict> verdict_from_string(std::string_view name);
+std::optional<Role> role_from_string(std::string_view name);
+std::optional<CloseCause> close_cause_from_string(std::string_view name);
+std::optional<CloseAsked> close_asked_from_string(std::string_view name);
+
+// Thresholds of the close causes (docs/trace-format.md).
+// A close this soon after the last exchange is its end, not an idle timer.
+inline constexpr double kRightAfterExchangeMs = 1'000;
+// A request after at least this much idle is "after an idle gap": its connection had been left
+// to a keep-alive timer.
+inline constexpr double kIdleGapMs = 500;
+
+// What the kernel told of a close beyond the connection record: the owning process was exiting.
+struct CloseEvidence {
+    bool owner_exiting = false;
+};
+
+// Why the connection closed, from its close, requests and `evidence` (nothing for a trace
+// recorded before closetrace/2, whose records lack the facts of some causes).
+CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence);
+// For ConnectionClose and KeepaliveEnded (by `conn.close.cause`): the side whose message asked.
+std::optional<Initiator> asked_by(const Connection& conn);
+// The verdict from the close and the requests' outcomes (and the unread-request race, by cause).
+Verdict judge(const Connection& conn);
+// Whether the close tells the closer's idle timeout: only an idle timer does.
+inline bool is_timer_close(const Connection& conn) {
+    return conn.close.cause == CloseCause::IdleTimer;
+}
+
+// A long keep-alive connection carries many thousands of requests; its record keeps the first
+// and the last ones and every request that was not completed (the evidence), and counts the rest.
+inline constexpr std::size_t kListedFirstRequests = 16;
+inline constexpr std::size_t kListedLastRequests = 48;
+void bound_request_list(Connection& conn);
+
+// Every verdict, in the order reports list them.
+inline constexpr Verdict kAllVerdicts[] = {
+    Verdict::LocalIdleClose,     Verdict::PeerIdleClose,     Verdict::LocalCloseRace,
+    Verdict::PeerCloseRace,      Verdict::LocalResetInflight, Verdict::PeerCloseInflight,
+    Verdict::LocalReset,         Verdict::PeerReset,         Verdict::Open,
+};
+
+inline constexpr CloseCause kAllCloseCauses[] = {
+    CloseCause::IdleTimer,     CloseCause::ConnectionClose, CloseCause::KeepaliveEnded,
+    CloseCause::ClosedAfterUse, CloseCause::Probe,          CloseCause::UnreadRequest,
+    CloseCause::ProcessExit,   CloseCause::InFlight,        CloseCause::Forgotten,
+    CloseCause::Unknown,
+};
+
+}  // namespace closetrace

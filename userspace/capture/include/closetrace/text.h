@@ -1,0 +1,25 @@
+// Trace and wire text made safe for a terminal or a report, shared by every command; and the
+// string helpers every parser shares.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "closetrace/model.h"
+
+namespace closetrace {
+
+// Wire and trace bytes on a terminal: control and non-ASCII bytes could rewrite the screen, so
+// each becomes '?'.
+std::string printable(std::string_view text);
+// "10.0.0.1:51234", "[fd00::1]:51234".
+std::string endpoint_text(const Endpoint& endpoint);
+// "POST /pay"; what an opaque request was. Wire bytes made printable.
+std::string request_line(const Request& request);
+
+// Without the spaces and tabs around it (HTTP's optional whitespace).
+std::string_view trim_whitespace(std::string_view text);
+// `text` equals `lowercase` (which is all lower case) but for the case of ASCII letters.
+bool equals_ignoring_case(std::string_view text, std::string_view lowercase);
+
+}  // namespace closetrace

@@ -1,0 +1,242 @@
+#include "closetrace/model.h"
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+namespace closetrace {
+namespace {
+
+template <typename Enum, std::size_t N>
+std::optional<Enum> lookup(const std::array<std::pair<Enum, const char*>, N>& names,
+                           std::string_view name) {
+    for (const auto& [value, text] : names) {
+        if (name == text) return value;
+    }
+    return std::nullopt;
+}
+
+template <typename Enum, std::size_t N>
+const char* name_of(const std::array<std::pair<Enum, const char*>, N>& names, Enum value) {
+    for (const auto& [candidate, text] : names) {
+        if (candidate == value) return text;
+    }
+    return "?";
+}
+
+constexpr std::array<std::pair<Initiator, const char*>, 3> kInitiatorNames{{
+    {Initiator::Local, "local"},
+    {Initiator::Peer, "peer"},
+    {Initiator::Unknown, "unknown"},
+}};
+
+constexpr std::array<std::pair<CloseHow, const char*>, 2> kHowNames{{
+    {CloseHow::Fin, "fin"},
+    {CloseHow::Rst, "rst"},
+}};
+
+constexpr std::array<std::pair<Outcome, const char*>, 6> kOutcomeNames{{
+    {Outcome::Completed, "completed"},
+    {Outcome::UnansweredAtClose, "unanswered_at_close"},
+    {Outcome::AfterLocalClose, "after_local_close"},
+    {Outcome::AfterPeerClose, "after_peer_close"},
+    {Outcome::InFlight, "in_flight"},
+    {Outcome::UnreadAtClose, "unread_at_close"},
+}};
+
+constexpr std::array<std::pair<CloseCause, const char*>, 10> kCauseNames{{
+    {CloseCause::IdleTimer, "idle_timer"},
+    {CloseCause::ConnectionClose, "connection_close"},
+    {CloseCause::KeepaliveEnded, "keepalive_ended"},
+    {CloseCause::ClosedAfterUse, "closed_after_use"},
+    {CloseCause::Probe, "probe"},
+    {CloseCause::UnreadRequest, "unread_request"},
+    {CloseCause::ProcessExit, "process_exit"},
+    {CloseCause::InFlight, "in_flight"},
+    {CloseCause::Forgotten, "forgotten"},
+    {CloseCause::Unknown, "unknown"},
+}};
+
+constexpr std::array<std::pair<CloseAsked, const char*>, 2> kCloseAskedNames{{
+    {CloseAsked::Request, "request"},
+    {CloseAsked::Response, "response"},
+}};
+
+constexpr std::array<std::pair<Verdict, const char*>, 9> kVerdictNames{{
+    {Verdict::LocalIdleClose, "local_idle_close"},
+    {Verdict::PeerIdleClose, "peer_idle_close"},
+    {Verdict::LocalCloseRace, "local_close_race"},
+    {Verdict::PeerCloseRace, "peer_close_race"},
+    {Verdict::LocalResetInflight, "local_reset_inflight"},
+    {Verdict::PeerCloseInflight, "peer_close_inflight"},
+    {Verdict::LocalReset, "local_reset"},
+    {Verdict::PeerReset, "peer_reset"},
+    {Verdict::Open, "open"},
+}};
+
+constexpr std::array<std::pair<Role, const char*>, 3> kRoleNames{{
+    {Role::Unknown, "unknown"},
+    {Role::Server, "server"},
+    {Role::Client, "client"},
+}};
+
+}  // namespace
+
+const char* to_string(Initiator initiator) { return name_of(kInitiatorNames, initiator); }
+const char* to_string(CloseHow how) { return name_of(kHowNames, how); }
+const char* to_string(Outcome outcome) { return name_of(kOutcomeNames, outcome); }
+const char* to_string(Verdict verdict) { return name_of(kVerdictNames, verdict); }
+const char* to_string(Role role) { return name_of(kRoleNames, role); }
+const char* to_string(CloseCause cause) { return name_of(kCauseNames, cause); }
+const char* to_string(CloseAsked asked) { return name_of(kCloseAskedNames, asked); }
+
+std::optional<Initiator> initiator_from_string(std::string_view name) {
+    return lookup(kInitiatorNames, name);
+}
+std::optional<CloseHow> close_how_from_string(std::string_view name) {
+    return lookup(kHowNames, name);
+}
+std::optional<Outcome> outcome_from_string(std::string_view name) {
+    return lookup(kOutcomeNames, name);
+}
+std::optional<Verdict> verdict_from_string(std::string_view name) {
+    return lookup(kVerdictNames, name);
+}
+std::optional<Role> role_from_string(std::string_view name) { return lookup(kRoleNames, name); }
+std::optional<CloseCause> close_cause_from_string(std::string_view name) {
+    return lookup(kCauseNames, name);
+}
+std::optional<CloseAsked> close_asked_from_string(std::string_view name) {
+    return lookup(kCloseAskedNames, name);
+}
+
+uint64_t last_seen_ns(const Connection& conn) {
+    uint64_t latest = std::max(conn.established_ns.value_or(0), conn.closed_ns.value_or(0));
+    for (const std::optional<uint64_t> close_ns :
+         {conn.close.local_fin_ns, conn.close.peer_fin_ns, conn.close.local_rst_ns,
+          conn.close.peer_rst_ns}) {
+        latest = std::max(latest, close_ns.value_or(0));
+    }
+    for (const Request& request : conn.requests) {
+        latest = std::max({latest, request.request_ns, request.response_ns.value_or(0)});
+    }
+    return latest;
+}
+
+std::string_view plain_address(std::string_view addr) {
+    constexpr std::string_view kMappedPrefix = "::ffff:";
+    if (addr.starts_with(kMappedPrefix) && addr.find('.') != std::string_view::npos) {
+        addr.remove_prefix(kMappedPrefix.size());
+    }
+    return addr;
+}
+
+namespace {
+
+bool came_after_the_close(const Request& request) {
+    return request.outcome == Outcome::AfterLocalClose || request.outcome == Outcome::AfterPeerClose;
+}
+
+bool any_outcome(const std::vector<Request>& requests, Outcome outcome) {
+    return std::ranges::any_of(requests,
+                               [outcome](const Request& r) { return r.outcome == outcome; });
+}
+
+// The side that sends the requests: the peer of a connection this host serves.
+Initiator requester(Role role) { return role == Role::Client ? Initiator::Local : Initiator::Peer; }
+
+Initiator other_side(Initiator side) {
+    return side == Initiator::Local ? Initiator::Peer : Initiator::Local;
+}
+
+}  // namespace
+
+CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence) {
+    const CloseInfo& close = conn.close;
+    if (close.initiator == Initiator::Unknown) return CloseCause::Unknown;
+    const bool local = close.initiator == Initiator::Local;
+    if (local && evidence.owner_exiting) return CloseCause::ProcessExit;
+    if (local && close.unread_bytes > 0) return CloseCause::UnreadRequest;
+
+    // The last request made before the close; late ones only show that the closer's timer ran
+    // on a connection that had carried none before.
+    const auto last = std::ranges::find_if(conn.requests.rbegin(), conn.requests.rend(),
+                                           [](const Request& r) { return !came_after_the_close(r); });
+    if (last == conn.requests.rend()) {
+        return conn.requests.empty() && conn.requests_omitted == 0 ? CloseCause::Probe
+                                                                     : CloseCause::IdleTimer;
+    }
+    if (last->outcome != Outcome::Completed) {
+        const bool forgotten = !local && close.how == CloseHow::Rst && !close.peer_fin_ns &&
+                               conn.role != Role::Server &&
+                               last->idle_before_ms.value_or(0) >= kIdleGapMs;
+        return forgotten ? CloseCause::Forgotten : CloseCause::InFlight;
+    }
+    if (last->close_asked != CloseAsked::None) {
+        return last->close_asked == CloseAsked::Request ? CloseCause::ConnectionClose
+                                                        : CloseCause::KeepaliveEnded;
+    }
+    if (!close.idle_ms) return CloseCause::Unknown;
+    if (*close.idle_ms < kRightAfterExchangeMs) {
+        // Right after the exchange: the client was done with it, or the server ended keep-alive
+        // without announcing it.
+        return close.initiator == requester(conn.role) ? CloseCause::ClosedAfterUse
+                                                        : CloseCause::KeepaliveEnded;
+    }
+    return CloseCause::IdleTimer;
+}
+
+std::optional<Initiator> asked_by(const Connection& conn) {
+    switch (conn.close.cause) {
+        case CloseCause::ConnectionClose: return requester(conn.role);
+        case CloseCause::KeepaliveEnded: return other_side(requester(conn.role));
+        default: return std::nullopt;
+    }
+}
+
+Verdict judge(const Connection& conn) {
+    const CloseInfo& close = conn.close;
+    // Nothing known of a close, even of a socket that is gone (events lost, or an abort on a
+    // kernel that does not trace active resets): naming a side would be a guess, so the record
+    // says `open` with initiator unknown, and its closed_ns tells that the socket is gone.
+    if (close.initiator == Initiator::Unknown) return Verdict::Open;
+    const std::vector<Request>& requests = conn.requests;
+    const bool unanswered = any_outcome(requests, Outcome::UnansweredAtClose);
+    if (close.initiator == Initiator::Local) {
+        if (any_outcome(requests, Outcome::AfterLocalClose)) return Verdict::LocalCloseRace;
+        const bool unread = any_outcome(requests, Outcome::UnreadAtClose);
+        // The timer closed a connection left idle, and a request waited in it unread.
+        const bool unread_after_idle =
+            close.cause == CloseCause::UnreadRequest &&
+            std::ranges::any_of(requests, [](const Request& r) {
+                return r.outcome == Outcome::UnreadAtClose &&
+                       r.idle_before_ms.value_or(0) >= kIdleGapMs;
+            });
+        if (unread_after_idle) return Verdict::LocalCloseRace;
+        if (unanswered || unread) return Verdict::LocalResetInflight;
+        return close.how == CloseHow::Fin ? Verdict::LocalIdleClose : Verdict::LocalReset;
+    }
+    if (any_outcome(requests, Outcome::AfterPeerClose)) return Verdict::PeerCloseRace;
+    if (unanswered) return Verdict::PeerCloseInflight;
+    return close.how == CloseHow::Fin ? Verdict::PeerIdleClose : Verdict::PeerReset;
+}
+
+void bound_request_list(Connection& conn) {
+    std::vector<Request>& requests = conn.requests;
+    if (requests.size() <= kListedFirstRequests + kListedLastRequests) return;
+    const std::size_t last_start = requests.size() - kListedLastRequests;
+    std::vector<Request> kept;
+    kept.reserve(kListedFirstRequests + kListedLastRequests);
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+        const bool listed = i < kListedFirstRequests || i >= last_start ||
+                            requests[i].outcome != Outcome::Completed;
+        if (listed) {
+            kept.push_back(std::move(requests[i]));
+        } else {
+            ++conn.requests_omitted;
+        }
+    }
+    requests = std::move(kept);
+}
+
+}  // namespace closetrace

@@ -1,0 +1,50 @@
+#include "closetrace/text.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "closetrace/http.h"
+
+namespace closetrace {
+
+std::string printable(std::string_view text) {
+    std::string safe;
+    safe.reserve(text.size());
+    for (const char c : text) {
+        const auto byte = static_cast<unsigned char>(c);
+        safe += (byte >= 0x20 && byte < 0x7f) ? c : '?';
+    }
+    return safe;
+}
+
+std::string endpoint_text(const Endpoint& endpoint) {
+    const bool ipv6 = endpoint.addr.find(':') != std::string::npos;
+    return ipv6 ? fmt::format("[{}]:{}", printable(endpoint.addr), endpoint.port)
+                : fmt::format("{}:{}", printable(endpoint.addr), endpoint.port);
+}
+
+std::string request_line(const Request& request) {
+    if (request.opaque || !request.method) return "(not HTTP: TLS?)";
+    if (http::is_http2_preface(*request.method, request.target.value_or(""))) {
+        return "PRI * (HTTP/2 cleartext; its streams are not decoded)";
+    }
+    return printable(fmt::format("{} {}", *request.method, request.target.value_or("")));
+}
+
+std::string_view trim_whitespace(std::string_view text) {
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+    return text;
+}
+
+bool equals_ignoring_case(std::string_view text, std::string_view lowercase) {
+    const auto to_lower = [](char c) {
+        return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    };
+    return text.size() == lowercase.size() &&
+           std::equal(text.begin(), text.end(), lowercase.begin(),
+                      [&](char a, char b) { return to_lower(a) == b; });
+}
+
+}  // namespace closetrace

@@ -1,0 +1,923 @@
+#include "closetrace/tracker.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+
+#include "closetrace.h"
+#include "closetrace/http.h"
+
+// How events become a connection record:
+// - On arrival, each event of a socket is reduced to a compact fact: a message to its parsed HTTP
+//   heads, a State or reset event to itself without its payload; incoming payloads keep a short
+//   prefix, to recognise one segment seen twice. Memory grows with the messages on a connection,
+//   not with its bytes.
+// - Everything else is derived once, at finalisation, from the facts in time order: events reach
+//   userspace per CPU in order but interleaved, so no decision is taken on arrival order.
+
+namespace closetrace {
+namespace {
+
+// Incoming payload bytes kept to recognise one segment seen twice: by the ingress hook (a
+// Message) and as the trigger of the reset the kernel answered it with.
+constexpr std::size_t kSegmentPrefixBytes = 64;
+
+// When data reaches a socket this host already closed, the kernel first resets the socket itself
+// (tcp_reset fires tcp_receive_reset) and then sends an RST triggered by that data. A
+// ResetReceived followed this closely by such a ResetSent on the same socket is that, not the
+// peer's RST (which is never answered with an RST).
+constexpr uint64_t kSelfResetWindowNs = 1'000'000;
+
+// The ingress hook stamps a segment before the socket processes it; while close() holds the socket
+// lock the segment waits in the backlog. So a request that the kernel then reset as data on a
+// closed socket may carry a time slightly before the close: within this much it is the same
+// instant, and the reset proves it came after.
+constexpr uint64_t kSameInstantNs = 1'000'000;
+
+// A FIN sent or received before the recording started (socket first seen already closing).
+constexpr uint64_t kBeforeRecording = 0;
+
+// Messages a connection holds before the settled ones are fed to its request builder.
+constexpr std::size_t kSettleBatch = 128;
+
+struct Head {
+    http::MessageKind kind = http::MessageKind::Opaque;
+    std::optional<std::string> method;
+    std::optional<std::string> target;
+    std::optional<int> status;
+    bool asks_to_close = false;  // Connection: close (or HTTP/1.0 without keep-alive)
+    std::string health_checker;  // a request's known health checker; empty for any other
+};
+
+// A State or reset event, kept whole but for its payload: a socket has only a few.
+struct LifecycleFact {
+    Event event;  // payload cut to kSegmentPrefixBytes
+    uint64_t arrival = 0;
+    bool by_tuple = false;    // a reset with no socket, attributed by its tuple
+    std::vector<Head> heads;  // a reset's trigger payload, parsed
+};
+
+// A Message, one per request or response the kernel wrote: only what the requests need.
+struct MessageFact {
+    uint64_t ts_ns = 0;
+    uint64_t arrival = 0;
+    Direction direction = Direction::In;
+    bool response = false;     // the kernel's kind
+    uint32_t requests_before = 0;   // the kernel's counts of each kind before it
+    uint32_t responses_before = 0;
+    uint64_t previous_ns = 0;  // the previous message's start; 0 unknown
+    std::vector<Head> heads;
+    std::string prefix;  // incoming payload, cut to kSegmentPrefixBytes; empty for outgoing
+};
+
+struct Arrived {
+    uint64_t arrival = 0;
+    Event event;
+};
+
+std::vector<Head> parse_heads(std::string_view payload, bool full_target) {
+    const http::ParseResult parsed = http::parse(payload);
+    std::vector<Head> heads;
+    for (std::size_t i = 0; i < parsed.count; ++i) {
+        const http::Message& message = parsed.messages[i];
+        Head head;
+        head.kind = message.kind;
+        head.asks_to_close = http::asks_to_close(message);
+        if (message.kind == http::MessageKind::Request) {
+            head.health_checker = std::string(http::health_checker(message.user_agent));
+            head.method = std::string(message.method);
+            // Empty only when the capture ended right after the method.
+            if (!message.target.empty()) {
+                head.target =
+                    std::string(full_target ? message.target : http::strip_query(message.target));
+            }
+        } else if (message.kind == http::MessageKind::Response && message.status != 0) {
+            head.status = message.status;
+        }
+        heads.push_back(std::move(head));
+    }
+    // A segment whose bytes were not captured is still one message.
+    if (heads.empty()) heads.emplace_back();
+    return heads;
+}
+
+std::string segment_prefix(std::string_view payload) {
+    return std::string(payload.substr(0, kSegmentPrefixBytes));
+}
+
+// Progress of a TCP state through the lifecycle, to order transitions stamped in the same ns.
+int lifecycle_rank(uint8_t state) {
+    switch (state) {
+        case kTcpEstablished: return 1;
+        case kTcpFinWait1:
+        case kTcpCloseWait: return 2;
+        case kTcpFinWait2:
+        case kTcpClosing:
+        case kTcpLastAck: return 3;
+        case kTcpTimeWait: return 4;
+        case kTcpClose: return 5;
+        default: return 0;  // opening states
+    }
+}
+
+// Time order; equal times keep arrival order, except that state transitions (of the one socket)
+// take their lifecycle order, whichever CPU delivered them first.
+void order_by_time(std::vector<LifecycleFact>& facts) {
+    std::ranges::sort(facts, {},
+                      [](const LifecycleFact& f) { return std::pair(f.event.ts_ns, f.arrival); });
+    auto run_begin = facts.begin();
+    while (run_begin != facts.end()) {
+        const uint64_t ts = run_begin->event.ts_ns;
+        const auto run_end = std::find_if(
+            run_begin, facts.end(), [ts](const LifecycleFact& f) { return f.event.ts_ns != ts; });
+        std::vector<LifecycleFact*> slots;
+        for (auto it = run_begin; it != run_end; ++it) {
+            if (it->event.kind == EventKind::State) slots.push_back(&*it);
+        }
+        std::vector<LifecycleFact> transitions;
+        for (LifecycleFact* slot : slots) transitions.push_back(std::move(*slot));
+        std::ranges::stable_sort(transitions, {}, [](const LifecycleFact& f) {
+            return std::pair(lifecycle_rank(f.event.old_state), lifecycle_rank(f.event.new_state));
+        });
+        for (std::size_t i = 0; i < slots.size(); ++i) *slots[i] = std::move(transitions[i]);
+        run_begin = run_end;
+    }
+}
+
+// Messages of one socket come through one ring buffer: nearly always already in order.
+void order_by_time(std::vector<MessageFact>& messages) {
+    const auto order = [](const MessageFact& m) { return std::pair(m.ts_ns, m.arrival); };
+    if (!std::ranges::is_sorted(messages, {}, order)) std::ranges::sort(messages, {}, order);
+}
+
+bool has_counters(const SockSnapshot& snap) {
+    return snap.bytes_in != 0 || snap.bytes_out != 0 || snap.segs_in != 0 || snap.segs_out != 0;
+}
+
+std::optional<double> idle_ms(uint64_t close_ns, const SockSnapshot& snap) {
+    const uint64_t last_payload_ns = std::max(snap.last_rx_ns, snap.last_tx_ns);
+    if (last_payload_ns == 0) return std::nullopt;
+    if (last_payload_ns >= close_ns) return 0.0;
+    return static_cast<double>(close_ns - last_payload_ns) / 1e6;
+}
+
+bool is_local_fin(const Event& state) {
+    return state.new_state == kTcpFinWait1 || state.new_state == kTcpLastAck;
+}
+
+bool is_peer_fin(const Event& state) {
+    if (state.new_state == kTcpCloseWait || state.new_state == kTcpClosing ||
+        state.new_state == kTcpTimeWait) {
+        return true;
+    }
+    // Linux hands a FIN_WAIT2 socket over to a time-wait socket with no TIME_WAIT transition:
+    // the full socket goes FIN_WAIT2 -> CLOSE, on the peer's FIN, or (closed by its owner) on the
+    // mere ACK of ours. The peer's FIN shows in the receive sequence: it takes one sequence
+    // number that nobody reads.
+    return state.old_state == kTcpFinWait2 && state.new_state == kTcpClose &&
+           state.snap.unread_in > 0;
+}
+
+// The kernel resetting its own socket over data that arrived after this host closed it.
+bool is_self_reset(const LifecycleFact& received, std::span<const LifecycleFact> facts) {
+    const uint64_t ts = received.event.ts_ns;
+    return std::ranges::any_of(facts, [ts](const LifecycleFact& sent) {
+        return sent.event.kind == EventKind::ResetSent && !sent.by_tuple &&
+               sent.event.ts_ns >= ts && sent.event.ts_ns - ts <= kSelfResetWindowNs &&
+               (sent.event.trigger_flags & CT_TCP_RST) == 0;  // an RST never answers an RST
+    });
+}
+
+// First FIN and RST of each side; times equal to kBeforeRecording happened before the recording.
+struct CloseFacts {
+    std::optional<uint64_t> local_fin;
+    std::optional<uint64_t> peer_fin;
+    std::optional<uint64_t> local_rst;
+    std::optional<uint64_t> peer_rst;
+    std::optional<std::string> rst_reason;
+    Initiator initiator = Initiator::Unknown;
+    std::optional<CloseHow> how;
+    std::optional<double> idle_ms;
+    SockSnapshot at_close;       // the socket when the first FIN or RST went
+    uint64_t unread_bytes = 0;   // left unread when this host's application aborted
+    bool owner_exiting = false;  // this host's close was its owning process exiting
+
+    std::optional<uint64_t> local_first() const { return earliest(local_fin, local_rst); }
+    std::optional<uint64_t> peer_first() const { return earliest(peer_fin, peer_rst); }
+
+    void mark(std::optional<uint64_t>& first, const Event& event, Initiator side, CloseHow kind) {
+        if (first) return;
+        first = event.ts_ns;
+        if (initiator != Initiator::Unknown) return;
+        initiator = side;
+        how = kind;
+        idle_ms = closetrace::idle_ms(event.ts_ns, event.snap);
+        at_close = event.snap;
+    }
+
+    // The owning process closing the socket: an abort (straight to CLOSE) drops what it left
+    // unread.
+    void note_owner_close(const Event& state) {
+        if (!state.by_owner || owner_exiting || unread_bytes > 0) return;
+        owner_exiting = state.owner_exiting;
+        if (state.new_state != kTcpClose) return;
+        // A FIN received takes a sequence number that is never read.
+        const uint32_t fin = peer_fin ? 1 : 0;
+        unread_bytes = state.snap.unread_in > fin ? state.snap.unread_in - fin : 0;
+    }
+};
+
+// A socket first seen already closing tells which FINs went before the recording, and in which
+// order (from FIN_WAIT1 a peer FIN leads to CLOSING; from CLOSE_WAIT our FIN leads to LAST_ACK).
+void note_close_before_recording(uint8_t first_old_state, CloseFacts& close) {
+    switch (first_old_state) {
+        case kTcpFinWait1:
+        case kTcpFinWait2:
+            close.local_fin = kBeforeRecording;
+            close.initiator = Initiator::Local;
+            break;
+        case kTcpClosing:
+            close.local_fin = close.peer_fin = kBeforeRecording;
+            close.initiator = Initiator::Local;
+            break;
+        case kTcpCloseWait:
+            close.peer_fin = kBeforeRecording;
+            close.initiator = Initiator::Peer;
+            break;
+        case kTcpLastAck:
+            close.local_fin = close.peer_fin = kBeforeRecording;
+            close.initiator = Initiator::Peer;
+            break;
+        default: return;
+    }
+    close.how = CloseHow::Fin;
+}
+
+CloseFacts derive_close(std::span<const LifecycleFact> facts) {
+    CloseFacts close;
+    const auto first_state = std::ranges::find(
+        facts, EventKind::State, [](const LifecycleFact& fact) { return fact.event.kind; });
+    if (first_state != facts.end()) {
+        note_close_before_recording(first_state->event.old_state, close);
+    }
+
+    for (const LifecycleFact& fact : facts) {
+        const Event& event = fact.event;
+        switch (event.kind) {
+            case EventKind::State:
+                close.note_owner_close(event);
+                // The owner's abort: the kernel resets the connection as it goes to CLOSE.
+                if (event.by_owner && event.new_state == kTcpClose) {
+                    close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                }
+                if (is_local_fin(event)) {
+                    close.mark(close.local_fin, event, Initiator::Local, CloseHow::Fin);
+                }
+                if (is_peer_fin(event)) {
+                    close.mark(close.peer_fin, event, Initiator::Peer, CloseHow::Fin);
+                }
+                break;
+            case EventKind::ResetSent:
+                if (!close.rst_reason) close.rst_reason = event.rst_reason;
+                close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                break;
+            case EventKind::ResetReceived:
+                if (!is_self_reset(fact, facts)) {
+                    close.mark(close.peer_rst, event, Initiator::Peer, CloseHow::Rst);
+                }
+                break;
+            case EventKind::Message: break;  // kept apart, as MessageFacts
+        }
+    }
+    return close;
+}
+
+std::optional<uint64_t> earliest_close(const CloseFacts& close) {
+    return earliest(close.local_first(), close.peer_first());
+}
+
+std::optional<uint64_t> recorded_time(std::optional<uint64_t> ns) {
+    return ns == kBeforeRecording ? std::nullopt : ns;
+}
+
+// Whether this host is the server of the exchange: by its role, or for a socket first seen
+// mid-life by the first message that parses as HTTP (a request going out makes it the client).
+// Unknown while no message tells.
+std::optional<bool> serves_requests(Role role, std::span<const MessageFact> messages) {
+    if (role != Role::Unknown) return role == Role::Server;
+    for (const MessageFact& message : messages) {
+        for (const Head& head : message.heads) {
+            const bool incoming = message.direction == Direction::In;
+            if (head.kind == http::MessageKind::Request) return incoming;
+            if (head.kind == http::MessageKind::Response) return !incoming;
+        }
+    }
+    return std::nullopt;
+}
+
+Request make_request(const Head& head, uint64_t ts_ns) {
+    Request request;
+    request.request_ns = ts_ns;
+    if (head.asks_to_close) request.close_asked = CloseAsked::Request;
+    if (head.kind == http::MessageKind::Request) {
+        request.method = head.method;
+        request.target = head.target;
+    } else {
+        request.opaque = true;
+    }
+    return request;
+}
+
+// The same segment, as far as both captures go (nothing captured tells nothing apart).
+bool same_segment(std::string_view a, std::string_view b) {
+    const std::size_t common = std::min(a.size(), b.size());
+    return a.substr(0, common) == b.substr(0, common);
+}
+
+// Requests in the order they were made, each with its outcome. Fed messages in time order,
+// possibly over the connection's life. The kernel writes only the messages that matter and
+// numbers them, so the requests and responses between two of them are known by count: made and
+// answered, never listed. Requests answered long ago and beyond the first listed are reduced to
+// a count as they go too (see compact()), so a keep-alive connection that lives for hours holds
+// as much as the record will list.
+class RequestBuilder {
+public:
+    explicit RequestBuilder(bool serves) : serves_(serves) {}
+
+    // Takes the message's payload prefix.
+    void feed(MessageFact& message) {
+        if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
+        const bool request_direction = (message.direction == Direction::In) == serves_;
+        count_unwritten(message, request_direction);
+        last_exchange_ns_ = std::max(last_exchange_ns_, message.previous_ns);
+        if (request_direction) {
+            // After an interim response the next request-direction message is the body it asked
+            // for, unless it opens with a request line.
+            const bool body =
+                expecting_body_ && message.heads.front().kind != http::MessageKind::Request;
+            expecting_body_ = false;
+            if (!body) {
+                const uint64_t previous_ns =
+                    message.previous_ns != 0 ? message.previous_ns : last_exchange_ns_;
+                add_requests(message.heads, std::move(message.prefix), message.ts_ns, previous_ns,
+                             false);
+            }
+            return;
+        }
+        for (const Head& head : message.heads) {
+            if (head.status && http::is_interim_status(*head.status)) {
+                expecting_body_ = true;
+                continue;
+            }
+            expecting_body_ = false;
+            last_exchange_ns_ = std::max(last_exchange_ns_, message.ts_ns);
+            if (answered_ < total_) {
+                if (Pending* pending = listed(answered_)) {
+                    Request& request = pending->request;
+                    request.status = head.status;
+                    request.response_ns = message.ts_ns;
+                    if (head.asks_to_close && request.close_asked == CloseAsked::None) {
+                        request.close_asked = CloseAsked::Response;
+                    }
+                }
+                ++answered_;
+            }
+            if (head.status == 101) upgraded_ = true;
+        }
+    }
+
+    bool serves() const { return serves_; }
+    // The known health checker that sent requests here; empty when none did.
+    const std::string& health_checker() const { return health_checker_; }
+
+    // Drops answered requests that the record would not list (bound_request_list keeps the first
+    // kListedFirstRequests, the last kListedLastRequests and every one not completed), and the
+    // segments of answered requests, which no reset can concern any more.
+    void compact() {
+        if (pending_.size() > kListedFirstRequests + kListedLastRequests) {
+            const auto first_dropped = pending_.begin() + kListedFirstRequests;
+            const auto kept_last = pending_.end() - kListedLastRequests;
+            const auto first_kept = std::find_if(first_dropped, kept_last, [this](const Pending& p) {
+                return p.number >= answered_;
+            });
+            pending_.erase(first_dropped, first_kept);
+        }
+        std::erase_if(segments_, [this](const Segment& s) { return s.first < answered_; });
+    }
+
+    // The requests with their outcomes, once the close is known; `omitted` counts those dropped.
+    std::vector<Request> finish(const CloseFacts& close, std::optional<uint64_t> closed_ns,
+                                std::optional<uint64_t> established_ns,
+                                std::span<const LifecycleFact> lifecycle, uint64_t& omitted) {
+        if (serves_) {
+            bool reset_before = false;
+            for (const LifecycleFact& fact : lifecycle) {
+                if (fact.event.kind != EventKind::ResetSent) continue;
+                on_reset(fact, close, closed_ns, reset_before);
+                reset_before = true;
+            }
+            if (close.unread_bytes > 0) mark_unread(*close.local_first());
+        }
+        // The first request's idle gap runs from the connection's start.
+        if (!pending_.empty() && !pending_.front().request.idle_before_ms && established_ns &&
+            pending_.front().request.request_ns >= *established_ns) {
+            pending_.front().request.idle_before_ms =
+                ms_between(*established_ns, pending_.front().request.request_ns);
+        }
+        const bool closing = close.how.has_value() || closed_ns.has_value();
+        std::vector<Request> requests;
+        for (Pending& pending : pending_) {
+            pending.request.outcome = outcome(pending, close, closing);
+            requests.push_back(std::move(pending.request));
+        }
+        std::ranges::stable_sort(requests, {}, &Request::request_ns);
+        omitted = total_ - pending_.size();
+        return requests;
+    }
+
+private:
+    struct Pending {
+        std::size_t number = 0;  // among every request made, unlisted ones included
+        Request request;
+        bool proven_late = false;  // the kernel reset it as data on a closed socket
+        bool unread = false;       // its bytes were left unread when this host aborted
+    };
+
+    static double ms_between(uint64_t from_ns, uint64_t to_ns) {
+        return static_cast<double>(to_ns - from_ns) / 1e6;
+    }
+
+    // The application closed with bytes unread: those of the requests that came in last, in the
+    // last segment it had not answered anything of before the close.
+    void mark_unread(uint64_t local_close) {
+        const Segment* last = nullptr;
+        for (const Segment& segment : segments_) {
+            const bool before_close = segment.ts_ns <= local_close + kSameInstantNs;
+            if (!segment.from_reset && before_close && segment.first >= answered_ &&
+                (!last || segment.ts_ns >= last->ts_ns)) {
+                last = &segment;
+            }
+        }
+        if (!last) return;
+        for (std::size_t i = 0; i < last->count; ++i) {
+            if (Pending* pending = listed(last->first + i)) pending->unread = true;
+        }
+    }
+    // Incoming segments that carried requests, to recognise them in a reset's trigger.
+    struct Segment {
+        std::string prefix;
+        uint64_t ts_ns = 0;
+        std::size_t first = 0;  // index of its first request among all made
+        std::size_t count = 0;
+        bool from_reset = false;
+    };
+
+    // Request `number` (counting every request made), if it is still listed.
+    Pending* listed(std::size_t number) {
+        const auto it = std::ranges::lower_bound(pending_, number, {}, &Pending::number);
+        return it != pending_.end() && it->number == number ? &*it : nullptr;
+    }
+
+    // Each written message carries the kernel's counts of requests and responses before it:
+    // beyond those seen, they are messages it did not write, requests made and the oldest
+    // requests answered (requests first, so that the responses can answer them). Taken by this
+    // builder's sides: on a socket first seen mid-life the kernel may have named them the other
+    // way round.
+    void count_unwritten(const MessageFact& message, bool request_direction) {
+        const bool kinds_agree = message.response != request_direction;
+        const std::size_t requests =
+            kinds_agree ? message.requests_before : message.responses_before;
+        const std::size_t responses =
+            kinds_agree ? message.responses_before : message.requests_before;
+        if (requests > requests_counted_) {
+            total_ += requests - requests_counted_;
+            requests_counted_ = requests;
+        }
+        if (responses > responses_counted_) {
+            answered_ = std::min(total_, answered_ + (responses - responses_counted_));
+            responses_counted_ = responses;
+        }
+        ++(request_direction ? requests_counted_ : responses_counted_);  // the message itself
+    }
+
+    // A data segment reset after this host closed (or after its socket was gone) is a request
+    // that arrived too late: unless the ingress hook already recorded it (at the close, or in the
+    // same instant before it) or an earlier reset did (a retransmission).
+    void on_reset(const LifecycleFact& fact, const CloseFacts& close,
+                  std::optional<uint64_t> closed_ns, bool reset_before) {
+        const Event& reset = fact.event;
+        const bool closed_before = reset_before ||
+                                   (close.local_fin && *close.local_fin <= reset.ts_ns) ||
+                                   (closed_ns && *closed_ns <= reset.ts_ns);
+        if (reset.payload_len == 0 || !closed_before) return;
+        const uint64_t local_close = *close.local_first();  // this reset is one, if none before
+        for (const Segment& segment : segments_) {
+            if (!same_segment(segment.prefix, reset.payload)) continue;
+            if (segment.from_reset) return;
+            const bool unanswered = segment.first >= answered_;
+            if (unanswered && segment.ts_ns + kSameInstantNs >= local_close) {
+                for (std::size_t i = 0; i < segment.count; ++i) {
+                    if (Pending* pending = listed(segment.first + i)) pending->proven_late = true;
+                }
+                return;
+            }
+        }
+        add_requests(fact.heads, reset.payload, reset.ts_ns, last_exchange_ns_, true);
+    }
+
+    // `previous_ns`: when the message before them started; 0 unknown.
+    void add_requests(std::span<const Head> heads, std::string prefix, uint64_t ts_ns,
+                      uint64_t previous_ns, bool from_reset) {
+        segments_.push_back({.prefix = std::move(prefix),
+                             .ts_ns = ts_ns,
+                             .first = total_,
+                             .count = heads.size(),
+                             .from_reset = from_reset});
+        for (const Head& head : heads) {
+            Request request = make_request(head, ts_ns);
+            if (previous_ns != 0 && ts_ns >= previous_ns) {
+                request.idle_before_ms = ms_between(previous_ns, ts_ns);
+            }
+            if (health_checker_.empty()) health_checker_ = head.health_checker;
+            pending_.push_back({.number = total_++, .request = std::move(request)});
+        }
+        last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
+    }
+
+    Outcome outcome(const Pending& pending, const CloseFacts& close, bool closing) const {
+        const Request& request = pending.request;
+        if (request.response_ns) return Outcome::Completed;
+        if (serves_) {
+            const std::optional<uint64_t> local_close = close.local_first();
+            if (pending.proven_late || (local_close && request.request_ns >= *local_close)) {
+                return Outcome::AfterLocalClose;
+            }
+            if (pending.unread) return Outcome::UnreadAtClose;
+        } else {
+            const std::optional<uint64_t> peer_close = close.peer_first();
+            if (peer_close && request.request_ns >= *peer_close) return Outcome::AfterPeerClose;
+        }
+        return closing ? Outcome::UnansweredAtClose : Outcome::InFlight;
+    }
+
+    bool serves_;
+    std::vector<Pending> pending_;  // every request made but the omitted ones
+    std::vector<Segment> segments_;
+    std::size_t total_ = 0;        // requests made
+    std::size_t answered_ = 0;     // requests are answered in order (FIFO)
+    std::size_t requests_counted_ = 0;   // the kernel's request messages, written or not
+    std::size_t responses_counted_ = 0;  // ... and its response messages
+    bool expecting_body_ = false;
+    bool upgraded_ = false;
+    uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
+    std::string health_checker_;
+};
+
+struct Tracked {
+    // Until a State, Message or ResetReceived shows the socket alive, its events are only resets,
+    // kept as they came: from a time-wait socket of a connection closed before the recording or
+    // already finalised (unattributed once the linger passes), or delivered by another CPU ahead
+    // of the socket's first event (folded in when that comes).
+    bool seen_alive = false;
+    std::vector<Arrived> unconfirmed;
+    std::vector<LifecycleFact> lifecycle;
+    std::vector<MessageFact> messages;  // not yet fed to the builder
+    std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
+    std::size_t settle_at = kSettleBatch;    // messages held when settle() next runs
+    // The same on every event of the socket, so taken as they first come.
+    Tuple tuple;  // also the key in the tuple index
+    uint32_t netns = 0;
+    Role role = Role::Unknown;
+    uint64_t first_arrival = 0;
+    uint64_t newest_ns = 0;
+    std::optional<uint64_t> closed_ns;
+};
+
+// Idle at the first FIN or RST, from the end of the last completed exchange: a request that came
+// before the close and was never answered does not count as activity, so the idle is the
+// response direction's (the timer that closed saw no response go out since).
+std::optional<double> idle_since_last_exchange(const CloseFacts& close,
+                                               const std::vector<Request>& requests, bool serves) {
+    const std::optional<uint64_t> first = earliest_close(close);
+    if (!first) return close.idle_ms;
+    const bool pending_at_close = std::ranges::any_of(requests, [&](const Request& r) {
+        return r.outcome != Outcome::Completed && r.request_ns <= *first;
+    });
+    const uint64_t response_clock = serves ? close.at_close.last_tx_ns : close.at_close.last_rx_ns;
+    if (!pending_at_close || response_clock == 0) return close.idle_ms;
+    return idle_ms(*first, SockSnapshot{.last_rx_ns = response_clock, .last_tx_ns = 0});
+}
+
+void fill_identity(Connection& conn, const Tracked& tracked) {
+    const Tuple& tuple = tracked.tuple;
+    conn.netns = tracked.netns;
+    conn.family = tuple.family == AF_INET6 ? "ipv6" : "ipv4";
+    conn.local = {format_address(tuple.family, tuple.laddr), tuple.lport};
+    conn.remote = {format_address(tuple.family, tuple.raddr), tuple.rport};
+    conn.role = tracked.role;
+    conn.closed_ns = tracked.closed_ns;
+    const SockSnapshot* latest = nullptr;
+    for (const LifecycleFact& fact : tracked.lifecycle) {
+        const Event& event = fact.event;
+        if (event.kind == EventKind::State) {
+            if (!conn.comm && !event.comm.empty()) {
+                conn.pid = event.pid;
+                conn.comm = event.comm;
+                conn.owner_from = event.owner_from;
+            }
+            if (conn.cgroup_id == 0) conn.cgroup_id = event.cgroup_id;
+            if (!conn.established_ns && event.established_ns != 0) {
+                conn.established_ns = event.established_ns;
+            }
+        }
+        if (has_counters(event.snap)) latest = &event.snap;
+    }
+    if (latest) {
+        conn.bytes_in = latest->bytes_in;
+        conn.bytes_out = latest->bytes_out;
+        conn.segs_in = latest->segs_in;
+        conn.segs_out = latest->segs_out;
+    }
+}
+
+Connection build_connection(uint64_t cookie, Tracked tracked) {
+    order_by_time(tracked.lifecycle);
+    order_by_time(tracked.messages);
+    Connection conn;
+    conn.cookie = cookie;
+    fill_identity(conn, tracked);
+
+    const CloseFacts close = derive_close(tracked.lifecycle);
+    conn.close = {.initiator = close.initiator,
+                  .how = close.how,
+                  .local_fin_ns = recorded_time(close.local_fin),
+                  .peer_fin_ns = recorded_time(close.peer_fin),
+                  .local_rst_ns = recorded_time(close.local_rst),
+                  .peer_rst_ns = recorded_time(close.peer_rst),
+                  .rst_reason = close.rst_reason,
+                  .idle_ms = close.idle_ms};
+
+    if (!tracked.builder) {
+        tracked.builder = std::make_unique<RequestBuilder>(
+            serves_requests(conn.role, tracked.messages).value_or(true));
+    }
+    RequestBuilder& builder = *tracked.builder;
+    for (MessageFact& message : tracked.messages) builder.feed(message);
+    conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
+                                   conn.requests_omitted);
+    if (!builder.health_checker().empty()) conn.health_check = builder.health_checker();
+    conn.close.unread_bytes = close.unread_bytes;
+    conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
+    conn.close.cause = classify_close(conn, {.owner_exiting = close.owner_exiting});
+    conn.close.asked_by = asked_by(conn);
+    conn.verdict = judge(conn);
+    bound_request_list(conn);
+    return conn;
+}
+
+}  // namespace
+
+struct ConnTracker::State {
+    uint64_t next_arrival = 0;
+    std::map<uint64_t, Tracked> by_cookie;
+    // Indexes for take_finished(), which must not walk every connection held (a busy host holds
+    // hundreds of thousands): closed connections by (closed_ns, cookie), and the cookies not
+    // seen alive yet.
+    std::set<std::pair<uint64_t, uint64_t>> closed;
+    std::set<uint64_t> unconfirmed;
+    // Connections seen alive by tuple, oldest first among equal tuples: for resets with no socket.
+    std::multimap<Tuple, uint64_t> alive_by_tuple;
+    std::vector<Arrived> unattributed;
+    // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
+    std::vector<std::pair<uint64_t, uint64_t>> losses;
+
+    // Whether the kernel lost events while a connection was alive, from `from` to `to`.
+    bool lost_during(uint64_t from, uint64_t to) const {
+        const auto first_after = std::ranges::lower_bound(
+            losses, from, {}, &std::pair<uint64_t, uint64_t>::second);
+        return first_after != losses.end() && first_after->first < to;
+    }
+
+    // The connection's record. It is incomplete when events were lost while it was alive: from
+    // its establishment (from the start, when that was not seen) to the end of its linger, in
+    // which a late request's reset still belongs to it (to the end, while it is open).
+    Connection finalise(uint64_t cookie, Tracked tracked, uint64_t linger_ns) {
+        Connection conn = build_connection(cookie, std::move(tracked));
+        const uint64_t end =
+            conn.closed_ns ? *conn.closed_ns + linger_ns : std::numeric_limits<uint64_t>::max();
+        conn.incomplete = lost_during(conn.established_ns.value_or(0), end);
+        return conn;
+    }
+
+    Tracked* find_by_tuple(const Event& event) {
+        Tracked* found = nullptr;
+        const auto [begin, end] = alive_by_tuple.equal_range(event.tuple);
+        for (auto it = begin; it != end; ++it) {
+            Tracked& candidate = by_cookie.at(it->second);
+            // A socket first met by the ingress hook may lack its namespace.
+            if (candidate.netns == event.netns || candidate.netns == 0 || event.netns == 0) {
+                found = &candidate;  // the most recent wins: a reused tuple means a newer socket
+            }
+        }
+        return found;
+    }
+
+    static void add(Tracked& tracked, const Event& event, uint64_t arrival, bool by_tuple,
+                    const TrackerOptions& options) {
+        const bool full_target = options.full_target;
+        tracked.newest_ns = std::max(tracked.newest_ns, event.ts_ns);
+        if (tracked.netns == 0) tracked.netns = event.netns;
+        if (tracked.role == Role::Unknown) tracked.role = event.role;
+        if (event.kind == EventKind::Message) {
+            tracked.messages.push_back(
+                {.ts_ns = event.ts_ns,
+                 .arrival = arrival,
+                 .direction = event.direction,
+                 .response = event.response,
+                 .requests_before = event.requests_before,
+                 .responses_before = event.responses_before,
+                 .previous_ns = event.previous_ns,
+                 .heads = parse_heads(event.payload, full_target),
+                 .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});
+            if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
+            return;
+        }
+        if (event.kind == EventKind::State && event.new_state == kTcpClose) {
+            tracked.closed_ns = std::min(tracked.closed_ns.value_or(event.ts_ns), event.ts_ns);
+        }
+        LifecycleFact fact{.event = event, .arrival = arrival, .by_tuple = by_tuple, .heads = {}};
+        fact.event.payload = segment_prefix(event.payload);
+        if (event.kind == EventKind::ResetSent && event.payload_len > 0) {
+            fact.heads = parse_heads(event.payload, full_target);
+        }
+        tracked.lifecycle.push_back(std::move(fact));
+    }
+
+    // Feeds the builder the messages older than the newest event by more than reorder_ns, in
+    // time order: no event of the socket still to come can precede them.
+    static void settle(Tracked& tracked, uint64_t reorder_ns) {
+        if (!tracked.builder) {
+            const std::optional<bool> serves = serves_requests(tracked.role, tracked.messages);
+            if (!serves) {
+                tracked.settle_at = 2 * tracked.messages.size();
+                return;
+            }
+            tracked.builder = std::make_unique<RequestBuilder>(*serves);
+        }
+        order_by_time(tracked.messages);
+        const auto settled = std::ranges::find_if(tracked.messages, [&](const MessageFact& m) {
+            return m.ts_ns + reorder_ns >= tracked.newest_ns;
+        });
+        for (auto it = tracked.messages.begin(); it != settled; ++it) tracked.builder->feed(*it);
+        tracked.messages.erase(tracked.messages.begin(), settled);
+        tracked.builder->compact();
+        // Twice what stays (messages within reorder_ns): sorting is amortised at a busy rate.
+        tracked.settle_at = std::max(kSettleBatch, 2 * tracked.messages.size());
+    }
+
+    void confirm_alive(uint64_t cookie, Tracked& tracked, const Event& event,
+                       const TrackerOptions& options) {
+        tracked.seen_alive = true;
+        unconfirmed.erase(cookie);
+        tracked.tuple = event.tuple;
+        alive_by_tuple.emplace(event.tuple, cookie);
+        for (const Arrived& earlier : tracked.unconfirmed) {
+            add(tracked, earlier.event, earlier.arrival, false, options);
+        }
+        tracked.unconfirmed = {};
+    }
+
+    // Removes a connection; resets never confirmed by a live socket become unattributed.
+    Tracked release(std::map<uint64_t, Tracked>::iterator it) {
+        Tracked tracked = std::move(it->second);
+        if (tracked.seen_alive) {
+            const auto [begin, end] = alive_by_tuple.equal_range(tracked.tuple);
+            for (auto index = begin; index != end; ++index) {
+                if (index->second == it->first) {
+                    alive_by_tuple.erase(index);
+                    break;
+                }
+            }
+        }
+        for (Arrived& arrived : tracked.unconfirmed) unattributed.push_back(std::move(arrived));
+        tracked.unconfirmed.clear();
+        if (tracked.closed_ns) closed.erase({*tracked.closed_ns, it->first});
+        unconfirmed.erase(it->first);
+        by_cookie.erase(it);
+        return tracked;
+    }
+};
+
+ConnTracker::ConnTracker(TrackerOptions options)
+    : options_(options), state_(std::make_unique<State>()) {}
+
+ConnTracker::~ConnTracker() = default;
+ConnTracker::ConnTracker(ConnTracker&&) noexcept = default;
+ConnTracker& ConnTracker::operator=(ConnTracker&&) noexcept = default;
+
+void ConnTracker::on_event(const Event& event) {
+    const uint64_t arrival = state_->next_arrival++;
+    if (event.cookie == 0) {
+        if (Tracked* tracked = state_->find_by_tuple(event)) {
+            State::add(*tracked, event, arrival, true, options_);
+        } else {
+            state_->unattributed.push_back({arrival, event});
+        }
+        return;
+    }
+    auto [it, created] = state_->by_cookie.try_emplace(event.cookie);
+    Tracked& tracked = it->second;
+    if (created) tracked.first_arrival = arrival;
+    if (!tracked.seen_alive) {
+        // A reset alone does not show a live socket: a time-wait socket sends them too.
+        if (event.kind == EventKind::ResetSent) {
+            tracked.newest_ns = std::max(tracked.newest_ns, event.ts_ns);
+            tracked.unconfirmed.push_back({arrival, event});
+            state_->unconfirmed.insert(event.cookie);
+            return;
+        }
+        state_->confirm_alive(event.cookie, tracked, event, options_);
+    }
+    const std::optional<uint64_t> closed_before = tracked.closed_ns;
+    State::add(tracked, event, arrival, false, options_);
+    if (tracked.closed_ns != closed_before) {
+        if (closed_before) state_->closed.erase({*closed_before, event.cookie});
+        state_->closed.emplace(*tracked.closed_ns, event.cookie);
+    }
+}
+
+std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
+    std::vector<std::pair<uint64_t, uint64_t>> finished;  // (closed_ns, cookie), in that order
+    for (const auto& [closed_ns, cookie] : state_->closed) {
+        if (closed_ns + options_.linger_ns >= now_ns) break;
+        finished.emplace_back(closed_ns, cookie);
+    }
+    std::vector<uint64_t> stale;
+    for (uint64_t cookie : state_->unconfirmed) {
+        if (state_->by_cookie.at(cookie).newest_ns + options_.linger_ns < now_ns) {
+            stale.push_back(cookie);
+        }
+    }
+    for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
+    std::vector<Connection> connections;
+    for (const auto& [closed_ns, cookie] : finished) {
+        connections.push_back(state_->finalise(
+            cookie, state_->release(state_->by_cookie.find(cookie)), options_.linger_ns));
+        connections.back().id = next_id_++;
+    }
+    return connections;
+}
+
+std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
+    // Closed ones first, in closing order; then the open ones in the order they were first seen.
+    std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> held;  // (closed, first arrival, cookie)
+    for (const auto& [cookie, tracked] : state_->by_cookie) {
+        held.emplace_back(tracked.closed_ns.value_or(std::numeric_limits<uint64_t>::max()),
+                          tracked.first_arrival, cookie);
+    }
+    std::ranges::sort(held);
+    std::vector<Connection> connections;
+    for (const auto& [closed_ns, first_arrival, cookie] : held) {
+        Tracked tracked = state_->release(state_->by_cookie.find(cookie));
+        if (!tracked.seen_alive) continue;
+        connections.push_back(state_->finalise(cookie, std::move(tracked), options_.linger_ns));
+        connections.back().id = next_id_++;
+    }
+    return connections;
+}
+
+void ConnTracker::on_events_lost(uint64_t from_ns, uint64_t to_ns) {
+    auto& losses = state_->losses;
+    if (!losses.empty() && from_ns <= losses.back().second) {
+        losses.back().second = std::max(losses.back().second, to_ns);
+    } else {
+        losses.emplace_back(from_ns, to_ns);
+    }
+}
+
+std::vector<Event> ConnTracker::take_unattributed() {
+    std::ranges::sort(state_->unattributed, {}, &Arrived::arrival);
+    std::vector<Event> events;
+    events.reserve(state_->unattributed.size());
+    for (Arrived& arrived : state_->unattributed) events.push_back(std::move(arrived.event));
+    state_->unattributed.clear();
+    return events;
+}
+
+std::size_t ConnTracker::open_connections() const {
+    return static_cast<std::size_t>(std::ranges::count_if(state_->by_cookie, [](const auto& entry) {
+        return entry.second.seen_alive && !entry.second.closed_ns;
+    }));
+}
+
+}  // namespace closetrace

@@ -1,0 +1,56 @@
+// The analysis rendered (text, JSON, HTML), and `report`, `diff` and `verify` as the CLI runs
+// them. See docs/report-format.md.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "closetrace/analysis.h"
+
+namespace closetrace {
+
+// Rendering (report_render.cpp)
+
+// Html: render_report_html and render_diff_html (report_html.cpp), which run_report and run_diff
+// call for it.
+enum class OutputFormat { Text, Json, Html };
+
+// The breakdowns the text report shows (`report --by`); the JSON report has all of them.
+enum class Breakdown { Comm, Peer, Container };
+inline const std::vector<Breakdown> kDefaultBreakdowns = {Breakdown::Comm, Breakdown::Peer};
+
+std::string render_report(const TraceAnalysis& trace, const Assessment& assessment,
+                          OutputFormat format,
+                          const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
+std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
+                        const DiffResult& result, OutputFormat format);
+std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result);
+
+// One self-contained page (inline CSS and SVG, no script, no fetches) with the same conclusion
+// and recommendations, the idle times of each side as histograms, the verdicts over time and a
+// timeline of each listed race; the diff puts the two recordings side by side.
+std::string render_report_html(const TraceAnalysis& trace, const Assessment& assessment);
+std::string render_diff_html(const TraceAnalysis& before, const TraceAnalysis& after,
+                             const DiffResult& result);
+
+// ---------------------------------------------------------------------------------------------
+// The commands, as the CLI runs them: what goes to stdout and stderr and the exit status
+// (0 done, 1 verify failed, 2 unusable input). Messages on stderr start "closetrace COMMAND: ".
+
+struct CommandOutput {
+    std::string out{};
+    std::string err{};
+    int exit_code = 0;
+};
+
+CommandOutput run_report(const std::string& path, OutputFormat format,
+                         const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
+CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
+                       OutputFormat format);
+CommandOutput run_verify(const std::string& path, std::optional<double> peer_idle_timeout_s);
+// `--output FILE`: writes a successful command's stdout to `path` instead ("-": stdout). A file
+// that cannot be written fails with exit 2.
+CommandOutput write_output(CommandOutput output, const std::string& path, const char* command);
+
+}  // namespace closetrace

@@ -1,0 +1,137 @@
+// report, diff and verify as commands: reading the files, turning unusable input into one line
+// that says what is wrong and what to do, and the exit status.
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "closetrace/analysis_text.h"
+#include "closetrace/report.h"
+
+namespace closetrace {
+namespace {
+
+constexpr int kExitUnusableInput = 2;
+constexpr int kExitVerifyFailed = 1;
+
+struct UnusableInput {
+    std::string message;
+};
+
+std::string trace_error_message(const TraceError& error) {
+    // The header line decides whether the file is a trace at all.
+    if (error.line() <= 1) {
+        return fmt::format("{}; give a trace written by `closetrace record` of this version",
+                           error.what());
+    }
+    return fmt::format("{}; the trace is damaged at that line: remove the line or record again",
+                       error.what());
+}
+
+TraceAnalysis load(const std::string& path) {
+    std::error_code ignored;
+    if (std::filesystem::is_directory(path, ignored)) {
+        throw UnusableInput{
+            fmt::format("{} is a directory; give the trace file `closetrace "
+                        "record --output` wrote",
+                        path)};
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw UnusableInput{
+            fmt::format("cannot open {}: {}; give the trace file `closetrace "
+                        "record --output` wrote",
+                        path, std::strerror(errno))};
+    }
+    try {
+        TraceReader reader(in, path);
+        return analyze_trace(reader, path);
+    } catch (const TraceError& error) {
+        throw UnusableInput{trace_error_message(error)};
+    }
+}
+
+std::string warnings_text(const char* command, const TraceAnalysis& trace) {
+    std::string text;
+    for (const std::string& warning : trace.warnings) {
+        text +=
+            fmt::format("closetrace {}: warning: {}\n", command, analysis_text::printable(warning));
+    }
+    return text;
+}
+
+CommandOutput unusable(const char* command, const UnusableInput& input) {
+    return {
+        .out = "",
+        .err = fmt::format("closetrace {}: {}\n", command, analysis_text::printable(input.message)),
+        .exit_code = kExitUnusableInput};
+}
+
+}  // namespace
+
+CommandOutput run_report(const std::string& path, OutputFormat format,
+                         const std::vector<Breakdown>& breakdowns) {
+    try {
+        const TraceAnalysis trace = load(path);
+        const Assessment assessment = assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
+        return {.out = render_report(trace, assessment, format, breakdowns),
+                .err = warnings_text("report", trace)};
+    } catch (const UnusableInput& input) {
+        return unusable("report", input);
+    }
+}
+
+CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
+                       OutputFormat format) {
+    try {
+        const TraceAnalysis before = load(before_path);
+        const TraceAnalysis after = load(after_path);
+        const DiffResult result = diff_traces(before, after);
+        return {.out = render_diff(before, after, result, format),
+                .err = warnings_text("diff", before) + warnings_text("diff", after)};
+    } catch (const UnusableInput& input) {
+        return unusable("diff", input);
+    }
+}
+
+CommandOutput run_verify(const std::string& path, std::optional<double> peer_idle_timeout_s) {
+    try {
+        if (peer_idle_timeout_s &&
+            !(std::isfinite(*peer_idle_timeout_s) && *peer_idle_timeout_s > 0)) {
+            throw UnusableInput{
+                fmt::format("--peer-idle-timeout {}: expected a positive number of "
+                            "seconds (an ALB's idle timeout, 60 by default)",
+                            *peer_idle_timeout_s)};
+        }
+        const TraceAnalysis trace = load(path);
+        std::optional<double> given_ms;
+        if (peer_idle_timeout_s) given_ms = *peer_idle_timeout_s * 1000;
+        const VerifyResult result = verify_trace(trace, given_ms);
+        return {.out = render_verify(trace, result),
+                .err = warnings_text("verify", trace),
+                .exit_code = result.passed ? 0 : kExitVerifyFailed};
+    } catch (const UnusableInput& input) {
+        return unusable("verify", input);
+    }
+}
+
+CommandOutput write_output(CommandOutput output, const std::string& path, const char* command) {
+    if (output.exit_code != 0 || path == "-") return output;
+    std::ofstream file(path, std::ios::binary | std::ios::trunc);
+    file << output.out;
+    file.close();
+    if (!file) {
+        CommandOutput failed = unusable(
+            command, UnusableInput{fmt::format("cannot write {}: {}; give a writable --output path",
+                                               path, std::strerror(errno))});
+        failed.err = output.err + failed.err;
+        return failed;
+    }
+    output.out.clear();
+    return output;
+}
+
+}  // namespace closetrace
