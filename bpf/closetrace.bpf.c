@@ -33,20 +33,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 
-/* TCP states (include/net/tcp_states.h). */
-#define TCP_ESTABLISHED 1
-#define TCP_SYN_SENT 2
-#define TCP_SYN_RECV 3
-#define TCP_FIN_WAIT1 4
-#define TCP_FIN_WAIT2 5
-#define TCP_TIME_WAIT 6
-#define TCP_CLOSE 7
-#define TCP_CLOSE_WAIT 8
-#define TCP_LAST_ACK 9
-#define TCP_LISTEN 10
-#define TCP_CLOSING 11
-#define TCP_NEW_SYN_RECV 12
-
+/* TCP_* states are the kernel's own enum, from vmlinux.h (state records carry them as such). */
 #define PF_EXITING 0x00000004 /* include/linux/sched.h: the task is exiting */
 
 /*
