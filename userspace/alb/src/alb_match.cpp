@@ -175,17 +175,13 @@ std::string endpoint_list(const std::set<Endpoint>& endpoints) {
     return list.empty() ? "none" : list;
 }
 
-// A connection's caught requests, of the verdicts that can explain a load balancer error. An
-// incomplete connection's verdict may be wrong: it proves nothing.
+// A connection's caught requests (those `report` lists), of the verdicts that can explain a load
+// balancer error. An incomplete connection's verdict may be wrong: it proves nothing.
 void add_caught(TraceFacts& facts, const Connection& conn, int64_t mono_to_wall_ns) {
     if (conn.incomplete || !can_explain_some_error(conn.verdict)) return;
     ++facts.caught_connections[conn.verdict];
     for (const Request& request : conn.requests) {
-        if (request.outcome != Outcome::AfterLocalClose &&
-            request.outcome != Outcome::UnansweredAtClose &&
-            request.outcome != Outcome::UnreadAtClose) {
-            continue;
-        }
+        if (!is_caught(conn.verdict, request.outcome)) continue;
         const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + mono_to_wall_ns;
         facts.caught_requests.push_back(
             {conn.id, conn.cookie, conn.verdict, conn.local, conn.remote, request, wall_ns});

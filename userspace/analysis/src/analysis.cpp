@@ -55,17 +55,6 @@ bool nothing_in_flight_at_close(Verdict verdict) {
     }
 }
 
-// The requests a caught connection is listed by: late (or left unread after an idle gap) for a
-// race, unanswered or unread for an in-flight close.
-bool caught_in(Verdict verdict, Outcome outcome) {
-    switch (verdict) {
-        case Verdict::LocalCloseRace:
-            return outcome == Outcome::AfterLocalClose || outcome == Outcome::UnreadAtClose;
-        case Verdict::PeerCloseRace: return outcome == Outcome::AfterPeerClose;
-        default: return outcome == Outcome::UnansweredAtClose || outcome == Outcome::UnreadAtClose;
-    }
-}
-
 void list_caught(CaughtList& list, const ConnectionStory& story, int64_t mono_to_wall_ns) {
     ++list.total;
     CaughtConnection caught = caught_connection(story.conn, mono_to_wall_ns);
@@ -338,16 +327,6 @@ std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
 
 }  // namespace
 
-bool catches_a_request(Verdict verdict) {
-    switch (verdict) {
-        case Verdict::LocalCloseRace:
-        case Verdict::PeerCloseRace:
-        case Verdict::LocalResetInflight:
-        case Verdict::PeerCloseInflight: return true;
-        default: return false;
-    }
-}
-
 CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_ns) {
     CaughtConnection caught{.conn_id = conn.id,
                             .verdict = conn.verdict,
@@ -366,7 +345,7 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
     for (const Request& request : conn.requests) {
         if (!caught.request && request.outcome == Outcome::Completed)
             caught.last_answered = request;
-        if (!caught_in(conn.verdict, request.outcome)) continue;
+        if (!is_caught(conn.verdict, request.outcome)) continue;
         if (!caught.request) caught.request = request;
         ++caught.caught_requests;
     }

@@ -239,4 +239,24 @@ void bound_request_list(Connection& conn) {
     requests = std::move(kept);
 }
 
+bool catches_a_request(Verdict verdict) {
+    switch (verdict) {
+        case Verdict::LocalCloseRace:
+        case Verdict::PeerCloseRace:
+        case Verdict::LocalResetInflight:
+        case Verdict::PeerCloseInflight: return true;
+        default: return false;
+    }
+}
+
+bool is_caught(Verdict verdict, Outcome outcome) {
+    if (!catches_a_request(verdict)) return false;
+    switch (verdict) {
+        case Verdict::LocalCloseRace:
+            return outcome == Outcome::AfterLocalClose || outcome == Outcome::UnreadAtClose;
+        case Verdict::PeerCloseRace: return outcome == Outcome::AfterPeerClose;
+        default: return outcome == Outcome::UnansweredAtClose || outcome == Outcome::UnreadAtClose;
+    }
+}
+
 }  // namespace closetrace

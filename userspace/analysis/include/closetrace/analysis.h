@@ -140,8 +140,6 @@ struct CaughtConnection {
     std::optional<uint64_t> local_fin_ns{}, peer_fin_ns{}, local_rst_ns{}, peer_rst_ns{};
 };
 
-// Whether a connection with this verdict caught a request (listed as a CaughtConnection).
-bool catches_a_request(Verdict verdict);
 // The caught request of such a connection (the first late or unanswered one) and its timing;
 // what `report` lists and `record` shows live.
 CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_ns);

@@ -188,6 +188,13 @@ inline constexpr std::size_t kListedFirstRequests = 16;
 inline constexpr std::size_t kListedLastRequests = 48;
 void bound_request_list(Connection& conn);
 
+// Whether a connection with this verdict caught a request: a race, an in-flight close.
+bool catches_a_request(Verdict verdict);
+// Whether a request with this outcome is one such a connection caught: late (or left unread
+// after an idle gap) for a race, unanswered or unread for an in-flight close. What `report`
+// lists and what `alb` matches to the load balancer's errors.
+bool is_caught(Verdict verdict, Outcome outcome);
+
 // Every verdict, in the order reports list them.
 inline constexpr Verdict kAllVerdicts[] = {
     Verdict::LocalIdleClose,     Verdict::PeerIdleClose,     Verdict::LocalCloseRace,
