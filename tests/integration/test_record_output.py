@@ -2,6 +2,7 @@
 filesystem, a closed pipe) is one line and a non-zero exit that loses nothing already written;
 a trace has one writer and is not overwritten unless asked; bad option values are one short line.
 The offline commands fail the same way when their standard output cannot be written."""
+import gzip
 import json
 import os
 import subprocess
@@ -155,6 +156,29 @@ class OfflineOutputTest(unittest.TestCase):
             self.assertEqual(result.returncode, 2, (command, result.stderr))
             line = one_line(self, result)
             self.assertIn("cannot write standard output: No space left on device", line)
+
+    def test_a_trace_on_standard_input_or_gzipped_reads_as_the_file(self):
+        """`report -` (what `record -o -` pipes) and a .gz trace (what collect-to-s3.sh
+        uploads) give the report of the plain file."""
+        with open(self.TRACE, "rb") as trace:
+            content = trace.read()
+        with tempfile.TemporaryDirectory() as directory:
+            gzipped = os.path.join(directory, "race_trace.jsonl.gz")
+            with gzip.open(gzipped, "wb") as out:
+                out.write(content)
+            for command in (["report", "{}", "--format", "json"], ["verify", "{}"],
+                            ["diff", self.TRACE, "{}"], ["alb", "{}", self.ALB_LOG]):
+                expected = run(*[self.TRACE if arg == "{}" else arg for arg in command])
+                piped = subprocess.run([CLOSETRACE, *["-" if arg == "{}" else arg
+                                                      for arg in command]],
+                                       input=content, capture_output=True, timeout=60)
+                compressed = run(*[gzipped if arg == "{}" else arg for arg in command])
+                for result, name in ((piped, "standard input"), (compressed, gzipped)):
+                    stdout = result.stdout if isinstance(result.stdout, str) else \
+                        result.stdout.decode()
+                    self.assertEqual(result.returncode, expected.returncode, (command, name))
+                    self.assertEqual(stdout.replace(name, self.TRACE), expected.stdout,
+                                     (command, name))
 
     def test_alb_skew_must_be_a_finite_number(self):
         result = run("alb", self.TRACE, self.ALB_LOG, "--skew", "nan")

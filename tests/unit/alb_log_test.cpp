@@ -407,7 +407,7 @@ TEST(LbLogFiles, PlainTextAfterGzipIsReadAndReported) {
     ASSERT_EQ(collected.stats.file_errors.size(), 1u);
     EXPECT_EQ(collected.stats.file_errors[0],
               fmt::format("{}: plain text after gzip data (from byte {}), read as plain text; a "
-                          "log file should be all gzip or all plain",
+                          "file should be all gzip or all plain",
                           (dir.path() / "mixed.log").string(), gzip.size()));
 }
 

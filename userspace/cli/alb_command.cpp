@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -16,6 +16,7 @@
 #include "closetrace/alb_log.h"
 #include "closetrace/alb_match.h"
 #include "closetrace/alb_render.h"
+#include "closetrace/file_content.h"
 #include "closetrace/text.h"
 #include "closetrace/trace_io.h"
 
@@ -40,11 +41,18 @@ void warn(const std::string& message) {
 }
 
 TraceFacts load_trace(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(fmt::format("cannot open the trace {}: {}", path, std::strerror(errno)));
+    std::optional<InputFile> in;
     try {
-        TraceReader reader(in, path);
-        return read_trace_facts(reader, path);
+        in.emplace(path);
+    } catch (const std::system_error& error) {
+        fail(fmt::format("cannot open the trace {}: {}", path,
+                         std::strerror(error.code().value())));
+    }
+    try {
+        TraceReader reader(*in, in->name());
+        TraceFacts facts = read_trace_facts(reader, in->name());
+        if (!in->problem().empty()) warn(in->name() + ": " + in->problem());
+        return facts;
     } catch (const TraceError& error) {
         fail(fmt::format("unusable trace: {}", error.what()));
     }
@@ -109,7 +117,7 @@ void add_alb_command(CLI::App& app) {
         "alb",
         "Match a load balancer's 502, 504 and 460 access log lines to a trace's close "
         "races and in-flight closes");
-    command->add_option("trace", options->trace, "Trace recorded on the backend (JSON Lines)")
+    command->add_option("trace", options->trace, "Trace recorded on the backend (plain or gzip; - for standard input)")
         ->required();
     command
         ->add_option("logs", options->logs,

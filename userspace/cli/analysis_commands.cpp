@@ -12,6 +12,9 @@
 namespace closetrace {
 namespace {
 
+constexpr const char* kTraceHelp =
+    "Trace written by `closetrace record` (plain or gzip; - for standard input)";
+
 struct AnalysisOptions {
     std::string trace;
     std::string later_trace;  // diff's AFTER
@@ -63,7 +66,7 @@ void add_analysis_commands(CLI::App& app) {
         "report",
         "Who closes idle keep-alive connections and after how long, the requests caught "
         "in a close, and the setting to change");
-    report->add_option("trace", options->trace, "Trace written by `closetrace record`")->required();
+    report->add_option("trace", options->trace, kTraceHelp)->required();
     add_output_options(report, *options);
     report->add_option("--by", options->by,
                        "Break the figures down by comm, peer or container (repeatable; default: "
@@ -80,8 +83,8 @@ void add_analysis_commands(CLI::App& app) {
         "diff",
         "Compare a recording before a change with one after it: fixed, not fixed or "
         "inconclusive (exit 0 for each)");
-    diff->add_option("before", options->trace, "Trace recorded before the change")->required();
-    diff->add_option("after", options->later_trace, "Trace recorded after the change")->required();
+    diff->add_option("before", options->trace, "Trace recorded before the change (plain or gzip; - for standard input)")->required();
+    diff->add_option("after", options->later_trace, "Trace recorded after the change (plain or gzip; - for standard input)")->required();
     add_output_options(diff, *options);
     diff->callback([options] {
         finish(write_output(
@@ -94,7 +97,7 @@ void add_analysis_commands(CLI::App& app) {
         "verify",
         "Exit 0 when this host neither races nor idle-closes before its peer, 1 with the "
         "reasons otherwise, 2 on unusable input");
-    verify->add_option("trace", options->trace, "Trace written by `closetrace record`")->required();
+    verify->add_option("trace", options->trace, kTraceHelp)->required();
     verify->add_option("--peer-idle-timeout", options->peer_idle_timeout_s,
                        "The peer's idle timeout in seconds (default: the longest idle close the "
                        "peer made in the trace, else the ALB default of 60)");

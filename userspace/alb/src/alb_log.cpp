@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "closetrace/file_content.h"
 #include "closetrace/file_descriptor.h"
 
 namespace closetrace {
@@ -227,124 +227,10 @@ LbLogEntry parse_classic(const std::vector<Field>& fields) {
     return entry;
 }
 
-// A log file's content: gzip (one member or several, as concatenated logs are) or plain text,
-// told by its first bytes. zlib's gzread ignores whatever follows the last gzip member, so a plain
-// tail would vanish without a word; here it is read as plain text, and noted.
-
-// A zero z_stream (as zlib asks before inflateInit2) reading from `input`.
-z_stream z_stream_at(Bytef* input) {
-    z_stream stream{};
-    stream.next_in = input;
-    return stream;
-}
-
-class LogContent {
-public:
-    explicit LogContent(int fd) : fd_(fd) {
-        refill();
-        if (starts_gzip()) {
-            inflating_ = inflateInit2(&stream_, 16 + MAX_WBITS) == Z_OK;  // 16: gzip wrapper
-            if (!inflating_) fail("zlib cannot start");
-        }
-    }
-    ~LogContent() {
-        if (inflating_) inflateEnd(&stream_);
-    }
-    LogContent(const LogContent&) = delete;
-    LogContent& operator=(const LogContent&) = delete;
-
-    // Up to `size` bytes of content into `out`; 0 at the end or after an error.
-    size_t read(char* out, size_t size) {
-        if (failed_) return 0;
-        if (inflating_) {
-            const size_t got = inflate_into(out, size);
-            if (got > 0 || inflating_) return got;
-        }
-        // Plain: what is left of the input, then the rest of the file.
-        if (stream_.avail_in == 0) refill();
-        const size_t got = std::min<size_t>(size, stream_.avail_in);
-        std::memcpy(out, stream_.next_in, got);
-        stream_.next_in += got;
-        stream_.avail_in -= static_cast<uInt>(got);
-        return got;
-    }
-
-    // Why the content is not just the file as given, "" when it is: a read error, corrupt or
-    // truncated gzip data, or plain text after gzip data (read all the same).
-    const std::string& problem() const { return problem_; }
-
-private:
-    static constexpr size_t kChunkBytes = 128 * 1024;
-
-    bool starts_gzip() const {
-        return stream_.avail_in >= 2 && stream_.next_in[0] == 0x1f && stream_.next_in[1] == 0x8b;
-    }
-
-    void fail(std::string why) {
-        problem_ = std::move(why);
-        failed_ = true;
-    }
-
-    // Reads more of the file after the input not consumed yet; false when nothing more came.
-    bool refill() {
-        std::memmove(input_.data(), stream_.next_in, stream_.avail_in);
-        stream_.next_in = input_.data();
-        const ssize_t got =
-            ::read(fd_, input_.data() + stream_.avail_in, input_.size() - stream_.avail_in);
-        if (got < 0) fail(std::strerror(errno));
-        if (got <= 0) return false;
-        stream_.avail_in += static_cast<uInt>(got);
-        offset_ += static_cast<uint64_t>(got);
-        return true;
-    }
-
-    size_t inflate_into(char* out, size_t size) {
-        stream_.next_out = reinterpret_cast<Bytef*>(out);
-        stream_.avail_out = static_cast<uInt>(size);
-        while (stream_.avail_out > 0 && inflating_ && !failed_) {
-            if (stream_.avail_in == 0 && !refill()) {
-                if (!failed_) fail("unexpected end of file (a truncated gzip file)");
-                break;
-            }
-            const int result = inflate(&stream_, Z_NO_FLUSH);
-            if (result == Z_STREAM_END) {
-                next_member();
-            } else if (result != Z_OK && result != Z_BUF_ERROR) {
-                fail(stream_.msg ? stream_.msg : "corrupt gzip data");
-            }
-        }
-        return size - stream_.avail_out;
-    }
-
-    // A gzip member ended: another one follows, or the end of the file, or plain text.
-    void next_member() {
-        if (stream_.avail_in < 2) refill();
-        if (starts_gzip()) {
-            inflateReset(&stream_);
-            return;
-        }
-        inflateEnd(&stream_);
-        inflating_ = false;
-        if (stream_.avail_in > 0) {
-            problem_ = fmt::format("plain text after gzip data (from byte {}), read as plain "
-                                   "text; a log file should be all gzip or all plain",
-                                   offset_ - stream_.avail_in);
-        }
-    }
-
-    int fd_;
-    std::vector<Bytef> input_ = std::vector<Bytef>(kChunkBytes);
-    z_stream stream_ = z_stream_at(input_.data());
-    bool inflating_ = false;
-    bool failed_ = false;
-    uint64_t offset_ = 0;  // bytes read from the file
-    std::string problem_;
-};
-
 // Lines of a log file's content.
 class LogLines {
 public:
-    explicit LogLines(LogContent& content) : content_(content) {}
+    explicit LogLines(FileContent& content) : content_(content) {}
 
     // The next line without its "\n" or "\r\n"; false at the end of the file. A line longer than
     // kMaxLbLogLineBytes is skipped to its end and comes back empty with `overlong` set.
@@ -405,7 +291,7 @@ private:
         }
     }
 
-    LogContent& content_;
+    FileContent& content_;
     std::string buffer_;
     size_t start_ = 0;    // where the next line begins
     size_t scanned_ = 0;  // searched for "\n" up to here
@@ -456,7 +342,7 @@ void read_one_file(const std::string& file, const LbLogVisitor& visit, LbLogRead
         return;
     }
     ++stats.files;
-    LogContent content(fd.get());
+    FileContent content(fd.get());
     LogLines lines(content);
     std::string text;
     std::string why;

@@ -5,10 +5,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <system_error>
 
 #include <fmt/format.h>
 
 #include "closetrace/analysis_text.h"
+#include "closetrace/file_content.h"
 #include "closetrace/report.h"
 
 namespace closetrace {
@@ -39,16 +42,20 @@ TraceAnalysis load(const std::string& path) {
                         "record --output` wrote",
                         path)};
     }
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
+    std::optional<InputFile> in;
+    try {
+        in.emplace(path);
+    } catch (const std::system_error& error) {
         throw UnusableInput{
             fmt::format("cannot open {}: {}; give the trace file `closetrace "
                         "record --output` wrote",
-                        path, std::strerror(errno))};
+                        path, std::strerror(error.code().value()))};
     }
     try {
-        TraceReader reader(in, path);
-        return analyze_trace(reader, path);
+        TraceReader reader(*in, in->name());
+        TraceAnalysis trace = analyze_trace(reader, in->name());
+        if (!in->problem().empty()) trace.warnings.push_back(in->name() + ": " + in->problem());
+        return trace;
     } catch (const TraceError& error) {
         throw UnusableInput{trace_error_message(error)};
     }
