@@ -1,9 +1,5 @@
 #include "closetrace/alb_log.h"
 
-#include <zlib.h>
-
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -12,6 +8,8 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include "test_files.h"
 
 namespace closetrace {
 namespace {
@@ -44,38 +42,10 @@ std::string malformed_reason(const std::string& line) {
     return error;
 }
 
-// A directory removed with everything in it at the end of the test.
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "closetrace-alb-XXXXXX").string();
-        path_ = mkdtemp(pattern.data());
-    }
-    ~TempDir() { fs::remove_all(path_); }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
-
-void write_file(const fs::path& path, const std::string& content) {
-    fs::create_directories(path.parent_path());
-    std::ofstream(path, std::ios::binary) << content;
-}
-
-void write_gzip(const fs::path& path, const std::string& content) {
-    fs::create_directories(path.parent_path());
-    gzFile file = gzopen(path.c_str(), "wb");
-    ASSERT_NE(file, nullptr);
-    ASSERT_EQ(gzwrite(file, content.data(), static_cast<unsigned>(content.size())),
-              static_cast<int>(content.size()));
-    ASSERT_EQ(gzclose(file), Z_OK);
-}
-
-std::string file_content(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
+using test::file_content;
+using test::TempDir;
+using test::write_file;
+using test::write_gzip;
 
 struct Collected {
     std::vector<LbLogEntry> entries;

@@ -1,8 +1,5 @@
 // Traces read plain or gzip-compressed (deploy/collect-to-s3.sh uploads them as .gz): the same
 // report either way, and a damaged gzip file said so rather than read short in silence.
-#include <zlib.h>
-
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -12,6 +9,7 @@
 
 #include "closetrace/file_content.h"
 #include "closetrace/report.h"
+#include "test_files.h"
 
 namespace closetrace {
 namespace {
@@ -20,33 +18,10 @@ namespace fs = std::filesystem;
 
 const fs::path kFixtures = CLOSETRACE_FIXTURES;
 
-std::string read_all(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream content;
-    content << in.rdbuf();
-    return content.str();
-}
-
-void write_gzip(const fs::path& path, const std::string& content) {
-    gzFile file = gzopen(path.c_str(), "wb");
-    ASSERT_NE(file, nullptr);
-    ASSERT_EQ(gzwrite(file, content.data(), static_cast<unsigned>(content.size())),
-              static_cast<int>(content.size()));
-    ASSERT_EQ(gzclose(file), Z_OK);
-}
-
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "closetrace-gz-XXXXXX").string();
-        path_ = mkdtemp(pattern.data());
-    }
-    ~TempDir() { fs::remove_all(path_); }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using test::file_content;
+using test::TempDir;
+using test::write_file;
+using test::write_gzip;
 
 // `text` with every `from` replaced by `to`.
 std::string replaced(std::string text, const std::string& from, const std::string& to) {
@@ -62,8 +37,8 @@ TEST(FileContent, AGzippedTraceGivesTheSameReport) {
     for (const char* name : {"mismatch", "fixed", "overload"}) {
         const fs::path plain = dir.path() / (std::string(name) + ".jsonl");
         const fs::path gzipped = dir.path() / (std::string(name) + ".jsonl.gz");
-        const std::string content = read_all(kFixtures / (std::string(name) + ".jsonl"));
-        std::ofstream(plain, std::ios::binary) << content;
+        const std::string content = file_content(kFixtures / (std::string(name) + ".jsonl"));
+        write_file(plain, content);
         write_gzip(gzipped, content);
         for (const OutputFormat format : {OutputFormat::Text, OutputFormat::Json}) {
             const CommandOutput expected = run_report(plain.string(), format);
@@ -78,10 +53,10 @@ TEST(FileContent, AGzippedTraceGivesTheSameReport) {
 TEST(FileContent, ATruncatedGzipTraceIsSaidToBe) {
     const TempDir dir;
     const fs::path whole = dir.path() / "whole.jsonl.gz";
-    write_gzip(whole, read_all(kFixtures / "mismatch.jsonl"));
-    const std::string bytes = read_all(whole);
+    write_gzip(whole, file_content(kFixtures / "mismatch.jsonl"));
+    const std::string bytes = file_content(whole);
     const fs::path cut = dir.path() / "cut.jsonl.gz";
-    std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() * 2 / 3);
+    write_file(cut, bytes.substr(0, bytes.size() * 2 / 3));
     const CommandOutput output = run_report(cut.string(), OutputFormat::Text);
     EXPECT_NE(output.err.find(cut.string() + ": unexpected end of file (a truncated gzip file)"),
               std::string::npos)
@@ -101,8 +76,7 @@ TEST(FileContent, ContentIsReadAcrossGzipMembersAndAPlainTail) {
     const fs::path path = dir.path() / "members";
     write_gzip(dir.path() / "a", "first\n");
     write_gzip(dir.path() / "b", "second\n");
-    std::ofstream(path, std::ios::binary)
-        << read_all(dir.path() / "a") << read_all(dir.path() / "b") << "third\n";
+    write_file(path, file_content(dir.path() / "a") + file_content(dir.path() / "b") + "third\n");
     InputFile in(path.string());
     std::ostringstream content;
     content << in.rdbuf();
