@@ -621,9 +621,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	 * cgroup hooks only: its messages are in socket storage, which raw tracepoints cannot use.) */
 	if (newstate == TCP_CLOSE && !state->messages.closing_seen) {
 		struct ct_event head = {};
-		head.cookie = bpf_get_socket_cookie(sk);
-		head.netns = state->netns;
-		tuple_from_sock(sk, &head.tuple);
+		fill_sock_head(&head, sk, state, CT_EV_MESSAGE, sizeof(struct ct_message_event), now);
 		write_held(&head, state->role, &state->messages);
 	}
 #endif
@@ -854,14 +852,20 @@ int BPF_PROG(on_reset_received, struct sock *sk)
 	return 0;
 }
 
-/* Does the payload open a response ("HTTP/")? */
+/* Do these first bytes of a payload open a response ("HTTP/")? */
+static __always_inline bool is_response_start(const char start[5])
+{
+	return start[0] == 'H' && start[1] == 'T' && start[2] == 'T' && start[3] == 'P' &&
+	       start[4] == '/';
+}
+
+/* Does the payload open a response? */
 static __always_inline bool opens_response(struct __sk_buff *skb, __u32 payload_offset)
 {
 	char start[5];
 	if (bpf_skb_load_bytes(skb, payload_offset, start, sizeof(start)))
 		return false;
-	return start[0] == 'H' && start[1] == 'T' && start[2] == 'T' && start[3] == 'P' &&
-	       start[4] == '/';
+	return is_response_start(start);
 }
 
 /* Scratch for a head continued in a later segment (one per CPU: too big for the stack). */
@@ -993,8 +997,7 @@ static __always_inline bool opens_interim_response(struct __sk_buff *skb, __u32 
 	char line[12];
 	if (bpf_skb_load_bytes(skb, payload_offset, line, sizeof(line)))
 		return false;
-	return line[0] == 'H' && line[1] == 'T' && line[2] == 'T' && line[3] == 'P' &&
-	       line[4] == '/' && line[9] == '1' && !(line[10] == '0' && line[11] == '1');
+	return is_response_start(line) && line[9] == '1' && !(line[10] == '0' && line[11] == '1');
 }
 
 /* Requests come from the client; a socket first seen mid-life tells by its first message. */
