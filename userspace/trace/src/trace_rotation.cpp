@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "closetrace/file_descriptor.h"
 #include "closetrace/wallclock.h"
 
 namespace closetrace {
@@ -74,14 +75,6 @@ std::vector<std::pair<TraceFileName, fs::path>> scheme_files(const fs::path& dir
 std::system_error system_error(int code, const fs::path& path) {
     return std::system_error(code, std::generic_category(), path.string());
 }
-
-// Closes a file descriptor however a function leaves.
-struct ClosingFd {
-    int fd;
-    ~ClosingFd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 }  // namespace
 
@@ -222,8 +215,8 @@ void TraceRotation::compress(const fs::path& plain) {
         note_problem(fmt::format("cannot compress {}: {}; it stays uncompressed", plain.string(),
                                  why));
     };
-    const ClosingFd in{::open(plain.c_str(), O_RDONLY | O_CLOEXEC)};
-    if (in.fd < 0) return give_up(std::strerror(errno));
+    const FileDescriptor in(::open(plain.c_str(), O_RDONLY | O_CLOEXEC));
+    if (in.get() < 0) return give_up(std::strerror(errno));
     const int out = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out < 0) return give_up(std::strerror(errno));
     gzFile gz = gzdopen(out, "wb6");
@@ -234,7 +227,7 @@ void TraceRotation::compress(const fs::path& plain) {
     std::array<char, 64 * 1024> buffer{};
     ssize_t count = 0;
     bool written = true;
-    while ((count = ::read(in.fd, buffer.data(), buffer.size())) > 0 && written) {
+    while ((count = ::read(in.get(), buffer.data(), buffer.size())) > 0 && written) {
         written = gzwrite(gz, buffer.data(), static_cast<unsigned>(count)) == count;
     }
     const int read_error = count < 0 ? errno : 0;
