@@ -76,7 +76,9 @@ TEST(TraceRotation, TheLiveFileIsNamedAsLiveAndRenamedWhenClosed) {
 
 TEST(TraceRotation, DueAtItsSizeOnceFlushed) {
     const TempDir dir;
-    TraceRotation files(dir.path(), {.max_file_bytes = 100});
+    RotationPolicy policy;
+    policy.max_file_bytes = 100;
+    TraceRotation files(dir.path(), policy);
     TraceWriter& writer = files.open(kUnixNs, 0);
     writer.write_line(std::string(98, 'x'));
     writer.flush();
@@ -89,7 +91,9 @@ TEST(TraceRotation, DueAtItsSizeOnceFlushed) {
 
 TEST(TraceRotation, DueAtItsAge) {
     const TempDir dir;
-    TraceRotation files(dir.path(), {.max_file_ns = 60 * kSecondNs});
+    RotationPolicy policy;
+    policy.max_file_ns = 60 * kSecondNs;
+    TraceRotation files(dir.path(), policy);
     files.open(kUnixNs, 1000 * kSecondNs);
     EXPECT_FALSE(files.due(1059 * kSecondNs));
     EXPECT_TRUE(files.due(1060 * kSecondNs));
@@ -127,7 +131,9 @@ TEST(TraceRotation, NamesSortInTimeOrderAcrossRecordings) {
 
 TEST(TraceRotation, KeepsTheNewestFilesByCount) {
     const TempDir dir;
-    TraceRotation files(dir.path(), {.keep_files = 2});
+    RotationPolicy policy;
+    policy.keep_files = 2;
+    TraceRotation files(dir.path(), policy);
     for (int file = 0; file < 5; ++file) write_trace_file(files, file, 1);
     files.wait();
     const std::vector<fs::path> closed = TraceRotation::closed_files(dir.path());
@@ -139,7 +145,9 @@ TEST(TraceRotation, KeepsTheNewestFilesByCount) {
 TEST(TraceRotation, KeepsTheNewestFilesThatFitInTheBytes) {
     const TempDir dir;
     // 16 bytes a line: files of 160, 16, 160, 16 bytes, newest last.
-    TraceRotation files(dir.path(), {.keep_bytes = 180});
+    RotationPolicy policy;
+    policy.keep_bytes = 180;
+    TraceRotation files(dir.path(), policy);
     write_trace_file(files, 0, 10);
     write_trace_file(files, 1, 1);
     write_trace_file(files, 2, 10);
@@ -156,7 +164,9 @@ TEST(TraceRotation, NeverDeletesTheLiveFileNorOtherFiles) {
     write_file(dir.path() / "closetrace-20261125T010203.jsonl", "a single recording\n");
     write_file(dir.path() / "notes.jsonl", "mine\n");
     write_file(dir.path() / "closetrace-20200101T000000-000001.jsonl.bak", "a copy\n");
-    TraceRotation files(dir.path(), {.keep_files = 0});
+    RotationPolicy policy;
+    policy.keep_files = 0;
+    TraceRotation files(dir.path(), policy);
     write_trace_file(files, 0, 1);
     TraceWriter& live = files.open(kUnixNs + kSecondNs, kSecondNs);
     live.write_line("live");
@@ -172,7 +182,9 @@ TEST(TraceRotation, NeverDeletesTheLiveFileNorOtherFiles) {
 
 TEST(TraceRotation, GzipFilesReadAsTheyWereWritten) {
     const TempDir dir;
-    TraceRotation files(dir.path(), {.gzip = true});
+    RotationPolicy policy;
+    policy.gzip = true;
+    TraceRotation files(dir.path(), policy);
     TraceWriter& writer = files.open(kUnixNs, 0);
     std::string expected;
     for (int line = 0; line < 5000; ++line) {
@@ -198,7 +210,9 @@ TEST(TraceRotation, ALiveFileLeftByADeadRecorderIsClosedAndKept) {
     write_file(dir.path() / (stem + ".live.jsonl"), "{\"type\":\"header\"}\n{\"type\":\"co");
     write_file(dir.path() / (stem + ".jsonl.gz.partial"), "cut short");
     {
-        TraceRotation files(dir.path(), {.gzip = true});
+        RotationPolicy policy;
+        policy.gzip = true;
+        TraceRotation files(dir.path(), policy);
     }
     EXPECT_EQ(directory_names(dir.path()), std::vector<std::string>{stem + ".jsonl.gz"});
     EXPECT_EQ(read_whole(dir.path() / (stem + ".jsonl.gz")),

@@ -87,9 +87,10 @@ struct RecordOptions {
                keep_bytes != 0 || gzip;
     }
     RotationPolicy rotation() const {
-        RotationPolicy policy{.max_file_bytes = rotate_size,
-                              .max_file_ns = static_cast<uint64_t>(rotate_interval_s * 1e9),
-                              .gzip = gzip};
+        RotationPolicy policy;
+        policy.max_file_bytes = rotate_size;
+        policy.max_file_ns = static_cast<uint64_t>(rotate_interval_s * 1e9);
+        policy.gzip = gzip;
         if (keep_files != 0) policy.keep_files = keep_files;
         if (keep_bytes != 0) policy.keep_bytes = keep_bytes;
         return policy;

@@ -50,7 +50,8 @@ std::optional<TraceFileName> parse_name(const std::string& name) {
     std::smatch match;
     if (!std::regex_match(name, match, pattern)) return std::nullopt;
     const std::string suffix = match[3];
-    TraceFileName parsed{.stamp = match[1], .index = std::stoull(match[2])};
+    TraceFileName parsed{.stamp = match[1], .index = std::stoull(match[2]),
+                         .kind = TraceFileName::Kind::Closed};
     if (suffix == kLiveSuffix) parsed.kind = TraceFileName::Kind::Live;
     if (suffix == kCompressedSuffix) parsed.kind = TraceFileName::Kind::Compressed;
     if (suffix == kPartialSuffix) parsed.kind = TraceFileName::Kind::Partial;
@@ -125,7 +126,8 @@ TraceRotation::~TraceRotation() {
 TraceWriter& TraceRotation::open(int64_t unix_ns, uint64_t mono_ns) {
     const std::string stamp = trace_file_stamp(unix_ns);
     for (;; ++next_index_) {
-        const TraceFileName name{.stamp = stamp, .index = next_index_};
+        const TraceFileName name{
+            .stamp = stamp, .index = next_index_, .kind = TraceFileName::Kind::Live};
         const std::string stem = name.stem();
         const fs::path live = dir_ / (stem + std::string(kLiveSuffix));
         live_fd_ = ::open(live.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
