@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Many idle keep-alive connections on loopback, for bench/run's memory part.
+"""Many idle keep-alive connections on loopback, for bench/run's memory part; steady churn for
+its soak part.
 
   conns.py server --addr 127.0.0.1 --port P
       accepts for ever; answers every chunk it receives with one small HTTP response. Several
@@ -8,6 +9,10 @@
       opens N connections from source address SRC (IP_BIND_ADDRESS_NO_PORT, so the port is
       chosen per 4-tuple), sends one request on each, reads every response, prints
       "ready N" and then holds them open, idle, until killed.
+  conns.py churn --addr 127.0.0.1 --port P --rate R
+      a steady R new connections a second until killed, each with one request and closed by
+      the client after its response, and every tenth an ALB health check (`Connection: close`,
+      closed by the server); prints "made N failed M" every 10 s and when killed.
 
 Python standard library only. Each process needs RLIMIT_NOFILE above its socket count: bench/run
 raises the soft limit up to the hard one and spreads the sockets over enough processes.
@@ -103,6 +108,36 @@ def client(src, addr, port, count):
         signal.pause()
 
 
+HEALTH_CHECK = (b"GET /health HTTP/1.1\r\nHost: bench\r\nUser-Agent: ELB-HealthChecker/2.0\r\n"
+                b"Connection: close\r\n\r\n")
+
+
+def churn(addr, port, rate):
+    made = failed = 0
+
+    def report(*_):
+        print(f"made {made} failed {failed}", flush=True)
+        if _:
+            sys.exit(0)
+
+    signal.signal(signal.SIGTERM, report)
+    start = time.monotonic()
+    while True:
+        # On schedule, not after the previous one: the rate stays R however long each takes.
+        delay = start + made / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            with socket.create_connection((addr, port), timeout=5) as sock:
+                sock.sendall(HEALTH_CHECK if made % 10 == 9 else REQUEST)
+                sock.recv(4096)
+        except OSError:
+            failed += 1
+        made += 1
+        if made % (rate * 10) == 0:
+            report()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -114,9 +149,15 @@ def main():
     client_args.add_argument("--addr", default="127.0.0.1")
     client_args.add_argument("--port", type=int, required=True)
     client_args.add_argument("--count", type=int, required=True)
+    churn_args = sub.add_parser("churn")
+    churn_args.add_argument("--addr", default="127.0.0.1")
+    churn_args.add_argument("--port", type=int, required=True)
+    churn_args.add_argument("--rate", type=int, required=True)
     args = parser.parse_args()
     if args.mode == "server":
         serve(args.addr, args.port)
+    elif args.mode == "churn":
+        churn(args.addr, args.port, args.rate)
     else:
         client(args.src, args.addr, args.port, args.count)
 

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Copies this host's finished closetrace traces to S3 under one prefix per host:
-#   s3://BUCKET/PREFIX/HOST/closetrace-DATE.jsonl.gz
-# Run it on each host (by hand, or across a fleet with SSM Run Command: deploy/README.md).
-# Needs the AWS CLI and an instance role allowed s3:PutObject on the destination.
+# Copies this host's closed closetrace traces to S3 under one prefix per host, each once:
+#   s3://BUCKET/PREFIX/HOST/closetrace-DATE[-N].jsonl.gz
+# Run it on each host, by hand, from cron or a systemd timer, or across a fleet with SSM Run
+# Command (deploy/README.md). Needs the AWS CLI and an instance role allowed s3:PutObject on the
+# destination.
 #
 # Usage: collect-to-s3.sh s3://BUCKET/PREFIX [TRACE_DIR]   (TRACE_DIR: /var/log/closetrace)
-# A trace still being recorded (its last line is not the summary) is left for the next run.
+#
+# What it copies: every trace file but those being written, i.e. a rotating recorder's live file
+# (closetrace-….live.jsonl) and a single-file recording whose recorder still holds its lock. A
+# trace closed without its summary (a recorder that died) is copied too: it is readable. What
+# was copied where is remembered in TRACE_DIR/.collected-to-s3, so that each file goes once to a
+# destination however often this runs; a file compressed since it was copied is the same file.
+# Exits 0 when there is nothing new to copy.
 set -euo pipefail
 
 usage="usage: collect-to-s3.sh s3://BUCKET/PREFIX [TRACE_DIR]"
@@ -15,27 +22,52 @@ if [[ $destination != s3://?* ]]; then
   echo "collect-to-s3.sh: the destination must be an s3:// URL; $usage" >&2
   exit 2
 fi
+if [[ ! -d $trace_dir ]]; then
+  echo "collect-to-s3.sh: no directory $trace_dir; give the directory closetrace record writes to" >&2
+  exit 2
+fi
 destination=${destination%/}
 # The trace header names the host too; the key keeps traces of many hosts apart.
 host=$(hostname)
+collected="$trace_dir/.collected-to-s3"
+touch "$collected"
+
+# Is the file (by its name without .gz) recorded as copied to this destination?
+already_copied() {
+  grep -qxF "$destination $1" "$collected"
+}
 
 shopt -s nullglob
-traces=("$trace_dir"/*.jsonl)
-if ((${#traces[@]} == 0)); then
-  echo "collect-to-s3.sh: no traces in $trace_dir" >&2
-  exit 1
-fi
-
 copied=0
-for trace in "${traces[@]}"; do
-  if ! tail -n 1 "$trace" | grep -q '"type":"summary"'; then
-    echo "collect-to-s3.sh: skipping $trace: still being recorded (no summary line yet)" >&2
+for trace in "$trace_dir"/closetrace-*.jsonl "$trace_dir"/closetrace-*.jsonl.gz; do
+  name=$(basename "$trace")
+  name=${name%.gz}
+  if [[ $name == *.live.jsonl ]] || already_copied "$name"; then
     continue
   fi
-  # JSON Lines compress about tenfold; gunzip before `closetrace report`.
-  key="$destination/$host/$(basename "$trace").gz"
-  gzip -c "$trace" | aws s3 cp - "$key" --content-type application/gzip
+  if [[ $trace == *.jsonl ]] && ! flock --nonblock "$trace" true; then
+    echo "collect-to-s3.sh: skipping $trace: still being recorded" >&2
+    continue
+  fi
+  key="$destination/$host/$name.gz"
+  # JSON Lines compress about tenfold; closetrace reads .jsonl.gz as it is.
+  if [[ $trace == *.gz ]]; then
+    aws s3 cp - "$key" --content-type application/gzip < "$trace"
+  else
+    gzip -c "$trace" | aws s3 cp - "$key" --content-type application/gzip
+  fi
+  echo "$destination $name" >> "$collected"
   echo "collect-to-s3.sh: $trace -> $key"
   copied=$((copied + 1))
 done
-echo "collect-to-s3.sh: $copied trace(s) copied"
+
+# Forget files retention has deleted since: the record stays as small as the directory.
+remaining=$(mktemp "$trace_dir/.collected-to-s3.XXXXXX")
+while read -r copied_to copied_name; do
+  if [[ -e $trace_dir/$copied_name || -e $trace_dir/$copied_name.gz ]]; then
+    echo "$copied_to $copied_name"
+  fi
+done < "$collected" > "$remaining"
+mv "$remaining" "$collected"
+
+echo "collect-to-s3.sh: $copied trace(s) copied from $trace_dir"

@@ -6,6 +6,7 @@ image build itself runs only where a Docker engine answers. Run: python3 tests/d
 """
 
 import configparser
+import fcntl
 import gzip
 import json
 import os
@@ -24,6 +25,11 @@ DEPLOY = REPO / "deploy"
 RUNTIME_PACKAGES = {"libbpf1", "libelf1", "zlib1g", "libfmt9", "libsimdjson14"}
 BASE_IMAGE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}
 TRACE_DIR = "/var/log/closetrace"
+WHOLE_TRACE = '{"type":"header"}\n{"type":"conn"}\n{"type":"summary","connections":1}\n'
+
+
+def write_gzip(path, text):
+    path.write_bytes(gzip.compress(text.encode()))
 
 
 def record_options():
@@ -215,12 +221,25 @@ class EcsTaskDefinitionTest(unittest.TestCase):
         self.assertFalse(image.endswith(":latest"))
         command = self.container["command"]
         self.assertEqual(command[0], "record")
-        self.assertIn("--duration", command)
         self.assertLessEqual(set(options_in(command)), record_options())
         self.assertIn({"name": "memlock", "softLimit": -1, "hardLimit": -1},
                       self.container["ulimits"])
         # Enough for closetrace to write its summary after SIGTERM.
         self.assertGreaterEqual(self.container["stopTimeout"], 10)
+
+    def test_one_continuous_recording_bounded_on_disk(self):
+        options = set(options_in(self.container["command"]))
+        self.assertNotIn("--duration", options, "the daemon records for as long as it runs")
+        self.assertTrue(options & {"--rotate-interval", "--rotate-size"})
+        self.assertTrue(options & {"--keep-files", "--keep-bytes"})
+        self.assertIn("--gzip", options)
+        self.assertNotIn("--output", options, "the files go to the working directory")
+
+    def test_logs_go_to_cloudwatch(self):
+        logging = self.container["logConfiguration"]
+        self.assertEqual(logging["logDriver"], "awslogs")
+        self.assertLessEqual({"awslogs-group", "awslogs-region", "awslogs-stream-prefix"},
+                             set(logging["options"]))
 
     def test_mounts(self):
         mounts = {mount["containerPath"]: mount for mount in self.container["mountPoints"]}
@@ -313,7 +332,7 @@ class CollectToS3Test(unittest.TestCase):
         bin_dir = self.work / "bin"
         bin_dir.mkdir()
         stub = bin_dir / "aws"
-        stub.write_text('#!/bin/sh\nn=$(ls "$AWS_STUB_LOG" | wc -l)\n'
+        stub.write_text('#!/bin/sh\nn=$(ls "$AWS_STUB_LOG" | grep -c args)\n'
                         'printf "%s\\n" "$@" > "$AWS_STUB_LOG/$n.args"\n'
                         'cat > "$AWS_STUB_LOG/$n.body"\n')
         stub.chmod(0o755)
@@ -332,29 +351,86 @@ class CollectToS3Test(unittest.TestCase):
         if shutil.which("shellcheck"):
             subprocess.run(["shellcheck", str(self.SCRIPT)], check=True)
 
-    def test_copies_finished_traces_under_the_host_name(self):
+    def uploads(self):
+        """{S3 key: the trace it received, decompressed}, in the order they were sent."""
+        sent = {}
+        for number in range(len(list(self.calls.glob("*.args")))):
+            arguments = (self.calls / f"{number}.args").read_text().split("\n")
+            self.assertEqual(arguments[:3], ["s3", "cp", "-"])
+            body = gzip.decompress((self.calls / f"{number}.body").read_bytes()).decode()
+            sent[arguments[3]] = body
+        return sent
+
+    def host(self):
+        return subprocess.run(["hostname"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def test_copies_a_finished_recording_under_the_host_name(self):
         finished = self.traces / "closetrace-20261125T010203.jsonl"
-        finished.write_text('{"type":"header"}\n{"type":"conn"}\n{"type":"summary","connections":1}\n')
-        (self.traces / "closetrace-20261125T020304.jsonl").write_text('{"type":"header"}\n')
+        finished.write_text(WHOLE_TRACE)
         result = self.run_script("s3://bucket/closetrace/incident-1/", str(self.traces))
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(self.uploads(), {
+            f"s3://bucket/closetrace/incident-1/{self.host()}/closetrace-20261125T010203.jsonl.gz":
+                WHOLE_TRACE})
+
+    def test_copies_rotated_files_once_each_and_never_the_live_one(self):
+        stem = "closetrace-20261125T0102{:02}-{:06}"
+        write_gzip(self.traces / (stem.format(3, 1) + ".jsonl.gz"), WHOLE_TRACE)
+        (self.traces / (stem.format(4, 2) + ".jsonl")).write_text(WHOLE_TRACE)  # not compressed yet
+        truncated = '{"type":"header"}\n{"type":"conn"}\n{"type":"co'  # its recorder died
+        (self.traces / (stem.format(5, 3) + ".jsonl")).write_text(truncated)
+        (self.traces / (stem.format(6, 4) + ".live.jsonl")).write_text('{"type":"header"}\n')
+        (self.traces / (stem.format(6, 4) + ".jsonl.gz.partial")).write_text("being compressed")
+        first = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(first.returncode, 0, first.stderr)
+        prefix = f"s3://bucket/prefix/{self.host()}/"
+        self.assertEqual(self.uploads(), {
+            prefix + stem.format(3, 1) + ".jsonl.gz": WHOLE_TRACE,
+            prefix + stem.format(4, 2) + ".jsonl.gz": WHOLE_TRACE,
+            prefix + stem.format(5, 3) + ".jsonl.gz": truncated})
+
+        # The recorder compresses the second file meanwhile: the same file, not copied again.
+        (self.traces / (stem.format(4, 2) + ".jsonl")).unlink()
+        write_gzip(self.traces / (stem.format(4, 2) + ".jsonl.gz"), WHOLE_TRACE)
+        again = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("0 trace(s) copied", again.stdout)
+        self.assertEqual(len(self.uploads()), 3)
+        # Another destination gets them all.
+        self.assertEqual(self.run_script("s3://other/prefix", str(self.traces)).returncode, 0)
+        self.assertEqual(len(self.uploads()), 6)
+
+    def test_forgets_files_retention_deleted(self):
+        trace = self.traces / "closetrace-20261125T010203-000001.jsonl.gz"
+        write_gzip(trace, WHOLE_TRACE)
+        self.assertEqual(self.run_script("s3://bucket/prefix", str(self.traces)).returncode, 0)
+        trace.unlink()
+        self.assertEqual(self.run_script("s3://bucket/prefix", str(self.traces)).returncode, 0)
+        self.assertEqual((self.traces / ".collected-to-s3").read_text(), "")
+
+    def test_leaves_a_recording_its_recorder_holds(self):
+        trace = self.traces / "closetrace-20261125T010203.jsonl"
+        trace.write_text('{"type":"header"}\n')
+        with open(trace) as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # as closetrace record does while it writes
+            result = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("still being recorded", result.stderr)
-        arguments = (self.calls / "0.args").read_text().split("\n")
-        host = subprocess.run(["hostname"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        self.assertEqual(arguments[:4], [
-            "s3", "cp", "-",
-            f"s3://bucket/closetrace/incident-1/{host}/closetrace-20261125T010203.jsonl.gz"])
-        self.assertEqual(gzip.decompress((self.calls / "0.body").read_bytes()).decode(),
-                         finished.read_text())
-        self.assertFalse((self.calls / "1.args").exists(), "the unfinished trace stays")
+        self.assertEqual(self.uploads(), {})
+
+    def test_nothing_to_copy_is_not_an_error(self):
+        result = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("0 trace(s) copied", result.stdout)
+        self.assertEqual(list(self.calls.iterdir()), [])
 
     def test_refuses_bad_arguments_without_calling_aws(self):
         self.assertNotEqual(self.run_script().returncode, 0)
         self.assertEqual(self.run_script("/tmp/not-s3", str(self.traces)).returncode, 2)
-        empty = self.run_script("s3://bucket/prefix", str(self.traces))
-        self.assertEqual(empty.returncode, 1)
-        self.assertIn("no traces", empty.stderr)
+        missing = self.run_script("s3://bucket/prefix", str(self.work / "missing"))
+        self.assertEqual(missing.returncode, 2)
+        self.assertIn("no directory", missing.stderr)
         self.assertEqual(list(self.calls.iterdir()), [])
 
 

@@ -9,9 +9,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -23,6 +25,7 @@
 #include "closetrace/text.h"
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
+#include "closetrace/trace_rotation.h"
 #include "closetrace/wallclock.h"
 #include "cli_support.h"
 #include "host.h"
@@ -33,20 +36,25 @@ namespace closetrace {
 namespace {
 
 volatile sig_atomic_t stop_requested = 0;
+volatile sig_atomic_t rotation_requested = 0;
 
 void request_stop(int) { stop_requested = 1; }
+void request_rotation(int) { rotation_requested = 1; }
 
 // Every signal that ends a process by default and can be caught ends the recording cleanly,
 // with its summary: Ctrl-C, kill, a dropped SSH session (HUP), Ctrl-\ (QUIT), and a closed
-// pipe (PIPE, after which writes fail with EPIPE and are reported). No SA_RESTART, so that
-// polling wakes up.
-void install_stop_handlers() {
+// pipe (PIPE, after which writes fail with EPIPE and are reported). A recording into rotated
+// files is a daemon's: there HUP closes the live file and starts the next, as logrotate and
+// daemons expect. No SA_RESTART, so that polling wakes up.
+void install_signal_handlers(bool hangup_rotates) {
     struct sigaction action{};
     action.sa_handler = request_stop;
     sigemptyset(&action.sa_mask);
-    for (const int signal : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) {
+    for (const int signal : {SIGINT, SIGTERM, SIGQUIT, SIGPIPE}) {
         sigaction(signal, &action, nullptr);
     }
+    action.sa_handler = hangup_rotates ? request_rotation : request_stop;
+    sigaction(SIGHUP, &action, nullptr);
 }
 
 struct RecordOptions {
@@ -67,6 +75,26 @@ struct RecordOptions {
     double idle_gap_ms = 500;
     uint32_t ring_mb = 8;
     std::string btf;
+    // Rotation: any of these makes --output a directory of rotated files (TraceRotation).
+    uint64_t rotate_size = 0;
+    double rotate_interval_s = 0;
+    std::size_t keep_files = 0;
+    uint64_t keep_bytes = 0;
+    bool gzip = false;
+
+    bool rotates() const {
+        return rotate_size != 0 || rotate_interval_s != 0 || keep_files != 0 ||
+               keep_bytes != 0 || gzip;
+    }
+    RotationPolicy rotation() const {
+        RotationPolicy policy;
+        policy.max_file_bytes = rotate_size;
+        policy.max_file_ns = static_cast<uint64_t>(rotate_interval_s * 1e9);
+        policy.gzip = gzip;
+        if (keep_files != 0) policy.keep_files = keep_files;
+        if (keep_bytes != 0) policy.keep_bytes = keep_bytes;
+        return policy;
+    }
 };
 
 // 30 days; without --duration a recording runs until it is stopped.
@@ -93,10 +121,24 @@ CLI::Validator running_process() {
 
 std::string default_output_name() {
     const int64_t now = static_cast<int64_t>(monotonic_now_ns()) + mono_to_wall_offset_ns();
-    std::string stamp = iso8601_utc(now).substr(0, 19);  // 2026-11-25T01:02:03
-    std::erase(stamp, '-');
-    std::erase(stamp, ':');
-    return fmt::format("closetrace-{}.jsonl", stamp);
+    return fmt::format("closetrace-{}.jsonl", trace_file_stamp(now));
+}
+
+// Step 0: rotation writes files into a directory: not to standard output, nor to a trace's name.
+void check_rotation_options(const RecordOptions& options) {
+    if (!options.rotates()) return;
+    if (options.output == "-") {
+        fail("rotation (--rotate-*, --keep-*, --gzip) writes files: give --output DIR instead of -",
+             2);
+    }
+    if (options.output.ends_with(".jsonl") || options.output.ends_with(".gz") ||
+        (std::filesystem::exists(options.output) &&
+         !std::filesystem::is_directory(options.output))) {
+        fail(fmt::format("--output {}: with rotation, --output is the directory the trace files "
+                         "go to (closetrace-DATE-N.jsonl in it); give a directory",
+                         options.output),
+             2);
+    }
 }
 
 // Resolves --cgroup (a path in the cgroup v2 hierarchy, absolute or relative to its mount)
@@ -235,19 +277,82 @@ int open_output(const std::string& output, bool force) {
     return fd;
 }
 
-const char* output_name(const std::string& output) {
-    return output == "-" ? "standard output" : output.c_str();
-}
-
 // A write to the trace failed: one line, and the lines written before stay valid.
-[[noreturn]] void write_failed(const std::string& output, const std::system_error& error) {
+[[noreturn]] void write_failed(const std::string& output_name, const std::system_error& error) {
     const int code = error.code().value();
     fail(fmt::format("cannot write {}: {}; the lines written before are valid{}",
-                     output_name(output), std::strerror(code),
+                     output_name, std::strerror(code),
                      code == ENOSPC || code == EDQUOT ? ": free space or give another --output"
                      : code == EPIPE                  ? ""
                                                       : ": give another --output"));
 }
+
+// Where the trace goes: one file (or standard output), or with rotation a directory of files,
+// each a whole trace.
+class TraceOutput {
+public:
+    explicit TraceOutput(const RecordOptions& options) {
+        if (options.rotates()) {
+            name_ = options.output.empty() ? "." : options.output;
+            open_rotation(options.rotation());
+        } else {
+            name_ = options.output.empty() ? default_output_name() : options.output;
+            const int fd = open_output(name_, options.force);
+            fd_.emplace(fd == STDOUT_FILENO ? -1 : fd);
+            writer_.emplace(fd);
+        }
+    }
+
+    // The file that starts at `mono_ns`: the one file, or the next rotated one.
+    TraceWriter& open_file(uint64_t mono_ns, int64_t mono_to_wall) {
+        if (!rotation_) return *writer_;
+        return rotation_->open(static_cast<int64_t>(mono_ns) + mono_to_wall, mono_ns);
+    }
+    // Whether the live file is to be closed and the next one started.
+    bool rotation_due(uint64_t mono_ns) const {
+        return rotation_ && (rotation_requested || rotation_->due(mono_ns));
+    }
+    // Closes a rotated file (once its summary is written); the one file is closed on exit.
+    void close_file() {
+        rotation_requested = 0;
+        if (!rotation_) return;
+        rotation_->close();
+        report_problems();
+    }
+    // The background work on the closed files (compression, retention) done.
+    void finish() {
+        if (!rotation_) return;
+        rotation_->wait();
+        report_problems();
+    }
+    // In messages: the file, "standard output", or the directory of rotated files.
+    std::string name() const { return name_ == "-" ? "standard output" : name_; }
+
+private:
+    void open_rotation(const RotationPolicy& policy) {
+        try {
+            rotation_.emplace(name_, policy);
+        } catch (const std::system_error& error) {
+            fail(error.code().value() == EWOULDBLOCK
+                     ? fmt::format("{} is being written by another closetrace record; give "
+                                   "another --output",
+                                   name_)
+                     : fmt::format("cannot write into {}: {}; give another --output", name_,
+                                   std::strerror(error.code().value())));
+        }
+    }
+    // The closed files' compression and retention keep the recording going when they fail.
+    void report_problems() {
+        for (const auto& problem : rotation_->take_problems()) {
+            std::fprintf(stderr, "closetrace record: warning: %s\n", problem.c_str());
+        }
+    }
+
+    std::string name_;
+    std::optional<FileDescriptor> fd_;  // closes the file (and releases its lock) on exit
+    std::optional<TraceWriter> writer_;
+    std::optional<TraceRotation> rotation_;
+};
 
 // Step 1: this host can record (privileges, and BTF for the programs).
 HostFacts check_host(const RecordOptions& options) {
@@ -403,37 +508,50 @@ TraceHeader trace_header(const RecordOptions& options, const HostFacts& host,
 }
 
 // What is recorded where, on the terminal.
-void announce(const RecordOptions& options, const std::string& output, const ProbeSet& probes) {
+void announce(const RecordOptions& options, const TraceOutput& output, const ProbeSet& probes) {
     if (options.quiet) return;
     std::string filters = options.ports.empty() ? "all TCP ports" : "port";
     for (uint16_t port : options.ports) filters += fmt::format(" {}", port);
     std::fprintf(stderr, "closetrace: recording %s to %s%s; Ctrl-C to stop\n", filters.c_str(),
-                 output_name(output),
+                 output.name().c_str(),
                  options.duration_s > 0 ? fmt::format(" for {:g} s", options.duration_s).c_str()
                                         : "");
     for (const auto& note : probes.notes) std::fprintf(stderr, "closetrace: note: %s\n", note.c_str());
 }
 
 // Step 5: the loop that drains the tracer's records into the tracker, and the connections it
-// finishes into the trace (after the userspace filters) and onto the terminal.
+// finishes into the trace (after the userspace filters) and onto the terminal. Each file of the
+// trace starts with its header and ends with the summary of its own span.
 class Recorder {
 public:
     Recorder(const RecordOptions& options, const TracerConfig& config,
              ContainerAttributor& attributor, Capture& capture, Tracer& tracer,
-             TraceWriter& writer, int64_t mono_to_wall)
+             TraceOutput& output, const TraceHeader& header)
         : options_(options),
           config_(config),
           attributor_(attributor),
           capture_(capture),
           tracer_(tracer),
-          writer_(writer),
+          output_(output),
+          header_(header),
           payloads_{.raw = options.raw_payloads, .full_target = options.full_target},
           // Filters that need a full socket cannot be checked for a reset without one: leave
           // those out; the netns of such a reset is known, so --netns keeps its own.
           keep_unattributed_(options.cgroup.empty() && options.container.empty() &&
                              options.pid == 0),
-          live_(options.quiet, mono_to_wall) {
+          live_(options.quiet, header.mono_to_wall_ns) {
         if (options.pid != 0) family_.emplace(options.pid);
+    }
+
+    // A file of the trace begins at `start_ns`: its header line, written at once.
+    void start_file(uint64_t start_ns) {
+        writer_ = &output_.open_file(start_ns, header_.mono_to_wall_ns);
+        TraceHeader header = header_;
+        header.start_ns = start_ns;
+        header.start_wall = iso8601_utc(static_cast<int64_t>(start_ns) + header.mono_to_wall_ns);
+        writer_->write_line(header_line(header));
+        writer_->flush();
+        file_ = FileSpan{.start_ns = start_ns, .events_before = events_, .lost_before = lost_seen_};
     }
 
     // Until a stop signal, or `deadline` (0: none).
@@ -447,37 +565,65 @@ public:
             feed_tracker();
             write_connections(capture_.tracker.take_finished(note_losses()));
             write_unattributed();
-            writer_.flush();
+            writer_->flush();
+            if (output_.rotation_due(monotonic_now_ns())) rotate();
         }
     }
 
-    // Step 6: what is left in the ring buffer and the tracker, then the summary line.
-    TraceSummary finish(uint64_t start_ns) {
+    // Step 6: what is left in the ring buffer and the tracker, then the last file's summary.
+    // Returns the recording's.
+    TraceSummary finish() {
         tracer_.drain();
         feed_tracker();
         const uint64_t end_ns = note_losses();
         write_connections(capture_.tracker.finish_all(end_ns));
         write_unattributed();
         live_.flush_suppressed();
+        end_file(end_ns);
 
-        TraceSummary& summary = counter_.summary();
+        TraceSummary summary = recording_.summary();
         summary.lost_events = lost_seen_;
         summary.events = events_;
-        summary.duration_s = static_cast<double>(end_ns - start_ns) / 1e9;
+        summary.duration_s = static_cast<double>(end_ns - header_.start_ns) / 1e9;
         summary.end_ns = end_ns;
-        writer_.write_line(summary_line(summary));
-        writer_.flush();
         return summary;
     }
 
     // Connections written that were open while events were lost.
-    uint64_t incomplete() const { return counter_.incomplete(); }
+    uint64_t incomplete() const { return recording_.incomplete(); }
 
 private:
+    // What a file's summary counts from: its start, and the recording's counts then.
+    struct FileSpan {
+        uint64_t start_ns = 0;
+        uint64_t events_before = 0;
+        uint64_t lost_before = 0;
+    };
+
+    // Between two polls: every connection written so far is in the file that ends here, every
+    // later one in the next.
+    void rotate() {
+        const uint64_t now = monotonic_now_ns();
+        end_file(now);
+        output_.close_file();
+        start_file(now);
+    }
+
+    // The file's summary line: its connections, and the events and losses of its span.
+    void end_file(uint64_t end_ns) {
+        TraceSummary summary = std::exchange(file_counter_, {}).summary();
+        summary.lost_events = lost_seen_ - file_.lost_before;
+        summary.events = events_ - file_.events_before;
+        summary.duration_s = static_cast<double>(end_ns - file_.start_ns) / 1e9;
+        summary.end_ns = end_ns;
+        writer_->write_line(summary_line(summary));
+        writer_->flush();
+    }
+
     void feed_tracker() {
         for (const auto& event : capture_.decoded) {
             ++events_;
-            if (options_.raw_events) writer_.write_line(event_line(event, payloads_));
+            if (options_.raw_events) writer_->write_line(event_line(event, payloads_));
             // While the process and its container still exist: the answer is cached for later.
             if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
                 attributor_.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
@@ -492,8 +638,9 @@ private:
         for (auto& conn : finished) {
             attribute(conn);
             if (!selected(conn)) continue;
-            counter_.add(conn);
-            writer_.write_line(conn_line(conn));
+            recording_.add(conn);
+            file_counter_.add(conn);
+            writer_->write_line(conn_line(conn));
             live_.show(conn);
         }
     }
@@ -502,7 +649,7 @@ private:
         for (const auto& event : capture_.tracker.take_unattributed()) {
             if (!keep_unattributed_ || options_.raw_events) continue;
             if (config_.netns != 0 && event.netns != config_.netns) continue;
-            writer_.write_line(event_line(event, payloads_));
+            writer_->write_line(event_line(event, payloads_));
         }
     }
 
@@ -539,11 +686,15 @@ private:
     ContainerAttributor& attributor_;
     Capture& capture_;
     Tracer& tracer_;
-    TraceWriter& writer_;
+    TraceOutput& output_;
+    const TraceHeader header_;  // the recording's; each file's has its own start
+    TraceWriter* writer_ = nullptr;  // the file being written
     const PayloadPolicy payloads_;
     const bool keep_unattributed_;
     std::optional<ProcessFamily> family_;
-    SummaryCounter counter_;
+    SummaryCounter recording_;
+    SummaryCounter file_counter_;
+    FileSpan file_;
     LiveView live_;
     uint64_t events_ = 0;
     uint64_t lost_seen_ = 0;
@@ -551,13 +702,13 @@ private:
 };
 
 // The summary on the terminal, and a warning when events were lost.
-void print_summary(const RecordOptions& options, const std::string& output,
+void print_summary(const RecordOptions& options, const TraceOutput& output,
                    const TraceSummary& summary, uint64_t incomplete) {
     if (!options.quiet) {
         std::fprintf(stderr, "closetrace: %llu connections, %llu events, %llu lost; trace in %s\n",
                      static_cast<unsigned long long>(summary.connections),
                      static_cast<unsigned long long>(summary.events),
-                     static_cast<unsigned long long>(summary.lost_events), output_name(output));
+                     static_cast<unsigned long long>(summary.lost_events), output.name().c_str());
     }
     if (summary.lost_events > 0) {
         std::fprintf(stderr,
@@ -572,42 +723,83 @@ void print_summary(const RecordOptions& options, const std::string& output,
 // The steps in order. Every way out (a failure, a signal, the deadline) unwinds through the
 // destructors: the writer flushes, the file is closed and unlocked, the programs detach.
 void record(const RecordOptions& options) {
-    install_stop_handlers();
+    check_rotation_options(options);
+    install_signal_handlers(options.rotates());
     const HostFacts host = check_host(options);
     TracerConfig config = kernel_config(options, host);
     ContainerAttributor attributor = host_attributor(host);
     narrow_to_cgroup(config, options, host, attributor);
-    const std::string output = options.output.empty() ? default_output_name() : options.output;
 
     Capture capture(options);
     const std::unique_ptr<Tracer> tracer = start_tracer(config, capture);
-    const int fd = open_output(output, options.force);
-    // Closes the file (and releases its lock) however the recording ends.
-    const FileDescriptor owned_fd(fd == STDOUT_FILENO ? -1 : fd);
-    TraceWriter writer(fd);
+    // Closes the file (or the live rotated file, and releases its lock) however the recording
+    // ends.
+    TraceOutput output(options);
     const int64_t mono_to_wall = mono_to_wall_offset_ns();
     const uint64_t start_ns = monotonic_now_ns();
+    Recorder recorder(options, config, attributor, capture, *tracer, output,
+                      trace_header(options, host, config, tracer->probes(), start_ns, mono_to_wall));
     try {
-        writer.write_line(header_line(
-            trace_header(options, host, config, tracer->probes(), start_ns, mono_to_wall)));
-        writer.flush();
+        recorder.start_file(start_ns);
     } catch (const std::system_error& error) {
-        write_failed(output, error);
+        write_failed(output.name(), error);
     }
     announce(options, output, tracer->probes());
 
-    Recorder recorder(options, config, attributor, capture, *tracer, writer, mono_to_wall);
     const uint64_t deadline =
         options.duration_s > 0 ? start_ns + static_cast<uint64_t>(options.duration_s * 1e9) : 0;
     try {
         recorder.run(deadline);
-        const TraceSummary summary = recorder.finish(start_ns);
+        const TraceSummary summary = recorder.finish();
+        output.close_file();
+        output.finish();
         print_summary(options, output, summary, recorder.incomplete());
     } catch (const std::system_error& error) {
-        write_failed(output, error);
+        write_failed(output.name(), error);
     } catch (const LoaderError& error) {
         fail(error.what());
     }
+}
+
+// A size such as 100M or 2G (after CLI::AsSizeValue: bytes), at least 4 KiB: a trace file holds
+// at least its header and summary.
+CLI::Validator file_size() {
+    return CLI::Validator(
+        [](std::string& input) -> std::string {
+            uint64_t bytes = 0;
+            if (CLI::detail::lexical_cast(input, bytes) && bytes >= 4096) return {};
+            return fmt::format("{} bytes is too small for a trace file; give at least 4K", input);
+        },
+        "SIZE");
+}
+
+// Continuous recording: files rotated by size and time, kept by count and bytes
+// (docs/trace-format.md#rotated-files).
+void add_rotation_options(CLI::App& command, RecordOptions& options) {
+    const std::string group = "Rotation (--output is then a directory; SIGHUP rotates)";
+    command.add_option("--rotate-size", options.rotate_size,
+                       "Start a new trace file when the live one reaches this size (e.g. 100M)")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(file_size())
+        ->group(group);
+    command.add_option("--rotate-interval", options.rotate_interval_s,
+                       "Start a new trace file when the live one is this old (e.g. 1h, 30m, 90s)")
+        ->transform(CLI::AsNumberWithUnit(std::map<std::string, double>{
+            {"s", 1}, {"m", 60}, {"h", 3600}, {"d", 86400}}))
+        ->check(finite_range(1, kMaxDurationS, "seconds"))
+        ->group(group);
+    command.add_option("--keep-files", options.keep_files,
+                       "Keep the newest N closed trace files, delete older ones")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
+        ->group(group);
+    command.add_option("--keep-bytes", options.keep_bytes,
+                       "Keep the newest closed trace files that fit in this size (e.g. 2G), "
+                       "delete older ones")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(file_size())
+        ->group(group);
+    command.add_flag("--gzip", options.gzip, "Compress each closed trace file (.jsonl.gz)")
+        ->group(group);
 }
 
 }  // namespace
@@ -633,7 +825,8 @@ void add_record_command(CLI::App& app) {
     command->add_option("--duration,-d", options->duration_s, "Stop after this many seconds")
         ->check(finite_range(0.001, kMaxDurationS, "seconds"));
     command->add_option("--output,-o", options->output,
-                        "Trace file, or - for standard output (default: closetrace-DATE.jsonl)");
+                        "Trace file, or - for standard output (default: closetrace-DATE.jsonl); "
+                        "with rotation, the directory of the trace files (default: .)");
     command->add_flag("--quiet,-q", options->quiet, "No live lines on the terminal");
     command->add_flag("--force", options->force, "Overwrite an existing trace file");
     command->add_flag("--full-target", options->full_target,
@@ -656,6 +849,7 @@ void add_record_command(CLI::App& app) {
     command->add_option("--btf", options->btf, kBtfOptionHelp)->check(CLI::ExistingFile);
     command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
         ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));
+    add_rotation_options(*command, *options);
     command->callback([options] { record(*options); });
 }
 
