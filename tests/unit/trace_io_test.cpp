@@ -264,7 +264,7 @@ TEST(TraceIo, HeaderRoundTrips) {
     header.mono_to_wall_ns = std::numeric_limits<int64_t>::min();
     header.start_ns = kMaxU64;
     const TraceHeader read = read_trace(trace_text({header_line(header)})).header;
-    EXPECT_EQ(read.schema, "closetrace/2");
+    EXPECT_EQ(read.schema, "closetrace/3");
     EXPECT_EQ(read.tool_version, header.tool_version);
     EXPECT_EQ(read.host, header.host);
     EXPECT_EQ(read.kernel, header.kernel);
@@ -426,7 +426,7 @@ TEST(TraceIo, CloseFactsRoundTrip) {
 
 // A closetrace/1 record has no cause: the reader derives it from what the record holds.
 TEST(TraceReading, Schema1RecordsGetACause) {
-    std::string header = replaced(header_line(sample_header()), "closetrace/2", "closetrace/1");
+    std::string header = replaced(header_line(sample_header()), "closetrace/3", "closetrace/1");
     Connection conn = sample_connection();
     conn.requests.pop_back();
     conn.verdict = Verdict::LocalIdleClose;
@@ -799,11 +799,11 @@ TEST(TraceReading, MissingMember) {
 
 TEST(TraceReading, UnknownSchema) {
     const std::string header =
-        replaced(header_line(sample_header()), "closetrace/2", "closetrace/3");
+        replaced(header_line(sample_header()), "closetrace/3", "closetrace/4");
     const TraceError error = read_error(trace_text({header}));
     EXPECT_STREQ(error.what(),
-                 "t.jsonl:1: unsupported schema \"closetrace/3\"; this closetrace reads "
-                 "closetrace/1 and closetrace/2");
+                 "t.jsonl:1: unsupported schema \"closetrace/4\"; this closetrace reads "
+                 "closetrace/1, closetrace/2 and closetrace/3");
     EXPECT_EQ(error.line(), 1u);
 }
 

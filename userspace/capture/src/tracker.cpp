@@ -16,6 +16,7 @@
 
 #include "closetrace.h"
 #include "closetrace/http.h"
+#include "closetrace/http2.h"
 
 // How events become a connection record:
 // - On arrival, each event of a socket is reduced to a compact fact: a message to its parsed HTTP
@@ -296,7 +297,8 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
                     close.mark(close.peer_rst, event, Initiator::Peer, CloseHow::Rst);
                 }
                 break;
-            case EventKind::Message: break;  // kept apart, as MessageFacts
+            case EventKind::Message:  // kept apart, as MessageFacts
+            case EventKind::Http2: break;  // kept apart, as the HTTP/2 records
         }
     }
     return close;
@@ -592,6 +594,7 @@ struct Tracked {
     std::vector<Arrived> unconfirmed;
     std::vector<LifecycleFact> lifecycle;
     std::vector<MessageFact> messages;  // not yet fed to the builder
+    std::vector<Event> http2;           // a few per connection: frames that mattered, the close
     std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
     std::size_t settle_at = kSettleBatch;    // messages held when settle() next runs
     // The same on every event of the socket, so taken as they first come.
@@ -682,6 +685,10 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);
     bound_request_list(conn);
+    if (!tracked.http2.empty()) {
+        std::ranges::stable_sort(tracked.http2, {}, &Event::ts_ns);
+        conn.http2 = account_http2(tracked.http2);
+    }
     return conn;
 }
 
@@ -750,6 +757,10 @@ struct ConnTracker::State {
                  .heads = parse_heads(event.payload, full_target),
                  .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});
             if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
+            return;
+        }
+        if (event.kind == EventKind::Http2) {
+            tracked.http2.push_back(event);
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {

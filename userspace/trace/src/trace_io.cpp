@@ -91,7 +91,10 @@ constexpr Initiator kSides[] = {Initiator::Local, Initiator::Peer};
 constexpr Role kRoles[] = {Role::Server, Role::Client, Role::Unknown};
 constexpr Direction kDirections[] = {Direction::In, Direction::Out};
 constexpr EventKind kEventKinds[] = {EventKind::State, EventKind::ResetSent,
-                                     EventKind::ResetReceived, EventKind::Message};
+                                     EventKind::ResetReceived, EventKind::Message,
+                                     EventKind::Http2};
+constexpr StreamFate kStreamFates[] = {StreamFate::AfterGoaway, StreamFate::Refused,
+                                       StreamFate::UnansweredAtClose};
 constexpr std::string_view kFamilies[] = {"ipv4", "ipv6"};
 
 // For the enumerations that have no *_from_string function.
@@ -449,10 +452,11 @@ TraceHeader read_header(Members& line) {
     TraceHeader header;
     // First, so that a later schema's changes are reported as what they are.
     header.schema = required<std::string>(line, {&root, "schema"});
-    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV1) {
-        throw LineError{fmt::format("unsupported schema \"{}\"; this closetrace reads {} and {}",
-                                    excerpt_for_error(header.schema), kTraceSchemaV1,
-                                    kTraceSchema)};
+    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV2 &&
+        header.schema != kTraceSchemaV1) {
+        throw LineError{fmt::format(
+            "unsupported schema \"{}\"; this closetrace reads {}, {} and {}",
+            excerpt_for_error(header.schema), kTraceSchemaV1, kTraceSchemaV2, kTraceSchema)};
     }
     header.tool_version = required<std::string>(line, {&root, "tool_version"});
     header.host = required<std::string>(line, {&root, "host"});
@@ -548,6 +552,57 @@ CloseInfo read_close(Members& parent, const MemberPath& path) {
     return out;
 }
 
+Http2Side read_http2_side(Members& parent, const MemberPath& path) {
+    Members side(required_object(parent, path));
+    return Http2Side{
+        .last_frame_ns = required<uint64_t>(side, {&path, "last_frame_ns"}),
+        .streams_opened = required<uint32_t>(side, {&path, "streams_opened"}),
+        .streams_answered = required<uint32_t>(side, {&path, "streams_answered"}),
+        .last_stream_id = required<uint32_t>(side, {&path, "last_stream_id"}),
+        .goaway_count = required<uint32_t>(side, {&path, "goaway_count"}),
+        .goaway_last_stream_id = required<uint32_t>(side, {&path, "goaway_last_stream_id"}),
+        .goaway_error = required<uint32_t>(side, {&path, "goaway_error"}),
+        .rst_count = required<uint32_t>(side, {&path, "rst_count"}),
+        .rst_last_error = required<uint32_t>(side, {&path, "rst_last_error"}),
+    };
+}
+
+// closetrace/3: written for HTTP/2 connections only.
+Http2Connection read_http2(Members& parent, const MemberPath& path) {
+    Members fields(required_object(parent, path));
+    Http2Connection out;
+    out.client = required_enum<Initiator>(fields, {&path, "client"}, initiator_from_string, kSides);
+    out.local = read_http2_side(fields, {&path, "local"});
+    out.peer = read_http2_side(fields, {&path, "peer"});
+    out.local_goaway_ns = nullable<uint64_t>(fields, {&path, "local_goaway_ns"});
+    out.peer_goaway_ns = nullable<uint64_t>(fields, {&path, "peer_goaway_ns"});
+    out.lost = required<bool>(fields, {&path, "lost"});
+    out.pending_overflow = required<bool>(fields, {&path, "pending_overflow"});
+    out.counted_at_close = required<bool>(fields, {&path, "counted_at_close"});
+    const MemberPath caught_path{&path, "caught"};
+    std::size_t index = 0;
+    for (const element entry : required_array(fields, caught_path)) {
+        const MemberPath stream_path{&caught_path, {}, index++};
+        object stream_fields;
+        if (entry.get_object().get(stream_fields) != simdjson::SUCCESS) {
+            fail(stream_path, "expected an object");
+        }
+        Members stream(stream_fields);
+        out.caught.push_back({
+            .id = required<uint32_t>(stream, {&stream_path, "id"}),
+            .opened_by = required_enum<Initiator>(stream, {&stream_path, "opened_by"},
+                                                  initiator_from_string, kSides),
+            .opened_ns = nullable<uint64_t>(stream, {&stream_path, "opened_ns"}),
+            .reset_by = nullable_enum<Initiator>(stream, {&stream_path, "reset_by"},
+                                                 initiator_from_string, kSides),
+            .reset_ns = nullable<uint64_t>(stream, {&stream_path, "reset_ns"}),
+            .fate = required_enum<StreamFate>(stream, {&stream_path, "fate"},
+                                              stream_fate_from_string, kStreamFates),
+        });
+    }
+    return out;
+}
+
 // `v1`: a closetrace/1 record, whose close cause is derived here from what it holds.
 Connection read_connection(Members& line, bool v1) {
     const MemberPath root{nullptr, "conn"};
@@ -601,6 +656,7 @@ Connection read_connection(Members& line, bool v1) {
     if (has_member(line, "incomplete")) {
         conn.incomplete = required<bool>(line, {&root, "incomplete"});
     }
+    if (has_member(line, "http2")) conn.http2 = read_http2(line, {&root, "http2"});
     if (v1) {
         conn.close.cause = classify_close(conn, {});
         conn.close.asked_by = asked_by(conn);
@@ -649,6 +705,7 @@ TraceEventLine read_event(Members& line) {
                 event.held = required<bool>(line, {&root, "held"});
             }
             break;
+        case EventKind::Http2: break;  // closetrace/3: its facts are in the conn line
     }
     // Written only by a recording with --raw-payloads.
     if (kind != EventKind::State && has_member(line, "payload")) {
@@ -814,6 +871,45 @@ std::string header_line(const TraceHeader& header) {
     return dump_line(line);
 }
 
+Json http2_side_json(const Http2Side& side) {
+    Json json;
+    json["last_frame_ns"] = side.last_frame_ns;
+    json["streams_opened"] = side.streams_opened;
+    json["streams_answered"] = side.streams_answered;
+    json["last_stream_id"] = side.last_stream_id;
+    json["goaway_count"] = side.goaway_count;
+    json["goaway_last_stream_id"] = side.goaway_last_stream_id;
+    json["goaway_error"] = side.goaway_error;
+    json["rst_count"] = side.rst_count;
+    json["rst_last_error"] = side.rst_last_error;
+    return json;
+}
+
+Json http2_json(const Http2Connection& h2) {
+    Json caught = Json::array();
+    for (const Http2Stream& stream : h2.caught) {
+        Json entry;
+        entry["id"] = stream.id;
+        entry["opened_by"] = to_string(stream.opened_by);
+        entry["opened_ns"] = nullable_json(stream.opened_ns);
+        entry["reset_by"] = stream.reset_by ? Json(to_string(*stream.reset_by)) : Json(nullptr);
+        entry["reset_ns"] = nullable_json(stream.reset_ns);
+        entry["fate"] = to_string(stream.fate);
+        caught.push_back(std::move(entry));
+    }
+    Json json;
+    json["client"] = to_string(h2.client);
+    json["local"] = http2_side_json(h2.local);
+    json["peer"] = http2_side_json(h2.peer);
+    json["local_goaway_ns"] = nullable_json(h2.local_goaway_ns);
+    json["peer_goaway_ns"] = nullable_json(h2.peer_goaway_ns);
+    json["lost"] = h2.lost;
+    json["pending_overflow"] = h2.pending_overflow;
+    json["counted_at_close"] = h2.counted_at_close;
+    json["caught"] = std::move(caught);
+    return json;
+}
+
 std::string conn_line(const Connection& conn) {
     const CloseInfo& info = conn.close;
     Json close;
@@ -873,6 +969,7 @@ std::string conn_line(const Connection& conn) {
     line["requests_omitted"] = conn.requests_omitted;
     line["verdict"] = to_string(conn.verdict);
     line["incomplete"] = conn.incomplete;
+    if (conn.http2) line["http2"] = http2_json(*conn.http2);
     return dump_line(line);
 }
 
@@ -909,8 +1006,15 @@ std::string event_line(const Event& event, PayloadPolicy policy) {
             line["responses_before"] = event.responses_before;
             line["held"] = event.held;
             break;
+        case EventKind::Http2:
+            line["record"] = event.http2.at_close ? "close" : "frame";
+            line["direction"] = to_string(event.http2.direction);
+            line["frame_type"] = event.http2.frame_type;
+            line["stream_id"] = event.http2.stream_id;
+            line["error_code"] = event.http2.error_code;
+            break;
     }
-    if (event.kind != EventKind::State) {
+    if (event.kind != EventKind::State && event.kind != EventKind::Http2) {
         line["heads"] = heads_json(event.payload, policy.full_target);
         if (policy.raw) line["payload"] = bytes_json(event.payload);
     }

@@ -1,0 +1,143 @@
+#include "closetrace/http2.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <set>
+
+#include "closetrace.h"
+
+namespace closetrace {
+namespace {
+
+Initiator side_of(Direction direction) {
+    return direction == Direction::Out ? Initiator::Local : Initiator::Peer;
+}
+
+const Http2Side& sent_by(const Http2Record& record, Initiator side) {
+    return side == Initiator::Local ? record.local : record.peer;
+}
+
+// The streams the records name, by id: opened (a written HEADERS), refused, or pending at the
+// close.
+class CaughtStreams {
+public:
+    void opened(uint32_t id, Initiator by, uint64_t ts_ns) {
+        Http2Stream& stream = at(id, by);
+        if (!stream.opened_ns) stream.opened_ns = ts_ns;
+    }
+
+    void refused(uint32_t id, Initiator opener, Initiator by, uint64_t ts_ns) {
+        Http2Stream& stream = at(id, opener);
+        stream.reset_by = by;
+        stream.reset_ns = ts_ns;
+        refused_.insert(id);
+    }
+
+    void pending(uint32_t id, Initiator opener) {
+        at(id, opener);
+        pending_.insert(id);
+    }
+
+    // Each stream's fate from the final counts; the ones not caught are dropped.
+    std::vector<Http2Stream> settle(const Http2Record& final_counts) {
+        std::vector<Http2Stream> caught;
+        for (auto& [id, stream] : streams_) {
+            // The side that did not open it: its GOAWAY's last-stream-id bounds what it processed.
+            const Http2Side& other = sent_by(
+                final_counts, stream.opened_by == Initiator::Local ? Initiator::Peer
+                                                                   : Initiator::Local);
+            if (refused_.contains(id)) {
+                stream.fate = StreamFate::Refused;
+            } else if (other.goaway_count > 0 && id > other.goaway_last_stream_id) {
+                stream.fate = StreamFate::AfterGoaway;
+            } else if (pending_.contains(id)) {
+                stream.fate = StreamFate::UnansweredAtClose;
+            } else {
+                continue;
+            }
+            caught.push_back(stream);
+        }
+        return caught;
+    }
+
+private:
+    Http2Stream& at(uint32_t id, Initiator opener) {
+        auto [it, created] = streams_.try_emplace(id);
+        if (created) {
+            it->second.id = id;
+            it->second.opened_by = opener;
+        }
+        return it->second;
+    }
+
+    std::map<uint32_t, Http2Stream> streams_;
+    std::set<uint32_t> refused_;
+    std::set<uint32_t> pending_;
+};
+
+}  // namespace
+
+std::string http2_error_name(uint32_t code) {
+    static constexpr std::array<const char*, 14> kNames = {
+        "NO_ERROR",       "PROTOCOL_ERROR", "INTERNAL_ERROR",     "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR",  "REFUSED_STREAM",
+        "CANCEL",         "COMPRESSION_ERROR", "CONNECT_ERROR",   "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED",
+    };
+    if (code < kNames.size()) return kNames[code];
+    return fmt::format("0x{:x}", code);
+}
+
+Http2Connection account_http2(std::span<const Event> records) {
+    Http2Connection conn;
+    if (records.empty()) return conn;
+    // The counts grow monotonically: the last record holds them all (at the close, when written).
+    const Http2Record* final_counts = &records.back().http2;
+    for (const Event& event : records) {
+        if (event.http2.at_close) final_counts = &event.http2;
+    }
+    const Initiator client = side_of(final_counts->client);
+    conn.client = client;
+    conn.local = final_counts->local;
+    conn.peer = final_counts->peer;
+    conn.counted_at_close = final_counts->at_close;
+
+    CaughtStreams streams;
+    for (const Event& event : records) {
+        const Http2Record& record = event.http2;
+        conn.lost = conn.lost || record.lost_in || record.lost_out;
+        conn.pending_overflow = conn.pending_overflow || record.pending_overflow;
+        if (record.at_close) continue;
+        const Initiator sender = side_of(record.direction);
+        switch (record.frame_type) {
+            case CT_HTTP2_HEADERS: streams.opened(record.stream_id, sender, event.ts_ns); break;
+            case CT_HTTP2_RST_STREAM:
+                if (record.error_code == kHttp2RefusedStream) {
+                    streams.refused(record.stream_id, client, sender, event.ts_ns);
+                }
+                break;
+            case CT_HTTP2_GOAWAY: {
+                std::optional<uint64_t>& first =
+                    sender == Initiator::Local ? conn.local_goaway_ns : conn.peer_goaway_ns;
+                if (!first) first = event.ts_ns;
+                break;
+            }
+            default: break;
+        }
+    }
+    // Awaiting an answer: caught only when the connection closed with it so.
+    if (final_counts->at_close) {
+        for (uint32_t bit = 0; bit < CT_HTTP2_PENDING_WINDOW; ++bit) {
+            if (final_counts->pending & (uint64_t{1} << bit)) {
+                streams.pending(final_counts->pending_base + 2 * bit, client);
+            }
+        }
+    }
+    conn.caught = streams.settle(*final_counts);
+    return conn;
+}
+
+}  // namespace closetrace
