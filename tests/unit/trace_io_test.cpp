@@ -1117,5 +1117,36 @@ TEST(TraceReading, HundredThousandLinesInConstantMemory) {
     EXPECT_LT(heap_at_end, heap_after_warmup + 64 * 1024);
 }
 
+// closetrace/3: an HTTP/2 connection's counts and caught streams come back as written.
+TEST(TraceIo, Http2MemberRoundTrips) {
+    Connection conn = sample_connection();
+    conn.http2 = Http2Connection{
+        .client = Initiator::Peer,
+        .local = {.last_frame_ns = 9, .streams_answered = 3, .goaway_count = 1,
+                  .goaway_last_stream_id = 5, .goaway_error = 0},
+        .peer = {.last_frame_ns = 8, .streams_opened = 4, .last_stream_id = 7, .rst_count = 1,
+                 .rst_last_error = 8},
+        .local_goaway_ns = 1900,
+        .peer_goaway_ns = std::nullopt,
+        .lost = true,
+        .pending_overflow = false,
+        .counted_at_close = true,
+        .caught = {{.id = 7, .opened_by = Initiator::Peer, .opened_ns = 1950,
+                    .fate = StreamFate::AfterGoaway},
+                   {.id = 9, .opened_by = Initiator::Peer, .reset_by = Initiator::Local,
+                    .reset_ns = 1960, .fate = StreamFate::Refused}},
+    };
+    EXPECT_EQ(conn_round_trip(conn).http2, conn.http2);
+    // An HTTP/1 connection's line has no such member.
+    EXPECT_EQ(conn_line(sample_connection()).find("http2"), std::string::npos);
+}
+
+TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {
+    const std::string header = replaced(header_line(sample_header()), "closetrace/3", "closetrace/2");
+    const ReadResult result = read_trace(trace_text({header, conn_line(sample_connection())}));
+    ASSERT_EQ(result.records.size(), 1u);
+    EXPECT_FALSE(std::get<Connection>(result.records.at(0)).http2);
+}
+
 }  // namespace
 }  // namespace closetrace

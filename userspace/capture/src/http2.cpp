@@ -140,4 +140,70 @@ Http2Connection account_http2(std::span<const Event> records) {
     return conn;
 }
 
+namespace {
+
+// The side whose GOAWAY came first, else the first FIN or RST's.
+Initiator http2_closer(const Connection& conn) {
+    const Http2Connection& h2 = *conn.http2;
+    if (h2.local_goaway_ns && (!h2.peer_goaway_ns || *h2.local_goaway_ns <= *h2.peer_goaway_ns)) {
+        return Initiator::Local;
+    }
+    return h2.peer_goaway_ns ? Initiator::Peer : conn.close.initiator;
+}
+
+// From the closer's first GOAWAY back to the other side's last frame before it.
+std::optional<double> idle_before_goaway(std::span<const Event> records, Initiator closer) {
+    const Direction closer_direction = closer == Initiator::Local ? Direction::Out : Direction::In;
+    for (const Event& event : records) {
+        const Http2Record& record = event.http2;
+        if (record.at_close || record.frame_type != CT_HTTP2_GOAWAY ||
+            record.direction != closer_direction) {
+            continue;
+        }
+        const Http2Side& other = closer == Initiator::Local ? record.peer : record.local;
+        if (other.last_frame_ns == 0 || other.last_frame_ns > event.ts_ns) return std::nullopt;
+        return static_cast<double>(event.ts_ns - other.last_frame_ns) / 1e6;
+    }
+    return std::nullopt;
+}
+
+Verdict by_closer(Initiator closer, Verdict local, Verdict peer) {
+    return closer == Initiator::Local ? local : peer;
+}
+
+}  // namespace
+
+void judge_http2(Connection& conn, std::span<const Event> records) {
+    conn.http2 = account_http2(records);
+    conn.requests.clear();
+    conn.requests_omitted = 0;
+    if (!conn.close.how) return;  // open: the verdict stays Open
+
+    const Http2Connection& h2 = *conn.http2;
+    const Initiator closer = http2_closer(conn);
+    const Http2Side& closer_sent = closer == Initiator::Local ? h2.local : h2.peer;
+    const bool raced = std::ranges::any_of(h2.caught, [](const Http2Stream& stream) {
+        return stream.fate != StreamFate::UnansweredAtClose;
+    });
+    const bool in_flight = !h2.caught.empty() && !raced;
+    const bool goaway_without_error =
+        closer_sent.goaway_count > 0 && closer_sent.goaway_error == kHttp2NoError;
+
+    conn.close.cause = in_flight                ? CloseCause::InFlight
+                       : goaway_without_error ? CloseCause::IdleTimer
+                                              : CloseCause::Unknown;
+    conn.close.asked_by = std::nullopt;
+    if (goaway_without_error) conn.close.idle_ms = idle_before_goaway(records, closer);
+
+    if (raced) {
+        conn.verdict = by_closer(closer, Verdict::LocalCloseRace, Verdict::PeerCloseRace);
+    } else if (in_flight) {
+        conn.verdict = by_closer(closer, Verdict::LocalResetInflight, Verdict::PeerCloseInflight);
+    } else if (conn.close.how == CloseHow::Rst && !goaway_without_error) {
+        conn.verdict = by_closer(closer, Verdict::LocalReset, Verdict::PeerReset);
+    } else {
+        conn.verdict = by_closer(closer, Verdict::LocalIdleClose, Verdict::PeerIdleClose);
+    }
+}
+
 }  // namespace closetrace

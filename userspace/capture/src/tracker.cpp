@@ -687,7 +687,7 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
     bound_request_list(conn);
     if (!tracked.http2.empty()) {
         std::ranges::stable_sort(tracked.http2, {}, &Event::ts_ns);
-        conn.http2 = account_http2(tracked.http2);
+        judge_http2(conn, tracked.http2);
     }
     return conn;
 }

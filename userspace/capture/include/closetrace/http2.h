@@ -24,4 +24,11 @@ std::string http2_error_name(uint32_t code);
 // awaiting its answer in the counts written at the close.
 Http2Connection account_http2(std::span<const Event> records);
 
+// An HTTP/2 connection (`conn.http2` set from `records`) judged by its frames: its requests are
+// its streams, so the HTTP/1 view of its bytes (opaque messages) is dropped. The closer is the
+// side of the first GOAWAY (else of the first FIN or RST); a stream caught after a GOAWAY or
+// refused makes a race, one unanswered at the close an in-flight loss. A GOAWAY without error
+// is an idle timer's, and the idle is from the other side's last frame before it.
+void judge_http2(Connection& conn, std::span<const Event> records);
+
 }  // namespace closetrace
