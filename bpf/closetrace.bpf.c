@@ -629,6 +629,7 @@ static __always_inline void write_http2(const struct ct_event *head, __u8 role,
 	event->flags = h2->flags;
 	event->role = role;
 	event->record = frame ? CT_HTTP2_FRAME : CT_HTTP2_CLOSE;
+	event->in_skip = h2->directions[CT_DIR_IN - 1].skip;
 	if (frame) {
 		event->stream_id = frame->stream_id;
 		event->error_code = frame->error_code;

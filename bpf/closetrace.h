@@ -229,7 +229,10 @@ struct ct_http2_event {
 	__u8 client_direction;   /* the direction of the client preface: CT_DIR_IN on a server */
 	__u8 flags;              /* enum ct_http2_flag */
 	__u8 role;
-	__u8 pad[5];
+	__u8 pad;
+	/* Bytes of the peer's frame under way still to come: 0 means the peer's next segment opens
+	 * with a frame header (read from a reset's trigger once the socket is gone). */
+	__u32 in_skip;
 };
 
 #endif /* CLOSETRACE_H */

@@ -2,6 +2,8 @@
 // (judge_http2): which streams a close caught, and who closed how.
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "closetrace.h"
@@ -161,6 +163,59 @@ TEST(Http2Accounting, LostTrackIsCarried) {
     counts.http2.lost_in = true;
     const Http2Connection h2 = account_http2(std::vector<Event>{counts});
     EXPECT_TRUE(h2.lost);
+}
+
+// A 9-byte frame header: length, type, flags, stream id.
+std::string frame_header(uint32_t length, uint8_t type, uint32_t stream_id) {
+    const char bytes[] = {static_cast<char>(length >> 16), static_cast<char>(length >> 8),
+                          static_cast<char>(length),       static_cast<char>(type),
+                          0x4,
+                          static_cast<char>(stream_id >> 24), static_cast<char>(stream_id >> 16),
+                          static_cast<char>(stream_id >> 8),  static_cast<char>(stream_id)};
+    return std::string(bytes, sizeof(bytes));
+}
+
+TEST(Http2FrameHeaders, WalksWholeHeadersAndStopsAtTheEnd) {
+    const std::string bytes = frame_header(2, CT_HTTP2_HEADERS, 0x80000003) + "ab" +
+                              frame_header(100, 0x0 /* DATA */, 3) + "cut";
+    const std::vector<Http2FrameHeader> headers = http2_frame_headers(bytes);
+    ASSERT_EQ(headers.size(), 2u);
+    EXPECT_EQ(headers[0].type, CT_HTTP2_HEADERS);
+    EXPECT_EQ(headers[0].stream_id, 3u);  // the reserved bit is not part of the id
+    EXPECT_EQ(headers[0].length, 2u);
+    EXPECT_EQ(headers[1].length, 100u);
+    EXPECT_TRUE(http2_frame_headers(frame_header(0, 1, 1).substr(0, 8)).empty());
+}
+
+Event late_reset(uint64_t ts_ns, std::string payload) {
+    Event event;
+    event.kind = EventKind::ResetSent;
+    event.ts_ns = ts_ns;
+    event.payload = std::move(payload);
+    return event;
+}
+
+TEST(Http2Accounting, AStreamOpenedAfterTheSocketWasGoneIsReadFromItsReset) {
+    std::vector<Event> records = {
+        frame(2'000'000'000, Direction::Out, CT_HTTP2_GOAWAY, 0),
+        close_counts(2'000'300'000, 0, 1),
+    };
+    set_local_goaway(records, 1);
+    const std::vector<Event> late = {
+        late_reset(2'500'000'000, frame_header(4, CT_HTTP2_HEADERS, 3) + "hpak")};
+    Connection conn = closed_by_this_host(CloseHow::Fin);
+    judge_http2(conn, records, late);
+    ASSERT_EQ(conn.http2->caught.size(), 1u);
+    EXPECT_EQ(conn.http2->caught[0].id, 3u);
+    EXPECT_EQ(conn.http2->caught[0].fate, StreamFate::AfterGoaway);
+    EXPECT_EQ(conn.http2->caught[0].opened_ns, 2'500'000'000u);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+
+    // Not when the peer's bytes were mid-frame at the close: its segment is no frame start.
+    records.back().http2.in_skip = 10;
+    Connection mid_frame = closed_by_this_host(CloseHow::Fin);
+    judge_http2(mid_frame, records, late);
+    EXPECT_TRUE(mid_frame.http2->caught.empty());
 }
 
 TEST(Http2Accounting, ErrorCodesByName) {

@@ -166,6 +166,7 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             h2.lost_in = (record.flags & CT_HTTP2_LOST_IN) != 0;
             h2.lost_out = (record.flags & CT_HTTP2_LOST_OUT) != 0;
             h2.pending_overflow = (record.flags & CT_HTTP2_PENDING_OVERFLOW) != 0;
+            h2.in_skip = record.in_skip;
             h2.direction = record.direction == CT_DIR_OUT ? Direction::Out : Direction::In;
             h2.frame_type = record.frame_type;
             h2.frame_flags = record.frame_flags;

@@ -91,7 +91,28 @@ std::string http2_error_name(uint32_t code) {
     return fmt::format("0x{:x}", code);
 }
 
-Http2Connection account_http2(std::span<const Event> records) {
+std::vector<Http2FrameHeader> http2_frame_headers(std::string_view bytes) {
+    constexpr std::size_t kHeaderLen = 9;
+    std::vector<Http2FrameHeader> headers;
+    std::size_t at = 0;
+    while (bytes.size() - at >= kHeaderLen) {
+        const auto byte = [&](std::size_t i) { return static_cast<uint8_t>(bytes[at + i]); };
+        headers.push_back({
+            .length = (uint32_t{byte(0)} << 16) | (uint32_t{byte(1)} << 8) | byte(2),
+            .type = byte(3),
+            .flags = byte(4),
+            .stream_id = ((uint32_t{byte(5)} << 24) | (uint32_t{byte(6)} << 16) |
+                          (uint32_t{byte(7)} << 8) | byte(8)) & 0x7fffffff,
+        });
+        const std::size_t next = kHeaderLen + headers.back().length;
+        if (bytes.size() - at < next) break;
+        at += next;
+    }
+    return headers;
+}
+
+Http2Connection account_http2(std::span<const Event> records,
+                              std::span<const Event> late_segments) {
     Http2Connection conn;
     if (records.empty()) return conn;
     // The counts grow monotonically: the last record holds them all (at the close, when written).
@@ -126,6 +147,19 @@ Http2Connection account_http2(std::span<const Event> records) {
                 break;
             }
             default: break;
+        }
+    }
+    // The peer's first segment after the socket was gone, read from the reset it triggered:
+    // only when the close left the peer's bytes at a frame boundary and followed.
+    if (final_counts->at_close && client == Initiator::Peer && !late_segments.empty() &&
+        final_counts->in_skip == 0 && !final_counts->lost_in) {
+        const Event& late = late_segments.front();
+        for (const Http2FrameHeader& header : http2_frame_headers(late.payload)) {
+            if (header.type == CT_HTTP2_HEADERS && (header.stream_id & 1) &&
+                header.stream_id > final_counts->peer.last_stream_id) {
+                streams.opened(header.stream_id, Initiator::Peer, late.ts_ns);
+                streams.pending(header.stream_id, Initiator::Peer);
+            }
         }
     }
     // Awaiting an answer: caught only when the connection closed with it so.
@@ -173,8 +207,9 @@ Verdict by_closer(Initiator closer, Verdict local, Verdict peer) {
 
 }  // namespace
 
-void judge_http2(Connection& conn, std::span<const Event> records) {
-    conn.http2 = account_http2(records);
+void judge_http2(Connection& conn, std::span<const Event> records,
+                 std::span<const Event> late_segments) {
+    conn.http2 = account_http2(records, late_segments);
     conn.requests.clear();
     conn.requests_omitted = 0;
     if (!conn.close.how) return;  // open: the verdict stays Open

@@ -687,7 +687,14 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
     bound_request_list(conn);
     if (!tracked.http2.empty()) {
         std::ranges::stable_sort(tracked.http2, {}, &Event::ts_ns);
-        judge_http2(conn, tracked.http2);
+        std::vector<Event> late_segments;
+        for (const LifecycleFact& fact : tracked.lifecycle) {
+            if (fact.event.kind == EventKind::ResetSent && !fact.event.payload.empty() &&
+                conn.closed_ns && fact.event.ts_ns >= *conn.closed_ns) {
+                late_segments.push_back(fact.event);
+            }
+        }
+        judge_http2(conn, tracked.http2, late_segments);
     }
     return conn;
 }

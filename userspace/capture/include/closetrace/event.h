@@ -78,6 +78,8 @@ struct Http2Record {
     bool lost_in = false;   // received frames no longer followed from some point on
     bool lost_out = false;  // ... sent frames
     bool pending_overflow = false;  // more streams open at once than `pending` holds
+    // Bytes of the peer's frame under way still to come: 0, its next segment opens with a frame.
+    uint32_t in_skip = 0;
     // A frame's
     Direction direction = Direction::In;
     uint8_t frame_type = 0;

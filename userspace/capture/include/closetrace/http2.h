@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "closetrace/event.h"
 #include "closetrace/model.h"
@@ -19,16 +21,32 @@ inline constexpr uint32_t kHttp2RefusedStream = 0x7;
 // RFC does not define.
 std::string http2_error_name(uint32_t code);
 
+struct Http2FrameHeader {
+    uint32_t length = 0;
+    uint8_t type = 0;
+    uint8_t flags = 0;
+    uint32_t stream_id = 0;
+};
+
+// The frame headers wholly within `bytes`, which start with one (untrusted bytes: nothing is
+// read past them).
+std::vector<Http2FrameHeader> http2_frame_headers(std::string_view bytes);
+
 // `records`: the connection's Http2 events, in time order. A stream is caught when it was
 // opened above the other side's GOAWAY last-stream-id, reset with REFUSED_STREAM, or still
-// awaiting its answer in the counts written at the close.
-Http2Connection account_http2(std::span<const Event> records);
+// awaiting its answer in the counts written at the close. `late_segments`: the resets this
+// host sent after its socket was gone (ResetSent events, in time order), whose trigger is the
+// peer's next segment: when the close left the peer's bytes at a frame boundary, the streams
+// its first one opens are caught too (the kernel's hooks no longer see that socket).
+Http2Connection account_http2(std::span<const Event> records,
+                              std::span<const Event> late_segments = {});
 
 // An HTTP/2 connection (`conn.http2` set from `records`) judged by its frames: its requests are
 // its streams, so the HTTP/1 view of its bytes (opaque messages) is dropped. The closer is the
 // side of the first GOAWAY (else of the first FIN or RST); a stream caught after a GOAWAY or
 // refused makes a race, one unanswered at the close an in-flight loss. A GOAWAY without error
 // is an idle timer's, and the idle is from the other side's last frame before it.
-void judge_http2(Connection& conn, std::span<const Event> records);
+void judge_http2(Connection& conn, std::span<const Event> records,
+                 std::span<const Event> late_segments = {});
 
 }  // namespace closetrace
