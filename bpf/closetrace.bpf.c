@@ -1234,8 +1234,8 @@ static __always_inline void lose_http2_track(struct http2_state *h2, __u8 direct
 static __always_inline void pending_open(struct http2_state *h2, __u32 stream_id)
 {
 	__u32 index = stream_id >> 1;
-	if (!h2->pending || index < h2->pending_index)
-		h2->pending_index = index, h2->pending = 0;
+	if (!h2->pending)
+		h2->pending_index = index; /* stream ids only grow: a fresh window starts here */
 	__u32 offset = index - h2->pending_index;
 	if (offset >= CT_HTTP2_PENDING_WINDOW) {
 		__u32 shift = offset - (CT_HTTP2_PENDING_WINDOW - 1);
@@ -1366,9 +1366,10 @@ static __always_inline void walk_frames(const struct packet *p, struct http2_sta
 
 /*
  * The first payload of a direction on a socket seen from its opening: the client preface makes
- * it HTTP/2 (its frames follow the preface's 24 bytes); a SETTINGS frame may be the server's
- * preface, followed until the other direction opens. Returns the state, and in *start where
- * the frames begin; NULL when the socket is not HTTP/2.
+ * it HTTP/2 (its frames follow the preface's 24 bytes); the other direction must open with a
+ * SETTINGS frame, the server's preface, which may also come first (followed until the client's
+ * direction opens). Anything else drops the state. Returns the state, and in *start where the
+ * frames begin; NULL when the socket is not HTTP/2.
  */
 static __always_inline struct http2_state *http2_stream_start(const struct packet *p,
 							      __u32 *start)
@@ -1379,18 +1380,21 @@ static __always_inline struct http2_state *http2_stream_start(const struct packe
 	__u64 first[CT_HTTP2_PREFACE_LEN / 8];
 	bool preface = !bpf_skb_load_bytes(p->skb, p->payload_offset, first, sizeof(first)) &&
 		       is_client_preface(first);
-	if (h2 && !preface && !h2->client_direction) {
-		/* The other direction opened with SETTINGS, this one without the client preface. */
-		bpf_sk_storage_delete(&http2_states, sk);
-		m->http2 = 0;
+	/* A server preface needs the client's, seen or still to come; never two of them. */
+	bool server_preface = !preface && (!h2 || h2->client_direction) && opens_with_settings(p);
+	if (!preface && !server_preface) {
+		if (h2) {
+			bpf_sk_storage_delete(&http2_states, sk);
+			m->http2 = 0;
+		}
 		return NULL;
 	}
-	if (!h2 && (preface || opens_with_settings(p))) {
+	if (!h2) {
 		h2 = bpf_sk_storage_get(&http2_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 		m->http2 = h2 != NULL;
+		if (!h2)
+			return NULL;
 	}
-	if (!h2)
-		return NULL;
 	if (preface) {
 		h2->client_direction = p->direction;
 		*start = CT_HTTP2_PREFACE_LEN;
