@@ -20,6 +20,7 @@
 #include "closetrace/container.h"
 #include "closetrace/event.h"
 #include "closetrace/file_descriptor.h"
+#include "closetrace/recording_metrics.h"
 #include "closetrace/text.h"
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
@@ -67,6 +68,7 @@ struct RecordOptions {
     double idle_gap_ms = 500;
     uint32_t ring_mb = 8;
     std::string btf;
+    std::string metrics;
 };
 
 // 30 days; without --duration a recording runs until it is stopped.
@@ -420,7 +422,7 @@ class Recorder {
 public:
     Recorder(const RecordOptions& options, const TracerConfig& config,
              ContainerAttributor& attributor, Capture& capture, Tracer& tracer,
-             TraceWriter& writer, int64_t mono_to_wall)
+             TraceWriter& writer, int64_t mono_to_wall, RecordingMetrics* metrics)
         : options_(options),
           config_(config),
           attributor_(attributor),
@@ -432,7 +434,8 @@ public:
           // those out; the netns of such a reset is known, so --netns keeps its own.
           keep_unattributed_(options.cgroup.empty() && options.container.empty() &&
                              options.pid == 0),
-          live_(options.quiet, mono_to_wall) {
+          live_(options.quiet, mono_to_wall),
+          metrics_(metrics) {
         if (options.pid != 0) family_.emplace(options.pid);
     }
 
@@ -448,6 +451,7 @@ public:
             write_connections(capture_.tracker.take_finished(note_losses()));
             write_unattributed();
             writer_.flush();
+            if (metrics_) metrics_->refresh(lost_seen_);
         }
     }
 
@@ -493,6 +497,7 @@ private:
             attribute(conn);
             if (!selected(conn)) continue;
             counter_.add(conn);
+            if (metrics_) metrics_->add(conn);
             writer_.write_line(conn_line(conn));
             live_.show(conn);
         }
@@ -545,6 +550,7 @@ private:
     std::optional<ProcessFamily> family_;
     SummaryCounter counter_;
     LiveView live_;
+    RecordingMetrics* metrics_;  // null without --metrics
     uint64_t events_ = 0;
     uint64_t lost_seen_ = 0;
     uint64_t looked_ns_ = 0;
@@ -569,10 +575,24 @@ void print_summary(const RecordOptions& options, const std::string& output,
     }
 }
 
+// --metrics: served from before the programs are attached, so that a bad address or a port in
+// use stops the recording before it starts. Null without --metrics.
+std::unique_ptr<RecordingMetrics> serve_metrics(const std::string& address) {
+    if (address.empty()) return nullptr;
+    auto metrics = std::make_unique<RecordingMetrics>();
+    try {
+        metrics->serve(address);
+    } catch (const MetricsError& error) {
+        fail(error.what(), 2);
+    }
+    return metrics;
+}
+
 // The steps in order. Every way out (a failure, a signal, the deadline) unwinds through the
 // destructors: the writer flushes, the file is closed and unlocked, the programs detach.
 void record(const RecordOptions& options) {
     install_stop_handlers();
+    const std::unique_ptr<RecordingMetrics> metrics = serve_metrics(options.metrics);
     const HostFacts host = check_host(options);
     TracerConfig config = kernel_config(options, host);
     ContainerAttributor attributor = host_attributor(host);
@@ -596,7 +616,8 @@ void record(const RecordOptions& options) {
     }
     announce(options, output, tracer->probes());
 
-    Recorder recorder(options, config, attributor, capture, *tracer, writer, mono_to_wall);
+    Recorder recorder(options, config, attributor, capture, *tracer, writer, mono_to_wall,
+                      metrics.get());
     const uint64_t deadline =
         options.duration_s > 0 ? start_ns + static_cast<uint64_t>(options.duration_s * 1e9) : 0;
     try {
@@ -653,6 +674,9 @@ void add_record_command(CLI::App& app) {
                         "List a request that follows this much silence on its connection (the "
                         "others in between are counted); well below any keep-alive timeout")
         ->check(finite_range(1, 60000, "ms"));
+    command->add_option("--metrics", options->metrics,
+                        "Serve Prometheus metrics at http://ADDR:PORT/metrics while recording "
+                        "(e.g. 127.0.0.1:9478; docs/metrics.md)");
     command->add_option("--btf", options->btf, kBtfOptionHelp)->check(CLI::ExistingFile);
     command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
         ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));
