@@ -8,6 +8,7 @@ the trace's race and close counts, and the shipped race alert must fire; on the 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ sys.path.insert(0, SCENARIO_TOOLS)
 
 import peers  # noqa: E402
 import scenarios  # noqa: E402
+from test_record_cli import ChurningTraffic  # noqa: E402
 
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "prometheus")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "closetrace-rules.yml")
@@ -34,6 +36,14 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def scrape(address, metric):
+    """The sum of `metric`'s series in one scrape of the recorder's endpoint."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.split("{")[0].split(" ")[0] == metric)
 
 
 class Prometheus:
@@ -234,6 +244,33 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(answers["by_verdict"], by_verdict)
         self.assertEqual(answers["races"], 0)
         self.assertEqual(answers["alerts"], {})
+
+    def test_lost_events_are_the_summarys(self):
+        """A recorder that stops reading (SIGSTOP) under churn loses events: its endpoint counts
+        them as the trace's summary does, and the connections they left incomplete."""
+        metrics_address = f"127.0.0.1:{free_port()}"
+        with ChurningTraffic() as traffic:
+            recorder = Recorder("--port", str(traffic.port), "--quiet", "--ring-mb", "1",
+                                "--metrics", metrics_address)
+            self.addCleanup(recorder.cleanup)
+            with recorder:
+                time.sleep(0.5)
+                recorder.process.send_signal(signal.SIGSTOP)
+                time.sleep(4)
+                recorder.process.send_signal(signal.SIGCONT)
+                time.sleep(0.5)
+                traffic.stop()
+                time.sleep(1.5)  # every close written after the linger, the loss counted
+                lost = scrape(metrics_address, "closetrace_lost_events_total")
+                incomplete = scrape(metrics_address, "closetrace_incomplete_connections_total")
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        _, conns, _, summary = recorder.trace()
+        self.assertGreater(summary["lost_events"], 0)
+        self.assertEqual(lost, summary["lost_events"])
+        # Those still open at the end (their close lost) are written after the last scrape.
+        closed_incomplete = [c for c in conns if c["incomplete"] and c["verdict"] != "open"]
+        self.assertGreater(len(closed_incomplete), 0)
+        self.assertEqual(incomplete, len(closed_incomplete))
 
 
 if __name__ == "__main__":
