@@ -133,6 +133,7 @@ RecordingMetrics::Series& RecordingMetrics::series_of(const Connection& conn) {
     if (found != series_.end()) return found->second;
     Series& series = series_[labels];
     series.labels = labels;
+    series.requests = &requests_.Add(labels);
     // At zero from the first connection of these labels on, so that increase() sees the first
     // race (a series born at 1 has no increase).
     for (const Side side : {kLocal, kPeer}) {
@@ -144,17 +145,20 @@ RecordingMetrics::Series& RecordingMetrics::series_of(const Connection& conn) {
 
 void RecordingMetrics::add(const Connection& conn) {
     Series& series = series_of(conn);
-    const prometheus::Labels& labels = series.labels;
     if (conn.incomplete) {
-        incomplete_.Add(labels).Increment();
+        if (!series.incomplete) series.incomplete = &incomplete_.Add(series.labels);
+        series.incomplete->Increment();
         return;
     }
-    requests_.Add(labels).Increment(static_cast<double>(conn.request_count()));
+    series.requests->Increment(static_cast<double>(conn.request_count()));
     if (conn.verdict == Verdict::Open) return;
-    closes_
-        .Add(with(with(labels, "verdict", to_string(conn.verdict)), "cause",
-                  to_string(conn.close.cause)))
-        .Increment();
+    const auto verdict = static_cast<std::size_t>(conn.verdict);
+    prometheus::Counter*& closes = series.closes[verdict][static_cast<std::size_t>(conn.close.cause)];
+    if (!closes) {
+        closes = &closes_.Add(with(with(series.labels, "verdict", to_string(conn.verdict)), "cause",
+                                   to_string(conn.close.cause)));
+    }
+    closes->Increment();
     switch (conn.verdict) {
         case Verdict::LocalCloseRace: series.races[kLocal]->Increment(); break;
         case Verdict::PeerCloseRace: series.races[kPeer]->Increment(); break;
@@ -166,8 +170,11 @@ void RecordingMetrics::add(const Connection& conn) {
         const auto caught = std::ranges::count_if(conn.requests, [&](const Request& request) {
             return is_caught(conn.verdict, request.outcome);
         });
-        caught_requests_.Add(with(labels, "verdict", to_string(conn.verdict)))
-            .Increment(static_cast<double>(caught));
+        prometheus::Counter*& counter = series.caught_requests[verdict];
+        if (!counter) {
+            counter = &caught_requests_.Add(with(series.labels, "verdict", to_string(conn.verdict)));
+        }
+        counter->Increment(static_cast<double>(caught));
     }
     count_idle_close(series, conn);
 }

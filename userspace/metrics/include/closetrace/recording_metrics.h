@@ -59,8 +59,15 @@ private:
     enum Side { kLocal, kPeer };
     static constexpr std::array<const char*, 2> kSideNames{"local", "peer"};
 
-    // One set of labels' series, and the idle times behind its timeouts.
+    // One set of labels' series (those that need a further label made at their first use), and
+    // the idle times behind its timeouts: a connection's count is a few increments.
     struct Series {
+        prometheus::Counter* requests = nullptr;
+        prometheus::Counter* incomplete = nullptr;
+        std::array<std::array<prometheus::Counter*, std::size(kAllCloseCauses)>,
+                   std::size(kAllVerdicts)>
+            closes{};
+        std::array<prometheus::Counter*, std::size(kAllVerdicts)> caught_requests{};
         std::array<prometheus::Counter*, 2> races{};
         std::array<prometheus::Counter*, 2> inflight_losses{};
         std::array<prometheus::Histogram*, 2> idle_seconds{};
