@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -227,6 +228,23 @@ TEST(RecordingMetrics, ServesTheRegistryOverHttp) {
     EXPECT_THAT(http_get(port, "/metrics"),
                 HasSubstr("closetrace_close_races_total{closer=\"local\",comm=\"node\","
                           "container=\"-\",role=\"server\",server_port=\"8080\"} 1"));
+}
+
+void note_signal(int) {}
+
+// civetweb ignores SIGPIPE for the whole process when it starts: serving must not change how a
+// recorder stops on a closed output pipe.
+TEST(RecordingMetrics, ServingLeavesTheSignalHandlersAsTheyWere) {
+    struct sigaction handler{};
+    handler.sa_handler = note_signal;
+    sigemptyset(&handler.sa_mask);
+    struct sigaction original{};
+    sigaction(SIGPIPE, &handler, &original);
+    RecordingMetrics metrics;
+    metrics.serve("127.0.0.1:" + std::to_string(free_port()));
+    struct sigaction after{};
+    sigaction(SIGPIPE, &original, &after);
+    EXPECT_EQ(after.sa_handler, &note_signal);
 }
 
 TEST(RecordingMetrics, RefusesAMalformedAddressOrAPortInUse) {

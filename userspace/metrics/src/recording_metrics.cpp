@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -222,12 +224,26 @@ void RecordingMetrics::serve(const std::string& address) {
             "127.0.0.1:9478 or 0.0.0.0:9478",
             address));
     }
+    // Serving leaves the process's signals as they were: civetweb ignores SIGPIPE process-wide
+    // (its disposition is put back), and its threads start with every signal blocked, so that a
+    // stop signal reaches the recorder's own thread and a scraper that hangs up (EPIPE in a
+    // civetweb thread) is no SIGPIPE to the recorder.
+    struct sigaction pipe_action{};
+    sigaction(SIGPIPE, nullptr, &pipe_action);
+    sigset_t all_signals, previous_mask;
+    sigfillset(&all_signals);
+    pthread_sigmask(SIG_SETMASK, &all_signals, &previous_mask);
+    std::string failure;
     try {
         exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
     } catch (const std::exception&) {
-        throw MetricsError(fmt::format("--metrics {}: cannot listen: {}; give another address "
-                                       "or port",
-                                       address, bind_failure(*listen)));
+        failure = bind_failure(*listen);
+    }
+    pthread_sigmask(SIG_SETMASK, &previous_mask, nullptr);
+    sigaction(SIGPIPE, &pipe_action, nullptr);
+    if (!exposer_) {
+        throw MetricsError(fmt::format(
+            "--metrics {}: cannot listen: {}; give another address or port", address, failure));
     }
     exposer_->RegisterCollectable(registry_);
 }
