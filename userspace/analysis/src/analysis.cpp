@@ -490,6 +490,16 @@ void VerdictTimeline::add(uint64_t at_ns, Verdict verdict) {
     ++buckets_[index][verdict];
 }
 
+std::optional<double> timer_idle_ms(const Connection& conn) {
+    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
+    // connection, a probe or a process exit does not, nor does anything on a health checker's
+    // connection. A race's close is the closer's timer whatever the late request did.
+    const bool race = conn.verdict == Verdict::LocalCloseRace ||
+                      conn.verdict == Verdict::PeerCloseRace;
+    if ((is_timer_close(conn) || race) && !conn.health_check) return conn.close.idle_ms;
+    return std::nullopt;
+}
+
 // ---------------------------------------------------------------------------------------------
 // TraceAnalysis, TraceAnalyzer
 
@@ -546,13 +556,7 @@ void TraceAnalyzer::count(const ConnectionStory& story) {
     }
 
     const bool server_side = conn.role != Role::Client;
-    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
-    // connection, a probe or a process exit does not, nor does anything on a health checker's
-    // connection. A race's close is the closer's timer whatever the late request did.
-    const bool race = conn.verdict == Verdict::LocalCloseRace ||
-                      conn.verdict == Verdict::PeerCloseRace;
-    std::optional<double> idle_ms;
-    if ((is_timer_close(conn) || race) && !conn.health_check) idle_ms = conn.close.idle_ms;
+    const std::optional<double> idle_ms = timer_idle_ms(conn);
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
             raise_to(a.longest_idle_at_local_close_ms, *idle_ms);

@@ -77,6 +77,11 @@ struct IdleFigures {
 // `other_side_longest_ms`: the longest idle_ms at a close by the other side.
 IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms);
 
+// The idle time (ms) a close tells of the closer's idle timer: that of an idle-timer close or a
+// race, not on a health checker's connection; nullopt for any other close. What the idle figures
+// of one side (local_idle, peer_idle, ...) and the timeout it shows are made of.
+std::optional<double> timer_idle_ms(const Connection& conn);
+
 struct VerdictCounts {
     std::array<uint64_t, std::size(kAllVerdicts)> connections{};
     uint64_t& operator[](Verdict verdict) { return connections[static_cast<std::size_t>(verdict)]; }
