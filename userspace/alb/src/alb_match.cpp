@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <iterator>
 #include <limits>
 #include <numeric>
 #include <variant>
@@ -258,6 +259,28 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
         static_cast<int64_t>(summary_end_ns.value_or(last_ns)) + header.mono_to_wall_ns;
     facts.warnings = reader.warnings();
     return facts;
+}
+
+TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
+    if (parts.size() == 1) return std::move(parts.front());
+    TraceFacts merged;
+    merged.file = fmt::format("{} traces", parts.size());
+    merged.has_summary = true;
+    for (std::size_t index = 0; index < parts.size(); ++index) {
+        TraceFacts& part = parts[index];
+        merged.start_wall_ns =
+            index == 0 ? part.start_wall_ns : std::min(merged.start_wall_ns, part.start_wall_ns);
+        merged.end_wall_ns = std::max(merged.end_wall_ns, part.end_wall_ns);
+        merged.has_summary = merged.has_summary && part.has_summary;
+        merged.lost_events += part.lost_events;
+        merged.local_endpoints.merge(part.local_endpoints);
+        for (const auto& [verdict, count] : part.caught_connections)
+            merged.caught_connections[verdict] += count;
+        std::ranges::move(part.caught_requests, std::back_inserter(merged.caught_requests));
+        std::ranges::move(part.warnings, std::back_inserter(merged.warnings));
+    }
+    std::ranges::stable_sort(merged.caught_requests, {}, &CaughtRequest::wall_ns);
+    return merged;
 }
 
 AlbCorrelator::AlbCorrelator(const TraceFacts& trace, std::vector<PortMapping> mappings,

@@ -64,6 +64,10 @@ struct TraceFacts {
 };
 // Reads the rest of the trace; throws TraceError on a malformed one.
 TraceFacts read_trace_facts(TraceReader& reader, std::string file);
+// Several traces' facts as one (alb given the traces of several hosts, or a host's rotated
+// files): every endpoint and caught request (in wall-clock order), the recording from the
+// earliest start to the latest end; `file` says how many traces.
+TraceFacts merge_trace_facts(std::vector<TraceFacts> parts);
 
 // A load balancer error line on one of the trace's endpoints, during the recording.
 struct LbErrorLine {
