@@ -116,7 +116,7 @@ void run_alb(const AlbOptions& options) {
     }
     const std::vector<PortMapping> mappings = parse_mappings(options.maps);
     const int64_t skew_ns = std::llround(options.skew_ms * 1e6);
-    const TraceFacts trace = load_traces(options.traces);
+    const TraceFacts trace = load_traces(traces);
 
     AlbCorrelator correlator(trace, mappings, skew_ns);
     const LbLogReadStats stats =
@@ -156,7 +156,8 @@ void add_alb_command(CLI::App& app) {
         ->add_option("--trace,-t", options->traces,
                      "Traces recorded on the backends, instead of the first argument: files "
                      "(plain or gzip), directories (their *.jsonl and *.jsonl.gz files), - for "
-                     "standard input (repeatable)");
+                     "standard input (repeatable)")
+        ->allow_extra_args(false);
     command
         ->add_option("inputs", options->inputs,
                      "TRACE (unless --trace is given: a trace file or directory, - for standard "
