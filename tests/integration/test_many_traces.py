@@ -111,8 +111,11 @@ class ManyTracesTest(unittest.TestCase):
         other = as_host("overload.jsonl", "host2", os.path.join(self.directory, "other.jsonl"))
         both = run("alb", "--trace", trace, "--trace", other, log, "--format", "json")
         self.assertEqual(both.returncode, 0, both.stderr)
-        # The other host's endpoints are not the balancer's targets: the same lines match.
-        self.assertEqual(json.loads(both.stdout)["pairs"], json.loads(alone.stdout)["pairs"])
+        # The other host's endpoints are not the balancer's targets: the same lines match, each
+        # naming the host of its request.
+        pairs = json.loads(both.stdout)["pairs"]
+        self.assertEqual({pair["trace"].pop("host") for pair in pairs}, {"ip-10-0-1-17"})
+        self.assertEqual(pairs, json.loads(alone.stdout)["pairs"])
 
     def test_a_damaged_second_file_is_one_line_and_exit_2(self):
         damaged = os.path.join(self.directory, "host3.jsonl")

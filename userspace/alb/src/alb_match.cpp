@@ -178,14 +178,14 @@ std::string endpoint_list(const std::set<Endpoint>& endpoints) {
 
 // A connection's caught requests (those `report` lists), of the verdicts that can explain a load
 // balancer error. An incomplete connection's verdict may be wrong: it proves nothing.
-void add_caught(TraceFacts& facts, const Connection& conn, int64_t mono_to_wall_ns) {
+void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& header) {
     if (conn.incomplete || !can_explain_some_error(conn.verdict)) return;
     ++facts.caught_connections[conn.verdict];
     for (const Request& request : conn.requests) {
         if (!is_caught(conn.verdict, request.outcome)) continue;
-        const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + mono_to_wall_ns;
-        facts.caught_requests.push_back(
-            {conn.id, conn.cookie, conn.verdict, conn.local, conn.remote, request, wall_ns});
+        const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + header.mono_to_wall_ns;
+        facts.caught_requests.push_back({conn.id, conn.cookie, conn.verdict, conn.local,
+                                         conn.remote, request, wall_ns, header.host});
     }
 }
 
@@ -241,7 +241,7 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
             for (const ConnectionStory& story : pairer.add(std::move(*conn))) {
-                add_caught(facts, story.conn, header.mono_to_wall_ns);
+                add_caught(facts, story.conn, header);
             }
         } else if (const auto* event = std::get_if<TraceEventLine>(&*record)) {
             last_ns = std::max(last_ns, event->ts_ns);
@@ -251,8 +251,9 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
         }
     }
     for (const ConnectionStory& story : pairer.finish()) {
-        add_caught(facts, story.conn, header.mono_to_wall_ns);
+        add_caught(facts, story.conn, header);
     }
+    facts.hosts = {header.host};
     facts.has_summary = summary_end_ns.has_value();
     facts.start_wall_ns = static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
     facts.end_wall_ns =
@@ -264,7 +265,6 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
 TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
     if (parts.size() == 1) return std::move(parts.front());
     TraceFacts merged;
-    merged.file = fmt::format("{} traces", parts.size());
     merged.has_summary = true;
     for (std::size_t index = 0; index < parts.size(); ++index) {
         TraceFacts& part = parts[index];
@@ -273,6 +273,10 @@ TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
         merged.end_wall_ns = std::max(merged.end_wall_ns, part.end_wall_ns);
         merged.has_summary = merged.has_summary && part.has_summary;
         merged.lost_events += part.lost_events;
+        for (std::string& host : part.hosts) {
+            if (std::ranges::find(merged.hosts, host) == merged.hosts.end())
+                merged.hosts.push_back(std::move(host));
+        }
         merged.local_endpoints.merge(part.local_endpoints);
         for (const auto& [verdict, count] : part.caught_connections)
             merged.caught_connections[verdict] += count;
@@ -280,6 +284,8 @@ TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
         std::ranges::move(part.warnings, std::back_inserter(merged.warnings));
     }
     std::ranges::stable_sort(merged.caught_requests, {}, &CaughtRequest::wall_ns);
+    merged.file = fmt::format("{} traces of {} host{}", parts.size(), merged.hosts.size(),
+                              merged.hosts.size() == 1 ? "" : "s");
     return merged;
 }
 

@@ -38,6 +38,7 @@ struct CaughtRequest {
     Endpoint remote;
     Request request;
     int64_t wall_ns = 0;  // request_ns + mono_to_wall_ns
+    std::string host{};   // the trace header's
 };
 
 // The load balancer's own errors that a connection's fate can explain, in report order.
@@ -53,6 +54,7 @@ std::vector<Verdict> verdicts_explaining(int elb_status_code);
 // requests, not with the trace.
 struct TraceFacts {
     std::string file;
+    std::vector<std::string> hosts;  // the trace headers' hosts, each once
     int64_t start_wall_ns = 0;
     int64_t end_wall_ns = 0;   // the summary's end, or the last time recorded without one
     bool has_summary = false;  // false: the recording was cut short
