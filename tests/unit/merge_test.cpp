@@ -289,6 +289,23 @@ TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {
     EXPECT_EQ(report["trace"]["connections"], 2);
 }
 
+TEST(ReportOfSeveralTraces, TheHtmlPageListsTheTracesAndEachHostsFigures) {
+    const TempDir dir;
+    const std::string first = (dir.path() / "a.jsonl").string();
+    const std::string second = (dir.path() / "b.jsonl").string();
+    write_file(first, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local,
+                                                            {"10.0.0.1", 40000}, true)}));
+    write_file(second, trace_text(header_of("api-2"), {served(kBootNs + 2000 * kMs, Initiator::Peer)}));
+    const CommandOutput html = run_report({first, second}, OutputFormat::Html);
+    EXPECT_EQ(html.exit_code, 0) << html.err;
+    EXPECT_THAT(html.out, HasSubstr("hosts <b>api-1, api-2</b>"));
+    EXPECT_THAT(html.out, HasSubstr("Traces read: <code>" + first + "</code> (api-1), <code>" +
+                                    second + "</code> (api-2)."));
+    EXPECT_THAT(html.out, HasSubstr("<tr><td>api-1</td><td class=\"num\">1</td>"));
+    EXPECT_THAT(html.out, HasSubstr("<tr><td>api-2</td><td class=\"num\">1</td>"));
+    EXPECT_THAT(html.out, HasSubstr("[host api-1]"));
+}
+
 TEST(ReportOfSeveralTraces, ADamagedSecondFileIsOneLineNamingIt) {
     const TempDir dir;
     const std::string good = (dir.path() / "a.jsonl").string();

@@ -44,7 +44,7 @@ void warn(const std::string& message) {
 // A trace's facts, and what was wrong with its file as a whole (FileContent::problem()).
 struct LoadedTrace {
     TraceFacts facts;
-    std::string problem;
+    std::string problem{};
 };
 
 LoadedTrace load_trace(const std::string& path) {

@@ -763,6 +763,32 @@ void caught_section(std::string& out, const View& view, const char* title, const
     out += "</section>\n";
 }
 
+// Several traces merged: which files were read, and the figures of each host.
+void hosts_section(std::string& out, const View& view, const TraceAnalysis& trace) {
+    out += fmt::format("<section class=\"hosts\">\n<{0}>By host</{0}>\n<p>Traces read:", view.heading);
+    for (std::size_t index = 0; index < trace.sources.size(); ++index) {
+        const TraceSource& source = trace.sources[index];
+        out += fmt::format("{} <code>{}</code> ({}{})", index == 0 ? "" : ",", text(source.file),
+                           text(source.host), source.complete ? "" : ", cut short");
+    }
+    out +=
+        ".</p>\n<table><tr><th>host</th><th class=\"num\">connections</th><th "
+        "class=\"num\">requests</th><th class=\"num\">local idle</th><th class=\"num\">peer "
+        "idle</th><th class=\"num\">races</th><th class=\"num\">in-flight</th><th "
+        "class=\"num\">gave up</th></tr>\n";
+    for (const auto& [host, figures] : trace.by_host) {
+        const VerdictCounts& v = figures.verdicts;
+        out += fmt::format(
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
+            "class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
+            "class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+            text(host), figures.connections, figures.requests, v[Verdict::LocalIdleClose],
+            v[Verdict::PeerIdleClose], v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
+            v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight]);
+    }
+    out += "</table>\n</section>\n";
+}
+
 // ---------------------------------------------------------------------------------------------
 // A recording: everything the page shows of one trace
 
@@ -782,10 +808,11 @@ void recording(std::string& out, const View& view, const TraceAnalysis& trace, c
                                     figure(view, "trace.same_host_connections"), same_host)
                       : std::string();
     out += fmt::format(
-        "<p class=\"meta\"><code>{}</code>: host <b>{}</b>, kernel {}, recorded from {} for "
+        "<p class=\"meta\"><code>{}</code>: {} <b>{}</b>, kernel {}, recorded from {} for "
         "<span{}>{:.1f} s</span>: <span{}>{}</span> connections{}, <span{}>{}</span> requests, "
         "{}.</p>\n",
-        text(trace.file), text(trace.header.host), text(trace.header.kernel),
+        text(trace.file), trace.host_count() > 1 ? "hosts" : "host", text(trace.header.host),
+        text(trace.header.kernel),
         text(trace.header.start_wall),
         figure(view, "trace.duration_s") +
             fmt::format(" data-value=\"{:.3f}\"", trace.duration_s()),
@@ -806,6 +833,7 @@ void recording(std::string& out, const View& view, const TraceAnalysis& trace, c
                            text(a.recommendations[index].text));
     }
     out += "</ol>\n";
+    if (!trace.sources.empty()) hosts_section(out, view, trace);
     idle_section(out, view, trace, a, axis);
     over_time_section(out, view, trace);
     races_section(out, view, trace);

@@ -370,12 +370,12 @@ std::string sources_text(const TraceAnalysis& trace) {
 
 std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                         const std::vector<Breakdown>& breakdowns) {
-    std::string out = fmt::format("closetrace report: {}\n", printable(trace.file));
     const bool names_hosts = trace.host_count() > 1;
+    std::string out = fmt::format("closetrace report: {}\n", printable(trace.file));
     std::string connections = count_of(trace.connections, "connection", "connections");
     if (const uint64_t same_host = trace.same_host_connections()) {
-        connections +=
-            fmt::format(" ({} with both ends on this host, each counted once)", same_host);
+        connections += fmt::format(" ({} with both ends on {} host, each counted once)", same_host,
+                                   names_hosts ? "one" : "this");
     }
     if (trace.incomplete > 0) connections += fmt::format(" ({} incomplete, left out)", trace.incomplete);
     out += fmt::format("{} {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",

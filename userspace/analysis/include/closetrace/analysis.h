@@ -126,7 +126,7 @@ struct GroupFigures {
 // A connection whose close caught a request: a race, an in-flight reset, or a request the peer
 // gave up on.
 struct CaughtConnection {
-    std::string host;  // the trace header's: which host it was, in a report of several
+    std::string host{};  // the trace header's: which host it was, in a report of several
     uint64_t conn_id = 0;
     Verdict verdict = Verdict::Open;
     Role role = Role::Unknown;
