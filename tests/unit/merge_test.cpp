@@ -279,6 +279,7 @@ TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {
     EXPECT_THAT(text.out, HasSubstr("  api-1: " + first + "\n  api-2: " + second + "\n"));
     EXPECT_THAT(text.out, HasSubstr("POST /pay [host api-1]"));
     EXPECT_THAT(text.out, HasSubstr("\nBy host\n"));
+    EXPECT_THAT(text.out, HasSubstr("1 request arrived on a connection these hosts had just closed"));
 
     const CommandOutput json = run_report({first, second}, OutputFormat::Json);
     const nlohmann::json report = nlohmann::json::parse(json.out);

@@ -317,18 +317,30 @@ Recommendation client_timeout_recommendation(const Assessment& a, const TraceAna
 // ---------------------------------------------------------------------------------------------
 // The conclusion paragraph
 
-std::string idle_sentence(const TraceAnalysis& trace) {
+// How the conclusion names what it is about: this host, or the hosts of several traces merged.
+struct HostWords {
+    const char* subject;  // "This host"
+    const char* object;   // "this host"
+    const char* its;
+};
+
+HostWords host_words(const TraceAnalysis& trace) {
+    if (trace.host_count() > 1) return {"These hosts", "these hosts", "their"};
+    return {"This host", "this host", "its"};
+}
+
+std::string idle_sentence(const TraceAnalysis& trace, const HostWords& host) {
     const IdleHistogram& local = trace.local_idle;
     const IdleHistogram& peer = trace.peer_idle;
     if (local.count() > 0) {
         std::string sentence =
-            fmt::format("This host closed idle keep-alive connections after {} (median of {})",
-                        duration(*local.percentile(50)), local.count());
+            fmt::format("{} closed idle keep-alive connections after {} (median of {})",
+                        host.subject, duration(*local.percentile(50)), local.count());
         if (peer.count() > 0) {
-            sentence += fmt::format(" and its peer after {} (median of {})",
+            sentence += fmt::format(" and {} peer after {} (median of {})", host.its,
                                     duration(*peer.percentile(50)), peer.count());
         } else if (trace.longest_idle_at_local_close_ms) {
-            sentence += fmt::format(" while its peer kept them longer than {}",
+            sentence += fmt::format(" while {} peer kept them longer than {}", host.its,
                                     duration(*trace.longest_idle_at_local_close_ms));
         }
         return sentence + ".";
@@ -338,7 +350,7 @@ std::string idle_sentence(const TraceAnalysis& trace) {
             fmt::format("The peer closed idle keep-alive connections after {} (median of {})",
                         duration(*peer.percentile(50)), peer.count());
         if (trace.longest_idle_at_peer_close_ms) {
-            sentence += fmt::format(" and this host kept them longer than {}",
+            sentence += fmt::format(" and {} kept them longer than {}", host.object,
                                     duration(*trace.longest_idle_at_peer_close_ms));
         }
         return sentence + ".";
@@ -347,34 +359,37 @@ std::string idle_sentence(const TraceAnalysis& trace) {
 }
 
 std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
-    std::vector<std::string> sentences{idle_sentence(trace)};
+    const HostWords host = host_words(trace);
+    std::vector<std::string> sentences{idle_sentence(trace, host)};
     if (a.races > 0) {
         sentences.push_back(
-            fmt::format("{} this host had just closed (close races: the load balancer's 502).",
+            fmt::format("{} {} had just closed (close races: the load balancer's 502).",
                         a.races == 1 ? std::string("1 request arrived on a connection")
-                                     : fmt::format("{} requests arrived on connections", a.races)));
+                                     : fmt::format("{} requests arrived on connections", a.races),
+                        host.object));
     } else if (a.early_idle_closes > 0) {
         sentences.push_back(fmt::format(
             "{} came sooner than the peer's idle timeout of {}: a request can arrive on a "
-            "connection as this host closes it (a close race, the load balancer's 502).",
-            fmt::format("{} of its idle closes", a.early_idle_closes),
-            analysis_text::peer_timeout_text(a.peer_timeout)));
+            "connection as {} closes it (a close race, the load balancer's 502).",
+            fmt::format("{} of {} idle closes", a.early_idle_closes, host.its),
+            analysis_text::peer_timeout_text(a.peer_timeout), host.object));
     }
     if (a.upstream_races > 0) {
         sentences.push_back(fmt::format(
-            "This host sent {} on upstream connections its peer had just closed (close races on "
-            "its client side).",
-            count_of(a.upstream_races, "request", "requests")));
+            "{} sent {} on upstream connections {} peer had just closed (close races on "
+            "{} client side).",
+            host.subject, count_of(a.upstream_races, "request", "requests"), host.its, host.its));
     }
     // The dominant failure gets no sentence here: its recommendation, first, tells it.
     if (a.inflight_resets > 0 && a.dominant != FailureKind::InflightResets) {
         sentences.push_back(fmt::format(
-            "This host reset or closed {} with a request unanswered (in-flight resets).",
+            "{} reset or closed {} with a request unanswered (in-flight resets).", host.subject,
             count_of(a.inflight_resets, "connection", "connections")));
     }
     if (a.peer_gave_up > 0 && a.dominant != FailureKind::PeerGaveUp) {
-        sentences.push_back(fmt::format("The peer gave up on {} before this host answered.",
-                                        count_of(a.peer_gave_up, "request", "requests")));
+        sentences.push_back(fmt::format("The peer gave up on {} before {} answered.",
+                                        count_of(a.peer_gave_up, "request", "requests"),
+                                        host.object));
     }
     const Recommendation& first = a.recommendations.front();
     const bool is_fix = first.kind == RecommendationKind::KeepAliveTimeout ||
