@@ -1,6 +1,7 @@
 // Many traces at once: merge_traces (hosts, rotated files, wall clock), the trace arguments of
 // the commands (trace_files) and the report of several traces.
 #include <algorithm>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "closetrace/alb_match.h"
 #include "closetrace/analysis.h"
 #include "closetrace/report.h"
 #include "closetrace/trace_files.h"
@@ -232,6 +234,74 @@ TEST(IdleHistogram, AddingAnotherKeepsEverySample) {
     EXPECT_EQ(exact.min(), 1);
     EXPECT_EQ(exact.max(), 500);
     EXPECT_EQ(exact.count_below(100), 10u);
+}
+
+// A loopback connection whose client gave up on a request: the server end's peer closed with
+// it in flight, the client end reset it. Both ends can explain a load balancer error alone.
+std::pair<Connection, Connection> given_up_pair(uint64_t at_ns) {
+    Connection server = loopback_end(Role::Server, at_ns);
+    Connection client = loopback_end(Role::Client, at_ns);
+    for (Connection* end : {&server, &client}) {
+        end->requests.push_back({.method = "POST",
+                                 .target = "/orders",
+                                 .request_ns = at_ns + 1000 * kMs,
+                                 .outcome = Outcome::UnansweredAtClose});
+        end->close = {};
+        end->close.how = CloseHow::Rst;
+        end->close.idle_ms = 1000;
+    }
+    server.close.initiator = Initiator::Peer;
+    server.close.peer_rst_ns = at_ns + 2002 * kMs;
+    client.close.initiator = Initiator::Local;
+    client.close.local_rst_ns = at_ns + 2002 * kMs;
+    for (Connection* end : {&server, &client}) {
+        end->close.cause = classify_close(*end, {});
+        end->verdict = judge(*end);
+    }
+    return {server, client};
+}
+
+TraceFacts alb_facts(const TraceHeader& header, const Connection& conn, bool part) {
+    std::istringstream in(trace_text(header, {conn}));
+    TraceReader reader(in, header.host + ".jsonl");
+    return part ? read_trace_facts_part(reader, header.host + ".jsonl")
+                : read_trace_facts(reader, header.host + ".jsonl");
+}
+
+uint64_t caught_connections(const TraceFacts& facts) {
+    uint64_t total = 0;
+    for (const auto& [verdict, count] : facts.caught_connections) total += count;
+    return total;
+}
+
+TEST(MergeTraceFacts, CatchesASameHostConnectionSplitAcrossRotatedFilesOnce) {
+    const auto [server, client] = given_up_pair(kBootNs + 1000 * kMs);
+    ASSERT_EQ(server.verdict, Verdict::PeerCloseInflight);
+    // Read alone, each end is a caught connection of its own.
+    ASSERT_EQ(caught_connections(alb_facts(header_of("api-1"), client, false)), 1u);
+    std::vector<TraceFacts> parts;
+    parts.push_back(alb_facts(header_of("api-1"), client, true));
+    parts.push_back(alb_facts(header_of("api-1", kBootNs + 30'000 * kMs), server, true));
+    const TraceFacts merged = merge_trace_facts(std::move(parts));
+    EXPECT_EQ(merged.file, "2 traces of 1 host");
+    EXPECT_EQ(caught_connections(merged), 1u);
+    EXPECT_EQ(merged.caught_connections.at(Verdict::PeerCloseInflight), 1u);
+}
+
+TEST(MergeTraceFacts, KeepsEveryHostsRequestsInWallClockOrder) {
+    std::vector<TraceFacts> parts;
+    parts.push_back(alb_facts(header_of("api-1"),
+                              served(kBootNs + 5000 * kMs, Initiator::Local, {"10.0.0.1", 40000}, true),
+                              true));
+    parts.push_back(alb_facts(header_of("api-2", kBootNs + 3'600'000 * kMs),
+                              served(kBootNs + 3'601'000 * kMs, Initiator::Local,
+                                     {"10.0.0.3", 40000}, true),
+                              true));
+    const TraceFacts merged = merge_trace_facts(std::move(parts));
+    EXPECT_THAT(merged.hosts, ElementsAre("api-1", "api-2"));
+    ASSERT_EQ(merged.caught_requests.size(), 2u);
+    EXPECT_EQ(merged.caught_requests[0].host, "api-2");
+    EXPECT_EQ(merged.caught_requests[1].host, "api-1");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ struct LoadedTrace {
     std::string problem{};
 };
 
-LoadedTrace load_trace(const std::string& path) {
+// `read`: read_trace_facts for a trace read alone, read_trace_facts_part for one of several.
+LoadedTrace load_trace(const std::string& path,
+                       TraceFacts (*read)(TraceReader&, std::string) = read_trace_facts) {
     std::optional<InputFile> in;
     try {
         in.emplace(path);
@@ -57,7 +59,7 @@ LoadedTrace load_trace(const std::string& path) {
     }
     try {
         TraceReader reader(*in, in->name());
-        LoadedTrace loaded{.facts = read_trace_facts(reader, in->name())};
+        LoadedTrace loaded{.facts = read(reader, in->name())};
         if (!in->problem().empty()) loaded.problem = in->name() + ": " + in->problem();
         if (!loaded.facts.has_summary) {
             loaded.facts.warnings.push_back(
@@ -80,7 +82,10 @@ TraceFacts load_traces(const std::vector<std::string>& arguments) {
         fail(error.what());
     }
     std::vector<LoadedTrace> loaded(paths.size());
-    read_in_parallel(paths.size(), [&](std::size_t index) { loaded[index] = load_trace(paths[index]); });
+    read_in_parallel(paths.size(), [&](std::size_t index) {
+        loaded[index] = paths.size() == 1 ? load_trace(paths[index])
+                                          : load_trace(paths[index], read_trace_facts_part);
+    });
     std::vector<TraceFacts> parts;
     for (LoadedTrace& trace : loaded) {
         if (!trace.problem.empty()) warn(trace.problem);

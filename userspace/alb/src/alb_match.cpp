@@ -227,7 +227,10 @@ std::vector<Verdict> verdicts_explaining(int elb_status_code) {
     }
 }
 
-TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
+namespace {
+
+// `keep_unpaired`: read_trace_facts_part's.
+TraceFacts read_facts(TraceReader& reader, std::string file, bool keep_unpaired) {
     TraceFacts facts;
     facts.file = std::move(file);
     const TraceHeader& header = reader.header();
@@ -250,9 +253,14 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             facts.lost_events = summary->lost_events;
         }
     }
-    for (const ConnectionStory& story : pairer.finish()) {
-        add_caught(facts, story.conn, header);
+    for (ConnectionStory& story : pairer.finish()) {
+        if (keep_unpaired) {
+            facts.unpaired_ends.push_back(std::move(story.conn));
+        } else {
+            add_caught(facts, story.conn, header);
+        }
     }
+    facts.header = header;
     facts.hosts = {header.host};
     facts.has_summary = summary_end_ns.has_value();
     facts.start_wall_ns = static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
@@ -262,9 +270,20 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
     return facts;
 }
 
+}  // namespace
+
+TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
+    return read_facts(reader, std::move(file), false);
+}
+
+TraceFacts read_trace_facts_part(TraceReader& reader, std::string file) {
+    return read_facts(reader, std::move(file), true);
+}
+
 TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
     if (parts.size() == 1) return std::move(parts.front());
     TraceFacts merged;
+    merged.header = parts.front().header;
     merged.has_summary = true;
     for (std::size_t index = 0; index < parts.size(); ++index) {
         TraceFacts& part = parts[index];
@@ -282,6 +301,24 @@ TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
             merged.caught_connections[verdict] += count;
         std::ranges::move(part.caught_requests, std::back_inserter(merged.caught_requests));
         std::ranges::move(part.warnings, std::back_inserter(merged.warnings));
+    }
+    // A same-host pair split across two of a host's files meets here, never across hosts; one
+    // host's traces share its monotonic clock, so its first trace's header places those left alone.
+    std::map<std::string, EndPairer> pairers;
+    std::map<std::string, const TraceHeader*> first_header;
+    for (TraceFacts& part : parts) {
+        first_header.try_emplace(part.header.host, &part.header);
+        EndPairer& pairer = pairers[part.header.host];
+        for (Connection& conn : part.unpaired_ends) {
+            for (const ConnectionStory& story : pairer.add(std::move(conn))) {
+                add_caught(merged, story.conn, part.header);
+            }
+        }
+    }
+    for (auto& [host, pairer] : pairers) {
+        for (const ConnectionStory& story : pairer.finish()) {
+            add_caught(merged, story.conn, *first_header.at(host));
+        }
     }
     std::ranges::stable_sort(merged.caught_requests, {}, &CaughtRequest::wall_ns);
     merged.file = fmt::format("{} traces of {} host{}", parts.size(), merged.hosts.size(),

@@ -63,12 +63,20 @@ struct TraceFacts {
     std::map<Verdict, uint64_t> caught_connections;  // for each verdict that can explain an error
     std::vector<CaughtRequest> caught_requests;      // their late or unanswered requests
     std::vector<std::string> warnings;               // the reader's
+    TraceHeader header;  // of the trace read (of the first, when merged)
+    // read_trace_facts_part: records whose other end may be in another trace of the same host
+    // (a rotated recording); merge_trace_facts pairs them.
+    std::vector<Connection> unpaired_ends;
 };
 // Reads the rest of the trace; throws TraceError on a malformed one.
 TraceFacts read_trace_facts(TraceReader& reader, std::string file);
+// As read_trace_facts, for merge_trace_facts: the records still waiting for their other end at
+// the end are kept in unpaired_ends instead of being caught alone.
+TraceFacts read_trace_facts_part(TraceReader& reader, std::string file);
 // Several traces' facts as one (alb given the traces of several hosts, or a host's rotated
-// files): every endpoint and caught request (in wall-clock order), the recording from the
-// earliest start to the latest end; `file` says how many traces.
+// files, read by read_trace_facts_part): every endpoint and caught request (in wall-clock
+// order), a host's unpaired ends paired within that host, the recording from the earliest start
+// to the latest end; `file` says how many traces of how many hosts.
 TraceFacts merge_trace_facts(std::vector<TraceFacts> parts);
 
 // A load balancer error line on one of the trace's endpoints, during the recording.
