@@ -291,7 +291,8 @@ TEST(MergeTraceFacts, CatchesASameHostConnectionSplitAcrossRotatedFilesOnce) {
 TEST(MergeTraceFacts, KeepsEveryHostsRequestsInWallClockOrder) {
     std::vector<TraceFacts> parts;
     parts.push_back(alb_facts(header_of("api-1"),
-                              served(kBootNs + 5000 * kMs, Initiator::Local, {"10.0.0.1", 40000}, true),
+                              served(kBootNs + 5000 * kMs, Initiator::Local,
+                                     {"10.0.0.1", 40000}, true),
                               true));
     parts.push_back(alb_facts(header_of("api-2", kBootNs + 3'600'000 * kMs),
                               served(kBootNs + 3'601'000 * kMs, Initiator::Local,
@@ -340,16 +341,19 @@ TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {
     const std::string second = (dir.path() / "api-2.jsonl").string();
     write_gzip(first, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local,
                                                              {"10.0.0.1", 40000}, true)}));
-    write_file(second, trace_text(header_of("api-2"), {served(kBootNs + 2000 * kMs, Initiator::Peer)}));
+    write_file(second,
+               trace_text(header_of("api-2"), {served(kBootNs + 2000 * kMs, Initiator::Peer)}));
 
     const CommandOutput text =
         run_report({first, second}, OutputFormat::Text, {Breakdown::Host});
     EXPECT_EQ(text.exit_code, 0) << text.err;
-    EXPECT_THAT(text.out, StartsWith("closetrace report: 2 traces of 2 hosts\nHosts api-1, api-2,"));
+    EXPECT_THAT(text.out,
+                StartsWith("closetrace report: 2 traces of 2 hosts\nHosts api-1, api-2,"));
     EXPECT_THAT(text.out, HasSubstr("  api-1: " + first + "\n  api-2: " + second + "\n"));
     EXPECT_THAT(text.out, HasSubstr("POST /pay [host api-1]"));
     EXPECT_THAT(text.out, HasSubstr("\nBy host\n"));
-    EXPECT_THAT(text.out, HasSubstr("1 request arrived on a connection these hosts had just closed"));
+    EXPECT_THAT(text.out,
+                HasSubstr("1 request arrived on a connection these hosts had just closed"));
 
     const CommandOutput json = run_report({first, second}, OutputFormat::Json);
     const nlohmann::json report = nlohmann::json::parse(json.out);
@@ -366,7 +370,8 @@ TEST(ReportOfSeveralTraces, TheHtmlPageListsTheTracesAndEachHostsFigures) {
     const std::string second = (dir.path() / "b.jsonl").string();
     write_file(first, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local,
                                                             {"10.0.0.1", 40000}, true)}));
-    write_file(second, trace_text(header_of("api-2"), {served(kBootNs + 2000 * kMs, Initiator::Peer)}));
+    write_file(second,
+               trace_text(header_of("api-2"), {served(kBootNs + 2000 * kMs, Initiator::Peer)}));
     const CommandOutput html = run_report({first, second}, OutputFormat::Html);
     EXPECT_EQ(html.exit_code, 0) << html.err;
     EXPECT_THAT(html.out, HasSubstr("hosts <b>api-1, api-2</b>"));
@@ -381,7 +386,8 @@ TEST(ReportOfSeveralTraces, ADamagedSecondFileIsOneLineNamingIt) {
     const TempDir dir;
     const std::string good = (dir.path() / "a.jsonl").string();
     const std::string damaged = (dir.path() / "b.jsonl").string();
-    write_file(good, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local)}));
+    write_file(good,
+               trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local)}));
     write_file(damaged, header_line(header_of("api-2")) + "\n{\"type\":\"conn\"}\n");
     const CommandOutput output = run_report({good, damaged}, OutputFormat::Text);
     EXPECT_EQ(output.exit_code, 2);
@@ -394,7 +400,8 @@ TEST(ReportOfSeveralTraces, ADamagedSecondFileIsOneLineNamingIt) {
 TEST(ReportOfSeveralTraces, OneTraceGivenAsASetReportsAsItAlwaysDid) {
     const TempDir dir;
     const std::string path = (dir.path() / "a.jsonl").string();
-    write_file(path, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local)}));
+    write_file(path,
+               trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local)}));
     const CommandOutput json = run_report(std::vector{path}, OutputFormat::Json);
     const nlohmann::json report = nlohmann::json::parse(json.out);
     EXPECT_EQ(report["format"], "closetrace-report/1");

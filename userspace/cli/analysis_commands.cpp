@@ -70,7 +70,9 @@ CommandOutput on_trace_files(const char* command, const std::vector<std::vector<
                              const Run& run) {
     std::vector<std::vector<std::string>> files;
     try {
-        for (const std::vector<std::string>& arguments : sets) files.push_back(trace_files(arguments));
+        for (const std::vector<std::string>& arguments : sets) {
+            files.push_back(trace_files(arguments));
+        }
     } catch (const TraceArgumentError& error) {
         return {.err = fmt::format("closetrace {}: {}\n", command, printable(error.what())),
                 .exit_code = kExitUnusableInput};

@@ -620,7 +620,8 @@ void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
         const uint64_t start_ns =
             other.origin_ns_ + index * other.bucket_ns_ + static_cast<uint64_t>(offset_ns);
         for (const Verdict verdict : kAllVerdicts) {
-            if (const uint64_t count = other.buckets_[index][verdict]) add(start_ns, verdict, count);
+            const uint64_t count = other.buckets_[index][verdict];
+            if (count > 0) add(start_ns, verdict, count);
         }
     }
 }
@@ -728,7 +729,9 @@ void add_counts(std::map<std::string, Count>& into, const std::map<std::string, 
 
 void add_caught(CaughtList& into, const CaughtList& from) {
     into.total += from.total;
-    if (from.longest_unanswered_ms) raise_to(into.longest_unanswered_ms, *from.longest_unanswered_ms);
+    if (from.longest_unanswered_ms) {
+        raise_to(into.longest_unanswered_ms, *from.longest_unanswered_ms);
+    }
     into.listed.insert(into.listed.end(), from.listed.begin(), from.listed.end());
 }
 
@@ -793,7 +796,9 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
         raise_to(m.longest_idle_at_local_close_ms, *part.longest_idle_at_local_close_ms);
     if (part.longest_idle_at_peer_close_ms)
         raise_to(m.longest_idle_at_peer_close_ms, *part.longest_idle_at_peer_close_ms);
-    for (std::size_t cause = 0; cause < m.causes.size(); ++cause) m.causes[cause] += part.causes[cause];
+    for (std::size_t cause = 0; cause < m.causes.size(); ++cause) {
+        m.causes[cause] += part.causes[cause];
+    }
     m.health_check_connections += part.health_check_connections;
     add_counts(m.health_checkers, part.health_checkers);
     add_caught(m.races, part.races);

@@ -715,7 +715,8 @@ void races_section(std::string& out, const View& view, const TraceAnalysis& trac
             "<figure class=\"timeline\">\n<figcaption><b>#{}</b> <time>{}</time> "
             "<code class=\"request\">{}</code> {} {} ({}) {} {}; idle {} before the close; "
             "close: {}{}; connection <span{}>{}</span></figcaption>\n",
-            index + 1, iso8601_utc(caught.wall_ns), caught_request_text(caught, trace.host_count() > 1),
+            index + 1, iso8601_utc(caught.wall_ns),
+            caught_request_text(caught, trace.host_count() > 1),
             upstream ? "sent by this host to" : "from", text(endpoint_text(caught.remote)),
             text(caught.comm.value_or("process unknown")), upstream ? "went out" : "arrived", after,
             caught.idle_ms ? duration(*caught.idle_ms) : "unknown", close_text(caught),
@@ -765,7 +766,8 @@ void caught_section(std::string& out, const View& view, const char* title, const
 
 // Several traces merged: which files were read, and the figures of each host.
 void hosts_section(std::string& out, const View& view, const TraceAnalysis& trace) {
-    out += fmt::format("<section class=\"hosts\">\n<{0}>By host</{0}>\n<p>Traces read:", view.heading);
+    out += fmt::format("<section class=\"hosts\">\n<{0}>By host</{0}>\n<p>Traces read:",
+                       view.heading);
     for (std::size_t index = 0; index < trace.sources.size(); ++index) {
         const TraceSource& source = trace.sources[index];
         out += fmt::format("{} <code>{}</code> ({}{})", index == 0 ? "" : ",", text(source.file),

@@ -379,7 +379,8 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
     }
     if (trace.incomplete > 0) connections += fmt::format(" ({} incomplete, left out)", trace.incomplete);
     out += fmt::format("{} {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
-                       names_hosts ? "Hosts" : "Host", printable(trace.header.host), printable(trace.header.start_wall),
+                       names_hosts ? "Hosts" : "Host", printable(trace.header.host),
+                       printable(trace.header.start_wall),
                        trace.duration_s(), connections,
                        count_of(trace.requests, "request", "requests"),
                        trace.summary ? count_of(trace.lost_events(), "lost event", "lost events")

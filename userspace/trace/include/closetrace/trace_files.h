@@ -40,8 +40,8 @@ void read_in_parallel(std::size_t count, const Read& read) {
             }
         }
     };
-    const std::size_t threads =
-        std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, std::max<std::size_t>(count, 1));
+    const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
+                                                         std::max<std::size_t>(count, 1));
     {
         std::vector<std::jthread> workers;
         for (std::size_t thread = 0; thread < threads; ++thread) workers.emplace_back(worker);
