@@ -845,9 +845,10 @@ std::optional<TraceSummary> merged_summary(const std::vector<TraceAnalysis>& par
 TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
     if (parts.empty()) return TraceAnalysis();
     TraceAnalysis merged = merged_shell(parts);
-    for (const TraceAnalysis& part : parts) add_part(merged, part);
     // A pair split across two files of one host (rotation between its two records) meets here;
-    // each host has its own pairer, so addresses reused on another host never pair.
+    // each host has its own pairer, so addresses reused on another host never pair. Counted
+    // before the parts are added, so that its caught request is listed even when the parts'
+    // lists are full (keep_earliest then keeps the earliest of all).
     std::map<std::string, EndPairer> pairers;
     std::map<std::string, const TraceHeader*> first_header;
     for (TraceAnalysis& part : parts) {
@@ -865,6 +866,7 @@ TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
             count_story(merged, story, *first_header.at(host));
         }
     }
+    for (const TraceAnalysis& part : parts) add_part(merged, part);
     for (CaughtList* list : {&merged.races, &merged.inflight_resets, &merged.process_exits,
                              &merged.peer_gave_up, &merged.forgotten}) {
         keep_earliest(*list);
