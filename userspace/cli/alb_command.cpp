@@ -17,8 +17,8 @@
 #include "closetrace/alb_match.h"
 #include "closetrace/alb_render.h"
 #include "closetrace/file_content.h"
-#include "closetrace/trace_files.h"
 #include "closetrace/text.h"
+#include "closetrace/trace_files.h"
 #include "closetrace/trace_io.h"
 
 namespace closetrace {
@@ -125,8 +125,9 @@ void run_alb(const AlbOptions& options) {
 
     AlbCorrelator correlator(trace, mappings, skew_ns);
     const LbLogReadStats stats =
-        read_lb_logs(logs, [&](const LbLogEntry& entry, const std::string& file,
-                                       uint64_t line) { correlator.add(entry, file, line); });
+        read_lb_logs(logs, [&](const LbLogEntry& entry, const std::string& file, uint64_t line) {
+            correlator.add(entry, file, line);
+        });
 
     std::vector<std::string> warnings = trace.warnings;
     warnings.insert(warnings.end(), stats.file_errors.begin(), stats.file_errors.end());

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "cli_support.h"
 #include "closetrace/report.h"
 #include "closetrace/text.h"
