@@ -482,13 +482,29 @@ bool same_name(std::string_view a, std::string_view b) {
     return true;
 }
 
-// The rule named `key`, trying first the one after the previous match; rules.size() when none.
+// Whether the member's name as it lies in the line (after its opening quote) is `name`, which
+// has no quote: a shorter name stops the comparison at its closing quote.
+bool raw_name_is(const char* raw, std::string_view name) {
+    for (std::size_t i = 0; i < name.size(); ++i) {
+        if (raw[i] != name[i]) return false;
+    }
+    return raw[name.size()] == '"';
+}
+
+// The rule for `field`'s name; rules.size() when none. Tried first: the rule after the previous
+// match, which is the writer's order; then the rules after it (members left out), then all.
 template <typename Out>
-std::size_t find_rule(std::span<const MemberRule<Out>> rules, std::string_view key,
+std::size_t find_rule(std::span<const MemberRule<Out>> rules, ondemand::field& field,
                       std::size_t expected) {
-    if (expected < rules.size() && same_name(rules[expected].name, key)) return expected;
-    for (std::size_t i = 0; i < rules.size(); ++i) {
-        if (same_name(rules[i].name, key)) return i;
+    if (expected < rules.size() && raw_name_is(field.key().raw(), rules[expected].name)) {
+        return expected;
+    }
+    const std::string_view name = member_name(field);
+    for (std::size_t i = expected; i < rules.size(); ++i) {
+        if (same_name(rules[i].name, name)) return i;
+    }
+    for (std::size_t i = 0; i < std::min(expected, rules.size()); ++i) {
+        if (same_name(rules[i].name, name)) return i;
     }
     return rules.size();
 }
@@ -502,7 +518,7 @@ void read_members(ondemand::object object, std::span<const MemberRule<Out>> rule
     std::size_t expected = 0;
     for (auto member : object) {
         ondemand::field field = valid(std::move(member));
-        const std::size_t index = find_rule(rules, member_name(field), expected);
+        const std::size_t index = find_rule(rules, field, expected);
         if (index == rules.size() || !holds(rules[index], out)) continue;
         const MemberRule<Out>& rule = rules[index];
         rule.read(out, field.value(), MemberPath{&path, rule.name});
@@ -510,8 +526,10 @@ void read_members(ondemand::object object, std::span<const MemberRule<Out>> rule
         expected = index + 1;
     }
     const auto was_seen = [&](std::string_view name) {
-        const std::size_t index = find_rule(rules, name, 0);
-        return index < rules.size() && (seen >> index & 1) != 0;
+        for (std::size_t i = 0; i < rules.size(); ++i) {
+            if (rules[i].name == name) return (seen >> i & 1) != 0;
+        }
+        return false;
     };
     for (std::size_t i = 0; i < rules.size(); ++i) {
         const MemberRule<Out>& rule = rules[i];
