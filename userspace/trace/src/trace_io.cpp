@@ -968,8 +968,7 @@ public:
     }
 
 private:
-    // Large reads: a stream's buffer hands a read bigger than itself straight to read(2).
-    static constexpr std::size_t kInitialCapacity = 1024 * 1024;
+    static constexpr std::size_t kInitialCapacity = 64 * 1024;
 
     // Moves the partial line to the front of the buffer and reads more after it.
     void refill() {
