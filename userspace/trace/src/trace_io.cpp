@@ -769,7 +769,6 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     {"requests",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          ondemand::array requests = required_array(value, path);
-         out.requests.reserve(valid(requests.count_elements()));
          std::size_t index = 0;
          for (auto element : requests) {
              ondemand::value request = valid(std::move(element));
