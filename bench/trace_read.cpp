@@ -10,16 +10,17 @@
 // libclosetrace_capture.a.
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <map>
-#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <variant>
 #include <vector>
 
 #include <simdjson.h>
 
+#include "closetrace/file_content.h"
 #include "closetrace/model.h"
 #include "closetrace/trace_io.h"
 
@@ -82,19 +83,19 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "usage: trace_read [--parse-only] TRACE\n");
         return 2;
     }
-    std::ifstream in;
-    auto buffer = std::make_unique<char[]>(1 << 20);
-    in.rdbuf()->pubsetbuf(buffer.get(), 1 << 20);
-    in.open(argv[1], std::ios::binary);
-    if (!in) {
-        std::fprintf(stderr, "trace_read: cannot open %s\n", argv[1]);
+    // As `closetrace report` opens it: plain or gzip, "-" for standard input.
+    std::optional<closetrace::InputFile> in;
+    try {
+        in.emplace(argv[1]);
+    } catch (const std::system_error& error) {
+        std::fprintf(stderr, "trace_read: %s\n", error.what());
         return 1;
     }
     const auto start = std::chrono::steady_clock::now();
     uint64_t conns = 0, events = 0, summaries = 0, requests = 0, races = 0;
     std::map<closetrace::Verdict, uint64_t> verdicts;
     try {
-        closetrace::TraceReader reader(in, argv[1]);
+        closetrace::TraceReader reader(*in, in->name());
         while (auto record = reader.next()) {
             if (auto* conn = std::get_if<closetrace::Connection>(&*record)) {
                 ++conns;

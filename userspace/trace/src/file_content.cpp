@@ -115,6 +115,24 @@ public:
     const std::string& problem() const { return content_.problem(); }
 
 protected:
+    // A read larger than what is buffered (TraceReader's are) goes straight from the content into
+    // the caller's memory rather than through chunk_.
+    std::streamsize xsgetn(char* out, std::streamsize size) override {
+        const auto buffered = std::min<std::streamsize>(size, egptr() - gptr());
+        if (buffered > 0) {
+            std::memcpy(out, gptr(), static_cast<std::size_t>(buffered));
+            gbump(static_cast<int>(buffered));
+        }
+        auto got = static_cast<std::size_t>(buffered);
+        const auto wanted = static_cast<std::size_t>(size);
+        while (got < wanted) {
+            const std::size_t more = content_.read(out + got, wanted - got);
+            if (more == 0) break;
+            got += more;
+        }
+        return static_cast<std::streamsize>(got);
+    }
+
     int_type underflow() override {
         const std::size_t got = content_.read(chunk_.data(), chunk_.size());
         if (got == 0) return traits_type::eof();
