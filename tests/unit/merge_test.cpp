@@ -1,6 +1,7 @@
 // Many traces at once: merge_traces (hosts, rotated files, wall clock), the trace arguments of
 // the commands (trace_files) and the report of several traces.
 #include <algorithm>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -329,6 +330,43 @@ TEST(TraceFiles, RefusesStandardInputTwiceAndADirectoryWithoutTraces) {
         FAIL() << "a directory without traces was accepted";
     } catch (const TraceArgumentError& error) {
         EXPECT_THAT(error.what(), HasSubstr("is a directory without trace files"));
+    }
+}
+
+TEST(TraceFiles, ReadsOneFileAndSaysWhatWasWrongWithItAsAWhole) {
+    const TempDir dir;
+    const std::string trace = (dir.path() / "api-1.jsonl.gz").string();
+    write_gzip(trace, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Peer)}));
+    // Read to the end, so that the file's problems are known.
+    const auto read_hosts = [](TraceReader& reader, const std::string& name) {
+        while (reader.next()) {
+        }
+        return name + ":" + reader.header().host;
+    };
+    const TraceFileRead<std::string> whole = read_trace_file(trace, read_hosts);
+    EXPECT_EQ(whole.result, trace + ":api-1");
+    EXPECT_EQ(whole.problem, "");
+
+    std::filesystem::resize_file(trace, std::filesystem::file_size(trace) - 4);  // the gzip trailer
+    EXPECT_EQ(read_trace_file(trace, read_hosts).problem,
+              trace + ": unexpected end of file (a truncated gzip file)");
+}
+
+TEST(TraceFiles, AFileThatCannotBeOpenedSaysWhy) {
+    const TempDir dir;
+    const auto nothing = [](TraceReader&, const std::string&) { return 0; };
+    try {
+        read_trace_file(dir.path().string(), nothing);
+        FAIL() << "a directory was read as a trace";
+    } catch (const TraceOpenError& error) {
+        EXPECT_EQ(error.what(), dir.path().string() + " is a directory");
+    }
+    try {
+        read_trace_file((dir.path() / "missing.jsonl").string(), nothing);
+        FAIL() << "a missing file was read as a trace";
+    } catch (const TraceOpenError& error) {
+        EXPECT_EQ(error.what(), "cannot open " + (dir.path() / "missing.jsonl").string() +
+                                    ": No such file or directory");
     }
 }
 

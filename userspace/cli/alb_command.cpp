@@ -1,9 +1,7 @@
 #include "alb_command.h"
 
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,33 +39,20 @@ void warn(const std::string& message) {
     std::fprintf(stderr, "closetrace alb: warning: %s\n", message.c_str());
 }
 
-// A trace's facts, and what was wrong with its file as a whole (FileContent::problem()).
-struct LoadedTrace {
-    TraceFacts facts;
-    std::string problem{};
-};
-
 // `read`: read_trace_facts for a trace read alone, read_trace_facts_part for one of several.
-LoadedTrace load_trace(const std::string& path,
+TraceFileRead<TraceFacts> load_trace(const std::string& path,
                        TraceFacts (*read)(TraceReader&, std::string) = read_trace_facts) {
-    std::optional<InputFile> in;
     try {
-        in.emplace(path);
-    } catch (const std::system_error& error) {
-        fail(fmt::format("cannot open the trace {}: {}", path,
-                         std::strerror(error.code().value())));
-    }
-    try {
-        TraceReader reader(*in, in->name());
-        LoadedTrace loaded{.facts = read(reader, in->name())};
-        if (!in->problem().empty()) loaded.problem = in->name() + ": " + in->problem();
-        if (!loaded.facts.has_summary) {
-            loaded.facts.warnings.push_back(
+        TraceFileRead<TraceFacts> loaded = read_trace_file(path, read);
+        if (!loaded.result.has_summary) {
+            loaded.result.warnings.push_back(
                 fmt::format("{} has no summary line (recording cut short): its end is the last "
                             "time it records",
-                            loaded.facts.file));
+                            loaded.result.file));
         }
         return loaded;
+    } catch (const TraceOpenError& error) {
+        fail(fmt::format("{}; give a trace file `closetrace record` wrote", error.what()));
     } catch (const TraceError& error) {
         fail(fmt::format("unusable trace: {}", error.what()));
     }
@@ -81,15 +66,15 @@ TraceFacts load_traces(const std::vector<std::string>& arguments) {
     } catch (const TraceArgumentError& error) {
         fail(error.what());
     }
-    std::vector<LoadedTrace> loaded(paths.size());
+    std::vector<TraceFileRead<TraceFacts>> loaded(paths.size());
     read_in_parallel(paths.size(), [&](std::size_t index) {
         loaded[index] = paths.size() == 1 ? load_trace(paths[index])
                                           : load_trace(paths[index], read_trace_facts_part);
     });
     std::vector<TraceFacts> parts;
-    for (LoadedTrace& trace : loaded) {
+    for (TraceFileRead<TraceFacts>& trace : loaded) {
         if (!trace.problem.empty()) warn(trace.problem);
-        parts.push_back(std::move(trace.facts));
+        parts.push_back(std::move(trace.result));
     }
     return merge_trace_facts(std::move(parts));
 }

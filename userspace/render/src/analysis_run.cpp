@@ -4,10 +4,8 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <optional>
-#include <system_error>
 
 #include <fmt/format.h>
 
@@ -39,27 +37,13 @@ std::string trace_error_message(const TraceError& error) {
 // `analyze`: analyze_trace for a trace read alone, analyze_trace_part for one of several.
 TraceAnalysis load(const std::string& path,
                    TraceAnalysis (*analyze)(TraceReader&, std::string) = analyze_trace) {
-    std::error_code ignored;
-    if (std::filesystem::is_directory(path, ignored)) {
-        throw UnusableInput{
-            fmt::format("{} is a directory; give the trace file `closetrace "
-                        "record --output` wrote",
-                        path)};
-    }
-    std::optional<InputFile> in;
     try {
-        in.emplace(path);
-    } catch (const std::system_error& error) {
-        throw UnusableInput{
-            fmt::format("cannot open {}: {}; give the trace file `closetrace "
-                        "record --output` wrote",
-                        path, std::strerror(error.code().value()))};
-    }
-    try {
-        TraceReader reader(*in, in->name());
-        TraceAnalysis trace = analyze(reader, in->name());
-        if (!in->problem().empty()) trace.warnings.push_back(in->name() + ": " + in->problem());
+        auto [trace, problem] = read_trace_file(path, analyze);
+        if (!problem.empty()) trace.warnings.push_back(problem);
         return trace;
+    } catch (const TraceOpenError& error) {
+        throw UnusableInput{fmt::format("{}; give the trace file `closetrace record --output` wrote",
+                                        error.what())};
     } catch (const TraceError& error) {
         throw UnusableInput{trace_error_message(error)};
     }

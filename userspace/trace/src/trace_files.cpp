@@ -1,6 +1,7 @@
 #include "closetrace/trace_files.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -8,6 +9,19 @@
 #include <fmt/format.h>
 
 namespace closetrace {
+
+std::unique_ptr<InputFile> open_trace_file(const std::string& path) {
+    std::error_code ignored;
+    if (std::filesystem::is_directory(path, ignored)) {
+        throw TraceOpenError(fmt::format("{} is a directory", path));
+    }
+    try {
+        return std::make_unique<InputFile>(path);
+    } catch (const std::system_error& error) {
+        throw TraceOpenError(
+            fmt::format("cannot open {}: {}", path, std::strerror(error.code().value())));
+    }
+}
 
 std::vector<std::string> trace_files(const std::vector<std::string>& arguments) {
     std::vector<std::string> files;

@@ -6,10 +6,15 @@
 #include <atomic>
 #include <cstddef>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#include "closetrace/file_content.h"
+#include "closetrace/trace_io.h"
 
 namespace closetrace {
 
@@ -18,6 +23,35 @@ class TraceArgumentError : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;  // what(): one line that says what to give
 };
+
+// A trace file that cannot be opened: missing, unreadable, or a directory.
+class TraceOpenError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;  // what(): "cannot open PATH: REASON", "PATH is a directory"
+};
+
+// What read_trace_file made of a file, and what was wrong with the file as a whole
+// (FileContent::problem(), e.g. a gzip stream cut short: "NAME: PROBLEM"), empty if nothing.
+template <typename Result>
+struct TraceFileRead {
+    Result result;
+    std::string problem;
+};
+
+// A trace file (plain, gzip, or "-" for standard input), opened. Throws TraceOpenError.
+std::unique_ptr<InputFile> open_trace_file(const std::string& path);
+
+// Reads one trace file with read(reader, name), which returns what it makes of the trace.
+// Throws TraceOpenError, and TraceError from the reader.
+template <typename Read>
+auto read_trace_file(const std::string& path, const Read& read) {
+    const std::unique_ptr<InputFile> in = open_trace_file(path);
+    TraceReader reader(*in, in->name());
+    TraceFileRead<std::invoke_result_t<const Read&, TraceReader&, std::string>> done{
+        read(reader, in->name()), {}};
+    if (!in->problem().empty()) done.problem = in->name() + ": " + in->problem();
+    return done;
+}
 
 // The trace files that command-line arguments name: files as given, a directory's *.jsonl and
 // *.jsonl.gz files in name order (the rotated files of a recorder in the order written), "-"
