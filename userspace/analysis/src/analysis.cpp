@@ -512,10 +512,11 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
 }
 
 void TraceAnalyzer::add(Connection conn) {
+    // Most records' peers are elsewhere: counted at once (count() takes in their last time),
+    // without the pairer's list of stories.
+    if (!peer_on_this_host(conn)) return count({std::move(conn), std::nullopt});
     // Of every record: the client end of a pair may be the last one seen.
     analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
-    // Most records' peers are elsewhere: counted at once, without the pairer's list of stories.
-    if (!peer_on_this_host(conn)) return count({std::move(conn), std::nullopt});
     for (const ConnectionStory& story : pairer_.add(std::move(conn))) count(story);
 }
 
