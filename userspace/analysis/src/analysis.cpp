@@ -659,6 +659,11 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
 }
 
 void TraceAnalyzer::add(Connection conn) {
+    // Most records' peers are elsewhere: counted at once (count_story() takes in their last
+    // time), without the pairer's list of stories.
+    if (!peer_on_this_host(conn)) {
+        return count_story(analysis_, {std::move(conn), std::nullopt}, analysis_.header);
+    }
     // Of every record: the client end of a pair may be the last one seen.
     analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
     for (const ConnectionStory& story : pairer_.add(std::move(conn))) {
