@@ -302,24 +302,13 @@ TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
         std::ranges::move(part.caught_requests, std::back_inserter(merged.caught_requests));
         std::ranges::move(part.warnings, std::back_inserter(merged.warnings));
     }
-    // A same-host pair split across two of a host's files meets here, never across hosts; one
-    // host's traces share its monotonic clock, so its first trace's header places those left alone.
-    std::map<std::string, EndPairer> pairers;
-    std::map<std::string, const TraceHeader*> first_header;
-    for (TraceFacts& part : parts) {
-        first_header.try_emplace(part.header.host, &part.header);
-        EndPairer& pairer = pairers[part.header.host];
-        for (Connection& conn : part.unpaired_ends) {
-            for (const ConnectionStory& story : pairer.add(std::move(conn))) {
-                add_caught(merged, story.conn, part.header);
-            }
-        }
-    }
-    for (auto& [host, pairer] : pairers) {
-        for (const ConnectionStory& story : pairer.finish()) {
-            add_caught(merged, story.conn, *first_header.at(host));
-        }
-    }
+    // A same-host pair split across two of a host's files meets here, never across hosts.
+    HostPairer pairer;
+    const auto add_story = [&](const ConnectionStory& story, const TraceHeader& header) {
+        add_caught(merged, story.conn, header);
+    };
+    for (TraceFacts& part : parts) pairer.add(part.header, part.unpaired_ends, add_story);
+    pairer.finish(add_story);
     std::ranges::stable_sort(merged.caught_requests, {}, &CaughtRequest::wall_ns);
     merged.file = fmt::format("{} traces of {} host{}", parts.size(), merged.hosts.size(),
                               merged.hosts.size() == 1 ? "" : "s");

@@ -858,23 +858,12 @@ TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
     // each host has its own pairer, so addresses reused on another host never pair. Counted
     // before the parts are added, so that its caught request is listed even when the parts'
     // lists are full (keep_earliest then keeps the earliest of all).
-    std::map<std::string, EndPairer> pairers;
-    std::map<std::string, const TraceHeader*> first_header;
-    for (TraceAnalysis& part : parts) {
-        first_header.try_emplace(part.header.host, &part.header);
-        EndPairer& pairer = pairers[part.header.host];
-        for (Connection& conn : part.unpaired_ends) {
-            for (const ConnectionStory& story : pairer.add(std::move(conn))) {
-                count_story(merged, story, part.header);
-            }
-        }
-    }
-    // One host's traces share its monotonic clock: its first trace's header places them.
-    for (auto& [host, pairer] : pairers) {
-        for (const ConnectionStory& story : pairer.finish()) {
-            count_story(merged, story, *first_header.at(host));
-        }
-    }
+    HostPairer pairer;
+    const auto count_in_merged = [&](const ConnectionStory& story, const TraceHeader& header) {
+        count_story(merged, story, header);
+    };
+    for (TraceAnalysis& part : parts) pairer.add(part.header, part.unpaired_ends, count_in_merged);
+    pairer.finish(count_in_merged);
     for (const TraceAnalysis& part : parts) add_part(merged, part);
     for (CaughtList* list : {&merged.races, &merged.inflight_resets, &merged.process_exits,
                              &merged.peer_gave_up, &merged.forgotten}) {
