@@ -22,6 +22,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 using test::TempDir;
 using test::write_file;
@@ -372,6 +373,22 @@ TEST(TraceFiles, AFileThatCannotBeOpenedSaysWhy) {
 
 // ---------------------------------------------------------------------------------------------
 // report of several traces
+
+TEST(ReportOfSeveralTraces, TheAdviceNamesTheHostsNotThisHost) {
+    const TempDir dir;
+    const std::string first = (dir.path() / "api-1.jsonl").string();
+    const std::string second = (dir.path() / "api-2.jsonl").string();
+    write_file(first, trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local,
+                                                            {"10.0.0.1", 40000}, true)}));
+    write_file(second, trace_text(header_of("api-2"), {served(kBootNs + 2000 * kMs,
+                                                             Initiator::Local,
+                                                             {"10.0.0.1", 40001}, true)}));
+    const CommandOutput verify = run_verify({first, second}, std::nullopt);
+    EXPECT_THAT(verify.out, HasSubstr("requests arrived on connections these hosts had just closed"));
+    EXPECT_THAT(verify.out, Not(HasSubstr("this host")));
+    const CommandOutput alone = run_verify({first}, std::nullopt);
+    EXPECT_THAT(alone.out, HasSubstr("requests arrived on connections this host had just closed"));
+}
 
 TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {
     const TempDir dir;

@@ -187,8 +187,23 @@ Recommendation keepalive_recommendation(const std::optional<std::string>& comm,
             .text = fmt::format("{}; {}.", fix, keepalive_basis(a.peer_timeout, value_s))};
 }
 
+// How the conclusion and the advice name what they are about: this host, or the hosts of
+// several traces merged.
+struct HostWords {
+    const char* subject;  // "This host"
+    const char* object;   // "this host"
+    const char* its;
+    const char* possessive;  // "this host's"
+};
+
+HostWords host_words(const TraceAnalysis& trace) {
+    if (trace.host_count() > 1) return {"These hosts", "these hosts", "their", "these hosts'"};
+    return {"This host", "this host", "its", "this host's"};
+}
+
 Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
-                                       const IdleHistogram& upstream_peer_idle) {
+                                       const IdleHistogram& upstream_peer_idle,
+                                       const HostWords& host) {
     const std::optional<double> shortest = upstream_peer_idle.min();
     // A whole second below the shortest close the upstream made, where that leaves one.
     std::optional<uint64_t> value_s;
@@ -198,7 +213,7 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
             ? fmt::format("its shortest idle close here was {}", duration(*shortest))
             : std::string("it never closed an idle one here; Node.js closes after 5 s by default");
     const std::string who = comm.empty()
-                                ? std::string("this host (process not seen)")
+                                ? fmt::format("{} (process not seen)", host.object)
                                 : fmt::format("{} (comm {})", analysis_text::printable(comm),
                                               analysis_text::printable(comm));
     std::string text = fmt::format(
@@ -218,21 +233,21 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
             .text = text + "."};
 }
 
-Recommendation load_recommendation(const Assessment& a) {
+Recommendation load_recommendation(const Assessment& a, const HostWords& host) {
     const uint64_t races = a.races + a.upstream_races;
     std::string text;
     if (a.dominant == FailureKind::InflightResets) {
         text = fmt::format(
             "In-flight resets ({}) outnumber close races ({}): the connection lifecycle is not the "
-            "cause. This host reset or closed connections with requests unanswered, which points "
+            "cause. {} reset or closed connections with requests unanswered, which points "
             "at load: check CPU, memory and the number of tasks or instances around the listed "
             "times, and scale out (the field report's third step).",
-            a.inflight_resets, races);
+            a.inflight_resets, races, host.subject);
     } else {
         text = fmt::format(
-            "{} also: if they remain after the keep-alive fix, check this host's load (CPU, "
+            "{} also: if they remain after the keep-alive fix, check {} load (CPU, "
             "memory, scaling) around the listed times.",
-            count_of(a.inflight_resets, "in-flight reset", "in-flight resets"));
+            count_of(a.inflight_resets, "in-flight reset", "in-flight resets"), host.possessive);
     }
     return {.kind = RecommendationKind::Load, .text = text};
 }
@@ -287,41 +302,31 @@ Recommendation pool_recommendation(const TraceAnalysis& trace) {
                 idle, kNatGatewayIdleS, processes_of(forgotten))};
 }
 
-Recommendation client_timeout_recommendation(const Assessment& a, const TraceAnalysis& trace) {
+Recommendation client_timeout_recommendation(const Assessment& a, const TraceAnalysis& trace,
+                                             const HostWords& host) {
     const std::optional<double> longest = trace.peer_gave_up.longest_unanswered_ms;
     const std::string wait =
         longest ? fmt::format("; the longest had waited {}", duration(*longest)) : std::string();
     std::string text;
     if (a.dominant == FailureKind::PeerGaveUp) {
         text = fmt::format(
-            "The peer gave up on {} before this host answered{}: the client side times out (the "
-            "ALB's 460 when its client closes, or a proxy's read timeout), not this host's "
+            "The peer gave up on {} before {} answered{}: the client side times out (the "
+            "ALB's 460 when its client closes, or a proxy's read timeout), not {} "
             "keep-alive. Compare the client's and proxy's timeouts (nginx proxy_read_timeout, the "
-            "ALB's idle timeout) with this host's response times.",
-            count_of(a.peer_gave_up, "request", "requests"), wait);
+            "ALB's idle timeout) with {} response times.",
+            count_of(a.peer_gave_up, "request", "requests"), host.object, wait, host.possessive,
+            host.possessive);
     } else {
         text = fmt::format(
-            "The peer also gave up on {} before this host answered{}: if that persists, compare "
-            "the client's timeouts with this host's response times.",
-            count_of(a.peer_gave_up, "request", "requests"), wait);
+            "The peer also gave up on {} before {} answered{}: if that persists, compare "
+            "the client's timeouts with {} response times.",
+            count_of(a.peer_gave_up, "request", "requests"), host.object, wait, host.possessive);
     }
     return {.kind = RecommendationKind::ClientTimeout, .text = text};
 }
 
 // ---------------------------------------------------------------------------------------------
 // The conclusion paragraph
-
-// How the conclusion names what it is about: this host, or the hosts of several traces merged.
-struct HostWords {
-    const char* subject;  // "This host"
-    const char* object;   // "this host"
-    const char* its;
-};
-
-HostWords host_words(const TraceAnalysis& trace) {
-    if (trace.host_count() > 1) return {"These hosts", "these hosts", "their"};
-    return {"This host", "this host", "its"};
-}
 
 std::string idle_sentence(const TraceAnalysis& trace, const HostWords& host) {
     const IdleHistogram& local = trace.local_idle;
@@ -984,11 +989,12 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
         }
     }
     for (const auto& [comm, races] : by_count(trace.upstream_racers)) {
-        lifecycle.push_back(upstream_recommendation(comm, races, trace.upstream_peer_idle));
+        lifecycle.push_back(
+            upstream_recommendation(comm, races, trace.upstream_peer_idle, host_words(trace)));
     }
     if (a.forgotten > 0) lifecycle.push_back(pool_recommendation(trace));
     std::vector<Recommendation> elsewhere;
-    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a));
+    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a, host_words(trace)));
     if (a.process_exits > 0) {
         const auto position =
             a.dominant == FailureKind::ProcessExits ? elsewhere.begin() : elsewhere.end();
@@ -997,7 +1003,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     if (a.peer_gave_up > 0) {
         const auto position =
             a.dominant == FailureKind::PeerGaveUp ? elsewhere.begin() : elsewhere.end();
-        elsewhere.insert(position, client_timeout_recommendation(a, trace));
+        elsewhere.insert(position, client_timeout_recommendation(a, trace, host_words(trace)));
     }
     // The dominant cause's advice first.
     const bool lifecycle_first =
@@ -1012,8 +1018,8 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
              .text = fmt::format(
                  "Nothing to fix in the connection lifecycle: no close race, no in-flight reset, "
                  "no process exit with requests in flight, no request the peer gave up on, and no "
-                 "idle close by this host sooner than the peer's idle timeout of {}.",
-                 analysis_text::peer_timeout_text(peer_timeout))});
+                 "idle close by {} sooner than the peer's idle timeout of {}.",
+                 host_words(trace).object, analysis_text::peer_timeout_text(peer_timeout))});
     }
     a.conclusion = conclusion(trace, a);
     return a;
@@ -1047,6 +1053,8 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     const Assessment& a = result.after;
     const std::string timeout = analysis_text::peer_timeout_text(result.peer_timeout);
     const uint64_t after_idle_closes = after.local_idle.count() + after.peer_idle.count();
+    const HostWords before_hosts = host_words(before);
+    const HostWords after_hosts = host_words(after);
 
     if (a.closes_before_peer || a.upstream_races > 0) {
         std::vector<std::string> remaining;
@@ -1057,15 +1065,17 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
         }
         if (a.early_idle_closes > 0) {
             remaining.push_back(
-                fmt::format("{} by this host sooner than the peer's idle timeout of {} (median {})",
-                            count_of(a.early_idle_closes, "idle close", "idle closes"), timeout,
+                fmt::format("{} by {} sooner than the peer's idle timeout of {} (median {})",
+                            count_of(a.early_idle_closes, "idle close", "idle closes"),
+                            after_hosts.object, timeout,
                             duration(*after.local_idle.percentile(50))));
         }
         std::string joined;
         for (const std::string& part : remaining) joined += (joined.empty() ? "" : "; ") + part;
         result.conclusion = DiffConclusion::NotFixed;
         result.explanation =
-            fmt::format("After the change this host still closes first: {}.", joined);
+            fmt::format("After the change {} still close{} first: {}.", after_hosts.object,
+                        after.host_count() > 1 ? "" : "s", joined);
     } else if (after.requests < kMinRequestsToConclude || after_idle_closes == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = fmt::format(
@@ -1078,18 +1088,19 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     } else if (!b.closes_before_peer && b.upstream_races == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = fmt::format(
-            "The earlier recording shows no close race and no idle close by this host sooner "
+            "The earlier recording shows no close race and no idle close by {} sooner "
             "than the peer's idle timeout of {}: there is nothing the change could have fixed. "
             "Record the earlier state while the problem happens.",
-            timeout);
+            before_hosts.object, timeout);
     } else {
         result.conclusion = DiffConclusion::Fixed;
         result.explanation = fmt::format(
-            "Before: {} and {} by this host sooner than the peer's idle timeout of {}. After: "
+            "Before: {} and {} by {} sooner than the peer's idle timeout of {}. After: "
             "none, "
             "over {} and {}.",
             count_of(b.races + b.upstream_races, "close race", "close races"),
-            count_of(b.early_idle_closes, "idle close", "idle closes"), timeout,
+            count_of(b.early_idle_closes, "idle close", "idle closes"), before_hosts.object,
+            timeout,
             count_of(after.requests, "request", "requests"),
             count_of(after_idle_closes, "idle close", "idle closes"));
         if (a.inflight_resets > 0) {
@@ -1105,6 +1116,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     VerifyResult result;
     result.peer_timeout = resolve_peer_timeout({&trace}, peer_timeout_ms);
     const Assessment a = assess(trace, result.peer_timeout);
+    const HostWords host = host_words(trace);
     auto first_race = [&](Verdict verdict) -> std::string {
         for (const CaughtConnection& caught : trace.races.listed) {
             if (caught.verdict != verdict || !caught.request) continue;
@@ -1123,14 +1135,16 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     };
     if (a.races > 0) {
         result.reasons.push_back(fmt::format(
-            "{} (local_close_race): requests arrived on connections this host had just closed{}",
-            count_of(a.races, "close race", "close races"), first_race(Verdict::LocalCloseRace)));
+            "{} (local_close_race): requests arrived on connections {} had just closed{}",
+            count_of(a.races, "close race", "close races"), host.object,
+            first_race(Verdict::LocalCloseRace)));
     }
     if (a.upstream_races > 0) {
         result.reasons.push_back(fmt::format(
-            "{} (peer_close_race): this host sent requests on upstream connections its peer had "
+            "{} (peer_close_race): {} sent requests on upstream connections {} peer had "
             "just closed{}",
             count_of(a.upstream_races, "upstream close race", "upstream close races"),
+            host.object, host.its,
             first_race(Verdict::PeerCloseRace)));
     }
     if (trace.incomplete > 0) {
@@ -1145,11 +1159,11 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
         }
         result.reasons.push_back(fmt::format(
-            "{} of {} by this host came sooner than the peer's idle timeout of {}: the shortest "
+            "{} of {} by {} came sooner than the peer's idle timeout of {}: the shortest "
             "after "
             "{}, the median after {}{}",
             a.early_idle_closes, count_of(trace.local_idle.count(), "idle close", "idle closes"),
-            analysis_text::peer_timeout_text(result.peer_timeout),
+            host.object, analysis_text::peer_timeout_text(result.peer_timeout),
             duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)), hint));
     }
     result.passed = result.reasons.empty();
