@@ -5,13 +5,14 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace closetrace::http {
 
-enum class MessageKind {
+enum class MessageKind : uint8_t {
     Request,   // request line "METHOD TARGET HTTP/1.x"
     Response,  // status line "HTTP/1.x CODE ..."
     Opaque,    // not HTTP/1.x (TLS, binary, a request body): counted by direction only
