@@ -26,7 +26,7 @@
 //   heads (one inline), a State or reset event to the members its close needs; an incoming
 //   message keeps a hash of its first bytes, to recognise one segment seen twice. Memory grows
 //   with the messages on a connection, not with its bytes: an idle connection that made one
-//   exchange is held in about 700 bytes (bench/RESULTS.md, part 4).
+//   exchange is held in about 600 bytes of heap (bench/RESULTS.md, part 4).
 // - Everything else is derived once, at finalisation, from the facts in time order: events reach
 //   userspace per CPU in order but interleaved, so no decision is taken on arrival order.
 
@@ -83,32 +83,36 @@ struct Head {
 // after it apart.
 struct Heads {
     Head first;
-    std::vector<Head> pipelined;
+    std::unique_ptr<std::vector<Head>> pipelined;  // null when there are none
 
-    std::size_t size() const { return 1 + pipelined.size(); }
-    const Head& operator[](std::size_t i) const { return i == 0 ? first : pipelined[i - 1]; }
+    std::size_t size() const { return 1 + (pipelined ? pipelined->size() : 0); }
+    const Head& operator[](std::size_t i) const { return i == 0 ? first : (*pipelined)[i - 1]; }
 };
 
 // An incoming segment's first bytes, hashed: enough to recognise the segment when it comes again
 // as the trigger of a reset. Only the segment's own bytes count (a message's capture may run on
 // into the next segment, which a reset's trigger does not).
+// 32 bits of hash suffice: a trigger is compared with the segments of one connection's
+// unanswered requests only.
 struct SegmentDigest {
-    uint64_t hash = 0;
+    uint32_t hash = 0;
     uint8_t length = 0;  // bytes hashed, at most kSegmentPrefixBytes
+
+    static uint32_t hash_of(std::string_view bytes) {
+        return static_cast<uint32_t>(std::hash<std::string_view>{}(bytes));
+    }
 
     static SegmentDigest of(std::string_view payload, uint32_t segment_len) {
         std::size_t length = std::min(payload.size(), kSegmentPrefixBytes);
         if (segment_len != 0) length = std::min<std::size_t>(length, segment_len);
-        return {.hash = std::hash<std::string_view>{}(payload.substr(0, length)),
-                .length = static_cast<uint8_t>(length)};
+        return {.hash = hash_of(payload.substr(0, length)), .length = static_cast<uint8_t>(length)};
     }
 
     // Whether a reset's trigger payload starts with the bytes hashed: the same segment (nothing
     // captured tells nothing apart; a trigger shorter than the bytes hashed is another segment).
     bool matches(std::string_view trigger) const {
         if (length == 0 || trigger.empty()) return true;
-        return trigger.size() >= length &&
-               std::hash<std::string_view>{}(trigger.substr(0, length)) == hash;
+        return trigger.size() >= length && hash_of(trigger.substr(0, length)) == hash;
     }
 };
 
@@ -136,12 +140,14 @@ struct LifecycleFact {
     bool by_owner = false;
     bool owner_exiting = false;
     OwnerSource owner_from = OwnerSource::Unknown;
+    // Resets
+    bool by_tuple = false;  // a reset with no socket, attributed by its tuple
+    // State
     uint32_t pid = 0;
     uint64_t cgroup_id = 0;
     uint64_t established_ns = 0;
-    std::string comm;
+    std::array<char, CT_COMM_LEN> comm{};  // the kernel's task name: at most CT_COMM_LEN - 1 bytes
     // Resets
-    bool by_tuple = false;  // a reset with no socket, attributed by its tuple
     std::unique_ptr<ResetTrigger> sent;  // a reset this host sent; null for one received
 };
 
@@ -189,7 +195,8 @@ Heads parse_heads(std::string_view payload, bool full_target) {
     if (parsed.count == 0) return heads;
     heads.first = parse_head(parsed.messages[0], full_target);
     for (std::size_t i = 1; i < parsed.count; ++i) {
-        heads.pipelined.push_back(parse_head(parsed.messages[i], full_target));
+        if (!heads.pipelined) heads.pipelined = std::make_unique<std::vector<Head>>();
+        heads.pipelined->push_back(parse_head(parsed.messages[i], full_target));
     }
     return heads;
 }
@@ -722,9 +729,9 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
     const SockSnapshot* latest = nullptr;
     for (const LifecycleFact& fact : tracked.lifecycle) {
         if (fact.kind == EventKind::State) {
-            if (!conn.comm && !fact.comm.empty()) {
+            if (!conn.comm && fact.comm.front() != '\0') {
                 conn.pid = fact.pid;
-                conn.comm = fact.comm;
+                conn.comm = std::string(fact.comm.data(), strnlen(fact.comm.data(), CT_COMM_LEN));
                 conn.owner_from = to_owner_from(fact.owner_from);
             }
             if (conn.cgroup_id == 0) conn.cgroup_id = fact.cgroup_id;
@@ -797,7 +804,7 @@ LifecycleFact lifecycle_fact(const Event& event, uint64_t arrival, bool by_tuple
         fact.pid = event.pid;
         fact.cgroup_id = event.cgroup_id;
         fact.established_ns = event.established_ns;
-        fact.comm = event.comm;
+        event.comm.copy(fact.comm.data(), CT_COMM_LEN - 1);
     } else if (event.kind == EventKind::ResetSent) {
         fact.sent = std::make_unique<ResetTrigger>(ResetTrigger{
             .reason = event.rst_reason,
