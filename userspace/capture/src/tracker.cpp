@@ -320,15 +320,15 @@ struct CloseFacts {
     std::optional<uint64_t> local_first() const { return earliest(local_fin, local_rst); }
     std::optional<uint64_t> peer_first() const { return earliest(peer_fin, peer_rst); }
 
-    void mark(std::optional<uint64_t>& first, const LifecycleFact& event, Initiator side,
+    void mark(std::optional<uint64_t>& first, const LifecycleFact& fact, Initiator side,
               CloseHow kind) {
         if (first) return;
-        first = event.ts_ns;
+        first = fact.ts_ns;
         if (initiator != Initiator::Unknown) return;
         initiator = side;
         how = kind;
-        idle_ms = closetrace::idle_ms(event.ts_ns, event.snap);
-        at_close = event.snap;
+        idle_ms = closetrace::idle_ms(fact.ts_ns, fact.snap);
+        at_close = fact.snap;
     }
 
     // The owning process closing the socket: an abort (straight to CLOSE) drops what it left
@@ -377,28 +377,28 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
         note_close_before_recording(first_state->old_state, close);
     }
 
-    for (const LifecycleFact& event : facts) {
-        switch (event.kind) {
+    for (const LifecycleFact& fact : facts) {
+        switch (fact.kind) {
             case EventKind::State:
-                close.note_owner_close(event);
+                close.note_owner_close(fact);
                 // The owner's abort: the kernel resets the connection as it goes to CLOSE.
-                if (event.by_owner && event.new_state == kTcpClose) {
-                    close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                if (fact.by_owner && fact.new_state == kTcpClose) {
+                    close.mark(close.local_rst, fact, Initiator::Local, CloseHow::Rst);
                 }
-                if (is_local_fin(event)) {
-                    close.mark(close.local_fin, event, Initiator::Local, CloseHow::Fin);
+                if (is_local_fin(fact)) {
+                    close.mark(close.local_fin, fact, Initiator::Local, CloseHow::Fin);
                 }
-                if (is_peer_fin(event)) {
-                    close.mark(close.peer_fin, event, Initiator::Peer, CloseHow::Fin);
+                if (is_peer_fin(fact)) {
+                    close.mark(close.peer_fin, fact, Initiator::Peer, CloseHow::Fin);
                 }
                 break;
             case EventKind::ResetSent:
-                if (!close.rst_reason) close.rst_reason = event.sent->reason;
-                close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                if (!close.rst_reason) close.rst_reason = fact.sent->reason;
+                close.mark(close.local_rst, fact, Initiator::Local, CloseHow::Rst);
                 break;
             case EventKind::ResetReceived:
-                if (!is_self_reset(event, facts)) {
-                    close.mark(close.peer_rst, event, Initiator::Peer, CloseHow::Rst);
+                if (!is_self_reset(fact, facts)) {
+                    close.mark(close.peer_rst, fact, Initiator::Peer, CloseHow::Rst);
                 }
                 break;
             case EventKind::Message: break;  // kept apart, as MessageFacts
