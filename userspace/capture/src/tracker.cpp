@@ -26,7 +26,7 @@
 //   heads (one inline), a State or reset event to the members its close needs; an incoming
 //   message keeps a hash of its first bytes, to recognise one segment seen twice. Memory grows
 //   with the messages on a connection, not with its bytes: an idle connection that made one
-//   exchange is held in about 600 bytes of heap (bench/RESULTS.md, part 4).
+//   exchange is held in about 560 bytes of heap (bench/RESULTS.md, part 4).
 // - Everything else is derived once, at finalisation, from the facts in time order: events reach
 //   userspace per CPU in order but interleaved, so no decision is taken on arrival order.
 
@@ -59,12 +59,14 @@ constexpr std::size_t kSettleBatch = 128;
 // string, which a short request line fits without a heap allocation.
 struct Head {
     std::string method_target;
-    std::string_view health_checker;  // one of http::health_checker's names; empty for any other
     uint16_t method_length = 0;
     uint16_t status = 0;  // a response's status code; 0 when the line was cut before it
     http::MessageKind kind = http::MessageKind::Opaque;
     bool has_target = false;     // a request's target was captured (not cut right after the method)
     bool asks_to_close = false;  // Connection: close (or HTTP/1.0 without keep-alive)
+    // The known health checker that sent a request: 1 + its index in http::kHealthCheckers; 0
+    // for any other.
+    uint8_t health_checker = 0;
 
     std::optional<std::string> method() const {
         if (kind != http::MessageKind::Request) return std::nullopt;
@@ -76,6 +78,9 @@ struct Head {
     }
     std::optional<int> status_code() const {
         return status != 0 ? std::optional<int>(status) : std::nullopt;
+    }
+    std::string_view health_checker_name() const {
+        return health_checker != 0 ? http::kHealthCheckers[health_checker - 1] : std::string_view();
     }
 };
 
@@ -174,7 +179,12 @@ Head parse_head(const http::Message& message, bool full_target) {
     head.kind = message.kind;
     head.asks_to_close = http::asks_to_close(message);
     if (message.kind == http::MessageKind::Request) {
-        head.health_checker = http::health_checker(message.user_agent);
+        const std::string_view checker = http::health_checker(message.user_agent);
+        if (!checker.empty()) {
+            head.health_checker =
+                static_cast<uint8_t>(1 + (std::ranges::find(http::kHealthCheckers, checker) -
+                                          std::begin(http::kHealthCheckers)));
+        }
         head.method_target = message.method;
         head.method_length = static_cast<uint16_t>(message.method.size());
         // Empty only when the capture ended right after the method.
@@ -649,7 +659,7 @@ private:
             if (previous_ns != 0 && ts_ns >= previous_ns) {
                 request.idle_before_ms = ms_between(previous_ns, ts_ns);
             }
-            if (health_checker_.empty()) health_checker_ = head.health_checker;
+            if (health_checker_.empty()) health_checker_ = head.health_checker_name();
             pending_.push_back({.number = total_++, .request = std::move(request)});
         }
         last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
@@ -691,7 +701,9 @@ struct Tracked {
     Tuple tuple;  // hashed, the key in the tuple index
     uint64_t first_arrival = 0;
     uint64_t newest_ns = 0;
-    std::optional<uint64_t> closed_ns;
+    // When the socket went to CLOSE, set through close_at(): apart rather than a std::optional,
+    // whose padding would take 8 bytes more.
+    uint64_t closed_at_ns = 0;
     std::vector<LifecycleFact> lifecycle;
     std::vector<MessageFact> messages;  // not yet fed to the builder
     std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
@@ -701,6 +713,16 @@ struct Tracked {
     // Until a State, Message or ResetReceived shows the socket alive, its events are only resets
     // (held apart, in State::unconfirmed).
     bool seen_alive = false;
+    bool closed = false;
+
+    // When the socket went to CLOSE (the earliest such change); nullopt while it is open.
+    std::optional<uint64_t> closed_ns() const {
+        return closed ? std::optional<uint64_t>(closed_at_ns) : std::nullopt;
+    }
+    void close_at(uint64_t ts_ns) {
+        closed_at_ns = closed ? std::min(closed_at_ns, ts_ns) : ts_ns;
+        closed = true;
+    }
 };
 
 // Idle at the first FIN or RST, from the end of the last completed exchange: a request that came
@@ -725,7 +747,7 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
     conn.local = {format_address(tuple.family, tuple.laddr), tuple.lport};
     conn.remote = {format_address(tuple.family, tuple.raddr), tuple.rport};
     conn.role = tracked.role;
-    conn.closed_ns = tracked.closed_ns;
+    conn.closed_ns = tracked.closed_ns();
     const SockSnapshot* latest = nullptr;
     for (const LifecycleFact& fact : tracked.lifecycle) {
         if (fact.kind == EventKind::State) {
@@ -903,7 +925,7 @@ struct ConnTracker::State {
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {
-            tracked.closed_ns = std::min(tracked.closed_ns.value_or(event.ts_ns), event.ts_ns);
+            tracked.close_at(event.ts_ns);
         }
         tracked.lifecycle.push_back(lifecycle_fact(event, arrival, by_tuple, full_target));
     }
@@ -960,7 +982,7 @@ struct ConnTracker::State {
             for (Arrived& arrived : resets->second) unattributed.push_back(std::move(arrived));
             unconfirmed.erase(resets);
         }
-        if (tracked.closed_ns) closed.erase({*tracked.closed_ns, it->first});
+        if (tracked.closed_ns()) closed.erase({*tracked.closed_ns(), it->first});
         by_cookie.erase(it);
         return tracked;
     }
@@ -995,11 +1017,11 @@ void ConnTracker::on_event(const Event& event) {
         }
         state_->confirm_alive(event.cookie, tracked, event, options_);
     }
-    const std::optional<uint64_t> closed_before = tracked.closed_ns;
+    const std::optional<uint64_t> closed_before = tracked.closed_ns();
     State::add(tracked, event, arrival, false, options_);
-    if (tracked.closed_ns != closed_before) {
+    if (tracked.closed_ns() != closed_before) {
         if (closed_before) state_->closed.erase({*closed_before, event.cookie});
-        state_->closed.emplace(*tracked.closed_ns, event.cookie);
+        state_->closed.emplace(*tracked.closed_ns(), event.cookie);
     }
 }
 
@@ -1029,7 +1051,7 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
     // Closed ones first, in closing order; then the open ones in the order they were first seen.
     std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> held;  // (closed, first arrival, cookie)
     for (const auto& [cookie, tracked] : state_->by_cookie) {
-        held.emplace_back(tracked.closed_ns.value_or(std::numeric_limits<uint64_t>::max()),
+        held.emplace_back(tracked.closed_ns().value_or(std::numeric_limits<uint64_t>::max()),
                           tracked.first_arrival, cookie);
     }
     std::ranges::sort(held);
@@ -1063,7 +1085,7 @@ std::vector<Event> ConnTracker::take_unattributed() {
 
 std::size_t ConnTracker::open_connections() const {
     return static_cast<std::size_t>(std::ranges::count_if(state_->by_cookie, [](const auto& entry) {
-        return entry.second.seen_alive && !entry.second.closed_ns;
+        return entry.second.seen_alive && !entry.second.closed_ns();
     }));
 }
 
