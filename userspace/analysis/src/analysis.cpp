@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
@@ -55,9 +57,10 @@ bool nothing_in_flight_at_close(Verdict verdict) {
     }
 }
 
-void list_caught(CaughtList& list, const ConnectionStory& story, int64_t mono_to_wall_ns) {
+void list_caught(CaughtList& list, const ConnectionStory& story, const TraceHeader& source) {
     ++list.total;
-    CaughtConnection caught = caught_connection(story.conn, mono_to_wall_ns);
+    CaughtConnection caught = caught_connection(story.conn, source.mono_to_wall_ns);
+    caught.host = source.host;
     caught.client_end = story.client_end;
     if (caught.request_after_close_ms && *caught.request_after_close_ms < 0) {
         raise_to(list.longest_unanswered_ms, -*caught.request_after_close_ms);
@@ -69,6 +72,75 @@ void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
     group.requests += conn.request_count();
     ++group.verdicts[conn.verdict];
+}
+
+// Counts one connection into `a`; `source` is the header of the trace it was read from (for a
+// merged analysis, whose clock is the wall clock, not `a`'s own).
+void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHeader& source) {
+    const Connection& conn = story.conn;
+    const uint64_t to_clock_of_a =
+        static_cast<uint64_t>(source.mono_to_wall_ns - a.header.mono_to_wall_ns);
+    ++a.connections;
+    a.last_ns = std::max(a.last_ns, last_seen_ns(conn) + to_clock_of_a);
+    if (conn.incomplete) {
+        ++a.incomplete;
+        return;
+    }
+    a.requests += conn.request_count();
+    ++a.verdicts[conn.verdict];
+    a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
+    const std::string comm = conn.comm.value_or("");
+    count_in(a.by_comm[comm], conn);
+    count_in(a.by_peer[conn.remote.addr], conn);
+    count_in(a.by_container[container_label(conn.container)], conn);
+    count_in(a.by_host[source.host], conn);
+    if (story.client_end) {
+        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
+                                            conn.comm.value_or("?"))],
+                 conn);
+    }
+
+    if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
+    if (conn.health_check) {
+        ++a.health_check_connections;
+        ++a.health_checkers[*conn.health_check];
+    }
+
+    const bool server_side = conn.role != Role::Client;
+    const std::optional<double> idle_ms = timer_idle_ms(conn);
+    if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
+        if (conn.close.initiator == Initiator::Local)
+            raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
+        if (conn.close.initiator == Initiator::Peer)
+            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
+    }
+    switch (conn.verdict) {
+        case Verdict::LocalCloseRace: list_caught(a.races, story, source); [[fallthrough]];
+        case Verdict::LocalIdleClose:
+            if (!server_side || !idle_ms) break;
+            ++a.local_idle_closers[comm];
+            a.local_idle.add(*idle_ms);
+            break;
+        case Verdict::PeerCloseRace:
+            list_caught(a.races, story, source);
+            ++a.upstream_racers[comm];
+            [[fallthrough]];
+        case Verdict::PeerIdleClose:
+            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
+            break;
+        case Verdict::LocalResetInflight:
+            list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
+                                                                     : a.inflight_resets,
+                        story, source);
+            break;
+        case Verdict::PeerCloseInflight:
+            list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
+                        story, source);
+            break;
+        case Verdict::LocalReset:
+        case Verdict::PeerReset:
+        case Verdict::Open: break;
+    }
 }
 
 // Comms by how often they appear, most first (ties by name).
@@ -239,18 +311,30 @@ Recommendation client_timeout_recommendation(const Assessment& a, const TraceAna
 // ---------------------------------------------------------------------------------------------
 // The conclusion paragraph
 
-std::string idle_sentence(const TraceAnalysis& trace) {
+// How the conclusion names what it is about: this host, or the hosts of several traces merged.
+struct HostWords {
+    const char* subject;  // "This host"
+    const char* object;   // "this host"
+    const char* its;
+};
+
+HostWords host_words(const TraceAnalysis& trace) {
+    if (trace.host_count() > 1) return {"These hosts", "these hosts", "their"};
+    return {"This host", "this host", "its"};
+}
+
+std::string idle_sentence(const TraceAnalysis& trace, const HostWords& host) {
     const IdleHistogram& local = trace.local_idle;
     const IdleHistogram& peer = trace.peer_idle;
     if (local.count() > 0) {
         std::string sentence =
-            fmt::format("This host closed idle keep-alive connections after {} (median of {})",
-                        duration(*local.percentile(50)), local.count());
+            fmt::format("{} closed idle keep-alive connections after {} (median of {})",
+                        host.subject, duration(*local.percentile(50)), local.count());
         if (peer.count() > 0) {
-            sentence += fmt::format(" and its peer after {} (median of {})",
+            sentence += fmt::format(" and {} peer after {} (median of {})", host.its,
                                     duration(*peer.percentile(50)), peer.count());
         } else if (trace.longest_idle_at_local_close_ms) {
-            sentence += fmt::format(" while its peer kept them longer than {}",
+            sentence += fmt::format(" while {} peer kept them longer than {}", host.its,
                                     duration(*trace.longest_idle_at_local_close_ms));
         }
         return sentence + ".";
@@ -260,7 +344,7 @@ std::string idle_sentence(const TraceAnalysis& trace) {
             fmt::format("The peer closed idle keep-alive connections after {} (median of {})",
                         duration(*peer.percentile(50)), peer.count());
         if (trace.longest_idle_at_peer_close_ms) {
-            sentence += fmt::format(" and this host kept them longer than {}",
+            sentence += fmt::format(" and {} kept them longer than {}", host.object,
                                     duration(*trace.longest_idle_at_peer_close_ms));
         }
         return sentence + ".";
@@ -269,34 +353,37 @@ std::string idle_sentence(const TraceAnalysis& trace) {
 }
 
 std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
-    std::vector<std::string> sentences{idle_sentence(trace)};
+    const HostWords host = host_words(trace);
+    std::vector<std::string> sentences{idle_sentence(trace, host)};
     if (a.races > 0) {
         sentences.push_back(
-            fmt::format("{} this host had just closed (close races: the load balancer's 502).",
+            fmt::format("{} {} had just closed (close races: the load balancer's 502).",
                         a.races == 1 ? std::string("1 request arrived on a connection")
-                                     : fmt::format("{} requests arrived on connections", a.races)));
+                                     : fmt::format("{} requests arrived on connections", a.races),
+                        host.object));
     } else if (a.early_idle_closes > 0) {
         sentences.push_back(fmt::format(
             "{} came sooner than the peer's idle timeout of {}: a request can arrive on a "
-            "connection as this host closes it (a close race, the load balancer's 502).",
-            fmt::format("{} of its idle closes", a.early_idle_closes),
-            analysis_text::peer_timeout_text(a.peer_timeout)));
+            "connection as {} closes it (a close race, the load balancer's 502).",
+            fmt::format("{} of {} idle closes", a.early_idle_closes, host.its),
+            analysis_text::peer_timeout_text(a.peer_timeout), host.object));
     }
     if (a.upstream_races > 0) {
         sentences.push_back(fmt::format(
-            "This host sent {} on upstream connections its peer had just closed (close races on "
-            "its client side).",
-            count_of(a.upstream_races, "request", "requests")));
+            "{} sent {} on upstream connections {} peer had just closed (close races on "
+            "{} client side).",
+            host.subject, count_of(a.upstream_races, "request", "requests"), host.its, host.its));
     }
     // The dominant failure gets no sentence here: its recommendation, first, tells it.
     if (a.inflight_resets > 0 && a.dominant != FailureKind::InflightResets) {
         sentences.push_back(fmt::format(
-            "This host reset or closed {} with a request unanswered (in-flight resets).",
+            "{} reset or closed {} with a request unanswered (in-flight resets).", host.subject,
             count_of(a.inflight_resets, "connection", "connections")));
     }
     if (a.peer_gave_up > 0 && a.dominant != FailureKind::PeerGaveUp) {
-        sentences.push_back(fmt::format("The peer gave up on {} before this host answered.",
-                                        count_of(a.peer_gave_up, "request", "requests")));
+        sentences.push_back(fmt::format("The peer gave up on {} before {} answered.",
+                                        count_of(a.peer_gave_up, "request", "requests"),
+                                        host.object));
     }
     const Recommendation& first = a.recommendations.front();
     const bool is_fix = first.kind == RecommendationKind::KeepAliveTimeout ||
@@ -377,9 +464,30 @@ void IdleHistogram::add(double ms) {
         exact_.push_back(ms);
         return;
     }
+    fold_exact_into_buckets();
+    add_to_bucket(ms);
+}
+
+void IdleHistogram::fold_exact_into_buckets() {
     for (const double sample : exact_) add_to_bucket(sample);
     exact_ = {};
-    add_to_bucket(ms);
+}
+
+void IdleHistogram::add(const IdleHistogram& other) {
+    if (other.buckets_.empty()) {
+        for (const double sample : other.exact_) add(sample);
+        return;
+    }
+    if (other.count_ == 0) return;
+    min_ = count_ == 0 ? other.min_ : std::min(min_, other.min_);
+    max_ = count_ == 0 ? other.max_ : std::max(max_, other.max_);
+    count_ += other.count_;
+    fold_exact_into_buckets();
+    for (const auto& [index, bucket] : other.buckets_) {
+        Bucket& mine = buckets_[index];
+        mine.count += bucket.count;
+        mine.sum += bucket.sum;
+    }
 }
 
 void IdleHistogram::add_to_bucket(double ms) {
@@ -474,20 +582,52 @@ IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> othe
     return figures;
 }
 
-void VerdictTimeline::add(uint64_t at_ns, Verdict verdict) {
+VerdictCounts& VerdictCounts::operator+=(const VerdictCounts& other) {
+    for (const Verdict verdict : kAllVerdicts) (*this)[verdict] += other[verdict];
+    return *this;
+}
+
+GroupFigures& GroupFigures::operator+=(const GroupFigures& other) {
+    connections += other.connections;
+    requests += other.requests;
+    verdicts += other.verdicts;
+    return *this;
+}
+
+void VerdictTimeline::add(uint64_t at_ns, Verdict verdict, uint64_t connections) {
     const uint64_t offset_ns = at_ns > origin_ns_ ? at_ns - origin_ns_ : 0;
     while (offset_ns / bucket_ns_ >= kBuckets) {
         std::vector<VerdictCounts> merged((buckets_.size() + 1) / 2);
         for (std::size_t index = 0; index < buckets_.size(); ++index) {
-            for (const Verdict each : kAllVerdicts)
-                merged[index / 2][each] += buckets_[index][each];
+            merged[index / 2] += buckets_[index];
         }
         buckets_ = std::move(merged);
         bucket_ns_ *= 2;
     }
     const std::size_t index = offset_ns / bucket_ns_;
     if (buckets_.size() <= index) buckets_.resize(index + 1);
-    ++buckets_[index][verdict];
+    buckets_[index][verdict] += connections;
+}
+
+void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
+    for (std::size_t index = 0; index < other.buckets_.size(); ++index) {
+        const uint64_t start_ns =
+            other.origin_ns_ + index * other.bucket_ns_ + static_cast<uint64_t>(offset_ns);
+        for (const Verdict verdict : kAllVerdicts) {
+            const uint64_t count = other.buckets_[index][verdict];
+            if (count > 0) add(start_ns, verdict, count);
+        }
+    }
+}
+
+std::optional<double> timer_idle_ms(const Connection& conn) {
+    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
+    // connection, a probe or a process exit does not, nor does anything on a health checker's
+    // connection. A race's close is the closer's timer whatever the late request did.
+    const bool race = conn.verdict == Verdict::LocalCloseRace ||
+                      conn.verdict == Verdict::PeerCloseRace;
+    if ((is_timer_close(conn) || race) && !conn.health_check) return conn.close.idle_ms;
+    return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,6 +637,13 @@ double TraceAnalysis::duration_s() const {
     if (summary) return summary->duration_s;
     if (last_ns <= header.start_ns) return 0;
     return static_cast<double>(last_ns - header.start_ns) / 1e9;
+}
+
+std::size_t TraceAnalysis::host_count() const {
+    if (sources.empty()) return 1;
+    std::set<std::string_view> hosts;
+    for (const TraceSource& source : sources) hosts.insert(source.host);
+    return hosts.size();
 }
 
 uint64_t TraceAnalysis::same_host_connections() const {
@@ -512,80 +659,15 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
 }
 
 void TraceAnalyzer::add(Connection conn) {
+    // Most records' peers are elsewhere: counted at once (count_story() takes in their last
+    // time), without the pairer's list of stories.
+    if (!peer_on_this_host(conn)) {
+        return count_story(analysis_, {std::move(conn), std::nullopt}, analysis_.header);
+    }
     // Of every record: the client end of a pair may be the last one seen.
     analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
-    for (const ConnectionStory& story : pairer_.add(std::move(conn))) count(story);
-}
-
-void TraceAnalyzer::count(const ConnectionStory& story) {
-    const Connection& conn = story.conn;
-    TraceAnalysis& a = analysis_;
-    ++a.connections;
-    a.last_ns = std::max(a.last_ns, last_seen_ns(conn));
-    if (conn.incomplete) {
-        ++a.incomplete;
-        return;
-    }
-    a.requests += conn.request_count();
-    ++a.verdicts[conn.verdict];
-    a.verdicts_over_time.add(verdict_time(conn), conn.verdict);
-    const std::string comm = conn.comm.value_or("");
-    count_in(a.by_comm[comm], conn);
-    count_in(a.by_peer[conn.remote.addr], conn);
-    count_in(a.by_container[container_label(conn.container)], conn);
-    if (story.client_end) {
-        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
-                                            conn.comm.value_or("?"))],
-                 conn);
-    }
-
-    if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
-    if (conn.health_check) {
-        ++a.health_check_connections;
-        ++a.health_checkers[*conn.health_check];
-    }
-
-    const bool server_side = conn.role != Role::Client;
-    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
-    // connection, a probe or a process exit does not, nor does anything on a health checker's
-    // connection. A race's close is the closer's timer whatever the late request did.
-    const bool race = conn.verdict == Verdict::LocalCloseRace ||
-                      conn.verdict == Verdict::PeerCloseRace;
-    std::optional<double> idle_ms;
-    if ((is_timer_close(conn) || race) && !conn.health_check) idle_ms = conn.close.idle_ms;
-    if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
-        if (conn.close.initiator == Initiator::Local)
-            raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
-        if (conn.close.initiator == Initiator::Peer)
-            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
-    }
-    const int64_t mono_to_wall_ns = a.header.mono_to_wall_ns;
-    switch (conn.verdict) {
-        case Verdict::LocalCloseRace: list_caught(a.races, story, mono_to_wall_ns); [[fallthrough]];
-        case Verdict::LocalIdleClose:
-            if (!server_side || !idle_ms) break;
-            ++a.local_idle_closers[comm];
-            a.local_idle.add(*idle_ms);
-            break;
-        case Verdict::PeerCloseRace:
-            list_caught(a.races, story, mono_to_wall_ns);
-            ++a.upstream_racers[comm];
-            [[fallthrough]];
-        case Verdict::PeerIdleClose:
-            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
-            break;
-        case Verdict::LocalResetInflight:
-            list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
-                                                                     : a.inflight_resets,
-                        story, mono_to_wall_ns);
-            break;
-        case Verdict::PeerCloseInflight:
-            list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
-                        story, mono_to_wall_ns);
-            break;
-        case Verdict::LocalReset:
-        case Verdict::PeerReset:
-        case Verdict::Open: break;
+    for (const ConnectionStory& story : pairer_.add(std::move(conn))) {
+        count_story(analysis_, story, analysis_.header);
     }
 }
 
@@ -594,7 +676,16 @@ void TraceAnalyzer::add(const TraceEventLine&) { ++analysis_.event_lines; }
 void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summary; }
 
 TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
-    for (const ConnectionStory& story : pairer_.finish()) count(story);
+    for (const ConnectionStory& story : pairer_.finish()) {
+        count_story(analysis_, story, analysis_.header);
+    }
+    return finish_part(std::move(reader_warnings));
+}
+
+TraceAnalysis TraceAnalyzer::finish_part(std::vector<std::string> reader_warnings) {
+    for (ConnectionStory& story : pairer_.finish()) {
+        analysis_.unpaired_ends.push_back(std::move(story.conn));
+    }
     TraceAnalysis& a = analysis_;
     a.warnings = std::move(reader_warnings);
     if (!a.summary) {
@@ -613,12 +704,186 @@ TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
     return std::move(analysis_);
 }
 
-TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
-    TraceAnalyzer analyzer(std::move(file), reader.header());
+namespace {
+
+void read_into(TraceAnalyzer& analyzer, TraceReader& reader) {
     while (std::optional<TraceRecord> record = reader.next()) {
         std::visit([&](auto& line) { analyzer.add(std::move(line)); }, *record);
     }
+}
+
+}  // namespace
+
+TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
+    TraceAnalyzer analyzer(std::move(file), reader.header());
+    read_into(analyzer, reader);
     return analyzer.finish(reader.warnings());
+}
+
+TraceAnalysis analyze_trace_part(TraceReader& reader, std::string file) {
+    TraceAnalyzer analyzer(std::move(file), reader.header());
+    read_into(analyzer, reader);
+    return analyzer.finish_part(reader.warnings());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several traces as one
+
+namespace {
+
+template <typename Count>
+void add_counts(std::map<std::string, Count>& into, const std::map<std::string, Count>& from) {
+    for (const auto& [key, count] : from) into[key] += count;
+}
+
+void add_caught(CaughtList& into, const CaughtList& from) {
+    into.total += from.total;
+    if (from.longest_unanswered_ms) {
+        raise_to(into.longest_unanswered_ms, *from.longest_unanswered_ms);
+    }
+    into.listed.insert(into.listed.end(), from.listed.begin(), from.listed.end());
+}
+
+// The earliest by wall clock, whichever host they were caught on.
+void keep_earliest(CaughtList& list) {
+    std::ranges::stable_sort(list.listed, {}, &CaughtConnection::wall_ns);
+    if (list.listed.size() > CaughtList::kMaxListed) list.listed.resize(CaughtList::kMaxListed);
+}
+
+int64_t wall_start_ns(const TraceAnalysis& trace) {
+    return static_cast<int64_t>(trace.header.start_ns) + trace.header.mono_to_wall_ns;
+}
+
+int64_t wall_end_ns(const TraceAnalysis& trace) {
+    const uint64_t end_ns = trace.summary ? trace.summary->end_ns : trace.last_ns;
+    return static_cast<int64_t>(end_ns) + trace.header.mono_to_wall_ns;
+}
+
+// Each distinct value of `member` over the parts, in the order first seen, joined by ", ".
+std::string distinct_joined(const std::vector<TraceAnalysis>& parts,
+                            std::string TraceHeader::*member) {
+    std::vector<std::string_view> seen;
+    std::string joined;
+    for (const TraceAnalysis& part : parts) {
+        const std::string& value = part.header.*member;
+        if (std::ranges::find(seen, value) != seen.end()) continue;
+        seen.push_back(value);
+        joined += (joined.empty() ? "" : ", ") + value;
+    }
+    return joined;
+}
+
+// The merged analysis before any part is added: its header on the wall clock, from the earliest
+// start.
+TraceAnalysis merged_shell(const std::vector<TraceAnalysis>& parts) {
+    const TraceAnalysis& earliest = *std::ranges::min_element(parts, {}, wall_start_ns);
+    TraceAnalysis merged;
+    merged.header = earliest.header;
+    merged.header.host = distinct_joined(parts, &TraceHeader::host);
+    merged.header.kernel = distinct_joined(parts, &TraceHeader::kernel);
+    merged.header.start_ns = static_cast<uint64_t>(wall_start_ns(earliest));
+    merged.header.mono_to_wall_ns = 0;
+    merged.verdicts_over_time = VerdictTimeline(merged.header.start_ns);
+    return merged;
+}
+
+void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
+    TraceAnalysis& m = merged;
+    m.sources.push_back({.file = part.file, .host = part.header.host,
+                         .complete = part.summary.has_value()});
+    m.warnings.insert(m.warnings.end(), part.warnings.begin(), part.warnings.end());
+    m.connections += part.connections;
+    m.incomplete += part.incomplete;
+    m.requests += part.requests;
+    m.event_lines += part.event_lines;
+    m.last_ns = std::max(m.last_ns, static_cast<uint64_t>(wall_end_ns(part)));
+    m.verdicts += part.verdicts;
+    m.local_idle.add(part.local_idle);
+    m.peer_idle.add(part.peer_idle);
+    m.upstream_peer_idle.add(part.upstream_peer_idle);
+    if (part.longest_idle_at_local_close_ms)
+        raise_to(m.longest_idle_at_local_close_ms, *part.longest_idle_at_local_close_ms);
+    if (part.longest_idle_at_peer_close_ms)
+        raise_to(m.longest_idle_at_peer_close_ms, *part.longest_idle_at_peer_close_ms);
+    for (std::size_t cause = 0; cause < m.causes.size(); ++cause) {
+        m.causes[cause] += part.causes[cause];
+    }
+    m.health_check_connections += part.health_check_connections;
+    add_counts(m.health_checkers, part.health_checkers);
+    add_caught(m.races, part.races);
+    add_caught(m.inflight_resets, part.inflight_resets);
+    add_caught(m.process_exits, part.process_exits);
+    add_caught(m.peer_gave_up, part.peer_gave_up);
+    add_caught(m.forgotten, part.forgotten);
+    add_counts(m.by_comm, part.by_comm);
+    add_counts(m.by_peer, part.by_peer);
+    add_counts(m.by_container, part.by_container);
+    add_counts(m.by_host, part.by_host);
+    add_counts(m.by_same_host, part.by_same_host);
+    add_counts(m.local_idle_closers, part.local_idle_closers);
+    add_counts(m.upstream_racers, part.upstream_racers);
+    m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
+}
+
+// Summed, spanning every part; nullopt unless every part has its summary.
+std::optional<TraceSummary> merged_summary(const std::vector<TraceAnalysis>& parts,
+                                           const TraceHeader& merged_header) {
+    TraceSummary merged;
+    int64_t end_wall_ns = 0;
+    for (const TraceAnalysis& part : parts) {
+        if (!part.summary) return std::nullopt;
+        const TraceSummary& s = *part.summary;
+        merged.connections += s.connections;
+        merged.open_at_end += s.open_at_end;
+        merged.requests += s.requests;
+        merged.lost_events += s.lost_events;
+        merged.events += s.events;
+        add_counts(merged.by_initiator, s.by_initiator);
+        add_counts(merged.by_how, s.by_how);
+        add_counts(merged.verdicts, s.verdicts);
+        end_wall_ns = std::max(end_wall_ns, wall_end_ns(part));
+    }
+    merged.end_ns = static_cast<uint64_t>(std::max<int64_t>(end_wall_ns, 0));
+    merged.duration_s =
+        static_cast<double>(merged.end_ns - std::min(merged.end_ns, merged_header.start_ns)) / 1e9;
+    return merged;
+}
+
+}  // namespace
+
+TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
+    if (parts.empty()) return TraceAnalysis();
+    TraceAnalysis merged = merged_shell(parts);
+    // A pair split across two files of one host (rotation between its two records) meets here;
+    // each host has its own pairer, so addresses reused on another host never pair. Counted
+    // before the parts are added, so that its caught request is listed even when the parts'
+    // lists are full (keep_earliest then keeps the earliest of all).
+    std::map<std::string, EndPairer> pairers;
+    std::map<std::string, const TraceHeader*> first_header;
+    for (TraceAnalysis& part : parts) {
+        first_header.try_emplace(part.header.host, &part.header);
+        EndPairer& pairer = pairers[part.header.host];
+        for (Connection& conn : part.unpaired_ends) {
+            for (const ConnectionStory& story : pairer.add(std::move(conn))) {
+                count_story(merged, story, part.header);
+            }
+        }
+    }
+    // One host's traces share its monotonic clock: its first trace's header places them.
+    for (auto& [host, pairer] : pairers) {
+        for (const ConnectionStory& story : pairer.finish()) {
+            count_story(merged, story, *first_header.at(host));
+        }
+    }
+    for (const TraceAnalysis& part : parts) add_part(merged, part);
+    for (CaughtList* list : {&merged.races, &merged.inflight_resets, &merged.process_exits,
+                             &merged.peer_gave_up, &merged.forgotten}) {
+        keep_earliest(*list);
+    }
+    merged.summary = merged_summary(parts, merged.header);
+    merged.file = fmt::format("{} traces of {}", parts.size(),
+                              count_of(merged.host_count(), "host", "hosts"));
+    return merged;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,9 +1123,12 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
                 caught.client_end
                     ? " (" + analysis_text::client_end_text(*caught.client_end) + ")"
                     : std::string();
-            return fmt::format("; the first: {} {} from {}{}", iso8601_utc(caught.wall_ns),
+            const std::string host =
+                trace.host_count() > 1 ? " on host " + analysis_text::printable(caught.host)
+                                       : std::string();
+            return fmt::format("; the first: {} {} from {}{}{}", iso8601_utc(caught.wall_ns),
                                analysis_text::request_line(*caught.request),
-                               endpoint_text(caught.remote), client);
+                               endpoint_text(caught.remote), host, client);
         }
         return "";
     };
