@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 # What the runtime stage installs, and what debian:bookworm-slim already has (apt needs them).
-RUNTIME_PACKAGES = {"libbpf1", "libelf1", "zlib1g", "libfmt9", "libsimdjson14"}
+RUNTIME_PACKAGES = {"libbpf1", "libelf1", "zlib1g", "libfmt9", "libsimdjson14",
+                    "libprometheus-cpp-core1.0", "libprometheus-cpp-pull1.0"}
 BASE_IMAGE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}
 TRACE_DIR = "/var/log/closetrace"
 WHOLE_TRACE = '{"type":"header"}\n{"type":"conn"}\n{"type":"summary","connections":1}\n'
@@ -235,6 +236,16 @@ class EcsTaskDefinitionTest(unittest.TestCase):
         self.assertIn("--gzip", options)
         self.assertNotIn("--output", options, "the files go to the working directory")
 
+    def test_metrics_served_on_the_mapped_port(self):
+        command = self.container["command"]
+        self.assertIn("--metrics", command)
+        address = command[command.index("--metrics") + 1]
+        host, _, port = address.rpartition(":")
+        self.assertEqual(host, "0.0.0.0", "Prometheus scrapes the host's address")
+        mapped = {(mapping["containerPort"], mapping["hostPort"])
+                  for mapping in self.container["portMappings"]}
+        self.assertIn((int(port), int(port)), mapped, "host network mode: the same port")
+
     def test_logs_go_to_cloudwatch(self):
         logging = self.container["logConfiguration"]
         self.assertEqual(logging["logDriver"], "awslogs")
@@ -432,6 +443,61 @@ class CollectToS3Test(unittest.TestCase):
         self.assertEqual(missing.returncode, 2)
         self.assertIn("no directory", missing.stderr)
         self.assertEqual(list(self.calls.iterdir()), [])
+
+
+class PrometheusFilesTest(unittest.TestCase):
+    """deploy/prometheus/: the alert rules pass promtool, the dashboard's queries parse, and both
+    use only the metrics closetrace exports, each documented in docs/metrics.md."""
+
+    RULES = DEPLOY / "prometheus" / "closetrace-rules.yml"
+    DASHBOARD = DEPLOY / "prometheus" / "closetrace-dashboard.json"
+    METRIC = re.compile(r"\b(closetrace_[a-z_]+?)(?:_bucket|_sum|_count)?\b")
+
+    def exported_metrics(self):
+        source = (REPO / "userspace/metrics/src/recording_metrics.cpp").read_text()
+        return set(re.findall(r'\.Name\("(closetrace_[a-z_]+)"\)', source))
+
+    def dashboard_queries(self):
+        dashboard = json.loads(self.DASHBOARD.read_text())
+        return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+    def promtool_check(self, rules_file):
+        if not shutil.which("promtool"):
+            self.skipTest("promtool is missing: run tools/setup (Debian's prometheus)")
+        return subprocess.run(["promtool", "check", "rules", str(rules_file)],
+                              capture_output=True, text=True, check=False)
+
+    def test_promtool_accepts_the_rules(self):
+        checked = self.promtool_check(self.RULES)
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+
+    def test_dashboard_queries_parse(self):
+        # As recording rules, with Grafana's variables given values, so that promtool parses them.
+        grafana_variables = {"$__rate_interval": "5m", "$instance": ".*", "$comm": ".*",
+                             "$server_port": ".*"}
+        rules = []
+        for index, query in enumerate(self.dashboard_queries()):
+            for variable, value in grafana_variables.items():
+                query = query.replace(variable, value)
+            self.assertNotIn("$", query)
+            rules.append({"record": f"closetrace:dashboard_query_{index}", "expr": query})
+        with tempfile.NamedTemporaryFile("w", suffix=".yml") as rules_file:
+            # JSON is YAML: promtool reads it as a rules file.
+            json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, rules_file)
+            rules_file.flush()
+            checked = self.promtool_check(rules_file.name)
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+
+    def test_rules_and_dashboard_use_exported_documented_metrics(self):
+        exported = self.exported_metrics()
+        self.assertIn("closetrace_close_races_total", exported)
+        used = set(self.METRIC.findall(self.RULES.read_text()))
+        for query in self.dashboard_queries():
+            used |= set(self.METRIC.findall(query))
+        self.assertLessEqual(used, exported)
+        documented = set(re.findall(r"^### `(closetrace_[a-z_]+)`", (REPO / "docs/metrics.md")
+                                    .read_text(), re.M))
+        self.assertEqual(documented, exported)
 
 
 class DocumentedFilesTest(unittest.TestCase):

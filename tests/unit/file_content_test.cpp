@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -82,6 +83,27 @@ TEST(FileContent, ContentIsReadAcrossGzipMembersAndAPlainTail) {
     content << in.rdbuf();
     EXPECT_EQ(content.str(), "first\nsecond\nthird\n");
     EXPECT_NE(in.problem().find("plain text after gzip data"), std::string::npos) << in.problem();
+}
+
+// Reads of 16 KiB and more go from a plain file straight into the caller's memory, smaller ones
+// through the input buffer: mixed, they give the file's bytes in order.
+TEST(FileContent, SmallAndLargeReadsOfAPlainFileGiveItsBytesInOrder) {
+    const TempDir dir;
+    const fs::path path = dir.path() / "plain.jsonl";
+    std::string text;
+    for (int line = 0; text.size() < 700 * 1024; ++line) text += std::to_string(line) + "\n";
+    write_file(path, text);
+    InputFile in(path.string());
+    std::string read_back;
+    std::vector<char> block(200'000);
+    const std::size_t sizes[] = {7, 65'536, 100, 200'000, 16'384, 16'383};
+    for (std::size_t i = 0; in; ++i) {
+        in.read(block.data(), static_cast<std::streamsize>(sizes[i % std::size(sizes)]));
+        read_back.append(block.data(), static_cast<std::size_t>(in.gcount()));
+    }
+    EXPECT_EQ(read_back.size(), text.size());
+    EXPECT_TRUE(read_back == text);
+    EXPECT_EQ(in.problem(), "");
 }
 
 }  // namespace

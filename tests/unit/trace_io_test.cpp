@@ -944,6 +944,56 @@ TEST(TraceReading, MembersInAnyOrder) {
     EXPECT_EQ(read.role, Role::Client);
 }
 
+TEST(TraceReading, EscapedNamesAndRawUtf8ReadAsTheirText) {
+    const std::string conn = replaced(conn_line(sample_connection()), R"("comm":"node")",
+                                      R"("c\u006fmm":"n\u006fde")");
+    const ReadResult result = read_trace(trace_text({header_line(sample_header()), conn}));
+    ASSERT_EQ(result.records.size(), 1u);
+    EXPECT_EQ(std::get<Connection>(result.records[0]).comm, "node");
+    // Another tool may write U+00E9 as UTF-8 rather than \u00e9: the same byte 0xE9.
+    const std::string utf8 = replaced(conn_line(sample_connection()), R"("comm":"node")",
+                                      "\"comm\":\"caf\xc3\xa9\"");
+    const ReadResult raw = read_trace(trace_text({header_line(sample_header()), utf8}));
+    ASSERT_EQ(raw.records.size(), 1u);
+    EXPECT_EQ(std::get<Connection>(raw.records[0]).comm, "caf\xe9");
+}
+
+TEST(TraceReading, TwoObjectsOnOneLineAreNotValidJson) {
+    const std::string conn = conn_line(sample_connection());
+    const TraceError error = read_error(trace_text({header_line(sample_header()), conn + conn}));
+    EXPECT_TRUE(std::string_view(error.what()).starts_with("t.jsonl:2: not valid JSON"))
+        << error.what();
+}
+
+TEST(TraceReading, LastLineCutInsideALiteralIsTruncated) {
+    const std::string conn = conn_line(sample_connection());
+    const std::string cut = conn.substr(0, conn.find(R"("peer_rst_ns":null)") + 16);  // ...":nu
+    ASSERT_TRUE(cut.ends_with(":nu"));
+    const ReadResult result = read_trace(trace_text({header_line(sample_header()), conn}) + cut);
+    EXPECT_EQ(result.records.size(), 1u);
+    EXPECT_EQ(result.warnings,
+              std::vector<std::string>{
+                  "t.jsonl: line 3 is truncated (recording interrupted?); ignored"});
+}
+
+TEST(TraceReading, EventMembersFollowTheKind) {
+    Event event;
+    event.kind = EventKind::Message;
+    event.tuple = ipv4_tuple();
+    event.response = true;
+    const std::string header = header_line(sample_header());
+    const std::string message = event_line(event, kRawPayloads);
+    EXPECT_STREQ(read_error(trace_text({header, replaced(message, R"(,"held":false)", "")})).what(),
+                 "t.jsonl:2: event.held: missing");
+    // A member of another kind is not this kind's: ignored like any unknown member.
+    event.kind = EventKind::State;
+    const std::string state =
+        replaced(event_line(event, kRawPayloads), R"("role")", R"("payload":5,"role")");
+    const ReadResult result = read_trace(trace_text({header, state}));
+    ASSERT_EQ(result.records.size(), 1u);
+    EXPECT_TRUE(std::get<TraceEventLine>(result.records[0]).payload.empty());
+}
+
 TEST(TraceReading, LineLongerThanOneMebibyte) {
     const std::string header = header_line(sample_header());
     const std::string conn = conn_line(sample_connection());

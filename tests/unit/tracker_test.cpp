@@ -455,6 +455,25 @@ TEST(TrackerCloseRace, LateRequestInMessageAndTimeWaitResetCountsOnce) {
     EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
 }
 
+TEST(TrackerCloseRace, LateRequestInTwoSegmentsAndItsFirstSegmentsResetCountOnce) {
+    // The kernel captures the request's head from both its segments; the retransmission of the
+    // first that meets the time-wait socket carries only that segment's bytes.
+    const IdleServer server;
+    std::vector<Event> events = server.closed();
+    const uint64_t late_ns = server.closed_ns + 5 * kMs;
+    constexpr std::size_t kFirstSegment = 20;
+    Event late = server.socket.message(late_ns, Direction::In, kLatePost);
+    late.payload_len = kFirstSegment;
+    events.push_back(late);
+    events.push_back(
+        server.socket.time_wait_reset(late_ns + 200 * kMs, kLatePost.substr(0, kFirstSegment)));
+
+    const Connection conn = run_one(events);
+    ASSERT_EQ(conn.requests.size(), 2u) << "no duplicate of the late request";
+    EXPECT_EQ(conn.requests[1].request_ns, late_ns);
+    EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
+}
+
 TEST(TrackerCloseRace, TwoDifferentLateRequestsInResetsCountTwice) {
     const IdleServer server;
     std::vector<Event> events = server.closed();

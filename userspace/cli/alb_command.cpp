@@ -1,9 +1,7 @@
 #include "alb_command.h"
 
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,14 +16,15 @@
 #include "closetrace/alb_render.h"
 #include "closetrace/file_content.h"
 #include "closetrace/text.h"
+#include "closetrace/trace_files.h"
 #include "closetrace/trace_io.h"
 
 namespace closetrace {
 namespace {
 
 struct AlbOptions {
-    std::string trace;
-    std::vector<std::string> logs;
+    std::vector<std::string> traces;  // --trace
+    std::vector<std::string> inputs;  // [TRACE] LOGS...: TRACE only when --trace is not given
     double skew_ms = 1000;
     std::string format = "text";
     std::vector<std::string> maps;
@@ -40,22 +39,44 @@ void warn(const std::string& message) {
     std::fprintf(stderr, "closetrace alb: warning: %s\n", message.c_str());
 }
 
-TraceFacts load_trace(const std::string& path) {
-    std::optional<InputFile> in;
+// `read`: read_trace_facts for a trace read alone, read_trace_facts_part for one of several.
+TraceFileRead<TraceFacts> load_trace(const std::string& path,
+                       TraceFacts (*read)(TraceReader&, std::string) = read_trace_facts) {
     try {
-        in.emplace(path);
-    } catch (const std::system_error& error) {
-        fail(fmt::format("cannot open the trace {}: {}", path,
-                         std::strerror(error.code().value())));
-    }
-    try {
-        TraceReader reader(*in, in->name());
-        TraceFacts facts = read_trace_facts(reader, in->name());
-        if (!in->problem().empty()) warn(in->name() + ": " + in->problem());
-        return facts;
+        TraceFileRead<TraceFacts> loaded = read_trace_file(path, read);
+        if (!loaded.result.has_summary) {
+            loaded.result.warnings.push_back(
+                fmt::format("{} has no summary line (recording cut short): its end is the last "
+                            "time it records",
+                            loaded.result.file));
+        }
+        return loaded;
+    } catch (const TraceOpenError& error) {
+        fail(fmt::format("{}; give a trace file `closetrace record` wrote", error.what()));
     } catch (const TraceError& error) {
         fail(fmt::format("unusable trace: {}", error.what()));
     }
+}
+
+// The traces read in parallel and merged; the first unusable one in the order given fails.
+TraceFacts load_traces(const std::vector<std::string>& arguments) {
+    std::vector<std::string> paths;
+    try {
+        paths = trace_files(arguments);
+    } catch (const TraceArgumentError& error) {
+        fail(error.what());
+    }
+    std::vector<TraceFileRead<TraceFacts>> loaded(paths.size());
+    read_in_parallel(paths.size(), [&](std::size_t index) {
+        loaded[index] = paths.size() == 1 ? load_trace(paths[index])
+                                          : load_trace(paths[index], read_trace_facts_part);
+    });
+    std::vector<TraceFacts> parts;
+    for (TraceFileRead<TraceFacts>& trace : loaded) {
+        if (!trace.problem.empty()) warn(trace.problem);
+        parts.push_back(std::move(trace.result));
+    }
+    return merge_trace_facts(std::move(parts));
 }
 
 std::vector<PortMapping> parse_mappings(const std::vector<std::string>& texts) {
@@ -74,21 +95,26 @@ std::vector<PortMapping> parse_mappings(const std::vector<std::string>& texts) {
 }
 
 void run_alb(const AlbOptions& options) {
+    std::vector<std::string> traces = options.traces;
+    std::vector<std::string> logs = options.inputs;
+    if (traces.empty() && !logs.empty()) {
+        traces.push_back(logs.front());
+        logs.erase(logs.begin());
+    }
+    if (logs.empty()) {
+        fail("give TRACE ALB_LOGS... or --trace TRACE... ALB_LOGS...: no load balancer log given");
+    }
     const std::vector<PortMapping> mappings = parse_mappings(options.maps);
     const int64_t skew_ns = std::llround(options.skew_ms * 1e6);
-    const TraceFacts trace = load_trace(options.trace);
+    const TraceFacts trace = load_traces(traces);
 
     AlbCorrelator correlator(trace, mappings, skew_ns);
     const LbLogReadStats stats =
-        read_lb_logs(options.logs, [&](const LbLogEntry& entry, const std::string& file,
-                                       uint64_t line) { correlator.add(entry, file, line); });
+        read_lb_logs(logs, [&](const LbLogEntry& entry, const std::string& file, uint64_t line) {
+            correlator.add(entry, file, line);
+        });
 
     std::vector<std::string> warnings = trace.warnings;
-    if (!trace.has_summary) {
-        warnings.push_back(fmt::format(
-            "{} has no summary line (recording cut short): its end is the last time it records",
-            trace.file));
-    }
     warnings.insert(warnings.end(), stats.file_errors.begin(), stats.file_errors.end());
     for (const std::string& warning : warnings) warn(printable(warning));
 
@@ -117,12 +143,17 @@ void add_alb_command(CLI::App& app) {
         "alb",
         "Match a load balancer's 502, 504 and 460 access log lines to a trace's close "
         "races and in-flight closes");
-    command->add_option("trace", options->trace, "Trace recorded on the backend (plain or gzip; - for standard input)")
-        ->required();
     command
-        ->add_option("logs", options->logs,
-                     "ALB or Classic Load Balancer access logs: files (plain or .gz) or "
-                     "directories (searched for .log and .gz files)")
+        ->add_option("--trace,-t", options->traces,
+                     "Traces recorded on the backends, instead of the first argument: files "
+                     "(plain or gzip), directories (their *.jsonl and *.jsonl.gz files), - for "
+                     "standard input (repeatable)")
+        ->allow_extra_args(false);
+    command
+        ->add_option("inputs", options->inputs,
+                     "TRACE (unless --trace is given: a trace file or directory, - for standard "
+                     "input), then ALB or Classic Load Balancer access logs: files (plain or .gz) "
+                     "or directories (searched for .log and .gz files)")
         ->required();
     command
         ->add_option("--skew", options->skew_ms,

@@ -22,6 +22,7 @@
 #include "closetrace/container.h"
 #include "closetrace/event.h"
 #include "closetrace/file_descriptor.h"
+#include "closetrace/recording_metrics.h"
 #include "closetrace/text.h"
 #include "closetrace/tracker.h"
 #include "closetrace/trace_io.h"
@@ -95,6 +96,7 @@ struct RecordOptions {
         if (keep_bytes != 0) policy.keep_bytes = keep_bytes;
         return policy;
     }
+    std::string metrics;
 };
 
 // 30 days; without --duration a recording runs until it is stopped.
@@ -526,7 +528,7 @@ class Recorder {
 public:
     Recorder(const RecordOptions& options, const TracerConfig& config,
              ContainerAttributor& attributor, Capture& capture, Tracer& tracer,
-             TraceOutput& output, const TraceHeader& header)
+             TraceOutput& output, const TraceHeader& header, RecordingMetrics* metrics)
         : options_(options),
           config_(config),
           attributor_(attributor),
@@ -539,7 +541,8 @@ public:
           // those out; the netns of such a reset is known, so --netns keeps its own.
           keep_unattributed_(options.cgroup.empty() && options.container.empty() &&
                              options.pid == 0),
-          live_(options.quiet, header.mono_to_wall_ns) {
+          live_(options.quiet, header.mono_to_wall_ns),
+          metrics_(metrics) {
         if (options.pid != 0) family_.emplace(options.pid);
     }
 
@@ -566,6 +569,7 @@ public:
             write_connections(capture_.tracker.take_finished(note_losses()));
             write_unattributed();
             writer_->flush();
+            if (metrics_) metrics_->refresh(lost_seen_);
             if (output_.rotation_due(monotonic_now_ns())) rotate();
         }
     }
@@ -640,6 +644,7 @@ private:
             if (!selected(conn)) continue;
             recording_.add(conn);
             file_counter_.add(conn);
+            if (metrics_) metrics_->add(conn);
             writer_->write_line(conn_line(conn));
             live_.show(conn);
         }
@@ -696,6 +701,7 @@ private:
     SummaryCounter file_counter_;
     FileSpan file_;
     LiveView live_;
+    RecordingMetrics* metrics_;  // null without --metrics
     uint64_t events_ = 0;
     uint64_t lost_seen_ = 0;
     uint64_t looked_ns_ = 0;
@@ -720,11 +726,25 @@ void print_summary(const RecordOptions& options, const TraceOutput& output,
     }
 }
 
+// --metrics: served from before the programs are attached, so that a bad address or a port in
+// use stops the recording before it starts. Null without --metrics.
+std::unique_ptr<RecordingMetrics> serve_metrics(const std::string& address) {
+    if (address.empty()) return nullptr;
+    auto metrics = std::make_unique<RecordingMetrics>();
+    try {
+        metrics->serve(address);
+    } catch (const MetricsError& error) {
+        fail(error.what(), 2);
+    }
+    return metrics;
+}
+
 // The steps in order. Every way out (a failure, a signal, the deadline) unwinds through the
 // destructors: the writer flushes, the file is closed and unlocked, the programs detach.
 void record(const RecordOptions& options) {
     check_rotation_options(options);
     install_signal_handlers(options.rotates());
+    const std::unique_ptr<RecordingMetrics> metrics = serve_metrics(options.metrics);
     const HostFacts host = check_host(options);
     TracerConfig config = kernel_config(options, host);
     ContainerAttributor attributor = host_attributor(host);
@@ -738,7 +758,8 @@ void record(const RecordOptions& options) {
     const int64_t mono_to_wall = mono_to_wall_offset_ns();
     const uint64_t start_ns = monotonic_now_ns();
     Recorder recorder(options, config, attributor, capture, *tracer, output,
-                      trace_header(options, host, config, tracer->probes(), start_ns, mono_to_wall));
+                      trace_header(options, host, config, tracer->probes(), start_ns, mono_to_wall),
+                      metrics.get());
     try {
         recorder.start_file(start_ns);
     } catch (const std::system_error& error) {
@@ -846,6 +867,9 @@ void add_record_command(CLI::App& app) {
                         "List a request that follows this much silence on its connection (the "
                         "others in between are counted); well below any keep-alive timeout")
         ->check(finite_range(1, 60000, "ms"));
+    command->add_option("--metrics", options->metrics,
+                        "Serve Prometheus metrics at http://ADDR:PORT/metrics while recording "
+                        "(e.g. 127.0.0.1:9478; docs/metrics.md)");
     command->add_option("--btf", options->btf, kBtfOptionHelp)->check(CLI::ExistingFile);
     command->add_option("--ring-mb", options->ring_mb, "Ring buffer size in MiB (power of two)")
         ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <iterator>
 #include <limits>
 #include <numeric>
 #include <variant>
@@ -177,14 +178,14 @@ std::string endpoint_list(const std::set<Endpoint>& endpoints) {
 
 // A connection's caught requests (those `report` lists), of the verdicts that can explain a load
 // balancer error. An incomplete connection's verdict may be wrong: it proves nothing.
-void add_caught(TraceFacts& facts, const Connection& conn, int64_t mono_to_wall_ns) {
+void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& header) {
     if (conn.incomplete || !can_explain_some_error(conn.verdict)) return;
     ++facts.caught_connections[conn.verdict];
     for (const Request& request : conn.requests) {
         if (!is_caught(conn.verdict, request.outcome)) continue;
-        const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + mono_to_wall_ns;
-        facts.caught_requests.push_back(
-            {conn.id, conn.cookie, conn.verdict, conn.local, conn.remote, request, wall_ns});
+        const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + header.mono_to_wall_ns;
+        facts.caught_requests.push_back({conn.id, conn.cookie, conn.verdict, conn.local,
+                                         conn.remote, request, wall_ns, header.host});
     }
 }
 
@@ -226,7 +227,10 @@ std::vector<Verdict> verdicts_explaining(int elb_status_code) {
     }
 }
 
-TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
+namespace {
+
+// `keep_unpaired`: read_trace_facts_part's.
+TraceFacts read_facts(TraceReader& reader, std::string file, bool keep_unpaired) {
     TraceFacts facts;
     facts.file = std::move(file);
     const TraceHeader& header = reader.header();
@@ -240,7 +244,7 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
             for (const ConnectionStory& story : pairer.add(std::move(*conn))) {
-                add_caught(facts, story.conn, header.mono_to_wall_ns);
+                add_caught(facts, story.conn, header);
             }
         } else if (const auto* event = std::get_if<TraceEventLine>(&*record)) {
             last_ns = std::max(last_ns, event->ts_ns);
@@ -249,15 +253,66 @@ TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
             facts.lost_events = summary->lost_events;
         }
     }
-    for (const ConnectionStory& story : pairer.finish()) {
-        add_caught(facts, story.conn, header.mono_to_wall_ns);
+    for (ConnectionStory& story : pairer.finish()) {
+        if (keep_unpaired) {
+            facts.unpaired_ends.push_back(std::move(story.conn));
+        } else {
+            add_caught(facts, story.conn, header);
+        }
     }
+    facts.header = header;
+    facts.hosts = {header.host};
     facts.has_summary = summary_end_ns.has_value();
     facts.start_wall_ns = static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
     facts.end_wall_ns =
         static_cast<int64_t>(summary_end_ns.value_or(last_ns)) + header.mono_to_wall_ns;
     facts.warnings = reader.warnings();
     return facts;
+}
+
+}  // namespace
+
+TraceFacts read_trace_facts(TraceReader& reader, std::string file) {
+    return read_facts(reader, std::move(file), false);
+}
+
+TraceFacts read_trace_facts_part(TraceReader& reader, std::string file) {
+    return read_facts(reader, std::move(file), true);
+}
+
+TraceFacts merge_trace_facts(std::vector<TraceFacts> parts) {
+    if (parts.size() == 1) return std::move(parts.front());
+    TraceFacts merged;
+    merged.header = parts.front().header;
+    merged.has_summary = true;
+    for (std::size_t index = 0; index < parts.size(); ++index) {
+        TraceFacts& part = parts[index];
+        merged.start_wall_ns =
+            index == 0 ? part.start_wall_ns : std::min(merged.start_wall_ns, part.start_wall_ns);
+        merged.end_wall_ns = std::max(merged.end_wall_ns, part.end_wall_ns);
+        merged.has_summary = merged.has_summary && part.has_summary;
+        merged.lost_events += part.lost_events;
+        for (std::string& host : part.hosts) {
+            if (std::ranges::find(merged.hosts, host) == merged.hosts.end())
+                merged.hosts.push_back(std::move(host));
+        }
+        merged.local_endpoints.merge(part.local_endpoints);
+        for (const auto& [verdict, count] : part.caught_connections)
+            merged.caught_connections[verdict] += count;
+        std::ranges::move(part.caught_requests, std::back_inserter(merged.caught_requests));
+        std::ranges::move(part.warnings, std::back_inserter(merged.warnings));
+    }
+    // A same-host pair split across two of a host's files meets here, never across hosts.
+    HostPairer pairer;
+    const auto add_story = [&](const ConnectionStory& story, const TraceHeader& header) {
+        add_caught(merged, story.conn, header);
+    };
+    for (TraceFacts& part : parts) pairer.add(part.header, part.unpaired_ends, add_story);
+    pairer.finish(add_story);
+    std::ranges::stable_sort(merged.caught_requests, {}, &CaughtRequest::wall_ns);
+    merged.file = fmt::format("{} traces of {} host{}", parts.size(), merged.hosts.size(),
+                              merged.hosts.size() == 1 ? "" : "s");
+    return merged;
 }
 
 AlbCorrelator::AlbCorrelator(const TraceFacts& trace, std::vector<PortMapping> mappings,

@@ -65,9 +65,10 @@ json lb_line_json(const LbErrorLine& error) {
     };
 }
 
-json caught_json(const CaughtRequest& caught) {
+// `name_host`: the trace facts are of several hosts.
+json caught_json(const CaughtRequest& caught, bool name_host) {
     const Request& request = caught.request;
-    return {
+    json member = {
         {"conn_id", caught.conn_id},
         {"cookie", caught.cookie},
         {"verdict", to_string(caught.verdict)},
@@ -80,6 +81,8 @@ json caught_json(const CaughtRequest& caught) {
         {"request_ns", request.request_ns},
         {"request_time", iso8601_utc(caught.wall_ns)},
     };
+    if (name_host) member["host"] = caught.host;
+    return member;
 }
 
 // What was read: the trace, the logs, and how lines are matched.
@@ -135,14 +138,16 @@ std::string status_table_text(const AlbCorrelation& result) {
 }
 
 // The balancer's error lines, explained (with the request the trace caught) or not.
-std::string error_lines_text(const AlbCorrelation& result) {
+std::string error_lines_text(const AlbCorrelation& result, bool name_hosts) {
     std::string out;
     if (!result.pairs.empty()) out += "\nexplained\n";
     for (const AlbPair& pair : result.pairs) {
-        out += fmt::format("  {} {} {} -> {}  conn {} {}  {:+.1f} ms{}  ({}:{})\n",
+        const std::string host =
+            name_hosts ? " on host " + printable(pair.request.host) : std::string();
+        out += fmt::format("  {} {} {} -> {}  conn {}{} {}  {:+.1f} ms{}  ({}:{})\n",
                            iso8601_utc(pair.error.dispatch_ns), *pair.error.entry.elb_status_code,
                            request_line(pair.request.request),
-                           format_host_port(*pair.error.entry.target), pair.request.conn_id,
+                           format_host_port(*pair.error.entry.target), pair.request.conn_id, host,
                            to_string(pair.request.verdict), to_ms(pair.delta_ns),
                            pair.path_compared ? "" : ", path not compared",
                            printable(pair.error.file), pair.error.line);
@@ -176,7 +181,7 @@ json trace_json(const TraceFacts& trace) {
     for (const auto& [verdict, count] : trace.caught_connections) {
         caught[to_string(verdict)] = count;
     }
-    return {{"file", trace.file},
+    json facts = {{"file", trace.file},
             {"start", iso8601_utc(trace.start_wall_ns)},
             {"end", iso8601_utc(trace.end_wall_ns)},
             {"complete", trace.has_summary},
@@ -184,6 +189,8 @@ json trace_json(const TraceFacts& trace) {
             {"endpoints", endpoints},
             {"caught_connections", caught},
             {"caught_requests", trace.caught_requests.size()}};
+    if (trace.hosts.size() > 1) facts["hosts"] = trace.hosts;
+    return facts;
 }
 
 json by_status_json(const AlbCorrelation& result) {
@@ -204,7 +211,7 @@ std::string render_alb_text(const TraceFacts& trace, const LbLogReadStats& stats
                             const AlbCorrelation& result,
                             const std::vector<std::string>& conclusions, int64_t skew_ns) {
     std::string out = inputs_text(trace, stats, result, skew_ns) + status_table_text(result) +
-                      error_lines_text(result);
+                      error_lines_text(result, trace.hosts.size() > 1);
     if (!stats.malformed_examples.empty()) {
         out += fmt::format("\nmalformed lines (first {} of {})\n", stats.malformed_examples.size(),
                            stats.malformed);
@@ -222,10 +229,11 @@ std::string render_alb_json(const TraceFacts& trace, const LbLogReadStats& stats
                             const std::vector<std::string>& conclusions, double skew_ms,
                             const std::vector<std::string>& maps,
                             const std::vector<std::string>& warnings) {
+    const bool name_hosts = trace.hosts.size() > 1;
     json pairs = json::array();
     for (const AlbPair& pair : result.pairs) {
         pairs.push_back({{"lb", lb_line_json(pair.error)},
-                         {"trace", caught_json(pair.request)},
+                         {"trace", caught_json(pair.request, name_hosts)},
                          {"delta_ms", to_ms(pair.delta_ns)},
                          {"path_compared", pair.path_compared}});
     }
@@ -233,7 +241,7 @@ std::string render_alb_json(const TraceFacts& trace, const LbLogReadStats& stats
     for (const LbErrorLine& error : result.unexplained) unexplained.push_back(lb_line_json(error));
     json unmatched = json::array();
     for (const CaughtRequest& request : result.unmatched_requests) {
-        unmatched.push_back(caught_json(request));
+        unmatched.push_back(caught_json(request, name_hosts));
     }
     const AlbCounts& counts = result.counts;
     const std::optional<int64_t> median = median_delta_ns(result.pairs);

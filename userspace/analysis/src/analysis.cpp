@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
@@ -55,9 +57,10 @@ bool nothing_in_flight_at_close(Verdict verdict) {
     }
 }
 
-void list_caught(CaughtList& list, const ConnectionStory& story, int64_t mono_to_wall_ns) {
+void list_caught(CaughtList& list, const ConnectionStory& story, const TraceHeader& source) {
     ++list.total;
-    CaughtConnection caught = caught_connection(story.conn, mono_to_wall_ns);
+    CaughtConnection caught = caught_connection(story.conn, source.mono_to_wall_ns);
+    caught.host = source.host;
     caught.client_end = story.client_end;
     if (caught.request_after_close_ms && *caught.request_after_close_ms < 0) {
         raise_to(list.longest_unanswered_ms, -*caught.request_after_close_ms);
@@ -69,6 +72,76 @@ void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
     group.requests += conn.request_count();
     ++group.verdicts[conn.verdict];
+}
+
+// Counts one connection into `a`; `source` is the header of the trace it was read from (for a
+// merged analysis, whose clock is the wall clock, not `a`'s own).
+void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHeader& source) {
+    const Connection& conn = story.conn;
+    const uint64_t to_clock_of_a =
+        static_cast<uint64_t>(source.mono_to_wall_ns - a.header.mono_to_wall_ns);
+    ++a.connections;
+    a.last_ns = std::max(a.last_ns, last_seen_ns(conn) + to_clock_of_a);
+    if (conn.incomplete) {
+        ++a.incomplete;
+        return;
+    }
+    a.requests += conn.request_count();
+    ++a.verdicts[conn.verdict];
+    a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
+    const std::string comm = conn.comm.value_or("");
+    count_in(a.by_comm[comm], conn);
+    count_in(a.by_peer[conn.remote.addr], conn);
+    count_in(a.by_container[container_label(conn.container)], conn);
+    count_in(a.by_host[source.host], conn);
+    if (story.client_end) {
+        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
+                                            conn.comm.value_or("?"))],
+                 conn);
+    }
+
+    if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
+    if (conn.health_check) {
+        ++a.health_check_connections;
+        ++a.health_checkers[*conn.health_check];
+    }
+
+    const bool server_side = conn.role != Role::Client;
+    const std::optional<double> idle_ms = timer_idle_ms(conn);
+    if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
+        if (conn.close.initiator == Initiator::Local)
+            raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
+        if (conn.close.initiator == Initiator::Peer)
+            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
+    }
+    switch (conn.verdict) {
+        case Verdict::LocalCloseRace: list_caught(a.races, story, source); [[fallthrough]];
+        case Verdict::LocalIdleClose:
+            if (!server_side || !idle_ms) break;
+            ++a.local_idle_closers[comm];
+            if (conn.http2) a.http2_idle_closers.insert(comm);
+            a.local_idle.add(*idle_ms);
+            break;
+        case Verdict::PeerCloseRace:
+            list_caught(a.races, story, source);
+            ++a.upstream_racers[comm];
+            [[fallthrough]];
+        case Verdict::PeerIdleClose:
+            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
+            break;
+        case Verdict::LocalResetInflight:
+            list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
+                                                                     : a.inflight_resets,
+                        story, source);
+            break;
+        case Verdict::PeerCloseInflight:
+            list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
+                        story, source);
+            break;
+        case Verdict::LocalReset:
+        case Verdict::PeerReset:
+        case Verdict::Open: break;
+    }
 }
 
 // Comms by how often they appear, most first (ties by name).
@@ -116,8 +189,23 @@ Recommendation keepalive_recommendation(const std::optional<std::string>& comm, 
             .text = fmt::format("{}; {}.", fix, keepalive_basis(a.peer_timeout, value_s))};
 }
 
+// How the conclusion and the advice name what they are about: this host, or the hosts of
+// several traces merged.
+struct HostWords {
+    const char* subject;  // "This host"
+    const char* object;   // "this host"
+    const char* its;
+    const char* possessive;  // "this host's"
+};
+
+HostWords host_words(const TraceAnalysis& trace) {
+    if (trace.host_count() > 1) return {"These hosts", "these hosts", "their", "these hosts'"};
+    return {"This host", "this host", "its", "this host's"};
+}
+
 Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
-                                       const IdleHistogram& upstream_peer_idle) {
+                                       const IdleHistogram& upstream_peer_idle,
+                                       const HostWords& host) {
     const std::optional<double> shortest = upstream_peer_idle.min();
     // A whole second below the shortest close the upstream made, where that leaves one.
     std::optional<uint64_t> value_s;
@@ -127,7 +215,7 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
             ? fmt::format("its shortest idle close here was {}", duration(*shortest))
             : std::string("it never closed an idle one here; Node.js closes after 5 s by default");
     const std::string who = comm.empty()
-                                ? std::string("this host (process not seen)")
+                                ? fmt::format("{} (process not seen)", host.object)
                                 : fmt::format("{} (comm {})", analysis_text::printable(comm),
                                               analysis_text::printable(comm));
     std::string text = fmt::format(
@@ -147,21 +235,21 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
             .text = text + "."};
 }
 
-Recommendation load_recommendation(const Assessment& a) {
+Recommendation load_recommendation(const Assessment& a, const HostWords& host) {
     const uint64_t races = a.races + a.upstream_races;
     std::string text;
     if (a.dominant == FailureKind::InflightResets) {
         text = fmt::format(
             "In-flight resets ({}) outnumber close races ({}): the connection lifecycle is not the "
-            "cause. This host reset or closed connections with requests unanswered, which points "
+            "cause. {} reset or closed connections with requests unanswered, which points "
             "at load: check CPU, memory and the number of tasks or instances around the listed "
             "times, and scale out (the field report's third step).",
-            a.inflight_resets, races);
+            a.inflight_resets, races, host.subject);
     } else {
         text = fmt::format(
-            "{} also: if they remain after the keep-alive fix, check this host's load (CPU, "
+            "{} also: if they remain after the keep-alive fix, check {} load (CPU, "
             "memory, scaling) around the listed times.",
-            count_of(a.inflight_resets, "in-flight reset", "in-flight resets"));
+            count_of(a.inflight_resets, "in-flight reset", "in-flight resets"), host.possessive);
     }
     return {.kind = RecommendationKind::Load, .text = text};
 }
@@ -216,23 +304,25 @@ Recommendation pool_recommendation(const TraceAnalysis& trace) {
                 idle, kNatGatewayIdleS, processes_of(forgotten))};
 }
 
-Recommendation client_timeout_recommendation(const Assessment& a, const TraceAnalysis& trace) {
+Recommendation client_timeout_recommendation(const Assessment& a, const TraceAnalysis& trace,
+                                             const HostWords& host) {
     const std::optional<double> longest = trace.peer_gave_up.longest_unanswered_ms;
     const std::string wait =
         longest ? fmt::format("; the longest had waited {}", duration(*longest)) : std::string();
     std::string text;
     if (a.dominant == FailureKind::PeerGaveUp) {
         text = fmt::format(
-            "The peer gave up on {} before this host answered{}: the client side times out (the "
-            "ALB's 460 when its client closes, or a proxy's read timeout), not this host's "
+            "The peer gave up on {} before {} answered{}: the client side times out (the "
+            "ALB's 460 when its client closes, or a proxy's read timeout), not {} "
             "keep-alive. Compare the client's and proxy's timeouts (nginx proxy_read_timeout, the "
-            "ALB's idle timeout) with this host's response times.",
-            count_of(a.peer_gave_up, "request", "requests"), wait);
+            "ALB's idle timeout) with {} response times.",
+            count_of(a.peer_gave_up, "request", "requests"), host.object, wait, host.possessive,
+            host.possessive);
     } else {
         text = fmt::format(
-            "The peer also gave up on {} before this host answered{}: if that persists, compare "
-            "the client's timeouts with this host's response times.",
-            count_of(a.peer_gave_up, "request", "requests"), wait);
+            "The peer also gave up on {} before {} answered{}: if that persists, compare "
+            "the client's timeouts with {} response times.",
+            count_of(a.peer_gave_up, "request", "requests"), host.object, wait, host.possessive);
     }
     return {.kind = RecommendationKind::ClientTimeout, .text = text};
 }
@@ -240,18 +330,18 @@ Recommendation client_timeout_recommendation(const Assessment& a, const TraceAna
 // ---------------------------------------------------------------------------------------------
 // The conclusion paragraph
 
-std::string idle_sentence(const TraceAnalysis& trace) {
+std::string idle_sentence(const TraceAnalysis& trace, const HostWords& host) {
     const IdleHistogram& local = trace.local_idle;
     const IdleHistogram& peer = trace.peer_idle;
     if (local.count() > 0) {
         std::string sentence =
-            fmt::format("This host closed idle keep-alive connections after {} (median of {})",
-                        duration(*local.percentile(50)), local.count());
+            fmt::format("{} closed idle keep-alive connections after {} (median of {})",
+                        host.subject, duration(*local.percentile(50)), local.count());
         if (peer.count() > 0) {
-            sentence += fmt::format(" and its peer after {} (median of {})",
+            sentence += fmt::format(" and {} peer after {} (median of {})", host.its,
                                     duration(*peer.percentile(50)), peer.count());
         } else if (trace.longest_idle_at_local_close_ms) {
-            sentence += fmt::format(" while its peer kept them longer than {}",
+            sentence += fmt::format(" while {} peer kept them longer than {}", host.its,
                                     duration(*trace.longest_idle_at_local_close_ms));
         }
         return sentence + ".";
@@ -261,7 +351,7 @@ std::string idle_sentence(const TraceAnalysis& trace) {
             fmt::format("The peer closed idle keep-alive connections after {} (median of {})",
                         duration(*peer.percentile(50)), peer.count());
         if (trace.longest_idle_at_peer_close_ms) {
-            sentence += fmt::format(" and this host kept them longer than {}",
+            sentence += fmt::format(" and {} kept them longer than {}", host.object,
                                     duration(*trace.longest_idle_at_peer_close_ms));
         }
         return sentence + ".";
@@ -270,34 +360,37 @@ std::string idle_sentence(const TraceAnalysis& trace) {
 }
 
 std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
-    std::vector<std::string> sentences{idle_sentence(trace)};
+    const HostWords host = host_words(trace);
+    std::vector<std::string> sentences{idle_sentence(trace, host)};
     if (a.races > 0) {
         sentences.push_back(
-            fmt::format("{} this host had just closed (close races: the load balancer's 502).",
+            fmt::format("{} {} had just closed (close races: the load balancer's 502).",
                         a.races == 1 ? std::string("1 request arrived on a connection")
-                                     : fmt::format("{} requests arrived on connections", a.races)));
+                                     : fmt::format("{} requests arrived on connections", a.races),
+                        host.object));
     } else if (a.early_idle_closes > 0) {
         sentences.push_back(fmt::format(
             "{} came sooner than the peer's idle timeout of {}: a request can arrive on a "
-            "connection as this host closes it (a close race, the load balancer's 502).",
-            fmt::format("{} of its idle closes", a.early_idle_closes),
-            analysis_text::peer_timeout_text(a.peer_timeout)));
+            "connection as {} closes it (a close race, the load balancer's 502).",
+            fmt::format("{} of {} idle closes", a.early_idle_closes, host.its),
+            analysis_text::peer_timeout_text(a.peer_timeout), host.object));
     }
     if (a.upstream_races > 0) {
         sentences.push_back(fmt::format(
-            "This host sent {} on upstream connections its peer had just closed (close races on "
-            "its client side).",
-            count_of(a.upstream_races, "request", "requests")));
+            "{} sent {} on upstream connections {} peer had just closed (close races on "
+            "{} client side).",
+            host.subject, count_of(a.upstream_races, "request", "requests"), host.its, host.its));
     }
     // The dominant failure gets no sentence here: its recommendation, first, tells it.
     if (a.inflight_resets > 0 && a.dominant != FailureKind::InflightResets) {
         sentences.push_back(fmt::format(
-            "This host reset or closed {} with a request unanswered (in-flight resets).",
+            "{} reset or closed {} with a request unanswered (in-flight resets).", host.subject,
             count_of(a.inflight_resets, "connection", "connections")));
     }
     if (a.peer_gave_up > 0 && a.dominant != FailureKind::PeerGaveUp) {
-        sentences.push_back(fmt::format("The peer gave up on {} before this host answered.",
-                                        count_of(a.peer_gave_up, "request", "requests")));
+        sentences.push_back(fmt::format("The peer gave up on {} before {} answered.",
+                                        count_of(a.peer_gave_up, "request", "requests"),
+                                        host.object));
     }
     const Recommendation& first = a.recommendations.front();
     const bool is_fix = first.kind == RecommendationKind::KeepAliveTimeout ||
@@ -386,9 +479,30 @@ void IdleHistogram::add(double ms) {
         exact_.push_back(ms);
         return;
     }
+    fold_exact_into_buckets();
+    add_to_bucket(ms);
+}
+
+void IdleHistogram::fold_exact_into_buckets() {
     for (const double sample : exact_) add_to_bucket(sample);
     exact_ = {};
-    add_to_bucket(ms);
+}
+
+void IdleHistogram::add(const IdleHistogram& other) {
+    if (other.buckets_.empty()) {
+        for (const double sample : other.exact_) add(sample);
+        return;
+    }
+    if (other.count_ == 0) return;
+    min_ = count_ == 0 ? other.min_ : std::min(min_, other.min_);
+    max_ = count_ == 0 ? other.max_ : std::max(max_, other.max_);
+    count_ += other.count_;
+    fold_exact_into_buckets();
+    for (const auto& [index, bucket] : other.buckets_) {
+        Bucket& mine = buckets_[index];
+        mine.count += bucket.count;
+        mine.sum += bucket.sum;
+    }
 }
 
 void IdleHistogram::add_to_bucket(double ms) {
@@ -483,20 +597,52 @@ IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> othe
     return figures;
 }
 
-void VerdictTimeline::add(uint64_t at_ns, Verdict verdict) {
+VerdictCounts& VerdictCounts::operator+=(const VerdictCounts& other) {
+    for (const Verdict verdict : kAllVerdicts) (*this)[verdict] += other[verdict];
+    return *this;
+}
+
+GroupFigures& GroupFigures::operator+=(const GroupFigures& other) {
+    connections += other.connections;
+    requests += other.requests;
+    verdicts += other.verdicts;
+    return *this;
+}
+
+void VerdictTimeline::add(uint64_t at_ns, Verdict verdict, uint64_t connections) {
     const uint64_t offset_ns = at_ns > origin_ns_ ? at_ns - origin_ns_ : 0;
     while (offset_ns / bucket_ns_ >= kBuckets) {
         std::vector<VerdictCounts> merged((buckets_.size() + 1) / 2);
         for (std::size_t index = 0; index < buckets_.size(); ++index) {
-            for (const Verdict each : kAllVerdicts)
-                merged[index / 2][each] += buckets_[index][each];
+            merged[index / 2] += buckets_[index];
         }
         buckets_ = std::move(merged);
         bucket_ns_ *= 2;
     }
     const std::size_t index = offset_ns / bucket_ns_;
     if (buckets_.size() <= index) buckets_.resize(index + 1);
-    ++buckets_[index][verdict];
+    buckets_[index][verdict] += connections;
+}
+
+void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
+    for (std::size_t index = 0; index < other.buckets_.size(); ++index) {
+        const uint64_t start_ns =
+            other.origin_ns_ + index * other.bucket_ns_ + static_cast<uint64_t>(offset_ns);
+        for (const Verdict verdict : kAllVerdicts) {
+            const uint64_t count = other.buckets_[index][verdict];
+            if (count > 0) add(start_ns, verdict, count);
+        }
+    }
+}
+
+std::optional<double> timer_idle_ms(const Connection& conn) {
+    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
+    // connection, a probe or a process exit does not, nor does anything on a health checker's
+    // connection. A race's close is the closer's timer whatever the late request did.
+    const bool race = conn.verdict == Verdict::LocalCloseRace ||
+                      conn.verdict == Verdict::PeerCloseRace;
+    if ((is_timer_close(conn) || race) && !conn.health_check) return conn.close.idle_ms;
+    return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,6 +652,13 @@ double TraceAnalysis::duration_s() const {
     if (summary) return summary->duration_s;
     if (last_ns <= header.start_ns) return 0;
     return static_cast<double>(last_ns - header.start_ns) / 1e9;
+}
+
+std::size_t TraceAnalysis::host_count() const {
+    if (sources.empty()) return 1;
+    std::set<std::string_view> hosts;
+    for (const TraceSource& source : sources) hosts.insert(source.host);
+    return hosts.size();
 }
 
 uint64_t TraceAnalysis::same_host_connections() const {
@@ -521,81 +674,15 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
 }
 
 void TraceAnalyzer::add(Connection conn) {
+    // Most records' peers are elsewhere: counted at once (count_story() takes in their last
+    // time), without the pairer's list of stories.
+    if (!peer_on_this_host(conn)) {
+        return count_story(analysis_, {std::move(conn), std::nullopt}, analysis_.header);
+    }
     // Of every record: the client end of a pair may be the last one seen.
     analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
-    for (const ConnectionStory& story : pairer_.add(std::move(conn))) count(story);
-}
-
-void TraceAnalyzer::count(const ConnectionStory& story) {
-    const Connection& conn = story.conn;
-    TraceAnalysis& a = analysis_;
-    ++a.connections;
-    a.last_ns = std::max(a.last_ns, last_seen_ns(conn));
-    if (conn.incomplete) {
-        ++a.incomplete;
-        return;
-    }
-    a.requests += conn.request_count();
-    ++a.verdicts[conn.verdict];
-    a.verdicts_over_time.add(verdict_time(conn), conn.verdict);
-    const std::string comm = conn.comm.value_or("");
-    count_in(a.by_comm[comm], conn);
-    count_in(a.by_peer[conn.remote.addr], conn);
-    count_in(a.by_container[container_label(conn.container)], conn);
-    if (story.client_end) {
-        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
-                                            conn.comm.value_or("?"))],
-                 conn);
-    }
-
-    if (conn.verdict != Verdict::Open) ++a.causes[static_cast<std::size_t>(conn.close.cause)];
-    if (conn.health_check) {
-        ++a.health_check_connections;
-        ++a.health_checkers[*conn.health_check];
-    }
-
-    const bool server_side = conn.role != Role::Client;
-    // Only a timer tells a side's idle timeout: a close asked for, a client done with its
-    // connection, a probe or a process exit does not, nor does anything on a health checker's
-    // connection. A race's close is the closer's timer whatever the late request did.
-    const bool race = conn.verdict == Verdict::LocalCloseRace ||
-                      conn.verdict == Verdict::PeerCloseRace;
-    std::optional<double> idle_ms;
-    if ((is_timer_close(conn) || race) && !conn.health_check) idle_ms = conn.close.idle_ms;
-    if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
-        if (conn.close.initiator == Initiator::Local)
-            raise_to(a.longest_idle_at_local_close_ms, *idle_ms);
-        if (conn.close.initiator == Initiator::Peer)
-            raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
-    }
-    const int64_t mono_to_wall_ns = a.header.mono_to_wall_ns;
-    switch (conn.verdict) {
-        case Verdict::LocalCloseRace: list_caught(a.races, story, mono_to_wall_ns); [[fallthrough]];
-        case Verdict::LocalIdleClose:
-            if (!server_side || !idle_ms) break;
-            ++a.local_idle_closers[comm];
-            if (conn.http2) a.http2_idle_closers.insert(comm);
-            a.local_idle.add(*idle_ms);
-            break;
-        case Verdict::PeerCloseRace:
-            list_caught(a.races, story, mono_to_wall_ns);
-            ++a.upstream_racers[comm];
-            [[fallthrough]];
-        case Verdict::PeerIdleClose:
-            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
-            break;
-        case Verdict::LocalResetInflight:
-            list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
-                                                                     : a.inflight_resets,
-                        story, mono_to_wall_ns);
-            break;
-        case Verdict::PeerCloseInflight:
-            list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
-                        story, mono_to_wall_ns);
-            break;
-        case Verdict::LocalReset:
-        case Verdict::PeerReset:
-        case Verdict::Open: break;
+    for (const ConnectionStory& story : pairer_.add(std::move(conn))) {
+        count_story(analysis_, story, analysis_.header);
     }
 }
 
@@ -604,7 +691,16 @@ void TraceAnalyzer::add(const TraceEventLine&) { ++analysis_.event_lines; }
 void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summary; }
 
 TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
-    for (const ConnectionStory& story : pairer_.finish()) count(story);
+    for (const ConnectionStory& story : pairer_.finish()) {
+        count_story(analysis_, story, analysis_.header);
+    }
+    return finish_part(std::move(reader_warnings));
+}
+
+TraceAnalysis TraceAnalyzer::finish_part(std::vector<std::string> reader_warnings) {
+    for (ConnectionStory& story : pairer_.finish()) {
+        analysis_.unpaired_ends.push_back(std::move(story.conn));
+    }
     TraceAnalysis& a = analysis_;
     a.warnings = std::move(reader_warnings);
     if (!a.summary) {
@@ -623,12 +719,176 @@ TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
     return std::move(analysis_);
 }
 
-TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
-    TraceAnalyzer analyzer(std::move(file), reader.header());
+namespace {
+
+void read_into(TraceAnalyzer& analyzer, TraceReader& reader) {
     while (std::optional<TraceRecord> record = reader.next()) {
         std::visit([&](auto& line) { analyzer.add(std::move(line)); }, *record);
     }
+}
+
+}  // namespace
+
+TraceAnalysis analyze_trace(TraceReader& reader, std::string file) {
+    TraceAnalyzer analyzer(std::move(file), reader.header());
+    read_into(analyzer, reader);
     return analyzer.finish(reader.warnings());
+}
+
+TraceAnalysis analyze_trace_part(TraceReader& reader, std::string file) {
+    TraceAnalyzer analyzer(std::move(file), reader.header());
+    read_into(analyzer, reader);
+    return analyzer.finish_part(reader.warnings());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several traces as one
+
+namespace {
+
+template <typename Count>
+void add_counts(std::map<std::string, Count>& into, const std::map<std::string, Count>& from) {
+    for (const auto& [key, count] : from) into[key] += count;
+}
+
+void add_caught(CaughtList& into, const CaughtList& from) {
+    into.total += from.total;
+    if (from.longest_unanswered_ms) {
+        raise_to(into.longest_unanswered_ms, *from.longest_unanswered_ms);
+    }
+    into.listed.insert(into.listed.end(), from.listed.begin(), from.listed.end());
+}
+
+// The earliest by wall clock, whichever host they were caught on.
+void keep_earliest(CaughtList& list) {
+    std::ranges::stable_sort(list.listed, {}, &CaughtConnection::wall_ns);
+    if (list.listed.size() > CaughtList::kMaxListed) list.listed.resize(CaughtList::kMaxListed);
+}
+
+int64_t wall_start_ns(const TraceAnalysis& trace) {
+    return static_cast<int64_t>(trace.header.start_ns) + trace.header.mono_to_wall_ns;
+}
+
+int64_t wall_end_ns(const TraceAnalysis& trace) {
+    const uint64_t end_ns = trace.summary ? trace.summary->end_ns : trace.last_ns;
+    return static_cast<int64_t>(end_ns) + trace.header.mono_to_wall_ns;
+}
+
+// Each distinct value of `member` over the parts, in the order first seen, joined by ", ".
+std::string distinct_joined(const std::vector<TraceAnalysis>& parts,
+                            std::string TraceHeader::*member) {
+    std::vector<std::string_view> seen;
+    std::string joined;
+    for (const TraceAnalysis& part : parts) {
+        const std::string& value = part.header.*member;
+        if (std::ranges::find(seen, value) != seen.end()) continue;
+        seen.push_back(value);
+        joined += (joined.empty() ? "" : ", ") + value;
+    }
+    return joined;
+}
+
+// The merged analysis before any part is added: its header on the wall clock, from the earliest
+// start.
+TraceAnalysis merged_shell(const std::vector<TraceAnalysis>& parts) {
+    const TraceAnalysis& earliest = *std::ranges::min_element(parts, {}, wall_start_ns);
+    TraceAnalysis merged;
+    merged.header = earliest.header;
+    merged.header.host = distinct_joined(parts, &TraceHeader::host);
+    merged.header.kernel = distinct_joined(parts, &TraceHeader::kernel);
+    merged.header.start_ns = static_cast<uint64_t>(wall_start_ns(earliest));
+    merged.header.mono_to_wall_ns = 0;
+    merged.verdicts_over_time = VerdictTimeline(merged.header.start_ns);
+    return merged;
+}
+
+void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
+    TraceAnalysis& m = merged;
+    m.sources.push_back({.file = part.file, .host = part.header.host,
+                         .complete = part.summary.has_value()});
+    m.warnings.insert(m.warnings.end(), part.warnings.begin(), part.warnings.end());
+    m.connections += part.connections;
+    m.incomplete += part.incomplete;
+    m.requests += part.requests;
+    m.event_lines += part.event_lines;
+    m.last_ns = std::max(m.last_ns, static_cast<uint64_t>(wall_end_ns(part)));
+    m.verdicts += part.verdicts;
+    m.local_idle.add(part.local_idle);
+    m.peer_idle.add(part.peer_idle);
+    m.upstream_peer_idle.add(part.upstream_peer_idle);
+    if (part.longest_idle_at_local_close_ms)
+        raise_to(m.longest_idle_at_local_close_ms, *part.longest_idle_at_local_close_ms);
+    if (part.longest_idle_at_peer_close_ms)
+        raise_to(m.longest_idle_at_peer_close_ms, *part.longest_idle_at_peer_close_ms);
+    for (std::size_t cause = 0; cause < m.causes.size(); ++cause) {
+        m.causes[cause] += part.causes[cause];
+    }
+    m.health_check_connections += part.health_check_connections;
+    add_counts(m.health_checkers, part.health_checkers);
+    add_caught(m.races, part.races);
+    add_caught(m.inflight_resets, part.inflight_resets);
+    add_caught(m.process_exits, part.process_exits);
+    add_caught(m.peer_gave_up, part.peer_gave_up);
+    add_caught(m.forgotten, part.forgotten);
+    add_counts(m.by_comm, part.by_comm);
+    add_counts(m.by_peer, part.by_peer);
+    add_counts(m.by_container, part.by_container);
+    add_counts(m.by_host, part.by_host);
+    add_counts(m.by_same_host, part.by_same_host);
+    add_counts(m.local_idle_closers, part.local_idle_closers);
+    m.http2_idle_closers.insert(part.http2_idle_closers.begin(), part.http2_idle_closers.end());
+    add_counts(m.upstream_racers, part.upstream_racers);
+    m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
+}
+
+// Summed, spanning every part; nullopt unless every part has its summary.
+std::optional<TraceSummary> merged_summary(const std::vector<TraceAnalysis>& parts,
+                                           const TraceHeader& merged_header) {
+    TraceSummary merged;
+    int64_t end_wall_ns = 0;
+    for (const TraceAnalysis& part : parts) {
+        if (!part.summary) return std::nullopt;
+        const TraceSummary& s = *part.summary;
+        merged.connections += s.connections;
+        merged.open_at_end += s.open_at_end;
+        merged.requests += s.requests;
+        merged.lost_events += s.lost_events;
+        merged.events += s.events;
+        add_counts(merged.by_initiator, s.by_initiator);
+        add_counts(merged.by_how, s.by_how);
+        add_counts(merged.verdicts, s.verdicts);
+        end_wall_ns = std::max(end_wall_ns, wall_end_ns(part));
+    }
+    merged.end_ns = static_cast<uint64_t>(std::max<int64_t>(end_wall_ns, 0));
+    merged.duration_s =
+        static_cast<double>(merged.end_ns - std::min(merged.end_ns, merged_header.start_ns)) / 1e9;
+    return merged;
+}
+
+}  // namespace
+
+TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
+    if (parts.empty()) return TraceAnalysis();
+    TraceAnalysis merged = merged_shell(parts);
+    // A pair split across two files of one host (rotation between its two records) meets here;
+    // each host has its own pairer, so addresses reused on another host never pair. Counted
+    // before the parts are added, so that its caught request is listed even when the parts'
+    // lists are full (keep_earliest then keeps the earliest of all).
+    HostPairer pairer;
+    const auto count_in_merged = [&](const ConnectionStory& story, const TraceHeader& header) {
+        count_story(merged, story, header);
+    };
+    for (TraceAnalysis& part : parts) pairer.add(part.header, part.unpaired_ends, count_in_merged);
+    pairer.finish(count_in_merged);
+    for (const TraceAnalysis& part : parts) add_part(merged, part);
+    for (CaughtList* list : {&merged.races, &merged.inflight_resets, &merged.process_exits,
+                             &merged.peer_gave_up, &merged.forgotten}) {
+        keep_earliest(*list);
+    }
+    merged.summary = merged_summary(parts, merged.header);
+    merged.file = fmt::format("{} traces of {}", parts.size(),
+                              count_of(merged.host_count(), "host", "hosts"));
+    return merged;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,11 +1028,12 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
         }
     }
     for (const auto& [comm, races] : by_count(trace.upstream_racers)) {
-        lifecycle.push_back(upstream_recommendation(comm, races, trace.upstream_peer_idle));
+        lifecycle.push_back(
+            upstream_recommendation(comm, races, trace.upstream_peer_idle, host_words(trace)));
     }
     if (a.forgotten > 0) lifecycle.push_back(pool_recommendation(trace));
     std::vector<Recommendation> elsewhere;
-    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a));
+    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a, host_words(trace)));
     if (a.process_exits > 0) {
         const auto position =
             a.dominant == FailureKind::ProcessExits ? elsewhere.begin() : elsewhere.end();
@@ -781,7 +1042,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     if (a.peer_gave_up > 0) {
         const auto position =
             a.dominant == FailureKind::PeerGaveUp ? elsewhere.begin() : elsewhere.end();
-        elsewhere.insert(position, client_timeout_recommendation(a, trace));
+        elsewhere.insert(position, client_timeout_recommendation(a, trace, host_words(trace)));
     }
     // The dominant cause's advice first.
     const bool lifecycle_first =
@@ -796,8 +1057,8 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
              .text = fmt::format(
                  "Nothing to fix in the connection lifecycle: no close race, no in-flight reset, "
                  "no process exit with requests in flight, no request the peer gave up on, and no "
-                 "idle close by this host sooner than the peer's idle timeout of {}.",
-                 analysis_text::peer_timeout_text(peer_timeout))});
+                 "idle close by {} sooner than the peer's idle timeout of {}.",
+                 host_words(trace).object, analysis_text::peer_timeout_text(peer_timeout))});
     }
     a.conclusion = conclusion(trace, a);
     return a;
@@ -831,6 +1092,8 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     const Assessment& a = result.after;
     const std::string timeout = analysis_text::peer_timeout_text(result.peer_timeout);
     const uint64_t after_idle_closes = after.local_idle.count() + after.peer_idle.count();
+    const HostWords before_hosts = host_words(before);
+    const HostWords after_hosts = host_words(after);
 
     if (a.closes_before_peer || a.upstream_races > 0) {
         std::vector<std::string> remaining;
@@ -841,15 +1104,17 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
         }
         if (a.early_idle_closes > 0) {
             remaining.push_back(
-                fmt::format("{} by this host sooner than the peer's idle timeout of {} (median {})",
-                            count_of(a.early_idle_closes, "idle close", "idle closes"), timeout,
+                fmt::format("{} by {} sooner than the peer's idle timeout of {} (median {})",
+                            count_of(a.early_idle_closes, "idle close", "idle closes"),
+                            after_hosts.object, timeout,
                             duration(*after.local_idle.percentile(50))));
         }
         std::string joined;
         for (const std::string& part : remaining) joined += (joined.empty() ? "" : "; ") + part;
         result.conclusion = DiffConclusion::NotFixed;
         result.explanation =
-            fmt::format("After the change this host still closes first: {}.", joined);
+            fmt::format("After the change {} still close{} first: {}.", after_hosts.object,
+                        after.host_count() > 1 ? "" : "s", joined);
     } else if (after.requests < kMinRequestsToConclude || after_idle_closes == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = fmt::format(
@@ -862,18 +1127,19 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     } else if (!b.closes_before_peer && b.upstream_races == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = fmt::format(
-            "The earlier recording shows no close race and no idle close by this host sooner "
+            "The earlier recording shows no close race and no idle close by {} sooner "
             "than the peer's idle timeout of {}: there is nothing the change could have fixed. "
             "Record the earlier state while the problem happens.",
-            timeout);
+            before_hosts.object, timeout);
     } else {
         result.conclusion = DiffConclusion::Fixed;
         result.explanation = fmt::format(
-            "Before: {} and {} by this host sooner than the peer's idle timeout of {}. After: "
+            "Before: {} and {} by {} sooner than the peer's idle timeout of {}. After: "
             "none, "
             "over {} and {}.",
             count_of(b.races + b.upstream_races, "close race", "close races"),
-            count_of(b.early_idle_closes, "idle close", "idle closes"), timeout,
+            count_of(b.early_idle_closes, "idle close", "idle closes"), before_hosts.object,
+            timeout,
             count_of(after.requests, "request", "requests"),
             count_of(after_idle_closes, "idle close", "idle closes"));
         if (a.inflight_resets > 0) {
@@ -889,6 +1155,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     VerifyResult result;
     result.peer_timeout = resolve_peer_timeout({&trace}, peer_timeout_ms);
     const Assessment a = assess(trace, result.peer_timeout);
+    const HostWords host = host_words(trace);
     auto first_race = [&](Verdict verdict) -> std::string {
         for (const CaughtConnection& caught : trace.races.listed) {
             if (caught.verdict != verdict || !caught.request) continue;
@@ -896,22 +1163,27 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
                 caught.client_end
                     ? " (" + analysis_text::client_end_text(*caught.client_end) + ")"
                     : std::string();
-            return fmt::format("; the first: {} {} from {}{}", iso8601_utc(caught.wall_ns),
+            const std::string host =
+                trace.host_count() > 1 ? " on host " + analysis_text::printable(caught.host)
+                                       : std::string();
+            return fmt::format("; the first: {} {} from {}{}{}", iso8601_utc(caught.wall_ns),
                                analysis_text::request_line(*caught.request),
-                               endpoint_text(caught.remote), client);
+                               endpoint_text(caught.remote), host, client);
         }
         return "";
     };
     if (a.races > 0) {
         result.reasons.push_back(fmt::format(
-            "{} (local_close_race): requests arrived on connections this host had just closed{}",
-            count_of(a.races, "close race", "close races"), first_race(Verdict::LocalCloseRace)));
+            "{} (local_close_race): requests arrived on connections {} had just closed{}",
+            count_of(a.races, "close race", "close races"), host.object,
+            first_race(Verdict::LocalCloseRace)));
     }
     if (a.upstream_races > 0) {
         result.reasons.push_back(fmt::format(
-            "{} (peer_close_race): this host sent requests on upstream connections its peer had "
+            "{} (peer_close_race): {} sent requests on upstream connections {} peer had "
             "just closed{}",
             count_of(a.upstream_races, "upstream close race", "upstream close races"),
+            host.object, host.its,
             first_race(Verdict::PeerCloseRace)));
     }
     if (trace.incomplete > 0) {
@@ -926,11 +1198,11 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
         }
         result.reasons.push_back(fmt::format(
-            "{} of {} by this host came sooner than the peer's idle timeout of {}: the shortest "
+            "{} of {} by {} came sooner than the peer's idle timeout of {}: the shortest "
             "after "
             "{}, the median after {}{}",
             a.early_idle_closes, count_of(trace.local_idle.count(), "idle close", "idle closes"),
-            analysis_text::peer_timeout_text(result.peer_timeout),
+            host.object, analysis_text::peer_timeout_text(result.peer_timeout),
             duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)), hint));
     }
     result.passed = result.reasons.empty();

@@ -2,12 +2,11 @@
 
 #include <algorithm>
 
-#include <fmt/format.h>
-
 namespace closetrace {
 namespace {
 
-std::string short_id(const std::string& id) {
+// A view into `id`: the analysis labels every connection, so the label is built in one string.
+std::string_view short_id(std::string_view id) {
     return is_lower_hex(id) && id.size() > kShortIdLength ? id.substr(0, kShortIdLength) : id;
 }
 
@@ -23,11 +22,16 @@ std::string container_label(const std::optional<ContainerRef>& container) {
     if (!container) return "-";
     // A unit's full name ("nginx.service") says what it is; a container's name, where known, is
     // what people call it.
-    const std::string who = container->runtime == "systemd"
-                                ? container->id
-                                : container->name.value_or(short_id(container->id));
-    std::string label = container->runtime + ":" + who;
-    if (container->task_id) label += fmt::format(" (task {})", short_id(*container->task_id));
+    const std::string_view who = container->runtime == "systemd"
+                                     ? std::string_view(container->id)
+                                     : container->name ? std::string_view(*container->name)
+                                                       : short_id(container->id);
+    std::string label;
+    label.reserve(container->runtime.size() + 1 + who.size() + (container->task_id ? 20 : 0));
+    label.append(container->runtime).append(":").append(who);
+    if (container->task_id) {
+        label.append(" (task ").append(short_id(*container->task_id)).append(")");
+    }
     return label;
 }
 

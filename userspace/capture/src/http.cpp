@@ -394,13 +394,7 @@ bool asks_to_close(const Message& message) {
 }
 
 std::string_view health_checker(std::string_view user_agent) {
-    // As they introduce themselves: AWS ELB/ALB/NLB, Route 53, Kubernetes, Google Cloud load
-    // balancing, Consul, Envoy's active health checks.
-    constexpr std::string_view kCheckers[] = {
-        "ELB-HealthChecker", "Amazon-Route53-Health-Check-Service", "kube-probe",
-        "GoogleHC",          "Consul Health Check",                 "Envoy/HC",
-    };
-    for (const std::string_view checker : kCheckers) {
+    for (const std::string_view checker : kHealthCheckers) {
         if (user_agent.starts_with(checker)) return checker;
     }
     return {};

@@ -111,39 +111,78 @@ std::vector<Http2FrameHeader> http2_frame_headers(std::string_view bytes) {
     return headers;
 }
 
+void Http2Facts::add(const Event& event) {
+    const Http2Record& record = event.http2;
+    lost = lost || record.lost_in || record.lost_out;
+    pending_overflow = pending_overflow || record.pending_overflow;
+    // As the last of them in time order (the later arrival of two at once), the close's first.
+    const bool latest = record.at_close ? !counts.at_close || event.ts_ns >= counts_ns
+                                        : !counts.at_close && (!any || event.ts_ns >= counts_ns);
+    if (latest) {
+        counts = record;
+        counts_ns = event.ts_ns;
+    }
+    any = true;
+    if (record.at_close) return;
+    frames.push_back({
+        .ts_ns = event.ts_ns,
+        .other_last_frame_ns = record.direction == Direction::Out ? record.peer.last_frame_ns
+                                                                  : record.local.last_frame_ns,
+        .stream_id = record.stream_id,
+        .error_code = record.error_code,
+        .direction = record.direction,
+        .frame_type = record.frame_type,
+    });
+}
+
+namespace {
+
+std::vector<Http2Frame> in_time_order(const Http2Facts& facts) {
+    std::vector<Http2Frame> frames = facts.frames;
+    std::ranges::stable_sort(frames, {}, &Http2Frame::ts_ns);
+    return frames;
+}
+
+Http2Facts facts_of(std::span<const Event> records) {
+    Http2Facts facts;
+    for (const Event& event : records) facts.add(event);
+    return facts;
+}
+
+}  // namespace
+
 Http2Connection account_http2(std::span<const Event> records,
                               std::span<const Event> late_segments) {
+    return account_http2(facts_of(records), late_segments);
+}
+
+Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> late_segments) {
     Http2Connection conn;
-    if (records.empty()) return conn;
+    if (!facts.any) return conn;
     // The counts grow monotonically: the last record holds them all (at the close, when written).
-    const Http2Record* final_counts = &records.back().http2;
-    for (const Event& event : records) {
-        if (event.http2.at_close) final_counts = &event.http2;
-    }
+    const Http2Record* final_counts = &facts.counts;
     const Initiator client = side_of(final_counts->client);
     conn.client = client;
     conn.local = final_counts->local;
     conn.peer = final_counts->peer;
     conn.counted_at_close = final_counts->at_close;
+    conn.lost = facts.lost;
+    conn.pending_overflow = facts.pending_overflow;
 
     CaughtStreams streams;
-    for (const Event& event : records) {
-        const Http2Record& record = event.http2;
-        conn.lost = conn.lost || record.lost_in || record.lost_out;
-        conn.pending_overflow = conn.pending_overflow || record.pending_overflow;
-        if (record.at_close) continue;
-        const Initiator sender = side_of(record.direction);
-        switch (record.frame_type) {
-            case CT_HTTP2_HEADERS: streams.opened(record.stream_id, sender, event.ts_ns); break;
+    for (const Http2Frame& frame : in_time_order(facts)) {
+        const Initiator sender = side_of(frame.direction);
+        switch (frame.frame_type) {
+            case CT_HTTP2_HEADERS: streams.opened(frame.stream_id, sender, frame.ts_ns); break;
             case CT_HTTP2_RST_STREAM:
-                if (record.error_code == kHttp2RefusedStream) {
-                    streams.refused(record.stream_id, client, sender, event.ts_ns);
+                if (frame.error_code == kHttp2RefusedStream) {
+                    streams.refused(frame.stream_id, client, sender, frame.ts_ns);
                 }
                 break;
             case CT_HTTP2_GOAWAY: {
                 std::optional<uint64_t>& first =
                     sender == Initiator::Local ? conn.local_goaway_ns : conn.peer_goaway_ns;
-                if (!first) first = event.ts_ns;
+                if (!first) first = frame.ts_ns;
                 break;
             }
             default: break;
@@ -186,17 +225,14 @@ Initiator http2_closer(const Connection& conn) {
 }
 
 // From the closer's first GOAWAY back to the other side's last frame before it.
-std::optional<double> idle_before_goaway(std::span<const Event> records, Initiator closer) {
+std::optional<double> idle_before_goaway(const Http2Facts& facts, Initiator closer) {
     const Direction closer_direction = closer == Initiator::Local ? Direction::Out : Direction::In;
-    for (const Event& event : records) {
-        const Http2Record& record = event.http2;
-        if (record.at_close || record.frame_type != CT_HTTP2_GOAWAY ||
-            record.direction != closer_direction) {
-            continue;
+    for (const Http2Frame& frame : in_time_order(facts)) {
+        if (frame.frame_type != CT_HTTP2_GOAWAY || frame.direction != closer_direction) continue;
+        if (frame.other_last_frame_ns == 0 || frame.other_last_frame_ns > frame.ts_ns) {
+            return std::nullopt;
         }
-        const Http2Side& other = closer == Initiator::Local ? record.peer : record.local;
-        if (other.last_frame_ns == 0 || other.last_frame_ns > event.ts_ns) return std::nullopt;
-        return static_cast<double>(event.ts_ns - other.last_frame_ns) / 1e6;
+        return static_cast<double>(frame.ts_ns - frame.other_last_frame_ns) / 1e6;
     }
     return std::nullopt;
 }
@@ -209,7 +245,12 @@ Verdict by_closer(Initiator closer, Verdict local, Verdict peer) {
 
 void judge_http2(Connection& conn, std::span<const Event> records,
                  std::span<const Event> late_segments) {
-    conn.http2 = account_http2(records, late_segments);
+    judge_http2(conn, facts_of(records), late_segments);
+}
+
+void judge_http2(Connection& conn, const Http2Facts& facts,
+                 std::span<const Event> late_segments) {
+    conn.http2 = account_http2(facts, late_segments);
     conn.requests.clear();
     conn.requests_omitted = 0;
     if (!conn.close.how) return;  // open: the verdict stays Open
@@ -228,7 +269,7 @@ void judge_http2(Connection& conn, std::span<const Event> records,
                        : goaway_without_error ? CloseCause::IdleTimer
                                               : CloseCause::Unknown;
     conn.close.asked_by = std::nullopt;
-    if (goaway_without_error) conn.close.idle_ms = idle_before_goaway(records, closer);
+    if (goaway_without_error) conn.close.idle_ms = idle_before_goaway(facts, closer);
 
     if (raced) {
         conn.verdict = by_closer(closer, Verdict::LocalCloseRace, Verdict::PeerCloseRace);

@@ -3,6 +3,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -12,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 
 #include "closetrace.h"
@@ -20,17 +24,18 @@
 
 // How events become a connection record:
 // - On arrival, each event of a socket is reduced to a compact fact: a message to its parsed HTTP
-//   heads, a State or reset event to itself without its payload; incoming payloads keep a short
-//   prefix, to recognise one segment seen twice. Memory grows with the messages on a connection,
-//   not with its bytes.
+//   heads (one inline), a State or reset event to the members its close needs; an incoming
+//   message keeps a hash of its first bytes, to recognise one segment seen twice. Memory grows
+//   with the messages on a connection, not with its bytes: an idle connection that made one
+//   exchange is held in about 560 bytes of heap (bench/RESULTS.md, part 4).
 // - Everything else is derived once, at finalisation, from the facts in time order: events reach
 //   userspace per CPU in order but interleaved, so no decision is taken on arrival order.
 
 namespace closetrace {
 namespace {
 
-// Incoming payload bytes kept to recognise one segment seen twice: by the ingress hook (a
-// Message) and as the trigger of the reset the kernel answered it with.
+// Incoming payload bytes hashed to recognise one segment seen twice: by the ingress hook (a
+// Message) and as the trigger of the reset the kernel answered it with (whose bytes are kept).
 constexpr std::size_t kSegmentPrefixBytes = 64;
 
 // When data reaches a socket this host already closed, the kernel first resets the socket itself
@@ -51,34 +56,118 @@ constexpr uint64_t kBeforeRecording = 0;
 // Messages a connection holds before the settled ones are fed to its request builder.
 constexpr std::size_t kSettleBatch = 128;
 
+// A message head, as much of it as a request record takes. The method and the target share one
+// string, which a short request line fits without a heap allocation.
 struct Head {
+    std::string method_target;
+    uint16_t method_length = 0;
+    uint16_t status = 0;  // a response's status code; 0 when the line was cut before it
     http::MessageKind kind = http::MessageKind::Opaque;
-    std::optional<std::string> method;
-    std::optional<std::string> target;
-    std::optional<int> status;
+    bool has_target = false;     // a request's target was captured (not cut right after the method)
     bool asks_to_close = false;  // Connection: close (or HTTP/1.0 without keep-alive)
-    std::string health_checker;  // a request's known health checker; empty for any other
+    // The known health checker that sent a request: 1 + its index in http::kHealthCheckers; 0
+    // for any other.
+    uint8_t health_checker = 0;
+
+    std::optional<std::string> method() const {
+        if (kind != http::MessageKind::Request) return std::nullopt;
+        return method_target.substr(0, method_length);
+    }
+    std::optional<std::string> target() const {
+        if (!has_target) return std::nullopt;
+        return method_target.substr(method_length);
+    }
+    std::optional<int> status_code() const {
+        return status != 0 ? std::optional<int>(status) : std::nullopt;
+    }
+    std::string_view health_checker_name() const {
+        return health_checker != 0 ? http::kHealthCheckers[health_checker - 1] : std::string_view();
+    }
 };
 
-// A State or reset event, kept whole but for its payload: a socket has only a few.
+// The heads a captured payload starts with: nearly always one, kept inline; pipelined requests
+// after it apart.
+struct Heads {
+    Head first;
+    std::unique_ptr<std::vector<Head>> pipelined;  // null when there are none
+
+    std::size_t size() const { return 1 + (pipelined ? pipelined->size() : 0); }
+    const Head& operator[](std::size_t i) const { return i == 0 ? first : (*pipelined)[i - 1]; }
+};
+
+// An incoming segment's first bytes, hashed: enough to recognise the segment when it comes again
+// as the trigger of a reset. Only the segment's own bytes count (a message's capture may run on
+// into the next segment, which a reset's trigger does not).
+// 32 bits of hash suffice: a trigger is compared with the segments of one connection's
+// unanswered requests only.
+struct SegmentDigest {
+    uint32_t hash = 0;
+    uint8_t length = 0;  // bytes hashed, at most kSegmentPrefixBytes
+
+    static uint32_t hash_of(std::string_view bytes) {
+        return static_cast<uint32_t>(std::hash<std::string_view>{}(bytes));
+    }
+
+    static SegmentDigest of(std::string_view payload, uint32_t segment_len) {
+        std::size_t length = std::min(payload.size(), kSegmentPrefixBytes);
+        if (segment_len != 0) length = std::min<std::size_t>(length, segment_len);
+        return {.hash = hash_of(payload.substr(0, length)), .length = static_cast<uint8_t>(length)};
+    }
+
+    // Whether a reset's trigger payload starts with the bytes hashed: the same segment (nothing
+    // captured tells nothing apart; a trigger shorter than the bytes hashed is another segment).
+    bool matches(std::string_view trigger) const {
+        if (length == 0 || trigger.empty()) return true;
+        return trigger.size() >= length && hash_of(trigger.substr(0, length)) == hash;
+    }
+};
+
+// What a reset this host sent says beyond its time: why, and the segment that triggered it.
+struct ResetTrigger {
+    std::optional<std::string> reason;
+    uint8_t flags = 0;         // TCP flags of the triggering segment
+    uint32_t payload_len = 0;  // its bytes on the wire
+    std::string prefix;        // its first bytes, cut to kSegmentPrefixBytes
+    Heads heads;               // ... parsed
+};
+
+// Where a State record saw its pid and comm (Event::owner_from).
+enum class OwnerSource : uint8_t { Unknown, Connect, Close };
+
+// A state change or a reset: what the close and the requests need of it. A socket has only a few.
 struct LifecycleFact {
-    Event event;  // payload cut to kSegmentPrefixBytes
+    uint64_t ts_ns = 0;
     uint64_t arrival = 0;
-    bool by_tuple = false;    // a reset with no socket, attributed by its tuple
-    std::vector<Head> heads;  // a reset's trigger payload, parsed
+    SockSnapshot snap;
+    EventKind kind = EventKind::State;
+    // State
+    uint8_t old_state = 0;
+    uint8_t new_state = 0;
+    bool by_owner = false;
+    bool owner_exiting = false;
+    OwnerSource owner_from = OwnerSource::Unknown;
+    // Resets
+    bool by_tuple = false;  // a reset with no socket, attributed by its tuple
+    // State
+    uint32_t pid = 0;
+    uint64_t cgroup_id = 0;
+    uint64_t established_ns = 0;
+    std::array<char, CT_COMM_LEN> comm{};  // the kernel's task name: at most CT_COMM_LEN - 1 bytes
+    // Resets
+    std::unique_ptr<ResetTrigger> sent;  // a reset this host sent; null for one received
 };
 
 // A Message, one per request or response the kernel wrote: only what the requests need.
 struct MessageFact {
     uint64_t ts_ns = 0;
     uint64_t arrival = 0;
-    Direction direction = Direction::In;
-    bool response = false;     // the kernel's kind
+    uint64_t previous_ns = 0;  // the previous message's start; 0 unknown
     uint32_t requests_before = 0;   // the kernel's counts of each kind before it
     uint32_t responses_before = 0;
-    uint64_t previous_ns = 0;  // the previous message's start; 0 unknown
-    std::vector<Head> heads;
-    std::string prefix;  // incoming payload, cut to kSegmentPrefixBytes; empty for outgoing
+    Direction direction = Direction::In;
+    bool response = false;  // the kernel's kind
+    SegmentDigest segment;  // an incoming message's first segment
+    Heads heads;
 };
 
 struct Arrived {
@@ -86,34 +175,60 @@ struct Arrived {
     Event event;
 };
 
-std::vector<Head> parse_heads(std::string_view payload, bool full_target) {
-    const http::ParseResult parsed = http::parse(payload);
-    std::vector<Head> heads;
-    for (std::size_t i = 0; i < parsed.count; ++i) {
-        const http::Message& message = parsed.messages[i];
-        Head head;
-        head.kind = message.kind;
-        head.asks_to_close = http::asks_to_close(message);
-        if (message.kind == http::MessageKind::Request) {
-            head.health_checker = std::string(http::health_checker(message.user_agent));
-            head.method = std::string(message.method);
-            // Empty only when the capture ended right after the method.
-            if (!message.target.empty()) {
-                head.target =
-                    std::string(full_target ? message.target : http::strip_query(message.target));
-            }
-        } else if (message.kind == http::MessageKind::Response && message.status != 0) {
-            head.status = message.status;
+Head parse_head(const http::Message& message, bool full_target) {
+    Head head;
+    head.kind = message.kind;
+    head.asks_to_close = http::asks_to_close(message);
+    if (message.kind == http::MessageKind::Request) {
+        const std::string_view checker = http::health_checker(message.user_agent);
+        if (!checker.empty()) {
+            head.health_checker =
+                static_cast<uint8_t>(1 + (std::ranges::find(http::kHealthCheckers, checker) -
+                                          std::begin(http::kHealthCheckers)));
         }
-        heads.push_back(std::move(head));
+        head.method_target = message.method;
+        head.method_length = static_cast<uint16_t>(message.method.size());
+        // Empty only when the capture ended right after the method.
+        if (!message.target.empty()) {
+            head.method_target += full_target ? message.target : http::strip_query(message.target);
+            head.has_target = true;
+        }
+    } else if (message.kind == http::MessageKind::Response) {
+        head.status = static_cast<uint16_t>(message.status);
     }
+    return head;
+}
+
+Heads parse_heads(std::string_view payload, bool full_target) {
+    const http::ParseResult parsed = http::parse(payload);
     // A segment whose bytes were not captured is still one message.
-    if (heads.empty()) heads.emplace_back();
+    Heads heads;
+    if (parsed.count == 0) return heads;
+    heads.first = parse_head(parsed.messages[0], full_target);
+    for (std::size_t i = 1; i < parsed.count; ++i) {
+        if (!heads.pipelined) heads.pipelined = std::make_unique<std::vector<Head>>();
+        heads.pipelined->push_back(parse_head(parsed.messages[i], full_target));
+    }
     return heads;
 }
 
 std::string segment_prefix(std::string_view payload) {
     return std::string(payload.substr(0, kSegmentPrefixBytes));
+}
+
+OwnerSource owner_source(const std::optional<std::string>& owner_from) {
+    if (owner_from == "connect") return OwnerSource::Connect;
+    if (owner_from == "close") return OwnerSource::Close;
+    return OwnerSource::Unknown;
+}
+
+std::optional<std::string> to_owner_from(OwnerSource source) {
+    switch (source) {
+        case OwnerSource::Connect: return "connect";
+        case OwnerSource::Close: return "close";
+        case OwnerSource::Unknown: break;
+    }
+    return std::nullopt;
 }
 
 // Progress of a TCP state through the lifecycle, to order transitions stamped in the same ns.
@@ -135,20 +250,20 @@ int lifecycle_rank(uint8_t state) {
 // take their lifecycle order, whichever CPU delivered them first.
 void order_by_time(std::vector<LifecycleFact>& facts) {
     std::ranges::sort(facts, {},
-                      [](const LifecycleFact& f) { return std::pair(f.event.ts_ns, f.arrival); });
+                      [](const LifecycleFact& f) { return std::pair(f.ts_ns, f.arrival); });
     auto run_begin = facts.begin();
     while (run_begin != facts.end()) {
-        const uint64_t ts = run_begin->event.ts_ns;
+        const uint64_t ts = run_begin->ts_ns;
         const auto run_end = std::find_if(
-            run_begin, facts.end(), [ts](const LifecycleFact& f) { return f.event.ts_ns != ts; });
+            run_begin, facts.end(), [ts](const LifecycleFact& f) { return f.ts_ns != ts; });
         std::vector<LifecycleFact*> slots;
         for (auto it = run_begin; it != run_end; ++it) {
-            if (it->event.kind == EventKind::State) slots.push_back(&*it);
+            if (it->kind == EventKind::State) slots.push_back(&*it);
         }
         std::vector<LifecycleFact> transitions;
         for (LifecycleFact* slot : slots) transitions.push_back(std::move(*slot));
         std::ranges::stable_sort(transitions, {}, [](const LifecycleFact& f) {
-            return std::pair(lifecycle_rank(f.event.old_state), lifecycle_rank(f.event.new_state));
+            return std::pair(lifecycle_rank(f.old_state), lifecycle_rank(f.new_state));
         });
         for (std::size_t i = 0; i < slots.size(); ++i) *slots[i] = std::move(transitions[i]);
         run_begin = run_end;
@@ -172,11 +287,11 @@ std::optional<double> idle_ms(uint64_t close_ns, const SockSnapshot& snap) {
     return static_cast<double>(close_ns - last_payload_ns) / 1e6;
 }
 
-bool is_local_fin(const Event& state) {
+bool is_local_fin(const LifecycleFact& state) {
     return state.new_state == kTcpFinWait1 || state.new_state == kTcpLastAck;
 }
 
-bool is_peer_fin(const Event& state) {
+bool is_peer_fin(const LifecycleFact& state) {
     if (state.new_state == kTcpCloseWait || state.new_state == kTcpClosing ||
         state.new_state == kTcpTimeWait) {
         return true;
@@ -191,11 +306,11 @@ bool is_peer_fin(const Event& state) {
 
 // The kernel resetting its own socket over data that arrived after this host closed it.
 bool is_self_reset(const LifecycleFact& received, std::span<const LifecycleFact> facts) {
-    const uint64_t ts = received.event.ts_ns;
+    const uint64_t ts = received.ts_ns;
     return std::ranges::any_of(facts, [ts](const LifecycleFact& sent) {
-        return sent.event.kind == EventKind::ResetSent && !sent.by_tuple &&
-               sent.event.ts_ns >= ts && sent.event.ts_ns - ts <= kSelfResetWindowNs &&
-               (sent.event.trigger_flags & CT_TCP_RST) == 0;  // an RST never answers an RST
+        return sent.sent && !sent.by_tuple && sent.ts_ns >= ts &&
+               sent.ts_ns - ts <= kSelfResetWindowNs &&
+               (sent.sent->flags & CT_TCP_RST) == 0;  // an RST never answers an RST
     });
 }
 
@@ -216,19 +331,20 @@ struct CloseFacts {
     std::optional<uint64_t> local_first() const { return earliest(local_fin, local_rst); }
     std::optional<uint64_t> peer_first() const { return earliest(peer_fin, peer_rst); }
 
-    void mark(std::optional<uint64_t>& first, const Event& event, Initiator side, CloseHow kind) {
+    void mark(std::optional<uint64_t>& first, const LifecycleFact& fact, Initiator side,
+              CloseHow kind) {
         if (first) return;
-        first = event.ts_ns;
+        first = fact.ts_ns;
         if (initiator != Initiator::Unknown) return;
         initiator = side;
         how = kind;
-        idle_ms = closetrace::idle_ms(event.ts_ns, event.snap);
-        at_close = event.snap;
+        idle_ms = closetrace::idle_ms(fact.ts_ns, fact.snap);
+        at_close = fact.snap;
     }
 
     // The owning process closing the socket: an abort (straight to CLOSE) drops what it left
     // unread.
-    void note_owner_close(const Event& state) {
+    void note_owner_close(const LifecycleFact& state) {
         if (!state.by_owner || owner_exiting || unread_bytes > 0) return;
         owner_exiting = state.owner_exiting;
         if (state.new_state != kTcpClose) return;
@@ -267,34 +383,33 @@ void note_close_before_recording(uint8_t first_old_state, CloseFacts& close) {
 CloseFacts derive_close(std::span<const LifecycleFact> facts) {
     CloseFacts close;
     const auto first_state = std::ranges::find(
-        facts, EventKind::State, [](const LifecycleFact& fact) { return fact.event.kind; });
+        facts, EventKind::State, &LifecycleFact::kind);
     if (first_state != facts.end()) {
-        note_close_before_recording(first_state->event.old_state, close);
+        note_close_before_recording(first_state->old_state, close);
     }
 
     for (const LifecycleFact& fact : facts) {
-        const Event& event = fact.event;
-        switch (event.kind) {
+        switch (fact.kind) {
             case EventKind::State:
-                close.note_owner_close(event);
+                close.note_owner_close(fact);
                 // The owner's abort: the kernel resets the connection as it goes to CLOSE.
-                if (event.by_owner && event.new_state == kTcpClose) {
-                    close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                if (fact.by_owner && fact.new_state == kTcpClose) {
+                    close.mark(close.local_rst, fact, Initiator::Local, CloseHow::Rst);
                 }
-                if (is_local_fin(event)) {
-                    close.mark(close.local_fin, event, Initiator::Local, CloseHow::Fin);
+                if (is_local_fin(fact)) {
+                    close.mark(close.local_fin, fact, Initiator::Local, CloseHow::Fin);
                 }
-                if (is_peer_fin(event)) {
-                    close.mark(close.peer_fin, event, Initiator::Peer, CloseHow::Fin);
+                if (is_peer_fin(fact)) {
+                    close.mark(close.peer_fin, fact, Initiator::Peer, CloseHow::Fin);
                 }
                 break;
             case EventKind::ResetSent:
-                if (!close.rst_reason) close.rst_reason = event.rst_reason;
-                close.mark(close.local_rst, event, Initiator::Local, CloseHow::Rst);
+                if (!close.rst_reason) close.rst_reason = fact.sent->reason;
+                close.mark(close.local_rst, fact, Initiator::Local, CloseHow::Rst);
                 break;
             case EventKind::ResetReceived:
                 if (!is_self_reset(fact, facts)) {
-                    close.mark(close.peer_rst, event, Initiator::Peer, CloseHow::Rst);
+                    close.mark(close.peer_rst, fact, Initiator::Peer, CloseHow::Rst);
                 }
                 break;
             case EventKind::Message:  // kept apart, as MessageFacts
@@ -318,7 +433,8 @@ std::optional<uint64_t> recorded_time(std::optional<uint64_t> ns) {
 std::optional<bool> serves_requests(Role role, std::span<const MessageFact> messages) {
     if (role != Role::Unknown) return role == Role::Server;
     for (const MessageFact& message : messages) {
-        for (const Head& head : message.heads) {
+        for (std::size_t i = 0; i < message.heads.size(); ++i) {
+            const Head& head = message.heads[i];
             const bool incoming = message.direction == Direction::In;
             if (head.kind == http::MessageKind::Request) return incoming;
             if (head.kind == http::MessageKind::Response) return !incoming;
@@ -332,18 +448,12 @@ Request make_request(const Head& head, uint64_t ts_ns) {
     request.request_ns = ts_ns;
     if (head.asks_to_close) request.close_asked = CloseAsked::Request;
     if (head.kind == http::MessageKind::Request) {
-        request.method = head.method;
-        request.target = head.target;
+        request.method = head.method();
+        request.target = head.target();
     } else {
         request.opaque = true;
     }
     return request;
-}
-
-// The same segment, as far as both captures go (nothing captured tells nothing apart).
-bool same_segment(std::string_view a, std::string_view b) {
-    const std::size_t common = std::min(a.size(), b.size());
-    return a.substr(0, common) == b.substr(0, common);
 }
 
 // Requests in the order they were made, each with its outcome. Fed messages in time order,
@@ -356,8 +466,7 @@ class RequestBuilder {
 public:
     explicit RequestBuilder(bool serves) : serves_(serves) {}
 
-    // Takes the message's payload prefix.
-    void feed(MessageFact& message) {
+    void feed(const MessageFact& message) {
         if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
         const bool request_direction = (message.direction == Direction::In) == serves_;
         count_unwritten(message, request_direction);
@@ -366,18 +475,18 @@ public:
             // After an interim response the next request-direction message is the body it asked
             // for, unless it opens with a request line.
             const bool body =
-                expecting_body_ && message.heads.front().kind != http::MessageKind::Request;
+                expecting_body_ && message.heads.first.kind != http::MessageKind::Request;
             expecting_body_ = false;
             if (!body) {
                 const uint64_t previous_ns =
                     message.previous_ns != 0 ? message.previous_ns : last_exchange_ns_;
-                add_requests(message.heads, std::move(message.prefix), message.ts_ns, previous_ns,
-                             false);
+                add_requests(message.heads, message.segment, message.ts_ns, previous_ns, false);
             }
             return;
         }
-        for (const Head& head : message.heads) {
-            if (head.status && http::is_interim_status(*head.status)) {
+        for (std::size_t i = 0; i < message.heads.size(); ++i) {
+            const Head& head = message.heads[i];
+            if (head.status != 0 && http::is_interim_status(head.status)) {
                 expecting_body_ = true;
                 continue;
             }
@@ -386,7 +495,7 @@ public:
             if (answered_ < total_) {
                 if (Pending* pending = listed(answered_)) {
                     Request& request = pending->request;
-                    request.status = head.status;
+                    request.status = head.status_code();
                     request.response_ns = message.ts_ns;
                     if (head.asks_to_close && request.close_asked == CloseAsked::None) {
                         request.close_asked = CloseAsked::Response;
@@ -400,7 +509,7 @@ public:
 
     bool serves() const { return serves_; }
     // The known health checker that sent requests here; empty when none did.
-    const std::string& health_checker() const { return health_checker_; }
+    std::string_view health_checker() const { return health_checker_; }
 
     // Drops answered requests that the record would not list (bound_request_list keeps the first
     // kListedFirstRequests, the last kListedLastRequests and every one not completed), and the
@@ -424,7 +533,7 @@ public:
         if (serves_) {
             bool reset_before = false;
             for (const LifecycleFact& fact : lifecycle) {
-                if (fact.event.kind != EventKind::ResetSent) continue;
+                if (!fact.sent) continue;
                 on_reset(fact, close, closed_ns, reset_before);
                 reset_before = true;
             }
@@ -477,7 +586,7 @@ private:
     }
     // Incoming segments that carried requests, to recognise them in a reset's trigger.
     struct Segment {
-        std::string prefix;
+        SegmentDigest digest;
         uint64_t ts_ns = 0;
         std::size_t first = 0;  // index of its first request among all made
         std::size_t count = 0;
@@ -517,14 +626,14 @@ private:
     // same instant before it) or an earlier reset did (a retransmission).
     void on_reset(const LifecycleFact& fact, const CloseFacts& close,
                   std::optional<uint64_t> closed_ns, bool reset_before) {
-        const Event& reset = fact.event;
+        const ResetTrigger& reset = *fact.sent;
         const bool closed_before = reset_before ||
-                                   (close.local_fin && *close.local_fin <= reset.ts_ns) ||
-                                   (closed_ns && *closed_ns <= reset.ts_ns);
+                                   (close.local_fin && *close.local_fin <= fact.ts_ns) ||
+                                   (closed_ns && *closed_ns <= fact.ts_ns);
         if (reset.payload_len == 0 || !closed_before) return;
         const uint64_t local_close = *close.local_first();  // this reset is one, if none before
         for (const Segment& segment : segments_) {
-            if (!same_segment(segment.prefix, reset.payload)) continue;
+            if (!segment.digest.matches(reset.prefix)) continue;
             if (segment.from_reset) return;
             const bool unanswered = segment.first >= answered_;
             if (unanswered && segment.ts_ns + kSameInstantNs >= local_close) {
@@ -534,23 +643,25 @@ private:
                 return;
             }
         }
-        add_requests(fact.heads, reset.payload, reset.ts_ns, last_exchange_ns_, true);
+        add_requests(reset.heads, SegmentDigest::of(reset.prefix, reset.payload_len), fact.ts_ns,
+                     last_exchange_ns_, true);
     }
 
     // `previous_ns`: when the message before them started; 0 unknown.
-    void add_requests(std::span<const Head> heads, std::string prefix, uint64_t ts_ns,
+    void add_requests(const Heads& heads, SegmentDigest digest, uint64_t ts_ns,
                       uint64_t previous_ns, bool from_reset) {
-        segments_.push_back({.prefix = std::move(prefix),
+        segments_.push_back({.digest = digest,
                              .ts_ns = ts_ns,
                              .first = total_,
                              .count = heads.size(),
                              .from_reset = from_reset});
-        for (const Head& head : heads) {
+        for (std::size_t i = 0; i < heads.size(); ++i) {
+            const Head& head = heads[i];
             Request request = make_request(head, ts_ns);
             if (previous_ns != 0 && ts_ns >= previous_ns) {
                 request.idle_before_ms = ms_between(previous_ns, ts_ns);
             }
-            if (health_checker_.empty()) health_checker_ = head.health_checker;
+            if (health_checker_.empty()) health_checker_ = head.health_checker_name();
             pending_.push_back({.number = total_++, .request = std::move(request)});
         }
         last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
@@ -582,28 +693,40 @@ private:
     bool expecting_body_ = false;
     bool upgraded_ = false;
     uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
-    std::string health_checker_;
+    std::string_view health_checker_;  // one of http::health_checker's names
 };
 
+// A tracked connection: a hundred thousand of them may be held at once, so its members are laid
+// out to leave no padding.
 struct Tracked {
-    // Until a State, Message or ResetReceived shows the socket alive, its events are only resets,
-    // kept as they came: from a time-wait socket of a connection closed before the recording or
-    // already finalised (unattributed once the linger passes), or delivered by another CPU ahead
-    // of the socket's first event (folded in when that comes).
-    bool seen_alive = false;
-    std::vector<Arrived> unconfirmed;
-    std::vector<LifecycleFact> lifecycle;
-    std::vector<MessageFact> messages;  // not yet fed to the builder
-    std::vector<Event> http2;           // a few per connection: frames that mattered, the close
-    std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
-    std::size_t settle_at = kSettleBatch;    // messages held when settle() next runs
     // The same on every event of the socket, so taken as they first come.
-    Tuple tuple;  // also the key in the tuple index
-    uint32_t netns = 0;
-    Role role = Role::Unknown;
+    Tuple tuple;  // hashed, the key in the tuple index
     uint64_t first_arrival = 0;
     uint64_t newest_ns = 0;
-    std::optional<uint64_t> closed_ns;
+    // When the socket went to CLOSE, set through close_at(): apart rather than a std::optional,
+    // whose padding would take 8 bytes more.
+    uint64_t closed_at_ns = 0;
+    std::vector<LifecycleFact> lifecycle;
+    std::vector<MessageFact> messages;  // not yet fed to the builder
+    // An HTTP/2 connection's frames that mattered and its counts; null for every other.
+    std::unique_ptr<Http2Facts> http2;
+    std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
+    uint32_t netns = 0;
+    uint32_t settle_at = kSettleBatch;  // messages held when settle() next runs
+    Role role = Role::Unknown;
+    // Until a State, Message or ResetReceived shows the socket alive, its events are only resets
+    // (held apart, in State::unconfirmed).
+    bool seen_alive = false;
+    bool closed = false;
+
+    // When the socket went to CLOSE (the earliest such change); nullopt while it is open.
+    std::optional<uint64_t> closed_ns() const {
+        return closed ? std::optional<uint64_t>(closed_at_ns) : std::nullopt;
+    }
+    void close_at(uint64_t ts_ns) {
+        closed_at_ns = closed ? std::min(closed_at_ns, ts_ns) : ts_ns;
+        closed = true;
+    }
 };
 
 // Idle at the first FIN or RST, from the end of the last completed exchange: a request that came
@@ -628,22 +751,21 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
     conn.local = {format_address(tuple.family, tuple.laddr), tuple.lport};
     conn.remote = {format_address(tuple.family, tuple.raddr), tuple.rport};
     conn.role = tracked.role;
-    conn.closed_ns = tracked.closed_ns;
+    conn.closed_ns = tracked.closed_ns();
     const SockSnapshot* latest = nullptr;
     for (const LifecycleFact& fact : tracked.lifecycle) {
-        const Event& event = fact.event;
-        if (event.kind == EventKind::State) {
-            if (!conn.comm && !event.comm.empty()) {
-                conn.pid = event.pid;
-                conn.comm = event.comm;
-                conn.owner_from = event.owner_from;
+        if (fact.kind == EventKind::State) {
+            if (!conn.comm && fact.comm.front() != '\0') {
+                conn.pid = fact.pid;
+                conn.comm = std::string(fact.comm.data(), strnlen(fact.comm.data(), CT_COMM_LEN));
+                conn.owner_from = to_owner_from(fact.owner_from);
             }
-            if (conn.cgroup_id == 0) conn.cgroup_id = event.cgroup_id;
-            if (!conn.established_ns && event.established_ns != 0) {
-                conn.established_ns = event.established_ns;
+            if (conn.cgroup_id == 0) conn.cgroup_id = fact.cgroup_id;
+            if (!conn.established_ns && fact.established_ns != 0) {
+                conn.established_ns = fact.established_ns;
             }
         }
-        if (has_counters(event.snap)) latest = &event.snap;
+        if (has_counters(fact.snap)) latest = &fact.snap;
     }
     if (latest) {
         conn.bytes_in = latest->bytes_in;
@@ -678,39 +800,89 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
     for (MessageFact& message : tracked.messages) builder.feed(message);
     conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
                                    conn.requests_omitted);
-    if (!builder.health_checker().empty()) conn.health_check = builder.health_checker();
+    if (!builder.health_checker().empty()) {
+        conn.health_check = std::string(builder.health_checker());
+    }
     conn.close.unread_bytes = close.unread_bytes;
     conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
     conn.close.cause = classify_close(conn, {.owner_exiting = close.owner_exiting});
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);
     bound_request_list(conn);
-    if (!tracked.http2.empty()) {
-        std::ranges::stable_sort(tracked.http2, {}, &Event::ts_ns);
+    if (tracked.http2) {
+        // The first reset this host sent once the socket was gone, with its trigger's bytes.
         std::vector<Event> late_segments;
         for (const LifecycleFact& fact : tracked.lifecycle) {
-            if (fact.event.kind == EventKind::ResetSent && !fact.event.payload.empty() &&
-                conn.closed_ns && fact.event.ts_ns >= *conn.closed_ns) {
-                late_segments.push_back(fact.event);
+            if (fact.kind == EventKind::ResetSent && fact.sent && !fact.sent->prefix.empty() &&
+                conn.closed_ns && fact.ts_ns >= *conn.closed_ns &&
+                (late_segments.empty() || fact.ts_ns < late_segments.front().ts_ns)) {
+                Event late;
+                late.kind = EventKind::ResetSent;
+                late.ts_ns = fact.ts_ns;
+                late.payload = fact.sent->prefix;
+                late_segments.assign(1, std::move(late));
             }
         }
-        judge_http2(conn, tracked.http2, late_segments);
+        judge_http2(conn, *tracked.http2, late_segments);
     }
     return conn;
+}
+
+// The compact fact of a State or reset event.
+LifecycleFact lifecycle_fact(const Event& event, uint64_t arrival, bool by_tuple,
+                             bool full_target) {
+    LifecycleFact fact;
+    fact.ts_ns = event.ts_ns;
+    fact.arrival = arrival;
+    fact.snap = event.snap;
+    fact.kind = event.kind;
+    fact.by_tuple = by_tuple;
+    if (event.kind == EventKind::State) {
+        fact.old_state = event.old_state;
+        fact.new_state = event.new_state;
+        fact.by_owner = event.by_owner;
+        fact.owner_exiting = event.owner_exiting;
+        fact.owner_from = owner_source(event.owner_from);
+        fact.pid = event.pid;
+        fact.cgroup_id = event.cgroup_id;
+        fact.established_ns = event.established_ns;
+        event.comm.copy(fact.comm.data(), CT_COMM_LEN - 1);
+    } else if (event.kind == EventKind::ResetSent) {
+        fact.sent = std::make_unique<ResetTrigger>(ResetTrigger{
+            .reason = event.rst_reason,
+            .flags = event.trigger_flags,
+            .payload_len = event.payload_len,
+            .prefix = segment_prefix(event.payload),
+            .heads = event.payload_len > 0 ? parse_heads(event.payload, full_target) : Heads{}});
+    }
+    return fact;
+}
+
+uint64_t tuple_hash(const Tuple& tuple) {
+    std::array<char, sizeof(tuple.laddr) + sizeof(tuple.raddr) + 2 * sizeof(uint16_t) + 1> bytes{};
+    char* out = bytes.data();
+    out = std::copy(tuple.laddr.begin(), tuple.laddr.end(), out);
+    out = std::copy(tuple.raddr.begin(), tuple.raddr.end(), out);
+    std::memcpy(out, &tuple.lport, sizeof(tuple.lport));
+    std::memcpy(out + sizeof(tuple.lport), &tuple.rport, sizeof(tuple.rport));
+    bytes.back() = static_cast<char>(tuple.family);
+    return std::hash<std::string_view>{}(std::string_view(bytes.data(), bytes.size()));
 }
 
 }  // namespace
 
 struct ConnTracker::State {
     uint64_t next_arrival = 0;
-    std::map<uint64_t, Tracked> by_cookie;
+    std::unordered_map<uint64_t, Tracked> by_cookie;
     // Indexes for take_finished(), which must not walk every connection held (a busy host holds
     // hundreds of thousands): closed connections by (closed_ns, cookie), and the cookies not
-    // seen alive yet.
+    // seen alive yet, with their resets as they came: from a time-wait socket of a connection
+    // closed before the recording or already finalised (unattributed once the linger passes),
+    // or delivered by another CPU ahead of the socket's first event (folded in when that comes).
     std::set<std::pair<uint64_t, uint64_t>> closed;
-    std::set<uint64_t> unconfirmed;
-    // Connections seen alive by tuple, oldest first among equal tuples: for resets with no socket.
-    std::multimap<Tuple, uint64_t> alive_by_tuple;
+    std::map<uint64_t, std::vector<Arrived>> unconfirmed;
+    // Connections seen alive by the hash of their tuple: for resets with no socket.
+    std::unordered_multimap<uint64_t, uint64_t> alive_by_tuple;
     std::vector<Arrived> unattributed;
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
     std::vector<std::pair<uint64_t, uint64_t>> losses;
@@ -735,12 +907,16 @@ struct ConnTracker::State {
 
     Tracked* find_by_tuple(const Event& event) {
         Tracked* found = nullptr;
-        const auto [begin, end] = alive_by_tuple.equal_range(event.tuple);
+        const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(event.tuple));
         for (auto it = begin; it != end; ++it) {
             Tracked& candidate = by_cookie.at(it->second);
             // A socket first met by the ingress hook may lack its namespace.
-            if (candidate.netns == event.netns || candidate.netns == 0 || event.netns == 0) {
-                found = &candidate;  // the most recent wins: a reused tuple means a newer socket
+            const bool same_netns =
+                candidate.netns == event.netns || candidate.netns == 0 || event.netns == 0;
+            // The most recent wins: a reused tuple means a newer socket.
+            if (candidate.tuple == event.tuple && same_netns &&
+                (!found || candidate.first_arrival > found->first_arrival)) {
+                found = &candidate;
             }
         }
         return found;
@@ -756,29 +932,27 @@ struct ConnTracker::State {
             tracked.messages.push_back(
                 {.ts_ns = event.ts_ns,
                  .arrival = arrival,
-                 .direction = event.direction,
-                 .response = event.response,
+                 .previous_ns = event.previous_ns,
                  .requests_before = event.requests_before,
                  .responses_before = event.responses_before,
-                 .previous_ns = event.previous_ns,
-                 .heads = parse_heads(event.payload, full_target),
-                 .prefix = event.direction == Direction::In ? segment_prefix(event.payload) : ""});
+                 .direction = event.direction,
+                 .response = event.response,
+                 .segment = event.direction == Direction::In
+                                ? SegmentDigest::of(event.payload, event.payload_len)
+                                : SegmentDigest{},
+                 .heads = parse_heads(event.payload, full_target)});
             if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
             return;
         }
         if (event.kind == EventKind::Http2) {
-            tracked.http2.push_back(event);
+            if (!tracked.http2) tracked.http2 = std::make_unique<Http2Facts>();
+            tracked.http2->add(event);
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {
-            tracked.closed_ns = std::min(tracked.closed_ns.value_or(event.ts_ns), event.ts_ns);
+            tracked.close_at(event.ts_ns);
         }
-        LifecycleFact fact{.event = event, .arrival = arrival, .by_tuple = by_tuple, .heads = {}};
-        fact.event.payload = segment_prefix(event.payload);
-        if (event.kind == EventKind::ResetSent && event.payload_len > 0) {
-            fact.heads = parse_heads(event.payload, full_target);
-        }
-        tracked.lifecycle.push_back(std::move(fact));
+        tracked.lifecycle.push_back(lifecycle_fact(event, arrival, by_tuple, full_target));
     }
 
     // Feeds the builder the messages older than the newest event by more than reorder_ns, in
@@ -787,7 +961,7 @@ struct ConnTracker::State {
         if (!tracked.builder) {
             const std::optional<bool> serves = serves_requests(tracked.role, tracked.messages);
             if (!serves) {
-                tracked.settle_at = 2 * tracked.messages.size();
+                tracked.settle_at = static_cast<uint32_t>(2 * tracked.messages.size());
                 return;
             }
             tracked.builder = std::make_unique<RequestBuilder>(*serves);
@@ -800,26 +974,28 @@ struct ConnTracker::State {
         tracked.messages.erase(tracked.messages.begin(), settled);
         tracked.builder->compact();
         // Twice what stays (messages within reorder_ns): sorting is amortised at a busy rate.
-        tracked.settle_at = std::max(kSettleBatch, 2 * tracked.messages.size());
+        tracked.settle_at =
+            static_cast<uint32_t>(std::max(kSettleBatch, 2 * tracked.messages.size()));
     }
 
     void confirm_alive(uint64_t cookie, Tracked& tracked, const Event& event,
                        const TrackerOptions& options) {
         tracked.seen_alive = true;
-        unconfirmed.erase(cookie);
         tracked.tuple = event.tuple;
-        alive_by_tuple.emplace(event.tuple, cookie);
-        for (const Arrived& earlier : tracked.unconfirmed) {
+        alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
+        const auto resets = unconfirmed.find(cookie);
+        if (resets == unconfirmed.end()) return;
+        for (const Arrived& earlier : resets->second) {
             add(tracked, earlier.event, earlier.arrival, false, options);
         }
-        tracked.unconfirmed = {};
+        unconfirmed.erase(resets);
     }
 
     // Removes a connection; resets never confirmed by a live socket become unattributed.
-    Tracked release(std::map<uint64_t, Tracked>::iterator it) {
+    Tracked release(std::unordered_map<uint64_t, Tracked>::iterator it) {
         Tracked tracked = std::move(it->second);
         if (tracked.seen_alive) {
-            const auto [begin, end] = alive_by_tuple.equal_range(tracked.tuple);
+            const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(tracked.tuple));
             for (auto index = begin; index != end; ++index) {
                 if (index->second == it->first) {
                     alive_by_tuple.erase(index);
@@ -827,10 +1003,11 @@ struct ConnTracker::State {
                 }
             }
         }
-        for (Arrived& arrived : tracked.unconfirmed) unattributed.push_back(std::move(arrived));
-        tracked.unconfirmed.clear();
-        if (tracked.closed_ns) closed.erase({*tracked.closed_ns, it->first});
-        unconfirmed.erase(it->first);
+        if (const auto resets = unconfirmed.find(it->first); resets != unconfirmed.end()) {
+            for (Arrived& arrived : resets->second) unattributed.push_back(std::move(arrived));
+            unconfirmed.erase(resets);
+        }
+        if (tracked.closed_ns()) closed.erase({*tracked.closed_ns(), it->first});
         by_cookie.erase(it);
         return tracked;
     }
@@ -860,17 +1037,16 @@ void ConnTracker::on_event(const Event& event) {
         // A reset alone does not show a live socket: a time-wait socket sends them too.
         if (event.kind == EventKind::ResetSent) {
             tracked.newest_ns = std::max(tracked.newest_ns, event.ts_ns);
-            tracked.unconfirmed.push_back({arrival, event});
-            state_->unconfirmed.insert(event.cookie);
+            state_->unconfirmed[event.cookie].push_back({arrival, event});
             return;
         }
         state_->confirm_alive(event.cookie, tracked, event, options_);
     }
-    const std::optional<uint64_t> closed_before = tracked.closed_ns;
+    const std::optional<uint64_t> closed_before = tracked.closed_ns();
     State::add(tracked, event, arrival, false, options_);
-    if (tracked.closed_ns != closed_before) {
+    if (tracked.closed_ns() != closed_before) {
         if (closed_before) state_->closed.erase({*closed_before, event.cookie});
-        state_->closed.emplace(*tracked.closed_ns, event.cookie);
+        state_->closed.emplace(*tracked.closed_ns(), event.cookie);
     }
 }
 
@@ -881,7 +1057,7 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
         finished.emplace_back(closed_ns, cookie);
     }
     std::vector<uint64_t> stale;
-    for (uint64_t cookie : state_->unconfirmed) {
+    for (const auto& [cookie, resets] : state_->unconfirmed) {
         if (state_->by_cookie.at(cookie).newest_ns + options_.linger_ns < now_ns) {
             stale.push_back(cookie);
         }
@@ -900,7 +1076,7 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
     // Closed ones first, in closing order; then the open ones in the order they were first seen.
     std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> held;  // (closed, first arrival, cookie)
     for (const auto& [cookie, tracked] : state_->by_cookie) {
-        held.emplace_back(tracked.closed_ns.value_or(std::numeric_limits<uint64_t>::max()),
+        held.emplace_back(tracked.closed_ns().value_or(std::numeric_limits<uint64_t>::max()),
                           tracked.first_arrival, cookie);
     }
     std::ranges::sort(held);
@@ -934,7 +1110,7 @@ std::vector<Event> ConnTracker::take_unattributed() {
 
 std::size_t ConnTracker::open_connections() const {
     return static_cast<std::size_t>(std::ranges::count_if(state_->by_cookie, [](const auto& entry) {
-        return entry.second.seen_alive && !entry.second.closed_ns;
+        return entry.second.seen_alive && !entry.second.closed_ns();
     }));
 }
 

@@ -1,17 +1,17 @@
-// report, diff and verify as commands: reading the files, turning unusable input into one line
-// that says what is wrong and what to do, and the exit status.
+// report, diff and verify as commands: reading the files (several in parallel), turning
+// unusable input into one line that says what is wrong and what to do, and the exit status.
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <optional>
-#include <system_error>
 
 #include <fmt/format.h>
 
 #include "closetrace/analysis_text.h"
 #include "closetrace/file_content.h"
+#include "closetrace/trace_files.h"
 #include "closetrace/report.h"
 
 namespace closetrace {
@@ -34,31 +34,30 @@ std::string trace_error_message(const TraceError& error) {
                        error.what());
 }
 
-TraceAnalysis load(const std::string& path) {
-    std::error_code ignored;
-    if (std::filesystem::is_directory(path, ignored)) {
-        throw UnusableInput{
-            fmt::format("{} is a directory; give the trace file `closetrace "
-                        "record --output` wrote",
-                        path)};
-    }
-    std::optional<InputFile> in;
+// `analyze`: analyze_trace for a trace read alone, analyze_trace_part for one of several.
+TraceAnalysis load(const std::string& path,
+                   TraceAnalysis (*analyze)(TraceReader&, std::string) = analyze_trace) {
     try {
-        in.emplace(path);
-    } catch (const std::system_error& error) {
-        throw UnusableInput{
-            fmt::format("cannot open {}: {}; give the trace file `closetrace "
-                        "record --output` wrote",
-                        path, std::strerror(error.code().value()))};
-    }
-    try {
-        TraceReader reader(*in, in->name());
-        TraceAnalysis trace = analyze_trace(reader, in->name());
-        if (!in->problem().empty()) trace.warnings.push_back(in->name() + ": " + in->problem());
+        auto [trace, problem] = read_trace_file(path, analyze);
+        if (!problem.empty()) trace.warnings.push_back(problem);
         return trace;
+    } catch (const TraceOpenError& error) {
+        throw UnusableInput{fmt::format("{}; give the trace file `closetrace record --output` wrote",
+                                        error.what())};
     } catch (const TraceError& error) {
         throw UnusableInput{trace_error_message(error)};
     }
+}
+
+// One trace as today; several read in parallel, each with its own reader and analyzer, then
+// merged. The first unusable file in the order given is the error.
+TraceAnalysis load_all(const std::vector<std::string>& paths) {
+    if (paths.size() == 1) return load(paths.front());
+    std::vector<TraceAnalysis> parts(paths.size());
+    read_in_parallel(paths.size(), [&](std::size_t index) {
+        parts[index] = load(paths[index], analyze_trace_part);
+    });
+    return merge_traces(std::move(parts));
 }
 
 std::string warnings_text(const char* command, const TraceAnalysis& trace) {
@@ -79,10 +78,10 @@ CommandOutput unusable(const char* command, const UnusableInput& input) {
 
 }  // namespace
 
-CommandOutput run_report(const std::string& path, OutputFormat format,
+CommandOutput run_report(const std::vector<std::string>& paths, OutputFormat format,
                          const std::vector<Breakdown>& breakdowns) {
     try {
-        const TraceAnalysis trace = load(path);
+        const TraceAnalysis trace = load_all(paths);
         const Assessment assessment = assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
         return {.out = render_report(trace, assessment, format, breakdowns),
                 .err = warnings_text("report", trace)};
@@ -91,11 +90,11 @@ CommandOutput run_report(const std::string& path, OutputFormat format,
     }
 }
 
-CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
-                       OutputFormat format) {
+CommandOutput run_diff(const std::vector<std::string>& before_paths,
+                       const std::vector<std::string>& after_paths, OutputFormat format) {
     try {
-        const TraceAnalysis before = load(before_path);
-        const TraceAnalysis after = load(after_path);
+        const TraceAnalysis before = load_all(before_paths);
+        const TraceAnalysis after = load_all(after_paths);
         const DiffResult result = diff_traces(before, after);
         return {.out = render_diff(before, after, result, format),
                 .err = warnings_text("diff", before) + warnings_text("diff", after)};
@@ -104,7 +103,8 @@ CommandOutput run_diff(const std::string& before_path, const std::string& after_
     }
 }
 
-CommandOutput run_verify(const std::string& path, std::optional<double> peer_idle_timeout_s) {
+CommandOutput run_verify(const std::vector<std::string>& paths,
+                         std::optional<double> peer_idle_timeout_s) {
     try {
         if (peer_idle_timeout_s &&
             !(std::isfinite(*peer_idle_timeout_s) && *peer_idle_timeout_s > 0)) {
@@ -113,7 +113,7 @@ CommandOutput run_verify(const std::string& path, std::optional<double> peer_idl
                             "seconds (an ALB's idle timeout, 60 by default)",
                             *peer_idle_timeout_s)};
         }
-        const TraceAnalysis trace = load(path);
+        const TraceAnalysis trace = load_all(paths);
         std::optional<double> given_ms;
         if (peer_idle_timeout_s) given_ms = *peer_idle_timeout_s * 1000;
         const VerifyResult result = verify_trace(trace, given_ms);

@@ -100,11 +100,13 @@ std::string close_text(const CaughtConnection& caught) {
     return escaped(close);
 }
 
-std::string caught_request_text(const CaughtConnection& caught) {
+// `name_host`: the report covers several hosts.
+std::string caught_request_text(const CaughtConnection& caught, bool name_host) {
     std::string line = text(analysis_text::caught_text(caught));
     if (caught.client_end) {
         line += " [" + escaped(analysis_text::client_end_text(*caught.client_end)) + "]";
     }
+    if (name_host) line += " [host " + text(caught.host) + "]";
     return line;
 }
 
@@ -712,7 +714,8 @@ void races_section(std::string& out, const View& view, const TraceAnalysis& trac
             "<figure class=\"timeline\">\n<figcaption><b>#{}</b> <time>{}</time> "
             "<code class=\"request\">{}</code> {} {} ({}) {} {}; idle {} before the close; "
             "close: {}{}; connection <span{}>{}</span></figcaption>\n",
-            index + 1, iso8601_utc(caught.wall_ns), caught_request_text(caught),
+            index + 1, iso8601_utc(caught.wall_ns),
+            caught_request_text(caught, trace.host_count() > 1),
             upstream ? "sent by this host to" : "from", text(endpoint_text(caught.remote)),
             text(caught.comm.value_or("process unknown")), upstream ? "went out" : "arrived", after,
             caught.idle_ms ? duration(*caught.idle_ms) : "unknown", close_text(caught),
@@ -730,6 +733,7 @@ void races_section(std::string& out, const View& view, const TraceAnalysis& trac
 
 // In-flight resets and requests the peer gave up on: a table, as in the text report.
 void caught_section(std::string& out, const View& view, const char* title, const char* member,
+                    bool name_hosts,
                     const CaughtList& list) {
     out +=
         fmt::format("<section class=\"caught\">\n<{0}>{1} (<span{2}>{3}</span>)</{0}>\n",
@@ -748,7 +752,8 @@ void caught_section(std::string& out, const View& view, const char* title, const
             iso8601_utc(caught.wall_ns), text(endpoint_text(caught.remote)),
             caught.idle_ms ? duration(*caught.idle_ms) : "-",
             caught.request_after_close_ms ? duration(-*caught.request_after_close_ms) : "-",
-            text(caught.comm.value_or("?")), close_text(caught), caught_request_text(caught));
+            text(caught.comm.value_or("?")), close_text(caught),
+            caught_request_text(caught, name_hosts));
     }
     out += "</table>\n";
     if (list.total > list.listed.size()) {
@@ -756,6 +761,33 @@ void caught_section(std::string& out, const View& view, const char* title, const
                            list.total - list.listed.size(), list.listed.size());
     }
     out += "</section>\n";
+}
+
+// Several traces merged: which files were read, and the figures of each host.
+void hosts_section(std::string& out, const View& view, const TraceAnalysis& trace) {
+    out += fmt::format("<section class=\"hosts\">\n<{0}>By host</{0}>\n<p>Traces read:",
+                       view.heading);
+    for (std::size_t index = 0; index < trace.sources.size(); ++index) {
+        const TraceSource& source = trace.sources[index];
+        out += fmt::format("{} <code>{}</code> ({}{})", index == 0 ? "" : ",", text(source.file),
+                           text(source.host), source.complete ? "" : ", cut short");
+    }
+    out +=
+        ".</p>\n<table><tr><th>host</th><th class=\"num\">connections</th><th "
+        "class=\"num\">requests</th><th class=\"num\">local idle</th><th class=\"num\">peer "
+        "idle</th><th class=\"num\">races</th><th class=\"num\">in-flight</th><th "
+        "class=\"num\">gave up</th></tr>\n";
+    for (const auto& [host, figures] : trace.by_host) {
+        const VerdictCounts& v = figures.verdicts;
+        out += fmt::format(
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
+            "class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
+            "class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+            text(host), figures.connections, figures.requests, v[Verdict::LocalIdleClose],
+            v[Verdict::PeerIdleClose], v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
+            v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight]);
+    }
+    out += "</table>\n</section>\n";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,10 +809,11 @@ void recording(std::string& out, const View& view, const TraceAnalysis& trace, c
                                     figure(view, "trace.same_host_connections"), same_host)
                       : std::string();
     out += fmt::format(
-        "<p class=\"meta\"><code>{}</code>: host <b>{}</b>, kernel {}, recorded from {} for "
+        "<p class=\"meta\"><code>{}</code>: {} <b>{}</b>, kernel {}, recorded from {} for "
         "<span{}>{:.1f} s</span>: <span{}>{}</span> connections{}, <span{}>{}</span> requests, "
         "{}.</p>\n",
-        text(trace.file), text(trace.header.host), text(trace.header.kernel),
+        text(trace.file), trace.host_count() > 1 ? "hosts" : "host", text(trace.header.host),
+        text(trace.header.kernel),
         text(trace.header.start_wall),
         figure(view, "trace.duration_s") +
             fmt::format(" data-value=\"{:.3f}\"", trace.duration_s()),
@@ -801,11 +834,15 @@ void recording(std::string& out, const View& view, const TraceAnalysis& trace, c
                            text(a.recommendations[index].text));
     }
     out += "</ol>\n";
+    if (!trace.sources.empty()) hosts_section(out, view, trace);
     idle_section(out, view, trace, a, axis);
     over_time_section(out, view, trace);
     races_section(out, view, trace);
-    caught_section(out, view, "In-flight resets", "inflight_resets", trace.inflight_resets);
-    caught_section(out, view, "Requests the peer gave up on", "peer_gave_up", trace.peer_gave_up);
+    const bool names_hosts = trace.host_count() > 1;
+    caught_section(out, view, "In-flight resets", "inflight_resets", names_hosts,
+                   trace.inflight_resets);
+    caught_section(out, view, "Requests the peer gave up on", "peer_gave_up", names_hosts,
+                   trace.peer_gave_up);
 }
 
 }  // namespace

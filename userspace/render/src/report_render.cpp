@@ -65,11 +65,7 @@ RankedGroups rank(const std::map<std::string, GroupFigures>& groups) {
             continue;
         }
         ++ranked.omitted_groups;
-        ranked.omitted.connections += group.figures.connections;
-        ranked.omitted.requests += group.figures.requests;
-        for (const Verdict verdict : kAllVerdicts) {
-            ranked.omitted.verdicts[verdict] += group.figures.verdicts[verdict];
-        }
+        ranked.omitted += group.figures;
     }
     return ranked;
 }
@@ -141,7 +137,8 @@ json streams_json(const std::vector<Http2Stream>& streams) {
     return list;
 }
 
-json caught_json(const CaughtConnection& caught) {
+// `name_host`: the report covers several hosts.
+json caught_json(const CaughtConnection& caught, bool name_host) {
     const std::optional<Request>& request = caught.request;
     json entry = {{"conn_id", caught.conn_id},
             {"verdict", to_string(caught.verdict)},
@@ -161,14 +158,16 @@ json caught_json(const CaughtConnection& caught) {
             {"request_after_close_ms", optional_ms(caught.request_after_close_ms)},
             {"how", caught.how ? json(to_string(*caught.how)) : json(nullptr)},
             {"rst_reason", optional_string(caught.rst_reason)}};
+    if (name_host) entry["host"] = caught.host;
     // An HTTP/2 connection's caught streams; absent for HTTP/1.
     if (!caught.streams.empty()) entry["streams"] = streams_json(caught.streams);
     return entry;
 }
 
-json caught_list_json(const CaughtList& list) {
+json caught_list_json(const CaughtList& list, bool name_hosts) {
     json listed = json::array();
-    for (const CaughtConnection& caught : list.listed) listed.push_back(caught_json(caught));
+    for (const CaughtConnection& caught : list.listed)
+        listed.push_back(caught_json(caught, name_hosts));
     return {{"total", list.total},
             {"listed", listed},
             {"longest_unanswered_ms", optional_ms(list.longest_unanswered_ms)}};
@@ -196,6 +195,16 @@ json peer_timeout_json(const PeerTimeout& timeout) {
     return {{"ms", round_us(timeout.ms)}, {"source", to_string(timeout.source)}};
 }
 
+// The traces a merged report read, in the order given.
+json sources_json(const TraceAnalysis& trace) {
+    json files = json::array();
+    for (const TraceSource& source : trace.sources) {
+        files.push_back(
+            {{"file", source.file}, {"host", source.host}, {"complete", source.complete}});
+    }
+    return files;
+}
+
 json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
     json verdicts = json::object();
     for (const Verdict verdict : kAllVerdicts) {
@@ -213,8 +222,9 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
              {"text", recommendation.text}});
     }
     const TraceHeader& header = trace.header;
-    return {
-        {"format", "closetrace-report/1"},
+    const bool names_hosts = trace.host_count() > 1;
+    json report = {
+        {"format", trace.sources.empty() ? "closetrace-report/1" : "closetrace-report/2"},
         {"file", trace.file},
         {"trace",
          {{"host", header.host},
@@ -242,11 +252,11 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
         {"early_idle_closes", assessment.early_idle_closes},
         {"closes_before_peer", assessment.closes_before_peer},
         {"dominant", failure_name(assessment.dominant)},
-        {"races", caught_list_json(trace.races)},
-        {"inflight_resets", caught_list_json(trace.inflight_resets)},
-        {"process_exits", caught_list_json(trace.process_exits)},
-        {"peer_gave_up", caught_list_json(trace.peer_gave_up)},
-        {"forgotten", caught_list_json(trace.forgotten)},
+        {"races", caught_list_json(trace.races, names_hosts)},
+        {"inflight_resets", caught_list_json(trace.inflight_resets, names_hosts)},
+        {"process_exits", caught_list_json(trace.process_exits, names_hosts)},
+        {"peer_gave_up", caught_list_json(trace.peer_gave_up, names_hosts)},
+        {"forgotten", caught_list_json(trace.forgotten, names_hosts)},
         {"by_comm", groups_json(trace.by_comm, "comm")},
         {"by_peer", groups_json(trace.by_peer, "addr")},
         {"by_container", groups_json(trace.by_container, "container")},
@@ -256,6 +266,11 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
         {"conclusion", assessment.conclusion},
         {"warnings", trace.warnings},
     };
+    if (!trace.sources.empty()) {
+        report["files"] = sources_json(trace);
+        report["by_host"] = groups_json(trace.by_host, "host");
+    }
+    return report;
 }
 
 // Wire bytes need not be UTF-8: replaced rather than failing the whole report.
@@ -289,8 +304,9 @@ void idle_row(std::string& out, const char* side, const IdleFigures& figures) {
 }
 
 // `timing` says how the request stood to the close, in that list's terms.
+// `name_host`: the report covers several hosts.
 void caught_section(std::string& out, const char* title, const CaughtList& list,
-                    const char* timing_header,
+                    const char* timing_header, bool name_host,
                     const std::function<std::string(double request_after_close_ms)>& timing) {
     out += fmt::format("\n{} ({})\n", title, list.total);
     if (list.total == 0) {
@@ -305,6 +321,7 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
         if (caught.client_end) {
             request += " [" + analysis_text::client_end_text(*caught.client_end) + "]";
         }
+        if (name_host) request += fmt::format(" [host {}]", printable(caught.host));
         // "fin, rst TCP_ABORT_ON_DATA": the close, then the reset this host sent (its reason).
         std::string close = caught.how ? to_string(*caught.how) : "-";
         if (caught.rst_reason) {
@@ -352,21 +369,34 @@ std::string race_timing(double request_after_close_ms) {
 
 std::string wait_timing(double request_after_close_ms) { return duration(-request_after_close_ms); }
 
+// The traces a merged report read.
+std::string sources_text(const TraceAnalysis& trace) {
+    std::string out = "Traces read:\n";
+    for (const TraceSource& source : trace.sources) {
+        out += fmt::format("  {}: {}{}\n", printable(source.host), printable(source.file),
+                           source.complete ? "" : " (no summary: cut short)");
+    }
+    return out;
+}
+
 std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                         const std::vector<Breakdown>& breakdowns) {
+    const bool names_hosts = trace.host_count() > 1;
     std::string out = fmt::format("closetrace report: {}\n", printable(trace.file));
     std::string connections = count_of(trace.connections, "connection", "connections");
     if (const uint64_t same_host = trace.same_host_connections()) {
-        connections +=
-            fmt::format(" ({} with both ends on this host, each counted once)", same_host);
+        connections += fmt::format(" ({} with both ends on {} host, each counted once)", same_host,
+                                   names_hosts ? "one" : "this");
     }
     if (trace.incomplete > 0) connections += fmt::format(" ({} incomplete, left out)", trace.incomplete);
-    out += fmt::format("Host {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
-                       printable(trace.header.host), printable(trace.header.start_wall),
+    out += fmt::format("{} {}, recorded from {} for {:.1f} s: {}, {}, {}.\n",
+                       names_hosts ? "Hosts" : "Host", printable(trace.header.host),
+                       printable(trace.header.start_wall),
                        trace.duration_s(), connections,
                        count_of(trace.requests, "request", "requests"),
                        trace.summary ? count_of(trace.lost_events(), "lost event", "lost events")
                                      : std::string("lost events unknown (no summary)"));
+    if (!trace.sources.empty()) out += sources_text(trace);
     out += "\n" + a.conclusion + "\n";
 
     out += "\nVerdicts\n";
@@ -397,17 +427,19 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
         }
     }
 
-    caught_section(out, "Close races", trace.races, "after close", race_timing);
-    caught_section(out, "In-flight resets", trace.inflight_resets, "waited", wait_timing);
+    caught_section(out, "Close races", trace.races, "after close", names_hosts, race_timing);
+    caught_section(out, "In-flight resets", trace.inflight_resets, "waited", names_hosts,
+                   wait_timing);
     // Kinds that closetrace/1 traces never have: listed only when there are some.
     if (trace.process_exits.total > 0) {
         caught_section(out, "Process exits with requests in flight", trace.process_exits,
-                       "waited", wait_timing);
+                       "waited", names_hosts, wait_timing);
     }
-    caught_section(out, "Requests the peer gave up on", trace.peer_gave_up, "waited", wait_timing);
+    caught_section(out, "Requests the peer gave up on", trace.peer_gave_up, "waited", names_hosts,
+                   wait_timing);
     if (trace.forgotten.total > 0) {
         caught_section(out, "Pooled connections forgotten in between", trace.forgotten, "waited",
-                       wait_timing);
+                       names_hosts, wait_timing);
     }
 
     for (const Breakdown breakdown : breakdowns) {
@@ -421,6 +453,9 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
             case Breakdown::Container:
                 groups_section(out, "By container ('-': host processes)", "container",
                                trace.by_container, "-");
+                break;
+            case Breakdown::Host:
+                groups_section(out, "By host", "host", trace.by_host, "(unknown)");
                 break;
         }
     }
@@ -511,13 +546,28 @@ std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
                         const DiffResult& result, OutputFormat format) {
     if (format == OutputFormat::Text) return diff_text(before, after, result);
     if (format == OutputFormat::Html) return render_diff_html(before, after, result);
-    return dump({{"format", "closetrace-diff/1"},
+    const bool merged = !before.sources.empty() || !after.sources.empty();
+    return dump({{"format", merged ? "closetrace-diff/2" : "closetrace-diff/1"},
                  {"conclusion", to_string(result.conclusion)},
                  {"explanation", result.explanation},
                  {"peer_idle_timeout", peer_timeout_json(result.peer_timeout)},
                  {"before", report_json(before, result.before)},
                  {"after", report_json(after, result.after)}});
 }
+
+namespace {
+
+// What `closetrace report` takes to report on the same traces.
+std::string report_arguments(const TraceAnalysis& trace) {
+    if (trace.sources.empty()) return printable(trace.file);
+    std::string arguments;
+    for (const TraceSource& source : trace.sources) {
+        arguments += (arguments.empty() ? "" : " ") + printable(source.file);
+    }
+    return arguments;
+}
+
+}  // namespace
 
 std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result) {
     if (result.passed) {
@@ -539,13 +589,13 @@ std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result
         }
         if (!others.empty()) {
             out += fmt::format("Not keep-alive problems, but see `closetrace report {}`: {}.\n",
-                               printable(trace.file), fmt::join(others, " and "));
+                               report_arguments(trace), fmt::join(others, " and "));
         }
         return out;
     }
     std::string out = fmt::format("closetrace verify: {}: FAIL\n", printable(trace.file));
     for (const std::string& reason : result.reasons) out += "  - " + reason + "\n";
-    out += fmt::format("See `closetrace report {}` for the fix.\n", printable(trace.file));
+    out += fmt::format("See `closetrace report {}` for the fix.\n", report_arguments(trace));
     return out;
 }
 

@@ -15,6 +15,8 @@ namespace closetrace {
 namespace {
 
 constexpr std::size_t kChunkBytes = 128 * 1024;
+// A plain file's read at least this large skips the input buffer: one system call either way.
+constexpr std::size_t kDirectReadBytes = 16 * 1024;
 
 // A zero z_stream (as zlib asks before inflateInit2) reading from `input`.
 z_stream z_stream_at(Bytef* input) {
@@ -44,7 +46,9 @@ std::size_t FileContent::read(char* out, std::size_t size) {
         const std::size_t got = inflate_into(out, size);
         if (got > 0 || inflating_) return got;
     }
-    // Plain: what is left of the input, then the rest of the file.
+    // Plain: what is left of the input, then the rest of the file; a large read (TraceReader's)
+    // goes from the file straight into `out`, without a copy through the input buffer.
+    if (stream_.avail_in == 0 && size >= kDirectReadBytes) return read_file(out, size);
     if (stream_.avail_in == 0) refill();
     const std::size_t got = std::min<std::size_t>(size, stream_.avail_in);
     std::memcpy(out, stream_.next_in, got);
@@ -66,13 +70,18 @@ void FileContent::fail(std::string why) {
 bool FileContent::refill() {
     std::memmove(input_.data(), stream_.next_in, stream_.avail_in);
     stream_.next_in = input_.data();
-    const ssize_t got =
-        ::read(fd_, input_.data() + stream_.avail_in, input_.size() - stream_.avail_in);
-    if (got < 0) fail(std::strerror(errno));
-    if (got <= 0) return false;
+    const std::size_t got = read_file(reinterpret_cast<char*>(input_.data()) + stream_.avail_in,
+                                      input_.size() - stream_.avail_in);
     stream_.avail_in += static_cast<uInt>(got);
+    return got > 0;
+}
+
+std::size_t FileContent::read_file(char* out, std::size_t size) {
+    const ssize_t got = ::read(fd_, out, size);
+    if (got < 0) fail(std::strerror(errno));
+    if (got <= 0) return 0;
     offset_ += static_cast<uint64_t>(got);
-    return true;
+    return static_cast<std::size_t>(got);
 }
 
 std::size_t FileContent::inflate_into(char* out, std::size_t size) {
@@ -115,6 +124,24 @@ public:
     const std::string& problem() const { return content_.problem(); }
 
 protected:
+    // A read larger than what is buffered (TraceReader's are) goes straight from the content into
+    // the caller's memory rather than through chunk_.
+    std::streamsize xsgetn(char* out, std::streamsize size) override {
+        const auto buffered = std::min<std::streamsize>(size, egptr() - gptr());
+        if (buffered > 0) {
+            std::memcpy(out, gptr(), static_cast<std::size_t>(buffered));
+            gbump(static_cast<int>(buffered));
+        }
+        auto got = static_cast<std::size_t>(buffered);
+        const auto wanted = static_cast<std::size_t>(size);
+        while (got < wanted) {
+            const std::size_t more = content_.read(out + got, wanted - got);
+            if (more == 0) break;
+            got += more;
+        }
+        return static_cast<std::streamsize>(got);
+    }
+
     int_type underflow() override {
         const std::size_t got = content_.read(chunk_.data(), chunk_.size());
         if (got == 0) return traits_type::eof();

@@ -4,6 +4,8 @@
 #include <limits>
 #include <utility>
 
+#include "closetrace/trace_io.h"
+
 namespace closetrace {
 namespace {
 
@@ -106,6 +108,23 @@ ConnectionStory EndPairer::release(HeldMap::iterator held) {
     by_arrival_.erase(held->second.arrival);
     held_.erase(held);
     return story;
+}
+
+void HostPairer::add(const TraceHeader& header, std::vector<Connection>& waiting,
+                     const OnStory& on_story) {
+    first_header_.try_emplace(header.host, &header);
+    EndPairer& pairer = pairers_[header.host];
+    for (Connection& conn : waiting) {
+        for (const ConnectionStory& story : pairer.add(std::move(conn))) on_story(story, header);
+    }
+}
+
+void HostPairer::finish(const OnStory& on_story) {
+    for (auto& [host, pairer] : pairers_) {
+        for (const ConnectionStory& story : pairer.finish()) {
+            on_story(story, *first_header_.at(host));
+        }
+    }
 }
 
 }  // namespace closetrace

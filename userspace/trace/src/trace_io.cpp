@@ -185,15 +185,21 @@ Json heads_json(std::string_view payload, bool full_target) {
 std::string dump_line(const Json& line) { return line.dump(-1, ' ', /*ensure_ascii=*/true); }
 
 // ---------------------------------------------------------------------------------------------
-// Reading
+// Reading: simdjson On-Demand, each line parsed where it lies in LineSource's padded buffer.
+// Every object is read in one pass over its members, in whatever order they come (the writer's
+// order costs one name comparison each); a member no rule names is skipped unread, so of its
+// value only the brackets and strings are checked, as simdjson's first stage checks every line.
 
-using simdjson::dom::array;
-using simdjson::dom::element;
-using simdjson::dom::object;
+namespace ondemand = simdjson::ondemand;
 
 // A problem within one line; the reader adds the file name and line number.
 struct LineError {
     std::string message;
+};
+
+// The line is not valid JSON (simdjson's error); a truncated last line is one.
+struct JsonError {
+    simdjson::error_code code;
 };
 
 // Where a value sits in its line, e.g. "conn.requests[2].outcome"; made into text only when
@@ -214,39 +220,57 @@ struct MemberPath {
     throw LineError{fmt::format("{}: {}", path.text(), problem)};
 }
 
-// An object's members, looked up by name. Each search starts after the previous match and wraps
-// around, so looking members up in the order the writer wrote them costs one step each.
-class Members {
-public:
-    explicit Members(object fields) : fields_(fields), next_(fields.begin()) {}
+// A step through the line's structure (the next member or element) that only JSON which is
+// not valid can fail.
+template <typename T>
+T valid(simdjson::simdjson_result<T>&& result) {
+    T out{};
+    if (const simdjson::error_code error = std::move(result).get(out)) throw JsonError{error};
+    return out;
+}
 
-    std::optional<element> find(std::string_view key) {
-        for (auto it = next_; it != fields_.end(); ++it) {
-            if (it.key_equals(key)) return take(it);
-        }
-        for (auto it = fields_.begin(); it != next_; ++it) {
-            if (it.key_equals(key)) return take(it);
-        }
-        return std::nullopt;
+// A member's name, unescaped. The writer's names have no escapes: those are taken where they lie.
+std::string_view member_name(ondemand::field& field) {
+    const char* const start = field.key().raw();
+    const char* end = start;
+    while (*end != '"' && *end != '\\') ++end;  // simdjson has checked that the string closes
+    if (*end == '"') return {start, static_cast<std::size_t>(end - start)};
+    return valid(field.unescaped_key());
+}
+
+// A string value that is its own bytes (printable ASCII, no escapes), as it lies in the line:
+// most are, and reading them so costs no unescaping copy. The value stays unread, for the
+// object's iteration to step over; nullopt for any other value.
+std::optional<std::string_view> plain_string(ondemand::value& value) {
+    // The token runs to the next ',', ':', ']' or '}': the closing quote, maybe white space.
+    std::string_view token = value.raw_json_token();
+    while (!token.empty() && (token.back() == ' ' || token.back() == '\t' ||
+                              token.back() == '\r' || token.back() == '\n')) {
+        token.remove_suffix(1);
     }
-
-private:
-    element take(object::iterator match) {
-        const element value = match.value();
-        next_ = ++match;
-        return value;
+    if (token.size() < 2 || token.front() != '"' || token.back() != '"') return std::nullopt;
+    const std::string_view text = token.substr(1, token.size() - 2);
+    // No early exit: the compiler vectorises the loop.
+    bool plain = true;
+    for (const char c : text) {
+        const auto byte = static_cast<unsigned char>(c);
+        plain &= byte != '\\' && byte >= 0x20 && byte < 0x80;
     }
+    if (!plain) return std::nullopt;
+    return text;
+}
 
-    object fields_;
-    object::iterator next_;
-};
+// A string value unescaped (in the parser's buffer), or nullopt when the value is no string.
+std::optional<std::string_view> string_value(ondemand::value& value) {
+    if (std::optional<std::string_view> plain = plain_string(value)) return plain;
+    std::string_view text;
+    if (value.get_string().get(text) != simdjson::SUCCESS) return std::nullopt;
+    return text;
+}
 
-bool has_member(Members& parent, std::string_view name) { return parent.find(name).has_value(); }
-
-element member(Members& parent, const MemberPath& path) {
-    const std::optional<element> value = parent.find(path.name);
-    if (!value) fail(path, "missing");
-    return *value;
+bool is_null(ondemand::value& value) {
+    bool null = false;
+    return value.is_null().get(null) == simdjson::SUCCESS && null;
 }
 
 // How a JSON value becomes a C++ value of type T: decode() fails on a wrong type or an out of
@@ -257,7 +281,7 @@ struct ValueCodec;
 template <typename T>
     requires std::unsigned_integral<T> && (!std::same_as<T, bool>)
 struct ValueCodec<T> {
-    static bool decode(element value, T& out) {
+    static bool decode(ondemand::value& value, T& out) {
         uint64_t number = 0;
         if (value.get_uint64().get(number) != simdjson::SUCCESS) return false;
         if (number > std::numeric_limits<T>::max()) return false;
@@ -271,7 +295,7 @@ struct ValueCodec<T> {
 
 template <std::signed_integral T>
 struct ValueCodec<T> {
-    static bool decode(element value, T& out) {
+    static bool decode(ondemand::value& value, T& out) {
         int64_t number = 0;
         if (value.get_int64().get(number) != simdjson::SUCCESS) return false;
         if (number < std::numeric_limits<T>::min() || number > std::numeric_limits<T>::max()) {
@@ -288,7 +312,7 @@ struct ValueCodec<T> {
 
 template <>
 struct ValueCodec<double> {
-    static bool decode(element value, double& out) {
+    static bool decode(ondemand::value& value, double& out) {
         return value.get_double().get(out) == simdjson::SUCCESS;
     }
     static std::string expected() { return "a number"; }
@@ -296,7 +320,7 @@ struct ValueCodec<double> {
 
 template <>
 struct ValueCodec<bool> {
-    static bool decode(element value, bool& out) {
+    static bool decode(ondemand::value& value, bool& out) {
         return value.get_bool().get(out) == simdjson::SUCCESS;
     }
     static std::string expected() { return "true or false"; }
@@ -304,7 +328,12 @@ struct ValueCodec<bool> {
 
 template <>
 struct ValueCodec<std::string> {
-    static bool decode(element value, std::string& out) {
+    static bool decode(ondemand::value& value, std::string& out) {
+        if (const std::optional<std::string_view> plain = plain_string(value)) {
+            // Built, then moved in: cheaper than assign()'s general path into an empty string.
+            out = std::string(*plain);
+            return true;
+        }
         std::string_view text;
         if (value.get_string().get(text) != simdjson::SUCCESS) return false;
         std::optional<std::string> bytes = utf8_to_bytes(text);
@@ -315,23 +344,25 @@ struct ValueCodec<std::string> {
     static std::string expected() { return "a string of code points up to U+00FF"; }
 };
 
+// Into `out`, where the value is kept: no temporary to move.
 template <typename T>
-T required(Members& parent, const MemberPath& path) {
-    T out{};
-    if (!ValueCodec<T>::decode(member(parent, path), out)) {
-        fail(path, "expected " + ValueCodec<T>::expected());
-    }
-    return out;
+void read_required(ondemand::value& value, const MemberPath& path, T& out) {
+    if (!ValueCodec<T>::decode(value, out)) fail(path, "expected " + ValueCodec<T>::expected());
 }
 
 template <typename T>
-std::optional<T> nullable(Members& parent, const MemberPath& path) {
-    const element value = member(parent, path);
-    if (value.is_null()) return std::nullopt;
-    T out{};
-    if (!ValueCodec<T>::decode(value, out)) {
+void read_nullable(ondemand::value& value, const MemberPath& path, std::optional<T>& out) {
+    if (is_null(value)) {
+        out.reset();
+    } else if (!ValueCodec<T>::decode(value, out.emplace())) {
         fail(path, "expected " + ValueCodec<T>::expected() + " or null");
     }
+}
+
+template <typename T>
+T required(ondemand::value& value, const MemberPath& path) {
+    T out{};
+    read_required(value, path, out);
     return out;
 }
 
@@ -357,407 +388,625 @@ template <typename Enum>
 using EnumParser = std::optional<Enum> (*)(std::string_view);
 
 template <typename Enum>
-Enum required_enum(Members& parent, const MemberPath& path, EnumParser<Enum> parse,
+Enum required_enum(ondemand::value& text, const MemberPath& path, EnumParser<Enum> parse,
                    std::span<const Enum> values) {
-    std::string_view name;
     std::optional<Enum> value;
-    if (member(parent, path).get_string().get(name) == simdjson::SUCCESS) value = parse(name);
+    if (const std::optional<std::string_view> name = string_value(text)) value = parse(*name);
     if (!value) fail_enum(path, values, false);
     return *value;
 }
 
 template <typename Enum>
-std::optional<Enum> nullable_enum(Members& parent, const MemberPath& path, EnumParser<Enum> parse,
-                                  std::span<const Enum> values) {
-    const element text = member(parent, path);
-    if (text.is_null()) return std::nullopt;
-    std::string_view name;
+std::optional<Enum> nullable_enum(ondemand::value& text, const MemberPath& path,
+                                  EnumParser<Enum> parse, std::span<const Enum> values) {
+    if (is_null(text)) return std::nullopt;
     std::optional<Enum> value;
-    if (text.get_string().get(name) == simdjson::SUCCESS) value = parse(name);
+    if (const std::optional<std::string_view> name = string_value(text)) value = parse(*name);
     if (!value) fail_enum(path, values, true);
     return value;
 }
 
-object required_object(Members& parent, const MemberPath& path) {
-    object value;
-    if (member(parent, path).get_object().get(value) != simdjson::SUCCESS) {
-        fail(path, "expected an object");
-    }
-    return value;
+ondemand::object required_object(ondemand::value& value, const MemberPath& path) {
+    ondemand::object object;
+    if (value.get_object().get(object) != simdjson::SUCCESS) fail(path, "expected an object");
+    return object;
 }
 
-array required_array(Members& parent, const MemberPath& path) {
-    array value;
-    if (member(parent, path).get_array().get(value) != simdjson::SUCCESS) {
-        fail(path, "expected an array");
-    }
-    return value;
+ondemand::array required_array(ondemand::value& value, const MemberPath& path) {
+    ondemand::array array;
+    if (value.get_array().get(array) != simdjson::SUCCESS) fail(path, "expected an array");
+    return array;
 }
 
-std::string required_family(Members& parent, const MemberPath& path) {
-    std::string_view name;
-    const bool is_string = member(parent, path).get_string().get(name) == simdjson::SUCCESS;
-    if (!is_string || std::find(std::begin(kFamilies), std::end(kFamilies), name) ==
-                          std::end(kFamilies)) {
+std::string required_family(ondemand::value& value, const MemberPath& path) {
+    const std::optional<std::string_view> name = string_value(value);
+    if (!name || std::find(std::begin(kFamilies), std::end(kFamilies), *name) ==
+                     std::end(kFamilies)) {
         fail(path, expected_one_of(kFamilies, false));
     }
-    return std::string(name);
+    return std::string(*name);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Objects: a table of the members each one has, read in one pass.
 
-std::optional<ContainerRef> read_container(Members& parent, const MemberPath& path) {
-    if (member(parent, path).is_null()) return std::nullopt;
-    Members fields(required_object(parent, path));
-    ContainerRef container;
-    container.runtime = required<std::string>(fields, {&path, "runtime"});
-    container.id = required<std::string>(fields, {&path, "id"});
-    container.name = nullable<std::string>(fields, {&path, "name"});
-    container.task_id = nullable<std::string>(fields, {&path, "task_id"});
-    container.pod_uid = nullable<std::string>(fields, {&path, "pod_uid"});
-    const MemberPath ecs_path{&path, "ecs"};
-    if (!member(fields, ecs_path).is_null()) {
-        Members ecs(required_object(fields, ecs_path));
-        container.ecs = EcsTask{required<std::string>(ecs, {&ecs_path, "task_arn"}),
-                                required<std::string>(ecs, {&ecs_path, "family"}),
-                                required<std::string>(ecs, {&ecs_path, "revision"})};
+enum class Presence { Required, Optional };
+
+// One member of an object read into `Out`: its name, how its value is read, whether it must be
+// there. Tables list them in the order the writer writes them.
+template <typename Out>
+struct MemberRule {
+    std::string_view name;
+    void (*read)(Out& out, ondemand::value& value, const MemberPath& path);
+    Presence presence = Presence::Required;
+    // Required after all when this other member is present (members added together).
+    std::string_view required_with = {};
+    // The rule holds only when this says so of what was read before (event kinds); nullptr:
+    // always. A member whose rule does not hold is skipped like an unknown one.
+    bool (*holds)(const Out& out) = nullptr;
+};
+
+template <typename>
+struct DataMember;
+template <typename Owner, typename Type>
+struct DataMember<Type Owner::*> {
+    using OwnerType = Owner;
+    using ValueType = Type;
+};
+
+template <typename T>
+constexpr bool kIsOptional = false;
+template <typename T>
+constexpr bool kIsOptional<std::optional<T>> = true;
+
+// The common rule: the member's value straight into `Member` (a ValueCodec type, or one of
+// them or null as a std::optional).
+template <auto Member>
+void into(typename DataMember<decltype(Member)>::OwnerType& out, ondemand::value& value,
+          const MemberPath& path) {
+    using Type = typename DataMember<decltype(Member)>::ValueType;
+    if constexpr (kIsOptional<Type>) {
+        read_nullable(value, path, out.*Member);
+    } else {
+        read_required(value, path, out.*Member);
     }
-    return container;
 }
 
-Endpoint read_endpoint(Members& parent, const MemberPath& path) {
-    Members endpoint(required_object(parent, path));
-    return Endpoint{
-        .addr = required<std::string>(endpoint, {&path, "addr"}),
-        .port = required<uint16_t>(endpoint, {&path, "port"}),
+template <typename Out>
+bool holds(const MemberRule<Out>& rule, const Out& out) {
+    return !rule.holds || rule.holds(out);
+}
+
+// Member names are short: compared inline, which is much cheaper here than a call to memcmp.
+bool same_name(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
+// Whether the member's name as it lies in the line (after its opening quote) is `name`, which
+// has no quote: a shorter name stops the comparison at its closing quote.
+bool raw_name_is(const char* raw, std::string_view name) {
+    for (std::size_t i = 0; i < name.size(); ++i) {
+        if (raw[i] != name[i]) return false;
+    }
+    return raw[name.size()] == '"';
+}
+
+// The rule for `field`'s name; rules.size() when none. Tried first: the rule after the previous
+// match, which is the writer's order; then the rules after it (members left out), then all.
+template <typename Out>
+std::size_t find_rule(std::span<const MemberRule<Out>> rules, ondemand::field& field,
+                      std::size_t expected) {
+    if (expected < rules.size() && raw_name_is(field.key().raw(), rules[expected].name)) {
+        return expected;
+    }
+    const std::string_view name = member_name(field);
+    for (std::size_t i = expected; i < rules.size(); ++i) {
+        if (same_name(rules[i].name, name)) return i;
+    }
+    for (std::size_t i = 0; i < std::min(expected, rules.size()); ++i) {
+        if (same_name(rules[i].name, name)) return i;
+    }
+    return rules.size();
+}
+
+// Reads the members `rules` name from `object` into `out`, each in one pass; then fails on the
+// first required member (in the writer's order) that was not there.
+template <typename Out>
+void read_members(ondemand::object object, std::span<const MemberRule<Out>> rules,
+                  const MemberPath& path, Out& out) {
+    uint64_t seen = 0;  // bit i: rules[i] was read
+    std::size_t expected = 0;
+    for (auto member : object) {
+        ondemand::field field = valid(std::move(member));
+        const std::size_t index = find_rule(rules, field, expected);
+        if (index == rules.size() || !holds(rules[index], out)) continue;
+        const MemberRule<Out>& rule = rules[index];
+        rule.read(out, field.value(), MemberPath{&path, rule.name});
+        seen |= uint64_t{1} << index;
+        expected = index + 1;
+    }
+    const auto was_seen = [&](std::string_view name) {
+        for (std::size_t i = 0; i < rules.size(); ++i) {
+            if (rules[i].name == name) return (seen >> i & 1) != 0;
+        }
+        return false;
     };
+    for (std::size_t i = 0; i < rules.size(); ++i) {
+        const MemberRule<Out>& rule = rules[i];
+        const bool required = rule.presence == Presence::Required ||
+                              (!rule.required_with.empty() && was_seen(rule.required_with));
+        if (required && (seen >> i & 1) == 0 && holds(rule, out)) {
+            fail(MemberPath{&path, rule.name}, "missing");
+        }
+    }
 }
 
-std::map<std::string, uint64_t> read_counts(Members& parent, const MemberPath& path) {
+template <typename Out, std::size_t N>
+Out read_object(ondemand::value& value, const MemberPath& path,
+                const MemberRule<Out> (&rules)[N]) {
+    static_assert(N <= 64, "read_members keeps what it saw in 64 bits");
+    Out out;
+    read_members<Out>(required_object(value, path), rules, path, out);
+    return out;
+}
+
+template <typename Out, std::size_t N>
+std::optional<Out> nullable_object(ondemand::value& value, const MemberPath& path,
+                                   const MemberRule<Out> (&rules)[N]) {
+    if (is_null(value)) return std::nullopt;
+    return read_object(value, path, rules);
+}
+
+// A member that another must be read before (the line's type, the schema, an event's kind).
+ondemand::value member(ondemand::object& object, const MemberPath& path) {
+    ondemand::value value;
+    const simdjson::error_code error = object.find_field_unordered(path.name).get(value);
+    if (error == simdjson::NO_SUCH_FIELD) fail(path, "missing");
+    if (error) throw JsonError{error};
+    return value;
+}
+
+// Back to the first member, for the pass after member().
+void rewind(ondemand::object& object) {
+    bool not_empty = false;
+    if (const simdjson::error_code error = object.reset().get(not_empty)) throw JsonError{error};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The members of each line type
+
+constexpr MemberRule<EcsTask> kEcsMembers[] = {
+    {"task_arn", into<&EcsTask::task_arn>},
+    {"family", into<&EcsTask::family>},
+    {"revision", into<&EcsTask::revision>},
+};
+
+constexpr MemberRule<ContainerRef> kContainerMembers[] = {
+    {"runtime", into<&ContainerRef::runtime>},
+    {"id", into<&ContainerRef::id>},
+    {"name", into<&ContainerRef::name>},
+    {"task_id", into<&ContainerRef::task_id>},
+    {"pod_uid", into<&ContainerRef::pod_uid>},
+    {"ecs", [](ContainerRef& out, ondemand::value& value, const MemberPath& path) {
+         out.ecs = nullable_object(value, path, kEcsMembers);
+     }},
+};
+
+constexpr MemberRule<Endpoint> kEndpointMembers[] = {
+    {"addr", into<&Endpoint::addr>},
+    {"port", into<&Endpoint::port>},
+};
+
+void read_endpoint(Endpoint& out, ondemand::value& value, const MemberPath& path) {
+    out = read_object(value, path, kEndpointMembers);
+}
+
+std::map<std::string, uint64_t> read_counts(ondemand::value& value, const MemberPath& path) {
     std::map<std::string, uint64_t> counts;
-    for (const auto [key, value] : required_object(parent, path)) {
+    for (auto member : required_object(value, path)) {
+        ondemand::field field = valid(std::move(member));
+        const std::string_view key = member_name(field);
         const MemberPath entry{&path, key};
         std::optional<std::string> name = utf8_to_bytes(key);
-        uint64_t count = 0;
         if (!name) fail(entry, "member name is not a string of code points up to U+00FF");
-        if (!ValueCodec<uint64_t>::decode(value, count)) {
-            fail(entry, "expected " + ValueCodec<uint64_t>::expected());
-        }
-        counts[std::move(*name)] = count;
+        counts[std::move(*name)] = required<uint64_t>(field.value(), entry);
     }
     return counts;
 }
 
-TraceHeader read_header(Members& line) {
+constexpr MemberRule<TraceFilters> kFilterMembers[] = {
+    {"ports",
+     [](TraceFilters& out, ondemand::value& value, const MemberPath& path) {
+         std::size_t index = 0;
+         for (auto element : required_array(value, path)) {
+             ondemand::value port = valid(std::move(element));
+             out.ports.push_back(required<uint16_t>(port, MemberPath{&path, {}, index++}));
+         }
+     }},
+    {"cgroup", into<&TraceFilters::cgroup>},
+    {"full_target", into<&TraceFilters::full_target>},
+    // Filters added later in closetrace/1: absent means not used.
+    {"raw_payloads", into<&TraceFilters::raw_payloads>, Presence::Optional},
+    {"netns", into<&TraceFilters::netns>, Presence::Optional},
+    {"container", into<&TraceFilters::container>, Presence::Optional},
+    {"pid", into<&TraceFilters::pid>, Presence::Optional},
+};
+
+constexpr MemberRule<TraceProbes> kProbeMembers[] = {
+    {"state", into<&TraceProbes::state>},
+    {"reset_sent", into<&TraceProbes::reset_sent>},
+    {"reset_received", into<&TraceProbes::reset_received>},
+    {"messages", into<&TraceProbes::messages>},
+    {"rst_reason", into<&TraceProbes::rst_reason>},
+};
+
+// After "type" and "schema", which the reader checks first.
+constexpr MemberRule<TraceHeader> kHeaderMembers[] = {
+    {"tool_version", into<&TraceHeader::tool_version>},
+    {"host", into<&TraceHeader::host>},
+    {"kernel", into<&TraceHeader::kernel>},
+    {"start_ns", into<&TraceHeader::start_ns>},
+    {"start_wall", into<&TraceHeader::start_wall>},
+    {"mono_to_wall_ns", into<&TraceHeader::mono_to_wall_ns>},
+    {"filters",
+     [](TraceHeader& out, ondemand::value& value, const MemberPath& path) {
+         out.filters = read_object(value, path, kFilterMembers);
+     }},
+    {"probes",
+     [](TraceHeader& out, ondemand::value& value, const MemberPath& path) {
+         out.probes = read_object(value, path, kProbeMembers);
+     }},
+};
+
+TraceHeader read_header(ondemand::object& line) {
     const MemberPath root{nullptr, "header"};
     TraceHeader header;
     // First, so that a later schema's changes are reported as what they are.
-    header.schema = required<std::string>(line, {&root, "schema"});
+    ondemand::value schema = member(line, {&root, "schema"});
+    header.schema = required<std::string>(schema, {&root, "schema"});
     if (header.schema != kTraceSchema && header.schema != kTraceSchemaV2 &&
         header.schema != kTraceSchemaV1) {
         throw LineError{fmt::format(
             "unsupported schema \"{}\"; this closetrace reads {}, {} and {}",
             excerpt_for_error(header.schema), kTraceSchemaV1, kTraceSchemaV2, kTraceSchema)};
     }
-    header.tool_version = required<std::string>(line, {&root, "tool_version"});
-    header.host = required<std::string>(line, {&root, "host"});
-    header.kernel = required<std::string>(line, {&root, "kernel"});
-    header.start_ns = required<uint64_t>(line, {&root, "start_ns"});
-    header.start_wall = required<std::string>(line, {&root, "start_wall"});
-    header.mono_to_wall_ns = required<int64_t>(line, {&root, "mono_to_wall_ns"});
-
-    const MemberPath filters_path{&root, "filters"};
-    Members filters(required_object(line, filters_path));
-    const MemberPath ports_path{&filters_path, "ports"};
-    std::size_t index = 0;
-    for (const element port : required_array(filters, ports_path)) {
-        const MemberPath port_path{&ports_path, {}, index++};
-        uint16_t number = 0;
-        if (!ValueCodec<uint16_t>::decode(port, number)) {
-            fail(port_path, "expected " + ValueCodec<uint16_t>::expected());
-        }
-        header.filters.ports.push_back(number);
-    }
-    header.filters.cgroup = nullable<std::string>(filters, {&filters_path, "cgroup"});
-    header.filters.full_target = required<bool>(filters, {&filters_path, "full_target"});
-    if (has_member(filters, "raw_payloads")) {
-        header.filters.raw_payloads = required<bool>(filters, {&filters_path, "raw_payloads"});
-    }
-    // Filters added later in closetrace/1: absent means not used.
-    if (has_member(filters, "netns")) {
-        header.filters.netns = nullable<uint32_t>(filters, {&filters_path, "netns"});
-    }
-    if (has_member(filters, "container")) {
-        header.filters.container = nullable<std::string>(filters, {&filters_path, "container"});
-    }
-    if (has_member(filters, "pid")) {
-        header.filters.pid = nullable<uint32_t>(filters, {&filters_path, "pid"});
-    }
-
-    const MemberPath probes_path{&root, "probes"};
-    Members probes(required_object(line, probes_path));
-    header.probes.state = nullable<std::string>(probes, {&probes_path, "state"});
-    header.probes.reset_sent = nullable<std::string>(probes, {&probes_path, "reset_sent"});
-    header.probes.reset_received = nullable<std::string>(probes, {&probes_path, "reset_received"});
-    header.probes.messages = nullable<std::string>(probes, {&probes_path, "messages"});
-    header.probes.rst_reason = required<bool>(probes, {&probes_path, "rst_reason"});
+    rewind(line);
+    read_members<TraceHeader>(line, kHeaderMembers, root, header);
     return header;
 }
 
-Request read_request(Members& request, const MemberPath& path) {
-    Request out;
-    out.method = nullable<std::string>(request, {&path, "method"});
-    out.target = nullable<std::string>(request, {&path, "target"});
-    // Written only when true (docs/trace-format.md).
-    const MemberPath opaque_path{&path, "opaque"};
-    if (const std::optional<element> opaque = request.find(opaque_path.name)) {
-        if (!ValueCodec<bool>::decode(*opaque, out.opaque)) {
-            fail(opaque_path, "expected " + ValueCodec<bool>::expected());
-        }
-    }
-    out.status = nullable<int>(request, {&path, "status"});
-    out.request_ns = required<uint64_t>(request, {&path, "request_ns"});
-    out.response_ns = nullable<uint64_t>(request, {&path, "response_ns"});
-    out.outcome = required_enum<Outcome>(request, {&path, "outcome"}, outcome_from_string,
-                                         kOutcomes);
-    // closetrace/2; idle_before_ms nullable, close_asked written only when a message asked.
-    if (has_member(request, "idle_before_ms")) {
-        out.idle_before_ms = nullable<double>(request, {&path, "idle_before_ms"});
-    }
-    if (has_member(request, "close_asked")) {
-        out.close_asked = required_enum<CloseAsked>(request, {&path, "close_asked"},
-                                                    close_asked_from_string, kCloseAskedValues);
-    }
-    return out;
-}
+constexpr MemberRule<Request> kRequestMembers[] = {
+    {"method", into<&Request::method>},
+    {"target", into<&Request::target>},
+    {"opaque", into<&Request::opaque>, Presence::Optional},  // written only when true
+    {"status", into<&Request::status>},
+    {"request_ns", into<&Request::request_ns>},
+    {"response_ns", into<&Request::response_ns>},
+    {"outcome",
+     [](Request& out, ondemand::value& value, const MemberPath& path) {
+         out.outcome = required_enum<Outcome>(value, path, outcome_from_string, kOutcomes);
+     }},
+    // closetrace/2; close_asked written only when a message asked.
+    {"idle_before_ms", into<&Request::idle_before_ms>, Presence::Optional},
+    {"close_asked", [](Request& out, ondemand::value& value, const MemberPath& path) {
+         out.close_asked = required_enum<CloseAsked>(value, path, close_asked_from_string,
+                                                     kCloseAskedValues);
+     }, Presence::Optional},
+};
 
-CloseInfo read_close(Members& parent, const MemberPath& path) {
-    Members close(required_object(parent, path));
-    CloseInfo out;
-    out.initiator = required_enum<Initiator>(close, {&path, "initiator"}, initiator_from_string,
-                                             kInitiators);
-    out.how = nullable_enum<CloseHow>(close, {&path, "how"}, close_how_from_string, kCloseHows);
-    out.local_fin_ns = nullable<uint64_t>(close, {&path, "local_fin_ns"});
-    out.peer_fin_ns = nullable<uint64_t>(close, {&path, "peer_fin_ns"});
-    out.local_rst_ns = nullable<uint64_t>(close, {&path, "local_rst_ns"});
-    out.peer_rst_ns = nullable<uint64_t>(close, {&path, "peer_rst_ns"});
-    out.rst_reason = nullable<std::string>(close, {&path, "rst_reason"});
-    out.idle_ms = nullable<double>(close, {&path, "idle_ms"});
-    if (has_member(close, "cause")) {  // closetrace/2
-        out.cause = required_enum<CloseCause>(close, {&path, "cause"}, close_cause_from_string,
-                                              kAllCloseCauses);
-        out.asked_by = nullable_enum<Initiator>(close, {&path, "asked_by"}, initiator_from_string,
-                                                kSides);
-        out.unread_bytes = required<uint64_t>(close, {&path, "unread_bytes"});
-    }
-    return out;
-}
+constexpr MemberRule<CloseInfo> kCloseMembers[] = {
+    {"initiator",
+     [](CloseInfo& out, ondemand::value& value, const MemberPath& path) {
+         out.initiator =
+             required_enum<Initiator>(value, path, initiator_from_string, kInitiators);
+     }},
+    {"how",
+     [](CloseInfo& out, ondemand::value& value, const MemberPath& path) {
+         out.how = nullable_enum<CloseHow>(value, path, close_how_from_string, kCloseHows);
+     }},
+    {"local_fin_ns", into<&CloseInfo::local_fin_ns>},
+    {"peer_fin_ns", into<&CloseInfo::peer_fin_ns>},
+    {"local_rst_ns", into<&CloseInfo::local_rst_ns>},
+    {"peer_rst_ns", into<&CloseInfo::peer_rst_ns>},
+    {"rst_reason", into<&CloseInfo::rst_reason>},
+    {"idle_ms", into<&CloseInfo::idle_ms>},
+    // closetrace/2
+    {"cause",
+     [](CloseInfo& out, ondemand::value& value, const MemberPath& path) {
+         out.cause =
+             required_enum<CloseCause>(value, path, close_cause_from_string, kAllCloseCauses);
+     },
+     Presence::Optional},
+    {"asked_by",
+     [](CloseInfo& out, ondemand::value& value, const MemberPath& path) {
+         out.asked_by = nullable_enum<Initiator>(value, path, initiator_from_string, kSides);
+     },
+     Presence::Optional, "cause"},
+    {"unread_bytes", into<&CloseInfo::unread_bytes>, Presence::Optional, "cause"},
+};
 
-Http2Side read_http2_side(Members& parent, const MemberPath& path) {
-    Members side(required_object(parent, path));
-    return Http2Side{
-        .last_frame_ns = required<uint64_t>(side, {&path, "last_frame_ns"}),
-        .streams_opened = required<uint32_t>(side, {&path, "streams_opened"}),
-        .streams_answered = required<uint32_t>(side, {&path, "streams_answered"}),
-        .last_stream_id = required<uint32_t>(side, {&path, "last_stream_id"}),
-        .goaway_count = required<uint32_t>(side, {&path, "goaway_count"}),
-        .goaway_last_stream_id = required<uint32_t>(side, {&path, "goaway_last_stream_id"}),
-        .goaway_error = required<uint32_t>(side, {&path, "goaway_error"}),
-        .rst_count = required<uint32_t>(side, {&path, "rst_count"}),
-        .rst_last_error = required<uint32_t>(side, {&path, "rst_last_error"}),
-    };
-}
+constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
+    {"last_frame_ns", into<&Http2Side::last_frame_ns>},
+    {"streams_opened", into<&Http2Side::streams_opened>},
+    {"streams_answered", into<&Http2Side::streams_answered>},
+    {"last_stream_id", into<&Http2Side::last_stream_id>},
+    {"goaway_count", into<&Http2Side::goaway_count>},
+    {"goaway_last_stream_id", into<&Http2Side::goaway_last_stream_id>},
+    {"goaway_error", into<&Http2Side::goaway_error>},
+    {"rst_count", into<&Http2Side::rst_count>},
+    {"rst_last_error", into<&Http2Side::rst_last_error>},
+};
+
+constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
+    {"id", into<&Http2Stream::id>},
+    {"opened_by",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.opened_by = required_enum<Initiator>(value, path, initiator_from_string, kSides);
+     }},
+    {"opened_ns", into<&Http2Stream::opened_ns>},
+    {"reset_by",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.reset_by = nullable_enum<Initiator>(value, path, initiator_from_string, kSides);
+     }},
+    {"reset_ns", into<&Http2Stream::reset_ns>},
+    {"fate",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.fate = required_enum<StreamFate>(value, path, stream_fate_from_string, kStreamFates);
+     }},
+};
 
 // closetrace/3: written for HTTP/2 connections only.
-Http2Connection read_http2(Members& parent, const MemberPath& path) {
-    Members fields(required_object(parent, path));
-    Http2Connection out;
-    out.client = required_enum<Initiator>(fields, {&path, "client"}, initiator_from_string, kSides);
-    out.local = read_http2_side(fields, {&path, "local"});
-    out.peer = read_http2_side(fields, {&path, "peer"});
-    out.local_goaway_ns = nullable<uint64_t>(fields, {&path, "local_goaway_ns"});
-    out.peer_goaway_ns = nullable<uint64_t>(fields, {&path, "peer_goaway_ns"});
-    out.lost = required<bool>(fields, {&path, "lost"});
-    out.pending_overflow = required<bool>(fields, {&path, "pending_overflow"});
-    out.counted_at_close = required<bool>(fields, {&path, "counted_at_close"});
-    const MemberPath caught_path{&path, "caught"};
-    std::size_t index = 0;
-    for (const element entry : required_array(fields, caught_path)) {
-        const MemberPath stream_path{&caught_path, {}, index++};
-        object stream_fields;
-        if (entry.get_object().get(stream_fields) != simdjson::SUCCESS) {
-            fail(stream_path, "expected an object");
-        }
-        Members stream(stream_fields);
-        out.caught.push_back({
-            .id = required<uint32_t>(stream, {&stream_path, "id"}),
-            .opened_by = required_enum<Initiator>(stream, {&stream_path, "opened_by"},
-                                                  initiator_from_string, kSides),
-            .opened_ns = nullable<uint64_t>(stream, {&stream_path, "opened_ns"}),
-            .reset_by = nullable_enum<Initiator>(stream, {&stream_path, "reset_by"},
-                                                 initiator_from_string, kSides),
-            .reset_ns = nullable<uint64_t>(stream, {&stream_path, "reset_ns"}),
-            .fate = required_enum<StreamFate>(stream, {&stream_path, "fate"},
-                                              stream_fate_from_string, kStreamFates),
-        });
-    }
-    return out;
-}
+constexpr MemberRule<Http2Connection> kHttp2Members[] = {
+    {"client",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.client = required_enum<Initiator>(value, path, initiator_from_string, kSides);
+     }},
+    {"local",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.local = read_object(value, path, kHttp2SideMembers);
+     }},
+    {"peer",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.peer = read_object(value, path, kHttp2SideMembers);
+     }},
+    {"local_goaway_ns", into<&Http2Connection::local_goaway_ns>},
+    {"peer_goaway_ns", into<&Http2Connection::peer_goaway_ns>},
+    {"lost", into<&Http2Connection::lost>},
+    {"pending_overflow", into<&Http2Connection::pending_overflow>},
+    {"counted_at_close", into<&Http2Connection::counted_at_close>},
+    {"caught",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         std::size_t index = 0;
+         for (auto element : required_array(value, path)) {
+             ondemand::value stream = valid(std::move(element));
+             const MemberPath stream_path{&path, {}, index++};
+             read_members<Http2Stream>(required_object(stream, stream_path), kHttp2StreamMembers,
+                                       stream_path, out.caught.emplace_back());
+         }
+     }},
+};
 
-// `v1`: a closetrace/1 record, whose close cause is derived here from what it holds.
-Connection read_connection(Members& line, bool v1) {
-    const MemberPath root{nullptr, "conn"};
-    Connection conn;
-    conn.id = required<uint64_t>(line, {&root, "id"});
-    conn.cookie = required<uint64_t>(line, {&root, "cookie"});
-    conn.netns = required<uint32_t>(line, {&root, "netns"});
-    conn.family = required_family(line, {&root, "family"});
-    conn.local = read_endpoint(line, {&root, "local"});
-    conn.remote = read_endpoint(line, {&root, "remote"});
-    conn.role = required_enum<Role>(line, {&root, "role"}, role_from_string, kRoles);
-    conn.pid = nullable<uint32_t>(line, {&root, "pid"});
-    conn.comm = nullable<std::string>(line, {&root, "comm"});
+// Requests a conn line's vector makes room for at its first one; more grow it as usual.
+constexpr std::size_t kRequestsReserved = 8;
+
+constexpr MemberRule<Connection> kConnMembers[] = {
+    {"id", into<&Connection::id>},
+    {"cookie", into<&Connection::cookie>},
+    {"netns", into<&Connection::netns>},
+    {"family",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.family = required_family(value, path);
+     }},
+    {"local",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         read_endpoint(out.local, value, path);
+     }},
+    {"remote",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         read_endpoint(out.remote, value, path);
+     }},
+    {"role",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.role = required_enum<Role>(value, path, role_from_string, kRoles);
+     }},
+    {"pid", into<&Connection::pid>},
+    {"comm", into<&Connection::comm>},
     // Attribution members came later in closetrace/1: absent means not known.
-    if (has_member(line, "owner_from")) {
-        conn.owner_from = nullable<std::string>(line, {&root, "owner_from"});
-    }
-    if (has_member(line, "cgroup_id")) conn.cgroup_id = required<uint64_t>(line, {&root, "cgroup_id"});
-    if (has_member(line, "cgroup")) conn.cgroup = nullable<std::string>(line, {&root, "cgroup"});
-    if (has_member(line, "container")) conn.container = read_container(line, {&root, "container"});
-    conn.established_ns = nullable<uint64_t>(line, {&root, "established_ns"});
-    conn.closed_ns = nullable<uint64_t>(line, {&root, "closed_ns"});
-    conn.bytes_in = required<uint64_t>(line, {&root, "bytes_in"});
-    conn.bytes_out = required<uint64_t>(line, {&root, "bytes_out"});
-    conn.segs_in = required<uint64_t>(line, {&root, "segs_in"});
-    conn.segs_out = required<uint64_t>(line, {&root, "segs_out"});
-    conn.close = read_close(line, {&root, "close"});
-
-    const MemberPath requests_path{&root, "requests"};
-    const array requests = required_array(line, requests_path);
-    conn.requests.reserve(requests.size());
-    std::size_t index = 0;
-    for (const element request : requests) {
-        const MemberPath request_path{&requests_path, {}, index++};
-        object fields;
-        if (request.get_object().get(fields) != simdjson::SUCCESS) {
-            fail(request_path, "expected an object");
-        }
-        Members members(fields);
-        conn.requests.push_back(read_request(members, request_path));
-    }
-    if (has_member(line, "requests_omitted")) {
-        conn.requests_omitted = required<uint64_t>(line, {&root, "requests_omitted"});
-    }
-    conn.verdict = required_enum<Verdict>(line, {&root, "verdict"}, verdict_from_string,
-                                          kAllVerdicts);
-    if (has_member(line, "health_check")) {
-        conn.health_check = nullable<std::string>(line, {&root, "health_check"});
-    }
+    {"owner_from", into<&Connection::owner_from>, Presence::Optional},
+    {"cgroup_id", into<&Connection::cgroup_id>, Presence::Optional},
+    {"cgroup", into<&Connection::cgroup>, Presence::Optional},
+    {"container",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.container = nullable_object(value, path, kContainerMembers);
+     },
+     Presence::Optional},
+    {"health_check", into<&Connection::health_check>, Presence::Optional},
+    {"established_ns", into<&Connection::established_ns>},
+    {"closed_ns", into<&Connection::closed_ns>},
+    {"bytes_in", into<&Connection::bytes_in>},
+    {"bytes_out", into<&Connection::bytes_out>},
+    {"segs_in", into<&Connection::segs_in>},
+    {"segs_out", into<&Connection::segs_out>},
+    {"close",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.close = read_object(value, path, kCloseMembers);
+     }},
+    {"requests",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         ondemand::array requests = required_array(value, path);
+         std::size_t index = 0;
+         for (auto element : requests) {
+             ondemand::value request = valid(std::move(element));
+             // Room for a typical connection's requests at once: growing one by one moved
+             // every request's strings up to three times.
+             if (index == 0) out.requests.reserve(kRequestsReserved);
+             const MemberPath request_path{&path, {}, index++};
+             read_members<Request>(required_object(request, request_path), kRequestMembers,
+                                   request_path, out.requests.emplace_back());
+         }
+     }},
+    {"requests_omitted", into<&Connection::requests_omitted>, Presence::Optional},
+    {"verdict",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.verdict = required_enum<Verdict>(value, path, verdict_from_string, kAllVerdicts);
+     }},
     // Added within closetrace/2: absent means no event was known lost while it was open.
-    if (has_member(line, "incomplete")) {
-        conn.incomplete = required<bool>(line, {&root, "incomplete"});
-    }
-    if (has_member(line, "http2")) conn.http2 = read_http2(line, {&root, "http2"});
+    {"incomplete", into<&Connection::incomplete>, Presence::Optional},
+    // closetrace/3: written for HTTP/2 connections only.
+    {"http2",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.http2 = read_object(value, path, kHttp2Members);
+     },
+     Presence::Optional},
+};
+
+// Into `conn`, a new one (a record is read where it will be kept). `v1`: a closetrace/1 record,
+// whose close cause is derived here from what it holds.
+void read_connection(ondemand::object& line, bool v1, Connection& conn) {
+    rewind(line);
+    read_members<Connection>(line, kConnMembers, MemberPath{nullptr, "conn"}, conn);
     if (v1) {
         conn.close.cause = classify_close(conn, {});
         conn.close.asked_by = asked_by(conn);
     }
-    return conn;
 }
 
-TraceEventLine read_event(Members& line) {
+template <EventKind... Kinds>
+bool is_kind(const TraceEventLine& event) {
+    return ((event.kind == to_string(Kinds)) || ...);
+}
+
+// After "type" and "kind", which the reader reads first: which members follow depends on it.
+constexpr MemberRule<TraceEventLine> kEventMembers[] = {
+    {"ts_ns", into<&TraceEventLine::ts_ns>},
+    {"cookie", into<&TraceEventLine::cookie>},
+    {"netns", into<&TraceEventLine::netns>},
+    {"family",
+     [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
+         out.family = required_family(value, path);
+     }},
+    {"local",
+     [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
+         read_endpoint(out.local, value, path);
+     }},
+    {"remote",
+     [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
+         read_endpoint(out.remote, value, path);
+     }},
+    {"old_state", into<&TraceEventLine::old_state>, Presence::Required, {},
+     is_kind<EventKind::State>},
+    {"new_state", into<&TraceEventLine::new_state>, Presence::Required, {},
+     is_kind<EventKind::State>},
+    {"role",
+     [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
+         out.role = required_enum<Role>(value, path, role_from_string, kRoles);
+     },
+     Presence::Required, {}, is_kind<EventKind::State>},
+    {"rst_reason", into<&TraceEventLine::rst_reason>, Presence::Required, {},
+     is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
+    {"trigger_flags", into<&TraceEventLine::trigger_flags>, Presence::Required, {},
+     is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
+    {"sk_state", into<&TraceEventLine::sk_state>, Presence::Required, {},
+     is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
+    {"payload_len", into<&TraceEventLine::payload_len>, Presence::Required, {},
+     is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
+    {"direction",
+     [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
+         out.direction = required_enum<Direction>(
+             value, path,
+             [](std::string_view name) { return find_by_name<Direction>(kDirections, name); },
+             kDirections);
+     },
+     Presence::Required, {}, is_kind<EventKind::Message>},
+    {"segment_len", into<&TraceEventLine::payload_len>, Presence::Required, {},
+     is_kind<EventKind::Message>},
+    // closetrace/2 recorders since ABI 3: the kernel's numbering of the message.
+    {"message",
+     [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
+         out.response = required<std::string>(value, path) == "response";
+     },
+     Presence::Optional, {}, is_kind<EventKind::Message>},
+    {"requests_before", into<&TraceEventLine::requests_before>, Presence::Optional, "message",
+     is_kind<EventKind::Message>},
+    {"responses_before", into<&TraceEventLine::responses_before>, Presence::Optional, "message",
+     is_kind<EventKind::Message>},
+    {"held", into<&TraceEventLine::held>, Presence::Optional, "message",
+     is_kind<EventKind::Message>},
+    // Written only by a recording with --raw-payloads.
+    {"payload", into<&TraceEventLine::payload>, Presence::Optional, {},
+     is_kind<EventKind::ResetSent, EventKind::ResetReceived, EventKind::Message,
+             EventKind::Http2>},
+};
+
+TraceEventLine read_event(ondemand::object& line) {
     const MemberPath root{nullptr, "event"};
     TraceEventLine event;
-    const EventKind kind = required_enum<EventKind>(
-        line, {&root, "kind"},
+    const MemberPath kind_path{&root, "kind"};
+    ondemand::value kind = member(line, kind_path);
+    event.kind = to_string(required_enum<EventKind>(
+        kind, kind_path,
         [](std::string_view name) { return find_by_name<EventKind>(kEventKinds, name); },
-        kEventKinds);
-    event.kind = to_string(kind);
-    event.ts_ns = required<uint64_t>(line, {&root, "ts_ns"});
-    event.cookie = required<uint64_t>(line, {&root, "cookie"});
-    event.netns = required<uint32_t>(line, {&root, "netns"});
-    event.family = required_family(line, {&root, "family"});
-    event.local = read_endpoint(line, {&root, "local"});
-    event.remote = read_endpoint(line, {&root, "remote"});
-    switch (kind) {
-        case EventKind::State:
-            event.old_state = required<std::string>(line, {&root, "old_state"});
-            event.new_state = required<std::string>(line, {&root, "new_state"});
-            event.role = required_enum<Role>(line, {&root, "role"}, role_from_string, kRoles);
-            break;
-        case EventKind::ResetSent:
-        case EventKind::ResetReceived:
-            event.rst_reason = nullable<std::string>(line, {&root, "rst_reason"});
-            event.trigger_flags = required<std::string>(line, {&root, "trigger_flags"});
-            event.sk_state = nullable<std::string>(line, {&root, "sk_state"});
-            event.payload_len = required<uint32_t>(line, {&root, "payload_len"});
-            break;
-        case EventKind::Message:
-            event.direction = required_enum<Direction>(
-                line, {&root, "direction"},
-                [](std::string_view name) { return find_by_name<Direction>(kDirections, name); },
-                kDirections);
-            event.payload_len = required<uint32_t>(line, {&root, "segment_len"});
-            // closetrace/2 recorders since ABI 3: the kernel's numbering of the message.
-            if (has_member(line, "message")) {
-                event.response = required<std::string>(line, {&root, "message"}) == "response";
-                event.requests_before = required<uint32_t>(line, {&root, "requests_before"});
-                event.responses_before = required<uint32_t>(line, {&root, "responses_before"});
-                event.held = required<bool>(line, {&root, "held"});
-            }
-            break;
-        case EventKind::Http2: break;  // closetrace/3: its facts are in the conn line
-    }
-    // Written only by a recording with --raw-payloads.
-    if (kind != EventKind::State && has_member(line, "payload")) {
-        event.payload = required<std::string>(line, {&root, "payload"});
-    }
+        kEventKinds));
+    rewind(line);
+    read_members<TraceEventLine>(line, kEventMembers, root, event);
     return event;
 }
 
-TraceSummary read_summary(Members& line) {
-    const MemberPath root{nullptr, "summary"};
+constexpr MemberRule<TraceSummary> kSummaryMembers[] = {
+    {"connections", into<&TraceSummary::connections>},
+    {"open_at_end", into<&TraceSummary::open_at_end>},
+    {"requests", into<&TraceSummary::requests>},
+    {"lost_events", into<&TraceSummary::lost_events>},
+    {"events", into<&TraceSummary::events>},
+    {"duration_s", into<&TraceSummary::duration_s>},
+    {"end_ns", into<&TraceSummary::end_ns>},
+    {"by_initiator",
+     [](TraceSummary& out, ondemand::value& value, const MemberPath& path) {
+         out.by_initiator = read_counts(value, path);
+     }},
+    {"by_how",
+     [](TraceSummary& out, ondemand::value& value, const MemberPath& path) {
+         out.by_how = read_counts(value, path);
+     }},
+    {"verdicts",
+     [](TraceSummary& out, ondemand::value& value, const MemberPath& path) {
+         out.verdicts = read_counts(value, path);
+     }},
+};
+
+TraceSummary read_summary(ondemand::object& line) {
     TraceSummary summary;
-    summary.connections = required<uint64_t>(line, {&root, "connections"});
-    summary.open_at_end = required<uint64_t>(line, {&root, "open_at_end"});
-    summary.requests = required<uint64_t>(line, {&root, "requests"});
-    summary.lost_events = required<uint64_t>(line, {&root, "lost_events"});
-    summary.events = required<uint64_t>(line, {&root, "events"});
-    summary.duration_s = required<double>(line, {&root, "duration_s"});
-    summary.end_ns = required<uint64_t>(line, {&root, "end_ns"});
-    summary.by_initiator = read_counts(line, {&root, "by_initiator"});
-    summary.by_how = read_counts(line, {&root, "by_how"});
-    summary.verdicts = read_counts(line, {&root, "verdicts"});
+    rewind(line);
+    read_members<TraceSummary>(line, kSummaryMembers, MemberPath{nullptr, "summary"}, summary);
     return summary;
 }
 
 // Values no recording writes, rejected rather than turned into verdicts and figures: a trace
 // edited by hand or made by another tool.
-Connection plausible(Connection conn) {
+void check_plausible(const Connection& conn) {
     if (conn.established_ns && conn.closed_ns && *conn.closed_ns < *conn.established_ns) {
         throw LineError{"conn.closed_ns: before conn.established_ns"};
     }
     if (conn.close.idle_ms && *conn.close.idle_ms < 0) {
         throw LineError{"conn.close.idle_ms: negative"};
     }
-    return conn;
 }
 
-TraceSummary plausible(TraceSummary summary) {
+void check_plausible(const TraceSummary& summary) {
     if (summary.duration_s < 0) throw LineError{"summary.duration_s: negative"};
-    return summary;
-}
-
-std::string_view line_type(Members& line) {
-    const MemberPath path{nullptr, "type"};
-    std::string_view type;
-    if (member(line, path).get_string().get(type) != simdjson::SUCCESS) {
-        fail(path, "expected a string");
-    }
-    return type;
 }
 
 bool is_blank(std::string_view line) {
     return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
+bool ends_with_brace(std::string_view line) {
+    const std::size_t last = line.find_last_not_of(" \t\r");
+    return last != std::string_view::npos && line[last] == '}';
 }
 
 // The lines of a stream, read in large chunks into one reused buffer that grows only for a line
@@ -1098,52 +1347,98 @@ struct TraceReader::Impl {
         }
     }
 
-    simdjson::error_code parse(std::string_view text, element& root) {
-        // The line lies in LineSource's padded buffer: no copy needed.
-        return parser.parse(text.data(), text.size(), /*realloc_if_needed=*/false).get(root);
+    // The line's root object, parsed where it lies: LineSource keeps simdjson's padding after
+    // every line. A root that is not an object is a LineError, invalid JSON a JsonError.
+    ondemand::object root_object(std::string_view text) {
+        const std::size_t padded = text.size() + simdjson::SIMDJSON_PADDING;
+        if (const auto error = parser.iterate(text.data(), text.size(), padded).get(document)) {
+            throw JsonError{error};
+        }
+        ondemand::json_type type;
+        if (const auto error = document.type().get(type)) throw JsonError{error};
+        if (type != ondemand::json_type::object) throw LineError{"expected a JSON object"};
+        return valid(document.get_object());
+    }
+
+    // After the root object: nothing but white space.
+    void expect_end() {
+        const char* after = nullptr;
+        if (document.current_location().get(after) == simdjson::SUCCESS) {
+            throw JsonError{simdjson::TRAILING_CONTENT};
+        }
     }
 
     void read_first_line() {
         const std::optional<LineSource::Line> line = next_line();
         if (!line) throw TraceError(file_name, 0, "empty file, not a closetrace trace");
-        element root;
-        object fields;
-        std::string_view type;
-        if (parse(line->text, root) != simdjson::SUCCESS ||
-            root.get_object().get(fields) != simdjson::SUCCESS ||
-            fields.at_key("type").get_string().get(type) != simdjson::SUCCESS || type != "header") {
-            throw LineError{"not a closetrace trace"};
+        const LineError not_a_trace{"not a closetrace trace"};
+        try {
+            ondemand::object fields;
+            std::string_view type;
+            try {
+                fields = root_object(line->text);
+            } catch (const LineError&) {
+                throw not_a_trace;
+            }
+            if (fields.find_field_unordered("type").get_string().get(type) != simdjson::SUCCESS ||
+                type != "header") {
+                throw not_a_trace;
+            }
+            header = read_header(fields);
+            expect_end();
+        } catch (const JsonError&) {
+            throw not_a_trace;
         }
-        Members members(fields);
-        header = read_header(members);
     }
 
     std::optional<TraceRecord> read_record() {
         const std::optional<LineSource::Line> line = next_line();
         if (!line) return std::nullopt;
-        element root;
-        if (const auto error = parse(line->text, root); error != simdjson::SUCCESS) {
-            if (!line->terminated) {
-                warnings.push_back(fmt::format(
-                    "{}: line {} is truncated (recording interrupted?); ignored", file_name,
-                    line_number));
-                return std::nullopt;
+        try {
+            return decode(line->text);
+        } catch (const JsonError& error) {
+            if (line->terminated) {
+                throw LineError{fmt::format("not valid JSON ({})", simdjson::error_message(error.code))};
             }
-            throw LineError{fmt::format("not valid JSON ({})", simdjson::error_message(error))};
+        } catch (const LineError&) {
+            // A cut that leaves valid JSON behind ends the line with the root's '}'; one inside a
+            // value (`nu` of null) can fail as a wrong value before the JSON does.
+            if (line->terminated || ends_with_brace(line->text)) throw;
         }
-        object fields;
-        if (root.get_object().get(fields) != simdjson::SUCCESS) {
-            throw LineError{"expected a JSON object"};
-        }
+        warnings.push_back(fmt::format("{}: line {} is truncated (recording interrupted?); ignored",
+                                       file_name, line_number));
+        return std::nullopt;
+    }
+
+    // The record is built in the optional that next() returns: a Connection moved costs about
+    // as much as ten of its members read.
+    std::optional<TraceRecord> decode(std::string_view text) {
+        ondemand::object fields = root_object(text);
         // The summary is the last line: anything after it is another recording's.
         if (summary_seen) throw LineError{"a line after the summary (traces concatenated?)"};
-        Members members(fields);
-        const std::string_view type = line_type(members);
-        if (type == "conn") return plausible(read_connection(members, header.schema == kTraceSchemaV1));
-        if (type == "event") return read_event(members);
+        const MemberPath type_path{nullptr, "type"};
+        ondemand::value type_value = member(fields, type_path);
+        const std::optional<std::string_view> type = string_value(type_value);
+        if (!type) fail(type_path, "expected a string");
+        std::optional<TraceRecord> record = read_typed(fields, *type);
+        expect_end();
+        return record;
+    }
+
+    std::optional<TraceRecord> read_typed(ondemand::object& fields, std::string_view type) {
+        if (type == "conn") {
+            std::optional<TraceRecord> record(std::in_place, std::in_place_type<Connection>);
+            Connection& conn = std::get<Connection>(*record);
+            read_connection(fields, header.schema == kTraceSchemaV1, conn);
+            check_plausible(conn);
+            return record;
+        }
+        if (type == "event") return read_event(fields);
         if (type == "summary") {
             summary_seen = true;
-            return plausible(read_summary(members));
+            TraceSummary summary = read_summary(fields);
+            check_plausible(summary);
+            return summary;
         }
         if (type == "header") throw LineError{"a second header (traces concatenated?)"};
         throw LineError{fmt::format("unknown line type \"{}\"", excerpt_for_error(type))};
@@ -1152,7 +1447,8 @@ struct TraceReader::Impl {
     LineSource lines;
     std::string file_name;
     uint64_t line_number = 0;
-    simdjson::dom::parser parser;
+    ondemand::parser parser;
+    ondemand::document document;  // the current line's, parsed by root_object()
     TraceHeader header;
     std::vector<std::string> warnings;
     bool summary_seen = false;

@@ -30,6 +30,13 @@ constexpr std::string_view kClosedSuffix = ".jsonl";
 constexpr std::string_view kCompressedSuffix = ".jsonl.gz";
 constexpr std::string_view kPartialSuffix = ".jsonl.gz.partial";  // being compressed
 
+// A closed file's name with another suffix of the scheme (….jsonl -> ….jsonl.gz).
+fs::path with_suffix(const fs::path& closed, std::string_view suffix) {
+    std::string name = closed.string();
+    name.replace(name.size() - kClosedSuffix.size(), kClosedSuffix.size(), suffix);
+    return name;
+}
+
 // A name of this naming scheme, taken apart.
 struct TraceFileName {
     enum class Kind { Live, Closed, Compressed, Partial };
@@ -209,8 +216,8 @@ void TraceRotation::start_background() {
 // closetrace-….jsonl becomes closetrace-….jsonl.gz, through a .partial file so that a
 // compression cut short is never taken for a whole one.
 void TraceRotation::compress(const fs::path& plain) {
-    const fs::path partial = plain.string() + ".gz.partial";
-    const fs::path compressed = plain.string() + ".gz";
+    const fs::path partial = with_suffix(plain, kPartialSuffix);
+    const fs::path compressed = with_suffix(plain, kCompressedSuffix);
     const auto give_up = [&](const std::string& why) {
         std::error_code ignored;
         fs::remove(partial, ignored);

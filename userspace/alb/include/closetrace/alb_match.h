@@ -38,6 +38,7 @@ struct CaughtRequest {
     Endpoint remote;
     Request request;
     int64_t wall_ns = 0;  // request_ns + mono_to_wall_ns
+    std::string host{};   // the trace header's
 };
 
 // The load balancer's own errors that a connection's fate can explain, in report order.
@@ -53,6 +54,7 @@ std::vector<Verdict> verdicts_explaining(int elb_status_code);
 // requests, not with the trace.
 struct TraceFacts {
     std::string file;
+    std::vector<std::string> hosts;  // the trace headers' hosts, each once
     int64_t start_wall_ns = 0;
     int64_t end_wall_ns = 0;   // the summary's end, or the last time recorded without one
     bool has_summary = false;  // false: the recording was cut short
@@ -61,9 +63,21 @@ struct TraceFacts {
     std::map<Verdict, uint64_t> caught_connections;  // for each verdict that can explain an error
     std::vector<CaughtRequest> caught_requests;      // their late or unanswered requests
     std::vector<std::string> warnings;               // the reader's
+    TraceHeader header;  // of the trace read (of the first, when merged)
+    // read_trace_facts_part: records whose other end may be in another trace of the same host
+    // (a rotated recording); merge_trace_facts pairs them.
+    std::vector<Connection> unpaired_ends;
 };
 // Reads the rest of the trace; throws TraceError on a malformed one.
 TraceFacts read_trace_facts(TraceReader& reader, std::string file);
+// As read_trace_facts, for merge_trace_facts: the records still waiting for their other end at
+// the end are kept in unpaired_ends instead of being caught alone.
+TraceFacts read_trace_facts_part(TraceReader& reader, std::string file);
+// Several traces' facts as one (alb given the traces of several hosts, or a host's rotated
+// files, read by read_trace_facts_part): every endpoint and caught request (in wall-clock
+// order), a host's unpaired ends paired within that host, the recording from the earliest start
+// to the latest end; `file` says how many traces of how many hosts.
+TraceFacts merge_trace_facts(std::vector<TraceFacts> parts);
 
 // A load balancer error line on one of the trace's endpoints, during the recording.
 struct LbErrorLine {

@@ -38,6 +38,8 @@ public:
     // Nearest rank: the ceil(p/100 * count)-th smallest sample (at least the first); p in
     // [0, 100]. nullopt when empty.
     std::optional<double> percentile(double p) const;
+    // Adds every sample of `other` (a trace merged into another: merge_traces).
+    void add(const IdleHistogram& other);
     // Samples below `ms` (in bucket mode: by bucket mean inside the bucket that holds `ms`).
     uint64_t count_below(double ms) const;
     // The densest cluster of samples at a consistent value (all within kClusterSpread of its
@@ -56,6 +58,7 @@ private:
         double sum = 0;
     };
     void add_to_bucket(double ms);
+    void fold_exact_into_buckets();
 
     // Sorted lazily by the const queries (a cache: the samples themselves do not change).
     mutable std::vector<double> exact_;
@@ -78,12 +81,18 @@ struct IdleFigures {
 // `other_side_longest_ms`: the longest idle_ms at a close by the other side.
 IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms);
 
+// The idle time (ms) a close tells of the closer's idle timer: that of an idle-timer close or a
+// race, not on a health checker's connection; nullopt for any other close. What the idle figures
+// of one side (local_idle, peer_idle, ...) and the timeout it shows are made of.
+std::optional<double> timer_idle_ms(const Connection& conn);
+
 struct VerdictCounts {
     std::array<uint64_t, std::size(kAllVerdicts)> connections{};
     uint64_t& operator[](Verdict verdict) { return connections[static_cast<std::size_t>(verdict)]; }
     uint64_t operator[](Verdict verdict) const {
         return connections[static_cast<std::size_t>(verdict)];
     }
+    VerdictCounts& operator+=(const VerdictCounts& other);
 };
 
 // Connections by verdict over the recording, for the HTML report's chart: at most kBuckets
@@ -96,7 +105,11 @@ public:
 
     explicit VerdictTimeline(uint64_t origin_ns = 0) : origin_ns_(origin_ns) {}
     // A time before the origin counts in the first bucket.
-    void add(uint64_t at_ns, Verdict verdict);
+    void add(uint64_t at_ns, Verdict verdict, uint64_t connections = 1);
+    // Another timeline's counts, its clock `offset_ns` ahead of this one's (monotonic to wall
+    // clock for merge_traces): each of its buckets goes where that bucket starts, so a count
+    // moves by less than the wider of the two bucket widths.
+    void add(const VerdictTimeline& other, int64_t offset_ns);
     uint64_t origin_ns() const { return origin_ns_; }
     uint64_t bucket_ns() const { return bucket_ns_; }
     // From the origin to the last bucket that holds a connection.
@@ -113,11 +126,13 @@ struct GroupFigures {
     uint64_t connections = 0;
     uint64_t requests = 0;
     VerdictCounts verdicts;
+    GroupFigures& operator+=(const GroupFigures& other);
 };
 
 // A connection whose close caught a request: a race, an in-flight reset, or a request the peer
 // gave up on.
 struct CaughtConnection {
+    std::string host{};  // the trace header's: which host it was, in a report of several
     uint64_t conn_id = 0;
     Verdict verdict = Verdict::Open;
     Role role = Role::Unknown;
@@ -156,12 +171,24 @@ struct CaughtList {
     std::optional<double> longest_unanswered_ms;
 };
 
+// A trace merged into a report of several (merge_traces), in the order given.
+struct TraceSource {
+    std::string file;
+    std::string host;       // the header's
+    bool complete = false;  // it has its summary line
+};
+
 // Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
 // bounded by the distinct processes and peer addresses (not by the number of lines).
 struct TraceAnalysis {
+    // For several traces merged (merge_traces): file says how many, of how many hosts; the
+    // header's times are wall clock (mono_to_wall_ns 0) and its host names them all; the
+    // summary's figures are summed, its duration spans them all, and it is nullopt unless
+    // every trace had one.
     std::string file;
     TraceHeader header;
     std::optional<TraceSummary> summary;  // nullopt: the recording was cut short
+    std::vector<TraceSource> sources;     // the traces merged; empty for a single trace
     // About the trace: the reader's (a truncated last line), a missing summary, lost events.
     std::vector<std::string> warnings;
     // Every connection, the incomplete ones included; one with both ends on this host counts once.
@@ -196,6 +223,7 @@ struct TraceAnalysis {
     std::map<std::string, GroupFigures> by_peer;  // by remote address
     // By container_label(): "docker:9581a69a761a", "ecs:api (task …)", "-" for a host process.
     std::map<std::string, GroupFigures> by_container;
+    std::map<std::string, GroupFigures> by_host;  // by the trace header's host
     // Connections with both ends on this host, by "client comm -> server comm" (counted also
     // above, by their server end).
     std::map<std::string, GroupFigures> by_same_host;
@@ -208,6 +236,9 @@ struct TraceAnalysis {
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;
+    // Records whose other end may be in another trace of the same host (a rotated recording),
+    // kept by analyze_trace_part for merge_traces to pair; empty otherwise.
+    std::vector<Connection> unpaired_ends;
 
     double duration_s() const;  // the summary's, or from the header's start to last_ns
     uint64_t with_cause(CloseCause cause) const {
@@ -215,6 +246,7 @@ struct TraceAnalysis {
     }
     uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
     uint64_t same_host_connections() const;
+    std::size_t host_count() const;  // of the traces merged (1 for a single trace)
 };
 
 // Accumulates a trace's records; analyze_trace() drives it from a reader. The two records of a
@@ -227,9 +259,11 @@ public:
     void add(const TraceEventLine& event);
     void add(const TraceSummary& summary);
     TraceAnalysis finish(std::vector<std::string> reader_warnings);
+    // As finish(), but the records still waiting for their other end go to unpaired_ends
+    // instead of being counted alone.
+    TraceAnalysis finish_part(std::vector<std::string> reader_warnings);
 
 private:
-    void count(const ConnectionStory& story);
 
     EndPairer pairer_;
     TraceAnalysis analysis_;
@@ -237,6 +271,16 @@ private:
 
 // Reads the rest of the trace; throws TraceError on a malformed one.
 TraceAnalysis analyze_trace(TraceReader& reader, std::string file);
+// As analyze_trace, for merge_traces: records waiting for their other end at the end of the
+// file are kept (unpaired_ends), since the next file of a rotated recording may hold it.
+TraceAnalysis analyze_trace_part(TraceReader& reader, std::string file);
+
+// Several traces (analyze_trace_part's, in the order given: a host's rotated files in the order
+// written) as one analysis: figures summed, connections still counted once per host (the
+// unpaired ends of one host's traces paired with each other, never across hosts), everything
+// on a time axis by wall clock, since monotonic clocks are per host. Caught connections keep the
+// earliest kMaxListed by wall clock.
+TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts);
 
 // ---------------------------------------------------------------------------------------------
 // Judgement

@@ -10,9 +10,9 @@
 
 namespace closetrace {
 
-enum class EventKind { State, ResetSent, ResetReceived, Message, Http2 };
-enum class Role { Unknown, Server, Client };
-enum class Direction { In, Out };
+enum class EventKind : uint8_t { State, ResetSent, ResetReceived, Message, Http2 };
+enum class Role : uint8_t { Unknown, Server, Client };
+enum class Direction : uint8_t { In, Out };
 
 // TCP states as numbered in include/net/tcp_states.h.
 enum TcpState : uint8_t {

@@ -5,13 +5,14 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace closetrace::http {
 
-enum class MessageKind {
+enum class MessageKind : uint8_t {
     Request,   // request line "METHOD TARGET HTTP/1.x"
     Response,  // status line "HTTP/1.x CODE ..."
     Opaque,    // not HTTP/1.x (TLS, binary, a request body): counted by direction only
@@ -34,8 +35,16 @@ struct Message {
 // HTTP/1.0 without "Connection: keep-alive".
 bool asks_to_close(const Message& message);
 
-// The name of a known health checker (load balancers, orchestrators) that sends requests with
-// this User-Agent ("ELB-HealthChecker/2.0" -> "ELB-HealthChecker"); empty for any other.
+// The known health checkers (load balancers, orchestrators) as their User-Agent starts: AWS
+// ELB/ALB/NLB, Route 53, Kubernetes, Google Cloud load balancing, Consul, Envoy's active health
+// checks. A checker can be kept as its index here.
+inline constexpr std::string_view kHealthCheckers[] = {
+    "ELB-HealthChecker", "Amazon-Route53-Health-Check-Service", "kube-probe",
+    "GoogleHC",          "Consul Health Check",                 "Envoy/HC",
+};
+
+// The name of a known health checker (one of kHealthCheckers) that sends requests with this
+// User-Agent ("ELB-HealthChecker/2.0" -> "ELB-HealthChecker"); empty for any other.
 std::string_view health_checker(std::string_view user_agent);
 
 // At most this many messages are reported from one buffer (pipelined requests).

@@ -17,7 +17,7 @@ namespace closetrace {
 enum class OutputFormat { Text, Json, Html };
 
 // The breakdowns the text report shows (`report --by`); the JSON report has all of them.
-enum class Breakdown { Comm, Peer, Container };
+enum class Breakdown { Comm, Peer, Container, Host };
 inline const std::vector<Breakdown> kDefaultBreakdowns = {Breakdown::Comm, Breakdown::Peer};
 
 std::string render_report(const TraceAnalysis& trace, const Assessment& assessment,
@@ -44,11 +44,27 @@ struct CommandOutput {
     int exit_code = 0;
 };
 
-CommandOutput run_report(const std::string& path, OutputFormat format,
+// Each takes trace files (plain, gzip or "-"); several are read in parallel and merged into one
+// analysis (merge_traces): the report covers them all, by host with Breakdown::Host.
+CommandOutput run_report(const std::vector<std::string>& paths, OutputFormat format,
                          const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
-CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
-                       OutputFormat format);
-CommandOutput run_verify(const std::string& path, std::optional<double> peer_idle_timeout_s);
+CommandOutput run_diff(const std::vector<std::string>& before_paths,
+                       const std::vector<std::string>& after_paths, OutputFormat format);
+CommandOutput run_verify(const std::vector<std::string>& paths,
+                         std::optional<double> peer_idle_timeout_s);
+// One trace each.
+inline CommandOutput run_report(const std::string& path, OutputFormat format,
+                                const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns) {
+    return run_report(std::vector{path}, format, breakdowns);
+}
+inline CommandOutput run_diff(const std::string& before_path, const std::string& after_path,
+                              OutputFormat format) {
+    return run_diff(std::vector{before_path}, std::vector{after_path}, format);
+}
+inline CommandOutput run_verify(const std::string& path,
+                                std::optional<double> peer_idle_timeout_s) {
+    return run_verify(std::vector{path}, peer_idle_timeout_s);
+}
 // `--output FILE`: writes a successful command's stdout to `path` instead ("-": stdout). A file
 // that cannot be written fails with exit 2.
 CommandOutput write_output(CommandOutput output, const std::string& path, const char* command);

@@ -34,6 +34,8 @@ private:
     bool starts_gzip() const;
     void fail(std::string why);
     bool refill();
+    // Up to `size` bytes of the file itself; 0 at its end or after an error.
+    std::size_t read_file(char* out, std::size_t size);
     std::size_t inflate_into(char* out, std::size_t size);
     void next_member();
 

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -73,6 +74,26 @@ private:
     HeldMap held_;
     std::map<uint64_t, HeldMap::iterator> by_arrival_;  // the longest waiting first
     uint64_t arrivals_ = 0;
+};
+
+struct TraceHeader;
+
+// Pairs the records several traces left waiting, host by host: one host's traces share its
+// monotonic clock, and a rotation may split a pair between two of its files; the same addresses
+// on another host are another connection.
+class HostPairer {
+public:
+    // Each story, with the header of the trace that places it in time.
+    using OnStory = std::function<void(const ConnectionStory&, const TraceHeader&)>;
+
+    // The records a trace of `header`'s host left waiting; `header` must outlive the pairer.
+    void add(const TraceHeader& header, std::vector<Connection>& waiting, const OnStory& on_story);
+    // The records still waiting, each alone, placed by its host's first trace.
+    void finish(const OnStory& on_story);
+
+private:
+    std::map<std::string, EndPairer> pairers_;
+    std::map<std::string, const TraceHeader*> first_header_;
 };
 
 }  // namespace closetrace

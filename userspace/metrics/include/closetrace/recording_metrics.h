@@ -1,0 +1,96 @@
+// Prometheus metrics of a running recording (`closetrace record --metrics ADDR:PORT`): the
+// connections the recorder writes counted by verdict and close cause, the races and in-flight
+// losses among them and the requests they caught, the requests they carried, the events the
+// kernel lost; each side's idle time at its idle-timer closes and the idle timeout that shows.
+// Names, meanings and labels: docs/metrics.md.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/labels.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/registry.h>
+
+#include "closetrace/analysis.h"
+#include "closetrace/model.h"
+
+namespace closetrace {
+
+// The metrics endpoint cannot be served: the message says why and what to give instead.
+class MetricsError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// The labels every per-connection series carries; bounded by the servers and containers on this
+// host, never by the peers: the server side's port, the owning process, its container, the role.
+prometheus::Labels connection_labels(const Connection& conn);
+
+class RecordingMetrics {
+public:
+    RecordingMetrics();
+
+    // Counts a connection as the recorder writes it.
+    void add(const Connection& conn);
+    // Once per loop of the recorder: the kernel's lost events so far, and the idle timeouts of
+    // the sides whose idle-timer closes changed since (a timeout is the densest cluster of all
+    // their idle times, too costly to find again at every close of a busy host).
+    void refresh(uint64_t lost_events);
+
+    // Serves the metrics at http://ADDRESS/metrics ("127.0.0.1:9478", "0.0.0.0:9478") until
+    // destroyed; throws MetricsError when ADDRESS is malformed or cannot be listened on.
+    void serve(const std::string& address);
+
+    // What a scrape returns.
+    std::vector<prometheus::MetricFamily> collect() const { return registry_->Collect(); }
+
+private:
+    enum Side { kLocal, kPeer };
+    static constexpr std::array<const char*, 2> kSideNames{"local", "peer"};
+
+    // One set of labels' series (those that need a further label made at their first use), and
+    // the idle times behind its timeouts: a connection's count is a few increments.
+    struct Series {
+        prometheus::Counter* requests = nullptr;
+        prometheus::Counter* incomplete = nullptr;
+        std::array<std::array<prometheus::Counter*, std::size(kAllCloseCauses)>,
+                   std::size(kAllVerdicts)>
+            closes{};
+        std::array<prometheus::Counter*, std::size(kAllVerdicts)> caught_requests{};
+        std::array<prometheus::Counter*, 2> races{};
+        std::array<prometheus::Counter*, 2> inflight_losses{};
+        std::array<prometheus::Histogram*, 2> idle_seconds{};
+        std::array<IdleHistogram, 2> idle_ms;
+        std::array<bool, 2> idle_changed{};
+        prometheus::Labels labels;
+    };
+    Series& series_of(const Connection& conn);
+    void count_idle_close(Series& series, const Connection& conn);
+
+    std::shared_ptr<prometheus::Registry> registry_;
+    prometheus::Family<prometheus::Counter>& closes_;
+    prometheus::Family<prometheus::Counter>& races_;
+    prometheus::Family<prometheus::Counter>& inflight_losses_;
+    prometheus::Family<prometheus::Counter>& caught_requests_;
+    prometheus::Family<prometheus::Counter>& requests_;
+    prometheus::Family<prometheus::Counter>& incomplete_;
+    prometheus::Family<prometheus::Histogram>& idle_seconds_;
+    prometheus::Family<prometheus::Gauge>& idle_timeout_;
+    prometheus::Counter& lost_events_;
+    uint64_t lost_events_counted_ = 0;
+    std::map<prometheus::Labels, Series> series_;
+    std::unique_ptr<prometheus::Exposer> exposer_;
+};
+
+}  // namespace closetrace

@@ -1,0 +1,88 @@
+// Many traces at once (report, diff, verify and alb given several): which files the command
+// line names, and reading them in parallel, a thread each up to the machine's cores.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "closetrace/file_content.h"
+#include "closetrace/trace_io.h"
+
+namespace closetrace {
+
+// A command line's trace arguments that name no usable set of traces.
+class TraceArgumentError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;  // what(): one line that says what to give
+};
+
+// A trace file that cannot be opened: missing, unreadable, or a directory.
+class TraceOpenError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;  // what(): "cannot open PATH: REASON", "PATH is a directory"
+};
+
+// What read_trace_file made of a file, and what was wrong with the file as a whole
+// (FileContent::problem(), e.g. a gzip stream cut short: "NAME: PROBLEM"), empty if nothing.
+template <typename Result>
+struct TraceFileRead {
+    Result result;
+    std::string problem;
+};
+
+// A trace file (plain, gzip, or "-" for standard input), opened. Throws TraceOpenError.
+std::unique_ptr<InputFile> open_trace_file(const std::string& path);
+
+// Reads one trace file with read(reader, name), which returns what it makes of the trace.
+// Throws TraceOpenError, and TraceError from the reader.
+template <typename Read>
+auto read_trace_file(const std::string& path, const Read& read) {
+    const std::unique_ptr<InputFile> in = open_trace_file(path);
+    TraceReader reader(*in, in->name());
+    TraceFileRead<std::invoke_result_t<const Read&, TraceReader&, std::string>> done{
+        read(reader, in->name()), {}};
+    if (!in->problem().empty()) done.problem = in->name() + ": " + in->problem();
+    return done;
+}
+
+// The trace files that command-line arguments name: files as given, a directory's *.jsonl and
+// *.jsonl.gz files in name order (the rotated files of a recorder in the order written), "-"
+// (standard input) at most once. Throws TraceArgumentError.
+std::vector<std::string> trace_files(const std::vector<std::string>& arguments);
+
+// Calls read(index) once for each index in [0, count), on up to hardware_concurrency() threads;
+// `read` writes its result to a slot of its own. After all have run, rethrows the exception of
+// the lowest index that threw, so that the error reported does not depend on timing.
+template <typename Read>
+void read_in_parallel(std::size_t count, const Read& read) {
+    std::vector<std::exception_ptr> failures(count);
+    std::atomic<std::size_t> next{0};
+    auto worker = [&] {
+        for (std::size_t index; (index = next++) < count;) {
+            try {
+                read(index);
+            } catch (...) {
+                failures[index] = std::current_exception();
+            }
+        }
+    };
+    const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
+                                                         std::max<std::size_t>(count, 1));
+    {
+        std::vector<std::jthread> workers;
+        for (std::size_t thread = 0; thread < threads; ++thread) workers.emplace_back(worker);
+    }
+    for (const std::exception_ptr& failure : failures) {
+        if (failure) std::rethrow_exception(failure);
+    }
+}
+
+}  // namespace closetrace
