@@ -126,8 +126,15 @@ struct message_state {
 	__u8 answer_pending;          /* a written request: its responses are written too */
 	__u8 interim;                 /* a 1xx response passed: the request's body comes next */
 	__u8 closing_seen;            /* the first FIN or RST passed: held messages are written */
-	__u8 http2;                   /* the socket has HTTP/2 state (http2_states): maybe h2c */
+	__u8 http2;                   /* enum http2_followed: decided by the socket's first payload */
 	__u8 pad;
+};
+
+/* message_state.http2 */
+enum http2_followed {
+	HTTP2_UNDECIDED = 0, /* no payload yet (or a socket met mid-life: never followed) */
+	HTTP2_FOLLOWED = 1,  /* the socket has HTTP/2 state (http2_states): maybe h2c */
+	HTTP2_NOT = 2,       /* not HTTP/2: its first payload, or a direction, opened otherwise */
 };
 
 /* Per-socket state. */
@@ -701,7 +708,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 		write_held(&head, state->role, &state->messages);
 	}
 	/* An HTTP/2 connection's counts travel with its close, ahead of the state record. */
-	if (newstate == TCP_CLOSE && state->messages.http2) {
+	if (newstate == TCP_CLOSE && state->messages.http2 == HTTP2_FOLLOWED) {
 		struct http2_state *h2 = bpf_sk_storage_get(&http2_states, sk, NULL, 0);
 		if (h2 && h2->client_direction) {
 			struct ct_event head = {};
@@ -1213,15 +1220,21 @@ static __always_inline bool is_client_preface(const __u64 w[3])
 	       w[2] == CT_WORD('\r', '\n', 'S', 'M', '\r', '\n', '\r', '\n');
 }
 
-/* A SETTINGS frame on stream 0 without ACK: how a server's preface begins. */
+/* A SETTINGS frame header on stream 0 without ACK: how a server's preface begins. */
+static __always_inline bool is_settings_header(const __u8 h[CT_HTTP2_FRAME_HEADER_LEN])
+{
+	__u32 length = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
+	return h[3] == CT_HTTP2_SETTINGS && h[4] == 0 && (h[5] | h[6] | h[7] | h[8]) == 0 &&
+	       length % 6 == 0;
+}
+
+/* The same of a segment shorter than the client preface (read again, 9 bytes). */
 static __always_inline bool opens_with_settings(const struct packet *p)
 {
 	__u8 h[CT_HTTP2_FRAME_HEADER_LEN];
 	if (bpf_skb_load_bytes(p->skb, p->payload_offset, h, sizeof(h)))
 		return false;
-	__u32 length = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
-	return h[3] == CT_HTTP2_SETTINGS && h[4] == 0 && (h[5] | h[6] | h[7] | h[8]) == 0 &&
-	       length % 6 == 0;
+	return is_settings_header(h);
 }
 
 static __always_inline void lose_http2_track(struct http2_state *h2, __u8 direction)
@@ -1376,22 +1389,26 @@ static __always_inline struct http2_state *http2_stream_start(const struct packe
 {
 	struct message_state *m = p->messages;
 	struct bpf_sock *sk = (struct bpf_sock *)p->sk;
-	struct http2_state *h2 = m->http2 ? bpf_sk_storage_get(&http2_states, sk, NULL, 0) : NULL;
+	struct http2_state *h2 =
+		m->http2 == HTTP2_FOLLOWED ? bpf_sk_storage_get(&http2_states, sk, NULL, 0) : NULL;
 	__u64 first[CT_HTTP2_PREFACE_LEN / 8];
-	bool preface = !bpf_skb_load_bytes(p->skb, p->payload_offset, first, sizeof(first)) &&
-		       is_client_preface(first);
-	/* A server preface needs the client's, seen or still to come; never two of them. */
-	bool server_preface = !preface && (!h2 || h2->client_direction) && opens_with_settings(p);
+	bool whole = !bpf_skb_load_bytes(p->skb, p->payload_offset, first, sizeof(first));
+	bool preface = whole && is_client_preface(first);
+	/* A server preface needs the client's, seen or still to come; never two of them. Its
+	 * header is in `first` unless the segment is shorter. */
+	bool server_preface =
+		!preface && (!h2 || h2->client_direction) &&
+		(whole ? is_settings_header((const __u8 *)first) : opens_with_settings(p));
 	if (!preface && !server_preface) {
-		if (h2) {
+		if (h2)
 			bpf_sk_storage_delete(&http2_states, sk);
-			m->http2 = 0;
-		}
+		/* Never looked at again: HTTP/1 pays this once per socket. */
+		m->http2 = HTTP2_NOT;
 		return NULL;
 	}
 	if (!h2) {
 		h2 = bpf_sk_storage_get(&http2_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
-		m->http2 = h2 != NULL;
+		m->http2 = h2 ? HTTP2_FOLLOWED : HTTP2_NOT;
 		if (!h2)
 			return NULL;
 	}
@@ -1450,8 +1467,13 @@ static __always_inline void on_payload(const struct packet *p)
 		state->last_rx_ns = p->now;
 	else
 		state->last_tx_ns = p->now;
-	/* Only sockets seen from their opening: a socket met mid-life is mid-stream too. */
-	if (m->http2 || (stream_start && state->role != CT_ROLE_UNKNOWN))
+	/* Only sockets seen from their opening (a socket met mid-life is mid-stream too), decided
+	 * by a socket's first payload: past it, an HTTP/1 socket's packets test one byte. */
+	__u8 http2 = m->http2;
+	if (__builtin_expect(http2 == HTTP2_FOLLOWED ||
+				     (http2 == HTTP2_UNDECIDED && stream_start &&
+				      state->role != CT_ROLE_UNKNOWN),
+			     0))
 		on_http2_payload(p, stream_start, expected, silence_ns);
 
 	bool same_direction = state->last_direction == p->direction;
@@ -1574,7 +1596,9 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		/* The counts of an HTTP/2 connection, at each of its FIN and RST packets (its
 		 * state program cannot reach socket storage): the reader keeps the latest. */
 		struct http2_state *h2 =
-			p.messages->http2 ? bpf_sk_storage_get(&http2_states, sk, NULL, 0) : NULL;
+			p.messages->http2 == HTTP2_FOLLOWED
+				? bpf_sk_storage_get(&http2_states, sk, NULL, 0)
+				: NULL;
 		if (h2 && h2->client_direction) {
 			head.ts_ns = now;
 			write_http2(&head, state->role, h2, NULL, 0);
