@@ -126,7 +126,15 @@ struct message_state {
 	__u8 answer_pending;          /* a written request: its responses are written too */
 	__u8 interim;                 /* a 1xx response passed: the request's body comes next */
 	__u8 closing_seen;            /* the first FIN or RST passed: held messages are written */
-	__u8 pad[2];
+	__u8 http2;                   /* enum http2_followed: decided by the socket's first payload */
+	__u8 pad;
+};
+
+/* message_state.http2 */
+enum http2_followed {
+	HTTP2_UNDECIDED = 0, /* no payload yet (or a socket met mid-life: never followed) */
+	HTTP2_FOLLOWED = 1,  /* the socket has HTTP/2 state (http2_states): maybe h2c */
+	HTTP2_NOT = 2,       /* not HTTP/2: its first payload, or a direction, opened otherwise */
 };
 
 /* Per-socket state. */
@@ -191,6 +199,38 @@ struct {
 	__type(value, struct sock_state);
 } sock_states SEC(".maps");
 #endif
+
+/* One direction of an HTTP/2 connection, as its frames are walked segment by segment. */
+struct http2_direction {
+	struct ct_http2_side counts;
+	__u32 skip;   /* bytes of a frame that continues into this direction's next segment */
+	__u8 walking; /* its frames are followed from the start of its byte stream */
+	__u8 pad[3];
+};
+
+/*
+ * HTTP/2 state of a socket, kept apart from the message state (HTTP/1 sockets never get one):
+ * created by a client preface, or by a SETTINGS frame opening a direction (the server's
+ * preface may leave before the client's arrives), then dropped if the other direction opens
+ * with anything but the client preface.
+ */
+struct http2_state {
+	struct http2_direction directions[2]; /* by direction - 1 */
+	__u64 pending;       /* client streams awaiting an answer (ct_http2_event.pending) */
+	__u32 pending_index; /* (pending_base - 1) / 2 */
+	__u8 client_direction; /* 0 until the client preface is seen */
+	__u8 flags;            /* enum ct_http2_flag */
+	__u8 goaway_passed;    /* a GOAWAY went either way: the connection is closing */
+	__u8 pad;
+};
+
+/* In socket storage in both objects: only the cgroup hooks and the BTF state program use it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http2_state);
+} http2_states SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -565,6 +605,49 @@ static __always_inline void write_held(const struct ct_event *head, __u8 role,
 	}
 }
 
+/* A frame header's facts, with the error code of a GOAWAY or RST_STREAM. */
+struct http2_frame {
+	__u32 length;
+	__u32 stream_id;
+	__u32 last_stream_id; /* GOAWAY */
+	__u32 error_code;     /* GOAWAY, RST_STREAM */
+	__u8 type;
+	__u8 flags;
+};
+
+/* An HTTP/2 record: a frame that matters (with `frame` and its direction), or with NULL the
+ * connection's counts at its close. `head` names the socket and the time. */
+static __always_inline void write_http2(const struct ct_event *head, __u8 role,
+					const struct http2_state *h2,
+					const struct http2_frame *frame, __u8 direction)
+{
+	struct ct_http2_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return;
+	__builtin_memset(event, 0, sizeof(*event));
+	event->hdr = *head;
+	event->hdr.kind = CT_EV_HTTP2;
+	event->hdr.size = sizeof(*event);
+	event->sides[0] = h2->directions[0].counts;
+	event->sides[1] = h2->directions[1].counts;
+	event->pending = h2->pending;
+	event->pending_base = h2->pending_index * 2 + 1;
+	event->client_direction = h2->client_direction;
+	event->flags = h2->flags;
+	event->role = role;
+	event->record = frame ? CT_HTTP2_FRAME : CT_HTTP2_CLOSE;
+	event->in_skip = h2->directions[CT_DIR_IN - 1].skip;
+	if (frame) {
+		event->stream_id = frame->stream_id;
+		event->error_code = frame->error_code;
+		event->frame_len = frame->length;
+		event->frame_type = frame->type;
+		event->frame_flags = frame->flags;
+		event->direction = direction;
+	}
+	submit_event(event, sizeof(*event));
+}
+
 CT_TRACEPOINT("inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 {
@@ -623,6 +706,16 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 		struct ct_event head = {};
 		fill_sock_head(&head, sk, state, CT_EV_MESSAGE, sizeof(struct ct_message_event), now);
 		write_held(&head, state->role, &state->messages);
+	}
+	/* An HTTP/2 connection's counts travel with its close, ahead of the state record. */
+	if (newstate == TCP_CLOSE && state->messages.http2 == HTTP2_FOLLOWED) {
+		struct http2_state *h2 = bpf_sk_storage_get(&http2_states, sk, NULL, 0);
+		if (h2 && h2->client_direction) {
+			struct ct_event head = {};
+			fill_sock_head(&head, sk, state, CT_EV_HTTP2, sizeof(struct ct_http2_event),
+				       now);
+			write_http2(&head, state->role, h2, NULL, 0);
+		}
 	}
 #endif
 
@@ -1104,8 +1197,265 @@ static __always_inline bool seen_before(const struct packet *p, bool *overlaps)
 	return false;
 }
 
+/* Frames walked in one segment at most: a segment with more loses the track of its direction. */
+#define CT_HTTP2_FRAMES_PER_SEGMENT 32
+#define CT_HTTP2_FRAME_HEADER_LEN 9
+#define CT_HTTP2_PREFACE_LEN 24
+
+/* Eight bytes as one word in memory order (compared in three loads, not byte by byte). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define CT_BYTE_AT(c, i) ((__u64)(__u8)(c) << (8 * (i)))
+#else
+#define CT_BYTE_AT(c, i) ((__u64)(__u8)(c) << (8 * (7 - (i))))
+#endif
+#define CT_WORD(a, b, c, d, e, f, g, h)                                                   \
+	(CT_BYTE_AT(a, 0) | CT_BYTE_AT(b, 1) | CT_BYTE_AT(c, 2) | CT_BYTE_AT(d, 3) |        \
+	 CT_BYTE_AT(e, 4) | CT_BYTE_AT(f, 5) | CT_BYTE_AT(g, 6) | CT_BYTE_AT(h, 7))
+
+/* "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113, 3.4), the client's first bytes. */
+static __always_inline bool is_client_preface(const __u64 w[3])
+{
+	return w[0] == CT_WORD('P', 'R', 'I', ' ', '*', ' ', 'H', 'T') &&
+	       w[1] == CT_WORD('T', 'P', '/', '2', '.', '0', '\r', '\n') &&
+	       w[2] == CT_WORD('\r', '\n', 'S', 'M', '\r', '\n', '\r', '\n');
+}
+
+/* A SETTINGS frame header on stream 0 without ACK: how a server's preface begins. */
+static __always_inline bool is_settings_header(const __u8 h[CT_HTTP2_FRAME_HEADER_LEN])
+{
+	__u32 length = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
+	return h[3] == CT_HTTP2_SETTINGS && h[4] == 0 && (h[5] | h[6] | h[7] | h[8]) == 0 &&
+	       length % 6 == 0;
+}
+
+/* The same of a segment shorter than the client preface (read again, 9 bytes). */
+static __always_inline bool opens_with_settings(const struct packet *p)
+{
+	__u8 h[CT_HTTP2_FRAME_HEADER_LEN];
+	if (bpf_skb_load_bytes(p->skb, p->payload_offset, h, sizeof(h)))
+		return false;
+	return is_settings_header(h);
+}
+
+static __always_inline void lose_http2_track(struct http2_state *h2, __u8 direction)
+{
+	h2->flags |= direction == CT_DIR_IN ? CT_HTTP2_LOST_IN : CT_HTTP2_LOST_OUT;
+	h2->directions[(direction - 1) & 1].walking = 0;
+}
+
+/* A client stream opened: its bit in the window, which slides (losing the oldest) if needed. */
+static __always_inline void pending_open(struct http2_state *h2, __u32 stream_id)
+{
+	__u32 index = stream_id >> 1;
+	if (!h2->pending)
+		h2->pending_index = index; /* stream ids only grow: a fresh window starts here */
+	__u32 offset = index - h2->pending_index;
+	if (offset >= CT_HTTP2_PENDING_WINDOW) {
+		__u32 shift = offset - (CT_HTTP2_PENDING_WINDOW - 1);
+		if (shift >= CT_HTTP2_PENDING_WINDOW) {
+			h2->pending = 0;
+		} else {
+			if (h2->pending & ((1ULL << shift) - 1))
+				h2->flags |= CT_HTTP2_PENDING_OVERFLOW;
+			h2->pending >>= shift;
+		}
+		if (shift >= CT_HTTP2_PENDING_WINDOW)
+			h2->flags |= CT_HTTP2_PENDING_OVERFLOW;
+		h2->pending_index += shift;
+		offset = CT_HTTP2_PENDING_WINDOW - 1;
+	}
+	h2->pending |= 1ULL << (offset & (CT_HTTP2_PENDING_WINDOW - 1));
+}
+
+/* A client stream answered or reset: was it awaiting that (its bit in the window)? */
+static __always_inline bool pending_close(struct http2_state *h2, __u32 stream_id)
+{
+	__u32 index = stream_id >> 1;
+	if (index < h2->pending_index || index - h2->pending_index >= CT_HTTP2_PENDING_WINDOW)
+		return false;
+	__u64 bit = 1ULL << ((index - h2->pending_index) & (CT_HTTP2_PENDING_WINDOW - 1));
+	if (!(h2->pending & bit))
+		return false;
+	h2->pending &= ~bit;
+	return true;
+}
+
+/* Counts one frame of the packet's direction; writes it when it matters. */
+static __always_inline void count_frame(const struct packet *p, struct http2_state *h2,
+					const struct http2_frame *f, __u64 silence_ns)
+{
+	struct ct_http2_side *own = &h2->directions[(p->direction - 1) & 1].counts;
+	bool from_client = p->direction == h2->client_direction;
+	bool matters = false;
+	if (f->type == CT_HTTP2_HEADERS && (f->stream_id & 1)) {
+		/* Client streams only: a server's pushed streams are not followed. */
+		if (from_client && f->stream_id > own->last_stream_id) {
+			own->streams_opened++;
+			own->last_stream_id = f->stream_id;
+			pending_open(h2, f->stream_id);
+			matters = silence_ns >= idle_gap_ns || h2->goaway_passed ||
+				  p->sk->state != TCP_ESTABLISHED;
+		} else if (!from_client && pending_close(h2, f->stream_id)) {
+			own->streams_answered++;
+		}
+	} else if (f->type == CT_HTTP2_RST_STREAM) {
+		own->rst_count++;
+		own->rst_last_error = f->error_code;
+		pending_close(h2, f->stream_id);
+		matters = true;
+	} else if (f->type == CT_HTTP2_GOAWAY) {
+		own->goaway_count++;
+		own->goaway_last_stream_id = f->last_stream_id;
+		own->goaway_error = f->error_code;
+		h2->goaway_passed = 1;
+		matters = true;
+	}
+	if (matters && h2->client_direction) {
+		struct ct_event head = {};
+		packet_head(p, &head);
+		head.ts_ns = p->now;
+		write_http2(&head, p->state->role, h2, f, p->direction);
+	}
+}
+
+/*
+ * Walks the frame headers of a segment from `start` (its first byte not seen before), after the
+ * rest of a frame begun in an earlier segment. A frame header, or the payload of a GOAWAY or
+ * RST_STREAM, split across segments loses the track of the direction: never a guess.
+ */
+static __always_inline void walk_frames(const struct packet *p, struct http2_state *h2,
+					__u32 start, __u64 silence_ns)
+{
+	struct http2_direction *d = &h2->directions[(p->direction - 1) & 1];
+	__u32 len = p->payload_len;
+	__u32 pos = start + d->skip;
+	d->counts.last_frame_ns = p->now;
+	for (int i = 0; i < CT_HTTP2_FRAMES_PER_SEGMENT; i++) {
+		if (pos >= len)
+			break;
+		__u8 h[CT_HTTP2_FRAME_HEADER_LEN];
+		if (len - pos < sizeof(h) ||
+		    bpf_skb_load_bytes(p->skb, p->payload_offset + pos, h, sizeof(h))) {
+			lose_http2_track(h2, p->direction);
+			return;
+		}
+		struct http2_frame f = {
+			.length = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2],
+			.type = h[3],
+			.flags = h[4],
+			.stream_id = (((__u32)h[5] << 24) | ((__u32)h[6] << 16) | ((__u32)h[7] << 8) |
+				      h[8]) & 0x7fffffff,
+		};
+		__u32 body = pos + sizeof(h);
+		if (f.type == CT_HTTP2_GOAWAY || f.type == CT_HTTP2_RST_STREAM) {
+			__u8 b[8];
+			int failed = f.type == CT_HTTP2_GOAWAY
+					     ? (len - body < 8 ||
+						bpf_skb_load_bytes(p->skb, p->payload_offset + body, b, 8))
+					     : (len - body < 4 ||
+						bpf_skb_load_bytes(p->skb, p->payload_offset + body, b, 4));
+			if (failed) {
+				lose_http2_track(h2, p->direction);
+				return;
+			}
+			__u32 first = ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
+			if (f.type == CT_HTTP2_GOAWAY) {
+				f.last_stream_id = first & 0x7fffffff;
+				f.error_code = ((__u32)b[4] << 24) | ((__u32)b[5] << 16) |
+					       ((__u32)b[6] << 8) | b[7];
+			} else {
+				f.error_code = first;
+			}
+		}
+		count_frame(p, h2, &f, silence_ns);
+		pos = body + f.length;
+	}
+	if (pos < len) {
+		lose_http2_track(h2, p->direction);
+		return;
+	}
+	d->skip = pos - len;
+}
+
+/*
+ * The first payload of a direction on a socket seen from its opening: the client preface makes
+ * it HTTP/2 (its frames follow the preface's 24 bytes); the other direction must open with a
+ * SETTINGS frame, the server's preface, which may also come first (followed until the client's
+ * direction opens). Anything else drops the state. Returns the state, and in *start where the
+ * frames begin; NULL when the socket is not HTTP/2.
+ */
+static __always_inline struct http2_state *http2_stream_start(const struct packet *p,
+							      __u32 *start)
+{
+	struct message_state *m = p->messages;
+	struct bpf_sock *sk = (struct bpf_sock *)p->sk;
+	struct http2_state *h2 =
+		m->http2 == HTTP2_FOLLOWED ? bpf_sk_storage_get(&http2_states, sk, NULL, 0) : NULL;
+	__u64 first[CT_HTTP2_PREFACE_LEN / 8];
+	bool whole = !bpf_skb_load_bytes(p->skb, p->payload_offset, first, sizeof(first));
+	bool preface = whole && is_client_preface(first);
+	/* A server preface needs the client's, seen or still to come; never two of them. Its
+	 * header is in `first` unless the segment is shorter. */
+	bool server_preface =
+		!preface && (!h2 || h2->client_direction) &&
+		(whole ? is_settings_header((const __u8 *)first) : opens_with_settings(p));
+	if (!preface && !server_preface) {
+		if (h2)
+			bpf_sk_storage_delete(&http2_states, sk);
+		/* Never looked at again: HTTP/1 pays this once per socket. */
+		m->http2 = HTTP2_NOT;
+		return NULL;
+	}
+	if (!h2) {
+		h2 = bpf_sk_storage_get(&http2_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		m->http2 = h2 ? HTTP2_FOLLOWED : HTTP2_NOT;
+		if (!h2)
+			return NULL;
+	}
+	if (preface) {
+		h2->client_direction = p->direction;
+		*start = CT_HTTP2_PREFACE_LEN;
+	}
+	h2->directions[(p->direction - 1) & 1].walking = 1;
+	return h2;
+}
+
+/*
+ * A segment of a socket that may speak HTTP/2: its frames are followed while its direction's
+ * bytes come in order (`expected`: the sequence number after the last byte seen).
+ */
+static __always_inline void on_http2_payload(const struct packet *p, bool stream_start,
+					     __u32 expected, __u64 silence_ns)
+{
+	__u32 start = 0;
+	struct http2_state *h2;
+	if (stream_start) {
+		h2 = http2_stream_start(p, &start);
+		if (!h2)
+			return;
+	} else {
+		h2 = bpf_sk_storage_get(&http2_states, (struct bpf_sock *)p->sk, NULL, 0);
+		if (!h2 || !h2->directions[(p->direction - 1) & 1].walking)
+			return;
+		if (p->seq != expected) {
+			/* A gap: bytes this hook did not see (not in order) cannot be walked. */
+			if ((__s32)(p->seq - expected) > 0) {
+				lose_http2_track(h2, p->direction);
+				return;
+			}
+			start = expected - p->seq; /* a retransmission carrying new bytes too */
+		}
+	}
+	walk_frames(p, h2, start, silence_ns);
+}
+
 static __always_inline void on_payload(const struct packet *p)
 {
+	struct message_state *m = p->messages;
+	__u32 index = (p->direction - 1) & 1;
+	/* Read before seen_before moves them on. */
+	bool stream_start = !(m->seq_known & (1 << index));
+	__u32 expected = m->next_seq[index];
 	bool overlaps;
 	if (seen_before(p, &overlaps))
 		return;
@@ -1117,6 +1467,14 @@ static __always_inline void on_payload(const struct packet *p)
 		state->last_rx_ns = p->now;
 	else
 		state->last_tx_ns = p->now;
+	/* Only sockets seen from their opening (a socket met mid-life is mid-stream too), decided
+	 * by a socket's first payload: past it, an HTTP/1 socket's packets test one byte. */
+	__u8 http2 = m->http2;
+	if (__builtin_expect(http2 == HTTP2_FOLLOWED ||
+				     (http2 == HTTP2_UNDECIDED && stream_start &&
+				      state->role != CT_ROLE_UNKNOWN),
+			     0))
+		on_http2_payload(p, stream_start, expected, silence_ns);
 
 	bool same_direction = state->last_direction == p->direction;
 	state->last_direction = p->direction;
@@ -1234,6 +1592,18 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		struct ct_event head = {};
 		packet_head(&p, &head);
 		write_held(&head, state->role, p.messages);
+#ifdef CT_NO_KERNEL_BTF
+		/* The counts of an HTTP/2 connection, at each of its FIN and RST packets (its
+		 * state program cannot reach socket storage): the reader keeps the latest. */
+		struct http2_state *h2 =
+			p.messages->http2 == HTTP2_FOLLOWED
+				? bpf_sk_storage_get(&http2_states, sk, NULL, 0)
+				: NULL;
+		if (h2 && h2->client_direction) {
+			head.ts_ns = now;
+			write_http2(&head, state->role, h2, NULL, 0);
+		}
+#endif
 	}
 }
 

@@ -13,7 +13,7 @@
 
 /* Bumped whenever a record layout below changes. The programs carry it (abi_version in their
  * read-only data) and the loader refuses programs built with another version than its own. */
-#define CT_ABI_VERSION 3
+#define CT_ABI_VERSION 4
 
 /* Bytes of payload captured from a message head (reassembled across segments) or a reset's
  * trigger: enough for the request line and the first headers, where Connection and User-Agent
@@ -38,6 +38,7 @@ enum ct_event_kind {
 	CT_EV_RESET_SENT = 2,     /* this host sent RST (tcp_send_reset) */
 	CT_EV_RESET_RECEIVED = 3, /* an RST was processed on a tracked socket */
 	CT_EV_MESSAGE = 4,        /* the head of a message that matters (see ct_message_event) */
+	CT_EV_HTTP2 = 5,          /* an HTTP/2 frame that matters, or the counts at a close */
 };
 
 /* What the kernel tells apart on a socket: requests come from the client (by the socket's role);
@@ -169,6 +170,69 @@ struct ct_message_event {
 	__u8 flags;            /* enum ct_message_flag */
 	__u8 pad[6];
 	__u8 payload[CT_PAYLOAD_MAX];
+};
+
+/* HTTP/2 over cleartext (h2c with prior knowledge): what ct_http2_event reports. */
+enum ct_http2_record {
+	CT_HTTP2_FRAME = 1, /* a frame that matters: GOAWAY, RST_STREAM, a stream opened after an
+			     * idle gap, after a GOAWAY or while the connection closes */
+	CT_HTTP2_CLOSE = 2, /* the connection's counts, written at its close */
+};
+
+/* Frame types the kernel acts on (RFC 9113, section 6). */
+enum ct_http2_frame_type {
+	CT_HTTP2_HEADERS = 0x1,
+	CT_HTTP2_RST_STREAM = 0x3,
+	CT_HTTP2_SETTINGS = 0x4,
+	CT_HTTP2_GOAWAY = 0x7,
+};
+
+enum ct_http2_flag {
+	/* The frames of that direction are no longer followed: a gap in the byte stream, a frame
+	 * header or a GOAWAY/RST_STREAM payload split across segments, or more frames in one
+	 * segment than the kernel walks. Counts of that direction stop there. */
+	CT_HTTP2_LOST_IN = 0x1,
+	CT_HTTP2_LOST_OUT = 0x2,
+	/* More than CT_HTTP2_PENDING_WINDOW streams were open at once: the oldest left the window
+	 * unanswered, and `pending` no longer names every stream still open. */
+	CT_HTTP2_PENDING_OVERFLOW = 0x4,
+};
+
+/* Client streams (odd ids) whose answer is awaited, as a bitmap from a base stream id. */
+#define CT_HTTP2_PENDING_WINDOW 64
+
+/* What one side of an HTTP/2 connection sent. */
+struct ct_http2_side {
+	__u64 last_frame_ns;         /* the latest segment carrying its frames; 0 none */
+	__u32 streams_opened;        /* streams it opened (HEADERS on a new client stream) */
+	__u32 streams_answered;      /* streams of the other side it answered (its first HEADERS) */
+	__u32 last_stream_id;        /* the highest stream id it opened; 0 none */
+	__u32 goaway_count;          /* GOAWAY frames it sent */
+	__u32 goaway_last_stream_id; /* of its latest GOAWAY */
+	__u32 goaway_error;          /* of its latest GOAWAY */
+	__u32 rst_count;             /* RST_STREAM frames it sent */
+	__u32 rst_last_error;        /* of its latest RST_STREAM */
+};
+
+struct ct_http2_event {
+	struct ct_event hdr;
+	struct ct_http2_side sides[2]; /* by direction - 1: [0] the peer's frames, [1] this host's */
+	__u64 pending;           /* bit i: stream pending_base + 2 i opened, neither answered nor reset */
+	__u32 pending_base;      /* an odd stream id */
+	__u32 stream_id;         /* CT_HTTP2_FRAME: the frame's stream */
+	__u32 error_code;        /* CT_HTTP2_FRAME: a GOAWAY's or RST_STREAM's error code */
+	__u32 frame_len;         /* CT_HTTP2_FRAME: the frame's payload length */
+	__u8 record;             /* enum ct_http2_record */
+	__u8 frame_type;         /* CT_HTTP2_FRAME: enum ct_http2_frame_type */
+	__u8 frame_flags;
+	__u8 direction;          /* CT_HTTP2_FRAME: enum ct_direction */
+	__u8 client_direction;   /* the direction of the client preface: CT_DIR_IN on a server */
+	__u8 flags;              /* enum ct_http2_flag */
+	__u8 role;
+	__u8 pad;
+	/* Bytes of the peer's frame under way still to come: 0 means the peer's next segment opens
+	 * with a frame header (read from a reset's trigger once the socket is gone). */
+	__u32 in_skip;
 };
 
 #endif /* CLOSETRACE_H */

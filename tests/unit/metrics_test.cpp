@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -189,16 +190,22 @@ TEST(RecordingMetrics, LabelsNameTheServerSideNeverThePeer) {
 }
 
 // A port nothing listens on now.
+// A free port below the kernel's ephemeral range (32768 and up by default): a port the kernel
+// handed out could be taken, before the test listens on it, as the source port of a connection
+// another test opens meanwhile.
 uint16_t free_port() {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-    socklen_t length = sizeof(address);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-    close(fd);
-    return ntohs(address.sin_port);
+    static std::minstd_rand random(static_cast<unsigned>(getpid()));
+    for (;;) {
+        const auto port = static_cast<uint16_t>(20000 + random() % 12000);
+        const int fd = socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address.sin_port = htons(port);
+        const bool free = bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+        close(fd);
+        if (free) return port;
+    }
 }
 
 std::string http_get(uint16_t port, const std::string& path) {

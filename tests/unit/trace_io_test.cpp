@@ -264,7 +264,7 @@ TEST(TraceIo, HeaderRoundTrips) {
     header.mono_to_wall_ns = std::numeric_limits<int64_t>::min();
     header.start_ns = kMaxU64;
     const TraceHeader read = read_trace(trace_text({header_line(header)})).header;
-    EXPECT_EQ(read.schema, "closetrace/2");
+    EXPECT_EQ(read.schema, "closetrace/3");
     EXPECT_EQ(read.tool_version, header.tool_version);
     EXPECT_EQ(read.host, header.host);
     EXPECT_EQ(read.kernel, header.kernel);
@@ -426,7 +426,7 @@ TEST(TraceIo, CloseFactsRoundTrip) {
 
 // A closetrace/1 record has no cause: the reader derives it from what the record holds.
 TEST(TraceReading, Schema1RecordsGetACause) {
-    std::string header = replaced(header_line(sample_header()), "closetrace/2", "closetrace/1");
+    std::string header = replaced(header_line(sample_header()), "closetrace/3", "closetrace/1");
     Connection conn = sample_connection();
     conn.requests.pop_back();
     conn.verdict = Verdict::LocalIdleClose;
@@ -799,11 +799,11 @@ TEST(TraceReading, MissingMember) {
 
 TEST(TraceReading, UnknownSchema) {
     const std::string header =
-        replaced(header_line(sample_header()), "closetrace/2", "closetrace/3");
+        replaced(header_line(sample_header()), "closetrace/3", "closetrace/4");
     const TraceError error = read_error(trace_text({header}));
     EXPECT_STREQ(error.what(),
-                 "t.jsonl:1: unsupported schema \"closetrace/3\"; this closetrace reads "
-                 "closetrace/1 and closetrace/2");
+                 "t.jsonl:1: unsupported schema \"closetrace/4\"; this closetrace reads "
+                 "closetrace/1, closetrace/2 and closetrace/3");
     EXPECT_EQ(error.line(), 1u);
 }
 
@@ -1165,6 +1165,37 @@ TEST(TraceReading, HundredThousandLinesInConstantMemory) {
     // Nothing is kept per line: the heap does not grow with the lines read (mallinfo2 reports 0
     // under sanitizers, where this check passes trivially).
     EXPECT_LT(heap_at_end, heap_after_warmup + 64 * 1024);
+}
+
+// closetrace/3: an HTTP/2 connection's counts and caught streams come back as written.
+TEST(TraceIo, Http2MemberRoundTrips) {
+    Connection conn = sample_connection();
+    conn.http2 = Http2Connection{
+        .client = Initiator::Peer,
+        .local = {.last_frame_ns = 9, .streams_answered = 3, .goaway_count = 1,
+                  .goaway_last_stream_id = 5, .goaway_error = 0},
+        .peer = {.last_frame_ns = 8, .streams_opened = 4, .last_stream_id = 7, .rst_count = 1,
+                 .rst_last_error = 8},
+        .local_goaway_ns = 1900,
+        .peer_goaway_ns = std::nullopt,
+        .lost = true,
+        .pending_overflow = false,
+        .counted_at_close = true,
+        .caught = {{.id = 7, .opened_by = Initiator::Peer, .opened_ns = 1950,
+                    .fate = StreamFate::AfterGoaway},
+                   {.id = 9, .opened_by = Initiator::Peer, .reset_by = Initiator::Local,
+                    .reset_ns = 1960, .fate = StreamFate::Refused}},
+    };
+    EXPECT_EQ(conn_round_trip(conn).http2, conn.http2);
+    // An HTTP/1 connection's line has no such member.
+    EXPECT_EQ(conn_line(sample_connection()).find("http2"), std::string::npos);
+}
+
+TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {
+    const std::string header = replaced(header_line(sample_header()), "closetrace/3", "closetrace/2");
+    const ReadResult result = read_trace(trace_text({header, conn_line(sample_connection())}));
+    ASSERT_EQ(result.records.size(), 1u);
+    EXPECT_FALSE(std::get<Connection>(result.records.at(0)).http2);
 }
 
 }  // namespace

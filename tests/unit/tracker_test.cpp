@@ -1494,5 +1494,38 @@ TEST(TrackerCounted, ResponsesHeldAndWrittenAfterTheFinAnswerTheirOwnRequests) {
     EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
 }
 
+// An h2c connection whose server (this host) sent GOAWAY after idle and closed, and whose
+// client's next stream reached the time-wait socket: the HTTP/2 records make the verdict, the
+// late stream is read from the reset it met, and the opaque HTTP/1 view is dropped.
+TEST(TrackerHttp2, TheGoawayRaceIsJudgedByTheFrames) {
+    const Socket socket;
+    const uint64_t goaway_ns = 2'000'000'000, fin_ns = goaway_ns + 100'000;
+    Event goaway = socket.event(EventKind::Http2, goaway_ns);
+    goaway.http2.direction = Direction::Out;
+    goaway.http2.frame_type = CT_HTTP2_GOAWAY;
+    goaway.http2.local = {.goaway_count = 1, .goaway_last_stream_id = 1};
+    goaway.http2.peer = {.last_frame_ns = 1'000'000'000, .streams_opened = 1, .last_stream_id = 1};
+    Event counts = goaway;
+    counts.ts_ns = fin_ns + 200'000;
+    counts.http2.at_close = true;
+    const std::string late_headers("\x00\x00\x02\x01\x04\x00\x00\x00\x03hp", 11);
+    const Connection conn = run_one({
+        socket.established(1'000),
+        socket.message(1'000'000, Direction::In, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        goaway,
+        socket.state(fin_ns, kTcpEstablished, kTcpFinWait1),
+        counts,
+        socket.state(fin_ns + 200'000, kTcpFinWait2, kTcpClose),
+        socket.time_wait_reset(fin_ns + 500'000'000, late_headers),
+    });
+    ASSERT_TRUE(conn.http2);
+    ASSERT_EQ(conn.http2->caught.size(), 1u);
+    EXPECT_EQ(conn.http2->caught[0].id, 3u);
+    EXPECT_EQ(conn.http2->caught[0].fate, StreamFate::AfterGoaway);
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    EXPECT_TRUE(conn.requests.empty());
+}
+
 }  // namespace
 }  // namespace closetrace

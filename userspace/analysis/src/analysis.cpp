@@ -119,6 +119,7 @@ void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHead
         case Verdict::LocalIdleClose:
             if (!server_side || !idle_ms) break;
             ++a.local_idle_closers[comm];
+            if (conn.http2) a.http2_idle_closers.insert(comm);
             a.local_idle.add(*idle_ms);
             break;
         case Verdict::PeerCloseRace:
@@ -172,10 +173,11 @@ std::string keepalive_basis(const PeerTimeout& peer, uint64_t value_s) {
         value_s, kAlbDefaultIdleTimeoutMs / 1000, kKeepAliveMarginMs / 1000);
 }
 
-Recommendation keepalive_recommendation(const std::optional<std::string>& comm,
+Recommendation keepalive_recommendation(const std::optional<std::string>& comm, bool http2,
                                         const Assessment& a) {
     const uint64_t value_s = a.recommended_keepalive_s;
-    const std::string fix = comm ? keepalive_fix(*comm, value_s)
+    const std::string fix = comm ? (http2 ? http2_idle_fix(*comm, value_s)
+                                          : keepalive_fix(*comm, value_s))
                                  : fmt::format(
                                        "the server owning these connections (its process "
                                        "was not seen): raise its idle keep-alive timeout to "
@@ -441,6 +443,10 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
         if (!caught.request) caught.request = request;
         ++caught.caught_requests;
     }
+    if (conn.http2) {
+        caught.streams = conn.http2->caught;
+        caught.caught_requests += caught.streams.size();
+    }
     const bool local_closed =
         conn.verdict == Verdict::LocalCloseRace || conn.verdict == Verdict::LocalResetInflight;
     const std::optional<uint64_t> close_ns =
@@ -451,8 +457,12 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
             (static_cast<double>(caught.request->request_ns) - static_cast<double>(*close_ns)) /
             1e6;
     }
-    const uint64_t when_ns =
-        caught.request ? caught.request->request_ns : close_ns.value_or(conn.closed_ns.value_or(0));
+    uint64_t when_ns = caught.request ? caught.request->request_ns
+                                      : close_ns.value_or(conn.closed_ns.value_or(0));
+    if (!caught.request && !caught.streams.empty()) {
+        const Http2Stream& first = caught.streams.front();
+        when_ns = first.opened_ns.value_or(first.reset_ns.value_or(when_ns));
+    }
     caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
     return caught;
 }
@@ -826,6 +836,7 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     add_counts(m.by_host, part.by_host);
     add_counts(m.by_same_host, part.by_same_host);
     add_counts(m.local_idle_closers, part.local_idle_closers);
+    m.http2_idle_closers.insert(part.http2_idle_closers.begin(), part.http2_idle_closers.end());
     add_counts(m.upstream_racers, part.upstream_racers);
     m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
 }
@@ -946,6 +957,33 @@ std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
         analysis_text::printable(comm), analysis_text::printable(comm), value_s, value_s);
 }
 
+std::string http2_idle_fix(const std::string& comm, uint64_t value_s) {
+    const uint64_t value_ms = value_s * 1000;
+    if (comm == "node" || comm == "nodejs") {
+        return fmt::format(
+            "Node.js HTTP/2 (comm {}): the session timeout, server.setTimeout({}) on "
+            "http2.createServer() (or session.setTimeout); grpc-js: "
+            "grpc.max_connection_idle_ms = {} and grpc.max_connection_age_ms no shorter",
+            comm, value_ms, value_ms);
+    }
+    if (comm == "envoy") {
+        return fmt::format(
+            "Envoy (comm envoy): common_http_protocol_options.idle_timeout: {}s on the HTTP "
+            "connection manager (and max_connection_duration no shorter)",
+            value_s);
+    }
+    if (comm == "nginx") {
+        return fmt::format(
+            "nginx (comm nginx): keepalive_timeout {}s (it idles HTTP/2 connections out too); "
+            "in the http or server block",
+            value_s);
+    }
+    return fmt::format(
+        "{} (comm {}): raise its HTTP/2 idle timeout (the one that sends GOAWAY; grpc-go: "
+        "keepalive.ServerParameters.MaxConnectionIdle) to {} s",
+        analysis_text::printable(comm), analysis_text::printable(comm), value_s);
+}
+
 Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     Assessment a;
     a.peer_timeout = peer_timeout;
@@ -982,10 +1020,11 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     std::vector<Recommendation> lifecycle;
     if (a.closes_before_peer) {
         if (trace.local_idle_closers.empty())
-            lifecycle.push_back(keepalive_recommendation(std::nullopt, a));
+            lifecycle.push_back(keepalive_recommendation(std::nullopt, false, a));
         for (const auto& [comm, closes] : by_count(trace.local_idle_closers)) {
             lifecycle.push_back(
-                keepalive_recommendation(comm.empty() ? std::nullopt : std::optional(comm), a));
+                keepalive_recommendation(comm.empty() ? std::nullopt : std::optional(comm),
+                                         trace.http2_idle_closers.contains(comm), a));
         }
     }
     for (const auto& [comm, races] : by_count(trace.upstream_racers)) {

@@ -60,6 +60,20 @@ std::string captured_payload(const uint8_t* payload, uint16_t captured) {
     return std::string(reinterpret_cast<const char*>(payload), length);
 }
 
+Http2Side decode_http2_side(const ct_http2_side& raw) {
+    return Http2Side{
+        .last_frame_ns = raw.last_frame_ns,
+        .streams_opened = raw.streams_opened,
+        .streams_answered = raw.streams_answered,
+        .last_stream_id = raw.last_stream_id,
+        .goaway_count = raw.goaway_count,
+        .goaway_last_stream_id = raw.goaway_last_stream_id,
+        .goaway_error = raw.goaway_error,
+        .rst_count = raw.rst_count,
+        .rst_last_error = raw.rst_last_error,
+    };
+}
+
 void decode_common(const ct_event& raw, Event& event) {
     event.ts_ns = raw.ts_ns;
     event.cookie = raw.cookie;
@@ -136,6 +150,31 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.payload = captured_payload(record.payload, record.captured);
             return event;
         }
+        case CT_EV_HTTP2: {
+            if (raw.size() != sizeof(ct_http2_event)) return fail("HTTP/2 record has the wrong size");
+            const auto record = copy_record<ct_http2_event>(raw);
+            event.kind = EventKind::Http2;
+            decode_common(record.hdr, event);
+            event.role = decode_role(record.role);
+            Http2Record& h2 = event.http2;
+            h2.at_close = record.record == CT_HTTP2_CLOSE;
+            h2.peer = decode_http2_side(record.sides[CT_DIR_IN - 1]);
+            h2.local = decode_http2_side(record.sides[CT_DIR_OUT - 1]);
+            h2.pending = record.pending;
+            h2.pending_base = record.pending_base;
+            h2.client = record.client_direction == CT_DIR_OUT ? Direction::Out : Direction::In;
+            h2.lost_in = (record.flags & CT_HTTP2_LOST_IN) != 0;
+            h2.lost_out = (record.flags & CT_HTTP2_LOST_OUT) != 0;
+            h2.pending_overflow = (record.flags & CT_HTTP2_PENDING_OVERFLOW) != 0;
+            h2.in_skip = record.in_skip;
+            h2.direction = record.direction == CT_DIR_OUT ? Direction::Out : Direction::In;
+            h2.frame_type = record.frame_type;
+            h2.frame_flags = record.frame_flags;
+            h2.stream_id = record.stream_id;
+            h2.error_code = record.error_code;
+            h2.frame_len = record.frame_len;
+            return event;
+        }
         default:
             return fail("unknown event kind");
     }
@@ -156,6 +195,7 @@ const char* to_string(EventKind kind) {
         case EventKind::ResetSent: return "reset_sent";
         case EventKind::ResetReceived: return "reset_received";
         case EventKind::Message: return "message";
+        case EventKind::Http2: return "http2";
     }
     return "?";
 }

@@ -74,6 +74,12 @@ constexpr std::array<std::pair<Verdict, const char*>, 9> kVerdictNames{{
     {Verdict::Open, "open"},
 }};
 
+constexpr std::array<std::pair<StreamFate, const char*>, 3> kStreamFateNames{{
+    {StreamFate::AfterGoaway, "after_goaway"},
+    {StreamFate::Refused, "refused"},
+    {StreamFate::UnansweredAtClose, "unanswered_at_close"},
+}};
+
 constexpr std::array<std::pair<Role, const char*>, 3> kRoleNames{{
     {Role::Unknown, "unknown"},
     {Role::Server, "server"},
@@ -89,6 +95,10 @@ const char* to_string(Verdict verdict) { return name_of(kVerdictNames, verdict);
 const char* to_string(Role role) { return name_of(kRoleNames, role); }
 const char* to_string(CloseCause cause) { return name_of(kCauseNames, cause); }
 const char* to_string(CloseAsked asked) { return name_of(kCloseAskedNames, asked); }
+const char* to_string(StreamFate fate) { return name_of(kStreamFateNames, fate); }
+std::optional<StreamFate> stream_fate_from_string(std::string_view name) {
+    return lookup(kStreamFateNames, name);
+}
 
 std::optional<Initiator> initiator_from_string(std::string_view name) {
     return lookup(kInitiatorNames, name);

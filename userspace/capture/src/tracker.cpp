@@ -20,6 +20,7 @@
 
 #include "closetrace.h"
 #include "closetrace/http.h"
+#include "closetrace/http2.h"
 
 // How events become a connection record:
 // - On arrival, each event of a socket is reduced to a compact fact: a message to its parsed HTTP
@@ -411,7 +412,8 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
                     close.mark(close.peer_rst, fact, Initiator::Peer, CloseHow::Rst);
                 }
                 break;
-            case EventKind::Message: break;  // kept apart, as MessageFacts
+            case EventKind::Message:  // kept apart, as MessageFacts
+            case EventKind::Http2: break;  // kept apart, as the HTTP/2 records
         }
     }
     return close;
@@ -706,6 +708,8 @@ struct Tracked {
     uint64_t closed_at_ns = 0;
     std::vector<LifecycleFact> lifecycle;
     std::vector<MessageFact> messages;  // not yet fed to the builder
+    // An HTTP/2 connection's frames that mattered and its counts; null for every other.
+    std::unique_ptr<Http2Facts> http2;
     std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
     uint32_t netns = 0;
     uint32_t settle_at = kSettleBatch;  // messages held when settle() next runs
@@ -805,6 +809,22 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);
     bound_request_list(conn);
+    if (tracked.http2) {
+        // The first reset this host sent once the socket was gone, with its trigger's bytes.
+        std::vector<Event> late_segments;
+        for (const LifecycleFact& fact : tracked.lifecycle) {
+            if (fact.kind == EventKind::ResetSent && fact.sent && !fact.sent->prefix.empty() &&
+                conn.closed_ns && fact.ts_ns >= *conn.closed_ns &&
+                (late_segments.empty() || fact.ts_ns < late_segments.front().ts_ns)) {
+                Event late;
+                late.kind = EventKind::ResetSent;
+                late.ts_ns = fact.ts_ns;
+                late.payload = fact.sent->prefix;
+                late_segments.assign(1, std::move(late));
+            }
+        }
+        judge_http2(conn, *tracked.http2, late_segments);
+    }
     return conn;
 }
 
@@ -922,6 +942,11 @@ struct ConnTracker::State {
                                 : SegmentDigest{},
                  .heads = parse_heads(event.payload, full_target)});
             if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
+            return;
+        }
+        if (event.kind == EventKind::Http2) {
+            if (!tracked.http2) tracked.http2 = std::make_unique<Http2Facts>();
+            tracked.http2->add(event);
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {

@@ -102,8 +102,7 @@ std::string close_text(const CaughtConnection& caught) {
 
 // `name_host`: the report covers several hosts.
 std::string caught_request_text(const CaughtConnection& caught, bool name_host) {
-    std::string line = caught.request ? text(request_line(*caught.request)) : "-";
-    if (caught.caught_requests > 1) line += fmt::format(" (+{} more)", caught.caught_requests - 1);
+    std::string line = text(analysis_text::caught_text(caught));
     if (caught.client_end) {
         line += " [" + escaped(analysis_text::client_end_text(*caught.client_end)) + "]";
     }

@@ -126,10 +126,21 @@ json client_end_json(const std::optional<ClientEnd>& client) {
             {"pid", client->pid ? json(*client->pid) : json(nullptr)}};
 }
 
+json streams_json(const std::vector<Http2Stream>& streams) {
+    json list = json::array();
+    for (const Http2Stream& stream : streams) {
+        list.push_back({{"id", stream.id},
+                        {"fate", to_string(stream.fate)},
+                        {"opened_by", to_string(stream.opened_by)},
+                        {"names", nullptr}});
+    }
+    return list;
+}
+
 // `name_host`: the report covers several hosts.
 json caught_json(const CaughtConnection& caught, bool name_host) {
     const std::optional<Request>& request = caught.request;
-    json member = {{"conn_id", caught.conn_id},
+    json entry = {{"conn_id", caught.conn_id},
             {"verdict", to_string(caught.verdict)},
             {"role", to_string(caught.role)},
             {"time", iso8601_utc(caught.wall_ns)},
@@ -147,8 +158,10 @@ json caught_json(const CaughtConnection& caught, bool name_host) {
             {"request_after_close_ms", optional_ms(caught.request_after_close_ms)},
             {"how", caught.how ? json(to_string(*caught.how)) : json(nullptr)},
             {"rst_reason", optional_string(caught.rst_reason)}};
-    if (name_host) member["host"] = caught.host;
-    return member;
+    if (name_host) entry["host"] = caught.host;
+    // An HTTP/2 connection's caught streams; absent for HTTP/1.
+    if (!caught.streams.empty()) entry["streams"] = streams_json(caught.streams);
+    return entry;
 }
 
 json caught_list_json(const CaughtList& list, bool name_hosts) {
@@ -303,9 +316,7 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
     out += fmt::format("  {:<27}  {:<20}  {:>9}  {:>12}  {:<8}  {:<26}  {}\n", "request time (UTC)",
                        "peer", "idle", timing_header, "comm", "close", "request");
     for (const CaughtConnection& caught : list.listed) {
-        std::string request = caught.request ? analysis_text::request_line(*caught.request) : "-";
-        if (caught.caught_requests > 1)
-            request += fmt::format(" (+{} more)", caught.caught_requests - 1);
+        std::string request = analysis_text::caught_text(caught);
         if (caught.verdict == Verdict::PeerCloseRace) request += " [upstream: peer_close_race]";
         if (caught.client_end) {
             request += " [" + analysis_text::client_end_text(*caught.client_end) + "]";

@@ -91,7 +91,10 @@ constexpr Initiator kSides[] = {Initiator::Local, Initiator::Peer};
 constexpr Role kRoles[] = {Role::Server, Role::Client, Role::Unknown};
 constexpr Direction kDirections[] = {Direction::In, Direction::Out};
 constexpr EventKind kEventKinds[] = {EventKind::State, EventKind::ResetSent,
-                                     EventKind::ResetReceived, EventKind::Message};
+                                     EventKind::ResetReceived, EventKind::Message,
+                                     EventKind::Http2};
+constexpr StreamFate kStreamFates[] = {StreamFate::AfterGoaway, StreamFate::Refused,
+                                       StreamFate::UnansweredAtClose};
 constexpr std::string_view kFamilies[] = {"ipv4", "ipv6"};
 
 // For the enumerations that have no *_from_string function.
@@ -665,10 +668,11 @@ TraceHeader read_header(ondemand::object& line) {
     // First, so that a later schema's changes are reported as what they are.
     ondemand::value schema = member(line, {&root, "schema"});
     header.schema = required<std::string>(schema, {&root, "schema"});
-    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV1) {
-        throw LineError{fmt::format("unsupported schema \"{}\"; this closetrace reads {} and {}",
-                                    excerpt_for_error(header.schema), kTraceSchemaV1,
-                                    kTraceSchema)};
+    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV2 &&
+        header.schema != kTraceSchemaV1) {
+        throw LineError{fmt::format(
+            "unsupported schema \"{}\"; this closetrace reads {}, {} and {}",
+            excerpt_for_error(header.schema), kTraceSchemaV1, kTraceSchemaV2, kTraceSchema)};
     }
     rewind(line);
     read_members<TraceHeader>(line, kHeaderMembers, root, header);
@@ -723,6 +727,67 @@ constexpr MemberRule<CloseInfo> kCloseMembers[] = {
      },
      Presence::Optional, "cause"},
     {"unread_bytes", into<&CloseInfo::unread_bytes>, Presence::Optional, "cause"},
+};
+
+constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
+    {"last_frame_ns", into<&Http2Side::last_frame_ns>},
+    {"streams_opened", into<&Http2Side::streams_opened>},
+    {"streams_answered", into<&Http2Side::streams_answered>},
+    {"last_stream_id", into<&Http2Side::last_stream_id>},
+    {"goaway_count", into<&Http2Side::goaway_count>},
+    {"goaway_last_stream_id", into<&Http2Side::goaway_last_stream_id>},
+    {"goaway_error", into<&Http2Side::goaway_error>},
+    {"rst_count", into<&Http2Side::rst_count>},
+    {"rst_last_error", into<&Http2Side::rst_last_error>},
+};
+
+constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
+    {"id", into<&Http2Stream::id>},
+    {"opened_by",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.opened_by = required_enum<Initiator>(value, path, initiator_from_string, kSides);
+     }},
+    {"opened_ns", into<&Http2Stream::opened_ns>},
+    {"reset_by",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.reset_by = nullable_enum<Initiator>(value, path, initiator_from_string, kSides);
+     }},
+    {"reset_ns", into<&Http2Stream::reset_ns>},
+    {"fate",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.fate = required_enum<StreamFate>(value, path, stream_fate_from_string, kStreamFates);
+     }},
+};
+
+// closetrace/3: written for HTTP/2 connections only.
+constexpr MemberRule<Http2Connection> kHttp2Members[] = {
+    {"client",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.client = required_enum<Initiator>(value, path, initiator_from_string, kSides);
+     }},
+    {"local",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.local = read_object(value, path, kHttp2SideMembers);
+     }},
+    {"peer",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.peer = read_object(value, path, kHttp2SideMembers);
+     }},
+    {"local_goaway_ns", into<&Http2Connection::local_goaway_ns>},
+    {"peer_goaway_ns", into<&Http2Connection::peer_goaway_ns>},
+    {"lost", into<&Http2Connection::lost>},
+    {"pending_overflow", into<&Http2Connection::pending_overflow>},
+    {"counted_at_close", into<&Http2Connection::counted_at_close>},
+    {"caught",
+     [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
+         std::size_t index = 0;
+         for (auto element : required_array(value, path)) {
+             ondemand::value stream = valid(std::move(element));
+             const MemberPath stream_path{&path, {}, index++};
+             read_members<Http2Stream>(required_object(stream, stream_path), kHttp2StreamMembers,
+                                       stream_path, out.caught.emplace_back());
+         }
+     }},
 };
 
 // Requests a conn line's vector makes room for at its first one; more grow it as usual.
@@ -791,6 +856,12 @@ constexpr MemberRule<Connection> kConnMembers[] = {
      }},
     // Added within closetrace/2: absent means no event was known lost while it was open.
     {"incomplete", into<&Connection::incomplete>, Presence::Optional},
+    // closetrace/3: written for HTTP/2 connections only.
+    {"http2",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         out.http2 = read_object(value, path, kHttp2Members);
+     },
+     Presence::Optional},
 };
 
 // Into `conn`, a new one (a record is read where it will be kept). `v1`: a closetrace/1 record,
@@ -867,7 +938,8 @@ constexpr MemberRule<TraceEventLine> kEventMembers[] = {
      is_kind<EventKind::Message>},
     // Written only by a recording with --raw-payloads.
     {"payload", into<&TraceEventLine::payload>, Presence::Optional, {},
-     is_kind<EventKind::ResetSent, EventKind::ResetReceived, EventKind::Message>},
+     is_kind<EventKind::ResetSent, EventKind::ResetReceived, EventKind::Message,
+             EventKind::Http2>},
 };
 
 TraceEventLine read_event(ondemand::object& line) {
@@ -1048,6 +1120,45 @@ std::string header_line(const TraceHeader& header) {
     return dump_line(line);
 }
 
+Json http2_side_json(const Http2Side& side) {
+    Json json;
+    json["last_frame_ns"] = side.last_frame_ns;
+    json["streams_opened"] = side.streams_opened;
+    json["streams_answered"] = side.streams_answered;
+    json["last_stream_id"] = side.last_stream_id;
+    json["goaway_count"] = side.goaway_count;
+    json["goaway_last_stream_id"] = side.goaway_last_stream_id;
+    json["goaway_error"] = side.goaway_error;
+    json["rst_count"] = side.rst_count;
+    json["rst_last_error"] = side.rst_last_error;
+    return json;
+}
+
+Json http2_json(const Http2Connection& h2) {
+    Json caught = Json::array();
+    for (const Http2Stream& stream : h2.caught) {
+        Json entry;
+        entry["id"] = stream.id;
+        entry["opened_by"] = to_string(stream.opened_by);
+        entry["opened_ns"] = nullable_json(stream.opened_ns);
+        entry["reset_by"] = stream.reset_by ? Json(to_string(*stream.reset_by)) : Json(nullptr);
+        entry["reset_ns"] = nullable_json(stream.reset_ns);
+        entry["fate"] = to_string(stream.fate);
+        caught.push_back(std::move(entry));
+    }
+    Json json;
+    json["client"] = to_string(h2.client);
+    json["local"] = http2_side_json(h2.local);
+    json["peer"] = http2_side_json(h2.peer);
+    json["local_goaway_ns"] = nullable_json(h2.local_goaway_ns);
+    json["peer_goaway_ns"] = nullable_json(h2.peer_goaway_ns);
+    json["lost"] = h2.lost;
+    json["pending_overflow"] = h2.pending_overflow;
+    json["counted_at_close"] = h2.counted_at_close;
+    json["caught"] = std::move(caught);
+    return json;
+}
+
 std::string conn_line(const Connection& conn) {
     const CloseInfo& info = conn.close;
     Json close;
@@ -1107,6 +1218,7 @@ std::string conn_line(const Connection& conn) {
     line["requests_omitted"] = conn.requests_omitted;
     line["verdict"] = to_string(conn.verdict);
     line["incomplete"] = conn.incomplete;
+    if (conn.http2) line["http2"] = http2_json(*conn.http2);
     return dump_line(line);
 }
 
@@ -1143,8 +1255,15 @@ std::string event_line(const Event& event, PayloadPolicy policy) {
             line["responses_before"] = event.responses_before;
             line["held"] = event.held;
             break;
+        case EventKind::Http2:
+            line["record"] = event.http2.at_close ? "close" : "frame";
+            line["direction"] = to_string(event.http2.direction);
+            line["frame_type"] = event.http2.frame_type;
+            line["stream_id"] = event.http2.stream_id;
+            line["error_code"] = event.http2.error_code;
+            break;
     }
-    if (event.kind != EventKind::State) {
+    if (event.kind != EventKind::State && event.kind != EventKind::Http2) {
         line["heads"] = heads_json(event.payload, policy.full_target);
         if (policy.raw) line["payload"] = bytes_json(event.payload);
     }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -141,7 +142,8 @@ struct CaughtConnection {
     std::optional<std::string> comm{};
     std::optional<ClientEnd> client_end{};  // the client's process when it is on this host too
     std::optional<Request> request{};       // the first caught request
-    uint64_t caught_requests = 0;           // late (race) or unanswered (in flight) requests
+    std::vector<Http2Stream> streams{};     // an HTTP/2 connection's caught streams, by id
+    uint64_t caught_requests = 0;  // late (race) or unanswered (in flight) requests or streams
     int64_t wall_ns = 0;  // Unix-epoch time of the request (of the close without one)
     std::optional<double> idle_ms{};  // the connection's idle time when it was closed
     // The request's time minus the closing side's first FIN or RST: positive for a race (how late
@@ -228,6 +230,8 @@ struct TraceAnalysis {
     // Server side: who idle-closed (local_idle_close + local_close_race) by comm; client side:
     // who sent requests on connections the peer had closed (peer_close_race).
     std::map<std::string, uint64_t> local_idle_closers;
+    // Those of them whose idle-closed connections spoke HTTP/2: their fix is another setting.
+    std::set<std::string> http2_idle_closers;
     std::map<std::string, uint64_t> upstream_racers;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
@@ -343,6 +347,9 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout);
 
 // The setting that raises the keep-alive timeout of the server `comm` to `value_s`.
 std::string keepalive_fix(const std::string& comm, uint64_t value_s);
+// The same for a server whose HTTP/2 connections close idle: its session or connection idle
+// timeout, which closes with a GOAWAY.
+std::string http2_idle_fix(const std::string& comm, uint64_t value_s);
 
 enum class DiffConclusion { Fixed, NotFixed, Inconclusive };
 const char* to_string(DiffConclusion conclusion);

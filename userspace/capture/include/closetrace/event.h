@@ -10,7 +10,7 @@
 
 namespace closetrace {
 
-enum class EventKind : uint8_t { State, ResetSent, ResetReceived, Message };
+enum class EventKind : uint8_t { State, ResetSent, ResetReceived, Message, Http2 };
 enum class Role : uint8_t { Unknown, Server, Client };
 enum class Direction : uint8_t { In, Out };
 
@@ -51,6 +51,44 @@ struct SockSnapshot {
     uint32_t unread_in = 0;
 };
 
+// What one side of an HTTP/2 connection sent, counted by the kernel (ct_http2_side).
+struct Http2Side {
+    uint64_t last_frame_ns = 0;  // 0: none
+    uint32_t streams_opened = 0;
+    uint32_t streams_answered = 0;  // streams of the other side it sent a first HEADERS on
+    uint32_t last_stream_id = 0;    // the highest stream id it opened; 0 none
+    uint32_t goaway_count = 0;
+    uint32_t goaway_last_stream_id = 0;  // of its latest GOAWAY
+    uint32_t goaway_error = 0;
+    uint32_t rst_count = 0;  // RST_STREAM frames
+    uint32_t rst_last_error = 0;
+    bool operator==(const Http2Side&) const = default;
+};
+
+// An HTTP/2 record (ct_http2_event): a frame that mattered, or the counts at the close. Both
+// carry the counts so far.
+struct Http2Record {
+    bool at_close = false;
+    Http2Side peer;   // frames received
+    Http2Side local;  // frames sent
+    // Client streams awaiting an answer: bit i is stream pending_base + 2 i.
+    uint64_t pending = 0;
+    uint32_t pending_base = 1;
+    Direction client = Direction::In;  // the client preface's direction
+    bool lost_in = false;   // received frames no longer followed from some point on
+    bool lost_out = false;  // ... sent frames
+    bool pending_overflow = false;  // more streams open at once than `pending` holds
+    // Bytes of the peer's frame under way still to come: 0, its next segment opens with a frame.
+    uint32_t in_skip = 0;
+    // A frame's
+    Direction direction = Direction::In;
+    uint8_t frame_type = 0;
+    uint8_t frame_flags = 0;
+    uint32_t stream_id = 0;
+    uint32_t error_code = 0;  // GOAWAY, RST_STREAM
+    uint32_t frame_len = 0;
+};
+
 // One kernel event. Members that do not apply to `kind` keep their defaults.
 struct Event {
     EventKind kind = EventKind::State;
@@ -88,6 +126,9 @@ struct Event {
     uint32_t responses_before = 0;  // responses before it (interim ones not counted)
     uint64_t previous_ns = 0;  // when the previous message (either kind) started; 0 none
     bool held = false;         // written only when the connection began to close
+
+    // Http2
+    Http2Record http2;
 };
 
 // Names of the kernel's enum sk_rst_reason, indexed by value (from the running kernel's BTF,

@@ -89,6 +89,43 @@ struct CloseInfo {
     uint64_t unread_bytes = 0;  // received, never read by this host's application at its close
 };
 
+// Why a close caught an HTTP/2 stream (docs/trace-format.md, "http2").
+enum class StreamFate {
+    AfterGoaway,        // opened above the other side's GOAWAY last-stream-id: never processed
+    Refused,            // reset with REFUSED_STREAM
+    UnansweredAtClose,  // opened, neither answered nor reset when the connection closed
+};
+
+struct Http2Stream {
+    uint32_t id = 0;
+    Initiator opened_by = Initiator::Unknown;
+    std::optional<uint64_t> opened_ns{};  // when its HEADERS passed, if the kernel wrote it
+    std::optional<Initiator> reset_by{};  // for Refused
+    std::optional<uint64_t> reset_ns{};
+    StreamFate fate = StreamFate::UnansweredAtClose;
+    bool operator==(const Http2Stream&) const = default;
+};
+
+// An HTTP/2 (h2c) connection: what each side sent, and the streams its close caught. Request
+// names are not decoded (HPACK is not followed).
+struct Http2Connection {
+    Initiator client = Initiator::Unknown;  // the side that sent the client preface
+    Http2Side local{};                      // frames this host sent
+    Http2Side peer{};
+    std::optional<uint64_t> local_goaway_ns{};  // this host's first GOAWAY, when written
+    std::optional<uint64_t> peer_goaway_ns{};
+    // Frames of a direction stopped being followed (a gap, a split header, too many frames in
+    // a segment): counts stop there and caught streams may be missing, never invented.
+    bool lost = false;
+    // More client streams were open at once than the kernel's window: some unanswered ones may
+    // be missing from `caught`.
+    bool pending_overflow = false;
+    // The counts are those at the close (else the latest the kernel wrote: still open).
+    bool counted_at_close = false;
+    std::vector<Http2Stream> caught{};  // by id
+    bool operator==(const Http2Connection&) const = default;
+};
+
 struct Endpoint {
     std::string addr;
     uint16_t port = 0;
@@ -135,6 +172,8 @@ struct Connection {
     // Events of it may be missing: the kernel lost events while it was open (or lingering), so
     // its close, requests and verdict may be wrong (docs/trace-format.md, "incomplete").
     bool incomplete = false;
+    // Set when the connection spoke HTTP/2 over cleartext from its start.
+    std::optional<Http2Connection> http2{};
 
     uint64_t request_count() const { return requests.size() + requests_omitted; }
 };
@@ -149,6 +188,7 @@ const char* to_string(Outcome outcome);
 const char* to_string(Verdict verdict);
 const char* to_string(CloseCause cause);
 const char* to_string(CloseAsked asked);
+const char* to_string(StreamFate fate);
 // Inverse of to_string; nullopt for an unknown name.
 std::optional<Initiator> initiator_from_string(std::string_view name);
 std::optional<CloseHow> close_how_from_string(std::string_view name);
@@ -157,6 +197,7 @@ std::optional<Verdict> verdict_from_string(std::string_view name);
 std::optional<Role> role_from_string(std::string_view name);
 std::optional<CloseCause> close_cause_from_string(std::string_view name);
 std::optional<CloseAsked> close_asked_from_string(std::string_view name);
+std::optional<StreamFate> stream_fate_from_string(std::string_view name);
 
 // Thresholds of the close causes (docs/trace-format.md).
 // A close this soon after the last exchange is its end, not an idle timer.

@@ -20,7 +20,9 @@
 namespace closetrace {
 
 // What this closetrace writes; it reads this and every earlier schema (docs/trace-format.md).
-inline constexpr std::string_view kTraceSchema = "closetrace/2";
+inline constexpr std::string_view kTraceSchema = "closetrace/3";
+// Before HTTP/2: conn records without `http2`.
+inline constexpr std::string_view kTraceSchemaV2 = "closetrace/2";
 // Before close causes: conn records without close.cause, idle_ms from the last payload.
 inline constexpr std::string_view kTraceSchemaV1 = "closetrace/1";
 
