@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <charconv>
 #include <cstring>
 #include <optional>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -61,6 +63,31 @@ std::string bind_failure(const ListenAddress& address) {
     }
     close(fd);
     return reason;
+}
+
+// Waits until the server has answered one request (at most 5 s): civetweb's worker thread
+// ignores SIGPIPE process-wide when it starts, which may come after mg_start has returned, so
+// the disposition can only be put back once it has surely run.
+void await_first_answer(const ListenAddress& address) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    const timeval timeout{.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    sockaddr_in server{};
+    server.sin_family = AF_INET;
+    server.sin_port = htons(address.port);
+    // A wildcard listener is reached on loopback.
+    server.sin_addr.s_addr =
+        address.host.s_addr == htonl(INADDR_ANY) ? htonl(INADDR_LOOPBACK) : address.host.s_addr;
+    constexpr std::string_view kRequest = "GET / HTTP/1.0\r\n\r\n";
+    char answer[64];
+    if (connect(fd, reinterpret_cast<sockaddr*>(&server), sizeof(server)) == 0 &&
+        send(fd, kRequest.data(), kRequest.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(kRequest.size())) {
+        (void)recv(fd, answer, sizeof(answer), 0);
+    }
+    close(fd);
 }
 
 prometheus::Labels with(prometheus::Labels labels, const std::string& name,
@@ -225,9 +252,9 @@ void RecordingMetrics::serve(const std::string& address) {
             address));
     }
     // Serving leaves the process's signals as they were: civetweb ignores SIGPIPE process-wide
-    // (its disposition is put back), and its threads start with every signal blocked, so that a
-    // stop signal reaches the recorder's own thread and a scraper that hangs up (EPIPE in a
-    // civetweb thread) is no SIGPIPE to the recorder.
+    // (its disposition is put back once its worker has started), and its threads start with
+    // every signal blocked, so that a stop signal reaches the recorder's own thread and a
+    // scraper that hangs up (EPIPE in a civetweb thread) is no SIGPIPE to the recorder.
     struct sigaction pipe_action{};
     sigaction(SIGPIPE, nullptr, &pipe_action);
     sigset_t all_signals, previous_mask;
@@ -236,6 +263,7 @@ void RecordingMetrics::serve(const std::string& address) {
     std::string failure;
     try {
         exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
+        await_first_answer(*listen);
     } catch (const std::exception&) {
         failure = bind_failure(*listen);
     }
