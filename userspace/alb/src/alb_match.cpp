@@ -192,7 +192,8 @@ void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& he
     // Its caught streams (those `report` lists), timed by their opening, else their reset; a
     // stream with neither time cannot be paired with a line.
     for (const Http2Stream& stream : conn.http2->caught) {
-        const std::optional<uint64_t> when_ns = stream.opened_ns ? stream.opened_ns : stream.reset_ns;
+        const std::optional<uint64_t> when_ns =
+            stream.opened_ns ? stream.opened_ns : stream.reset_ns;
         if (!when_ns) continue;
         Request request;
         request.opaque = true;

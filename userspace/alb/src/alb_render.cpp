@@ -116,9 +116,10 @@ std::string inputs_text(const TraceFacts& trace, const LbLogReadStats& stats,
     std::string matching =
         fmt::format("within {} ms; same endpoint, method and path; a verdict that fits the status",
                     to_ms(skew_ns));
-    if (std::ranges::any_of(trace.caught_requests,
-                            [](const CaughtRequest& caught) { return caught.stream.has_value(); })) {
-        matching += "; HTTP/2 streams (names not decoded): h2 and grpcs lines, by endpoint and time";
+    const auto is_stream = [](const CaughtRequest& caught) { return caught.stream.has_value(); };
+    if (std::ranges::any_of(trace.caught_requests, is_stream)) {
+        matching += "; HTTP/2 streams (names not decoded): h2 and grpcs lines, by endpoint and "
+                    "time";
     }
     if (const std::optional<int64_t> median = median_delta_ns(result.pairs)) {
         matching += fmt::format("; trace minus balancer time: median {:+.1f} ms", to_ms(*median));
