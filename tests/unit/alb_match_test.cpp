@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "closetrace/alb_render.h"
 #include "closetrace/trace_io.h"
 #include "closetrace/wallclock.h"
 
@@ -473,6 +474,156 @@ TEST(TraceFactsRead, WithoutSummaryTheEndIsTheLastTime) {
     const TraceFacts facts = read_trace_facts(reader, "cut.jsonl");
     EXPECT_FALSE(facts.has_summary);
     EXPECT_EQ(facts.end_wall_ns, kStart + 170 * kSecond + 100'000);  // the database FIN
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2: a connection's caught streams
+
+const Endpoint kBackendH2{"10.0.1.17", 9090};
+constexpr uint64_t kMonoStart = 1000 * kSecond;
+
+// The same line with another first field (the client's protocol to the load balancer).
+std::string with_type(std::string line, const std::string& type) {
+    return type + line.substr(line.find(' '));
+}
+
+// A server connection on `local` that this host closed with a GOAWAY, catching stream 7 opened
+// `opened_after_start_ns` after the recording's start.
+Connection h2_race(uint64_t id, const Endpoint& local, uint64_t opened_after_start_ns) {
+    const uint64_t opened_ns = kMonoStart + opened_after_start_ns;
+    Connection conn;
+    conn.id = id;
+    conn.cookie = 9000 + id;
+    conn.family = "ipv4";
+    conn.local = local;
+    conn.remote = {"10.0.0.5", static_cast<uint16_t>(41000 + id)};
+    conn.role = Role::Server;
+    conn.established_ns = kMonoStart + kSecond;
+    conn.closed_ns = opened_ns + kMs;
+    conn.close = CloseInfo{.initiator = Initiator::Local,
+                           .how = CloseHow::Fin,
+                           .local_fin_ns = opened_ns + kMs / 2};
+    conn.http2 = Http2Connection{
+        .client = Initiator::Peer,
+        .local = {.last_frame_ns = opened_ns - kMs, .goaway_count = 1, .goaway_last_stream_id = 5},
+        .peer = {.last_frame_ns = opened_ns, .streams_opened = 4, .last_stream_id = 7},
+        .local_goaway_ns = opened_ns - kMs,
+        .counted_at_close = true,
+        .caught = {{.id = 7, .opened_by = Initiator::Peer, .opened_ns = opened_ns,
+                    .fate = StreamFate::AfterGoaway}},
+    };
+    conn.verdict = Verdict::LocalCloseRace;
+    return conn;
+}
+
+// The facts of a trace (written and read back) holding `conns`, from kStart for 600 s.
+TraceFacts h2_facts(const std::vector<Connection>& conns) {
+    TraceHeader header;
+    header.host = "ip-10-0-1-17";
+    header.start_ns = kMonoStart;
+    header.start_wall = iso8601_utc(kStart);
+    header.mono_to_wall_ns = kStart - static_cast<int64_t>(kMonoStart);
+    std::stringstream trace;
+    trace << header_line(header) << "\n";
+    for (const Connection& conn : conns) trace << conn_line(conn) << "\n";
+    TraceSummary summary;
+    summary.connections = conns.size();
+    summary.end_ns = kMonoStart + 600 * kSecond;
+    trace << summary_line(summary) << "\n";
+    TraceReader reader(trace, "h2.jsonl");
+    return read_trace_facts(reader, "h2.jsonl");
+}
+
+TEST(AlbHttp2, CaughtStreamsAreCaughtRequests) {
+    const TraceFacts facts = h2_facts({h2_race(3, kBackendH2, 65 * kSecond)});
+    EXPECT_EQ(facts.local_endpoints, (std::set<Endpoint>{kBackendH2}));
+    EXPECT_EQ(facts.caught_connections,
+              (std::map<Verdict, uint64_t>{{Verdict::LocalCloseRace, 1}}));
+    ASSERT_EQ(facts.caught_requests.size(), 1u);
+    const CaughtRequest& caught = facts.caught_requests[0];
+    EXPECT_EQ(caught.conn_id, 3u);
+    ASSERT_TRUE(caught.stream.has_value());
+    EXPECT_EQ(caught.stream->id, 7u);
+    EXPECT_EQ(caught.stream->fate, StreamFate::AfterGoaway);
+    EXPECT_EQ(caught.wall_ns, kStart + 65 * kSecond);
+    EXPECT_TRUE(caught.request.opaque);
+    EXPECT_EQ(caught.request.method, std::nullopt);
+}
+
+TEST(AlbHttp2, H2LineMatchesTheStreamByEndpointAndTime) {
+    const int64_t t = kStart + 65 * kSecond;
+    const TraceFacts facts = h2_facts({h2_race(3, kBackendH2, 65 * kSecond)});
+    // The path is not compared: the stream's names are not decoded.
+    for (const std::string type : {"h2", "grpcs"}) {
+        const AlbCorrelation result = correlate(
+            facts, {with_type(alb_502(t - 300 * kMs,
+                                      "POST https://api.example.com:443/shop.Orders/Pay HTTP/2.0",
+                                      "10.0.1.17:9090"),
+                              type)});
+        ASSERT_EQ(result.pairs.size(), 1u) << type;
+        const AlbPair& pair = result.pairs[0];
+        EXPECT_EQ(pair.request.conn_id, 3u);
+        ASSERT_TRUE(pair.request.stream.has_value());
+        EXPECT_EQ(pair.request.stream->id, 7u);
+        EXPECT_EQ(pair.delta_ns, 300 * kMs);
+        EXPECT_FALSE(pair.path_compared);
+        EXPECT_EQ(result.by_status.at(502).explained,
+                  (std::map<Verdict, uint64_t>{{Verdict::LocalCloseRace, 1}}));
+        const std::vector<std::string> conclusions = alb_conclusions(facts, result, kSkew);
+        EXPECT_NE(joined(conclusions).find("1 line explained by close races is on HTTP/2"),
+                  std::string::npos);
+
+        const std::string text = render_alb_text(facts, {}, result, conclusions, kSkew);
+        EXPECT_NE(text.find("HTTP/2 stream 7 after_goaway (names not decoded) -> 10.0.1.17:9090  "
+                            "conn 3 local_close_race  +300.0 ms  (alb.log:1)"),
+                  std::string::npos)
+            << text;
+        const std::string json = render_alb_json(facts, {}, result, conclusions, 1000, {}, {});
+        EXPECT_NE(json.find("\"stream\": {\n          \"id\": 7,\n          \"fate\": "
+                            "\"after_goaway\",\n          \"opened_by\": \"peer\"\n        }"),
+                  std::string::npos)
+            << json;
+        EXPECT_NE(json.find(R"("outcome": null)"), std::string::npos);
+    }
+}
+
+TEST(AlbHttp2, StreamsDoNotExplainOtherLines) {
+    const int64_t t = kStart + 65 * kSecond;
+    const TraceFacts facts = h2_facts(
+        {h2_race(3, kBackendH2, 65 * kSecond), h2_race(4, {"10.0.1.17", 9091}, 200 * kSecond)});
+    const std::string request = "POST https://api.example.com:443/shop.Orders/Pay HTTP/2.0";
+    const AlbCorrelation result = correlate(
+        facts, {
+                   // An HTTP/1.1 request never goes to an HTTP/2 target as a stream.
+                   alb_502(t, "POST https://api.example.com:443/pay HTTP/1.1", "10.0.1.17:9090"),
+                   with_type(alb_502(t, "POST https://api.example.com:443/pay HTTP/1.1",
+                                     "10.0.1.17:9090"),
+                             "https"),
+                   // Outside the skew of stream 7.
+                   with_type(alb_502(t - kSkew - kMs, request, "10.0.1.17:9090"), "h2"),
+                   with_type(alb_502(t + kSkew + kMs, request, "10.0.1.17:9090"), "h2"),
+                   // Another connection's endpoint: conn 4's stream is at 200 s, not now.
+                   with_type(alb_502(t, request, "10.0.1.17:9091"), "h2"),
+               });
+    EXPECT_TRUE(result.pairs.empty());
+    EXPECT_EQ(result.unexplained.size(), 5u);
+    EXPECT_EQ(result.unmatched_requests.size(), 2u);
+    EXPECT_EQ(result.counts.on_trace, 5u);
+}
+
+TEST(AlbHttp2, StreamWithinTheSkewOnTheOtherConnection) {
+    // Two connections, two endpoints: each line pairs with the stream on its own endpoint.
+    const int64_t t = kStart + 65 * kSecond;
+    const TraceFacts facts = h2_facts(
+        {h2_race(3, kBackendH2, 65 * kSecond), h2_race(4, {"10.0.1.17", 9091}, 65 * kSecond)});
+    const std::string request = "POST https://api.example.com:443/shop.Orders/Pay HTTP/2.0";
+    const AlbCorrelation result =
+        correlate(facts, {with_type(alb_502(t, request, "10.0.1.17:9091"), "h2")});
+    ASSERT_EQ(result.pairs.size(), 1u);
+    EXPECT_EQ(result.pairs[0].request.conn_id, 4u);
+    ASSERT_EQ(result.unmatched_requests.size(), 1u);
+    EXPECT_EQ(result.unmatched_requests[0].conn_id, 3u);
 }
 
 }  // namespace

@@ -185,7 +185,24 @@ void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& he
         if (!is_caught(conn.verdict, request.outcome)) continue;
         const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + header.mono_to_wall_ns;
         facts.caught_requests.push_back({conn.id, conn.cookie, conn.verdict, conn.local,
-                                         conn.remote, request, wall_ns, header.host});
+                                         conn.remote, request, wall_ns, header.host,
+                                         std::nullopt});
+    }
+    if (!conn.http2) return;
+    // Its caught streams (those `report` lists), timed by their opening, else their reset; a
+    // stream with neither time cannot be paired with a line.
+    for (const Http2Stream& stream : conn.http2->caught) {
+        const std::optional<uint64_t> when_ns =
+            stream.opened_ns ? stream.opened_ns : stream.reset_ns;
+        if (!when_ns) continue;
+        Request request;
+        request.opaque = true;
+        request.request_ns = *when_ns;
+        request.outcome = Outcome::UnansweredAtClose;
+        const int64_t wall_ns = static_cast<int64_t>(*when_ns) + header.mono_to_wall_ns;
+        facts.caught_requests.push_back({conn.id, conn.cookie, conn.verdict, conn.local,
+                                         conn.remote, std::move(request), wall_ns, header.host,
+                                         stream});
     }
 }
 
@@ -214,6 +231,8 @@ std::optional<PortMapping> parse_port_mapping(std::string_view text) {
     if (!host_endpoint) return std::nullopt;
     return PortMapping{host_endpoint->addr, host_endpoint->port, *container_port};
 }
+
+bool lb_type_can_be_http2(std::string_view type) { return type == "h2" || type == "grpcs"; }
 
 std::vector<Verdict> verdicts_explaining(int elb_status_code) {
     switch (elb_status_code) {
@@ -378,9 +397,11 @@ AlbCorrelation AlbCorrelator::finish() const {
              it != by_time.end() && requests[*it].wall_ns <= error.dispatch_ns + skew_ns_; ++it) {
             const CaughtRequest& caught = requests[*it];
             bool compared = false;
+            // A stream has no names to compare, and only an h2 or grpcs line can be one.
             if (std::ranges::count(verdicts, caught.verdict) == 0 ||
                 !same_socket(*error.entry.target, caught.local) ||
-                !same_request(logged, caught.request, compared)) {
+                (caught.stream ? !lb_type_can_be_http2(error.entry.type)
+                               : !same_request(logged, caught.request, compared))) {
                 continue;
             }
             found.emplace_back(std::llabs(caught.wall_ns - error.dispatch_ns), *it);
@@ -472,6 +493,19 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
             sentences.push_back(unexplained_sentence(trace, result, status, tally.unexplained,
                                                      tally.lines, skew_ns));
         }
+    }
+    // A stream caught by a close race has the same cause with other settings.
+    const auto stream_races = std::ranges::count_if(result.pairs, [](const AlbPair& pair) {
+        return pair.request.stream && pair.request.verdict == Verdict::LocalCloseRace;
+    });
+    if (stream_races > 0) {
+        sentences.push_back(fmt::format(
+            "{} explained by close races {} on HTTP/2: streams opened as this host's GOAWAY or "
+            "close went out. There the setting is the server's HTTP/2 idle timeout (Node http2 "
+            "session.setTimeout, grpc-js grpc.max_connection_idle_ms and "
+            "grpc.max_connection_age_ms, Envoy idle_timeout, nginx keepalive_timeout), held "
+            "longer than the load balancer's idle timeout.",
+            plural(static_cast<uint64_t>(stream_races), "line"), stream_races == 1 ? "is" : "are"));
     }
     // With unexplained lines, their sentences already speak of the unmatched requests.
     if (counts.on_trace > 0 && result.unexplained.empty() && !result.unmatched_requests.empty()) {

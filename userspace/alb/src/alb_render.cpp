@@ -77,11 +77,16 @@ json caught_json(const CaughtRequest& caught, bool name_host) {
         {"method", optional_json(request.method)},
         {"target", optional_json(request.target)},
         {"opaque", request.opaque},
-        {"outcome", to_string(request.outcome)},
+        {"outcome", caught.stream ? json(nullptr) : json(to_string(request.outcome))},
         {"request_ns", request.request_ns},
         {"request_time", iso8601_utc(caught.wall_ns)},
     };
     if (name_host) member["host"] = caught.host;
+    if (caught.stream) {
+        member["stream"] = {{"id", caught.stream->id},
+                            {"fate", to_string(caught.stream->fate)},
+                            {"opened_by", to_string(caught.stream->opened_by)}};
+    }
     return member;
 }
 
@@ -111,6 +116,11 @@ std::string inputs_text(const TraceFacts& trace, const LbLogReadStats& stats,
     std::string matching =
         fmt::format("within {} ms; same endpoint, method and path; a verdict that fits the status",
                     to_ms(skew_ns));
+    const auto is_stream = [](const CaughtRequest& caught) { return caught.stream.has_value(); };
+    if (std::ranges::any_of(trace.caught_requests, is_stream)) {
+        matching += "; HTTP/2 streams (names not decoded): h2 and grpcs lines, by endpoint and "
+                    "time";
+    }
     if (const std::optional<int64_t> median = median_delta_ns(result.pairs)) {
         matching += fmt::format("; trace minus balancer time: median {:+.1f} ms", to_ms(*median));
     }
@@ -137,6 +147,13 @@ std::string status_table_text(const AlbCorrelation& result) {
     return out;
 }
 
+// What the trace caught: the request line, or an HTTP/2 stream, whose names are not decoded.
+std::string caught_text(const CaughtRequest& caught) {
+    if (!caught.stream) return request_line(caught.request);
+    return fmt::format("HTTP/2 stream {} {} (names not decoded)", caught.stream->id,
+                       to_string(caught.stream->fate));
+}
+
 // The balancer's error lines, explained (with the request the trace caught) or not.
 std::string error_lines_text(const AlbCorrelation& result, bool name_hosts) {
     std::string out;
@@ -146,10 +163,10 @@ std::string error_lines_text(const AlbCorrelation& result, bool name_hosts) {
             name_hosts ? " on host " + printable(pair.request.host) : std::string();
         out += fmt::format("  {} {} {} -> {}  conn {}{} {}  {:+.1f} ms{}  ({}:{})\n",
                            iso8601_utc(pair.error.dispatch_ns), *pair.error.entry.elb_status_code,
-                           request_line(pair.request.request),
+                           caught_text(pair.request),
                            format_host_port(*pair.error.entry.target), pair.request.conn_id, host,
                            to_string(pair.request.verdict), to_ms(pair.delta_ns),
-                           pair.path_compared ? "" : ", path not compared",
+                           pair.path_compared || pair.request.stream ? "" : ", path not compared",
                            printable(pair.error.file), pair.error.line);
     }
     if (!result.unexplained.empty()) out += fmt::format("\nunexplained\n");

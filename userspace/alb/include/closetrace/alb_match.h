@@ -39,7 +39,16 @@ struct CaughtRequest {
     Request request;
     int64_t wall_ns = 0;  // request_ns + mono_to_wall_ns
     std::string host{};   // the trace header's
+    // An HTTP/2 connection's caught stream (its id, fate, opening or reset). `request` is then
+    // opaque, without names (HPACK is not followed), its request_ns when the stream was opened
+    // (else reset), its outcome unanswered_at_close. nullopt for an HTTP/1 request.
+    std::optional<Http2Stream> stream{};
 };
+
+// Whether a log line of `type` (the client's protocol to the load balancer) can have gone to its
+// target as an HTTP/2 stream: h2 and grpcs. An HTTP/1.1 request (http, https) is not sent to an
+// HTTP/2 or gRPC target group (the load balancer answers it 464 itself).
+bool lb_type_can_be_http2(std::string_view type);
 
 // The load balancer's own errors that a connection's fate can explain, in report order.
 inline constexpr int kLbErrorCodes[] = {502, 504, 460};
