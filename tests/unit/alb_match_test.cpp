@@ -571,8 +571,12 @@ TEST(AlbHttp2, H2LineMatchesTheStreamByEndpointAndTime) {
         EXPECT_EQ(result.by_status.at(502).explained,
                   (std::map<Verdict, uint64_t>{{Verdict::LocalCloseRace, 1}}));
         const std::vector<std::string> conclusions = alb_conclusions(facts, result, kSkew);
-        EXPECT_NE(joined(conclusions).find("1 line explained by close races is on HTTP/2"),
-                  std::string::npos);
+        // Every explained line is a stream: the HTTP/2 setting, not HTTP/1's keep-alive.
+        EXPECT_NE(joined(conclusions).find("The 502 is explained by close races on HTTP/2"),
+                  std::string::npos)
+            << joined(conclusions);
+        EXPECT_NE(joined(conclusions).find("grpc.max_connection_idle_ms"), std::string::npos);
+        EXPECT_EQ(joined(conclusions).find("keepAliveTimeout"), std::string::npos);
 
         const std::string text = render_alb_text(facts, {}, result, conclusions, kSkew);
         EXPECT_NE(text.find("HTTP/2 stream 7 after_goaway (names not decoded) -> 10.0.1.17:9090  "
@@ -586,6 +590,30 @@ TEST(AlbHttp2, H2LineMatchesTheStreamByEndpointAndTime) {
             << json;
         EXPECT_NE(json.find(R"("outcome": null)"), std::string::npos);
     }
+}
+
+TEST(AlbHttp2, RacesOnBothProtocolsNameBothSettings) {
+    const int64_t t = kStart + 65 * kSecond;
+    TraceFacts facts = h2_facts({h2_race(3, kBackendH2, 65 * kSecond)});
+    facts.local_endpoints.insert(kBackend);
+    facts.caught_requests.push_back(race(2, t + 10 * kSecond, "POST", "/pay"));
+    ++facts.caught_connections[Verdict::LocalCloseRace];
+    const AlbCorrelation result = correlate(
+        facts, {with_type(alb_502(t - 300 * kMs, "POST https://api.example.com:443/a HTTP/2.0",
+                                  "10.0.1.17:9090"),
+                          "h2"),
+                alb_502(t + 10 * kSecond, "POST https://shop.example.com:443/pay HTTP/1.1")});
+    ASSERT_EQ(result.pairs.size(), 2u);
+    const std::string conclusions = joined(alb_conclusions(facts, result, kSkew));
+    EXPECT_NE(conclusions.find("All 2 502s are explained by close races: the backend closed idle "
+                               "keep-alive connections"),
+              std::string::npos)
+        << conclusions;
+    EXPECT_NE(conclusions.find("keepAliveTimeout"), std::string::npos);
+    EXPECT_NE(conclusions.find("One of them is on HTTP/2: there the setting is the server's "
+                               "HTTP/2 idle timeout"),
+              std::string::npos)
+        << conclusions;
 }
 
 TEST(AlbHttp2, StreamsDoNotExplainOtherLines) {

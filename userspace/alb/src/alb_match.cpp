@@ -101,16 +101,41 @@ std::string subject(uint64_t count, uint64_t total, int status) {
     return fmt::format("{} of {} {}s {}", count, total, status, count == 1 ? "is" : "are");
 }
 
-std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint64_t total) {
+// The setting a close race on HTTP/2 points at, to hold above the load balancer's idle timeout.
+constexpr std::string_view kHttp2IdleSettings =
+    "the server's HTTP/2 idle timeout (Node http2 session.setTimeout, grpc-js "
+    "grpc.max_connection_idle_ms and grpc.max_connection_age_ms, Envoy idle_timeout, nginx "
+    "keepalive_timeout)";
+
+std::string close_race_sentence(const std::string& who, uint64_t count, uint64_t streams) {
+    if (streams == count) {
+        return fmt::format(
+            "{} explained by close races on HTTP/2: the backend's GOAWAY or close went out just "
+            "as the load balancer opened a stream on the connection. Make {} longer than the "
+            "load balancer's idle timeout (ALB default 60 s).",
+            who, kHttp2IdleSettings);
+    }
+    std::string sentence =
+        who +
+        " explained by close races: the backend closed idle keep-alive connections just as the "
+        "load balancer sent a request on them. Make the backend's keep-alive timeout longer "
+        "than the load balancer's idle timeout (ALB default 60 s; Node.js: "
+        "server.keepAliveTimeout, with server.headersTimeout above it).";
+    if (streams > 0) {
+        sentence += fmt::format(" {} on HTTP/2: there the setting is {}.",
+                                streams == 1 ? std::string("One of them is")
+                                             : fmt::format("{} of them are", streams),
+                                kHttp2IdleSettings);
+    }
+    return sentence;
+}
+
+// `streams`: how many of the `count` lines are HTTP/2 streams.
+std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint64_t total,
+                               uint64_t streams) {
     const std::string who = subject(count, total, status);
     switch (verdict) {
-        case Verdict::LocalCloseRace:
-            return who +
-                   " explained by close races: the backend closed idle keep-alive "
-                   "connections just as the load balancer sent a request on them. Make "
-                   "the backend's keep-alive timeout longer than the load balancer's idle "
-                   "timeout (ALB default 60 s; Node.js: server.keepAliveTimeout, with "
-                   "server.headersTimeout above it).";
+        case Verdict::LocalCloseRace: return close_race_sentence(who, count, streams);
         case Verdict::LocalResetInflight:
             return who +
                    " explained by in-flight closes: the backend reset or closed the "
@@ -486,26 +511,17 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
         for (Verdict verdict : kAllVerdicts) {
             const auto explained = tally.explained.find(verdict);
             if (explained == tally.explained.end()) continue;
-            sentences.push_back(
-                explained_sentence(status, verdict, explained->second, tally.lines));
+            const auto streams = std::ranges::count_if(result.pairs, [&](const AlbPair& pair) {
+                return pair.request.stream && pair.request.verdict == verdict &&
+                       pair.error.entry.elb_status_code == status;
+            });
+            sentences.push_back(explained_sentence(status, verdict, explained->second,
+                                                   tally.lines, static_cast<uint64_t>(streams)));
         }
         if (tally.unexplained > 0) {
             sentences.push_back(unexplained_sentence(trace, result, status, tally.unexplained,
                                                      tally.lines, skew_ns));
         }
-    }
-    // A stream caught by a close race has the same cause with other settings.
-    const auto stream_races = std::ranges::count_if(result.pairs, [](const AlbPair& pair) {
-        return pair.request.stream && pair.request.verdict == Verdict::LocalCloseRace;
-    });
-    if (stream_races > 0) {
-        sentences.push_back(fmt::format(
-            "{} explained by close races {} on HTTP/2: streams opened as this host's GOAWAY or "
-            "close went out. There the setting is the server's HTTP/2 idle timeout (Node http2 "
-            "session.setTimeout, grpc-js grpc.max_connection_idle_ms and "
-            "grpc.max_connection_age_ms, Envoy idle_timeout, nginx keepalive_timeout), held "
-            "longer than the load balancer's idle timeout.",
-            plural(static_cast<uint64_t>(stream_races), "line"), stream_races == 1 ? "is" : "are"));
     }
     // With unexplained lines, their sentences already speak of the unmatched requests.
     if (counts.on_trace > 0 && result.unexplained.empty() && !result.unmatched_requests.empty()) {
