@@ -8,7 +8,6 @@ the trace's race and close counts, and the shipped race alert must fire; on the 
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,13 +17,13 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from support import ROOT, SCENARIO_TOOLS, Recorder, read_trace, require_bpf, require_peers, wait_for
+from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, read_trace, require_bpf,
+                     require_peers, wait_for)
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
 import peers  # noqa: E402
 import scenarios  # noqa: E402
-from test_record_cli import ChurningTraffic  # noqa: E402
 
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "prometheus")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "closetrace-rules.yml")
@@ -254,12 +253,7 @@ class MetricsTest(unittest.TestCase):
                                 "--metrics", metrics_address)
             self.addCleanup(recorder.cleanup)
             with recorder:
-                time.sleep(0.5)
-                recorder.process.send_signal(signal.SIGSTOP)
-                time.sleep(4)
-                recorder.process.send_signal(signal.SIGCONT)
-                time.sleep(0.5)
-                traffic.stop()
+                traffic.stall(recorder)
                 time.sleep(1.5)  # every close written after the linger, the loss counted
                 lost = scrape(metrics_address, "closetrace_lost_events_total")
                 incomplete = scrape(metrics_address, "closetrace_incomplete_connections_total")
