@@ -1,6 +1,7 @@
 """Helpers shared by the integration tests: run `closetrace record` and read its trace."""
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,20 @@ SCENARIO_TOOLS = os.path.join(ROOT, "tools", "scenario")
 def closetrace(*args):
     """Runs a closetrace command to completion; returns the CompletedProcess."""
     return subprocess.run([CLOSETRACE, *args], capture_output=True, text=True, timeout=120)
+
+
+def free_port():
+    """A loopback port nothing listens on, below the kernel's ephemeral range (32768 and up by
+    default): a port the kernel hands out could be taken, before the test listens on it, as the
+    source port of a connection another test opens meanwhile."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def report_json(trace):

@@ -8,7 +8,6 @@ the trace's race and close counts, and the shipped race alert must fire; on the 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,8 +16,8 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, read_trace, require_bpf,
-                     require_peers, wait_for)
+from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, free_port, read_trace,
+                     require_bpf, require_peers, wait_for)
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -29,12 +28,6 @@ PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "prometheus")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "closetrace-rules.yml")
 BALANCER_KEEPALIVE_S = 3.0
 HEALTH_CHECK_INTERVAL_S = 0.7
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(address, metric):
