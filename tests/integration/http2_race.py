@@ -1,0 +1,109 @@
+"""The HTTP/2 GOAWAY race against real peers (the servers and clients in http2/): a server whose
+connection limit sends GOAWAY while a balancer's client, which stopped reading its connection
+(busy), opens a stream on it. Recorded and captured in the backend's namespace; judged by
+tshark's HTTP/2 decoding of the capture."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from support import SCENARIO_TOOLS, PeerTest, Recorder, read_trace
+
+sys.path.insert(0, SCENARIO_TOOLS)
+
+import netns  # noqa: E402
+import peers  # noqa: E402
+import wire  # noqa: E402
+
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http2")
+HEADERS, RST_STREAM, GOAWAY = 1, 3, 7
+
+
+def http2_frames(pcap, port):
+    """(time, source port, destination port, type, stream id) of every HTTP/2 frame on the wire
+    to or from `port`, as tshark decodes them (several frames of one segment share its time)."""
+    fields = ["frame.time_epoch", "tcp.srcport", "tcp.dstport", "http2.type", "http2.streamid"]
+    out = subprocess.run(["tshark", "-r", pcap, "-d", f"tcp.port=={port},http2", "-Y", "http2",
+                          "-T", "fields", "-E", "separator=/t",
+                          *[arg for field in fields for arg in ("-e", field)]],
+                         capture_output=True, text=True, check=True).stdout
+    frames = []
+    for line in out.splitlines():
+        time_s, sport, dport, types, ids = line.split("\t")
+        for frame_type, stream_id in zip(types.split(","), ids.split(",")):
+            frames.append((float(time_s), int(sport), int(dport), int(frame_type), int(stream_id)))
+    return frames
+
+
+class Http2RaceTest(PeerTest):
+    """Runs the race; PORT is each test module's own, so that their captures never mix."""
+    PORT = None
+
+    def run_race(self, server_script, server_env, client_args):
+        """One run: the node `server_script` in the backend's namespace with `server_env`, then
+        the client `client_args` (a script in http2/ and its arguments after the backend's
+        address and PORT) in the balancer's, recorded and captured. Returns (trace, pcap, the
+        client's last output line parsed as JSON)."""
+        pcap = os.path.join(self.workdir, "backend.pcap")
+        trace = os.path.join(self.workdir, "trace.jsonl")
+        client_script, *client_rest = client_args
+        with netns.Topology() as topo:
+            env = dict(os.environ, PORT=str(self.PORT), HOST="0.0.0.0", **server_env)
+            server = topo.spawn_in("backend", [peers.NODE, os.path.join(PEERS, server_script)],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            peers.wait_port(topo, "backend", topo.addr["backend"], self.PORT, proc=server)
+            capture = wire.Capture(topo, "backend", "to-bal", pcap,
+                                   bpf_filter=f"tcp port {self.PORT}").start()
+            recorder = Recorder("--port", str(self.PORT), "--quiet", "--netns",
+                                f"/run/netns/{topo.nsname('backend')}", linger_ms=2000)
+            try:
+                with recorder:
+                    result = topo.run_in("balancer", [
+                        peers.NODE, os.path.join(PEERS, client_script), topo.addr["backend"],
+                        str(self.PORT), *client_rest], timeout=20, check=False)
+                    self.assertEqual(result.returncode, 0, result.stderr)
+                    topo.stop_proc(server)  # its listener; the connection is over
+                self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+                shutil.copyfile(recorder.path, trace)
+            finally:
+                capture.stop()
+                recorder.cleanup()
+        return trace, pcap, json.loads(result.stdout.strip().splitlines()[-1])
+
+    def http2_connection(self, trace):
+        """The trace's one HTTP/2 connection; no event lost."""
+        _, conns, _, summary = read_trace(trace)
+        self.assertEqual(summary["lost_events"], 0)
+        spoke_http2 = [c for c in conns if c.get("http2")]
+        self.assertEqual(len(spoke_http2), 1, conns)
+        return spoke_http2[0]
+
+    def assert_caught_after_goaway(self, trace, pcap, failed):
+        """Every stream in `failed` (the client saw it refused or reset) is a caught stream of
+        the trace's HTTP/2 connection, opened by the peer after this host's GOAWAY, and on the
+        wire its HEADERS came after the server's first GOAWAY. Returns the connection."""
+        conn = self.http2_connection(trace)
+        client_port = conn["remote"]["port"]
+        caught = {s["id"]: s for s in conn["http2"]["caught"]}
+        frames = [f for f in http2_frames(pcap, self.PORT) if client_port in (f[1], f[2])]
+        goaways = [f[0] for f in frames if f[1] == self.PORT and f[3] == GOAWAY]
+        self.assertTrue(goaways, "no GOAWAY from the server on the wire")
+        for stream in failed:
+            self.assertIn(stream["id"], caught, conn["http2"])
+            self.assertEqual(caught[stream["id"]]["opened_by"], "peer")
+            opened = [f[0] for f in frames
+                      if f[2] == self.PORT and f[3] == HEADERS and f[4] == stream["id"]]
+            self.assertTrue(opened, f"stream {stream['id']} not on the wire")
+            self.assertLess(goaways[0], opened[0], "the server's GOAWAY came after the stream")
+            self.assertEqual(caught[stream["id"]]["fate"], "after_goaway")
+        self.assertEqual(conn["verdict"], "local_close_race")
+        self.assertEqual(conn["http2"]["client"], "peer")
+        self.assertGreaterEqual(conn["http2"]["local"]["goaway_count"], 1)
+        return conn
+
+    def assert_nothing_caught(self, trace):
+        conn = self.http2_connection(trace)
+        self.assertEqual(conn["http2"]["caught"], [])
+        self.assertNotIn(conn["verdict"], ("local_close_race", "peer_close_race",
+                                           "local_reset_inflight", "peer_close_inflight"))
