@@ -2,6 +2,7 @@
 connection limit sends GOAWAY while a balancer's client, which stopped reading its connection
 (busy), opens a stream on it. Recorded and captured in the backend's namespace; judged by
 tshark's HTTP/2 decoding of the capture."""
+import contextlib
 import json
 import os
 import shutil
@@ -40,36 +41,53 @@ class Http2RaceTest(PeerTest):
     """Runs the race; PORT is each test module's own, so that their captures never mix."""
     PORT = None
 
-    def run_race(self, server_script, server_env, client_args):
-        """One run: the node `server_script` in the backend's namespace with `server_env`, then
-        the client `client_args` (a script in http2/ and its arguments after the backend's
-        address and PORT) in the balancer's, recorded and captured. Returns (trace, pcap, the
-        client's last output line parsed as JSON)."""
-        pcap = os.path.join(self.workdir, "backend.pcap")
-        trace = os.path.join(self.workdir, "trace.jsonl")
-        client_script, *client_rest = client_args
+    @contextlib.contextmanager
+    def recorded_backend(self, server_script, server_env):
+        """The node `server_script` (in http2/) in the backend's namespace with `server_env`,
+        recorded and captured for the `with` block, which gets the topology. Then
+        self.trace and self.pcap hold the trace and the capture."""
+        self.pcap = os.path.join(self.workdir, "backend.pcap")
+        self.trace = os.path.join(self.workdir, "trace.jsonl")
         with netns.Topology() as topo:
             env = dict(os.environ, PORT=str(self.PORT), HOST="0.0.0.0", **server_env)
             server = topo.spawn_in("backend", [peers.NODE, os.path.join(PEERS, server_script)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             peers.wait_port(topo, "backend", topo.addr["backend"], self.PORT, proc=server)
-            capture = wire.Capture(topo, "backend", "to-bal", pcap,
+            capture = wire.Capture(topo, "backend", "to-bal", self.pcap,
                                    bpf_filter=f"tcp port {self.PORT}").start()
             recorder = Recorder("--port", str(self.PORT), "--quiet", "--netns",
                                 f"/run/netns/{topo.nsname('backend')}", linger_ms=2000)
             try:
                 with recorder:
-                    result = topo.run_in("balancer", [
-                        peers.NODE, os.path.join(PEERS, client_script), topo.addr["backend"],
-                        str(self.PORT), *client_rest], timeout=20, check=False)
-                    self.assertEqual(result.returncode, 0, result.stderr)
-                    topo.stop_proc(server)  # its listener; the connection is over
+                    yield topo
+                    topo.stop_proc(server)  # its listener; the connections are over
                 self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
-                shutil.copyfile(recorder.path, trace)
+                shutil.copyfile(recorder.path, self.trace)
             finally:
                 capture.stop()
                 recorder.cleanup()
-        return trace, pcap, json.loads(result.stdout.strip().splitlines()[-1])
+
+    def start_client(self, topo, ns, address, port, client_args):
+        """The node client `client_args` (a script in http2/ and its arguments after the
+        address and port it reaches) in namespace `ns`, in the background."""
+        client_script, *client_rest = client_args
+        return topo.spawn_in(ns, [peers.NODE, os.path.join(PEERS, client_script), address,
+                                  str(port), *client_rest],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def client_output(self, client):
+        """What the client printed last, parsed as JSON, once it ends."""
+        stdout, stderr = client.communicate(timeout=20)
+        self.assertEqual(client.returncode, 0, stderr)
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def run_race(self, server_script, server_env, client_args):
+        """One run: the server, then the client in the balancer's namespace, reaching it
+        directly. Returns (trace, pcap, what the client printed)."""
+        with self.recorded_backend(server_script, server_env) as topo:
+            seen = self.client_output(self.start_client(topo, "balancer", topo.addr["backend"],
+                                                        self.PORT, client_args))
+        return self.trace, self.pcap, seen
 
     def http2_connection(self, trace):
         """The trace's one HTTP/2 connection; no event lost."""
@@ -79,24 +97,33 @@ class Http2RaceTest(PeerTest):
         self.assertEqual(len(spoke_http2), 1, conns)
         return spoke_http2[0]
 
-    def assert_caught_after_goaway(self, trace, pcap, failed):
-        """Every stream in `failed` (the client saw it refused or reset) is a caught stream of
-        the trace's HTTP/2 connection, opened by the peer after this host's GOAWAY, and on the
-        wire its HEADERS came after the server's first GOAWAY. Returns the connection."""
+    def assert_caught_after_goaway(self, trace, pcap, failed_ids=None):
+        """Every stream of `failed_ids` (the client saw it refused or reset) is a caught stream
+        of the trace's HTTP/2 connection, opened by the peer after this host's GOAWAY, and on
+        the wire its HEADERS came after the server's first GOAWAY. Without `failed_ids` (a
+        proxy's upstream streams, whose fate its client does not see), the streams the wire
+        shows opened after that GOAWAY, and exactly those are caught. Returns the connection."""
         conn = self.http2_connection(trace)
         client_port = conn["remote"]["port"]
         caught = {s["id"]: s for s in conn["http2"]["caught"]}
         frames = [f for f in http2_frames(pcap, self.PORT) if client_port in (f[1], f[2])]
         goaways = [f[0] for f in frames if f[1] == self.PORT and f[3] == GOAWAY]
         self.assertTrue(goaways, "no GOAWAY from the server on the wire")
-        for stream in failed:
-            self.assertIn(stream["id"], caught, conn["http2"])
-            self.assertEqual(caught[stream["id"]]["opened_by"], "peer")
-            opened = [f[0] for f in frames
-                      if f[2] == self.PORT and f[3] == HEADERS and f[4] == stream["id"]]
-            self.assertTrue(opened, f"stream {stream['id']} not on the wire")
-            self.assertLess(goaways[0], opened[0], "the server's GOAWAY came after the stream")
-            self.assertEqual(caught[stream["id"]]["fate"], "after_goaway")
+        opened = {}
+        for time_s, _, dport, frame_type, stream_id in frames:
+            if dport == self.PORT and frame_type == HEADERS:
+                opened.setdefault(stream_id, time_s)
+        if failed_ids is None:
+            failed_ids = [stream for stream, time_s in opened.items() if time_s > goaways[0]]
+            self.assertTrue(failed_ids, "no stream opened after the server's GOAWAY")
+            self.assertEqual(sorted(caught), sorted(failed_ids))
+        for stream_id in failed_ids:
+            self.assertIn(stream_id, caught, conn["http2"])
+            self.assertEqual(caught[stream_id]["opened_by"], "peer")
+            self.assertIn(stream_id, opened, f"stream {stream_id} not on the wire")
+            self.assertLess(goaways[0], opened[stream_id],
+                            "the server's GOAWAY came after the stream")
+            self.assertEqual(caught[stream_id]["fate"], "after_goaway")
         self.assertEqual(conn["verdict"], "local_close_race")
         self.assertEqual(conn["http2"]["client"], "peer")
         self.assertGreaterEqual(conn["http2"]["local"]["goaway_count"], 1)

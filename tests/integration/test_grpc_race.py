@@ -3,15 +3,29 @@ its grpc.max_connection_idle_ms sends GOAWAY and closes the connection while a b
 grpc-js client, which stopped reading its connection (busy), makes a call on it. Judged by the
 wire as test_http2_race is: every stream the client saw refused or reset is a caught stream of
 that connection, with the server's GOAWAY before it on the wire, and the report names the
-grpc-js setting; with the idle limit above the client's idle time nothing is caught."""
+grpc-js setting; with the idle limit above the client's idle time nothing is caught. Behind
+nginx grpc_pass with upstream keep-alive, paused (busy) as the client's call reaches it and
+resumed after the backend's GOAWAY, nginx forwards the call on the cached upstream connection
+and answers 502: that upstream stream is caught."""
 import os
+import signal
+import sys
+import time
 import unittest
 
 from http2_race import PEERS, Http2RaceTest
-from support import closetrace, report_json
+from support import SCENARIO_TOOLS, closetrace, report_json, wait_for
+
+sys.path.insert(0, SCENARIO_TOOLS)
+
+import peers  # noqa: E402
 
 CLIENT_IDLE_MS = 1500
+IDLE_LIMIT_MS = 1000
 UNAVAILABLE = 14
+# Behind nginx, from the end of the first call (its access log line): nginx stops, the second
+# call reaches it, the backend's GOAWAY comes (IDLE_LIMIT_MS), nginx resumes.
+NGINX_STOP_S, NGINX_CLIENT_IDLE_MS, NGINX_RESUME_S = 0.5, 750, 1.5
 
 
 class GrpcRaceTest(Http2RaceTest):
@@ -29,12 +43,12 @@ class GrpcRaceTest(Http2RaceTest):
                              ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"])
 
     def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
-        trace, pcap, seen = self.run_client(idle_limit_ms=1000)
+        trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS)
         failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
         self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
 
-        conn = self.assert_caught_after_goaway(trace, pcap, failed)
+        conn = self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
         self.assertEqual(conn["comm"], "node")
 
         # The report lists the connection with its streams and names grpc-js's setting.
@@ -43,6 +57,27 @@ class GrpcRaceTest(Http2RaceTest):
         self.assertEqual(sorted(s["id"] for s in listed[0]["streams"]),
                          sorted(s["id"] for s in failed))
         self.assertIn("grpc.max_connection_idle_ms", closetrace("report", trace).stdout)
+
+    def test_a_call_nginx_forwards_as_the_idle_goaway_comes_is_caught(self):
+        with self.recorded_backend("grpc_server.js",
+                                   {"MAX_CONNECTION_IDLE_MS": str(IDLE_LIMIT_MS)}) as topo:
+            nginx = peers.start_nginx_grpc_balancer(topo, self.PORT, base_dir=self.workdir)
+            client = self.start_client(topo, "client", topo.addr["balancer_client_side"], 80,
+                                       ["grpc_client.js", str(NGINX_CLIENT_IDLE_MS)])
+            self.assertTrue(wait_for(lambda: os.path.getsize(nginx.access_log) > 0, timeout=10))
+            first_answered = time.monotonic()
+            time.sleep(NGINX_STOP_S)
+            nginx.signal(signal.SIGSTOP, workers=True)
+            time.sleep(first_answered + NGINX_RESUME_S - time.monotonic())
+            nginx.signal(signal.SIGCONT, workers=True)
+            seen = self.client_output(client)
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
+        with open(nginx.error_log, encoding="utf-8") as log:
+            self.assertIn("upstream sent goaway", log.read())
+
+        conn = self.assert_caught_after_goaway(self.trace, self.pcap)
+        self.assertIn("grpc.max_connection_idle_ms", closetrace("report", self.trace).stdout)
+        self.assertEqual(conn["remote"]["addr"], topo.addr["balancer"])
 
     def test_an_idle_limit_above_the_clients_idle_catches_nothing(self):
         trace, _, seen = self.run_client(idle_limit_ms=5000)

@@ -48,7 +48,7 @@ class NodeHttp2RaceTest(Http2RaceTest):
         failed = [s for s in streams if s["outcome"] in ("refused", "reset")]
         self.assertTrue(failed, f"the client saw no stream refused or reset: {streams}")
 
-        conn = self.assert_caught_after_goaway(trace, pcap, failed)
+        conn = self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
         caught = {s["id"] for s in conn["http2"]["caught"]}
 
         # The report lists the connection with its streams and names Node's setting.
