@@ -425,6 +425,26 @@ TEST(Recommendations, NameTheSettingOfEachServer) {
                 HasSubstr("headersTimeout must exceed keepAliveTimeout"));
 }
 
+TEST(Recommendations, NameTheHttp2IdleSettingOfEachServer) {
+    struct Case {
+        const char* comm;
+        const char* setting;
+    };
+    const Case cases[] = {
+        {"node", "server.setTimeout(65000) on http2.createServer()"},
+        {"node", "grpc-js: grpc.max_connection_idle_ms = 65000"},
+        {"envoy", "common_http_protocol_options.idle_timeout: 65s"},
+        {"nginx", "keepalive_timeout 65s (it idles HTTP/2 connections out too)"},
+        // A server whose HTTP/2 setting is not known gets the generic advice, and so does
+        // Envoy's HTTP/1 side.
+        {"gunicorn", "raise its HTTP/2 idle timeout (the one that sends GOAWAY"},
+    };
+    for (const Case& c : cases) {
+        EXPECT_THAT(http2_idle_fix(c.comm, 65), HasSubstr(c.setting)) << c.comm;
+    }
+    EXPECT_THAT(keepalive_fix("envoy", 65), HasSubstr("raise its idle keep-alive timeout to 65 s"));
+}
+
 TEST(Recommendations, ValueIsThePeersTimeoutPlusAMarginInWholeSeconds) {
     const TraceAnalysis observed = Recording()
                                        .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000})

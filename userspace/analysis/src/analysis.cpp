@@ -909,47 +909,116 @@ PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces
     return {};
 }
 
+namespace {
+
+using FixText = std::string (*)(const std::string& comm, uint64_t value_s);
+
+// What one server calls its idle timeouts: the HTTP/1 keep-alive timeout, and the HTTP/2 idle
+// timeout (the one that sends GOAWAY); nullptr where it has none we know, which gets the
+// generic advice.
+struct ServerSettings {
+    std::string_view comms[2];  // the process names it runs as; "python*" is a prefix
+    FixText keepalive;
+    FixText http2_idle;
+};
+
+const ServerSettings kServerSettings[] = {
+    {{"node", "nodejs"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format(
+             "Node.js (comm {}): set server.keepAliveTimeout = {} and "
+             "server.headersTimeout = {} (milliseconds; headersTimeout must exceed "
+             "keepAliveTimeout)",
+             comm, value_s * 1000, value_s * 1000 + 1000);
+     },
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format(
+             "Node.js HTTP/2 (comm {}): the session timeout, server.setTimeout({}) on "
+             "http2.createServer() (or session.setTimeout); grpc-js: "
+             "grpc.max_connection_idle_ms = {} and grpc.max_connection_age_ms no shorter",
+             comm, value_s * 1000, value_s * 1000);
+     }},
+    {{"nginx"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("nginx (comm nginx): keepalive_timeout {}s; in the http or server block",
+                            value_s);
+     },
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format(
+             "nginx (comm nginx): keepalive_timeout {}s (it idles HTTP/2 connections out too); "
+             "in the http or server block",
+             value_s);
+     }},
+    {{"envoy"}, nullptr,
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format(
+             "Envoy (comm envoy): common_http_protocol_options.idle_timeout: {}s on the HTTP "
+             "connection manager (and max_connection_duration no shorter)",
+             value_s);
+     }},
+    {{"gunicorn"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("Gunicorn (comm gunicorn): --keep-alive {}", value_s);
+     },
+     nullptr},
+    {{"uvicorn"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
+     },
+     nullptr},
+    {{"python*"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format(
+             "Python (comm {}): Gunicorn --keep-alive {} or uvicorn "
+             "--timeout-keep-alive {}, whichever serves these connections",
+             comm, value_s, value_s);
+     },
+     nullptr},
+    {{"puma", "ruby"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb", comm,
+                            value_s);
+     },
+     nullptr},
+    {{"java"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format(
+             "Tomcat (comm java): keepAliveTimeout=\"{}\" on the Connector (Spring "
+             "Boot: server.tomcat.keep-alive-timeout={}s)",
+             value_s * 1000, value_s);
+     },
+     nullptr},
+    {{"httpd", "apache2"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}", comm, value_s);
+     },
+     nullptr},
+    {{"haproxy"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
+     },
+     nullptr},
+};
+
+// The settings of the server `comm` runs, if it is one we know.
+const ServerSettings* server_settings(const std::string& comm) {
+    for (const ServerSettings& server : kServerSettings) {
+        for (const std::string_view name : server.comms) {
+            const bool prefix = name.ends_with('*');
+            if (prefix ? comm.starts_with(name.substr(0, name.size() - 1))
+                       : !name.empty() && comm == name) {
+                return &server;
+            }
+        }
+    }
+    return nullptr;
+}
+
+}  // namespace
+
 std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
-    const uint64_t value_ms = value_s * 1000;
-    if (comm == "node" || comm == "nodejs") {
-        return fmt::format(
-            "Node.js (comm {}): set server.keepAliveTimeout = {} and "
-            "server.headersTimeout = {} (milliseconds; headersTimeout must exceed "
-            "keepAliveTimeout)",
-            comm, value_ms, value_ms + 1000);
-    }
-    if (comm == "nginx") {
-        return fmt::format("nginx (comm nginx): keepalive_timeout {}s; in the http or server block",
-                           value_s);
-    }
-    if (comm == "gunicorn") {
-        return fmt::format("Gunicorn (comm gunicorn): --keep-alive {}", value_s);
-    }
-    if (comm == "uvicorn") {
-        return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
-    }
-    if (comm.starts_with("python")) {
-        return fmt::format(
-            "Python (comm {}): Gunicorn --keep-alive {} or uvicorn "
-            "--timeout-keep-alive {}, whichever serves these connections",
-            comm, value_s, value_s);
-    }
-    if (comm == "puma" || comm == "ruby") {
-        return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb", comm,
-                           value_s);
-    }
-    if (comm == "java") {
-        return fmt::format(
-            "Tomcat (comm java): keepAliveTimeout=\"{}\" on the Connector (Spring "
-            "Boot: server.tomcat.keep-alive-timeout={}s)",
-            value_ms, value_s);
-    }
-    if (comm == "httpd" || comm == "apache2") {
-        return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}", comm, value_s);
-    }
-    if (comm == "haproxy") {
-        return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
-    }
+    const ServerSettings* server = server_settings(comm);
+    if (server && server->keepalive) return server->keepalive(comm, value_s);
     return fmt::format(
         "{} (comm {}): raise its idle keep-alive timeout to {} s (Go: "
         "http.Server.IdleTimeout = {} * time.Second; other servers: their "
@@ -958,26 +1027,8 @@ std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
 }
 
 std::string http2_idle_fix(const std::string& comm, uint64_t value_s) {
-    const uint64_t value_ms = value_s * 1000;
-    if (comm == "node" || comm == "nodejs") {
-        return fmt::format(
-            "Node.js HTTP/2 (comm {}): the session timeout, server.setTimeout({}) on "
-            "http2.createServer() (or session.setTimeout); grpc-js: "
-            "grpc.max_connection_idle_ms = {} and grpc.max_connection_age_ms no shorter",
-            comm, value_ms, value_ms);
-    }
-    if (comm == "envoy") {
-        return fmt::format(
-            "Envoy (comm envoy): common_http_protocol_options.idle_timeout: {}s on the HTTP "
-            "connection manager (and max_connection_duration no shorter)",
-            value_s);
-    }
-    if (comm == "nginx") {
-        return fmt::format(
-            "nginx (comm nginx): keepalive_timeout {}s (it idles HTTP/2 connections out too); "
-            "in the http or server block",
-            value_s);
-    }
+    const ServerSettings* server = server_settings(comm);
+    if (server && server->http2_idle) return server->http2_idle(comm, value_s);
     return fmt::format(
         "{} (comm {}): raise its HTTP/2 idle timeout (the one that sends GOAWAY; grpc-go: "
         "keepalive.ServerParameters.MaxConnectionIdle) to {} s",
