@@ -237,6 +237,15 @@ std::optional<double> idle_before_goaway(const Http2Facts& facts, Initiator clos
     return std::nullopt;
 }
 
+// A GOAWAY without error: an idle timer's, unless it came right after the last exchange (as for
+// HTTP/1): then the client was done with the connection (a gRPC channel closed), or the server
+// ended it early (a maximum connection age), neither of which tells an idle timeout.
+CloseCause idle_close_cause(const Connection& conn, Initiator closer) {
+    const std::optional<double>& idle_ms = conn.close.idle_ms;
+    if (!idle_ms || *idle_ms >= kRightAfterExchangeMs) return CloseCause::IdleTimer;
+    return closer == conn.http2->client ? CloseCause::ClosedAfterUse : CloseCause::KeepaliveEnded;
+}
+
 Verdict by_closer(Initiator closer, Verdict local, Verdict peer) {
     return closer == Initiator::Local ? local : peer;
 }
@@ -265,11 +274,11 @@ void judge_http2(Connection& conn, const Http2Facts& facts,
     const bool goaway_without_error =
         closer_sent.goaway_count > 0 && closer_sent.goaway_error == kHttp2NoError;
 
-    conn.close.cause = in_flight                ? CloseCause::InFlight
-                       : goaway_without_error ? CloseCause::IdleTimer
-                                              : CloseCause::Unknown;
     conn.close.asked_by = std::nullopt;
     if (goaway_without_error) conn.close.idle_ms = idle_before_goaway(facts, closer);
+    conn.close.cause = in_flight                ? CloseCause::InFlight
+                       : goaway_without_error ? idle_close_cause(conn, closer)
+                                              : CloseCause::Unknown;
 
     if (raced) {
         conn.verdict = by_closer(closer, Verdict::LocalCloseRace, Verdict::PeerCloseRace);
