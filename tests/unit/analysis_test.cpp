@@ -689,6 +689,65 @@ TEST(Verify, FailsOnCloseRaces) {
     EXPECT_THAT(result.reasons[0], HasSubstr("POST /pay from 10.0.0.1:40000"));
 }
 
+// An h2c connection whose server (this host) sent GOAWAY after `idle_ms`, then FIN; with
+// `late_stream`, the client's stream 3 came 400 ms after the GOAWAY and was caught.
+Connection http2_conn(double idle_ms, bool late_stream) {
+    Connection conn = make_conn({.verdict = Verdict::LocalIdleClose, .idle_ms = idle_ms});
+    conn.requests.clear();
+    const uint64_t goaway_ns = *conn.close.local_fin_ns - kMs;
+    conn.http2 = Http2Connection{.client = Initiator::Peer,
+                                 .local = {.streams_answered = 1, .goaway_count = 1,
+                                           .goaway_last_stream_id = 1},
+                                 .peer = {.streams_opened = late_stream ? 2u : 1u,
+                                          .last_stream_id = late_stream ? 3u : 1u},
+                                 .local_goaway_ns = goaway_ns,
+                                 .counted_at_close = true};
+    conn.close.cause = CloseCause::IdleTimer;
+    if (late_stream) {
+        conn.verdict = Verdict::LocalCloseRace;
+        conn.http2->caught.push_back({.id = 3,
+                                      .opened_by = Initiator::Peer,
+                                      .opened_ns = goaway_ns + 400 * kMs,
+                                      .fate = StreamFate::AfterGoaway});
+    }
+    return conn;
+}
+
+TEST(Verify, NamesTheFirstCaughtHttp2Stream) {
+    const TraceAnalysis trace = Recording().add_conn(http2_conn(1000, true)).finish();
+    const VerifyResult result = verify_trace(trace, std::nullopt);
+    EXPECT_FALSE(result.passed);
+    ASSERT_FALSE(result.reasons.empty());
+    EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
+    EXPECT_THAT(result.reasons[0],
+                HasSubstr("HTTP/2 stream 3 after_goaway (names not decoded) from 10.0.0.1:40000"));
+}
+
+// Its streams are its requests, and a caught stream's lateness runs from the GOAWAY, which
+// began the close.
+TEST(Http2Analysis, CountsStreamsAsRequestsAndTimesTheCaughtStreamFromTheGoaway) {
+    const TraceAnalysis trace = Recording().add_conn(http2_conn(1000, true)).finish();
+    EXPECT_EQ(trace.requests, 2u);
+    ASSERT_EQ(trace.races.listed.size(), 1u);
+    const CaughtConnection& caught = trace.races.listed[0];
+    ASSERT_TRUE(caught.request_after_close_ms);
+    EXPECT_DOUBLE_EQ(*caught.request_after_close_ms, 400.0);
+    EXPECT_TRUE(caught.local_goaway_ns);
+    EXPECT_THAT(assess_default(trace).recommendations.front().text,
+                HasSubstr("grpc.max_connection_idle_ms"));
+}
+
+// With the streams counted as requests, an HTTP/2 recording after the fix can conclude.
+TEST(Diff, Http2RacesGoneIsFixed) {
+    Recording before;
+    before.add_conn(http2_conn(1000, true));
+    Recording after;
+    for (int i = 0; i < 20; ++i) after.add_conn(http2_conn(70'000, false));
+    const DiffResult result = diff_traces(before.finish(), after.finish());
+    EXPECT_EQ(result.conclusion, DiffConclusion::Fixed) << result.explanation;
+    EXPECT_THAT(result.before.conclusion, HasSubstr("grpc.max_connection_idle_ms"));
+}
+
 TEST(Verify, FailsOnIdleClosesSoonerThanThePeersTimeout) {
     const TraceAnalysis trace =
         Recording().add({.verdict = Verdict::LocalIdleClose, .idle_ms = 5000}, 4).finish();

@@ -1,9 +1,11 @@
 // A balancer's grpc-js client: a first call of /shop.Orders/Pay, then a second one after
 // IDLE_MS on the same connection (transparent retries off, so that a call caught by the
-// server's GOAWAY fails as the balancer would see it). With "pause", it stops reading the
+// server's GOAWAY fails as the balancer would see it: with them on, grpc-js retries the refused
+// stream on a new connection and the call succeeds). With "pause", it stops reading the
 // connection once the first call is answered and makes the second before reading again (see
-// paused_read.js). Prints one JSON line: each HTTP/2 stream the client opened (id, and what
-// became of it) and each call's gRPC status.
+// paused_read.js). HOLD_MS (environment) keeps the connection idle that long after the last
+// call before closing it, as a balancer's own idle timeout would. Prints one JSON line: each
+// HTTP/2 stream the client opened (id, and what became of it) and each call's gRPC status.
 const http2 = require('http2');
 const { openWhileNotReading, sleep } = require('./paused_read');
 
@@ -65,7 +67,7 @@ function pay() {
     await sleep(idleMs);
     await pay();
   }
-  await sleep(100);  // the last stream's close event
+  await sleep(Number(process.env.HOLD_MS ?? 100));  // at least the last stream's close event
   console.log(JSON.stringify({ streams, calls }));
   client.close();
 })();

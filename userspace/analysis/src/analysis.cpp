@@ -68,9 +68,17 @@ void list_caught(CaughtList& list, const ConnectionStory& story, const TraceHead
     if (list.listed.size() < CaughtList::kMaxListed) list.listed.push_back(caught);
 }
 
+// The requests a connection carried: its HTTP/1 requests, or the streams its HTTP/2 client
+// opened (each stream is one request; their names are not decoded).
+uint64_t requests_of(const Connection& conn) {
+    if (!conn.http2) return conn.request_count();
+    const Http2Connection& h2 = *conn.http2;
+    return (h2.client == Initiator::Local ? h2.local : h2.peer).streams_opened;
+}
+
 void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
-    group.requests += conn.request_count();
+    group.requests += requests_of(conn);
     ++group.verdicts[conn.verdict];
 }
 
@@ -86,7 +94,7 @@ void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHead
         ++a.incomplete;
         return;
     }
-    a.requests += conn.request_count();
+    a.requests += requests_of(conn);
     ++a.verdicts[conn.verdict];
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
     const std::string comm = conn.comm.value_or("");
@@ -446,23 +454,31 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
     if (conn.http2) {
         caught.streams = conn.http2->caught;
         caught.caught_requests += caught.streams.size();
+        caught.local_goaway_ns = conn.http2->local_goaway_ns;
+        caught.peer_goaway_ns = conn.http2->peer_goaway_ns;
     }
     const bool local_closed =
         conn.verdict == Verdict::LocalCloseRace || conn.verdict == Verdict::LocalResetInflight;
+    // An HTTP/2 connection's close begins with the closer's GOAWAY, where it sent one.
     const std::optional<uint64_t> close_ns =
-        local_closed ? earliest(conn.close.local_fin_ns, conn.close.local_rst_ns)
-                     : earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns);
-    if (caught.request && close_ns) {
-        caught.request_after_close_ms =
-            (static_cast<double>(caught.request->request_ns) - static_cast<double>(*close_ns)) /
-            1e6;
-    }
-    uint64_t when_ns = caught.request ? caught.request->request_ns
-                                      : close_ns.value_or(conn.closed_ns.value_or(0));
-    if (!caught.request && !caught.streams.empty()) {
+        local_closed
+            ? earliest(caught.local_goaway_ns,
+                       earliest(conn.close.local_fin_ns, conn.close.local_rst_ns))
+            : earliest(caught.peer_goaway_ns,
+                       earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns));
+    // The caught request's time, or the first caught stream's opening (else its reset).
+    std::optional<uint64_t> caught_ns;
+    if (caught.request) {
+        caught_ns = caught.request->request_ns;
+    } else if (!caught.streams.empty()) {
         const Http2Stream& first = caught.streams.front();
-        when_ns = first.opened_ns.value_or(first.reset_ns.value_or(when_ns));
+        caught_ns = first.opened_ns ? first.opened_ns : first.reset_ns;
     }
+    if (caught_ns && close_ns) {
+        caught.request_after_close_ms =
+            (static_cast<double>(*caught_ns) - static_cast<double>(*close_ns)) / 1e6;
+    }
+    const uint64_t when_ns = caught_ns.value_or(close_ns.value_or(conn.closed_ns.value_or(0)));
     caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
     return caught;
 }
@@ -1209,7 +1225,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     const HostWords host = host_words(trace);
     auto first_race = [&](Verdict verdict) -> std::string {
         for (const CaughtConnection& caught : trace.races.listed) {
-            if (caught.verdict != verdict || !caught.request) continue;
+            if (caught.verdict != verdict || (!caught.request && caught.streams.empty())) continue;
             const std::string client =
                 caught.client_end
                     ? " (" + analysis_text::client_end_text(*caught.client_end) + ")"
@@ -1217,9 +1233,11 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             const std::string host =
                 trace.host_count() > 1 ? " on host " + analysis_text::printable(caught.host)
                                        : std::string();
+            const std::string first = caught.request
+                                          ? analysis_text::request_line(*caught.request)
+                                          : analysis_text::stream_line(caught.streams.front());
             return fmt::format("; the first: {} {} from {}{}{}", iso8601_utc(caught.wall_ns),
-                               analysis_text::request_line(*caught.request),
-                               endpoint_text(caught.remote), host, client);
+                               first, endpoint_text(caught.remote), host, client);
         }
         return "";
     };
