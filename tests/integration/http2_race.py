@@ -18,22 +18,27 @@ import peers  # noqa: E402
 import wire  # noqa: E402
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http2")
-HEADERS, RST_STREAM, GOAWAY = 1, 3, 7
+HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 1, 3, 4, 6, 7
+ACK = 0x1
 
 
 def http2_frames(pcap, port):
-    """(time, source port, destination port, type, stream id) of every HTTP/2 frame on the wire
-    to or from `port`, as tshark decodes them (several frames of one segment share its time)."""
-    fields = ["frame.time_epoch", "tcp.srcport", "tcp.dstport", "http2.type", "http2.streamid"]
+    """(time, source port, destination port, type, stream id, flags) of every HTTP/2 frame on the
+    wire to or from `port`, as tshark decodes them (several frames of one segment share its
+    time)."""
+    fields = ["frame.time_epoch", "tcp.srcport", "tcp.dstport", "http2.type", "http2.streamid",
+              "http2.flags"]
     out = subprocess.run(["tshark", "-r", pcap, "-d", f"tcp.port=={port},http2", "-Y", "http2",
                           "-T", "fields", "-E", "separator=/t",
                           *[arg for field in fields for arg in ("-e", field)]],
                          capture_output=True, text=True, check=True).stdout
     frames = []
     for line in out.splitlines():
-        time_s, sport, dport, types, ids = line.split("\t")
-        for frame_type, stream_id in zip(types.split(","), ids.split(",")):
-            frames.append((float(time_s), int(sport), int(dport), int(frame_type), int(stream_id)))
+        time_s, sport, dport, types, ids, flags = line.split("\t")
+        for frame_type, stream_id, frame_flags in zip(types.split(","), ids.split(","),
+                                                      flags.split(",")):
+            frames.append((float(time_s), int(sport), int(dport), int(frame_type), int(stream_id),
+                           int(frame_flags, 16)))
     return frames
 
 
@@ -67,12 +72,14 @@ class Http2RaceTest(PeerTest):
                 capture.stop()
                 recorder.cleanup()
 
-    def start_client(self, topo, ns, address, port, client_args):
+    def start_client(self, topo, ns, address, port, client_args, client_env=None):
         """The node client `client_args` (a script in http2/ and its arguments after the
-        address and port it reaches) in namespace `ns`, in the background."""
+        address and port it reaches) in namespace `ns`, in the background, with `client_env`
+        added to its environment."""
         client_script, *client_rest = client_args
         return topo.spawn_in(ns, [peers.NODE, os.path.join(PEERS, client_script), address,
                                   str(port), *client_rest],
+                             env=dict(os.environ, **(client_env or {})),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def client_output(self, client):
@@ -81,12 +88,12 @@ class Http2RaceTest(PeerTest):
         self.assertEqual(client.returncode, 0, stderr)
         return json.loads(stdout.strip().splitlines()[-1])
 
-    def run_race(self, server_script, server_env, client_args):
+    def run_race(self, server_script, server_env, client_args, client_env=None):
         """One run: the server, then the client in the balancer's namespace, reaching it
         directly. Returns (trace, pcap, what the client printed)."""
         with self.recorded_backend(server_script, server_env) as topo:
             seen = self.client_output(self.start_client(topo, "balancer", topo.addr["backend"],
-                                                        self.PORT, client_args))
+                                                        self.PORT, client_args, client_env))
         return self.trace, self.pcap, seen
 
     def http2_connection(self, trace):
@@ -110,7 +117,7 @@ class Http2RaceTest(PeerTest):
         goaways = [f[0] for f in frames if f[1] == self.PORT and f[3] == GOAWAY]
         self.assertTrue(goaways, "no GOAWAY from the server on the wire")
         opened = {}
-        for time_s, _, dport, frame_type, stream_id in frames:
+        for time_s, _, dport, frame_type, stream_id, _ in frames:
             if dport == self.PORT and frame_type == HEADERS:
                 opened.setdefault(stream_id, time_s)
         if failed_ids is None:
@@ -129,8 +136,20 @@ class Http2RaceTest(PeerTest):
         self.assertGreaterEqual(conn["http2"]["local"]["goaway_count"], 1)
         return conn
 
+    def assert_counts_match_the_wire(self, conn, pcap):
+        """Each side's PING and SETTINGS counts in the trace are the frames the wire shows it
+        sent (acknowledgements not counted)."""
+        client_port = conn["remote"]["port"]
+        frames = [f for f in http2_frames(pcap, self.PORT) if client_port in (f[1], f[2])]
+        for side, source_port in (("local", self.PORT), ("peer", client_port)):
+            sent = [f[3] for f in frames if f[1] == source_port and not f[5] & ACK]
+            self.assertEqual((conn["http2"][side]["ping_count"],
+                              conn["http2"][side]["settings_count"]),
+                             (sent.count(PING), sent.count(SETTINGS)), side)
+
     def assert_nothing_caught(self, trace):
         conn = self.http2_connection(trace)
         self.assertEqual(conn["http2"]["caught"], [])
         self.assertNotIn(conn["verdict"], ("local_close_race", "peer_close_race",
                                            "local_reset_inflight", "peer_close_inflight"))
+        return conn

@@ -37,10 +37,10 @@ class GrpcRaceTest(Http2RaceTest):
         if not os.path.isdir(os.path.join(PEERS, "node_modules", "@grpc", "grpc-js")):
             raise unittest.SkipTest("grpc-js is not installed: run tools/setup")
 
-    def run_client(self, idle_limit_ms):
+    def run_client(self, idle_limit_ms, client_env=None):
         """The grpc-js server with `idle_limit_ms` and the pausing client."""
         return self.run_race("grpc_server.js", {"MAX_CONNECTION_IDLE_MS": str(idle_limit_ms)},
-                             ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"])
+                             ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"], client_env)
 
     def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
         trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS)
@@ -50,6 +50,7 @@ class GrpcRaceTest(Http2RaceTest):
 
         conn = self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
         self.assertEqual(conn["comm"], "node")
+        self.assert_counts_match_the_wire(conn, pcap)
 
         # The report lists the connection with its streams and names grpc-js's setting.
         listed = [r for r in report_json(trace)["races"]["listed"] if r["conn_id"] == conn["id"]]
@@ -80,9 +81,13 @@ class GrpcRaceTest(Http2RaceTest):
         self.assertEqual(conn["remote"]["addr"], topo.addr["balancer"])
 
     def test_an_idle_limit_above_the_clients_idle_catches_nothing(self):
-        trace, _, seen = self.run_client(idle_limit_ms=5000)
+        # The client pings while idle: the kernel's PING and SETTINGS counts against the wire.
+        trace, pcap, seen = self.run_client(idle_limit_ms=5000,
+                                            client_env={"KEEPALIVE_TIME_MS": "300"})
         self.assertEqual([c["code"] for c in seen["calls"]], [0, 0], seen)
-        self.assert_nothing_caught(trace)
+        conn = self.assert_nothing_caught(trace)
+        self.assertGreater(conn["http2"]["peer"]["ping_count"], 0)
+        self.assert_counts_match_the_wire(conn, pcap)
 
 
 if __name__ == "__main__":

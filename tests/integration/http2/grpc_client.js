@@ -4,7 +4,8 @@
 // stream on a new connection and the call succeeds). With "pause", it stops reading the
 // connection once the first call is answered and makes the second before reading again (see
 // paused_read.js). HOLD_MS (environment) keeps the connection idle that long after the last
-// call before closing it, as a balancer's own idle timeout would. Prints one JSON line: each
+// call before closing it, as a balancer's own idle timeout would; KEEPALIVE_TIME_MS
+// (grpc.keepalive_time_ms) makes it ping the server that often, calls or not. Prints one JSON line: each
 // HTTP/2 stream the client opened (id, and what became of it) and each call's gRPC status.
 const http2 = require('http2');
 const { openWhileNotReading, sleep } = require('./paused_read');
@@ -46,8 +47,12 @@ const Client = grpc.makeGenericClientConstructor({
     responseSerialize: (b) => b, responseDeserialize: (b) => b,
   },
 });
-const client = new Client(`${host}:${port}`, grpc.credentials.createInsecure(),
-  { 'grpc.enable_retries': 0 });
+const options = { 'grpc.enable_retries': 0 };
+if (process.env.KEEPALIVE_TIME_MS) {
+  options['grpc.keepalive_time_ms'] = Number(process.env.KEEPALIVE_TIME_MS);
+  options['grpc.keepalive_permit_without_calls'] = 1;
+}
+const client = new Client(`${host}:${port}`, grpc.credentials.createInsecure(), options);
 const calls = [];
 
 function pay() {
