@@ -13,12 +13,13 @@ import sys
 import time
 import unittest
 
-from http2_race import PEERS, Http2RaceTest
-from support import SCENARIO_TOOLS, closetrace, report_json, wait_for
+from http2_race import GOAWAY, PEERS, Http2RaceTest, http2_frames
+from support import SCENARIO_TOOLS, closetrace, read_trace, report_json, wait_for
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
 import peers  # noqa: E402
+import wire  # noqa: E402
 
 CLIENT_IDLE_MS = 1500
 IDLE_LIMIT_MS = 1000
@@ -79,6 +80,34 @@ class GrpcRaceTest(Http2RaceTest):
         conn = self.assert_caught_after_goaway(self.trace, self.pcap)
         self.assertIn("grpc.max_connection_idle_ms", closetrace("report", self.trace).stdout)
         self.assertEqual(conn["remote"]["addr"], topo.addr["balancer"])
+
+    def test_nginx_closing_an_idle_upstream_connection_is_the_peers_idle_timer(self):
+        """nginx's own timer (keepalive_timeout in the upstream block, 1 s here) closes an idle
+        upstream HTTP/2 connection with a FIN and no GOAWAY: the trace says so, with the idle
+        time the wire shows, and takes it for the peer's idle timer."""
+        with self.recorded_backend("grpc_server.js", {"MAX_CONNECTION_IDLE_MS": "10000"}) as topo:
+            peers.start_nginx_grpc_balancer(topo, self.PORT, upstream_keepalive_timeout_s=1.0,
+                                            base_dir=self.workdir)
+            # The client holds its own connection past nginx's timer, so that nginx, not the
+            # backend stopping, closes the second upstream connection too.
+            seen = self.client_output(self.start_client(
+                topo, "client", topo.addr["balancer_client_side"], 80, ["grpc_client.js", "2000"],
+                {"HOLD_MS": "1500"}))
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, 0], seen)
+
+        _, conns, _, _ = read_trace(self.trace)
+        on_wire = {w.remote[1]: w for w in wire.read_capture(self.pcap, topo.addr["backend"],
+                                                             {self.PORT})}
+        goaways = [f for f in http2_frames(self.pcap, self.PORT) if f[3] == GOAWAY]
+        self.assertEqual(goaways, [])
+        self.assertEqual(len(conns), 2, conns)  # each call found the last connection closed
+        for conn in conns:
+            w = on_wire[conn["remote"]["port"]]
+            self.assertEqual((w.initiator, w.how), ("peer", "fin"), w.describe())
+            self.assertEqual(conn["verdict"], "peer_idle_close")
+            self.assertEqual(conn["close"]["cause"], "idle_timer")
+            self.assertAlmostEqual(conn["close"]["idle_ms"], w.idle_before_close * 1000, delta=5)
+            self.assertAlmostEqual(conn["close"]["idle_ms"], 1000, delta=100)
 
     def test_an_idle_limit_above_the_clients_idle_catches_nothing(self):
         # The client pings while idle: the kernel's PING and SETTINGS counts against the wire.
