@@ -6,7 +6,9 @@ that connection, with the server's GOAWAY before it on the wire, and the report 
 grpc-js setting; with the idle limit above the client's idle time nothing is caught. Behind
 nginx grpc_pass with upstream keep-alive, paused (busy) as the client's call reaches it and
 resumed after the backend's GOAWAY, nginx forwards the call on the cached upstream connection
-and answers 502: that upstream stream is caught."""
+and answers 502: that upstream stream is caught; nginx closing an idle upstream connection on
+its own timer (FIN, no GOAWAY) is the peer's idle close, as the wire shows. The kernel's PING
+and SETTINGS counts are those of the wire."""
 import os
 import signal
 import sys
