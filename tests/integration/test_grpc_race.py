@@ -3,7 +3,8 @@ its grpc.max_connection_idle_ms sends GOAWAY and closes the connection while a b
 grpc-js client, which stopped reading its connection (busy), makes a call on it. Judged by the
 wire as test_http2_race is: every stream the client saw refused or reset is a caught stream of
 that connection, with the server's GOAWAY before it on the wire, and the report names the
-grpc-js setting; with the idle limit above the client's idle time nothing is caught. Behind
+grpc-js setting; so with grpc.max_connection_age_ms; with the idle limit above the client's
+idle time nothing is caught. Behind
 nginx grpc_pass with upstream keep-alive, paused (busy) as the client's call reaches it and
 resumed after the backend's GOAWAY, nginx forwards the call on the cached upstream connection
 and answers 502: that upstream stream is caught; nginx closing an idle upstream connection on
@@ -40,9 +41,10 @@ class GrpcRaceTest(Http2RaceTest):
         if not os.path.isdir(os.path.join(PEERS, "node_modules", "@grpc", "grpc-js")):
             raise unittest.SkipTest("grpc-js is not installed: run tools/setup")
 
-    def run_client(self, idle_limit_ms, client_env=None):
-        """The grpc-js server with `idle_limit_ms` and the pausing client."""
-        return self.run_race("grpc_server.js", {"MAX_CONNECTION_IDLE_MS": str(idle_limit_ms)},
+    def run_client(self, idle_limit_ms, client_env=None, server_env=None):
+        """The grpc-js server with `idle_limit_ms` (and `server_env`) and the pausing client."""
+        return self.run_race("grpc_server.js",
+                             {"MAX_CONNECTION_IDLE_MS": str(idle_limit_ms), **(server_env or {})},
                              ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"], client_env)
 
     def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
@@ -61,6 +63,18 @@ class GrpcRaceTest(Http2RaceTest):
         self.assertEqual(sorted(s["id"] for s in listed[0]["streams"]),
                          sorted(s["id"] for s in failed))
         self.assertIn("grpc.max_connection_idle_ms", closetrace("report", trace).stdout)
+
+    def test_a_call_made_as_the_age_goaway_comes_is_caught(self):
+        """grpc.max_connection_age_ms: the GOAWAY comes at the connection's age (1 s, +-10 %),
+        idle or not; a call made after it is caught the same way."""
+        trace, pcap, seen = self.run_client(
+            idle_limit_ms=10_000,
+            server_env={"MAX_CONNECTION_AGE_MS": "1000", "MAX_CONNECTION_AGE_GRACE_MS": "500"})
+        failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
+        self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
+        self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
+        self.assertIn("grpc.max_connection_age_ms", closetrace("report", trace).stdout)
 
     def test_a_call_nginx_forwards_as_the_idle_goaway_comes_is_caught(self):
         with self.recorded_backend("grpc_server.js",
