@@ -73,6 +73,22 @@ def require_peers(tools):
         raise unittest.SkipTest(f"missing real peers {missing}: run tools/setup")
 
 
+class PeerTest(unittest.TestCase):
+    """A test of real peers on the wire: skipped, saying why, without root, BPF or the tools in
+    TOOLS; each test gets its own temporary directory (self.workdir), removed after it, also
+    when it fails."""
+    TOOLS = ("ip", "node", "tcpdump", "tshark")
+
+    @classmethod
+    def setUpClass(cls):
+        require_bpf()
+        require_peers(cls.TOOLS)
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix=f"closetrace-{type(self).__name__}-")
+        self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
+
+
 def read_trace(path):
     """Returns (header, conns, events, summary) from a trace file; asserts its shape."""
     header, conns, events, summary = None, [], [], None

@@ -739,6 +739,9 @@ constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
     {"goaway_error", into<&Http2Side::goaway_error>},
     {"rst_count", into<&Http2Side::rst_count>},
     {"rst_last_error", into<&Http2Side::rst_last_error>},
+    // Added within closetrace/3: 0 in traces written before them.
+    {"ping_count", into<&Http2Side::ping_count>, Presence::Optional},
+    {"settings_count", into<&Http2Side::settings_count>, Presence::Optional, "ping_count"},
 };
 
 constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
@@ -1131,6 +1134,8 @@ Json http2_side_json(const Http2Side& side) {
     json["goaway_error"] = side.goaway_error;
     json["rst_count"] = side.rst_count;
     json["rst_last_error"] = side.rst_last_error;
+    json["ping_count"] = side.ping_count;
+    json["settings_count"] = side.settings_count;
     return json;
 }
 
