@@ -162,6 +162,12 @@ struct sock_state {
 	__u8 pad_owner[2];
 };
 
+#ifndef CT_NO_KERNEL_BTF
+/* The element's data follows its 8-byte map pointer in a cache line of its own. */
+_Static_assert(__builtin_offsetof(struct sock_state, messages.slots) <= 56,
+	       "the fields every packet uses fit the storage element's first cache line");
+#endif
+
 #ifdef CT_NO_KERNEL_BTF
 /* Sockets tracked at once; the loader may resize it. Least recently used entries go first. */
 struct {
