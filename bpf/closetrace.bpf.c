@@ -1512,12 +1512,8 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		return;
 	/*
 	 * Every TCP packet of the cgroup passes here: a socket neither tracked nor on a filtered
-	 * port (the host's other traffic) leaves before any parsing. A tracked socket is on a
-	 * filtered port (its state is made only then), so the port test comes first: the host's
-	 * other traffic then leaves without a storage lookup.
+	 * port (the host's other traffic) leaves before any parsing.
 	 */
-	if (!port_matches(sk->src_port, bpf_ntohs(sk->dst_port)))
-		return;
 #ifdef CT_NO_KERNEL_BTF
 	/* The entry at a linked socket's address is its own while the socket lives, closed or
 	 * not: its last packets (FIN, RST) still find it. */
@@ -1526,7 +1522,8 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 #else
 	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
 #endif
-	if (!state && !is_midlife_state(sk->state))
+	if (!state && (!is_midlife_state(sk->state) ||
+		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
 		return;
 
 	/*
