@@ -113,10 +113,11 @@ struct message_slot {
 
 /*
  * Messages of one socket, counted in the kernel: a busy keep-alive connection costs no record
- * per request. Written only by the cgroup_skb programs, which see every segment.
+ * per request. Written only by the cgroup_skb programs, which see every segment. What every
+ * packet reads comes first, before the slots: with the hot fields of sock_state it fits the
+ * cache line of the storage element's header (the bpf_local_storage_data's map pointer).
  */
 struct message_state {
-	struct message_slot slots[2]; /* by enum ct_message_kind */
 	__u64 last_start_ns;          /* the latest message start, either kind */
 	__u32 counts[2];              /* messages of each kind so far */
 	__u32 next_seq[2];            /* by direction - 1: the sequence number after the last byte */
@@ -128,6 +129,7 @@ struct message_state {
 	__u8 closing_seen;            /* the first FIN or RST passed: held messages are written */
 	__u8 http2;                   /* enum http2_followed: decided by the socket's first payload */
 	__u8 pad;
+	struct message_slot slots[2]; /* by enum ct_message_kind */
 };
 
 /* message_state.http2 */
@@ -137,27 +139,34 @@ enum http2_followed {
 	HTTP2_NOT = 2,       /* not HTTP/2: its first payload, or a direction, opened otherwise */
 };
 
-/* Per-socket state. */
+/* Per-socket state. The fields every packet uses first (see message_state). */
 struct sock_state {
 #ifdef CT_NO_KERNEL_BTF
 	__u64 identity;  /* stands for the socket cookie in records */
 	__u64 closed_ns; /* reached TCP_CLOSE: the entry outlives the socket (see find_state) */
 #endif
-	__u64 established_ns;
 	__u64 last_rx_ns; /* last payload received (cgroup_skb), 0 = none seen */
 	__u64 last_tx_ns;
 	__u32 netns;
-	__u32 pid;
-	char comm[CT_COMM_LEN];
 	__u8 role;
 	__u8 last_direction; /* direction of the last payload: a change starts a new message */
-	__u8 owner_from;     /* enum ct_owner_source */
-	__u8 owner_exiting;  /* the owner was exiting when it closed the socket */
-	__u8 pad[4];
+	__u8 pad[2];
 #ifndef CT_NO_KERNEL_BTF
 	struct message_state messages;
 #endif
+	__u64 established_ns;
+	__u32 pid;
+	char comm[CT_COMM_LEN];
+	__u8 owner_from;    /* enum ct_owner_source */
+	__u8 owner_exiting; /* the owner was exiting when it closed the socket */
+	__u8 pad_owner[2];
 };
+
+#ifndef CT_NO_KERNEL_BTF
+/* The element's data follows its 8-byte map pointer in a cache line of its own. */
+_Static_assert(__builtin_offsetof(struct sock_state, messages.slots) <= 56,
+	       "the fields every packet uses fit the storage element's first cache line");
+#endif
 
 #ifdef CT_NO_KERNEL_BTF
 /* Sockets tracked at once; the loader may resize it. Least recently used entries go first. */
@@ -1521,26 +1530,32 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
 		return;
 
+	/*
+	 * The IP and TCP headers are read in place: the stack itself needs them in the linear
+	 * data (skb->data is the network header in these hooks), so a helper call per header,
+	 * which each packet paid twice, is not needed. Only the payload is copied, by helper.
+	 */
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const __u8 *data_end = (const __u8 *)(long)skb->data_end;
 	__u32 ip_header_len;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		__u8 version_ihl;
-		if (bpf_skb_load_bytes(skb, 0, &version_ihl, 1))
+		if (data + 20 > data_end)
 			return;
-		ip_header_len = (version_ihl & 0x0f) * 4;
+		ip_header_len = (data[0] & 0x0f) * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		__u8 next_header;
-		if (bpf_skb_load_bytes(skb, 6, &next_header, 1) || next_header != IPPROTO_TCP)
+		if (data + 40 > data_end || data[6] != IPPROTO_TCP)
 			return;
 		ip_header_len = 40;
 	} else {
 		return;
 	}
-	__u8 tcp[10]; /* sequence number, acknowledgment number, data offset, flags */
-	if (bpf_skb_load_bytes(skb, ip_header_len + 4, tcp, sizeof(tcp)))
+	/* Sequence number (byte 4), data offset (12), flags (13). */
+	const __u8 *tcp = data + ip_header_len;
+	if (tcp + 14 > data_end)
 		return;
-	__u32 payload_offset = ip_header_len + (tcp[8] >> 4) * 4;
+	__u32 payload_offset = ip_header_len + (tcp[12] >> 4) * 4;
 	bool has_payload = skb->len > payload_offset;
-	bool closes = (tcp[9] & (CT_TCP_FIN | CT_TCP_RST)) != 0;
+	bool closes = (tcp[13] & (CT_TCP_FIN | CT_TCP_RST)) != 0;
 	if (!has_payload && !(state && closes))
 		return; /* a bare ACK */
 
@@ -1581,7 +1596,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		.now = now,
 		.payload_offset = payload_offset,
 		.payload_len = has_payload ? skb->len - payload_offset : 0,
-		.seq = ((__u32)tcp[0] << 24) | ((__u32)tcp[1] << 16) | ((__u32)tcp[2] << 8) | tcp[3],
+		.seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7],
 		.direction = direction,
 	};
 #ifdef CT_NO_KERNEL_BTF
