@@ -284,6 +284,9 @@ struct TraceAnalysis {
 class TraceAnalyzer {
 public:
     TraceAnalyzer(std::string file, TraceHeader header);
+    // Not copied: indexes_ points into analysis_.
+    TraceAnalyzer(const TraceAnalyzer&) = delete;
+    TraceAnalyzer& operator=(const TraceAnalyzer&) = delete;
     void add(const Connection& conn);  // copied only when kept for its other end
     void add(const TraceEventLine& event);
     void add(const TraceSummary& summary);
