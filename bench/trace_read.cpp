@@ -5,9 +5,9 @@
 //   trace_read TRACE               TraceReader: every record decoded
 //   trace_read --parse-only TRACE  the ceiling under it: each line split and parsed by simdjson
 //                                  (DOM), nothing decoded
-//   trace_read --walk-only TRACE   the floor of an On-Demand reader: each line split and every
-//                                  member and element stepped over by simdjson On-Demand, none
-//                                  decoded
+//   trace_read --walk-only TRACE   the floor of an On-Demand reader of every member: each line
+//                                  split and every member and element stepped over by simdjson
+//                                  On-Demand, none decoded (one that skips members goes lower)
 //   trace_read --find-ordered TRACE  On-Demand looked up in the writer's order: find_field for
 //                                  each member `report` reads of a conn line (others skipped),
 //                                  its strings as they lie (raw), its numbers as integers
