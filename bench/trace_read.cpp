@@ -5,9 +5,14 @@
 //   trace_read TRACE               TraceReader: every record decoded
 //   trace_read --parse-only TRACE  the ceiling under it: each line split and parsed by simdjson
 //                                  (DOM), nothing decoded
-//   trace_read --walk-only TRACE   the floor of an On-Demand reader: each line split and every
-//                                  member and element stepped over by simdjson On-Demand, none
-//                                  decoded
+//   trace_read --walk-only TRACE   the floor of an On-Demand reader of every member: each line
+//                                  split and every member and element stepped over by simdjson
+//                                  On-Demand, none decoded (one that skips members goes lower)
+//   trace_read --find-ordered TRACE  On-Demand looked up in the writer's order: find_field for
+//                                  each member `report` reads of a conn line (others skipped),
+//                                  its strings as they lie (raw), its numbers as integers
+//   trace_read --dom-tape TRACE    the DOM parse, then one pass over every member and element
+//                                  of the parsed line, each string and number read
 //
 // Built by bench/run against the build tree's libclosetrace_trace.a and
 // libclosetrace_capture.a.
@@ -139,13 +144,166 @@ int walk_only(const char* path) {
     });
 }
 
+// A conn line's members that `report` reads, in the writer's order (closetrace/1, as
+// gen_trace.py writes it); the others are skipped by find_field. Each named object's members
+// follow it, then an empty name.
+enum class Kind { Number, String, Object, Requests };
+struct Wanted {
+    std::string_view name;
+    Kind kind;
+    std::vector<Wanted> members = {};
+};
+
+const std::vector<Wanted>& conn_members() {
+    static const std::vector<Wanted> members = {
+        {"id", Kind::Number},
+        {"cookie", Kind::Number},
+        {"local", Kind::Object, {{"addr", Kind::String}, {"port", Kind::Number}}},
+        {"remote", Kind::Object, {{"addr", Kind::String}, {"port", Kind::Number}}},
+        {"role", Kind::String},
+        {"pid", Kind::Number},
+        {"comm", Kind::String},
+        {"cgroup", Kind::String},
+        {"container", Kind::Object,
+         {{"runtime", Kind::String}, {"id", Kind::String}, {"name", Kind::String},
+          {"task_id", Kind::String}}},
+        {"established_ns", Kind::Number},
+        {"closed_ns", Kind::Number},
+        {"close", Kind::Object,
+         {{"initiator", Kind::String}, {"how", Kind::String}, {"local_fin_ns", Kind::Number},
+          {"peer_fin_ns", Kind::Number}, {"local_rst_ns", Kind::Number},
+          {"peer_rst_ns", Kind::Number}, {"rst_reason", Kind::String}, {"idle_ms", Kind::Number}}},
+        {"requests", Kind::Requests,
+         {{"method", Kind::String}, {"target", Kind::String}, {"status", Kind::Number},
+          {"request_ns", Kind::Number}, {"response_ns", Kind::Number},
+          {"outcome", Kind::String}}},
+        {"verdict", Kind::String},
+    };
+    return members;
+}
+
+// Sums what it reads into `sum`, so that nothing read is optimised away.
+bool find_members(simdjson::ondemand::object object, const std::vector<Wanted>& members,
+                  uint64_t& sum) {
+    for (const Wanted& wanted : members) {
+        simdjson::ondemand::value value;
+        if (object.find_field(wanted.name).get(value) != simdjson::SUCCESS) return false;
+        bool null = false;
+        if (value.is_null().get(null) != simdjson::SUCCESS) return false;
+        if (null) continue;
+        switch (wanted.kind) {
+            case Kind::Number: {
+                uint64_t number = 0;
+                double real = 0;
+                if (value.get_uint64().get(number) == simdjson::SUCCESS) {
+                    sum += number;
+                } else if (value.get_double().get(real) == simdjson::SUCCESS) {
+                    sum += static_cast<uint64_t>(real);
+                } else {
+                    return false;
+                }
+                break;
+            }
+            case Kind::String: {
+                simdjson::ondemand::raw_json_string raw;
+                if (value.get_raw_json_string().get(raw) != simdjson::SUCCESS) return false;
+                sum += static_cast<unsigned char>(raw.raw()[0]);
+                break;
+            }
+            case Kind::Object: {
+                simdjson::ondemand::object inner;
+                if (value.get_object().get(inner) != simdjson::SUCCESS ||
+                    !find_members(inner, wanted.members, sum)) {
+                    return false;
+                }
+                break;
+            }
+            case Kind::Requests:
+                for (auto element : value.get_array()) {
+                    simdjson::ondemand::object request;
+                    if (element.get_object().get(request) != simdjson::SUCCESS ||
+                        !find_members(request, wanted.members, sum)) {
+                        return false;
+                    }
+                }
+                break;
+        }
+    }
+    return true;
+}
+
+// On-Demand, each conn line's members looked up in the writer's order (find_field), strings
+// left where they lie: the shape of a reader that skips what `report` does not read.
+int find_ordered(const char* path) {
+    simdjson::ondemand::parser parser;
+    uint64_t sum = 0;
+    const int status = each_line(path, [&](const simdjson::padded_string& line, bool& conn) {
+        simdjson::ondemand::document document;
+        simdjson::ondemand::object root;
+        std::string_view type;
+        if (parser.iterate(line).get(document) != simdjson::SUCCESS ||
+            document.get_object().get(root) != simdjson::SUCCESS ||
+            root.find_field("type").get_string().get(type) != simdjson::SUCCESS) {
+            return false;
+        }
+        conn = type == "conn";
+        return !conn || find_members(root, conn_members(), sum);
+    });
+    std::fprintf(stderr, "checksum %llu\n", static_cast<unsigned long long>(sum));
+    return status;
+}
+
+// Reads every string and number of a parsed DOM element, members and elements within.
+void read_tape(simdjson::dom::element element, uint64_t& sum) {
+    switch (element.type()) {
+        case simdjson::dom::element_type::OBJECT:
+            for (const simdjson::dom::key_value_pair member : simdjson::dom::object(element)) {
+                sum += member.key.size();
+                read_tape(member.value, sum);
+            }
+            break;
+        case simdjson::dom::element_type::ARRAY:
+            for (const simdjson::dom::element item : simdjson::dom::array(element)) {
+                read_tape(item, sum);
+            }
+            break;
+        case simdjson::dom::element_type::STRING:
+            sum += std::string_view(element).size();
+            break;
+        case simdjson::dom::element_type::UINT64: sum += uint64_t(element); break;
+        case simdjson::dom::element_type::INT64: sum += static_cast<uint64_t>(int64_t(element)); break;
+        case simdjson::dom::element_type::DOUBLE: sum += static_cast<uint64_t>(double(element)); break;
+        case simdjson::dom::element_type::BOOL: sum += bool(element) ? 1 : 0; break;
+        case simdjson::dom::element_type::NULL_VALUE: break;
+    }
+}
+
+// Each line parsed by the DOM parser, then one pass over its tape reading every value.
+int dom_tape(const char* path) {
+    simdjson::dom::parser parser;
+    uint64_t sum = 0;
+    const int status = each_line(path, [&](const simdjson::padded_string& line, bool& conn) {
+        simdjson::dom::element root;
+        if (parser.parse(line).get(root) != simdjson::SUCCESS) return false;
+        std::string_view type;
+        conn = root["type"].get_string().get(type) == simdjson::SUCCESS && type == "conn";
+        read_tape(root, sum);
+        return true;
+    });
+    std::fprintf(stderr, "checksum %llu\n", static_cast<unsigned long long>(sum));
+    return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc == 3 && std::string(argv[1]) == "--parse-only") return parse_only(argv[2]);
     if (argc == 3 && std::string(argv[1]) == "--walk-only") return walk_only(argv[2]);
+    if (argc == 3 && std::string(argv[1]) == "--find-ordered") return find_ordered(argv[2]);
+    if (argc == 3 && std::string(argv[1]) == "--dom-tape") return dom_tape(argv[2]);
     if (argc != 2) {
-        std::fprintf(stderr, "usage: trace_read [--parse-only | --walk-only] TRACE\n");
+        std::fprintf(stderr, "usage: trace_read [--parse-only | --walk-only | --find-ordered | "
+                             "--dom-tape] TRACE\n");
         return 2;
     }
     // As `closetrace report` opens it: plain or gzip, "-" for standard input.

@@ -204,6 +204,41 @@ TEST(IdleHistogram, BeyondTheExactSamplesWithinATenthOfAPercent) {
     EXPECT_NEAR(below, 29'000, 30);
 }
 
+TEST(IdleHistogram, BucketsInAnyOrderAndRangeGiveTheSameFigures) {
+    // The same samples, one histogram fed in descending order (its buckets grow downwards), the
+    // other ascending in two far-apart halves merged; tiny samples (below a nanosecond) apart.
+    const uint64_t half = IdleHistogram::kExactSamples;
+    IdleHistogram descending;
+    IdleHistogram low;
+    IdleHistogram high;
+    for (uint64_t i = half; i >= 1; --i) {
+        descending.add(1e6 + static_cast<double>(i));
+        descending.add(static_cast<double>(i) / 1000);
+    }
+    descending.add(0);
+    for (uint64_t i = 1; i <= half; ++i) {
+        low.add(static_cast<double>(i) / 1000);
+        high.add(1e6 + static_cast<double>(i));
+    }
+    low.add(0);
+    low.add(high);
+    EXPECT_EQ(descending.count(), 2 * half + 1);
+    EXPECT_EQ(low.count(), descending.count());
+    for (const double p : {1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0}) {
+        // Equal but for the order each bucket's sum was added up in.
+        EXPECT_NEAR(*descending.percentile(p), *low.percentile(p), *low.percentile(p) * 1e-12) << p;
+    }
+    // Rank 2 * half * 0.25 is a quarter of the way up the low half: half / 2 / 1000 ms.
+    EXPECT_NEAR(*descending.percentile(25), static_cast<double>(half) / 2000,
+                static_cast<double>(half) / 2000 * 0.001);
+    EXPECT_NEAR(*descending.percentile(75), 1e6 + static_cast<double>(half) / 2, 1e6 * 0.001);
+    EXPECT_EQ(descending.count_below(1e-9), 1u);  // the zero
+    EXPECT_EQ(descending.count_below(1000), half + 1);
+    EXPECT_EQ(low.count_below(1000), half + 1);
+    EXPECT_EQ(descending.densest_cluster()->count, half);  // the high half, within 6.6 %
+    EXPECT_EQ(low.densest_cluster()->count, half);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Aggregation
 

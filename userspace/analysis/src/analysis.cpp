@@ -25,11 +25,6 @@ constexpr double kBucketGrowth = 1.001;
 constexpr double kSmallestMs = 1e-6;
 constexpr int32_t kTinyBucket = std::numeric_limits<int32_t>::min();
 
-int32_t bucket_of(double ms) {
-    if (!(ms >= kSmallestMs)) return kTinyBucket;
-    return static_cast<int32_t>(std::floor(std::log(ms) / std::log(kBucketGrowth)));
-}
-
 void raise_to(std::optional<double>& longest, double ms) {
     longest = longest ? std::max(*longest, ms) : ms;
 }
@@ -57,11 +52,12 @@ bool nothing_in_flight_at_close(Verdict verdict) {
     }
 }
 
-void list_caught(CaughtList& list, const ConnectionStory& story, const TraceHeader& source) {
+void list_caught(CaughtList& list, const Connection& conn,
+                 const std::optional<ClientEnd>& client_end, const TraceHeader& source) {
     ++list.total;
-    CaughtConnection caught = caught_connection(story.conn, source.mono_to_wall_ns);
+    CaughtConnection caught = caught_connection(conn, source.mono_to_wall_ns);
     caught.host = source.host;
-    caught.client_end = story.client_end;
+    caught.client_end = client_end;
     if (caught.request_after_close_ms && *caught.request_after_close_ms < 0) {
         raise_to(list.longest_unanswered_ms, -*caught.request_after_close_ms);
     }
@@ -82,10 +78,11 @@ void count_in(GroupFigures& group, const Connection& conn) {
     ++group.verdicts[conn.verdict];
 }
 
-// Counts one connection into `a`; `source` is the header of the trace it was read from (for a
+// Counts one connection into `a`, whose groups `indexes` finds; `client_end` when both ends
+// are on this host (EndPairer); `source` is the header of the trace it was read from (for a
 // merged analysis, whose clock is the wall clock, not `a`'s own).
-void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHeader& source) {
-    const Connection& conn = story.conn;
+void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection& conn,
+                      const std::optional<ClientEnd>& client_end, const TraceHeader& source) {
     const uint64_t to_clock_of_a =
         static_cast<uint64_t>(source.mono_to_wall_ns - a.header.mono_to_wall_ns);
     ++a.connections;
@@ -97,13 +94,13 @@ void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHead
     a.requests += requests_of(conn);
     ++a.verdicts[conn.verdict];
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
-    const std::string comm = conn.comm.value_or("");
-    count_in(a.by_comm[comm], conn);
-    count_in(a.by_peer[conn.remote.addr], conn);
-    count_in(a.by_container[container_label(conn.container)], conn);
+    const std::string_view comm = conn.comm ? std::string_view(*conn.comm) : std::string_view();
+    count_in(indexes.by_comm.find(a.by_comm, comm), conn);
+    count_in(indexes.by_peer.find(a.by_peer, conn.remote.addr), conn);
+    count_in(indexes.by_container.find(a.by_container, container_label(conn.container)), conn);
     count_in(a.by_host[source.host], conn);
-    if (story.client_end) {
-        count_in(a.by_same_host[fmt::format("{} -> {}", story.client_end->comm.value_or("?"),
+    if (client_end) {
+        count_in(a.by_same_host[fmt::format("{} -> {}", client_end->comm.value_or("?"),
                                             conn.comm.value_or("?"))],
                  conn);
     }
@@ -123,16 +120,18 @@ void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHead
             raise_to(a.longest_idle_at_peer_close_ms, *idle_ms);
     }
     switch (conn.verdict) {
-        case Verdict::LocalCloseRace: list_caught(a.races, story, source); [[fallthrough]];
+        case Verdict::LocalCloseRace:
+            list_caught(a.races, conn, client_end, source);
+            [[fallthrough]];
         case Verdict::LocalIdleClose:
             if (!server_side || !idle_ms) break;
-            ++a.local_idle_closers[comm];
-            if (conn.http2) a.http2_idle_closers.insert(comm);
+            ++a.local_idle_closers[std::string(comm)];
+            if (conn.http2) a.http2_idle_closers.emplace(comm);
             a.local_idle.add(*idle_ms);
             break;
         case Verdict::PeerCloseRace:
-            list_caught(a.races, story, source);
-            ++a.upstream_racers[comm];
+            list_caught(a.races, conn, client_end, source);
+            ++a.upstream_racers[std::string(comm)];
             [[fallthrough]];
         case Verdict::PeerIdleClose:
             if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
@@ -140,11 +139,11 @@ void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHead
         case Verdict::LocalResetInflight:
             list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
                                                                      : a.inflight_resets,
-                        story, source);
+                        conn, client_end, source);
             break;
         case Verdict::PeerCloseInflight:
             list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
-                        story, source);
+                        conn, client_end, source);
             break;
         case Verdict::LocalReset:
         case Verdict::PeerReset:
@@ -484,13 +483,24 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
 }
 
 // ---------------------------------------------------------------------------------------------
+// GroupIndex
+
+GroupFigures& GroupIndex::find(std::map<std::string, GroupFigures>& groups,
+                               std::string_view name) {
+    if (const auto found = index_.find(name); found != index_.end()) return *found->second;
+    auto& [key, figures] = *groups.try_emplace(std::string(name)).first;
+    index_.emplace(key, &figures);
+    return figures;
+}
+
+// ---------------------------------------------------------------------------------------------
 // IdleHistogram
 
 void IdleHistogram::add(double ms) {
     min_ = count_ == 0 ? ms : std::min(min_, ms);
     max_ = count_ == 0 ? ms : std::max(max_, ms);
     ++count_;
-    if (buckets_.empty() && exact_.size() < kExactSamples) {
+    if (!bucketed_ && exact_.size() < kExactSamples) {
         sorted_ = sorted_ && (exact_.empty() || exact_.back() <= ms);
         exact_.push_back(ms);
         return;
@@ -500,12 +510,28 @@ void IdleHistogram::add(double ms) {
 }
 
 void IdleHistogram::fold_exact_into_buckets() {
+    bucketed_ = true;
     for (const double sample : exact_) add_to_bucket(sample);
     exact_ = {};
 }
 
+int32_t IdleHistogram::bucket_of(double ms) {
+    if (!(ms >= kSmallestMs)) return kTinyBucket;
+    return static_cast<int32_t>(std::floor(std::log(ms) / std::log(kBucketGrowth)));
+}
+
+template <typename Visit>
+void IdleHistogram::each_bucket(Visit visit) const {
+    if (tiny_.count > 0) visit(kTinyBucket, tiny_);
+    for (std::size_t offset = 0; offset < buckets_.size(); ++offset) {
+        if (buckets_[offset].count > 0) {
+            visit(first_bucket_ + static_cast<int32_t>(offset), buckets_[offset]);
+        }
+    }
+}
+
 void IdleHistogram::add(const IdleHistogram& other) {
-    if (other.buckets_.empty()) {
+    if (!other.bucketed_) {
         for (const double sample : other.exact_) add(sample);
         return;
     }
@@ -514,17 +540,29 @@ void IdleHistogram::add(const IdleHistogram& other) {
     max_ = count_ == 0 ? other.max_ : std::max(max_, other.max_);
     count_ += other.count_;
     fold_exact_into_buckets();
-    for (const auto& [index, bucket] : other.buckets_) {
-        Bucket& mine = buckets_[index];
-        mine.count += bucket.count;
-        mine.sum += bucket.sum;
-    }
+    other.each_bucket([this](int32_t index, const Bucket& bucket) {
+        add_to_bucket(index, bucket.count, bucket.sum);
+    });
 }
 
-void IdleHistogram::add_to_bucket(double ms) {
-    Bucket& bucket = buckets_[bucket_of(ms)];
-    ++bucket.count;
-    bucket.sum += ms;
+void IdleHistogram::add_to_bucket(int32_t index, uint64_t count, double sum) {
+    Bucket* bucket = &tiny_;
+    if (index != kTinyBucket) {
+        if (buckets_.empty()) {
+            first_bucket_ = index;
+        } else if (index < first_bucket_) {
+            // At least doubled, as at the end: samples in descending order cost no more.
+            const std::size_t added = std::max(static_cast<std::size_t>(first_bucket_ - index),
+                                               buckets_.size());
+            buckets_.insert(buckets_.begin(), added, Bucket{});
+            first_bucket_ -= static_cast<int32_t>(added);
+        }
+        const auto offset = static_cast<std::size_t>(index - first_bucket_);
+        if (offset >= buckets_.size()) buckets_.resize(offset + 1);
+        bucket = &buckets_[offset];
+    }
+    bucket->count += count;
+    bucket->sum += sum;
 }
 
 std::optional<double> IdleHistogram::min() const {
@@ -545,32 +583,36 @@ std::optional<double> IdleHistogram::percentile(double p) const {
     // The extremes are known exactly, whatever the buckets hold.
     if (rank == 1) return min_;
     if (rank == count_) return max_;
-    if (buckets_.empty()) {
+    if (!bucketed_) {
         if (!sorted_) std::ranges::sort(exact_);
         sorted_ = true;
         return exact_[rank - 1];
     }
     uint64_t seen = 0;
-    for (const auto& [index, bucket] : buckets_) {
+    std::optional<double> found;
+    each_bucket([&](int32_t, const Bucket& bucket) {
+        if (found) return;
         seen += bucket.count;
-        if (seen >= rank)
-            return std::clamp(bucket.sum / static_cast<double>(bucket.count), min_, max_);
-    }
-    return max_;
+        if (seen >= rank) {
+            found = std::clamp(bucket.sum / static_cast<double>(bucket.count), min_, max_);
+        }
+    });
+    return found.value_or(max_);
 }
 
 uint64_t IdleHistogram::count_below(double ms) const {
-    if (buckets_.empty()) {
+    if (!bucketed_) {
         return static_cast<uint64_t>(
             std::ranges::count_if(exact_, [ms](double sample) { return sample < ms; }));
     }
     const int32_t limit = bucket_of(ms);
     uint64_t below = 0;
-    for (const auto& [index, bucket] : buckets_) {
-        if (index > limit) break;
-        if (index < limit || bucket.sum / static_cast<double>(bucket.count) < ms)
-            below += bucket.count;
-    }
+    each_bucket([&](int32_t index, const Bucket& bucket) {
+        const bool below_ms =
+            index < limit ||
+            (index == limit && bucket.sum / static_cast<double>(bucket.count) < ms);
+        if (below_ms) below += bucket.count;
+    });
     return below;
 }
 
@@ -578,14 +620,14 @@ std::optional<IdleHistogram::Cluster> IdleHistogram::densest_cluster() const {
     if (count_ == 0) return std::nullopt;
     // (value, count) in ascending order: the samples, or the buckets by their mean.
     std::vector<std::pair<double, uint64_t>> values;
-    if (buckets_.empty()) {
+    if (!bucketed_) {
         if (!sorted_) std::ranges::sort(exact_);
         sorted_ = true;
         for (const double sample : exact_) values.emplace_back(sample, 1);
     } else {
-        for (const auto& [index, bucket] : buckets_) {
+        each_bucket([&](int32_t, const Bucket& bucket) {
             values.emplace_back(bucket.sum / static_cast<double>(bucket.count), bucket.count);
-        }
+        });
     }
     Cluster best;
     uint64_t in_window = 0;
@@ -689,16 +731,16 @@ TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
     analysis_.verdicts_over_time = VerdictTimeline(analysis_.header.start_ns);
 }
 
-void TraceAnalyzer::add(Connection conn) {
-    // Most records' peers are elsewhere: counted at once (count_story() takes in their last
+void TraceAnalyzer::add(const Connection& conn) {
+    // Most records' peers are elsewhere: counted at once (count_connection() takes in their last
     // time), without the pairer's list of stories.
     if (!peer_on_this_host(conn)) {
-        return count_story(analysis_, {std::move(conn), std::nullopt}, analysis_.header);
+        return count_connection(analysis_, indexes_, conn, std::nullopt, analysis_.header);
     }
     // Of every record: the client end of a pair may be the last one seen.
     analysis_.last_ns = std::max(analysis_.last_ns, last_seen_ns(conn));
-    for (const ConnectionStory& story : pairer_.add(std::move(conn))) {
-        count_story(analysis_, story, analysis_.header);
+    for (const ConnectionStory& story : pairer_.add(conn)) {
+        count_connection(analysis_, indexes_, story.conn, story.client_end, analysis_.header);
     }
 }
 
@@ -708,7 +750,7 @@ void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summa
 
 TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
     for (const ConnectionStory& story : pairer_.finish()) {
-        count_story(analysis_, story, analysis_.header);
+        count_connection(analysis_, indexes_, story.conn, story.client_end, analysis_.header);
     }
     return finish_part(std::move(reader_warnings));
 }
@@ -739,7 +781,7 @@ namespace {
 
 void read_into(TraceAnalyzer& analyzer, TraceReader& reader) {
     while (std::optional<TraceRecord> record = reader.next()) {
-        std::visit([&](auto& line) { analyzer.add(std::move(line)); }, *record);
+        std::visit([&](const auto& line) { analyzer.add(line); }, *record);
     }
 }
 
@@ -891,8 +933,9 @@ TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
     // before the parts are added, so that its caught request is listed even when the parts'
     // lists are full (keep_earliest then keeps the earliest of all).
     HostPairer pairer;
+    GroupIndexes indexes;
     const auto count_in_merged = [&](const ConnectionStory& story, const TraceHeader& header) {
-        count_story(merged, story, header);
+        count_connection(merged, indexes, story.conn, story.client_end, header);
     };
     for (TraceAnalysis& part : parts) pairer.add(part.header, part.unpaired_ends, count_in_merged);
     pairer.finish(count_in_merged);

@@ -545,20 +545,23 @@ void read_members(ondemand::object object, std::span<const MemberRule<Out>> rule
     }
 }
 
+// Into `out`, a new one, where the object is kept: no temporary to move (a ContainerRef moved
+// is five strings).
 template <typename Out, std::size_t N>
-Out read_object(ondemand::value& value, const MemberPath& path,
-                const MemberRule<Out> (&rules)[N]) {
+void read_object(ondemand::value& value, const MemberPath& path, const MemberRule<Out> (&rules)[N],
+                 Out& out) {
     static_assert(N <= 64, "read_members keeps what it saw in 64 bits");
-    Out out;
     read_members<Out>(required_object(value, path), rules, path, out);
-    return out;
 }
 
 template <typename Out, std::size_t N>
-std::optional<Out> nullable_object(ondemand::value& value, const MemberPath& path,
-                                   const MemberRule<Out> (&rules)[N]) {
-    if (is_null(value)) return std::nullopt;
-    return read_object(value, path, rules);
+void read_nullable_object(ondemand::value& value, const MemberPath& path,
+                          const MemberRule<Out> (&rules)[N], std::optional<Out>& out) {
+    if (is_null(value)) {
+        out.reset();
+    } else {
+        read_object(value, path, rules, out.emplace());
+    }
 }
 
 // A member that another must be read before (the line's type, the schema, an event's kind).
@@ -592,7 +595,7 @@ constexpr MemberRule<ContainerRef> kContainerMembers[] = {
     {"task_id", into<&ContainerRef::task_id>},
     {"pod_uid", into<&ContainerRef::pod_uid>},
     {"ecs", [](ContainerRef& out, ondemand::value& value, const MemberPath& path) {
-         out.ecs = nullable_object(value, path, kEcsMembers);
+         read_nullable_object(value, path, kEcsMembers, out.ecs);
      }},
 };
 
@@ -602,7 +605,7 @@ constexpr MemberRule<Endpoint> kEndpointMembers[] = {
 };
 
 void read_endpoint(Endpoint& out, ondemand::value& value, const MemberPath& path) {
-    out = read_object(value, path, kEndpointMembers);
+    read_object(value, path, kEndpointMembers, out);
 }
 
 std::map<std::string, uint64_t> read_counts(ondemand::value& value, const MemberPath& path) {
@@ -654,11 +657,11 @@ constexpr MemberRule<TraceHeader> kHeaderMembers[] = {
     {"mono_to_wall_ns", into<&TraceHeader::mono_to_wall_ns>},
     {"filters",
      [](TraceHeader& out, ondemand::value& value, const MemberPath& path) {
-         out.filters = read_object(value, path, kFilterMembers);
+         read_object(value, path, kFilterMembers, out.filters);
      }},
     {"probes",
      [](TraceHeader& out, ondemand::value& value, const MemberPath& path) {
-         out.probes = read_object(value, path, kProbeMembers);
+         read_object(value, path, kProbeMembers, out.probes);
      }},
 };
 
@@ -770,11 +773,11 @@ constexpr MemberRule<Http2Connection> kHttp2Members[] = {
      }},
     {"local",
      [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.local = read_object(value, path, kHttp2SideMembers);
+         read_object(value, path, kHttp2SideMembers, out.local);
      }},
     {"peer",
      [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.peer = read_object(value, path, kHttp2SideMembers);
+         read_object(value, path, kHttp2SideMembers, out.peer);
      }},
     {"local_goaway_ns", into<&Http2Connection::local_goaway_ns>},
     {"peer_goaway_ns", into<&Http2Connection::peer_goaway_ns>},
@@ -824,7 +827,7 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     {"cgroup", into<&Connection::cgroup>, Presence::Optional},
     {"container",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.container = nullable_object(value, path, kContainerMembers);
+         read_nullable_object(value, path, kContainerMembers, out.container);
      },
      Presence::Optional},
     {"health_check", into<&Connection::health_check>, Presence::Optional},
@@ -836,7 +839,7 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     {"segs_out", into<&Connection::segs_out>},
     {"close",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.close = read_object(value, path, kCloseMembers);
+         read_object(value, path, kCloseMembers, out.close);
      }},
     {"requests",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
@@ -862,7 +865,7 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     // closetrace/3: written for HTTP/2 connections only.
     {"http2",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.http2 = read_object(value, path, kHttp2Members);
+         read_object(value, path, kHttp2Members, out.http2.emplace());
      },
      Presence::Optional},
 };

@@ -15,6 +15,8 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "closetrace/model.h"
@@ -57,13 +59,24 @@ private:
         uint64_t count = 0;
         double sum = 0;
     };
-    void add_to_bucket(double ms);
+    void add_to_bucket(double ms) { add_to_bucket(bucket_of(ms), 1, ms); }
+    void add_to_bucket(int32_t index, uint64_t count, double sum);
     void fold_exact_into_buckets();
+    static int32_t bucket_of(double ms);
+    // Calls visit(index, bucket) for each bucket that holds samples, in ascending order.
+    template <typename Visit>
+    void each_bucket(Visit visit) const;
 
     // Sorted lazily by the const queries (a cache: the samples themselves do not change).
     mutable std::vector<double> exact_;
     mutable bool sorted_ = true;
-    std::map<int32_t, Bucket> buckets_;  // used once exact_ would exceed kExactSamples
+    // Used once exact_ would exceed kExactSamples: the buckets from first_bucket_ on, in one
+    // array (a lookup is an index, not a walk down a tree of thousands), and those below
+    // kSmallestMs apart. Empty buckets have count 0.
+    bool bucketed_ = false;
+    Bucket tiny_;
+    int32_t first_bucket_ = 0;
+    std::vector<Bucket> buckets_;
     uint64_t count_ = 0;
     double min_ = 0;
     double max_ = 0;
@@ -127,6 +140,22 @@ struct GroupFigures {
     uint64_t requests = 0;
     VerdictCounts verdicts;
     GroupFigures& operator+=(const GroupFigures& other);
+};
+
+// A TraceAnalysis's groups of one kind (by_comm, by_peer, by_container) found by a hash of the
+// name: the std::map keeps the names in order for the report; the index finds one without a
+// walk down its tree (hundreds of peer addresses) and without a string built for the search.
+class GroupIndex {
+public:
+    GroupFigures& find(std::map<std::string, GroupFigures>& groups, std::string_view name);
+
+private:
+    std::unordered_map<std::string_view, GroupFigures*> index_;  // names and figures in `groups`
+};
+
+// The indexes of one TraceAnalysis's by_comm, by_peer and by_container.
+struct GroupIndexes {
+    GroupIndex by_comm, by_peer, by_container;
 };
 
 // A connection whose close caught a request: a race, an in-flight reset, or a request the peer
@@ -258,7 +287,10 @@ struct TraceAnalysis {
 class TraceAnalyzer {
 public:
     TraceAnalyzer(std::string file, TraceHeader header);
-    void add(Connection conn);
+    // Not copied: indexes_ points into analysis_.
+    TraceAnalyzer(const TraceAnalyzer&) = delete;
+    TraceAnalyzer& operator=(const TraceAnalyzer&) = delete;
+    void add(const Connection& conn);  // copied only when kept for its other end
     void add(const TraceEventLine& event);
     void add(const TraceSummary& summary);
     TraceAnalysis finish(std::vector<std::string> reader_warnings);
@@ -267,9 +299,9 @@ public:
     TraceAnalysis finish_part(std::vector<std::string> reader_warnings);
 
 private:
-
     EndPairer pairer_;
     TraceAnalysis analysis_;
+    GroupIndexes indexes_;  // into analysis_'s maps
 };
 
 // Reads the rest of the trace; throws TraceError on a malformed one.
