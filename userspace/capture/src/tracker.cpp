@@ -249,13 +249,17 @@ int lifecycle_rank(uint8_t state) {
 // Time order; equal times keep arrival order, except that state transitions (of the one socket)
 // take their lifecycle order, whichever CPU delivered them first.
 void order_by_time(std::vector<LifecycleFact>& facts) {
-    std::ranges::sort(facts, {},
-                      [](const LifecycleFact& f) { return std::pair(f.ts_ns, f.arrival); });
+    const auto order = [](const LifecycleFact& f) { return std::pair(f.ts_ns, f.arrival); };
+    if (!std::ranges::is_sorted(facts, {}, order)) std::ranges::sort(facts, {}, order);
     auto run_begin = facts.begin();
     while (run_begin != facts.end()) {
         const uint64_t ts = run_begin->ts_ns;
         const auto run_end = std::find_if(
             run_begin, facts.end(), [ts](const LifecycleFact& f) { return f.ts_ns != ts; });
+        if (run_end - run_begin == 1) {  // nearly every fact: nothing to reorder
+            run_begin = run_end;
+            continue;
+        }
         std::vector<LifecycleFact*> slots;
         for (auto it = run_begin; it != run_end; ++it) {
             if (it->kind == EventKind::State) slots.push_back(&*it);
@@ -858,6 +862,11 @@ LifecycleFact lifecycle_fact(const Event& event, uint64_t arrival, bool by_tuple
     return fact;
 }
 
+// A connecting socket's first state change comes before its local port is bound: that tuple
+// names no segment a reset could be for, and every connecting socket towards one server shares it
+// (a chain of equal keys the index would walk at each removal). Such a tuple is not indexed.
+bool names_a_segment(const Tuple& tuple) { return tuple.lport != 0; }
+
 uint64_t tuple_hash(const Tuple& tuple) {
     std::array<char, sizeof(tuple.laddr) + sizeof(tuple.raddr) + 2 * sizeof(uint16_t) + 1> bytes{};
     char* out = bytes.data();
@@ -881,7 +890,8 @@ struct ConnTracker::State {
     // or delivered by another CPU ahead of the socket's first event (folded in when that comes).
     std::set<std::pair<uint64_t, uint64_t>> closed;
     std::map<uint64_t, std::vector<Arrived>> unconfirmed;
-    // Connections seen alive by the hash of their tuple: for resets with no socket.
+    // Connections seen alive by the hash of their tuple (one with its local port): for resets
+    // with no socket.
     std::unordered_multimap<uint64_t, uint64_t> alive_by_tuple;
     std::vector<Arrived> unattributed;
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
@@ -982,7 +992,7 @@ struct ConnTracker::State {
                        const TrackerOptions& options) {
         tracked.seen_alive = true;
         tracked.tuple = event.tuple;
-        alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
+        if (names_a_segment(event.tuple)) alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
         const auto resets = unconfirmed.find(cookie);
         if (resets == unconfirmed.end()) return;
         for (const Arrived& earlier : resets->second) {
@@ -994,7 +1004,7 @@ struct ConnTracker::State {
     // Removes a connection; resets never confirmed by a live socket become unattributed.
     Tracked release(std::unordered_map<uint64_t, Tracked>::iterator it) {
         Tracked tracked = std::move(it->second);
-        if (tracked.seen_alive) {
+        if (tracked.seen_alive && names_a_segment(tracked.tuple)) {
             const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(tracked.tuple));
             for (auto index = begin; index != end; ++index) {
                 if (index->second == it->first) {
@@ -1064,6 +1074,7 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
     }
     for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
     std::vector<Connection> connections;
+    connections.reserve(finished.size());
     for (const auto& [closed_ns, cookie] : finished) {
         connections.push_back(state_->finalise(
             cookie, state_->release(state_->by_cookie.find(cookie)), options_.linger_ns));
@@ -1081,6 +1092,7 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
     }
     std::ranges::sort(held);
     std::vector<Connection> connections;
+    connections.reserve(held.size());
     for (const auto& [closed_ns, first_arrival, cookie] : held) {
         Tracked tracked = state_->release(state_->by_cookie.find(cookie));
         if (!tracked.seen_alive) continue;
