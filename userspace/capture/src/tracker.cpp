@@ -53,6 +53,10 @@ constexpr uint64_t kSameInstantNs = 1'000'000;
 // A FIN sent or received before the recording started (socket first seen already closing).
 constexpr uint64_t kBeforeRecording = 0;
 
+// The lifecycle facts of a socket that closes: its establishment, then FIN_WAIT1 or CLOSE_WAIT,
+// FIN_WAIT2 or LAST_ACK, TIME_WAIT or CLOSE, CLOSE, and room for a reset.
+constexpr std::size_t kClosingFacts = 6;
+
 // Messages a connection holds before the settled ones are fed to its request builder.
 constexpr std::size_t kSettleBatch = 128;
 
@@ -551,11 +555,15 @@ public:
         }
         const bool closing = close.how.has_value() || closed_ns.has_value();
         std::vector<Request> requests;
+        requests.reserve(pending_.size());
         for (Pending& pending : pending_) {
             pending.request.outcome = outcome(pending, close, closing);
             requests.push_back(std::move(pending.request));
         }
-        std::ranges::stable_sort(requests, {}, &Request::request_ns);
+        // Nearly always in order already; stable_sort would take a buffer all the same.
+        if (!std::ranges::is_sorted(requests, {}, &Request::request_ns)) {
+            std::ranges::stable_sort(requests, {}, &Request::request_ns);
+        }
         omitted = total_ - pending_.size();
         return requests;
     }
@@ -796,11 +804,12 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
                   .rst_reason = close.rst_reason,
                   .idle_ms = close.idle_ms};
 
-    if (!tracked.builder) {
-        tracked.builder = std::make_unique<RequestBuilder>(
-            serves_requests(conn.role, tracked.messages).value_or(true));
-    }
-    RequestBuilder& builder = *tracked.builder;
+    // A connection with few messages has none settled yet: its builder lives here.
+    std::optional<RequestBuilder> unsettled;
+    RequestBuilder& builder =
+        tracked.builder
+            ? *tracked.builder
+            : unsettled.emplace(serves_requests(conn.role, tracked.messages).value_or(true));
     for (MessageFact& message : tracked.messages) builder.feed(message);
     conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
                                    conn.requests_omitted);
@@ -862,11 +871,6 @@ LifecycleFact lifecycle_fact(const Event& event, uint64_t arrival, bool by_tuple
     return fact;
 }
 
-// A connecting socket's first state change comes before its local port is bound: that tuple
-// names no segment a reset could be for, and every connecting socket towards one server shares it
-// (a chain of equal keys the index would walk at each removal). Such a tuple is not indexed.
-bool names_a_segment(const Tuple& tuple) { return tuple.lport != 0; }
-
 uint64_t tuple_hash(const Tuple& tuple) {
     std::array<char, sizeof(tuple.laddr) + sizeof(tuple.raddr) + 2 * sizeof(uint16_t) + 1> bytes{};
     char* out = bytes.data();
@@ -890,8 +894,7 @@ struct ConnTracker::State {
     // or delivered by another CPU ahead of the socket's first event (folded in when that comes).
     std::set<std::pair<uint64_t, uint64_t>> closed;
     std::map<uint64_t, std::vector<Arrived>> unconfirmed;
-    // Connections seen alive by the hash of their tuple (one with its local port): for resets
-    // with no socket.
+    // Connections seen alive by the hash of their tuple: for resets with no socket.
     std::unordered_multimap<uint64_t, uint64_t> alive_by_tuple;
     std::vector<Arrived> unattributed;
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
@@ -962,6 +965,9 @@ struct ConnTracker::State {
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {
             tracked.close_at(event.ts_ns);
         }
+        // Past its establishment a socket's state changes only to close, and a close takes a few:
+        // room for them at once (an idle socket keeps room for its one fact).
+        if (tracked.lifecycle.size() == 1) tracked.lifecycle.reserve(kClosingFacts);
         tracked.lifecycle.push_back(lifecycle_fact(event, arrival, by_tuple, full_target));
     }
 
@@ -992,7 +998,7 @@ struct ConnTracker::State {
                        const TrackerOptions& options) {
         tracked.seen_alive = true;
         tracked.tuple = event.tuple;
-        if (names_a_segment(event.tuple)) alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
+        alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
         const auto resets = unconfirmed.find(cookie);
         if (resets == unconfirmed.end()) return;
         for (const Arrived& earlier : resets->second) {
@@ -1004,7 +1010,7 @@ struct ConnTracker::State {
     // Removes a connection; resets never confirmed by a live socket become unattributed.
     Tracked release(std::unordered_map<uint64_t, Tracked>::iterator it) {
         Tracked tracked = std::move(it->second);
-        if (tracked.seen_alive && names_a_segment(tracked.tuple)) {
+        if (tracked.seen_alive) {
             const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(tracked.tuple));
             for (auto index = begin; index != end; ++index) {
                 if (index->second == it->first) {
