@@ -942,6 +942,8 @@ struct ConnTracker::State {
         if (tracked.netns == 0) tracked.netns = event.netns;
         if (tracked.role == Role::Unknown) tracked.role = event.role;
         if (event.kind == EventKind::Message) {
+            // Room for a request and its answer, which nearly every connection holds.
+            if (tracked.messages.empty()) tracked.messages.reserve(2);
             tracked.messages.push_back(
                 {.ts_ns = event.ts_ns,
                  .arrival = arrival,
