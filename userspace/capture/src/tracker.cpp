@@ -882,6 +882,72 @@ uint64_t tuple_hash(const Tuple& tuple) {
     return std::hash<std::string_view>{}(std::string_view(bytes.data(), bytes.size()));
 }
 
+// Cookies by the hash of their socket's tuple, in one array probed linearly (several cookies may
+// share a hash: a reused tuple, a collision). Each socket's entry is touched twice in its life,
+// and a node per entry (std::unordered_multimap) cost a few cache misses at each touch: under
+// churn, a sixth of the recorder. A live socket's cookie is never 0, which marks a free slot.
+class TupleIndex {
+public:
+    void insert(uint64_t hash, uint64_t cookie) {
+        if (4 * (used_ + 1) > 3 * slots_.size()) grow();
+        std::size_t at = home(hash);
+        while (slots_[at].cookie != 0) at = next(at);
+        slots_[at] = {.hash = hash, .cookie = cookie};
+        ++used_;
+    }
+
+    void erase(uint64_t hash, uint64_t cookie) {
+        if (slots_.empty()) return;
+        std::size_t hole = home(hash);
+        while (slots_[hole].cookie != cookie || slots_[hole].hash != hash) {
+            if (slots_[hole].cookie == 0) return;
+            hole = next(hole);
+        }
+        // Each later entry of the run moves into the hole when its probe passed there, so that
+        // no probe meets a free slot before its entry.
+        for (std::size_t at = next(hole); slots_[at].cookie != 0; at = next(at)) {
+            if (distance(home(slots_[at].hash), at) >= distance(hole, at)) {
+                slots_[hole] = slots_[at];
+                hole = at;
+            }
+        }
+        slots_[hole] = {};
+        --used_;
+    }
+
+    template <typename Visit>
+    void for_each(uint64_t hash, Visit&& visit) const {
+        if (slots_.empty()) return;
+        for (std::size_t at = home(hash); slots_[at].cookie != 0; at = next(at)) {
+            if (slots_[at].hash == hash) visit(slots_[at].cookie);
+        }
+    }
+
+private:
+    struct Slot {
+        uint64_t hash = 0;
+        uint64_t cookie = 0;  // 0: free
+    };
+
+    std::size_t home(uint64_t hash) const { return hash & (slots_.size() - 1); }
+    std::size_t next(std::size_t at) const { return (at + 1) & (slots_.size() - 1); }
+    std::size_t distance(std::size_t from, std::size_t to) const {
+        return (to - from) & (slots_.size() - 1);
+    }
+
+    void grow() {
+        std::vector<Slot> old = std::exchange(slots_, std::vector<Slot>(std::max<std::size_t>(
+                                                           16, 2 * slots_.size())));
+        used_ = 0;
+        for (const Slot& slot : old) {
+            if (slot.cookie != 0) insert(slot.hash, slot.cookie);
+        }
+    }
+
+    std::vector<Slot> slots_;  // a power of two of them, at most three quarters used
+    std::size_t used_ = 0;
+};
+
 }  // namespace
 
 struct ConnTracker::State {
@@ -895,7 +961,7 @@ struct ConnTracker::State {
     std::set<std::pair<uint64_t, uint64_t>> closed;
     std::map<uint64_t, std::vector<Arrived>> unconfirmed;
     // Connections seen alive by the hash of their tuple: for resets with no socket.
-    std::unordered_multimap<uint64_t, uint64_t> alive_by_tuple;
+    TupleIndex alive_by_tuple;
     std::vector<Arrived> unattributed;
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
     std::vector<std::pair<uint64_t, uint64_t>> losses;
@@ -920,9 +986,8 @@ struct ConnTracker::State {
 
     Tracked* find_by_tuple(const Event& event) {
         Tracked* found = nullptr;
-        const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(event.tuple));
-        for (auto it = begin; it != end; ++it) {
-            Tracked& candidate = by_cookie.at(it->second);
+        alive_by_tuple.for_each(tuple_hash(event.tuple), [&](uint64_t cookie) {
+            Tracked& candidate = by_cookie.at(cookie);
             // A socket first met by the ingress hook may lack its namespace.
             const bool same_netns =
                 candidate.netns == event.netns || candidate.netns == 0 || event.netns == 0;
@@ -931,7 +996,7 @@ struct ConnTracker::State {
                 (!found || candidate.first_arrival > found->first_arrival)) {
                 found = &candidate;
             }
-        }
+        });
         return found;
     }
 
@@ -1000,7 +1065,7 @@ struct ConnTracker::State {
                        const TrackerOptions& options) {
         tracked.seen_alive = true;
         tracked.tuple = event.tuple;
-        alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
+        alive_by_tuple.insert(tuple_hash(event.tuple), cookie);
         const auto resets = unconfirmed.find(cookie);
         if (resets == unconfirmed.end()) return;
         for (const Arrived& earlier : resets->second) {
@@ -1012,15 +1077,7 @@ struct ConnTracker::State {
     // Removes a connection; resets never confirmed by a live socket become unattributed.
     Tracked release(std::unordered_map<uint64_t, Tracked>::iterator it) {
         Tracked tracked = std::move(it->second);
-        if (tracked.seen_alive) {
-            const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(tracked.tuple));
-            for (auto index = begin; index != end; ++index) {
-                if (index->second == it->first) {
-                    alive_by_tuple.erase(index);
-                    break;
-                }
-            }
-        }
+        if (tracked.seen_alive) alive_by_tuple.erase(tuple_hash(tracked.tuple), it->first);
         if (const auto resets = unconfirmed.find(it->first); resets != unconfirmed.end()) {
             for (Arrived& arrived : resets->second) unattributed.push_back(std::move(arrived));
             unconfirmed.erase(resets);
