@@ -1309,6 +1309,10 @@ static __always_inline void count_frame(const struct packet *p, struct http2_sta
 		own->goaway_error = f->error_code;
 		h2->goaway_passed = 1;
 		matters = true;
+	} else if (f->type == CT_HTTP2_PING && !(f->flags & CT_HTTP2_FLAG_ACK)) {
+		own->ping_count++;
+	} else if (f->type == CT_HTTP2_SETTINGS && !(f->flags & CT_HTTP2_FLAG_ACK)) {
+		own->settings_count++;
 	}
 	if (matters && h2->client_direction) {
 		struct ct_event head = {};

@@ -13,7 +13,7 @@
 
 /* Bumped whenever a record layout below changes. The programs carry it (abi_version in their
  * read-only data) and the loader refuses programs built with another version than its own. */
-#define CT_ABI_VERSION 4
+#define CT_ABI_VERSION 5
 
 /* Bytes of payload captured from a message head (reassembled across segments) or a reset's
  * trigger: enough for the request line and the first headers, where Connection and User-Agent
@@ -184,8 +184,12 @@ enum ct_http2_frame_type {
 	CT_HTTP2_HEADERS = 0x1,
 	CT_HTTP2_RST_STREAM = 0x3,
 	CT_HTTP2_SETTINGS = 0x4,
+	CT_HTTP2_PING = 0x6,
 	CT_HTTP2_GOAWAY = 0x7,
 };
+
+/* The ACK flag of SETTINGS and PING frames: an answer, not counted as the side's own. */
+#define CT_HTTP2_FLAG_ACK 0x1
 
 enum ct_http2_flag {
 	/* The frames of that direction are no longer followed: a gap in the byte stream, a frame
@@ -212,6 +216,8 @@ struct ct_http2_side {
 	__u32 goaway_error;          /* of its latest GOAWAY */
 	__u32 rst_count;             /* RST_STREAM frames it sent */
 	__u32 rst_last_error;        /* of its latest RST_STREAM */
+	__u32 ping_count;            /* PING frames it sent, acknowledgements not counted */
+	__u32 settings_count;        /* SETTINGS frames it sent, acknowledgements not counted */
 };
 
 struct ct_http2_event {

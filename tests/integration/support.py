@@ -1,6 +1,7 @@
 """Helpers shared by the integration tests: run `closetrace record` and read its trace."""
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,20 @@ SCENARIO_TOOLS = os.path.join(ROOT, "tools", "scenario")
 def closetrace(*args):
     """Runs a closetrace command to completion; returns the CompletedProcess."""
     return subprocess.run([CLOSETRACE, *args], capture_output=True, text=True, timeout=120)
+
+
+def free_port():
+    """A loopback port nothing listens on, below the kernel's ephemeral range (32768 and up by
+    default): a port the kernel hands out could be taken, before the test listens on it, as the
+    source port of a connection another test opens meanwhile."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def report_json(trace):
@@ -56,6 +71,22 @@ def require_peers(tools):
     missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
         raise unittest.SkipTest(f"missing real peers {missing}: run tools/setup")
+
+
+class PeerTest(unittest.TestCase):
+    """A test of real peers on the wire: skipped, saying why, without root, BPF or the tools in
+    TOOLS; each test gets its own temporary directory (self.workdir), removed after it, also
+    when it fails."""
+    TOOLS = ("ip", "node", "tcpdump", "tshark")
+
+    @classmethod
+    def setUpClass(cls):
+        require_bpf()
+        require_peers(cls.TOOLS)
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix=f"closetrace-{type(self).__name__}-")
+        self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
 
 
 def read_trace(path):
@@ -165,3 +196,63 @@ class ThreadedServer:
 
     def __exit__(self, *exc):
         self.listener.close()
+
+
+class ChurningTraffic:
+    """Short connections to a local listener until stopped, so a recording has work in flight."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.serving = self.connecting = True
+        self.server = threading.Thread(target=self.serve)
+        self.client = threading.Thread(target=self.connect)
+
+    def serve(self):
+        self.listener.settimeout(0.2)
+        while self.serving:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    def connect(self):
+        while self.connecting:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as client:
+                    client.sendall(b"GET /churn HTTP/1.1\r\nHost: t\r\n\r\n")
+                    client.recv(1024)
+            except OSError:
+                pass
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.server.start()
+        self.client.start()
+        return self
+
+    def stall(self, recorder, seconds=4):
+        """Stops `recorder` reading (SIGSTOP) for `seconds` of this traffic, so that its smallest
+        ring fills and events are lost, lets it catch up, then ends the traffic."""
+        time.sleep(0.5)
+        recorder.process.send_signal(signal.SIGSTOP)
+        time.sleep(seconds)
+        recorder.process.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        self.stop()
+
+    def stop(self):
+        """The client stops first, so that every connection it made is answered and closed."""
+        self.connecting = False
+        self.client.join()
+        self.serving = False
+        self.server.join()
+        self.listener.close()
+
+    def __exit__(self, *exc):
+        self.stop()

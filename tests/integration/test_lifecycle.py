@@ -6,13 +6,7 @@ import threading
 import time
 import unittest
 
-from support import Recorder, require_bpf
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from support import Recorder, free_port, require_bpf
 
 
 class Pair:

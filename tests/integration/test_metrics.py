@@ -8,8 +8,6 @@ the trace's race and close counts, and the shipped race alert must fire; on the 
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,24 +16,18 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from support import ROOT, SCENARIO_TOOLS, Recorder, read_trace, require_bpf, require_peers, wait_for
+from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, free_port, read_trace,
+                     require_bpf, require_peers, wait_for)
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
 import peers  # noqa: E402
 import scenarios  # noqa: E402
-from test_record_cli import ChurningTraffic  # noqa: E402
 
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "prometheus")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "closetrace-rules.yml")
 BALANCER_KEEPALIVE_S = 3.0
 HEALTH_CHECK_INTERVAL_S = 0.7
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(address, metric):
@@ -254,12 +246,7 @@ class MetricsTest(unittest.TestCase):
                                 "--metrics", metrics_address)
             self.addCleanup(recorder.cleanup)
             with recorder:
-                time.sleep(0.5)
-                recorder.process.send_signal(signal.SIGSTOP)
-                time.sleep(4)
-                recorder.process.send_signal(signal.SIGCONT)
-                time.sleep(0.5)
-                traffic.stop()
+                traffic.stall(recorder)
                 time.sleep(1.5)  # every close written after the linger, the loss counted
                 lost = scrape(metrics_address, "closetrace_lost_events_total")
                 incomplete = scrape(metrics_address, "closetrace_incomplete_connections_total")

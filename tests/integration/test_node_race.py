@@ -5,11 +5,10 @@ server's timeout above the client's reuse delay there must be no race at all."""
 import os
 import shutil
 import sys
-import tempfile
 import time
 import unittest
 
-from support import SCENARIO_TOOLS, Recorder, read_trace, require_bpf
+from support import SCENARIO_TOOLS, PeerTest, Recorder, read_trace
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -40,20 +39,7 @@ except ConnectionResetError:
 """
 
 
-class NodeRaceTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        require_bpf()
-        missing = [tool for tool in ("ip", "node", "tcpdump", "tshark") if not shutil.which(tool)]
-        if missing:
-            raise unittest.SkipTest(f"missing {missing}: run tools/setup")
-
-    def setUp(self):
-        self.workdir = tempfile.mkdtemp(prefix="closetrace-node-race-")
-
-    def tearDown(self):
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
+class NodeRaceTest(PeerTest):
     def attempt(self, topo, delay_s):
         """One connection: a GET, `delay_s` idle, then a POST on the same connection whatever
         the server did meanwhile (a balancer that has not processed the FIN yet)."""

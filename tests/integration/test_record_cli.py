@@ -6,11 +6,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
-from support import CLOSETRACE, Recorder, read_trace, report_json, require_bpf
+from support import CLOSETRACE, ChurningTraffic, Recorder, read_trace, report_json, require_bpf
 
 
 def connection_stories(conns):
@@ -45,56 +44,6 @@ def run(*args, user=None, timeout=30):
 # built without BTF (the kernel itself keeps it; the portable programs do not use it).
 WITHOUT_KERNEL_BTF = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                       'mount -t tmpfs -o size=1m none /sys/kernel/btf && exec "$@"', "sh"]
-
-
-class ChurningTraffic:
-    """Short connections to a local listener until stopped, so a recording has work in flight."""
-
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.serving = self.connecting = True
-        self.server = threading.Thread(target=self.serve)
-        self.client = threading.Thread(target=self.connect)
-
-    def serve(self):
-        self.listener.settimeout(0.2)
-        while self.serving:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            conn.recv(1024)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            conn.close()
-
-    def connect(self):
-        while self.connecting:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as client:
-                    client.sendall(b"GET /churn HTTP/1.1\r\nHost: t\r\n\r\n")
-                    client.recv(1024)
-            except OSError:
-                pass
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self.server.start()
-        self.client.start()
-        return self
-
-    def stop(self):
-        """The client stops first, so that every connection it made is answered and closed."""
-        self.connecting = False
-        self.client.join()
-        self.serving = False
-        self.server.join()
-        self.listener.close()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class RecordCliTest(unittest.TestCase):
@@ -194,12 +143,7 @@ class RecordCliTest(unittest.TestCase):
             recorder = Recorder("--port", str(traffic.port), "--quiet", "--ring-mb", "1")
             self.addCleanup(recorder.cleanup)
             with recorder:
-                time.sleep(0.5)
-                recorder.process.send_signal(signal.SIGSTOP)
-                time.sleep(4)
-                recorder.process.send_signal(signal.SIGCONT)
-                time.sleep(0.5)
-                traffic.stop()
+                traffic.stall(recorder)
         self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
         self.assertIn("marked incomplete", recorder.stderr)
         _, conns, _, summary = recorder.trace()

@@ -10,8 +10,7 @@ import tempfile
 import time
 import unittest
 
-from support import CLOSETRACE, Recorder, read_trace, require_bpf, wait_for
-from test_record_cli import ChurningTraffic
+from support import CLOSETRACE, ChurningTraffic, Recorder, read_trace, require_bpf, wait_for
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 

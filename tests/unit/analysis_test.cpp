@@ -425,6 +425,26 @@ TEST(Recommendations, NameTheSettingOfEachServer) {
                 HasSubstr("headersTimeout must exceed keepAliveTimeout"));
 }
 
+TEST(Recommendations, NameTheHttp2IdleSettingOfEachServer) {
+    struct Case {
+        const char* comm;
+        const char* setting;
+    };
+    const Case cases[] = {
+        {"node", "server.setTimeout(65000) on http2.createServer()"},
+        {"node", "grpc-js: grpc.max_connection_idle_ms = 65000"},
+        {"envoy", "common_http_protocol_options.idle_timeout: 65s"},
+        {"nginx", "keepalive_timeout 65s (it idles HTTP/2 connections out too)"},
+        // A server whose HTTP/2 setting is not known gets the generic advice, and so does
+        // Envoy's HTTP/1 side.
+        {"gunicorn", "raise its HTTP/2 idle timeout (the one that sends GOAWAY"},
+    };
+    for (const Case& c : cases) {
+        EXPECT_THAT(http2_idle_fix(c.comm, 65), HasSubstr(c.setting)) << c.comm;
+    }
+    EXPECT_THAT(keepalive_fix("envoy", 65), HasSubstr("raise its idle keep-alive timeout to 65 s"));
+}
+
 TEST(Recommendations, ValueIsThePeersTimeoutPlusAMarginInWholeSeconds) {
     const TraceAnalysis observed = Recording()
                                        .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 2000})
@@ -667,6 +687,65 @@ TEST(Verify, FailsOnCloseRaces) {
     ASSERT_EQ(result.reasons.size(), 1u);
     EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
     EXPECT_THAT(result.reasons[0], HasSubstr("POST /pay from 10.0.0.1:40000"));
+}
+
+// An h2c connection whose server (this host) sent GOAWAY after `idle_ms`, then FIN; with
+// `late_stream`, the client's stream 3 came 400 ms after the GOAWAY and was caught.
+Connection http2_conn(double idle_ms, bool late_stream) {
+    Connection conn = make_conn({.verdict = Verdict::LocalIdleClose, .idle_ms = idle_ms});
+    conn.requests.clear();
+    const uint64_t goaway_ns = *conn.close.local_fin_ns - kMs;
+    conn.http2 = Http2Connection{.client = Initiator::Peer,
+                                 .local = {.streams_answered = 1, .goaway_count = 1,
+                                           .goaway_last_stream_id = 1},
+                                 .peer = {.streams_opened = late_stream ? 2u : 1u,
+                                          .last_stream_id = late_stream ? 3u : 1u},
+                                 .local_goaway_ns = goaway_ns,
+                                 .counted_at_close = true};
+    conn.close.cause = CloseCause::IdleTimer;
+    if (late_stream) {
+        conn.verdict = Verdict::LocalCloseRace;
+        conn.http2->caught.push_back({.id = 3,
+                                      .opened_by = Initiator::Peer,
+                                      .opened_ns = goaway_ns + 400 * kMs,
+                                      .fate = StreamFate::AfterGoaway});
+    }
+    return conn;
+}
+
+TEST(Verify, NamesTheFirstCaughtHttp2Stream) {
+    const TraceAnalysis trace = Recording().add_conn(http2_conn(1000, true)).finish();
+    const VerifyResult result = verify_trace(trace, std::nullopt);
+    EXPECT_FALSE(result.passed);
+    ASSERT_FALSE(result.reasons.empty());
+    EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
+    EXPECT_THAT(result.reasons[0],
+                HasSubstr("HTTP/2 stream 3 after_goaway (names not decoded) from 10.0.0.1:40000"));
+}
+
+// Its streams are its requests, and a caught stream's lateness runs from the GOAWAY, which
+// began the close.
+TEST(Http2Analysis, CountsStreamsAsRequestsAndTimesTheCaughtStreamFromTheGoaway) {
+    const TraceAnalysis trace = Recording().add_conn(http2_conn(1000, true)).finish();
+    EXPECT_EQ(trace.requests, 2u);
+    ASSERT_EQ(trace.races.listed.size(), 1u);
+    const CaughtConnection& caught = trace.races.listed[0];
+    ASSERT_TRUE(caught.request_after_close_ms);
+    EXPECT_DOUBLE_EQ(*caught.request_after_close_ms, 400.0);
+    EXPECT_TRUE(caught.local_goaway_ns);
+    EXPECT_THAT(assess_default(trace).recommendations.front().text,
+                HasSubstr("grpc.max_connection_idle_ms"));
+}
+
+// With the streams counted as requests, an HTTP/2 recording after the fix can conclude.
+TEST(Diff, Http2RacesGoneIsFixed) {
+    Recording before;
+    before.add_conn(http2_conn(1000, true));
+    Recording after;
+    for (int i = 0; i < 20; ++i) after.add_conn(http2_conn(70'000, false));
+    const DiffResult result = diff_traces(before.finish(), after.finish());
+    EXPECT_EQ(result.conclusion, DiffConclusion::Fixed) << result.explanation;
+    EXPECT_THAT(result.before.conclusion, HasSubstr("grpc.max_connection_idle_ms"));
 }
 
 TEST(Verify, FailsOnIdleClosesSoonerThanThePeersTimeout) {

@@ -104,6 +104,58 @@ TEST(Http2Accounting, AnIdleGoawayWithNothingPendingCatchesNothing) {
     EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
 }
 
+// A GOAWAY right after the last exchange tells no idle timeout: the client's is a channel
+// closed after use, the server's an early end (a maximum connection age).
+TEST(Http2Accounting, AGoawayRightAfterTheExchangeIsNoIdleTimer) {
+    std::vector<Event> records = {
+        frame(100'000'000, Direction::In, CT_HTTP2_GOAWAY, 0),
+        close_counts(101'000'000, 0, 1),
+    };
+    for (Event& event : records) {
+        event.http2.local.last_frame_ns = 1'000;  // its answer to stream 1
+        event.http2.peer.goaway_count = 1;
+    }
+    Connection by_client = closed_by_this_host(CloseHow::Fin);
+    judge_http2(by_client, records);
+    EXPECT_EQ(by_client.verdict, Verdict::PeerIdleClose);
+    EXPECT_EQ(by_client.close.cause, CloseCause::ClosedAfterUse);
+    EXPECT_DOUBLE_EQ(*by_client.close.idle_ms, (100'000'000 - 1'000) / 1e6);
+
+    records = {
+        frame(100'000'000, Direction::Out, CT_HTTP2_GOAWAY, 0),
+        close_counts(101'000'000, 0, 1),
+    };
+    for (Event& event : records) {
+        event.http2.peer.last_frame_ns = 1'000;
+        event.http2.local.goaway_count = 1;
+    }
+    Connection by_server = closed_by_this_host(CloseHow::Fin);
+    judge_http2(by_server, records);
+    EXPECT_EQ(by_server.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(by_server.close.cause, CloseCause::KeepaliveEnded);
+}
+
+// nginx closes an idle upstream connection with a FIN and no GOAWAY: an idle close all the same,
+// timed from the last payload; a FIN of a connection whose frames were lost tells nothing.
+TEST(Http2Accounting, AFinWithoutGoawayAfterIdleIsAnIdleTimer) {
+    const std::vector<Event> records = {close_counts(2'000'300'000, 0, 1)};
+    Connection conn = closed_by_this_host(CloseHow::Fin);
+    conn.close.initiator = Initiator::Peer;
+    conn.close.local_fin_ns.reset();
+    conn.close.peer_fin_ns = 2'000'100'000;
+    conn.close.idle_ms = 1'007.0;
+    Connection lost = conn;
+    judge_http2(conn, records);
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    EXPECT_DOUBLE_EQ(*conn.close.idle_ms, 1'007.0);
+
+    std::vector<Event> lost_records = records;
+    lost_records[0].http2.lost_in = true;
+    judge_http2(lost, lost_records);
+    EXPECT_EQ(lost.close.cause, CloseCause::Unknown);
+}
+
 TEST(Http2Accounting, RefusedStreamsAreCaughtOtherResetsAreNot) {
     std::vector<Event> records = {
         frame(1'000'000, Direction::Out, CT_HTTP2_RST_STREAM, 5, kHttp2RefusedStream),

@@ -15,6 +15,7 @@
 #include "closetrace/report.h"
 #include "closetrace/trace_files.h"
 #include "closetrace/trace_io.h"
+#include "test_connections.h"
 #include "test_files.h"
 
 namespace closetrace {
@@ -28,11 +29,10 @@ using test::TempDir;
 using test::write_file;
 using test::write_gzip;
 
-constexpr uint64_t kMs = 1'000'000;
+using test::kMs;
 constexpr uint64_t kBootNs = 1'000'000'000'000;
 // 2026-11-25T01:00:00Z on the wall clock.
 constexpr int64_t kWallStartNs = 1'795'568'400'000'000'000;
-constexpr uint32_t kNetns = 4026531840;
 
 // A host whose monotonic clock read `boot_ns` at kWallStartNs: hosts booted at different times
 // have different monotonic clocks for the same wall time.
@@ -57,51 +57,21 @@ TraceSummary summary_at(uint64_t end_ns) {
 // request 0.5 ms after this host's FIN).
 Connection served(uint64_t at_ns, Initiator initiator, Endpoint remote = {"10.0.0.1", 40000},
                   bool late = false) {
-    static uint64_t next_id = 1;
-    Connection conn;
-    conn.id = next_id++;
-    conn.netns = kNetns;
-    conn.family = "ipv4";
-    conn.role = Role::Server;
-    conn.local = {"10.0.0.2", 8080};
-    conn.remote = std::move(remote);
-    conn.comm = "node";
-    conn.established_ns = at_ns;
-    conn.requests.push_back({.method = "GET",
-                             .target = "/a",
-                             .status = 200,
-                             .request_ns = at_ns + kMs,
-                             .response_ns = at_ns + 2 * kMs,
-                             .outcome = Outcome::Completed});
-    const uint64_t close_ns = at_ns + 2002 * kMs;
-    conn.close.initiator = initiator;
-    conn.close.how = CloseHow::Fin;
-    conn.close.idle_ms = 2000;
-    (initiator == Initiator::Local ? conn.close.local_fin_ns : conn.close.peer_fin_ns) = close_ns;
+    Connection conn = test::served_end(Role::Server, {"10.0.0.2", 8080}, std::move(remote), at_ns);
     if (late) {
         conn.requests.push_back({.method = "POST",
                                  .target = "/pay",
-                                 .request_ns = close_ns + kMs / 2,
+                                 .request_ns = test::close_time(at_ns) + kMs / 2,
                                  .outcome = Outcome::AfterLocalClose});
     }
-    conn.closed_ns = close_ns + kMs;
-    conn.close.cause = classify_close(conn, {});
-    conn.verdict = judge(conn);
-    return conn;
+    return test::closed_by(std::move(conn), initiator, CloseHow::Fin);
 }
 
 // One end of a loopback connection from python3 to node, closed by node after 2 s idle.
 Connection loopback_end(Role role, uint64_t at_ns) {
-    const bool client = role == Role::Client;
-    const Endpoint server{"127.0.0.1", 8080};
-    const Endpoint client_end{"127.0.0.1", 50000};
-    Connection conn = served(at_ns, client ? Initiator::Peer : Initiator::Local);
-    conn.role = role;
-    conn.local = client ? client_end : server;
-    conn.remote = client ? server : client_end;
-    conn.comm = client ? "python3" : "node";
-    conn.verdict = judge(conn);
-    return conn;
+    const Initiator initiator = role == Role::Client ? Initiator::Peer : Initiator::Local;
+    return test::closed_by(test::served_end(role, {"127.0.0.1", 8080}, {"127.0.0.1", 50000}, at_ns),
+                           initiator, CloseHow::Fin);
 }
 
 std::string trace_text(const TraceHeader& header, const std::vector<Connection>& conns,

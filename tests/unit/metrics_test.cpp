@@ -189,7 +189,6 @@ TEST(RecordingMetrics, LabelsNameTheServerSideNeverThePeer) {
     EXPECT_EQ(connection_labels(found_open).at("server_port"), "3000");
 }
 
-// A port nothing listens on now.
 // A free port below the kernel's ephemeral range (32768 and up by default): a port the kernel
 // handed out could be taken, before the test listens on it, as the source port of a connection
 // another test opens meanwhile.

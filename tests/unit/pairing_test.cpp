@@ -12,62 +12,24 @@
 #include "closetrace/analysis.h"
 #include "closetrace/report.h"
 #include "closetrace/trace_io.h"
+#include "test_connections.h"
 
 namespace closetrace {
 namespace {
 
 using ::testing::HasSubstr;
+using test::closed_by;
+using test::kMs;
+using test::kNetns;
+using test::served_end;
 
-constexpr uint64_t kMs = 1'000'000;
 constexpr uint64_t kT0 = 1'000'000'000'000;
-constexpr uint32_t kNetns = 4026531840;
 const Endpoint kServer{"127.0.0.1", 8080};
 const Endpoint kClient{"127.0.0.1", 50000};
 
-// One end of a loopback connection from python3 (pid 3762) to node (pid 3761), established at
-// `at_ns` with one completed request; open until closed_by().
-Connection end_of(Role role, uint64_t at_ns = kT0) {
-    static uint64_t next_id = 1;
-    const bool client = role == Role::Client;
-    Connection conn;
-    conn.id = next_id++;
-    conn.netns = kNetns;
-    conn.family = "ipv4";
-    conn.role = role;
-    conn.local = client ? kClient : kServer;
-    conn.remote = client ? kServer : kClient;
-    conn.pid = client ? 3762 : 3761;
-    conn.comm = client ? "python3" : "node";
-    conn.established_ns = at_ns;
-    conn.requests.push_back({.method = "GET",
-                             .target = "/a",
-                             .status = 200,
-                             .request_ns = at_ns + kMs,
-                             .response_ns = at_ns + 2 * kMs,
-                             .outcome = Outcome::Completed,
-                             .idle_before_ms = 1.0});
-    return conn;
-}
-
-// `initiator` sent the first FIN or RST, 2 s after the last exchange; the cause and verdict as
-// the tracker would write them.
-Connection closed_by(Connection conn, Initiator initiator, CloseHow how,
-                     CloseEvidence evidence = {}) {
-    const uint64_t at_ns = *conn.established_ns + 2002 * kMs;
-    CloseInfo& close = conn.close;
-    close.initiator = initiator;
-    close.how = how;
-    close.idle_ms = 2000;
-    const bool local = initiator == Initiator::Local;
-    std::optional<uint64_t>& first = how == CloseHow::Fin
-                                         ? (local ? close.local_fin_ns : close.peer_fin_ns)
-                                         : (local ? close.local_rst_ns : close.peer_rst_ns);
-    first = at_ns;
-    conn.closed_ns = at_ns + kMs;
-    close.cause = classify_close(conn, evidence);
-    conn.verdict = judge(conn);
-    return conn;
-}
+// One end of a loopback connection from python3 to node, established at `at_ns` with one
+// completed request; open until closed_by().
+Connection end_of(Role role, uint64_t at_ns = kT0) { return served_end(role, kServer, kClient, at_ns); }
 
 // A request sent 1.5 s before the close and never answered.
 Connection with_request_in_flight(Connection conn) {

@@ -256,6 +256,28 @@ TEST(ReportHtml, MarksEachRaceOnATimelineWithItsRequestLine) {
     }
 }
 
+// grpc_race.jsonl: a real grpc-js server's idle GOAWAY and a stream the client opened after it
+// (tests/integration/test_grpc_race.py's race, recorded).
+TEST(ReportHtml, TimelinesOfHttp2RacesShowTheGoawayAndTheLateStream) {
+    const std::string html = html_report(fixture("grpc_race.jsonl")).out;
+    const json races = json_report(fixture("grpc_race.jsonl"))["races"]["listed"];
+    ASSERT_EQ(races.size(), 1u);
+    EXPECT_EQ(occurrences(html, "<figure class=\"timeline\""), 1u);
+    const std::size_t begin = html.find("<figure class=\"timeline\">");
+    const std::string timeline = html.substr(begin, html.find("</figure>", begin) - begin);
+    const std::string stream = std::to_string(races[0]["streams"][0]["id"].get<int>());
+    EXPECT_THAT(timeline, HasSubstr("<code class=\"request\">HTTP/2 stream " + stream +
+                                    " after_goaway (names not decoded)"));
+    for (const std::string& event : std::vector<std::string>{
+             "GOAWAY (this host)", "FIN (this host)", "late stream", "stream " + stream}) {
+        EXPECT_THAT(timeline, HasSubstr(event));
+    }
+    // The race window runs from the GOAWAY to the stream: its lateness is labelled.
+    EXPECT_THAT(timeline, HasSubstr("class=\"gap window\""));
+    EXPECT_FALSE(races[0]["request_after_close_ms"].is_null());
+    expect_only_our_markup(html);
+}
+
 TEST(ReportHtml, TimelinesOfUpstreamRacesShowThePeersClose) {
     TraceHeader header;
     header.start_ns = kStartNs;
@@ -375,6 +397,15 @@ TEST(DiffHtml, PutsTheRecordingsSideBySide) {
         EXPECT_TRUE(members.contains(member)) << member;
     }
     expect_only_our_markup(html.out);
+}
+
+TEST(DiffHtml, ShowsTheCaughtHttp2StreamAndItsFix) {
+    const CommandOutput html =
+        run_diff(fixture("grpc_race.jsonl"), fixture("grpc_fixed.jsonl"), OutputFormat::Html);
+    ASSERT_EQ(html.exit_code, 0) << html.err;
+    EXPECT_THAT(html.out, HasSubstr("after_goaway (names not decoded)"));
+    EXPECT_THAT(html.out, HasSubstr("GOAWAY (this host)"));
+    EXPECT_THAT(html.out, HasSubstr("grpc.max_connection_idle_ms"));
 }
 
 // ---------------------------------------------------------------------------------------------

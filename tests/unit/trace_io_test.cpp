@@ -1223,7 +1223,7 @@ TEST(TraceIo, Http2MemberRoundTrips) {
         .local = {.last_frame_ns = 9, .streams_answered = 3, .goaway_count = 1,
                   .goaway_last_stream_id = 5, .goaway_error = 0},
         .peer = {.last_frame_ns = 8, .streams_opened = 4, .last_stream_id = 7, .rst_count = 1,
-                 .rst_last_error = 8},
+                 .rst_last_error = 8, .ping_count = 2, .settings_count = 1},
         .local_goaway_ns = 1900,
         .peer_goaway_ns = std::nullopt,
         .lost = true,
@@ -1237,6 +1237,29 @@ TEST(TraceIo, Http2MemberRoundTrips) {
     EXPECT_EQ(conn_round_trip(conn).http2, conn.http2);
     // An HTTP/1 connection's line has no such member.
     EXPECT_EQ(conn_line(sample_connection()).find("http2"), std::string::npos);
+}
+
+// PING and SETTINGS counts came within closetrace/3: a line written before them reads as 0,
+// and a line with only one of them is refused (they are written together).
+TEST(TraceReading, Http2LinesBeforePingAndSettingsCountsReadAsZero) {
+    Connection conn = sample_connection();
+    conn.http2 = Http2Connection{.client = Initiator::Peer,
+                                 .local = {.ping_count = 4, .settings_count = 5},
+                                 .peer = {.ping_count = 3, .settings_count = 2}};
+    const std::string line = conn_line(conn);
+    const std::string before =
+        replaced(replaced(line, ",\"ping_count\":4,\"settings_count\":5", ""),
+                 ",\"ping_count\":3,\"settings_count\":2", "");
+    ASSERT_EQ(before.find("ping_count"), std::string::npos) << before;
+    const ReadResult result = read_trace(trace_text({header_line(sample_header()), before}));
+    ASSERT_EQ(result.records.size(), 1u);
+    const Http2Side& peer = std::get<Connection>(result.records.at(0)).http2->peer;
+    EXPECT_EQ(peer.ping_count, 0u);
+    EXPECT_EQ(peer.settings_count, 0u);
+
+    const std::string half = replaced(line, ",\"settings_count\":2", "");
+    const std::string error = read_error(trace_text({header_line(sample_header()), half})).what();
+    EXPECT_NE(error.find("settings_count"), std::string::npos) << error;
 }
 
 TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {

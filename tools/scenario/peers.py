@@ -376,6 +376,29 @@ def start_nginx_balancer(topo: Topology, backend_addr=None, backend_port=8080,
     return peer
 
 
+def start_nginx_grpc_balancer(topo: Topology, backend_port, upstream_keepalive_timeout_s=60.0,
+                              port=80, ns="balancer", base_dir=None) -> Peer:
+    """nginx as a gRPC balancer: h2c on `port` (listen ... http2), grpc_pass to the backend
+    with upstream keep-alive (keepalive 16, keepalive_timeout). One worker, so that the harness
+    can SIGSTOP/SIGCONT it (``peer.workers()``)."""
+    d = _mkdir("nginx-grpc-balancer", base_dir)
+    conf = _nginx_common(d) + textwrap.dedent(f"""
+        http {{
+        {_nginx_http_common(d)}
+            upstream backend {{
+                server {topo.addr["backend"]}:{backend_port};
+                keepalive 16;
+                keepalive_timeout {int(upstream_keepalive_timeout_s * 1000)}ms;
+            }}
+            server {{
+                listen {port} http2;
+                location / {{ grpc_pass grpc://backend; }}
+            }}
+        }}
+    """)
+    return _start_nginx(topo, ns, d, conf, "0.0.0.0", port, "nginx-grpc-balancer")
+
+
 def start_haproxy_balancer(topo: Topology, backend_addr=None, backend_port=8080,
                            keepalive_timeout_s=3.0, port=80, ns="balancer",
                            server_timeout_s=30, client_keepalive_s=75.0, retry_on=None,

@@ -3,17 +3,12 @@
 // busy balancer that has not processed what the backend sent since, its GOAWAY) and opens the
 // second stream before reading again. Prints one JSON line: each stream's id and what became of it.
 const http2 = require('http2');
+const { openWhileNotReading, sleep } = require('./paused_read');
 
 const [host, port, idleMs, pause] =
   [process.argv[2], process.argv[3], Number(process.argv[4]), process.argv[5] === 'pause'];
 const session = http2.connect(`http://${host}:${port}`);
 const streams = [];
-
-// The net.Socket under the session (its public proxy refuses pause and resume).
-function rawSocket() {
-  const symbol = Object.getOwnPropertySymbols(session).find((s) => s.description === 'socket');
-  return session[symbol];
-}
 
 function open(path) {
   return new Promise((resolve) => {
@@ -37,19 +32,11 @@ function open(path) {
   });
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
 session.on('error', () => {});
 session.on('connect', async () => {
   await open('/first');
   if (pause) {
-    const socket = rawSocket();
-    socket._handle.readStop();
-    await sleep(idleMs);
-    const late = open('/late');
-    await sleep(200);  // its HEADERS leave before the GOAWAY waiting unread is read
-    socket._handle.readStart();
-    await late;
+    await openWhileNotReading(session, idleMs, () => open('/late'));
   } else {
     await sleep(idleMs);
     await open('/late');

@@ -68,9 +68,17 @@ void list_caught(CaughtList& list, const ConnectionStory& story, const TraceHead
     if (list.listed.size() < CaughtList::kMaxListed) list.listed.push_back(caught);
 }
 
+// The requests a connection carried: its HTTP/1 requests, or the streams its HTTP/2 client
+// opened (each stream is one request; their names are not decoded).
+uint64_t requests_of(const Connection& conn) {
+    if (!conn.http2) return conn.request_count();
+    const Http2Connection& h2 = *conn.http2;
+    return (h2.client == Initiator::Local ? h2.local : h2.peer).streams_opened;
+}
+
 void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
-    group.requests += conn.request_count();
+    group.requests += requests_of(conn);
     ++group.verdicts[conn.verdict];
 }
 
@@ -86,7 +94,7 @@ void count_story(TraceAnalysis& a, const ConnectionStory& story, const TraceHead
         ++a.incomplete;
         return;
     }
-    a.requests += conn.request_count();
+    a.requests += requests_of(conn);
     ++a.verdicts[conn.verdict];
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
     const std::string comm = conn.comm.value_or("");
@@ -446,23 +454,31 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
     if (conn.http2) {
         caught.streams = conn.http2->caught;
         caught.caught_requests += caught.streams.size();
+        caught.local_goaway_ns = conn.http2->local_goaway_ns;
+        caught.peer_goaway_ns = conn.http2->peer_goaway_ns;
     }
     const bool local_closed =
         conn.verdict == Verdict::LocalCloseRace || conn.verdict == Verdict::LocalResetInflight;
+    // An HTTP/2 connection's close begins with the closer's GOAWAY, where it sent one.
     const std::optional<uint64_t> close_ns =
-        local_closed ? earliest(conn.close.local_fin_ns, conn.close.local_rst_ns)
-                     : earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns);
-    if (caught.request && close_ns) {
-        caught.request_after_close_ms =
-            (static_cast<double>(caught.request->request_ns) - static_cast<double>(*close_ns)) /
-            1e6;
-    }
-    uint64_t when_ns = caught.request ? caught.request->request_ns
-                                      : close_ns.value_or(conn.closed_ns.value_or(0));
-    if (!caught.request && !caught.streams.empty()) {
+        local_closed
+            ? earliest(caught.local_goaway_ns,
+                       earliest(conn.close.local_fin_ns, conn.close.local_rst_ns))
+            : earliest(caught.peer_goaway_ns,
+                       earliest(conn.close.peer_fin_ns, conn.close.peer_rst_ns));
+    // The caught request's time, or the first caught stream's opening (else its reset).
+    std::optional<uint64_t> caught_ns;
+    if (caught.request) {
+        caught_ns = caught.request->request_ns;
+    } else if (!caught.streams.empty()) {
         const Http2Stream& first = caught.streams.front();
-        when_ns = first.opened_ns.value_or(first.reset_ns.value_or(when_ns));
+        caught_ns = first.opened_ns ? first.opened_ns : first.reset_ns;
     }
+    if (caught_ns && close_ns) {
+        caught.request_after_close_ms =
+            (static_cast<double>(*caught_ns) - static_cast<double>(*close_ns)) / 1e6;
+    }
+    const uint64_t when_ns = caught_ns.value_or(close_ns.value_or(conn.closed_ns.value_or(0)));
     caught.wall_ns = static_cast<int64_t>(when_ns) + mono_to_wall_ns;
     return caught;
 }
@@ -909,47 +925,116 @@ PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces
     return {};
 }
 
+namespace {
+
+using FixText = std::string (*)(const std::string& comm, uint64_t value_s);
+
+// What one server calls its idle timeouts: the HTTP/1 keep-alive timeout, and the HTTP/2 idle
+// timeout (the one that sends GOAWAY); nullptr where it has none we know, which gets the
+// generic advice.
+struct ServerSettings {
+    std::string_view comms[2];  // the process names it runs as; "python*" is a prefix
+    FixText keepalive;
+    FixText http2_idle;
+};
+
+const ServerSettings kServerSettings[] = {
+    {{"node", "nodejs"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format(
+             "Node.js (comm {}): set server.keepAliveTimeout = {} and "
+             "server.headersTimeout = {} (milliseconds; headersTimeout must exceed "
+             "keepAliveTimeout)",
+             comm, value_s * 1000, value_s * 1000 + 1000);
+     },
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format(
+             "Node.js HTTP/2 (comm {}): the session timeout, server.setTimeout({}) on "
+             "http2.createServer() (or session.setTimeout); grpc-js: "
+             "grpc.max_connection_idle_ms = {} and grpc.max_connection_age_ms no shorter",
+             comm, value_s * 1000, value_s * 1000);
+     }},
+    {{"nginx"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("nginx (comm nginx): keepalive_timeout {}s; in the http or server block",
+                            value_s);
+     },
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format(
+             "nginx (comm nginx): keepalive_timeout {}s (it idles HTTP/2 connections out too); "
+             "in the http or server block",
+             value_s);
+     }},
+    {{"envoy"}, nullptr,
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format(
+             "Envoy (comm envoy): common_http_protocol_options.idle_timeout: {}s on the HTTP "
+             "connection manager (and max_connection_duration no shorter)",
+             value_s);
+     }},
+    {{"gunicorn"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("Gunicorn (comm gunicorn): --keep-alive {}", value_s);
+     },
+     nullptr},
+    {{"uvicorn"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
+     },
+     nullptr},
+    {{"python*"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format(
+             "Python (comm {}): Gunicorn --keep-alive {} or uvicorn "
+             "--timeout-keep-alive {}, whichever serves these connections",
+             comm, value_s, value_s);
+     },
+     nullptr},
+    {{"puma", "ruby"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb", comm,
+                            value_s);
+     },
+     nullptr},
+    {{"java"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format(
+             "Tomcat (comm java): keepAliveTimeout=\"{}\" on the Connector (Spring "
+             "Boot: server.tomcat.keep-alive-timeout={}s)",
+             value_s * 1000, value_s);
+     },
+     nullptr},
+    {{"httpd", "apache2"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}", comm, value_s);
+     },
+     nullptr},
+    {{"haproxy"},
+     [](const std::string&, uint64_t value_s) {
+         return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
+     },
+     nullptr},
+};
+
+// The settings of the server `comm` runs, if it is one we know.
+const ServerSettings* server_settings(const std::string& comm) {
+    for (const ServerSettings& server : kServerSettings) {
+        for (const std::string_view name : server.comms) {
+            const bool prefix = name.ends_with('*');
+            if (prefix ? comm.starts_with(name.substr(0, name.size() - 1))
+                       : !name.empty() && comm == name) {
+                return &server;
+            }
+        }
+    }
+    return nullptr;
+}
+
+}  // namespace
+
 std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
-    const uint64_t value_ms = value_s * 1000;
-    if (comm == "node" || comm == "nodejs") {
-        return fmt::format(
-            "Node.js (comm {}): set server.keepAliveTimeout = {} and "
-            "server.headersTimeout = {} (milliseconds; headersTimeout must exceed "
-            "keepAliveTimeout)",
-            comm, value_ms, value_ms + 1000);
-    }
-    if (comm == "nginx") {
-        return fmt::format("nginx (comm nginx): keepalive_timeout {}s; in the http or server block",
-                           value_s);
-    }
-    if (comm == "gunicorn") {
-        return fmt::format("Gunicorn (comm gunicorn): --keep-alive {}", value_s);
-    }
-    if (comm == "uvicorn") {
-        return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
-    }
-    if (comm.starts_with("python")) {
-        return fmt::format(
-            "Python (comm {}): Gunicorn --keep-alive {} or uvicorn "
-            "--timeout-keep-alive {}, whichever serves these connections",
-            comm, value_s, value_s);
-    }
-    if (comm == "puma" || comm == "ruby") {
-        return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb", comm,
-                           value_s);
-    }
-    if (comm == "java") {
-        return fmt::format(
-            "Tomcat (comm java): keepAliveTimeout=\"{}\" on the Connector (Spring "
-            "Boot: server.tomcat.keep-alive-timeout={}s)",
-            value_ms, value_s);
-    }
-    if (comm == "httpd" || comm == "apache2") {
-        return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}", comm, value_s);
-    }
-    if (comm == "haproxy") {
-        return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
-    }
+    const ServerSettings* server = server_settings(comm);
+    if (server && server->keepalive) return server->keepalive(comm, value_s);
     return fmt::format(
         "{} (comm {}): raise its idle keep-alive timeout to {} s (Go: "
         "http.Server.IdleTimeout = {} * time.Second; other servers: their "
@@ -958,26 +1043,8 @@ std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
 }
 
 std::string http2_idle_fix(const std::string& comm, uint64_t value_s) {
-    const uint64_t value_ms = value_s * 1000;
-    if (comm == "node" || comm == "nodejs") {
-        return fmt::format(
-            "Node.js HTTP/2 (comm {}): the session timeout, server.setTimeout({}) on "
-            "http2.createServer() (or session.setTimeout); grpc-js: "
-            "grpc.max_connection_idle_ms = {} and grpc.max_connection_age_ms no shorter",
-            comm, value_ms, value_ms);
-    }
-    if (comm == "envoy") {
-        return fmt::format(
-            "Envoy (comm envoy): common_http_protocol_options.idle_timeout: {}s on the HTTP "
-            "connection manager (and max_connection_duration no shorter)",
-            value_s);
-    }
-    if (comm == "nginx") {
-        return fmt::format(
-            "nginx (comm nginx): keepalive_timeout {}s (it idles HTTP/2 connections out too); "
-            "in the http or server block",
-            value_s);
-    }
+    const ServerSettings* server = server_settings(comm);
+    if (server && server->http2_idle) return server->http2_idle(comm, value_s);
     return fmt::format(
         "{} (comm {}): raise its HTTP/2 idle timeout (the one that sends GOAWAY; grpc-go: "
         "keepalive.ServerParameters.MaxConnectionIdle) to {} s",
@@ -1158,7 +1225,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     const HostWords host = host_words(trace);
     auto first_race = [&](Verdict verdict) -> std::string {
         for (const CaughtConnection& caught : trace.races.listed) {
-            if (caught.verdict != verdict || !caught.request) continue;
+            if (caught.verdict != verdict || (!caught.request && caught.streams.empty())) continue;
             const std::string client =
                 caught.client_end
                     ? " (" + analysis_text::client_end_text(*caught.client_end) + ")"
@@ -1166,9 +1233,11 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             const std::string host =
                 trace.host_count() > 1 ? " on host " + analysis_text::printable(caught.host)
                                        : std::string();
+            const std::string first = caught.request
+                                          ? analysis_text::request_line(*caught.request)
+                                          : analysis_text::stream_line(caught.streams.front());
             return fmt::format("; the first: {} {} from {}{}{}", iso8601_utc(caught.wall_ns),
-                               analysis_text::request_line(*caught.request),
-                               endpoint_text(caught.remote), host, client);
+                               first, endpoint_text(caught.remote), host, client);
         }
         return "";
     };

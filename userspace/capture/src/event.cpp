@@ -71,6 +71,8 @@ Http2Side decode_http2_side(const ct_http2_side& raw) {
         .goaway_error = raw.goaway_error,
         .rst_count = raw.rst_count,
         .rst_last_error = raw.rst_last_error,
+        .ping_count = raw.ping_count,
+        .settings_count = raw.settings_count,
     };
 }
 

@@ -237,6 +237,16 @@ std::optional<double> idle_before_goaway(const Http2Facts& facts, Initiator clos
     return std::nullopt;
 }
 
+// A GOAWAY without error (or a FIN without GOAWAY): an idle timer's, unless it came right after
+// the last exchange (as for HTTP/1): then the client was done with the connection (a gRPC
+// channel closed), or the server ended it early (a maximum connection age), neither of which
+// tells an idle timeout.
+CloseCause idle_close_cause(const Connection& conn, Initiator closer) {
+    const std::optional<double>& idle_ms = conn.close.idle_ms;
+    if (!idle_ms || *idle_ms >= kRightAfterExchangeMs) return CloseCause::IdleTimer;
+    return closer == conn.http2->client ? CloseCause::ClosedAfterUse : CloseCause::KeepaliveEnded;
+}
+
 Verdict by_closer(Initiator closer, Verdict local, Verdict peer) {
     return closer == Initiator::Local ? local : peer;
 }
@@ -264,12 +274,18 @@ void judge_http2(Connection& conn, const Http2Facts& facts,
     const bool in_flight = !h2.caught.empty() && !raced;
     const bool goaway_without_error =
         closer_sent.goaway_count > 0 && closer_sent.goaway_error == kHttp2NoError;
+    // A FIN with no GOAWAY either way on a connection whose frames were all followed: an idle
+    // close all the same (nginx closes an idle upstream connection so, at its keepalive_timeout),
+    // timed from the last payload as for HTTP/1.
+    const bool fin_without_goaway = conn.close.how == CloseHow::Fin && !h2.lost &&
+                                    h2.local.goaway_count == 0 && h2.peer.goaway_count == 0 &&
+                                    conn.close.idle_ms.has_value();
 
-    conn.close.cause = in_flight                ? CloseCause::InFlight
-                       : goaway_without_error ? CloseCause::IdleTimer
-                                              : CloseCause::Unknown;
     conn.close.asked_by = std::nullopt;
     if (goaway_without_error) conn.close.idle_ms = idle_before_goaway(facts, closer);
+    conn.close.cause = in_flight ? CloseCause::InFlight
+                       : goaway_without_error || fin_without_goaway ? idle_close_cause(conn, closer)
+                                                                    : CloseCause::Unknown;
 
     if (raced) {
         conn.verdict = by_closer(closer, Verdict::LocalCloseRace, Verdict::PeerCloseRace);

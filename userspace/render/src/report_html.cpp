@@ -586,8 +586,8 @@ struct TimelineEvent {
     uint64_t ns = 0;
     const char* name = "";
     std::string detail{};  // trace bytes, made printable and escaped when drawn
-    bool closes = false;   // a FIN or RST
-    bool late = false;     // the caught request
+    bool closes = false;   // a GOAWAY, FIN or RST
+    bool late = false;     // the caught request or stream
 };
 
 std::vector<TimelineEvent> timeline_events(const CaughtConnection& caught) {
@@ -602,7 +602,13 @@ std::vector<TimelineEvent> timeline_events(const CaughtConnection& caught) {
         }
     }
     // Pushed in the order they go where times tie (sorted stably below): a late request "in the
-    // same instant" as the FIN came after it.
+    // same instant" as the FIN came after it. An HTTP/2 connection's close begins with a GOAWAY.
+    if (caught.local_goaway_ns) {
+        events.push_back(
+            {.ns = *caught.local_goaway_ns, .name = "GOAWAY (this host)", .closes = true});
+    }
+    if (caught.peer_goaway_ns)
+        events.push_back({.ns = *caught.peer_goaway_ns, .name = "GOAWAY (peer)", .closes = true});
     if (caught.local_fin_ns)
         events.push_back({.ns = *caught.local_fin_ns, .name = "FIN (this host)", .closes = true});
     if (caught.peer_fin_ns)
@@ -613,6 +619,17 @@ std::vector<TimelineEvent> timeline_events(const CaughtConnection& caught) {
                                                                            : "late request",
                           .detail = request_line(*caught.request),
                           .late = true});
+    } else if (!caught.streams.empty()) {
+        const Http2Stream& first = caught.streams.front();
+        if (const std::optional<uint64_t> ns = first.opened_ns ? first.opened_ns : first.reset_ns) {
+            events.push_back({.ns = *ns,
+                              .name = caught.verdict == Verdict::PeerCloseRace
+                                          ? "late stream (sent)"
+                                          : "late stream",
+                              .detail = fmt::format("stream {} {}", first.id,
+                                                    to_string(first.fate)),
+                              .late = true});
+        }
     }
     if (caught.local_rst_ns) {
         events.push_back({.ns = *caught.local_rst_ns,

@@ -834,6 +834,9 @@ constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
     {"goaway_error", into<&Http2Side::goaway_error>},
     {"rst_count", into<&Http2Side::rst_count>},
     {"rst_last_error", into<&Http2Side::rst_last_error>},
+    // Added within closetrace/3: 0 in traces written before them.
+    {"ping_count", into<&Http2Side::ping_count>, Presence::Optional},
+    {"settings_count", into<&Http2Side::settings_count>, Presence::Optional, "ping_count"},
 };
 
 constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
@@ -1233,6 +1236,8 @@ void http2_side_json(JsonLine& json, const Http2Side& side) {
     json.name("goaway_error").number(side.goaway_error);
     json.name("rst_count").number(side.rst_count);
     json.name("rst_last_error").number(side.rst_last_error);
+    json.name("ping_count").number(side.ping_count);
+    json.name("settings_count").number(side.settings_count);
     json.end_object();
 }
 

@@ -146,8 +146,10 @@ struct CaughtConnection {
     uint64_t caught_requests = 0;  // late (race) or unanswered (in flight) requests or streams
     int64_t wall_ns = 0;  // Unix-epoch time of the request (of the close without one)
     std::optional<double> idle_ms{};  // the connection's idle time when it was closed
-    // The request's time minus the closing side's first FIN or RST: positive for a race (how late
-    // the request came), negative for an in-flight close (how long the request had waited).
+    // The request's time minus the closing side's first FIN or RST (an HTTP/2 connection's: the
+    // first stream's opening minus the closer's first GOAWAY, else FIN or RST): positive for a
+    // race (how late the request came), negative for an in-flight close (how long the request
+    // had waited).
     std::optional<double> request_after_close_ms{};
     std::optional<CloseHow> how{};
     std::optional<std::string> rst_reason{};
@@ -155,6 +157,7 @@ struct CaughtConnection {
     // last before the caught one, and each side's first FIN and RST.
     std::optional<Request> last_answered{};
     std::optional<uint64_t> local_fin_ns{}, peer_fin_ns{}, local_rst_ns{}, peer_rst_ns{};
+    std::optional<uint64_t> local_goaway_ns{}, peer_goaway_ns{};  // an HTTP/2 connection's first
 };
 
 // The caught request of such a connection (the first late or unanswered one) and its timing;

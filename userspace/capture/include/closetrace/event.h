@@ -62,6 +62,8 @@ struct Http2Side {
     uint32_t goaway_error = 0;
     uint32_t rst_count = 0;  // RST_STREAM frames
     uint32_t rst_last_error = 0;
+    uint32_t ping_count = 0;      // PING frames, acknowledgements not counted
+    uint32_t settings_count = 0;  // SETTINGS frames, acknowledgements not counted
     bool operator==(const Http2Side&) const = default;
 };
 

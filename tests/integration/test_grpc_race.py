@@ -1,0 +1,139 @@
+"""The GOAWAY race against a real grpc-js server (npm @grpc/grpc-js, installed by tools/setup):
+its grpc.max_connection_idle_ms sends GOAWAY and closes the connection while a balancer's
+grpc-js client, which stopped reading its connection (busy), makes a call on it. Judged by the
+wire as test_http2_race is: every stream the client saw refused or reset is a caught stream of
+that connection, with the server's GOAWAY before it on the wire, and the report names the
+grpc-js setting; so with grpc.max_connection_age_ms; with the idle limit above the client's
+idle time nothing is caught. Behind
+nginx grpc_pass with upstream keep-alive, paused (busy) as the client's call reaches it and
+resumed after the backend's GOAWAY, nginx forwards the call on the cached upstream connection
+and answers 502: that upstream stream is caught; nginx closing an idle upstream connection on
+its own timer (FIN, no GOAWAY) is the peer's idle close, as the wire shows. The kernel's PING
+and SETTINGS counts are those of the wire."""
+import os
+import signal
+import sys
+import time
+import unittest
+
+from http2_race import GOAWAY, PEERS, Http2RaceTest, http2_frames
+from support import SCENARIO_TOOLS, closetrace, read_trace, report_json, wait_for
+
+sys.path.insert(0, SCENARIO_TOOLS)
+
+import peers  # noqa: E402
+import wire  # noqa: E402
+
+CLIENT_IDLE_MS = 1500
+IDLE_LIMIT_MS = 1000
+UNAVAILABLE = 14
+# Behind nginx, from the end of the first call (its access log line): nginx stops, the second
+# call reaches it, the backend's GOAWAY comes (IDLE_LIMIT_MS), nginx resumes.
+NGINX_STOP_S, NGINX_CLIENT_IDLE_MS, NGINX_RESUME_S = 0.5, 750, 1.5
+
+
+class GrpcRaceTest(Http2RaceTest):
+    PORT = 50051
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        if not os.path.isdir(os.path.join(PEERS, "node_modules", "@grpc", "grpc-js")):
+            raise unittest.SkipTest("grpc-js is not installed: run tools/setup")
+
+    def run_client(self, idle_limit_ms, client_env=None, server_env=None):
+        """The grpc-js server with `idle_limit_ms` (and `server_env`) and the pausing client."""
+        return self.run_race("grpc_server.js",
+                             {"MAX_CONNECTION_IDLE_MS": str(idle_limit_ms), **(server_env or {})},
+                             ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"], client_env)
+
+    def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
+        trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS)
+        failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
+        self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
+
+        conn = self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
+        self.assertEqual(conn["comm"], "node")
+        self.assert_counts_match_the_wire(conn, pcap)
+
+        # The report lists the connection with its streams and names grpc-js's setting.
+        listed = [r for r in report_json(trace)["races"]["listed"] if r["conn_id"] == conn["id"]]
+        self.assertEqual(len(listed), 1)
+        self.assertEqual(sorted(s["id"] for s in listed[0]["streams"]),
+                         sorted(s["id"] for s in failed))
+        self.assertIn("grpc.max_connection_idle_ms", closetrace("report", trace).stdout)
+
+    def test_a_call_made_as_the_age_goaway_comes_is_caught(self):
+        """grpc.max_connection_age_ms: the GOAWAY comes at the connection's age (1 s, +-10 %),
+        idle or not; a call made after it is caught the same way."""
+        trace, pcap, seen = self.run_client(
+            idle_limit_ms=10_000,
+            server_env={"MAX_CONNECTION_AGE_MS": "1000", "MAX_CONNECTION_AGE_GRACE_MS": "500"})
+        failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
+        self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
+        self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
+        self.assertIn("grpc.max_connection_age_ms", closetrace("report", trace).stdout)
+
+    def test_a_call_nginx_forwards_as_the_idle_goaway_comes_is_caught(self):
+        with self.recorded_backend("grpc_server.js",
+                                   {"MAX_CONNECTION_IDLE_MS": str(IDLE_LIMIT_MS)}) as topo:
+            nginx = peers.start_nginx_grpc_balancer(topo, self.PORT, base_dir=self.workdir)
+            client = self.start_client(topo, "client", topo.addr["balancer_client_side"], 80,
+                                       ["grpc_client.js", str(NGINX_CLIENT_IDLE_MS)])
+            self.assertTrue(wait_for(lambda: os.path.getsize(nginx.access_log) > 0, timeout=10))
+            first_answered = time.monotonic()
+            time.sleep(NGINX_STOP_S)
+            nginx.signal(signal.SIGSTOP, workers=True)
+            time.sleep(max(0.0, first_answered + NGINX_RESUME_S - time.monotonic()))
+            nginx.signal(signal.SIGCONT, workers=True)
+            seen = self.client_output(client)
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
+        with open(nginx.error_log, encoding="utf-8") as log:
+            self.assertIn("upstream sent goaway", log.read())
+
+        conn = self.assert_caught_after_goaway(self.trace, self.pcap)
+        self.assertIn("grpc.max_connection_idle_ms", closetrace("report", self.trace).stdout)
+        self.assertEqual(conn["remote"]["addr"], topo.addr["balancer"])
+
+    def test_nginx_closing_an_idle_upstream_connection_is_the_peers_idle_timer(self):
+        """nginx's own timer (keepalive_timeout in the upstream block, 1 s here) closes an idle
+        upstream HTTP/2 connection with a FIN and no GOAWAY: the trace says so, with the idle
+        time the wire shows, and takes it for the peer's idle timer."""
+        with self.recorded_backend("grpc_server.js", {"MAX_CONNECTION_IDLE_MS": "10000"}) as topo:
+            peers.start_nginx_grpc_balancer(topo, self.PORT, upstream_keepalive_timeout_s=1.0,
+                                            base_dir=self.workdir)
+            # The client holds its own connection past nginx's timer, so that nginx, not the
+            # backend stopping, closes the second upstream connection too.
+            seen = self.client_output(self.start_client(
+                topo, "client", topo.addr["balancer_client_side"], 80, ["grpc_client.js", "2000"],
+                {"HOLD_MS": "1500"}))
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, 0], seen)
+
+        _, conns, _, _ = read_trace(self.trace)
+        on_wire = {w.remote[1]: w for w in wire.read_capture(self.pcap, topo.addr["backend"],
+                                                             {self.PORT})}
+        goaways = [f for f in http2_frames(self.pcap, self.PORT) if f[3] == GOAWAY]
+        self.assertEqual(goaways, [])
+        self.assertEqual(len(conns), 2, conns)  # each call found the last connection closed
+        for conn in conns:
+            w = on_wire[conn["remote"]["port"]]
+            self.assertEqual((w.initiator, w.how), ("peer", "fin"), w.describe())
+            self.assertEqual(conn["verdict"], "peer_idle_close")
+            self.assertEqual(conn["close"]["cause"], "idle_timer")
+            self.assertAlmostEqual(conn["close"]["idle_ms"], w.idle_before_close * 1000, delta=5)
+            self.assertAlmostEqual(conn["close"]["idle_ms"], 1000, delta=100)
+
+    def test_an_idle_limit_above_the_clients_idle_catches_nothing(self):
+        # The client pings while idle: the kernel's PING and SETTINGS counts against the wire.
+        trace, pcap, seen = self.run_client(idle_limit_ms=5000,
+                                            client_env={"KEEPALIVE_TIME_MS": "300"})
+        self.assertEqual([c["code"] for c in seen["calls"]], [0, 0], seen)
+        conn = self.assert_nothing_caught(trace)
+        self.assertGreater(conn["http2"]["peer"]["ping_count"], 0)
+        self.assert_counts_match_the_wire(conn, pcap)
+
+
+if __name__ == "__main__":
+    unittest.main()
