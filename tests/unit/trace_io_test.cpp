@@ -685,6 +685,54 @@ TEST(TraceIo, EveryByteValueIsEscapedIntoOneAsciiLine) {
     EXPECT_EQ(event_round_trip(event).payload, event.payload);
 }
 
+// Lines were nlohmann trees dumped with ensure_ascii until they were written directly: each line
+// is still exactly that dump of itself (escapes, number text, no spaces), so that traces written
+// before and after compare byte for byte.
+TEST(TraceIo, LinesAreTheTextNlohmannDumps) {
+    const auto expect_dumped = [](const std::string& line) {
+        EXPECT_EQ(nlohmann::ordered_json::parse(line).dump(-1, ' ', /*ensure_ascii=*/true), line);
+    };
+    Connection conn = sample_connection();
+    conn.comm = every_byte();
+    conn.cgroup = "/system.slice/\x7f\x80\\.service";
+    conn.container = ContainerRef{.runtime = "ecs", .id = every_byte(), .name = "api",
+                                  .task_id = "5a2c", .pod_uid = std::nullopt,
+                                  .ecs = EcsTask{.task_arn = "arn:aws:ecs:task/5a2c",
+                                                 .family = "api", .revision = "7"}};
+    conn.requests[0].target = every_byte();
+    conn.requests[1].status = std::numeric_limits<int>::min();
+    conn.requests[1].close_asked = CloseAsked::Response;
+    conn.http2 = Http2Connection{.client = Initiator::Peer,
+                                 .local_goaway_ns = 1900,
+                                 .caught = {{.id = 9, .reset_by = Initiator::Local}}};
+    for (const double idle_ms : {0.1, 2001.2, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 3.0,
+                                 1e15, 1e16, 1e21, 123456789012345678.0, 1e-4, 1e-5, 1.0 / 3}) {
+        conn.close.idle_ms = idle_ms;
+        expect_dumped(conn_line(conn));
+    }
+    conn.close.idle_ms = std::numeric_limits<double>::quiet_NaN();  // nlohmann's null
+    EXPECT_NE(conn_line(conn).find(R"("idle_ms":null,)"), std::string::npos);
+
+    Event event;
+    event.tuple = ipv4_tuple();
+    event.payload = "GET /a?b HTTP/1.1\r\n\r\n" + every_byte();
+    event.rst_reason = every_byte();
+    for (const EventKind kind : {EventKind::State, EventKind::ResetSent, EventKind::ResetReceived,
+                                 EventKind::Message, EventKind::Http2}) {
+        event.kind = kind;
+        expect_dumped(event_line(event, kRawPayloads));
+        expect_dumped(event_line(event, {}));
+    }
+    TraceSummary summary = sample_summary();
+    summary.verdicts[every_byte()] = 1;
+    summary.duration_s = 1e-7;
+    expect_dumped(summary_line(summary));
+    TraceHeader header = sample_header();
+    header.host = every_byte();
+    header.filters.netns = 4026531840;
+    expect_dumped(header_line(header));
+}
+
 TEST(TraceIo, WireBytesCannotInjectMembersOrLines) {
     Connection conn = sample_connection();
     conn.requests[0].target = "/a\",\"verdict\":\"open\"}\n{\"type\":\"conn\"";

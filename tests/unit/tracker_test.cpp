@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -1034,6 +1035,42 @@ TEST(TrackerAttribution, ResetWithNoSocketGoesToTheNewestSocketOfItsTuple) {
     EXPECT_EQ(connections[1].cookie, 32u);
     EXPECT_EQ(connections[1].close.local_rst_ns, 4 * kSec);
     EXPECT_EQ(connections[1].close.rst_reason, "NO_SOCKET");
+}
+
+// The tuple index through churn: three generations of sockets on the same 1,000 tuples, the
+// newest one's even ports closed and finalised (their entries leave the index as it grew
+// around them). A reset with no socket finds the newest socket still held of its tuple.
+TEST(TrackerAttribution, ResetWithNoSocketFindsItsSocketThroughChurn) {
+    constexpr uint64_t kPorts = 1'000;
+    const auto socket = [](uint64_t generation, uint64_t port) {
+        return Socket{.cookie = 100 + generation * kPorts + port,
+                      .tuple = ipv4_tuple(8080, static_cast<uint16_t>(40'000 + port))};
+    };
+    ConnTracker tracker({.linger_ns = kSec});
+    for (uint64_t generation = 0; generation < 3; ++generation) {
+        for (uint64_t port = 0; port < kPorts; ++port) {
+            const uint64_t open_ns = (1 + generation) * kSec + port * kUs;
+            tracker.on_event(socket(generation, port).established(open_ns));
+            if (generation == 2 && port % 2 == 0) {
+                tracker.on_event(
+                    socket(generation, port).state(open_ns + 1, kTcpEstablished, kTcpClose));
+            }
+        }
+    }
+    EXPECT_EQ(tracker.take_finished(5 * kSec).size(), kPorts / 2);
+    const uint64_t reset_ns = 6 * kSec;
+    for (uint64_t port = 0; port < kPorts; ++port) {
+        tracker.on_event(socket(2, port).no_socket_reset(reset_ns, ""));
+    }
+    EXPECT_TRUE(tracker.take_unattributed().empty());
+    std::set<uint64_t> reset;
+    for (const Connection& conn : tracker.finish_all(kEnd)) {
+        if (conn.close.local_rst_ns == reset_ns) reset.insert(conn.cookie);
+    }
+    ASSERT_EQ(reset.size(), kPorts);
+    for (uint64_t port = 0; port < kPorts; ++port) {
+        EXPECT_TRUE(reset.contains(socket(port % 2 == 0 ? 1 : 2, port).cookie)) << port;
+    }
 }
 
 TEST(TrackerAttribution, ResetOfASocketNeverSeenAliveIsUnattributedAfterTheLinger) {

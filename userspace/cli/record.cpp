@@ -627,7 +627,7 @@ private:
     void feed_tracker() {
         for (const auto& event : capture_.decoded) {
             ++events_;
-            if (options_.raw_events) writer_->write_line(event_line(event, payloads_));
+            if (options_.raw_events) writer_->write_event(event, payloads_);
             // While the process and its container still exist: the answer is cached for later.
             if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
                 attributor_.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
@@ -645,7 +645,7 @@ private:
             recording_.add(conn);
             file_counter_.add(conn);
             if (metrics_) metrics_->add(conn);
-            writer_->write_line(conn_line(conn));
+            writer_->write_conn(conn);
             live_.show(conn);
         }
     }
@@ -654,7 +654,7 @@ private:
         for (const auto& event : capture_.tracker.take_unattributed()) {
             if (!keep_unattributed_ || options_.raw_events) continue;
             if (config_.netns != 0 && event.netns != config_.netns) continue;
-            writer_->write_line(event_line(event, payloads_));
+            writer_->write_event(event, payloads_);
         }
     }
 

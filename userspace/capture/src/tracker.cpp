@@ -53,6 +53,10 @@ constexpr uint64_t kSameInstantNs = 1'000'000;
 // A FIN sent or received before the recording started (socket first seen already closing).
 constexpr uint64_t kBeforeRecording = 0;
 
+// The lifecycle facts of a socket that closes: its establishment, then FIN_WAIT1 or CLOSE_WAIT,
+// FIN_WAIT2 or LAST_ACK, TIME_WAIT or CLOSE, CLOSE, and room for a reset.
+constexpr std::size_t kClosingFacts = 6;
+
 // Messages a connection holds before the settled ones are fed to its request builder.
 constexpr std::size_t kSettleBatch = 128;
 
@@ -249,13 +253,17 @@ int lifecycle_rank(uint8_t state) {
 // Time order; equal times keep arrival order, except that state transitions (of the one socket)
 // take their lifecycle order, whichever CPU delivered them first.
 void order_by_time(std::vector<LifecycleFact>& facts) {
-    std::ranges::sort(facts, {},
-                      [](const LifecycleFact& f) { return std::pair(f.ts_ns, f.arrival); });
+    const auto order = [](const LifecycleFact& f) { return std::pair(f.ts_ns, f.arrival); };
+    if (!std::ranges::is_sorted(facts, {}, order)) std::ranges::sort(facts, {}, order);
     auto run_begin = facts.begin();
     while (run_begin != facts.end()) {
         const uint64_t ts = run_begin->ts_ns;
         const auto run_end = std::find_if(
             run_begin, facts.end(), [ts](const LifecycleFact& f) { return f.ts_ns != ts; });
+        if (run_end - run_begin == 1) {  // nearly every fact: nothing to reorder
+            run_begin = run_end;
+            continue;
+        }
         std::vector<LifecycleFact*> slots;
         for (auto it = run_begin; it != run_end; ++it) {
             if (it->kind == EventKind::State) slots.push_back(&*it);
@@ -547,11 +555,15 @@ public:
         }
         const bool closing = close.how.has_value() || closed_ns.has_value();
         std::vector<Request> requests;
+        requests.reserve(pending_.size());
         for (Pending& pending : pending_) {
             pending.request.outcome = outcome(pending, close, closing);
             requests.push_back(std::move(pending.request));
         }
-        std::ranges::stable_sort(requests, {}, &Request::request_ns);
+        // Nearly always in order already; stable_sort would take a buffer all the same.
+        if (!std::ranges::is_sorted(requests, {}, &Request::request_ns)) {
+            std::ranges::stable_sort(requests, {}, &Request::request_ns);
+        }
         omitted = total_ - pending_.size();
         return requests;
     }
@@ -792,11 +804,12 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
                   .rst_reason = close.rst_reason,
                   .idle_ms = close.idle_ms};
 
-    if (!tracked.builder) {
-        tracked.builder = std::make_unique<RequestBuilder>(
-            serves_requests(conn.role, tracked.messages).value_or(true));
-    }
-    RequestBuilder& builder = *tracked.builder;
+    // A connection with few messages has none settled yet: its builder lives here.
+    std::optional<RequestBuilder> unsettled;
+    RequestBuilder& builder =
+        tracked.builder
+            ? *tracked.builder
+            : unsettled.emplace(serves_requests(conn.role, tracked.messages).value_or(true));
     for (MessageFact& message : tracked.messages) builder.feed(message);
     conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
                                    conn.requests_omitted);
@@ -869,6 +882,72 @@ uint64_t tuple_hash(const Tuple& tuple) {
     return std::hash<std::string_view>{}(std::string_view(bytes.data(), bytes.size()));
 }
 
+// Cookies by the hash of their socket's tuple, in one array probed linearly (several cookies may
+// share a hash: a reused tuple, a collision). Each socket's entry is touched twice in its life,
+// and a node per entry (std::unordered_multimap) cost a few cache misses at each touch: under
+// churn, a sixth of the recorder. A live socket's cookie is never 0, which marks a free slot.
+class TupleIndex {
+public:
+    void insert(uint64_t hash, uint64_t cookie) {
+        if (4 * (used_ + 1) > 3 * slots_.size()) grow();
+        std::size_t at = home(hash);
+        while (slots_[at].cookie != 0) at = next(at);
+        slots_[at] = {.hash = hash, .cookie = cookie};
+        ++used_;
+    }
+
+    void erase(uint64_t hash, uint64_t cookie) {
+        if (slots_.empty()) return;
+        std::size_t hole = home(hash);
+        while (slots_[hole].cookie != cookie || slots_[hole].hash != hash) {
+            if (slots_[hole].cookie == 0) return;
+            hole = next(hole);
+        }
+        // Each later entry of the run moves into the hole when its probe passed there, so that
+        // no probe meets a free slot before its entry.
+        for (std::size_t at = next(hole); slots_[at].cookie != 0; at = next(at)) {
+            if (distance(home(slots_[at].hash), at) >= distance(hole, at)) {
+                slots_[hole] = slots_[at];
+                hole = at;
+            }
+        }
+        slots_[hole] = {};
+        --used_;
+    }
+
+    template <typename Visit>
+    void for_each(uint64_t hash, Visit&& visit) const {
+        if (slots_.empty()) return;
+        for (std::size_t at = home(hash); slots_[at].cookie != 0; at = next(at)) {
+            if (slots_[at].hash == hash) visit(slots_[at].cookie);
+        }
+    }
+
+private:
+    struct Slot {
+        uint64_t hash = 0;
+        uint64_t cookie = 0;  // 0: free
+    };
+
+    std::size_t home(uint64_t hash) const { return hash & (slots_.size() - 1); }
+    std::size_t next(std::size_t at) const { return (at + 1) & (slots_.size() - 1); }
+    std::size_t distance(std::size_t from, std::size_t to) const {
+        return (to - from) & (slots_.size() - 1);
+    }
+
+    void grow() {
+        std::vector<Slot> old = std::exchange(slots_, std::vector<Slot>(std::max<std::size_t>(
+                                                           16, 2 * slots_.size())));
+        used_ = 0;
+        for (const Slot& slot : old) {
+            if (slot.cookie != 0) insert(slot.hash, slot.cookie);
+        }
+    }
+
+    std::vector<Slot> slots_;  // a power of two of them, at most three quarters used
+    std::size_t used_ = 0;
+};
+
 }  // namespace
 
 struct ConnTracker::State {
@@ -882,7 +961,7 @@ struct ConnTracker::State {
     std::set<std::pair<uint64_t, uint64_t>> closed;
     std::map<uint64_t, std::vector<Arrived>> unconfirmed;
     // Connections seen alive by the hash of their tuple: for resets with no socket.
-    std::unordered_multimap<uint64_t, uint64_t> alive_by_tuple;
+    TupleIndex alive_by_tuple;
     std::vector<Arrived> unattributed;
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
     std::vector<std::pair<uint64_t, uint64_t>> losses;
@@ -907,9 +986,8 @@ struct ConnTracker::State {
 
     Tracked* find_by_tuple(const Event& event) {
         Tracked* found = nullptr;
-        const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(event.tuple));
-        for (auto it = begin; it != end; ++it) {
-            Tracked& candidate = by_cookie.at(it->second);
+        alive_by_tuple.for_each(tuple_hash(event.tuple), [&](uint64_t cookie) {
+            Tracked& candidate = by_cookie.at(cookie);
             // A socket first met by the ingress hook may lack its namespace.
             const bool same_netns =
                 candidate.netns == event.netns || candidate.netns == 0 || event.netns == 0;
@@ -918,7 +996,7 @@ struct ConnTracker::State {
                 (!found || candidate.first_arrival > found->first_arrival)) {
                 found = &candidate;
             }
-        }
+        });
         return found;
     }
 
@@ -929,6 +1007,8 @@ struct ConnTracker::State {
         if (tracked.netns == 0) tracked.netns = event.netns;
         if (tracked.role == Role::Unknown) tracked.role = event.role;
         if (event.kind == EventKind::Message) {
+            // Room for a request and its answer, which nearly every connection holds.
+            if (tracked.messages.empty()) tracked.messages.reserve(2);
             tracked.messages.push_back(
                 {.ts_ns = event.ts_ns,
                  .arrival = arrival,
@@ -952,6 +1032,9 @@ struct ConnTracker::State {
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {
             tracked.close_at(event.ts_ns);
         }
+        // Past its establishment a socket's state changes only to close, and a close takes a few:
+        // room for them at once (an idle socket keeps room for its one fact).
+        if (tracked.lifecycle.size() == 1) tracked.lifecycle.reserve(kClosingFacts);
         tracked.lifecycle.push_back(lifecycle_fact(event, arrival, by_tuple, full_target));
     }
 
@@ -982,7 +1065,7 @@ struct ConnTracker::State {
                        const TrackerOptions& options) {
         tracked.seen_alive = true;
         tracked.tuple = event.tuple;
-        alive_by_tuple.emplace(tuple_hash(event.tuple), cookie);
+        alive_by_tuple.insert(tuple_hash(event.tuple), cookie);
         const auto resets = unconfirmed.find(cookie);
         if (resets == unconfirmed.end()) return;
         for (const Arrived& earlier : resets->second) {
@@ -994,15 +1077,7 @@ struct ConnTracker::State {
     // Removes a connection; resets never confirmed by a live socket become unattributed.
     Tracked release(std::unordered_map<uint64_t, Tracked>::iterator it) {
         Tracked tracked = std::move(it->second);
-        if (tracked.seen_alive) {
-            const auto [begin, end] = alive_by_tuple.equal_range(tuple_hash(tracked.tuple));
-            for (auto index = begin; index != end; ++index) {
-                if (index->second == it->first) {
-                    alive_by_tuple.erase(index);
-                    break;
-                }
-            }
-        }
+        if (tracked.seen_alive) alive_by_tuple.erase(tuple_hash(tracked.tuple), it->first);
         if (const auto resets = unconfirmed.find(it->first); resets != unconfirmed.end()) {
             for (Arrived& arrived : resets->second) unattributed.push_back(std::move(arrived));
             unconfirmed.erase(resets);
@@ -1064,6 +1139,7 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
     }
     for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
     std::vector<Connection> connections;
+    connections.reserve(finished.size());
     for (const auto& [closed_ns, cookie] : finished) {
         connections.push_back(state_->finalise(
             cookie, state_->release(state_->by_cookie.find(cookie)), options_.linger_ns));
@@ -1081,6 +1157,7 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
     }
     std::ranges::sort(held);
     std::vector<Connection> connections;
+    connections.reserve(held.size());
     for (const auto& [closed_ns, first_arrival, cookie] : held) {
         Tracked tracked = state_->release(state_->by_cookie.find(cookie));
         if (!tracked.seen_alive) continue;

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <cmath>
 #include <concepts>
 #include <cstring>
 #include <limits>
@@ -13,7 +15,7 @@
 #include <system_error>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
+#include <nlohmann/json.hpp>  // its double-to-text conversion, for the digits traces have
 #include <simdjson.h>
 
 #include "closetrace/http.h"
@@ -24,24 +26,8 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Strings as bytes
 
-// Each byte becomes the code point of the same value, in UTF-8; dump() with ensure_ascii then
-// writes every one that is not printable ASCII as \u00XX.
-std::string bytes_to_utf8(std::string_view bytes) {
-    std::string text;
-    text.reserve(bytes.size());
-    for (const char c : bytes) {
-        const auto byte = static_cast<unsigned char>(c);
-        if (byte < 0x80) {
-            text += c;
-        } else {
-            text += static_cast<char>(0xC0 | (byte >> 6));
-            text += static_cast<char>(0x80 | (byte & 0x3F));
-        }
-    }
-    return text;
-}
-
-// Inverse of bytes_to_utf8; nullopt when `text` holds a code point above U+00FF.
+// A trace string's bytes from its text as the JSON parser decodes it, UTF-8: each code point
+// U+0000..U+00FF is the byte of that value (append_json_string); nullopt for one above.
 std::optional<std::string> utf8_to_bytes(std::string_view text) {
     const auto is_ascii = [](char c) { return static_cast<unsigned char>(c) < 0x80; };
     if (std::all_of(text.begin(), text.end(), is_ascii)) return std::string(text);
@@ -109,80 +95,189 @@ std::optional<Enum> find_by_name(std::span<const Enum> values, std::string_view 
 const char* family_name(int family) { return family == AF_INET6 ? "ipv6" : "ipv4"; }
 
 // ---------------------------------------------------------------------------------------------
-// Writing
+// Writing: each line straight into the caller's buffer, in the form nlohmann's
+// dump(ensure_ascii) gave it when lines were built as trees (docs/trace-format.md): no spaces,
+// members in the documented order, which makes traces easier to read and to grep.
 
-// Members keep the documented order, which makes traces easier to read and to grep.
-using Json = nlohmann::ordered_json;
-
-Json bytes_json(std::string_view bytes) { return Json(bytes_to_utf8(bytes)); }
-
-Json nullable_json(const std::optional<std::string>& bytes) {
-    return bytes ? bytes_json(*bytes) : Json(nullptr);
-}
-
-template <typename Number>
-Json nullable_json(const std::optional<Number>& number) {
-    return number ? Json(*number) : Json(nullptr);
-}
-
-Json endpoint_json(std::string_view addr, uint16_t port) {
-    Json endpoint;
-    endpoint["addr"] = bytes_json(addr);
-    endpoint["port"] = port;
-    return endpoint;
-}
-
-Json container_json(const ContainerRef& container) {
-    Json json = Json::object();
-    json["runtime"] = bytes_json(container.runtime);
-    json["id"] = bytes_json(container.id);
-    json["name"] = nullable_json(container.name);
-    json["task_id"] = nullable_json(container.task_id);
-    json["pod_uid"] = nullable_json(container.pod_uid);
-    Json ecs(nullptr);
-    if (container.ecs) {
-        ecs = Json::object();
-        ecs["task_arn"] = bytes_json(container.ecs->task_arn);
-        ecs["family"] = bytes_json(container.ecs->family);
-        ecs["revision"] = bytes_json(container.ecs->revision);
+// A trace string is bytes: each byte is the code point of the same value, written as itself when
+// printable ASCII, else escaped (\" \\ \b \f \n \r \t, any other as \u00xx), so that any byte
+// string round-trips and every line is pure ASCII. Wire bytes (targets, methods) are untrusted:
+// every string a line holds goes through here.
+void append_json_string(std::string& out, std::string_view bytes) {
+    constexpr char kHex[] = "0123456789abcdef";
+    out += '"';
+    std::size_t plain_from = 0;  // the run of bytes written as themselves, appended at once
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        const auto byte = static_cast<unsigned char>(bytes[i]);
+        if (byte >= 0x20 && byte < 0x7F && byte != '"' && byte != '\\') continue;
+        out.append(bytes, plain_from, i - plain_from);
+        plain_from = i + 1;
+        switch (byte) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\b': out += "\\b"; break;
+            case '\f': out += "\\f"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                out += "\\u00";
+                out += kHex[byte >> 4];
+                out += kHex[byte & 0xF];
+        }
     }
-    json["ecs"] = std::move(ecs);
-    return json;
+    out.append(bytes, plain_from);
+    out += '"';
 }
 
-Json counts_json(const std::map<std::string, uint64_t>& counts) {
-    Json object = Json::object();
-    for (const auto& [name, count] : counts) object[bytes_to_utf8(name)] = count;
-    return object;
+// One line's JSON, appended to `out`: values are separated by commas as they come.
+class JsonLine {
+public:
+    explicit JsonLine(std::string& out) : out_(out), start_(out.size()) {}
+
+    void begin_object() {
+        separate();
+        out_ += '{';
+    }
+    void end_object() { out_ += '}'; }
+    void begin_array() {
+        separate();
+        out_ += '[';
+    }
+    void end_array() { out_ += ']'; }
+
+    // A member's name: the writer's own, printable ASCII with nothing to escape.
+    JsonLine& name(std::string_view member) {
+        separate();
+        out_ += '"';
+        out_ += member;
+        out_ += "\":";
+        return *this;
+    }
+    // A name taken from data (a summary's counts).
+    JsonLine& data_name(std::string_view member) {
+        separate();
+        append_json_string(out_, member);
+        out_ += ':';
+        return *this;
+    }
+
+    void string(std::string_view bytes) {
+        separate();
+        append_json_string(out_, bytes);
+    }
+    template <std::integral Integer>
+    void number(Integer value) {
+        separate();
+        const fmt::format_int text(value);
+        out_.append(text.data(), text.size());
+    }
+    // The shortest text that reads back as the same double, by nlohmann's own conversion: the
+    // digits traces have always had. A non-finite value is null, as nlohmann wrote it.
+    void number(double value) {
+        if (!std::isfinite(value)) return null();
+        separate();
+        std::array<char, 64> text{};
+        const char* end = nlohmann::detail::to_chars(text.data(), text.data() + text.size(), value);
+        out_.append(text.data(), static_cast<std::size_t>(end - text.data()));
+    }
+    void boolean(bool value) {
+        separate();
+        out_ += value ? "true" : "false";
+    }
+    void null() {
+        separate();
+        out_ += "null";
+    }
+
+    void nullable(const std::optional<std::string>& bytes) {
+        if (bytes) return string(*bytes);
+        null();
+    }
+    template <typename Number>
+    void nullable(const std::optional<Number>& number) {
+        if (number) return this->number(*number);
+        null();
+    }
+    // An optional enumeration, by its name.
+    template <typename Enum>
+    void nullable_name(const std::optional<Enum>& value) {
+        if (value) return string(to_string(*value));
+        null();
+    }
+
+private:
+    // A value follows another of its object or array unless it opens it or is a member's value.
+    void separate() {
+        if (out_.size() == start_) return;
+        const char last = out_.back();
+        if (last != '{' && last != '[' && last != ':') out_ += ',';
+    }
+
+    std::string& out_;
+    std::size_t start_;  // where this line began in `out_`
+};
+
+void endpoint_json(JsonLine& json, std::string_view addr, uint16_t port) {
+    json.begin_object();
+    json.name("addr").string(addr);
+    json.name("port").number(port);
+    json.end_object();
+}
+
+void container_json(JsonLine& json, const ContainerRef& container) {
+    json.begin_object();
+    json.name("runtime").string(container.runtime);
+    json.name("id").string(container.id);
+    json.name("name").nullable(container.name);
+    json.name("task_id").nullable(container.task_id);
+    json.name("pod_uid").nullable(container.pod_uid);
+    json.name("ecs");
+    if (container.ecs) {
+        json.begin_object();
+        json.name("task_arn").string(container.ecs->task_arn);
+        json.name("family").string(container.ecs->family);
+        json.name("revision").string(container.ecs->revision);
+        json.end_object();
+    } else {
+        json.null();
+    }
+    json.end_object();
+}
+
+void counts_json(JsonLine& json, const std::map<std::string, uint64_t>& counts) {
+    json.begin_object();
+    for (const auto& [name, count] : counts) json.data_name(name).number(count);
+    json.end_object();
 }
 
 // The HTTP messages a captured payload starts, without its bytes: what a verdict needs of them.
-Json heads_json(std::string_view payload, bool full_target) {
-    Json heads = Json::array();
-    if (payload.empty()) return heads;
-    const http::ParseResult parsed = http::parse(payload);
+void heads_json(JsonLine& json, std::string_view payload, bool full_target) {
+    json.begin_array();
+    const http::ParseResult parsed = payload.empty() ? http::ParseResult{} : http::parse(payload);
     for (std::size_t i = 0; i < parsed.count; ++i) {
         const http::Message& message = parsed.messages[i];
-        Json head = Json::object();
+        json.begin_object();
         switch (message.kind) {
             case http::MessageKind::Request:
-                head["method"] = bytes_json(message.method);
-                head["target"] =
-                    bytes_json(full_target ? message.target : http::strip_query(message.target));
+                json.name("method").string(message.method);
+                json.name("target").string(full_target ? message.target
+                                                       : http::strip_query(message.target));
                 break;
             case http::MessageKind::Response:
-                head["status"] = message.status != 0 ? Json(message.status) : Json(nullptr);
+                json.name("status");
+                if (message.status != 0) {
+                    json.number(message.status);
+                } else {
+                    json.null();
+                }
                 break;
-            case http::MessageKind::Opaque:
-                head["opaque"] = true;
-                break;
+            case http::MessageKind::Opaque: json.name("opaque").boolean(true); break;
         }
-        heads.push_back(std::move(head));
+        json.end_object();
     }
-    return heads;
+    json.end_array();
 }
-
-std::string dump_line(const Json& line) { return line.dump(-1, ' ', /*ensure_ascii=*/true); }
 
 // ---------------------------------------------------------------------------------------------
 // Reading: simdjson On-Demand, each line parsed where it lies in LineSource's padded buffer.
@@ -1094,204 +1189,257 @@ private:
 // Lines
 
 std::string header_line(const TraceHeader& header) {
-    Json filters;
-    Json ports = Json::array();
-    for (const uint16_t port : header.filters.ports) ports.push_back(port);
-    filters["ports"] = std::move(ports);
-    filters["cgroup"] = nullable_json(header.filters.cgroup);
-    filters["full_target"] = header.filters.full_target;
-    filters["raw_payloads"] = header.filters.raw_payloads;
-    filters["netns"] = nullable_json(header.filters.netns);
-    filters["container"] = nullable_json(header.filters.container);
-    filters["pid"] = nullable_json(header.filters.pid);
+    std::string text;
+    JsonLine json(text);
+    json.begin_object();
+    json.name("type").string("header");
+    json.name("schema").string(header.schema);
+    json.name("tool_version").string(header.tool_version);
+    json.name("host").string(header.host);
+    json.name("kernel").string(header.kernel);
+    json.name("start_ns").number(header.start_ns);
+    json.name("start_wall").string(header.start_wall);
+    json.name("mono_to_wall_ns").number(header.mono_to_wall_ns);
 
-    Json probes;
-    probes["state"] = nullable_json(header.probes.state);
-    probes["reset_sent"] = nullable_json(header.probes.reset_sent);
-    probes["reset_received"] = nullable_json(header.probes.reset_received);
-    probes["messages"] = nullable_json(header.probes.messages);
-    probes["rst_reason"] = header.probes.rst_reason;
+    const TraceFilters& filters = header.filters;
+    json.name("filters").begin_object();
+    json.name("ports").begin_array();
+    for (const uint16_t port : filters.ports) json.number(port);
+    json.end_array();
+    json.name("cgroup").nullable(filters.cgroup);
+    json.name("full_target").boolean(filters.full_target);
+    json.name("raw_payloads").boolean(filters.raw_payloads);
+    json.name("netns").nullable(filters.netns);
+    json.name("container").nullable(filters.container);
+    json.name("pid").nullable(filters.pid);
+    json.end_object();
 
-    Json line;
-    line["type"] = "header";
-    line["schema"] = bytes_json(header.schema);
-    line["tool_version"] = bytes_json(header.tool_version);
-    line["host"] = bytes_json(header.host);
-    line["kernel"] = bytes_json(header.kernel);
-    line["start_ns"] = header.start_ns;
-    line["start_wall"] = bytes_json(header.start_wall);
-    line["mono_to_wall_ns"] = header.mono_to_wall_ns;
-    line["filters"] = std::move(filters);
-    line["probes"] = std::move(probes);
-    return dump_line(line);
+    const TraceProbes& probes = header.probes;
+    json.name("probes").begin_object();
+    json.name("state").nullable(probes.state);
+    json.name("reset_sent").nullable(probes.reset_sent);
+    json.name("reset_received").nullable(probes.reset_received);
+    json.name("messages").nullable(probes.messages);
+    json.name("rst_reason").boolean(probes.rst_reason);
+    json.end_object();
+    json.end_object();
+    return text;
 }
 
-Json http2_side_json(const Http2Side& side) {
-    Json json;
-    json["last_frame_ns"] = side.last_frame_ns;
-    json["streams_opened"] = side.streams_opened;
-    json["streams_answered"] = side.streams_answered;
-    json["last_stream_id"] = side.last_stream_id;
-    json["goaway_count"] = side.goaway_count;
-    json["goaway_last_stream_id"] = side.goaway_last_stream_id;
-    json["goaway_error"] = side.goaway_error;
-    json["rst_count"] = side.rst_count;
-    json["rst_last_error"] = side.rst_last_error;
-    json["ping_count"] = side.ping_count;
-    json["settings_count"] = side.settings_count;
-    return json;
+namespace {
+
+void http2_side_json(JsonLine& json, const Http2Side& side) {
+    json.begin_object();
+    json.name("last_frame_ns").number(side.last_frame_ns);
+    json.name("streams_opened").number(side.streams_opened);
+    json.name("streams_answered").number(side.streams_answered);
+    json.name("last_stream_id").number(side.last_stream_id);
+    json.name("goaway_count").number(side.goaway_count);
+    json.name("goaway_last_stream_id").number(side.goaway_last_stream_id);
+    json.name("goaway_error").number(side.goaway_error);
+    json.name("rst_count").number(side.rst_count);
+    json.name("rst_last_error").number(side.rst_last_error);
+    json.name("ping_count").number(side.ping_count);
+    json.name("settings_count").number(side.settings_count);
+    json.end_object();
 }
 
-Json http2_json(const Http2Connection& h2) {
-    Json caught = Json::array();
+void http2_json(JsonLine& json, const Http2Connection& h2) {
+    json.begin_object();
+    json.name("client").string(to_string(h2.client));
+    json.name("local");
+    http2_side_json(json, h2.local);
+    json.name("peer");
+    http2_side_json(json, h2.peer);
+    json.name("local_goaway_ns").nullable(h2.local_goaway_ns);
+    json.name("peer_goaway_ns").nullable(h2.peer_goaway_ns);
+    json.name("lost").boolean(h2.lost);
+    json.name("pending_overflow").boolean(h2.pending_overflow);
+    json.name("counted_at_close").boolean(h2.counted_at_close);
+    json.name("caught").begin_array();
     for (const Http2Stream& stream : h2.caught) {
-        Json entry;
-        entry["id"] = stream.id;
-        entry["opened_by"] = to_string(stream.opened_by);
-        entry["opened_ns"] = nullable_json(stream.opened_ns);
-        entry["reset_by"] = stream.reset_by ? Json(to_string(*stream.reset_by)) : Json(nullptr);
-        entry["reset_ns"] = nullable_json(stream.reset_ns);
-        entry["fate"] = to_string(stream.fate);
-        caught.push_back(std::move(entry));
+        json.begin_object();
+        json.name("id").number(stream.id);
+        json.name("opened_by").string(to_string(stream.opened_by));
+        json.name("opened_ns").nullable(stream.opened_ns);
+        json.name("reset_by").nullable_name(stream.reset_by);
+        json.name("reset_ns").nullable(stream.reset_ns);
+        json.name("fate").string(to_string(stream.fate));
+        json.end_object();
     }
-    Json json;
-    json["client"] = to_string(h2.client);
-    json["local"] = http2_side_json(h2.local);
-    json["peer"] = http2_side_json(h2.peer);
-    json["local_goaway_ns"] = nullable_json(h2.local_goaway_ns);
-    json["peer_goaway_ns"] = nullable_json(h2.peer_goaway_ns);
-    json["lost"] = h2.lost;
-    json["pending_overflow"] = h2.pending_overflow;
-    json["counted_at_close"] = h2.counted_at_close;
-    json["caught"] = std::move(caught);
-    return json;
+    json.end_array();
+    json.end_object();
+}
+
+void close_json(JsonLine& json, const CloseInfo& info) {
+    json.begin_object();
+    json.name("initiator").string(to_string(info.initiator));
+    json.name("how").nullable_name(info.how);
+    json.name("local_fin_ns").nullable(info.local_fin_ns);
+    json.name("peer_fin_ns").nullable(info.peer_fin_ns);
+    json.name("local_rst_ns").nullable(info.local_rst_ns);
+    json.name("peer_rst_ns").nullable(info.peer_rst_ns);
+    json.name("rst_reason").nullable(info.rst_reason);
+    json.name("idle_ms").nullable(info.idle_ms);
+    json.name("cause").string(to_string(info.cause));
+    json.name("asked_by").nullable_name(info.asked_by);
+    json.name("unread_bytes").number(info.unread_bytes);
+    json.end_object();
+}
+
+void request_json(JsonLine& json, const Request& request) {
+    json.begin_object();
+    json.name("method").nullable(request.method);
+    json.name("target").nullable(request.target);
+    if (request.opaque) json.name("opaque").boolean(true);
+    json.name("status").nullable(request.status);
+    json.name("request_ns").number(request.request_ns);
+    json.name("response_ns").nullable(request.response_ns);
+    json.name("outcome").string(to_string(request.outcome));
+    json.name("idle_before_ms").nullable(request.idle_before_ms);
+    if (request.close_asked != CloseAsked::None) {
+        json.name("close_asked").string(to_string(request.close_asked));
+    }
+    json.end_object();
+}
+
+}  // namespace
+
+void append_conn_line(std::string& out, const Connection& conn) {
+    JsonLine json(out);
+    json.begin_object();
+    json.name("type").string("conn");
+    json.name("id").number(conn.id);
+    json.name("cookie").number(conn.cookie);
+    json.name("netns").number(conn.netns);
+    json.name("family").string(conn.family);
+    json.name("local");
+    endpoint_json(json, conn.local.addr, conn.local.port);
+    json.name("remote");
+    endpoint_json(json, conn.remote.addr, conn.remote.port);
+    json.name("role").string(to_string(conn.role));
+    json.name("pid").nullable(conn.pid);
+    json.name("comm").nullable(conn.comm);
+    json.name("owner_from").nullable(conn.owner_from);
+    json.name("cgroup_id").number(conn.cgroup_id);
+    json.name("cgroup").nullable(conn.cgroup);
+    json.name("container");
+    if (conn.container) {
+        container_json(json, *conn.container);
+    } else {
+        json.null();
+    }
+    json.name("health_check").nullable(conn.health_check);
+    json.name("established_ns").nullable(conn.established_ns);
+    json.name("closed_ns").nullable(conn.closed_ns);
+    json.name("bytes_in").number(conn.bytes_in);
+    json.name("bytes_out").number(conn.bytes_out);
+    json.name("segs_in").number(conn.segs_in);
+    json.name("segs_out").number(conn.segs_out);
+    json.name("close");
+    close_json(json, conn.close);
+    json.name("requests").begin_array();
+    for (const Request& request : conn.requests) request_json(json, request);
+    json.end_array();
+    json.name("requests_omitted").number(conn.requests_omitted);
+    json.name("verdict").string(to_string(conn.verdict));
+    json.name("incomplete").boolean(conn.incomplete);
+    if (conn.http2) {
+        json.name("http2");
+        http2_json(json, *conn.http2);
+    }
+    json.end_object();
 }
 
 std::string conn_line(const Connection& conn) {
-    const CloseInfo& info = conn.close;
-    Json close;
-    close["initiator"] = to_string(info.initiator);
-    close["how"] = info.how ? Json(to_string(*info.how)) : Json(nullptr);
-    close["local_fin_ns"] = nullable_json(info.local_fin_ns);
-    close["peer_fin_ns"] = nullable_json(info.peer_fin_ns);
-    close["local_rst_ns"] = nullable_json(info.local_rst_ns);
-    close["peer_rst_ns"] = nullable_json(info.peer_rst_ns);
-    close["rst_reason"] = nullable_json(info.rst_reason);
-    close["idle_ms"] = nullable_json(info.idle_ms);
-    close["cause"] = to_string(info.cause);
-    close["asked_by"] = info.asked_by ? Json(to_string(*info.asked_by)) : Json(nullptr);
-    close["unread_bytes"] = info.unread_bytes;
-
-    Json requests = Json::array();
-    for (const Request& request : conn.requests) {
-        Json entry;
-        entry["method"] = nullable_json(request.method);
-        entry["target"] = nullable_json(request.target);
-        if (request.opaque) entry["opaque"] = true;
-        entry["status"] = nullable_json(request.status);
-        entry["request_ns"] = request.request_ns;
-        entry["response_ns"] = nullable_json(request.response_ns);
-        entry["outcome"] = to_string(request.outcome);
-        entry["idle_before_ms"] = nullable_json(request.idle_before_ms);
-        if (request.close_asked != CloseAsked::None) {
-            entry["close_asked"] = to_string(request.close_asked);
-        }
-        requests.push_back(std::move(entry));
-    }
-
-    Json line;
-    line["type"] = "conn";
-    line["id"] = conn.id;
-    line["cookie"] = conn.cookie;
-    line["netns"] = conn.netns;
-    line["family"] = bytes_json(conn.family);
-    line["local"] = endpoint_json(conn.local.addr, conn.local.port);
-    line["remote"] = endpoint_json(conn.remote.addr, conn.remote.port);
-    line["role"] = to_string(conn.role);
-    line["pid"] = nullable_json(conn.pid);
-    line["comm"] = nullable_json(conn.comm);
-    line["owner_from"] = nullable_json(conn.owner_from);
-    line["cgroup_id"] = conn.cgroup_id;
-    line["cgroup"] = nullable_json(conn.cgroup);
-    line["container"] = conn.container ? container_json(*conn.container) : Json(nullptr);
-    line["health_check"] = nullable_json(conn.health_check);
-    line["established_ns"] = nullable_json(conn.established_ns);
-    line["closed_ns"] = nullable_json(conn.closed_ns);
-    line["bytes_in"] = conn.bytes_in;
-    line["bytes_out"] = conn.bytes_out;
-    line["segs_in"] = conn.segs_in;
-    line["segs_out"] = conn.segs_out;
-    line["close"] = std::move(close);
-    line["requests"] = std::move(requests);
-    line["requests_omitted"] = conn.requests_omitted;
-    line["verdict"] = to_string(conn.verdict);
-    line["incomplete"] = conn.incomplete;
-    if (conn.http2) line["http2"] = http2_json(*conn.http2);
-    return dump_line(line);
+    std::string line;
+    append_conn_line(line, conn);
+    return line;
 }
 
-std::string event_line(const Event& event, PayloadPolicy policy) {
+void append_event_line(std::string& out, const Event& event, PayloadPolicy policy) {
     const Tuple& tuple = event.tuple;
-    Json line;
-    line["type"] = "event";
-    line["kind"] = to_string(event.kind);
-    line["ts_ns"] = event.ts_ns;
-    line["cookie"] = event.cookie;
-    line["netns"] = event.netns;
-    line["family"] = family_name(tuple.family);
-    line["local"] = endpoint_json(format_address(tuple.family, tuple.laddr), tuple.lport);
-    line["remote"] = endpoint_json(format_address(tuple.family, tuple.raddr), tuple.rport);
+    JsonLine json(out);
+    json.begin_object();
+    json.name("type").string("event");
+    json.name("kind").string(to_string(event.kind));
+    json.name("ts_ns").number(event.ts_ns);
+    json.name("cookie").number(event.cookie);
+    json.name("netns").number(event.netns);
+    json.name("family").string(family_name(tuple.family));
+    json.name("local");
+    endpoint_json(json, format_address(tuple.family, tuple.laddr), tuple.lport);
+    json.name("remote");
+    endpoint_json(json, format_address(tuple.family, tuple.raddr), tuple.rport);
     switch (event.kind) {
         case EventKind::State:
-            line["old_state"] = tcp_state_name(event.old_state);
-            line["new_state"] = tcp_state_name(event.new_state);
-            line["role"] = to_string(event.role);
+            json.name("old_state").string(tcp_state_name(event.old_state));
+            json.name("new_state").string(tcp_state_name(event.new_state));
+            json.name("role").string(to_string(event.role));
             break;
         case EventKind::ResetSent:
         case EventKind::ResetReceived:
-            line["rst_reason"] = nullable_json(event.rst_reason);
-            line["trigger_flags"] = tcp_flags_string(event.trigger_flags);
+            json.name("rst_reason").nullable(event.rst_reason);
+            json.name("trigger_flags").string(tcp_flags_string(event.trigger_flags));
             // sk_state 0: the kernel had no socket for the segment.
-            line["sk_state"] = event.sk_state ? Json(tcp_state_name(event.sk_state)) : Json(nullptr);
-            line["payload_len"] = event.payload_len;
+            json.name("sk_state");
+            if (event.sk_state) {
+                json.string(tcp_state_name(event.sk_state));
+            } else {
+                json.null();
+            }
+            json.name("payload_len").number(event.payload_len);
             break;
         case EventKind::Message:
-            line["direction"] = to_string(event.direction);
-            line["segment_len"] = event.payload_len;
-            line["message"] = event.response ? "response" : "request";
-            line["requests_before"] = event.requests_before;
-            line["responses_before"] = event.responses_before;
-            line["held"] = event.held;
+            json.name("direction").string(to_string(event.direction));
+            json.name("segment_len").number(event.payload_len);
+            json.name("message").string(event.response ? "response" : "request");
+            json.name("requests_before").number(event.requests_before);
+            json.name("responses_before").number(event.responses_before);
+            json.name("held").boolean(event.held);
             break;
         case EventKind::Http2:
-            line["record"] = event.http2.at_close ? "close" : "frame";
-            line["direction"] = to_string(event.http2.direction);
-            line["frame_type"] = event.http2.frame_type;
-            line["stream_id"] = event.http2.stream_id;
-            line["error_code"] = event.http2.error_code;
+            json.name("record").string(event.http2.at_close ? "close" : "frame");
+            json.name("direction").string(to_string(event.http2.direction));
+            json.name("frame_type").number(event.http2.frame_type);
+            json.name("stream_id").number(event.http2.stream_id);
+            json.name("error_code").number(event.http2.error_code);
             break;
     }
     if (event.kind != EventKind::State && event.kind != EventKind::Http2) {
-        line["heads"] = heads_json(event.payload, policy.full_target);
-        if (policy.raw) line["payload"] = bytes_json(event.payload);
+        json.name("heads");
+        heads_json(json, event.payload, policy.full_target);
+        if (policy.raw) json.name("payload").string(event.payload);
     }
-    return dump_line(line);
+    json.end_object();
+}
+
+std::string event_line(const Event& event, PayloadPolicy policy) {
+    std::string line;
+    append_event_line(line, event, policy);
+    return line;
 }
 
 std::string summary_line(const TraceSummary& summary) {
-    Json line;
-    line["type"] = "summary";
-    line["connections"] = summary.connections;
-    line["open_at_end"] = summary.open_at_end;
-    line["requests"] = summary.requests;
-    line["lost_events"] = summary.lost_events;
-    line["events"] = summary.events;
-    line["duration_s"] = summary.duration_s;
-    line["end_ns"] = summary.end_ns;
-    line["by_initiator"] = counts_json(summary.by_initiator);
-    line["by_how"] = counts_json(summary.by_how);
-    line["verdicts"] = counts_json(summary.verdicts);
-    return dump_line(line);
+    std::string text;
+    JsonLine json(text);
+    json.begin_object();
+    json.name("type").string("summary");
+    json.name("connections").number(summary.connections);
+    json.name("open_at_end").number(summary.open_at_end);
+    json.name("requests").number(summary.requests);
+    json.name("lost_events").number(summary.lost_events);
+    json.name("events").number(summary.events);
+    json.name("duration_s").number(summary.duration_s);
+    json.name("end_ns").number(summary.end_ns);
+    json.name("by_initiator");
+    counts_json(json, summary.by_initiator);
+    json.name("by_how");
+    counts_json(json, summary.by_how);
+    json.name("verdicts");
+    counts_json(json, summary.verdicts);
+    json.end_object();
+    return text;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1309,6 +1457,20 @@ TraceWriter::~TraceWriter() {
 
 void TraceWriter::write_line(std::string_view line) {
     buffer_.append(line);
+    end_line();
+}
+
+void TraceWriter::write_conn(const Connection& conn) {
+    append_conn_line(buffer_, conn);
+    end_line();
+}
+
+void TraceWriter::write_event(const Event& event, PayloadPolicy policy) {
+    append_event_line(buffer_, event, policy);
+    end_line();
+}
+
+void TraceWriter::end_line() {
     buffer_ += '\n';
     if (buffer_.size() >= flush_bytes_) flush();
 }

@@ -74,6 +74,8 @@ struct TraceSummary {
 // ASCII, so any byte string round-trips and every line is pure ASCII JSON.
 std::string header_line(const TraceHeader& header);
 std::string conn_line(const Connection& conn);
+// The same line appended to `out`: a recorder writes every line into one reused buffer.
+void append_conn_line(std::string& out, const Connection& conn);
 
 // What an event line keeps of the payload it captured. Wire bytes hold query strings, cookies
 // and Authorization headers, and traces are uploaded and attached to tickets: by default a line
@@ -83,6 +85,7 @@ struct PayloadPolicy {
     bool full_target = false;  // targets with their query string: record --full-target
 };
 std::string event_line(const Event& event, PayloadPolicy policy);
+void append_event_line(std::string& out, const Event& event, PayloadPolicy policy);
 std::string summary_line(const TraceSummary& summary);
 
 // Appends whole lines to a file descriptor: a reader never sees half a line unless the process
@@ -95,11 +98,16 @@ public:
     TraceWriter& operator=(const TraceWriter&) = delete;
 
     void write_line(std::string_view line);  // adds the '\n'; may flush (and throw)
+    // conn_line and event_line, written straight into the buffer.
+    void write_conn(const Connection& conn);
+    void write_event(const Event& event, PayloadPolicy policy);
     // Throws std::system_error with the errno on a write error; what could not be written stays
     // buffered, so a later flush() continues where this one stopped.
     void flush();
 
 private:
+    void end_line();  // the '\n' after a line appended to the buffer
+
     int fd_;
     std::size_t flush_bytes_;
     std::string buffer_;
