@@ -766,11 +766,12 @@ TraceHeader read_header(ondemand::object& line) {
     // First, so that a later schema's changes are reported as what they are.
     ondemand::value schema = member(line, {&root, "schema"});
     header.schema = required<std::string>(schema, {&root, "schema"});
-    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV2 &&
-        header.schema != kTraceSchemaV1) {
+    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV3 &&
+        header.schema != kTraceSchemaV2 && header.schema != kTraceSchemaV1) {
         throw LineError{fmt::format(
-            "unsupported schema \"{}\"; this closetrace reads {}, {} and {}",
-            excerpt_for_error(header.schema), kTraceSchemaV1, kTraceSchemaV2, kTraceSchema)};
+            "unsupported schema \"{}\"; this closetrace reads {}, {}, {} and {}",
+            excerpt_for_error(header.schema), kTraceSchemaV1, kTraceSchemaV2, kTraceSchemaV3,
+            kTraceSchema)};
     }
     rewind(line);
     read_members<TraceHeader>(line, kHeaderMembers, root, header);
@@ -837,7 +838,7 @@ constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
     {"goaway_error", into<&Http2Side::goaway_error>},
     {"rst_count", into<&Http2Side::rst_count>},
     {"rst_last_error", into<&Http2Side::rst_last_error>},
-    // Added within closetrace/3: 0 in traces written before them.
+    // closetrace/4: 0 in closetrace/3 traces, written before them.
     {"ping_count", into<&Http2Side::ping_count>, Presence::Optional},
     {"settings_count", into<&Http2Side::settings_count>, Presence::Optional, "ping_count"},
 };

@@ -20,7 +20,10 @@
 namespace closetrace {
 
 // What this closetrace writes; it reads this and every earlier schema (docs/trace-format.md).
-inline constexpr std::string_view kTraceSchema = "closetrace/3";
+inline constexpr std::string_view kTraceSchema = "closetrace/4";
+// Before HTTP/2 PING and SETTINGS counts and the HTTP/2 close causes of a bare FIN and of a
+// GOAWAY right after use.
+inline constexpr std::string_view kTraceSchemaV3 = "closetrace/3";
 // Before HTTP/2: conn records without `http2`.
 inline constexpr std::string_view kTraceSchemaV2 = "closetrace/2";
 // Before close causes: conn records without close.cause, idle_ms from the last payload.
