@@ -237,14 +237,12 @@ std::optional<double> idle_before_goaway(const Http2Facts& facts, Initiator clos
     return std::nullopt;
 }
 
-// A GOAWAY without error (or a FIN without GOAWAY): an idle timer's, unless it came right after
-// the last exchange (as for HTTP/1): then the client was done with the connection (a gRPC
-// channel closed), or the server ended it early (a maximum connection age), neither of which
-// tells an idle timeout.
+// A GOAWAY without error (or a FIN without GOAWAY): by its idle time as for HTTP/1 (a gRPC
+// channel closed right after its calls, a maximum connection age just after one), an idle
+// timer's when that time is not known.
 CloseCause idle_close_cause(const Connection& conn, Initiator closer) {
     const std::optional<double>& idle_ms = conn.close.idle_ms;
-    if (!idle_ms || *idle_ms >= kRightAfterExchangeMs) return CloseCause::IdleTimer;
-    return closer == conn.http2->client ? CloseCause::ClosedAfterUse : CloseCause::KeepaliveEnded;
+    return idle_ms ? cause_by_idle(*idle_ms, closer, conn.http2->client) : CloseCause::IdleTimer;
 }
 
 Verdict by_closer(Initiator closer, Verdict local, Verdict peer) {

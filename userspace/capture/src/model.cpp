@@ -187,13 +187,12 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
                                                         : CloseCause::KeepaliveEnded;
     }
     if (!close.idle_ms) return CloseCause::Unknown;
-    if (*close.idle_ms < kRightAfterExchangeMs) {
-        // Right after the exchange: the client was done with it, or the server ended keep-alive
-        // without announcing it.
-        return close.initiator == requester(conn.role) ? CloseCause::ClosedAfterUse
-                                                        : CloseCause::KeepaliveEnded;
-    }
-    return CloseCause::IdleTimer;
+    return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));
+}
+
+CloseCause cause_by_idle(double idle_ms, Initiator closer, Initiator client) {
+    if (idle_ms >= kRightAfterExchangeMs) return CloseCause::IdleTimer;
+    return closer == client ? CloseCause::ClosedAfterUse : CloseCause::KeepaliveEnded;
 }
 
 std::optional<Initiator> asked_by(const Connection& conn) {

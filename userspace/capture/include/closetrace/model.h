@@ -211,6 +211,11 @@ struct CloseEvidence {
     bool owner_exiting = false;
 };
 
+// The cause of a close that nothing else explains, by how long its connection had been idle
+// (`idle_ms`): right after the last exchange, the client was done with it (ClosedAfterUse) or the
+// server ended keep-alive without announcing it (KeepaliveEnded); later, an idle timer's.
+// `client`: the side that made the requests.
+CloseCause cause_by_idle(double idle_ms, Initiator closer, Initiator client);
 // Why the connection closed, from its close, requests and `evidence` (nothing for a trace
 // recorded before closetrace/2, whose records lack the facts of some causes).
 CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence);
