@@ -95,6 +95,22 @@ class WireJudgeTest(unittest.TestCase):
         c = (Conn().send("in", data=req("/q")).send("out", RST | ACK, at=0.1).judge())
         self.assertEqual(c.verdict, "local_reset_inflight")
 
+    def test_a_response_the_requester_resets_answers_no_one(self):
+        # The balancer gave up (its client left: 460) and closed; the response it resets after
+        # its FIN found no one: the request was in flight when the peer closed.
+        c = (Conn().send("in", data=req("/a")).send("out", data=resp())
+             .send("in", data=req("/wrk")).send("in", FIN | ACK, at=0.003)
+             .send("out", data=resp(), at=0.0002).send("in", RST, at=0.00002).judge())
+        self.assertEqual([o["outcome"] for o in c.request_outcomes()],
+                         ["completed", "unanswered_at_close"])
+        self.assertEqual((c.verdict, c.cause), ("peer_close_inflight", ({"in_flight"}, None)))
+        # A client that shut down its sending side reads the response: it answers.
+        c = (Conn().send("in", data=req("/h")).send("in", FIN | ACK)
+             .send("out", data=resp(), at=0.05).send("out", FIN | ACK, at=0.05).judge())
+        self.assertEqual([(o["outcome"], o["status"]) for o in c.request_outcomes()],
+                         [("completed", 200)])
+        self.assertEqual(c.verdict, "peer_idle_close")
+
     def test_process_exit_is_told_by_the_harness(self):
         c = Conn().send("in", data=req("/slow")).send("out", FIN | ACK, at=0.3)
         self.assertEqual(c.judge().cause, ({"in_flight"}, None))

@@ -1531,6 +1531,29 @@ TEST(TrackerCounted, ResponsesHeldAndWrittenAfterTheFinAnswerTheirOwnRequests) {
     EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
 }
 
+// The balancer gives up on the request in flight (its client left: 460) and closes; this host
+// answers after that FIN, and the balancer's socket, gone, answers the response with an RST.
+// The response answered no one: the request was in flight when the peer closed.
+TEST(TrackerCounted, AResponseThePeerResetsAfterItsFinAnswersNoOne) {
+    const Socket socket;
+    const uint64_t last_ns = 5 * kSec, fin_ns = last_ns + 3 * kMs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 1, 0, 1 * kSec + kMs),
+        socket.numbered(last_ns, Direction::In, kGet, 1, 1, 1 * kSec + 2 * kMs),
+        socket.state(fin_ns, kTcpEstablished, kTcpCloseWait, activity(last_ns, 0)),
+        socket.numbered(fin_ns + 200 * kUs, Direction::Out, kOk, 2, 1, last_ns),
+        socket.reset_received(fin_ns + 220 * kUs),
+        socket.state(fin_ns + 220 * kUs, kTcpCloseWait, kTcpClose),
+    });
+    EXPECT_EQ(outcomes(conn),
+              (std::vector<Outcome>{Outcome::Completed, Outcome::UnansweredAtClose}));
+    EXPECT_FALSE(conn.requests.back().status);
+    EXPECT_FALSE(conn.requests.back().response_ns);
+    EXPECT_EQ(conn.verdict, Verdict::PeerCloseInflight);
+}
+
 // An h2c connection whose server (this host) sent GOAWAY after idle and closed, and whose
 // client's next stream reached the time-wait socket: the HTTP/2 records make the verdict, the
 // late stream is read from the reset it met, and the opaque HTTP/1 view is dropped.

@@ -15,6 +15,7 @@ CLOCK_MONOTONIC ns, converted with the header's ``mono_to_wall_ns``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -304,8 +305,16 @@ class WireConn:
         fc = self.first_close
         unread_rst = fc is not None and fc[1] == "local" and fc[2] == "rst" and \
             self.role != "client"
+        # A response started after the requesting side closed, which that side answered with an
+        # RST, answered no one (the trace format's `unanswered_at_close`).
+        fin_t, rst_t = ((self.peer_fin_t, self.peer_rst_t) if self.role != "client"
+                        else (self.local_fin_t, self.local_rst_t))
+        requester_close = min(t for t in (fin_t, rst_t, math.inf) if t is not None)
         out = []
         for q, r in self.exchanges():
+            if r is not None and requester_close < r["t"] and rst_t is not None and \
+                    rst_t >= r["t"]:
+                r = None
             prev = [x["t"] for x in self.segments if x["t"] < q["t"]]
             since = max(prev) if prev else (self.synack_t or self.syn_t)
             o = {"t": q["t"], "line": q["line"], "method": q.get("method"),

@@ -554,9 +554,17 @@ public:
                 ms_between(*established_ns, pending_.front().request.request_ns);
         }
         const bool closing = close.how.has_value() || closed_ns.has_value();
+        const bool requester_is_peer = serves_;
+        const std::optional<uint64_t> requester_close =
+            requester_is_peer ? close.peer_first() : close.local_first();
+        const std::optional<uint64_t> requester_rst =
+            requester_is_peer ? close.peer_rst : close.local_rst;
         std::vector<Request> requests;
         requests.reserve(pending_.size());
         for (Pending& pending : pending_) {
+            if (requester_close && requester_rst) {
+                forget_refused_response(*requester_close, *requester_rst, pending.request);
+            }
             pending.request.outcome = outcome(pending, close, closing);
             requests.push_back(std::move(pending.request));
         }
@@ -575,6 +583,21 @@ private:
         bool proven_late = false;  // the kernel reset it as data on a closed socket
         bool unread = false;       // its bytes were left unread when this host aborted
     };
+
+    // A response that starts after the side that made the request closed, and that this side
+    // answers with an RST, answers no one: its socket was gone (a balancer that gave up: its 460
+    // or 504), and the request was in flight when it closed. (A client that only shut down its
+    // sending side reads the response: no RST, and the response answers.)
+    static void forget_refused_response(uint64_t requester_close, uint64_t requester_rst,
+                                        Request& request) {
+        if (!request.response_ns || *request.response_ns <= requester_close ||
+            requester_rst < *request.response_ns) {
+            return;
+        }
+        request.response_ns.reset();
+        request.status.reset();
+        if (request.close_asked == CloseAsked::Response) request.close_asked = CloseAsked::None;
+    }
 
     static double ms_between(uint64_t from_ns, uint64_t to_ns) {
         return static_cast<double>(to_ns - from_ns) / 1e6;
