@@ -126,9 +126,8 @@ struct message_state {
 	__u8 current;                 /* kind of the message whose segments are passing */
 	__u8 answer_pending;          /* a written request: its responses are written too */
 	__u8 interim;                 /* a 1xx response passed: the request's body comes next */
-	__u8 closing_seen;            /* the first FIN or RST passed: held messages are written */
 	__u8 http2;                   /* enum http2_followed: decided by the socket's first payload */
-	__u8 pad;
+	__u8 pad[2];
 	struct message_slot slots[2]; /* by enum ct_message_kind */
 };
 
@@ -599,14 +598,15 @@ static __always_inline void write_slot(const struct ct_event *head, __u8 role,
 	submit_event(event, sizeof(*event));
 }
 
-/* The connection begins to close: its last request and response, held until now, are written,
- * so that its record shows the exchange it ended on (and a request still in flight). */
+/*
+ * The connection closes: its last request and response, held until now, are written, so that
+ * its record shows the exchange it ended on (and a request still in flight). At every FIN or RST
+ * and at TCP_CLOSE: a message that began after the first (a response to a client that shut down
+ * its sending side, its body in its head's segment) waits for the rest of its head until then.
+ */
 static __always_inline void write_held(const struct ct_event *head, __u8 role,
 				       struct message_state *m)
 {
-	if (m->closing_seen)
-		return;
-	m->closing_seen = 1;
 	for (__u8 kind = CT_MESSAGE_REQUEST; kind <= CT_MESSAGE_RESPONSE; kind++) {
 		__u8 status = m->slots[kind].status;
 		if (status == SLOT_HELD || status == SLOT_TO_WRITE)
@@ -711,7 +711,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	 * packet announced (a retransmission timeout, failed keep-alive probes), and ahead of the
 	 * reset an abort sends after this change. (The portable object writes them from the
 	 * cgroup hooks only: its messages are in socket storage, which raw tracepoints cannot use.) */
-	if (newstate == TCP_CLOSE && !state->messages.closing_seen) {
+	if (newstate == TCP_CLOSE) {
 		struct ct_event head = {};
 		fill_sock_head(&head, sk, state, CT_EV_MESSAGE, sizeof(struct ct_message_event), now);
 		write_held(&head, state->role, &state->messages);
