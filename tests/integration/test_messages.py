@@ -29,8 +29,19 @@ class KeepAliveServer(ThreadedServer):
                     conn.sendall(RESPONSE)
 
 
-def client():
-    sock = socket.create_connection(("127.0.0.1", PORT))
+class AnswerAtEndServer(ThreadedServer):
+    """Reads until the client shuts down its sending side, then answers (as HTTP/1.0 servers
+    did): the response comes after the client's FIN."""
+
+    def handle(self, conn):
+        with conn:
+            while conn.recv(65536):
+                pass
+            conn.sendall(RESPONSE)
+
+
+def client(port=PORT):
+    sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -114,6 +125,33 @@ class MessagesTest(unittest.TestCase):
                 request = server_record(conns, port)["requests"][0]
                 self.assertEqual((request["method"], request["target"]), ("GET", "/split/path/abc"))
                 self.assertEqual(request["status"], 200)
+
+    def test_a_client_that_shuts_down_its_sending_side_is_answered(self):
+        """The request and the client's FIN come before the response (this host in CLOSE_WAIT),
+        whose body shares its head's segment: the response still answers the request."""
+        answers = []
+        self.enterContext(AnswerAtEndServer(PORT + 1))
+
+        def traffic():
+            sock = client(PORT + 1)
+            port = sock.getsockname()[1]
+            sock.sendall(REQUEST)
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := sock.recv(4096):
+                received += chunk
+            answers.append(received)
+            sock.close()
+            return port
+
+        (_, conns, _, _), port = self.record(traffic, "--port", str(PORT + 1))
+        self.assertEqual(answers, [RESPONSE])
+        conn = server_record(conns, port)
+        self.assertEqual([(r["target"], r["outcome"], r["status"]) for r in conn["requests"]],
+                         [("/split/path/abc", "completed", 200)])
+        self.assertEqual(conn["close"]["initiator"], "peer")
+        self.assertLess(conn["close"]["peer_fin_ns"], conn["requests"][0]["response_ns"])
+        self.assertEqual(conn["verdict"], "peer_idle_close")
 
 
 if __name__ == "__main__":
