@@ -210,6 +210,10 @@ Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> la
         }
     }
     conn.caught = streams.settle(*final_counts);
+    if (facts.names) {
+        for (Http2Stream& stream : conn.caught) facts.names->name(stream);
+        conn.names_undecodable_from = facts.names->undecodable_from();
+    }
     return conn;
 }
 
