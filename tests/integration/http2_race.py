@@ -47,10 +47,10 @@ class Http2RaceTest(PeerTest):
     PORT = None
 
     @contextlib.contextmanager
-    def recorded_backend(self, server_script, server_env):
+    def recorded_backend(self, server_script, server_env, record_args=()):
         """The node `server_script` (in http2/) in the backend's namespace with `server_env`,
-        recorded and captured for the `with` block, which gets the topology. Then
-        self.trace and self.pcap hold the trace and the capture."""
+        recorded (with `record_args` added) and captured for the `with` block, which gets the
+        topology. Then self.trace and self.pcap hold the trace and the capture."""
         self.pcap = os.path.join(self.workdir, "backend.pcap")
         self.trace = os.path.join(self.workdir, "trace.jsonl")
         with netns.Topology() as topo:
@@ -61,7 +61,8 @@ class Http2RaceTest(PeerTest):
             capture = wire.Capture(topo, "backend", "to-bal", self.pcap,
                                    bpf_filter=f"tcp port {self.PORT}").start()
             recorder = Recorder("--port", str(self.PORT), "--quiet", "--netns",
-                                f"/run/netns/{topo.nsname('backend')}", linger_ms=2000)
+                                f"/run/netns/{topo.nsname('backend')}", *record_args,
+                                linger_ms=2000)
             try:
                 with recorder:
                     yield topo
@@ -88,10 +89,10 @@ class Http2RaceTest(PeerTest):
         self.assertEqual(client.returncode, 0, stderr)
         return json.loads(stdout.strip().splitlines()[-1])
 
-    def run_race(self, server_script, server_env, client_args, client_env=None):
+    def run_race(self, server_script, server_env, client_args, client_env=None, record_args=()):
         """One run: the server, then the client in the balancer's namespace, reaching it
         directly. Returns (trace, pcap, what the client printed)."""
-        with self.recorded_backend(server_script, server_env) as topo:
+        with self.recorded_backend(server_script, server_env, record_args) as topo:
             seen = self.client_output(self.start_client(topo, "balancer", topo.addr["backend"],
                                                         self.PORT, client_args, client_env))
         return self.trace, self.pcap, seen

@@ -41,14 +41,16 @@ class GrpcRaceTest(Http2RaceTest):
         if not os.path.isdir(os.path.join(PEERS, "node_modules", "@grpc", "grpc-js")):
             raise unittest.SkipTest("grpc-js is not installed: run tools/setup")
 
-    def run_client(self, idle_limit_ms, client_env=None, server_env=None):
+    def run_client(self, idle_limit_ms, client_env=None, server_env=None, record_args=()):
         """The grpc-js server with `idle_limit_ms` (and `server_env`) and the pausing client."""
         return self.run_race("grpc_server.js",
                              {"MAX_CONNECTION_IDLE_MS": str(idle_limit_ms), **(server_env or {})},
-                             ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"], client_env)
+                             ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"], client_env,
+                             record_args)
 
     def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
-        trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS)
+        trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS,
+                                            record_args=["--http2-names"])
         failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
         self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)

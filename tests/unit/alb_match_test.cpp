@@ -579,7 +579,7 @@ TEST(AlbHttp2, H2LineMatchesTheStreamByEndpointAndTime) {
         EXPECT_EQ(joined(conclusions).find("keepAliveTimeout"), std::string::npos);
 
         const std::string text = render_alb_text(facts, {}, result, conclusions, kSkew);
-        EXPECT_NE(text.find("HTTP/2 stream 7 after_goaway (names not decoded) -> 10.0.1.17:9090  "
+        EXPECT_NE(text.find("HTTP/2 stream 7 after_goaway (names not recorded) -> 10.0.1.17:9090  "
                             "conn 3 local_close_race  +300.0 ms  (alb.log:1)"),
                   std::string::npos)
             << text;
