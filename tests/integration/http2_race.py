@@ -42,6 +42,25 @@ def http2_frames(pcap, port):
     return frames
 
 
+def http2_request_names(pcap, port):
+    """{(client port, stream id): (method, path)} of every request HEADERS frame on the wire to
+    `port`, as tshark decodes its header block (HPACK, from the connection's first block)."""
+    fields = ["tcp.srcport", "http2.type", "http2.streamid", "http2.headers.method",
+              "http2.headers.path"]
+    out = subprocess.run(["tshark", "-r", pcap, "-d", f"tcp.port=={port},http2", "-Y",
+                          f"http2.type == {HEADERS} && tcp.dstport == {port}", "-T", "fields",
+                          "-E", "separator=/t", *[arg for field in fields for arg in ("-e", field)]],
+                         capture_output=True, text=True, check=True).stdout
+    names = {}
+    for line in out.splitlines():
+        sport, types, ids, methods, paths = line.split("\t")
+        # Several frames of a segment: each HEADERS frame of a request has both pseudo-headers.
+        streams = [int(i) for t, i in zip(types.split(","), ids.split(",")) if int(t) == HEADERS]
+        for stream_id, method, path in zip(streams, methods.split(","), paths.split(",")):
+            names[(int(sport), stream_id)] = (method, path)
+    return names
+
+
 class Http2RaceTest(PeerTest):
     """Runs the race; PORT is each test module's own, so that their captures never mix."""
     PORT = None
@@ -136,6 +155,17 @@ class Http2RaceTest(PeerTest):
         self.assertEqual(conn["http2"]["client"], "peer")
         self.assertGreaterEqual(conn["http2"]["local"]["goaway_count"], 1)
         return conn
+
+    def assert_names_match_the_wire(self, conn, pcap):
+        """Each caught stream (recorded with --http2-names) has the :method and :path tshark
+        decodes for it on the wire, its path without the query string."""
+        self.assertTrue(conn["http2"]["caught"])
+        on_wire = http2_request_names(pcap, self.PORT)
+        for stream in conn["http2"]["caught"]:
+            method, path = on_wire[(conn["remote"]["port"], stream["id"])]
+            self.assertEqual(stream["names"], "decoded", stream)
+            self.assertEqual((stream["method"], stream["path"]), (method, path.split("?")[0]))
+        self.assertIsNone(conn["http2"]["names_undecodable_from"])
 
     def assert_counts_match_the_wire(self, conn, pcap):
         """Each side's PING and SETTINGS counts in the trace are the frames the wire shows it

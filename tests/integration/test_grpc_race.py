@@ -7,7 +7,9 @@ grpc-js setting; so with grpc.max_connection_age_ms; with the idle limit above t
 idle time nothing is caught. Behind
 nginx grpc_pass with upstream keep-alive, paused (busy) as the client's call reaches it and
 resumed after the backend's GOAWAY, nginx forwards the call on the cached upstream connection
-and answers 502: that upstream stream is caught; nginx closing an idle upstream connection on
+and answers 502: that upstream stream is caught. Recorded with --http2-names, each caught
+stream's :method and :path are those tshark decodes on the wire; without, the trace says they
+were not recorded. nginx closing an idle upstream connection on
 its own timer (FIN, no GOAWAY) is the peer's idle close, as the wire shows. The kernel's PING
 and SETTINGS counts are those of the wire."""
 import os
@@ -58,13 +60,18 @@ class GrpcRaceTest(Http2RaceTest):
         conn = self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
         self.assertEqual(conn["comm"], "node")
         self.assert_counts_match_the_wire(conn, pcap)
+        self.assert_names_match_the_wire(conn, pcap)
 
-        # The report lists the connection with its streams and names grpc-js's setting.
+        # The report lists the connection with its streams, named, and grpc-js's setting.
         listed = [r for r in report_json(trace)["races"]["listed"] if r["conn_id"] == conn["id"]]
         self.assertEqual(len(listed), 1)
         self.assertEqual(sorted(s["id"] for s in listed[0]["streams"]),
                          sorted(s["id"] for s in failed))
-        self.assertIn("grpc.max_connection_idle_ms", closetrace("report", trace).stdout)
+        text = closetrace("report", trace).stdout
+        self.assertIn("grpc.max_connection_idle_ms", text)
+        first = conn["http2"]["caught"][0]
+        self.assertIn(f"HTTP/2 stream {first['id']} {first['method']} {first['path']} after_goaway",
+                      text)
 
     def test_a_call_made_as_the_age_goaway_comes_is_caught(self):
         """grpc.max_connection_age_ms: the GOAWAY comes at the connection's age (1 s, +-10 %),
@@ -75,12 +82,17 @@ class GrpcRaceTest(Http2RaceTest):
         failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
         self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
-        self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
-        self.assertIn("grpc.max_connection_age_ms", closetrace("report", trace).stdout)
+        conn = self.assert_caught_after_goaway(trace, pcap, [s["id"] for s in failed])
+        text = closetrace("report", trace).stdout
+        self.assertIn("grpc.max_connection_age_ms", text)
+        # Recorded without --http2-names: the names are said to be missing, not guessed.
+        self.assertEqual({s["names"] for s in conn["http2"]["caught"]}, {"not_recorded"})
+        self.assertIn("(names not recorded)", text)
 
     def test_a_call_nginx_forwards_as_the_idle_goaway_comes_is_caught(self):
         with self.recorded_backend("grpc_server.js",
-                                   {"MAX_CONNECTION_IDLE_MS": str(IDLE_LIMIT_MS)}) as topo:
+                                   {"MAX_CONNECTION_IDLE_MS": str(IDLE_LIMIT_MS)},
+                                   ["--http2-names"]) as topo:
             nginx = peers.start_nginx_grpc_balancer(topo, self.PORT, base_dir=self.workdir)
             client = self.start_client(topo, "client", topo.addr["balancer_client_side"], 80,
                                        ["grpc_client.js", str(NGINX_CLIENT_IDLE_MS)])
@@ -96,6 +108,7 @@ class GrpcRaceTest(Http2RaceTest):
             self.assertIn("upstream sent goaway", log.read())
 
         conn = self.assert_caught_after_goaway(self.trace, self.pcap)
+        self.assert_names_match_the_wire(conn, self.pcap)
         self.assertIn("grpc.max_connection_idle_ms", closetrace("report", self.trace).stdout)
         self.assertEqual(conn["remote"]["addr"], topo.addr["balancer"])
 
