@@ -116,21 +116,23 @@ class Http2RaceTest(PeerTest):
                                                         self.PORT, client_args, client_env))
         return self.trace, self.pcap, seen
 
-    def http2_connection(self, trace):
-        """The trace's one HTTP/2 connection; no event lost."""
+    def http2_connection(self, trace, client_port=None):
+        """The trace's one HTTP/2 connection (from `client_port` when given); no event lost."""
         _, conns, _, summary = read_trace(trace)
         self.assertEqual(summary["lost_events"], 0)
-        spoke_http2 = [c for c in conns if c.get("http2")]
+        spoke_http2 = [c for c in conns if c.get("http2") and
+                       client_port in (None, c["remote"]["port"])]
         self.assertEqual(len(spoke_http2), 1, conns)
         return spoke_http2[0]
 
-    def assert_caught_after_goaway(self, trace, pcap, failed_ids=None):
+    def assert_caught_after_goaway(self, trace, pcap, failed_ids=None, client_port=None):
         """Every stream of `failed_ids` (the client saw it refused or reset) is a caught stream
         of the trace's HTTP/2 connection, opened by the peer after this host's GOAWAY, and on
         the wire its HEADERS came after the server's first GOAWAY. Without `failed_ids` (a
         proxy's upstream streams, whose fate its client does not see), the streams the wire
-        shows opened after that GOAWAY, and exactly those are caught. Returns the connection."""
-        conn = self.http2_connection(trace)
+        shows opened after that GOAWAY, and exactly those are caught. `client_port`: the
+        connection's, when the trace holds others. Returns the connection."""
+        conn = self.http2_connection(trace, client_port)
         client_port = conn["remote"]["port"]
         caught = {s["id"]: s for s in conn["http2"]["caught"]}
         frames = [f for f in http2_frames(pcap, self.PORT) if client_port in (f[1], f[2])]
