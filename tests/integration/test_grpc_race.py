@@ -114,6 +114,8 @@ class GrpcRaceTest(Http2RaceTest):
         for check in checked:
             self.assertEqual(check["http2"]["caught"], [], check)
             self.assertNotIn(check["verdict"], RACES, check)
+            self.assertEqual(check["health_check"], "ELB-HealthChecker")
+        self.assertIsNone(conn["health_check"])
         listed = report_json(self.trace)["races"]["listed"]
         self.assertEqual([r["conn_id"] for r in listed], [conn["id"]])
 

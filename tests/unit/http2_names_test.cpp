@@ -179,15 +179,17 @@ TEST(Http2Names, PaddingAndPriorityAreNotPartOfTheBlock) {
     EXPECT_EQ(named(decoder, 1).path, "/a.B/Padded");
 }
 
+// The path of a connection's first request of `path`, as recorded with --full-target or not.
+std::optional<std::string> path_named(const std::string& path, bool full_target) {
+    Encoder client;
+    Http2NameDecoder decoder(full_target);
+    decoder.add(fragment(Direction::In, 0, 1, client.block(request(path))));
+    return named(decoder, 1).path;
+}
+
 TEST(Http2Names, APathLosesItsQueryStringUnlessFullTarget) {
-    Encoder first_client;
-    Encoder second_client;
-    Http2NameDecoder cut(false);
-    cut.add(fragment(Direction::In, 0, 1, first_client.block(request("/pay?card=4111"))));
-    EXPECT_EQ(named(cut, 1).path, "/pay");
-    Http2NameDecoder full(true);
-    full.add(fragment(Direction::In, 0, 1, second_client.block(request("/pay?card=4111"))));
-    EXPECT_EQ(named(full, 1).path, "/pay?card=4111");
+    EXPECT_EQ(path_named("/pay?card=4111", false), "/pay");
+    EXPECT_EQ(path_named("/pay?card=4111", true), "/pay?card=4111");
 }
 
 TEST(Http2Names, TheResponsesGrpcStatusComesFromItsTrailers) {
@@ -202,6 +204,17 @@ TEST(Http2Names, TheResponsesGrpcStatusComesFromItsTrailers) {
     const Http2Stream stream = named(decoder, 1);
     EXPECT_EQ(stream.names, StreamNames::Decoded);
     EXPECT_EQ(stream.grpc_status, 14u);
+}
+
+TEST(Http2Names, AnAlbsGrpcHealthCheckIsKnownByItsUserAgent) {
+    Encoder checker;
+    Fields fields = request("/AWS.ALB/healthcheck");
+    fields.emplace_back("user-agent", "ELB-HealthChecker/2.0 grpc-node-js/1.14.7");
+    Http2NameDecoder decoder(false);
+    EXPECT_EQ(decoder.health_checker(), "");
+    decoder.add(fragment(Direction::In, 0, 1, checker.block(fields)));
+    EXPECT_EQ(decoder.health_checker(), "ELB-HealthChecker");
+    EXPECT_EQ(named(decoder, 1).path, "/AWS.ALB/healthcheck");
 }
 
 TEST(Http2Names, BytesThatAreNoHpackMakeTheStreamUndecodable) {

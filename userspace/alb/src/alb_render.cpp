@@ -85,7 +85,8 @@ json caught_json(const CaughtRequest& caught, bool name_host) {
     if (caught.stream) {
         member["stream"] = {{"id", caught.stream->id},
                             {"fate", to_string(caught.stream->fate)},
-                            {"opened_by", to_string(caught.stream->opened_by)}};
+                            {"opened_by", to_string(caught.stream->opened_by)},
+                            {"names", to_string(caught.stream->names)}};
     }
     return member;
 }
@@ -118,7 +119,8 @@ std::string inputs_text(const TraceFacts& trace, const LbLogReadStats& stats,
                     to_ms(skew_ns));
     const auto is_stream = [](const CaughtRequest& caught) { return caught.stream.has_value(); };
     if (std::ranges::any_of(trace.caught_requests, is_stream)) {
-        matching += "; HTTP/2 streams: h2 and grpcs lines, by endpoint and time";
+        matching += "; HTTP/2 streams: h2 and grpcs lines, by endpoint and time (and method and "
+                    "path when named)";
     }
     if (const std::optional<int64_t> median = median_delta_ns(result.pairs)) {
         matching += fmt::format("; trace minus balancer time: median {:+.1f} ms", to_ms(*median));

@@ -265,6 +265,10 @@ void judge_http2(Connection& conn, const Http2Facts& facts,
     conn.http2 = account_http2(facts, late_segments);
     conn.requests.clear();
     conn.requests_omitted = 0;
+    // Its requests' User-Agent, when recorded with --http2-names (an ALB's gRPC health checks).
+    if (facts.names && !facts.names->health_checker().empty()) {
+        conn.health_check = std::string(facts.names->health_checker());
+    }
     if (!conn.close.how) return;  // open: the verdict stays Open
 
     const Http2Connection& h2 = *conn.http2;

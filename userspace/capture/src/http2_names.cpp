@@ -170,6 +170,10 @@ void Http2NameDecoder::decode_block(Side& side) {
 void Http2NameDecoder::name_field(uint32_t stream_id, std::string_view name,
                                   std::string_view value) {
     if (stream_id == 0) return;
+    if (name == "user-agent" && health_checker_.empty()) {
+        health_checker_ = http::health_checker(value);
+        return;
+    }
     if (name != ":method" && name != ":path" && name != "grpc-status") return;
     Names& names = names_[stream_id];
     if (name == ":method") {

@@ -36,6 +36,10 @@ public:
     // The first stream whose header block could not be decoded, either way; null: none.
     std::optional<uint32_t> undecodable_from();
 
+    // The known health checker (http::health_checker) whose User-Agent a request carried, as
+    // an ALB's gRPC health checks do; empty for none.
+    std::string_view health_checker() const { return health_checker_; }
+
 private:
     struct Side;      // one direction's decoder
     struct Fragment;  // as decoding needs it, kept while it waits for one before it
@@ -54,6 +58,7 @@ private:
     bool full_target_;
     std::unique_ptr<Side> sides_[2];   // [0] received, [1] sent
     std::map<uint32_t, Names> names_;  // the latest streams named, by id
+    std::string_view health_checker_;  // one of http::kHealthCheckers
 };
 
 }  // namespace closetrace
