@@ -1230,9 +1230,12 @@ TEST(TraceIo, Http2MemberRoundTrips) {
         .pending_overflow = false,
         .counted_at_close = true,
         .caught = {{.id = 7, .opened_by = Initiator::Peer, .opened_ns = 1950,
-                    .fate = StreamFate::AfterGoaway},
+                    .fate = StreamFate::AfterGoaway, .names = StreamNames::Decoded,
+                    .method = "POST", .path = "/p\"\x01\xff", .grpc_status = 14},
                    {.id = 9, .opened_by = Initiator::Peer, .reset_by = Initiator::Local,
-                    .reset_ns = 1960, .fate = StreamFate::Refused}},
+                    .reset_ns = 1960, .fate = StreamFate::Refused,
+                    .names = StreamNames::NotDecodable}},
+        .names_undecodable_from = 9,
     };
     EXPECT_EQ(conn_round_trip(conn).http2, conn.http2);
     // An HTTP/1 connection's line has no such member.
@@ -1262,6 +1265,28 @@ TEST(TraceReading, Http2LinesBeforePingAndSettingsCountsReadAsZero) {
     const std::string half = replaced(line, ",\"settings_count\":2", "");
     const std::string error = read_error(trace_text({header_line(sample_header()), half})).what();
     EXPECT_NE(error.find("settings_count"), std::string::npos) << error;
+}
+
+// Stream names came with closetrace/5: a closetrace/4 line's caught streams read as not
+// recorded.
+TEST(TraceReading, Http2StreamsBeforeNamesReadAsNotRecorded) {
+    Connection conn = sample_connection();
+    conn.http2 = Http2Connection{.client = Initiator::Peer,
+                                 .caught = {{.id = 3, .fate = StreamFate::AfterGoaway,
+                                             .names = StreamNames::Decoded, .method = "POST",
+                                             .path = "/a"}}};
+    const std::string line = conn_line(conn);
+    const std::string before = replaced(
+        replaced(line, ",\"names\":\"decoded\",\"method\":\"POST\",\"path\":\"/a\",\"grpc_status\":null",
+                 ""),
+        ",\"names_undecodable_from\":null", "");
+    const std::string v4_header =
+        replaced(header_line(sample_header()), "closetrace/5", "closetrace/4");
+    const ReadResult result = read_trace(trace_text({v4_header, before}));
+    ASSERT_EQ(result.records.size(), 1u);
+    const Http2Stream& stream = std::get<Connection>(result.records.at(0)).http2->caught.at(0);
+    EXPECT_EQ(stream.names, StreamNames::NotRecorded);
+    EXPECT_EQ(stream.path, std::nullopt);
 }
 
 TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {
