@@ -116,6 +116,18 @@ TEST(Http2Names, FragmentsOutOfOrderWaitForTheOnesBefore) {
     EXPECT_EQ(named(decoder, 1).path, "/a.B/C");
 }
 
+TEST(Http2Names, AWaitingFragmentNotCopiedWholeStopsTheOnesAfterIt) {
+    Encoder client;
+    const std::string first = client.block(request("/a.B/C"));
+    Http2NameDecoder decoder(false);
+    decoder.add(fragment(Direction::In, 2, 5, client.block(request("/a.B/C"))));
+    decoder.add(fragment(Direction::In, 1, 3, "", kEndHeaders, CT_HTTP2_HEADERS, false));
+    decoder.add(fragment(Direction::In, 0, 1, first));
+    EXPECT_EQ(named(decoder, 1).names, StreamNames::Decoded);
+    EXPECT_EQ(named(decoder, 5).names, StreamNames::NotDecodable);
+    EXPECT_EQ(decoder.undecodable_from(), 3u);
+}
+
 TEST(Http2Names, AMissedBlockLeavesTheLaterStreamsUndecodable) {
     Encoder client;
     const std::string first = client.block(request("/a.B/C"));

@@ -96,11 +96,12 @@ void Http2NameDecoder::add(const Event& event) {
     }
     decode(side, fragment);
     ++side.next_sequence;
-    // The ones that waited for it.
-    for (auto it = side.waiting.begin();
-         !side.missed_from && it != side.waiting.end() && it->first == side.next_sequence;
-         it = side.waiting.erase(it)) {
-        decode(side, it->second);
+    // The ones that waited for it (a miss on the way drops the rest).
+    while (!side.missed_from && !side.waiting.empty() &&
+           side.waiting.begin()->first == side.next_sequence) {
+        const Fragment waited = std::move(side.waiting.begin()->second);
+        side.waiting.erase(side.waiting.begin());
+        decode(side, waited);
         ++side.next_sequence;
     }
 }
