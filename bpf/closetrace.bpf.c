@@ -51,6 +51,8 @@ const volatile __u32 filter_cgroup_level = 0;
 const volatile __u32 filter_netns = 0; /* network namespace inode, 0 = any */
 /* A request after at least this much silence on its socket is written (record --idle-gap). */
 const volatile __u64 idle_gap_ns = 500000000ULL;
+/* record --http2-names: each HTTP/2 header block fragment is copied to userspace. */
+const volatile bool copy_http2_fragments = false;
 
 /*
  * Set by userspace once every program is attached; until then no socket gets state. A socket
@@ -212,6 +214,7 @@ struct {
 struct http2_direction {
 	struct ct_http2_side counts;
 	__u32 skip;   /* bytes of a frame that continues into this direction's next segment */
+	__u32 fragments; /* header block fragments walked (ct_http2_fragment_event.sequence) */
 	__u8 walking; /* its frames are followed from the start of its byte stream */
 	__u8 pad[3];
 };
@@ -1332,6 +1335,46 @@ static __always_inline void count_frame(const struct packet *p, struct http2_sta
 }
 
 /*
+ * record --http2-names: the payload of a frame carrying a header block fragment, from `body` in
+ * the segment. A bounded copy: a frame above CT_HTTP2_FRAGMENT_MAX or continuing into the next
+ * segment is written as cut, without bytes, so that userspace stops decoding that direction.
+ */
+static __always_inline void copy_fragment(const struct packet *p, struct http2_direction *d,
+					  const struct http2_frame *f, __u32 body)
+{
+	__u32 sequence = d->fragments++;
+	struct ct_http2_fragment_event *event = reserve_event(sizeof(*event));
+	if (!event)
+		return; /* the gap in `sequence` tells userspace */
+	__builtin_memset(event, 0, offsetof(struct ct_http2_fragment_event, payload));
+	packet_head(p, &event->hdr);
+	event->hdr.ts_ns = p->now;
+	event->hdr.kind = CT_EV_HTTP2_FRAGMENT;
+	event->hdr.size = sizeof(*event);
+	event->sequence = sequence;
+	event->stream_id = f->stream_id;
+	event->frame_len = f->length;
+	event->direction = p->direction;
+	event->frame_type = f->type;
+	event->frame_flags = f->flags;
+	event->role = p->state->role;
+	event->status = CT_HTTP2_FRAGMENT_CUT;
+	__u32 n = f->length;
+	if (n == 0) {
+		event->status = CT_HTTP2_FRAGMENT_WHOLE;
+	} else if (n <= CT_HTTP2_FRAGMENT_MAX && body <= p->payload_len &&
+		   n <= p->payload_len - body) {
+		/* In [1, CT_HTTP2_FRAGMENT_MAX] for the verifier, and n itself. */
+		__u32 size = ((n - 1) & (CT_HTTP2_FRAGMENT_MAX - 1)) + 1;
+		if (!bpf_skb_load_bytes(p->skb, p->payload_offset + body, event->payload, size)) {
+			event->captured = size;
+			event->status = CT_HTTP2_FRAGMENT_WHOLE;
+		}
+	}
+	submit_event(event, sizeof(*event));
+}
+
+/*
  * Walks the frame headers of a segment from `start` (its first byte not seen before), after the
  * rest of a frame begun in an earlier segment. A frame header, or the payload of a GOAWAY or
  * RST_STREAM, split across segments loses the track of the direction: never a guess.
@@ -1381,6 +1424,10 @@ static __always_inline void walk_frames(const struct packet *p, struct http2_sta
 			}
 		}
 		count_frame(p, h2, &f, silence_ns);
+		if (copy_http2_fragments &&
+		    (f.type == CT_HTTP2_HEADERS || f.type == CT_HTTP2_CONTINUATION ||
+		     f.type == CT_HTTP2_PUSH_PROMISE))
+			copy_fragment(p, d, &f, body);
 		pos = body + f.length;
 	}
 	if (pos < len) {

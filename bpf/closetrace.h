@@ -13,7 +13,7 @@
 
 /* Bumped whenever a record layout below changes. The programs carry it (abi_version in their
  * read-only data) and the loader refuses programs built with another version than its own. */
-#define CT_ABI_VERSION 5
+#define CT_ABI_VERSION 6
 
 /* Bytes of payload captured from a message head (reassembled across segments) or a reset's
  * trigger: enough for the request line and the first headers, where Connection and User-Agent
@@ -39,6 +39,7 @@ enum ct_event_kind {
 	CT_EV_RESET_RECEIVED = 3, /* an RST was processed on a tracked socket */
 	CT_EV_MESSAGE = 4,        /* the head of a message that matters (see ct_message_event) */
 	CT_EV_HTTP2 = 5,          /* an HTTP/2 frame that matters, or the counts at a close */
+	CT_EV_HTTP2_FRAGMENT = 6, /* record --http2-names: a header block fragment */
 };
 
 /* What the kernel tells apart on a socket: requests come from the client (by the socket's role);
@@ -184,8 +185,10 @@ enum ct_http2_frame_type {
 	CT_HTTP2_HEADERS = 0x1,
 	CT_HTTP2_RST_STREAM = 0x3,
 	CT_HTTP2_SETTINGS = 0x4,
+	CT_HTTP2_PUSH_PROMISE = 0x5,
 	CT_HTTP2_PING = 0x6,
 	CT_HTTP2_GOAWAY = 0x7,
+	CT_HTTP2_CONTINUATION = 0x9,
 };
 
 /* The ACK flag of SETTINGS and PING frames: an answer, not counted as the side's own. */
@@ -239,6 +242,37 @@ struct ct_http2_event {
 	/* Bytes of the peer's frame under way still to come: 0 means the peer's next segment opens
 	 * with a frame header (read from a reset's trigger once the socket is gone). */
 	__u32 in_skip;
+};
+
+/* Payload bytes of a header block fragment copied whole; a longer frame is not copied. */
+#define CT_HTTP2_FRAGMENT_MAX 1024
+
+enum ct_http2_fragment_status {
+	CT_HTTP2_FRAGMENT_WHOLE = 0, /* the frame's whole payload is below */
+	/* Not copied: longer than CT_HTTP2_FRAGMENT_MAX, or its payload continues in the next
+	 * segment. The direction's later blocks cannot be decoded (HPACK's dynamic table). */
+	CT_HTTP2_FRAGMENT_CUT = 1,
+};
+
+/*
+ * record --http2-names: the payload of a HEADERS, CONTINUATION or PUSH_PROMISE frame (a header
+ * block fragment, RFC 9113 section 4.3), written for each one the kernel walks, both ways, so
+ * that userspace can decode the connection's header blocks in order. `sequence` numbers them
+ * per direction: a gap is a record the ring buffer could not take.
+ */
+struct ct_http2_fragment_event {
+	struct ct_event hdr;
+	__u32 sequence;   /* fragments of its direction before it */
+	__u32 stream_id;
+	__u32 frame_len;  /* the frame's payload length */
+	__u16 captured;   /* bytes below: frame_len when whole, else 0 */
+	__u8 direction;   /* enum ct_direction */
+	__u8 frame_type;  /* enum ct_http2_frame_type */
+	__u8 frame_flags;
+	__u8 status;      /* enum ct_http2_fragment_status */
+	__u8 role;
+	__u8 pad[5];
+	__u8 payload[CT_HTTP2_FRAGMENT_MAX];
 };
 
 #endif /* CLOSETRACE_H */

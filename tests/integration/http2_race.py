@@ -42,15 +42,34 @@ def http2_frames(pcap, port):
     return frames
 
 
+def http2_request_names(pcap, port):
+    """{(client port, stream id): (method, path)} of every request HEADERS frame on the wire to
+    `port`, as tshark decodes its header block (HPACK, from the connection's first block)."""
+    fields = ["tcp.srcport", "http2.type", "http2.streamid", "http2.headers.method",
+              "http2.headers.path"]
+    out = subprocess.run(["tshark", "-r", pcap, "-d", f"tcp.port=={port},http2", "-Y",
+                          f"http2.type == {HEADERS} && tcp.dstport == {port}", "-T", "fields",
+                          "-E", "separator=/t", *[arg for field in fields for arg in ("-e", field)]],
+                         capture_output=True, text=True, check=True).stdout
+    names = {}
+    for line in out.splitlines():
+        sport, types, ids, methods, paths = line.split("\t")
+        # Several frames of a segment: each HEADERS frame of a request has both pseudo-headers.
+        streams = [int(i) for t, i in zip(types.split(","), ids.split(",")) if int(t) == HEADERS]
+        for stream_id, method, path in zip(streams, methods.split(","), paths.split(",")):
+            names[(int(sport), stream_id)] = (method, path)
+    return names
+
+
 class Http2RaceTest(PeerTest):
     """Runs the race; PORT is each test module's own, so that their captures never mix."""
     PORT = None
 
     @contextlib.contextmanager
-    def recorded_backend(self, server_script, server_env):
+    def recorded_backend(self, server_script, server_env, record_args=()):
         """The node `server_script` (in http2/) in the backend's namespace with `server_env`,
-        recorded and captured for the `with` block, which gets the topology. Then
-        self.trace and self.pcap hold the trace and the capture."""
+        recorded (with `record_args` added) and captured for the `with` block, which gets the
+        topology. Then self.trace and self.pcap hold the trace and the capture."""
         self.pcap = os.path.join(self.workdir, "backend.pcap")
         self.trace = os.path.join(self.workdir, "trace.jsonl")
         with netns.Topology() as topo:
@@ -61,7 +80,8 @@ class Http2RaceTest(PeerTest):
             capture = wire.Capture(topo, "backend", "to-bal", self.pcap,
                                    bpf_filter=f"tcp port {self.PORT}").start()
             recorder = Recorder("--port", str(self.PORT), "--quiet", "--netns",
-                                f"/run/netns/{topo.nsname('backend')}", linger_ms=2000)
+                                f"/run/netns/{topo.nsname('backend')}", *record_args,
+                                linger_ms=2000)
             try:
                 with recorder:
                     yield topo
@@ -88,29 +108,31 @@ class Http2RaceTest(PeerTest):
         self.assertEqual(client.returncode, 0, stderr)
         return json.loads(stdout.strip().splitlines()[-1])
 
-    def run_race(self, server_script, server_env, client_args, client_env=None):
+    def run_race(self, server_script, server_env, client_args, client_env=None, record_args=()):
         """One run: the server, then the client in the balancer's namespace, reaching it
         directly. Returns (trace, pcap, what the client printed)."""
-        with self.recorded_backend(server_script, server_env) as topo:
+        with self.recorded_backend(server_script, server_env, record_args) as topo:
             seen = self.client_output(self.start_client(topo, "balancer", topo.addr["backend"],
                                                         self.PORT, client_args, client_env))
         return self.trace, self.pcap, seen
 
-    def http2_connection(self, trace):
-        """The trace's one HTTP/2 connection; no event lost."""
+    def http2_connection(self, trace, client_port=None):
+        """The trace's one HTTP/2 connection (from `client_port` when given); no event lost."""
         _, conns, _, summary = read_trace(trace)
         self.assertEqual(summary["lost_events"], 0)
-        spoke_http2 = [c for c in conns if c.get("http2")]
+        spoke_http2 = [c for c in conns if c.get("http2") and
+                       client_port in (None, c["remote"]["port"])]
         self.assertEqual(len(spoke_http2), 1, conns)
         return spoke_http2[0]
 
-    def assert_caught_after_goaway(self, trace, pcap, failed_ids=None):
+    def assert_caught_after_goaway(self, trace, pcap, failed_ids=None, client_port=None):
         """Every stream of `failed_ids` (the client saw it refused or reset) is a caught stream
         of the trace's HTTP/2 connection, opened by the peer after this host's GOAWAY, and on
         the wire its HEADERS came after the server's first GOAWAY. Without `failed_ids` (a
         proxy's upstream streams, whose fate its client does not see), the streams the wire
-        shows opened after that GOAWAY, and exactly those are caught. Returns the connection."""
-        conn = self.http2_connection(trace)
+        shows opened after that GOAWAY, and exactly those are caught. `client_port`: the
+        connection's, when the trace holds others. Returns the connection."""
+        conn = self.http2_connection(trace, client_port)
         client_port = conn["remote"]["port"]
         caught = {s["id"]: s for s in conn["http2"]["caught"]}
         frames = [f for f in http2_frames(pcap, self.PORT) if client_port in (f[1], f[2])]
@@ -135,6 +157,17 @@ class Http2RaceTest(PeerTest):
         self.assertEqual(conn["http2"]["client"], "peer")
         self.assertGreaterEqual(conn["http2"]["local"]["goaway_count"], 1)
         return conn
+
+    def assert_names_match_the_wire(self, conn, pcap):
+        """Each caught stream (recorded with --http2-names) has the :method and :path tshark
+        decodes for it on the wire, its path without the query string."""
+        self.assertTrue(conn["http2"]["caught"])
+        on_wire = http2_request_names(pcap, self.PORT)
+        for stream in conn["http2"]["caught"]:
+            method, path = on_wire[(conn["remote"]["port"], stream["id"])]
+            self.assertEqual(stream["names"], "decoded", stream)
+            self.assertEqual((stream["method"], stream["path"]), (method, path.split("?")[0]))
+        self.assertIsNone(conn["http2"]["names_undecodable_from"])
 
     def assert_counts_match_the_wire(self, conn, pcap):
         """Each side's PING and SETTINGS counts in the trace are the frames the wire shows it

@@ -58,7 +58,7 @@ class NodeHttp2RaceTest(Http2RaceTest):
         self.assertEqual(sorted(s["id"] for s in listed[0]["streams"]),
                          sorted(s["id"] for s in failed))
         text = closetrace("report", trace).stdout
-        self.assertIn("(names not decoded)", text)
+        self.assertIn("(names not recorded)", text)
         self.assertIn("server.setTimeout(", text)
 
         # `alb` pairs an h2 502 line at each caught stream's opening with that stream.
@@ -75,7 +75,7 @@ class NodeHttp2RaceTest(Http2RaceTest):
         for pair in pairs:
             self.assertEqual(pair["trace"]["conn_id"], conn["id"])
             self.assertFalse(pair["path_compared"])
-        self.assertIn("(names not decoded)", closetrace("alb", trace, log).stdout)
+        self.assertIn("(names not recorded)", closetrace("alb", trace, log).stdout)
 
     def test_a_session_timeout_above_the_clients_idle_catches_nothing(self):
         trace, _, streams = self.run_balancer(session_timeout_ms=5000)

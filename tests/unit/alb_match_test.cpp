@@ -554,7 +554,7 @@ TEST(AlbHttp2, CaughtStreamsAreCaughtRequests) {
 TEST(AlbHttp2, H2LineMatchesTheStreamByEndpointAndTime) {
     const int64_t t = kStart + 65 * kSecond;
     const TraceFacts facts = h2_facts({h2_race(3, kBackendH2, 65 * kSecond)});
-    // The path is not compared: the stream's names are not decoded.
+    // The path is not compared: the stream's names were not recorded.
     for (const std::string type : {"h2", "grpcs"}) {
         const AlbCorrelation result = correlate(
             facts, {with_type(alb_502(t - 300 * kMs,
@@ -579,17 +579,42 @@ TEST(AlbHttp2, H2LineMatchesTheStreamByEndpointAndTime) {
         EXPECT_EQ(joined(conclusions).find("keepAliveTimeout"), std::string::npos);
 
         const std::string text = render_alb_text(facts, {}, result, conclusions, kSkew);
-        EXPECT_NE(text.find("HTTP/2 stream 7 after_goaway (names not decoded) -> 10.0.1.17:9090  "
+        EXPECT_NE(text.find("HTTP/2 stream 7 after_goaway (names not recorded) -> 10.0.1.17:9090  "
                             "conn 3 local_close_race  +300.0 ms  (alb.log:1)"),
                   std::string::npos)
             << text;
         const std::string json = render_alb_json(facts, {}, result, conclusions, 1000, {}, {});
         EXPECT_NE(json.find("\"stream\": {\n          \"id\": 7,\n          \"fate\": "
-                            "\"after_goaway\",\n          \"opened_by\": \"peer\"\n        }"),
+                            "\"after_goaway\",\n          \"opened_by\": \"peer\",\n          \"names\": \"not_recorded\"\n        }"),
                   std::string::npos)
             << json;
         EXPECT_NE(json.find(R"("outcome": null)"), std::string::npos);
     }
+}
+
+TEST(AlbHttp2, ANamedStreamMatchesOnlyALineOfItsMethodAndPath) {
+    const int64_t t = kStart + 65 * kSecond;
+    Connection conn = h2_race(3, kBackendH2, 65 * kSecond);
+    Http2Stream& stream = conn.http2->caught[0];
+    stream.names = StreamNames::Decoded;
+    stream.method = "POST";
+    stream.path = "/shop.Orders/Pay";
+    const TraceFacts facts = h2_facts({conn});
+    const auto line = [&](const std::string& path) {
+        return with_type(alb_502(t - 300 * kMs,
+                                 "POST https://api.example.com:443" + path + " HTTP/2.0",
+                                 "10.0.1.17:9090"),
+                         "grpcs");
+    };
+    EXPECT_TRUE(correlate(facts, {line("/shop.Orders/Refund")}).pairs.empty());
+    const AlbCorrelation result = correlate(facts, {line("/shop.Orders/Pay")});
+    ASSERT_EQ(result.pairs.size(), 1u);
+    EXPECT_TRUE(result.pairs[0].path_compared);
+    const std::string text =
+        render_alb_text(facts, {}, result, alb_conclusions(facts, result, kSkew), kSkew);
+    EXPECT_NE(text.find("HTTP/2 stream 7 POST /shop.Orders/Pay after_goaway -> 10.0.1.17:9090"),
+              std::string::npos)
+        << text;
 }
 
 TEST(AlbHttp2, RacesOnBothProtocolsNameBothSettings) {

@@ -755,7 +755,7 @@ TEST(Verify, NamesTheFirstCaughtHttp2Stream) {
     ASSERT_FALSE(result.reasons.empty());
     EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
     EXPECT_THAT(result.reasons[0],
-                HasSubstr("HTTP/2 stream 3 after_goaway (names not decoded) from 10.0.0.1:40000"));
+                HasSubstr("HTTP/2 stream 3 after_goaway (names not recorded) from 10.0.0.1:40000"));
 }
 
 // Its streams are its requests, and a caught stream's lateness runs from the GOAWAY, which

@@ -267,7 +267,7 @@ TEST(ReportHtml, TimelinesOfHttp2RacesShowTheGoawayAndTheLateStream) {
     const std::string timeline = html.substr(begin, html.find("</figure>", begin) - begin);
     const std::string stream = std::to_string(races[0]["streams"][0]["id"].get<int>());
     EXPECT_THAT(timeline, HasSubstr("<code class=\"request\">HTTP/2 stream " + stream +
-                                    " after_goaway (names not decoded)"));
+                                    " after_goaway (names not recorded)"));
     for (const std::string& event : std::vector<std::string>{
              "GOAWAY (this host)", "FIN (this host)", "late stream", "stream " + stream}) {
         EXPECT_THAT(timeline, HasSubstr(event));
@@ -403,7 +403,7 @@ TEST(DiffHtml, ShowsTheCaughtHttp2StreamAndItsFix) {
     const CommandOutput html =
         run_diff(fixture("grpc_race.jsonl"), fixture("grpc_fixed.jsonl"), OutputFormat::Html);
     ASSERT_EQ(html.exit_code, 0) << html.err;
-    EXPECT_THAT(html.out, HasSubstr("after_goaway (names not decoded)"));
+    EXPECT_THAT(html.out, HasSubstr("after_goaway (names not recorded)"));
     EXPECT_THAT(html.out, HasSubstr("GOAWAY (this host)"));
     EXPECT_THAT(html.out, HasSubstr("grpc.max_connection_idle_ms"));
 }

@@ -264,7 +264,7 @@ TEST(TraceIo, HeaderRoundTrips) {
     header.mono_to_wall_ns = std::numeric_limits<int64_t>::min();
     header.start_ns = kMaxU64;
     const TraceHeader read = read_trace(trace_text({header_line(header)})).header;
-    EXPECT_EQ(read.schema, "closetrace/4");
+    EXPECT_EQ(read.schema, "closetrace/5");
     EXPECT_EQ(read.tool_version, header.tool_version);
     EXPECT_EQ(read.host, header.host);
     EXPECT_EQ(read.kernel, header.kernel);
@@ -426,7 +426,7 @@ TEST(TraceIo, CloseFactsRoundTrip) {
 
 // A closetrace/1 record has no cause: the reader derives it from what the record holds.
 TEST(TraceReading, Schema1RecordsGetACause) {
-    std::string header = replaced(header_line(sample_header()), "closetrace/4", "closetrace/1");
+    std::string header = replaced(header_line(sample_header()), "closetrace/5", "closetrace/1");
     Connection conn = sample_connection();
     conn.requests.pop_back();
     conn.verdict = Verdict::LocalIdleClose;
@@ -847,11 +847,11 @@ TEST(TraceReading, MissingMember) {
 
 TEST(TraceReading, UnknownSchema) {
     const std::string header =
-        replaced(header_line(sample_header()), "closetrace/4", "closetrace/5");
+        replaced(header_line(sample_header()), "closetrace/5", "closetrace/6");
     const TraceError error = read_error(trace_text({header}));
     EXPECT_STREQ(error.what(),
-                 "t.jsonl:1: unsupported schema \"closetrace/5\"; this closetrace reads "
-                 "closetrace/1, closetrace/2, closetrace/3 and closetrace/4");
+                 "t.jsonl:1: unsupported schema \"closetrace/6\"; this closetrace reads "
+                 "closetrace/1, closetrace/2, closetrace/3, closetrace/4 and closetrace/5");
     EXPECT_EQ(error.line(), 1u);
 }
 
@@ -1230,9 +1230,12 @@ TEST(TraceIo, Http2MemberRoundTrips) {
         .pending_overflow = false,
         .counted_at_close = true,
         .caught = {{.id = 7, .opened_by = Initiator::Peer, .opened_ns = 1950,
-                    .fate = StreamFate::AfterGoaway},
+                    .fate = StreamFate::AfterGoaway, .names = StreamNames::Decoded,
+                    .method = "POST", .path = "/p\"\x01\xff", .grpc_status = 14},
                    {.id = 9, .opened_by = Initiator::Peer, .reset_by = Initiator::Local,
-                    .reset_ns = 1960, .fate = StreamFate::Refused}},
+                    .reset_ns = 1960, .fate = StreamFate::Refused,
+                    .names = StreamNames::NotDecodable}},
+        .names_undecodable_from = 9,
     };
     EXPECT_EQ(conn_round_trip(conn).http2, conn.http2);
     // An HTTP/1 connection's line has no such member.
@@ -1252,7 +1255,7 @@ TEST(TraceReading, Http2LinesBeforePingAndSettingsCountsReadAsZero) {
                  ",\"ping_count\":3,\"settings_count\":2", "");
     ASSERT_EQ(before.find("ping_count"), std::string::npos) << before;
     const std::string v3_header =
-        replaced(header_line(sample_header()), "closetrace/4", "closetrace/3");
+        replaced(header_line(sample_header()), "closetrace/5", "closetrace/3");
     const ReadResult result = read_trace(trace_text({v3_header, before}));
     ASSERT_EQ(result.records.size(), 1u);
     const Http2Side& peer = std::get<Connection>(result.records.at(0)).http2->peer;
@@ -1264,8 +1267,30 @@ TEST(TraceReading, Http2LinesBeforePingAndSettingsCountsReadAsZero) {
     EXPECT_NE(error.find("settings_count"), std::string::npos) << error;
 }
 
+// Stream names came with closetrace/5: a closetrace/4 line's caught streams read as not
+// recorded.
+TEST(TraceReading, Http2StreamsBeforeNamesReadAsNotRecorded) {
+    Connection conn = sample_connection();
+    conn.http2 = Http2Connection{.client = Initiator::Peer,
+                                 .caught = {{.id = 3, .fate = StreamFate::AfterGoaway,
+                                             .names = StreamNames::Decoded, .method = "POST",
+                                             .path = "/a"}}};
+    const std::string line = conn_line(conn);
+    const std::string before = replaced(
+        replaced(line, ",\"names\":\"decoded\",\"method\":\"POST\",\"path\":\"/a\",\"grpc_status\":null",
+                 ""),
+        ",\"names_undecodable_from\":null", "");
+    const std::string v4_header =
+        replaced(header_line(sample_header()), "closetrace/5", "closetrace/4");
+    const ReadResult result = read_trace(trace_text({v4_header, before}));
+    ASSERT_EQ(result.records.size(), 1u);
+    const Http2Stream& stream = std::get<Connection>(result.records.at(0)).http2->caught.at(0);
+    EXPECT_EQ(stream.names, StreamNames::NotRecorded);
+    EXPECT_EQ(stream.path, std::nullopt);
+}
+
 TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {
-    const std::string header = replaced(header_line(sample_header()), "closetrace/4", "closetrace/2");
+    const std::string header = replaced(header_line(sample_header()), "closetrace/5", "closetrace/2");
     const ReadResult result = read_trace(trace_text({header, conn_line(sample_connection())}));
     ASSERT_EQ(result.records.size(), 1u);
     EXPECT_FALSE(std::get<Connection>(result.records.at(0)).http2);

@@ -72,6 +72,7 @@ struct RecordOptions {
     bool force = false;
     bool raw_events = false;
     bool no_messages = false;
+    bool http2_names = false;
     double linger_ms = 2000;
     double idle_gap_ms = 500;
     uint32_t ring_mb = 8;
@@ -381,6 +382,7 @@ TracerConfig kernel_config(const RecordOptions& options, const HostFacts& host) 
     config.ring_buffer_bytes = options.ring_mb << 20;
     config.messages = !options.no_messages;
     config.idle_gap_ns = static_cast<uint64_t>(options.idle_gap_ms * 1e6);
+    config.http2_fragments = options.http2_names;
     if (!host.cgroup2_mount && (config.messages || !options.cgroup.empty())) {
         if (!options.cgroup.empty()) fail("--cgroup needs a cgroup v2 mount; none is mounted");
         std::fprintf(stderr,
@@ -450,6 +452,7 @@ struct Capture {
         TrackerOptions tracker_options;
         tracker_options.linger_ns = static_cast<uint64_t>(options.linger_ms * 1e6);
         tracker_options.full_target = options.full_target;
+        tracker_options.http2_names = options.http2_names;
         return tracker_options;
     }
 
@@ -627,7 +630,10 @@ private:
     void feed_tracker() {
         for (const auto& event : capture_.decoded) {
             ++events_;
-            if (options_.raw_events) writer_->write_event(event, payloads_);
+            // Header block fragments stay out of the trace (they hold cookies and credentials).
+            if (options_.raw_events && event.kind != EventKind::Http2Fragment) {
+                writer_->write_event(event, payloads_);
+            }
             // While the process and its container still exist: the answer is cached for later.
             if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
                 attributor_.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
@@ -860,6 +866,9 @@ void add_record_command(CLI::App& app) {
                       "--raw-payloads)");
     command->add_flag("--no-messages", options->no_messages,
                       "Do not attach the cgroup_skb programs (no HTTP requests)");
+    command->add_flag("--http2-names", options->http2_names,
+                      "Name the HTTP/2 streams a close caught (:method, :path, grpc-status): "
+                      "the kernel copies every HTTP/2 header block, a ring record each");
     command->add_option("--linger-ms", options->linger_ms,
                         "How long a closed connection waits for a late request before it is written")
         ->check(finite_range(0, 120000, "ms"));

@@ -156,6 +156,7 @@ Skeleton* open_configured(const TracerConfig& config, bool dynptr_reset) {
     rodata->filter_port_count = static_cast<uint32_t>(config.ports.size());
     rodata->filter_netns = config.netns;
     rodata->idle_gap_ns = config.idle_gap_ns;
+    rodata->copy_http2_fragments = config.http2_fragments;
     if (config.cgroup_filter_dir) {
         struct stat info{};
         if (stat(config.cgroup_filter_dir->c_str(), &info) != 0) {

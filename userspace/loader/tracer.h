@@ -27,6 +27,8 @@ struct TracerConfig {
     bool messages = true;  // attach the cgroup_skb programs (HTTP heads, exact idle times)
     // A request after this much silence on its socket is written whole; others are counted.
     uint64_t idle_gap_ns = 500'000'000;
+    // record --http2-names: every HTTP/2 header block fragment is copied, a ring record each.
+    bool http2_fragments = false;
     // record --btf: the portable programs (raw tracepoints), relocated against this BTF file
     // instead of the kernel's own (which kernels built without CONFIG_DEBUG_INFO_BTF lack).
     std::optional<std::string> btf_path;

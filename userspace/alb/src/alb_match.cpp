@@ -220,8 +220,14 @@ void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& he
         const std::optional<uint64_t> when_ns =
             stream.opened_ns ? stream.opened_ns : stream.reset_ns;
         if (!when_ns) continue;
+        // Named (record --http2-names): its method and path are compared with the line's.
+        const bool named = stream.names == StreamNames::Decoded && stream.method && stream.path;
         Request request;
-        request.opaque = true;
+        request.opaque = !named;
+        if (named) {
+            request.method = stream.method;
+            request.target = stream.path;
+        }
         request.request_ns = *when_ns;
         request.outcome = Outcome::UnansweredAtClose;
         const int64_t wall_ns = static_cast<int64_t>(*when_ns) + header.mono_to_wall_ns;
@@ -422,11 +428,11 @@ AlbCorrelation AlbCorrelator::finish() const {
              it != by_time.end() && requests[*it].wall_ns <= error.dispatch_ns + skew_ns_; ++it) {
             const CaughtRequest& caught = requests[*it];
             bool compared = false;
-            // A stream has no names to compare, and only an h2 or grpcs line can be one.
+            // Only an h2 or grpcs line can be a stream; an unnamed stream is not compared.
             if (std::ranges::count(verdicts, caught.verdict) == 0 ||
                 !same_socket(*error.entry.target, caught.local) ||
-                (caught.stream ? !lb_type_can_be_http2(error.entry.type)
-                               : !same_request(logged, caught.request, compared))) {
+                (caught.stream && !lb_type_can_be_http2(error.entry.type)) ||
+                !same_request(logged, caught.request, compared)) {
                 continue;
             }
             found.emplace_back(std::llabs(caught.wall_ns - error.dispatch_ns), *it);

@@ -85,7 +85,8 @@ json caught_json(const CaughtRequest& caught, bool name_host) {
     if (caught.stream) {
         member["stream"] = {{"id", caught.stream->id},
                             {"fate", to_string(caught.stream->fate)},
-                            {"opened_by", to_string(caught.stream->opened_by)}};
+                            {"opened_by", to_string(caught.stream->opened_by)},
+                            {"names", to_string(caught.stream->names)}};
     }
     return member;
 }
@@ -118,8 +119,8 @@ std::string inputs_text(const TraceFacts& trace, const LbLogReadStats& stats,
                     to_ms(skew_ns));
     const auto is_stream = [](const CaughtRequest& caught) { return caught.stream.has_value(); };
     if (std::ranges::any_of(trace.caught_requests, is_stream)) {
-        matching += "; HTTP/2 streams (names not decoded): h2 and grpcs lines, by endpoint and "
-                    "time";
+        matching += "; HTTP/2 streams: h2 and grpcs lines, by endpoint and time (and method and "
+                    "path when named)";
     }
     if (const std::optional<int64_t> median = median_delta_ns(result.pairs)) {
         matching += fmt::format("; trace minus balancer time: median {:+.1f} ms", to_ms(*median));
@@ -147,11 +148,9 @@ std::string status_table_text(const AlbCorrelation& result) {
     return out;
 }
 
-// What the trace caught: the request line, or an HTTP/2 stream, whose names are not decoded.
+// What the trace caught: the request line, or an HTTP/2 stream (named when recorded so).
 std::string caught_text(const CaughtRequest& caught) {
-    if (!caught.stream) return request_line(caught.request);
-    return fmt::format("HTTP/2 stream {} {} (names not decoded)", caught.stream->id,
-                       to_string(caught.stream->fate));
+    return caught.stream ? stream_line(*caught.stream) : request_line(caught.request);
 }
 
 // The balancer's error lines, explained (with the request the trace caught) or not.

@@ -71,10 +71,6 @@ std::string left_out_sentence(const TraceAnalysis& trace) {
     return "Left out of the idle timeouts (not an idle timer's close): " + parts + ".";
 }
 
-std::string stream_line(const Http2Stream& stream) {
-    return fmt::format("HTTP/2 stream {} {} (names not decoded)", stream.id, to_string(stream.fate));
-}
-
 std::string caught_text(const CaughtConnection& caught) {
     std::string line = caught.request           ? request_line(*caught.request)
                        : !caught.streams.empty() ? stream_line(caught.streams.front())

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 
 extern "C" {
@@ -177,6 +178,28 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             h2.frame_len = record.frame_len;
             return event;
         }
+        case CT_EV_HTTP2_FRAGMENT: {
+            if (raw.size() != sizeof(ct_http2_fragment_event)) {
+                return fail("HTTP/2 fragment record has the wrong size");
+            }
+            const auto record = copy_record<ct_http2_fragment_event>(raw);
+            event.kind = EventKind::Http2Fragment;
+            decode_common(record.hdr, event);
+            event.role = decode_role(record.role);
+            event.direction = record.direction == CT_DIR_OUT ? Direction::Out : Direction::In;
+            event.fragment = Http2Fragment{
+                .sequence = record.sequence,
+                .stream_id = record.stream_id,
+                .frame_type = record.frame_type,
+                .frame_flags = record.frame_flags,
+                .whole = record.status == CT_HTTP2_FRAGMENT_WHOLE &&
+                         record.captured == record.frame_len,
+            };
+            const std::size_t captured =
+                std::min<std::size_t>(record.captured, CT_HTTP2_FRAGMENT_MAX);
+            event.payload.assign(reinterpret_cast<const char*>(record.payload), captured);
+            return event;
+        }
         default:
             return fail("unknown event kind");
     }
@@ -198,6 +221,7 @@ const char* to_string(EventKind kind) {
         case EventKind::ResetReceived: return "reset_received";
         case EventKind::Message: return "message";
         case EventKind::Http2: return "http2";
+        case EventKind::Http2Fragment: return "http2_fragment";
     }
     return "?";
 }

@@ -210,6 +210,10 @@ Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> la
         }
     }
     conn.caught = streams.settle(*final_counts);
+    if (facts.names) {
+        for (Http2Stream& stream : conn.caught) facts.names->name(stream);
+        conn.names_undecodable_from = facts.names->undecodable_from();
+    }
     return conn;
 }
 
@@ -261,6 +265,10 @@ void judge_http2(Connection& conn, const Http2Facts& facts,
     conn.http2 = account_http2(facts, late_segments);
     conn.requests.clear();
     conn.requests_omitted = 0;
+    // Its requests' User-Agent, when recorded with --http2-names (an ALB's gRPC health checks).
+    if (facts.names && !facts.names->health_checker().empty()) {
+        conn.health_check = std::string(facts.names->health_checker());
+    }
     if (!conn.close.how) return;  // open: the verdict stays Open
 
     const Http2Connection& h2 = *conn.http2;

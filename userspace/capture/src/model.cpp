@@ -80,6 +80,12 @@ constexpr std::array<std::pair<StreamFate, const char*>, 3> kStreamFateNames{{
     {StreamFate::UnansweredAtClose, "unanswered_at_close"},
 }};
 
+constexpr std::array<std::pair<StreamNames, const char*>, 3> kStreamNamesNames{{
+    {StreamNames::Decoded, "decoded"},
+    {StreamNames::NotRecorded, "not_recorded"},
+    {StreamNames::NotDecodable, "not_decodable"},
+}};
+
 constexpr std::array<std::pair<Role, const char*>, 3> kRoleNames{{
     {Role::Unknown, "unknown"},
     {Role::Server, "server"},
@@ -98,6 +104,10 @@ const char* to_string(CloseAsked asked) { return name_of(kCloseAskedNames, asked
 const char* to_string(StreamFate fate) { return name_of(kStreamFateNames, fate); }
 std::optional<StreamFate> stream_fate_from_string(std::string_view name) {
     return lookup(kStreamFateNames, name);
+}
+const char* to_string(StreamNames names) { return name_of(kStreamNamesNames, names); }
+std::optional<StreamNames> stream_names_from_string(std::string_view name) {
+    return lookup(kStreamNamesNames, name);
 }
 
 std::optional<Initiator> initiator_from_string(std::string_view name) {

@@ -32,6 +32,23 @@ std::string request_line(const Request& request) {
     return printable(fmt::format("{} {}", *request.method, request.target.value_or("")));
 }
 
+std::string stream_name(const Http2Stream& stream) {
+    switch (stream.names) {
+        case StreamNames::NotRecorded:
+            return fmt::format("{} {} (names not recorded)", stream.id, to_string(stream.fate));
+        case StreamNames::NotDecodable:
+            return fmt::format("{} {} (names not decodable: a header block was missed)", stream.id,
+                               to_string(stream.fate));
+        case StreamNames::Decoded: break;
+    }
+    std::string text = fmt::format("{} {} {} {}", stream.id, printable(stream.method.value_or("-")),
+                                   printable(stream.path.value_or("-")), to_string(stream.fate));
+    if (stream.grpc_status) text += fmt::format(" grpc-status {}", *stream.grpc_status);
+    return text;
+}
+
+std::string stream_line(const Http2Stream& stream) { return "HTTP/2 stream " + stream_name(stream); }
+
 std::string_view trim_whitespace(std::string_view text) {
     while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
     while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);

@@ -421,7 +421,8 @@ CloseFacts derive_close(std::span<const LifecycleFact> facts) {
                 }
                 break;
             case EventKind::Message:  // kept apart, as MessageFacts
-            case EventKind::Http2: break;  // kept apart, as the HTTP/2 records
+            case EventKind::Http2:  // kept apart, as the HTTP/2 records
+            case EventKind::Http2Fragment: break;
         }
     }
     return close;
@@ -845,7 +846,7 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);
     bound_request_list(conn);
-    if (tracked.http2) {
+    if (tracked.http2 && tracked.http2->any) {
         // The first reset this host sent once the socket was gone, with its trigger's bytes.
         std::vector<Event> late_segments;
         for (const LifecycleFact& fact : tracked.lifecycle) {
@@ -1047,9 +1048,18 @@ struct ConnTracker::State {
             if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
             return;
         }
-        if (event.kind == EventKind::Http2) {
-            if (!tracked.http2) tracked.http2 = std::make_unique<Http2Facts>();
-            tracked.http2->add(event);
+        if (event.kind == EventKind::Http2 || event.kind == EventKind::Http2Fragment) {
+            if (!tracked.http2) {
+                tracked.http2 = std::make_unique<Http2Facts>();
+                if (options.http2_names) {
+                    tracked.http2->names = std::make_unique<Http2NameDecoder>(full_target);
+                }
+            }
+            if (event.kind == EventKind::Http2) {
+                tracked.http2->add(event);
+            } else if (tracked.http2->names) {
+                tracked.http2->names->add(event);
+            }
             return;
         }
         if (event.kind == EventKind::State && event.new_state == kTcpClose) {

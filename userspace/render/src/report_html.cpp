@@ -626,8 +626,7 @@ std::vector<TimelineEvent> timeline_events(const CaughtConnection& caught) {
                               .name = caught.verdict == Verdict::PeerCloseRace
                                           ? "late stream (sent)"
                                           : "late stream",
-                              .detail = fmt::format("stream {} {}", first.id,
-                                                    to_string(first.fate)),
+                              .detail = "stream " + stream_name(first),
                               .late = true});
         }
     }

@@ -129,10 +129,17 @@ json client_end_json(const std::optional<ClientEnd>& client) {
 json streams_json(const std::vector<Http2Stream>& streams) {
     json list = json::array();
     for (const Http2Stream& stream : streams) {
+        const bool named = stream.names == StreamNames::Decoded;
         list.push_back({{"id", stream.id},
                         {"fate", to_string(stream.fate)},
                         {"opened_by", to_string(stream.opened_by)},
-                        {"names", nullptr}});
+                        {"names", named ? json{{"method", optional_string(stream.method)},
+                                               {"path", optional_string(stream.path)},
+                                               {"grpc_status", stream.grpc_status
+                                                                   ? json(*stream.grpc_status)
+                                                                   : json(nullptr)}}
+                                        : json(nullptr)},
+                        {"names_missing", named ? json(nullptr) : json(to_string(stream.names))}});
     }
     return list;
 }

@@ -81,6 +81,8 @@ constexpr EventKind kEventKinds[] = {EventKind::State, EventKind::ResetSent,
                                      EventKind::Http2};
 constexpr StreamFate kStreamFates[] = {StreamFate::AfterGoaway, StreamFate::Refused,
                                        StreamFate::UnansweredAtClose};
+constexpr StreamNames kStreamNamesValues[] = {StreamNames::Decoded, StreamNames::NotRecorded,
+                                              StreamNames::NotDecodable};
 constexpr std::string_view kFamilies[] = {"ipv4", "ipv6"};
 
 // For the enumerations that have no *_from_string function.
@@ -766,12 +768,13 @@ TraceHeader read_header(ondemand::object& line) {
     // First, so that a later schema's changes are reported as what they are.
     ondemand::value schema = member(line, {&root, "schema"});
     header.schema = required<std::string>(schema, {&root, "schema"});
-    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV3 &&
-        header.schema != kTraceSchemaV2 && header.schema != kTraceSchemaV1) {
+    if (header.schema != kTraceSchema && header.schema != kTraceSchemaV4 &&
+        header.schema != kTraceSchemaV3 && header.schema != kTraceSchemaV2 &&
+        header.schema != kTraceSchemaV1) {
         throw LineError{fmt::format(
-            "unsupported schema \"{}\"; this closetrace reads {}, {}, {} and {}",
+            "unsupported schema \"{}\"; this closetrace reads {}, {}, {}, {} and {}",
             excerpt_for_error(header.schema), kTraceSchemaV1, kTraceSchemaV2, kTraceSchemaV3,
-            kTraceSchema)};
+            kTraceSchemaV4, kTraceSchema)};
     }
     rewind(line);
     read_members<TraceHeader>(line, kHeaderMembers, root, header);
@@ -859,6 +862,16 @@ constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
      [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
          out.fate = required_enum<StreamFate>(value, path, stream_fate_from_string, kStreamFates);
      }},
+    // closetrace/5: not_recorded in earlier traces.
+    {"names",
+     [](Http2Stream& out, ondemand::value& value, const MemberPath& path) {
+         out.names =
+             required_enum<StreamNames>(value, path, stream_names_from_string, kStreamNamesValues);
+     },
+     Presence::Optional},
+    {"method", into<&Http2Stream::method>, Presence::Optional, "names"},
+    {"path", into<&Http2Stream::path>, Presence::Optional, "names"},
+    {"grpc_status", into<&Http2Stream::grpc_status>, Presence::Optional, "names"},
 };
 
 // closetrace/3: written for HTTP/2 connections only.
@@ -890,6 +903,9 @@ constexpr MemberRule<Http2Connection> kHttp2Members[] = {
                                        stream_path, out.caught.emplace_back());
          }
      }},
+    // closetrace/5
+    {"names_undecodable_from", into<&Http2Connection::names_undecodable_from>,
+     Presence::Optional},
 };
 
 // Requests a conn line's vector makes room for at its first one; more grow it as usual.
@@ -1266,9 +1282,14 @@ void http2_json(JsonLine& json, const Http2Connection& h2) {
         json.name("reset_by").nullable_name(stream.reset_by);
         json.name("reset_ns").nullable(stream.reset_ns);
         json.name("fate").string(to_string(stream.fate));
+        json.name("names").string(to_string(stream.names));
+        json.name("method").nullable(stream.method);
+        json.name("path").nullable(stream.path);
+        json.name("grpc_status").nullable(stream.grpc_status);
         json.end_object();
     }
     json.end_array();
+    json.name("names_undecodable_from").nullable(h2.names_undecodable_from);
     json.end_object();
 }
 
@@ -1405,6 +1426,9 @@ void append_event_line(std::string& out, const Event& event, PayloadPolicy polic
             json.name("frame_type").number(event.http2.frame_type);
             json.name("stream_id").number(event.http2.stream_id);
             json.name("error_code").number(event.http2.error_code);
+            break;
+        case EventKind::Http2Fragment:
+            // Header blocks hold cookies and authorization: the recorder writes none of them.
             break;
     }
     if (event.kind != EventKind::State && event.kind != EventKind::Http2) {

@@ -16,8 +16,7 @@ std::string duration(double ms);
 std::string count_of(uint64_t count, std::string_view singular, std::string_view plural);
 using closetrace::printable;
 using closetrace::request_line;
-// "HTTP/2 stream 3 after_goaway (names not decoded)": a caught stream; HPACK is not followed.
-std::string stream_line(const Http2Stream& stream);
+using closetrace::stream_line;
 // The first caught request, else stream, of a caught connection, with how many more; "-" none.
 std::string caught_text(const CaughtConnection& caught);
 // "60.00 s (assumed: the ALB default)"; callers write "the peer's idle timeout of ...".

@@ -10,7 +10,7 @@
 
 namespace closetrace {
 
-enum class EventKind : uint8_t { State, ResetSent, ResetReceived, Message, Http2 };
+enum class EventKind : uint8_t { State, ResetSent, ResetReceived, Message, Http2, Http2Fragment };
 enum class Role : uint8_t { Unknown, Server, Client };
 enum class Direction : uint8_t { In, Out };
 
@@ -91,6 +91,16 @@ struct Http2Record {
     uint32_t frame_len = 0;
 };
 
+// A header block fragment (ct_http2_fragment_event), copied with record --http2-names: a
+// HEADERS, CONTINUATION or PUSH_PROMISE frame's payload, in Event::payload when `whole`.
+struct Http2Fragment {
+    uint32_t sequence = 0;  // fragments of its direction before it: a gap is a lost record
+    uint32_t stream_id = 0;
+    uint8_t frame_type = 0;
+    uint8_t frame_flags = 0;
+    bool whole = false;  // else not copied: too long, or continued in the next segment
+};
+
 // One kernel event. Members that do not apply to `kind` keep their defaults.
 struct Event {
     EventKind kind = EventKind::State;
@@ -131,6 +141,9 @@ struct Event {
 
     // Http2
     Http2Record http2;
+
+    // Http2Fragment (with `direction` and `payload`)
+    Http2Fragment fragment;
 };
 
 // Names of the kernel's enum sk_rst_reason, indexed by value (from the running kernel's BTF,

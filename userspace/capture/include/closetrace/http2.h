@@ -3,12 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "closetrace/event.h"
+#include "closetrace/http2_names.h"
 #include "closetrace/model.h"
 
 namespace closetrace {
@@ -50,6 +52,8 @@ struct Http2Facts {
     bool any = false;
     bool lost = false;              // a direction's frames no longer followed, in any record
     bool pending_overflow = false;  // in any record
+    // Recorded with --http2-names: the decoder its header block fragments are fed to.
+    std::unique_ptr<Http2NameDecoder> names;
 
     // An Http2 event, in any order.
     void add(const Event& event);
@@ -60,7 +64,8 @@ struct Http2Facts {
 // the counts written at the close. `late_segments`: the resets this host sent after its socket
 // was gone (ResetSent events, in time order), whose trigger is the peer's next segment: when the
 // close left the peer's bytes at a frame boundary, the streams its first one opens are caught
-// too (the kernel's hooks no longer see that socket).
+// too (the kernel's hooks no longer see that socket). The caught streams are named by
+// `facts.names`, when recorded.
 Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> late_segments = {});
 // The same of the connection's Http2 events.
 Http2Connection account_http2(std::span<const Event> records,

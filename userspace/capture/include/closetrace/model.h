@@ -96,6 +96,15 @@ enum class StreamFate {
     UnansweredAtClose,  // opened, neither answered nor reset when the connection closed
 };
 
+// Whether a stream's names (its request's :method and :path, its response's grpc-status) are
+// known: they need every header block of the connection before them (HPACK), and are never
+// guessed.
+enum class StreamNames {
+    Decoded,       // from its header blocks (a field may still be absent: null)
+    NotRecorded,   // recorded without record --http2-names (or before closetrace/5)
+    NotDecodable,  // a header block of its direction was missed at or before it
+};
+
 struct Http2Stream {
     uint32_t id = 0;
     Initiator opened_by = Initiator::Unknown;
@@ -103,11 +112,17 @@ struct Http2Stream {
     std::optional<Initiator> reset_by{};  // for Refused
     std::optional<uint64_t> reset_ns{};
     StreamFate fate = StreamFate::UnansweredAtClose;
+    StreamNames names = StreamNames::NotRecorded;
+    // Wire text, untrusted: escaped wherever shown. The path without its query string unless
+    // recorded with --full-target.
+    std::optional<std::string> method{};
+    std::optional<std::string> path{};
+    std::optional<uint32_t> grpc_status{};
     bool operator==(const Http2Stream&) const = default;
 };
 
-// An HTTP/2 (h2c) connection: what each side sent, and the streams its close caught. Request
-// names are not decoded (HPACK is not followed).
+// An HTTP/2 (h2c) connection: what each side sent, and the streams its close caught, named when
+// recorded with --http2-names.
 struct Http2Connection {
     Initiator client = Initiator::Unknown;  // the side that sent the client preface
     Http2Side local{};                      // frames this host sent
@@ -123,6 +138,9 @@ struct Http2Connection {
     // The counts are those at the close (else the latest the kernel wrote: still open).
     bool counted_at_close = false;
     std::vector<Http2Stream> caught{};  // by id
+    // Recorded with --http2-names: the first stream from which a header block (either way) could
+    // not be decoded; later streams' names are not decodable. Null: none missed.
+    std::optional<uint32_t> names_undecodable_from{};
     bool operator==(const Http2Connection&) const = default;
 };
 
@@ -189,6 +207,7 @@ const char* to_string(Verdict verdict);
 const char* to_string(CloseCause cause);
 const char* to_string(CloseAsked asked);
 const char* to_string(StreamFate fate);
+const char* to_string(StreamNames names);
 // Inverse of to_string; nullopt for an unknown name.
 std::optional<Initiator> initiator_from_string(std::string_view name);
 std::optional<CloseHow> close_how_from_string(std::string_view name);
@@ -198,6 +217,7 @@ std::optional<Role> role_from_string(std::string_view name);
 std::optional<CloseCause> close_cause_from_string(std::string_view name);
 std::optional<CloseAsked> close_asked_from_string(std::string_view name);
 std::optional<StreamFate> stream_fate_from_string(std::string_view name);
+std::optional<StreamNames> stream_names_from_string(std::string_view name);
 
 // Thresholds of the close causes (docs/trace-format.md).
 // A close this soon after the last exchange is its end, not an idle timer.

@@ -16,6 +16,12 @@ std::string printable(std::string_view text);
 std::string endpoint_text(const Endpoint& endpoint);
 // "POST /pay"; what an opaque request was. Wire bytes made printable.
 std::string request_line(const Request& request);
+// A caught HTTP/2 stream: "HTTP/2 stream 7 POST /helloworld.Greeter/SayHello after_goaway",
+// with "grpc-status 14" when its response had one, or why its names are missing
+// ("HTTP/2 stream 7 after_goaway (names not recorded)"). Wire bytes made printable.
+std::string stream_line(const Http2Stream& stream);
+// The same without the "HTTP/2 stream" prefix: "7 POST /helloworld.Greeter/SayHello after_goaway".
+std::string stream_name(const Http2Stream& stream);
 
 // Without the spaces and tabs around it (HTTP's optional whitespace).
 std::string_view trim_whitespace(std::string_view text);

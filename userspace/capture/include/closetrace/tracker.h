@@ -18,6 +18,8 @@ struct TrackerOptions {
     uint64_t linger_ns = 2'000'000'000;
     // Keep request targets' query strings (record --full-target).
     bool full_target = false;
+    // HTTP/2 header block fragments are recorded (record --http2-names): caught streams are named.
+    bool http2_names = false;
     // How far out of time order the events of one socket can reach the tracker: all of them pass
     // through one ring buffer, where records of different CPUs interleave by microseconds. A busy
     // connection's messages older than this (from its newest event) are settled: reduced to the

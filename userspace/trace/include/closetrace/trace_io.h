@@ -20,7 +20,9 @@
 namespace closetrace {
 
 // What this closetrace writes; it reads this and every earlier schema (docs/trace-format.md).
-inline constexpr std::string_view kTraceSchema = "closetrace/4";
+inline constexpr std::string_view kTraceSchema = "closetrace/5";
+// Before HTTP/2 stream names (record --http2-names).
+inline constexpr std::string_view kTraceSchemaV4 = "closetrace/4";
 // Before HTTP/2 PING and SETTINGS counts and the HTTP/2 close causes of a bare FIN and of a
 // GOAWAY right after use.
 inline constexpr std::string_view kTraceSchemaV3 = "closetrace/3";
