@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 # What the runtime stage installs, and what debian:bookworm-slim already has (apt needs them).
-RUNTIME_PACKAGES = {"libbpf1", "libelf1", "zlib1g", "libfmt9", "libsimdjson14",
+RUNTIME_PACKAGES = {"libbpf1", "libelf1", "zlib1g", "libfmt9", "libsimdjson14", "libnghttp2-14",
                     "libprometheus-cpp-core1.0", "libprometheus-cpp-pull1.0"}
 BASE_IMAGE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}
 TRACE_DIR = "/var/log/closetrace"

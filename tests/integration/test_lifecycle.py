@@ -66,7 +66,7 @@ class LifecycleTest(unittest.TestCase):
             time.sleep(0.5)  # past the linger, so every connection is written before the end
         self.assertEqual(self.recorder.process.returncode, 0, self.recorder.stderr)
         header, conns, _, summary = self.recorder.trace()
-        self.assertEqual(header["schema"], "closetrace/4")
+        self.assertEqual(header["schema"], "closetrace/5")
         self.assertEqual(summary["lost_events"], 0)
         result = {}
         for name, pair in pairs.items():
