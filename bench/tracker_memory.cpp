@@ -19,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <span>
-#include <string>
 #include <string_view>
 #include <vector>
 
@@ -126,30 +125,25 @@ void add_socket(Ring& ring, uint64_t cookie, uint8_t role, uint8_t client_host,
 }
 
 // What the recorder's ring callback and poll loop do with one poll's records
-// (userspace/cli/record.cpp): each record decoded into a batch, then the batch fed to the
-// tracker.
+// (userspace/cli/record.cpp): each record decoded into one reused Event and fed to the tracker.
 class Recorder {
 public:
     void poll(const Ring& ring) {
         std::size_t begin = 0;
         for (const std::size_t end : ring.ends) {
-            std::string error;
-            if (auto event = decode_event(std::span(ring.bytes).subspan(begin, end - begin), {},
-                                          &error)) {
-                decoded_.push_back(std::move(*event));
-            } else {
+            if (!decode_event(std::span(ring.bytes).subspan(begin, end - begin), {}, event_,
+                              nullptr)) {
                 std::abort();  // the records above are the ABI's
             }
+            tracker.on_event(event_);
             begin = end;
         }
-        for (const Event& event : decoded_) tracker.on_event(event);
-        decoded_.clear();
     }
 
     ConnTracker tracker;
 
 private:
-    std::vector<Event> decoded_;
+    Event event_;
 };
 
 }  // namespace

@@ -122,6 +122,32 @@ TEST(DecodeEvent, CapturedLengthIsClampedToTheBuffer) {
     EXPECT_EQ(event->payload_len, 1448u);
 }
 
+TEST(DecodeEvent, AReusedEventHoldsOnlyTheLatestRecord) {
+    ct_reset_event reset{};
+    reset.hdr = make_header(CT_EV_RESET_SENT, sizeof(reset));
+    reset.reason = 0;
+    reset.trigger_flags = CT_TCP_ACK;
+    reset.payload_len = 300;
+    std::memset(reset.payload, 'x', 100);
+    reset.captured = 100;
+    ct_state_event state{};
+    state.hdr = make_header(CT_EV_STATE, sizeof(state));
+    state.new_state = kTcpClose;
+
+    Event event;
+    ASSERT_TRUE(decode_event(bytes_of(reset), {"NOT_SPECIFIED"}, event, nullptr));
+    EXPECT_EQ(event.rst_reason, "NOT_SPECIFIED");
+    ASSERT_TRUE(decode_event(bytes_of(state), {"NOT_SPECIFIED"}, event, nullptr));
+    EXPECT_EQ(event.kind, EventKind::State);
+    EXPECT_EQ(event.new_state, kTcpClose);
+    EXPECT_FALSE(event.rst_reason);
+    EXPECT_EQ(event.trigger_flags, 0);
+    EXPECT_EQ(event.payload_len, 0u);
+    EXPECT_EQ(event.payload, "");
+    // The payload's buffer stays for the next record: no allocation per record.
+    EXPECT_GE(event.payload.capacity(), 100u);
+}
+
 TEST(DecodeEvent, RejectsRecordsThatDoNotMatchTheAbi) {
     std::string error;
     std::vector<uint8_t> tiny(4);
