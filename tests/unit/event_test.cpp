@@ -148,6 +148,19 @@ TEST(DecodeEvent, AReusedEventHoldsOnlyTheLatestRecord) {
     EXPECT_GE(event.payload.capacity(), 100u);
 }
 
+TEST(FormatAddress, Ipv4IsInetNtopsText) {
+    for (unsigned byte = 0; byte < 256; ++byte) {
+        std::array<uint8_t, 16> addr{};
+        addr[0] = static_cast<uint8_t>(byte);
+        addr[1] = static_cast<uint8_t>(255 - byte);
+        addr[2] = static_cast<uint8_t>(byte / 10);
+        addr[3] = static_cast<uint8_t>(byte % 100);
+        char expected[INET_ADDRSTRLEN] = {};
+        ASSERT_TRUE(inet_ntop(AF_INET, addr.data(), expected, sizeof(expected)));
+        EXPECT_EQ(format_address(AF_INET, addr), expected);
+    }
+}
+
 TEST(DecodeEvent, RejectsRecordsThatDoNotMatchTheAbi) {
     std::string error;
     std::vector<uint8_t> tiny(4);
