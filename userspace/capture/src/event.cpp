@@ -61,15 +61,10 @@ void assign_payload(std::string& to, const uint8_t* payload, std::size_t capture
     to.assign(reinterpret_cast<const char*>(payload), std::min(captured, max));
 }
 
-// Every member back to its default; the strings emptied, keeping their capacity.
+// Every member back to its default. A copy, not a move: the strings keep their buffers.
 void reset(Event& event) {
-    std::string comm = std::move(event.comm);
-    std::string payload = std::move(event.payload);
-    event = Event{};
-    event.comm = std::move(comm);
-    event.payload = std::move(payload);
-    event.comm.clear();
-    event.payload.clear();
+    static const Event kDefaults;
+    event = kDefaults;
 }
 
 Http2Side decode_http2_side(const ct_http2_side& raw) {
