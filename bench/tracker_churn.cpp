@@ -1,14 +1,15 @@
 // bench/tracker_churn: the recorder's work per connection under churn without a kernel: the ring
 // records of bench/run's churn part (wrk -> nginx, `Connection: close`, one request; both sockets
-// on this host: 5 state changes and 2 messages each) for N connections at 10k a second, fed to
-// ConnTracker, finished as the recorder's poll loop does (every 100 connections), and each `conn`
-// line written to FILE. Prints the CPU per connection (tracker and writer; building the events
-// is a small part of it). Built against two trees, it compares them: the same records must give
-// the same FILE, byte for byte, and the CPU side by side.
+// on this host: 5 state changes and 2 messages each) for N connections at 10k a second, laid out
+// as bpf/closetrace.h has them, decoded and fed to ConnTracker as the recorder's ring callback
+// and poll loop do (a poll every 100 connections), and each `conn` line written to FILE. Prints
+// the CPU per connection (decoding, tracker and writer; building the records is a small part of
+// it). Built against two trees, it compares them: the same records must give the same FILE, byte
+// for byte, and the CPU side by side.
 //
 //   c++ -O2 -std=c++20 -Iuserspace/capture/include -Iuserspace/trace/include -Ibpf
 //       bench/tracker_churn.cpp build/userspace/trace/libclosetrace_trace.a
-//       build/userspace/capture/libclosetrace_capture.a -lfmt -lsimdjson -lz -o tracker_churn
+//       build/userspace/capture/libclosetrace_capture.a -lfmt -lsimdjson -lz -lnghttp2 -o tracker_churn
 //   ./tracker_churn [CONNECTIONS] FILE     (one line of JSON; default 100000 connections)
 #include <sys/socket.h>
 
@@ -16,13 +17,19 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "closetrace/trace_io.h"
 #include "closetrace/tracker.h"
+
+extern "C" {
+#include "closetrace.h"
+}
 
 namespace {
 
@@ -37,80 +44,128 @@ constexpr uint16_t kServerPort = 28481;
 constexpr uint64_t kConnectionEveryNs = 100'000;
 constexpr long kPollEvery = 100;  // connections
 
+// Ring records one after another, as the ring buffer holds them (without its headers).
+struct Ring {
+    std::vector<uint8_t> bytes;
+    std::vector<std::size_t> ends;
+
+    template <typename Record>
+    void add(const Record& record) {
+        const auto* raw = reinterpret_cast<const uint8_t*>(&record);
+        bytes.insert(bytes.end(), raw, raw + sizeof(record));
+        ends.push_back(bytes.size());
+    }
+    void clear() {
+        bytes.clear();
+        ends.clear();
+    }
+};
+
 struct Socket {
     uint64_t cookie;
-    Role role;
+    uint8_t role;  // enum ct_role
     uint16_t client_port;
     uint64_t established_ns;
 
-    Event event(EventKind kind, uint64_t ts_ns) const {
-        Event event;
-        event.kind = kind;
-        event.ts_ns = ts_ns;
-        event.cookie = cookie;
-        event.netns = 4026531840;
-        event.role = role;
-        event.tuple.family = AF_INET;
-        event.tuple.laddr = event.tuple.raddr = {127, 0, 0, 1};
-        event.tuple.lport = role == Role::Server ? kServerPort : client_port;
-        event.tuple.rport = role == Role::Server ? client_port : kServerPort;
-        return event;
+    ct_event header(ct_event_kind kind, uint64_t ts_ns, std::size_t size) const {
+        ct_event header{};
+        header.ts_ns = ts_ns;
+        header.cookie = cookie;
+        header.netns = 4026531840;
+        header.kind = kind;
+        header.size = static_cast<uint16_t>(size);
+        header.tuple.family = AF_INET;
+        const uint8_t loopback[4] = {127, 0, 0, 1};
+        std::memcpy(header.tuple.laddr, loopback, sizeof(loopback));
+        std::memcpy(header.tuple.raddr, loopback, sizeof(loopback));
+        header.tuple.lport = role == CT_ROLE_SERVER ? kServerPort : client_port;
+        header.tuple.rport = role == CT_ROLE_SERVER ? client_port : kServerPort;
+        return header;
     }
 
-    Event state(uint64_t ts_ns, uint8_t from, uint8_t to) const {
-        Event state = event(EventKind::State, ts_ns);
+    ct_state_event state(uint64_t ts_ns, uint8_t from, uint8_t to) const {
+        ct_state_event state{};
+        state.hdr = header(CT_EV_STATE, ts_ns, sizeof(state));
         state.old_state = from;
         state.new_state = to;
+        state.role = role;
         state.established_ns = established_ns;
         state.cgroup_id = 4242;
         state.snap = {.last_rx_ns = established_ns + 20'000, .last_tx_ns = established_ns + 30'000,
-                      .bytes_in = 80, .bytes_out = 160, .segs_in = 4, .segs_out = 4};
-        if (role == Role::Client) {
+                      .bytes_in = 80, .bytes_out = 160, .segs_in = 4, .segs_out = 4,
+                      .unacked_out = 0, .unread_in = 0};
+        if (role == CT_ROLE_CLIENT) {
             state.pid = 777;
-            state.comm = "wrk";
-            state.owner_from = "connect";
+            std::strcpy(state.comm, "wrk");
+            state.owner_from = CT_OWNER_CONNECT;
         } else if (to == kTcpFinWait1) {  // nginx closes first
             state.pid = 555;
-            state.comm = "nginx";
-            state.owner_from = "close";
-            state.by_owner = true;
+            std::strcpy(state.comm, "nginx");
+            state.owner_from = CT_OWNER_CLOSE;
+            state.flags = CT_STATE_BY_OWNER;
         }
         return state;
     }
 
-    Event message(uint64_t ts_ns, bool response) const {
-        Event message = event(EventKind::Message, ts_ns);
-        message.direction = (role == Role::Server) != response ? Direction::In : Direction::Out;
-        message.response = response;
-        message.requests_before = response ? 1 : 0;
-        message.payload = std::string(response ? kResponse : kRequest);
-        message.payload_len = static_cast<uint32_t>(message.payload.size());
+    ct_message_event message(uint64_t ts_ns, bool response) const {
+        ct_message_event message{};
+        message.hdr = header(CT_EV_MESSAGE, ts_ns, sizeof(message));
+        message.role = role;
+        message.direction = (role == CT_ROLE_SERVER) != response ? CT_DIR_IN : CT_DIR_OUT;
+        message.kind = response ? CT_MESSAGE_RESPONSE : CT_MESSAGE_REQUEST;
+        message.requests = response ? 1 : 0;
+        const std::string_view head = response ? kResponse : kRequest;
+        std::memcpy(message.payload, head.data(), head.size());
+        message.captured = static_cast<uint16_t>(head.size());
+        message.segment_len = static_cast<uint32_t>(head.size());
         if (response) message.previous_ns = ts_ns - 10'000;
         return message;
     }
 };
 
 // One connection's twelve records, in the order the ring buffer gives them.
-void add_connection(std::vector<Event>& events, long index) {
+void add_connection(Ring& ring, long index) {
     const uint64_t ts = 1'000'000'000 + static_cast<uint64_t>(index) * kConnectionEveryNs;
     // wrk's ports, reused as on the bench host: the tracker holds some tuples twice.
     const auto port = static_cast<uint16_t>(32768 + 2 * (index % 14'000));
     const auto cookie = 2 * static_cast<uint64_t>(index);
-    const Socket client{cookie + 1, Role::Client, port, ts};
-    const Socket server{cookie + 2, Role::Server, port, ts + 1'000};
-    events.push_back(client.state(ts, kTcpSynSent, kTcpEstablished));
-    events.push_back(server.state(ts + 1'000, kTcpSynRecv, kTcpEstablished));
-    events.push_back(client.message(ts + 10'000, false));
-    events.push_back(server.message(ts + 11'000, false));
-    events.push_back(server.message(ts + 20'000, true));
-    events.push_back(client.message(ts + 21'000, true));
-    events.push_back(server.state(ts + 30'000, kTcpEstablished, kTcpFinWait1));
-    events.push_back(client.state(ts + 31'000, kTcpEstablished, kTcpCloseWait));
-    events.push_back(client.state(ts + 40'000, kTcpCloseWait, kTcpLastAck));
-    events.push_back(server.state(ts + 41'000, kTcpFinWait1, kTcpFinWait2));
-    events.push_back(server.state(ts + 50'000, kTcpFinWait2, kTcpClose));
-    events.push_back(client.state(ts + 51'000, kTcpLastAck, kTcpClose));
+    const Socket client{cookie + 1, CT_ROLE_CLIENT, port, ts};
+    const Socket server{cookie + 2, CT_ROLE_SERVER, port, ts + 1'000};
+    ring.add(client.state(ts, kTcpSynSent, kTcpEstablished));
+    ring.add(server.state(ts + 1'000, kTcpSynRecv, kTcpEstablished));
+    ring.add(client.message(ts + 10'000, false));
+    ring.add(server.message(ts + 11'000, false));
+    ring.add(server.message(ts + 20'000, true));
+    ring.add(client.message(ts + 21'000, true));
+    ring.add(server.state(ts + 30'000, kTcpEstablished, kTcpFinWait1));
+    ring.add(client.state(ts + 31'000, kTcpEstablished, kTcpCloseWait));
+    ring.add(client.state(ts + 40'000, kTcpCloseWait, kTcpLastAck));
+    ring.add(server.state(ts + 41'000, kTcpFinWait1, kTcpFinWait2));
+    ring.add(server.state(ts + 50'000, kTcpFinWait2, kTcpClose));
+    ring.add(client.state(ts + 51'000, kTcpLastAck, kTcpClose));
 }
+
+// What the recorder's ring callback and poll loop do with one poll's records
+// (userspace/cli/record.cpp): each record decoded into one reused Event and fed to the tracker.
+class Recorder {
+public:
+    void poll(const Ring& ring) {
+        std::size_t begin = 0;
+        for (const std::size_t end : ring.ends) {
+            if (!decode_event(std::span(ring.bytes).subspan(begin, end - begin), {}, event_,
+                              nullptr)) {
+                std::abort();  // the records above are the ABI's
+            }
+            tracker.on_event(event_);
+            begin = end;
+        }
+    }
+
+    ConnTracker tracker;
+
+private:
+    Event event_;
+};
 
 void write_lines(std::FILE* out, const std::vector<Connection>& connections) {
     for (const Connection& conn : connections) {
@@ -136,19 +191,19 @@ int main(int argc, char** argv) {
                              "writable file)\n");
         return 2;
     }
-    ConnTracker tracker;
-    std::vector<Event> batch;
+    Recorder recorder;
+    Ring ring;
     const double start = cpu_seconds();
     for (long i = 0; i < connections; ++i) {
-        add_connection(batch, i);
+        add_connection(ring, i);
         if (i % kPollEvery != kPollEvery - 1) continue;
-        for (const Event& event : batch) tracker.on_event(event);
-        batch.clear();
-        write_lines(out, tracker.take_finished(1'000'000'000 + static_cast<uint64_t>(i) *
-                                                                  kConnectionEveryNs));
+        recorder.poll(ring);
+        ring.clear();
+        write_lines(out, recorder.tracker.take_finished(
+                             1'000'000'000 + static_cast<uint64_t>(i) * kConnectionEveryNs));
     }
-    for (const Event& event : batch) tracker.on_event(event);
-    write_lines(out, tracker.finish_all(0));
+    recorder.poll(ring);
+    write_lines(out, recorder.tracker.finish_all(0));
     const double cpu = cpu_seconds() - start;
     std::fclose(out);
     std::printf("{\"connections\":%ld,\"cpu_s\":%.3f,\"cpu_us_per_connection\":%.2f}\n",

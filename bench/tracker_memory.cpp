@@ -1,22 +1,32 @@
-// bench/tracker_memory: the heap the tracker (ConnTracker, closetrace_capture) holds per idle
-// connection, without a kernel: the events bench/run's memory part makes (each connection's two
-// sockets on this host, each with its ESTABLISHED change, one request and its response), fed for
-// N connections; glibc's count of the bytes in use (mallinfo2) before and after. Reproducible to
-// the byte, where the recorder's RSS also holds the ring buffer and the allocator's slack.
+// bench/tracker_memory: what the recorder holds per idle connection without a kernel: the ring
+// records bench/run's memory part makes (each connection's two sockets on this host, each with
+// its ESTABLISHED change, one request and its response), laid out as bpf/closetrace.h has them,
+// for N connections, decoded and fed to ConnTracker as the recorder's ring callback and poll
+// loop do, a whole ring (8 MiB of records) per poll: a recorder behind the kernel, as in the
+// memory part's runs that lose events. Prints glibc's count of the heap in use (mallinfo2) and
+// the process's RSS, each before and after, per socket. The heap is reproducible to the byte;
+// the RSS also holds what glibc kept of the peak of a poll.
 //
 //   c++ -O2 -std=c++20 -Iuserspace/capture/include -Ibpf bench/tracker_memory.cpp
-//       build/userspace/capture/libclosetrace_capture.a -lfmt -o tracker_memory  (one line)
+//       build/userspace/capture/libclosetrace_capture.a -lfmt -lnghttp2 -o tracker_memory
 //   ./tracker_memory [CONNECTIONS]        (default 100000; prints one JSON line)
 #include <malloc.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
-#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include "closetrace/tracker.h"
+
+extern "C" {
+#include "closetrace.h"
+}
 
 namespace {
 
@@ -28,62 +38,113 @@ constexpr std::string_view kRequest =
 constexpr std::string_view kResponse =
     "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
 constexpr uint16_t kServerPort = 18483;
+constexpr std::size_t kRingBytes = 8u << 20;  // record's default --ring-mb
 
 std::size_t heap_in_use() {
     const struct mallinfo2 info = mallinfo2();
     return info.uordblks + info.hblkhd;
 }
 
-Event message(const Event& open, uint64_t ts_ns, bool response, std::string_view payload) {
-    Event event;
-    event.kind = EventKind::Message;
-    event.ts_ns = ts_ns;
-    event.cookie = open.cookie;
-    event.netns = open.netns;
-    event.tuple = open.tuple;
+std::size_t rss_bytes() {
+    std::FILE* statm = std::fopen("/proc/self/statm", "r");
+    unsigned long size = 0, resident = 0;
+    if (!statm || std::fscanf(statm, "%lu %lu", &size, &resident) != 2) std::abort();
+    std::fclose(statm);
+    return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Ring records one after another, as the ring buffer holds them (without its headers).
+struct Ring {
+    std::vector<uint8_t> bytes;
+    std::vector<std::size_t> ends;
+
+    template <typename Record>
+    void add(const Record& record) {
+        const auto* raw = reinterpret_cast<const uint8_t*>(&record);
+        bytes.insert(bytes.end(), raw, raw + sizeof(record));
+        ends.push_back(bytes.size());
+    }
+    void clear() {
+        bytes.clear();
+        ends.clear();
+    }
+};
+
+ct_message_event message(const ct_state_event& open, uint64_t ts_ns, bool response,
+                         std::string_view payload) {
+    ct_message_event event{};
+    event.hdr = open.hdr;
+    event.hdr.kind = CT_EV_MESSAGE;
+    event.hdr.size = sizeof(event);
+    event.hdr.ts_ns = ts_ns;
     event.role = open.role;
     // A server receives the request, a client the response.
-    event.direction = (open.role == Role::Server) != response ? Direction::In : Direction::Out;
-    event.response = response;
-    event.requests_before = response ? 1 : 0;
-    event.payload = std::string(payload);
-    event.payload_len = static_cast<uint32_t>(payload.size());
+    event.direction = (open.role == CT_ROLE_SERVER) != response ? CT_DIR_IN : CT_DIR_OUT;
+    event.kind = response ? CT_MESSAGE_RESPONSE : CT_MESSAGE_REQUEST;
+    event.requests = response ? 1 : 0;
+    std::memcpy(event.payload, payload.data(), payload.size());
+    event.captured = static_cast<uint16_t>(payload.size());
+    event.segment_len = static_cast<uint32_t>(payload.size());
     return event;
 }
 
-// One socket's events: its ESTABLISHED change, then the request and the response.
-void feed_socket(ConnTracker& tracker, uint64_t cookie, Role role, uint8_t client_host,
-                 uint16_t client_port, uint64_t ts_ns) {
-    Event open;
-    open.kind = EventKind::State;
-    open.ts_ns = ts_ns;
-    open.cookie = cookie;
-    open.netns = 4026531840;
-    open.role = role;
-    open.tuple.family = AF_INET;
+// One socket's records: its ESTABLISHED change, then the request and the response.
+void add_socket(Ring& ring, uint64_t cookie, uint8_t role, uint8_t client_host,
+                uint16_t client_port, uint64_t ts_ns) {
+    ct_state_event open{};
+    open.hdr.kind = CT_EV_STATE;
+    open.hdr.size = sizeof(open);
+    open.hdr.ts_ns = ts_ns;
+    open.hdr.cookie = cookie;
+    open.hdr.netns = 4026531840;
+    open.hdr.tuple.family = AF_INET;
     // bench/run's clients connect from 127.0.1.1 and up, each from its own address.
-    const std::array<uint8_t, 16> server = {127, 0, 0, 1};
-    const std::array<uint8_t, 16> client = {127, 0, 1, client_host};
-    open.tuple.laddr = role == Role::Server ? server : client;
-    open.tuple.raddr = role == Role::Server ? client : server;
-    open.tuple.lport = role == Role::Server ? kServerPort : client_port;
-    open.tuple.rport = role == Role::Server ? client_port : kServerPort;
-    open.old_state = role == Role::Server ? kTcpSynRecv : kTcpSynSent;
+    const uint8_t server[4] = {127, 0, 0, 1};
+    const uint8_t client[4] = {127, 0, 1, client_host};
+    std::memcpy(open.hdr.tuple.laddr, role == CT_ROLE_SERVER ? server : client, 4);
+    std::memcpy(open.hdr.tuple.raddr, role == CT_ROLE_SERVER ? client : server, 4);
+    open.hdr.tuple.lport = role == CT_ROLE_SERVER ? kServerPort : client_port;
+    open.hdr.tuple.rport = role == CT_ROLE_SERVER ? client_port : kServerPort;
+    open.role = role;
+    open.old_state = role == CT_ROLE_SERVER ? kTcpSynRecv : kTcpSynSent;
     open.new_state = kTcpEstablished;
     open.established_ns = ts_ns;
     open.cgroup_id = 4242;
-    open.snap = {.last_rx_ns = ts_ns, .last_tx_ns = ts_ns, .segs_in = 1, .segs_out = 1};
-    if (role == Role::Client) {  // the kernel knows the connecting process, not the accepting one
+    open.snap.last_rx_ns = open.snap.last_tx_ns = ts_ns;
+    open.snap.segs_in = open.snap.segs_out = 1;
+    if (role == CT_ROLE_CLIENT) {  // the kernel knows the connecting process, not the accepting one
         open.pid = 4242;
-        open.comm = "python3";
-        open.owner_from = "connect";
+        std::strcpy(open.comm, "python3");
+        open.owner_from = CT_OWNER_CONNECT;
     }
-    tracker.on_event(open);
-    tracker.on_event(message(open, ts_ns + 1'000, false, kRequest));
-    Event response = message(open, ts_ns + 2'000, true, kResponse);
+    ring.add(open);
+    ring.add(message(open, ts_ns + 1'000, false, kRequest));
+    ct_message_event response = message(open, ts_ns + 2'000, true, kResponse);
     response.previous_ns = ts_ns + 1'000;
-    tracker.on_event(response);
+    ring.add(response);
 }
+
+// What the recorder's ring callback and poll loop do with one poll's records
+// (userspace/cli/record.cpp): each record decoded into one reused Event and fed to the tracker.
+class Recorder {
+public:
+    void poll(const Ring& ring) {
+        std::size_t begin = 0;
+        for (const std::size_t end : ring.ends) {
+            if (!decode_event(std::span(ring.bytes).subspan(begin, end - begin), {}, event_,
+                              nullptr)) {
+                std::abort();  // the records above are the ABI's
+            }
+            tracker.on_event(event_);
+            begin = end;
+        }
+    }
+
+    ConnTracker tracker;
+
+private:
+    Event event_;
+};
 
 }  // namespace
 
@@ -93,19 +154,34 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "usage: tracker_memory [CONNECTIONS], a positive number\n");
         return 2;
     }
-    ConnTracker tracker;
-    const std::size_t before = heap_in_use();
+    Ring ring;
+    // The ring's own pages are the kernel's mapping in the recorder: not counted.
+    ring.bytes.resize(kRingBytes);
+    ring.clear();
+    Recorder recorder;
+    const std::size_t heap_before = heap_in_use();
+    const std::size_t rss_before = rss_bytes();
     for (long i = 0; i < connections; ++i) {
         const uint64_t ts_ns = 1'000'000'000 + static_cast<uint64_t>(i) * 10'000;
         const auto client_host = static_cast<uint8_t>(1 + i / 60'000);
         const auto client_port = static_cast<uint16_t>(1024 + i % 60'000);
         const uint64_t cookie = 2 * static_cast<uint64_t>(i);
-        feed_socket(tracker, cookie + 1, Role::Client, client_host, client_port, ts_ns);
-        feed_socket(tracker, cookie + 2, Role::Server, client_host, client_port, ts_ns);
+        if (ring.bytes.size() + 2 * (sizeof(ct_state_event) + 2 * sizeof(ct_message_event)) >
+            kRingBytes) {
+            recorder.poll(ring);
+            ring.clear();
+        }
+        add_socket(ring, cookie + 1, CT_ROLE_CLIENT, client_host, client_port, ts_ns);
+        add_socket(ring, cookie + 2, CT_ROLE_SERVER, client_host, client_port, ts_ns);
     }
-    const std::size_t held = heap_in_use() - before;
+    recorder.poll(ring);
+    const std::size_t heap = heap_in_use() - heap_before;
+    const std::size_t rss = rss_bytes() - rss_before;
+    const std::size_t open = recorder.tracker.open_connections();
     const double sockets = 2.0 * static_cast<double>(connections);
-    std::printf("{\"sockets\":%.0f,\"open\":%zu,\"heap_bytes\":%zu,\"heap_bytes_per_socket\":%.0f}\n",
-                sockets, tracker.open_connections(), held, static_cast<double>(held) / sockets);
-    return tracker.open_connections() == static_cast<std::size_t>(sockets) ? 0 : 1;
+    std::printf("{\"sockets\":%.0f,\"open\":%zu,\"heap_bytes\":%zu,\"heap_bytes_per_socket\":%.0f,"
+                "\"rss_bytes\":%zu,\"rss_bytes_per_socket\":%.0f}\n",
+                sockets, open, heap, static_cast<double>(heap) / sockets, rss,
+                static_cast<double>(rss) / sockets);
+    return open == static_cast<std::size_t>(sockets) ? 0 : 1;
 }

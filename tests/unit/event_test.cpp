@@ -122,6 +122,45 @@ TEST(DecodeEvent, CapturedLengthIsClampedToTheBuffer) {
     EXPECT_EQ(event->payload_len, 1448u);
 }
 
+TEST(DecodeEvent, AReusedEventHoldsOnlyTheLatestRecord) {
+    ct_reset_event reset{};
+    reset.hdr = make_header(CT_EV_RESET_SENT, sizeof(reset));
+    reset.reason = 0;
+    reset.trigger_flags = CT_TCP_ACK;
+    reset.payload_len = 300;
+    std::memset(reset.payload, 'x', 100);
+    reset.captured = 100;
+    ct_state_event state{};
+    state.hdr = make_header(CT_EV_STATE, sizeof(state));
+    state.new_state = kTcpClose;
+
+    Event event;
+    ASSERT_TRUE(decode_event(bytes_of(reset), {"NOT_SPECIFIED"}, event, nullptr));
+    EXPECT_EQ(event.rst_reason, "NOT_SPECIFIED");
+    ASSERT_TRUE(decode_event(bytes_of(state), {"NOT_SPECIFIED"}, event, nullptr));
+    EXPECT_EQ(event.kind, EventKind::State);
+    EXPECT_EQ(event.new_state, kTcpClose);
+    EXPECT_FALSE(event.rst_reason);
+    EXPECT_EQ(event.trigger_flags, 0);
+    EXPECT_EQ(event.payload_len, 0u);
+    EXPECT_EQ(event.payload, "");
+    // The payload's buffer stays for the next record: no allocation per record.
+    EXPECT_GE(event.payload.capacity(), 100u);
+}
+
+TEST(FormatAddress, Ipv4IsInetNtopsText) {
+    for (unsigned byte = 0; byte < 256; ++byte) {
+        std::array<uint8_t, 16> addr{};
+        addr[0] = static_cast<uint8_t>(byte);
+        addr[1] = static_cast<uint8_t>(255 - byte);
+        addr[2] = static_cast<uint8_t>(byte / 10);
+        addr[3] = static_cast<uint8_t>(byte % 100);
+        char expected[INET_ADDRSTRLEN] = {};
+        ASSERT_TRUE(inet_ntop(AF_INET, addr.data(), expected, sizeof(expected)));
+        EXPECT_EQ(format_address(AF_INET, addr), expected);
+    }
+}
+
 TEST(DecodeEvent, RejectsRecordsThatDoNotMatchTheAbi) {
     std::string error;
     std::vector<uint8_t> tiny(4);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -444,7 +445,9 @@ void narrow_to_cgroup(TracerConfig& config, const RecordOptions& options, const 
     }
 }
 
-// The tracker, and the records the tracer's callback decodes for it between two polls.
+// The tracker, and what the tracer's callback does with each record: decodes it into one
+// reused Event (no allocation per record) and hands it on at once, so that no batch of decoded
+// events builds up between two polls (glibc would keep its peak).
 struct Capture {
     explicit Capture(const RecordOptions& options) : tracker(tracker_options(options)) {}
 
@@ -457,16 +460,16 @@ struct Capture {
     }
 
     void take(std::span<const uint8_t> record) {
-        std::string error;
-        if (auto event = decode_event(record, reasons, &error)) {
-            decoded.push_back(std::move(*event));
+        if (decode_event(record, reasons, event, nullptr)) {
+            consume(event);
         } else {
             ++undecodable;
         }
     }
 
     ConnTracker tracker;
-    std::vector<Event> decoded;
+    Event event;
+    std::function<void(const Event&)> consume;  // the Recorder's, set before the first poll
     uint64_t undecodable = 0;
     RstReasonNames reasons;
 };
@@ -547,6 +550,7 @@ public:
           live_(options.quiet, header.mono_to_wall_ns),
           metrics_(metrics) {
         if (options.pid != 0) family_.emplace(options.pid);
+        capture_.consume = [this](const Event& event) { take(event); };
     }
 
     // A file of the trace begins at `start_ns`: its header line, written at once.
@@ -568,7 +572,6 @@ public:
             int timeout_ms = 100;
             if (deadline) timeout_ms = static_cast<int>(std::min<uint64_t>(100, (deadline - now) / 1'000'000 + 1));
             tracer_.poll(timeout_ms);
-            feed_tracker();
             write_connections(capture_.tracker.take_finished(note_losses()));
             write_unattributed();
             writer_->flush();
@@ -581,7 +584,6 @@ public:
     // Returns the recording's.
     TraceSummary finish() {
         tracer_.drain();
-        feed_tracker();
         const uint64_t end_ns = note_losses();
         write_connections(capture_.tracker.finish_all(end_ns));
         write_unattributed();
@@ -627,21 +629,19 @@ private:
         writer_->flush();
     }
 
-    void feed_tracker() {
-        for (const auto& event : capture_.decoded) {
-            ++events_;
-            // Header block fragments stay out of the trace (they hold cookies and credentials).
-            if (options_.raw_events && event.kind != EventKind::Http2Fragment) {
-                writer_->write_event(event, payloads_);
-            }
-            // While the process and its container still exist: the answer is cached for later.
-            if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
-                attributor_.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
-                                                                    : std::nullopt);
-            }
-            capture_.tracker.on_event(event);
+    // Each record, from within the tracer's poll or drain.
+    void take(const Event& event) {
+        ++events_;
+        // Header block fragments stay out of the trace (they hold cookies and credentials).
+        if (options_.raw_events && event.kind != EventKind::Http2Fragment) {
+            writer_->write_event(event, payloads_);
         }
-        capture_.decoded.clear();
+        // While the process and its container still exist: the answer is cached for later.
+        if (event.kind == EventKind::State && (event.cgroup_id != 0 || event.pid != 0)) {
+            attributor_.container_of(event.cgroup_id, event.pid ? std::optional<uint32_t>(event.pid)
+                                                                : std::nullopt);
+        }
+        capture_.tracker.on_event(event);
     }
 
     void write_connections(std::vector<Connection> finished) {

@@ -17,8 +17,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -241,6 +243,13 @@ struct Tracer::Impl {
     ring_buffer* ring = nullptr;
     RecordSink sink;
     int possible_cpus = 1;
+    // One poll() delivers at most the ring's size in records: libbpf reads on while records
+    // keep coming, and a sink no faster than the programs would otherwise never return.
+    std::size_t batch_bytes = 0;
+    // The delivery under way: its counts, and the exception the sink threw, if it did.
+    std::size_t budget_bytes = 0;
+    int delivered = 0;
+    std::exception_ptr failure;
 
     ~Impl() {
         if (ring) ring_buffer__free(ring);
@@ -248,10 +257,34 @@ struct Tracer::Impl {
         if (object.destroy) object.destroy();
     }
 
+    // What the callback returns to end a delivery: libbpf then stops reading, with the record
+    // just delivered consumed, and returns this.
+    static constexpr int kStop = -ECANCELED;
+
     static int on_record(void* context, void* data, size_t size) {
         auto* self = static_cast<Impl*>(context);
-        self->sink(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
+        // An exception must not unwind through libbpf's C frames: kept, and rethrown by
+        // poll() or drain() once libbpf has returned.
+        try {
+            self->sink(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
+        } catch (...) {
+            self->failure = std::current_exception();
+            return kStop;
+        }
+        ++self->delivered;
+        if (size >= self->budget_bytes) return kStop;
+        self->budget_bytes -= size;
         return 0;
+    }
+
+    // Starts a delivery of at most `bytes` of records.
+    void start(std::size_t bytes) {
+        budget_bytes = bytes;
+        delivered = 0;
+    }
+    bool stopped(int result) const { return result == kStop; }
+    void rethrow_failure() {
+        if (failure) std::rethrow_exception(std::exchange(failure, nullptr));
     }
 
     // With --btf, a tracepoint whose arguments differ from what the file describes is the
@@ -275,6 +308,7 @@ struct Tracer::Impl {
 Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_unique<Impl>()) {
     libbpf_set_print(capture_libbpf_print);
     impl_->sink = std::move(sink);
+    impl_->batch_bytes = config.ring_buffer_bytes;
     impl_->possible_cpus = libbpf_num_possible_cpus();
 
     if (config.ports.size() > CT_MAX_PORTS) {
@@ -363,19 +397,25 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
 Tracer::~Tracer() = default;
 
 int Tracer::poll(int timeout_ms) {
-    int delivered = ring_buffer__poll(impl_->ring, timeout_ms);
-    if (delivered == -EINTR) delivered = 0;
-    if (delivered < 0) {
-        throw LoaderError(fmt::format("reading the ring buffer failed: {}", errno_text(delivered)));
+    impl_->start(impl_->batch_bytes);
+    const int result = ring_buffer__poll(impl_->ring, timeout_ms);
+    impl_->rethrow_failure();
+    if (result < 0 && result != -EINTR && !impl_->stopped(result)) {
+        throw LoaderError(fmt::format("reading the ring buffer failed: {}", errno_text(result)));
     }
     // The programs wake us only when a batch is waiting: also take what is there below it.
-    const int more = ring_buffer__consume(impl_->ring);
-    return delivered + (more > 0 ? more : 0);
+    if (!impl_->stopped(result)) {
+        ring_buffer__consume(impl_->ring);
+        impl_->rethrow_failure();
+    }
+    return impl_->delivered;
 }
 
 int Tracer::drain() {
-    const int delivered = ring_buffer__consume(impl_->ring);
-    return delivered < 0 ? 0 : delivered;
+    impl_->start(std::numeric_limits<std::size_t>::max());
+    ring_buffer__consume(impl_->ring);
+    impl_->rethrow_failure();
+    return impl_->delivered;
 }
 
 TracerCounters Tracer::counters() const {

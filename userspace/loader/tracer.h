@@ -55,6 +55,8 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// Called for each record, only from within poll() and drain(), which rethrow what it throws
+// (delivery stops there; that record counts as read).
 using RecordSink = std::function<void(std::span<const uint8_t>)>;
 
 class Tracer {
@@ -65,8 +67,8 @@ public:
     Tracer(const Tracer&) = delete;
     Tracer& operator=(const Tracer&) = delete;
 
-    // Waits up to timeout_ms for records and delivers them; returns the number delivered.
-    // Interrupted by a signal, returns 0.
+    // Waits up to timeout_ms for records and delivers them, at most the ring buffer's size of
+    // them; returns the number delivered. Interrupted by a signal, returns 0.
     int poll(int timeout_ms);
     // Delivers every record already in the ring buffer.
     int drain();

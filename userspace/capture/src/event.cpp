@@ -52,13 +52,19 @@ Role decode_role(uint8_t role) {
     }
 }
 
-std::string bounded_string(const char* chars, std::size_t capacity) {
-    return std::string(chars, strnlen(chars, capacity));
+void assign_bounded(std::string& to, const char* chars, std::size_t capacity) {
+    to.assign(chars, strnlen(chars, capacity));
 }
 
-std::string captured_payload(const uint8_t* payload, uint16_t captured) {
-    std::size_t length = captured < CT_PAYLOAD_MAX ? captured : CT_PAYLOAD_MAX;
-    return std::string(reinterpret_cast<const char*>(payload), length);
+void assign_payload(std::string& to, const uint8_t* payload, std::size_t captured,
+                    std::size_t max) {
+    to.assign(reinterpret_cast<const char*>(payload), std::min(captured, max));
+}
+
+// Every member back to its default. A copy, not a move: the strings keep their buffers.
+void reset(Event& event) {
+    static const Event kDefaults;
+    event = kDefaults;
 }
 
 Http2Side decode_http2_side(const ct_http2_side& raw) {
@@ -86,17 +92,17 @@ void decode_common(const ct_event& raw, Event& event) {
 
 }  // namespace
 
-std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons,
-                                  std::string* error) {
-    auto fail = [&](const char* why) -> std::optional<Event> {
+bool decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons, Event& event,
+                  std::string* error) {
+    auto fail = [&](const char* why) {
         if (error) *error = why;
-        return std::nullopt;
+        return false;
     };
     if (raw.size() < sizeof(ct_event)) return fail("record shorter than the event header");
     const auto head = copy_record<ct_event>(raw);
     if (head.size != raw.size()) return fail("record size does not match its header");
 
-    Event event;
+    reset(event);
     switch (head.kind) {
         case CT_EV_STATE: {
             if (raw.size() != sizeof(ct_state_event)) return fail("state record has the wrong size");
@@ -110,12 +116,12 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.old_state = record.old_state;
             event.new_state = record.new_state;
             event.role = decode_role(record.role);
-            event.comm = bounded_string(record.comm, sizeof(record.comm));
+            assign_bounded(event.comm, record.comm, sizeof(record.comm));
             if (record.owner_from == CT_OWNER_CONNECT) event.owner_from = "connect";
             if (record.owner_from == CT_OWNER_CLOSE) event.owner_from = "close";
             event.by_owner = (record.flags & CT_STATE_BY_OWNER) != 0;
             event.owner_exiting = (record.flags & CT_STATE_OWNER_EXITING) != 0;
-            return event;
+            return true;
         }
         case CT_EV_RESET_SENT:
         case CT_EV_RESET_RECEIVED: {
@@ -132,8 +138,8 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.trigger_flags = record.trigger_flags;
             event.sk_state = record.sk_state;
             event.payload_len = record.payload_len;
-            event.payload = captured_payload(record.payload, record.captured);
-            return event;
+            assign_payload(event.payload, record.payload, record.captured, CT_PAYLOAD_MAX);
+            return true;
         }
         case CT_EV_MESSAGE: {
             if (raw.size() != sizeof(ct_message_event)) {
@@ -150,8 +156,8 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             event.previous_ns = record.previous_ns;
             event.held = (record.flags & CT_MESSAGE_HELD) != 0;
             event.payload_len = record.segment_len;
-            event.payload = captured_payload(record.payload, record.captured);
-            return event;
+            assign_payload(event.payload, record.payload, record.captured, CT_PAYLOAD_MAX);
+            return true;
         }
         case CT_EV_HTTP2: {
             if (raw.size() != sizeof(ct_http2_event)) return fail("HTTP/2 record has the wrong size");
@@ -176,7 +182,7 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
             h2.stream_id = record.stream_id;
             h2.error_code = record.error_code;
             h2.frame_len = record.frame_len;
-            return event;
+            return true;
         }
         case CT_EV_HTTP2_FRAGMENT: {
             if (raw.size() != sizeof(ct_http2_fragment_event)) {
@@ -195,14 +201,19 @@ std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonN
                 .whole = record.status == CT_HTTP2_FRAGMENT_WHOLE &&
                          record.captured == record.frame_len,
             };
-            const std::size_t captured =
-                std::min<std::size_t>(record.captured, CT_HTTP2_FRAGMENT_MAX);
-            event.payload.assign(reinterpret_cast<const char*>(record.payload), captured);
-            return event;
+            assign_payload(event.payload, record.payload, record.captured, CT_HTTP2_FRAGMENT_MAX);
+            return true;
         }
         default:
             return fail("unknown event kind");
     }
+}
+
+std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons,
+                                  std::string* error) {
+    Event event;
+    if (!decode_event(raw, reasons, event, error)) return std::nullopt;
+    return event;
 }
 
 const char* tcp_state_name(uint8_t state) {
@@ -240,8 +251,19 @@ std::string tcp_flags_string(uint8_t flags) {
 
 std::string format_address(int family, const std::array<uint8_t, 16>& addr) {
     char text[INET6_ADDRSTRLEN] = {};
-    const int af = family == AF_INET6 ? AF_INET6 : AF_INET;
-    if (!inet_ntop(af, addr.data(), text, sizeof(text))) return "?";
+    if (family != AF_INET6) {
+        // inet_ntop's text ("%u.%u.%u.%u") without its sprintf: two per finished connection.
+        char* out = text;
+        for (std::size_t i = 0; i < 4; ++i) {
+            if (i > 0) *out++ = '.';
+            const unsigned byte = addr[i];
+            if (byte >= 100) *out++ = static_cast<char>('0' + byte / 100);
+            if (byte >= 10) *out++ = static_cast<char>('0' + byte / 10 % 10);
+            *out++ = static_cast<char>('0' + byte % 10);
+        }
+        return std::string(text, out);
+    }
+    if (!inet_ntop(AF_INET6, addr.data(), text, sizeof(text))) return "?";
     return text;
 }
 

@@ -475,6 +475,18 @@ class RequestBuilder {
 public:
     explicit RequestBuilder(bool serves) : serves_(serves) {}
 
+    // As new for another connection, its vectors keeping their capacity.
+    RequestBuilder& reset(bool serves) {
+        std::vector<Pending> pending = std::move(pending_);
+        std::vector<Segment> segments = std::move(segments_);
+        *this = RequestBuilder(serves);
+        pending.clear();
+        segments.clear();
+        pending_ = std::move(pending);
+        segments_ = std::move(segments);
+        return *this;
+    }
+
     void feed(const MessageFact& message) {
         if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
         const bool request_direction = (message.direction == Direction::In) == serves_;
@@ -811,7 +823,9 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
     }
 }
 
-Connection build_connection(uint64_t cookie, Tracked tracked) {
+// `spare`: the builder of a connection that has none yet, reused from one to the next (no
+// allocation for its vectors per connection).
+Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare) {
     order_by_time(tracked.lifecycle);
     order_by_time(tracked.messages);
     Connection conn;
@@ -828,12 +842,11 @@ Connection build_connection(uint64_t cookie, Tracked tracked) {
                   .rst_reason = close.rst_reason,
                   .idle_ms = close.idle_ms};
 
-    // A connection with few messages has none settled yet: its builder lives here.
-    std::optional<RequestBuilder> unsettled;
+    // A connection with few messages has none settled yet, nor a builder of its own.
     RequestBuilder& builder =
         tracked.builder
             ? *tracked.builder
-            : unsettled.emplace(serves_requests(conn.role, tracked.messages).value_or(true));
+            : spare.reset(serves_requests(conn.role, tracked.messages).value_or(true));
     for (MessageFact& message : tracked.messages) builder.feed(message);
     conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
                                    conn.requests_omitted);
@@ -989,6 +1002,7 @@ struct ConnTracker::State {
     std::vector<Arrived> unattributed;
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
     std::vector<std::pair<uint64_t, uint64_t>> losses;
+    RequestBuilder spare_builder{true};  // for build_connection()
 
     // Whether the kernel lost events while a connection was alive, from `from` to `to`.
     bool lost_during(uint64_t from, uint64_t to) const {
@@ -1001,7 +1015,7 @@ struct ConnTracker::State {
     // its establishment (from the start, when that was not seen) to the end of its linger, in
     // which a late request's reset still belongs to it (to the end, while it is open).
     Connection finalise(uint64_t cookie, Tracked tracked, uint64_t linger_ns) {
-        Connection conn = build_connection(cookie, std::move(tracked));
+        Connection conn = build_connection(cookie, std::move(tracked), spare_builder);
         const uint64_t end =
             conn.closed_ns ? *conn.closed_ns + linger_ns : std::numeric_limits<uint64_t>::max();
         conn.incomplete = lost_during(conn.established_ns.value_or(0), end);

@@ -150,8 +150,13 @@ struct Event {
 // with the "SK_RST_REASON_" prefix removed). Empty when the kernel has no such enum.
 using RstReasonNames = std::vector<std::string>;
 
-// Decodes one ring buffer record. Returns nullopt and sets `error` for a record whose size or
-// kind does not match the ABI (never reads past `raw`).
+// Decodes one ring buffer record into `event`: every member is the record's or its default,
+// and the strings keep their capacity, so that an Event reused for every record costs no
+// allocation per record. Returns false and sets `error` for a record whose size or kind does
+// not match the ABI (never reads past `raw`); `event` is then unspecified.
+bool decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons, Event& event,
+                  std::string* error);
+// The same into a new Event; nullopt for a record that does not match the ABI.
 std::optional<Event> decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons,
                                   std::string* error);
 
