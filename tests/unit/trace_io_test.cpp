@@ -133,9 +133,8 @@ ReadResult read_trace(const std::string& text) {
     std::istringstream in(text);
     TraceReader reader(in, "t.jsonl");
     ReadResult result{reader.header(), {}, {}};
-    while (std::optional<TraceRecord> record = reader.next()) {
-        result.records.push_back(std::move(*record));
-    }
+    // Copied, not moved: the reader reads the next line into what it holds.
+    while (const TraceRecord* record = reader.next()) result.records.push_back(*record);
     result.warnings = reader.warnings();
     return result;
 }
@@ -1200,8 +1199,8 @@ TEST(TraceReading, HundredThousandLinesInConstantMemory) {
     TraceReader reader(in, "generated.jsonl");
     std::size_t connections = 0;
     std::size_t heap_after_warmup = 0;
-    while (std::optional<TraceRecord> record = reader.next()) {
-        if (const auto* conn = std::get_if<Connection>(&*record)) {
+    while (const TraceRecord* record = reader.next()) {
+        if (const auto* conn = std::get_if<Connection>(record)) {
             ASSERT_EQ(conn->id, connections);
             ++connections;
         }
@@ -1287,6 +1286,67 @@ TEST(TraceReading, Http2StreamsBeforeNamesReadAsNotRecorded) {
     const Http2Stream& stream = std::get<Connection>(result.records.at(0)).http2->caught.at(0);
     EXPECT_EQ(stream.names, StreamNames::NotRecorded);
     EXPECT_EQ(stream.path, std::nullopt);
+}
+
+// The reader reads every conn line into one record, whose storage it keeps: a line whose
+// optional members are null or left out, or that has fewer requests or caught streams than the
+// line before it, reads as it does alone.
+TEST(TraceReading, ConnLinesReadIntoOneRecordReadAsAlone) {
+    Connection full = sample_connection();
+    full.owner_from = "close";
+    full.cgroup_id = 5126;
+    full.cgroup = "/system.slice/docker-9581a69a761a0000000000000000000000000000.scope";
+    full.container = ContainerRef{
+        .runtime = "ecs",
+        .id = "9581a69a761a0000000000000000000000000000000000000000000000000004",
+        .name = "ecs-shop-api-12-web-9581a69a",
+        .task_id = "7f3c9a1e5b2d4c6e8f0a1b2c3d4e5f60",
+        .ecs = EcsTask{.task_arn = "arn:aws:ecs:us-west-2:012345678910:task/default/7f3c",
+                       .family = "shop-api", .revision = "12"}};
+    full.health_check = "ELB-HealthChecker";
+    full.close.cause = CloseCause::ConnectionClose;
+    full.close.asked_by = Initiator::Peer;
+    full.close.unread_bytes = 12;
+    full.requests.push_back(Request{.method = "GET", .target = "/a/rather/long/target/path",
+                                    .opaque = true, .status = 200, .request_ns = 1990,
+                                    .close_asked = CloseAsked::Request});
+    full.requests_omitted = 40;
+    full.incomplete = true;
+    full.http2 = Http2Connection{
+        .client = Initiator::Peer,
+        .local = {.ping_count = 4, .settings_count = 5},
+        .caught = {{.id = 7, .names = StreamNames::Decoded, .method = "POST",
+                    .path = "/a/rather/long/grpc/path", .grpc_status = 14},
+                   {.id = 9, .reset_by = Initiator::Local, .names = StreamNames::NotDecodable}},
+        .names_undecodable_from = 9};
+    Connection fewer = full;
+    fewer.requests.resize(1);
+    fewer.container->name.reset();
+    fewer.container->ecs.reset();
+    fewer.http2->caught.resize(1);
+    fewer.http2->caught[0].path.reset();
+    Connection nulls = sample_connection();
+    nulls.requests.resize(1);
+    // Members a line may leave out, left out: they read as their defaults.
+    const std::string bare = replaced(
+        replaced(replaced(conn_line(nulls), R"("owner_from":null,"cgroup_id":0,"cgroup":null,)", ""),
+                 R"(,"cause":"idle_timer","asked_by":null,"unread_bytes":0)", ""),
+        R"(,"requests_omitted":0)", "");
+    const std::vector<std::string> lines = {conn_line(full), conn_line(fewer), conn_line(nulls),
+                                            bare, conn_line(full)};
+    const std::string header = header_line(sample_header());
+    std::istringstream in(header + "\n" + lines[0] + "\n" + lines[1] + "\n" + lines[2] + "\n" +
+                          lines[3] + "\n" + lines[4] + "\n");
+    TraceReader reader(in, "t.jsonl");
+    for (const std::string& line : lines) {
+        const TraceRecord* record = reader.next();
+        ASSERT_NE(record, nullptr);
+        const ReadResult alone = read_trace(trace_text({header, line}));
+        ASSERT_EQ(alone.records.size(), 1u);
+        EXPECT_EQ(conn_line(std::get<Connection>(*record)),
+                  conn_line(std::get<Connection>(alone.records[0])));
+    }
+    EXPECT_EQ(reader.next(), nullptr);
 }
 
 TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {

@@ -780,7 +780,7 @@ TraceAnalysis TraceAnalyzer::finish_part(std::vector<std::string> reader_warning
 namespace {
 
 void read_into(TraceAnalyzer& analyzer, TraceReader& reader) {
-    while (std::optional<TraceRecord> record = reader.next()) {
+    while (const TraceRecord* record = reader.next()) {
         std::visit([&](const auto& line) { analyzer.add(line); }, *record);
     }
 }

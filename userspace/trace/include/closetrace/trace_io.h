@@ -181,8 +181,10 @@ public:
     TraceReader& operator=(const TraceReader&) = delete;
 
     const TraceHeader& header() const;
-    // The next record after the header; nullopt at the end of the file.
-    std::optional<TraceRecord> next();
+    // The next record after the header; nullptr at the end of the file. The record is the
+    // reader's and valid until the next call, which reads the next line into it (reusing the
+    // storage of its strings and vectors): a caller keeps what it needs by copying or moving it.
+    TraceRecord* next();
     const std::vector<std::string>& warnings() const;
 
 private:
