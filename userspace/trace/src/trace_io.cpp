@@ -335,10 +335,9 @@ std::string_view member_name(ondemand::field& field) {
     return valid(field.unescaped_key());
 }
 
-// A string value that is its own bytes (printable ASCII, no escapes), as it lies in the line:
-// most are, and reading them so costs no unescaping copy. The value stays unread, for the
-// object's iteration to step over; nullopt for any other value.
-std::optional<std::string_view> plain_string(ondemand::value& value) {
+// The text between a string value's quotes as it lies in the line, unchecked; nullopt for any
+// other value. The value stays unread, for the object's iteration to step over.
+std::optional<std::string_view> raw_string(ondemand::value& value) {
     // The token runs to the next ',', ':', ']' or '}': the closing quote, maybe white space.
     std::string_view token = value.raw_json_token();
     while (!token.empty() && (token.back() == ' ' || token.back() == '\t' ||
@@ -346,10 +345,17 @@ std::optional<std::string_view> plain_string(ondemand::value& value) {
         token.remove_suffix(1);
     }
     if (token.size() < 2 || token.front() != '"' || token.back() != '"') return std::nullopt;
-    const std::string_view text = token.substr(1, token.size() - 2);
+    return token.substr(1, token.size() - 2);
+}
+
+// A string value that is its own bytes (printable ASCII, no escapes), as it lies in the line:
+// most are, and reading them so costs no unescaping copy. nullopt for any other value.
+std::optional<std::string_view> plain_string(ondemand::value& value) {
+    const std::optional<std::string_view> text = raw_string(value);
+    if (!text) return std::nullopt;
     // No early exit: the compiler vectorises the loop.
     bool plain = true;
-    for (const char c : text) {
+    for (const char c : *text) {
         const auto byte = static_cast<unsigned char>(c);
         plain &= byte != '\\' && byte >= 0x20 && byte < 0x80;
     }
@@ -484,11 +490,22 @@ template <typename Enum>
 template <typename Enum>
 using EnumParser = std::optional<Enum> (*)(std::string_view);
 
+// A string value parsed as it lies in the line: names are plain ASCII, so text that `parse`
+// knows there is the string's value, found without a check of its bytes. Else the string
+// unescaped, then parsed. nullopt for a name `parse` does not know, or for no string.
+template <typename Enum>
+std::optional<Enum> parse_enum(ondemand::value& text, EnumParser<Enum> parse) {
+    if (const std::optional<std::string_view> raw = raw_string(text)) {
+        if (const std::optional<Enum> value = parse(*raw)) return value;
+    }
+    const std::optional<std::string_view> name = string_value(text);
+    return name ? parse(*name) : std::nullopt;
+}
+
 template <typename Enum>
 Enum required_enum(ondemand::value& text, const MemberPath& path, EnumParser<Enum> parse,
                    std::span<const Enum> values) {
-    std::optional<Enum> value;
-    if (const std::optional<std::string_view> name = string_value(text)) value = parse(*name);
+    const std::optional<Enum> value = parse_enum(text, parse);
     if (!value) fail_enum(path, values, false);
     return *value;
 }
@@ -497,8 +514,7 @@ template <typename Enum>
 std::optional<Enum> nullable_enum(ondemand::value& text, const MemberPath& path,
                                   EnumParser<Enum> parse, std::span<const Enum> values) {
     if (is_null(text)) return std::nullopt;
-    std::optional<Enum> value;
-    if (const std::optional<std::string_view> name = string_value(text)) value = parse(*name);
+    const std::optional<Enum> value = parse_enum(text, parse);
     if (!value) fail_enum(path, values, true);
     return value;
 }
@@ -608,19 +624,19 @@ bool raw_name_is(const char* raw, std::string_view name) {
     return raw[name.size()] == '"';
 }
 
-// The rule for `field`'s name; rules.size() when none. Tried first: the rule after the previous
-// match, which is the writer's order; then the rules after it (members left out), then all.
+// The rule for `field`'s name; rules.size() when none. Tried first as the name lies in the line,
+// from the rule after the previous match on: the writer's order, members left out skipped at
+// their first character. Then unescaped, against every rule: members in another order, names
+// written with escapes.
 template <typename Out>
 std::size_t find_rule(std::span<const MemberRule<Out>> rules, ondemand::field& field,
                       std::size_t expected) {
-    if (expected < rules.size() && raw_name_is(field.key().raw(), rules[expected].name)) {
-        return expected;
+    const char* const raw = field.key().raw();
+    for (std::size_t i = expected; i < rules.size(); ++i) {
+        if (raw_name_is(raw, rules[i].name)) return i;
     }
     const std::string_view name = member_name(field);
-    for (std::size_t i = expected; i < rules.size(); ++i) {
-        if (same_name(rules[i].name, name)) return i;
-    }
-    for (std::size_t i = 0; i < std::min(expected, rules.size()); ++i) {
+    for (std::size_t i = 0; i < rules.size(); ++i) {
         if (same_name(rules[i].name, name)) return i;
     }
     return rules.size();
@@ -939,6 +955,8 @@ constexpr MemberRule<Http2Connection> kHttp2Members[] = {
 constexpr std::size_t kRequestsReserved = 8;
 
 constexpr MemberRule<Connection> kConnMembers[] = {
+    // Checked by decode(); named here so that the writer's order is followed from the first member.
+    {"type", [](Connection&, ondemand::value&, const MemberPath&) {}},
     {"id", into<&Connection::id>},
     {"cookie", into<&Connection::cookie>},
     {"netns", into<&Connection::netns>},
