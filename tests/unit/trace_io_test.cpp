@@ -997,6 +997,16 @@ TEST(TraceReading, EscapedNamesAndRawUtf8ReadAsTheirText) {
     const ReadResult result = read_trace(trace_text({header_line(sample_header()), conn}));
     ASSERT_EQ(result.records.size(), 1u);
     EXPECT_EQ(std::get<Connection>(result.records[0]).comm, "node");
+    // Enumerations too, and names matched where they lie in the line otherwise.
+    const std::string escaped_enum =
+        replaced(replaced(conn_line(sample_connection()), R"("verdict":"local_close_race")",
+                          R"("verdict":"local_close_r\u0061ce")"),
+                 R"("outcome":"completed")", R"("\u006futcome":"c\u006fmpleted")");
+    const ReadResult enums = read_trace(trace_text({header_line(sample_header()), escaped_enum}));
+    ASSERT_EQ(enums.records.size(), 1u);
+    const Connection& read = std::get<Connection>(enums.records[0]);
+    EXPECT_EQ(read.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(read.requests.at(0).outcome, Outcome::Completed);
     // Another tool may write U+00E9 as UTF-8 rather than \u00e9: the same byte 0xE9.
     const std::string utf8 = replaced(conn_line(sample_connection()), R"("comm":"node")",
                                       "\"comm\":\"caf\xc3\xa9\"");
