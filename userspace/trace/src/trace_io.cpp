@@ -594,6 +594,15 @@ void absent(typename DataMember<decltype(Member)>::OwnerType& out) {
     out.*Member = defaults.*Member;
 }
 
+// The rule of a member that no stage of closetrace reads (none of report, diff, verify and alb):
+// On-Demand steps over its value, neither decoded nor checked beyond the JSON, and the record
+// keeps the member's default. Whether a required one is there is still checked.
+template <auto Member>
+void not_decoded(typename DataMember<decltype(Member)>::OwnerType& out, ondemand::value&,
+                 const MemberPath&) {
+    absent<Member>(out);
+}
+
 // The rule of a member a line may leave out, read straight into `Member`.
 template <auto Member, typename Out = typename DataMember<decltype(Member)>::OwnerType>
 constexpr MemberRule<Out> optional_into(std::string_view name, std::string_view required_with = {},
@@ -729,21 +738,13 @@ void rewind(ondemand::object& object) {
 // ---------------------------------------------------------------------------------------------
 // The members of each line type
 
-constexpr MemberRule<EcsTask> kEcsMembers[] = {
-    {"task_arn", into<&EcsTask::task_arn>},
-    {"family", into<&EcsTask::family>},
-    {"revision", into<&EcsTask::revision>},
-};
-
 constexpr MemberRule<ContainerRef> kContainerMembers[] = {
     {"runtime", into<&ContainerRef::runtime>},
     {"id", into<&ContainerRef::id>},
     {"name", into<&ContainerRef::name>},
     {"task_id", into<&ContainerRef::task_id>},
-    {"pod_uid", into<&ContainerRef::pod_uid>},
-    {"ecs", [](ContainerRef& out, ondemand::value& value, const MemberPath& path) {
-         read_nullable_object(value, path, kEcsMembers, out.ecs);
-     }},
+    {"pod_uid", not_decoded<&ContainerRef::pod_uid>},
+    {"ecs", not_decoded<&ContainerRef::ecs>},
 };
 
 constexpr MemberRule<Endpoint> kEndpointMembers[] = {
@@ -960,10 +961,7 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     {"id", into<&Connection::id>},
     {"cookie", into<&Connection::cookie>},
     {"netns", into<&Connection::netns>},
-    {"family",
-     [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.family = required_family(value, path);
-     }},
+    {"family", not_decoded<&Connection::family>},
     {"local",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          read_endpoint(out.local, value, path);
@@ -979,9 +977,9 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     {"pid", into<&Connection::pid>},
     {"comm", into<&Connection::comm>},
     // Attribution members came later in closetrace/1: absent means not known.
-    optional_into<&Connection::owner_from>("owner_from"),
-    optional_into<&Connection::cgroup_id>("cgroup_id"),
-    optional_into<&Connection::cgroup>("cgroup"),
+    {"owner_from", not_decoded<&Connection::owner_from>, absent<&Connection::owner_from>},
+    {"cgroup_id", not_decoded<&Connection::cgroup_id>, absent<&Connection::cgroup_id>},
+    {"cgroup", not_decoded<&Connection::cgroup>, absent<&Connection::cgroup>},
     {"container",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          read_nullable_object(value, path, kContainerMembers, out.container);
@@ -990,10 +988,10 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     optional_into<&Connection::health_check>("health_check"),
     {"established_ns", into<&Connection::established_ns>},
     {"closed_ns", into<&Connection::closed_ns>},
-    {"bytes_in", into<&Connection::bytes_in>},
-    {"bytes_out", into<&Connection::bytes_out>},
-    {"segs_in", into<&Connection::segs_in>},
-    {"segs_out", into<&Connection::segs_out>},
+    {"bytes_in", not_decoded<&Connection::bytes_in>},
+    {"bytes_out", not_decoded<&Connection::bytes_out>},
+    {"segs_in", not_decoded<&Connection::segs_in>},
+    {"segs_out", not_decoded<&Connection::segs_out>},
     {"close",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          read_object(value, path, kCloseMembers, out.close);
