@@ -25,8 +25,9 @@ std::string container_label(const std::optional<ContainerRef>& container) {
 }
 
 void container_label(const std::optional<ContainerRef>& container, std::string& out) {
+    out.clear();
     if (!container) {
-        out.assign("-");
+        out += '-';  // not assign("-"): g++ 12 warns of an overlap there (-Wrestrict)
         return;
     }
     // A unit's full name ("nginx.service") says what it is; a container's name, where known, is
@@ -35,7 +36,6 @@ void container_label(const std::optional<ContainerRef>& container, std::string& 
                                      ? std::string_view(container->id)
                                      : container->name ? std::string_view(*container->name)
                                                        : short_id(container->id);
-    out.clear();
     out.reserve(container->runtime.size() + 1 + who.size() + (container->task_id ? 20 : 0));
     out.append(container->runtime).append(":").append(who);
     if (container->task_id) {
