@@ -433,7 +433,10 @@ template <>
 struct ValueCodec<std::string> {
     static bool decode(ondemand::value& value, std::string& out) {
         if (const std::optional<std::string_view> plain = plain_string(value)) {
-            out.assign(*plain);  // into the storage of the previous line's string
+            // Into the storage of the previous line's string; append() is assign()'s path
+            // without its care for a source inside the string.
+            out.clear();
+            out.append(plain->data(), plain->size());
             return true;
         }
         std::string_view text;
