@@ -488,10 +488,14 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
 
 GroupFigures& GroupIndex::find(std::map<std::string, GroupFigures>& groups,
                                std::string_view name) {
+    if (last_.name && *last_.name == name) return *last_.figures;
     const std::size_t hash = std::hash<std::string_view>{}(name);
     const std::size_t mask = slots_.size() - 1;
     for (std::size_t i = hash & mask; !slots_.empty() && slots_[i].name; i = (i + 1) & mask) {
-        if (slots_[i].hash == hash && *slots_[i].name == name) return *slots_[i].figures;
+        if (slots_[i].hash == hash && *slots_[i].name == name) {
+            last_ = slots_[i];
+            return *last_.figures;
+        }
     }
     if (2 * (used_ + 1) > slots_.size()) {
         std::vector<Slot> old = std::exchange(slots_, std::vector<Slot>(std::max<std::size_t>(
@@ -502,7 +506,8 @@ GroupFigures& GroupIndex::find(std::map<std::string, GroupFigures>& groups,
         }
     }
     auto& [key, figures] = *groups.try_emplace(std::string(name)).first;
-    insert({.hash = hash, .name = &key, .figures = &figures});
+    last_ = {.hash = hash, .name = &key, .figures = &figures};
+    insert(last_);
     return figures;
 }
 
