@@ -319,8 +319,8 @@ int main(int argc, char** argv) {
     std::map<closetrace::Verdict, uint64_t> verdicts;
     try {
         closetrace::TraceReader reader(*in, in->name());
-        while (auto record = reader.next()) {
-            if (auto* conn = std::get_if<closetrace::Connection>(&*record)) {
+        while (const closetrace::TraceRecord* record = reader.next()) {
+            if (const auto* conn = std::get_if<closetrace::Connection>(record)) {
                 ++conns;
                 requests += conn->requests.size();
                 ++verdicts[conn->verdict];

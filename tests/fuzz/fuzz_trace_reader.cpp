@@ -31,9 +31,11 @@ TraceRecord read_back(const std::string& header, const std::string& line) {
     try {
         std::istringstream in(header + "\n" + line + "\n");
         TraceReader reader(in, "round-trip");
-        std::optional<TraceRecord> record = reader.next();
-        require(record.has_value() && !reader.next() && reader.warnings().empty());
-        return std::move(*record);
+        const TraceRecord* record = reader.next();
+        require(record != nullptr);
+        TraceRecord read = *record;  // the reader's own, until its next()
+        require(!reader.next() && reader.warnings().empty());
+        return read;
     } catch (const TraceError&) {
         std::abort();
     }
@@ -72,7 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         TraceReader reader(in, "fuzz.jsonl");
         const std::string header = closetrace::header_line(reader.header());
         check_header_round_trip(header);
-        while (std::optional<TraceRecord> record = reader.next()) {
+        while (const TraceRecord* record = reader.next()) {
             check_round_trip(header, *record);
         }
         for (const std::string& warning : reader.warnings()) require(is_one_ascii_line(warning));

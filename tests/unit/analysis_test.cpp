@@ -142,6 +142,28 @@ Assessment assess_default(const TraceAnalysis& trace) {
 // ---------------------------------------------------------------------------------------------
 // IdleHistogram
 
+// Past its first table sizes (16 slots, half full) the index still finds each group it made,
+// found twice in a row or after another, and makes each name's group once, in the map.
+TEST(GroupIndex, FindsEveryGroupAsItGrows) {
+    std::map<std::string, GroupFigures> groups;
+    GroupIndex index;
+    std::vector<GroupFigures*> made;
+    for (int i = 0; i < 1000; ++i) {
+        GroupFigures& figures = index.find(groups, "10.0." + std::to_string(i / 256) + "." +
+                                                       std::to_string(i % 256));
+        figures.connections += 1;
+        made.push_back(&figures);
+    }
+    EXPECT_EQ(groups.size(), 1000u);
+    for (int i = 0; i < 1000; ++i) {
+        const std::string name = "10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256);
+        EXPECT_EQ(&index.find(groups, name), made[static_cast<std::size_t>(i)]) << name;
+        EXPECT_EQ(&index.find(groups, name), made[static_cast<std::size_t>(i)]) << name;  // again
+        EXPECT_EQ(groups.at(name).connections, 1u);
+    }
+    EXPECT_EQ(groups.size(), 1000u);
+}
+
 TEST(IdleHistogram, EmptyHasNoFigures) {
     const IdleHistogram histogram;
     EXPECT_EQ(histogram.count(), 0u);

@@ -133,9 +133,8 @@ ReadResult read_trace(const std::string& text) {
     std::istringstream in(text);
     TraceReader reader(in, "t.jsonl");
     ReadResult result{reader.header(), {}, {}};
-    while (std::optional<TraceRecord> record = reader.next()) {
-        result.records.push_back(std::move(*record));
-    }
+    // Copied, not moved: the reader reads the next line into what it holds.
+    while (const TraceRecord* record = reader.next()) result.records.push_back(*record);
     result.warnings = reader.warnings();
     return result;
 }
@@ -171,11 +170,26 @@ void expect_same_request(const Request& actual, const Request& expected) {
     EXPECT_EQ(actual.close_asked, expected.close_asked);
 }
 
+// The members of a conn line that no stage reads are not decoded: a record holds their defaults.
+void expect_not_decoded(const Connection& read) {
+    EXPECT_EQ(read.family, "");
+    EXPECT_EQ(read.owner_from, std::nullopt);
+    EXPECT_EQ(read.cgroup_id, 0u);
+    EXPECT_EQ(read.cgroup, std::nullopt);
+    EXPECT_EQ(read.bytes_in, 0u);
+    EXPECT_EQ(read.bytes_out, 0u);
+    EXPECT_EQ(read.segs_in, 0u);
+    EXPECT_EQ(read.segs_out, 0u);
+    if (read.container) {
+        EXPECT_EQ(read.container->pod_uid, std::nullopt);
+        EXPECT_EQ(read.container->ecs, std::nullopt);
+    }
+}
+
 void expect_same_connection(const Connection& actual, const Connection& expected) {
     EXPECT_EQ(actual.id, expected.id);
     EXPECT_EQ(actual.cookie, expected.cookie);
     EXPECT_EQ(actual.netns, expected.netns);
-    EXPECT_EQ(actual.family, expected.family);
     EXPECT_EQ(actual.local, expected.local);
     EXPECT_EQ(actual.remote, expected.remote);
     EXPECT_EQ(actual.role, expected.role);
@@ -183,10 +197,7 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.comm, expected.comm);
     EXPECT_EQ(actual.established_ns, expected.established_ns);
     EXPECT_EQ(actual.closed_ns, expected.closed_ns);
-    EXPECT_EQ(actual.bytes_in, expected.bytes_in);
-    EXPECT_EQ(actual.bytes_out, expected.bytes_out);
-    EXPECT_EQ(actual.segs_in, expected.segs_in);
-    EXPECT_EQ(actual.segs_out, expected.segs_out);
+    expect_not_decoded(actual);
     EXPECT_EQ(actual.close.initiator, expected.close.initiator);
     EXPECT_EQ(actual.close.how, expected.close.how);
     EXPECT_EQ(actual.close.local_fin_ns, expected.close.local_fin_ns);
@@ -827,10 +838,37 @@ TEST(TraceReading, UnknownEnumNames) {
         read_error(trace_text({header, replaced(conn, R"("role":"server")", R"("role":1)")}))
             .what(),
         "t.jsonl:2: conn.role: expected \"server\", \"client\" or \"unknown\"");
-    EXPECT_STREQ(read_error(trace_text({header, replaced(conn, R"("family":"ipv4")",
-                                                         R"("family":"inet")")}))
+}
+
+// What no stage reads is stepped over, its value unchecked; a required one must still be there.
+TEST(TraceReading, MembersNoStageReadsAreNotDecoded) {
+    const std::string header = header_line(sample_header());
+    Connection conn = sample_connection();
+    conn.owner_from = "close";
+    conn.cgroup_id = 5126;
+    conn.cgroup = "/system.slice/api.service";
+    conn.container = ContainerRef{.runtime = "ecs", .id = "9581a69a761a", .pod_uid = "p",
+                                  .ecs = EcsTask{.task_arn = "arn", .family = "f", .revision = "1"}};
+    std::string line = conn_line(conn);
+    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+             {R"("family":"ipv4")", R"("family":"inet")"},
+             {R"("owner_from":"close")", R"("owner_from":[1])"},
+             {R"("cgroup_id":5126)", R"("cgroup_id":-1)"},
+             {R"("cgroup":"/system.slice/api.service")", R"("cgroup":{"a":2})"},
+             {R"("pod_uid":"p")", R"("pod_uid":3)"},
+             {R"("ecs":{"task_arn":"arn","family":"f","revision":"1"})", R"("ecs":"x")"},
+             {R"("bytes_in":812)", R"("bytes_in":"many")"},
+             {R"("segs_out":8)", R"("segs_out":1.5)"}}) {
+        line = replaced(line, from, to);
+    }
+    const ReadResult result = read_trace(trace_text({header, line}));
+    ASSERT_EQ(result.records.size(), 1u);
+    const Connection& read = std::get<Connection>(result.records[0]);
+    expect_not_decoded(read);
+    EXPECT_EQ(read.container->id, "9581a69a761a");
+    EXPECT_STREQ(read_error(trace_text({header, replaced(line, R"("bytes_in":"many",)", "")}))
                      .what(),
-                 "t.jsonl:2: conn.family: expected \"ipv4\" or \"ipv6\"");
+                 "t.jsonl:2: conn.bytes_in: missing");
 }
 
 TEST(TraceReading, MissingMember) {
@@ -988,7 +1026,7 @@ TEST(TraceReading, MembersInAnyOrder) {
     const auto& read = std::get<Connection>(result.records[0]);
     EXPECT_EQ(read.id, 7u);
     EXPECT_EQ(read.remote, (Endpoint{"b", 2}));
-    EXPECT_EQ(read.segs_in, 2u);
+    EXPECT_EQ(read.netns, 5u);
     EXPECT_EQ(read.role, Role::Client);
 }
 
@@ -998,6 +1036,16 @@ TEST(TraceReading, EscapedNamesAndRawUtf8ReadAsTheirText) {
     const ReadResult result = read_trace(trace_text({header_line(sample_header()), conn}));
     ASSERT_EQ(result.records.size(), 1u);
     EXPECT_EQ(std::get<Connection>(result.records[0]).comm, "node");
+    // Enumerations too, and names matched where they lie in the line otherwise.
+    const std::string escaped_enum =
+        replaced(replaced(conn_line(sample_connection()), R"("verdict":"local_close_race")",
+                          R"("verdict":"local_close_r\u0061ce")"),
+                 R"("outcome":"completed")", R"("\u006futcome":"c\u006fmpleted")");
+    const ReadResult enums = read_trace(trace_text({header_line(sample_header()), escaped_enum}));
+    ASSERT_EQ(enums.records.size(), 1u);
+    const Connection& read = std::get<Connection>(enums.records[0]);
+    EXPECT_EQ(read.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(read.requests.at(0).outcome, Outcome::Completed);
     // Another tool may write U+00E9 as UTF-8 rather than \u00e9: the same byte 0xE9.
     const std::string utf8 = replaced(conn_line(sample_connection()), R"("comm":"node")",
                                       "\"comm\":\"caf\xc3\xa9\"");
@@ -1200,8 +1248,8 @@ TEST(TraceReading, HundredThousandLinesInConstantMemory) {
     TraceReader reader(in, "generated.jsonl");
     std::size_t connections = 0;
     std::size_t heap_after_warmup = 0;
-    while (std::optional<TraceRecord> record = reader.next()) {
-        if (const auto* conn = std::get_if<Connection>(&*record)) {
+    while (const TraceRecord* record = reader.next()) {
+        if (const auto* conn = std::get_if<Connection>(record)) {
             ASSERT_EQ(conn->id, connections);
             ++connections;
         }
@@ -1287,6 +1335,67 @@ TEST(TraceReading, Http2StreamsBeforeNamesReadAsNotRecorded) {
     const Http2Stream& stream = std::get<Connection>(result.records.at(0)).http2->caught.at(0);
     EXPECT_EQ(stream.names, StreamNames::NotRecorded);
     EXPECT_EQ(stream.path, std::nullopt);
+}
+
+// The reader reads every conn line into one record, whose storage it keeps: a line whose
+// optional members are null or left out, or that has fewer requests or caught streams than the
+// line before it, reads as it does alone.
+TEST(TraceReading, ConnLinesReadIntoOneRecordReadAsAlone) {
+    Connection full = sample_connection();
+    full.owner_from = "close";
+    full.cgroup_id = 5126;
+    full.cgroup = "/system.slice/docker-9581a69a761a0000000000000000000000000000.scope";
+    full.container = ContainerRef{
+        .runtime = "ecs",
+        .id = "9581a69a761a0000000000000000000000000000000000000000000000000004",
+        .name = "ecs-shop-api-12-web-9581a69a",
+        .task_id = "7f3c9a1e5b2d4c6e8f0a1b2c3d4e5f60",
+        .ecs = EcsTask{.task_arn = "arn:aws:ecs:us-west-2:012345678910:task/default/7f3c",
+                       .family = "shop-api", .revision = "12"}};
+    full.health_check = "ELB-HealthChecker";
+    full.close.cause = CloseCause::ConnectionClose;
+    full.close.asked_by = Initiator::Peer;
+    full.close.unread_bytes = 12;
+    full.requests.push_back(Request{.method = "GET", .target = "/a/rather/long/target/path",
+                                    .opaque = true, .status = 200, .request_ns = 1990,
+                                    .close_asked = CloseAsked::Request});
+    full.requests_omitted = 40;
+    full.incomplete = true;
+    full.http2 = Http2Connection{
+        .client = Initiator::Peer,
+        .local = {.ping_count = 4, .settings_count = 5},
+        .caught = {{.id = 7, .names = StreamNames::Decoded, .method = "POST",
+                    .path = "/a/rather/long/grpc/path", .grpc_status = 14},
+                   {.id = 9, .reset_by = Initiator::Local, .names = StreamNames::NotDecodable}},
+        .names_undecodable_from = 9};
+    Connection fewer = full;
+    fewer.requests.resize(1);
+    fewer.container->name.reset();
+    fewer.container->ecs.reset();
+    fewer.http2->caught.resize(1);
+    fewer.http2->caught[0].path.reset();
+    Connection nulls = sample_connection();
+    nulls.requests.resize(1);
+    // Members a line may leave out, left out: they read as their defaults.
+    const std::string bare = replaced(
+        replaced(replaced(conn_line(nulls), R"("owner_from":null,"cgroup_id":0,"cgroup":null,)", ""),
+                 R"(,"cause":"idle_timer","asked_by":null,"unread_bytes":0)", ""),
+        R"(,"requests_omitted":0)", "");
+    const std::vector<std::string> lines = {conn_line(full), conn_line(fewer), conn_line(nulls),
+                                            bare, conn_line(full)};
+    const std::string header = header_line(sample_header());
+    std::istringstream in(header + "\n" + lines[0] + "\n" + lines[1] + "\n" + lines[2] + "\n" +
+                          lines[3] + "\n" + lines[4] + "\n");
+    TraceReader reader(in, "t.jsonl");
+    for (const std::string& line : lines) {
+        const TraceRecord* record = reader.next();
+        ASSERT_NE(record, nullptr);
+        const ReadResult alone = read_trace(trace_text({header, line}));
+        ASSERT_EQ(alone.records.size(), 1u);
+        EXPECT_EQ(conn_line(std::get<Connection>(*record)),
+                  conn_line(std::get<Connection>(alone.records[0])));
+    }
+    EXPECT_EQ(reader.next(), nullptr);
 }
 
 TEST(TraceReading, Schema2ConnectionsHaveNoHttp2) {

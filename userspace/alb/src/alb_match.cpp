@@ -288,17 +288,17 @@ TraceFacts read_facts(TraceReader& reader, std::string file, bool keep_unpaired)
     std::optional<uint64_t> summary_end_ns;
     // A connection with both ends on this host is caught once, by its server end.
     EndPairer pairer;
-    while (std::optional<TraceRecord> record = reader.next()) {
-        if (auto* conn = std::get_if<Connection>(&*record)) {
+    while (TraceRecord* record = reader.next()) {
+        if (auto* conn = std::get_if<Connection>(record)) {
             last_ns = std::max(last_ns, last_seen_ns(*conn));
             // A client connection's local endpoint is an ephemeral port, never a target.
             if (conn->role != Role::Client) facts.local_endpoints.insert(conn->local);
             for (const ConnectionStory& story : pairer.add(std::move(*conn))) {
                 add_caught(facts, story.conn, header);
             }
-        } else if (const auto* event = std::get_if<TraceEventLine>(&*record)) {
+        } else if (const auto* event = std::get_if<TraceEventLine>(record)) {
             last_ns = std::max(last_ns, event->ts_ns);
-        } else if (const auto* summary = std::get_if<TraceSummary>(&*record)) {
+        } else if (const auto* summary = std::get_if<TraceSummary>(record)) {
             summary_end_ns = summary->end_ns;
             facts.lost_events = summary->lost_events;
         }

@@ -97,7 +97,8 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     const std::string_view comm = conn.comm ? std::string_view(*conn.comm) : std::string_view();
     count_in(indexes.by_comm.find(a.by_comm, comm), conn);
     count_in(indexes.by_peer.find(a.by_peer, conn.remote.addr), conn);
-    count_in(indexes.by_container.find(a.by_container, container_label(conn.container)), conn);
+    container_label(conn.container, indexes.label);
+    count_in(indexes.by_container.find(a.by_container, indexes.label), conn);
     count_in(a.by_host[source.host], conn);
     if (client_end) {
         count_in(a.by_same_host[fmt::format("{} -> {}", client_end->comm.value_or("?"),
@@ -487,10 +488,35 @@ CaughtConnection caught_connection(const Connection& conn, int64_t mono_to_wall_
 
 GroupFigures& GroupIndex::find(std::map<std::string, GroupFigures>& groups,
                                std::string_view name) {
-    if (const auto found = index_.find(name); found != index_.end()) return *found->second;
+    if (last_.name && *last_.name == name) return *last_.figures;
+    const std::size_t hash = std::hash<std::string_view>{}(name);
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t i = hash & mask; !slots_.empty() && slots_[i].name; i = (i + 1) & mask) {
+        if (slots_[i].hash == hash && *slots_[i].name == name) {
+            last_ = slots_[i];
+            return *last_.figures;
+        }
+    }
+    if (2 * (used_ + 1) > slots_.size()) {
+        std::vector<Slot> old = std::exchange(slots_, std::vector<Slot>(std::max<std::size_t>(
+                                                          16, 2 * slots_.size())));
+        used_ = 0;
+        for (const Slot& slot : old) {
+            if (slot.name) insert(slot);
+        }
+    }
     auto& [key, figures] = *groups.try_emplace(std::string(name)).first;
-    index_.emplace(key, &figures);
+    last_ = {.hash = hash, .name = &key, .figures = &figures};
+    insert(last_);
     return figures;
+}
+
+void GroupIndex::insert(const Slot& slot) {
+    const std::size_t mask = slots_.size() - 1;
+    std::size_t i = slot.hash & mask;
+    while (slots_[i].name) i = (i + 1) & mask;
+    slots_[i] = slot;
+    ++used_;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -780,7 +806,7 @@ TraceAnalysis TraceAnalyzer::finish_part(std::vector<std::string> reader_warning
 namespace {
 
 void read_into(TraceAnalyzer& analyzer, TraceReader& reader) {
-    while (std::optional<TraceRecord> record = reader.next()) {
+    while (const TraceRecord* record = reader.next()) {
         std::visit([&](const auto& line) { analyzer.add(line); }, *record);
     }
 }

@@ -19,20 +19,28 @@ bool is_lower_hex(std::string_view text) {
 }
 
 std::string container_label(const std::optional<ContainerRef>& container) {
-    if (!container) return "-";
+    std::string label;
+    container_label(container, label);
+    return label;
+}
+
+void container_label(const std::optional<ContainerRef>& container, std::string& out) {
+    out.clear();
+    if (!container) {
+        out += '-';  // not assign("-"): g++ 12 warns of an overlap there (-Wrestrict)
+        return;
+    }
     // A unit's full name ("nginx.service") says what it is; a container's name, where known, is
     // what people call it.
     const std::string_view who = container->runtime == "systemd"
                                      ? std::string_view(container->id)
                                      : container->name ? std::string_view(*container->name)
                                                        : short_id(container->id);
-    std::string label;
-    label.reserve(container->runtime.size() + 1 + who.size() + (container->task_id ? 20 : 0));
-    label.append(container->runtime).append(":").append(who);
+    out.reserve(container->runtime.size() + 1 + who.size() + (container->task_id ? 20 : 0));
+    out.append(container->runtime).append(":").append(who);
     if (container->task_id) {
-        label.append(" (task ").append(short_id(*container->task_id)).append(")");
+        out.append(" (task ").append(short_id(*container->task_id)).append(")");
     }
-    return label;
 }
 
 }  // namespace closetrace

@@ -7,8 +7,9 @@
 namespace closetrace {
 namespace {
 
+// Names as string_views: compared without a strlen of each (the reader parses every enum).
 template <typename Enum, std::size_t N>
-std::optional<Enum> lookup(const std::array<std::pair<Enum, const char*>, N>& names,
+std::optional<Enum> lookup(const std::array<std::pair<Enum, std::string_view>, N>& names,
                            std::string_view name) {
     for (const auto& [value, text] : names) {
         if (name == text) return value;
@@ -17,25 +18,25 @@ std::optional<Enum> lookup(const std::array<std::pair<Enum, const char*>, N>& na
 }
 
 template <typename Enum, std::size_t N>
-const char* name_of(const std::array<std::pair<Enum, const char*>, N>& names, Enum value) {
+const char* name_of(const std::array<std::pair<Enum, std::string_view>, N>& names, Enum value) {
     for (const auto& [candidate, text] : names) {
-        if (candidate == value) return text;
+        if (candidate == value) return text.data();  // a literal's: NUL-terminated
     }
     return "?";
 }
 
-constexpr std::array<std::pair<Initiator, const char*>, 3> kInitiatorNames{{
+constexpr std::array<std::pair<Initiator, std::string_view>, 3> kInitiatorNames{{
     {Initiator::Local, "local"},
     {Initiator::Peer, "peer"},
     {Initiator::Unknown, "unknown"},
 }};
 
-constexpr std::array<std::pair<CloseHow, const char*>, 2> kHowNames{{
+constexpr std::array<std::pair<CloseHow, std::string_view>, 2> kHowNames{{
     {CloseHow::Fin, "fin"},
     {CloseHow::Rst, "rst"},
 }};
 
-constexpr std::array<std::pair<Outcome, const char*>, 6> kOutcomeNames{{
+constexpr std::array<std::pair<Outcome, std::string_view>, 6> kOutcomeNames{{
     {Outcome::Completed, "completed"},
     {Outcome::UnansweredAtClose, "unanswered_at_close"},
     {Outcome::AfterLocalClose, "after_local_close"},
@@ -44,7 +45,7 @@ constexpr std::array<std::pair<Outcome, const char*>, 6> kOutcomeNames{{
     {Outcome::UnreadAtClose, "unread_at_close"},
 }};
 
-constexpr std::array<std::pair<CloseCause, const char*>, 10> kCauseNames{{
+constexpr std::array<std::pair<CloseCause, std::string_view>, 10> kCauseNames{{
     {CloseCause::IdleTimer, "idle_timer"},
     {CloseCause::ConnectionClose, "connection_close"},
     {CloseCause::KeepaliveEnded, "keepalive_ended"},
@@ -57,12 +58,12 @@ constexpr std::array<std::pair<CloseCause, const char*>, 10> kCauseNames{{
     {CloseCause::Unknown, "unknown"},
 }};
 
-constexpr std::array<std::pair<CloseAsked, const char*>, 2> kCloseAskedNames{{
+constexpr std::array<std::pair<CloseAsked, std::string_view>, 2> kCloseAskedNames{{
     {CloseAsked::Request, "request"},
     {CloseAsked::Response, "response"},
 }};
 
-constexpr std::array<std::pair<Verdict, const char*>, 9> kVerdictNames{{
+constexpr std::array<std::pair<Verdict, std::string_view>, 9> kVerdictNames{{
     {Verdict::LocalIdleClose, "local_idle_close"},
     {Verdict::PeerIdleClose, "peer_idle_close"},
     {Verdict::LocalCloseRace, "local_close_race"},
@@ -74,19 +75,19 @@ constexpr std::array<std::pair<Verdict, const char*>, 9> kVerdictNames{{
     {Verdict::Open, "open"},
 }};
 
-constexpr std::array<std::pair<StreamFate, const char*>, 3> kStreamFateNames{{
+constexpr std::array<std::pair<StreamFate, std::string_view>, 3> kStreamFateNames{{
     {StreamFate::AfterGoaway, "after_goaway"},
     {StreamFate::Refused, "refused"},
     {StreamFate::UnansweredAtClose, "unanswered_at_close"},
 }};
 
-constexpr std::array<std::pair<StreamNames, const char*>, 3> kStreamNamesNames{{
+constexpr std::array<std::pair<StreamNames, std::string_view>, 3> kStreamNamesNames{{
     {StreamNames::Decoded, "decoded"},
     {StreamNames::NotRecorded, "not_recorded"},
     {StreamNames::NotDecodable, "not_decodable"},
 }};
 
-constexpr std::array<std::pair<Role, const char*>, 3> kRoleNames{{
+constexpr std::array<std::pair<Role, std::string_view>, 3> kRoleNames{{
     {Role::Unknown, "unknown"},
     {Role::Server, "server"},
     {Role::Client, "client"},

@@ -335,10 +335,9 @@ std::string_view member_name(ondemand::field& field) {
     return valid(field.unescaped_key());
 }
 
-// A string value that is its own bytes (printable ASCII, no escapes), as it lies in the line:
-// most are, and reading them so costs no unescaping copy. The value stays unread, for the
-// object's iteration to step over; nullopt for any other value.
-std::optional<std::string_view> plain_string(ondemand::value& value) {
+// The text between a string value's quotes as it lies in the line, unchecked; nullopt for any
+// other value. The value stays unread, for the object's iteration to step over.
+std::optional<std::string_view> raw_string(ondemand::value& value) {
     // The token runs to the next ',', ':', ']' or '}': the closing quote, maybe white space.
     std::string_view token = value.raw_json_token();
     while (!token.empty() && (token.back() == ' ' || token.back() == '\t' ||
@@ -346,10 +345,17 @@ std::optional<std::string_view> plain_string(ondemand::value& value) {
         token.remove_suffix(1);
     }
     if (token.size() < 2 || token.front() != '"' || token.back() != '"') return std::nullopt;
-    const std::string_view text = token.substr(1, token.size() - 2);
+    return token.substr(1, token.size() - 2);
+}
+
+// A string value that is its own bytes (printable ASCII, no escapes), as it lies in the line:
+// most are, and reading them so costs no unescaping copy. nullopt for any other value.
+std::optional<std::string_view> plain_string(ondemand::value& value) {
+    const std::optional<std::string_view> text = raw_string(value);
+    if (!text) return std::nullopt;
     // No early exit: the compiler vectorises the loop.
     bool plain = true;
-    for (const char c : text) {
+    for (const char c : *text) {
         const auto byte = static_cast<unsigned char>(c);
         plain &= byte != '\\' && byte >= 0x20 && byte < 0x80;
     }
@@ -427,8 +433,10 @@ template <>
 struct ValueCodec<std::string> {
     static bool decode(ondemand::value& value, std::string& out) {
         if (const std::optional<std::string_view> plain = plain_string(value)) {
-            // Built, then moved in: cheaper than assign()'s general path into an empty string.
-            out = std::string(*plain);
+            // Into the storage of the previous line's string; append() is assign()'s path
+            // without its care for a source inside the string.
+            out.clear();
+            out.append(plain->data(), plain->size());
             return true;
         }
         std::string_view text;
@@ -447,11 +455,12 @@ void read_required(ondemand::value& value, const MemberPath& path, T& out) {
     if (!ValueCodec<T>::decode(value, out)) fail(path, "expected " + ValueCodec<T>::expected());
 }
 
+// Into the value `out` holds, if any: a string keeps its storage.
 template <typename T>
 void read_nullable(ondemand::value& value, const MemberPath& path, std::optional<T>& out) {
     if (is_null(value)) {
         out.reset();
-    } else if (!ValueCodec<T>::decode(value, out.emplace())) {
+    } else if (!ValueCodec<T>::decode(value, out ? *out : out.emplace())) {
         fail(path, "expected " + ValueCodec<T>::expected() + " or null");
     }
 }
@@ -484,11 +493,22 @@ template <typename Enum>
 template <typename Enum>
 using EnumParser = std::optional<Enum> (*)(std::string_view);
 
+// A string value parsed as it lies in the line: names are plain ASCII, so text that `parse`
+// knows there is the string's value, found without a check of its bytes. Else the string
+// unescaped, then parsed. nullopt for a name `parse` does not know, or for no string.
+template <typename Enum>
+std::optional<Enum> parse_enum(ondemand::value& text, EnumParser<Enum> parse) {
+    if (const std::optional<std::string_view> raw = raw_string(text)) {
+        if (const std::optional<Enum> value = parse(*raw)) return value;
+    }
+    const std::optional<std::string_view> name = string_value(text);
+    return name ? parse(*name) : std::nullopt;
+}
+
 template <typename Enum>
 Enum required_enum(ondemand::value& text, const MemberPath& path, EnumParser<Enum> parse,
                    std::span<const Enum> values) {
-    std::optional<Enum> value;
-    if (const std::optional<std::string_view> name = string_value(text)) value = parse(*name);
+    const std::optional<Enum> value = parse_enum(text, parse);
     if (!value) fail_enum(path, values, false);
     return *value;
 }
@@ -497,8 +517,7 @@ template <typename Enum>
 std::optional<Enum> nullable_enum(ondemand::value& text, const MemberPath& path,
                                   EnumParser<Enum> parse, std::span<const Enum> values) {
     if (is_null(text)) return std::nullopt;
-    std::optional<Enum> value;
-    if (const std::optional<std::string_view> name = string_value(text)) value = parse(*name);
+    const std::optional<Enum> value = parse_enum(text, parse);
     if (!value) fail_enum(path, values, true);
     return value;
 }
@@ -527,15 +546,15 @@ std::string required_family(ondemand::value& value, const MemberPath& path) {
 // ---------------------------------------------------------------------------------------------
 // Objects: a table of the members each one has, read in one pass.
 
-enum class Presence { Required, Optional };
-
 // One member of an object read into `Out`: its name, how its value is read, whether it must be
 // there. Tables list them in the order the writer writes them.
 template <typename Out>
 struct MemberRule {
     std::string_view name;
     void (*read)(Out& out, ondemand::value& value, const MemberPath& path);
-    Presence presence = Presence::Required;
+    // For a member a line may leave out (written only when set, or added by a later schema):
+    // what it becomes then, absent<>; nullptr: the member is required.
+    void (*absent)(Out& out) = nullptr;
     // Required after all when this other member is present (members added together).
     std::string_view required_with = {};
     // The rule holds only when this says so of what was read before (event kinds); nullptr:
@@ -569,6 +588,31 @@ void into(typename DataMember<decltype(Member)>::OwnerType& out, ondemand::value
     }
 }
 
+// A member left out is its record's default: the record read into holds the previous line's
+// values (TraceReader reuses it, and so the storage of its strings and vectors).
+template <auto Member>
+void absent(typename DataMember<decltype(Member)>::OwnerType& out) {
+    using Owner = typename DataMember<decltype(Member)>::OwnerType;
+    static const Owner defaults{};
+    out.*Member = defaults.*Member;
+}
+
+// The rule of a member that no stage of closetrace reads (none of report, diff, verify and alb):
+// On-Demand steps over its value, neither decoded nor checked beyond the JSON, and the record
+// keeps the member's default. Whether a required one is there is still checked.
+template <auto Member>
+void not_decoded(typename DataMember<decltype(Member)>::OwnerType& out, ondemand::value&,
+                 const MemberPath&) {
+    absent<Member>(out);
+}
+
+// The rule of a member a line may leave out, read straight into `Member`.
+template <auto Member, typename Out = typename DataMember<decltype(Member)>::OwnerType>
+constexpr MemberRule<Out> optional_into(std::string_view name, std::string_view required_with = {},
+                                        bool (*holds)(const Out&) = nullptr) {
+    return {name, into<Member>, absent<Member>, required_with, holds};
+}
+
 template <typename Out>
 bool holds(const MemberRule<Out>& rule, const Out& out) {
     return !rule.holds || rule.holds(out);
@@ -592,26 +636,27 @@ bool raw_name_is(const char* raw, std::string_view name) {
     return raw[name.size()] == '"';
 }
 
-// The rule for `field`'s name; rules.size() when none. Tried first: the rule after the previous
-// match, which is the writer's order; then the rules after it (members left out), then all.
+// The rule for `field`'s name; rules.size() when none. Tried first as the name lies in the line,
+// from the rule after the previous match on: the writer's order, members left out skipped at
+// their first character. Then unescaped, against every rule: members in another order, names
+// written with escapes.
 template <typename Out>
 std::size_t find_rule(std::span<const MemberRule<Out>> rules, ondemand::field& field,
                       std::size_t expected) {
-    if (expected < rules.size() && raw_name_is(field.key().raw(), rules[expected].name)) {
-        return expected;
+    const char* const raw = field.key().raw();
+    for (std::size_t i = expected; i < rules.size(); ++i) {
+        if (raw_name_is(raw, rules[i].name)) return i;
     }
     const std::string_view name = member_name(field);
-    for (std::size_t i = expected; i < rules.size(); ++i) {
-        if (same_name(rules[i].name, name)) return i;
-    }
-    for (std::size_t i = 0; i < std::min(expected, rules.size()); ++i) {
+    for (std::size_t i = 0; i < rules.size(); ++i) {
         if (same_name(rules[i].name, name)) return i;
     }
     return rules.size();
 }
 
 // Reads the members `rules` name from `object` into `out`, each in one pass; then fails on the
-// first required member (in the writer's order) that was not there.
+// first required member (in the writer's order) that was not there, and resets those left out.
+// `out` may hold an earlier line's values: every member a rule names is overwritten.
 template <typename Out>
 void read_members(ondemand::object object, std::span<const MemberRule<Out>> rules,
                   const MemberPath& path, Out& out) {
@@ -634,16 +679,16 @@ void read_members(ondemand::object object, std::span<const MemberRule<Out>> rule
     };
     for (std::size_t i = 0; i < rules.size(); ++i) {
         const MemberRule<Out>& rule = rules[i];
-        const bool required = rule.presence == Presence::Required ||
+        if ((seen >> i & 1) != 0 || !holds(rule, out)) continue;
+        const bool required = rule.absent == nullptr ||
                               (!rule.required_with.empty() && was_seen(rule.required_with));
-        if (required && (seen >> i & 1) == 0 && holds(rule, out)) {
-            fail(MemberPath{&path, rule.name}, "missing");
-        }
+        if (required) fail(MemberPath{&path, rule.name}, "missing");
+        rule.absent(out);
     }
 }
 
-// Into `out`, a new one, where the object is kept: no temporary to move (a ContainerRef moved
-// is five strings).
+// Into `out` where the object is kept: no temporary to move (a ContainerRef moved is five
+// strings), and the storage of the previous line's strings is reused.
 template <typename Out, std::size_t N>
 void read_object(ondemand::value& value, const MemberPath& path, const MemberRule<Out> (&rules)[N],
                  Out& out) {
@@ -657,8 +702,25 @@ void read_nullable_object(ondemand::value& value, const MemberPath& path,
     if (is_null(value)) {
         out.reset();
     } else {
-        read_object(value, path, rules, out.emplace());
+        read_object(value, path, rules, out ? *out : out.emplace());
     }
+}
+
+// An array of objects into `out`'s elements where they are (their strings' storage reused),
+// `out` then cut to the array's length.
+template <typename Out, std::size_t N>
+void read_object_array(ondemand::value& value, const MemberPath& path,
+                       const MemberRule<Out> (&rules)[N], std::vector<Out>& out) {
+    static_assert(N <= 64, "read_members keeps what it saw in 64 bits");
+    std::size_t index = 0;
+    for (auto element : required_array(value, path)) {
+        ondemand::value object = valid(std::move(element));
+        if (index == out.size()) out.emplace_back();
+        const MemberPath element_path{&path, {}, index};
+        read_members<Out>(required_object(object, element_path), rules, element_path, out[index]);
+        ++index;
+    }
+    out.erase(out.begin() + static_cast<std::ptrdiff_t>(index), out.end());
 }
 
 // A member that another must be read before (the line's type, the schema, an event's kind).
@@ -679,21 +741,13 @@ void rewind(ondemand::object& object) {
 // ---------------------------------------------------------------------------------------------
 // The members of each line type
 
-constexpr MemberRule<EcsTask> kEcsMembers[] = {
-    {"task_arn", into<&EcsTask::task_arn>},
-    {"family", into<&EcsTask::family>},
-    {"revision", into<&EcsTask::revision>},
-};
-
 constexpr MemberRule<ContainerRef> kContainerMembers[] = {
     {"runtime", into<&ContainerRef::runtime>},
     {"id", into<&ContainerRef::id>},
     {"name", into<&ContainerRef::name>},
     {"task_id", into<&ContainerRef::task_id>},
-    {"pod_uid", into<&ContainerRef::pod_uid>},
-    {"ecs", [](ContainerRef& out, ondemand::value& value, const MemberPath& path) {
-         read_nullable_object(value, path, kEcsMembers, out.ecs);
-     }},
+    {"pod_uid", not_decoded<&ContainerRef::pod_uid>},
+    {"ecs", not_decoded<&ContainerRef::ecs>},
 };
 
 constexpr MemberRule<Endpoint> kEndpointMembers[] = {
@@ -730,10 +784,10 @@ constexpr MemberRule<TraceFilters> kFilterMembers[] = {
     {"cgroup", into<&TraceFilters::cgroup>},
     {"full_target", into<&TraceFilters::full_target>},
     // Filters added later in closetrace/1: absent means not used.
-    {"raw_payloads", into<&TraceFilters::raw_payloads>, Presence::Optional},
-    {"netns", into<&TraceFilters::netns>, Presence::Optional},
-    {"container", into<&TraceFilters::container>, Presence::Optional},
-    {"pid", into<&TraceFilters::pid>, Presence::Optional},
+    optional_into<&TraceFilters::raw_payloads>("raw_payloads"),
+    optional_into<&TraceFilters::netns>("netns"),
+    optional_into<&TraceFilters::container>("container"),
+    optional_into<&TraceFilters::pid>("pid"),
 };
 
 constexpr MemberRule<TraceProbes> kProbeMembers[] = {
@@ -784,7 +838,7 @@ TraceHeader read_header(ondemand::object& line) {
 constexpr MemberRule<Request> kRequestMembers[] = {
     {"method", into<&Request::method>},
     {"target", into<&Request::target>},
-    {"opaque", into<&Request::opaque>, Presence::Optional},  // written only when true
+    optional_into<&Request::opaque>("opaque"),  // written only when true
     {"status", into<&Request::status>},
     {"request_ns", into<&Request::request_ns>},
     {"response_ns", into<&Request::response_ns>},
@@ -793,11 +847,11 @@ constexpr MemberRule<Request> kRequestMembers[] = {
          out.outcome = required_enum<Outcome>(value, path, outcome_from_string, kOutcomes);
      }},
     // closetrace/2; close_asked written only when a message asked.
-    {"idle_before_ms", into<&Request::idle_before_ms>, Presence::Optional},
+    optional_into<&Request::idle_before_ms>("idle_before_ms"),
     {"close_asked", [](Request& out, ondemand::value& value, const MemberPath& path) {
          out.close_asked = required_enum<CloseAsked>(value, path, close_asked_from_string,
                                                      kCloseAskedValues);
-     }, Presence::Optional},
+     }, absent<&Request::close_asked>},
 };
 
 constexpr MemberRule<CloseInfo> kCloseMembers[] = {
@@ -822,13 +876,13 @@ constexpr MemberRule<CloseInfo> kCloseMembers[] = {
          out.cause =
              required_enum<CloseCause>(value, path, close_cause_from_string, kAllCloseCauses);
      },
-     Presence::Optional},
+     absent<&CloseInfo::cause>},
     {"asked_by",
      [](CloseInfo& out, ondemand::value& value, const MemberPath& path) {
          out.asked_by = nullable_enum<Initiator>(value, path, initiator_from_string, kSides);
      },
-     Presence::Optional, "cause"},
-    {"unread_bytes", into<&CloseInfo::unread_bytes>, Presence::Optional, "cause"},
+     absent<&CloseInfo::asked_by>, "cause"},
+    optional_into<&CloseInfo::unread_bytes>("unread_bytes", "cause"),
 };
 
 constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
@@ -842,8 +896,8 @@ constexpr MemberRule<Http2Side> kHttp2SideMembers[] = {
     {"rst_count", into<&Http2Side::rst_count>},
     {"rst_last_error", into<&Http2Side::rst_last_error>},
     // closetrace/4: 0 in closetrace/3 traces, written before them.
-    {"ping_count", into<&Http2Side::ping_count>, Presence::Optional},
-    {"settings_count", into<&Http2Side::settings_count>, Presence::Optional, "ping_count"},
+    optional_into<&Http2Side::ping_count>("ping_count"),
+    optional_into<&Http2Side::settings_count>("settings_count", "ping_count"),
 };
 
 constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
@@ -868,10 +922,10 @@ constexpr MemberRule<Http2Stream> kHttp2StreamMembers[] = {
          out.names =
              required_enum<StreamNames>(value, path, stream_names_from_string, kStreamNamesValues);
      },
-     Presence::Optional},
-    {"method", into<&Http2Stream::method>, Presence::Optional, "names"},
-    {"path", into<&Http2Stream::path>, Presence::Optional, "names"},
-    {"grpc_status", into<&Http2Stream::grpc_status>, Presence::Optional, "names"},
+     absent<&Http2Stream::names>},
+    optional_into<&Http2Stream::method>("method", "names"),
+    optional_into<&Http2Stream::path>("path", "names"),
+    optional_into<&Http2Stream::grpc_status>("grpc_status", "names"),
 };
 
 // closetrace/3: written for HTTP/2 connections only.
@@ -895,30 +949,22 @@ constexpr MemberRule<Http2Connection> kHttp2Members[] = {
     {"counted_at_close", into<&Http2Connection::counted_at_close>},
     {"caught",
      [](Http2Connection& out, ondemand::value& value, const MemberPath& path) {
-         std::size_t index = 0;
-         for (auto element : required_array(value, path)) {
-             ondemand::value stream = valid(std::move(element));
-             const MemberPath stream_path{&path, {}, index++};
-             read_members<Http2Stream>(required_object(stream, stream_path), kHttp2StreamMembers,
-                                       stream_path, out.caught.emplace_back());
-         }
+         read_object_array(value, path, kHttp2StreamMembers, out.caught);
      }},
     // closetrace/5
-    {"names_undecodable_from", into<&Http2Connection::names_undecodable_from>,
-     Presence::Optional},
+    optional_into<&Http2Connection::names_undecodable_from>("names_undecodable_from"),
 };
 
 // Requests a conn line's vector makes room for at its first one; more grow it as usual.
 constexpr std::size_t kRequestsReserved = 8;
 
 constexpr MemberRule<Connection> kConnMembers[] = {
+    // Checked by decode(); named here so that the writer's order is followed from the first member.
+    {"type", [](Connection&, ondemand::value&, const MemberPath&) {}},
     {"id", into<&Connection::id>},
     {"cookie", into<&Connection::cookie>},
     {"netns", into<&Connection::netns>},
-    {"family",
-     [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         out.family = required_family(value, path);
-     }},
+    {"family", not_decoded<&Connection::family>},
     {"local",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          read_endpoint(out.local, value, path);
@@ -934,56 +980,50 @@ constexpr MemberRule<Connection> kConnMembers[] = {
     {"pid", into<&Connection::pid>},
     {"comm", into<&Connection::comm>},
     // Attribution members came later in closetrace/1: absent means not known.
-    {"owner_from", into<&Connection::owner_from>, Presence::Optional},
-    {"cgroup_id", into<&Connection::cgroup_id>, Presence::Optional},
-    {"cgroup", into<&Connection::cgroup>, Presence::Optional},
+    {"owner_from", not_decoded<&Connection::owner_from>, absent<&Connection::owner_from>},
+    {"cgroup_id", not_decoded<&Connection::cgroup_id>, absent<&Connection::cgroup_id>},
+    {"cgroup", not_decoded<&Connection::cgroup>, absent<&Connection::cgroup>},
     {"container",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          read_nullable_object(value, path, kContainerMembers, out.container);
      },
-     Presence::Optional},
-    {"health_check", into<&Connection::health_check>, Presence::Optional},
+     absent<&Connection::container>},
+    optional_into<&Connection::health_check>("health_check"),
     {"established_ns", into<&Connection::established_ns>},
     {"closed_ns", into<&Connection::closed_ns>},
-    {"bytes_in", into<&Connection::bytes_in>},
-    {"bytes_out", into<&Connection::bytes_out>},
-    {"segs_in", into<&Connection::segs_in>},
-    {"segs_out", into<&Connection::segs_out>},
+    {"bytes_in", not_decoded<&Connection::bytes_in>},
+    {"bytes_out", not_decoded<&Connection::bytes_out>},
+    {"segs_in", not_decoded<&Connection::segs_in>},
+    {"segs_out", not_decoded<&Connection::segs_out>},
     {"close",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          read_object(value, path, kCloseMembers, out.close);
      }},
     {"requests",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         ondemand::array requests = required_array(value, path);
-         std::size_t index = 0;
-         for (auto element : requests) {
-             ondemand::value request = valid(std::move(element));
-             // Room for a typical connection's requests at once: growing one by one moved
-             // every request's strings up to three times.
-             if (index == 0) out.requests.reserve(kRequestsReserved);
-             const MemberPath request_path{&path, {}, index++};
-             read_members<Request>(required_object(request, request_path), kRequestMembers,
-                                   request_path, out.requests.emplace_back());
-         }
+         // Room for a typical connection's requests at once: growing one by one moved every
+         // request's strings up to three times.
+         out.requests.reserve(kRequestsReserved);
+         read_object_array(value, path, kRequestMembers, out.requests);
      }},
-    {"requests_omitted", into<&Connection::requests_omitted>, Presence::Optional},
+    optional_into<&Connection::requests_omitted>("requests_omitted"),
     {"verdict",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
          out.verdict = required_enum<Verdict>(value, path, verdict_from_string, kAllVerdicts);
      }},
     // Added within closetrace/2: absent means no event was known lost while it was open.
-    {"incomplete", into<&Connection::incomplete>, Presence::Optional},
+    optional_into<&Connection::incomplete>("incomplete"),
     // closetrace/3: written for HTTP/2 connections only.
     {"http2",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
-         read_object(value, path, kHttp2Members, out.http2.emplace());
+         read_object(value, path, kHttp2Members, out.http2 ? *out.http2 : out.http2.emplace());
      },
-     Presence::Optional},
+     absent<&Connection::http2>},
 };
 
-// Into `conn`, a new one (a record is read where it will be kept). `v1`: a closetrace/1 record,
-// whose close cause is derived here from what it holds.
+// Into `conn`, which holds the previous conn line's values (TraceReader reuses the record and
+// its storage). `v1`: a closetrace/1 record, whose close cause is derived here from what it
+// holds.
 void read_connection(ondemand::object& line, bool v1, Connection& conn) {
     rewind(line);
     read_members<Connection>(line, kConnMembers, MemberPath{nullptr, "conn"}, conn);
@@ -1015,22 +1055,22 @@ constexpr MemberRule<TraceEventLine> kEventMembers[] = {
      [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
          read_endpoint(out.remote, value, path);
      }},
-    {"old_state", into<&TraceEventLine::old_state>, Presence::Required, {},
+    {"old_state", into<&TraceEventLine::old_state>, nullptr, {},
      is_kind<EventKind::State>},
-    {"new_state", into<&TraceEventLine::new_state>, Presence::Required, {},
+    {"new_state", into<&TraceEventLine::new_state>, nullptr, {},
      is_kind<EventKind::State>},
     {"role",
      [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
          out.role = required_enum<Role>(value, path, role_from_string, kRoles);
      },
-     Presence::Required, {}, is_kind<EventKind::State>},
-    {"rst_reason", into<&TraceEventLine::rst_reason>, Presence::Required, {},
+     nullptr, {}, is_kind<EventKind::State>},
+    {"rst_reason", into<&TraceEventLine::rst_reason>, nullptr, {},
      is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
-    {"trigger_flags", into<&TraceEventLine::trigger_flags>, Presence::Required, {},
+    {"trigger_flags", into<&TraceEventLine::trigger_flags>, nullptr, {},
      is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
-    {"sk_state", into<&TraceEventLine::sk_state>, Presence::Required, {},
+    {"sk_state", into<&TraceEventLine::sk_state>, nullptr, {},
      is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
-    {"payload_len", into<&TraceEventLine::payload_len>, Presence::Required, {},
+    {"payload_len", into<&TraceEventLine::payload_len>, nullptr, {},
      is_kind<EventKind::ResetSent, EventKind::ResetReceived>},
     {"direction",
      [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
@@ -1039,25 +1079,25 @@ constexpr MemberRule<TraceEventLine> kEventMembers[] = {
              [](std::string_view name) { return find_by_name<Direction>(kDirections, name); },
              kDirections);
      },
-     Presence::Required, {}, is_kind<EventKind::Message>},
-    {"segment_len", into<&TraceEventLine::payload_len>, Presence::Required, {},
+     nullptr, {}, is_kind<EventKind::Message>},
+    {"segment_len", into<&TraceEventLine::payload_len>, nullptr, {},
      is_kind<EventKind::Message>},
     // closetrace/2 recorders since ABI 3: the kernel's numbering of the message.
     {"message",
      [](TraceEventLine& out, ondemand::value& value, const MemberPath& path) {
          out.response = required<std::string>(value, path) == "response";
      },
-     Presence::Optional, {}, is_kind<EventKind::Message>},
-    {"requests_before", into<&TraceEventLine::requests_before>, Presence::Optional, "message",
-     is_kind<EventKind::Message>},
-    {"responses_before", into<&TraceEventLine::responses_before>, Presence::Optional, "message",
-     is_kind<EventKind::Message>},
-    {"held", into<&TraceEventLine::held>, Presence::Optional, "message",
-     is_kind<EventKind::Message>},
+     absent<&TraceEventLine::response>, {}, is_kind<EventKind::Message>},
+    optional_into<&TraceEventLine::requests_before>("requests_before", "message",
+                                                    is_kind<EventKind::Message>),
+    optional_into<&TraceEventLine::responses_before>("responses_before", "message",
+                                                     is_kind<EventKind::Message>),
+    optional_into<&TraceEventLine::held>("held", "message", is_kind<EventKind::Message>),
     // Written only by a recording with --raw-payloads.
-    {"payload", into<&TraceEventLine::payload>, Presence::Optional, {},
-     is_kind<EventKind::ResetSent, EventKind::ResetReceived, EventKind::Message,
-             EventKind::Http2>},
+    optional_into<&TraceEventLine::payload>(
+        "payload", {},
+        is_kind<EventKind::ResetSent, EventKind::ResetReceived, EventKind::Message,
+                EventKind::Http2>),
 };
 
 TraceEventLine read_event(ondemand::object& line) {
@@ -1586,9 +1626,10 @@ struct TraceReader::Impl {
         }
     }
 
-    std::optional<TraceRecord> read_record() {
+    // nullptr at the end of the input.
+    TraceRecord* read_record() {
         const std::optional<LineSource::Line> line = next_line();
-        if (!line) return std::nullopt;
+        if (!line) return nullptr;
         try {
             return decode(line->text);
         } catch (const JsonError& error) {
@@ -1602,12 +1643,10 @@ struct TraceReader::Impl {
         }
         warnings.push_back(fmt::format("{}: line {} is truncated (recording interrupted?); ignored",
                                        file_name, line_number));
-        return std::nullopt;
+        return nullptr;
     }
 
-    // The record is built in the optional that next() returns: a Connection moved costs about
-    // as much as ten of its members read.
-    std::optional<TraceRecord> decode(std::string_view text) {
+    TraceRecord* decode(std::string_view text) {
         ondemand::object fields = root_object(text);
         // The summary is the last line: anything after it is another recording's.
         if (summary_seen) throw LineError{"a line after the summary (traces concatenated?)"};
@@ -1615,25 +1654,28 @@ struct TraceReader::Impl {
         ondemand::value type_value = member(fields, type_path);
         const std::optional<std::string_view> type = string_value(type_value);
         if (!type) fail(type_path, "expected a string");
-        std::optional<TraceRecord> record = read_typed(fields, *type);
+        TraceRecord* record = read_typed(fields, *type);
         expect_end();
         return record;
     }
 
-    std::optional<TraceRecord> read_typed(ondemand::object& fields, std::string_view type) {
+    TraceRecord* read_typed(ondemand::object& fields, std::string_view type) {
         if (type == "conn") {
-            std::optional<TraceRecord> record(std::in_place, std::in_place_type<Connection>);
-            Connection& conn = std::get<Connection>(*record);
+            Connection& conn = std::get<Connection>(conn_record);
             read_connection(fields, header.schema == kTraceSchemaV1, conn);
             check_plausible(conn);
-            return record;
+            return &conn_record;
         }
-        if (type == "event") return read_event(fields);
+        if (type == "event") {
+            other_record = read_event(fields);
+            return &other_record;
+        }
         if (type == "summary") {
             summary_seen = true;
             TraceSummary summary = read_summary(fields);
             check_plausible(summary);
-            return summary;
+            other_record = std::move(summary);
+            return &other_record;
         }
         if (type == "header") throw LineError{"a second header (traces concatenated?)"};
         throw LineError{fmt::format("unknown line type \"{}\"", excerpt_for_error(type))};
@@ -1645,6 +1687,11 @@ struct TraceReader::Impl {
     ondemand::parser parser;
     ondemand::document document;  // the current line's, parsed by root_object()
     TraceHeader header;
+    // What next() returns. Every conn line is read into the one record, whose strings and vectors
+    // keep their storage from line to line (no allocation for most of them); an event or summary
+    // line, a few in a trace, is read anew into the other.
+    TraceRecord conn_record{std::in_place_type<Connection>};
+    TraceRecord other_record;
     std::vector<std::string> warnings;
     bool summary_seen = false;
 };
@@ -1662,7 +1709,7 @@ TraceReader::~TraceReader() = default;
 
 const TraceHeader& TraceReader::header() const { return impl_->header; }
 
-std::optional<TraceRecord> TraceReader::next() {
+TraceRecord* TraceReader::next() {
     try {
         return impl_->read_record();
     } catch (const LineError& error) {

@@ -16,7 +16,6 @@
 #include <set>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "closetrace/model.h"
@@ -150,12 +149,26 @@ public:
     GroupFigures& find(std::map<std::string, GroupFigures>& groups, std::string_view name);
 
 private:
-    std::unordered_map<std::string_view, GroupFigures*> index_;  // names and figures in `groups`
+    // Open addressing, at most half full: a lookup reads a slot, then the name and figures it
+    // points to (one map node), where a node-based hash table first follows a bucket to a node.
+    struct Slot {
+        std::size_t hash = 0;
+        const std::string* name = nullptr;  // in `groups`; nullptr: an empty slot
+        GroupFigures* figures = nullptr;
+    };
+    void insert(const Slot& slot);  // a name not in the index, with room for it
+
+    std::vector<Slot> slots_;  // a power of two of them
+    std::size_t used_ = 0;
+    // The group found last, tried first: a host's records come from a few processes and
+    // containers, in runs, and a name compared costs less than one hashed.
+    Slot last_;
 };
 
 // The indexes of one TraceAnalysis's by_comm, by_peer and by_container.
 struct GroupIndexes {
     GroupIndex by_comm, by_peer, by_container;
+    std::string label;  // the container label of the record being counted: its storage reused
 };
 
 // A connection whose close caught a request: a race, an in-flight reset, or a request the peer

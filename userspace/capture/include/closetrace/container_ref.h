@@ -39,5 +39,7 @@ bool is_lower_hex(std::string_view text);
 // A short label for reports: "ecs:api (task 1a2b3c4d5e6f)", "docker:9581a69a761a",
 // "systemd:nginx.service"; "-" for none (a host process).
 std::string container_label(const std::optional<ContainerRef>& container);
+// The same into `out`, replacing what it held: a reader of many records reuses its storage.
+void container_label(const std::optional<ContainerRef>& container, std::string& out);
 
 }  // namespace closetrace

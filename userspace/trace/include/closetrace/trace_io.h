@@ -172,7 +172,12 @@ inline constexpr std::size_t kMaxTraceLineBytes = 1024 * 1024;
 // Streaming, strict reader: constant memory in the number of lines. The header is read by the
 // constructor. A malformed line throws TraceError naming the file and line; an unknown schema
 // throws; a truncated last line (no '\n', not valid JSON) is skipped with a warning. Blank lines
-// are skipped and CRLF line ends are accepted. Unknown members are ignored.
+// are skipped and CRLF line ends are accepted. Unknown members are ignored. Every member a stage
+// of closetrace reads is checked (its type, range, enumeration, presence); the members of a conn
+// line that none reads (family, owner_from, cgroup_id, cgroup, bytes_in, bytes_out, segs_in,
+// segs_out, container.pod_uid, container.ecs) are stepped over, not decoded: a required one must
+// still be there, but of its value, as of an unknown member's, only the brackets and strings are
+// checked, and a record holds their defaults (docs/trace-format.md).
 class TraceReader {
 public:
     TraceReader(std::istream& in, std::string file_name);
@@ -181,8 +186,10 @@ public:
     TraceReader& operator=(const TraceReader&) = delete;
 
     const TraceHeader& header() const;
-    // The next record after the header; nullopt at the end of the file.
-    std::optional<TraceRecord> next();
+    // The next record after the header; nullptr at the end of the file. The record is the
+    // reader's and valid until the next call, which reads the next line into it (reusing the
+    // storage of its strings and vectors): a caller keeps what it needs by copying or moving it.
+    TraceRecord* next();
     const std::vector<std::string>& warnings() const;
 
 private:
