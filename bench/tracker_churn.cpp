@@ -31,9 +31,13 @@ extern "C" {
 #include "closetrace.h"
 }
 
+#include "ring_records.h"
+
 namespace {
 
 using namespace closetrace;
+using bench::Recorder;
+using bench::Ring;
 
 constexpr std::string_view kRequest =
     "GET / HTTP/1.1\r\nHost: 127.0.0.1:28481\r\nConnection: close\r\n\r\n";
@@ -43,23 +47,6 @@ constexpr std::string_view kResponse =
 constexpr uint16_t kServerPort = 28481;
 constexpr uint64_t kConnectionEveryNs = 100'000;
 constexpr long kPollEvery = 100;  // connections
-
-// Ring records one after another, as the ring buffer holds them (without its headers).
-struct Ring {
-    std::vector<uint8_t> bytes;
-    std::vector<std::size_t> ends;
-
-    template <typename Record>
-    void add(const Record& record) {
-        const auto* raw = reinterpret_cast<const uint8_t*>(&record);
-        bytes.insert(bytes.end(), raw, raw + sizeof(record));
-        ends.push_back(bytes.size());
-    }
-    void clear() {
-        bytes.clear();
-        ends.clear();
-    }
-};
 
 struct Socket {
     uint64_t cookie;
@@ -144,28 +131,6 @@ void add_connection(Ring& ring, long index) {
     ring.add(server.state(ts + 50'000, kTcpFinWait2, kTcpClose));
     ring.add(client.state(ts + 51'000, kTcpLastAck, kTcpClose));
 }
-
-// What the recorder's ring callback and poll loop do with one poll's records
-// (userspace/cli/record.cpp): each record decoded into one reused Event and fed to the tracker.
-class Recorder {
-public:
-    void poll(const Ring& ring) {
-        std::size_t begin = 0;
-        for (const std::size_t end : ring.ends) {
-            if (!decode_event(std::span(ring.bytes).subspan(begin, end - begin), {}, event_,
-                              nullptr)) {
-                std::abort();  // the records above are the ABI's
-            }
-            tracker.on_event(event_);
-            begin = end;
-        }
-    }
-
-    ConnTracker tracker;
-
-private:
-    Event event_;
-};
 
 void write_lines(std::FILE* out, const std::vector<Connection>& connections) {
     for (const Connection& conn : connections) {

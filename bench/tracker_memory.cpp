@@ -28,9 +28,13 @@ extern "C" {
 #include "closetrace.h"
 }
 
+#include "ring_records.h"
+
 namespace {
 
 using namespace closetrace;
+using bench::Recorder;
+using bench::Ring;
 
 // bench/conns.py's request and response.
 constexpr std::string_view kRequest =
@@ -52,23 +56,6 @@ std::size_t rss_bytes() {
     std::fclose(statm);
     return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
 }
-
-// Ring records one after another, as the ring buffer holds them (without its headers).
-struct Ring {
-    std::vector<uint8_t> bytes;
-    std::vector<std::size_t> ends;
-
-    template <typename Record>
-    void add(const Record& record) {
-        const auto* raw = reinterpret_cast<const uint8_t*>(&record);
-        bytes.insert(bytes.end(), raw, raw + sizeof(record));
-        ends.push_back(bytes.size());
-    }
-    void clear() {
-        bytes.clear();
-        ends.clear();
-    }
-};
 
 ct_message_event message(const ct_state_event& open, uint64_t ts_ns, bool response,
                          std::string_view payload) {
@@ -123,28 +110,6 @@ void add_socket(Ring& ring, uint64_t cookie, uint8_t role, uint8_t client_host,
     response.previous_ns = ts_ns + 1'000;
     ring.add(response);
 }
-
-// What the recorder's ring callback and poll loop do with one poll's records
-// (userspace/cli/record.cpp): each record decoded into one reused Event and fed to the tracker.
-class Recorder {
-public:
-    void poll(const Ring& ring) {
-        std::size_t begin = 0;
-        for (const std::size_t end : ring.ends) {
-            if (!decode_event(std::span(ring.bytes).subspan(begin, end - begin), {}, event_,
-                              nullptr)) {
-                std::abort();  // the records above are the ABI's
-            }
-            tracker.on_event(event_);
-            begin = end;
-        }
-    }
-
-    ConnTracker tracker;
-
-private:
-    Event event_;
-};
 
 }  // namespace
 
