@@ -34,7 +34,8 @@ enum ct_counter {
 #define CT_RST_REASON_UNKNOWN (-1)
 
 enum ct_event_kind {
-	CT_EV_STATE = 1,          /* TCP state change of a tracked socket */
+	CT_EV_STATE = 1,          /* TCP state change of a tracked socket (not to SYN_SENT, nor
+				   * FIN_WAIT1 -> FIN_WAIT2: docs/trace-format.md) */
 	CT_EV_RESET_SENT = 2,     /* this host sent RST (tcp_send_reset) */
 	CT_EV_RESET_RECEIVED = 3, /* an RST was processed on a tracked socket */
 	CT_EV_MESSAGE = 4,        /* the head of a message that matters (see ct_message_event) */
