@@ -46,7 +46,7 @@ class LifecycleTest(unittest.TestCase):
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", self.port))
         self.listener.listen(16)
-        self.recorder = Recorder("--port", str(self.port), "--quiet")
+        self.recorder = Recorder("--port", str(self.port), "--quiet", "--events")
 
     def tearDown(self):
         self.listener.close()
@@ -65,9 +65,13 @@ class LifecycleTest(unittest.TestCase):
                 pairs[name] = pair
             time.sleep(0.5)  # past the linger, so every connection is written before the end
         self.assertEqual(self.recorder.process.returncode, 0, self.recorder.stderr)
-        header, conns, _, summary = self.recorder.trace()
+        header, conns, events, summary = self.recorder.trace()
         self.assertEqual(header["schema"], "closetrace/5")
         self.assertEqual(summary["lost_events"], 0)
+        # Our FIN acknowledged says nothing the close's other records do not: never written.
+        transitions = {(e["old_state"], e["new_state"]) for e in events if e["kind"] == "state"}
+        self.assertIn(("ESTABLISHED", "FIN_WAIT1"), transitions)
+        self.assertNotIn(("FIN_WAIT1", "FIN_WAIT2"), transitions)
         result = {}
         for name, pair in pairs.items():
             client = [c for c in conns if c["local"]["port"] == pair.client_port]
