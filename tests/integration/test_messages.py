@@ -1,7 +1,8 @@
 """What the kernel writes of a connection's messages (issue 15) and how it reads their heads
 (issue 18): a busy keep-alive connection costs a handful of message records, not one per
 request, yet its record counts every request and lists the first, the one after an idle gap and
-the last; a request head sent a few bytes per segment is reassembled to its method and target."""
+the last; a request head sent a few bytes per segment is reassembled to its method and target;
+an interim response (100 Continue) is no answer, and the body it asked for is no request."""
 import socket
 import time
 import unittest
@@ -11,6 +12,9 @@ from support import Recorder, ThreadedServer, require_bpf
 PORT = 18950
 REQUEST = b"GET /split/path/abc?token=SECRET HTTP/1.1\r\nHost: backend\r\nUser-Agent: t\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+EXPECT = (b"POST /upload HTTP/1.1\r\nHost: backend\r\nContent-Length: 4\r\n"
+          b"Expect: 100-continue\r\n\r\n")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class KeepAliveServer(ThreadedServer):
@@ -25,7 +29,17 @@ class KeepAliveServer(ThreadedServer):
                     return
                 buffered += data
                 while b"\r\n\r\n" in buffered:
-                    _, buffered = buffered.split(b"\r\n\r\n", 1)
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    if b"Expect: 100-continue" not in head:
+                        conn.sendall(RESPONSE)
+                        continue
+                    conn.sendall(CONTINUE)
+                    while len(buffered) < 4:  # the body (Content-Length: 4), then the answer
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buffered += data
+                    buffered = buffered[4:]
                     conn.sendall(RESPONSE)
 
 
@@ -152,6 +166,47 @@ class MessagesTest(unittest.TestCase):
         self.assertEqual(conn["close"]["initiator"], "peer")
         self.assertLess(conn["close"]["peer_fin_ns"], conn["requests"][0]["response_ns"])
         self.assertEqual(conn["verdict"], "peer_idle_close")
+
+    def test_an_interim_response_is_no_answer_and_leaves_the_held_one(self):
+        """On a busy connection the kernel holds the latest response for a close; a 100 Continue
+        neither counts as a response nor takes the held one's place: its request, abandoned at
+        the close, is unanswered, and the response written at the close is the 200 before it."""
+        def read(sock, until):
+            received = b""
+            while not received.endswith(until):
+                received += sock.recv(4096)
+
+        def traffic():
+            ports = {}
+            for abandon in (False, True):
+                sock = client()
+                ports[abandon] = sock.getsockname()[1]
+                for _ in range(20):
+                    exchange(sock)
+                sock.sendall(EXPECT)
+                read(sock, CONTINUE)
+                if not abandon:
+                    sock.sendall(b"body")
+                    read(sock, b"ok")
+                sock.close()
+            return ports
+
+        (_, conns, events, _), ports = self.record(traffic, "--events")
+        for abandon, port in ports.items():
+            with self.subTest(abandoned=abandon):
+                conn = server_record(conns, port)
+                listed = conn["requests"]
+                self.assertEqual(len(listed) + conn["requests_omitted"], 21, listed)
+                last = listed[-1]
+                self.assertEqual((last["method"], last["target"]), ("POST", "/upload"))
+                if abandon:
+                    self.assertEqual(last["outcome"], "unanswered_at_close", last)
+                    held = [e["heads"] for e in events
+                            if e["kind"] == "message" and e["message"] == "response" and e["held"]
+                            and e["local"]["port"] == PORT and e["remote"]["port"] == port]
+                    self.assertEqual(held, [[{"status": 200}]], held)
+                else:
+                    self.assertEqual((last["outcome"], last["status"]), ("completed", 200), last)
 
 
 if __name__ == "__main__":
