@@ -455,14 +455,14 @@ void read_required(ondemand::value& value, const MemberPath& path, T& out) {
     if (!ValueCodec<T>::decode(value, out)) fail(path, "expected " + ValueCodec<T>::expected());
 }
 
-// Into the value `out` holds, if any: a string keeps its storage.
+// Into the value `out` holds, if any: a string keeps its storage. The value is tried first and
+// null only when that fails: most of these members hold a value, and On-Demand steps past a
+// value only when it was read, so a failed read leaves it in place for the null test.
 template <typename T>
 void read_nullable(ondemand::value& value, const MemberPath& path, std::optional<T>& out) {
-    if (is_null(value)) {
-        out.reset();
-    } else if (!ValueCodec<T>::decode(value, out ? *out : out.emplace())) {
-        fail(path, "expected " + ValueCodec<T>::expected() + " or null");
-    }
+    if (ValueCodec<T>::decode(value, out ? *out : out.emplace())) return;
+    if (!is_null(value)) fail(path, "expected " + ValueCodec<T>::expected() + " or null");
+    out.reset();
 }
 
 template <typename T>
@@ -516,9 +516,9 @@ Enum required_enum(ondemand::value& text, const MemberPath& path, EnumParser<Enu
 template <typename Enum>
 std::optional<Enum> nullable_enum(ondemand::value& text, const MemberPath& path,
                                   EnumParser<Enum> parse, std::span<const Enum> values) {
-    if (is_null(text)) return std::nullopt;
+    // The name first, as read_nullable() does.
     const std::optional<Enum> value = parse_enum(text, parse);
-    if (!value) fail_enum(path, values, true);
+    if (!value && !is_null(text)) fail_enum(path, values, true);
     return value;
 }
 
