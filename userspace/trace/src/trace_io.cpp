@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <bit>
 #include <cerrno>
 #include <cmath>
 #include <concepts>
@@ -715,9 +716,11 @@ void read_members(ondemand::object object, std::span<const MemberRule<Out>> rule
         }
         return false;
     };
-    for (std::size_t i = 0; i < rules.size(); ++i) {
-        const MemberRule<Out>& rule = rules[i];
-        if ((seen >> i & 1) != 0 || !holds(rule, out)) continue;
+    // Only the rules not seen, in order: most lines hold every member.
+    const uint64_t all = rules.size() == 64 ? ~uint64_t{0} : (uint64_t{1} << rules.size()) - 1;
+    for (uint64_t unseen = all & ~seen; unseen != 0; unseen &= unseen - 1) {
+        const MemberRule<Out>& rule = rules[static_cast<std::size_t>(std::countr_zero(unseen))];
+        if (!holds(rule, out)) continue;
         const bool required = rule.absent == nullptr ||
                               (!rule.required_with.empty() && was_seen(rule.required_with));
         if (required) fail(MemberPath{&path, rule.name}, "missing");
