@@ -1567,22 +1567,6 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return;
 	/*
-	 * Every TCP packet of the cgroup passes here: a socket neither tracked nor on a filtered
-	 * port (the host's other traffic) leaves before any parsing.
-	 */
-#ifdef CT_NO_KERNEL_BTF
-	/* The entry at a linked socket's address is its own while the socket lives, closed or
-	 * not: its last packets (FIN, RST) still find it. */
-	struct sock_link *link = bpf_sk_storage_get(&sock_links, sk, NULL, 0);
-	struct sock_state *state = link ? bpf_map_lookup_elem(&sock_states, &link->address) : NULL;
-#else
-	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
-#endif
-	if (!state && (!is_midlife_state(sk->state) ||
-		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
-		return;
-
-	/*
 	 * The IP and TCP headers are read in place: the stack itself needs them in the linear
 	 * data (skb->data is the network header in these hooks), so a helper call per header,
 	 * which each packet paid twice, is not needed. Only the payload is copied, by helper.
@@ -1608,8 +1592,24 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 	__u32 payload_offset = ip_header_len + (tcp[12] >> 4) * 4;
 	bool has_payload = skb->len > payload_offset;
 	bool closes = (tcp[13] & (CT_TCP_FIN | CT_TCP_RST)) != 0;
-	if (!has_payload && !(state && closes))
-		return; /* a bare ACK */
+	/* A bare ACK needs nothing of the socket: it leaves before the storage lookup (the
+	 * pointer chase socket -> storage -> element, the programs' cache misses). */
+	if (!has_payload && !closes)
+		return;
+
+	/* A socket neither tracked nor on a filtered port (the host's other traffic) leaves here,
+	 * and so does an untracked socket's FIN or RST: a close starts no tracking. */
+#ifdef CT_NO_KERNEL_BTF
+	/* The entry at a linked socket's address is its own while the socket lives, closed or
+	 * not: its last packets (FIN, RST) still find it. */
+	struct sock_link *link = bpf_sk_storage_get(&sock_links, sk, NULL, 0);
+	struct sock_state *state = link ? bpf_map_lookup_elem(&sock_states, &link->address) : NULL;
+#else
+	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
+#endif
+	if (!state && (!has_payload || !is_midlife_state(sk->state) ||
+		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
+		return;
 
 	__u64 now = bpf_ktime_get_ns();
 	if (!state) {
