@@ -38,6 +38,19 @@ def scrape(address, metric):
                if line.split("{")[0].split(" ")[0] == metric)
 
 
+def settled_scrape(address, metrics, interval_s=1.0, attempts=20):
+    """`metrics`' sums once two scrapes `interval_s` apart agree: what a recorder still writing
+    connections out shows only when it has caught up."""
+    previous = None
+    for _ in range(attempts):
+        time.sleep(interval_s)
+        current = tuple(scrape(address, metric) for metric in metrics)
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError(f"{metrics} still changing after {attempts} scrapes: {previous}")
+
+
 class Prometheus:
     """A Prometheus server on loopback scraping `target` every second with the shipped rules,
     its storage in `workdir`; stopped (and its storage removed with workdir) on exit."""
@@ -242,14 +255,17 @@ class MetricsTest(unittest.TestCase):
         them as the trace's summary does, and the connections they left incomplete."""
         metrics_address = f"127.0.0.1:{free_port()}"
         with ChurningTraffic() as traffic:
+            # A closed connection is written once its linger has passed since its close; the
+            # last ones marked incomplete close only when the resumed recorder has looked at the
+            # loss counters, which a loaded machine delays. A short linger, and scrapes until
+            # two in a row agree, make "every such close written" true before the last scrape.
             recorder = Recorder("--port", str(traffic.port), "--quiet", "--ring-mb", "1",
-                                "--metrics", metrics_address)
+                                "--linger-ms", "200", "--metrics", metrics_address)
             self.addCleanup(recorder.cleanup)
             with recorder:
                 traffic.stall(recorder)
-                time.sleep(1.5)  # every close written after the linger, the loss counted
-                lost = scrape(metrics_address, "closetrace_lost_events_total")
-                incomplete = scrape(metrics_address, "closetrace_incomplete_connections_total")
+                lost, incomplete = settled_scrape(metrics_address, (
+                    "closetrace_lost_events_total", "closetrace_incomplete_connections_total"))
         self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
         _, conns, _, summary = recorder.trace()
         self.assertGreater(summary["lost_events"], 0)
