@@ -111,6 +111,14 @@ def read_trace(path):
     return header, conns, events, summary
 
 
+def conn_lines_so_far(path):
+    """The `conn` records of a trace still being written, up to its last whole line."""
+    with open(path, encoding="ascii") as trace:
+        text = trace.read()
+    records = (json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines())
+    return [record for record in records if record["type"] == "conn"]
+
+
 class Recorder:
     """`closetrace record` in the background for the duration of a `with` block."""
 

@@ -9,7 +9,8 @@ import tempfile
 import time
 import unittest
 
-from support import CLOSETRACE, ThreadedServer, read_trace, require_bpf, wait_for
+from support import (CLOSETRACE, ThreadedServer, conn_lines_so_far, read_trace, require_bpf,
+                     wait_for)
 
 QUERY_SECRET = "QSECRET1"
 COOKIE_SECRET = "CSECRET2"
@@ -48,12 +49,13 @@ class KeepAliveServer(ThreadedServer):
 
 
 def exchange(port, *steps):
-    """Each step: bytes to send, or a number of seconds to wait. Returns what came back."""
+    """Each step: bytes to send, or a function of the client socket to wait with. Returns what
+    came back."""
     replies = []
     with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
         for step in steps:
-            if isinstance(step, (int, float)):
-                time.sleep(step)
+            if callable(step):
+                step(client)
                 continue
             try:
                 client.sendall(step)
@@ -63,13 +65,35 @@ def exchange(port, *steps):
     return replies
 
 
-def traffic(port):
+def server_closed(client):
+    """Waits for the server's idle close (its FIN), however late a loaded machine runs its
+    timer."""
+    client.settimeout(30)
+    assert client.recv(4096) == b"", "the server did not close the idle connection"
+    client.settimeout(2)
+
+
+def written(path):
+    """Waits, after the server's idle close, until the recorder has written the server's side of
+    the connection to `path`: after its linger, at a poll of its own that load can delay."""
+    def wait(client):
+        server_closed(client)
+        client_port = client.getsockname()[1]
+
+        def server_side_written():
+            return any(c["role"] == "server" and c["remote"]["port"] == client_port
+                       for c in conn_lines_so_far(path))
+        assert wait_for(server_side_written, timeout=30, interval=0.05), \
+            f"the connection from port {client_port} was not written within 30 s"
+    return wait
+
+
+def traffic(port, path):
     exchange(port, request("GET", "/completed"))
-    # The late request of a close race: sent after the server's idle close.
-    exchange(port, request("GET", "/first"), IDLE_CLOSE_S * 1.5, request("POST", "/late"))
+    # The late request of a close race: sent after the server's idle close, within the linger.
+    exchange(port, request("GET", "/first"), server_closed, request("POST", "/late"))
     # One so late that its connection was written already: only the reset it met tells of it.
-    exchange(port, request("GET", "/first"), IDLE_CLOSE_S + LINGER_S + 0.5,
-             request("POST", "/gone"))
+    exchange(port, request("GET", "/first"), written(path), request("POST", "/gone"))
     exchange(port, request("GET", "/reset"))
 
 
@@ -94,7 +118,7 @@ class SecretsTest(unittest.TestCase):
                 started = wait_for(lambda: os.path.exists(path) and os.path.getsize(path) > 0
                                    or process.poll() is not None, timeout=30)
                 self.assertTrue(started and process.poll() is None, "record did not start")
-                traffic(server.port)
+                traffic(server.port, path)
                 time.sleep(1)
             finally:
                 process.terminate()
