@@ -16,8 +16,8 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, free_port, read_trace,
-                     require_bpf, require_peers, wait_for)
+from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, conn_lines_so_far, free_port,
+                     read_trace, require_bpf, require_peers, wait_for)
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -28,6 +28,9 @@ PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "prometheus")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "closetrace-rules.yml")
 BALANCER_KEEPALIVE_S = 3.0
 HEALTH_CHECK_INTERVAL_S = 0.7
+# The recorder's counters the answers are computed from.
+COUNTED = ("closetrace_closes_total", "closetrace_close_races_total",
+           "closetrace_caught_requests_total")
 
 
 def scrape(address, metric):
@@ -51,12 +54,15 @@ def settled_scrape(address, metrics, interval_s=1.0, attempts=20):
     raise AssertionError(f"{metrics} still changing after {attempts} scrapes: {previous}")
 
 
-def conn_lines_so_far(path):
-    """The `conn` records of a trace still being written, up to its last whole line."""
-    with open(path, encoding="ascii") as trace:
-        text = trace.read()
-    records = (json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines())
-    return [record for record in records if record["type"] == "conn"]
+def backend_connections(run):
+    """The backend's connections on its port that are not closed on both sides yet (`ss` lines;
+    TIME_WAIT, which only absorbs stray segments, counts as closed)."""
+    states = ("syn-recv", "established", "fin-wait-1", "fin-wait-2", "close-wait", "last-ack",
+              "closing")
+    listing = run.topo.run_in("backend", ["ss", "-Htn", *(arg for state in states
+                                                          for arg in ("state", state)),
+                                          "sport", "=", f":{scenarios.BACKEND_PORT}"])
+    return listing.stdout.splitlines()
 
 
 class Prometheus:
@@ -159,12 +165,13 @@ class MetricsTest(unittest.TestCase):
                     run.health_checks(HEALTH_CHECK_INTERVAL_S)
                     traffic(run, balancer)
                     run.stop_health()
-                    # Every connection closed (the balancer's idle upstream ones at its
-                    # timeout), written after the linger, then scraped and the rules evaluated.
-                    time.sleep(BALANCER_KEEPALIVE_S + 1.5)
-                    self.assertTrue(wait_for(lambda: prometheus.value(
-                        'up{job="closetrace"}') == 1, timeout=5))
-                    answers = self.ask(prometheus)
+                    # Every connection closes (the balancer's idle upstream ones at its timeout)
+                    # and is written after the linger: the recorder's counts settle.
+                    self.assertTrue(wait_for(lambda: not backend_connections(run), timeout=30,
+                                             interval=0.2),
+                                    f"still open after 30 s: {backend_connections(run)}")
+                    counts = dict(zip(COUNTED, settled_scrape(metrics_address, COUNTED)))
+                    answers = self.settled_answers(prometheus, counts)
                 self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
                 _, conns, _, summary = read_trace(recorder.path)
                 shutil.copyfile(recorder.path, os.path.join(run_dir, "trace.jsonl"))
@@ -173,6 +180,24 @@ class MetricsTest(unittest.TestCase):
         self.assertGreater(run.measured.get("health_checks", 0), 0, "no health checks ran")
         self.assertEqual(summary["lost_events"], 0)
         return answers, conns
+
+    def settled_answers(self, prometheus, counts):
+        """Prometheus' answers once it has scraped the recorder's settled `counts` and evaluated
+        the rules on them: two asks, more than an evaluation interval apart, agree."""
+        def scraped():
+            return prometheus.value('up{job="closetrace"}') == 1 and all(
+                prometheus.value(f'sum({metric}{{job="closetrace"}})') == value
+                for metric, value in counts.items())
+        self.assertTrue(wait_for(scraped, timeout=30, interval=0.5),
+                        f"Prometheus did not scrape {counts} within 30 s")
+        previous = None
+        for _ in range(10):
+            current = self.ask(prometheus)
+            if current == previous:
+                return current
+            previous = current
+            time.sleep(3)
+        raise AssertionError(f"Prometheus' answers still changing: {previous}")
 
     @staticmethod
     def ask(prometheus):
