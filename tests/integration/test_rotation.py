@@ -165,8 +165,10 @@ class RotationTest(unittest.TestCase):
                     live = complete.live_file()
                     complete.process.send_signal(signal.SIGHUP)
                     retained.process.send_signal(signal.SIGHUP)
-                    self.assertTrue(wait_for(lambda: complete.live_file() not in (None, live), 2),
-                                    "SIGHUP did not start a new file")
+                    # The recorder turns to the signal at its next poll (100 ms), once the last
+                    # file's compression (a thread) is done: late on a loaded machine.
+                    self.assertTrue(wait_for(lambda: complete.live_file() not in (None, live), 30),
+                                    "SIGHUP did not start a new file within 30 s")
                     time.sleep(TRAFFIC_SECONDS / 2)
                 time.sleep(1)  # the server's idle closes, the recorder's linger
             finally:
