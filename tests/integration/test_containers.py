@@ -59,7 +59,7 @@ class FakeContainer:
         ready = wait_for(lambda: subprocess.run(
             ["ip", "netns", "exec", self.netns, "python3", "-c",
              f"import socket; socket.create_connection(('127.0.0.1', {PORT}), 1)"],
-            capture_output=True).returncode == 0, timeout=10)
+            capture_output=True).returncode == 0, timeout=30)
         if not ready:
             raise RuntimeError(f"server in {self.netns} did not start")
 
@@ -72,7 +72,7 @@ class FakeContainer:
             os.killpg(self.server.pid, signal.SIGKILL)
             self.server.wait()
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
-        wait_for(lambda: not open(f"{self.cgroup}/cgroup.procs").read().strip(), timeout=5)
+        wait_for(lambda: not open(f"{self.cgroup}/cgroup.procs").read().strip(), timeout=30)
         os.rmdir(self.cgroup)
 
 

@@ -142,7 +142,8 @@ class GrpcRaceTest(Http2RaceTest):
             nginx = peers.start_nginx_grpc_balancer(topo, self.PORT, base_dir=self.workdir)
             client = self.start_client(topo, "client", topo.addr["balancer_client_side"], 80,
                                        ["grpc_client.js", str(NGINX_CLIENT_IDLE_MS)])
-            self.assertTrue(wait_for(lambda: os.path.getsize(nginx.access_log) > 0, timeout=10))
+            self.assertTrue(wait_for(lambda: os.path.getsize(nginx.access_log) > 0, timeout=30),
+                            "no call through nginx within 30 s")
             first_answered = time.monotonic()
             time.sleep(NGINX_STOP_S)
             nginx.signal(signal.SIGSTOP, workers=True)

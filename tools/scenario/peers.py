@@ -137,8 +137,9 @@ class Peer:
         return f"<{self.kind} pid={self.pid} {self.addr}:{self.port} in {self.ns}>"
 
 
-def wait_port(topo: Topology, ns: str, addr: str, port: int, timeout=10.0, proc=None):
-    """Wait until addr:port inside ns accepts a TCP connection (one helper process)."""
+def wait_port(topo: Topology, ns: str, addr: str, port: int, timeout=30.0, proc=None):
+    """Wait until addr:port inside ns accepts a TCP connection (one helper process); the bound
+    allows for a start-up (Node, nginx) slowed by a loaded machine."""
     code = textwrap.dedent(f"""
         import socket, sys, time
         end = time.monotonic() + {timeout}
@@ -210,7 +211,7 @@ def _nginx_http_common(d):
     """)
 
 
-def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=10.0, env=None) -> Peer:
+def _start_nginx(topo, ns, d, conf_text, addr, port, kind, timeout=30.0, env=None) -> Peer:
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write(conf_text)

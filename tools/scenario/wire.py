@@ -58,7 +58,7 @@ class Capture:
         self.stderr_lines: list[str] = []
         self._listening = threading.Event()
 
-    def start(self, timeout=10.0):
+    def start(self, timeout=30.0):
         argv = ["tcpdump", "-i", self.iface, "-w", self.path, "-U", "-n", "-Z", "root",
                 "-s", str(self.snaplen), "-B", str(self.buffer_kib), "--immediate-mode",
                 self.filter]
