@@ -126,7 +126,7 @@ class ScenarioResult:
 class _Run:
     """Topology + capture + recorder + bookkeeping for one scenario."""
 
-    def __init__(self, name, recorder, workdir, recorder_ns="host", recorder_ready_s=15.0,
+    def __init__(self, name, recorder, workdir, recorder_ns="host", recorder_ready_s=30.0,
                  capture_ns="backend"):
         netns.cleanup_stale()
         self.name = name
@@ -246,7 +246,8 @@ class _Run:
                 self.warnings.append(f"health checks: {e!r}")
             for c in self.clients:
                 c.quit()
-            time.sleep(0.2)  # let the last FIN/ACKs reach the capture
+            if self.cap is not None:
+                self.cap.wait_quiet()  # the last FIN/ACKs written to the capture
             self.stop_recorder()
             if self.cap is not None:
                 self.cap.stop()

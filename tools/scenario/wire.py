@@ -78,6 +78,20 @@ class Capture:
                 self._listening.set()
         self._listening.set()  # exited: unblock start() (it checks the process)
 
+    def wait_quiet(self, quiet_s=0.3, timeout=10.0):
+        """Waits until the file has not grown for `quiet_s` (up to `timeout`): tcpdump, late on a
+        loaded machine, has written the packets that reached it; stop() would drop those it has
+        not read yet."""
+        deadline = time.monotonic() + timeout
+        size, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            if now_size != size:
+                size, quiet_since = now_size, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s:
+                return
+            time.sleep(0.05)
+
     def stop(self, timeout=5.0):
         """SIGINT tcpdump (it flushes and writes its statistics) and wait."""
         if self.proc is not None:
