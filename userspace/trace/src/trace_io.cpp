@@ -109,13 +109,19 @@ const char* family_name(int family) { return family == AF_INET6 ? "ipv6" : "ipv4
 // every string a line holds goes through here.
 void append_json_string(std::string& out, std::string_view bytes) {
     constexpr char kHex[] = "0123456789abcdef";
+    // By table: strings are short and many, the test is per byte.
+    static constexpr std::array<bool, 256> kAsItself = [] {
+        std::array<bool, 256> as_itself{};
+        for (int byte = 0x20; byte < 0x7F; ++byte) as_itself[byte] = byte != '"' && byte != '\\';
+        return as_itself;
+    }();
     out += '"';
-    std::size_t plain_from = 0;  // the run of bytes written as themselves, appended at once
-    for (std::size_t i = 0; i < bytes.size(); ++i) {
-        const auto byte = static_cast<unsigned char>(bytes[i]);
-        if (byte >= 0x20 && byte < 0x7F && byte != '"' && byte != '\\') continue;
-        out.append(bytes, plain_from, i - plain_from);
-        plain_from = i + 1;
+    const char* plain_from = bytes.data();  // the run of bytes written as themselves, at once
+    for (const char* at = bytes.data(); at != bytes.data() + bytes.size(); ++at) {
+        const auto byte = static_cast<unsigned char>(*at);
+        if (kAsItself[byte]) continue;
+        out.append(plain_from, static_cast<std::size_t>(at - plain_from));
+        plain_from = at + 1;
         switch (byte) {
             case '"': out += "\\\""; break;
             case '\\': out += "\\\\"; break;
@@ -130,7 +136,7 @@ void append_json_string(std::string& out, std::string_view bytes) {
                 out += kHex[byte & 0xF];
         }
     }
-    out.append(bytes, plain_from);
+    out.append(plain_from, static_cast<std::size_t>(bytes.data() + bytes.size() - plain_from));
     out += '"';
 }
 
