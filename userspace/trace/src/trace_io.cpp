@@ -146,7 +146,7 @@ class MemberName {
 public:
     // Implicit, so that a member is named by its literal: json.name("id").
     template <std::size_t Size>
-    consteval MemberName(const char (&member)[Size]) : size_(Size + 3) {  // NOLINT
+    consteval MemberName(const char (&member)[Size]) : size_(Size + 3) {
         static_assert(Size + 3 <= kCapacity, "a member name longer than MemberName holds");
         text_[0] = ',';
         text_[1] = '"';
