@@ -3,16 +3,18 @@
 // on this host: the client's 4 state changes and the server's 3 that the kernel writes, and 2
 // messages each) for N connections at 10k a second, laid out as bpf/closetrace.h has them,
 // decoded and fed to ConnTracker as the recorder's ring callback and poll loop do (a poll every
-// 100 connections), and each `conn` line written to FILE. Prints the CPU per connection
-// (decoding, tracker and writer; building the records is a small part of it). Built against two
-// trees, it compares them: the same records must give the same FILE, byte for byte, and the CPU
-// side by side.
+// 100 connections), and each `conn` line written to FILE by TraceWriter, flushed after each poll
+// as the recorder does. Prints the CPU per connection (decoding, tracker and writer; building the
+// records is a small part of it). Built against two trees, it compares them: the same records
+// must give the same FILE, byte for byte, and the CPU side by side.
 //
 //   c++ -O2 -std=c++20 -Iuserspace/capture/include -Iuserspace/trace/include -Ibpf
 //       bench/tracker_churn.cpp build/userspace/trace/libclosetrace_trace.a
 //       build/userspace/capture/libclosetrace_capture.a -lfmt -lsimdjson -lz -lnghttp2 -o tracker_churn
 //   ./tracker_churn [CONNECTIONS] FILE     (one line of JSON; default 100000 connections)
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdint>
@@ -21,7 +23,6 @@
 #include <cstring>
 #include <ctime>
 #include <span>
-#include <string>
 #include <string_view>
 #include <vector>
 
@@ -133,12 +134,10 @@ void add_connection(Ring& ring, long index) {
     ring.add(client.state(ts + 51'000, kTcpLastAck, kTcpClose));
 }
 
-void write_lines(std::FILE* out, const std::vector<Connection>& connections) {
-    for (const Connection& conn : connections) {
-        const std::string line = conn_line(conn);
-        std::fwrite(line.data(), 1, line.size(), out);
-        std::fputc('\n', out);
-    }
+// As the recorder's poll loop writes them: into the writer's buffer, flushed after each poll.
+void write_lines(TraceWriter& writer, const std::vector<Connection>& connections) {
+    for (const Connection& conn : connections) writer.write_conn(conn);
+    writer.flush();
 }
 
 double cpu_seconds() {
@@ -151,27 +150,29 @@ double cpu_seconds() {
 
 int main(int argc, char** argv) {
     const long connections = argc > 2 ? std::strtol(argv[1], nullptr, 10) : 100'000;
-    std::FILE* out = argc > 1 ? std::fopen(argv[argc - 1], "w") : nullptr;
-    if (connections <= 0 || !out) {
+    const int out = argc > 1 ? open(argv[argc - 1], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+                             : -1;
+    if (connections <= 0 || out < 0) {
         std::fprintf(stderr, "usage: tracker_churn [CONNECTIONS] FILE (a positive number, a "
                              "writable file)\n");
         return 2;
     }
     Recorder recorder;
     Ring ring;
+    TraceWriter writer(out);
     const double start = cpu_seconds();
     for (long i = 0; i < connections; ++i) {
         add_connection(ring, i);
         if (i % kPollEvery != kPollEvery - 1) continue;
         recorder.poll(ring);
         ring.clear();
-        write_lines(out, recorder.tracker.take_finished(
+        write_lines(writer, recorder.tracker.take_finished(
                              1'000'000'000 + static_cast<uint64_t>(i) * kConnectionEveryNs));
     }
     recorder.poll(ring);
-    write_lines(out, recorder.tracker.finish_all(0));
+    write_lines(writer, recorder.tracker.finish_all(0));
     const double cpu = cpu_seconds() - start;
-    std::fclose(out);
+    close(out);
     std::printf("{\"connections\":%ld,\"cpu_s\":%.3f,\"cpu_us_per_connection\":%.2f}\n",
                 connections, cpu, cpu * 1e6 / static_cast<double>(connections));
     return 0;

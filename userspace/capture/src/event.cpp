@@ -4,9 +4,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <cstring>
-
-#include <fmt/format.h>
 
 extern "C" {
 #include "closetrace.h"
@@ -252,8 +252,17 @@ std::string tcp_flags_string(uint8_t flags) {
 }
 
 std::string format_address(int family, const std::array<uint8_t, 16>& addr) {
-    // fmt, not inet_ntop's sprintf: two per finished connection, 10 % of churn's instructions.
-    if (family != AF_INET6) return fmt::format("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3]);
+    // Digits by hand, not inet_ntop's sprintf nor fmt's parsed format: two per finished
+    // connection, a large part of churn's instructions.
+    if (family != AF_INET6) {
+        std::array<char, INET_ADDRSTRLEN> text{};
+        char* end = text.data();
+        for (std::size_t i = 0; i < 4; ++i) {
+            if (i > 0) *end++ = '.';
+            end = std::to_chars(end, text.data() + text.size(), addr[i]).ptr;
+        }
+        return {text.data(), end};
+    }
     char text[INET6_ADDRSTRLEN] = {};
     if (!inet_ntop(AF_INET6, addr.data(), text, sizeof(text))) return "?";
     return text;

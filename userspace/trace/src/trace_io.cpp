@@ -109,13 +109,19 @@ const char* family_name(int family) { return family == AF_INET6 ? "ipv6" : "ipv4
 // every string a line holds goes through here.
 void append_json_string(std::string& out, std::string_view bytes) {
     constexpr char kHex[] = "0123456789abcdef";
+    // By table: strings are short and many, the test is per byte.
+    static constexpr std::array<bool, 256> kAsItself = [] {
+        std::array<bool, 256> as_itself{};
+        for (int byte = 0x20; byte < 0x7F; ++byte) as_itself[byte] = byte != '"' && byte != '\\';
+        return as_itself;
+    }();
     out += '"';
-    std::size_t plain_from = 0;  // the run of bytes written as themselves, appended at once
-    for (std::size_t i = 0; i < bytes.size(); ++i) {
-        const auto byte = static_cast<unsigned char>(bytes[i]);
-        if (byte >= 0x20 && byte < 0x7F && byte != '"' && byte != '\\') continue;
-        out.append(bytes, plain_from, i - plain_from);
-        plain_from = i + 1;
+    const char* plain_from = bytes.data();  // the run of bytes written as themselves, at once
+    for (const char* at = bytes.data(); at != bytes.data() + bytes.size(); ++at) {
+        const auto byte = static_cast<unsigned char>(*at);
+        if (kAsItself[byte]) continue;
+        out.append(plain_from, static_cast<std::size_t>(at - plain_from));
+        plain_from = at + 1;
         switch (byte) {
             case '"': out += "\\\""; break;
             case '\\': out += "\\\\"; break;
@@ -130,32 +136,64 @@ void append_json_string(std::string& out, std::string_view bytes) {
                 out += kHex[byte & 0xF];
         }
     }
-    out.append(bytes, plain_from);
+    out.append(plain_from, static_cast<std::size_t>(bytes.data() + bytes.size() - plain_from));
     out += '"';
 }
+
+// A member's name as a line holds it after another member, `,"name":`, made at compile time: the
+// writer's own names, printable ASCII with nothing to escape, each appended at once.
+class MemberName {
+public:
+    // Implicit, so that a member is named by its literal: json.name("id").
+    template <std::size_t Size>
+    consteval MemberName(const char (&member)[Size]) : size_(Size + 3) {
+        static_assert(Size + 3 <= kCapacity, "a member name longer than MemberName holds");
+        text_[0] = ',';
+        text_[1] = '"';
+        for (std::size_t i = 0; i + 1 < Size; ++i) text_[2 + i] = member[i];
+        text_[Size + 1] = '"';
+        text_[Size + 2] = ':';
+    }
+
+    // Without its comma when it is the first of its object.
+    std::string_view text(bool after_value) const {
+        const std::size_t skip = after_value ? 0 : 1;
+        return {text_.data() + skip, size_ - skip};
+    }
+
+private:
+    static constexpr std::size_t kCapacity = 32;
+    std::array<char, kCapacity> text_{};
+    std::size_t size_;  // of `,"name":` (Size counts the literal's NUL)
+};
 
 // One line's JSON, appended to `out`: values are separated by commas as they come.
 class JsonLine {
 public:
-    explicit JsonLine(std::string& out) : out_(out), start_(out.size()) {}
+    explicit JsonLine(std::string& out) : out_(out) {}
 
     void begin_object() {
         separate();
         out_ += '{';
+        after_value_ = false;
     }
-    void end_object() { out_ += '}'; }
+    void end_object() {
+        out_ += '}';
+        after_value_ = true;
+    }
     void begin_array() {
         separate();
         out_ += '[';
+        after_value_ = false;
     }
-    void end_array() { out_ += ']'; }
+    void end_array() {
+        out_ += ']';
+        after_value_ = true;
+    }
 
-    // A member's name: the writer's own, printable ASCII with nothing to escape.
-    JsonLine& name(std::string_view member) {
-        separate();
-        out_ += '"';
-        out_ += member;
-        out_ += "\":";
+    JsonLine& name(const MemberName& member) {
+        out_ += member.text(after_value_);
+        after_value_ = false;
         return *this;
     }
     // A name taken from data (a summary's counts).
@@ -163,6 +201,7 @@ public:
         separate();
         append_json_string(out_, member);
         out_ += ':';
+        after_value_ = false;
         return *this;
     }
 
@@ -211,15 +250,15 @@ public:
     }
 
 private:
-    // A value follows another of its object or array unless it opens it or is a member's value.
+    // Called before each value: a comma when it follows another value of its object or array
+    // (not when it opens the line, its object or array, or is a member's value).
     void separate() {
-        if (out_.size() == start_) return;
-        const char last = out_.back();
-        if (last != '{' && last != '[' && last != ':') out_ += ',';
+        if (after_value_) out_ += ',';
+        after_value_ = true;
     }
 
     std::string& out_;
-    std::size_t start_;  // where this line began in `out_`
+    bool after_value_ = false;  // the last thing written was a value: the next needs a comma
 };
 
 void endpoint_json(JsonLine& json, std::string_view addr, uint16_t port) {
