@@ -57,9 +57,14 @@ class GrpcRaceTest(Http2RaceTest):
                              record_args)
 
     def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
-        trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS,
-                                            record_args=["--http2-names"])
-        failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
+        # The call meets the GOAWAY only if the client's timers fire on time: a loaded machine
+        # can miss the instant, and then no race happened to judge; it is tried again.
+        for _ in range(3):
+            trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS,
+                                                record_args=["--http2-names"])
+            failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
+            if failed:
+                break
         self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
 

@@ -145,6 +145,14 @@ class TestScenarios(ScenarioCase):
                 continue
             if c.verdict == "peer_idle_close":
                 self.assertEqual(c.cause, ({"closed_after_use"}, None), c.describe())
+            elif c.verdict == "peer_close_inflight":
+                # wrk, stopping at the end of the load, leaves requests in flight, and nginx
+                # gives their upstream requests up (FIN, then RST to the late answer)
+                given_up = [o for o in c.request_outcomes()
+                            if o["outcome"] == "unanswered_at_close"]
+                self.assertTrue(given_up, c.describe())
+                self.assertTrue(all(o["line"].startswith("GET /wrk ") for o in given_up),
+                                c.describe())
             else:
                 self.assertEqual(c.verdict, "local_idle_close", c.describe())
         # the balancer: 502 for each race, "upstream prematurely closed connection"
