@@ -13,6 +13,7 @@ were not recorded. The ALB's gRPC health checks beside the race (a new connectio
 never taken for caught streams. nginx closing an idle upstream connection on
 its own timer (FIN, no GOAWAY) is the peer's idle close, as the wire shows. The kernel's PING
 and SETTINGS counts are those of the wire."""
+import functools
 import os
 import signal
 import sys
@@ -40,6 +41,32 @@ UNIMPLEMENTED = 12
 RACES = ("local_close_race", "peer_close_race", "local_reset_inflight", "peer_close_inflight")
 
 
+class NoRace(Exception):
+    """Both calls succeeded: the client's timers missed the GOAWAY's instant (a loaded machine),
+    so there was no race to judge."""
+
+
+def assert_raced(seen):
+    if [c["code"] for c in seen["calls"]] == [0, 0]:
+        raise NoRace(seen)
+
+
+def until_a_race(test):
+    """Runs `test` again (three runs at most) while its run had no race (NoRace)."""
+    @functools.wraps(test)
+    def run(self):
+        for _ in range(2):
+            try:
+                return test(self)
+            except NoRace:
+                pass
+        try:
+            return test(self)
+        except NoRace as no_race:
+            raise AssertionError(f"no race in three runs: {no_race}") from None
+    return run
+
+
 class GrpcRaceTest(Http2RaceTest):
     PORT = 50051
 
@@ -56,15 +83,12 @@ class GrpcRaceTest(Http2RaceTest):
                              ["grpc_client.js", str(CLIENT_IDLE_MS), "pause"], client_env,
                              record_args)
 
+    @until_a_race
     def test_a_call_made_as_the_idle_goaway_comes_is_caught(self):
-        # The call meets the GOAWAY only if the client's timers fire on time: a loaded machine
-        # can miss the instant, and then no race happened to judge; it is tried again.
-        for _ in range(3):
-            trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS,
-                                                record_args=["--http2-names"])
-            failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
-            if failed:
-                break
+        trace, pcap, seen = self.run_client(idle_limit_ms=IDLE_LIMIT_MS,
+                                            record_args=["--http2-names"])
+        assert_raced(seen)
+        failed = [s for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
         self.assertTrue(failed, f"the client saw no stream refused or reset: {seen}")
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
 
@@ -84,6 +108,7 @@ class GrpcRaceTest(Http2RaceTest):
         self.assertIn(f"HTTP/2 stream {first['id']} {first['method']} {first['path']} after_goaway",
                       text)
 
+    @until_a_race
     def test_alb_health_checks_beside_the_race_are_not_caught(self):
         """Beside the race, the ALB's gRPC health checks: a call of /AWS.ALB/healthcheck with
         User-Agent ELB-HealthChecker/2.0 on a new connection each time, answered UNIMPLEMENTED
@@ -101,6 +126,7 @@ class GrpcRaceTest(Http2RaceTest):
             checks = self.client_output(checker)
         self.assertGreaterEqual(len(checks["codes"]), 3, checks)
         self.assertEqual(set(checks["codes"]), {UNIMPLEMENTED}, checks)
+        assert_raced(seen)
         failed = [s["id"] for s in seen["streams"] if s["outcome"] in ("refused", "reset")]
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
 
@@ -140,6 +166,7 @@ class GrpcRaceTest(Http2RaceTest):
         self.assertEqual({s["names"] for s in conn["http2"]["caught"]}, {"not_recorded"})
         self.assertIn("(names not recorded)", text)
 
+    @until_a_race
     def test_a_call_nginx_forwards_as_the_idle_goaway_comes_is_caught(self):
         with self.recorded_backend("grpc_server.js",
                                    {"MAX_CONNECTION_IDLE_MS": str(IDLE_LIMIT_MS)},
@@ -155,6 +182,7 @@ class GrpcRaceTest(Http2RaceTest):
             time.sleep(max(0.0, first_answered + NGINX_RESUME_S - time.monotonic()))
             nginx.signal(signal.SIGCONT, workers=True)
             seen = self.client_output(client)
+        assert_raced(seen)
         self.assertEqual([c["code"] for c in seen["calls"]], [0, UNAVAILABLE], seen)
         with open(nginx.error_log, encoding="utf-8") as log:
             self.assertIn("upstream sent goaway", log.read())
