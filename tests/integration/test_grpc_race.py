@@ -55,15 +55,12 @@ def until_a_race(test):
     """Runs `test` again (three runs at most) while its run had no race (NoRace)."""
     @functools.wraps(test)
     def run(self):
-        for _ in range(2):
+        for _ in range(3):
             try:
                 return test(self)
-            except NoRace:
-                pass
-        try:
-            return test(self)
-        except NoRace as no_race:
-            raise AssertionError(f"no race in three runs: {no_race}") from None
+            except NoRace as no_race:
+                last = no_race
+        raise AssertionError(f"no race in three runs: {last}")
     return run
 
 

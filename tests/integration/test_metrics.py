@@ -41,17 +41,22 @@ def scrape(address, metric):
                if line.split("{")[0].split(" ")[0] == metric)
 
 
-def settled_scrape(address, metrics, interval_s=1.0, attempts=20):
-    """`metrics`' sums once two scrapes `interval_s` apart agree: what a recorder still writing
-    connections out shows only when it has caught up."""
+def settled(read, interval_s, attempts):
+    """What `read()` returns once two reads `interval_s` apart agree."""
     previous = None
     for _ in range(attempts):
         time.sleep(interval_s)
-        current = tuple(scrape(address, metric) for metric in metrics)
+        current = read()
         if current == previous:
             return current
         previous = current
-    raise AssertionError(f"{metrics} still changing after {attempts} scrapes: {previous}")
+    raise AssertionError(f"still changing after {attempts} reads: {previous}")
+
+
+def settled_scrape(address, metrics):
+    """`metrics`' sums once two scrapes agree: what a recorder still writing connections out
+    shows only when it has caught up."""
+    return settled(lambda: tuple(scrape(address, metric) for metric in metrics), 1.0, 20)
 
 
 def backend_connections(run):
@@ -190,14 +195,7 @@ class MetricsTest(unittest.TestCase):
                 for metric, value in counts.items())
         self.assertTrue(wait_for(scraped, timeout=30, interval=0.5),
                         f"Prometheus did not scrape {counts} within 30 s")
-        previous = None
-        for _ in range(10):
-            current = self.ask(prometheus)
-            if current == previous:
-                return current
-            previous = current
-            time.sleep(3)
-        raise AssertionError(f"Prometheus' answers still changing: {previous}")
+        return settled(lambda: self.ask(prometheus), 3.0, 10)
 
     @staticmethod
     def ask(prometheus):

@@ -252,7 +252,7 @@ std::string tcp_flags_string(uint8_t flags) {
 }
 
 std::string format_address(int family, const std::array<uint8_t, 16>& addr) {
-    // Digits by hand, not inet_ntop's sprintf nor fmt's parsed format: two per finished
+    // std::to_chars, not inet_ntop's sprintf nor fmt's parsed format: two per finished
     // connection, a large part of churn's instructions.
     if (family != AF_INET6) {
         std::array<char, INET_ADDRSTRLEN> text{};
