@@ -995,6 +995,54 @@ TEST(TrackerLostEvents, ConnectionsAliveDuringALossAreIncomplete) {
                                                     {open.cookie, true}}));
 }
 
+// A connection whose close may be among lost events is given up once it has shown nothing for the
+// bound since the loss: written then, incomplete, as far as seen, instead of held until the end
+// (days, in a continuous recording). One whose last event came after every loss is held.
+TEST(TrackerLostEvents, SilentConnectionsAfterALossAreGivenUp) {
+    constexpr uint64_t kSilence = 60 * kSec;
+    const IdleServer closing;  // FIN_WAIT1 at 6.012 s; its FIN_WAIT2 and CLOSE lost
+    const Socket idle{.cookie = 12, .role = Role::Server, .tuple = ipv4_tuple(8080, 51235)};
+    const Socket busy{.cookie = 13, .role = Role::Server, .tuple = ipv4_tuple(8080, 51236)};
+    ConnTracker tracker({.give_up_after_loss_ns = kSilence});
+    for (const Event& event : closing.until_fin()) tracker.on_event(event);
+    tracker.on_event(idle.established(2 * kSec));
+    tracker.on_event(busy.established(3 * kSec));
+    tracker.on_events_lost(7 * kSec, 7100 * kMs);
+    tracker.on_event(busy.message(30 * kSec, Direction::In, kGet));
+
+    EXPECT_TRUE(tracker.take_finished(closing.fin_ns + kSilence / 2).empty());
+    const std::vector<Connection> given_up = tracker.take_finished(closing.fin_ns + kSilence + kSec);
+    ASSERT_EQ(given_up.size(), 2u);
+    EXPECT_EQ(given_up[0].cookie, closing.socket.cookie);
+    EXPECT_TRUE(given_up[0].incomplete);
+    EXPECT_FALSE(given_up[0].closed_ns);
+    EXPECT_EQ(given_up[0].close.initiator, Initiator::Local);
+    EXPECT_EQ(given_up[1].cookie, idle.cookie);
+    EXPECT_TRUE(given_up[1].incomplete);
+    EXPECT_EQ(given_up[1].verdict, Verdict::Open);
+    EXPECT_EQ(tracker.open_connections(), 1u);  // busy: seen after the loss
+
+    // Silent as long again, but nothing was lost after its last event: held.
+    EXPECT_TRUE(tracker.take_finished(30 * kSec + 2 * kSilence).empty());
+    EXPECT_EQ(tracker.open_connections(), 1u);
+
+    // The given-up socket shows again: what follows is a record of its own, incomplete too.
+    tracker.on_event(idle.state(500 * kSec, kTcpEstablished, kTcpCloseWait));
+    std::map<uint64_t, bool> incomplete;
+    for (const Connection& conn : tracker.finish_all(kEnd)) incomplete[conn.cookie] = conn.incomplete;
+    EXPECT_EQ(incomplete, (std::map<uint64_t, bool>{{idle.cookie, true}, {busy.cookie, true}}));
+}
+
+TEST(TrackerLostEvents, WithoutALossSilentConnectionsAreHeld) {
+    const IdleServer server;
+    ConnTracker tracker({.give_up_after_loss_ns = 60 * kSec});
+    for (const Event& event : server.until_fin()) tracker.on_event(event);
+    EXPECT_TRUE(tracker.take_finished(kEnd).empty());
+    const std::vector<Connection> rest = tracker.finish_all(kEnd);
+    ASSERT_EQ(rest.size(), 1u);
+    EXPECT_FALSE(rest[0].incomplete);
+}
+
 TEST(TrackerLostEvents, NoLossNoMark) {
     const IdleServer server;
     EXPECT_FALSE(run_one(server.closed()).incomplete);

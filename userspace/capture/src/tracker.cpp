@@ -6,6 +6,7 @@
 #include <array>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
@@ -1003,6 +1004,8 @@ struct ConnTracker::State {
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
     std::vector<std::pair<uint64_t, uint64_t>> losses;
     RequestBuilder spare_builder{true};  // for build_connection()
+    // When given_up() last walked the connections (they are many: it walks rarely).
+    uint64_t swept_ns = 0;
 
     // Whether the kernel lost events while a connection was alive, from `from` to `to`.
     bool lost_during(uint64_t from, uint64_t to) const {
@@ -1020,6 +1023,29 @@ struct ConnTracker::State {
             conn.closed_ns ? *conn.closed_ns + linger_ns : std::numeric_limits<uint64_t>::max();
         conn.incomplete = lost_during(conn.established_ns.value_or(0), end);
         return conn;
+    }
+
+    // The open connections that have shown nothing for `silence_ns` since the kernel lost events
+    // after their last one, in the order they were first seen. Walked at most 16 times per
+    // silence, and only when a loss may have made new ones since the last walk.
+    std::vector<uint64_t> given_up(uint64_t now_ns, uint64_t silence_ns) {
+        std::vector<uint64_t> cookies;
+        if (losses.empty() || now_ns < swept_ns + silence_ns / 16 ||
+            losses.back().second + silence_ns < swept_ns) {
+            return cookies;
+        }
+        swept_ns = now_ns;
+        std::vector<std::pair<uint64_t, uint64_t>> silent;  // (first arrival, cookie)
+        for (const auto& [cookie, tracked] : by_cookie) {
+            if (tracked.seen_alive && !tracked.closed && tracked.newest_ns + silence_ns < now_ns &&
+                lost_during(tracked.newest_ns, now_ns)) {
+                silent.emplace_back(tracked.first_arrival, cookie);
+            }
+        }
+        std::ranges::sort(silent);
+        cookies.reserve(silent.size());
+        for (const auto& [first_arrival, cookie] : silent) cookies.push_back(cookie);
+        return cookies;
     }
 
     Tracked* find_by_tuple(const Event& event) {
@@ -1173,11 +1199,6 @@ void ConnTracker::on_event(const Event& event) {
 }
 
 std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
-    std::vector<std::pair<uint64_t, uint64_t>> finished;  // (closed_ns, cookie), in that order
-    for (const auto& [closed_ns, cookie] : state_->closed) {
-        if (closed_ns + options_.linger_ns >= now_ns) break;
-        finished.emplace_back(closed_ns, cookie);
-    }
     std::vector<uint64_t> stale;
     for (const auto& [cookie, resets] : state_->unconfirmed) {
         if (state_->by_cookie.at(cookie).newest_ns + options_.linger_ns < now_ns) {
@@ -1185,9 +1206,17 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
         }
     }
     for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
+    // Closed ones in closing order, then those given up.
+    std::vector<uint64_t> finished;
+    for (const auto& [closed_ns, cookie] : state_->closed) {
+        if (closed_ns + options_.linger_ns >= now_ns) break;
+        finished.push_back(cookie);
+    }
+    std::ranges::copy(state_->given_up(now_ns, options_.give_up_after_loss_ns),
+                      std::back_inserter(finished));
     std::vector<Connection> connections;
     connections.reserve(finished.size());
-    for (const auto& [closed_ns, cookie] : finished) {
+    for (uint64_t cookie : finished) {
         connections.push_back(state_->finalise(
             cookie, state_->release(state_->by_cookie.find(cookie)), options_.linger_ns));
         connections.back().id = next_id_++;

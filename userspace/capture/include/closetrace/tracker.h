@@ -25,6 +25,12 @@ struct TrackerOptions {
     // connection's messages older than this (from its newest event) are settled: reduced to the
     // requests its record will list.
     uint64_t reorder_ns = 200'000'000;
+    // After the kernel lost events, a connection that shows nothing for this long may have lost
+    // its close among them: it is given up (finalised, incomplete, as far as seen) rather than
+    // held until the recording ends, which in a continuous recording is days. Longer than the
+    // closing timers the kernel runs by default (an orphan's FIN_WAIT2, 60 s) and the idle
+    // timeouts of balancers and HTTP servers in common use (ALB 60 s, nginx 75 s).
+    uint64_t give_up_after_loss_ns = 300'000'000'000;
 };
 
 class ConnTracker {
@@ -38,7 +44,8 @@ public:
     // attributed by its tuple by up to the linger.
     void on_event(const Event& event);
 
-    // Connections whose socket closed before `now_ns - linger_ns`, finalised and removed.
+    // Connections whose socket closed before `now_ns - linger_ns`, then those given up after a
+    // loss (give_up_after_loss_ns), finalised and removed.
     std::vector<Connection> take_finished(uint64_t now_ns);
 
     // End of recording: every connection still held, finalised (open ones get verdict Open).
