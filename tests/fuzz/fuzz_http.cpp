@@ -34,10 +34,17 @@ void check_message(const Message& message, std::string_view input, bool pipeline
     require(lies_within(message.version, input));
     require(message.version.empty() || message.version.size() == 8);
 
-    const std::string_view path = closetrace::http::strip_query(message.target);
-    require(lies_within(path, input));
-    require(message.target.starts_with(path));
-    require(path.find_first_of("?#") == std::string_view::npos);
+    // What default output shows of the target: a piece of it, with no query, fragment, path
+    // parameters or credentials.
+    const std::string_view shown = closetrace::http::public_target(message.target);
+    require(lies_within(shown, message.target));
+    require(shown.find_first_of("?#;") == std::string_view::npos);
+    const std::size_t scheme_end = shown.find("://");
+    if (scheme_end != std::string_view::npos && shown.find('/') == scheme_end + 1) {
+        const std::size_t authority = scheme_end + 3;
+        const std::size_t path = shown.find('/', authority);
+        require(shown.substr(authority, path - authority).find('@') == std::string_view::npos);
+    }
 
     switch (message.kind) {
         case MessageKind::Opaque:

@@ -72,7 +72,7 @@ TEST(HttpParse, PostRequestKeepsQueryInTarget) {
     EXPECT_EQ(result.messages[0].method, "POST");
     EXPECT_EQ(result.messages[0].target, "/pay?card=1&amount=5");
     EXPECT_EQ(result.messages[0].version, "HTTP/1.0");
-    EXPECT_EQ(strip_query(result.messages[0].target), "/pay");
+    EXPECT_EQ(public_target(result.messages[0].target), "/pay");
 }
 
 TEST(HttpParse, AbsoluteFormTarget) {
@@ -81,7 +81,7 @@ TEST(HttpParse, AbsoluteFormTarget) {
     ASSERT_EQ(result.count, 1u);
     EXPECT_EQ(result.messages[0].kind, MessageKind::Request);
     EXPECT_EQ(result.messages[0].target, "http://api.example.com:8080/orders?id=7");
-    EXPECT_EQ(strip_query(result.messages[0].target), "http://api.example.com:8080/orders");
+    EXPECT_EQ(public_target(result.messages[0].target), "http://api.example.com:8080/orders");
 }
 
 TEST(HttpParse, AuthorityAndAsteriskFormTargets) {
@@ -480,15 +480,25 @@ TEST(HttpParse, RandomBinaryKeepsEveryInvariant) {
     expect_opaque("\xff\xfe\x00\x01\x02"sv);
 }
 
-TEST(HttpStripQuery, CutsAtQueryOrFragment) {
-    EXPECT_EQ(strip_query("/pay?card=1"), "/pay");
-    EXPECT_EQ(strip_query("/docs#intro"), "/docs");
-    EXPECT_EQ(strip_query("/a#frag?not-query"), "/a");
-    EXPECT_EQ(strip_query("/a?q=1#frag"), "/a");
-    EXPECT_EQ(strip_query("/plain"), "/plain");
-    EXPECT_EQ(strip_query("?only"), "");
-    EXPECT_EQ(strip_query(""), "");
-    EXPECT_EQ(strip_query("http://h:80/p?q"), "http://h:80/p");
+TEST(HttpPublicTarget, CutsAtQueryFragmentOrPathParameters) {
+    EXPECT_EQ(public_target("/pay?card=1"), "/pay");
+    EXPECT_EQ(public_target("/docs#intro"), "/docs");
+    EXPECT_EQ(public_target("/a#frag?not-query"), "/a");
+    EXPECT_EQ(public_target("/a?q=1#frag"), "/a");
+    EXPECT_EQ(public_target("/plain"), "/plain");
+    EXPECT_EQ(public_target("?only"), "");
+    EXPECT_EQ(public_target(""), "");
+    EXPECT_EQ(public_target("http://h:80/p?q"), "http://h:80/p");
+    EXPECT_EQ(public_target("/app;jsessionid=0123ABC"), "/app");
+    EXPECT_EQ(public_target("/a;v=1/b?q"), "/a");
+}
+
+// A request to a proxy may name credentials in its absolute-form target: never in default output.
+TEST(HttpPublicTarget, DropsCredentialsOfAnAbsoluteTarget) {
+    EXPECT_EQ(public_target("http://user:secret@h:8080/orders?id=7"), "/orders");
+    EXPECT_EQ(public_target("http://user:secret@h"), "");
+    EXPECT_EQ(public_target("https://h/p@q"), "https://h/p@q");  // '@' in the path: no credentials
+    EXPECT_EQ(public_target("/redirect?to=http://u:p@h/"), "/redirect");
 }
 
 TEST(HttpInterimStatus, OnlyInformationalExceptSwitchingProtocols) {

@@ -381,8 +381,17 @@ bool is_http2_preface(std::string_view method, std::string_view target) {
     return method == "PRI" && target == "*";
 }
 
-std::string_view strip_query(std::string_view target) {
-    return target.substr(0, target.find_first_of("?#"));
+std::string_view public_target(std::string_view target) {
+    target = target.substr(0, target.find_first_of("?#;"));
+    // The absolute form (a request to a proxy) may carry credentials in its authority.
+    const std::size_t scheme_end = target.find("://");
+    if (scheme_end == std::string_view::npos || target.find('/') != scheme_end + 1) return target;
+    const std::size_t authority = scheme_end + 3;
+    const std::size_t path = target.find('/', authority);
+    if (target.substr(authority, path - authority).find('@') == std::string_view::npos) {
+        return target;
+    }
+    return path == std::string_view::npos ? std::string_view() : target.substr(path);
 }
 
 bool is_interim_status(int status) {

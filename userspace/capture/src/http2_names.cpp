@@ -180,7 +180,7 @@ void Http2NameDecoder::name_field(uint32_t stream_id, std::string_view name,
     if (name == ":method") {
         names.method = std::string(value);
     } else if (name == ":path") {
-        names.path = std::string(full_target_ ? value : http::strip_query(value));
+        names.path = std::string(full_target_ ? value : http::public_target(value));
     } else {
         uint32_t status = 0;
         const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), status);

@@ -195,7 +195,7 @@ Head parse_head(const http::Message& message, bool full_target) {
         head.method_length = static_cast<uint16_t>(message.method.size());
         // Empty only when the capture ended right after the method.
         if (!message.target.empty()) {
-            head.method_target += full_target ? message.target : http::strip_query(message.target);
+            head.method_target += full_target ? message.target : http::public_target(message.target);
             head.has_target = true;
         }
     } else if (message.kind == http::MessageKind::Response) {

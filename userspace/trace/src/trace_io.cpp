@@ -305,7 +305,7 @@ void heads_json(JsonLine& json, std::string_view payload, bool full_target) {
             case http::MessageKind::Request:
                 json.name("method").string(message.method);
                 json.name("target").string(full_target ? message.target
-                                                       : http::strip_query(message.target));
+                                                       : http::public_target(message.target));
                 break;
             case http::MessageKind::Response:
                 json.name("status");

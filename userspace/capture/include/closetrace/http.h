@@ -66,8 +66,10 @@ ParseResult parse(std::string_view bytes);
 // The request HTTP/2 cleartext (h2c) opens a connection with; its frames are not decoded.
 bool is_http2_preface(std::string_view method, std::string_view target);
 
-// The target without its query string or fragment ("/pay?card=1" -> "/pay").
-std::string_view strip_query(std::string_view target);
+// The target as default output shows it, without what may hold a secret: cut at its query
+// string, fragment or path parameters ("/pay?card=1" -> "/pay", "/a;jsessionid=1" -> "/a"), and
+// an absolute-form target with credentials ("http://user:password@host/p") reduced to its path.
+std::string_view public_target(std::string_view target);
 
 // True for 1xx status codes other than 101: an interim response ("100 Continue") that does not
 // answer the request by itself.
