@@ -168,8 +168,11 @@ class CloseCauseTest(unittest.TestCase):
             c = trace[w.remote[1]]
             self.assertEqual((c["close"].get("cause"), c["close"].get("asked_by")),
                              ("keepalive_ended", "local"), c)
+        # Keep-alive ended by request count is no failure; with no idle timer run out in the
+        # recording (5 s), nothing shows who closes idle connections first: inconclusive.
         verify = closetrace("verify", result.trace)
-        self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+        self.assertEqual(verify.returncode, 3, verify.stdout + verify.stderr)
+        self.assertIn("INCONCLUSIVE", verify.stdout)
 
     def test_max_requests_node(self):
         # Node 20 announces Connection: close on the 3rd response but does not close:

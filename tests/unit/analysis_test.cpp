@@ -423,7 +423,7 @@ TEST(TraceAnalyzer, IncompleteConnectionsAreLeftOutOfEveryInference) {
     EXPECT_THAT(a.conclusion, HasSubstr("6 connections were left out of all this: the kernel "
                                         "lost 7492 events while they were open"));
     const VerifyResult verify = verify_trace(trace, std::nullopt);
-    EXPECT_FALSE(verify.passed);
+    EXPECT_EQ(verify.conclusion, VerifyConclusion::Failed);
     ASSERT_EQ(verify.reasons.size(), 1u);
     EXPECT_THAT(verify.reasons[0], HasSubstr("6 incomplete connections cannot be vouched for"));
 
@@ -740,7 +740,7 @@ TEST(Verify, FailsOnCloseRaces) {
                                     .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000})
                                     .finish();
     const VerifyResult result = verify_trace(trace, std::nullopt);
-    EXPECT_FALSE(result.passed);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Failed);
     ASSERT_EQ(result.reasons.size(), 1u);
     EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
     EXPECT_THAT(result.reasons[0], HasSubstr("POST /pay from 10.0.0.1:40000"));
@@ -773,7 +773,7 @@ Connection http2_conn(double idle_ms, bool late_stream) {
 TEST(Verify, NamesTheFirstCaughtHttp2Stream) {
     const TraceAnalysis trace = Recording().add_conn(http2_conn(1000, true)).finish();
     const VerifyResult result = verify_trace(trace, std::nullopt);
-    EXPECT_FALSE(result.passed);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Failed);
     ASSERT_FALSE(result.reasons.empty());
     EXPECT_THAT(result.reasons[0], HasSubstr("1 close race (local_close_race)"));
     EXPECT_THAT(result.reasons[0],
@@ -809,7 +809,7 @@ TEST(Verify, FailsOnIdleClosesSoonerThanThePeersTimeout) {
     const TraceAnalysis trace =
         Recording().add({.verdict = Verdict::LocalIdleClose, .idle_ms = 5000}, 4).finish();
     const VerifyResult assumed = verify_trace(trace, std::nullopt);
-    EXPECT_FALSE(assumed.passed);
+    EXPECT_EQ(assumed.conclusion, VerifyConclusion::Failed);
     EXPECT_EQ(assumed.peer_timeout.source, PeerTimeoutSource::AlbDefault);
     ASSERT_EQ(assumed.reasons.size(), 1u);
     EXPECT_THAT(assumed.reasons[0],
@@ -819,9 +819,22 @@ TEST(Verify, FailsOnIdleClosesSoonerThanThePeersTimeout) {
 
     // The peer is known to close after 4 s: closing at 5 s is not first.
     const VerifyResult given = verify_trace(trace, 4000.0);
-    EXPECT_TRUE(given.passed);
+    EXPECT_EQ(given.conclusion, VerifyConclusion::Passed);
     EXPECT_EQ(given.peer_timeout.source, PeerTimeoutSource::Given);
     EXPECT_TRUE(given.reasons.empty());
+}
+
+// No idle close by either side (a recording shorter than both timeouts, or without traffic): a
+// host whose timer is the shorter one would pass, so nothing is vouched for.
+TEST(Verify, IsInconclusiveWithoutAnIdleClose) {
+    const TraceAnalysis quiet =
+        Recording().add({.verdict = Verdict::Open}, 3).add({.verdict = Verdict::PeerReset}).finish();
+    const VerifyResult result = verify_trace(quiet, 60'000.0);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Inconclusive);
+    EXPECT_TRUE(result.reasons.empty());
+    EXPECT_THAT(result.too_little, HasSubstr("0 idle closes by either side: too little to tell"));
+    EXPECT_EQ(verify_trace(Recording().finish(), std::nullopt).conclusion,
+              VerifyConclusion::Inconclusive);
 }
 
 TEST(Verify, HoldsIdleClosesAgainstThePeersObservedTimeout) {
@@ -829,13 +842,13 @@ TEST(Verify, HoldsIdleClosesAgainstThePeersObservedTimeout) {
                                     .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000})
                                     .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000})
                                     .finish();
-    EXPECT_FALSE(verify_trace(early, std::nullopt).passed);
+    EXPECT_EQ(verify_trace(early, std::nullopt).conclusion, VerifyConclusion::Failed);
     const TraceAnalysis later = Recording()
                                     .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 6000})
                                     .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000})
                                     .finish();
     const VerifyResult result = verify_trace(later, std::nullopt);
-    EXPECT_TRUE(result.passed);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Passed);
     EXPECT_EQ(result.peer_timeout.source, PeerTimeoutSource::Observed);
 }
 
@@ -845,7 +858,7 @@ TEST(Verify, FailsOnUpstreamRaces) {
             .add({.verdict = Verdict::PeerCloseRace, .role = Role::Client, .comm = "nginx"})
             .finish();
     const VerifyResult result = verify_trace(trace, std::nullopt);
-    EXPECT_FALSE(result.passed);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Failed);
     ASSERT_EQ(result.reasons.size(), 1u);
     EXPECT_THAT(result.reasons[0], HasSubstr("1 upstream close race (peer_close_race)"));
 }
@@ -856,7 +869,7 @@ TEST(Verify, PassesWhenNothingIsWrongAndMentionsOtherFailures) {
                                     .add({.verdict = Verdict::LocalResetInflight})
                                     .finish();
     const VerifyResult result = verify_trace(trace, std::nullopt);
-    EXPECT_TRUE(result.passed);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Passed);
     const std::string text = render_verify(trace, result);
     EXPECT_THAT(text, StartsWith("closetrace verify: test.jsonl: OK"));
     EXPECT_THAT(text, HasSubstr("see `closetrace report test.jsonl`: 1 in-flight reset.\n"));
@@ -985,7 +998,8 @@ TEST(Commands, VerifyRejectsANonsensicalPeerTimeout) {
         EXPECT_EQ(output.exit_code, 2) << seconds;
         EXPECT_THAT(output.err, HasSubstr("expected a positive number of seconds"));
     }
-    EXPECT_EQ(run_verify(trace.path(), 60.0).exit_code, 0);
+    // A trace without connections shows nothing to vouch for.
+    EXPECT_EQ(run_verify(trace.path(), 60.0).exit_code, 3);
 }
 
 TEST(Commands, WarningsGoToStderrAndTheReportStillComes) {

@@ -143,7 +143,8 @@ void add_analysis_commands(CLI::App& app) {
     CLI::App* verify = app.add_subcommand(
         "verify",
         "Exit 0 when this host neither races nor idle-closes before its peer, 1 with the "
-        "reasons otherwise, 2 on unusable input");
+        "reasons otherwise, 3 when no idle close by either side shows who closes first (record "
+        "longer), 2 on unusable input");
     verify->add_option("traces", options->traces, kTraceHelp)->required();
     verify->add_option("--peer-idle-timeout", options->peer_idle_timeout_s,
                        "The peer's idle timeout in seconds (default: the longest idle close the "

@@ -1218,6 +1218,22 @@ const char* to_string(DiffConclusion conclusion) {
     return "?";
 }
 
+namespace {
+
+// What a recording with too few requests or idle closes lacks ("N requests and M idle closes by
+// either side: ..."), and how to record one that tells.
+std::string too_little_to_tell(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
+    return fmt::format(
+        "{} and {} by either side: too little to tell who closes first. Record for longer than "
+        "the peer's idle timeout ({}) with traffic (at least {} requests), so that idle "
+        "connections get closed.",
+        count_of(trace.requests, "request", "requests"),
+        count_of(trace.local_idle.count() + trace.peer_idle.count(), "idle close", "idle closes"),
+        duration(peer_timeout.ms), kMinRequestsToConclude);
+}
+
+}  // namespace
+
 DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) {
     DiffResult result;
     // The same peer in both recordings: whichever saw it idle-close tells its timeout.
@@ -1253,13 +1269,7 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
                         after.host_count() > 1 ? "" : "s", joined);
     } else if (after.requests < kMinRequestsToConclude || after_idle_closes == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
-        result.explanation = fmt::format(
-            "The later recording has {} and {} by either side: too little to tell who closes "
-            "first. Record for longer than the peer's idle timeout ({}) with traffic (at least {} "
-            "requests), so that idle connections get closed.",
-            count_of(after.requests, "request", "requests"),
-            count_of(after_idle_closes, "idle close", "idle closes"),
-            duration(result.peer_timeout.ms), kMinRequestsToConclude);
+        result.explanation = "The later recording has " + too_little_to_tell(after, result.peer_timeout);
     } else if (!b.closes_before_peer && b.upstream_races == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = fmt::format(
@@ -1343,7 +1353,16 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             host.object, analysis_text::peer_timeout_text(result.peer_timeout),
             duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)), hint));
     }
-    result.passed = result.reasons.empty();
+    if (!result.reasons.empty()) {
+        result.conclusion = VerifyConclusion::Failed;
+    } else if (trace.local_idle.count() + trace.peer_idle.count() == 0) {
+        // Not a pass: a recording shorter than either side's idle timeout, or without traffic,
+        // shows no timer at all, and a host whose timer is the shorter one would pass.
+        result.conclusion = VerifyConclusion::Inconclusive;
+        result.too_little = "The recording has " + too_little_to_tell(trace, result.peer_timeout);
+    } else {
+        result.conclusion = VerifyConclusion::Passed;
+    }
     return result;
 }
 

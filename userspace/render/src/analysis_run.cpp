@@ -19,6 +19,16 @@ namespace {
 
 constexpr int kExitUnusableInput = 2;
 constexpr int kExitVerifyFailed = 1;
+constexpr int kExitVerifyInconclusive = 3;
+
+int verify_exit_code(VerifyConclusion conclusion) {
+    switch (conclusion) {
+        case VerifyConclusion::Passed: return 0;
+        case VerifyConclusion::Failed: return kExitVerifyFailed;
+        case VerifyConclusion::Inconclusive: return kExitVerifyInconclusive;
+    }
+    return kExitVerifyFailed;
+}
 
 struct UnusableInput {
     std::string message;
@@ -119,7 +129,7 @@ CommandOutput run_verify(const std::vector<std::string>& paths,
         const VerifyResult result = verify_trace(trace, given_ms);
         return {.out = render_verify(trace, result),
                 .err = warnings_text("verify", trace),
-                .exit_code = result.passed ? 0 : kExitVerifyFailed};
+                .exit_code = verify_exit_code(result.conclusion)};
     } catch (const UnusableInput& input) {
         return unusable("verify", input);
     }

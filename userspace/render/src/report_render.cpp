@@ -576,29 +576,42 @@ std::string report_arguments(const TraceAnalysis& trace) {
 
 }  // namespace
 
+namespace {
+
+// Not keep-alive problems, so they do not fail verify; but nobody should miss them.
+std::string other_problems(const TraceAnalysis& trace) {
+    std::vector<std::string> others;
+    if (const uint64_t inflight = trace.verdicts[Verdict::LocalResetInflight]) {
+        others.push_back(count_of(inflight, "in-flight reset", "in-flight resets"));
+    }
+    if (const uint64_t gave_up = trace.verdicts[Verdict::PeerCloseInflight]) {
+        others.push_back(
+            count_of(gave_up, "request the peer gave up on", "requests the peer gave up on"));
+    }
+    if (others.empty()) return "";
+    return fmt::format("Not keep-alive problems, but see `closetrace report {}`: {}.\n",
+                       report_arguments(trace), fmt::join(others, " and "));
+}
+
+}  // namespace
+
 std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result) {
-    if (result.passed) {
-        std::string out = fmt::format(
-            "closetrace verify: {}: OK: no close race, and no idle close by this host sooner than "
-            "the peer's idle timeout of {}; {}, {}, {} by this host.\n",
-            printable(trace.file), analysis_text::peer_timeout_text(result.peer_timeout),
-            count_of(trace.connections, "connection", "connections"),
-            count_of(trace.requests, "request", "requests"),
-            count_of(trace.local_idle.count(), "idle close", "idle closes"));
-        // Not keep-alive problems, so they do not fail verify; but nobody should miss them.
-        std::vector<std::string> others;
-        if (const uint64_t inflight = trace.verdicts[Verdict::LocalResetInflight]) {
-            others.push_back(count_of(inflight, "in-flight reset", "in-flight resets"));
-        }
-        if (const uint64_t gave_up = trace.verdicts[Verdict::PeerCloseInflight]) {
-            others.push_back(
-                count_of(gave_up, "request the peer gave up on", "requests the peer gave up on"));
-        }
-        if (!others.empty()) {
-            out += fmt::format("Not keep-alive problems, but see `closetrace report {}`: {}.\n",
-                               report_arguments(trace), fmt::join(others, " and "));
-        }
-        return out;
+    switch (result.conclusion) {
+        case VerifyConclusion::Passed:
+            return fmt::format(
+                       "closetrace verify: {}: OK: no close race, and no idle close by this host "
+                       "sooner than the peer's idle timeout of {}; {}, {}, {} by this host.\n",
+                       printable(trace.file),
+                       analysis_text::peer_timeout_text(result.peer_timeout),
+                       count_of(trace.connections, "connection", "connections"),
+                       count_of(trace.requests, "request", "requests"),
+                       count_of(trace.local_idle.count(), "idle close", "idle closes")) +
+                   other_problems(trace);
+        case VerifyConclusion::Inconclusive:
+            return fmt::format("closetrace verify: {}: INCONCLUSIVE\n  - {}\n",
+                               printable(trace.file), result.too_little) +
+                   other_problems(trace);
+        case VerifyConclusion::Failed: break;
     }
     std::string out = fmt::format("closetrace verify: {}: FAIL\n", printable(trace.file));
     for (const std::string& reason : result.reasons) out += "  - " + reason + "\n";

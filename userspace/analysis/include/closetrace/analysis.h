@@ -411,10 +411,17 @@ struct DiffResult {
 };
 DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after);
 
+enum class VerifyConclusion {
+    Passed,
+    Failed,
+    Inconclusive,  // no idle close by either side: nothing shows who closes idle connections first
+};
+
 struct VerifyResult {
     PeerTimeout peer_timeout;
-    bool passed = false;
-    std::vector<std::string> reasons;  // why it failed; empty when it passed
+    VerifyConclusion conclusion = VerifyConclusion::Failed;
+    std::vector<std::string> reasons;  // why it failed; empty otherwise
+    std::string too_little;            // why it is inconclusive; empty otherwise
 };
 VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer_timeout_ms);
 
