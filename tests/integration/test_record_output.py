@@ -71,6 +71,8 @@ class RecordOutputTest(unittest.TestCase):
                  "--duration", "60", "-o", path],
                 capture_output=True, text=True, timeout=120)
         self.assert_failed_cleanly(result)
+        with open(kept, "rb") as trace:
+            self.assertTrue(trace.read().endswith(b"\n"), "the file ends in a cut line")
         records = complete_lines(kept)
         self.assertEqual(records[0]["type"], "header")
         self.assertGreater(len(records), 10)

@@ -658,6 +658,28 @@ TEST_F(WriteOutput, AFailedCommandWritesNoFile) {
     EXPECT_FALSE(fs::exists(path));
 }
 
+// A trace given as the output by mistake (the input itself, or another recording) is evidence.
+TEST_F(WriteOutput, NeverReplacesATrace) {
+    for (const std::string_view trace :
+         {R"({"type":"header","schema":"closetrace/5"})" "\n", "\x1f\x8b\x08\x00"}) {
+        const fs::path path = directory_ / "trace.jsonl";
+        std::ofstream(path, std::ios::binary) << trace;
+        const CommandOutput output = write_output({.out = "<html>"}, path.string(), "report");
+        EXPECT_EQ(output.exit_code, 2);
+        EXPECT_THAT(output.err, HasSubstr("is a trace; a report never replaces one"));
+        EXPECT_EQ(read_file(path), trace);
+    }
+    // Any other file, an earlier report, is replaced; a new one is its owner's only.
+    const fs::path report = directory_ / "report.html";
+    std::ofstream(report) << "old report";
+    EXPECT_EQ(write_output({.out = "new"}, report.string(), "report").exit_code, 0);
+    EXPECT_EQ(read_file(report), "new");
+    const fs::path fresh = directory_ / "fresh.html";
+    EXPECT_EQ(write_output({.out = "x"}, fresh.string(), "report").exit_code, 0);
+    EXPECT_EQ(fs::status(fresh).permissions() & fs::perms::all,
+              fs::perms::owner_read | fs::perms::owner_write);
+}
+
 TEST_F(WriteOutput, AnUnwritablePathIsUnusable) {
     const fs::path path = directory_ / "no-such-directory" / "report.html";
     const CommandOutput output =

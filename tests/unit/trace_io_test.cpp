@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <poll.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -1211,6 +1214,35 @@ TEST(TraceWriter, WriteErrorThrowsWithErrno) {
         }
     }  // The destructor's flush fails again, silently.
     close(fd);
+}
+
+// A file that fills up mid-line (a full disk; here a file size limit, in a child process of its
+// own) keeps whole lines only: a reader would otherwise meet a cut last line.
+TEST(TraceWriter, AFailedWriteLeavesWholeLines) {
+    TempFile file;
+    const std::string line = conn_line(sample_connection());
+    const rlim_t limit = line.size() * 2 + line.size() / 2;  // two lines and half a third
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead
+        const rlimit size{.rlim_cur = limit, .rlim_max = limit};
+        const int fd = open(file.path().c_str(), O_WRONLY | O_TRUNC);
+        if (fd < 0 || setrlimit(RLIMIT_FSIZE, &size) != 0) _exit(2);
+        TraceWriter writer(fd, 1 << 20);
+        for (int i = 0; i < 4; ++i) writer.write_line(line);
+        try {
+            writer.flush();
+        } catch (const std::system_error& error) {
+            _exit(error.code().value() == EFBIG ? 0 : 3);
+        }
+        _exit(4);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_EQ(file.contents(), line + "\n" + line + "\n");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 // report, diff and verify as commands: reading the files (several in parallel), turning
 // unusable input into one line that says what is wrong and what to do, and the exit status.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <string_view>
 #include <optional>
 
 #include <fmt/format.h>
@@ -135,15 +139,50 @@ CommandOutput run_verify(const std::vector<std::string>& paths,
     }
 }
 
+namespace {
+
+// Whether `path` holds a trace, plain (its header line) or gzip-compressed: the evidence a report
+// must never replace, as when a trace is given as the output by mistake.
+bool holds_trace(const std::string& path) {
+    std::ifstream file(path, std::ios::binary);
+    std::string start(16, '\0');
+    file.read(start.data(), static_cast<std::streamsize>(start.size()));
+    start.resize(static_cast<std::size_t>(file.gcount()));
+    return start.starts_with("\x1f\x8b") || start.starts_with(R"({"type":"header")");
+}
+
+// The output, readable by its owner only, as the trace is: it names hosts and requests.
+bool write_file(const std::string& path, std::string_view content) {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return false;
+    while (!content.empty()) {
+        const ssize_t written = write(fd, content.data(), content.size());
+        if (written < 0 && errno == EINTR) continue;
+        if (written <= 0) {
+            const int saved = errno;
+            close(fd);
+            errno = written == 0 ? EIO : saved;
+            return false;
+        }
+        content.remove_prefix(static_cast<std::size_t>(written));
+    }
+    return close(fd) == 0;
+}
+
+}  // namespace
+
 CommandOutput write_output(CommandOutput output, const std::string& path, const char* command) {
     if (output.exit_code != 0 || path == "-") return output;
-    std::ofstream file(path, std::ios::binary | std::ios::trunc);
-    file << output.out;
-    file.close();
-    if (!file) {
-        CommandOutput failed = unusable(
-            command, UnusableInput{fmt::format("cannot write {}: {}; give a writable --output path",
-                                               path, std::strerror(errno))});
+    std::string problem;
+    if (holds_trace(path)) {
+        problem = fmt::format("{} is a trace; a report never replaces one: give another --output",
+                              path);
+    } else if (!write_file(path, output.out)) {
+        problem = fmt::format("cannot write {}: {}; give a writable --output path", path,
+                              std::strerror(errno));
+    }
+    if (!problem.empty()) {
+        CommandOutput failed = unusable(command, UnusableInput{problem});
         failed.err = output.err + failed.err;
         return failed;
     }

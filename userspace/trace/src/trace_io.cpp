@@ -1620,9 +1620,22 @@ void TraceWriter::end_line() {
     if (buffer_.size() >= flush_bytes_) flush();
 }
 
+void TraceWriter::take_back_cut_line(std::size_t& written) {
+    const std::size_t last_newline = written == 0 ? std::string::npos : buffer_.rfind('\n', written - 1);
+    const std::size_t whole = last_newline == std::string::npos ? 0 : last_newline + 1;
+    const auto cut = static_cast<off_t>(written - whole);
+    if (cut == 0) return;
+    const off_t end = ::lseek(fd_, 0, SEEK_CUR);  // fails on a pipe: what went out stays out
+    if (end < cut || ::ftruncate(fd_, end - cut) != 0 || ::lseek(fd_, end - cut, SEEK_SET) < 0) {
+        return;
+    }
+    written = whole;
+}
+
 void TraceWriter::flush() {
     std::size_t written = 0;
     const auto fail = [&](int error) {
+        take_back_cut_line(written);
         buffer_.erase(0, written);
         throw std::system_error(error, std::generic_category(), "writing the trace");
     };

@@ -107,11 +107,15 @@ public:
     void write_conn(const Connection& conn);
     void write_event(const Event& event, PayloadPolicy policy);
     // Throws std::system_error with the errno on a write error; what could not be written stays
-    // buffered, so a later flush() continues where this one stopped.
+    // buffered, so a later flush() continues where this one stopped. A file keeps whole lines:
+    // the start of a line cut by the error (a full disk) is taken back where the file allows.
     void flush();
 
 private:
     void end_line();  // the '\n' after a line appended to the buffer
+    // After a failed write of `written` bytes: truncates the file back to its last whole line
+    // and lowers `written` to match, when the file can be truncated.
+    void take_back_cut_line(std::size_t& written);
 
     int fd_;
     std::size_t flush_bytes_;
