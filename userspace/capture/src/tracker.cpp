@@ -74,13 +74,13 @@ struct Head {
     // for any other.
     uint8_t health_checker = 0;
 
-    std::optional<std::string> method() const {
+    std::optional<std::string_view> method() const {
         if (kind != http::MessageKind::Request) return std::nullopt;
-        return method_target.substr(0, method_length);
+        return std::string_view(method_target).substr(0, method_length);
     }
-    std::optional<std::string> target() const {
+    std::optional<std::string_view> target() const {
         if (!has_target) return std::nullopt;
-        return method_target.substr(method_length);
+        return std::string_view(method_target).substr(method_length);
     }
     std::optional<int> status_code() const {
         return status != 0 ? std::optional<int>(status) : std::nullopt;
@@ -453,8 +453,8 @@ std::optional<bool> serves_requests(Role role, std::span<const MessageFact> mess
     return std::nullopt;
 }
 
-Request make_request(const Head& head, uint64_t ts_ns) {
-    Request request;
+// A new request (as value-initialised) made by `head`; in place, as it is made in its builder.
+void describe_request(Request& request, const Head& head, uint64_t ts_ns) {
     request.request_ns = ts_ns;
     if (head.asks_to_close) request.close_asked = CloseAsked::Request;
     if (head.kind == http::MessageKind::Request) {
@@ -463,7 +463,6 @@ Request make_request(const Head& head, uint64_t ts_ns) {
     } else {
         request.opaque = true;
     }
-    return request;
 }
 
 // Requests in the order they were made, each with its outcome. Fed messages in time order,
@@ -706,12 +705,13 @@ private:
                              .from_reset = from_reset});
         for (std::size_t i = 0; i < heads.size(); ++i) {
             const Head& head = heads[i];
-            Request request = make_request(head, ts_ns);
+            Pending& pending = pending_.emplace_back();
+            pending.number = total_++;
+            describe_request(pending.request, head, ts_ns);
             if (previous_ns != 0 && ts_ns >= previous_ns) {
-                request.idle_before_ms = ms_between(previous_ns, ts_ns);
+                pending.request.idle_before_ms = ms_between(previous_ns, ts_ns);
             }
             if (health_checker_.empty()) health_checker_ = head.health_checker_name();
-            pending_.push_back({.number = total_++, .request = std::move(request)});
         }
         last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
     }
