@@ -286,17 +286,16 @@ ReadState read_head(std::string_view bytes, std::size_t offset, Message& message
             framing.body_begin = offset;
             return ReadState::Complete;
         }
-        const std::size_t colon = field.find(':');
-        if (colon == 0 || colon == std::string_view::npos) {
+        // The name is tchars up to the colon (which is none): read in one pass.
+        std::size_t colon = 0;
+        while (colon < field.size() && is_tchar(field[colon])) {
+            ++colon;
+        }
+        if (colon == 0 || colon == field.size() || field[colon] != ':') {
             return ReadState::Malformed;
         }
         const std::string_view name = field.substr(0, colon);
         const std::string_view value = trim_whitespace(field.substr(colon + 1));
-        for (const char c : name) {
-            if (!is_tchar(c)) {
-                return ReadState::Malformed;
-            }
-        }
         for (const char c : value) {
             if (!is_text_char(c)) {
                 return ReadState::Malformed;
