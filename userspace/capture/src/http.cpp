@@ -1,6 +1,7 @@
 #include "closetrace/http.h"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <optional>
 
@@ -29,30 +30,51 @@ constexpr std::string_view kVersionPrefix = "HTTP/1.";
 constexpr std::size_t kVersionLength = kVersionPrefix.size() + 1;  // "HTTP/1." and one digit
 constexpr std::string_view kHttp2PrefaceLine = "PRI * HTTP/2.0\r\n";
 
-bool is_digit(char c) {
+constexpr bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
 
-bool is_alpha(char c) {
+constexpr bool is_alpha(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-// RFC 9110 tchar: the characters of a method or a header field name.
+// Byte classes, one bit each, looked up: the head parser asks them of nearly every byte it reads.
+enum ByteClass : uint8_t {
+    kTokenByte = 1,   // RFC 9110 tchar: the characters of a method or a header field name
+    // Any visible byte: request targets on the wire are not always valid URIs (raw UTF-8, stray
+    // characters), and the server sees them as they are.
+    kTargetByte = 2,
+    kTextByte = 4,  // reason phrase and field value bytes: HTAB, SP, VCHAR, obs-text
+};
+
+constexpr std::array<uint8_t, 256> kByteClasses = [] {
+    constexpr std::string_view kTokenSymbols = "!#$%&'*+-.^_`|~";
+    std::array<uint8_t, 256> classes{};
+    for (std::size_t byte = 0; byte < classes.size(); ++byte) {
+        const char c = static_cast<char>(byte);
+        if (is_digit(c) || is_alpha(c) || kTokenSymbols.find(c) != std::string_view::npos) {
+            classes[byte] |= kTokenByte;
+        }
+        if (byte > 0x20 && byte != 0x7f) classes[byte] |= kTargetByte | kTextByte;
+        if (c == '\t' || c == ' ') classes[byte] |= kTextByte;
+    }
+    return classes;
+}();
+
+bool in_class(char c, ByteClass byte_class) {
+    return (kByteClasses[static_cast<unsigned char>(c)] & byte_class) != 0;
+}
+
 bool is_tchar(char c) {
-    constexpr std::string_view kSymbols = "!#$%&'*+-.^_`|~";
-    return is_digit(c) || is_alpha(c) || kSymbols.find(c) != std::string_view::npos;
+    return in_class(c, kTokenByte);
 }
 
-// Any visible byte: request targets on the wire are not always valid URIs (raw UTF-8, stray
-// characters), and the server sees them as they are.
 bool is_target_char(char c) {
-    const auto byte = static_cast<unsigned char>(c);
-    return byte > 0x20 && byte != 0x7f;
+    return in_class(c, kTargetByte);
 }
 
-// Reason phrase and field value bytes: HTAB, SP, VCHAR, obs-text.
 bool is_text_char(char c) {
-    return c == '\t' || c == ' ' || is_target_char(c);
+    return in_class(c, kTextByte);
 }
 
 // How much of a fixed syntax element the buffer holds.
@@ -264,17 +286,16 @@ ReadState read_head(std::string_view bytes, std::size_t offset, Message& message
             framing.body_begin = offset;
             return ReadState::Complete;
         }
-        const std::size_t colon = field.find(':');
-        if (colon == 0 || colon == std::string_view::npos) {
+        // The name is tchars up to the colon (which is none): read in one pass.
+        std::size_t colon = 0;
+        while (colon < field.size() && is_tchar(field[colon])) {
+            ++colon;
+        }
+        if (colon == 0 || colon == field.size() || field[colon] != ':') {
             return ReadState::Malformed;
         }
         const std::string_view name = field.substr(0, colon);
         const std::string_view value = trim_whitespace(field.substr(colon + 1));
-        for (const char c : name) {
-            if (!is_tchar(c)) {
-                return ReadState::Malformed;
-            }
-        }
         for (const char c : value) {
             if (!is_text_char(c)) {
                 return ReadState::Malformed;

@@ -49,19 +49,4 @@ std::string stream_name(const Http2Stream& stream) {
 
 std::string stream_line(const Http2Stream& stream) { return "HTTP/2 stream " + stream_name(stream); }
 
-std::string_view trim_whitespace(std::string_view text) {
-    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
-    return text;
-}
-
-bool equals_ignoring_case(std::string_view text, std::string_view lowercase) {
-    const auto to_lower = [](char c) {
-        return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-    };
-    return text.size() == lowercase.size() &&
-           std::equal(text.begin(), text.end(), lowercase.begin(),
-                      [&](char a, char b) { return to_lower(a) == b; });
-}
-
 }  // namespace closetrace

@@ -11,7 +11,7 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
+#include <queue>
 #include <span>
 #include <string>
 #include <string_view>
@@ -74,13 +74,13 @@ struct Head {
     // for any other.
     uint8_t health_checker = 0;
 
-    std::optional<std::string> method() const {
+    std::optional<std::string_view> method() const {
         if (kind != http::MessageKind::Request) return std::nullopt;
-        return method_target.substr(0, method_length);
+        return std::string_view(method_target).substr(0, method_length);
     }
-    std::optional<std::string> target() const {
+    std::optional<std::string_view> target() const {
         if (!has_target) return std::nullopt;
-        return method_target.substr(method_length);
+        return std::string_view(method_target).substr(method_length);
     }
     std::optional<int> status_code() const {
         return status != 0 ? std::optional<int>(status) : std::nullopt;
@@ -453,8 +453,8 @@ std::optional<bool> serves_requests(Role role, std::span<const MessageFact> mess
     return std::nullopt;
 }
 
-Request make_request(const Head& head, uint64_t ts_ns) {
-    Request request;
+// A new request (as value-initialised) made by `head`; in place, as it is made in its builder.
+void describe_request(Request& request, const Head& head, uint64_t ts_ns) {
     request.request_ns = ts_ns;
     if (head.asks_to_close) request.close_asked = CloseAsked::Request;
     if (head.kind == http::MessageKind::Request) {
@@ -463,7 +463,6 @@ Request make_request(const Head& head, uint64_t ts_ns) {
     } else {
         request.opaque = true;
     }
-    return request;
 }
 
 // Requests in the order they were made, each with its outcome. Fed messages in time order,
@@ -706,12 +705,13 @@ private:
                              .from_reset = from_reset});
         for (std::size_t i = 0; i < heads.size(); ++i) {
             const Head& head = heads[i];
-            Request request = make_request(head, ts_ns);
+            Pending& pending = pending_.emplace_back();
+            pending.number = total_++;
+            describe_request(pending.request, head, ts_ns);
             if (previous_ns != 0 && ts_ns >= previous_ns) {
-                request.idle_before_ms = ms_between(previous_ns, ts_ns);
+                pending.request.idle_before_ms = ms_between(previous_ns, ts_ns);
             }
             if (health_checker_.empty()) health_checker_ = head.health_checker_name();
-            pending_.push_back({.number = total_++, .request = std::move(request)});
         }
         last_exchange_ns_ = std::max(last_exchange_ns_, ts_ns);
     }
@@ -996,7 +996,12 @@ struct ConnTracker::State {
     // seen alive yet, with their resets as they came: from a time-wait socket of a connection
     // closed before the recording or already finalised (unattributed once the linger passes),
     // or delivered by another CPU ahead of the socket's first event (folded in when that comes).
-    std::set<std::pair<uint64_t, uint64_t>> closed;
+    // `closed` is a heap, earliest first, rather than a tree with a node per connection: an entry
+    // is not removed but goes stale when its connection goes or closes earlier (pop_finished()
+    // skips it). Each entry also holds its connection's first arrival, which tells the connection
+    // from a later one of the same socket (its events after the finalisation).
+    using ClosedEntry = std::tuple<uint64_t, uint64_t, uint64_t>;  // (closed, cookie, arrival)
+    std::priority_queue<ClosedEntry, std::vector<ClosedEntry>, std::greater<>> closed;
     std::map<uint64_t, std::vector<Arrived>> unconfirmed;
     // Connections seen alive by the hash of their tuple: for resets with no socket.
     TupleIndex alive_by_tuple;
@@ -1046,6 +1051,21 @@ struct ConnTracker::State {
         cookies.reserve(silent.size());
         for (const auto& [first_arrival, cookie] : silent) cookies.push_back(cookie);
         return cookies;
+    }
+
+    // The cookie of the connection whose linger ended first before `now_ns`, by (closed_ns,
+    // cookie); nullopt when there is none.
+    std::optional<uint64_t> pop_finished(uint64_t now_ns, uint64_t linger_ns) {
+        while (!closed.empty() && std::get<0>(closed.top()) + linger_ns < now_ns) {
+            const auto [closed_ns, cookie, first_arrival] = closed.top();
+            closed.pop();
+            const auto it = by_cookie.find(cookie);
+            if (it != by_cookie.end() && it->second.first_arrival == first_arrival &&
+                it->second.closed_ns() == closed_ns) {
+                return cookie;
+            }
+        }
+        return std::nullopt;
     }
 
     Tracked* find_by_tuple(const Event& event) {
@@ -1155,7 +1175,6 @@ struct ConnTracker::State {
             for (Arrived& arrived : resets->second) unattributed.push_back(std::move(arrived));
             unconfirmed.erase(resets);
         }
-        if (tracked.closed_ns()) closed.erase({*tracked.closed_ns(), it->first});
         by_cookie.erase(it);
         return tracked;
     }
@@ -1193,8 +1212,7 @@ void ConnTracker::on_event(const Event& event) {
     const std::optional<uint64_t> closed_before = tracked.closed_ns();
     State::add(tracked, event, arrival, false, options_);
     if (tracked.closed_ns() != closed_before) {
-        if (closed_before) state_->closed.erase({*closed_before, event.cookie});
-        state_->closed.emplace(*tracked.closed_ns(), event.cookie);
+        state_->closed.emplace(*tracked.closed_ns(), event.cookie, tracked.first_arrival);
     }
 }
 
@@ -1208,9 +1226,8 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
     for (uint64_t cookie : stale) state_->release(state_->by_cookie.find(cookie));
     // Closed ones in closing order, then those given up.
     std::vector<uint64_t> finished;
-    for (const auto& [closed_ns, cookie] : state_->closed) {
-        if (closed_ns + options_.linger_ns >= now_ns) break;
-        finished.push_back(cookie);
+    while (const auto cookie = state_->pop_finished(now_ns, options_.linger_ns)) {
+        finished.push_back(*cookie);
     }
     std::ranges::copy(state_->given_up(now_ns, options_.give_up_after_loss_ns),
                       std::back_inserter(finished));
@@ -1240,6 +1257,7 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
         connections.push_back(state_->finalise(cookie, std::move(tracked), options_.linger_ns));
         connections.back().id = next_id_++;
     }
+    state_->closed = {};  // every entry stale
     return connections;
 }
 

@@ -2,6 +2,7 @@
 // string helpers every parser shares.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 
@@ -23,9 +24,23 @@ std::string stream_line(const Http2Stream& stream);
 // The same without the "HTTP/2 stream" prefix: "7 POST /helloworld.Greeter/SayHello after_goaway".
 std::string stream_name(const Http2Stream& stream);
 
+// The two below are inline: the HTTP head parser calls them for every header field.
+
 // Without the spaces and tabs around it (HTTP's optional whitespace).
-std::string_view trim_whitespace(std::string_view text);
+inline std::string_view trim_whitespace(std::string_view text) {
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+    return text;
+}
+
 // `text` equals `lowercase` (which is all lower case) but for the case of ASCII letters.
-bool equals_ignoring_case(std::string_view text, std::string_view lowercase);
+inline bool equals_ignoring_case(std::string_view text, std::string_view lowercase) {
+    const auto to_lower = [](char c) {
+        return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    };
+    return text.size() == lowercase.size() &&
+           std::equal(text.begin(), text.end(), lowercase.begin(),
+                      [&](char a, char b) { return to_lower(a) == b; });
+}
 
 }  // namespace closetrace
