@@ -304,6 +304,24 @@ TEST(TraceFiles, RefusesStandardInputTwiceAndADirectoryWithoutTraces) {
     }
 }
 
+// Read twice, a trace's connections would count twice.
+TEST(TraceFiles, RefusesAFileNamedTwice) {
+    const TempDir dir;
+    const std::string trace = (dir.path() / "api-1.jsonl").string();
+    write_file(trace, "");
+    for (const std::vector<std::string>& arguments :
+         {std::vector<std::string>{trace, trace}, {dir.path().string(), trace},
+          {trace, (dir.path() / "." / "api-1.jsonl").string()}}) {
+        try {
+            trace_files(arguments);
+            ADD_FAILURE() << "a file named twice was accepted: " << arguments[1];
+        } catch (const TraceArgumentError& error) {
+            EXPECT_THAT(error.what(), HasSubstr("is given twice"));
+            EXPECT_THAT(error.what(), HasSubstr("; give each trace once"));
+        }
+    }
+}
+
 TEST(TraceFiles, ReadsOneFileAndSaysWhatWasWrongWithItAsAWhole) {
     const TempDir dir;
     const std::string trace = (dir.path() / "api-1.jsonl.gz").string();

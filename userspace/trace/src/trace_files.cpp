@@ -1,8 +1,11 @@
 #include "closetrace/trace_files.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <system_error>
 #include <utility>
 
@@ -22,6 +25,26 @@ std::unique_ptr<InputFile> open_trace_file(const std::string& path) {
             fmt::format("cannot open {}: {}", path, std::strerror(error.code().value())));
     }
 }
+
+namespace {
+
+// A file read twice would count its connections twice: "t.jsonl t.jsonl", or "DIR DIR/t.jsonl".
+void refuse_a_file_named_twice(const std::vector<std::string>& files) {
+    std::map<std::pair<dev_t, ino_t>, const std::string*> seen;
+    for (const std::string& file : files) {
+        struct stat status{};
+        if (file == "-" || stat(file.c_str(), &status) != 0) continue;  // opening it will say why
+        const auto [it, added] = seen.try_emplace({status.st_dev, status.st_ino}, &file);
+        if (!added) {
+            const std::string also =
+                file == *it->second ? "" : fmt::format(" (also as {})", *it->second);
+            throw TraceArgumentError(
+                fmt::format("{} is given twice{}; give each trace once", file, also));
+        }
+    }
+}
+
+}  // namespace
 
 std::vector<std::string> trace_files(const std::vector<std::string>& arguments) {
     std::vector<std::string> files;
@@ -56,6 +79,7 @@ std::vector<std::string> trace_files(const std::vector<std::string>& arguments) 
         std::ranges::sort(traces);
         files.insert(files.end(), traces.begin(), traces.end());
     }
+    refuse_a_file_named_twice(files);
     return files;
 }
 
