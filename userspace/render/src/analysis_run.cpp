@@ -16,6 +16,7 @@
 #include "closetrace/analysis_text.h"
 #include "closetrace/file_content.h"
 #include "closetrace/trace_files.h"
+#include "closetrace/trace_io.h"
 #include "closetrace/report.h"
 
 namespace closetrace {
@@ -148,25 +149,18 @@ bool holds_trace(const std::string& path) {
     std::string start(16, '\0');
     file.read(start.data(), static_cast<std::streamsize>(start.size()));
     start.resize(static_cast<std::size_t>(file.gcount()));
-    return start.starts_with("\x1f\x8b") || start.starts_with(R"({"type":"header")");
+    return starts_gzip(start) || start.starts_with(R"({"type":"header")");
 }
 
 // The output, readable by its owner only, as the trace is: it names hosts and requests.
 bool write_file(const std::string& path, std::string_view content) {
     const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) return false;
-    while (!content.empty()) {
-        const ssize_t written = write(fd, content.data(), content.size());
-        if (written < 0 && errno == EINTR) continue;
-        if (written <= 0) {
-            const int saved = errno;
-            close(fd);
-            errno = written == 0 ? EIO : saved;
-            return false;
-        }
-        content.remove_prefix(static_cast<std::size_t>(written));
-    }
-    return close(fd) == 0;
+    std::size_t written = 0;
+    const int error = write_all(fd, content, written);
+    if (close(fd) != 0 && error == 0) return false;
+    errno = error;
+    return error == 0;
 }
 
 }  // namespace

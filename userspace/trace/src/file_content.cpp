@@ -30,7 +30,7 @@ z_stream z_stream_at(Bytef* input) {
 FileContent::FileContent(int fd)
     : fd_(fd), input_(kChunkBytes), stream_(z_stream_at(input_.data())) {
     refill();
-    if (starts_gzip()) {
+    if (input_is_gzip()) {
         inflating_ = inflateInit2(&stream_, 16 + MAX_WBITS) == Z_OK;  // 16: gzip wrapper
         if (!inflating_) fail("zlib cannot start");
     }
@@ -57,8 +57,11 @@ std::size_t FileContent::read(char* out, std::size_t size) {
     return got;
 }
 
-bool FileContent::starts_gzip() const {
-    return stream_.avail_in >= 2 && stream_.next_in[0] == 0x1f && stream_.next_in[1] == 0x8b;
+bool starts_gzip(std::string_view start) { return start.starts_with("\x1f\x8b"); }
+
+bool FileContent::input_is_gzip() const {
+    return starts_gzip(
+        {reinterpret_cast<const char*>(stream_.next_in), stream_.avail_in});
 }
 
 void FileContent::fail(std::string why) {
@@ -105,7 +108,7 @@ std::size_t FileContent::inflate_into(char* out, std::size_t size) {
 // A gzip member ended: another one follows, or the end of the file, or plain text.
 void FileContent::next_member() {
     if (stream_.avail_in < 2) refill();
-    if (starts_gzip()) {
+    if (input_is_gzip()) {
         inflateReset(&stream_);
         return;
     }

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <bit>
 #include <cerrno>
 #include <cmath>
 #include <concepts>
@@ -1621,7 +1620,8 @@ void TraceWriter::end_line() {
 }
 
 void TraceWriter::take_back_cut_line(std::size_t& written) {
-    const std::size_t last_newline = written == 0 ? std::string::npos : buffer_.rfind('\n', written - 1);
+    const std::size_t last_newline =
+        written == 0 ? std::string::npos : buffer_.rfind('\n', written - 1);
     const std::size_t whole = last_newline == std::string::npos ? 0 : last_newline + 1;
     const auto cut = static_cast<off_t>(written - whole);
     if (cut == 0) return;
@@ -1634,24 +1634,31 @@ void TraceWriter::take_back_cut_line(std::size_t& written) {
 
 void TraceWriter::flush() {
     std::size_t written = 0;
-    const auto fail = [&](int error) {
+    if (const int error = write_all(fd_, buffer_, written)) {
         take_back_cut_line(written);
         buffer_.erase(0, written);
         throw std::system_error(error, std::generic_category(), "writing the trace");
-    };
-    while (written < buffer_.size()) {
-        const ssize_t count = ::write(fd_, buffer_.data() + written, buffer_.size() - written);
-        if (count >= 0) {
-            written += static_cast<std::size_t>(count);
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            // Standard output may be a non-blocking pipe shared with another process.
-            pollfd writable{.fd = fd_, .events = POLLOUT, .revents = 0};
-            if (::poll(&writable, 1, -1) < 0 && errno != EINTR) fail(errno);
-        } else if (errno != EINTR) {
-            fail(errno);
-        }
     }
     buffer_.clear();
+}
+
+int write_all(int fd, std::string_view data, std::size_t& written) {
+    written = 0;
+    while (written < data.size()) {
+        const ssize_t count = ::write(fd, data.data() + written, data.size() - written);
+        if (count > 0) {
+            written += static_cast<std::size_t>(count);
+        } else if (count == 0) {
+            return EIO;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            // Standard output may be a non-blocking pipe shared with another process.
+            pollfd writable{.fd = fd, .events = POLLOUT, .revents = 0};
+            if (::poll(&writable, 1, -1) < 0 && errno != EINTR) return errno;
+        } else if (errno != EINTR) {
+            return errno;
+        }
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,9 +9,13 @@
 #include <memory>
 #include <streambuf>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace closetrace {
+
+// Whether `start`, a file's first bytes, opens gzip data (its magic number).
+bool starts_gzip(std::string_view start);
 
 // A file's content read from `fd` (not owned): gzip (one member or several, as concatenated
 // files are) or plain, told by its first bytes. zlib's gzread ignores whatever follows the last
@@ -31,7 +35,7 @@ public:
     const std::string& problem() const { return problem_; }
 
 private:
-    bool starts_gzip() const;
+    bool input_is_gzip() const;
     void fail(std::string why);
     bool refill();
     // Up to `size` bytes of the file itself; 0 at its end or after an error.

@@ -122,6 +122,10 @@ private:
     std::string buffer_;
 };
 
+// Writes all of `data` to `fd`, waiting while a non-blocking descriptor is full. Returns 0, or
+// the errno of the write that failed; `written` says how much went out either way.
+int write_all(int fd, std::string_view data, std::size_t& written);
+
 // A problem with a trace file: names the file and the 1-based line (0: the file as a whole).
 // what() is one line: "trace.jsonl:17: conn.close.how: expected \"fin\", \"rst\" or null".
 class TraceError : public std::runtime_error {
