@@ -292,6 +292,22 @@ TEST(TraceAnalyzer, CountsVerdictsRequestsAndGroups) {
     EXPECT_TRUE(trace.warnings.empty());
 }
 
+TEST(TraceAnalyzer, GroupsCountOnlyTimerClosesAsIdle) {
+    Connection health_check = make_conn({.verdict = Verdict::LocalIdleClose, .idle_ms = 0.1});
+    health_check.health_check = "ELB-HealthChecker";
+    health_check.close.cause = CloseCause::ConnectionClose;
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::LocalIdleClose})
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 0.1})
+                                    .add_conn(health_check)
+                                    .finish();
+    const GroupFigures& node = trace.by_comm.at("node");
+    EXPECT_EQ(node.verdicts[Verdict::LocalIdleClose], 2u);
+    EXPECT_EQ(node.local_idle_timer_closes, 1u);  // as in the idle section: not the health check
+    EXPECT_EQ(node.peer_idle_timer_closes, 0u);   // the peer closed right after its exchange
+    EXPECT_EQ(trace.local_idle.count(), 1u);
+}
+
 TEST(TraceAnalyzer, ClientConnectionsStayOutOfTheServerSideFigures) {
     const TraceAnalysis trace =
         Recording()

@@ -76,6 +76,9 @@ void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
     group.requests += requests_of(conn);
     ++group.verdicts[conn.verdict];
+    if (!timer_idle_ms(conn)) return;
+    if (conn.verdict == Verdict::LocalIdleClose) ++group.local_idle_timer_closes;
+    if (conn.verdict == Verdict::PeerIdleClose) ++group.peer_idle_timer_closes;
 }
 
 // Counts one connection into `a`, whose groups `indexes` finds; `client_end` when both ends
@@ -690,6 +693,8 @@ GroupFigures& GroupFigures::operator+=(const GroupFigures& other) {
     connections += other.connections;
     requests += other.requests;
     verdicts += other.verdicts;
+    local_idle_timer_closes += other.local_idle_timer_closes;
+    peer_idle_timer_closes += other.peer_idle_timer_closes;
     return *this;
 }
 

@@ -799,8 +799,8 @@ void hosts_section(std::string& out, const View& view, const TraceAnalysis& trac
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
             "class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
             "class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
-            text(host), figures.connections, figures.requests, v[Verdict::LocalIdleClose],
-            v[Verdict::PeerIdleClose], v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
+            text(host), figures.connections, figures.requests, figures.local_idle_timer_closes,
+            figures.peer_idle_timer_closes, v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
             v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight]);
     }
     out += "</table>\n</section>\n";

@@ -349,8 +349,8 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
 void group_row(std::string& out, const std::string& name, const GroupFigures& figures) {
     const VerdictCounts& v = figures.verdicts;
     out += fmt::format("  {:<20} {:>11} {:>9} {:>11} {:>10} {:>6} {:>10} {:>8}\n", name,
-                       figures.connections, figures.requests, v[Verdict::LocalIdleClose],
-                       v[Verdict::PeerIdleClose],
+                       figures.connections, figures.requests, figures.local_idle_timer_closes,
+                       figures.peer_idle_timer_closes,
                        v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
                        v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight]);
 }

@@ -138,6 +138,10 @@ struct GroupFigures {
     uint64_t connections = 0;
     uint64_t requests = 0;
     VerdictCounts verdicts;
+    // Closes an idle timer made with nothing caught (timer_idle_ms), by the closing side: a
+    // health check's or a finished client's close is an *_idle_close verdict, not an idle timeout.
+    uint64_t local_idle_timer_closes = 0;
+    uint64_t peer_idle_timer_closes = 0;
     GroupFigures& operator+=(const GroupFigures& other);
 };
 
