@@ -220,6 +220,21 @@ class RecordCliTest(unittest.TestCase):
     def test_sigpipe_leaves_a_complete_valid_file(self):
         self.stop_midway_and_check(signal.SIGPIPE)
 
+    def test_sigusr1_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGUSR1)  # meant for another process
+
+    def test_sigalrm_leaves_a_complete_valid_file(self):
+        self.stop_midway_and_check(signal.SIGALRM)
+
+    def test_a_gz_output_name_is_refused(self):
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "t.jsonl.gz")
+            result = run("record", "--duration", "1", "--quiet", "-o", path)
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("plain JSON lines", result.stderr)
+            self.assertFalse(os.path.exists(path))
+
     def test_duration_ends_the_recording(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "t.jsonl")

@@ -44,17 +44,21 @@ void request_stop(int) { stop_requested = 1; }
 void request_rotation(int) { rotation_requested = 1; }
 
 // Every signal that ends a process by default and can be caught ends the recording cleanly,
-// with its summary: Ctrl-C, kill, a dropped SSH session (HUP), Ctrl-\ (QUIT), and a closed
-// pipe (PIPE, after which writes fail with EPIPE and are reported). A recording into rotated
-// files is a daemon's: there HUP closes the live file and starts the next, as logrotate and
-// daemons expect. No SA_RESTART, so that polling wakes up.
+// with its summary: Ctrl-C, kill, a dropped SSH session (HUP), Ctrl-\ (QUIT), a closed pipe
+// (PIPE, after which writes fail with EPIPE and are reported), a file size limit (XFSZ: writes
+// then fail with EFBIG), and the ones no one means for closetrace (USR1, ALRM, real-time ...),
+// which would otherwise leave a trace without its summary. A recording into rotated files is a
+// daemon's: there HUP closes the live file and starts the next, as logrotate and daemons
+// expect. No SA_RESTART, so that polling wakes up.
 void install_signal_handlers(bool hangup_rotates) {
     struct sigaction action{};
     action.sa_handler = request_stop;
     sigemptyset(&action.sa_mask);
-    for (const int signal : {SIGINT, SIGTERM, SIGQUIT, SIGPIPE}) {
+    for (const int signal : {SIGINT, SIGTERM, SIGQUIT, SIGPIPE, SIGXFSZ, SIGUSR1, SIGUSR2, SIGALRM,
+                             SIGVTALRM, SIGPROF, SIGXCPU, SIGIO, SIGPWR, SIGSTKFLT}) {
         sigaction(signal, &action, nullptr);
     }
+    for (int signal = SIGRTMIN; signal <= SIGRTMAX; ++signal) sigaction(signal, &action, nullptr);
     action.sa_handler = hangup_rotates ? request_rotation : request_stop;
     sigaction(SIGHUP, &action, nullptr);
 }
@@ -129,7 +133,15 @@ std::string default_output_name() {
 }
 
 // Step 0: rotation writes files into a directory: not to standard output, nor to a trace's name.
-void check_rotation_options(const RecordOptions& options) {
+// Without rotation the trace is plain JSON lines written as they come (a recording cut short
+// stays readable): a .gz name would lie about it.
+void check_output_options(const RecordOptions& options) {
+    if (!options.rotates() && options.output.ends_with(".gz")) {
+        fail(fmt::format("--output {}: record writes plain JSON lines as it goes; name it .jsonl "
+                         "and gzip it afterwards, or record into a directory with --gzip",
+                         options.output),
+             2);
+    }
     if (!options.rotates()) return;
     if (options.output == "-") {
         fail("rotation (--rotate-*, --keep-*, --gzip) writes files: give --output DIR instead of -",
@@ -748,7 +760,7 @@ std::unique_ptr<RecordingMetrics> serve_metrics(const std::string& address) {
 // The steps in order. Every way out (a failure, a signal, the deadline) unwinds through the
 // destructors: the writer flushes, the file is closed and unlocked, the programs detach.
 void record(const RecordOptions& options) {
-    check_rotation_options(options);
+    check_output_options(options);
     install_signal_handlers(options.rotates());
     const std::unique_ptr<RecordingMetrics> metrics = serve_metrics(options.metrics);
     const HostFacts host = check_host(options);
