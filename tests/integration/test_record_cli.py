@@ -235,6 +235,15 @@ class RecordCliTest(unittest.TestCase):
             self.assertIn("plain JSON lines", result.stderr)
             self.assertFalse(os.path.exists(path))
 
+    def test_output_that_cannot_be_written_is_a_failure(self):
+        fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mismatch.jsonl")
+        for command in (["doctor"], ["report", fixture]):
+            with open("/dev/full", "w") as full:
+                result = subprocess.run([CLOSETRACE, *command], stdout=full,
+                                        stderr=subprocess.PIPE, text=True, check=False)
+            self.assertEqual(result.returncode, 2, (command, result.stderr))
+            self.assertIn("cannot write standard output: No space left on device", result.stderr)
+
     def test_duration_ends_the_recording(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "t.jsonl")

@@ -14,6 +14,7 @@
 
 #include "closetrace/event.h"
 #include "closetrace/file_descriptor.h"
+#include "cli_support.h"
 #include "host.h"
 #include "kernel_btf.h"
 #include "tracer.h"
@@ -158,6 +159,7 @@ void doctor(const std::string& btf_path) {
     if (failure) {
         throw CLI::RuntimeError("closetrace doctor: recording cannot work here: " + *failure, 1);
     }
+    flush_stdout("doctor");
 }
 
 }  // namespace
