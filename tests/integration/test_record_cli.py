@@ -244,6 +244,15 @@ class RecordCliTest(unittest.TestCase):
             self.assertEqual(result.returncode, 2, (command, result.stderr))
             self.assertIn("cannot write standard output: No space left on device", result.stderr)
 
+    def test_a_missing_netns_is_named_once_with_what_to_give(self):
+        result = run("record", "--netns", "/no/such/netns", "--duration", "1", "--quiet",
+                     "-o", "/tmp/never-written.jsonl")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertEqual(result.stderr.count("--netns"), 1, result.stderr)
+        self.assertIn("/run/netns/NAME", result.stderr)
+        self.assertFalse(os.path.exists("/tmp/never-written.jsonl"))
+
     def test_duration_ends_the_recording(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "t.jsonl")

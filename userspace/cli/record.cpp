@@ -389,7 +389,7 @@ TracerConfig kernel_config(const RecordOptions& options, const HostFacts& host) 
     if (!options.netns.empty()) {
         std::string error;
         const auto inode = netns_inode(options.netns, &error);
-        if (!inode) fail(fmt::format("--netns {}: {}", options.netns, error), 2);
+        if (!inode) fail(error, 2);  // names --netns and its value
         config.netns = *inode;
     }
     config.ring_buffer_bytes = options.ring_mb << 20;

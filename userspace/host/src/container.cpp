@@ -755,8 +755,11 @@ std::optional<uint32_t> netns_inode(std::string_view path_or_inode, std::string*
     }
     const std::string path(path_or_inode);
     FileDescriptor namespace_fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (namespace_fd.get() < 0)
-        return failed(fmt::format("--netns {}: {}", path, std::strerror(errno)));
+    if (namespace_fd.get() < 0) {
+        return failed(fmt::format("--netns {}: {}; give /proc/PID/ns/net of a process in it, "
+                                  "/run/netns/NAME or its inode number",
+                                  path, std::strerror(errno)));
+    }
     if (::ioctl(namespace_fd.get(), NS_GET_NSTYPE) != CLONE_NEWNET) {
         return failed(fmt::format(
             "--netns {}: not a network namespace (/proc/PID/ns/net, /run/netns/NAME)", path));
