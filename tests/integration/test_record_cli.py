@@ -253,6 +253,24 @@ class RecordCliTest(unittest.TestCase):
         self.assertIn("/run/netns/NAME", result.stderr)
         self.assertFalse(os.path.exists("/tmp/never-written.jsonl"))
 
+    def test_live_lines_show_client_then_server_and_the_cause(self):
+        with ChurningTraffic() as traffic:
+            recorder = Recorder("--port", str(traffic.port), "--duration", "1.5")
+            try:
+                with recorder:
+                    _, recorder.stderr = recorder.process.communicate(timeout=20)
+                lines = [line for line in recorder.stderr.splitlines() if "_close" in line]
+                self.assertGreater(len(lines), 2, recorder.stderr)
+                server = f"127.0.0.1:{traffic.port}"
+                for line in lines:
+                    # Both the client's socket and the server's: client -> server.
+                    self.assertRegex(line, rf" 127\.0\.0\.1:\d+ -> {server} ", line)
+                    # Right after the exchange: the cause says why, not an idle timeout.
+                    self.assertRegex(line, r"\((closed_after_use|connection_close|"
+                                           r"keepalive_ended)\)$", line)
+            finally:
+                recorder.cleanup()
+
     def test_duration_ends_the_recording(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "t.jsonl")

@@ -225,13 +225,20 @@ public:
         }
         if (!notable) ++shown_this_second_;
 
+        // client -> server: this host's end first when it opened the connection.
+        const bool opened_here = conn.role == Role::Client;
         std::string line = fmt::format(
             "{} {}{:<21} {} -> {}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
-            notable ? "!! " : "   ", to_string(conn.verdict), endpoint_text(conn.remote),
-            endpoint_text(conn.local));
+            notable ? "!! " : "   ", to_string(conn.verdict),
+            endpoint_text(opened_here ? conn.local : conn.remote),
+            endpoint_text(opened_here ? conn.remote : conn.local));
         if (conn.comm) line += fmt::format(" [{}]", printable(*conn.comm));
         if (conn.container) line += " {" + printable(container_label(conn.container)) + "}";
         if (conn.close.idle_ms) line += fmt::format(" idle {:.1f} ms", *conn.close.idle_ms);
+        // Why: an *_idle_close right after an exchange is a one-shot client, not a timeout.
+        if (conn.close.cause != CloseCause::Unknown) {
+            line += fmt::format(" ({})", to_string(conn.close.cause));
+        }
         if (notable) {
             const CaughtConnection caught = caught_connection(conn, mono_to_wall_);
             if (caught.request) line += "  " + request_line(*caught.request);
