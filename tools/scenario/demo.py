@@ -63,7 +63,8 @@ def main():
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="closetrace-demo-") as work:
-        step(1, "The incident: a Node.js backend (keepAliveTimeout 1 s) behind an nginx "
+        step(1, "The incident: a Node.js backend (keepAliveTimeout 1 s; Node closes an idle "
+                "connection about 1 s after it) behind an nginx "
                 "balancer that keeps idle upstream connections for 3 s. Recording the "
                 "backend's port 8080 while a client sends traffic and, three times, a POST "
                 "just as the backend closes an idle connection (about 15 s) ...")
@@ -90,6 +91,10 @@ def main():
 
         step(4, f"closetrace diff {os.path.relpath(before_trace)} {os.path.relpath(after_trace)}")
         run_closetrace(closetrace, "diff", before_trace, after_trace)
+        print("(The report could only assume an ALB's default idle timeout: the balancer never "
+              "closed an idle connection before the fix. After it, the balancer closes them at "
+              "3 s, so the diff's recommendation for the before trace starts from what it saw.)",
+              flush=True)
 
         step(5, f"closetrace verify {os.path.relpath(after_trace)} --peer-idle-timeout 3")
         code = run_closetrace(closetrace, "verify", after_trace, "--peer-idle-timeout", "3")
