@@ -214,6 +214,7 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.close.unread_bytes, expected.close.unread_bytes);
     EXPECT_EQ(actual.health_check, expected.health_check);
     EXPECT_EQ(actual.incomplete, expected.incomplete);
+    EXPECT_EQ(actual.other_end, expected.other_end);
     ASSERT_EQ(actual.requests.size(), expected.requests.size());
     for (std::size_t i = 0; i < expected.requests.size(); ++i) {
         SCOPED_TRACE(testing::Message() << "request " << i);
@@ -330,7 +331,8 @@ TEST(TraceIo, ConnLineIsTheDocumentedExample) {
         R"("response_ns":1102,"outcome":"completed","idle_before_ms":0.1},)"
         R"({"method":"POST","target":"/pay","status":null,"request_ns":1955,"response_ns":null,)"
         R"("outcome":"after_local_close","idle_before_ms":2052.5}],)"
-        R"("requests_omitted":0,"verdict":"local_close_race","incomplete":false})");
+        R"("requests_omitted":0,"verdict":"local_close_race","incomplete":false,)"
+        R"("other_end":null})");
 }
 
 TEST(TraceIo, ConnRoundTrips) {
@@ -427,6 +429,22 @@ TEST(TraceIo, IncompleteRoundTripsAndIsFalseWhenAbsent) {
     const ReadResult read = read_trace(trace_text({header_line(sample_header()), older}));
     ASSERT_EQ(read.records.size(), 1u);
     EXPECT_FALSE(std::get<Connection>(read.records[0]).incomplete);
+}
+
+TEST(TraceIo, OtherEndRoundTripsAndIsNullWhenAbsent) {
+    Connection conn = sample_connection();
+    conn.other_end = OtherEnd{.cookie = 8232, .server = Initiator::Local};
+    EXPECT_NE(conn_line(conn).find(R"(,"other_end":{"cookie":8232,"server":"local"})"),
+              std::string::npos);
+    expect_same_connection(conn_round_trip(conn), conn);
+    conn.other_end->server.reset();
+    expect_same_connection(conn_round_trip(conn), conn);
+    const std::string older = replaced(conn_line(sample_connection()), R"(,"other_end":null)", "");
+    const ReadResult read = read_trace(trace_text({header_line(sample_header()), older}));
+    ASSERT_EQ(read.records.size(), 1u);
+    EXPECT_EQ(std::get<Connection>(read.records[0]).other_end, std::nullopt);
+    read_error(trace_text({header_line(sample_header()),
+                           replaced(conn_line(conn), R"("server":null)", R"("server":"unknown")")}));
 }
 
 TEST(TraceIo, CloseFactsRoundTrip) {
@@ -1393,6 +1411,7 @@ TEST(TraceReading, ConnLinesReadIntoOneRecordReadAsAlone) {
                                     .close_asked = CloseAsked::Request});
     full.requests_omitted = 40;
     full.incomplete = true;
+    full.other_end = OtherEnd{.cookie = 8232, .server = Initiator::Peer};
     full.http2 = Http2Connection{
         .client = Initiator::Peer,
         .local = {.ping_count = 4, .settings_count = 5},
@@ -1410,7 +1429,9 @@ TEST(TraceReading, ConnLinesReadIntoOneRecordReadAsAlone) {
     nulls.requests.resize(1);
     // Members a line may leave out, left out: they read as their defaults.
     const std::string bare = replaced(
-        replaced(replaced(conn_line(nulls), R"("owner_from":null,"cgroup_id":0,"cgroup":null,)", ""),
+        replaced(replaced(replaced(conn_line(nulls),
+                                   R"("owner_from":null,"cgroup_id":0,"cgroup":null,)", ""),
+                          R"(,"other_end":null)", ""),
                  R"(,"cause":"idle_timer","asked_by":null,"unread_bytes":0)", ""),
         R"(,"requests_omitted":0)", "");
     const std::vector<std::string> lines = {conn_line(full), conn_line(fewer), conn_line(nulls),

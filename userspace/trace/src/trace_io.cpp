@@ -1034,6 +1034,16 @@ constexpr MemberRule<Http2Connection> kHttp2Members[] = {
     optional_into<&Http2Connection::names_undecodable_from>("names_undecodable_from"),
 };
 
+// Added within closetrace/5 (2026-12-05).
+constexpr MemberRule<OtherEnd> kOtherEndMembers[] = {
+    {"cookie", into<&OtherEnd::cookie>},
+    {"server",
+     [](OtherEnd& out, ondemand::value& value, const MemberPath& path) {
+         out.server = nullable_enum<Initiator>(value, path, initiator_from_string, kSides);
+         if (out.server == Initiator::Unknown) fail_enum<Initiator>(path, kSides, true);
+     }},
+};
+
 // Requests a conn line's vector makes room for at its first one; more grow it as usual.
 constexpr std::size_t kRequestsReserved = 8;
 
@@ -1092,6 +1102,12 @@ constexpr MemberRule<Connection> kConnMembers[] = {
      }},
     // Added within closetrace/2: absent means no event was known lost while it was open.
     optional_into<&Connection::incomplete>("incomplete"),
+    // Added within closetrace/5 (2026-12-05): absent means the recorder did not look.
+    {"other_end",
+     [](Connection& out, ondemand::value& value, const MemberPath& path) {
+         read_nullable_object(value, path, kOtherEndMembers, out.other_end);
+     },
+     absent<&Connection::other_end>},
     // closetrace/3: written for HTTP/2 connections only.
     {"http2",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
@@ -1485,6 +1501,15 @@ void append_conn_line(std::string& out, const Connection& conn) {
     json.name("requests_omitted").number(conn.requests_omitted);
     json.name("verdict").string(to_string(conn.verdict));
     json.name("incomplete").boolean(conn.incomplete);
+    json.name("other_end");
+    if (conn.other_end) {
+        json.begin_object();
+        json.name("cookie").number(conn.other_end->cookie);
+        json.name("server").nullable_name(conn.other_end->server);
+        json.end_object();
+    } else {
+        json.null();
+    }
     if (conn.http2) {
         json.name("http2");
         http2_json(json, *conn.http2);

@@ -150,6 +150,16 @@ struct Endpoint {
     auto operator<=>(const Endpoint&) const = default;
 };
 
+// The connection's other socket, when it is on this host and recorded too (any network
+// namespace): found by the recorder, which sees both (docs/trace-format.md, "other_end").
+struct OtherEnd {
+    uint64_t cookie = 0;  // the other socket's
+    // Which of the two serves: Local (this record's socket) or Peer; nullopt when nothing tells
+    // (two ends open before the recording that carried no request).
+    std::optional<Initiator> server{};
+    bool operator==(const OtherEnd&) const = default;
+};
+
 // The earlier of two times either of which may be unknown.
 inline std::optional<uint64_t> earliest(std::optional<uint64_t> a, std::optional<uint64_t> b) {
     if (a && b) return std::min(*a, *b);
@@ -192,6 +202,7 @@ struct Connection {
     bool incomplete = false;
     // Set when the connection spoke HTTP/2 over cleartext from its start.
     std::optional<Http2Connection> http2{};
+    std::optional<OtherEnd> other_end{};
 
     uint64_t request_count() const { return requests.size() + requests_omitted; }
 };
