@@ -4,7 +4,9 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <random>
@@ -1190,6 +1192,147 @@ TEST(TrackerRecord, IdentityCountersAndIds) {
     EXPECT_EQ(connections[1].local, (Endpoint{"10.0.0.2", 8080}));
     EXPECT_EQ(connections[1].pid, std::nullopt);
     EXPECT_EQ(connections[1].comm, std::nullopt);
+}
+
+// --- both ends on this host ----------------------------------------------------------------
+
+// The socket at the other end of `socket`'s connection, on this host too.
+Socket other_end_of(const Socket& socket, uint64_t cookie, Role role) {
+    Socket other{.cookie = cookie, .role = role, .tuple = socket.tuple, .netns = socket.netns};
+    std::swap(other.tuple.laddr, other.tuple.raddr);
+    std::swap(other.tuple.lport, other.tuple.rport);
+    return other;
+}
+
+// One GET answered, as each end's socket sees it.
+std::vector<Event> one_exchange(const Socket& server, const Socket& client, uint64_t at_ns) {
+    return {client.message(at_ns, Direction::Out, kGet), server.message(at_ns, Direction::In, kGet),
+            server.message(at_ns + kMs, Direction::Out, kOk),
+            client.message(at_ns + kMs, Direction::In, kOk)};
+}
+
+// A connection's two sockets closed by the client at `at_ns`.
+std::vector<Event> closed_at(const Socket& server, const Socket& client, uint64_t at_ns) {
+    return {client.state(at_ns, kTcpEstablished, kTcpFinWait1),
+            server.state(at_ns, kTcpEstablished, kTcpCloseWait),
+            server.state(at_ns + kMs, kTcpLastAck, kTcpClose),
+            client.state(at_ns + kMs, kTcpFinWait1, kTcpClose)};
+}
+
+const Connection& record_of(const std::vector<Connection>& connections, uint64_t cookie) {
+    const auto it = std::ranges::find(connections, cookie, &Connection::cookie);
+    EXPECT_NE(it, connections.end()) << cookie;
+    return it == connections.end() ? connections.front() : *it;
+}
+
+std::optional<OtherEnd> other_end_of_record(const std::vector<Connection>& connections,
+                                            uint64_t cookie) {
+    return record_of(connections, cookie).other_end;
+}
+
+TEST(TrackerOtherEnd, EndsInTwoNamespacesNameEachOther) {
+    // A docker bridge: the client container's netns and the server container's.
+    Socket server{.cookie = 11, .role = Role::Server, .tuple = ipv4_tuple(8080, 40000)};
+    server.tuple.laddr = {172, 17, 0, 3};
+    server.tuple.raddr = {172, 17, 0, 2};
+    Socket client = other_end_of(server, 12, Role::Client);
+    client.netns = server.netns + 1;
+    const Socket elsewhere{.cookie = 13, .role = Role::Server, .tuple = ipv4_tuple(8080, 40001)};
+    std::vector<Event> events = {client.established(1 * kSec), server.established(1 * kSec),
+                                 elsewhere.established(1 * kSec)};
+    std::ranges::copy(one_exchange(server, client, 2 * kSec), std::back_inserter(events));
+    std::ranges::copy(closed_at(server, client, 3 * kSec), std::back_inserter(events));
+    // Finalised one at a time, as a recording does: the server end after the linger.
+    ConnTracker tracker;
+    for (const Event& event : events) tracker.on_event(event);
+    std::vector<Connection> connections = tracker.take_finished(6 * kSec);
+    ASSERT_EQ(connections.size(), 2u);
+    std::ranges::copy(tracker.finish_all(kEnd), std::back_inserter(connections));
+    EXPECT_EQ(other_end_of_record(connections, 11),
+              (OtherEnd{.cookie = 12, .server = Initiator::Local}));
+    EXPECT_EQ(other_end_of_record(connections, 12),
+              (OtherEnd{.cookie = 11, .server = Initiator::Peer}));
+    EXPECT_EQ(other_end_of_record(connections, 13), std::nullopt);
+}
+
+TEST(TrackerOtherEnd, EndsOpenBeforeTheRecordingAreToldApartByTheirRequests) {
+    // Seen first mid-life (role unknown): the end that received the request serves.
+    const Socket server{.cookie = 11, .role = Role::Unknown};
+    const Socket client = other_end_of(server, 12, Role::Unknown);
+    const std::vector<Connection> connections = run(one_exchange(server, client, 2 * kSec));
+    ASSERT_EQ(connections.size(), 2u);
+    EXPECT_EQ(other_end_of_record(connections, 11),
+              (OtherEnd{.cookie = 12, .server = Initiator::Local}));
+    EXPECT_EQ(other_end_of_record(connections, 12),
+              (OtherEnd{.cookie = 11, .server = Initiator::Peer}));
+}
+
+TEST(TrackerOtherEnd, EndsWithoutARequestAreToldApartByTheFilteredPortOrNot) {
+    const Socket server{.cookie = 11, .role = Role::Unknown};
+    const Socket client = other_end_of(server, 12, Role::Unknown);
+    const std::vector<Event> events = closed_at(server, client, 3 * kSec);
+    std::vector<Connection> connections = run(events, {.ports = {8080}});
+    ASSERT_EQ(connections.size(), 2u);
+    EXPECT_EQ(other_end_of_record(connections, 11),
+              (OtherEnd{.cookie = 12, .server = Initiator::Local}));
+    // Nothing tells: named, but neither is said to serve.
+    connections = run(events);
+    EXPECT_EQ(other_end_of_record(connections, 11),
+              (OtherEnd{.cookie = 12, .server = std::nullopt}));
+    EXPECT_EQ(other_end_of_record(connections, 12),
+              (OtherEnd{.cookie = 11, .server = std::nullopt}));
+}
+
+TEST(TrackerOtherEnd, LoopbackStaysInItsNamespace) {
+    Socket server{.cookie = 11, .role = Role::Server, .tuple = ipv4_tuple(8080, 40000)};
+    server.tuple.laddr = {127, 0, 0, 1};
+    server.tuple.raddr = {127, 0, 0, 1};
+    Socket client = other_end_of(server, 12, Role::Client);
+    client.netns = server.netns + 1;
+    std::vector<Connection> connections =
+        run({server.established(1 * kSec), client.established(1 * kSec)});
+    EXPECT_EQ(other_end_of_record(connections, 11), std::nullopt);
+    EXPECT_EQ(other_end_of_record(connections, 12), std::nullopt);
+    client.netns = server.netns;
+    connections = run({server.established(1 * kSec), client.established(1 * kSec)});
+    EXPECT_EQ(other_end_of_record(connections, 11),
+              (OtherEnd{.cookie = 12, .server = Initiator::Local}));
+}
+
+TEST(TrackerOtherEnd, ADualStackServerFindsItsIpv4Client) {
+    Socket server{.cookie = 11, .role = Role::Server, .tuple = ipv4_tuple(8080, 40000)};
+    server.tuple.family = AF_INET6;
+    server.tuple.laddr = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+    server.tuple.raddr = server.tuple.laddr;
+    Socket client{.cookie = 12, .role = Role::Client, .tuple = ipv4_tuple(40000, 8080)};
+    client.tuple.laddr = {127, 0, 0, 1};
+    client.tuple.raddr = {127, 0, 0, 1};
+    const std::vector<Connection> connections =
+        run({server.established(1 * kSec), client.established(1 * kSec)});
+    EXPECT_EQ(other_end_of_record(connections, 11),
+              (OtherEnd{.cookie = 12, .server = Initiator::Local}));
+    EXPECT_EQ(other_end_of_record(connections, 12),
+              (OtherEnd{.cookie = 11, .server = Initiator::Peer}));
+}
+
+TEST(TrackerOtherEnd, PortsReusedLaterAreAnotherConnection) {
+    // The first connection's sockets are closed (lingering) when the second reuses the tuples.
+    const Socket first_server{.cookie = 11, .role = Role::Server};
+    const Socket first_client = other_end_of(first_server, 12, Role::Client);
+    const Socket server{.cookie = 21, .role = Role::Server};
+    const Socket client = other_end_of(server, 22, Role::Client);
+    std::vector<Event> events = {first_client.established(1 * kSec),
+                                 first_server.established(1 * kSec)};
+    std::ranges::copy(closed_at(first_server, first_client, 2 * kSec),
+                      std::back_inserter(events));
+    events.push_back(client.established(2500 * kMs));
+    events.push_back(server.established(2500 * kMs));
+    const std::vector<Connection> connections = run(events);
+    ASSERT_EQ(connections.size(), 4u);
+    EXPECT_EQ(other_end_of_record(connections, 11)->cookie, 12u);
+    EXPECT_EQ(other_end_of_record(connections, 12)->cookie, 11u);
+    EXPECT_EQ(other_end_of_record(connections, 21)->cookie, 22u);
+    EXPECT_EQ(other_end_of_record(connections, 22)->cookie, 21u);
 }
 
 TEST(TrackerRecord, IdleIsTheTimeSinceTheLastPayloadAtTheFirstClose) {

@@ -475,6 +475,7 @@ struct Capture {
         tracker_options.linger_ns = static_cast<uint64_t>(options.linger_ms * 1e6);
         tracker_options.full_target = options.full_target;
         tracker_options.http2_names = options.http2_names;
+        tracker_options.ports = options.ports;
         return tracker_options;
     }
 

@@ -760,8 +760,12 @@ struct Tracked {
     // An HTTP/2 connection's frames that mattered and its counts; null for every other.
     std::unique_ptr<Http2Facts> http2;
     std::unique_ptr<RequestBuilder> builder;  // once the side that serves is known
+    // The cookie of the connection's other socket when it is tracked too (0: none found yet),
+    // and which of the two serves (Unknown: nothing tells); see ConnTracker::State::meet().
+    uint64_t other_end = 0;
     uint32_t netns = 0;
     uint32_t settle_at = kSettleBatch;  // messages held when settle() next runs
+    Initiator other_end_server = Initiator::Unknown;
     Role role = Role::Unknown;
     // Until a State, Message or ResetReceived shows the socket alive, its events are only resets
     // (held apart, in State::unconfirmed).
@@ -815,6 +819,12 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
             }
         }
         if (has_counters(fact.snap)) latest = &fact.snap;
+    }
+    if (tracked.other_end != 0) {
+        conn.other_end = OtherEnd{.cookie = tracked.other_end, .server = std::nullopt};
+        if (tracked.other_end_server != Initiator::Unknown) {
+            conn.other_end->server = tracked.other_end_server;
+        }
     }
     if (latest) {
         conn.bytes_in = latest->bytes_in;
@@ -907,6 +917,102 @@ LifecycleFact lifecycle_fact(const Event& event, uint64_t arrival, bool by_tuple
             .heads = event.payload_len > 0 ? parse_heads(event.payload, full_target) : Heads{}});
     }
     return fact;
+}
+
+// Established before the recording: 0.
+uint64_t established_ns(const Tracked& tracked) {
+    uint64_t earliest_ns = 0;
+    for (const LifecycleFact& fact : tracked.lifecycle) {
+        if (fact.established_ns != 0 && (earliest_ns == 0 || fact.established_ns < earliest_ns)) {
+            earliest_ns = fact.established_ns;
+        }
+    }
+    return earliest_ns;
+}
+
+// Both sockets existed at once: the same ports reused after one is gone are another connection.
+bool alive_together(const Tracked& a, const Tracked& b) {
+    constexpr uint64_t kStillOpen = std::numeric_limits<uint64_t>::max();
+    return established_ns(a) <= b.closed_ns().value_or(kStillOpen) &&
+           established_ns(b) <= a.closed_ns().value_or(kStillOpen);
+}
+
+bool is_v4_mapped(const std::array<uint8_t, 16>& addr) {
+    constexpr std::array<uint8_t, 12> kPrefix{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return std::equal(kPrefix.begin(), kPrefix.end(), addr.begin());
+}
+
+// A loopback address never leaves its network namespace.
+bool is_loopback(const Tuple& tuple) {
+    const std::array<uint8_t, 16>& addr = tuple.laddr;
+    if (tuple.family != AF_INET6) return addr[0] == 127;
+    constexpr std::array<uint8_t, 16> kLoopback6{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    return addr == kLoopback6 || (is_v4_mapped(addr) && addr[12] == 127);
+}
+
+// The tuples the other socket of the connection may have: this one's with the addresses and
+// ports swapped, and, for IPv4, as a dual-stack socket shows it (::ffff:a.b.c.d) or the reverse.
+// No allocation: one look-up per connection finalised.
+struct MirroredTuples {
+    std::array<Tuple, 2> tuples{};
+    std::size_t count = 0;
+
+    explicit MirroredTuples(const Tuple& tuple) {
+        Tuple& mirror = tuples[count++];
+        mirror = {.family = tuple.family,
+                  .laddr = tuple.raddr,
+                  .raddr = tuple.laddr,
+                  .lport = tuple.rport,
+                  .rport = tuple.lport};
+        if (tuple.family != AF_INET6) {
+            Tuple& mapped = tuples[count++] = mirror;
+            mapped.family = AF_INET6;
+            for (auto* addr : {&mapped.laddr, &mapped.raddr}) {
+                *addr = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, (*addr)[0], (*addr)[1],
+                         (*addr)[2], (*addr)[3]};
+            }
+        } else if (is_v4_mapped(tuple.laddr) && is_v4_mapped(tuple.raddr)) {
+            Tuple& plain = tuples[count++] = mirror;
+            plain.family = AF_INET;
+            for (auto* addr : {&plain.laddr, &plain.raddr}) {
+                *addr = {(*addr)[12], (*addr)[13], (*addr)[14], (*addr)[15]};
+            }
+        }
+    }
+
+    std::span<const Tuple> all() const { return std::span(tuples).first(count); }
+};
+
+// Whether the socket serves requests: by its role, else by the first message it saw (see
+// serves_requests()); nullopt when neither tells.
+std::optional<bool> serves(const Tracked& tracked) {
+    if (tracked.builder) return tracked.builder->serves();
+    return serves_requests(tracked.role, tracked.messages);
+}
+
+// Which of two ends of one connection serves, from `end`'s side: the one that serves by its
+// role or the requests it saw, else the one whose local port the recording filters on (a
+// service's port; the other end's is ephemeral); Unknown when nothing tells.
+Initiator server_of(const Tracked& end, const Tracked& other, std::span<const uint16_t> ports) {
+    const std::optional<bool> end_serves = serves(end);
+    const std::optional<bool> other_serves = serves(other);
+    if (end_serves && other_serves != end_serves) {
+        return *end_serves ? Initiator::Local : Initiator::Peer;
+    }
+    if (other_serves && !end_serves) return *other_serves ? Initiator::Peer : Initiator::Local;
+    const bool end_filtered = std::ranges::find(ports, end.tuple.lport) != ports.end();
+    const bool other_filtered = std::ranges::find(ports, other.tuple.lport) != ports.end();
+    if (end_filtered != other_filtered) return end_filtered ? Initiator::Local : Initiator::Peer;
+    return Initiator::Unknown;
+}
+
+Initiator seen_from_other_end(Initiator server) {
+    switch (server) {
+        case Initiator::Local: return Initiator::Peer;
+        case Initiator::Peer: return Initiator::Local;
+        case Initiator::Unknown: break;
+    }
+    return Initiator::Unknown;
 }
 
 uint64_t tuple_hash(const Tuple& tuple) {
@@ -1084,6 +1190,38 @@ struct ConnTracker::State {
         return found;
     }
 
+    // Pairs the connection with its other socket, when that is tracked too: the mirrored tuple,
+    // in any network namespace (a veth pair, a bridge) but the same one for loopback, alive at
+    // the same time, and not paired with another; the only such socket (two would be a guess).
+    // Run as the first of the two is finalised: both hold their facts up to its linger's end.
+    void meet(uint64_t cookie, Tracked& tracked, std::span<const uint16_t> ports) {
+        if (tracked.other_end != 0) return;
+        uint64_t found_cookie = 0;
+        Tracked* found = nullptr;
+        int matches = 0;
+        const MirroredTuples mirrors(tracked.tuple);
+        for (const Tuple& mirror : mirrors.all()) {
+            alive_by_tuple.for_each(tuple_hash(mirror), [&](uint64_t candidate_cookie) {
+                Tracked& candidate = by_cookie.at(candidate_cookie);
+                const bool namespace_fits = !is_loopback(tracked.tuple) ||
+                                            candidate.netns == tracked.netns ||
+                                            candidate.netns == 0 || tracked.netns == 0;
+                if (candidate_cookie == cookie || candidate.tuple != mirror || !namespace_fits ||
+                    candidate.other_end != 0 || !alive_together(tracked, candidate)) {
+                    return;
+                }
+                found_cookie = candidate_cookie;
+                found = &candidate;
+                ++matches;
+            });
+        }
+        if (matches != 1) return;
+        tracked.other_end = found_cookie;
+        tracked.other_end_server = server_of(tracked, *found, ports);
+        found->other_end = cookie;
+        found->other_end_server = seen_from_other_end(tracked.other_end_server);
+    }
+
     static void add(Tracked& tracked, const Event& event, uint64_t arrival, bool by_tuple,
                     const TrackerOptions& options) {
         const bool full_target = options.full_target;
@@ -1234,8 +1372,10 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
     std::vector<Connection> connections;
     connections.reserve(finished.size());
     for (uint64_t cookie : finished) {
-        connections.push_back(state_->finalise(
-            cookie, state_->release(state_->by_cookie.find(cookie)), options_.linger_ns));
+        const auto it = state_->by_cookie.find(cookie);
+        state_->meet(cookie, it->second, options_.ports);
+        connections.push_back(
+            state_->finalise(cookie, state_->release(it), options_.linger_ns));
         connections.back().id = next_id_++;
     }
     return connections;
@@ -1252,7 +1392,9 @@ std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
     std::vector<Connection> connections;
     connections.reserve(held.size());
     for (const auto& [closed_ns, first_arrival, cookie] : held) {
-        Tracked tracked = state_->release(state_->by_cookie.find(cookie));
+        const auto it = state_->by_cookie.find(cookie);
+        if (it->second.seen_alive) state_->meet(cookie, it->second, options_.ports);
+        Tracked tracked = state_->release(it);
         if (!tracked.seen_alive) continue;
         connections.push_back(state_->finalise(cookie, std::move(tracked), options_.linger_ns));
         connections.back().id = next_id_++;

@@ -31,6 +31,9 @@ struct TrackerOptions {
     // closing timers the kernel runs by default (an orphan's FIN_WAIT2, 60 s) and the idle
     // timeouts of balancers and HTTP servers in common use (ALB 60 s, nginx 75 s).
     uint64_t give_up_after_loss_ns = 300'000'000'000;
+    // The ports the recording filters on (record --port): a service's, which tells the server
+    // end of a connection with both ends on this host that opened before the recording.
+    std::vector<uint16_t> ports{};
 };
 
 class ConnTracker {
