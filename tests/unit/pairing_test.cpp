@@ -148,6 +148,82 @@ TEST(EndPairer, APortReusedLaterIsAnotherConnection) {
     EXPECT_FALSE(stories[1].client_end);
 }
 
+// The two ends of a connection across network namespaces (a docker bridge: the client in one
+// container, the server in another), as the recorder pairs them: each names the other's socket.
+struct AcrossNamespaces {
+    Connection server = closed_by(served_end(Role::Server, {"172.17.0.3", 8080},
+                                             {"172.17.0.2", 40000}, kT0),
+                                  Initiator::Local, CloseHow::Fin);
+    Connection client = closed_by(served_end(Role::Client, {"172.17.0.3", 8080},
+                                             {"172.17.0.2", 40000}, kT0),
+                                  Initiator::Peer, CloseHow::Fin);
+
+    AcrossNamespaces() {
+        server.cookie = 501;
+        client.cookie = 502;
+        client.netns = kNetns + 1;
+        server.other_end = OtherEnd{.cookie = client.cookie, .server = Initiator::Local};
+        client.other_end = OtherEnd{.cookie = server.cookie, .server = Initiator::Peer};
+    }
+};
+
+TEST(EndPairer, EndsTheRecorderPairedAcrossNamespacesAreOneConnection) {
+    const AcrossNamespaces ends;
+    for (const bool server_first : {true, false}) {
+        const std::vector<ConnectionStory> stories = server_first
+                                                         ? pair_all({ends.server, ends.client})
+                                                         : pair_all({ends.client, ends.server});
+        ASSERT_EQ(stories.size(), 1u) << server_first;
+        EXPECT_EQ(stories[0].conn.id, ends.server.id);
+        EXPECT_EQ(stories[0].conn.verdict, Verdict::LocalIdleClose);
+        ASSERT_TRUE(stories[0].client_end);
+        EXPECT_EQ(stories[0].client_end->conn_id, ends.client.id);
+    }
+}
+
+TEST(EndPairer, EndsOpenBeforeTheRecordingAreJudgedByTheServerTheRecorderNamed) {
+    AcrossNamespaces ends;
+    ends.server.role = Role::Unknown;
+    ends.client.role = Role::Unknown;
+    std::vector<ConnectionStory> stories = pair_all({ends.server, ends.client});
+    ASSERT_EQ(stories.size(), 1u);
+    EXPECT_EQ(stories[0].conn.id, ends.server.id);
+    ASSERT_TRUE(stories[0].client_end);
+    EXPECT_EQ(stories[0].client_end->comm, "python3");
+
+    // On loopback in one namespace too: two unknown roles no longer stay apart.
+    for (Connection* end : {&ends.server, &ends.client}) {
+        end->netns = kNetns;
+        end->local.addr = "127.0.0.1";
+        end->remote.addr = "127.0.0.1";
+    }
+    stories = pair_all({ends.client, ends.server});
+    ASSERT_EQ(stories.size(), 1u);
+    EXPECT_EQ(stories[0].conn.id, ends.server.id);
+}
+
+TEST(EndPairer, EndsTheRecorderCouldNotTellApartStayApart) {
+    AcrossNamespaces ends;
+    ends.server.other_end->server.reset();
+    ends.client.other_end->server.reset();
+    EXPECT_EQ(pair_all({ends.server, ends.client}).size(), 2u);
+}
+
+TEST(EndPairer, AnEndPairsOnlyWithTheSocketItNames) {
+    AcrossNamespaces ends;
+    Connection stranger = ends.client;
+    stranger.cookie = 503;  // the same tuple in a third namespace, naming the server too
+    ends.server.other_end->cookie = 503;
+    ends.client.other_end->cookie = 504;
+    const std::vector<ConnectionStory> stories = pair_all({ends.client, ends.server, stranger});
+    ASSERT_EQ(stories.size(), 2u);
+    EXPECT_EQ(stories[0].conn.id, ends.server.id);
+    ASSERT_TRUE(stories[0].client_end);
+    EXPECT_EQ(stories[0].client_end->conn_id, stranger.id);
+    EXPECT_EQ(stories[1].conn.id, ends.client.id);
+    EXPECT_FALSE(stories[1].client_end);
+}
+
 TEST(EndPairer, HoldsAtMostItsBound) {
     EndPairer pairer;
     std::vector<uint64_t> released;
@@ -252,6 +328,18 @@ TEST(SameHostAnalysis, ATieCountsOnceAsTheServersClose) {
     EXPECT_EQ(trace.by_comm.at("node").connections, 1u);
     EXPECT_EQ(trace.same_host_connections(), 1u);
     EXPECT_EQ(trace.by_same_host.at("python3 -> node").verdicts[Verdict::LocalIdleClose], 1u);
+}
+
+TEST(SameHostAnalysis, AConnectionAcrossNamespacesCountsOnceAsTheServersClose) {
+    const AcrossNamespaces ends;
+    const TraceAnalysis trace = analyze({ends.client, ends.server});
+    EXPECT_EQ(trace.connections, 1u);
+    EXPECT_EQ(trace.verdicts[Verdict::LocalIdleClose], 1u);
+    EXPECT_EQ(trace.verdicts[Verdict::PeerIdleClose], 0u);
+    EXPECT_EQ(trace.upstream_peer_idle.count(), 0u);
+    EXPECT_EQ(trace.by_comm.size(), 1u);
+    EXPECT_EQ(trace.by_comm.at("node").connections, 1u);
+    EXPECT_EQ(trace.same_host_connections(), 1u);
 }
 
 TEST(SameHostAnalysis, ACrashSeenFromBothEndsIsAProcessExitOnly) {

@@ -18,19 +18,29 @@ bool lifetimes_overlap(const Connection& a, const Connection& b) {
            b.established_ns.value_or(0) <= a.closed_ns.value_or(kStillOpen);
 }
 
-// Server and client, or one of them and an end open before the recording (role unknown); two
-// ends of unknown role cannot tell which one serves.
+bool names_itself_server(const Connection& end) {
+    return end.other_end && end.other_end->server == Initiator::Local;
+}
+
+// Ends the recorder paired (they name each other, which the key holds) agreeing on which one
+// serves; else, from a trace without `other_end`, server and client, or one of them and an end
+// open before the recording (role unknown): two ends of unknown role cannot tell which one serves.
 bool ends_of_one_connection(const Connection& a, const Connection& b) {
+    if (a.other_end) {
+        return names_itself_server(a) != names_itself_server(b) && lifetimes_overlap(a, b);
+    }
     return a.role != b.role && lifetimes_overlap(a, b);
 }
 
 bool is_server_end(const Connection& end, const Connection& other) {
+    if (end.other_end) return names_itself_server(end);
     return end.role == Role::Server || other.role == Role::Client;
 }
 
 }  // namespace
 
 bool peer_on_this_host(const Connection& conn) {
+    if (conn.other_end) return true;
     const std::string_view remote = plain_address(conn.remote.addr);
     return is_loopback(remote) || remote == plain_address(conn.local.addr);
 }
@@ -68,7 +78,9 @@ ConnectionStory merge_ends(Connection server, const Connection& client) {
 
 std::vector<ConnectionStory> EndPairer::add(Connection conn) {
     std::vector<ConnectionStory> ready;
-    if (!peer_on_this_host(conn)) {
+    // Ends the recorder could not tell apart (both open before the recording, no request) are
+    // not judged by a guessed server end.
+    if (!peer_on_this_host(conn) || (conn.other_end && !conn.other_end->server)) {
         ready.push_back({std::move(conn), std::nullopt});
         return ready;
     }
@@ -99,8 +111,18 @@ std::vector<ConnectionStory> EndPairer::finish() {
 EndPairer::Key EndPairer::key_of(const Connection& conn, bool mirrored) {
     const Endpoint& local = mirrored ? conn.remote : conn.local;
     const Endpoint& remote = mirrored ? conn.local : conn.remote;
-    return {conn.netns, std::string(plain_address(local.addr)), local.port,
-            std::string(plain_address(remote.addr)), remote.port};
+    Key key{.netns = conn.netns,
+            .local_addr = std::string(plain_address(local.addr)),
+            .local_port = local.port,
+            .remote_addr = std::string(plain_address(remote.addr)),
+            .remote_port = remote.port};
+    if (conn.other_end) {
+        // Any namespace: the recorder saw both sockets; the cookies make the pair its own.
+        key.netns = 0;
+        key.local_cookie = mirrored ? conn.other_end->cookie : conn.cookie;
+        key.remote_cookie = mirrored ? conn.cookie : conn.other_end->cookie;
+    }
+    return key;
 }
 
 ConnectionStory EndPairer::release(HeldMap::iterator held) {

@@ -30,8 +30,9 @@ struct ConnectionStory {
     std::optional<ClientEnd> client_end;  // set when both ends are on this host
 };
 
-// Whether the record's peer is visibly this host: a loopback address, or its own address (a
-// connection to one of this host's addresses leaves from that address).
+// Whether the record's other end may be on this host: the recorder found it (`other_end`, in
+// any network namespace), or the peer is visibly this host: a loopback address, or its own
+// address (a connection to one of this host's addresses leaves from that address).
 bool peer_on_this_host(const Connection& conn);
 
 // The server end's record, judged again with what only the client end saw: requests the client
@@ -40,8 +41,10 @@ bool peer_on_this_host(const Connection& conn);
 ConnectionStory merge_ends(Connection server, const Connection& client);
 
 // Pairs records as they are read. A record whose peer is on this host waits for its other end:
-// the mirrored addresses and ports in the same network namespace, the other role, and a lifetime
-// that overlaps its own (a port reused later is another connection). At most kMaxHeld wait; the
+// the mirrored addresses and ports and a lifetime that overlaps its own (a port reused later is
+// another connection), and either the socket its `other_end` names (any network namespace; the
+// server end as the recorder says, and alone when it could not say), or, for a trace without
+// `other_end`, the same network namespace and the other role. At most kMaxHeld wait; the
 // longest waiting then goes on alone, as does every one still waiting at the end.
 class EndPairer {
 public:
@@ -60,6 +63,9 @@ private:
         uint16_t local_port = 0;
         std::string remote_addr;
         uint16_t remote_port = 0;
+        // The cookies of the local and remote ends' sockets, when the recorder paired them.
+        uint64_t local_cookie = 0;
+        uint64_t remote_cookie = 0;
         auto operator<=>(const Key&) const = default;
     };
     struct Held {
