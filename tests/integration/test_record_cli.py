@@ -12,10 +12,12 @@ import unittest
 from support import CLOSETRACE, ChurningTraffic, Recorder, read_trace, report_json, require_bpf
 
 
-def connection_stories(conns):
+def connection_stories(conns, server_port):
     """The connections of a trace whose both ends are on this host, one per connection: its
-    server's end (or the end facing a client), incomplete when either end is; a socket with no
-    partner stays as it is."""
+    server's end (the one on `server_port`), incomplete when either end is; a socket with no
+    partner stays as it is. The recorder must have paired the two (each naming the other's
+    socket in `other_end`, the server end as such), whatever their roles (unknown when their
+    opening was lost)."""
     ends = collections.defaultdict(list)
     for conn in conns:
         local = (conn["local"]["addr"], conn["local"]["port"])
@@ -23,12 +25,14 @@ def connection_stories(conns):
         ends[frozenset((local, remote))].append(conn)
     stories = []
     for group in ends.values():
-        # Two ends of different roles (one may be unknown: its opening was lost) are one.
-        if len(group) != 2 or group[0]["role"] == group[1]["role"]:
+        if len(group) != 2:
             stories.extend(group)
             continue
         first, second = group
-        server = first if first["role"] == "server" or second["role"] == "client" else second
+        server = first if first["local"]["port"] == server_port else second
+        client = second if server is first else first
+        assert server["other_end"] == {"cookie": client["cookie"], "server": "local"}, group
+        assert client["other_end"] == {"cookie": server["cookie"], "server": "peer"}, group
         stories.append(dict(server, incomplete=first["incomplete"] or second["incomplete"]))
     return stories
 
@@ -162,7 +166,7 @@ class RecordCliTest(unittest.TestCase):
 
         # Both ends are on this host: the report tells each connection once, by its server's
         # end, and a connection is incomplete when either end is.
-        stories = connection_stories(conns)
+        stories = connection_stories(conns, traffic.port)
         incomplete_stories = [story for story in stories if story["incomplete"]]
         report = report_json(recorder.path)
         self.assertEqual(report["trace"]["incomplete_connections"], len(incomplete_stories))
