@@ -148,6 +148,27 @@ TEST(MergeTraces, PairsASameHostConnectionSplitAcrossRotatedFiles) {
     EXPECT_EQ(trace.by_same_host.at("python3 -> node").connections, 1u);
 }
 
+TEST(MergeTraces, PairsEndsInTwoNamespacesSplitAcrossRotatedFiles) {
+    // A client container calling a server container over a bridge: each end in its namespace,
+    // naming the other's socket; the client end was written before the rotation.
+    const uint64_t at_ns = kBootNs + 1000 * kMs;
+    Connection server = loopback_end(Role::Server, at_ns);
+    Connection client = loopback_end(Role::Client, at_ns);
+    server.local.addr = client.remote.addr = "172.17.0.3";
+    server.remote.addr = client.local.addr = "172.17.0.2";
+    client.netns = server.netns + 1;
+    server.cookie = 501;
+    client.cookie = 502;
+    server.other_end = OtherEnd{.cookie = 502, .server = Initiator::Local};
+    client.other_end = OtherEnd{.cookie = 501, .server = Initiator::Peer};
+    const TraceAnalysis trace = merged(
+        {{header_of("api-1"), {client}}, {header_of("api-1", kBootNs + 30'000 * kMs), {server}}});
+    EXPECT_EQ(trace.connections, 1u);
+    EXPECT_EQ(trace.same_host_connections(), 1u);
+    EXPECT_EQ(trace.verdicts[Verdict::LocalIdleClose], 1u);
+    EXPECT_EQ(trace.verdicts[Verdict::PeerIdleClose], 0u);
+}
+
 TEST(MergeTraces, NeverPairsEndsOfTwoHosts) {
     // The same loopback addresses on two hosts are two connections.
     const uint64_t at_ns = kBootNs + 1000 * kMs;

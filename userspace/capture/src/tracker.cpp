@@ -983,17 +983,19 @@ struct MirroredTuples {
     std::span<const Tuple> all() const { return std::span(tuples).first(count); }
 };
 
-// Whether the socket serves requests: by its role, else by the first message it saw (see
-// serves_requests()); nullopt when neither tells.
-std::optional<bool> serves(const Tracked& tracked) {
+// Whether the socket serves requests: by its role, else by the first message it saw in time
+// order, as its record's requests will be read (see serves_requests()); nullopt when neither
+// tells.
+std::optional<bool> serves(Tracked& tracked) {
     if (tracked.builder) return tracked.builder->serves();
+    if (tracked.role == Role::Unknown) order_by_time(tracked.messages);
     return serves_requests(tracked.role, tracked.messages);
 }
 
 // Which of two ends of one connection serves, from `end`'s side: the one that serves by its
 // role or the requests it saw, else the one whose local port the recording filters on (a
 // service's port; the other end's is ephemeral); Unknown when nothing tells.
-Initiator server_of(const Tracked& end, const Tracked& other, std::span<const uint16_t> ports) {
+Initiator server_of(Tracked& end, Tracked& other, std::span<const uint16_t> ports) {
     const std::optional<bool> end_serves = serves(end);
     const std::optional<bool> other_serves = serves(other);
     if (end_serves && other_serves != end_serves) {
