@@ -135,6 +135,16 @@ class ContainerAttributionTest(unittest.TestCase):
                              ["/one", "/two"])
         netns = {by_container[c.id][0]["netns"] for c in self.containers}
         self.assertEqual(len(netns), 2, "the two containers' network namespaces")
+        # Each loopback connection's two sockets name each other, in their own namespace: the
+        # same addresses in the other container are another connection.
+        by_cookie = {conn["cookie"]: conn for conn in conns}
+        self.assertEqual(len(conns), 8, conns)
+        for conn in conns:
+            other = by_cookie[conn["other_end"]["cookie"]]
+            self.assertEqual(other["other_end"]["cookie"], conn["cookie"])
+            self.assertEqual(other["netns"], conn["netns"])
+            self.assertEqual(conn["other_end"]["server"],
+                             "local" if conn["local"]["port"] == PORT else "peer")
 
     def test_report_breaks_the_figures_down_by_container(self):
         _, report = self.record(report_args=["--by", "container"])
