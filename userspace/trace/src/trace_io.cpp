@@ -1093,6 +1093,8 @@ constexpr MemberRule<Connection> kConnMembers[] = {
      }},
     // Added within closetrace/2: absent means no event was known lost while it was open.
     optional_into<&Connection::incomplete>("incomplete"),
+    // Since 2026-12-05, within closetrace/5: written only when true.
+    optional_into<&Connection::requests_lower_bound>("requests_lower_bound"),
     // closetrace/3: written for HTTP/2 connections only.
     {"http2",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
@@ -1486,6 +1488,7 @@ void append_conn_line(std::string& out, const Connection& conn) {
     json.name("requests_omitted").number(conn.requests_omitted);
     json.name("verdict").string(to_string(conn.verdict));
     json.name("incomplete").boolean(conn.incomplete);
+    if (conn.requests_lower_bound) json.name("requests_lower_bound").boolean(true);
     if (conn.http2) {
         json.name("http2");
         http2_json(json, *conn.http2);
