@@ -214,6 +214,7 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.close.unread_bytes, expected.close.unread_bytes);
     EXPECT_EQ(actual.health_check, expected.health_check);
     EXPECT_EQ(actual.incomplete, expected.incomplete);
+    EXPECT_EQ(actual.requests_lower_bound, expected.requests_lower_bound);
     ASSERT_EQ(actual.requests.size(), expected.requests.size());
     for (std::size_t i = 0; i < expected.requests.size(); ++i) {
         SCOPED_TRACE(testing::Message() << "request " << i);
@@ -427,6 +428,17 @@ TEST(TraceIo, IncompleteRoundTripsAndIsFalseWhenAbsent) {
     const ReadResult read = read_trace(trace_text({header_line(sample_header()), older}));
     ASSERT_EQ(read.records.size(), 1u);
     EXPECT_FALSE(std::get<Connection>(read.records[0]).incomplete);
+}
+
+// Written only on a connection open at the end whose held messages the kernel could not hand
+// over: absent, the requests are exact.
+TEST(TraceIo, RequestsLowerBoundRoundTripsAndIsWrittenOnlyWhenTrue) {
+    Connection conn = sample_connection();
+    EXPECT_EQ(conn_line(conn).find("requests_lower_bound"), std::string::npos);
+    EXPECT_FALSE(conn_round_trip(conn).requests_lower_bound);
+    conn.requests_lower_bound = true;
+    EXPECT_NE(conn_line(conn).find(R"(,"requests_lower_bound":true)"), std::string::npos);
+    expect_same_connection(conn_round_trip(conn), conn);
 }
 
 TEST(TraceIo, CloseFactsRoundTrip) {
