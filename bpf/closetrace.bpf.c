@@ -617,6 +617,16 @@ static __always_inline void write_held(const struct ct_event *head, __u8 role,
 	}
 }
 
+#ifndef CT_NO_KERNEL_BTF
+/* What a socket's close writes of its messages: those held in its state (see write_held). */
+static __always_inline void write_held_of_sock(struct sock *sk, struct sock_state *state, __u64 now)
+{
+	struct ct_event head = {};
+	fill_sock_head(&head, sk, state, CT_EV_MESSAGE, sizeof(struct ct_message_event), now);
+	write_held(&head, state->role, &state->messages);
+}
+#endif
+
 /* A frame header's facts, with the error code of a GOAWAY or RST_STREAM. */
 struct http2_frame {
 	__u32 length;
@@ -719,11 +729,8 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	 * packet announced (a retransmission timeout, failed keep-alive probes), and ahead of the
 	 * reset an abort sends after this change. (The portable object writes them from the
 	 * cgroup hooks only: its messages are in socket storage, which raw tracepoints cannot use.) */
-	if (newstate == TCP_CLOSE) {
-		struct ct_event head = {};
-		fill_sock_head(&head, sk, state, CT_EV_MESSAGE, sizeof(struct ct_message_event), now);
-		write_held(&head, state->role, &state->messages);
-	}
+	if (newstate == TCP_CLOSE)
+		write_held_of_sock(sk, state, now);
 	/* An HTTP/2 connection's counts travel with its close, ahead of the state record. */
 	if (newstate == TCP_CLOSE && state->messages.http2 == HTTP2_FOLLOWED) {
 		struct http2_state *h2 = bpf_sk_storage_get(&http2_states, sk, NULL, 0);
@@ -754,6 +761,52 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	submit_event(event, sizeof(*event));
 	return 0;
 }
+
+#ifndef CT_NO_KERNEL_BTF
+/*
+ * Run by the loader once, when the recording ends and every other program is detached: each
+ * tracked socket still open writes the messages its close would have written, so that the
+ * counts of a connection open at the end are exact and its last exchange is known (a request
+ * answered is not left in flight). A socket already closed has nothing held. One byte of output
+ * per socket lets the loader read a bounded number of sockets at a time and drain the ring buffer
+ * in between. Iterators need the kernel's BTF: the portable object has none.
+ */
+static __always_inline void write_open_socket(struct seq_file *seq, struct sock *sk,
+					      struct sock_state *state)
+{
+	write_held_of_sock(sk, state, bpf_ktime_get_ns());
+	const char visited = 1;
+	bpf_seq_write(seq, &visited, sizeof(visited));
+}
+
+/* Two variants; the loader keeps the first this kernel accepts. Every tracked socket, in every
+ * network namespace, ... */
+SEC("iter/bpf_sk_storage_map")
+int write_open_messages(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct sock_state *state = ctx->value;
+	if (sk && state)
+		write_open_socket(ctx->meta->seq, sk, state);
+	return 0;
+}
+
+/* ... or the TCP sockets of the loader's network namespace only (a kernel that refuses iterators
+ * over map elements). */
+SEC("iter/tcp")
+int write_open_messages_netns(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp = skc ? bpf_skc_to_tcp_sock(skc) : NULL;
+	if (!tp)
+		return 0;
+	struct sock *sk = (struct sock *)tp;
+	struct sock_state *state = find_state(sk, 0);
+	if (state)
+		write_open_socket(ctx->meta->seq, sk, state);
+	return 0;
+}
+#endif
 
 /* Maps a page to its address in the kernel's direct map (x86_64 with SPARSEMEM_VMEMMAP). */
 static __always_inline const void *page_address_of(__u64 page)

@@ -52,8 +52,9 @@ enum ct_message_kind {
 };
 
 enum ct_message_flag {
-	/* Written when the connection began to close, not when the message passed: the last
-	 * message of its kind, held in the socket's state because nothing marked it then. */
+	/* Written when the connection began to close, or when the recording ended with it open,
+	 * not when the message passed: the last message of its kind, held in the socket's state
+	 * because nothing marked it then. */
 	CT_MESSAGE_HELD = 0x1,
 };
 

@@ -215,6 +215,7 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.health_check, expected.health_check);
     EXPECT_EQ(actual.incomplete, expected.incomplete);
     EXPECT_EQ(actual.other_end, expected.other_end);
+    EXPECT_EQ(actual.requests_lower_bound, expected.requests_lower_bound);
     ASSERT_EQ(actual.requests.size(), expected.requests.size());
     for (std::size_t i = 0; i < expected.requests.size(); ++i) {
         SCOPED_TRACE(testing::Message() << "request " << i);
@@ -445,6 +446,17 @@ TEST(TraceIo, OtherEndRoundTripsAndIsNullWhenAbsent) {
     EXPECT_EQ(std::get<Connection>(read.records[0]).other_end, std::nullopt);
     read_error(trace_text({header_line(sample_header()),
                            replaced(conn_line(conn), R"("server":null)", R"("server":"unknown")")}));
+}
+
+// Written only on a connection open at the end whose held messages the kernel could not hand
+// over: absent, the requests are exact.
+TEST(TraceIo, RequestsLowerBoundRoundTripsAndIsWrittenOnlyWhenTrue) {
+    Connection conn = sample_connection();
+    EXPECT_EQ(conn_line(conn).find("requests_lower_bound"), std::string::npos);
+    EXPECT_FALSE(conn_round_trip(conn).requests_lower_bound);
+    conn.requests_lower_bound = true;
+    EXPECT_NE(conn_line(conn).find(R"(,"requests_lower_bound":true)"), std::string::npos);
+    expect_same_connection(conn_round_trip(conn), conn);
 }
 
 TEST(TraceIo, CloseFactsRoundTrip) {

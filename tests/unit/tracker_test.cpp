@@ -1653,6 +1653,31 @@ TEST(TrackerCounted, ExchangesBetweenWrittenOnesAreCountedAsCompleted) {
     EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
 }
 
+// The same connection still open when the recording ends: the kernel writes its held messages
+// then (record's iterator), with no close after them. Every exchange is counted and answered:
+// none is left in flight.
+TEST(TrackerCounted, MessagesHeldUntilTheEndOfAnOpenConnectionAreCountedAndAnswered) {
+    const Socket socket;
+    const uint64_t last_request_ns = 2 * kSec;
+    const uint64_t last_response_ns = last_request_ns + kMs;
+    Event held_request =
+        socket.numbered(last_request_ns, Direction::In, kGet, 10, 10, last_request_ns - 3 * kMs);
+    Event held_response =
+        socket.numbered(last_response_ns, Direction::Out, kOk, 11, 10, last_request_ns);
+    held_request.held = held_response.held = true;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.numbered(1 * kSec + kMs, Direction::In, kGet, 0, 0, 0),
+        socket.numbered(1 * kSec + 2 * kMs, Direction::Out, kOk, 1, 0, 1 * kSec + kMs),
+        held_request,
+        held_response,
+    });
+    EXPECT_EQ(conn.request_count(), 11u);
+    EXPECT_EQ(outcomes(conn), (std::vector<Outcome>(2, Outcome::Completed)));
+    EXPECT_EQ(conn.verdict, Verdict::Open);
+    EXPECT_FALSE(conn.closed_ns);
+}
+
 // The client gives up on a request the kernel held until the close: it is the one listed as
 // unanswered, after the requests only counted, all answered.
 TEST(TrackerCounted, RequestHeldUntilTheCloseIsTheOneInFlight) {

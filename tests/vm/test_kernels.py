@@ -28,7 +28,7 @@ SCRIPT = os.path.join(ROOT, "tools", "vm", "kernel-check")
 CLOSETRACE = os.environ.get("CLOSETRACE", os.path.join(ROOT, "build", "closetrace"))
 HARD_LIMIT_S = 480  # the script kills qemu after this; the test allows a little more
 RESULT_RE = re.compile(
-    r"^  (doctor|lifecycle|race|btf|btf_lifecycle|btf_race)\s+(PASS|FAIL|SKIP|MISSING)"
+    r"^  (doctor|lifecycle|race|open_end|btf|btf_lifecycle|btf_race)\s+(PASS|FAIL|SKIP|MISSING)"
     r"(?: \([\d.]+ s\))?:? ?(.*)$", re.M)
 
 
@@ -36,6 +36,7 @@ class KernelChecks:
     """The checks of one kernel; subclasses name it and the probes it must get."""
     kernel = None
     probes = None  # the state probe doctor must report
+    open_end = None  # what the open_end check must say of the connection open at the end
     outcomes = {}  # kernel -> (exit code, output): each VM boots once
 
     @classmethod
@@ -92,6 +93,10 @@ class KernelChecks:
     def test_lifecycle_records_each_way_of_closing(self):
         self.assert_pass("lifecycle")
 
+    def test_a_connection_open_at_the_end_counts_every_request(self):
+        self.assert_pass("open_end")
+        self.assertIn(self.open_end, self.result("open_end")[1])
+
     def assert_race_request_seen(self, detail):
         """The late request is in the trace: in the segment the kernel answered with RST, or,
         sent before the server's FIN and never read, as the server's unread request."""
@@ -123,11 +128,14 @@ class KernelChecks:
 class Kernel61Test(KernelChecks, unittest.TestCase):
     kernel = "6.1"
     probes = "tp_btf/inet_sock_set_state"
+    open_end = "both records count 30 completed"
 
 
 class Kernel510Test(KernelChecks, unittest.TestCase):
     kernel = "5.10"
     probes = "raw_tp/inet_sock_set_state"
+    # The portable programs cannot hand over an open connection's messages.
+    open_end = "both records say requests_lower_bound"
 
 
 if __name__ == "__main__":

@@ -243,6 +243,68 @@ check_race() { # NAME PORT [RECORD ARGS...]: marks NAME
 wanted lifecycle && check_lifecycle lifecycle $PORT_BASE
 wanted race && check_race race $((PORT_BASE + 1))
 
+# ---------------------------------------------------------------------------------- open_end
+# A keep-alive connection still open when record ends, after 30 answered exchanges: the kernel
+# hands over what it holds of it (its iterator over socket storage), so both records count 30
+# requests, none in flight, and none says its requests are a lower bound. The portable programs
+# (raw tracepoints: 5.10) cannot: both records must say so (requests_lower_bound).
+check_open_end() { # NAME PORT
+	name=$1
+	port=$2
+	t0=$(now)
+	trace=$T/open-end.jsonl
+	if ! start_server $port --idle-timeout-ms 600000; then
+		mark $name FAIL "server did not start"
+		return
+	fi
+	if ! start_record "$trace" --port $port; then
+		mark $name FAIL "record did not start: $(tail -n1 "$trace.err" 2>/dev/null)"
+		stop_server
+		return
+	fi
+	$CLIENT --port $port --delay-ms 0 --count 30 --hold-ms 600000 >$T/open-end-client.log 2>&1 &
+	cli=$!
+	i=0
+	while [ $i -lt 300 ] && ! grep -q '^request 30 ' $T/open-end-client.log; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	stop_record
+	rrc=$?
+	kill $cli 2>/dev/null
+	wait $cli 2>/dev/null
+	stop_server
+	cport=$(client_port $T/open-end-client.log)
+	answered=$(grep -c '^request [0-9]* 200 ' $T/open-end-client.log)
+	portable=
+	grep -q '"state":"raw_tp/' "$trace" && portable=yes
+	failed=
+	bounded=0
+	for role in server client; do
+		line=$(conn_line "$trace" $role "$cport")
+		listed=$(printf '%s' "$line" | grep -o '"outcome":"completed"' | wc -l)
+		omitted=$(field "$line" requests_omitted)
+		total=$((listed + ${omitted:-0}))
+		if [ -n "$portable" ] && has "$line" '"requests_lower_bound":true' && [ $total -le 30 ]; then
+			bounded=$((bounded + 1))
+		elif [ -z "$line" ] || [ $total -ne 30 ] || has "$line" in_flight ||
+			has "$line" requests_lower_bound; then
+			failed="$failed $role(requests $total$(has "$line" requests_lower_bound && echo ', lower bound'))"
+		fi
+	done
+	if [ $rrc -eq 0 ] && [ "$answered" = 30 ] && [ -z "$failed" ] && [ $bounded = 2 ]; then
+		mark $name PASS "30 answered exchanges, portable programs: both records say requests_lower_bound"
+	elif [ $rrc -eq 0 ] && [ "$answered" = 30 ] && [ -z "$failed" ] && [ $bounded = 0 ]; then
+		mark $name PASS "30 answered exchanges, both records count 30 completed"
+	else
+		show open-end-trace "$trace"
+		mark $name FAIL "record exit $rrc, client answered $answered, wrong:${failed:- none}"
+	fi
+	mark time $name "$(elapsed "$t0")"
+}
+
+wanted open_end && check_open_end open_end $((PORT_BASE + 5))
+
 # -------------------------------------------------------------------------------------- btf
 # A kernel without BTF, as on some older Amazon Linux 2 AMIs (hidden here under an empty tmpfs):
 # record and doctor refuse in one line that names the fix (--btf FILE); with --btf and a copy of

@@ -135,10 +135,14 @@ std::optional<std::string> probe_rows(const HostFacts& host, const std::string& 
         if (!probes.messages.empty()) {
             row("cgroup_skb ingress/egress", "loaded and attached on " + config.attach_cgroup_dir);
         }
+        if (!probes.open_messages.empty()) {
+            row(probes.open_messages, "loaded (run when record ends: open connections' messages)");
+        }
         const auto traced = traced_connection_failure(tracer, seen);
         row("test connection", traced ? "FAILED" : "recorded with its addresses and ports");
         std::string used = probes.state + ", " + probes.reset_sent + ", " + probes.reset_received;
         if (!probes.messages.empty()) used += ", " + probes.messages;
+        if (!probes.open_messages.empty()) used += ", " + probes.open_messages;
         std::printf("record will use: %s\n", used.c_str());
         for (const auto& note : probes.notes) std::printf("note: %s\n", note.c_str());
         std::printf("kprobes and fentry are not used: tracepoints and cgroup hooks give the "

@@ -603,9 +603,16 @@ public:
     // Step 6: what is left in the ring buffer and the tracker, then the last file's summary.
     // Returns the recording's.
     TraceSummary finish() {
-        tracer_.drain();
+        const OpenHandover handover = tracer_.finish();
         const uint64_t end_ns = note_losses();
-        write_connections(capture_.tracker.finish_all(end_ns));
+        std::vector<Connection> left = capture_.tracker.finish_all(end_ns);
+        // The kernel kept messages of HTTP/1 connections still open that it could not hand over
+        // (an HTTP/2 connection's counts say so themselves: counted_at_close).
+        for (Connection& conn : left) {
+            conn.requests_lower_bound = conn.verdict == Verdict::Open && !conn.closed_ns &&
+                                        !conn.http2 && !handover.exact_in(conn.netns);
+        }
+        write_connections(std::move(left));
         write_unattributed();
         live_.flush_suppressed();
         end_file(end_ns);

@@ -7,10 +7,13 @@
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
+#include <linux/membarrier.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdarg>
@@ -135,9 +138,24 @@ struct SkeletonApi<closetrace_portable_bpf> {
 template <typename Skeleton>
 constexpr bool kHasDynptrReset = requires(Skeleton* s) { s->progs.on_reset_sent_dynptr; };
 
-// Opens the skeleton with the filters in its read-only data and one reset program variant.
+// Whether the object has the iterators that write the messages of the sockets still open at
+// the end (iterators need the kernel's BTF: the portable object has none).
 template <typename Skeleton>
-Skeleton* open_configured(const TracerConfig& config, bool dynptr_reset) {
+constexpr bool kHasOpenMessages = requires(Skeleton* s) { s->progs.write_open_messages; };
+
+// The iterator a load includes: over the socket storage (every network namespace), over the TCP
+// sockets of the recorder's network namespace, or none.
+enum class OpenMessages { StorageMap, Netns, None };
+
+// Which optional programs a load includes.
+struct Variant {
+    bool dynptr_reset = false;
+    OpenMessages open_messages = OpenMessages::None;
+};
+
+// Opens the skeleton with the filters in its read-only data and the programs of `variant`.
+template <typename Skeleton>
+Skeleton* open_configured(const TracerConfig& config, Variant variant) {
     using Api = SkeletonApi<Skeleton>;
     bpf_object_open_opts open_options{};
     open_options.sz = sizeof(open_options);
@@ -174,8 +192,14 @@ Skeleton* open_configured(const TracerConfig& config, bool dynptr_reset) {
     // A wake-up each time a sixteenth of the ring fills (see submit_event in closetrace.bpf.c).
     rodata->wakeup_shift = static_cast<uint32_t>(std::countr_zero(config.ring_buffer_bytes)) - 4;
     if constexpr (kHasDynptrReset<Skeleton>) {
-        bpf_program__set_autoload(skeleton->progs.on_reset_sent_dynptr, dynptr_reset);
-        bpf_program__set_autoload(skeleton->progs.on_reset_sent, !dynptr_reset);
+        bpf_program__set_autoload(skeleton->progs.on_reset_sent_dynptr, variant.dynptr_reset);
+        bpf_program__set_autoload(skeleton->progs.on_reset_sent, !variant.dynptr_reset);
+    }
+    if constexpr (kHasOpenMessages<Skeleton>) {
+        bpf_program__set_autoload(skeleton->progs.write_open_messages,
+                                  variant.open_messages == OpenMessages::StorageMap);
+        bpf_program__set_autoload(skeleton->progs.write_open_messages_netns,
+                                  variant.open_messages == OpenMessages::Netns);
     }
     if (!config.messages) {
         bpf_program__set_autoload(skeleton->progs.on_ingress, false);
@@ -192,21 +216,33 @@ struct LoadedObject {
     bpf_program* reset_received = nullptr;
     bpf_program* ingress = nullptr;
     bpf_program* egress = nullptr;
+    bpf_program* open_messages = nullptr;  // the iterator, when one loaded
+    OpenMessages open_messages_kind = OpenMessages::None;
+    bpf_map* sock_states = nullptr;        // what the iterator walks
     bpf_map* events = nullptr;
     bpf_map* counters = nullptr;
     volatile uint32_t* recording = nullptr;  // the programs' switch (see closetrace.bpf.c)
 };
 
-// Loads the object; where it has two reset program variants, the first this kernel accepts
-// (the skb dynptr needs 6.15+; older kernels read page fragments through the direct map).
+// Loads the object with the first variant of its optional programs this kernel accepts: the
+// reset program reading through an skb dynptr needs 6.15+ (older kernels read page fragments
+// through the direct map); of the iterators of the sockets open at the end, the one over socket
+// storage, else the one over TCP sockets (some kernels refuse iterators over map elements), else
+// none, so that a kernel refusing both still records.
 template <typename Skeleton>
 LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
     using Api = SkeletonApi<Skeleton>;
     const std::string tracepoint = Api::kTracepoint;
     std::string refusal;
-    for (const bool dynptr : {true, false}) {
-        if (dynptr && !kHasDynptrReset<Skeleton>) continue;
-        Skeleton* skeleton = open_configured<Skeleton>(config, dynptr);
+    for (const Variant variant :
+         {Variant{.dynptr_reset = true, .open_messages = OpenMessages::StorageMap},
+          Variant{.dynptr_reset = true, .open_messages = OpenMessages::Netns},
+          Variant{.dynptr_reset = false, .open_messages = OpenMessages::StorageMap},
+          Variant{.dynptr_reset = false, .open_messages = OpenMessages::Netns},
+          Variant{.dynptr_reset = false, .open_messages = OpenMessages::None}}) {
+        if (variant.dynptr_reset && !kHasDynptrReset<Skeleton>) continue;
+        if (variant.open_messages != OpenMessages::None && !kHasOpenMessages<Skeleton>) continue;
+        Skeleton* skeleton = open_configured<Skeleton>(config, variant);
         const int err = Api::load(skeleton);
         if (err != 0) {
             refusal = fmt::format("{} ({})", errno_text(err), last_libbpf_message);
@@ -219,15 +255,24 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
                             .reset_received = skeleton->progs.on_reset_received,
                             .ingress = skeleton->progs.on_ingress,
                             .egress = skeleton->progs.on_egress,
+                            .sock_states = skeleton->maps.sock_states,
                             .events = skeleton->maps.events,
                             .counters = skeleton->maps.counters,
                             .recording = &skeleton->bss->recording};
         if constexpr (kHasDynptrReset<Skeleton>) {
-            if (dynptr) object.reset_sent = skeleton->progs.on_reset_sent_dynptr;
+            if (variant.dynptr_reset) object.reset_sent = skeleton->progs.on_reset_sent_dynptr;
+        }
+        if constexpr (kHasOpenMessages<Skeleton>) {
+            object.open_messages_kind = variant.open_messages;
+            if (variant.open_messages == OpenMessages::StorageMap) {
+                object.open_messages = skeleton->progs.write_open_messages;
+            } else if (variant.open_messages == OpenMessages::Netns) {
+                object.open_messages = skeleton->progs.write_open_messages_netns;
+            }
         }
         probes.state = tracepoint + "/inet_sock_set_state";
         probes.reset_sent = tracepoint + "/tcp_send_reset" +
-                            (dynptr ? " (skb dynptr)" : " (direct map)");
+                            (variant.dynptr_reset ? " (skb dynptr)" : " (direct map)");
         probes.reset_received = tracepoint + "/tcp_receive_reset";
         return object;
     }
@@ -240,6 +285,11 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
 struct Tracer::Impl {
     LoadedObject object;
     std::vector<bpf_link*> links;
+    // The iterator over the sockets' state, run once by finish(); null when unavailable. It
+    // covers the sockets of this network namespace (inode), or with 0 of every one.
+    bpf_link* open_messages = nullptr;
+    uint32_t open_messages_netns = 0;
+    bool messages = false;  // the cgroup_skb programs, which count messages, are attached
     ring_buffer* ring = nullptr;
     RecordSink sink;
     int possible_cpus = 1;
@@ -253,8 +303,43 @@ struct Tracer::Impl {
 
     ~Impl() {
         if (ring) ring_buffer__free(ring);
-        for (auto it = links.rbegin(); it != links.rend(); ++it) bpf_link__destroy(*it);
+        detach();
+        if (open_messages) bpf_link__destroy(open_messages);
         if (object.destroy) object.destroy();
+    }
+
+    // Creating the link runs nothing: a failure here is known before the recording starts.
+    void attach_open_messages(ProbeSet& probes) {
+        switch (object.open_messages_kind) {
+            case OpenMessages::StorageMap: {
+                bpf_iter_link_info map_info{};
+                map_info.map.map_fd = static_cast<uint32_t>(bpf_map__fd(object.sock_states));
+                bpf_iter_attach_opts options{};
+                options.sz = sizeof(options);
+                options.link_info = &map_info;
+                options.link_info_len = sizeof(map_info);
+                open_messages = bpf_program__attach_iter(object.open_messages, &options);
+                if (open_messages) probes.open_messages = "iter/bpf_sk_storage_map";
+                return;
+            }
+            case OpenMessages::Netns: {
+                // The TCP iterator walks the namespace of the process that reads it: this one.
+                struct stat own{};
+                if (stat("/proc/self/ns/net", &own) != 0) return;
+                open_messages = bpf_program__attach_iter(object.open_messages, nullptr);
+                if (!open_messages) return;
+                open_messages_netns = static_cast<uint32_t>(own.st_ino);
+                probes.open_messages = "iter/tcp";
+                return;
+            }
+            case OpenMessages::None: return;
+        }
+    }
+
+    // In the reverse order of attachment.
+    void detach() {
+        for (auto it = links.rbegin(); it != links.rend(); ++it) bpf_link__destroy(*it);
+        links.clear();
     }
 
     // What the callback returns to end a delivery: libbpf then stops reading, with the record
@@ -379,6 +464,16 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
         probes_.messages = "cgroup_skb";
     }
 
+    impl_->attach_open_messages(probes_);
+    impl_->messages = config.messages;
+    if (config.messages && probes_.open_messages != "iter/bpf_sk_storage_map") {
+        probes_.notes.emplace_back(fmt::format(
+            "the kernel cannot hand over at the end what it holds of the connections still open{} "
+            "(an iterator over socket storage, which needs kernel BTF: unavailable or refused "
+            "here): their requests are lower bounds (requests_lower_bound)",
+            probes_.open_messages.empty() ? "" : " outside this network namespace"));
+    }
+
     rst_reasons_ = load_rst_reason_names(config.btf_path);
     probes_.rst_reason = !rst_reasons_.empty();
     if (!probes_.rst_reason) {
@@ -416,6 +511,35 @@ int Tracer::drain() {
     ring_buffer__consume(impl_->ring);
     impl_->rethrow_failure();
     return impl_->delivered;
+}
+
+OpenHandover Tracer::finish() {
+    // No program may change a socket's messages while the iterator writes them: a packet racing
+    // it could write a message twice or tear a held one. Detached programs still running on
+    // another CPU are done after an RCU grace period, which membarrier's global command waits
+    // for (refused on nohz_full kernels: then only that instant's packets could race).
+    impl_->detach();
+    syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+    drain();
+    if (!impl_->messages) return {.every_netns = true};  // no message counted, none held
+    if (!impl_->open_messages) return {};
+    const FileDescriptor iterator(bpf_iter_create(bpf_link__fd(impl_->open_messages)));
+    if (iterator.get() < 0) return {};
+    // The iterator writes one byte per socket: a read of this many visits as many sockets, whose
+    // messages (two each at most) take at most half of the ring, drained after each read.
+    const std::size_t sockets_per_read =
+        std::max<std::size_t>(1, impl_->batch_bytes / (4 * (sizeof(ct_message_event) + 8)));
+    std::vector<char> visited(sockets_per_read);
+    for (;;) {
+        const ssize_t n = read(iterator.get(), visited.data(), visited.size());
+        if (n < 0 && errno == EINTR) continue;
+        drain();
+        if (n < 0) return {};
+        if (n == 0) {
+            return {.every_netns = impl_->open_messages_netns == 0,
+                    .netns = impl_->open_messages_netns};
+        }
+    }
 }
 
 TracerCounters Tracer::counters() const {

@@ -41,7 +41,21 @@ struct ProbeSet {
     std::string reset_received;
     std::string messages;
     bool rst_reason = false;
+    // How the kernel hands over at the end what it holds of the connections still open (see
+    // Tracer::finish): "iter/bpf_sk_storage_map" (every network namespace), "iter/tcp" (the
+    // recorder's only), "" (not at all: the portable programs, a kernel refusing both).
+    std::string open_messages;
     std::vector<std::string> notes;  // why a probe is missing or degraded
+};
+
+// Whose requests Tracer::finish made exact among the connections still open.
+struct OpenHandover {
+    bool every_netns = false;
+    uint32_t netns = 0;  // else only those of this network namespace (inode); 0 none
+
+    bool exact_in(uint32_t conn_netns) const {
+        return every_netns || (netns != 0 && conn_netns == netns);
+    }
 };
 
 struct TracerCounters {
@@ -72,6 +86,12 @@ public:
     int poll(int timeout_ms);
     // Delivers every record already in the ring buffer.
     int drain();
+    // The end of the recording: detaches every program, has the kernel write what it holds of
+    // the connections still open (the messages their close would have written: the latest
+    // request and response, and with them the counts) and delivers every record left. Returns
+    // whose requests are then exact; the others' are lower bounds (the portable programs, a
+    // kernel refusing the iterators, a failure). Only drain() may follow.
+    OpenHandover finish();
 
     TracerCounters counters() const;
     const ProbeSet& probes() const { return probes_; }

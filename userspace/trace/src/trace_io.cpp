@@ -1108,6 +1108,8 @@ constexpr MemberRule<Connection> kConnMembers[] = {
          read_nullable_object(value, path, kOtherEndMembers, out.other_end);
      },
      absent<&Connection::other_end>},
+    // Since 2026-12-05, within closetrace/5: written only when true.
+    optional_into<&Connection::requests_lower_bound>("requests_lower_bound"),
     // closetrace/3: written for HTTP/2 connections only.
     {"http2",
      [](Connection& out, ondemand::value& value, const MemberPath& path) {
@@ -1510,6 +1512,7 @@ void append_conn_line(std::string& out, const Connection& conn) {
     } else {
         json.null();
     }
+    if (conn.requests_lower_bound) json.name("requests_lower_bound").boolean(true);
     if (conn.http2) {
         json.name("http2");
         http2_json(json, *conn.http2);

@@ -200,6 +200,9 @@ struct Connection {
     // Events of it may be missing: the kernel lost events while it was open (or lingering), so
     // its close, requests and verdict may be wrong (docs/trace-format.md, "incomplete").
     bool incomplete = false;
+    // Still open when a recording ended whose kernel could not hand over the messages it held
+    // of it: its requests are a lower bound (docs/trace-format.md, "requests_lower_bound").
+    bool requests_lower_bound = false;
     // Set when the connection spoke HTTP/2 over cleartext from its start.
     std::optional<Http2Connection> http2{};
     std::optional<OtherEnd> other_end{};
