@@ -206,6 +206,36 @@ class ThreadedServer:
         self.listener.close()
 
 
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class KeepAliveServer(ThreadedServer):
+    """Answers every request head on a connection until the client closes it."""
+
+    def handle(self, conn):
+        buffered = b""
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffered += data
+                while b"\r\n\r\n" in buffered:
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    if b"Expect: 100-continue" not in head:
+                        conn.sendall(RESPONSE)
+                        continue
+                    conn.sendall(CONTINUE)
+                    while len(buffered) < 4:  # the body (Content-Length: 4), then the answer
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buffered += data
+                    buffered = buffered[4:]
+                    conn.sendall(RESPONSE)
+
+
 class ChurningTraffic:
     """Short connections to a local listener until stopped, so a recording has work in flight."""
 

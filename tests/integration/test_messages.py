@@ -7,40 +7,12 @@ import socket
 import time
 import unittest
 
-from support import Recorder, ThreadedServer, require_bpf
+from support import CONTINUE, RESPONSE, KeepAliveServer, Recorder, ThreadedServer, require_bpf
 
 PORT = 18950
 REQUEST = b"GET /split/path/abc?token=SECRET HTTP/1.1\r\nHost: backend\r\nUser-Agent: t\r\n\r\n"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 EXPECT = (b"POST /upload HTTP/1.1\r\nHost: backend\r\nContent-Length: 4\r\n"
           b"Expect: 100-continue\r\n\r\n")
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class KeepAliveServer(ThreadedServer):
-    """Answers every request head on a connection until the client closes it."""
-
-    def handle(self, conn):
-        buffered = b""
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buffered += data
-                while b"\r\n\r\n" in buffered:
-                    head, buffered = buffered.split(b"\r\n\r\n", 1)
-                    if b"Expect: 100-continue" not in head:
-                        conn.sendall(RESPONSE)
-                        continue
-                    conn.sendall(CONTINUE)
-                    while len(buffered) < 4:  # the body (Content-Length: 4), then the answer
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffered += data
-                    buffered = buffered[4:]
-                    conn.sendall(RESPONSE)
 
 
 class AnswerAtEndServer(ThreadedServer):

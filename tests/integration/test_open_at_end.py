@@ -11,27 +11,10 @@ import socket
 import subprocess
 import unittest
 
-from support import PeerTest, Recorder, ThreadedServer, free_port, wait_for
+from support import KeepAliveServer, PeerTest, Recorder, free_port, wait_for
 
 EXCHANGES = 30
 REQUEST = b"GET /open/%d HTTP/1.1\r\nHost: backend\r\n\r\n"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class KeepAliveServer(ThreadedServer):
-    """Answers every request head on a connection until the client closes it."""
-
-    def handle(self, conn):
-        buffered = b""
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buffered += data
-                while b"\r\n\r\n" in buffered:
-                    _, buffered = buffered.split(b"\r\n\r\n", 1)
-                    conn.sendall(RESPONSE)
 
 
 class Capture:
