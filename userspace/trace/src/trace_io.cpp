@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <charconv>
 #include <cerrno>
 #include <cmath>
 #include <concepts>
@@ -28,7 +29,7 @@ namespace {
 // Strings as bytes
 
 // A trace string's bytes from its text as the JSON parser decodes it, UTF-8: each code point
-// U+0000..U+00FF is the byte of that value (append_json_string); nullopt for one above.
+// U+0000..U+00FF is the byte of that value (JsonLine::quoted); nullopt for one above.
 std::optional<std::string> utf8_to_bytes(std::string_view text) {
     const auto is_ascii = [](char c) { return static_cast<unsigned char>(c) < 0x80; };
     if (std::all_of(text.begin(), text.end(), is_ascii)) return std::string(text);
@@ -102,51 +103,16 @@ const char* family_name(int family) { return family == AF_INET6 ? "ipv6" : "ipv4
 // dump(ensure_ascii) gave it when lines were built as trees (docs/trace-format.md): no spaces,
 // members in the documented order, which makes traces easier to read and to grep.
 
-// A trace string is bytes: each byte is the code point of the same value, written as itself when
-// printable ASCII, else escaped (\" \\ \b \f \n \r \t, any other as \u00xx), so that any byte
-// string round-trips and every line is pure ASCII. Wire bytes (targets, methods) are untrusted:
-// every string a line holds goes through here.
-void append_json_string(std::string& out, std::string_view bytes) {
-    constexpr char kHex[] = "0123456789abcdef";
-    // By table: strings are short and many, the test is per byte.
-    static constexpr std::array<bool, 256> kAsItself = [] {
-        std::array<bool, 256> as_itself{};
-        for (int byte = 0x20; byte < 0x7F; ++byte) as_itself[byte] = byte != '"' && byte != '\\';
-        return as_itself;
-    }();
-    out += '"';
-    const char* plain_from = bytes.data();  // the run of bytes written as themselves, at once
-    for (const char* at = bytes.data(); at != bytes.data() + bytes.size(); ++at) {
-        const auto byte = static_cast<unsigned char>(*at);
-        if (kAsItself[byte]) continue;
-        out.append(plain_from, static_cast<std::size_t>(at - plain_from));
-        plain_from = at + 1;
-        switch (byte) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\b': out += "\\b"; break;
-            case '\f': out += "\\f"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                out += "\\u00";
-                out += kHex[byte >> 4];
-                out += kHex[byte & 0xF];
-        }
-    }
-    out.append(plain_from, static_cast<std::size_t>(bytes.data() + bytes.size() - plain_from));
-    out += '"';
-}
-
 // A member's name as a line holds it after another member, `,"name":`, made at compile time: the
-// writer's own names, printable ASCII with nothing to escape, each appended at once.
+// writer's own names, printable ASCII with nothing to escape, each stored as one fixed-size copy.
 class MemberName {
 public:
+    static constexpr std::size_t kCopied = 32;  // bytes stored per name, whatever its length
+
     // Implicit, so that a member is named by its literal: json.name("id").
     template <std::size_t Size>
     consteval MemberName(const char (&member)[Size]) : size_(Size + 3) {
-        static_assert(Size + 3 <= kCapacity, "a member name longer than MemberName holds");
+        static_assert(Size + 3 <= kCopied, "a member name longer than MemberName holds");
         text_[0] = ',';
         text_[1] = '"';
         for (std::size_t i = 0; i + 1 < Size; ++i) text_[2 + i] = member[i];
@@ -154,82 +120,87 @@ public:
         text_[Size + 2] = ':';
     }
 
-    // Without its comma when it is the first of its object.
-    std::string_view text(bool after_value) const {
-        const std::size_t skip = after_value ? 0 : 1;
-        return {text_.data() + skip, size_ - skip};
-    }
+    // Without its comma when it is the first of its object; kCopied bytes can be read from it.
+    const char* text(bool after_value) const { return text_.data() + (after_value ? 0 : 1); }
+    std::size_t size(bool after_value) const { return size_ - (after_value ? 0 : 1); }
 
 private:
-    static constexpr std::size_t kCapacity = 32;
-    std::array<char, kCapacity> text_{};
+    std::array<char, kCopied + 1> text_{};
     std::size_t size_;  // of `,"name":` (Size counts the literal's NUL)
 };
 
-// One line's JSON, appended to `out`: values are separated by commas as they come.
+// One line's JSON, appended to `out`: values are separated by commas as they come. Each piece is
+// stored straight into room taken past the line's end (the string grown in steps, zero-filled),
+// which the destructor gives back: `out` holds the line once the JsonLine is gone.
 class JsonLine {
 public:
-    explicit JsonLine(std::string& out) : out_(out) {}
+    explicit JsonLine(std::string& out) : out_(out), size_(out.size()) {}
+    ~JsonLine() { out_.resize(size_); }
+    JsonLine(const JsonLine&) = delete;
+    JsonLine& operator=(const JsonLine&) = delete;
 
     void begin_object() {
         separate();
-        out_ += '{';
+        put('{');
         after_value_ = false;
     }
     void end_object() {
-        out_ += '}';
+        put('}');
         after_value_ = true;
     }
     void begin_array() {
         separate();
-        out_ += '[';
+        put('[');
         after_value_ = false;
     }
     void end_array() {
-        out_ += ']';
+        put(']');
         after_value_ = true;
     }
 
     JsonLine& name(const MemberName& member) {
-        out_ += member.text(after_value_);
+        std::memcpy(room(MemberName::kCopied), member.text(after_value_), MemberName::kCopied);
+        size_ += member.size(after_value_);
         after_value_ = false;
         return *this;
     }
     // A name taken from data (a summary's counts).
     JsonLine& data_name(std::string_view member) {
         separate();
-        append_json_string(out_, member);
-        out_ += ':';
+        quoted(member);
+        put(':');
         after_value_ = false;
         return *this;
     }
 
     void string(std::string_view bytes) {
         separate();
-        append_json_string(out_, bytes);
+        quoted(bytes);
     }
     template <std::integral Integer>
     void number(Integer value) {
         separate();
-        const fmt::format_int text(value);
-        out_.append(text.data(), text.size());
+        constexpr std::size_t kMaxDigits = std::numeric_limits<Integer>::digits10 + 2;  // and sign
+        char* at = room(kMaxDigits);
+        size_ += static_cast<std::size_t>(std::to_chars(at, at + kMaxDigits, value).ptr - at);
     }
     // The shortest text that reads back as the same double, by nlohmann's own conversion: the
     // digits traces have always had. A non-finite value is null, as nlohmann wrote it.
     void number(double value) {
         if (!std::isfinite(value)) return null();
         separate();
-        std::array<char, 64> text{};
-        const char* end = nlohmann::detail::to_chars(text.data(), text.data() + text.size(), value);
-        out_.append(text.data(), static_cast<std::size_t>(end - text.data()));
+        constexpr std::size_t kMaxText = 64;
+        char* at = room(kMaxText);
+        const char* end = nlohmann::detail::to_chars(at, at + kMaxText, value);
+        size_ += static_cast<std::size_t>(end - at);
     }
     void boolean(bool value) {
         separate();
-        out_ += value ? "true" : "false";
+        put(value ? std::string_view("true") : std::string_view("false"));
     }
     void null() {
         separate();
-        out_ += "null";
+        put("null");
     }
 
     void nullable(const std::optional<std::string>& bytes) {
@@ -249,14 +220,78 @@ public:
     }
 
 private:
+    // At least `bytes` of room at the line's end, where the next piece is stored.
+    char* room(std::size_t bytes) {
+        if (out_.size() - size_ < bytes) grow(bytes);
+        return out_.data() + size_;
+    }
+    // Out of line, so that the pieces' own stores stay small enough to inline.
+    [[gnu::noinline]] void grow(std::size_t bytes) {
+        constexpr std::size_t kStep = 1024;  // a conn line is about this long
+        out_.resize(size_ + std::max(bytes, kStep));
+    }
+    void put(char c) {
+        *room(1) = c;
+        ++size_;
+    }
+    void put(std::string_view text) {
+        std::memcpy(room(text.size()), text.data(), text.size());
+        size_ += text.size();
+    }
+
+    // A trace string is bytes: each byte is the code point of the same value, written as itself
+    // when printable ASCII, else escaped (\" \\ \b \f \n \r \t, any other as \u00xx), so that any
+    // byte string round-trips and every line is pure ASCII. Wire bytes (targets, methods) are
+    // untrusted: every string a line holds goes through here.
+    void quoted(std::string_view bytes) {
+        constexpr std::size_t kEscapedMax = 6;  // \u00xx
+        constexpr char kHex[] = "0123456789abcdef";
+        // By table: strings are short and many, the test is per byte.
+        static constexpr std::array<bool, 256> kAsItself = [] {
+            std::array<bool, 256> as_itself{};
+            for (int byte = 0x20; byte < 0x7F; ++byte) {
+                as_itself[byte] = byte != '"' && byte != '\\';
+            }
+            return as_itself;
+        }();
+        char* const begin = room(bytes.size() * kEscapedMax + 2);
+        char* at = begin;
+        *at++ = '"';
+        for (const char c : bytes) {
+            const auto byte = static_cast<unsigned char>(c);
+            if (kAsItself[byte]) {
+                *at++ = c;
+                continue;
+            }
+            *at++ = '\\';
+            switch (byte) {
+                case '"': *at++ = '"'; break;
+                case '\\': *at++ = '\\'; break;
+                case '\b': *at++ = 'b'; break;
+                case '\f': *at++ = 'f'; break;
+                case '\n': *at++ = 'n'; break;
+                case '\r': *at++ = 'r'; break;
+                case '\t': *at++ = 't'; break;
+                default:
+                    std::memcpy(at, "u00", 3);
+                    at[3] = kHex[byte >> 4];
+                    at[4] = kHex[byte & 0xF];
+                    at += 5;
+            }
+        }
+        *at++ = '"';
+        size_ += static_cast<std::size_t>(at - begin);
+    }
+
     // Called before each value: a comma when it follows another value of its object or array
     // (not when it opens the line, its object or array, or is a member's value).
     void separate() {
-        if (after_value_) out_ += ',';
+        if (after_value_) put(',');
         after_value_ = true;
     }
 
     std::string& out_;
+    std::size_t size_;  // of `out_` up to the end of what has been written
     bool after_value_ = false;  // the last thing written was a value: the next needs a comma
 };
 
@@ -1344,39 +1379,41 @@ private:
 
 std::string header_line(const TraceHeader& header) {
     std::string text;
-    JsonLine json(text);
-    json.begin_object();
-    json.name("type").string("header");
-    json.name("schema").string(header.schema);
-    json.name("tool_version").string(header.tool_version);
-    json.name("host").string(header.host);
-    json.name("kernel").string(header.kernel);
-    json.name("start_ns").number(header.start_ns);
-    json.name("start_wall").string(header.start_wall);
-    json.name("mono_to_wall_ns").number(header.mono_to_wall_ns);
+    {  // the JsonLine gives its room back when it goes
+        JsonLine json(text);
+        json.begin_object();
+        json.name("type").string("header");
+        json.name("schema").string(header.schema);
+        json.name("tool_version").string(header.tool_version);
+        json.name("host").string(header.host);
+        json.name("kernel").string(header.kernel);
+        json.name("start_ns").number(header.start_ns);
+        json.name("start_wall").string(header.start_wall);
+        json.name("mono_to_wall_ns").number(header.mono_to_wall_ns);
 
-    const TraceFilters& filters = header.filters;
-    json.name("filters").begin_object();
-    json.name("ports").begin_array();
-    for (const uint16_t port : filters.ports) json.number(port);
-    json.end_array();
-    json.name("cgroup").nullable(filters.cgroup);
-    json.name("full_target").boolean(filters.full_target);
-    json.name("raw_payloads").boolean(filters.raw_payloads);
-    json.name("netns").nullable(filters.netns);
-    json.name("container").nullable(filters.container);
-    json.name("pid").nullable(filters.pid);
-    json.end_object();
+        const TraceFilters& filters = header.filters;
+        json.name("filters").begin_object();
+        json.name("ports").begin_array();
+        for (const uint16_t port : filters.ports) json.number(port);
+        json.end_array();
+        json.name("cgroup").nullable(filters.cgroup);
+        json.name("full_target").boolean(filters.full_target);
+        json.name("raw_payloads").boolean(filters.raw_payloads);
+        json.name("netns").nullable(filters.netns);
+        json.name("container").nullable(filters.container);
+        json.name("pid").nullable(filters.pid);
+        json.end_object();
 
-    const TraceProbes& probes = header.probes;
-    json.name("probes").begin_object();
-    json.name("state").nullable(probes.state);
-    json.name("reset_sent").nullable(probes.reset_sent);
-    json.name("reset_received").nullable(probes.reset_received);
-    json.name("messages").nullable(probes.messages);
-    json.name("rst_reason").boolean(probes.rst_reason);
-    json.end_object();
-    json.end_object();
+        const TraceProbes& probes = header.probes;
+        json.name("probes").begin_object();
+        json.name("state").nullable(probes.state);
+        json.name("reset_sent").nullable(probes.reset_sent);
+        json.name("reset_received").nullable(probes.reset_received);
+        json.name("messages").nullable(probes.messages);
+        json.name("rst_reason").boolean(probes.rst_reason);
+        json.end_object();
+        json.end_object();
+    }
     return text;
 }
 
@@ -1594,23 +1631,25 @@ std::string event_line(const Event& event, PayloadPolicy policy) {
 
 std::string summary_line(const TraceSummary& summary) {
     std::string text;
-    JsonLine json(text);
-    json.begin_object();
-    json.name("type").string("summary");
-    json.name("connections").number(summary.connections);
-    json.name("open_at_end").number(summary.open_at_end);
-    json.name("requests").number(summary.requests);
-    json.name("lost_events").number(summary.lost_events);
-    json.name("events").number(summary.events);
-    json.name("duration_s").number(summary.duration_s);
-    json.name("end_ns").number(summary.end_ns);
-    json.name("by_initiator");
-    counts_json(json, summary.by_initiator);
-    json.name("by_how");
-    counts_json(json, summary.by_how);
-    json.name("verdicts");
-    counts_json(json, summary.verdicts);
-    json.end_object();
+    {  // the JsonLine gives its room back when it goes
+        JsonLine json(text);
+        json.begin_object();
+        json.name("type").string("summary");
+        json.name("connections").number(summary.connections);
+        json.name("open_at_end").number(summary.open_at_end);
+        json.name("requests").number(summary.requests);
+        json.name("lost_events").number(summary.lost_events);
+        json.name("events").number(summary.events);
+        json.name("duration_s").number(summary.duration_s);
+        json.name("end_ns").number(summary.end_ns);
+        json.name("by_initiator");
+        counts_json(json, summary.by_initiator);
+        json.name("by_how");
+        counts_json(json, summary.by_how);
+        json.name("verdicts");
+        counts_json(json, summary.verdicts);
+        json.end_object();
+    }
     return text;
 }
 
