@@ -684,23 +684,28 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
-	__u64 now = bpf_ktime_get_ns();
 	struct sock_state *state = find_state(sk, 0);
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the only moment the connecting process is `current`. */
 		if (!sock_selected(sk))
 			return 0;
-		state = new_state(sk, CT_ROLE_CLIENT, now);
+		state = new_state(sk, CT_ROLE_CLIENT, bpf_ktime_get_ns());
 		if (state)
 			remember_owner(state, CT_OWNER_CONNECT);
 		return 0;
 	}
-	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+	bool established =
+		newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV);
+	/* An untracked socket is tracked from its establishment, or from a change of its mid-life
+	 * when it opened before the recording, if the filters select it. */
+	if (!state && ((!established && !is_midlife_state(oldstate)) || !sock_selected(sk)))
+		return 0;
+	/* The clock is read only now: on a busy host most state changes are other sockets'. */
+	__u64 now = bpf_ktime_get_ns();
+	if (established) {
 		__u8 role = oldstate == TCP_SYN_SENT ? CT_ROLE_CLIENT : CT_ROLE_SERVER;
 		if (!state) {
-			if (!sock_selected(sk))
-				return 0;
 			state = new_state(sk, role, now);
 			if (!state)
 				return 0;
@@ -708,8 +713,6 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 		state->role = role;
 		state->established_ns = now;
 	} else if (!state) {
-		if (!is_midlife_state(oldstate) || !sock_selected(sk))
-			return 0;
 		state = new_state(sk, CT_ROLE_UNKNOWN, now);
 		if (!state)
 			return 0;
