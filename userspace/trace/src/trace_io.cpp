@@ -295,6 +295,13 @@ private:
     bool after_value_ = false;  // the last thing written was a value: the next needs a comma
 };
 
+// A whole line into `out`: the JsonLine gives back the room it took once `write` is done.
+template <typename Value>
+void append_line(std::string& out, void (*write)(JsonLine&, const Value&), const Value& value) {
+    JsonLine json(out);
+    write(json, value);
+}
+
 void endpoint_json(JsonLine& json, std::string_view addr, uint16_t port) {
     json.begin_object();
     json.name("addr").string(addr);
@@ -1377,43 +1384,48 @@ private:
 // ---------------------------------------------------------------------------------------------
 // Lines
 
+namespace {
+
+void header_json(JsonLine& json, const TraceHeader& header) {
+    json.begin_object();
+    json.name("type").string("header");
+    json.name("schema").string(header.schema);
+    json.name("tool_version").string(header.tool_version);
+    json.name("host").string(header.host);
+    json.name("kernel").string(header.kernel);
+    json.name("start_ns").number(header.start_ns);
+    json.name("start_wall").string(header.start_wall);
+    json.name("mono_to_wall_ns").number(header.mono_to_wall_ns);
+
+    const TraceFilters& filters = header.filters;
+    json.name("filters").begin_object();
+    json.name("ports").begin_array();
+    for (const uint16_t port : filters.ports) json.number(port);
+    json.end_array();
+    json.name("cgroup").nullable(filters.cgroup);
+    json.name("full_target").boolean(filters.full_target);
+    json.name("raw_payloads").boolean(filters.raw_payloads);
+    json.name("netns").nullable(filters.netns);
+    json.name("container").nullable(filters.container);
+    json.name("pid").nullable(filters.pid);
+    json.end_object();
+
+    const TraceProbes& probes = header.probes;
+    json.name("probes").begin_object();
+    json.name("state").nullable(probes.state);
+    json.name("reset_sent").nullable(probes.reset_sent);
+    json.name("reset_received").nullable(probes.reset_received);
+    json.name("messages").nullable(probes.messages);
+    json.name("rst_reason").boolean(probes.rst_reason);
+    json.end_object();
+    json.end_object();
+}
+
+}  // namespace
+
 std::string header_line(const TraceHeader& header) {
     std::string text;
-    {  // the JsonLine gives its room back when it goes
-        JsonLine json(text);
-        json.begin_object();
-        json.name("type").string("header");
-        json.name("schema").string(header.schema);
-        json.name("tool_version").string(header.tool_version);
-        json.name("host").string(header.host);
-        json.name("kernel").string(header.kernel);
-        json.name("start_ns").number(header.start_ns);
-        json.name("start_wall").string(header.start_wall);
-        json.name("mono_to_wall_ns").number(header.mono_to_wall_ns);
-
-        const TraceFilters& filters = header.filters;
-        json.name("filters").begin_object();
-        json.name("ports").begin_array();
-        for (const uint16_t port : filters.ports) json.number(port);
-        json.end_array();
-        json.name("cgroup").nullable(filters.cgroup);
-        json.name("full_target").boolean(filters.full_target);
-        json.name("raw_payloads").boolean(filters.raw_payloads);
-        json.name("netns").nullable(filters.netns);
-        json.name("container").nullable(filters.container);
-        json.name("pid").nullable(filters.pid);
-        json.end_object();
-
-        const TraceProbes& probes = header.probes;
-        json.name("probes").begin_object();
-        json.name("state").nullable(probes.state);
-        json.name("reset_sent").nullable(probes.reset_sent);
-        json.name("reset_received").nullable(probes.reset_received);
-        json.name("messages").nullable(probes.messages);
-        json.name("rst_reason").boolean(probes.rst_reason);
-        json.end_object();
-        json.end_object();
-    }
+    append_line(text, header_json, header);
     return text;
 }
 
@@ -1629,27 +1641,32 @@ std::string event_line(const Event& event, PayloadPolicy policy) {
     return line;
 }
 
+namespace {
+
+void summary_json(JsonLine& json, const TraceSummary& summary) {
+    json.begin_object();
+    json.name("type").string("summary");
+    json.name("connections").number(summary.connections);
+    json.name("open_at_end").number(summary.open_at_end);
+    json.name("requests").number(summary.requests);
+    json.name("lost_events").number(summary.lost_events);
+    json.name("events").number(summary.events);
+    json.name("duration_s").number(summary.duration_s);
+    json.name("end_ns").number(summary.end_ns);
+    json.name("by_initiator");
+    counts_json(json, summary.by_initiator);
+    json.name("by_how");
+    counts_json(json, summary.by_how);
+    json.name("verdicts");
+    counts_json(json, summary.verdicts);
+    json.end_object();
+}
+
+}  // namespace
+
 std::string summary_line(const TraceSummary& summary) {
     std::string text;
-    {  // the JsonLine gives its room back when it goes
-        JsonLine json(text);
-        json.begin_object();
-        json.name("type").string("summary");
-        json.name("connections").number(summary.connections);
-        json.name("open_at_end").number(summary.open_at_end);
-        json.name("requests").number(summary.requests);
-        json.name("lost_events").number(summary.lost_events);
-        json.name("events").number(summary.events);
-        json.name("duration_s").number(summary.duration_s);
-        json.name("end_ns").number(summary.end_ns);
-        json.name("by_initiator");
-        counts_json(json, summary.by_initiator);
-        json.name("by_how");
-        counts_json(json, summary.by_how);
-        json.name("verdicts");
-        counts_json(json, summary.verdicts);
-        json.end_object();
-    }
+    append_line(text, summary_json, summary);
     return text;
 }
 
