@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <concepts>
 #include <cstring>
