@@ -17,7 +17,8 @@ def connection_stories(conns, server_port):
     server's end (the one on `server_port`), incomplete when either end is; a socket with no
     partner stays as it is. The recorder must have paired the two (each naming the other's
     socket in `other_end`, the server end as such), whatever their roles (unknown when their
-    opening was lost)."""
+    opening was lost). A busy churn reuses client ports, so the ends of one address pair may be
+    those of several connections: each end's partner is the one of them it names."""
     ends = collections.defaultdict(list)
     for conn in conns:
         local = (conn["local"]["addr"], conn["local"]["port"])
@@ -25,15 +26,20 @@ def connection_stories(conns, server_port):
         ends[frozenset((local, remote))].append(conn)
     stories = []
     for group in ends.values():
-        if len(group) != 2:
-            stories.extend(group)
-            continue
-        first, second = group
-        server = first if first["local"]["port"] == server_port else second
-        client = second if server is first else first
-        assert server["other_end"] == {"cookie": client["cookie"], "server": "local"}, group
-        assert client["other_end"] == {"cookie": server["cookie"], "server": "peer"}, group
-        stories.append(dict(server, incomplete=first["incomplete"] or second["incomplete"]))
+        servers = [conn for conn in group if conn["local"]["port"] == server_port]
+        clients = {conn["cookie"]: conn for conn in group if conn["local"]["port"] != server_port}
+        if len(group) == 2 and len(servers) == 1 and len(clients) == 1:
+            # One connection on this address pair: its ends must have been paired.
+            server, client = servers[0], next(iter(clients.values()))
+            assert server["other_end"] == {"cookie": client["cookie"], "server": "local"}, group
+        for server in servers:
+            client = clients.pop((server["other_end"] or {}).get("cookie"), None)
+            if client is None:
+                stories.append(server)
+                continue
+            assert client["other_end"] == {"cookie": server["cookie"], "server": "peer"}, group
+            stories.append(dict(server, incomplete=server["incomplete"] or client["incomplete"]))
+        stories.extend(clients.values())
     return stories
 
 
