@@ -17,8 +17,8 @@ def connection_stories(conns, server_port):
     server's end (the one on `server_port`), incomplete when either end is; a socket with no
     partner stays as it is. The recorder must have paired the two (each naming the other's
     socket in `other_end`, the server end as such), whatever their roles (unknown when their
-    opening was lost). A busy churn reuses client ports, so the ends of one address pair may be
-    those of several connections: each end's partner is the one of them it names."""
+    opening was lost). Ends are paired by the sockets they name, as the report pairs them: the
+    ends on one address pair may be those of several connections (a client port reused)."""
     ends = collections.defaultdict(list)
     for conn in conns:
         local = (conn["local"]["addr"], conn["local"]["port"])
@@ -26,20 +26,21 @@ def connection_stories(conns, server_port):
         ends[frozenset((local, remote))].append(conn)
     stories = []
     for group in ends.values():
-        servers = [conn for conn in group if conn["local"]["port"] == server_port]
-        clients = {conn["cookie"]: conn for conn in group if conn["local"]["port"] != server_port}
-        if len(group) == 2 and len(servers) == 1 and len(clients) == 1:
-            # One connection on this address pair: its ends must have been paired.
-            server, client = servers[0], next(iter(clients.values()))
-            assert server["other_end"] == {"cookie": client["cookie"], "server": "local"}, group
-        for server in servers:
-            client = clients.pop((server["other_end"] or {}).get("cookie"), None)
-            if client is None:
-                stories.append(server)
+        if len(group) == 2:
+            assert all(conn["other_end"] for conn in group), group
+        unpaired = {conn["cookie"]: conn for conn in group}
+        for conn in group:
+            if unpaired.pop(conn["cookie"], None) is None:
+                continue  # the partner of an end before it
+            partner = unpaired.pop((conn["other_end"] or {}).get("cookie"), None)
+            if partner is None:
+                stories.append(conn)
                 continue
+            on_server_port = conn["local"]["port"] == server_port
+            server, client = (conn, partner) if on_server_port else (partner, conn)
+            assert server["other_end"] == {"cookie": client["cookie"], "server": "local"}, group
             assert client["other_end"] == {"cookie": server["cookie"], "server": "peer"}, group
             stories.append(dict(server, incomplete=server["incomplete"] or client["incomplete"]))
-        stories.extend(clients.values())
     return stories
 
 
