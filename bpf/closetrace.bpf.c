@@ -637,10 +637,10 @@ struct http2_frame {
 	__u8 flags;
 };
 
-/* An HTTP/2 record: a frame that matters (with `frame` and its direction), or with NULL the
- * connection's counts at its close. `head` names the socket and the time. */
+/* An HTTP/2 record (enum ct_http2_record): a frame that matters (with `frame` and its
+ * direction), or with NULL the connection's counts. `head` names the socket and the time. */
 static __always_inline void write_http2(const struct ct_event *head, __u8 role,
-					const struct http2_state *h2,
+					const struct http2_state *h2, __u8 record,
 					const struct http2_frame *frame, __u8 direction)
 {
 	struct ct_http2_event *event = reserve_event(sizeof(*event));
@@ -657,7 +657,7 @@ static __always_inline void write_http2(const struct ct_event *head, __u8 role,
 	event->client_direction = h2->client_direction;
 	event->flags = h2->flags;
 	event->role = role;
-	event->record = frame ? CT_HTTP2_FRAME : CT_HTTP2_CLOSE;
+	event->record = record;
 	event->in_skip = h2->directions[CT_DIR_IN - 1].skip;
 	if (frame) {
 		event->stream_id = frame->stream_id;
@@ -669,6 +669,22 @@ static __always_inline void write_http2(const struct ct_event *head, __u8 role,
 	}
 	submit_event(event, sizeof(*event));
 }
+
+#ifndef CT_NO_KERNEL_BTF
+/* An HTTP/2 connection's counts (`record`: at its close, or at the end of the recording). */
+static __always_inline void write_http2_counts(struct sock *sk, struct sock_state *state,
+					       __u8 record, __u64 now)
+{
+	if (state->messages.http2 != HTTP2_FOLLOWED)
+		return;
+	struct http2_state *h2 = bpf_sk_storage_get(&http2_states, sk, NULL, 0);
+	if (!h2 || !h2->client_direction)
+		return;
+	struct ct_event head = {};
+	fill_sock_head(&head, sk, state, CT_EV_HTTP2, sizeof(struct ct_http2_event), now);
+	write_http2(&head, state->role, h2, record, NULL, 0);
+}
+#endif
 
 CT_TRACEPOINT("inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
@@ -732,17 +748,10 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	 * packet announced (a retransmission timeout, failed keep-alive probes), and ahead of the
 	 * reset an abort sends after this change. (The portable object writes them from the
 	 * cgroup hooks only: its messages are in socket storage, which raw tracepoints cannot use.) */
-	if (newstate == TCP_CLOSE)
+	if (newstate == TCP_CLOSE) {
 		write_held_of_sock(sk, state, now);
-	/* An HTTP/2 connection's counts travel with its close, ahead of the state record. */
-	if (newstate == TCP_CLOSE && state->messages.http2 == HTTP2_FOLLOWED) {
-		struct http2_state *h2 = bpf_sk_storage_get(&http2_states, sk, NULL, 0);
-		if (h2 && h2->client_direction) {
-			struct ct_event head = {};
-			fill_sock_head(&head, sk, state, CT_EV_HTTP2, sizeof(struct ct_http2_event),
-				       now);
-			write_http2(&head, state->role, h2, NULL, 0);
-		}
+		/* An HTTP/2 connection's counts travel with its close, ahead of the state record. */
+		write_http2_counts(sk, state, CT_HTTP2_CLOSE, now);
 	}
 #endif
 
@@ -768,16 +777,22 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 #ifndef CT_NO_KERNEL_BTF
 /*
  * Run by the loader once, when the recording ends and every other program is detached: each
- * tracked socket still open writes the messages its close would have written, so that the
- * counts of a connection open at the end are exact and its last exchange is known (a request
- * answered is not left in flight). A socket already closed has nothing held. One byte of output
- * per socket lets the loader read a bounded number of sockets at a time and drain the ring buffer
- * in between. Iterators need the kernel's BTF: the portable object has none.
+ * tracked socket still open writes the messages its close would have written, and an HTTP/2
+ * connection its counts, so that the counts of a connection open at the end are exact and its
+ * last exchange is known (a request answered is not left in flight). A socket already closed
+ * has nothing held. One byte of output per socket lets the loader read a bounded number of
+ * sockets at a time and drain the ring buffer in between. Iterators need the kernel's BTF: the
+ * portable object has none.
  */
 static __always_inline void write_open_socket(struct seq_file *seq, struct sock *sk,
 					      struct sock_state *state)
 {
-	write_held_of_sock(sk, state, bpf_ktime_get_ns());
+	__u64 now = bpf_ktime_get_ns();
+	write_held_of_sock(sk, state, now);
+	/* An HTTP/2 connection's frames are counted, not written: its counts as they are now (a
+	 * socket that reached TCP_CLOSE wrote them with its close). */
+	if (SOCK_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
+		write_http2_counts(sk, state, CT_HTTP2_END, now);
 	const char visited = 1;
 	bpf_seq_write(seq, &visited, sizeof(visited));
 }
@@ -1391,7 +1406,7 @@ static __always_inline void count_frame(const struct packet *p, struct http2_sta
 		struct ct_event head = {};
 		packet_head(p, &head);
 		head.ts_ns = p->now;
-		write_http2(&head, p->state->role, h2, f, p->direction);
+		write_http2(&head, p->state->role, h2, CT_HTTP2_FRAME, f, p->direction);
 	}
 }
 
@@ -1728,7 +1743,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 				: NULL;
 		if (h2 && h2->client_direction) {
 			head.ts_ns = now;
-			write_http2(&head, state->role, h2, NULL, 0);
+			write_http2(&head, state->role, h2, CT_HTTP2_CLOSE, NULL, 0);
 		}
 #endif
 	}

@@ -11,9 +11,10 @@
 #include <linux/types.h>
 #endif
 
-/* Bumped whenever a record layout below changes. The programs carry it (abi_version in their
- * read-only data) and the loader refuses programs built with another version than its own. */
-#define CT_ABI_VERSION 6
+/* Bumped whenever a record layout below, or the values a field may hold, changes. The programs
+ * carry it (abi_version in their read-only data) and the loader refuses programs built with
+ * another version than its own. */
+#define CT_ABI_VERSION 7
 
 /* Bytes of payload captured from a message head (reassembled across segments) or a reset's
  * trigger: enough for the request line and the first headers, where Connection and User-Agent
@@ -180,6 +181,7 @@ enum ct_http2_record {
 	CT_HTTP2_FRAME = 1, /* a frame that matters: GOAWAY, RST_STREAM, a stream opened after an
 			     * idle gap, after a GOAWAY or while the connection closes */
 	CT_HTTP2_CLOSE = 2, /* the connection's counts, written at its close */
+	CT_HTTP2_END = 3,   /* the counts of a connection still open when the recording ended */
 };
 
 /* Frame types the kernel acts on (RFC 9113, section 6). */

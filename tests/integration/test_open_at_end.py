@@ -5,6 +5,7 @@ recording it hands over those of the sockets still open, however the recording e
 SIGTERM, --duration). Judged by the wire: tshark counts the requests and responses of a capture
 of the same run. The portable programs (record --btf) cannot hand them over: the trace then says
 that the open connection's requests are a lower bound."""
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,10 @@ import subprocess
 import unittest
 
 from support import KeepAliveServer, PeerTest, Recorder, free_port, wait_for
+
+HTTP2_PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http2")
+NODE = "/usr/bin/node"
+HEADERS = 1
 
 EXCHANGES = 30
 REQUEST = b"GET /open/%d HTTP/1.1\r\nHost: backend\r\n\r\n"
@@ -47,6 +52,23 @@ def wire_count(pcap, port, client_port, kind):
                           f"tcp.port == {client_port} && http.{kind}", "-T", "fields", "-e",
                           "frame.number"], capture_output=True, text=True, check=False).stdout
     return len(out.split())
+
+
+def http2_headers(pcap, port, client_port):
+    """(streams the client opened, streams the server answered) on the connection from
+    `client_port`: the stream ids of the HEADERS frames each side sent, as tshark decodes the
+    capture (several frames of one segment share its line)."""
+    out = subprocess.run(["tshark", "-r", pcap, "-d", f"tcp.port=={port},http2", "-Y",
+                          f"tcp.port == {client_port} && http2.type == {HEADERS}", "-T", "fields",
+                          "-E", "separator=/t", "-e", "tcp.srcport", "-e", "http2.type", "-e",
+                          "http2.streamid"], capture_output=True, text=True, check=False).stdout
+    opened, answered = set(), set()
+    for line in out.splitlines():
+        source, types, ids = line.split("\t")
+        for frame_type, stream_id in zip(types.split(","), ids.split(",")):
+            if int(frame_type) == HEADERS:
+                (opened if int(source) == client_port else answered).add(int(stream_id))
+    return len(opened), len(answered)
 
 
 def stop_by_signal(number):
@@ -142,3 +164,62 @@ class OpenAtEndTest(PeerTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Http2OpenAtEndTest(PeerTest):
+    """An HTTP/2 connection still open at the end: the kernel counts its frames and writes none
+    but those that matter (none here: no idle gap, no GOAWAY or RST_STREAM); the recording's end
+    hands its counts over."""
+    TOOLS = ("node", "tcpdump", "tshark")
+    STREAMS = 25
+
+    def setUp(self):
+        super().setUp()
+        self.port = free_port()
+        server = subprocess.Popen([NODE, os.path.join(HTTP2_PEERS, "server.js")],
+                                  env=dict(os.environ, PORT=str(self.port), HOST="127.0.0.1",
+                                           SESSION_TIMEOUT_MS="600000"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.addCleanup(server.wait, timeout=10)
+        self.addCleanup(server.kill)
+        self.assertEqual(server.stdout.readline().strip(), "listening")
+
+    def test_its_counts_are_exact_when_stopped_by_sigint(self):
+        pcap = os.path.join(self.workdir, "wire.pcap")
+        recorder = Recorder("--port", str(self.port), "--quiet")
+        self.addCleanup(recorder.cleanup)
+        with Capture(pcap, self.port):
+            with recorder:
+                client = subprocess.Popen(
+                    [NODE, os.path.join(HTTP2_PEERS, "open_streams.js"), "127.0.0.1",
+                     str(self.port), str(self.STREAMS)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True)
+                self.addCleanup(client.kill)
+                line = client.stdout.readline()
+                self.assertTrue(line, client.stderr.read() if client.poll() is not None else "")
+                client_port = json.loads(line)["port"]
+                stop_by_signal(signal.SIGINT)(recorder)
+            client.stdin.close()
+            client.wait(timeout=10)
+            wait_for(lambda: http2_headers(pcap, self.port, client_port) ==
+                     (self.STREAMS, self.STREAMS), timeout=30, interval=0.5)
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        self.assertEqual(http2_headers(pcap, self.port, client_port), (self.STREAMS, self.STREAMS),
+                         "the wire: every stream answered")
+        _, conns, _, _ = recorder.trace()
+        records = [c for c in conns if client_port in (c["local"]["port"], c["remote"]["port"])]
+        self.assertEqual(sorted(c["role"] for c in records), ["client", "server"], records)
+        for conn in records:
+            self.assertEqual(conn["verdict"], "open", conn)
+            h2 = conn.get("http2")
+            self.assertIsNotNone(h2, f"read as HTTP/1: {conn}")
+            self.assertEqual(conn["requests"], [], conn)
+            self.assertNotIn("requests_lower_bound", conn)
+            self.assertIs(h2["counted_at_close"], False, conn)
+            client, server = ((h2["local"], h2["peer"]) if conn["role"] == "client"
+                              else (h2["peer"], h2["local"]))
+            self.assertEqual(client["streams_opened"], self.STREAMS, conn)
+            self.assertEqual(client["last_stream_id"], 2 * self.STREAMS - 1, conn)
+            self.assertEqual(server["streams_answered"], self.STREAMS, conn)
+            self.assertEqual(h2["caught"], [], conn)

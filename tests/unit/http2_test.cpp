@@ -32,7 +32,7 @@ Event close_counts(uint64_t ts_ns, uint64_t pending, uint32_t pending_base) {
     Event event;
     event.kind = EventKind::Http2;
     event.ts_ns = ts_ns;
-    event.http2.at_close = true;
+    event.http2.kind = Http2RecordKind::Close;
     event.http2.client = kClientIn;
     event.http2.pending = pending;
     event.http2.pending_base = pending_base;
@@ -195,6 +195,46 @@ TEST(Http2Accounting, AnOpenConnectionsPendingStreamsAreNotCaught) {
     EXPECT_TRUE(conn.http2->caught.empty());
     EXPECT_FALSE(conn.http2->counted_at_close);
     EXPECT_EQ(conn.verdict, Verdict::Open);
+}
+
+// The counts the kernel wrote when the recording ended with the connection open.
+Event end_counts(uint64_t ts_ns, uint32_t streams_opened, uint64_t pending) {
+    Event event;
+    event.kind = EventKind::Http2;
+    event.ts_ns = ts_ns;
+    event.http2.kind = Http2RecordKind::End;
+    event.http2.client = kClientIn;
+    event.http2.peer.streams_opened = streams_opened;
+    event.http2.peer.last_stream_id = 2 * streams_opened - 1;
+    event.http2.pending = pending;
+    event.http2.pending_base = 2 * streams_opened - 1;
+    return event;
+}
+
+TEST(Http2Accounting, TheCountsAtTheEndOfTheRecordingAreAnOpenConnectionsCounts) {
+    // A stream opened after an idle gap (written), then 40 more counted, not written.
+    Event idle_stream = frame(1'000'000, Direction::In, CT_HTTP2_HEADERS, 1);
+    idle_stream.http2.peer.streams_opened = 1;
+    // The end's counts arrive before a frame of the same instant or later: still the latest.
+    const std::vector<Event> records = {end_counts(9'000'000, 41, 0b1), idle_stream};
+    Connection conn;
+    conn.role = Role::Server;
+    judge_http2(conn, records);
+    EXPECT_EQ(conn.http2->peer.streams_opened, 41u);
+    EXPECT_FALSE(conn.http2->counted_at_close);
+    // The stream in flight at the end was not caught by a close: none happened.
+    EXPECT_TRUE(conn.http2->caught.empty());
+    EXPECT_EQ(conn.verdict, Verdict::Open);
+}
+
+TEST(Http2Accounting, TheCloseCountsOutrankTheEnds) {
+    // A socket that closed but was not yet freed when the recording ended.
+    Event close = close_counts(2'000'000, 0, 1);
+    close.http2.peer.streams_opened = 3;
+    const Http2Connection h2 =
+        account_http2(std::vector<Event>{close, end_counts(9'000'000, 5, 0)});
+    EXPECT_EQ(h2.peer.streams_opened, 3u);
+    EXPECT_TRUE(h2.counted_at_close);
 }
 
 TEST(Http2Accounting, ThePeersGoawayMakesThePeerTheCloser) {

@@ -1783,7 +1783,7 @@ TEST(TrackerHttp2, TheGoawayRaceIsJudgedByTheFrames) {
     goaway.http2.peer = {.last_frame_ns = 1'000'000'000, .streams_opened = 1, .last_stream_id = 1};
     Event counts = goaway;
     counts.ts_ns = fin_ns + 200'000;
-    counts.http2.at_close = true;
+    counts.http2.kind = Http2RecordKind::Close;
     const std::string late_headers("\x00\x00\x02\x01\x04\x00\x00\x00\x03hp", 11);
     const Connection conn = run_one({
         socket.established(1'000),

@@ -606,11 +606,11 @@ public:
         const OpenHandover handover = tracer_.finish();
         const uint64_t end_ns = note_losses();
         std::vector<Connection> left = capture_.tracker.finish_all(end_ns);
-        // The kernel kept messages of HTTP/1 connections still open that it could not hand over
-        // (an HTTP/2 connection's counts say so themselves: counted_at_close).
+        // What the kernel counted of connections still open that it could not hand over (an
+        // HTTP/1 connection's latest messages, an HTTP/2 connection's counts).
         for (Connection& conn : left) {
             conn.requests_lower_bound = conn.verdict == Verdict::Open && !conn.closed_ns &&
-                                        !conn.http2 && !handover.exact_in(conn.netns);
+                                        !handover.exact_in(conn.netns);
         }
         write_connections(std::move(left));
         write_unattributed();

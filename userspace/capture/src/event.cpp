@@ -168,7 +168,12 @@ bool decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons, E
             decode_common(record.hdr, event);
             event.role = decode_role(record.role);
             Http2Record& h2 = event.http2;
-            h2.at_close = record.record == CT_HTTP2_CLOSE;
+            switch (record.record) {
+                case CT_HTTP2_FRAME: h2.kind = Http2RecordKind::Frame; break;
+                case CT_HTTP2_CLOSE: h2.kind = Http2RecordKind::Close; break;
+                case CT_HTTP2_END: h2.kind = Http2RecordKind::End; break;
+                default: return fail("HTTP/2 record of an unknown kind");
+            }
             h2.peer = decode_http2_side(record.sides[CT_DIR_IN - 1]);
             h2.local = decode_http2_side(record.sides[CT_DIR_OUT - 1]);
             h2.pending = record.pending;
@@ -240,6 +245,15 @@ const char* to_string(EventKind kind) {
 }
 
 const char* to_string(Direction direction) { return direction == Direction::In ? "in" : "out"; }
+
+const char* to_string(Http2RecordKind kind) {
+    switch (kind) {
+        case Http2RecordKind::Frame: return "frame";
+        case Http2RecordKind::Close: return "close";
+        case Http2RecordKind::End: return "end";
+    }
+    return "?";
+}
 
 std::string tcp_flags_string(uint8_t flags) {
     std::string text;

@@ -115,15 +115,19 @@ void Http2Facts::add(const Event& event) {
     const Http2Record& record = event.http2;
     lost = lost || record.lost_in || record.lost_out;
     pending_overflow = pending_overflow || record.pending_overflow;
-    // As the last of them in time order (the later arrival of two at once), the close's first.
-    const bool latest = record.at_close ? !counts.at_close || event.ts_ns >= counts_ns
-                                        : !counts.at_close && (!any || event.ts_ns >= counts_ns);
+    // The close's counts first, then those at the end of the recording, then a frame's; of
+    // two of a kind the last in time order (the later arrival of two at once).
+    const auto rank = [](Http2RecordKind kind) {
+        return kind == Http2RecordKind::Close ? 2 : kind == Http2RecordKind::End ? 1 : 0;
+    };
+    const bool latest = !any || rank(record.kind) > rank(counts.kind) ||
+                        (rank(record.kind) == rank(counts.kind) && event.ts_ns >= counts_ns);
     if (latest) {
         counts = record;
         counts_ns = event.ts_ns;
     }
     any = true;
-    if (record.at_close) return;
+    if (record.kind != Http2RecordKind::Frame) return;
     frames.push_back({
         .ts_ns = event.ts_ns,
         .other_last_frame_ns = record.direction == Direction::Out ? record.peer.last_frame_ns
@@ -165,7 +169,8 @@ Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> la
     conn.client = client;
     conn.local = final_counts->local;
     conn.peer = final_counts->peer;
-    conn.counted_at_close = final_counts->at_close;
+    const bool at_close = final_counts->kind == Http2RecordKind::Close;
+    conn.counted_at_close = at_close;
     conn.lost = facts.lost;
     conn.pending_overflow = facts.pending_overflow;
 
@@ -190,7 +195,7 @@ Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> la
     }
     // The peer's first segment after the socket was gone, read from the reset it triggered:
     // only when the close left the peer's bytes at a frame boundary and followed.
-    if (final_counts->at_close && client == Initiator::Peer && !late_segments.empty() &&
+    if (at_close && client == Initiator::Peer && !late_segments.empty() &&
         final_counts->in_skip == 0 && !final_counts->lost_in) {
         const Event& late = late_segments.front();
         for (const Http2FrameHeader& header : http2_frame_headers(late.payload)) {
@@ -202,7 +207,7 @@ Http2Connection account_http2(const Http2Facts& facts, std::span<const Event> la
         }
     }
     // Awaiting an answer: caught only when the connection closed with it so.
-    if (final_counts->at_close) {
+    if (at_close) {
         for (uint32_t bit = 0; bit < CT_HTTP2_PENDING_WINDOW; ++bit) {
             if (final_counts->pending & (uint64_t{1} << bit)) {
                 streams.pending(final_counts->pending_base + 2 * bit, client);

@@ -1617,7 +1617,7 @@ void append_event_line(std::string& out, const Event& event, PayloadPolicy polic
             json.name("held").boolean(event.held);
             break;
         case EventKind::Http2:
-            json.name("record").string(event.http2.at_close ? "close" : "frame");
+            json.name("record").string(to_string(event.http2.kind));
             json.name("direction").string(to_string(event.http2.direction));
             json.name("frame_type").number(event.http2.frame_type);
             json.name("stream_id").number(event.http2.stream_id);

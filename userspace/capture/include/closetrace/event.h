@@ -67,10 +67,17 @@ struct Http2Side {
     bool operator==(const Http2Side&) const = default;
 };
 
-// An HTTP/2 record (ct_http2_event): a frame that mattered, or the counts at the close. Both
-// carry the counts so far.
+// What an HTTP/2 record is (enum ct_http2_record).
+enum class Http2RecordKind : uint8_t {
+    Frame,  // a frame that mattered
+    Close,  // the counts at the connection's close
+    End,    // the counts of a connection still open when the recording ended
+};
+
+// An HTTP/2 record (ct_http2_event): a frame that mattered, or the counts at the close or at the
+// end of the recording. Each carries the counts so far.
 struct Http2Record {
-    bool at_close = false;
+    Http2RecordKind kind = Http2RecordKind::Frame;
     Http2Side peer;   // frames received
     Http2Side local;  // frames sent
     // Client streams awaiting an answer: bit i is stream pending_base + 2 i.
@@ -164,6 +171,7 @@ const char* tcp_state_name(uint8_t state);
 const char* to_string(EventKind kind);
 const char* to_string(Role role);
 const char* to_string(Direction direction);
+const char* to_string(Http2RecordKind kind);  // "frame" | "close" | "end"
 // Flags as tcpdump prints them: "S", "F", "R", "P", "." for ACK; e.g. "P." for PSH|ACK.
 std::string tcp_flags_string(uint8_t flags);
 // Address text ("10.0.0.2", "fd00::2") of one side of a tuple.

@@ -47,7 +47,7 @@ struct Http2Frame {
 
 struct Http2Facts {
     std::vector<Http2Frame> frames;  // in arrival order
-    Http2Record counts;              // the latest record's (at the close once written)
+    Http2Record counts;  // the latest record's (at the close once written, else at the end)
     uint64_t counts_ns = 0;
     bool any = false;
     bool lost = false;              // a direction's frames no longer followed, in any record
