@@ -146,7 +146,7 @@ struct sock_state {
 	__u64 identity;  /* stands for the socket cookie in records */
 	__u64 closed_ns; /* reached TCP_CLOSE: the entry outlives the socket (see find_state) */
 #endif
-	__u64 last_rx_ns; /* last payload received (cgroup_skb), 0 = none seen */
+	__u64 last_rx_ns; /* last payload received (cgroup_skb; TLS alerts aside), 0 = none seen */
 	__u64 last_tx_ns;
 	__u32 netns;
 	__u8 role;
@@ -1585,6 +1585,42 @@ static __always_inline void on_http2_payload(const struct packet *p, bool stream
 	walk_frames(p, h2, start, silence_ns);
 }
 
+/* TLS records (RFC 8446 section 5.1): content type, legacy version 3.x, 16-bit length. */
+#define CT_TLS_RECORD_HEADER_LEN 5
+#define CT_TLS_ALERT 21
+#define CT_TLS_APPLICATION_DATA 23
+/* The longest TLS 1.3 record that holds no HTTP message: an encrypted alert (19 bytes) or key
+ * update (22); an HTTP/2 frame header alone makes 26. */
+#define CT_TLS_LONGEST_CONTROL 22
+/* The longest alert record: TLS 1.2 with a CBC cipher and a 48-byte MAC. */
+#define CT_TLS_LONGEST_ALERT 80
+
+/*
+ * A segment that is one whole TLS record carrying no HTTP message: an alert (the close_notify a
+ * side sends as it closes a TLS connection), or a TLS 1.3 record too short for one. It is no
+ * activity: the idle before a close is the exchange's. Only short segments are looked at, which
+ * few HTTP messages are; one that started a message is read from its slot's head, already
+ * copied (a keep-alive request costs no copy more). Userspace tells such messages apart the same
+ * way (http::MessageKind::TlsControl).
+ */
+static __always_inline bool is_tls_control(const struct packet *p, bool started)
+{
+	if (p->payload_len < CT_TLS_RECORD_HEADER_LEN ||
+	    p->payload_len > CT_TLS_RECORD_HEADER_LEN + CT_TLS_LONGEST_ALERT)
+		return false;
+	__u8 h[CT_TLS_RECORD_HEADER_LEN];
+	const struct message_slot *slot = &p->messages->slots[p->messages->current & 1];
+	if (started && slot->ts_ns == p->now && slot->captured >= sizeof(h))
+		__builtin_memcpy(h, slot->head, sizeof(h));
+	else if (bpf_skb_load_bytes(p->skb, p->payload_offset, h, sizeof(h)))
+		return false;
+	__u32 len = ((__u32)h[3] << 8) | h[4];
+	if (h[1] != 3 || h[2] > 4 || p->payload_len != sizeof(h) + len)
+		return false;
+	return h[0] == CT_TLS_ALERT ||
+	       (h[0] == CT_TLS_APPLICATION_DATA && len <= CT_TLS_LONGEST_CONTROL);
+}
+
 static __always_inline void on_payload(const struct packet *p)
 {
 	struct message_state *m = p->messages;
@@ -1599,10 +1635,6 @@ static __always_inline void on_payload(const struct packet *p)
 	__u64 last_payload = state->last_rx_ns > state->last_tx_ns ? state->last_rx_ns
 								    : state->last_tx_ns;
 	__u64 silence_ns = last_payload && p->now > last_payload ? p->now - last_payload : 0;
-	if (p->direction == CT_DIR_IN)
-		state->last_rx_ns = p->now;
-	else
-		state->last_tx_ns = p->now;
 	/* Only sockets seen from their opening (a socket met mid-life is mid-stream too), decided
 	 * by a socket's first payload: past it, an HTTP/1 socket's packets test one byte. */
 	__u8 http2 = m->http2;
@@ -1618,11 +1650,20 @@ static __always_inline void on_payload(const struct packet *p)
 	 * segment: a further response opens with "HTTP/". */
 	bool response_direction =
 		p->messages->request_direction && p->direction != p->messages->request_direction;
-	if (overlaps ||
-	    (same_direction && !(response_direction && opens_response(p->skb, p->payload_offset))))
-		continue_message(p);
-	else
+	bool started = !overlaps && !(same_direction && !(response_direction &&
+							  opens_response(p->skb, p->payload_offset)));
+	if (started)
 		start_message(p, silence_ns);
+	else
+		continue_message(p);
+	/* After the message's logic, which reads its silence from the clocks before: a TLS alert is
+	 * no activity (is_tls_control). */
+	if (!is_tls_control(p, started)) {
+		if (p->direction == CT_DIR_IN)
+			state->last_rx_ns = p->now;
+		else
+			state->last_tx_ns = p->now;
+	}
 }
 
 /*

@@ -115,8 +115,8 @@ struct ct_event {
 
 /* Counters and clocks read from the socket at the time of an event. */
 struct ct_sock_snapshot {
-	__u64 last_rx_ns;   /* last payload received, monotonic; 0 unknown */
-	__u64 last_tx_ns;   /* last payload sent, monotonic; 0 unknown */
+	__u64 last_rx_ns;   /* last payload received (TLS alerts aside), monotonic; 0 unknown */
+	__u64 last_tx_ns;   /* last payload sent (TLS alerts aside), monotonic; 0 unknown */
 	__u64 bytes_in;     /* tcp_sock.bytes_received */
 	__u64 bytes_out;    /* tcp_sock.bytes_acked */
 	__u32 segs_in;

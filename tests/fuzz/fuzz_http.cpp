@@ -48,6 +48,7 @@ void check_message(const Message& message, std::string_view input, bool pipeline
 
     switch (message.kind) {
         case MessageKind::Opaque:
+        case MessageKind::TlsControl:
             require(!pipelined);
             require(message.method.empty() && message.target.empty() && message.version.empty());
             require(message.status == 0 && !message.line_complete);

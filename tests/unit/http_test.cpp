@@ -170,6 +170,38 @@ TEST(HttpParse, MalformedStatusLinesAreOpaque) {
     expect_opaque("HTTP/1.1 200 O\x01K\r\n");
 }
 
+// A TLS record: content type, version 3.`minor`, and `length` bytes of (sealed) fragment.
+std::string tls_record(uint8_t type, std::size_t length, uint8_t minor = 3) {
+    std::string record = {static_cast<char>(type), 3, static_cast<char>(minor),
+                          static_cast<char>(length >> 8), static_cast<char>(length & 0xff)};
+    record.append(length, '\xa7');
+    return record;
+}
+
+MessageKind kind_of(std::string_view bytes) {
+    const ParseResult result = parse(bytes);
+    EXPECT_EQ(result.count, 1u);
+    return result.messages[0].kind;
+}
+
+TEST(HttpParse, TlsRecordsThatCannotCarryAMessageAreTlsControl) {
+    constexpr uint8_t kAlert = 21, kApplicationData = 23;
+    EXPECT_EQ(kind_of(tls_record(kAlert, 26)), MessageKind::TlsControl);  // TLS 1.2, AES-GCM
+    EXPECT_EQ(kind_of(tls_record(kApplicationData, 19)), MessageKind::TlsControl);  // 1.3 alert
+    EXPECT_EQ(kind_of(tls_record(kApplicationData, 22)), MessageKind::TlsControl);  // key update
+    EXPECT_EQ(kind_of(tls_record(kApplicationData, 19) + tls_record(kAlert, 26)),
+              MessageKind::TlsControl);
+    // Long enough for an HTTP/2 frame (26) or a request line (35): application data.
+    EXPECT_EQ(kind_of(tls_record(kApplicationData, 26)), MessageKind::Opaque);
+    EXPECT_EQ(kind_of(tls_record(kApplicationData, 19) + tls_record(kApplicationData, 35)),
+              MessageKind::Opaque);
+    // A record cut short, bytes after the last whole record, another version or content type.
+    EXPECT_EQ(kind_of(tls_record(kAlert, 26).substr(0, 20)), MessageKind::Opaque);
+    EXPECT_EQ(kind_of(tls_record(kAlert, 26) + "\x15\x03"), MessageKind::Opaque);
+    EXPECT_EQ(kind_of(tls_record(kAlert, 26, 5)), MessageKind::Opaque);
+    EXPECT_EQ(kind_of(tls_record(22, 26)), MessageKind::Opaque);  // a handshake
+}
+
 TEST(HttpParse, MalformedRequestLinesAreOpaque) {
     expect_opaque("GET  / HTTP/1.1\r\n");       // empty target
     expect_opaque("GET / HTTP/1.1 \r\n");       // trailing space

@@ -442,6 +442,69 @@ TEST(TrackerCloseRace, LateRequestOnlyInTimeWaitReset) {
     EXPECT_EQ(conn.requests[1].outcome, Outcome::AfterLocalClose);
 }
 
+// A TLS 1.2 close_notify alert as it travels: type 21, version 3.3, 26 bytes sealed.
+const std::string kTlsCloseNotify =
+    std::string("\x15\x03\x03\x00\x1a", 5) + std::string(26, '\x5c');
+
+TEST(TrackerTlsClose, TheClientsCloseNotifyAfterTheServersFinIsNoLateRequest) {
+    // The client answers the server's idle close with its own close_notify, which reaches the
+    // closed socket (TCP_ABORT_ON_DATA), or its time-wait socket later.
+    const IdleServer server;
+    const Socket& socket = server.socket;
+    std::vector<Event> events = server.until_fin();
+    const uint64_t alert_ns = server.fin_ns + 300 * kUs;
+    events.push_back(socket.message(alert_ns, Direction::In, kTlsCloseNotify));
+    events.push_back(socket.reset_received(alert_ns + 10 * kUs));
+    events.push_back(socket.state(alert_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
+    events.push_back(socket.reset_sent(alert_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kTlsCloseNotify));
+    events.push_back(socket.time_wait_reset(alert_ns + 700 * kMs, kTlsCloseNotify));
+
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    ASSERT_EQ(conn.requests.size(), 1u) << "the alert is no request";
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+}
+
+TEST(TrackerTlsClose, ThePeersCloseNotifyBeforeTheFinAsksForTheClose) {
+    // The client closes at the TLS layer; the server closes its socket when it reads that.
+    const IdleServer server;
+    const Socket& socket = server.socket;
+    const uint64_t alert_ns = server.fin_ns - 50 * kUs;
+    std::vector<Event> events = server.until_fin();
+    events.insert(events.end() - 1, socket.message(alert_ns, Direction::In, kTlsCloseNotify));
+
+    const Connection conn = run_one(events);
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.cause, CloseCause::ConnectionClose);
+    EXPECT_EQ(conn.close.asked_by, Initiator::Peer);
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+}
+
+TEST(TrackerTlsClose, TheClientsCloseNotifyLeftUnreadAtTheServersAbortIsNoRequest) {
+    // The server's idle timer sends its close_notify; the client's arrives, and the server
+    // closes with it unread: the kernel resets the connection (TCP_ABORT_ON_CLOSE).
+    const Socket socket;
+    Event abort = socket.state(4 * kSec + 20 * kUs, kTcpEstablished, kTcpClose,
+                               activity(2 * kSec, 2 * kSec + kMs, 31));
+    abort.by_owner = true;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.message(4 * kSec, Direction::Out, kTlsCloseNotify),
+        socket.message(4 * kSec + 10 * kUs, Direction::In, kTlsCloseNotify),
+        abort,
+        socket.reset_sent(4 * kSec + 30 * kUs, "TCP_ABORT_ON_CLOSE"),
+    });
+    EXPECT_EQ(conn.close.unread_bytes, 31u);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    EXPECT_EQ(conn.verdict, Verdict::LocalReset);
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+}
+
 TEST(TrackerCloseRace, LateRequestInMessageAndTimeWaitResetCountsOnce) {
     const IdleServer server;
     std::vector<Event> events = server.closed();

@@ -30,6 +30,15 @@ constexpr std::string_view kVersionPrefix = "HTTP/1.";
 constexpr std::size_t kVersionLength = kVersionPrefix.size() + 1;  // "HTTP/1." and one digit
 constexpr std::string_view kHttp2PrefaceLine = "PRI * HTTP/2.0\r\n";
 
+// TLS records (RFC 8446 section 5.1): content type, legacy version 3.x, 16-bit length.
+constexpr std::size_t kTlsRecordHeaderLength = 5;
+constexpr uint8_t kTlsAlert = 21;
+constexpr uint8_t kTlsApplicationData = 23;
+// The longest TLS 1.3 record that holds no HTTP message: an encrypted alert (2 bytes, its inner
+// content type and a 16-byte tag: 19) or key update (22). The smallest HTTP message sealed is
+// longer: an HTTP/2 frame header alone makes 26, an HTTP/1 request line 35.
+constexpr std::size_t kTlsLongestControlRecord = 22;
+
 constexpr bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
@@ -352,6 +361,22 @@ std::optional<std::size_t> next_message_offset(std::string_view bytes, std::size
     return framing.body_begin + body_length;
 }
 
+// Whether `bytes` are whole TLS records, each an alert or too short for an HTTP message.
+bool is_tls_control(std::string_view bytes) {
+    std::size_t at = 0;
+    while (bytes.size() - at >= kTlsRecordHeaderLength) {
+        const auto byte = [&](std::size_t i) { return static_cast<uint8_t>(bytes[at + i]); };
+        const uint8_t type = byte(0);
+        const std::size_t length = (std::size_t{byte(3)} << 8) | byte(4);
+        const bool control = type == kTlsAlert ||
+                             (type == kTlsApplicationData && length <= kTlsLongestControlRecord);
+        if (!control || byte(1) != 3 || byte(2) > 4) return false;
+        if (bytes.size() - at - kTlsRecordHeaderLength < length) return false;
+        at += kTlsRecordHeaderLength + length;
+    }
+    return at == bytes.size();
+}
+
 }  // namespace
 
 ParseResult parse(std::string_view bytes) {
@@ -372,6 +397,7 @@ ParseResult parse(std::string_view bytes) {
     std::optional<StartLine> line = parse_start_line(bytes.substr(offset));
     if (!line) {
         result.count = 1;  // one Opaque message, as Message is by default
+        if (is_tls_control(bytes)) result.messages[0].kind = MessageKind::TlsControl;
         return result;
     }
     while (true) {

@@ -177,7 +177,9 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     if (close.initiator == Initiator::Unknown) return CloseCause::Unknown;
     const bool local = close.initiator == Initiator::Local;
     if (local && evidence.owner_exiting) return CloseCause::ProcessExit;
-    if (local && close.unread_bytes > 0) return CloseCause::UnreadRequest;
+    if (local && close.unread_bytes > 0 && !evidence.unread_only_tls_alerts) {
+        return CloseCause::UnreadRequest;
+    }
 
     // The last request made before the close; late ones only show that the closer's timer ran
     // on a connection that had carried none before.
@@ -196,6 +198,11 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     if (last->close_asked != CloseAsked::None) {
         return last->close_asked == CloseAsked::Request ? CloseCause::ConnectionClose
                                                         : CloseCause::KeepaliveEnded;
+    }
+    // A TLS close_notify asks as Connection: close does, from whichever side sent it.
+    if (evidence.asked_by_tls_alert) {
+        return *evidence.asked_by_tls_alert == requester(conn.role) ? CloseCause::ConnectionClose
+                                                                    : CloseCause::KeepaliveEnded;
     }
     if (!close.idle_ms) return CloseCause::Unknown;
     return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));

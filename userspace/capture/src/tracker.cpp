@@ -491,6 +491,17 @@ public:
         if (upgraded_) return;  // after 101 Switching Protocols nothing is HTTP/1.x any more
         const bool request_direction = (message.direction == Direction::In) == serves_;
         count_unwritten(message, request_direction);
+        // A TLS alert or key update (a close_notify as the connection closes) carries no
+        // request and answers none: only each side's first since the last exchange is kept, for
+        // the close's cause.
+        if (message.heads.first.kind == http::MessageKind::TlsControl) {
+            std::optional<uint64_t>& first = tls_control_since_exchange_[message.direction ==
+                                                                        Direction::Out];
+            if (!first) first = message.ts_ns;
+            return;
+        }
+        tls_control_since_exchange_[0].reset();
+        tls_control_since_exchange_[1].reset();
         last_exchange_ns_ = std::max(last_exchange_ns_, message.previous_ns);
         if (request_direction) {
             // After an interim response the next request-direction message is the body it asked
@@ -529,6 +540,11 @@ public:
     }
 
     bool serves() const { return serves_; }
+    // When `side` first sent TLS records that carry no HTTP message (its close_notify) since
+    // the last request or response.
+    std::optional<uint64_t> tls_control_since_exchange(Initiator side) const {
+        return tls_control_since_exchange_[side == Initiator::Local];
+    }
     // The known health checker that sent requests here; empty when none did.
     std::string_view health_checker() const { return health_checker_; }
 
@@ -679,6 +695,7 @@ private:
                                    (close.local_fin && *close.local_fin <= fact.ts_ns) ||
                                    (closed_ns && *closed_ns <= fact.ts_ns);
         if (reset.payload_len == 0 || !closed_before) return;
+        if (reset.heads.first.kind == http::MessageKind::TlsControl) return;  // no request
         const uint64_t local_close = *close.local_first();  // this reset is one, if none before
         for (const Segment& segment : segments_) {
             if (!segment.digest.matches(reset.prefix)) continue;
@@ -742,6 +759,7 @@ private:
     bool expecting_body_ = false;
     bool upgraded_ = false;
     uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
+    std::optional<uint64_t> tls_control_since_exchange_[2];  // [0] the peer's, [1] this host's
     std::string_view health_checker_;  // one of http::health_checker's names
 };
 
@@ -795,6 +813,27 @@ std::optional<double> idle_since_last_exchange(const CloseFacts& close,
     const uint64_t response_clock = serves ? close.at_close.last_tx_ns : close.at_close.last_rx_ns;
     if (!pending_at_close || response_clock == 0) return close.idle_ms;
     return idle_ms(*first, SockSnapshot{.last_rx_ns = response_clock, .last_tx_ns = 0});
+}
+
+// What TLS alerts tell of a close (CloseEvidence): the side that asked for it, the other side's
+// close_notify after the last exchange and before the closer's first FIN, RST or own alert; and
+// whether the bytes this host left unread were the peer's alerts, no request (every one was
+// answered).
+void add_tls_evidence(CloseEvidence& evidence, const Connection& conn, const CloseFacts& close,
+                      const RequestBuilder& builder) {
+    const std::optional<uint64_t> peer_alert = builder.tls_control_since_exchange(Initiator::Peer);
+    evidence.unread_only_tls_alerts =
+        close.unread_bytes > 0 && peer_alert &&
+        std::ranges::all_of(conn.requests,
+                            [](const Request& r) { return r.outcome == Outcome::Completed; });
+    const Initiator closer = conn.close.initiator;
+    if (closer == Initiator::Unknown) return;
+    const Initiator other = closer == Initiator::Local ? Initiator::Peer : Initiator::Local;
+    const std::optional<uint64_t> alert = builder.tls_control_since_exchange(other);
+    const std::optional<uint64_t> closer_alert = builder.tls_control_since_exchange(closer);
+    const std::optional<uint64_t> first = earliest_close(close);
+    if (!alert || !first || *alert > *first || (closer_alert && *closer_alert <= *alert)) return;
+    evidence.asked_by_tls_alert = other;
 }
 
 void fill_identity(Connection& conn, const Tracked& tracked) {
@@ -866,7 +905,9 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     }
     conn.close.unread_bytes = close.unread_bytes;
     conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
-    conn.close.cause = classify_close(conn, {.owner_exiting = close.owner_exiting});
+    CloseEvidence evidence{.owner_exiting = close.owner_exiting};
+    add_tls_evidence(evidence, conn, close, builder);
+    conn.close.cause = classify_close(conn, evidence);
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);
     bound_request_list(conn);

@@ -357,6 +357,10 @@ void heads_json(JsonLine& json, std::string_view payload, bool full_target) {
                 }
                 break;
             case http::MessageKind::Opaque: json.name("opaque").boolean(true); break;
+            case http::MessageKind::TlsControl:
+                json.name("opaque").boolean(true);
+                json.name("tls_control").boolean(true);
+                break;
         }
         json.end_object();
     }

@@ -16,6 +16,10 @@ enum class MessageKind : uint8_t {
     Request,   // request line "METHOD TARGET HTTP/1.x"
     Response,  // status line "HTTP/1.x CODE ..."
     Opaque,    // not HTTP/1.x (TLS, binary, a request body): counted by direction only
+    // TLS records that cannot carry an HTTP message: alerts (the close_notify each side sends as
+    // a TLS connection closes), and TLS 1.3 records too short for one (its alerts and key
+    // updates, encrypted). Neither a request nor a response.
+    TlsControl,
 };
 
 struct Message {
@@ -61,6 +65,7 @@ struct ParseResult {
 // request or status line yields one Opaque message. Partial lines (a head cut by the capture
 // limit) still yield their method/target or status as far as they are complete. HTTP/2's
 // connection preface yields one Request "PRI *" with version "HTTP/2.0" (see is_http2_preface).
+// Whole TLS records that cannot carry an HTTP message, and nothing else, yield one TlsControl.
 ParseResult parse(std::string_view bytes);
 
 // The request HTTP/2 cleartext (h2c) opens a connection with; its frames are not decoded.

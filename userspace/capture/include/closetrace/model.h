@@ -240,9 +240,13 @@ inline constexpr double kRightAfterExchangeMs = 1'000;
 // to a keep-alive timer.
 inline constexpr double kIdleGapMs = 500;
 
-// What the kernel told of a close beyond the connection record: the owning process was exiting.
+// What the kernel told of a close beyond the connection record: the owning process was exiting;
+// the side that asked for it with a TLS alert (its close_notify before the closer's first FIN,
+// RST or alert), when not the closer itself; the bytes left unread were only TLS alerts.
 struct CloseEvidence {
     bool owner_exiting = false;
+    std::optional<Initiator> asked_by_tls_alert{};
+    bool unread_only_tls_alerts = false;
 };
 
 // The cause of a close that nothing else explains, by how long its connection had been idle

@@ -1,0 +1,169 @@
+"""TLS keep-alive connections (an ALB's HTTPS targets): each side ends a TLS connection with a
+close_notify alert, a few bytes that are neither a request nor a response. A client that answers
+the server's idle close with its own reaches a socket already closed, as a late request would:
+the wire shows the race's pattern (FIN, data, RST), and only the alert's content type tells it
+from one. nginx serves TLS 1.2 on loopback (its alerts travel with their content type visible);
+Python's ssl module is the client; judged by tshark's decoding of a capture of the run."""
+import os
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+from support import PeerTest, Recorder, free_port, wait_for
+from test_open_at_end import Capture
+
+KEEPALIVE_TIMEOUT_S = 1
+ALERT = 21
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  keepalive_timeout {timeout}s;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {dir}/cert.pem;
+    ssl_certificate_key {dir}/key.pem;
+    ssl_protocols TLSv1.2;
+    location / {{ return 200 "ok\\n"; }}
+  }}
+}}
+"""
+
+
+def tls_client():
+    """A TLS 1.2 client that does not check the server's self-signed certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def segments(pcap, port, client_port):
+    """(time, from the client, TCP flags, payload length, TLS content types) of each segment of
+    the connection from `client_port`, as tshark decodes the capture."""
+    fields = ["frame.time_epoch", "tcp.srcport", "tcp.flags", "tcp.len", "tls.record.content_type"]
+    out = subprocess.run(["tshark", "-r", pcap, "-d", f"tcp.port=={port},tls", "-Y",
+                          f"tcp.port == {client_port}", "-T", "fields", "-E", "separator=/t",
+                          *[arg for field in fields for arg in ("-e", field)]],
+                         capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        time_s, source, flags, length, types = line.split("\t")
+        rows.append((float(time_s), int(source) == client_port, int(flags, 16), int(length),
+                     [int(t) for t in types.split(",") if t]))
+    return rows
+
+
+class TlsCloseTest(PeerTest):
+    TOOLS = ("nginx", "openssl", "tcpdump", "tshark")
+
+    def setUp(self):
+        super().setUp()
+        self.port = free_port()
+        nginx_dir = tempfile.mkdtemp(prefix="nginx-", dir=self.workdir)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=backend", "-keyout", f"{nginx_dir}/key.pem", "-out",
+                        f"{nginx_dir}/cert.pem"], check=True, capture_output=True)
+        conf = os.path.join(nginx_dir, "nginx.conf")
+        with open(conf, "w", encoding="ascii") as out:
+            out.write(NGINX_CONF.format(dir=nginx_dir, port=self.port,
+                                        timeout=KEEPALIVE_TIMEOUT_S))
+        nginx = subprocess.Popen(["nginx", "-p", nginx_dir, "-e", f"{nginx_dir}/error.log", "-c",
+                                  conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+        self.addCleanup(nginx.wait, timeout=10)
+        self.addCleanup(nginx.terminate)
+        wait_for(lambda: os.path.exists(f"{nginx_dir}/nginx.pid"), timeout=20, interval=0.1)
+
+    def exchange(self):
+        """One request answered over a new TLS connection; returns the TLS socket."""
+        raw = socket.create_connection(("127.0.0.1", self.port))
+        self.addCleanup(raw.close)
+        tls = tls_client().wrap_socket(raw, server_hostname="backend")
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+        received = b""
+        while not received.endswith(b"ok\n"):
+            received += tls.recv(4096)
+        return tls
+
+    def recorded(self, client):
+        """Runs `client` (returns its local port) recorded and captured; returns the server's
+        conn record and the connection's segments on the wire."""
+        pcap = os.path.join(self.workdir, "wire.pcap")
+        recorder = Recorder("--port", str(self.port), "--quiet", linger_ms=300)
+        self.addCleanup(recorder.cleanup)
+        with Capture(pcap, self.port):
+            with recorder:
+                client_port = client()
+                time.sleep(0.5)  # the last resets, and the linger
+            wait_for(lambda: any(row[2] & 0x4 or (row[2] & 0x1 and row[1])
+                                 for row in segments(pcap, self.port, client_port)),
+                     timeout=30, interval=0.5)
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        _, conns, _, _ = recorder.trace()
+        servers = [c for c in conns
+                   if c["role"] == "server" and c["remote"]["port"] == client_port]
+        self.assertEqual(len(servers), 1, conns)
+        return servers[0], segments(pcap, self.port, client_port)
+
+    def test_a_close_notify_after_the_servers_idle_close_is_no_late_request(self):
+        def client():
+            tls = self.exchange()
+            self.assertEqual(tls.recv(4096), b"", "the server closes the idle connection")
+            tls.unwrap()  # the client's close_notify, to a socket already closed
+            return tls.getsockname()[1]
+
+        conn, wire = self.recorded(client)
+        # The server's first close: its alert (nginx may send one), FIN or RST.
+        server_close = next(row for row in wire
+                            if not row[1] and (row[2] & 0x5 or ALERT in row[4]))
+        after = [row for row in wire if row[1] and row[3] > 0 and row[0] >= server_close[0]]
+        self.assertTrue(after, f"the wire: the client's bytes after the server's close {wire}")
+        self.assertTrue(all(types and set(types) == {ALERT} for *_, types in after),
+                        f"the wire: only TLS alerts after the server's close {wire}")
+        last_payload = max(row[0] for row in wire if row[3] > 0 and row[0] < server_close[0])
+        wire_idle_ms = (server_close[0] - last_payload) * 1000
+
+        self.assertNotIn("race", conn["verdict"], conn)
+        self.assertEqual([r["outcome"] for r in conn["requests"]],
+                         ["completed"] * len(conn["requests"]), conn)
+        self.assertAlmostEqual(conn["close"]["idle_ms"], wire_idle_ms, delta=50, msg=conn)
+        # Who closed first at the TCP level varies: nginx may reset when the client's alert is
+        # still unread (TCP_ABORT_ON_CLOSE), or it may be the client's FIN.
+        first_fin_or_rst = next(row for row in wire if row[2] & 0x5)
+        if not first_fin_or_rst[1]:
+            self.assertEqual(conn["close"]["initiator"], "local", conn)
+            self.assertEqual(conn["verdict"], "local_reset" if first_fin_or_rst[2] & 0x4
+                             else "local_idle_close", conn)
+            self.assertEqual(conn["close"]["cause"], "idle_timer", conn)
+
+    def test_a_close_notify_before_the_servers_fin_asks_for_the_close(self):
+        def client():
+            tls = self.exchange()
+            time.sleep(KEEPALIVE_TIMEOUT_S / 2)
+            port = tls.getsockname()[1]
+            try:
+                tls.unwrap()  # nginx closes the socket on reading it, without its own alert
+            except ssl.SSLError:
+                pass
+            return port
+
+        conn, wire = self.recorded(client)
+        first_fin = next(row for row in wire if row[2] & 0x1)
+        self.assertFalse(first_fin[1], f"the wire: the server's FIN first {wire}")
+        alerts = [row for row in wire if row[1] and ALERT in row[4]]
+        self.assertTrue(alerts and alerts[0][0] <= first_fin[0],
+                        f"the wire: the client's alert before it {wire}")
+
+        self.assertEqual(conn["close"]["initiator"], "local", conn)
+        self.assertEqual(conn["close"]["cause"], "connection_close", conn)
+        self.assertEqual(conn["close"]["asked_by"], "peer", conn)
+        self.assertEqual([r["outcome"] for r in conn["requests"]],
+                         ["completed"] * len(conn["requests"]), conn)
