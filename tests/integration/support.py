@@ -89,6 +89,28 @@ class PeerTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
 
 
+class LoopbackCapture:
+    """tcpdump on loopback for the duration of a `with` block."""
+
+    def __init__(self, path, port):
+        self.command = ["tcpdump", "-i", "lo", "-U", "-n", "-w", path, f"tcp port {port}"]
+        self.process = None
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, text=True)
+        # tcpdump says it is listening once the capture has started.
+        line = self.process.stderr.readline()
+        if "listening" not in line:
+            self.process.kill()
+            raise RuntimeError(f"tcpdump did not start: {line}{self.process.stderr.read()}")
+        return self
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGINT)
+        self.process.communicate(timeout=20)
+        return False
+
+
 def read_trace(path):
     """Returns (header, conns, events, summary) from a trace file; asserts its shape."""
     header, conns, events, summary = None, [], [], None

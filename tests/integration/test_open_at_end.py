@@ -12,7 +12,7 @@ import socket
 import subprocess
 import unittest
 
-from support import KeepAliveServer, PeerTest, Recorder, free_port, wait_for
+from support import KeepAliveServer, LoopbackCapture, PeerTest, Recorder, free_port, wait_for
 
 HTTP2_PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http2")
 NODE = "/usr/bin/node"
@@ -20,28 +20,6 @@ HEADERS = 1
 
 EXCHANGES = 30
 REQUEST = b"GET /open/%d HTTP/1.1\r\nHost: backend\r\n\r\n"
-
-
-class Capture:
-    """tcpdump on loopback for the duration of a `with` block."""
-
-    def __init__(self, path, port):
-        self.command = ["tcpdump", "-i", "lo", "-U", "-n", "-w", path, f"tcp port {port}"]
-        self.process = None
-
-    def __enter__(self):
-        self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, text=True)
-        # tcpdump says it is listening once the capture has started.
-        line = self.process.stderr.readline()
-        if "listening" not in line:
-            self.process.kill()
-            raise RuntimeError(f"tcpdump did not start: {line}{self.process.stderr.read()}")
-        return self
-
-    def __exit__(self, *exc):
-        self.process.send_signal(signal.SIGINT)
-        self.process.communicate(timeout=20)
-        return False
 
 
 def wire_count(pcap, port, client_port, kind):
@@ -97,7 +75,7 @@ class OpenAtEndTest(PeerTest):
         pcap = os.path.join(self.workdir, "wire.pcap")
         recorder = Recorder("--port", str(self.port), "--quiet", *args)
         self.addCleanup(recorder.cleanup)
-        with Capture(pcap, self.port):
+        with LoopbackCapture(pcap, self.port):
             with recorder:
                 client = socket.create_connection(("127.0.0.1", self.port))
                 self.addCleanup(client.close)
@@ -188,7 +166,7 @@ class Http2OpenAtEndTest(PeerTest):
         pcap = os.path.join(self.workdir, "wire.pcap")
         recorder = Recorder("--port", str(self.port), "--quiet")
         self.addCleanup(recorder.cleanup)
-        with Capture(pcap, self.port):
+        with LoopbackCapture(pcap, self.port):
             with recorder:
                 client = subprocess.Popen(
                     [NODE, os.path.join(HTTP2_PEERS, "open_streams.js"), "127.0.0.1",

@@ -11,8 +11,7 @@ import subprocess
 import tempfile
 import time
 
-from support import PeerTest, Recorder, free_port, wait_for
-from test_open_at_end import Capture
+from support import LoopbackCapture, PeerTest, Recorder, free_port, wait_for
 
 KEEPALIVE_TIMEOUT_S = 1
 ALERT = 21
@@ -99,7 +98,7 @@ class TlsCloseTest(PeerTest):
         pcap = os.path.join(self.workdir, "wire.pcap")
         recorder = Recorder("--port", str(self.port), "--quiet", linger_ms=300)
         self.addCleanup(recorder.cleanup)
-        with Capture(pcap, self.port):
+        with LoopbackCapture(pcap, self.port):
             with recorder:
                 client_port = client()
                 time.sleep(0.5)  # the last resets, and the linger
