@@ -28,11 +28,13 @@ Event frame(uint64_t ts_ns, Direction direction, uint8_t type, uint32_t stream_i
     return event;
 }
 
-Event close_counts(uint64_t ts_ns, uint64_t pending, uint32_t pending_base) {
+// The counts the kernel wrote at the connection's close (or, `kind` End, at the recording's end).
+Event close_counts(uint64_t ts_ns, uint64_t pending, uint32_t pending_base,
+                   Http2RecordKind kind = Http2RecordKind::Close) {
     Event event;
     event.kind = EventKind::Http2;
     event.ts_ns = ts_ns;
-    event.http2.kind = Http2RecordKind::Close;
+    event.http2.kind = kind;
     event.http2.client = kClientIn;
     event.http2.pending = pending;
     event.http2.pending_base = pending_base;
@@ -199,15 +201,10 @@ TEST(Http2Accounting, AnOpenConnectionsPendingStreamsAreNotCaught) {
 
 // The counts the kernel wrote when the recording ended with the connection open.
 Event end_counts(uint64_t ts_ns, uint32_t streams_opened, uint64_t pending) {
-    Event event;
-    event.kind = EventKind::Http2;
-    event.ts_ns = ts_ns;
-    event.http2.kind = Http2RecordKind::End;
-    event.http2.client = kClientIn;
+    Event event =
+        close_counts(ts_ns, pending, 2 * streams_opened - 1, Http2RecordKind::End);
     event.http2.peer.streams_opened = streams_opened;
     event.http2.peer.last_stream_id = 2 * streams_opened - 1;
-    event.http2.pending = pending;
-    event.http2.pending_base = 2 * streams_opened - 1;
     return event;
 }
 

@@ -176,6 +176,17 @@ struct IdleServer {
                 socket.message(response_ns, Direction::Out, kOk), fin};
     }
 
+    // Until its FIN, then data at `late_ns` on the closed socket: the kernel resets the socket
+    // itself (tcp_receive_reset), closes it and answers the data with an RST (TCP_ABORT_ON_DATA).
+    std::vector<Event> data_after_fin(uint64_t late_ns, std::string_view payload) const {
+        std::vector<Event> events = until_fin();
+        events.push_back(socket.message(late_ns, Direction::In, payload));
+        events.push_back(socket.reset_received(late_ns + 10 * kUs));
+        events.push_back(socket.state(late_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
+        events.push_back(socket.reset_sent(late_ns + 12 * kUs, "TCP_ABORT_ON_DATA", payload));
+        return events;
+    }
+
     std::vector<Event> closed() const {
         std::vector<Event> events = until_fin();
         events.push_back(socket.state(closed_ns - 1 * kUs, kTcpFinWait1, kTcpFinWait2));
@@ -398,18 +409,11 @@ TEST(TrackerVerdict, SocketGoneWithNoCloseSeenIsOpenWithUnknownInitiator) {
 // --- the close race ------------------------------------------------------------------------
 
 TEST(TrackerCloseRace, LateRequestSeenByIngressThenResetAsDataOnClosedSocket) {
-    // The request reaches the socket in FIN_WAIT1: the kernel resets the socket itself
-    // (tcp_receive_reset), closes it and answers the data with an RST (TCP_ABORT_ON_DATA).
+    // The request reaches the socket in FIN_WAIT1.
     const IdleServer server;
-    const Socket& socket = server.socket;
-    std::vector<Event> events = server.until_fin();
     const uint64_t late_ns = server.fin_ns + 300 * kUs;
-    events.push_back(socket.message(late_ns, Direction::In, kLatePost));
-    events.push_back(socket.reset_received(late_ns + 10 * kUs));
-    events.push_back(socket.state(late_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
-    events.push_back(socket.reset_sent(late_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kLatePost));
 
-    const Connection conn = run_one(events);
+    const Connection conn = run_one(server.data_after_fin(late_ns, kLatePost));
     EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
     EXPECT_EQ(conn.close.initiator, Initiator::Local);
     EXPECT_EQ(conn.close.how, CloseHow::Fin);
@@ -450,14 +454,9 @@ TEST(TrackerTlsClose, TheClientsCloseNotifyAfterTheServersFinIsNoLateRequest) {
     // The client answers the server's idle close with its own close_notify, which reaches the
     // closed socket (TCP_ABORT_ON_DATA), or its time-wait socket later.
     const IdleServer server;
-    const Socket& socket = server.socket;
-    std::vector<Event> events = server.until_fin();
     const uint64_t alert_ns = server.fin_ns + 300 * kUs;
-    events.push_back(socket.message(alert_ns, Direction::In, kTlsCloseNotify));
-    events.push_back(socket.reset_received(alert_ns + 10 * kUs));
-    events.push_back(socket.state(alert_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
-    events.push_back(socket.reset_sent(alert_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kTlsCloseNotify));
-    events.push_back(socket.time_wait_reset(alert_ns + 700 * kMs, kTlsCloseNotify));
+    std::vector<Event> events = server.data_after_fin(alert_ns, kTlsCloseNotify);
+    events.push_back(server.socket.time_wait_reset(alert_ns + 700 * kMs, kTlsCloseNotify));
 
     const Connection conn = run_one(events);
     EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
@@ -713,13 +712,7 @@ TEST(TrackerTies, BothFinsInOneNanosecondFollowTheStateOrderNotArrival) {
 
 TEST(TrackerTies, EventsShuffledAcrossCpusGiveTheSameRecord) {
     const IdleServer server;
-    const Socket& socket = server.socket;
-    std::vector<Event> events = server.until_fin();
-    const uint64_t late_ns = server.fin_ns + 300 * kUs;
-    events.push_back(socket.message(late_ns, Direction::In, kLatePost));
-    events.push_back(socket.reset_received(late_ns + 10 * kUs));
-    events.push_back(socket.state(late_ns + 11 * kUs, kTcpFinWait1, kTcpClose));
-    events.push_back(socket.reset_sent(late_ns + 12 * kUs, "TCP_ABORT_ON_DATA", kLatePost));
+    std::vector<Event> events = server.data_after_fin(server.fin_ns + 300 * kUs, kLatePost);
     const std::string expected = describe(run_one(events));
 
     std::mt19937 random(20261125);
