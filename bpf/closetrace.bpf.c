@@ -1585,16 +1585,6 @@ static __always_inline void on_http2_payload(const struct packet *p, bool stream
 	walk_frames(p, h2, start, silence_ns);
 }
 
-/* TLS records (RFC 8446 section 5.1): content type, legacy version 3.x, 16-bit length. */
-#define CT_TLS_RECORD_HEADER_LEN 5
-#define CT_TLS_ALERT 21
-#define CT_TLS_APPLICATION_DATA 23
-/* The longest TLS 1.3 record that holds no HTTP message: an encrypted alert (19 bytes) or key
- * update (22); an HTTP/2 frame header alone makes 26. */
-#define CT_TLS_LONGEST_CONTROL 22
-/* The longest alert record: TLS 1.2 with a CBC cipher and a 48-byte MAC. */
-#define CT_TLS_LONGEST_ALERT 80
-
 /*
  * A segment that is one whole TLS record carrying no HTTP message: an alert (the close_notify a
  * side sends as it closes a TLS connection), or a TLS 1.3 record too short for one. It is no

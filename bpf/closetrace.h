@@ -31,6 +31,22 @@ enum ct_counter {
 	CT_COUNTER_MAX = 2,
 };
 
+/*
+ * TLS records (RFC 8446 section 5.1: content type, legacy version 3.x, 16-bit length) that carry
+ * no HTTP message: alerts (a close_notify as a side closes), and TLS 1.3 records too short for
+ * one. The programs leave the idle clocks alone for a segment of one such record; userspace
+ * takes such bytes for neither request nor response.
+ */
+#define CT_TLS_RECORD_HEADER_LEN 5
+#define CT_TLS_ALERT 21
+#define CT_TLS_APPLICATION_DATA 23
+/* The longest TLS 1.3 record that holds no HTTP message: an encrypted alert (2 bytes, the inner
+ * content type and a 16-byte tag: 19) or key update (22). The smallest HTTP message sealed is
+ * longer: an HTTP/2 frame header alone makes 26, an HTTP/1 request line 35. */
+#define CT_TLS_LONGEST_CONTROL 22
+/* The longest alert record: TLS 1.2 with a CBC cipher and a 48-byte MAC. */
+#define CT_TLS_LONGEST_ALERT 80
+
 /* Reset reason unknown: the kernel does not expose enum sk_rst_reason (< 6.10). */
 #define CT_RST_REASON_UNKNOWN (-1)
 

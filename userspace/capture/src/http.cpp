@@ -5,6 +5,7 @@
 #include <charconv>
 #include <optional>
 
+#include "closetrace.h"
 #include "closetrace/text.h"
 
 // How a start line is judged, also when the capture limit cut it (the buffer ends inside it):
@@ -29,15 +30,6 @@ constexpr std::size_t kMaxMethodLength = 32;
 constexpr std::string_view kVersionPrefix = "HTTP/1.";
 constexpr std::size_t kVersionLength = kVersionPrefix.size() + 1;  // "HTTP/1." and one digit
 constexpr std::string_view kHttp2PrefaceLine = "PRI * HTTP/2.0\r\n";
-
-// TLS records (RFC 8446 section 5.1): content type, legacy version 3.x, 16-bit length.
-constexpr std::size_t kTlsRecordHeaderLength = 5;
-constexpr uint8_t kTlsAlert = 21;
-constexpr uint8_t kTlsApplicationData = 23;
-// The longest TLS 1.3 record that holds no HTTP message: an encrypted alert (2 bytes, its inner
-// content type and a 16-byte tag: 19) or key update (22). The smallest HTTP message sealed is
-// longer: an HTTP/2 frame header alone makes 26, an HTTP/1 request line 35.
-constexpr std::size_t kTlsLongestControlRecord = 22;
 
 constexpr bool is_digit(char c) {
     return c >= '0' && c <= '9';
@@ -361,18 +353,19 @@ std::optional<std::size_t> next_message_offset(std::string_view bytes, std::size
     return framing.body_begin + body_length;
 }
 
-// Whether `bytes` are whole TLS records, each an alert or too short for an HTTP message.
+// Whether `bytes` are whole TLS records, each an alert or too short for an HTTP message
+// (closetrace.h, CT_TLS_*).
 bool is_tls_control(std::string_view bytes) {
     std::size_t at = 0;
-    while (bytes.size() - at >= kTlsRecordHeaderLength) {
+    while (bytes.size() - at >= CT_TLS_RECORD_HEADER_LEN) {
         const auto byte = [&](std::size_t i) { return static_cast<uint8_t>(bytes[at + i]); };
         const uint8_t type = byte(0);
         const std::size_t length = (std::size_t{byte(3)} << 8) | byte(4);
-        const bool control = type == kTlsAlert ||
-                             (type == kTlsApplicationData && length <= kTlsLongestControlRecord);
+        const bool control = type == CT_TLS_ALERT ||
+                             (type == CT_TLS_APPLICATION_DATA && length <= CT_TLS_LONGEST_CONTROL);
         if (!control || byte(1) != 3 || byte(2) > 4) return false;
-        if (bytes.size() - at - kTlsRecordHeaderLength < length) return false;
-        at += kTlsRecordHeaderLength + length;
+        if (bytes.size() - at - CT_TLS_RECORD_HEADER_LEN < length) return false;
+        at += CT_TLS_RECORD_HEADER_LEN + length;
     }
     return at == bytes.size();
 }
