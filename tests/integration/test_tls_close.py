@@ -166,3 +166,25 @@ class TlsCloseTest(PeerTest):
         self.assertEqual(conn["close"]["asked_by"], "peer", conn)
         self.assertEqual([r["outcome"] for r in conn["requests"]],
                          ["completed"] * len(conn["requests"]), conn)
+
+    def test_a_request_after_the_servers_idle_close_is_still_a_race(self):
+        def client():
+            tls = self.exchange()
+            # Not reading: the server's close is not seen before the next request goes.
+            time.sleep(KEEPALIVE_TIMEOUT_S + 0.3)
+            tls.sendall(b"GET /late HTTP/1.1\r\nHost: backend\r\n\r\n")
+            return tls.getsockname()[1]
+
+        conn, wire = self.recorded(client)
+        # The server's first close: its alert, FIN or RST.
+        server_close = next(row for row in wire
+                            if not row[1] and (row[2] & 0x5 or ALERT in row[4]))
+        late = [row for row in wire if row[1] and row[3] > 0 and row[0] >= server_close[0]]
+        self.assertTrue(late and any(ALERT not in types for *_, types in late),
+                        f"the wire: the client's request after the server's close {wire}")
+
+        self.assertEqual(conn["close"]["initiator"], "local", conn)
+        self.assertEqual(conn["verdict"], "local_close_race", conn)
+        # After the FIN, or before it and unread when nginx closed the socket (an RST).
+        self.assertIn(conn["requests"][-1]["outcome"], ("after_local_close", "unread_at_close"),
+                      conn)
