@@ -1381,8 +1381,11 @@ static __always_inline void count_frame(const struct packet *p, struct http2_sta
 			own->streams_opened++;
 			own->last_stream_id = f->stream_id;
 			pending_open(h2, f->stream_id);
-			matters = silence_ns >= idle_gap_ns || h2->goaway_passed ||
-				  p->sk->state != TCP_ESTABLISHED;
+			/* The first stream too, as an HTTP/1 socket's first exchange: its record tells
+			 * the connection is HTTP/2 where no close or end record will (the portable
+			 * programs' connections open at the end). */
+			matters = own->streams_opened == 1 || silence_ns >= idle_gap_ns ||
+				  h2->goaway_passed || p->sk->state != TCP_ESTABLISHED;
 		} else if (!from_client && pending_close(h2, f->stream_id)) {
 			own->streams_answered++;
 		}
