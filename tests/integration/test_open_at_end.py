@@ -140,7 +140,6 @@ class OpenAtEndTest(PeerTest):
             self.assertLessEqual(len(conn["requests"]) + conn["requests_omitted"], requests)
 
 
-
 class Http2OpenAtEndTest(PeerTest):
     """An HTTP/2 connection still open at the end: the kernel counts its frames and writes none
     but those that matter (here only its first stream's: no idle gap, no GOAWAY or RST_STREAM);
@@ -161,8 +160,8 @@ class Http2OpenAtEndTest(PeerTest):
 
     def record_open_connection(self, *record_args):
         """The recording ended by SIGINT while a client holds STREAMS answered streams open on one
-        connection; returns that connection's two ends (client and server, both on loopback) and
-        the wire's count of its streams."""
+        connection (as the wire shows); returns that connection's two ends (client and server,
+        both on loopback)."""
         pcap = os.path.join(self.workdir, "wire.pcap")
         recorder = Recorder("--port", str(self.port), "--quiet", *record_args)
         self.addCleanup(recorder.cleanup)

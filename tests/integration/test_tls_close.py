@@ -3,7 +3,8 @@ close_notify alert, a few bytes that are neither a request nor a response. A cli
 the server's idle close with its own reaches a socket already closed, as a late request would:
 the wire shows the race's pattern (FIN, data, RST), and only the alert's content type tells it
 from one. nginx serves TLS 1.2 on loopback (its alerts travel with their content type visible);
-Python's ssl module is the client; judged by tshark's decoding of a capture of the run."""
+Python's ssl module is the client, and an ALB-style health check (Connection: close,
+ELB-HealthChecker) runs beside each case; judged by tshark's decoding of a capture of the run."""
 import os
 import socket
 import ssl
@@ -92,25 +93,66 @@ class TlsCloseTest(PeerTest):
             received += tls.recv(4096)
         return tls
 
+    def health_check(self):
+        """An ALB's health check of an HTTPS target: a new TLS connection, one request with
+        Connection: close, read to the server's close, then the client's close_notify (to a
+        socket the server already closed). Returns its local port."""
+        raw = socket.create_connection(("127.0.0.1", self.port))
+        self.addCleanup(raw.close)
+        tls = tls_client().wrap_socket(raw, server_hostname="backend")
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n"
+                    b"User-Agent: ELB-HealthChecker/2.0\r\n\r\n")
+        while tls.recv(4096):
+            pass
+        port = tls.getsockname()[1]
+        try:
+            tls.unwrap()
+        except (ssl.SSLError, OSError):
+            pass  # the server's reset may come first
+        return port
+
     def recorded(self, client):
-        """Runs `client` (returns its local port) recorded and captured; returns the server's
-        conn record and the connection's segments on the wire."""
+        """Runs `client` (returns its local port) recorded and captured, beside a health check;
+        returns the server's conn record and the connection's segments on the wire. The health
+        check is judged here."""
         pcap = os.path.join(self.workdir, "wire.pcap")
         recorder = Recorder("--port", str(self.port), "--quiet", linger_ms=300)
         self.addCleanup(recorder.cleanup)
         with LoopbackCapture(pcap, self.port):
             with recorder:
+                check_port = self.health_check()
                 client_port = client()
                 time.sleep(0.5)  # the last resets, and the linger
-            wait_for(lambda: any(row[2] & 0x4 or (row[2] & 0x1 and row[1])
-                                 for row in segments(pcap, self.port, client_port)),
-                     timeout=30, interval=0.5)
+            for port in (check_port, client_port):
+                wait_for(lambda: any(row[2] & 0x4 or (row[2] & 0x1 and row[1])
+                                     for row in segments(pcap, self.port, port)),
+                         timeout=30, interval=0.5)
         self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
         _, conns, _, _ = recorder.trace()
-        servers = [c for c in conns
-                   if c["role"] == "server" and c["remote"]["port"] == client_port]
-        self.assertEqual(len(servers), 1, conns)
-        return servers[0], segments(pcap, self.port, client_port)
+
+        def server_end(port):
+            ends = [c for c in conns if c["role"] == "server" and c["remote"]["port"] == port]
+            self.assertEqual(len(ends), 1, conns)
+            return ends[0]
+
+        self.assert_health_check(server_end(check_port), segments(pcap, self.port, check_port))
+        return server_end(client_port), segments(pcap, self.port, client_port)
+
+    def assert_health_check(self, check, wire):
+        """Its Connection: close and User-Agent are encrypted: the close is judged by the TCP
+        close and the alerts as the wire shows them, and is a close right after a completed
+        exchange, no race, no idle timer and no request caught."""
+        first_close = next(row for row in wire if row[2] & 0x5)
+        self.assertEqual(check["close"]["initiator"], "peer" if first_close[1] else "local",
+                         f"{check} {wire}")
+        # The server's alert follows its response in the same direction, so the kernel takes it
+        # for the response's continuation: the client's FIN after it reads as closed_after_use.
+        self.assertIn(check["close"]["cause"],
+                      ("closed_after_use", "keepalive_ended") if first_close[1]
+                      else ("keepalive_ended", "connection_close"), f"{check} {wire}")
+        self.assertNotIn("race", check["verdict"], check)
+        self.assertEqual({r["outcome"] for r in check["requests"]}, {"completed"}, check)
+        self.assertIsNone(check["health_check"], check)
 
     def test_a_close_notify_after_the_servers_idle_close_is_no_late_request(self):
         def client():
