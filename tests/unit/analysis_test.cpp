@@ -1,4 +1,5 @@
 #include "closetrace/analysis.h"
+#include "closetrace/analysis_text.h"
 #include "closetrace/report.h"
 
 #include <unistd.h>
@@ -810,12 +811,18 @@ TEST(Http2Analysis, CountsStreamsAsRequestsAndTimesTheCaughtStreamFromTheGoaway)
                 HasSubstr("grpc.max_connection_idle_ms"));
 }
 
-// With the streams counted as requests, an HTTP/2 recording after the fix can conclude.
+// With the streams counted as requests, an HTTP/2 recording after the fix can conclude: the
+// peer now closes its idle connections first.
 TEST(Diff, Http2RacesGoneIsFixed) {
     Recording before;
     before.add_conn(http2_conn(1000, true));
     Recording after;
-    for (int i = 0; i < 20; ++i) after.add_conn(http2_conn(70'000, false));
+    for (int i = 0; i < 20; ++i) {
+        Connection conn = http2_conn(60'000, false);
+        conn.verdict = Verdict::PeerIdleClose;
+        conn.close.initiator = Initiator::Peer;
+        after.add_conn(conn);
+    }
     const DiffResult result = diff_traces(before.finish(), after.finish());
     EXPECT_EQ(result.conclusion, DiffConclusion::Fixed) << result.explanation;
     EXPECT_THAT(result.before.conclusion, HasSubstr("grpc.max_connection_idle_ms"));
@@ -838,6 +845,91 @@ TEST(Verify, FailsOnIdleClosesSoonerThanThePeersTimeout) {
     EXPECT_EQ(given.conclusion, VerifyConclusion::Passed);
     EXPECT_EQ(given.peer_timeout.source, PeerTimeoutSource::Given);
     EXPECT_TRUE(given.reasons.empty());
+}
+
+// An ALB's node (10.0.0.9) whose idle connections this host closes after 3 s, beside internal
+// clients (10.0.0.1) that close theirs after 1.5 s: the clients' timer is not the balancer's.
+// The balancer never closed one, so its timeout is longer than what it kept; the ALB default
+// where that is longer still.
+TEST(PeerTimeout, APeerThatNeverClosesIdleIsNotHeldToOtherPeersTimer) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 1500}, 5)
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 3000, .peer = "10.0.0.9"}, 3)
+            .finish();
+    const PeerTimeout timeout = resolve_peer_timeout({&trace}, std::nullopt);
+    EXPECT_EQ(timeout.source, PeerTimeoutSource::Outlasted);
+    EXPECT_EQ(timeout.ms, kAlbDefaultIdleTimeoutMs);
+    EXPECT_EQ(timeout.outlasting.named, std::vector<std::string>{"10.0.0.9"});
+    EXPECT_EQ(timeout.outlasting.closes, 3u);
+    ASSERT_TRUE(timeout.observed_ms);
+    EXPECT_EQ(*timeout.observed_ms, 1500.0);
+
+    const Assessment a = assess(trace, timeout);
+    EXPECT_TRUE(a.closes_before_peer);
+    EXPECT_EQ(a.early_idle_closes, 3u);
+    EXPECT_EQ(a.recommended_keepalive_s, 65u);
+    EXPECT_THAT(a.conclusion, HasSubstr("10.0.0.9 never closed an idle connection"));
+    EXPECT_THAT(a.recommendations.front().text,
+                HasSubstr("65 s assumes 10.0.0.9 (never closing an idle connection here) is an "
+                          "ALB with the default idle timeout of 60 s"));
+    const VerifyResult verify = verify_trace(trace, std::nullopt);
+    EXPECT_EQ(verify.conclusion, VerifyConclusion::Failed);
+    EXPECT_THAT(verify.reasons[0], HasSubstr("pass --peer-idle-timeout"));
+    // Told the balancer's timeout, verify holds the closes against it.
+    EXPECT_EQ(verify_trace(trace, 1000.0).conclusion, VerifyConclusion::Passed);
+
+    // Kept idle past the ALB default: longer than that, whatever it is.
+    const TraceAnalysis longer =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 1500}, 5)
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 74'600, .peer = "10.0.0.9"}, 3)
+            .finish();
+    const Assessment b = assess_default(longer);
+    EXPECT_EQ(b.peer_timeout.source, PeerTimeoutSource::Outlasted);
+    EXPECT_EQ(b.early_idle_closes, 3u);
+    EXPECT_EQ(b.recommended_keepalive_s, 80u);
+    EXPECT_THAT(analysis_text::peer_timeout_text(b.peer_timeout), HasSubstr("more than 74.60 s"));
+}
+
+// Where the peers that never closed one kept idle connections shorter than the others' timer,
+// this host's closes of them are early against that timer already: it stands.
+TEST(PeerTimeout, ObservedStandsWhenThePeersThatNeverCloseKeptLessIdle) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 10'000}, 5)
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 3000, .peer = "10.0.0.9"}, 2)
+            .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.peer_timeout.source, PeerTimeoutSource::Observed);
+    EXPECT_EQ(a.peer_timeout.ms, 10'000.0);
+    EXPECT_EQ(a.early_idle_closes, 2u);
+}
+
+// diff's two recordings have the same peers: one that closed idle connections in either is
+// no peer that never does.
+TEST(PeerTimeout, APeerSeenClosingInEitherRecordingIsNotOutlasting) {
+    const TraceAnalysis before =
+        Recording()
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 3000, .peer = "10.0.0.9"}, 20)
+            .finish();
+    const TraceAnalysis after =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 4000, .peer = "10.0.0.9"}, 20)
+            .finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.peer_timeout.source, PeerTimeoutSource::Observed);
+    EXPECT_EQ(result.conclusion, DiffConclusion::Fixed) << result.explanation;
+}
+
+// No idle close by either side: report says it cannot tell yet, as verify does, rather than
+// that nothing is to fix.
+TEST(Report, AsksForALongerRecordingWithoutAnIdleClose) {
+    const TraceAnalysis quiet = Recording().add({.verdict = Verdict::Open}, 3).finish();
+    const Assessment a = assess_default(quiet);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::RecordLonger);
+    EXPECT_THAT(a.conclusion, HasSubstr("too little to tell who closes first"));
 }
 
 // No idle close by either side (a recording shorter than both timeouts, or without traffic): a

@@ -127,18 +127,24 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
         case Verdict::LocalCloseRace:
             list_caught(a.races, conn, client_end, source);
             [[fallthrough]];
-        case Verdict::LocalIdleClose:
+        case Verdict::LocalIdleClose: {
             if (!server_side || !idle_ms) break;
             ++a.local_idle_closers[std::string(comm)];
             if (conn.http2) a.http2_idle_closers.emplace(comm);
             a.local_idle.add(*idle_ms);
+            TraceAnalysis::PeerIdleTimers& timers = a.idle_timers_by_peer[conn.remote.addr];
+            ++timers.local_closes;
+            timers.longest_local_ms = std::max(timers.longest_local_ms, *idle_ms);
             break;
+        }
         case Verdict::PeerCloseRace:
             list_caught(a.races, conn, client_end, source);
             ++a.upstream_racers[std::string(comm)];
             [[fallthrough]];
         case Verdict::PeerIdleClose:
-            if (idle_ms) (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
+            if (!idle_ms) break;
+            (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
+            if (server_side) ++a.idle_timers_by_peer[conn.remote.addr].peer_closes;
             break;
         case Verdict::LocalResetInflight:
             list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
@@ -175,6 +181,24 @@ std::string keepalive_basis(const PeerTimeout& peer, uint64_t value_s) {
         case PeerTimeoutSource::Given:
             return fmt::format("{} s: the given peer idle timeout ({}) plus {} s", value_s,
                                duration(peer.ms), kKeepAliveMarginMs / 1000);
+        case PeerTimeoutSource::Outlasted: {
+            const std::string names = analysis_text::outlasting_names(peer.outlasting);
+            const std::string basis =
+                peer.ms == kAlbDefaultIdleTimeoutMs
+                    ? fmt::format("{} s assumes {} (never closing an idle connection here) {} an "
+                                  "ALB with the default idle timeout of {} s",
+                                  value_s, names, peer.outlasting.count == 1 ? "is" : "are",
+                                  kAlbDefaultIdleTimeoutMs / 1000)
+                    : fmt::format("{} s: {} kept idle connections open for {} without closing "
+                                  "them, so {} idle timeout is longer",
+                                  value_s, names, duration(peer.outlasting.longest_ms),
+                                  peer.outlasting.count == 1 ? "its" : "their");
+            return fmt::format(
+                "{}: use the load balancer's actual idle timeout plus {} s (a client pool that "
+                "never closes idle connections needs an idle timeout shorter than this host's "
+                "instead)",
+                basis, kKeepAliveMarginMs / 1000);
+        }
         case PeerTimeoutSource::AlbDefault: break;
     }
     return fmt::format(
@@ -689,6 +713,14 @@ VerdictCounts& VerdictCounts::operator+=(const VerdictCounts& other) {
     return *this;
 }
 
+TraceAnalysis::PeerIdleTimers& TraceAnalysis::PeerIdleTimers::operator+=(
+    const PeerIdleTimers& other) {
+    local_closes += other.local_closes;
+    peer_closes += other.peer_closes;
+    longest_local_ms = std::max(longest_local_ms, other.longest_local_ms);
+    return *this;
+}
+
 GroupFigures& GroupFigures::operator+=(const GroupFigures& other) {
     connections += other.connections;
     requests += other.requests;
@@ -927,6 +959,7 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     add_counts(m.local_idle_closers, part.local_idle_closers);
     m.http2_idle_closers.insert(part.http2_idle_closers.begin(), part.http2_idle_closers.end());
     add_counts(m.upstream_racers, part.upstream_racers);
+    add_counts(m.idle_timers_by_peer, part.idle_timers_by_peer);
     m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
 }
 
@@ -984,6 +1017,31 @@ TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
 // ---------------------------------------------------------------------------------------------
 // Judgement
 
+namespace {
+
+// The peers of `traces` (the same peer in each: diff's two recordings) that never closed an
+// idle connection while this host closed theirs.
+OutlastingPeers outlasting_peers(const std::vector<const TraceAnalysis*>& traces) {
+    std::map<std::string, TraceAnalysis::PeerIdleTimers> by_peer;
+    for (const TraceAnalysis* trace : traces) add_counts(by_peer, trace->idle_timers_by_peer);
+    std::vector<std::pair<std::string, uint64_t>> peers;
+    OutlastingPeers outlasting;
+    for (const auto& [peer, timers] : by_peer) {
+        if (timers.local_closes == 0 || timers.peer_closes > 0) continue;
+        peers.emplace_back(peer, timers.local_closes);
+        outlasting.closes += timers.local_closes;
+        outlasting.longest_ms = std::max(outlasting.longest_ms, timers.longest_local_ms);
+    }
+    std::ranges::stable_sort(peers, [](const auto& a, const auto& b) { return a.second > b.second; });
+    outlasting.count = peers.size();
+    for (std::size_t i = 0; i < std::min(peers.size(), OutlastingPeers::kMaxNamed); ++i) {
+        outlasting.named.push_back(peers[i].first);
+    }
+    return outlasting;
+}
+
+}  // namespace
+
 PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
                                  std::optional<double> given_ms) {
     if (given_ms) return {*given_ms, PeerTimeoutSource::Given};
@@ -995,8 +1053,19 @@ PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces
             timer = cluster;
         }
     }
-    if (timer) return {timer->max_ms, PeerTimeoutSource::Observed};
-    return {};
+    PeerTimeout resolved;
+    if (timer) resolved = {timer->max_ms, PeerTimeoutSource::Observed};
+    OutlastingPeers outlasting = outlasting_peers(traces);
+    // Their closes by this host below the timeout found are early closes already.
+    if (outlasting.count == 0 || outlasting.longest_ms < resolved.ms) return resolved;
+    // Their timeout is longer than the idle they kept: this host's closes at that idle count
+    // as early too.
+    const double longer_than_kept =
+        std::nextafter(outlasting.longest_ms, std::numeric_limits<double>::infinity());
+    return {.ms = std::max(kAlbDefaultIdleTimeoutMs, longer_than_kept),
+            .source = PeerTimeoutSource::Outlasted,
+            .outlasting = std::move(outlasting),
+            .observed_ms = timer ? std::optional(timer->max_ms) : std::nullopt};
 }
 
 namespace {
@@ -1125,6 +1194,22 @@ std::string http2_idle_fix(const std::string& comm, uint64_t value_s) {
         analysis_text::printable(comm), analysis_text::printable(comm), value_s);
 }
 
+namespace {
+
+// What a recording with too few requests or idle closes lacks ("N requests and M idle closes by
+// either side: ..."), and how to record one that tells.
+std::string too_little_to_tell(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
+    return fmt::format(
+        "{} and {} by either side: too little to tell who closes first. Record for longer than "
+        "the peer's idle timeout ({}) with traffic (at least {} requests), so that idle "
+        "connections get closed.",
+        count_of(trace.requests, "request", "requests"),
+        count_of(trace.local_idle.count() + trace.peer_idle.count(), "idle close", "idle closes"),
+        duration(peer_timeout.ms), kMinRequestsToConclude);
+}
+
+}  // namespace
+
 Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     Assessment a;
     a.peer_timeout = peer_timeout;
@@ -1192,6 +1277,13 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     std::vector<Recommendation>& second = lifecycle_first ? elsewhere : lifecycle;
     a.recommendations = std::move(first);
     a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
+    const bool no_idle_close = trace.local_idle.count() + trace.peer_idle.count() == 0;
+    if (a.recommendations.empty() && no_idle_close) {
+        // As verify: a host whose timer is the shorter one shows nothing wrong until one fires.
+        a.recommendations.push_back(
+            {.kind = RecommendationKind::RecordLonger,
+             .text = "Nothing caught, but " + too_little_to_tell(trace, peer_timeout)});
+    }
     if (a.recommendations.empty()) {
         a.recommendations.push_back(
             {.kind = RecommendationKind::NothingToFix,
@@ -1210,6 +1302,7 @@ const char* to_string(PeerTimeoutSource source) {
         case PeerTimeoutSource::Given: return "given";
         case PeerTimeoutSource::Observed: return "observed";
         case PeerTimeoutSource::AlbDefault: return "alb_default";
+        case PeerTimeoutSource::Outlasted: return "outlasted";
     }
     return "?";
 }
@@ -1223,21 +1316,6 @@ const char* to_string(DiffConclusion conclusion) {
     return "?";
 }
 
-namespace {
-
-// What a recording with too few requests or idle closes lacks ("N requests and M idle closes by
-// either side: ..."), and how to record one that tells.
-std::string too_little_to_tell(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
-    return fmt::format(
-        "{} and {} by either side: too little to tell who closes first. Record for longer than "
-        "the peer's idle timeout ({}) with traffic (at least {} requests), so that idle "
-        "connections get closed.",
-        count_of(trace.requests, "request", "requests"),
-        count_of(trace.local_idle.count() + trace.peer_idle.count(), "idle close", "idle closes"),
-        duration(peer_timeout.ms), kMinRequestsToConclude);
-}
-
-}  // namespace
 
 DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) {
     DiffResult result;
@@ -1347,7 +1425,8 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     }
     if (a.early_idle_closes > 0) {
         std::string hint;
-        if (result.peer_timeout.source == PeerTimeoutSource::AlbDefault) {
+        if (result.peer_timeout.source == PeerTimeoutSource::AlbDefault ||
+            result.peer_timeout.source == PeerTimeoutSource::Outlasted) {
             hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
         }
         result.reasons.push_back(fmt::format(

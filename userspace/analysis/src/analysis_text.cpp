@@ -27,7 +27,38 @@ std::string count_of(uint64_t count, std::string_view singular, std::string_view
 }
 
 std::string peer_timeout_text(const PeerTimeout& timeout) {
-    return fmt::format("{} ({})", duration(timeout.ms), source_wording(timeout.source));
+    if (timeout.source != PeerTimeoutSource::Outlasted) {
+        return fmt::format("{} ({})", duration(timeout.ms), source_wording(timeout.source));
+    }
+    const std::string others =
+        timeout.observed_ms ? fmt::format("; other peers closed theirs after {}",
+                                          duration(*timeout.observed_ms))
+                            : std::string();
+    const std::string_view assumed =
+        timeout.ms == kAlbDefaultIdleTimeoutMs ? "assumed: the ALB default, as " : "";
+    return fmt::format("{} ({}{}{})",
+                       timeout.ms == kAlbDefaultIdleTimeoutMs
+                           ? duration(timeout.ms)
+                           : "more than " + duration(timeout.outlasting.longest_ms),
+                       assumed, outlasting_text(timeout.outlasting), others);
+}
+
+std::string outlasting_names(const OutlastingPeers& peers) {
+    std::string names;
+    for (const std::string& name : peers.named) {
+        names += (names.empty() ? "" : ", ") + printable(name);
+    }
+    if (peers.count > peers.named.size()) {
+        names += fmt::format(" and {} more", peers.count - peers.named.size());
+    }
+    return names;
+}
+
+std::string outlasting_text(const OutlastingPeers& peers) {
+    return fmt::format(
+        "{} never closed an idle connection, and this host closed {} of {} connections after "
+        "up to {} idle",
+        outlasting_names(peers), peers.closes, peers.count == 1 ? "its" : "their", duration(peers.longest_ms));
 }
 
 std::string client_end_text(const ClientEnd& client) {

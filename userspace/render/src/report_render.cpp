@@ -79,6 +79,7 @@ const char* kind_name(RecommendationKind kind) {
         case RecommendationKind::ClientTimeout: return "client_timeout";
         case RecommendationKind::PoolIdleTimeout: return "pool_idle_timeout";
         case RecommendationKind::NothingToFix: return "nothing_to_fix";
+        case RecommendationKind::RecordLonger: return "record_longer";
     }
     return "?";
 }
@@ -199,7 +200,16 @@ json groups_json(const std::map<std::string, GroupFigures>& groups, const char* 
 }
 
 json peer_timeout_json(const PeerTimeout& timeout) {
-    return {{"ms", round_us(timeout.ms)}, {"source", to_string(timeout.source)}};
+    json out = {{"ms", round_us(timeout.ms)}, {"source", to_string(timeout.source)}};
+    if (timeout.source == PeerTimeoutSource::Outlasted) {
+        const OutlastingPeers& peers = timeout.outlasting;
+        out["outlasting_peers"] = {{"named", peers.named},
+                                   {"count", peers.count},
+                                   {"closes", peers.closes},
+                                   {"longest_ms", round_us(peers.longest_ms)}};
+        out["observed_ms"] = timeout.observed_ms ? json(round_us(*timeout.observed_ms)) : json();
+    }
+    return out;
 }
 
 // The traces a merged report read, in the order given.

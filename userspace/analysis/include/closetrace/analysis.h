@@ -282,6 +282,17 @@ struct TraceAnalysis {
     // Those of them whose idle-closed connections spoke HTTP/2: their fix is another setting.
     std::set<std::string> http2_idle_closers;
     std::map<std::string, uint64_t> upstream_racers;
+    // Server side, by peer address: each side's idle-timer closes (timer_idle_ms), and the
+    // longest idle at which this host closed one. A peer whose connections this host closed
+    // idle and which never closed one itself keeps idle connections longer than this host does,
+    // whatever other peers' closes show (resolve_peer_timeout).
+    struct PeerIdleTimers {
+        uint64_t local_closes = 0;
+        uint64_t peer_closes = 0;
+        double longest_local_ms = 0;
+        PeerIdleTimers& operator+=(const PeerIdleTimers& other);
+    };
+    std::map<std::string, PeerIdleTimers> idle_timers_by_peer;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;
@@ -343,17 +354,34 @@ inline constexpr double kKeepAliveMarginMs = 5'000;
 // diff needs at least this many requests in the later recording to conclude.
 inline constexpr uint64_t kMinRequestsToConclude = 20;
 
-enum class PeerTimeoutSource { Given, Observed, AlbDefault };
-// "given", "observed", "alb_default": the JSON report's names.
+enum class PeerTimeoutSource { Given, Observed, AlbDefault, Outlasted };
+// "given", "observed", "alb_default", "outlasted": the JSON report's names.
 const char* to_string(PeerTimeoutSource source);
+
+// Peers that never closed an idle connection while this host closed theirs (server side): they
+// keep idle connections longer than this host does.
+struct OutlastingPeers {
+    static constexpr std::size_t kMaxNamed = 3;
+    std::vector<std::string> named;  // addresses, most closes by this host first
+    std::size_t count = 0;
+    uint64_t closes = 0;      // this host's idle closes of their connections
+    double longest_ms = 0;    // the longest idle one of them kept without closing it
+};
 
 // The peer's idle timeout that this host's idle closes are held against.
 struct PeerTimeout {
     double ms = kAlbDefaultIdleTimeoutMs;
     PeerTimeoutSource source = PeerTimeoutSource::AlbDefault;
+    // Outlasted: the peers that show `ms` (the ALB default, or just above the longest idle they
+    // kept), and the idle timer other peers' closes show, if any.
+    OutlastingPeers outlasting{};
+    std::optional<double> observed_ms{};
 };
 // `given_ms`, else the peer's idle timer as its idle-timer closes show it in `traces` (server
-// side: the densest cluster's longest), else ALB's default.
+// side: the densest cluster's longest), else ALB's default. Not the observed timer when some
+// peer kept an idle connection at least that long and never closed one (OutlastingPeers): the
+// timeout to exceed is then that peer's, unknown but longer than the idle it kept; the ALB
+// default where that is longer still.
 PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
                                  std::optional<double> given_ms);
 
@@ -366,7 +394,8 @@ enum class RecommendationKind {
     ProcessExit,
     ClientTimeout,
     PoolIdleTimeout,  // connections forgotten by a NAT or conntrack in between
-    NothingToFix
+    NothingToFix,
+    RecordLonger  // nothing caught, and no idle close by either side: too little to tell
 };
 
 struct Recommendation {
