@@ -298,6 +298,16 @@ TEST(LoggedRequest, MethodAndPathWithoutQuery) {
     EXPECT_EQ(path_without_query("/redirect?to=https://x/y"), "/redirect");
 }
 
+// What alb prints of a log line's request: no query string, no credentials, as in a trace.
+TEST(LoggedRequest, PublicRequestKeepsNoSecret) {
+    EXPECT_EQ(public_request("POST https://shop.example.com:443/pay?token=s3cret HTTP/1.1"),
+              "POST https://shop.example.com:443/pay HTTP/1.1");
+    EXPECT_EQ(public_request("GET https://user:pw@shop.example.com:443/a HTTP/1.1"),
+              "GET /a HTTP/1.1");
+    EXPECT_EQ(public_request("- - - "), "- - - ");
+    EXPECT_EQ(public_request("junk?token=s3cret"), "junk");
+}
+
 TEST(HostPort, Ipv4AndIpv6) {
     EXPECT_EQ(parse_host_port("10.0.0.1:80"), (Endpoint{"10.0.0.1", 80}));
     EXPECT_EQ(parse_host_port("[fd00::1]:8080"), (Endpoint{"fd00::1", 8080}));

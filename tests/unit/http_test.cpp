@@ -531,6 +531,17 @@ TEST(HttpPublicTarget, DropsCredentialsOfAnAbsoluteTarget) {
     EXPECT_EQ(public_target("http://user:secret@h"), "");
     EXPECT_EQ(public_target("https://h/p@q"), "https://h/p@q");  // '@' in the path: no credentials
     EXPECT_EQ(public_target("/redirect?to=http://u:p@h/"), "/redirect");
+    // A password with a ';' or '?' in it is cut whole, not at that character.
+    EXPECT_EQ(public_target("http://user:pa;ss@h/orders"), "/orders");
+    EXPECT_EQ(public_target("http://user:pa?ss@h/orders"), "/orders");
+}
+
+// So may a CONNECT's authority-form target.
+TEST(HttpPublicTarget, DropsCredentialsOfAnAuthorityTarget) {
+    EXPECT_EQ(public_target("user:secret@example.com:443"), "example.com:443");
+    EXPECT_EQ(public_target("user:se;cr@et@example.com:443"), "example.com:443");
+    EXPECT_EQ(public_target("example.com:443"), "example.com:443");
+    EXPECT_EQ(public_target("*"), "*");
 }
 
 TEST(HttpInterimStatus, OnlyInformationalExceptSwitchingProtocols) {

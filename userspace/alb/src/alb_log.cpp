@@ -16,6 +16,7 @@
 
 #include "closetrace/file_content.h"
 #include "closetrace/file_descriptor.h"
+#include "closetrace/http.h"
 
 namespace closetrace {
 namespace {
@@ -448,6 +449,17 @@ std::optional<LoggedRequest> parse_logged_request(std::string_view request) {
     const std::string_view url = request.substr(method_end + 1, version_start - method_end - 1);
     if (method.empty() || method == "-" || url.empty() || url == "-") return std::nullopt;
     return LoggedRequest{std::string(method), path_without_query(url)};
+}
+
+std::string public_request(std::string_view request) {
+    const size_t method_end = request.find(' ');
+    const size_t version_start = request.rfind(' ');
+    if (method_end == std::string_view::npos || version_start <= method_end) {
+        return std::string(http::public_target(request));
+    }
+    const std::string_view url = request.substr(method_end + 1, version_start - method_end - 1);
+    return fmt::format("{} {}{}", request.substr(0, method_end), http::public_target(url),
+                       request.substr(version_start));
 }
 
 std::optional<Endpoint> parse_host_port(std::string_view text) {

@@ -53,7 +53,7 @@ json lb_line_json(const LbErrorLine& error) {
         {"target_status_code", optional_json(entry.target_status_code)},
         {"target", format_host_port(*entry.target)},
         {"client", entry.client ? json(format_host_port(*entry.client)) : json(nullptr)},
-        {"request", entry.request},
+        {"request", public_request(entry.request)},
         {"request_processing_time", entry.request_processing_s},
         {"target_processing_time", entry.target_processing_s},
         {"response_processing_time", entry.response_processing_s},
@@ -180,7 +180,7 @@ std::string error_lines_text(const AlbCorrelation& result, bool name_hosts) {
                 reasons += " (" + entry.classification_reason + ")";
         }
         out += fmt::format("  {} {} \"{}\" -> {}{}  ({}:{})\n", iso8601_utc(error.dispatch_ns),
-                           *entry.elb_status_code, printable(entry.request),
+                           *entry.elb_status_code, printable(public_request(entry.request)),
                            format_host_port(*entry.target), printable(reasons),
                            printable(error.file), error.line);
     }

@@ -422,16 +422,21 @@ bool is_http2_preface(std::string_view method, std::string_view target) {
 }
 
 std::string_view public_target(std::string_view target) {
-    target = target.substr(0, target.find_first_of("?#;"));
-    // The absolute form (a request to a proxy) may carry credentials in its authority.
+    // Credentials go before the query is cut: a password may hold a ';' or a '?'.
     const std::size_t scheme_end = target.find("://");
-    if (scheme_end == std::string_view::npos || target.find('/') != scheme_end + 1) return target;
-    const std::size_t authority = scheme_end + 3;
-    const std::size_t path = target.find('/', authority);
-    if (target.substr(authority, path - authority).find('@') == std::string_view::npos) {
-        return target;
+    if (scheme_end != std::string_view::npos && target.find('/') == scheme_end + 1) {
+        // The absolute form (a request to a proxy) may carry them in its authority.
+        const std::size_t authority = scheme_end + 3;
+        const std::size_t path = target.find('/', authority);
+        if (target.substr(authority, path - authority).find('@') != std::string_view::npos) {
+            target = path == std::string_view::npos ? std::string_view() : target.substr(path);
+        }
+    } else if (!target.starts_with('/')) {
+        // So may the authority form (CONNECT user:password@host:443): no host has an '@'.
+        const std::size_t at = target.rfind('@');
+        if (at != std::string_view::npos) target = target.substr(at + 1);
     }
-    return path == std::string_view::npos ? std::string_view() : target.substr(path);
+    return target.substr(0, target.find_first_of("?#;"));
 }
 
 bool is_interim_status(int status) {

@@ -82,6 +82,11 @@ std::optional<LoggedRequest> parse_logged_request(std::string_view request);
 // "https://h:443/a/b?x" -> "/a/b", "/a/b?x" -> "/a/b", "https://h:443" -> "/".
 std::string path_without_query(std::string_view target);
 
+// A log line's request as default output shows it, its URL cut as the trace's targets are
+// (http::public_target: no query string, no credentials): "GET https://h:443/a?x HTTP/1.1" ->
+// "GET https://h:443/a HTTP/1.1".
+std::string public_request(std::string_view request);
+
 // "10.0.0.1:80", "[fd00::1]:80" or "fd00::1:80" (split at the last colon); nullopt otherwise.
 std::optional<Endpoint> parse_host_port(std::string_view text);
 // "10.0.0.1:80", "[fd00::1]:80".

@@ -73,7 +73,8 @@ bool is_http2_preface(std::string_view method, std::string_view target);
 
 // The target as default output shows it, without what may hold a secret: cut at its query
 // string, fragment or path parameters ("/pay?card=1" -> "/pay", "/a;jsessionid=1" -> "/a"), and
-// an absolute-form target with credentials ("http://user:password@host/p") reduced to its path.
+// an absolute-form target with credentials ("http://user:password@host/p") reduced to its path,
+// an authority-form one ("user:password@host:443", a CONNECT's) to its host and port.
 std::string_view public_target(std::string_view target);
 
 // True for 1xx status codes other than 101: an interim response ("100 Continue") that does not
