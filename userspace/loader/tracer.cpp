@@ -218,6 +218,9 @@ struct LoadedObject {
     bpf_program* egress = nullptr;
     bpf_program* open_messages = nullptr;  // the iterator, when one loaded
     OpenMessages open_messages_kind = OpenMessages::None;
+    // Why the iterator over socket storage is not the one loaded: the kernel's refusal, or that
+    // the object has none (the portable one: iterators need kernel BTF).
+    std::string storage_iterator_missing;
     bpf_map* sock_states = nullptr;        // what the iterator walks
     bpf_map* events = nullptr;
     bpf_map* counters = nullptr;
@@ -234,6 +237,7 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
     using Api = SkeletonApi<Skeleton>;
     const std::string tracepoint = Api::kTracepoint;
     std::string refusal;
+    std::string storage_iterator_refusal = "the portable programs have none: iterators need kernel BTF";
     for (const Variant variant :
          {Variant{.dynptr_reset = true, .open_messages = OpenMessages::StorageMap},
           Variant{.dynptr_reset = true, .open_messages = OpenMessages::Netns},
@@ -246,6 +250,9 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
         const int err = Api::load(skeleton);
         if (err != 0) {
             refusal = fmt::format("{} ({})", errno_text(err), last_libbpf_message);
+            if (variant.open_messages == OpenMessages::StorageMap) {
+                storage_iterator_refusal = "refused by the kernel: " + errno_text(err);
+            }
             Api::destroy(skeleton);
             continue;
         }
@@ -259,6 +266,9 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
                             .events = skeleton->maps.events,
                             .counters = skeleton->maps.counters,
                             .recording = &skeleton->bss->recording};
+        if (variant.open_messages != OpenMessages::StorageMap) {
+            object.storage_iterator_missing = storage_iterator_refusal;
+        }
         if constexpr (kHasDynptrReset<Skeleton>) {
             if (variant.dynptr_reset) object.reset_sent = skeleton->progs.on_reset_sent_dynptr;
         }
@@ -319,7 +329,11 @@ struct Tracer::Impl {
                 options.link_info = &map_info;
                 options.link_info_len = sizeof(map_info);
                 open_messages = bpf_program__attach_iter(object.open_messages, &options);
-                if (open_messages) probes.open_messages = "iter/bpf_sk_storage_map";
+                if (open_messages) {
+                    probes.open_messages = "iter/bpf_sk_storage_map";
+                } else {
+                    object.storage_iterator_missing = "not attached: " + errno_text(errno);
+                }
                 return;
             }
             case OpenMessages::Netns: {
@@ -469,9 +483,10 @@ Tracer::Tracer(const TracerConfig& config, RecordSink sink) : impl_(std::make_un
     if (config.messages && probes_.open_messages != "iter/bpf_sk_storage_map") {
         probes_.notes.emplace_back(fmt::format(
             "the kernel cannot hand over at the end what it holds of the connections still open{} "
-            "(an iterator over socket storage, which needs kernel BTF: unavailable or refused "
-            "here): their requests are lower bounds (requests_lower_bound)",
-            probes_.open_messages.empty() ? "" : " outside this network namespace"));
+            "(the iterator over socket storage: {}): their requests are lower bounds "
+            "(requests_lower_bound)",
+            probes_.open_messages.empty() ? "" : " outside this network namespace",
+            impl_->object.storage_iterator_missing));
     }
 
     rst_reasons_ = load_rst_reason_names(config.btf_path);
