@@ -983,6 +983,22 @@ TEST(Verify, PassesWhenNothingIsWrongAndMentionsOtherFailures) {
     EXPECT_THAT(text, HasSubstr("see `closetrace report test.jsonl`: 1 in-flight reset.\n"));
 }
 
+// A process that exited with requests in flight is named as the report names it, not counted
+// among the in-flight resets, which the report lists apart.
+TEST(Verify, NamesProcessExitsAsTheReportDoes) {
+    Connection exited = make_conn({.verdict = Verdict::LocalResetInflight});
+    exited.close.cause = CloseCause::ProcessExit;
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 3000}, 3)
+                                    .add_conn(exited)
+                                    .add_conn(exited)
+                                    .finish();
+    const std::string text = render_verify(trace, verify_trace(trace, std::nullopt));
+    EXPECT_THAT(text, HasSubstr("see `closetrace report test.jsonl`: 2 process exits with "
+                                "requests in flight.\n"));
+    EXPECT_THAT(text, Not(HasSubstr("in-flight reset")));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rendering
 

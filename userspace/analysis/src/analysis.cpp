@@ -811,10 +811,29 @@ void TraceAnalyzer::add(const TraceEventLine&) { ++analysis_.event_lines; }
 
 void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summary; }
 
+namespace {
+
+// In time order (a trace lists connections as they ended, not as their requests came), the
+// earliest kMaxListed of them.
+void keep_earliest(CaughtList& list) {
+    std::ranges::stable_sort(list.listed, {}, &CaughtConnection::wall_ns);
+    if (list.listed.size() > CaughtList::kMaxListed) list.listed.resize(CaughtList::kMaxListed);
+}
+
+void keep_earliest_of_each(TraceAnalysis& a) {
+    for (CaughtList* list :
+         {&a.races, &a.inflight_resets, &a.process_exits, &a.peer_gave_up, &a.forgotten}) {
+        keep_earliest(*list);
+    }
+}
+
+}  // namespace
+
 TraceAnalysis TraceAnalyzer::finish(std::vector<std::string> reader_warnings) {
     for (const ConnectionStory& story : pairer_.finish()) {
         count_connection(analysis_, indexes_, story.conn, story.client_end, analysis_.header);
     }
+    keep_earliest_of_each(analysis_);
     return finish_part(std::move(reader_warnings));
 }
 
@@ -881,11 +900,6 @@ void add_caught(CaughtList& into, const CaughtList& from) {
 }
 
 // The earliest by wall clock, whichever host they were caught on.
-void keep_earliest(CaughtList& list) {
-    std::ranges::stable_sort(list.listed, {}, &CaughtConnection::wall_ns);
-    if (list.listed.size() > CaughtList::kMaxListed) list.listed.resize(CaughtList::kMaxListed);
-}
-
 int64_t wall_start_ns(const TraceAnalysis& trace) {
     return static_cast<int64_t>(trace.header.start_ns) + trace.header.mono_to_wall_ns;
 }
@@ -1004,10 +1018,7 @@ TraceAnalysis merge_traces(std::vector<TraceAnalysis> parts) {
     for (TraceAnalysis& part : parts) pairer.add(part.header, part.unpaired_ends, count_in_merged);
     pairer.finish(count_in_merged);
     for (const TraceAnalysis& part : parts) add_part(merged, part);
-    for (CaughtList* list : {&merged.races, &merged.inflight_resets, &merged.process_exits,
-                             &merged.peer_gave_up, &merged.forgotten}) {
-        keep_earliest(*list);
-    }
+    keep_earliest_of_each(merged);
     merged.summary = merged_summary(parts, merged.header);
     merged.file = fmt::format("{} traces of {}", parts.size(),
                               count_of(merged.host_count(), "host", "hosts"));

@@ -590,13 +590,18 @@ namespace {
 
 // Not keep-alive problems, so they do not fail verify; but nobody should miss them.
 std::string other_problems(const TraceAnalysis& trace) {
+    // Named as the report's sections name them.
+    const std::tuple<const CaughtList&, std::string_view, std::string_view> lists[] = {
+        {trace.inflight_resets, "in-flight reset", "in-flight resets"},
+        {trace.process_exits, "process exit with requests in flight",
+         "process exits with requests in flight"},
+        {trace.peer_gave_up, "request the peer gave up on", "requests the peer gave up on"},
+        {trace.forgotten, "pooled connection forgotten in between",
+         "pooled connections forgotten in between"},
+    };
     std::vector<std::string> others;
-    if (const uint64_t inflight = trace.verdicts[Verdict::LocalResetInflight]) {
-        others.push_back(count_of(inflight, "in-flight reset", "in-flight resets"));
-    }
-    if (const uint64_t gave_up = trace.verdicts[Verdict::PeerCloseInflight]) {
-        others.push_back(
-            count_of(gave_up, "request the peer gave up on", "requests the peer gave up on"));
+    for (const auto& [list, singular, plural] : lists) {
+        if (list.total > 0) others.push_back(count_of(list.total, singular, plural));
     }
     if (others.empty()) return "";
     return fmt::format("Not keep-alive problems, but see `closetrace report {}`: {}.\n",
