@@ -343,6 +343,25 @@ TEST(TraceFiles, RefusesAFileNamedTwice) {
     }
 }
 
+// A copy of a trace (the .gz beside the plain file) is the same recording under another name:
+// its connections would count twice too. A rotated recording's files each start anew.
+TEST(TraceFiles, RefusesARecordingReadTwice) {
+    const TraceHeader api = header_of("api-1");
+    TraceHeader next_file = api;
+    next_file.start_ns += 3600 * 1000 * kMs;
+    const TraceHeader other_host = header_of("api-2");
+    EXPECT_NO_THROW(refuse_a_recording_read_twice({"a", "b", "c"}, {&api, &next_file, &other_host}));
+    try {
+        refuse_a_recording_read_twice({"t.jsonl", "u.jsonl", "t.jsonl.gz"},
+                                      {&api, &other_host, &api});
+        FAIL() << "a copy of a trace was accepted";
+    } catch (const TraceArgumentError& error) {
+        EXPECT_THAT(error.what(), StartsWith("t.jsonl and t.jsonl.gz hold the same recording "
+                                             "(host api-1, from "));
+        EXPECT_THAT(error.what(), HasSubstr("; give each trace once"));
+    }
+}
+
 TEST(TraceFiles, ReadsOneFileAndSaysWhatWasWrongWithItAsAWhole) {
     const TempDir dir;
     const std::string trace = (dir.path() / "api-1.jsonl.gz").string();

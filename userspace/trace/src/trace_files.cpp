@@ -7,9 +7,12 @@
 #include <filesystem>
 #include <map>
 #include <system_error>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
+
+#include "closetrace/text.h"
 
 namespace closetrace {
 
@@ -45,6 +48,21 @@ void refuse_a_file_named_twice(const std::vector<std::string>& files) {
 }
 
 }  // namespace
+
+void refuse_a_recording_read_twice(const std::vector<std::string>& files,
+                                   const std::vector<const TraceHeader*>& headers) {
+    std::map<std::tuple<std::string_view, uint64_t, int64_t>, std::size_t> seen;
+    for (std::size_t i = 0; i < headers.size(); ++i) {
+        const TraceHeader& header = *headers[i];
+        const auto [it, added] =
+            seen.try_emplace({header.host, header.start_ns, header.mono_to_wall_ns}, i);
+        if (!added) {
+            throw TraceArgumentError(fmt::format(
+                "{} and {} hold the same recording (host {}, from {}); give each trace once",
+                files[it->second], files[i], printable(header.host), printable(header.start_wall)));
+        }
+    }
+}
 
 std::vector<std::string> trace_files(const std::vector<std::string>& arguments) {
     std::vector<std::string> files;

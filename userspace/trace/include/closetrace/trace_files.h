@@ -58,6 +58,12 @@ auto read_trace_file(const std::string& path, const Read& read) {
 // (standard input) at most once. Throws TraceArgumentError.
 std::vector<std::string> trace_files(const std::vector<std::string>& arguments);
 
+// Two files holding one recording's file (a copy, or the .gz beside the plain one: the same
+// host, start and clock) would count its connections twice. Throws TraceArgumentError naming
+// the first two; `files[i]` holds the trace whose header is `headers[i]`.
+void refuse_a_recording_read_twice(const std::vector<std::string>& files,
+                                   const std::vector<const TraceHeader*>& headers);
+
 // Calls read(index) once for each index in [0, count), on up to hardware_concurrency() threads;
 // `read` writes its result to a slot of its own. After all have run, rethrows the exception of
 // the lowest index that threw, so that the error reported does not depend on timing.
