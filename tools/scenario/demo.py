@@ -86,8 +86,8 @@ def main():
                                 workdir=os.path.join(work, "fixed"), races=2,
                                 normal_requests=25)
         after_trace = keep(after.trace, output_dir, "after")
-        print(f"nginx answered the same POSTs with {after.measured.get('race_statuses', [])}",
-              flush=True)
+        print("nginx answered the POSTs sent at the same moment of idle (when the old timeout "
+              f"closed the connection) with {after.measured.get('race_statuses', [])}", flush=True)
 
         step(4, f"closetrace diff {os.path.relpath(before_trace)} {os.path.relpath(after_trace)}")
         run_closetrace(closetrace, "diff", before_trace, after_trace)
