@@ -620,6 +620,19 @@ TEST(Dominance, InflightResetsPointAtLoad) {
     EXPECT_THAT(a.conclusion, HasSubstr("Next: In-flight resets (4) outnumber close races (1)"));
 }
 
+// One reset request is not load: a server also closes on a request it refuses.
+TEST(Dominance, OneInflightResetDoesNotPointAtLoadYet) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 2000}, 5)
+                                    .add({.verdict = Verdict::LocalResetInflight})
+                                    .finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_EQ(a.dominant, FailureKind::InflightResets);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::Load);
+    EXPECT_THAT(a.recommendations[0].text, HasSubstr("but one is too few to point at load"));
+    EXPECT_THAT(a.recommendations[0].text, Not(HasSubstr("scale out")));
+}
+
 TEST(Dominance, ThePeerGivingUpPointsAtTheClientsTimeout) {
     const TraceAnalysis trace = Recording()
                                     .add({.verdict = Verdict::PeerCloseInflight}, 3)

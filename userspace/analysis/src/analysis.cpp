@@ -270,10 +270,22 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
             .text = text + "."};
 }
 
+// Fewer in-flight resets than this do not point at load by themselves: one may be a request
+// the server refused.
+constexpr uint64_t kFewInflightResets = 3;
+
 Recommendation load_recommendation(const Assessment& a, const HostWords& host) {
     const uint64_t races = a.races + a.upstream_races;
     std::string text;
-    if (a.dominant == FailureKind::InflightResets) {
+    if (a.dominant == FailureKind::InflightResets && a.inflight_resets < kFewInflightResets) {
+        text = fmt::format(
+            "In-flight resets ({}) outnumber close races ({}), but {} too few to point at load: "
+            "a server also closes on a request it refuses (a method it does not serve, a "
+            "malformed or oversized head); see the listed {}. If more come, check {} load "
+            "(CPU, memory, the number of tasks or instances) around their times.",
+            a.inflight_resets, races, a.inflight_resets == 1 ? "one is" : "two are",
+            a.inflight_resets == 1 ? "request" : "requests", host.possessive);
+    } else if (a.dominant == FailureKind::InflightResets) {
         text = fmt::format(
             "In-flight resets ({}) outnumber close races ({}): the connection lifecycle is not the "
             "cause. {} reset or closed connections with requests unanswered, which points "
