@@ -14,6 +14,7 @@ from support import SCENARIO_TOOLS, backend_recorder, closetrace, report_json, r
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
+import netns  # noqa: E402
 import scenarios  # noqa: E402
 
 PEERS = ("ip", "nsenter", "node", "nginx", "tcpdump", "tshark", "nft")
@@ -123,6 +124,34 @@ class CloseCauseTest(unittest.TestCase):
         self.assertEqual(keepalive[0]["comm"], "node", keepalive)
         self.assertEqual(report["recommended_keepalive_s"], 65)
         self.assertEqual(report["peer_idle_timeout"]["source"], "alb_default")
+        self.assertEqual(closetrace("verify", result.trace).returncode, 1)
+
+    # ---- the same beside an internal client that closes its idle connections first --------
+    def test_mixed_peers(self):
+        result = self.run_scenario("mixed_peers")
+        timers = [w for w in self.wire(result) if w.cause[0] == {"idle_timer"}]
+        balancer = [w for w in timers if w.remote[0] == netns.ADDR["balancer"]]
+        internal = [w for w in timers if w.remote[0] == netns.ADDR["client"]]
+        self.assertEqual((len(balancer), len(internal)), (3, 3), [w.describe() for w in timers])
+        for w in balancer:  # Node: keepAliveTimeout 1000 + its 1 s buffer
+            self.assertEqual(w.initiator, "local", w.describe())
+            self.assertAlmostEqual(w.idle_since_exchange, 2.0, delta=0.1)
+        for w in internal:  # the internal client's 1 s, before the backend's timer
+            self.assertEqual(w.initiator, "peer", w.describe())
+            self.assertAlmostEqual(w.idle_since_exchange, 1.0, delta=0.1)
+        self.assert_agrees_with_wire(result)
+        self.assert_health_checks(result)
+        # The internal client's 1 s is not the balancer's timeout: the backend closes the
+        # balancer's idle connections first, and the report, verify and the fix say so.
+        report = report_json(result.trace)
+        peer = report["peer_idle_timeout"]
+        self.assertEqual(peer["source"], "outlasted", peer)
+        self.assertEqual(peer["outlasting_peers"]["named"], [netns.ADDR["balancer"]], peer)
+        self.assertAlmostEqual(peer["observed_ms"], 1000, delta=100)
+        self.assertTrue(report["closes_before_peer"])
+        self.assertEqual(report["early_idle_closes"], len(balancer))
+        keepalive = [r for r in report["recommendations"] if r["kind"] == "keepalive_timeout"]
+        self.assertEqual([(r["comm"], r["value_s"]) for r in keepalive], [("node", 65)])
         self.assertEqual(closetrace("verify", result.trace).returncode, 1)
 
     # ---- one-shot clients beside a keep-alive client -----------------------------------

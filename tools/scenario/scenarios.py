@@ -545,6 +545,34 @@ def broken_behind_hc(recorder=None, workdir=None, *, backend_keepalive_ms=1000,
     return run.result("nginx")
 
 
+def mixed_peers(recorder=None, workdir=None, *, backend_keepalive_ms=1000,
+                balancer_keepalive_s=60.0, rounds=3, per_round=2, gap_s=0.3, idle_s=2.5,
+                internal_idle_s=1.0, hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """broken_behind_hc beside a second kind of peer: an internal keep-alive client (the client
+    namespace, straight to the backend through the balancer's forwarding) that closes its
+    connection after `internal_idle_s` of idle, before the backend's timer.  The backend closes
+    nginx's idle upstream connections first (the misconfiguration); the only idle timer the
+    peer side shows is the internal client's, which is not the balancer's."""
+    with _Run("mixed_peers", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                               port=BACKEND_PORT, base_dir=run.workdir)
+        _start_balancer(run, "nginx", balancer_keepalive_s)
+        run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        for i in range(rounds):
+            internal = run.client("client", t.addr["backend"], BACKEND_PORT)
+            for j in range(per_round):
+                if j:
+                    time.sleep(gap_s)
+                run.log_client(cl.request("GET", f"/normal{i}-{j}"), phase="normal")
+                run.log_client(internal.request("GET", f"/internal{i}-{j}"), phase="internal")
+            time.sleep(internal_idle_s)
+            internal.close()
+            time.sleep(idle_s - internal_idle_s)
+    return run.result("nginx")
+
+
 def one_shot(recorder=None, workdir=None, *, holds=(0.0, 0.0, 0.2, 0.4),
              backend_keepalive_ms=10000, balancer_keepalive_s=3.0, per_round=4, gap_s=0.3,
              hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
@@ -768,7 +796,8 @@ def nat_forgotten(recorder=None, workdir=None, *, conntrack_timeout_s=2, idle_s=
 
 SCENARIOS = {"mismatch": mismatch, "fixed": fixed, "overload": overload,
              "client_gives_up": client_gives_up, "healthy": healthy,
-             "broken_behind_hc": broken_behind_hc, "one_shot": one_shot,
+             "broken_behind_hc": broken_behind_hc, "mixed_peers": mixed_peers,
+             "one_shot": one_shot,
              "max_requests": max_requests, "unread_race": unread_race, "crash": crash,
              "pipelining": pipelining, "nat_forgotten": nat_forgotten}
 
