@@ -350,7 +350,8 @@ TEST(TraceFiles, RefusesARecordingReadTwice) {
     TraceHeader next_file = api;
     next_file.start_ns += 3600 * 1000 * kMs;
     const TraceHeader other_host = header_of("api-2");
-    EXPECT_NO_THROW(refuse_a_recording_read_twice({"a", "b", "c"}, {&api, &next_file, &other_host}));
+    EXPECT_NO_THROW(
+        refuse_a_recording_read_twice({"a", "b", "c"}, {&api, &next_file, &other_host}));
     try {
         refuse_a_recording_read_twice({"t.jsonl", "u.jsonl", "t.jsonl.gz"},
                                       {&api, &other_host, &api});

@@ -76,10 +76,8 @@ TraceFacts load_traces(const std::vector<std::string>& arguments) {
         if (!trace.problem.empty()) warn(trace.problem);
         parts.push_back(std::move(trace.result));
     }
-    std::vector<const TraceHeader*> headers;
-    for (const TraceFacts& part : parts) headers.push_back(&part.header);
     try {
-        refuse_a_recording_read_twice(paths, headers);
+        refuse_a_recording_read_twice(paths, parts);
     } catch (const TraceArgumentError& error) {
         fail(error.what());
     }

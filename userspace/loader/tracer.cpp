@@ -219,7 +219,7 @@ struct LoadedObject {
     bpf_program* open_messages = nullptr;  // the iterator, when one loaded
     OpenMessages open_messages_kind = OpenMessages::None;
     // Why the iterator over socket storage is not the one loaded: the kernel's refusal, or that
-    // the object has none (the portable one: iterators need kernel BTF).
+    // the object has none (the portable one).
     std::string storage_iterator_missing;
     bpf_map* sock_states = nullptr;        // what the iterator walks
     bpf_map* events = nullptr;
@@ -237,7 +237,7 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
     using Api = SkeletonApi<Skeleton>;
     const std::string tracepoint = Api::kTracepoint;
     std::string refusal;
-    std::string storage_iterator_refusal = "the portable programs have none: iterators need kernel BTF";
+    std::string storage_iterator_refusal = "the portable programs, loaded here, have none";
     for (const Variant variant :
          {Variant{.dynptr_reset = true, .open_messages = OpenMessages::StorageMap},
           Variant{.dynptr_reset = true, .open_messages = OpenMessages::Netns},

@@ -441,25 +441,39 @@ std::string path_without_query(std::string_view target) {
     return std::string(target);
 }
 
-std::optional<LoggedRequest> parse_logged_request(std::string_view request) {
+namespace {
+
+// A log line's request, "GET https://h:443/a?x HTTP/1.1", split at its first and last space.
+struct RequestLine {
+    std::string_view method;
+    std::string_view url;
+    std::string_view version;  // with the space before it
+};
+
+std::optional<RequestLine> split_request_line(std::string_view request) {
     const size_t method_end = request.find(' ');
     const size_t version_start = request.rfind(' ');
     if (method_end == std::string_view::npos || version_start <= method_end) return std::nullopt;
-    const std::string_view method = request.substr(0, method_end);
-    const std::string_view url = request.substr(method_end + 1, version_start - method_end - 1);
-    if (method.empty() || method == "-" || url.empty() || url == "-") return std::nullopt;
-    return LoggedRequest{std::string(method), path_without_query(url)};
+    return RequestLine{request.substr(0, method_end),
+                       request.substr(method_end + 1, version_start - method_end - 1),
+                       request.substr(version_start)};
+}
+
+}  // namespace
+
+std::optional<LoggedRequest> parse_logged_request(std::string_view request) {
+    const std::optional<RequestLine> line = split_request_line(request);
+    if (!line || line->method.empty() || line->method == "-" || line->url.empty() ||
+        line->url == "-") {
+        return std::nullopt;
+    }
+    return LoggedRequest{std::string(line->method), path_without_query(line->url)};
 }
 
 std::string public_request(std::string_view request) {
-    const size_t method_end = request.find(' ');
-    const size_t version_start = request.rfind(' ');
-    if (method_end == std::string_view::npos || version_start <= method_end) {
-        return std::string(http::public_target(request));
-    }
-    const std::string_view url = request.substr(method_end + 1, version_start - method_end - 1);
-    return fmt::format("{} {}{}", request.substr(0, method_end), http::public_target(url),
-                       request.substr(version_start));
+    const std::optional<RequestLine> line = split_request_line(request);
+    if (!line) return std::string(http::public_target(request));
+    return fmt::format("{} {}{}", line->method, http::public_target(line->url), line->version);
 }
 
 std::optional<Endpoint> parse_host_port(std::string_view text) {

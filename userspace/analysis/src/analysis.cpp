@@ -61,7 +61,14 @@ void list_caught(CaughtList& list, const Connection& conn,
     if (caught.request_after_close_ms && *caught.request_after_close_ms < 0) {
         raise_to(list.longest_unanswered_ms, -*caught.request_after_close_ms);
     }
-    if (list.listed.size() < CaughtList::kMaxListed) list.listed.push_back(caught);
+    // The earliest kMaxListed by wall clock (a trace has them in the order they ended): a later
+    // one takes the place of the latest listed.
+    if (list.listed.size() < CaughtList::kMaxListed) {
+        list.listed.push_back(std::move(caught));
+        return;
+    }
+    const auto latest = std::ranges::max_element(list.listed, {}, &CaughtConnection::wall_ns);
+    if (caught.wall_ns < latest->wall_ns) *latest = std::move(caught);
 }
 
 // The requests a connection carried: its HTTP/1 requests, or the streams its HTTP/2 client
@@ -181,24 +188,15 @@ std::string keepalive_basis(const PeerTimeout& peer, uint64_t value_s) {
         case PeerTimeoutSource::Given:
             return fmt::format("{} s: the given peer idle timeout ({}) plus {} s", value_s,
                                duration(peer.ms), kKeepAliveMarginMs / 1000);
-        case PeerTimeoutSource::Outlasted: {
-            const std::string names = analysis_text::outlasting_names(peer.outlasting);
-            const std::string basis =
-                peer.ms == kAlbDefaultIdleTimeoutMs
-                    ? fmt::format("{} s assumes {} (never closing an idle connection here) {} an "
-                                  "ALB with the default idle timeout of {} s",
-                                  value_s, names, peer.outlasting.count == 1 ? "is" : "are",
-                                  kAlbDefaultIdleTimeoutMs / 1000)
-                    : fmt::format("{} s: {} kept idle connections open for {} without closing "
-                                  "them, so {} idle timeout is longer",
-                                  value_s, names, duration(peer.outlasting.longest_ms),
-                                  peer.outlasting.count == 1 ? "its" : "their");
+        case PeerTimeoutSource::Outlasted:
             return fmt::format(
-                "{}: use the load balancer's actual idle timeout plus {} s (a client pool that "
-                "never closes idle connections needs an idle timeout shorter than this host's "
-                "instead)",
-                basis, kKeepAliveMarginMs / 1000);
-        }
+                "{} s assumes {} (never closing an idle connection here) {} an ALB with the "
+                "default idle timeout of {} s: use the load balancer's actual idle timeout plus "
+                "{} s (a client pool that never closes idle connections needs an idle timeout "
+                "shorter than this host's instead)",
+                value_s, analysis_text::outlasting_names(peer.outlasting),
+                peer.outlasting.count == 1 ? "is" : "are", kAlbDefaultIdleTimeoutMs / 1000,
+                kKeepAliveMarginMs / 1000);
         case PeerTimeoutSource::AlbDefault: break;
     }
     return fmt::format(
@@ -283,7 +281,7 @@ Recommendation load_recommendation(const Assessment& a, const HostWords& host) {
             "a server also closes on a request it refuses (a method it does not serve, a "
             "malformed or oversized head); see the listed {}. If more come, check {} load "
             "(CPU, memory, the number of tasks or instances) around their times.",
-            a.inflight_resets, races, a.inflight_resets == 1 ? "one is" : "two are",
+            a.inflight_resets, races, count_of(a.inflight_resets, "is", "are"),
             a.inflight_resets == 1 ? "request" : "requests", host.possessive);
     } else if (a.dominant == FailureKind::InflightResets) {
         text = fmt::format(
@@ -825,8 +823,7 @@ void TraceAnalyzer::add(const TraceSummary& summary) { analysis_.summary = summa
 
 namespace {
 
-// In time order (a trace lists connections as they ended, not as their requests came), the
-// earliest kMaxListed of them.
+// In time order, the earliest kMaxListed of them (of several traces' lists, each its earliest).
 void keep_earliest(CaughtList& list) {
     std::ranges::stable_sort(list.listed, {}, &CaughtConnection::wall_ns);
     if (list.listed.size() > CaughtList::kMaxListed) list.listed.resize(CaughtList::kMaxListed);
@@ -911,7 +908,6 @@ void add_caught(CaughtList& into, const CaughtList& from) {
     into.listed.insert(into.listed.end(), from.listed.begin(), from.listed.end());
 }
 
-// The earliest by wall clock, whichever host they were caught on.
 int64_t wall_start_ns(const TraceAnalysis& trace) {
     return static_cast<int64_t>(trace.header.start_ns) + trace.header.mono_to_wall_ns;
 }
@@ -1047,18 +1043,18 @@ namespace {
 OutlastingPeers outlasting_peers(const std::vector<const TraceAnalysis*>& traces) {
     std::map<std::string, TraceAnalysis::PeerIdleTimers> by_peer;
     for (const TraceAnalysis* trace : traces) add_counts(by_peer, trace->idle_timers_by_peer);
-    std::vector<std::pair<std::string, uint64_t>> peers;
+    std::map<std::string, uint64_t> closes;
     OutlastingPeers outlasting;
     for (const auto& [peer, timers] : by_peer) {
         if (timers.local_closes == 0 || timers.peer_closes > 0) continue;
-        peers.emplace_back(peer, timers.local_closes);
+        closes[peer] = timers.local_closes;
         outlasting.closes += timers.local_closes;
         outlasting.longest_ms = std::max(outlasting.longest_ms, timers.longest_local_ms);
     }
-    std::ranges::stable_sort(peers, [](const auto& a, const auto& b) { return a.second > b.second; });
-    outlasting.count = peers.size();
-    for (std::size_t i = 0; i < std::min(peers.size(), OutlastingPeers::kMaxNamed); ++i) {
-        outlasting.named.push_back(peers[i].first);
+    outlasting.count = closes.size();
+    for (const auto& [peer, count] : by_count(closes)) {
+        if (outlasting.named.size() == OutlastingPeers::kMaxNamed) break;
+        outlasting.named.push_back(peer);
     }
     return outlasting;
 }
@@ -1076,19 +1072,19 @@ PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces
             timer = cluster;
         }
     }
-    PeerTimeout resolved;
-    if (timer) resolved = {timer->max_ms, PeerTimeoutSource::Observed};
+    if (!timer) return {};
+    const PeerTimeout observed{timer->max_ms, PeerTimeoutSource::Observed};
+    // A peer that never closed one kept idle connections at least as long as the timer shows:
+    // the timer is other peers'. Held to the ALB default instead, as where no peer closes; a
+    // timer at or above it stands.
     OutlastingPeers outlasting = outlasting_peers(traces);
-    // Their closes by this host below the timeout found are early closes already.
-    if (outlasting.count == 0 || outlasting.longest_ms < resolved.ms) return resolved;
-    // Their timeout is longer than the idle they kept: this host's closes at that idle count
-    // as early too.
-    const double longer_than_kept =
-        std::nextafter(outlasting.longest_ms, std::numeric_limits<double>::infinity());
-    return {.ms = std::max(kAlbDefaultIdleTimeoutMs, longer_than_kept),
-            .source = PeerTimeoutSource::Outlasted,
+    if (outlasting.count == 0 || outlasting.longest_ms < timer->max_ms ||
+        timer->max_ms >= kAlbDefaultIdleTimeoutMs) {
+        return observed;
+    }
+    return {.source = PeerTimeoutSource::Outlasted,
             .outlasting = std::move(outlasting),
-            .observed_ms = timer ? std::optional(timer->max_ms) : std::nullopt};
+            .observed_ms = timer->max_ms};
 }
 
 namespace {
@@ -1227,7 +1223,7 @@ std::string too_little_to_tell(const TraceAnalysis& trace, const PeerTimeout& pe
         "the peer's idle timeout ({}) with traffic (at least {} requests), so that idle "
         "connections get closed.",
         count_of(trace.requests, "request", "requests"),
-        count_of(trace.local_idle.count() + trace.peer_idle.count(), "idle close", "idle closes"),
+        count_of(trace.idle_timer_closes(), "idle close", "idle closes"),
         duration(peer_timeout.ms), kMinRequestsToConclude);
 }
 
@@ -1293,15 +1289,18 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
             a.dominant == FailureKind::PeerGaveUp ? elsewhere.begin() : elsewhere.end();
         elsewhere.insert(position, client_timeout_recommendation(a, trace, host_words(trace)));
     }
-    // The dominant cause's advice first.
-    const bool lifecycle_first =
-        a.dominant == FailureKind::CloseRaces || a.dominant == FailureKind::None;
+    // The dominant cause's advice first; too few in-flight resets to point at load do not put
+    // a keep-alive fix second.
+    const bool few_resets =
+        a.dominant == FailureKind::InflightResets && a.inflight_resets < kFewInflightResets;
+    const bool lifecycle_first = a.dominant == FailureKind::CloseRaces ||
+                                 a.dominant == FailureKind::None ||
+                                 (few_resets && !lifecycle.empty());
     std::vector<Recommendation>& first = lifecycle_first ? lifecycle : elsewhere;
     std::vector<Recommendation>& second = lifecycle_first ? elsewhere : lifecycle;
     a.recommendations = std::move(first);
     a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
-    const bool no_idle_close = trace.local_idle.count() + trace.peer_idle.count() == 0;
-    if (a.recommendations.empty() && no_idle_close) {
+    if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
         // As verify: a host whose timer is the shorter one shows nothing wrong until one fires.
         a.recommendations.push_back(
             {.kind = RecommendationKind::RecordLonger,
@@ -1349,7 +1348,7 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     const Assessment& b = result.before;
     const Assessment& a = result.after;
     const std::string timeout = analysis_text::peer_timeout_text(result.peer_timeout);
-    const uint64_t after_idle_closes = after.local_idle.count() + after.peer_idle.count();
+    const uint64_t after_idle_closes = after.idle_timer_closes();
     const HostWords before_hosts = host_words(before);
     const HostWords after_hosts = host_words(after);
 
@@ -1462,7 +1461,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     }
     if (!result.reasons.empty()) {
         result.conclusion = VerifyConclusion::Failed;
-    } else if (trace.local_idle.count() + trace.peer_idle.count() == 0) {
+    } else if (trace.idle_timer_closes() == 0) {
         // Not a pass: a recording shorter than either side's idle timeout, or without traffic,
         // shows no timer at all, and a host whose timer is the shorter one would pass.
         result.conclusion = VerifyConclusion::Inconclusive;

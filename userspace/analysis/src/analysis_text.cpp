@@ -30,17 +30,9 @@ std::string peer_timeout_text(const PeerTimeout& timeout) {
     if (timeout.source != PeerTimeoutSource::Outlasted) {
         return fmt::format("{} ({})", duration(timeout.ms), source_wording(timeout.source));
     }
-    const std::string others =
-        timeout.observed_ms ? fmt::format("; other peers closed theirs after {}",
-                                          duration(*timeout.observed_ms))
-                            : std::string();
-    const std::string_view assumed =
-        timeout.ms == kAlbDefaultIdleTimeoutMs ? "assumed: the ALB default, as " : "";
-    return fmt::format("{} ({}{}{})",
-                       timeout.ms == kAlbDefaultIdleTimeoutMs
-                           ? duration(timeout.ms)
-                           : "more than " + duration(timeout.outlasting.longest_ms),
-                       assumed, outlasting_text(timeout.outlasting), others);
+    return fmt::format("{} (assumed: the ALB default, as {}; other peers closed theirs after {})",
+                       duration(timeout.ms), outlasting_text(timeout.outlasting),
+                       duration(timeout.observed_ms.value_or(0)));
 }
 
 std::string outlasting_names(const OutlastingPeers& peers) {
@@ -56,9 +48,10 @@ std::string outlasting_names(const OutlastingPeers& peers) {
 
 std::string outlasting_text(const OutlastingPeers& peers) {
     return fmt::format(
-        "{} never closed an idle connection, and this host closed {} of {} connections after "
-        "up to {} idle",
-        outlasting_names(peers), peers.closes, peers.count == 1 ? "its" : "their", duration(peers.longest_ms));
+        "{} never closed an idle connection, and {} of {} connections were closed idle after "
+        "up to {}",
+        outlasting_names(peers), peers.closes, peers.count == 1 ? "its" : "their",
+        duration(peers.longest_ms));
 }
 
 std::string client_end_text(const ClientEnd& client) {

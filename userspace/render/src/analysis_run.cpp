@@ -72,10 +72,8 @@ TraceAnalysis load_all(const std::vector<std::string>& paths) {
     read_in_parallel(paths.size(), [&](std::size_t index) {
         parts[index] = load(paths[index], analyze_trace_part);
     });
-    std::vector<const TraceHeader*> headers;
-    for (const TraceAnalysis& part : parts) headers.push_back(&part.header);
     try {
-        refuse_a_recording_read_twice(paths, headers);
+        refuse_a_recording_read_twice(paths, parts);
     } catch (const TraceArgumentError& error) {
         throw UnusableInput{error.what()};
     }

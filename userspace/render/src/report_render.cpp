@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <string_view>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -207,7 +209,7 @@ json peer_timeout_json(const PeerTimeout& timeout) {
                                    {"count", peers.count},
                                    {"closes", peers.closes},
                                    {"longest_ms", round_us(peers.longest_ms)}};
-        out["observed_ms"] = timeout.observed_ms ? json(round_us(*timeout.observed_ms)) : json();
+        out["observed_ms"] = round_us(timeout.observed_ms.value_or(0));
     }
     return out;
 }

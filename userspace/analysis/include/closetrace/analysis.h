@@ -305,6 +305,8 @@ struct TraceAnalysis {
         return causes[static_cast<std::size_t>(cause)];
     }
     uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
+    // Server side, by either side: what tells who closes first.
+    uint64_t idle_timer_closes() const { return local_idle.count() + peer_idle.count(); }
     uint64_t same_host_connections() const;
     std::size_t host_count() const;  // of the traces merged (1 for a single trace)
 };
@@ -364,24 +366,23 @@ struct OutlastingPeers {
     static constexpr std::size_t kMaxNamed = 3;
     std::vector<std::string> named;  // addresses, most closes by this host first
     std::size_t count = 0;
-    uint64_t closes = 0;      // this host's idle closes of their connections
-    double longest_ms = 0;    // the longest idle one of them kept without closing it
+    uint64_t closes = 0;    // this host's idle closes of their connections
+    double longest_ms = 0;  // the longest idle one of them kept without closing it
 };
 
 // The peer's idle timeout that this host's idle closes are held against.
 struct PeerTimeout {
     double ms = kAlbDefaultIdleTimeoutMs;
     PeerTimeoutSource source = PeerTimeoutSource::AlbDefault;
-    // Outlasted: the peers that show `ms` (the ALB default, or just above the longest idle they
-    // kept), and the idle timer other peers' closes show, if any.
+    // Outlasted: the peers that outlasted the timer other peers' closes show (`observed_ms`).
     OutlastingPeers outlasting{};
     std::optional<double> observed_ms{};
 };
 // `given_ms`, else the peer's idle timer as its idle-timer closes show it in `traces` (server
-// side: the densest cluster's longest), else ALB's default. Not the observed timer when some
-// peer kept an idle connection at least that long and never closed one (OutlastingPeers): the
-// timeout to exceed is then that peer's, unknown but longer than the idle it kept; the ALB
-// default where that is longer still.
+// side: the densest cluster's longest), else ALB's default. Where that timer is below the ALB
+// default and some peer kept an idle connection at least that long without ever closing one
+// (OutlastingPeers), the timer is other peers': the ALB default then (Outlasted), as where no
+// peer closes.
 PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces,
                                  std::optional<double> given_ms);
 

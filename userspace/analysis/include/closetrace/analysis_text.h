@@ -21,8 +21,8 @@ using closetrace::stream_line;
 std::string caught_text(const CaughtConnection& caught);
 // "60.00 s (assumed: the ALB default)"; callers write "the peer's idle timeout of ...".
 std::string peer_timeout_text(const PeerTimeout& timeout);
-// "127.0.0.2 never closed an idle connection, and this host closed 3 of its connections after
-// up to 3.002 s idle": what an outlasted timeout rests on.
+// "127.0.0.2 never closed an idle connection, and 3 of its connections were closed idle after
+// up to 3.002 s": what an outlasted timeout rests on.
 std::string outlasting_text(const OutlastingPeers& peers);
 // "127.0.0.2", "10.0.1.5, 10.0.2.7, 10.0.3.9 and 2 more".
 std::string outlasting_names(const OutlastingPeers& peers);

@@ -63,6 +63,14 @@ std::vector<std::string> trace_files(const std::vector<std::string>& arguments);
 // the first two; `files[i]` holds the trace whose header is `headers[i]`.
 void refuse_a_recording_read_twice(const std::vector<std::string>& files,
                                    const std::vector<const TraceHeader*>& headers);
+// The same for what each file was read into (`parts[i].header`: the header of `files[i]`).
+template <typename Part>
+void refuse_a_recording_read_twice(const std::vector<std::string>& files,
+                                   const std::vector<Part>& parts) {
+    std::vector<const TraceHeader*> headers;
+    for (const Part& part : parts) headers.push_back(&part.header);
+    refuse_a_recording_read_twice(files, headers);
+}
 
 // Calls read(index) once for each index in [0, count), on up to hardware_concurrency() threads;
 // `read` writes its result to a slot of its own. After all have run, rethrows the exception of
