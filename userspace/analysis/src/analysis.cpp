@@ -106,7 +106,8 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
     const std::string_view comm = conn.comm ? std::string_view(*conn.comm) : std::string_view();
     count_in(indexes.by_comm.find(a.by_comm, comm), conn);
-    count_in(indexes.by_peer.find(a.by_peer, conn.remote.addr), conn);
+    GroupFigures& peer = indexes.by_peer.find(a.by_peer, conn.remote.addr);
+    count_in(peer, conn);
     container_label(conn.container, indexes.label);
     count_in(indexes.by_container.find(a.by_container, indexes.label), conn);
     count_in(a.by_host[source.host], conn);
@@ -134,16 +135,15 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
         case Verdict::LocalCloseRace:
             list_caught(a.races, conn, client_end, source);
             [[fallthrough]];
-        case Verdict::LocalIdleClose: {
+        case Verdict::LocalIdleClose:
             if (!server_side || !idle_ms) break;
             ++a.local_idle_closers[std::string(comm)];
             if (conn.http2) a.http2_idle_closers.emplace(comm);
             a.local_idle.add(*idle_ms);
-            TraceAnalysis::PeerIdleTimers& timers = a.idle_timers_by_peer[conn.remote.addr];
-            ++timers.local_closes;
-            timers.longest_local_ms = std::max(timers.longest_local_ms, *idle_ms);
+            ++peer.server_idle_timers.local;
+            peer.server_idle_timers.longest_local_ms =
+                std::max(peer.server_idle_timers.longest_local_ms, *idle_ms);
             break;
-        }
         case Verdict::PeerCloseRace:
             list_caught(a.races, conn, client_end, source);
             ++a.upstream_racers[std::string(comm)];
@@ -151,7 +151,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
         case Verdict::PeerIdleClose:
             if (!idle_ms) break;
             (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
-            if (server_side) ++a.idle_timers_by_peer[conn.remote.addr].peer_closes;
+            if (server_side) ++peer.server_idle_timers.peer;
             break;
         case Verdict::LocalResetInflight:
             list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
@@ -723,10 +723,9 @@ VerdictCounts& VerdictCounts::operator+=(const VerdictCounts& other) {
     return *this;
 }
 
-TraceAnalysis::PeerIdleTimers& TraceAnalysis::PeerIdleTimers::operator+=(
-    const PeerIdleTimers& other) {
-    local_closes += other.local_closes;
-    peer_closes += other.peer_closes;
+IdleTimerCloses& IdleTimerCloses::operator+=(const IdleTimerCloses& other) {
+    local += other.local;
+    peer += other.peer;
     longest_local_ms = std::max(longest_local_ms, other.longest_local_ms);
     return *this;
 }
@@ -737,6 +736,7 @@ GroupFigures& GroupFigures::operator+=(const GroupFigures& other) {
     verdicts += other.verdicts;
     local_idle_timer_closes += other.local_idle_timer_closes;
     peer_idle_timer_closes += other.peer_idle_timer_closes;
+    server_idle_timers += other.server_idle_timers;
     return *this;
 }
 
@@ -981,7 +981,6 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     add_counts(m.local_idle_closers, part.local_idle_closers);
     m.http2_idle_closers.insert(part.http2_idle_closers.begin(), part.http2_idle_closers.end());
     add_counts(m.upstream_racers, part.upstream_racers);
-    add_counts(m.idle_timers_by_peer, part.idle_timers_by_peer);
     m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
 }
 
@@ -1041,14 +1040,18 @@ namespace {
 // The peers of `traces` (the same peer in each: diff's two recordings) that never closed an
 // idle connection while this host closed theirs.
 OutlastingPeers outlasting_peers(const std::vector<const TraceAnalysis*>& traces) {
-    std::map<std::string, TraceAnalysis::PeerIdleTimers> by_peer;
-    for (const TraceAnalysis* trace : traces) add_counts(by_peer, trace->idle_timers_by_peer);
+    std::map<std::string, IdleTimerCloses> by_peer;
+    for (const TraceAnalysis* trace : traces) {
+        for (const auto& [peer, figures] : trace->by_peer) {
+            by_peer[peer] += figures.server_idle_timers;
+        }
+    }
     std::map<std::string, uint64_t> closes;
     OutlastingPeers outlasting;
     for (const auto& [peer, timers] : by_peer) {
-        if (timers.local_closes == 0 || timers.peer_closes > 0) continue;
-        closes[peer] = timers.local_closes;
-        outlasting.closes += timers.local_closes;
+        if (timers.local == 0 || timers.peer > 0) continue;
+        closes[peer] = timers.local;
+        outlasting.closes += timers.local;
         outlasting.longest_ms = std::max(outlasting.longest_ms, timers.longest_local_ms);
     }
     outlasting.count = closes.size();

@@ -134,6 +134,17 @@ private:
 };
 
 // Connections and requests of one process or peer address.
+// Server side: each side's idle-timer closes (timer_idle_ms, races included), and the longest
+// idle at which this host closed one. Of a peer address whose connections this host closed idle
+// and which never closed one itself: it keeps idle connections longer than this host does,
+// whatever other peers' closes show (resolve_peer_timeout).
+struct IdleTimerCloses {
+    uint64_t local = 0;
+    uint64_t peer = 0;
+    double longest_local_ms = 0;
+    IdleTimerCloses& operator+=(const IdleTimerCloses& other);
+};
+
 struct GroupFigures {
     uint64_t connections = 0;
     uint64_t requests = 0;
@@ -142,6 +153,7 @@ struct GroupFigures {
     // health check's or a finished client's close is an *_idle_close verdict, not an idle timeout.
     uint64_t local_idle_timer_closes = 0;
     uint64_t peer_idle_timer_closes = 0;
+    IdleTimerCloses server_idle_timers;  // kept for by_peer, the only groups read for it
     GroupFigures& operator+=(const GroupFigures& other);
 };
 
@@ -282,17 +294,6 @@ struct TraceAnalysis {
     // Those of them whose idle-closed connections spoke HTTP/2: their fix is another setting.
     std::set<std::string> http2_idle_closers;
     std::map<std::string, uint64_t> upstream_racers;
-    // Server side, by peer address: each side's idle-timer closes (timer_idle_ms), and the
-    // longest idle at which this host closed one. A peer whose connections this host closed
-    // idle and which never closed one itself keeps idle connections longer than this host does,
-    // whatever other peers' closes show (resolve_peer_timeout).
-    struct PeerIdleTimers {
-        uint64_t local_closes = 0;
-        uint64_t peer_closes = 0;
-        double longest_local_ms = 0;
-        PeerIdleTimers& operator+=(const PeerIdleTimers& other);
-    };
-    std::map<std::string, PeerIdleTimers> idle_timers_by_peer;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;
