@@ -1349,7 +1349,7 @@ public:
 
 private:
     // Half a MiB a read: at 64 KiB, the read(2) calls and the partial lines moved to the front
-    // cost `report` 5 % more CPU on a 2 GB trace (bench/RESULTS.md part 5).
+    // cost `report` ~6 % more CPU on a 2 GB trace (bench/RESULTS.md, runs of 2026-12-06).
     static constexpr std::size_t kInitialCapacity = 512 * 1024;
 
     // Moves the partial line to the front of the buffer and reads more after it.
