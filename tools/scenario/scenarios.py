@@ -509,6 +509,16 @@ def _keepalive_rounds(run: _Run, cl, rounds, per_round, gap_s, idle_s, phase):
         time.sleep(idle_s)
 
 
+def _node_behind_nginx(run: _Run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s):
+    """The Node backend behind nginx, ALB-style health checks straight to the backend, and a
+    keep-alive client of nginx in the client namespace, which is returned."""
+    run.backend = peers.start_node_backend(run.topo, keepalive_ms=backend_keepalive_ms,
+                                           port=BACKEND_PORT, base_dir=run.workdir)
+    _start_balancer(run, "nginx", balancer_keepalive_s)
+    run.health_checks(hc_interval_s)
+    return run.client("client", run.topo.addr["balancer_client_side"], BALANCER_PORT)
+
+
 def healthy(recorder=None, workdir=None, *, backend_keepalive_ms=10000,
             balancer_keepalive_s=3.0, rounds=2, per_round=5, gap_s=0.4,
             hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
@@ -517,12 +527,7 @@ def healthy(recorder=None, workdir=None, *, backend_keepalive_ms=10000,
     straight to the backend.  nginx closes its idle upstream connections at 3 s (the peer's
     timer); the backend only closes the health checks' connections (Connection: close)."""
     with _Run("healthy", recorder, workdir, recorder_ns) as run:
-        t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
-                                               port=BACKEND_PORT, base_dir=run.workdir)
-        _start_balancer(run, "nginx", balancer_keepalive_s)
-        run.health_checks(hc_interval_s)
-        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        cl = _node_behind_nginx(run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s)
         _keepalive_rounds(run, cl, rounds, per_round, gap_s, balancer_keepalive_s + 0.5,
                           "normal")
     return run.result("nginx")
@@ -535,12 +540,7 @@ def broken_behind_hc(recorder=None, workdir=None, *, backend_keepalive_ms=1000,
     (closes idle at ~2 s) behind nginx whose upstream keepalive_timeout (60 s, like the
     ALB's idle timeout) never runs out during the recording: the peer shows no timer."""
     with _Run("broken_behind_hc", recorder, workdir, recorder_ns) as run:
-        t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
-                                               port=BACKEND_PORT, base_dir=run.workdir)
-        _start_balancer(run, "nginx", balancer_keepalive_s)
-        run.health_checks(hc_interval_s)
-        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        cl = _node_behind_nginx(run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s)
         _keepalive_rounds(run, cl, rounds, per_round, gap_s, idle_s, "normal")
     return run.result("nginx")
 
@@ -555,11 +555,7 @@ def mixed_peers(recorder=None, workdir=None, *, backend_keepalive_ms=1000,
     peer side shows is the internal client's, which is not the balancer's."""
     with _Run("mixed_peers", recorder, workdir, recorder_ns) as run:
         t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
-                                               port=BACKEND_PORT, base_dir=run.workdir)
-        _start_balancer(run, "nginx", balancer_keepalive_s)
-        run.health_checks(hc_interval_s)
-        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        cl = _node_behind_nginx(run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s)
         for i in range(rounds):
             internal = run.client("client", t.addr["backend"], BACKEND_PORT)
             for j in range(per_round):
@@ -581,11 +577,7 @@ def one_shot(recorder=None, workdir=None, *, holds=(0.0, 0.0, 0.2, 0.4),
     whose idle upstream connection nginx closes at its 3 s."""
     with _Run("one_shot", recorder, workdir, recorder_ns) as run:
         t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
-                                               port=BACKEND_PORT, base_dir=run.workdir)
-        _start_balancer(run, "nginx", balancer_keepalive_s)
-        run.health_checks(hc_interval_s)
-        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        cl = _node_behind_nginx(run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s)
         _keepalive_rounds(run, cl, 1, per_round, gap_s, 0.0, "normal")
         idle_from = time.monotonic()
         for i, hold in enumerate(holds):
