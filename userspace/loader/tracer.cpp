@@ -220,7 +220,7 @@ struct LoadedObject {
     OpenMessages open_messages_kind = OpenMessages::None;
     // Why the iterator over socket storage is not the one loaded: the kernel's refusal, or that
     // the object has none (the portable one).
-    std::string storage_iterator_missing;
+    std::string storage_iterator_missing{};
     bpf_map* sock_states = nullptr;        // what the iterator walks
     bpf_map* events = nullptr;
     bpf_map* counters = nullptr;

@@ -365,7 +365,7 @@ const char* to_string(PeerTimeoutSource source);
 // keep idle connections longer than this host does.
 struct OutlastingPeers {
     static constexpr std::size_t kMaxNamed = 3;
-    std::vector<std::string> named;  // addresses, most closes by this host first
+    std::vector<std::string> named{};  // addresses, most closes by this host first
     std::size_t count = 0;
     uint64_t closes = 0;    // this host's idle closes of their connections
     double longest_ms = 0;  // the longest idle one of them kept without closing it
