@@ -1074,6 +1074,30 @@ TEST(ReportText, MakesWireBytesPrintable) {
     EXPECT_TRUE(nlohmann::json::accept(json));
 }
 
+// A caught connection's IPv6 peer is longer than the peer column's usual width: the column
+// widens, so the row's idle still stands under its header.
+TEST(ReportText, WidensThePeerColumnForIpv6Peers) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalCloseRace, .peer = "::ffff:10.0.0.1"})
+            .add({.verdict = Verdict::LocalCloseRace})
+            .finish();
+    const std::string text = render_report(trace, assess_default(trace), OutputFormat::Text);
+    const std::size_t section = text.find("Close races (2)");
+    ASSERT_NE(section, std::string::npos);
+    std::vector<std::string> lines;
+    for (std::size_t at = text.find('\n', section) + 1, end; lines.size() < 3; at = end + 1) {
+        end = text.find('\n', at);
+        lines.push_back(text.substr(at, end - at));
+    }
+    const auto idle_end = [](const std::string& line, const std::string& word) {
+        return line.find(word) + word.size();
+    };
+    EXPECT_THAT(lines[1], HasSubstr("[::ffff:10.0.0.1]:40000"));
+    EXPECT_EQ(idle_end(lines[0], "idle"), idle_end(lines[1], "2.000 s"));
+    EXPECT_EQ(idle_end(lines[0], "idle"), idle_end(lines[2], "2.000 s"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The commands' unusable input
 

@@ -332,8 +332,14 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
         out += "  none\n";
         return;
     }
-    out += fmt::format("  {:<27}  {:<20}  {:>9}  {:>12}  {:<8}  {:<26}  {}\n", "request time (UTC)",
-                       "peer", "idle", timing_header, "comm", "close", "request");
+    // As wide as the longest peer listed: an IPv6 one is longer than the usual 20.
+    std::size_t peer_width = 20;
+    for (const CaughtConnection& caught : list.listed) {
+        peer_width = std::max(peer_width, endpoint_text(caught.remote).size());
+    }
+    out += fmt::format("  {:<27}  {:<{}}  {:>9}  {:>12}  {:<8}  {:<26}  {}\n",
+                       "request time (UTC)", "peer", peer_width, "idle", timing_header, "comm",
+                       "close", "request");
     for (const CaughtConnection& caught : list.listed) {
         std::string request = analysis_text::caught_text(caught);
         if (caught.verdict == Verdict::PeerCloseRace) request += " [upstream: peer_close_race]";
@@ -347,8 +353,8 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
             close += (caught.how == CloseHow::Rst ? " " : ", rst ") + printable(*caught.rst_reason);
         }
         out += fmt::format(
-            "  {:<27}  {:<20}  {:>9}  {:>12}  {:<8}  {:<26}  {}\n", iso8601_utc(caught.wall_ns),
-            endpoint_text(caught.remote), optional_duration(caught.idle_ms),
+            "  {:<27}  {:<{}}  {:>9}  {:>12}  {:<8}  {:<26}  {}\n", iso8601_utc(caught.wall_ns),
+            endpoint_text(caught.remote), peer_width, optional_duration(caught.idle_ms),
             caught.request_after_close_ms ? timing(*caught.request_after_close_ms) : "-",
             printable(caught.comm.value_or("?")), close, request);
     }
