@@ -133,7 +133,6 @@ private:
     std::vector<VerdictCounts> buckets_;
 };
 
-// Connections and requests of one process or peer address.
 // Server side: each side's idle-timer closes (timer_idle_ms, races included), and the longest
 // idle at which this host closed one. Of a peer address whose connections this host closed idle
 // and which never closed one itself: it keeps idle connections longer than this host does,
@@ -145,6 +144,7 @@ struct IdleTimerCloses {
     IdleTimerCloses& operator+=(const IdleTimerCloses& other);
 };
 
+// Connections and requests of one process or peer address.
 struct GroupFigures {
     uint64_t connections = 0;
     uint64_t requests = 0;
