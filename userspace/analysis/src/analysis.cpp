@@ -1450,8 +1450,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     }
     if (a.early_idle_closes > 0) {
         std::string hint;
-        if (result.peer_timeout.source == PeerTimeoutSource::AlbDefault ||
-            result.peer_timeout.source == PeerTimeoutSource::Outlasted) {
+        if (result.peer_timeout.assumed()) {
             hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
         }
         result.reasons.push_back(fmt::format(

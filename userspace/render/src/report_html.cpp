@@ -387,10 +387,8 @@ void idle_histograms(std::string& out, const View& view, const TraceAnalysis& tr
         idle_marker(out, x_of(*median), 14, 20, markers_bottom, width - kRight, "marker-host",
                     fmt::format("this host closes after {} (median)", duration(*median)));
     }
-    const bool assumed = peer_timeout.source == PeerTimeoutSource::AlbDefault ||
-                         peer_timeout.source == PeerTimeoutSource::Outlasted;
     idle_marker(out, x_of(peer_timeout.ms), 32, 38, markers_bottom, width - kRight,
-                assumed ? "marker-peer assumed" : "marker-peer",
+                peer_timeout.assumed() ? "marker-peer assumed" : "marker-peer",
                 fmt::format("peer's idle timeout: {}",
                             escaped(analysis_text::peer_timeout_text(peer_timeout))));
     out += "</svg>\n";

@@ -378,6 +378,10 @@ struct PeerTimeout {
     // Outlasted: the peers that outlasted the timer other peers' closes show (`observed_ms`).
     OutlastingPeers outlasting{};
     std::optional<double> observed_ms{};
+    // Not seen: the ALB default, where no peer's close showed the timeout to exceed.
+    bool assumed() const {
+        return source == PeerTimeoutSource::AlbDefault || source == PeerTimeoutSource::Outlasted;
+    }
 };
 // `given_ms`, else the peer's idle timer as its idle-timer closes show it in `traces` (server
 // side: the densest cluster's longest), else ALB's default. Where that timer is below the ALB
