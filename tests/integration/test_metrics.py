@@ -21,6 +21,7 @@ from support import (ROOT, SCENARIO_TOOLS, ChurningTraffic, Recorder, conn_lines
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
+import netns  # noqa: E402
 import peers  # noqa: E402
 import scenarios  # noqa: E402
 
@@ -210,6 +211,8 @@ class MetricsTest(unittest.TestCase):
             "caught_in_races": prometheus.value(
                 'sum(closetrace_caught_requests_total{job="closetrace", '
                 'verdict="local_close_race"})'),
+            "outlasting_peers": prometheus.value(
+                'sum(closetrace_outlasting_peers{job="closetrace", role="server"})'),
             "alerts": prometheus.by_label(
                 'count by (alertname) (count_over_time(ALERTS{alertstate="firing"}[10m]))',
                 "alertname"),
@@ -280,6 +283,39 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(answers["by_verdict"], by_verdict)
         self.assertEqual(answers["races"], 0)
         self.assertEqual(answers["alerts"], {})
+
+    def test_balancer_behind_quicker_clients_fires_the_timeout_alert(self):
+        """tools/scenario's mixed_peers: the backend closes nginx's idle connections after 2 s,
+        an internal client (its own address) closes its connections after 1 s. The peer side's
+        only idle timer is the client's, yet the balancer never closed one: the timeout alert
+        fires, as report's peer timeout is `outlasted`."""
+        def pooled_traffic(run, balancer):
+            client = run.client("client", run.topo.addr["balancer_client_side"],
+                                scenarios.BALANCER_PORT)
+            for i in range(2):
+                internal = run.client("client", run.topo.addr["backend"],
+                                      scenarios.BACKEND_PORT)
+                for j in range(2):
+                    run.log_client(client.request("GET", f"/normal{i}-{j}"), phase="normal")
+                    run.log_client(internal.request("GET", f"/internal{i}-{j}"),
+                                   phase="internal")
+                time.sleep(1.0)
+                internal.close()
+                time.sleep(1.5)
+
+        answers, conns = self.record("pooled", 1000, pooled_traffic)
+        closed, by_verdict = self.trace_counts(conns)
+        timer_closes = {}
+        for conn in closed:
+            if conn["close"]["cause"] == "idle_timer" and conn["role"] == "server":
+                closers = timer_closes.setdefault(conn["remote"]["addr"], set())
+                closers.add(conn["close"]["initiator"])
+        self.assertEqual(timer_closes, {netns.ADDR["balancer"]: {"local"},
+                                        netns.ADDR["client"]: {"peer"}}, by_verdict)
+        self.assertEqual(answers["outlasting_peers"], 1)
+        self.assertEqual(answers["closes"], len(closed))
+        self.assertIn("IdleTimeoutBelowBalancers", answers["alerts"])
+        self.assertNotIn("CloseRaces", answers["alerts"])
 
     def test_lost_events_are_the_summarys(self):
         """A recorder that stops reading (SIGSTOP) under churn loses events: its endpoint counts

@@ -161,6 +161,37 @@ TEST(RecordingMetrics, IdleTimeoutIsTheDensestClusterOfTimerClosesAfterRefresh) 
     EXPECT_EQ(value_of(metrics, "closetrace_idle_before_close_seconds", {{"closer", "peer"}}), 1);
 }
 
+// A balancer this host closes on (10.0.0.1, 10.0.0.3) behind internal clients that close
+// first (10.0.0.9): the peer side's timer is the clients', the balancer's addresses outlast it.
+TEST(RecordingMetrics, OutlastingPeersCountTheAddressesThatNeverClosedAnIdleOne) {
+    RecordingMetrics metrics;
+    const auto from = [](std::string addr, Connection conn) {
+        conn.remote.addr = std::move(addr);
+        return conn;
+    };
+    metrics.add(from("10.0.0.1", make_conn(Verdict::LocalIdleClose, 2000)));
+    metrics.add(from("10.0.0.3", make_conn(Verdict::LocalCloseRace, 2001)));
+    metrics.add(from("10.0.0.9", make_conn(Verdict::LocalIdleClose, 2002)));
+    metrics.add(from("10.0.0.9", make_conn(Verdict::PeerIdleClose, 1000)));
+    // A health check's close and an upstream connection's are no peer's idle timer.
+    Connection health_check = from("10.0.0.4", make_conn(Verdict::LocalIdleClose, 5));
+    health_check.health_check = "ELB-HealthChecker/2.0";
+    metrics.add(health_check);
+    Connection upstream = from("10.0.0.5", make_conn(Verdict::LocalIdleClose, 2000));
+    upstream.role = Role::Client;
+    metrics.add(upstream);
+
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {}), std::nullopt);
+    metrics.refresh(0);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "server"}}), 2);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "client"}}),
+              std::nullopt);
+    // Once it closes one itself, a peer no longer outlasts this host.
+    metrics.add(from("10.0.0.1", make_conn(Verdict::PeerIdleClose, 3000)));
+    metrics.refresh(0);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "server"}}), 1);
+}
+
 TEST(RecordingMetrics, LostEventsFollowTheRecordersCount) {
     RecordingMetrics metrics;
     metrics.refresh(3);

@@ -140,9 +140,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
             ++a.local_idle_closers[std::string(comm)];
             if (conn.http2) a.http2_idle_closers.emplace(comm);
             a.local_idle.add(*idle_ms);
-            ++peer.server_idle_timers.local;
-            peer.server_idle_timers.longest_local_ms =
-                std::max(peer.server_idle_timers.longest_local_ms, *idle_ms);
+            peer.server_idle_timers.count_local(*idle_ms);
             break;
         case Verdict::PeerCloseRace:
             list_caught(a.races, conn, client_end, source);
@@ -151,7 +149,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
         case Verdict::PeerIdleClose:
             if (!idle_ms) break;
             (server_side ? a.peer_idle : a.upstream_peer_idle).add(*idle_ms);
-            if (server_side) ++peer.server_idle_timers.peer;
+            if (server_side) peer.server_idle_timers.count_peer();
             break;
         case Verdict::LocalResetInflight:
             list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
@@ -723,6 +721,11 @@ VerdictCounts& VerdictCounts::operator+=(const VerdictCounts& other) {
     return *this;
 }
 
+void IdleTimerCloses::count_local(double idle_ms) {
+    ++local;
+    longest_local_ms = std::max(longest_local_ms, idle_ms);
+}
+
 IdleTimerCloses& IdleTimerCloses::operator+=(const IdleTimerCloses& other) {
     local += other.local;
     peer += other.peer;
@@ -1049,7 +1052,7 @@ OutlastingPeers outlasting_peers(const std::vector<const TraceAnalysis*>& traces
     std::map<std::string, uint64_t> closes;
     OutlastingPeers outlasting;
     for (const auto& [peer, timers] : by_peer) {
-        if (timers.local == 0 || timers.peer > 0) continue;
+        if (!timers.outlasting()) continue;
         closes[peer] = timers.local;
         outlasting.closes += timers.local;
         outlasting.longest_ms = std::max(outlasting.longest_ms, timers.longest_local_ms);

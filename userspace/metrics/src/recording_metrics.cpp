@@ -150,6 +150,12 @@ RecordingMetrics::RecordingMetrics()
                         .Help("The idle timeout a side's idle-timer closes show: the longest "
                               "idle of their densest cluster")
                         .Register(*registry_)),
+      outlasting_peers_(prometheus::BuildGauge()
+                            .Name("closetrace_outlasting_peers")
+                            .Help("Peer addresses whose idle connections this host closed on its "
+                                  "idle timer and which never closed one themselves: they keep "
+                                  "idle connections longer than this host (a load balancer)")
+                            .Register(*registry_)),
       lost_events_(prometheus::BuildCounter()
                        .Name("closetrace_lost_events_total")
                        .Help("Kernel events lost (ring buffer full) or not decodable")
@@ -226,6 +232,23 @@ void RecordingMetrics::count_idle_close(Series& series, const Connection& conn) 
     series.idle_seconds[side]->Observe(*idle_ms / 1000);
     series.idle_ms[side].add(*idle_ms);
     series.idle_changed[side] = true;
+    // The server side's, as report's peer timeout weighs them (resolve_peer_timeout).
+    if (conn.role != Role::Client) count_peer_idle_close(series, conn.remote.addr, side, *idle_ms);
+}
+
+void RecordingMetrics::count_peer_idle_close(Series& series, const std::string& peer, Side side,
+                                             double idle_ms) {
+    auto found = series.idle_timers_by_peer.find(peer);
+    if (found == series.idle_timers_by_peer.end()) {
+        if (series.idle_timers_by_peer.size() == kMaxPeersPerSeries) return;
+        found = series.idle_timers_by_peer.emplace(peer, IdleTimerCloses{}).first;
+    }
+    if (side == kLocal) {
+        found->second.count_local(idle_ms);
+    } else {
+        found->second.count_peer();
+    }
+    series.peers_changed = true;
 }
 
 void RecordingMetrics::refresh(uint64_t lost_events) {
@@ -239,6 +262,13 @@ void RecordingMetrics::refresh(uint64_t lost_events) {
             series.idle_changed[side] = false;
             const auto cluster = series.idle_ms[side].densest_cluster();
             idle_timeout_.Add(with(labels, "side", kSideNames[side])).Set(cluster->max_ms / 1000);
+        }
+        if (series.peers_changed) {
+            series.peers_changed = false;
+            const auto outlasting = std::ranges::count_if(
+                series.idle_timers_by_peer,
+                [](const auto& peer_timers) { return peer_timers.second.outlasting(); });
+            outlasting_peers_.Add(labels).Set(static_cast<double>(outlasting));
         }
     }
 }

@@ -141,6 +141,10 @@ struct IdleTimerCloses {
     uint64_t local = 0;
     uint64_t peer = 0;
     double longest_local_ms = 0;
+    void count_local(double idle_ms);
+    void count_peer() { ++peer; }
+    // This host closed the peer's idle connections and the peer never closed one.
+    bool outlasting() const { return local > 0 && peer == 0; }
     IdleTimerCloses& operator+=(const IdleTimerCloses& other);
 };
 

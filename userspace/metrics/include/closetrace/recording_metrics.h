@@ -1,7 +1,8 @@
 // Prometheus metrics of a running recording (`closetrace record --metrics ADDR:PORT`): the
 // connections the recorder writes counted by verdict and close cause, the races and in-flight
 // losses among them and the requests they caught, the requests they carried, the events the
-// kernel lost; each side's idle time at its idle-timer closes and the idle timeout that shows.
+// kernel lost; each side's idle time at its idle-timer closes and the idle timeout that shows,
+// and the peers that never closed an idle connection this host closed.
 // Names, meanings and labels: docs/metrics.md.
 #pragma once
 
@@ -11,6 +12,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <prometheus/counter.h>
@@ -73,10 +75,20 @@ private:
         std::array<prometheus::Histogram*, 2> idle_seconds{};
         std::array<IdleHistogram, 2> idle_ms;
         std::array<bool, 2> idle_changed{};
+        // Server side: each peer address's idle-timer closes, to count the peers that outlast
+        // this host; the addresses stay in here, never in a label.
+        std::unordered_map<std::string, IdleTimerCloses> idle_timers_by_peer;
+        bool peers_changed = false;
         prometheus::Labels labels;
     };
+    // Peer addresses kept per series: a server's balancer nodes and clients. Beyond it, new
+    // addresses are not counted (a few hundred KiB at most).
+    static constexpr std::size_t kMaxPeersPerSeries = 4096;
+
     Series& series_of(const Connection& conn);
     void count_idle_close(Series& series, const Connection& conn);
+    static void count_peer_idle_close(Series& series, const std::string& peer, Side side,
+                                      double idle_ms);
 
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>& closes_;
@@ -87,6 +99,7 @@ private:
     prometheus::Family<prometheus::Counter>& incomplete_;
     prometheus::Family<prometheus::Histogram>& idle_seconds_;
     prometheus::Family<prometheus::Gauge>& idle_timeout_;
+    prometheus::Family<prometheus::Gauge>& outlasting_peers_;
     prometheus::Counter& lost_events_;
     uint64_t lost_events_counted_ = 0;
     std::map<prometheus::Labels, Series> series_;
