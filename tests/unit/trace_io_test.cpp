@@ -933,8 +933,21 @@ TEST(TraceReading, MissingHeader) {
     EXPECT_STREQ(read_error(trace_text({"[1,2]"})).what(), "t.jsonl:1: not a closetrace trace");
     EXPECT_STREQ(read_error(trace_text({R"({"schema":"closetrace/1"})"})).what(),
                  "t.jsonl:1: not a closetrace trace");
-    EXPECT_STREQ(read_error(header_line(sample_header()).substr(0, 50)).what(),
+    EXPECT_STREQ(read_error("{\"type\":\"conn\",\"id\"").what(),
                  "t.jsonl:1: not a closetrace trace");
+}
+
+TEST(TraceReading, AFileCutInsideItsHeaderSaysSo) {
+    const std::string header = header_line(sample_header());
+    for (const std::size_t length : {std::size_t{5}, std::size_t{12}, std::size_t{50},
+                                     header.size() - 1}) {
+        EXPECT_STREQ(read_error(header.substr(0, length)).what(),
+                     "t.jsonl:1: the file ends inside its header line (a recording stopped "
+                     "before it had written one line): it holds no connection")
+            << length;
+    }
+    // Whole but for its newline: a trace with no connection.
+    EXPECT_EQ(read_trace(header).records.size(), 0u);
 }
 
 TEST(TraceReading, EmptyFile) {

@@ -1796,24 +1796,45 @@ struct TraceReader::Impl {
     void read_first_line() {
         const std::optional<LineSource::Line> line = next_line();
         if (!line) throw TraceError(file_name, 0, "empty file, not a closetrace trace");
-        const LineError not_a_trace{"not a closetrace trace"};
         try {
-            ondemand::object fields;
-            std::string_view type;
-            try {
-                fields = root_object(line->text);
-            } catch (const LineError&) {
-                throw not_a_trace;
-            }
-            if (fields.find_field_unordered("type").get_string().get(type) != simdjson::SUCCESS ||
-                type != "header") {
-                throw not_a_trace;
-            }
-            header = read_header(fields);
-            expect_end();
+            header = read_header_line(line->text);
         } catch (const JsonError&) {
+            // The file ends inside a header (the recording stopped as it began): no trace in it,
+            // but no other tool's file either.
+            if (!line->terminated && begins_a_header(line->text)) {
+                throw LineError{"the file ends inside its header line (a recording stopped "
+                                "before it had written one line): it holds no connection"};
+            }
+            throw LineError{"not a closetrace trace"};
+        }
+    }
+
+    // A JsonError where the JSON is invalid or ends early.
+    TraceHeader read_header_line(std::string_view text) {
+        const LineError not_a_trace{"not a closetrace trace"};
+        ondemand::object fields;
+        try {
+            fields = root_object(text);
+        } catch (const LineError&) {
             throw not_a_trace;
         }
+        std::string_view type;
+        const simdjson::error_code error = fields.find_field_unordered("type").get_string().get(type);
+        if (error == simdjson::NO_SUCH_FIELD || error == simdjson::INCORRECT_TYPE ||
+            (!error && type != "header")) {
+            throw not_a_trace;
+        }
+        if (error) throw JsonError{error};
+        TraceHeader read = read_header(fields);
+        expect_end();
+        return read;
+    }
+
+    // What a recorder writes first, or a cut of it.
+    static bool begins_a_header(std::string_view text) {
+        constexpr std::string_view kHeaderStart = R"({"type":"header")";
+        return text.starts_with(kHeaderStart) ||
+               kHeaderStart.starts_with(text.substr(0, kHeaderStart.size()));
     }
 
     // nullptr at the end of the input.
