@@ -1805,13 +1805,15 @@ struct TraceReader::Impl {
                 throw LineError{"the file ends inside its header line (a recording stopped "
                                 "before it had written one line): it holds no connection"};
             }
-            throw LineError{"not a closetrace trace"};
+            throw LineError{kNotATrace};
         }
     }
 
+    static constexpr const char* kNotATrace = "not a closetrace trace";
+
     // A JsonError where the JSON is invalid or ends early.
     TraceHeader read_header_line(std::string_view text) {
-        const LineError not_a_trace{"not a closetrace trace"};
+        const LineError not_a_trace{kNotATrace};
         ondemand::object fields;
         try {
             fields = root_object(text);
@@ -1819,7 +1821,8 @@ struct TraceReader::Impl {
             throw not_a_trace;
         }
         std::string_view type;
-        const simdjson::error_code error = fields.find_field_unordered("type").get_string().get(type);
+        const simdjson::error_code error =
+            fields.find_field_unordered("type").get_string().get(type);
         if (error == simdjson::NO_SUCH_FIELD || error == simdjson::INCORRECT_TYPE ||
             (!error && type != "header")) {
             throw not_a_trace;
@@ -1833,8 +1836,7 @@ struct TraceReader::Impl {
     // What a recorder writes first, or a cut of it.
     static bool begins_a_header(std::string_view text) {
         constexpr std::string_view kHeaderStart = R"({"type":"header")";
-        return text.starts_with(kHeaderStart) ||
-               kHeaderStart.starts_with(text.substr(0, kHeaderStart.size()));
+        return kHeaderStart.starts_with(text.substr(0, kHeaderStart.size()));
     }
 
     // nullptr at the end of the input.
