@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <optional>
 #include <random>
 #include <string>
@@ -22,6 +23,7 @@ using ::testing::Not;
 
 constexpr uint64_t kMs = 1'000'000;
 constexpr uint64_t kStartNs = 1'000'000'000'000;
+const std::chrono::steady_clock::time_point kT0{std::chrono::hours(1)};
 
 // A server-side connection of node on port 8080: one completed request, then the close its
 // verdict names after `idle_ms` (a race's late request after the FIN, an in-flight close's
@@ -152,7 +154,7 @@ TEST(RecordingMetrics, IdleTimeoutIsTheDensestClusterOfTimerClosesAfterRefresh) 
     metrics.add(make_conn(Verdict::PeerIdleClose, 3001));
 
     EXPECT_EQ(value_of(metrics, "closetrace_idle_timeout_seconds", {}), std::nullopt);
-    metrics.refresh(0);
+    metrics.refresh(0, kT0);
     EXPECT_DOUBLE_EQ(*value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "local"}}),
                      2.010);
     EXPECT_DOUBLE_EQ(*value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "peer"}}),
@@ -182,21 +184,50 @@ TEST(RecordingMetrics, OutlastingPeersCountTheAddressesThatNeverClosedAnIdleOne)
     metrics.add(upstream);
 
     EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {}), std::nullopt);
-    metrics.refresh(0);
+    metrics.refresh(0, kT0);
     EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "server"}}), 2);
     EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "client"}}),
               std::nullopt);
     // Once it closes one itself, a peer no longer outlasts this host.
     metrics.add(from("10.0.0.1", make_conn(Verdict::PeerIdleClose, 3000)));
-    metrics.refresh(0);
+    metrics.refresh(0, kT0);
     EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "server"}}), 1);
+}
+
+// A timeout fixed, or a container gone: its closes stop showing after one to two generations.
+TEST(RecordingMetrics, GaugesShowTheClosesOfTheLastTwoGenerations) {
+    using std::chrono::minutes;
+    RecordingMetrics metrics;
+    metrics.add(make_conn(Verdict::LocalIdleClose, 5000));
+    metrics.refresh(0, kT0);
+    EXPECT_DOUBLE_EQ(*value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "local"}}), 5);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {}), 1);
+
+    metrics.refresh(0, kT0 + RecordingMetrics::kGeneration);  // the one before now
+    metrics.add(make_conn(Verdict::PeerIdleClose, 60'000));
+    metrics.refresh(0, kT0 + RecordingMetrics::kGeneration + minutes(1));
+    EXPECT_DOUBLE_EQ(*value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "local"}}), 5);
+    EXPECT_DOUBLE_EQ(*value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "peer"}}), 60);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {}), 0);
+
+    metrics.refresh(0, kT0 + 2 * RecordingMetrics::kGeneration + minutes(1));
+    EXPECT_EQ(value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "local"}}),
+              std::nullopt);
+    EXPECT_DOUBLE_EQ(*value_of(metrics, "closetrace_idle_timeout_seconds", {{"side", "peer"}}), 60);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {}), 0);
+
+    metrics.refresh(0, kT0 + 3 * RecordingMetrics::kGeneration + minutes(2));
+    EXPECT_EQ(value_of(metrics, "closetrace_idle_timeout_seconds", {}), std::nullopt);
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {}), std::nullopt);
+    // The counters stay: they count every close since the recorder started.
+    EXPECT_EQ(value_of(metrics, "closetrace_closes_total", {{"verdict", "local_idle_close"}}), 1);
 }
 
 TEST(RecordingMetrics, LostEventsFollowTheRecordersCount) {
     RecordingMetrics metrics;
-    metrics.refresh(3);
-    metrics.refresh(3);
-    metrics.refresh(5);
+    metrics.refresh(3, kT0);
+    metrics.refresh(3, kT0);
+    metrics.refresh(5, kT0);
     EXPECT_EQ(value_of(metrics, "closetrace_lost_events_total", {}), 5);
 }
 

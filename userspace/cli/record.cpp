@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -597,7 +598,7 @@ public:
             write_connections(capture_.tracker.take_finished(note_losses()));
             write_unattributed();
             writer_->flush();
-            if (metrics_) metrics_->refresh(lost_seen_);
+            if (metrics_) metrics_->refresh(lost_seen_, std::chrono::steady_clock::now());
             if (output_.rotation_due(monotonic_now_ns())) rotate();
         }
     }

@@ -230,47 +230,75 @@ void RecordingMetrics::count_idle_close(Series& series, const Connection& conn) 
             &idle_seconds_.Add(with(series.labels, "closer", kSideNames[side]), kIdleBuckets);
     }
     series.idle_seconds[side]->Observe(*idle_ms / 1000);
-    series.idle_ms[side].add(*idle_ms);
-    series.idle_changed[side] = true;
+    IdleTimerGeneration& closes = series.generations[0];
+    closes.idle_ms[side].add(*idle_ms);
     // The server side's, as report's peer timeout weighs them (resolve_peer_timeout).
-    if (conn.role != Role::Client) count_peer_idle_close(series, conn.remote.addr, side, *idle_ms);
+    if (conn.role != Role::Client) count_peer_idle_close(closes, conn.remote.addr, side, *idle_ms);
+    series.closes_changed = true;
 }
 
-void RecordingMetrics::count_peer_idle_close(Series& series, const std::string& peer, Side side,
-                                             double idle_ms) {
-    auto found = series.idle_timers_by_peer.find(peer);
-    if (found == series.idle_timers_by_peer.end()) {
-        if (series.idle_timers_by_peer.size() == kMaxPeersPerSeries) return;
-        found = series.idle_timers_by_peer.emplace(peer, IdleTimerCloses{}).first;
+void RecordingMetrics::count_peer_idle_close(IdleTimerGeneration& closes, const std::string& peer,
+                                             Side side, double idle_ms) {
+    auto found = closes.by_peer.find(peer);
+    if (found == closes.by_peer.end()) {
+        if (closes.by_peer.size() == kMaxPeersPerSeries) return;
+        found = closes.by_peer.emplace(peer, IdleTimerCloses{}).first;
     }
     if (side == kLocal) {
         found->second.count_local(idle_ms);
     } else {
         found->second.count_peer();
     }
-    series.peers_changed = true;
 }
 
-void RecordingMetrics::refresh(uint64_t lost_events) {
+void RecordingMetrics::refresh(uint64_t lost_events, std::chrono::steady_clock::time_point now) {
     if (lost_events > lost_events_counted_) {
         lost_events_.Increment(static_cast<double>(lost_events - lost_events_counted_));
         lost_events_counted_ = lost_events;
     }
+    if (!generation_start_) generation_start_ = now;
+    const bool new_generation = now - *generation_start_ >= kGeneration;
+    if (new_generation) generation_start_ = now;
     for (auto& [labels, series] : series_) {
-        for (const Side side : {kLocal, kPeer}) {
-            if (!series.idle_changed[side]) continue;
-            series.idle_changed[side] = false;
-            const auto cluster = series.idle_ms[side].densest_cluster();
-            idle_timeout_.Add(with(labels, "side", kSideNames[side])).Set(cluster->max_ms / 1000);
+        if (new_generation) {
+            series.generations[1] = std::move(series.generations[0]);
+            series.generations[0] = {};
+            series.closes_changed = true;
         }
-        if (series.peers_changed) {
-            series.peers_changed = false;
-            const auto outlasting = std::ranges::count_if(
-                series.idle_timers_by_peer,
-                [](const auto& peer_timers) { return peer_timers.second.outlasting(); });
-            outlasting_peers_.Add(labels).Set(static_cast<double>(outlasting));
-        }
+        if (!series.closes_changed) continue;
+        series.closes_changed = false;
+        publish_gauges(series);
     }
+}
+
+// A gauge set from the closes of both generations, or removed where they hold none.
+void RecordingMetrics::publish_gauges(Series& series) {
+    const auto& [current, previous] = series.generations;
+    const auto publish = [](prometheus::Family<prometheus::Gauge>& family,
+                            prometheus::Gauge*& gauge, const prometheus::Labels& labels,
+                            std::optional<double> value) {
+        if (value) {
+            if (!gauge) gauge = &family.Add(labels);
+            gauge->Set(*value);
+        } else if (gauge) {
+            family.Remove(gauge);
+            gauge = nullptr;
+        }
+    };
+    for (const Side side : {kLocal, kPeer}) {
+        IdleHistogram idle_ms = previous.idle_ms[side];
+        idle_ms.add(current.idle_ms[side]);
+        const auto cluster = idle_ms.densest_cluster();
+        publish(idle_timeout_, series.idle_timeout[side],
+                with(series.labels, "side", kSideNames[side]),
+                cluster ? std::optional(cluster->max_ms / 1000) : std::nullopt);
+    }
+    std::unordered_map<std::string, IdleTimerCloses> by_peer = previous.by_peer;
+    for (const auto& [peer, closes] : current.by_peer) by_peer[peer] += closes;
+    const auto outlasting = std::ranges::count_if(
+        by_peer, [](const auto& peer_closes) { return peer_closes.second.outlasting(); });
+    publish(outlasting_peers_, series.outlasting_peers, series.labels,
+            by_peer.empty() ? std::nullopt : std::optional(static_cast<double>(outlasting)));
 }
 
 void RecordingMetrics::serve(const std::string& address) {

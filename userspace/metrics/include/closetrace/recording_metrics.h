@@ -7,9 +7,11 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -45,10 +47,15 @@ public:
 
     // Counts a connection as the recorder writes it.
     void add(const Connection& conn);
-    // Once per loop of the recorder: the kernel's lost events so far, and the idle timeouts of
-    // the sides whose idle-timer closes changed since (a timeout is the densest cluster of all
-    // their idle times, too costly to find again at every close of a busy host).
-    void refresh(uint64_t lost_events);
+    // Once per loop of the recorder: the kernel's lost events so far, and the idle timeouts and
+    // outlasting peers of the series whose idle-timer closes changed since, or aged out by `now`
+    // (a timeout is the densest cluster of their idle times, too costly to find again at every
+    // close of a busy host).
+    void refresh(uint64_t lost_events, std::chrono::steady_clock::time_point now);
+
+    // The gauges show the idle-timer closes of the last hour at most: this generation's and the
+    // one before, each half an hour. A timeout fixed, or a container gone, stops showing.
+    static constexpr std::chrono::minutes kGeneration{30};
 
     // Serves the metrics at http://ADDRESS/metrics ("127.0.0.1:9478", "0.0.0.0:9478") until
     // destroyed; throws MetricsError when ADDRESS is malformed or cannot be listened on.
@@ -60,6 +67,13 @@ public:
 private:
     enum Side { kLocal, kPeer };
     static constexpr std::array<const char*, 2> kSideNames{"local", "peer"};
+
+    // Idle-timer closes of one generation, by the side that closed: their idle times, and the
+    // server side's by peer address (the addresses stay in here, never in a label).
+    struct IdleTimerGeneration {
+        std::array<IdleHistogram, 2> idle_ms;
+        std::unordered_map<std::string, IdleTimerCloses> by_peer;
+    };
 
     // One set of labels' series (those that need a further label made at their first use), and
     // the idle times behind its timeouts: a connection's count is a few increments.
@@ -73,22 +87,22 @@ private:
         std::array<prometheus::Counter*, 2> races{};
         std::array<prometheus::Counter*, 2> inflight_losses{};
         std::array<prometheus::Histogram*, 2> idle_seconds{};
-        std::array<IdleHistogram, 2> idle_ms;
-        std::array<bool, 2> idle_changed{};
-        // Server side: each peer address's idle-timer closes, to count the peers that outlast
-        // this host; the addresses stay in here, never in a label.
-        std::unordered_map<std::string, IdleTimerCloses> idle_timers_by_peer;
-        bool peers_changed = false;
+        // The gauges' closes: generations[0] this generation's, [1] the one before.
+        std::array<IdleTimerGeneration, 2> generations;
+        bool closes_changed = false;
+        std::array<prometheus::Gauge*, 2> idle_timeout{};
+        prometheus::Gauge* outlasting_peers = nullptr;
         prometheus::Labels labels;
     };
-    // Peer addresses kept per series: a server's balancer nodes and clients. Beyond it, new
-    // addresses are not counted (a few hundred KiB at most).
+    // Peer addresses kept per generation of a series: a server's balancer nodes and clients.
+    // Beyond it, new addresses are not counted (a few hundred KiB at most).
     static constexpr std::size_t kMaxPeersPerSeries = 4096;
 
     Series& series_of(const Connection& conn);
     void count_idle_close(Series& series, const Connection& conn);
-    static void count_peer_idle_close(Series& series, const std::string& peer, Side side,
-                                      double idle_ms);
+    static void count_peer_idle_close(IdleTimerGeneration& closes, const std::string& peer,
+                                      Side side, double idle_ms);
+    void publish_gauges(Series& series);
 
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>& closes_;
@@ -102,6 +116,7 @@ private:
     prometheus::Family<prometheus::Gauge>& outlasting_peers_;
     prometheus::Counter& lost_events_;
     uint64_t lost_events_counted_ = 0;
+    std::optional<std::chrono::steady_clock::time_point> generation_start_;  // at the first refresh
     std::map<prometheus::Labels, Series> series_;
     std::unique_ptr<prometheus::Exposer> exposer_;
 };
