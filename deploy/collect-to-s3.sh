@@ -12,7 +12,9 @@
 # trace closed without its summary (a recorder that died) is copied too: it is readable. What
 # was copied where is remembered in TRACE_DIR/.collected-to-s3, so that each file goes once to a
 # destination however often this runs; a file compressed since it was copied is the same file.
-# Exits 0 when there is nothing new to copy.
+# Each file is read through one descriptor opened once, so that retention or compression by the
+# recorder meanwhile cannot change what is copied. Runs on one directory wait for each other.
+# Exits 0 when there is nothing new to copy, also where no recorder has made TRACE_DIR yet.
 set -euo pipefail
 
 usage="usage: collect-to-s3.sh s3://BUCKET/PREFIX [TRACE_DIR]"
@@ -22,8 +24,12 @@ if [[ $destination != s3://?* ]]; then
   echo "collect-to-s3.sh: the destination must be an s3:// URL; $usage" >&2
   exit 2
 fi
+if [[ ! -e $trace_dir ]]; then
+  echo "collect-to-s3.sh: no $trace_dir yet (no recorder has written there): nothing to copy"
+  exit 0
+fi
 if [[ ! -d $trace_dir ]]; then
-  echo "collect-to-s3.sh: no directory $trace_dir; give the directory closetrace record writes to" >&2
+  echo "collect-to-s3.sh: $trace_dir is not a directory; give the directory closetrace record writes to" >&2
   exit 2
 fi
 destination=${destination%/}
@@ -31,6 +37,10 @@ destination=${destination%/}
 host=$(hostname)
 collected="$trace_dir/.collected-to-s3"
 touch "$collected"
+# One run at a time (cron beside SSM would copy every file twice). Not on $collected, which is
+# replaced below, nor on the directory, which a rotating recorder holds.
+exec {run_lock}>>"$trace_dir/.collect-to-s3.lock"
+flock "$run_lock"
 
 # Is the file (by its name without .gz) recorded as copied to this destination?
 already_copied() {
@@ -42,20 +52,39 @@ copied=0
 for trace in "$trace_dir"/closetrace-*.jsonl "$trace_dir"/closetrace-*.jsonl.gz; do
   name=$(basename "$trace")
   name=${name%.gz}
-  if [[ $name == *.live.jsonl ]] || already_copied "$name"; then
+  if already_copied "$name"; then
     continue
   fi
-  if [[ $trace == *.jsonl ]] && ! flock --nonblock "$trace" true; then
+  if [[ $name == *.live.jsonl ]]; then
+    # A rotating recorder holds the directory's lock while it writes its live file.
+    if flock --nonblock "$trace_dir" true; then
+      echo "collect-to-s3.sh: skipping $trace: its recorder is not running; the next one started" \
+        "on $trace_dir closes it, and a later run copies it" >&2
+    fi
+    continue
+  fi
+  # Opened once: gone since listed (retention, or compressed into its .gz) is nothing to copy.
+  if ! exec {file}<"$trace"; then
+    continue
+  fi 2>/dev/null
+  if [[ $trace == *.jsonl ]] && ! flock --nonblock "$file"; then
     echo "collect-to-s3.sh: skipping $trace: still being recorded" >&2
+    exec {file}<&-
+    continue
+  fi
+  if [[ ! -s /dev/fd/$file ]]; then
+    echo "collect-to-s3.sh: skipping $trace: empty" >&2
+    exec {file}<&-
     continue
   fi
   key="$destination/$host/$name.gz"
   # JSON Lines compress about tenfold; closetrace reads .jsonl.gz as it is.
   if [[ $trace == *.gz ]]; then
-    aws s3 cp - "$key" --content-type application/gzip < "$trace"
+    aws s3 cp - "$key" --content-type application/gzip <&"$file"
   else
-    gzip -c "$trace" | aws s3 cp - "$key" --content-type application/gzip
+    gzip -c <&"$file" | aws s3 cp - "$key" --content-type application/gzip
   fi
+  exec {file}<&-
   echo "$destination $name" >> "$collected"
   echo "collect-to-s3.sh: $trace -> $key"
   copied=$((copied + 1))

@@ -345,7 +345,9 @@ class CollectToS3Test(unittest.TestCase):
         bin_dir = self.work / "bin"
         bin_dir.mkdir()
         stub = bin_dir / "aws"
+        # With AWS_STUB_DELETE, it deletes that file first (retention while a copy runs).
         stub.write_text('#!/bin/sh\nn=$(ls "$AWS_STUB_LOG" | grep -c args)\n'
+                        'if [ -n "$AWS_STUB_DELETE" ]; then rm -f "$AWS_STUB_DELETE"; fi\n'
                         'printf "%s\\n" "$@" > "$AWS_STUB_LOG/$n.args"\n'
                         'cat > "$AWS_STUB_LOG/$n.body"\n')
         stub.chmod(0o755)
@@ -438,12 +440,47 @@ class CollectToS3Test(unittest.TestCase):
         self.assertIn("0 trace(s) copied", result.stdout)
         self.assertEqual(list(self.calls.iterdir()), [])
 
+    def test_a_file_deleted_while_another_is_copied_is_not_copied(self):
+        stem = "closetrace-20261125T0102{:02}-{:06}.jsonl"
+        first, second = (self.traces / stem.format(3, 1)), (self.traces / stem.format(4, 2))
+        first.write_text(WHOLE_TRACE)
+        second.write_text(WHOLE_TRACE)
+        self.environment["AWS_STUB_DELETE"] = str(second)
+        result = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(list(self.uploads().values()), [WHOLE_TRACE])
+        self.assertFalse(second.exists(), "an empty file was left in its place")
+
+    def test_skips_empty_files_and_names_a_dead_recorders_live_file(self):
+        (self.traces / "closetrace-20261125T010203.jsonl").write_text("")
+        live = self.traces / "closetrace-20261125T010204-000002.live.jsonl"
+        live.write_text('{"type":"header"}\n')
+        result = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("empty", result.stderr)
+        self.assertIn(f"skipping {live}: its recorder is not running", result.stderr)
+        self.assertEqual(self.uploads(), {})
+        # While a recorder holds the directory, its live file is no news.
+        directory = os.open(self.traces, os.O_RDONLY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            held = self.run_script("s3://bucket/prefix", str(self.traces))
+        finally:
+            os.close(directory)
+        self.assertNotIn("not running", held.stderr)
+
     def test_refuses_bad_arguments_without_calling_aws(self):
         self.assertNotEqual(self.run_script().returncode, 0)
         self.assertEqual(self.run_script("/tmp/not-s3", str(self.traces)).returncode, 2)
+        not_a_directory = self.run_script("s3://bucket/prefix", str(self.SCRIPT))
+        self.assertEqual(not_a_directory.returncode, 2)
+        self.assertIn("not a directory", not_a_directory.stderr)
+        self.assertEqual(list(self.calls.iterdir()), [])
+
+    def test_a_host_with_no_trace_directory_yet_has_nothing_to_copy(self):
         missing = self.run_script("s3://bucket/prefix", str(self.work / "missing"))
-        self.assertEqual(missing.returncode, 2)
-        self.assertIn("no directory", missing.stderr)
+        self.assertEqual(missing.returncode, 0, missing.stderr)
+        self.assertIn("nothing to copy", missing.stdout)
         self.assertEqual(list(self.calls.iterdir()), [])
 
 

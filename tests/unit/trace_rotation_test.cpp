@@ -219,6 +219,34 @@ TEST(TraceRotation, ALiveFileLeftByADeadRecorderIsClosedAndKept) {
               "{\"type\":\"header\"}\n{\"type\":\"co");
 }
 
+// A stray plain file beside a compressed one of its name (an empty file another tool made) is
+// left alone: compressing it would replace the recording.
+TEST(TraceRotation, NeverCompressesOverACompressedFile) {
+    const TempDir dir;
+    RotationPolicy policy;
+    policy.gzip = true;
+    {
+        TraceRotation files(dir.path(), policy);
+        write_trace_file(files, 0, 3);
+    }
+    const fs::path compressed = TraceRotation::closed_files(dir.path()).at(0);
+    const fs::path stray = fs::path(compressed).replace_extension();
+    write_file(stray, "");
+    TraceRotation files(dir.path(), policy);
+    write_trace_file(files, 1, 1);
+    files.wait();
+    const std::vector<std::string> problems = files.take_problems();
+    ASSERT_FALSE(problems.empty());  // at each pass over the closed files, start and close
+    for (const std::string& problem : problems) {
+        EXPECT_NE(problem.find(compressed.filename().string() + " exists already"),
+                  std::string::npos)
+            << problem;
+    }
+    EXPECT_EQ(read_whole(compressed), std::string(R"({"type":"conn"})" "\n").append(
+                                          R"({"type":"conn"})" "\n" R"({"type":"conn"})" "\n"));
+    EXPECT_EQ(fs::file_size(stray), 0u);
+}
+
 TEST(TraceRotation, OneRecorderPerDirectory) {
     const TempDir dir;
     TraceRotation files(dir.path(), {});

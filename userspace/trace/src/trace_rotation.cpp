@@ -224,6 +224,11 @@ void TraceRotation::compress(const fs::path& plain) {
         note_problem(fmt::format("cannot compress {}: {}; it stays uncompressed", plain.string(),
                                  why));
     };
+    // Never over a compressed file of that name: the plain one is then not the recording's own.
+    std::error_code exists_error;
+    if (fs::exists(compressed, exists_error)) {
+        return give_up(fmt::format("{} exists already", compressed.filename().string()));
+    }
     const FileDescriptor in(::open(plain.c_str(), O_RDONLY | O_CLOEXEC));
     if (in.get() < 0) return give_up(std::strerror(errno));
     const int out = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
