@@ -514,5 +514,38 @@ TEST(DiffOfSets, ComparesTheMergedSetsBeforeAndAfter) {
     EXPECT_EQ(diff["before"]["by_host"]["groups"].size(), 2u);
 }
 
+// A host that raced before and is missing after (its upload failed, it was quiet) is no fix.
+TEST(DiffOfSets, JudgesAChangeOnlyOnTheHostsRecordedBothTimes) {
+    std::vector<Connection> racing;
+    std::vector<Connection> calm;
+    for (uint16_t i = 0; i < 3; ++i) {
+        racing.push_back(served(kBootNs + i * 10'000 * kMs, Initiator::Local,
+                                {"10.0.0.1", static_cast<uint16_t>(40000 + i)}, true));
+    }
+    for (uint16_t i = 0; i < 30; ++i) {
+        calm.push_back(served(kBootNs + i * 1000 * kMs, Initiator::Peer,
+                              {"10.0.0.1", static_cast<uint16_t>(41000 + i)}));
+    }
+    const TraceAnalysis after = merged({{header_of("api-2"), calm}});
+    const DiffResult missing =
+        diff_traces(merged({{header_of("api-1"), racing}, {header_of("api-2"), calm}}), after);
+    EXPECT_EQ(missing.conclusion, DiffConclusion::Inconclusive);
+    EXPECT_THAT(missing.explanation,
+                HasSubstr("The later recording holds nothing of host api-1, which the earlier "
+                          "one holds"));
+
+    // An instance replaced by the deploy: judged, and said.
+    const DiffResult replaced = diff_traces(merged({{header_of("api-1"), racing}}), after);
+    EXPECT_EQ(replaced.conclusion, DiffConclusion::Fixed);
+    EXPECT_THAT(replaced.explanation,
+                HasSubstr("Not the same hosts: api-1 only before; api-2 only after."));
+
+    // Both hosts after the change: judged as before.
+    const DiffResult both =
+        diff_traces(merged({{header_of("api-1"), racing}, {header_of("api-2"), calm}}),
+                    merged({{header_of("api-1"), calm}, {header_of("api-2"), calm}}));
+    EXPECT_EQ(both.conclusion, DiffConclusion::Fixed) << both.explanation;
+}
+
 }  // namespace
 }  // namespace closetrace

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <iterator>
 #include <set>
 #include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "closetrace/analysis_text.h"
 #include "closetrace/container_ref.h"
@@ -788,11 +790,11 @@ double TraceAnalysis::duration_s() const {
     return static_cast<double>(last_ns - header.start_ns) / 1e9;
 }
 
-std::size_t TraceAnalysis::host_count() const {
-    if (sources.empty()) return 1;
-    std::set<std::string_view> hosts;
+std::set<std::string> TraceAnalysis::hosts() const {
+    if (sources.empty()) return {header.host};
+    std::set<std::string> hosts;
     for (const TraceSource& source : sources) hosts.insert(source.host);
-    return hosts.size();
+    return hosts;
 }
 
 uint64_t TraceAnalysis::same_host_connections() const {
@@ -1357,7 +1359,28 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     const uint64_t after_idle_closes = after.idle_timer_closes();
     const HostWords before_hosts = host_words(before);
     const HostWords after_hosts = host_words(after);
+    // A change is judged on the hosts recorded both times. Hosts only after are replacements
+    // (instances of a fleet come and go): hosts only before are then no missing data.
+    const std::set<std::string> hosts_before = before.hosts();
+    const std::set<std::string> hosts_after = after.hosts();
+    std::vector<std::string> only_before;
+    std::vector<std::string> only_after;
+    std::ranges::set_difference(hosts_before, hosts_after, std::back_inserter(only_before));
+    std::ranges::set_difference(hosts_after, hosts_before, std::back_inserter(only_after));
+    constexpr std::size_t kHostsNamed = 5;
 
+    if (!only_before.empty() && only_after.empty() && !a.closes_before_peer &&
+        a.upstream_races == 0 && (b.closes_before_peer || b.upstream_races > 0)) {
+        result.conclusion = DiffConclusion::Inconclusive;
+        result.explanation = fmt::format(
+            "The later recording holds nothing of {} {}, which the earlier one holds: the change "
+            "cannot be judged there. Record {} after the change too, or compare only the hosts "
+            "recorded both times.",
+            only_before.size() == 1 ? "host" : "hosts",
+            analysis_text::listed_names(only_before, kHostsNamed),
+            only_before.size() == 1 ? "it" : "them");
+        return result;
+    }
     if (a.closes_before_peer || a.upstream_races > 0) {
         std::vector<std::string> remaining;
         if (a.races > 0) remaining.push_back(count_of(a.races, "close race", "close races"));
@@ -1404,6 +1427,16 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
                 fmt::format(" {} remain: not a keep-alive problem (see the report).",
                             count_of(a.inflight_resets, "in-flight reset", "in-flight resets"));
         }
+    }
+    if (!only_before.empty() || !only_after.empty()) {
+        std::vector<std::string> parts;
+        if (!only_before.empty()) {
+            parts.push_back(analysis_text::listed_names(only_before, kHostsNamed) + " only before");
+        }
+        if (!only_after.empty()) {
+            parts.push_back(analysis_text::listed_names(only_after, kHostsNamed) + " only after");
+        }
+        result.explanation += fmt::format(" Not the same hosts: {}.", fmt::join(parts, "; "));
     }
     return result;
 }

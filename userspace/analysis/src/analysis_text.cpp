@@ -36,14 +36,20 @@ std::string peer_timeout_text(const PeerTimeout& timeout) {
 }
 
 std::string outlasting_names(const OutlastingPeers& peers) {
-    std::string names;
-    for (const std::string& name : peers.named) {
-        names += (names.empty() ? "" : ", ") + printable(name);
-    }
+    std::string names = listed_names(peers.named, peers.named.size());
     if (peers.count > peers.named.size()) {
         names += fmt::format(" and {} more", peers.count - peers.named.size());
     }
     return names;
+}
+
+std::string listed_names(const std::vector<std::string>& names, std::size_t shown) {
+    std::string text;
+    for (std::size_t i = 0; i < names.size() && i < shown; ++i) {
+        text += (text.empty() ? "" : ", ") + printable(names[i]);
+    }
+    if (names.size() > shown) text += fmt::format(" and {} more", names.size() - shown);
+    return text;
 }
 
 std::string outlasting_text(const OutlastingPeers& peers) {

@@ -313,7 +313,8 @@ struct TraceAnalysis {
     // Server side, by either side: what tells who closes first.
     uint64_t idle_timer_closes() const { return local_idle.count() + peer_idle.count(); }
     uint64_t same_host_connections() const;
-    std::size_t host_count() const;  // of the traces merged (1 for a single trace)
+    std::set<std::string> hosts() const;  // the headers' of the traces merged, or the one's
+    std::size_t host_count() const { return hosts().size(); }
 };
 
 // Accumulates a trace's records; analyze_trace() drives it from a reader. The two records of a

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "closetrace/analysis.h"
 #include "closetrace/text.h"
@@ -26,6 +27,8 @@ std::string peer_timeout_text(const PeerTimeout& timeout);
 std::string outlasting_text(const OutlastingPeers& peers);
 // "127.0.0.2", "10.0.1.5, 10.0.2.7, 10.0.3.9 and 2 more".
 std::string outlasting_names(const OutlastingPeers& peers);
+// The first `shown` of `names` (printable), and how many more: "ip-a, ip-b and 3 more".
+std::string listed_names(const std::vector<std::string>& names, std::size_t shown);
 // "client on this host: python3 (pid 3762)": the other process of a same-host connection.
 std::string client_end_text(const ClientEnd& client);
 // What the idle timeouts leave out, by cause, and the health checkers' connections.
