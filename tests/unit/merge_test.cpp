@@ -343,6 +343,12 @@ TEST(TraceFiles, RefusesAFileNamedTwice) {
     }
 }
 
+// The wall-clock span of a file of `header` that recorded for `seconds`.
+RecordingSpan span_of(const TraceHeader& header, int64_t seconds) {
+    return {&header, static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns +
+                         seconds * 1000 * static_cast<int64_t>(kMs)};
+}
+
 // A copy of a trace (the .gz beside the plain file) is the same recording under another name:
 // its connections would count twice too. A rotated recording's files each start anew.
 TEST(TraceFiles, RefusesARecordingReadTwice) {
@@ -350,17 +356,49 @@ TEST(TraceFiles, RefusesARecordingReadTwice) {
     TraceHeader next_file = api;
     next_file.start_ns += 3600 * 1000 * kMs;
     const TraceHeader other_host = header_of("api-2");
-    EXPECT_NO_THROW(
-        refuse_a_recording_read_twice({"a", "b", "c"}, {&api, &next_file, &other_host}));
+    EXPECT_NO_THROW(refuse_a_recording_read_twice(
+        {"a", "b", "c"}, {span_of(api, 3600), span_of(next_file, 60), span_of(other_host, 60)}));
     try {
         refuse_a_recording_read_twice({"t.jsonl", "u.jsonl", "t.jsonl.gz"},
-                                      {&api, &other_host, &api});
+                                      {span_of(api, 60), span_of(other_host, 60), span_of(api, 60)});
         FAIL() << "a copy of a trace was accepted";
     } catch (const TraceArgumentError& error) {
         EXPECT_THAT(error.what(), StartsWith("t.jsonl and t.jsonl.gz hold the same recording "
                                              "(host api-1, from "));
         EXPECT_THAT(error.what(), HasSubstr("; give each trace once"));
     }
+}
+
+// A recording started by hand beside a host's daemon, into the same directory: the sockets both
+// recorded would count twice. Other ports, or another namespace, are other sockets.
+TEST(TraceFiles, RefusesTwoRecordingsOfAHostAtTheSameTime) {
+    const TraceHeader daemon = header_of("api-1");
+    TraceHeader by_hand = daemon;
+    by_hand.start_ns += 600 * 1000 * kMs;
+    by_hand.mono_to_wall_ns += 3;  // its own estimate of the wall clock
+    try {
+        refuse_a_recording_read_twice({"daemon.jsonl", "by-hand.jsonl"},
+                                      {span_of(daemon, 3600), span_of(by_hand, 60)});
+        FAIL() << "two recordings at the same time were accepted";
+    } catch (const TraceArgumentError& error) {
+        EXPECT_THAT(error.what(), StartsWith("daemon.jsonl and by-hand.jsonl are two recordings "
+                                             "of host api-1 at the same time"));
+    }
+    TraceHeader other_port = by_hand;
+    TraceHeader daemon_port = daemon;
+    daemon_port.filters.ports = {8080};
+    other_port.filters.ports = {9090};
+    EXPECT_NO_THROW(refuse_a_recording_read_twice(
+        {"a", "b"}, {span_of(daemon_port, 3600), span_of(other_port, 60)}));
+    TraceHeader other_netns = by_hand;
+    TraceHeader daemon_netns = daemon;
+    daemon_netns.filters.netns = 4026531840;
+    other_netns.filters.netns = 4026532001;
+    EXPECT_NO_THROW(refuse_a_recording_read_twice(
+        {"a", "b"}, {span_of(daemon_netns, 3600), span_of(other_netns, 60)}));
+    // One after the other (a recorder restarted): fine.
+    EXPECT_NO_THROW(refuse_a_recording_read_twice({"a", "b"},
+                                                  {span_of(daemon, 600), span_of(by_hand, 60)}));
 }
 
 TEST(TraceFiles, ReadsOneFileAndSaysWhatWasWrongWithItAsAWhole) {

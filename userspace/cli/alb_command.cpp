@@ -77,7 +77,9 @@ TraceFacts load_traces(const std::vector<std::string>& arguments) {
         parts.push_back(std::move(trace.result));
     }
     try {
-        refuse_a_recording_read_twice(paths, parts);
+        std::vector<RecordingSpan> spans;
+        for (const TraceFacts& part : parts) spans.push_back({&part.header, part.end_wall_ns});
+        refuse_a_recording_read_twice(paths, spans);
     } catch (const TraceArgumentError& error) {
         fail(error.what());
     }

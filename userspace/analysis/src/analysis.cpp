@@ -790,6 +790,12 @@ double TraceAnalysis::duration_s() const {
     return static_cast<double>(last_ns - header.start_ns) / 1e9;
 }
 
+int64_t TraceAnalysis::end_wall_ns() const {
+    const uint64_t end_ns =
+        summary && summary->end_ns ? summary->end_ns : std::max(last_ns, header.start_ns);
+    return static_cast<int64_t>(end_ns) + header.mono_to_wall_ns;
+}
+
 std::set<std::string> TraceAnalysis::hosts() const {
     if (sources.empty()) return {header.host};
     std::set<std::string> hosts;

@@ -73,7 +73,9 @@ TraceAnalysis load_all(const std::vector<std::string>& paths) {
         parts[index] = load(paths[index], analyze_trace_part);
     });
     try {
-        refuse_a_recording_read_twice(paths, parts);
+        std::vector<RecordingSpan> spans;
+        for (const TraceAnalysis& part : parts) spans.push_back({&part.header, part.end_wall_ns()});
+        refuse_a_recording_read_twice(paths, spans);
     } catch (const TraceArgumentError& error) {
         throw UnusableInput{error.what()};
     }

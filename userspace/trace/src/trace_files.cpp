@@ -49,17 +49,64 @@ void refuse_a_file_named_twice(const std::vector<std::string>& files) {
 
 }  // namespace
 
+namespace {
+
+// Could two recordings' filters select one socket? Not where a filter given to both tells them
+// apart (other ports, another namespace, container, process or cgroup).
+bool may_share_sockets(const TraceFilters& a, const TraceFilters& b) {
+    const auto differ = [](const auto& x, const auto& y) { return x && y && *x != *y; };
+    const bool other_ports = !a.ports.empty() && !b.ports.empty() &&
+                             std::ranges::none_of(a.ports, [&](uint16_t port) {
+                                 return std::ranges::find(b.ports, port) != b.ports.end();
+                             });
+    return !other_ports && !differ(a.netns, b.netns) && !differ(a.container, b.container) &&
+           !differ(a.pid, b.pid) && !differ(a.cgroup, b.cgroup);
+}
+
+int64_t start_wall_ns(const TraceHeader& header) {
+    return static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
+}
+
+// Two recorders' estimates of the wall clock differ by far less.
+constexpr int64_t kClockSlackNs = 100'000'000;
+
+}  // namespace
+
 void refuse_a_recording_read_twice(const std::vector<std::string>& files,
-                                   const std::vector<const TraceHeader*>& headers) {
+                                   const std::vector<RecordingSpan>& spans) {
     std::map<std::tuple<std::string_view, uint64_t, int64_t>, std::size_t> seen;
-    for (std::size_t i = 0; i < headers.size(); ++i) {
-        const TraceHeader& header = *headers[i];
+    for (std::size_t i = 0; i < spans.size(); ++i) {
+        const TraceHeader& header = *spans[i].header;
         const auto [it, added] =
             seen.try_emplace({header.host, header.start_ns, header.mono_to_wall_ns}, i);
         if (!added) {
             throw TraceArgumentError(fmt::format(
                 "{} and {} hold the same recording (host {}, from {}); give each trace once",
                 files[it->second], files[i], printable(header.host), printable(header.start_wall)));
+        }
+    }
+    // Each host's files by start, each held against the earlier ones still recording then.
+    std::map<std::string_view, std::vector<std::size_t>> by_host;
+    for (std::size_t i = 0; i < spans.size(); ++i) by_host[spans[i].header->host].push_back(i);
+    for (auto& [host, indexes] : by_host) {
+        std::ranges::stable_sort(
+            indexes, {}, [&](std::size_t i) { return start_wall_ns(*spans[i].header); });
+        std::vector<std::size_t> still_recording;
+        for (const std::size_t later : indexes) {
+            const TraceHeader& header = *spans[later].header;
+            const int64_t start = start_wall_ns(header);
+            std::erase_if(still_recording, [&](std::size_t earlier) {
+                return spans[earlier].end_wall_ns - start <= kClockSlackNs;
+            });
+            for (const std::size_t earlier : still_recording) {
+                if (!may_share_sockets(spans[earlier].header->filters, header.filters)) continue;
+                throw TraceArgumentError(fmt::format(
+                    "{} and {} are two recordings of host {} at the same time (the later from "
+                    "{}): their connections would count twice; give one of them",
+                    files[earlier], files[later], printable(header.host),
+                    printable(header.start_wall)));
+            }
+            still_recording.push_back(later);
         }
     }
 }

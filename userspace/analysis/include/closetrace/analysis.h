@@ -306,6 +306,8 @@ struct TraceAnalysis {
     std::vector<Connection> unpaired_ends;
 
     double duration_s() const;  // the summary's, or from the header's start to last_ns
+    // When a trace read alone ended on the wall clock: its summary's end, or last_ns.
+    int64_t end_wall_ns() const;
     uint64_t with_cause(CloseCause cause) const {
         return causes[static_cast<std::size_t>(cause)];
     }

@@ -58,19 +58,20 @@ auto read_trace_file(const std::string& path, const Read& read) {
 // (standard input) at most once. Throws TraceArgumentError.
 std::vector<std::string> trace_files(const std::vector<std::string>& arguments);
 
+// What a file recorded: its header, and when it ended on the wall clock (the summary's end, or
+// the last time recorded without one).
+struct RecordingSpan {
+    const TraceHeader* header = nullptr;
+    int64_t end_wall_ns = 0;
+};
+
 // Two files holding one recording's file (a copy, or the .gz beside the plain one: the same
-// host, start and clock) would count its connections twice. Throws TraceArgumentError naming
-// the first two; `files[i]` holds the trace whose header is `headers[i]`.
+// host, start and clock), or two recordings of one host that overlap in time and may have
+// recorded the same sockets (a daemon's and one started by hand into the same directory), would
+// count connections twice. Throws TraceArgumentError naming the first two; `files[i]` holds the
+// trace of `spans[i]`. A rotated recording's files follow each other: they never overlap.
 void refuse_a_recording_read_twice(const std::vector<std::string>& files,
-                                   const std::vector<const TraceHeader*>& headers);
-// The same for what each file was read into (`parts[i].header`: the header of `files[i]`).
-template <typename Part>
-void refuse_a_recording_read_twice(const std::vector<std::string>& files,
-                                   const std::vector<Part>& parts) {
-    std::vector<const TraceHeader*> headers;
-    for (const Part& part : parts) headers.push_back(&part.header);
-    refuse_a_recording_read_twice(files, headers);
-}
+                                   const std::vector<RecordingSpan>& spans);
 
 // Calls read(index) once for each index in [0, count), on up to hardware_concurrency() threads;
 // `read` writes its result to a slot of its own. After all have run, rethrows the exception of
