@@ -249,6 +249,15 @@ class RecordCliTest(unittest.TestCase):
             self.assertIn("plain JSON lines", result.stderr)
             self.assertFalse(os.path.exists(path))
 
+    def test_bytes_kept_below_one_file_are_refused(self):
+        with tempfile.TemporaryDirectory() as directory:
+            result = run("record", "--duration", "1", "--quiet", "-o", directory,
+                         "--rotate-size", "8K", "--keep-bytes", "6K")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("each file would be deleted as it closes", result.stderr)
+            self.assertEqual(os.listdir(directory), [])
+
     def test_output_that_cannot_be_written_is_a_failure(self):
         fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mismatch.jsonl")
         for command in (["doctor"], ["report", fixture]):

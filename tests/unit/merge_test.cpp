@@ -438,6 +438,21 @@ TEST(TraceFiles, AFileThatCannotBeOpenedSaysWhy) {
     }
 }
 
+// A directory listed while its recorder rotates: the live file closed (renamed), then
+// compressed, since. Read under its later name.
+TEST(TraceFiles, AFileRotatedSinceItWasListedIsReadUnderItsLaterName) {
+    const TempDir dir;
+    const std::string stem = (dir.path() / "closetrace-20261125T010203-000007").string();
+    const std::string text =
+        trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Peer)});
+    write_gzip(stem + ".jsonl.gz", text);
+    const auto name = [](TraceReader&, const std::string& file) { return file; };
+    EXPECT_EQ(read_trace_file(stem + ".live.jsonl", name).result, stem + ".jsonl.gz");
+    EXPECT_EQ(read_trace_file(stem + ".jsonl", name).result, stem + ".jsonl.gz");
+    write_file(stem + ".jsonl", text);
+    EXPECT_EQ(read_trace_file(stem + ".live.jsonl", name).result, stem + ".jsonl");
+}
+
 // ---------------------------------------------------------------------------------------------
 // report of several traces
 

@@ -159,6 +159,21 @@ TEST(TraceRotation, KeepsTheNewestFilesThatFitInTheBytes) {
     EXPECT_EQ(fs::file_size(closed[1]), 16u);
 }
 
+TEST(TraceRotation, AFileLargerThanTheBytesKeptIsDeletedWithAWarning) {
+    const TempDir dir;
+    RotationPolicy policy;
+    policy.keep_bytes = 100;
+    TraceRotation files(dir.path(), policy);
+    write_trace_file(files, 0, 10);  // 160 bytes
+    files.wait();
+    EXPECT_TRUE(TraceRotation::closed_files(dir.path()).empty());
+    const std::vector<std::string> problems = files.take_problems();
+    ASSERT_EQ(problems.size(), 1u);
+    EXPECT_NE(problems[0].find("as it closed: its 160 bytes exceed --keep-bytes 100"),
+              std::string::npos)
+        << problems[0];
+}
+
 TEST(TraceRotation, NeverDeletesTheLiveFileNorOtherFiles) {
     const TempDir dir;
     write_file(dir.path() / "closetrace-20261125T010203.jsonl", "a single recording\n");

@@ -144,6 +144,14 @@ void check_output_options(const RecordOptions& options) {
              2);
     }
     if (!options.rotates()) return;
+    // Uncompressed, a closed file is about --rotate-size: a smaller --keep-bytes would delete
+    // each file as it closes.
+    if (options.keep_bytes != 0 && options.keep_bytes < options.rotate_size && !options.gzip) {
+        fail(fmt::format("--keep-bytes {} is below --rotate-size {}: each file would be deleted "
+                         "as it closes; give --keep-bytes a few times --rotate-size, or --gzip",
+                         options.keep_bytes, options.rotate_size),
+             2);
+    }
     if (options.output == "-") {
         fail("rotation (--rotate-*, --keep-*, --gzip) writes files: give --output DIR instead of -",
              2);

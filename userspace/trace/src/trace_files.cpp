@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -13,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "closetrace/text.h"
+#include "closetrace/trace_rotation.h"
 
 namespace closetrace {
 
@@ -24,6 +26,17 @@ std::unique_ptr<InputFile> open_trace_file(const std::string& path) {
     try {
         return std::make_unique<InputFile>(path);
     } catch (const std::system_error& error) {
+        // A recorder rotating files in its directory has closed or compressed it since it was
+        // listed: the same trace under its later name.
+        if (error.code().value() == ENOENT) {
+            for (const std::filesystem::path& later : TraceRotation::later_names(path)) {
+                try {
+                    return std::make_unique<InputFile>(later.string());
+                } catch (const std::system_error&) {
+                    // gone from that name too: the next one
+                }
+            }
+        }
         throw TraceOpenError(
             fmt::format("cannot open {}: {}", path, std::strerror(error.code().value())));
     }

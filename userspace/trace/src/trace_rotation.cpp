@@ -199,6 +199,19 @@ std::vector<fs::path> TraceRotation::closed_files(const fs::path& dir) {
     return closed;
 }
 
+std::vector<fs::path> TraceRotation::later_names(const fs::path& file) {
+    const std::optional<TraceFileName> name = parse_name(file.filename().string());
+    if (!name || (name->kind != TraceFileName::Kind::Live &&
+                  name->kind != TraceFileName::Kind::Closed)) {
+        return {};
+    }
+    const fs::path closed = file.parent_path() / (name->stem() + std::string(kClosedSuffix));
+    std::vector<fs::path> later;
+    if (name->kind == TraceFileName::Kind::Live) later.push_back(closed);
+    later.push_back(with_suffix(closed, kCompressedSuffix));
+    return later;
+}
+
 // Compression and deletion take seconds for large files: off the recording loop, which must
 // keep draining the ring buffer.
 void TraceRotation::start_background() {
@@ -274,6 +287,10 @@ void TraceRotation::apply_retention() {
             kept_bytes += size;
         } else if (fs::remove(*file, error); error) {
             note_problem(fmt::format("cannot delete {}: {}", file->string(), error.message()));
+        } else if (kept_files == 0) {
+            note_problem(fmt::format("deleted {} as it closed: its {} bytes exceed --keep-bytes "
+                                     "{}; give a larger --keep-bytes",
+                                     file->string(), size, *policy_.keep_bytes));
         }
     }
 }

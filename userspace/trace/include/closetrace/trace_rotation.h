@@ -61,6 +61,9 @@ public:
     const std::filesystem::path& live_path() const { return live_path_; }
     // The closed files of this naming scheme in `dir`, oldest first.
     static std::vector<std::filesystem::path> closed_files(const std::filesystem::path& dir);
+    // The names a file of this naming scheme takes later, in order: a live file's closed and
+    // compressed names, a closed file's compressed name; none for any other file.
+    static std::vector<std::filesystem::path> later_names(const std::filesystem::path& file);
 
 private:
     void retire_live();
