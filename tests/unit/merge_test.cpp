@@ -534,6 +534,30 @@ TEST(ReportOfSeveralTraces, ADamagedSecondFileIsOneLineNamingIt) {
     EXPECT_EQ(std::ranges::count(output.err, '\n'), 1);
 }
 
+// An empty file (a recorder killed as it opened it) or one cut inside its header holds no
+// recording: left out of a set with a warning, where it failed the whole fleet's report.
+TEST(ReportOfSeveralTraces, AFileHoldingNoRecordingIsLeftOutWithAWarning) {
+    const TempDir dir;
+    const std::string good = (dir.path() / "a.jsonl").string();
+    const std::string empty = (dir.path() / "b.jsonl").string();
+    const std::string cut = (dir.path() / "c.jsonl").string();
+    write_file(good,
+               trace_text(header_of("api-1"), {served(kBootNs + 1000 * kMs, Initiator::Local)}));
+    write_file(empty, "");
+    write_file(cut, header_line(header_of("api-2")).substr(0, 40));
+    const CommandOutput output = run_report({good, empty, cut}, OutputFormat::Json);
+    EXPECT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(nlohmann::json::parse(output.out)["trace"]["connections"], 1);
+    EXPECT_THAT(output.err, HasSubstr("warning: " + empty +
+                                      ": empty file, not a closetrace trace; left out\n"));
+    EXPECT_THAT(output.err, HasSubstr("warning: " + cut + ":1: the file ends inside its header "
+                                      "line"));
+    const CommandOutput none = run_report({empty, cut}, OutputFormat::Text);
+    EXPECT_EQ(none.exit_code, 2);
+    EXPECT_THAT(none.err, HasSubstr("none of the 2 files given holds a recording"));
+    EXPECT_EQ(std::ranges::count(none.err, '\n'), 1);
+}
+
 TEST(ReportOfSeveralTraces, OneTraceGivenAsASetReportsAsItAlwaysDid) {
     const TempDir dir;
     const std::string path = (dir.path() / "a.jsonl").string();

@@ -39,11 +39,12 @@ void warn(const std::string& message) {
     std::fprintf(stderr, "closetrace alb: warning: %s\n", message.c_str());
 }
 
-// `read`: read_trace_facts for a trace read alone, read_trace_facts_part for one of several.
-TraceFileRead<TraceFacts> load_trace(const std::string& path,
-                       TraceFacts (*read)(TraceReader&, std::string) = read_trace_facts) {
+// A trace read alone (read_trace_facts), or one of several (read_trace_facts_part, and a file
+// that holds no recording is then thrown on as NoRecordingError, for load_traces to leave out).
+TraceFileRead<TraceFacts> load_trace(const std::string& path, bool one_of_several = false) {
     try {
-        TraceFileRead<TraceFacts> loaded = read_trace_file(path, read);
+        TraceFileRead<TraceFacts> loaded =
+            read_trace_file(path, one_of_several ? read_trace_facts_part : read_trace_facts);
         if (!loaded.result.has_summary) {
             loaded.result.warnings.push_back(
                 fmt::format("{} has no summary line (recording cut short): its end is the last "
@@ -53,6 +54,9 @@ TraceFileRead<TraceFacts> load_trace(const std::string& path,
         return loaded;
     } catch (const TraceOpenError& error) {
         fail(fmt::format("{}; give a trace file `closetrace record` wrote", error.what()));
+    } catch (const NoRecordingError& error) {
+        if (one_of_several) throw;
+        fail(fmt::format("unusable trace: {}", error.what()));
     } catch (const TraceError& error) {
         fail(fmt::format("unusable trace: {}", error.what()));
     }
@@ -67,19 +71,33 @@ TraceFacts load_traces(const std::vector<std::string>& arguments) {
         fail(error.what());
     }
     std::vector<TraceFileRead<TraceFacts>> loaded(paths.size());
+    std::vector<std::string> no_recording(paths.size());
     read_in_parallel(paths.size(), [&](std::size_t index) {
-        loaded[index] = paths.size() == 1 ? load_trace(paths[index])
-                                          : load_trace(paths[index], read_trace_facts_part);
+        try {
+            loaded[index] = load_trace(paths[index], paths.size() > 1);
+        } catch (const NoRecordingError& error) {
+            no_recording[index] = error.what();
+        }
     });
     std::vector<TraceFacts> parts;
-    for (TraceFileRead<TraceFacts>& trace : loaded) {
-        if (!trace.problem.empty()) warn(trace.problem);
-        parts.push_back(std::move(trace.result));
+    std::vector<std::string> part_paths;
+    for (std::size_t index = 0; index < paths.size(); ++index) {
+        if (!no_recording[index].empty()) {
+            warn(no_recording[index] + "; left out");
+            continue;
+        }
+        if (!loaded[index].problem.empty()) warn(loaded[index].problem);
+        parts.push_back(std::move(loaded[index].result));
+        part_paths.push_back(paths[index]);
+    }
+    if (parts.empty()) {
+        fail(fmt::format("unusable trace: {}; none of the {} files given holds a recording",
+                         no_recording.front(), paths.size()));
     }
     try {
         std::vector<RecordingSpan> spans;
         for (const TraceFacts& part : parts) spans.push_back({&part.header, part.end_wall_ns});
-        refuse_a_recording_read_twice(paths, spans);
+        refuse_a_recording_read_twice(part_paths, spans);
     } catch (const TraceArgumentError& error) {
         fail(error.what());
     }

@@ -49,37 +49,64 @@ std::string trace_error_message(const TraceError& error) {
                        error.what());
 }
 
-// `analyze`: analyze_trace for a trace read alone, analyze_trace_part for one of several.
-TraceAnalysis load(const std::string& path,
-                   TraceAnalysis (*analyze)(TraceReader&, std::string) = analyze_trace) {
+// A trace read alone (analyze_trace), or one of several (analyze_trace_part, and a file that
+// holds no recording is then thrown on as NoRecordingError, for load_all to leave out).
+TraceAnalysis load(const std::string& path, bool one_of_several = false) {
     try {
-        auto [trace, problem] = read_trace_file(path, analyze);
+        auto [trace, problem] =
+            read_trace_file(path, one_of_several ? analyze_trace_part : analyze_trace);
         if (!problem.empty()) trace.warnings.push_back(problem);
         return trace;
     } catch (const TraceOpenError& error) {
         throw UnusableInput{fmt::format("{}; give the trace file `closetrace record --output` wrote",
                                         error.what())};
+    } catch (const NoRecordingError& error) {
+        if (one_of_several) throw;
+        throw UnusableInput{trace_error_message(error)};
     } catch (const TraceError& error) {
         throw UnusableInput{trace_error_message(error)};
     }
 }
 
 // One trace as today; several read in parallel, each with its own reader and analyzer, then
-// merged. The first unusable file in the order given is the error.
+// merged. A file that holds no recording is left out with a warning; otherwise the first
+// unusable file in the order given is the error.
 TraceAnalysis load_all(const std::vector<std::string>& paths) {
     if (paths.size() == 1) return load(paths.front());
-    std::vector<TraceAnalysis> parts(paths.size());
+    std::vector<TraceAnalysis> loaded(paths.size());
+    std::vector<std::string> no_recording(paths.size());
     read_in_parallel(paths.size(), [&](std::size_t index) {
-        parts[index] = load(paths[index], analyze_trace_part);
+        try {
+            loaded[index] = load(paths[index], true);
+        } catch (const NoRecordingError& error) {
+            no_recording[index] = error.what();
+        }
     });
+    std::vector<TraceAnalysis> parts;
+    std::vector<std::string> part_paths;
+    std::vector<std::string> left_out;
+    for (std::size_t index = 0; index < paths.size(); ++index) {
+        if (no_recording[index].empty()) {
+            parts.push_back(std::move(loaded[index]));
+            part_paths.push_back(paths[index]);
+        } else {
+            left_out.push_back(no_recording[index] + "; left out");
+        }
+    }
+    if (parts.empty()) {
+        throw UnusableInput{fmt::format("{}; none of the {} files given holds a recording",
+                                        no_recording.front(), paths.size())};
+    }
     try {
         std::vector<RecordingSpan> spans;
         for (const TraceAnalysis& part : parts) spans.push_back({&part.header, part.end_wall_ns()});
-        refuse_a_recording_read_twice(paths, spans);
+        refuse_a_recording_read_twice(part_paths, spans);
     } catch (const TraceArgumentError& error) {
         throw UnusableInput{error.what()};
     }
-    return merge_traces(std::move(parts));
+    TraceAnalysis merged = merge_traces(std::move(parts));
+    merged.warnings.insert(merged.warnings.begin(), left_out.begin(), left_out.end());
+    return merged;
 }
 
 std::string warnings_text(const char* command, const TraceAnalysis& trace) {

@@ -1795,15 +1795,17 @@ struct TraceReader::Impl {
 
     void read_first_line() {
         const std::optional<LineSource::Line> line = next_line();
-        if (!line) throw TraceError(file_name, 0, "empty file, not a closetrace trace");
+        if (!line) throw NoRecordingError(file_name, 0, "empty file, not a closetrace trace");
         try {
             header = read_header_line(line->text);
         } catch (const JsonError&) {
             // The file ends inside a header (the recording stopped as it began): no trace in it,
             // but no other tool's file either.
             if (!line->terminated && begins_a_header(line->text)) {
-                throw LineError{"the file ends inside its header line (a recording stopped "
-                                "before it had written one line): it holds no connection"};
+                throw NoRecordingError(file_name, line_number,
+                                       "the file ends inside its header line (a recording "
+                                       "stopped before it had written one line): it holds no "
+                                       "connection");
             }
             throw LineError{kNotATrace};
         }

@@ -139,6 +139,13 @@ private:
     uint64_t line_;
 };
 
+// A file that holds no recording at all: empty, or ended inside its header line (a recorder
+// stopped as it began). Among several traces it is left out with a warning: nothing is lost.
+class NoRecordingError : public TraceError {
+public:
+    using TraceError::TraceError;
+};
+
 // A trace `event` line, kept as read (its members are informational for analysis). Members that
 // do not apply to `kind` keep their defaults.
 struct TraceEventLine {
