@@ -501,6 +501,38 @@ TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {
     EXPECT_EQ(report["trace"]["connections"], 2);
 }
 
+// A fleet where one host closes idle connections after 2 s and another after 6 s: the pooled
+// median hides the first; each host's timer is named.
+TEST(ReportOfSeveralTraces, EachHostsIdleTimerIsShown) {
+    const TempDir dir;
+    const auto closes_after = [&](const std::string& host, double idle_ms) {
+        std::vector<Connection> conns;
+        for (uint16_t i = 0; i < 3; ++i) {
+            Connection conn = served(kBootNs + i * 10'000 * kMs, Initiator::Local,
+                                     {"10.0.0.1", static_cast<uint16_t>(40000 + i)});
+            conn.close.idle_ms = idle_ms + i;
+            conns.push_back(conn);
+        }
+        const std::string path = (dir.path() / (host + ".jsonl")).string();
+        write_file(path, trace_text(header_of(host), conns));
+        return path;
+    };
+    const std::string first = closes_after("api-1", 6000);
+    const std::string second = closes_after("api-2", 2000);
+    const CommandOutput text = run_report({first, second}, OutputFormat::Text, {Breakdown::Host});
+    EXPECT_EQ(text.exit_code, 0) << text.err;
+    EXPECT_THAT(text.out, HasSubstr("(median of 6; by host: api-2 2.001 s, api-1 6.001 s)"));
+    EXPECT_THAT(text.out, HasSubstr("gave up  idle timer\n"));
+    EXPECT_THAT(text.out, HasSubstr(" 0     2.002 s\n"));
+    EXPECT_THAT(text.out, HasSubstr("as these hosts close it"));
+    const nlohmann::json report =
+        nlohmann::json::parse(run_report({first, second}, OutputFormat::Json).out);
+    EXPECT_EQ(report["by_host"]["groups"][0]["idle_timer_ms"], 6002.0);
+    EXPECT_EQ(report["by_host"]["groups"][1]["idle_timer_ms"], 2002.0);
+    EXPECT_THAT(run_report({first, second}, OutputFormat::Html).out,
+                HasSubstr("<td class=\"num\">2.002 s</td></tr>"));
+}
+
 TEST(ReportOfSeveralTraces, TheHtmlPageListsTheTracesAndEachHostsFigures) {
     const TempDir dir;
     const std::string first = (dir.path() / "a.jsonl").string();

@@ -791,16 +791,18 @@ void hosts_section(std::string& out, const View& view, const TraceAnalysis& trac
         ".</p>\n<table><tr><th>host</th><th class=\"num\">connections</th><th "
         "class=\"num\">requests</th><th class=\"num\">local idle</th><th class=\"num\">peer "
         "idle</th><th class=\"num\">races</th><th class=\"num\">in-flight</th><th "
-        "class=\"num\">gave up</th></tr>\n";
+        "class=\"num\">gave up</th><th class=\"num\">idle timer</th></tr>\n";
     for (const auto& [host, figures] : trace.by_host) {
         const VerdictCounts& v = figures.verdicts;
+        const std::optional<double> timer_ms = trace.host_idle_timer_ms(host);
         out += fmt::format(
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
             "class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td "
-            "class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+            "class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
             text(host), figures.connections, figures.requests, figures.local_idle_timer_closes,
             figures.peer_idle_timer_closes, v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
-            v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight]);
+            v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight],
+            timer_ms ? duration(*timer_ms) : "-");
     }
     out += "</table>\n</section>\n";
 }

@@ -288,6 +288,11 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
     if (!trace.sources.empty()) {
         report["files"] = sources_json(trace);
         report["by_host"] = groups_json(trace.by_host, "host");
+        for (json& group : report["by_host"]["groups"]) {
+            const std::optional<double> timer_ms =
+                trace.host_idle_timer_ms(group["host"].get<std::string>());
+            group["idle_timer_ms"] = timer_ms ? json(round_us(*timer_ms)) : json(nullptr);
+        }
     }
     return report;
 }
@@ -364,27 +369,40 @@ void caught_section(std::string& out, const char* title, const CaughtList& list,
     }
 }
 
-void group_row(std::string& out, const std::string& name, const GroupFigures& figures) {
+// `timer`: the group's idle timer column, where the section has one.
+void group_row(std::string& out, const std::string& name, const GroupFigures& figures,
+               const std::optional<std::string>& timer) {
     const VerdictCounts& v = figures.verdicts;
-    out += fmt::format("  {:<20} {:>11} {:>9} {:>11} {:>10} {:>6} {:>10} {:>8}\n", name,
+    out += fmt::format("  {:<20} {:>11} {:>9} {:>11} {:>10} {:>6} {:>10} {:>8}", name,
                        figures.connections, figures.requests, figures.local_idle_timer_closes,
                        figures.peer_idle_timer_closes,
                        v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace],
                        v[Verdict::LocalResetInflight], v[Verdict::PeerCloseInflight]);
+    out += timer ? fmt::format(" {:>11}\n", *timer) : "\n";
 }
 
+// `hosts_of` (By host): the trace whose hosts' idle timers make a column.
 void groups_section(std::string& out, const char* title, const char* key_header,
-                    const std::map<std::string, GroupFigures>& groups, const char* unknown_key) {
+                    const std::map<std::string, GroupFigures>& groups, const char* unknown_key,
+                    const TraceAnalysis* hosts_of = nullptr) {
     const RankedGroups ranked = rank(groups);
     out += fmt::format("\n{}\n", title);
-    out += fmt::format("  {:<20} {:>11} {:>9} {:>11} {:>10} {:>6} {:>10} {:>8}\n", key_header,
+    out += fmt::format("  {:<20} {:>11} {:>9} {:>11} {:>10} {:>6} {:>10} {:>8}", key_header,
                        "connections", "requests", "local idle", "peer idle", "races", "in-flight",
                        "gave up");
+    out += hosts_of ? fmt::format(" {:>11}\n", "idle timer") : "\n";
+    const auto timer = [&](const std::string& key) -> std::optional<std::string> {
+        if (!hosts_of) return std::nullopt;
+        const std::optional<double> timer_ms = hosts_of->host_idle_timer_ms(key);
+        return timer_ms ? duration(*timer_ms) : "-";
+    };
     for (const RankedGroup& group : ranked.top) {
-        group_row(out, group.key.empty() ? unknown_key : printable(group.key), group.figures);
+        group_row(out, group.key.empty() ? unknown_key : printable(group.key), group.figures,
+                  timer(group.key));
     }
     if (ranked.omitted_groups > 0) {
-        group_row(out, fmt::format("({} more)", ranked.omitted_groups), ranked.omitted);
+        group_row(out, fmt::format("({} more)", ranked.omitted_groups), ranked.omitted,
+                  hosts_of ? std::optional<std::string>("-") : std::nullopt);
     }
 }
 
@@ -480,7 +498,8 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                                trace.by_container, "-");
                 break;
             case Breakdown::Host:
-                groups_section(out, "By host", "host", trace.by_host, "(unknown)");
+                groups_section(out, "By host", "host", trace.by_host, "(unknown)",
+                               &trace);
                 break;
         }
     }

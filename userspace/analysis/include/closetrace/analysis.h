@@ -269,6 +269,10 @@ struct TraceAnalysis {
     // peer_close_race.
     IdleHistogram local_idle;
     IdleHistogram peer_idle;
+    // local_idle of each host (the trace header's): which hosts of a fleet close early.
+    std::map<std::string, IdleHistogram> local_idle_by_host;
+    // The idle timeout a host's closes show (its densest cluster's longest); nullopt for none.
+    std::optional<double> host_idle_timer_ms(const std::string& host) const;
     // Server side, the longest idle_ms at a close by this host / by the peer with nothing in
     // flight: the bound on how long the other side keeps idle connections.
     std::optional<double> longest_idle_at_local_close_ms;
