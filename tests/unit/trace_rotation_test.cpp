@@ -174,6 +174,27 @@ TEST(TraceRotation, AFileLargerThanTheBytesKeptIsDeletedWithAWarning) {
         << problems[0];
 }
 
+// The clock set back between two recordings: the later files have earlier stamps, and are
+// still the newest kept.
+TEST(TraceRotation, RetentionKeepsTheFilesWrittenLastWhateverTheirStamps) {
+    const TempDir dir;
+    {
+        TraceRotation files(dir.path(), {});
+        write_trace_file(files, 3600, 1);
+        write_trace_file(files, 3601, 1);
+    }
+    RotationPolicy policy;
+    policy.keep_files = 2;
+    TraceRotation files(dir.path(), policy);
+    write_trace_file(files, 0, 1);
+    write_trace_file(files, 1, 1);
+    files.wait();
+    const std::vector<fs::path> closed = TraceRotation::closed_files(dir.path());
+    ASSERT_EQ(closed.size(), 2u);
+    EXPECT_EQ(closed[0].filename().string().substr(11, 15), trace_file_stamp(kUnixNs));
+    EXPECT_EQ(closed[1].filename().string().substr(11, 15), trace_file_stamp(kUnixNs + kSecondNs));
+}
+
 TEST(TraceRotation, NeverDeletesTheLiveFileNorOtherFiles) {
     const TempDir dir;
     write_file(dir.path() / "closetrace-20261125T010203.jsonl", "a single recording\n");

@@ -45,9 +45,10 @@ struct TraceFileName {
     Kind kind = Kind::Closed;
 
     std::string stem() const { return fmt::format("closetrace-{}-{:06}", stamp, index); }
-    // Ordered by the file's start, then its place in its recording.
+    // In the order written: the index counts on across the recordings of a directory, where a
+    // stamp goes back with a clock set back between them.
     bool operator<(const TraceFileName& other) const {
-        return std::tie(stamp, index) < std::tie(other.stamp, other.index);
+        return std::tie(index, stamp) < std::tie(other.index, other.stamp);
     }
 };
 

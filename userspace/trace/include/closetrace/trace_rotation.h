@@ -59,7 +59,7 @@ public:
 
     const std::filesystem::path& directory() const { return dir_; }
     const std::filesystem::path& live_path() const { return live_path_; }
-    // The closed files of this naming scheme in `dir`, oldest first.
+    // The closed files of this naming scheme in `dir`, in the order written (by their number).
     static std::vector<std::filesystem::path> closed_files(const std::filesystem::path& dir);
     // The names a file of this naming scheme takes later, in order: a live file's closed and
     // compressed names, a closed file's compressed name; none for any other file.
