@@ -306,10 +306,11 @@ TEST(TraceFiles, ADirectoryGivesItsTracesInNameOrder) {
     write_file(dir.path() / "api-20261125T020000Z.jsonl", "");
     write_file(dir.path() / "api-20261125T010000Z.jsonl.gz", "");
     write_file(dir.path() / "notes.txt", "");
-    write_file(dir.path() / "sub" / "deeper.jsonl", "");
+    write_file(dir.path() / "sub" / "deeper.jsonl", "");  // a host's, synced from S3
     EXPECT_THAT(trace_files({dir.path().string(), "other.jsonl"}),
                 ElementsAre((dir.path() / "api-20261125T010000Z.jsonl.gz").string(),
-                            (dir.path() / "api-20261125T020000Z.jsonl").string(), "other.jsonl"));
+                            (dir.path() / "api-20261125T020000Z.jsonl").string(),
+                            (dir.path() / "sub" / "deeper.jsonl").string(), "other.jsonl"));
 }
 
 TEST(TraceFiles, RefusesStandardInputTwiceAndADirectoryWithoutTraces) {
@@ -470,6 +471,25 @@ TEST(ReportOfSeveralTraces, TheAdviceNamesTheHostsNotThisHost) {
     EXPECT_THAT(verify.out, Not(HasSubstr("this host")));
     const CommandOutput alone = run_verify({first}, std::nullopt);
     EXPECT_THAT(alone.out, HasSubstr("requests arrived on connections this host had just closed"));
+}
+
+// `verify DIR` of a rotated recording: the report it points at is of the directory, not of
+// every file in it.
+TEST(ReportOfSeveralTraces, VerifyOfManyFilesNamesTheirDirectory) {
+    const TempDir dir;
+    std::vector<std::string> files;
+    for (int hour = 0; hour < 4; ++hour) {
+        TraceHeader header = header_of("api-1");
+        header.start_ns += static_cast<uint64_t>(hour) * 3'600'000 * kMs;
+        files.push_back((dir.path() / ("closetrace-" + std::to_string(hour) + ".jsonl")).string());
+        write_file(files.back(), trace_text(header, {served(header.start_ns + 1000 * kMs,
+                                                            Initiator::Local, {"10.0.0.1", 40000},
+                                                            true)}));
+    }
+    const CommandOutput verify = run_verify(files, std::nullopt);
+    EXPECT_EQ(verify.exit_code, 1) << verify.err;
+    EXPECT_THAT(verify.out, HasSubstr("See `closetrace report " + dir.path().string() +
+                                      "` for the fix."));
 }
 
 TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {

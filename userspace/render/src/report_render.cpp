@@ -2,6 +2,7 @@
 // docs/report-format.md: keep the two in step.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <string_view>
 #include <tuple>
@@ -601,14 +602,27 @@ std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
 
 namespace {
 
-// What `closetrace report` takes to report on the same traces.
+// What `closetrace report` takes to report on the same traces: their files, or beyond a few
+// their directories (`verify DIR` gets `report DIR`, not every file in it).
 std::string report_arguments(const TraceAnalysis& trace) {
     if (trace.sources.empty()) return printable(trace.file);
-    std::string arguments;
+    constexpr std::size_t kFilesNamed = 3;
+    std::vector<std::string> arguments;
     for (const TraceSource& source : trace.sources) {
-        arguments += (arguments.empty() ? "" : " ") + printable(source.file);
+        std::string argument = source.file;
+        if (trace.sources.size() > kFilesNamed) {
+            argument = std::filesystem::path(source.file).parent_path().string();
+            if (argument.empty()) argument = ".";
+        }
+        if (std::ranges::find(arguments, argument) == arguments.end()) {
+            arguments.push_back(std::move(argument));
+        }
     }
-    return arguments;
+    std::string text;
+    for (const std::string& argument : arguments) {
+        text += (text.empty() ? "" : " ") + printable(argument);
+    }
+    return text;
 }
 
 }  // namespace

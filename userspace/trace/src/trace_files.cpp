@@ -136,8 +136,9 @@ std::vector<std::string> trace_files(const std::vector<std::string>& arguments) 
             files.push_back(argument);
             continue;
         }
+        // Its subdirectories too: a fleet's traces synced from S3 lie in one per host.
         std::vector<std::string> traces;
-        for (const auto& entry : std::filesystem::directory_iterator(argument, error)) {
+        for (const auto& entry : std::filesystem::recursive_directory_iterator(argument, error)) {
             const std::string name = entry.path().filename().string();
             if ((name.ends_with(".jsonl") || name.ends_with(".jsonl.gz")) &&
                 !entry.is_directory(error)) {
@@ -150,8 +151,8 @@ std::vector<std::string> trace_files(const std::vector<std::string>& arguments) 
         }
         if (traces.empty()) {
             throw TraceArgumentError(fmt::format(
-                "{} is a directory without trace files (*.jsonl, *.jsonl.gz); give trace files "
-                "or a directory of them",
+                "{} is a directory without trace files (*.jsonl, *.jsonl.gz, in it or below "
+                "it); give trace files or a directory of them",
                 argument));
         }
         std::ranges::sort(traces);

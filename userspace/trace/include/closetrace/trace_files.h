@@ -54,8 +54,8 @@ auto read_trace_file(const std::string& path, const Read& read) {
 }
 
 // The trace files that command-line arguments name: files as given, a directory's *.jsonl and
-// *.jsonl.gz files in name order (the rotated files of a recorder in the order written), "-"
-// (standard input) at most once. Throws TraceArgumentError.
+// *.jsonl.gz files, its subdirectories' too, in path order (the rotated files of a recorder in
+// the order written), "-" (standard input) at most once. Throws TraceArgumentError.
 std::vector<std::string> trace_files(const std::vector<std::string>& arguments);
 
 // What a file recorded: its header, and when it ended on the wall clock (the summary's end, or
