@@ -1003,7 +1003,7 @@ TEST(TraceReading, UnknownAndMisplacedLineTypes) {
     EXPECT_STREQ(read_error(trace_text({header, R"({"kind":"state"})"})).what(),
                  "t.jsonl:2: type: missing");
     EXPECT_STREQ(read_error(trace_text({header, header})).what(),
-                 "t.jsonl:2: a second header (traces concatenated?)");
+                 "t.jsonl:2: a second header: traces concatenated");
     EXPECT_STREQ(read_error(trace_text({header, "[]"})).what(),
                  "t.jsonl:2: expected a JSON object");
     EXPECT_TRUE(std::string_view(
@@ -1015,10 +1015,12 @@ TEST(TraceReading, ALineAfterTheSummaryIsAnError) {
     const std::string header = header_line(sample_header());
     const std::string summary = summary_line(sample_summary());
     const std::string conn = conn_line(sample_connection());
-    EXPECT_STREQ(read_error(trace_text({header, summary, conn, summary})).what(),
-                 "t.jsonl:3: a line after the summary (traces concatenated?)");
+    const TraceError concatenated = read_error(trace_text({header, summary, conn, summary}));
+    EXPECT_STREQ(concatenated.what(), "t.jsonl:3: a line after the summary: traces concatenated");
+    EXPECT_EQ(concatenated.what_to_do(),
+              "give the files themselves (gzip files and directories are read as they are)");
     EXPECT_STREQ(read_error(trace_text({header, summary, summary})).what(),
-                 "t.jsonl:3: a line after the summary (traces concatenated?)");
+                 "t.jsonl:3: a line after the summary: traces concatenated");
     EXPECT_EQ(read_trace(trace_text({header, conn, summary}) + "\n\n").records.size(), 2u);
 }
 

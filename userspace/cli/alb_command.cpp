@@ -58,7 +58,8 @@ TraceFileRead<TraceFacts> load_trace(const std::string& path, bool one_of_severa
         if (one_of_several) throw;
         fail(fmt::format("unusable trace: {}", error.what()));
     } catch (const TraceError& error) {
-        fail(fmt::format("unusable trace: {}", error.what()));
+        fail(fmt::format("unusable trace: {}{}", error.what(),
+                         error.what_to_do().empty() ? "" : "; " + error.what_to_do()));
     }
 }
 

@@ -40,6 +40,7 @@ struct UnusableInput {
 };
 
 std::string trace_error_message(const TraceError& error) {
+    if (!error.what_to_do().empty()) return fmt::format("{}; {}", error.what(), error.what_to_do());
     // The header line decides whether the file is a trace at all.
     if (error.line() <= 1) {
         return fmt::format("{}; give a trace written by `closetrace record` of this version",

@@ -376,8 +376,13 @@ void heads_json(JsonLine& json, std::string_view payload, bool full_target) {
 namespace ondemand = simdjson::ondemand;
 
 // A problem within one line; the reader adds the file name and line number.
+// Several traces in one stream (`zcat DIR/*.gz | closetrace report -`).
+constexpr const char* kGiveTheFiles =
+    "give the files themselves (gzip files and directories are read as they are)";
+
 struct LineError {
     std::string message;
+    std::string what_to_do{};  // where it is not the reader's usual advice
 };
 
 // The line is not valid JSON (simdjson's error); a truncated last line is one.
@@ -1754,9 +1759,11 @@ int write_all(int fd, std::string_view data, std::size_t& written) {
 // ---------------------------------------------------------------------------------------------
 // TraceError, TraceReader
 
-TraceError::TraceError(const std::string& file, uint64_t line, const std::string& what)
+TraceError::TraceError(const std::string& file, uint64_t line, const std::string& what,
+                       std::string what_to_do)
     : std::runtime_error(line > 0 ? fmt::format("{}:{}: {}", file, line, what)
                                   : fmt::format("{}: {}", file, what)),
+      what_to_do_(std::move(what_to_do)),
       file_(file),
       line_(line) {}
 
@@ -1864,7 +1871,9 @@ struct TraceReader::Impl {
     TraceRecord* decode(std::string_view text) {
         ondemand::object fields = root_object(text);
         // The summary is the last line: anything after it is another recording's.
-        if (summary_seen) throw LineError{"a line after the summary (traces concatenated?)"};
+        if (summary_seen) {
+            throw LineError{"a line after the summary: traces concatenated", kGiveTheFiles};
+        }
         const MemberPath type_path{nullptr, "type"};
         ondemand::value type_value = member(fields, type_path);
         const std::optional<std::string_view> type = string_value(type_value);
@@ -1892,7 +1901,7 @@ struct TraceReader::Impl {
             other_record = std::move(summary);
             return &other_record;
         }
-        if (type == "header") throw LineError{"a second header (traces concatenated?)"};
+        if (type == "header") throw LineError{"a second header: traces concatenated", kGiveTheFiles};
         throw LineError{fmt::format("unknown line type \"{}\"", excerpt_for_error(type))};
     }
 
@@ -1916,7 +1925,7 @@ TraceReader::TraceReader(std::istream& in, std::string file_name)
     try {
         impl_->read_first_line();
     } catch (const LineError& error) {
-        throw TraceError(impl_->file_name, impl_->line_number, error.message);
+        throw TraceError(impl_->file_name, impl_->line_number, error.message, error.what_to_do);
     }
 }
 
@@ -1928,7 +1937,7 @@ TraceRecord* TraceReader::next() {
     try {
         return impl_->read_record();
     } catch (const LineError& error) {
-        throw TraceError(impl_->file_name, impl_->line_number, error.message);
+        throw TraceError(impl_->file_name, impl_->line_number, error.message, error.what_to_do);
     }
 }
 

@@ -130,11 +130,15 @@ int write_all(int fd, std::string_view data, std::size_t& written);
 // what() is one line: "trace.jsonl:17: conn.close.how: expected \"fin\", \"rst\" or null".
 class TraceError : public std::runtime_error {
 public:
-    TraceError(const std::string& file, uint64_t line, const std::string& what);
+    TraceError(const std::string& file, uint64_t line, const std::string& what,
+               std::string what_to_do = {});
     const std::string& file() const { return file_; }
     uint64_t line() const { return line_; }
+    // What to do where it is not the usual (another trace, or the line removed); else empty.
+    const std::string& what_to_do() const { return what_to_do_; }
 
 private:
+    std::string what_to_do_;
     std::string file_;
     uint64_t line_;
 };
