@@ -255,7 +255,7 @@ class RecordCliTest(unittest.TestCase):
                          "--rotate-size", "8K", "--keep-bytes", "6K")
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
-            self.assertIn("each file would be deleted as it closes", result.stderr)
+            self.assertIn("files would be deleted as they close", result.stderr)
             self.assertEqual(os.listdir(directory), [])
 
     def test_output_that_cannot_be_written_is_a_failure(self):

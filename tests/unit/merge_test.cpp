@@ -452,6 +452,10 @@ TEST(TraceFiles, AFileRotatedSinceItWasListedIsReadUnderItsLaterName) {
     EXPECT_EQ(read_trace_file(stem + ".jsonl", name).result, stem + ".jsonl.gz");
     write_file(stem + ".jsonl", text);
     EXPECT_EQ(read_trace_file(stem + ".live.jsonl", name).result, stem + ".jsonl");
+    // Deleted under every name (retention): no recording, which a set leaves out.
+    std::filesystem::remove(stem + ".jsonl");
+    std::filesystem::remove(stem + ".jsonl.gz");
+    EXPECT_THROW(read_trace_file(stem + ".live.jsonl", name), NoRecordingError);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +665,14 @@ TEST(DiffOfSets, JudgesAChangeOnlyOnTheHostsRecordedBothTimes) {
     EXPECT_EQ(missing.conclusion, DiffConclusion::Inconclusive);
     EXPECT_THAT(missing.explanation,
                 HasSubstr("The later recording holds nothing of host api-1, which the earlier "
-                          "one holds"));
+                          "one shows something to fix on"));
+
+    // A host missing after the change that had nothing to fix: the others judge the change.
+    const DiffResult calm_missing =
+        diff_traces(merged({{header_of("api-1"), racing}, {header_of("api-2"), calm}}),
+                    merged({{header_of("api-1"), calm}}));
+    EXPECT_EQ(calm_missing.conclusion, DiffConclusion::Fixed) << calm_missing.explanation;
+    EXPECT_THAT(calm_missing.explanation, HasSubstr("Not the same hosts: api-2 only before."));
 
     // An instance replaced by the deploy: judged, and said.
     const DiffResult replaced = diff_traces(merged({{header_of("api-1"), racing}}), after);

@@ -144,11 +144,13 @@ void check_output_options(const RecordOptions& options) {
              2);
     }
     if (!options.rotates()) return;
-    // Uncompressed, a closed file is about --rotate-size: a smaller --keep-bytes would delete
-    // each file as it closes.
-    if (options.keep_bytes != 0 && options.keep_bytes < options.rotate_size && !options.gzip) {
-        fail(fmt::format("--keep-bytes {} is below --rotate-size {}: each file would be deleted "
-                         "as it closes; give --keep-bytes a few times --rotate-size, or --gzip",
+    // Uncompressed, a closed file is --rotate-size and what one poll wrote past it: a
+    // --keep-bytes below twice that would delete files as they close.
+    if (options.keep_bytes != 0 && options.keep_bytes < 2 * options.rotate_size &&
+        !options.gzip) {
+        fail(fmt::format("--keep-bytes {} is below twice --rotate-size {}: files would be "
+                         "deleted as they close; give --keep-bytes at least twice --rotate-size, "
+                         "or --gzip",
                          options.keep_bytes, options.rotate_size),
              2);
     }

@@ -230,12 +230,18 @@ struct HostWords {
     const char* object;   // "this host"
     const char* its;
     const char* possessive;  // "this host's"
+    const char* verb_s;      // a verb's ending after it: "closes", "close"
 };
 
 HostWords host_words(const TraceAnalysis& trace) {
-    if (trace.host_count() > 1) return {"These hosts", "these hosts", "their", "these hosts'"};
-    return {"This host", "this host", "its", "this host's"};
+    if (trace.host_count() > 1) {
+        return {"These hosts", "these hosts", "their", "these hosts'", ""};
+    }
+    return {"This host", "this host", "its", "this host's", "s"};
 }
+
+// Hosts named in a sentence, the rest counted.
+constexpr std::size_t kHostsNamed = 5;
 
 Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
                                        const IdleHistogram& upstream_peer_idle,
@@ -385,7 +391,6 @@ std::string medians_by_host(const TraceAnalysis& trace) {
         medians.emplace_back(*idle.percentile(50), name);
     }
     std::ranges::sort(medians);
-    constexpr std::size_t kHostsNamed = 5;
     std::vector<std::string> named;
     for (const auto& [median, name] : medians) {
         named.push_back(fmt::format("{} {}", name, duration(median)));
@@ -437,8 +442,7 @@ std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
             "{} came sooner than the peer's idle timeout of {}: a request can arrive on a "
             "connection as {} close{} it (a close race, the load balancer's 502).",
             fmt::format("{} of {} idle closes", a.early_idle_closes, host.its),
-            analysis_text::peer_timeout_text(a.peer_timeout), host.object,
-            trace.host_count() > 1 ? "" : "s"));
+            analysis_text::peer_timeout_text(a.peer_timeout), host.object, host.verb_s));
     }
     if (a.upstream_races > 0) {
         sentences.push_back(fmt::format(
@@ -1132,6 +1136,18 @@ PeerTimeout resolve_peer_timeout(const std::vector<const TraceAnalysis*>& traces
 
 namespace {
 
+// A race, or an idle close sooner than the peer's timeout, on `host` in `trace`.
+bool had_something_to_fix(const TraceAnalysis& trace, const std::string& host,
+                          const PeerTimeout& peer_timeout) {
+    const auto figures = trace.by_host.find(host);
+    if (figures != trace.by_host.end()) {
+        const VerdictCounts& v = figures->second.verdicts;
+        if (v[Verdict::LocalCloseRace] + v[Verdict::PeerCloseRace] > 0) return true;
+    }
+    const auto idle = trace.local_idle_by_host.find(host);
+    return idle != trace.local_idle_by_host.end() && idle->second.count_below(peer_timeout.ms) > 0;
+}
+
 using FixText = std::string (*)(const std::string& comm, uint64_t value_s);
 
 // What one server calls its idle timeouts: the HTTP/1 keep-alive timeout, and the HTTP/2 idle
@@ -1395,25 +1411,27 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     const HostWords before_hosts = host_words(before);
     const HostWords after_hosts = host_words(after);
     // A change is judged on the hosts recorded both times. Hosts only after are replacements
-    // (instances of a fleet come and go): hosts only before are then no missing data.
+    // (instances of a fleet come and go); beyond them, a host missing after the change that had
+    // something to fix before (a race, an early idle close) is data missing.
     const std::set<std::string> hosts_before = before.hosts();
     const std::set<std::string> hosts_after = after.hosts();
     std::vector<std::string> only_before;
     std::vector<std::string> only_after;
     std::ranges::set_difference(hosts_before, hosts_after, std::back_inserter(only_before));
     std::ranges::set_difference(hosts_after, hosts_before, std::back_inserter(only_after));
-    constexpr std::size_t kHostsNamed = 5;
+    std::vector<std::string> missing;
+    std::ranges::copy_if(only_before, std::back_inserter(missing), [&](const std::string& host) {
+        return had_something_to_fix(before, host, result.peer_timeout);
+    });
 
-    if (!only_before.empty() && only_after.empty() && !a.closes_before_peer &&
-        a.upstream_races == 0 && (b.closes_before_peer || b.upstream_races > 0)) {
+    if (missing.size() > only_after.size() && !a.closes_before_peer && a.upstream_races == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = fmt::format(
-            "The later recording holds nothing of {} {}, which the earlier one holds: the change "
-            "cannot be judged there. Record {} after the change too, or compare only the hosts "
-            "recorded both times.",
-            only_before.size() == 1 ? "host" : "hosts",
-            analysis_text::listed_names(only_before, kHostsNamed),
-            only_before.size() == 1 ? "it" : "them");
+            "The later recording holds nothing of {} {}, which the earlier one shows something "
+            "to fix on: the change cannot be judged there. Record {} after the change too, or "
+            "compare only the hosts recorded both times.",
+            missing.size() == 1 ? "host" : "hosts",
+            analysis_text::listed_names(missing, kHostsNamed), missing.size() == 1 ? "it" : "them");
         return result;
     }
     if (a.closes_before_peer || a.upstream_races > 0) {
@@ -1435,7 +1453,7 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
         result.conclusion = DiffConclusion::NotFixed;
         result.explanation =
             fmt::format("After the change {} still close{} first: {}.", after_hosts.object,
-                        after.host_count() > 1 ? "" : "s", joined);
+                        after_hosts.verb_s, joined);
     } else if (after.requests < kMinRequestsToConclude || after_idle_closes == 0) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = "The later recording has " + too_little_to_tell(after, result.peer_timeout);

@@ -184,7 +184,9 @@ json caught_list_json(const CaughtList& list, bool name_hosts) {
             {"longest_unanswered_ms", optional_ms(list.longest_unanswered_ms)}};
 }
 
-json groups_json(const std::map<std::string, GroupFigures>& groups, const char* key_name) {
+// `hosts_of` (by_host): the trace whose hosts' idle timers each group also gets.
+json groups_json(const std::map<std::string, GroupFigures>& groups, const char* key_name,
+                 const TraceAnalysis* hosts_of = nullptr) {
     const RankedGroups ranked = rank(groups);
     json listed = json::array();
     for (const RankedGroup& group : ranked.top) {
@@ -194,6 +196,10 @@ json groups_json(const std::map<std::string, GroupFigures>& groups, const char* 
                           {"connections", group.figures.connections},
                           {"requests", group.figures.requests},
                           {"verdicts", verdicts_json(group.figures.verdicts)}});
+        if (hosts_of) {
+            const std::optional<double> timer_ms = hosts_of->host_idle_timer_ms(group.key);
+            listed.back()["idle_timer_ms"] = timer_ms ? json(round_us(*timer_ms)) : json(nullptr);
+        }
     }
     return {{"groups", listed},
             {"omitted",
@@ -288,12 +294,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
     };
     if (!trace.sources.empty()) {
         report["files"] = sources_json(trace);
-        report["by_host"] = groups_json(trace.by_host, "host");
-        for (json& group : report["by_host"]["groups"]) {
-            const std::optional<double> timer_ms =
-                trace.host_idle_timer_ms(group["host"].get<std::string>());
-            group["idle_timer_ms"] = timer_ms ? json(round_us(*timer_ms)) : json(nullptr);
-        }
+        report["by_host"] = groups_json(trace.by_host, "host", &trace);
     }
     return report;
 }

@@ -27,15 +27,20 @@ std::unique_ptr<InputFile> open_trace_file(const std::string& path) {
         return std::make_unique<InputFile>(path);
     } catch (const std::system_error& error) {
         // A recorder rotating files in its directory has closed or compressed it since it was
-        // listed: the same trace under its later name.
-        if (error.code().value() == ENOENT) {
-            for (const std::filesystem::path& later : TraceRotation::later_names(path)) {
+        // listed: the same trace under its later name. Under none, its retention deleted it.
+        const std::vector<std::filesystem::path> later_names = TraceRotation::later_names(path);
+        if (error.code().value() == ENOENT && !later_names.empty()) {
+            for (const std::filesystem::path& later : later_names) {
                 try {
                     return std::make_unique<InputFile>(later.string());
                 } catch (const std::system_error&) {
                     // gone from that name too: the next one
                 }
             }
+            throw NoRecordingError(path, 0,
+                                   "no such file (deleted since it was listed: the retention of "
+                                   "the recorder writing there?)",
+                                   "give the files that remain");
         }
         throw TraceOpenError(
             fmt::format("cannot open {}: {}", path, std::strerror(error.code().value())));
@@ -138,11 +143,14 @@ std::vector<std::string> trace_files(const std::vector<std::string>& arguments) 
         }
         // Its subdirectories too: a fleet's traces synced from S3 lie in one per host.
         std::vector<std::string> traces;
-        for (const auto& entry : std::filesystem::recursive_directory_iterator(argument, error)) {
-            const std::string name = entry.path().filename().string();
+        std::filesystem::recursive_directory_iterator entry(argument, error);
+        for (; !error && entry != std::filesystem::recursive_directory_iterator();
+             entry.increment(error)) {
+            const std::string name = entry->path().filename().string();
+            std::error_code type_error;
             if ((name.ends_with(".jsonl") || name.ends_with(".jsonl.gz")) &&
-                !entry.is_directory(error)) {
-                traces.push_back(entry.path().string());
+                !entry->is_directory(type_error)) {
+                traces.push_back(entry->path().string());
             }
         }
         if (error) {

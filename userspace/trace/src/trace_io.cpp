@@ -375,11 +375,11 @@ void heads_json(JsonLine& json, std::string_view payload, bool full_target) {
 
 namespace ondemand = simdjson::ondemand;
 
-// A problem within one line; the reader adds the file name and line number.
 // Several traces in one stream (`zcat DIR/*.gz | closetrace report -`).
 constexpr const char* kGiveTheFiles =
     "give the files themselves (gzip files and directories are read as they are)";
 
+// A problem within one line; the reader adds the file name and line number.
 struct LineError {
     std::string message;
     std::string what_to_do{};  // where it is not the reader's usual advice
@@ -1901,7 +1901,9 @@ struct TraceReader::Impl {
             other_record = std::move(summary);
             return &other_record;
         }
-        if (type == "header") throw LineError{"a second header: traces concatenated", kGiveTheFiles};
+        if (type == "header") {
+            throw LineError{"a second header: traces concatenated", kGiveTheFiles};
+        }
         throw LineError{fmt::format("unknown line type \"{}\"", excerpt_for_error(type))};
     }
 

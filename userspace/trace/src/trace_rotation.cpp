@@ -238,10 +238,13 @@ void TraceRotation::compress(const fs::path& plain) {
         note_problem(fmt::format("cannot compress {}: {}; it stays uncompressed", plain.string(),
                                  why));
     };
-    // Never over a compressed file of that name: the plain one is then not the recording's own.
-    std::error_code exists_error;
-    if (fs::exists(compressed, exists_error)) {
-        return give_up(fmt::format("{} exists already", compressed.filename().string()));
+    // An empty file beside the compressed one of its name is no recording (another tool made it,
+    // as collect-to-s3.sh once did): compressed, it would replace the recording. A whole one
+    // there is this recording's, left by a crash between the rename below and the removal.
+    std::error_code status_error;
+    if (fs::exists(compressed, status_error) && fs::file_size(plain, status_error) == 0) {
+        fs::remove(plain, status_error);
+        return;
     }
     const FileDescriptor in(::open(plain.c_str(), O_RDONLY | O_CLOEXEC));
     if (in.get() < 0) return give_up(std::strerror(errno));
