@@ -360,8 +360,9 @@ TEST(TraceFiles, RefusesARecordingReadTwice) {
     EXPECT_NO_THROW(refuse_a_recording_read_twice(
         {"a", "b", "c"}, {span_of(api, 3600), span_of(next_file, 60), span_of(other_host, 60)}));
     try {
-        refuse_a_recording_read_twice({"t.jsonl", "u.jsonl", "t.jsonl.gz"},
-                                      {span_of(api, 60), span_of(other_host, 60), span_of(api, 60)});
+        refuse_a_recording_read_twice(
+            {"t.jsonl", "u.jsonl", "t.jsonl.gz"},
+            {span_of(api, 60), span_of(other_host, 60), span_of(api, 60)});
         FAIL() << "a copy of a trace was accepted";
     } catch (const TraceArgumentError& error) {
         EXPECT_THAT(error.what(), StartsWith("t.jsonl and t.jsonl.gz hold the same recording "
@@ -400,6 +401,22 @@ TEST(TraceFiles, RefusesTwoRecordingsOfAHostAtTheSameTime) {
     // One after the other (a recorder restarted): fine.
     EXPECT_NO_THROW(refuse_a_recording_read_twice({"a", "b"},
                                                   {span_of(daemon, 600), span_of(by_hand, 60)}));
+    // A subtree's recording and one of a cgroup below it share that cgroup's sockets.
+    TraceHeader subtree = daemon;
+    TraceHeader below = by_hand;
+    subtree.filters.cgroup = "/system.slice";
+    below.filters.cgroup = "/system.slice/nginx.service";
+    EXPECT_THROW(refuse_a_recording_read_twice({"a", "b"},
+                                               {span_of(subtree, 3600), span_of(below, 60)}),
+                 TraceArgumentError);
+    below.filters.cgroup = "/system.slice-other";
+    EXPECT_NO_THROW(refuse_a_recording_read_twice({"a", "b"},
+                                                  {span_of(subtree, 3600), span_of(below, 60)}));
+    // A rotation directory's files, a clock set back between its recordings: one recorder at
+    // a time wrote them.
+    EXPECT_NO_THROW(refuse_a_recording_read_twice(
+        {"d/closetrace-20261125T010000-000001.jsonl", "d/closetrace-20261125T005000-000002.jsonl"},
+        {span_of(daemon, 3600), span_of(by_hand, 60)}));
 }
 
 TEST(TraceFiles, ReadsOneFileAndSaysWhatWasWrongWithItAsAWhole) {

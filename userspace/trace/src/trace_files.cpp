@@ -69,16 +69,35 @@ void refuse_a_file_named_twice(const std::vector<std::string>& files) {
 
 namespace {
 
+// Whether one cgroup path is the other or below it (a subtree selects its descendants).
+bool nested(const std::string& a, const std::string& b) {
+    const auto below = [](const std::string& path, const std::string& top) {
+        return path.starts_with(top) && (path.size() == top.size() || top.ends_with('/') ||
+                                         path[top.size()] == '/');
+    };
+    return below(a, b) || below(b, a);
+}
+
 // Could two recordings' filters select one socket? Not where a filter given to both tells them
-// apart (other ports, another namespace, container, process or cgroup).
+// apart (other ports, another namespace, container, process, or cgroups apart).
 bool may_share_sockets(const TraceFilters& a, const TraceFilters& b) {
     const auto differ = [](const auto& x, const auto& y) { return x && y && *x != *y; };
     const bool other_ports = !a.ports.empty() && !b.ports.empty() &&
                              std::ranges::none_of(a.ports, [&](uint16_t port) {
                                  return std::ranges::find(b.ports, port) != b.ports.end();
                              });
-    return !other_ports && !differ(a.netns, b.netns) && !differ(a.container, b.container) &&
-           !differ(a.pid, b.pid) && !differ(a.cgroup, b.cgroup);
+    const bool other_cgroups = a.cgroup && b.cgroup && !nested(*a.cgroup, *b.cgroup);
+    return !other_ports && !other_cgroups && !differ(a.netns, b.netns) &&
+           !differ(a.container, b.container) && !differ(a.pid, b.pid);
+}
+
+// Two files of one rotation directory: one recorder at a time writes there (it holds the
+// directory's lock), so they never overlap, even where a clock set back makes them seem to.
+bool one_rotation_directory(const std::string& a, const std::string& b) {
+    const std::filesystem::path first(a);
+    const std::filesystem::path second(b);
+    return first.parent_path() == second.parent_path() &&
+           TraceRotation::named_by_rotation(first) && TraceRotation::named_by_rotation(second);
 }
 
 int64_t start_wall_ns(const TraceHeader& header) {
@@ -117,7 +136,10 @@ void refuse_a_recording_read_twice(const std::vector<std::string>& files,
                 return spans[earlier].end_wall_ns - start <= kClockSlackNs;
             });
             for (const std::size_t earlier : still_recording) {
-                if (!may_share_sockets(spans[earlier].header->filters, header.filters)) continue;
+                if (!may_share_sockets(spans[earlier].header->filters, header.filters) ||
+                    one_rotation_directory(files[earlier], files[later])) {
+                    continue;
+                }
                 throw TraceArgumentError(fmt::format(
                     "{} and {} are two recordings of host {} at the same time (the later from "
                     "{}): their connections would count twice; give one of them",

@@ -213,6 +213,11 @@ std::vector<fs::path> TraceRotation::later_names(const fs::path& file) {
     return later;
 }
 
+bool TraceRotation::named_by_rotation(const fs::path& file) {
+    const std::optional<TraceFileName> name = parse_name(file.filename().string());
+    return name && name->kind != TraceFileName::Kind::Partial;
+}
+
 // Compression and deletion take seconds for large files: off the recording loop, which must
 // keep draining the ring buffer.
 void TraceRotation::start_background() {

@@ -64,6 +64,8 @@ public:
     // The names a file of this naming scheme takes later, in order: a live file's closed and
     // compressed names, a closed file's compressed name; none for any other file.
     static std::vector<std::filesystem::path> later_names(const std::filesystem::path& file);
+    // Whether `file` is named as this scheme names a recorder's live or closed files.
+    static bool named_by_rotation(const std::filesystem::path& file);
 
 private:
     void retire_live();
