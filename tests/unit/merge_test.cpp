@@ -494,8 +494,8 @@ TEST(ReportOfSeveralTraces, TheAdviceNamesTheHostsNotThisHost) {
     EXPECT_THAT(alone.out, HasSubstr("requests arrived on connections this host had just closed"));
 }
 
-// `verify DIR` of a rotated recording: the report it points at is of the directory, not of
-// every file in it.
+// `verify DIR` of a rotated recording: the report it points at is of the directory, as given,
+// not of every file in it.
 TEST(ReportOfSeveralTraces, VerifyOfManyFilesNamesTheirDirectory) {
     const TempDir dir;
     std::vector<std::string> files;
@@ -507,10 +507,14 @@ TEST(ReportOfSeveralTraces, VerifyOfManyFilesNamesTheirDirectory) {
                                                             Initiator::Local, {"10.0.0.1", 40000},
                                                             true)}));
     }
-    const CommandOutput verify = run_verify(files, std::nullopt);
+    const CommandOutput verify = run_verify(files, std::nullopt, {dir.path().string()});
     EXPECT_EQ(verify.exit_code, 1) << verify.err;
     EXPECT_THAT(verify.out, HasSubstr("See `closetrace report " + dir.path().string() +
                                       "` for the fix."));
+    // Files named one by one are named so again.
+    const CommandOutput some = run_verify({files[0], files[1]}, std::nullopt);
+    EXPECT_THAT(some.out, HasSubstr("See `closetrace report " + files[0] + " " + files[1] +
+                                    "` for the fix."));
 }
 
 TEST(ReportOfSeveralTraces, ReportsBothHostsWithAPerHostBreakdown) {

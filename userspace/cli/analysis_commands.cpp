@@ -152,7 +152,8 @@ void add_analysis_commands(CLI::App& app) {
     verify->callback([options] {
         finish(on_trace_files("verify", {options->traces},
                               [&](const std::vector<std::vector<std::string>>& files) {
-                                  return run_verify(files[0], options->peer_idle_timeout_s);
+                                  return run_verify(files[0], options->peer_idle_timeout_s,
+                                                    options->traces);
                               }),
                "verify");
     });

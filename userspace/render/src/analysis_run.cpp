@@ -154,7 +154,8 @@ CommandOutput run_diff(const std::vector<std::string>& before_paths,
 }
 
 CommandOutput run_verify(const std::vector<std::string>& paths,
-                         std::optional<double> peer_idle_timeout_s) {
+                         std::optional<double> peer_idle_timeout_s,
+                         const std::vector<std::string>& traces_given) {
     try {
         if (peer_idle_timeout_s &&
             !(std::isfinite(*peer_idle_timeout_s) && *peer_idle_timeout_s > 0)) {
@@ -167,7 +168,7 @@ CommandOutput run_verify(const std::vector<std::string>& paths,
         std::optional<double> given_ms;
         if (peer_idle_timeout_s) given_ms = *peer_idle_timeout_s * 1000;
         const VerifyResult result = verify_trace(trace, given_ms);
-        return {.out = render_verify(trace, result),
+        return {.out = render_verify(trace, result, traces_given.empty() ? paths : traces_given),
                 .err = warnings_text("verify", trace),
                 .exit_code = verify_exit_code(result.conclusion)};
     } catch (const UnusableInput& input) {

@@ -603,27 +603,11 @@ std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
 
 namespace {
 
-// What `closetrace report` takes to report on the same traces: their files, or beyond a few
-// their directories (`verify DIR` gets `report DIR`, not every file in it).
-std::string report_arguments(const TraceAnalysis& trace) {
-    if (trace.sources.empty()) return printable(trace.file);
-    constexpr std::size_t kFilesNamed = 3;
-    std::vector<std::string> arguments;
-    for (const TraceSource& source : trace.sources) {
-        std::string argument = source.file;
-        if (trace.sources.size() > kFilesNamed) {
-            argument = std::filesystem::path(source.file).parent_path().string();
-            if (argument.empty()) argument = ".";
-        }
-        if (std::ranges::find(arguments, argument) == arguments.end()) {
-            arguments.push_back(std::move(argument));
-        }
-    }
-    std::string text;
-    for (const std::string& argument : arguments) {
-        text += (text.empty() ? "" : " ") + printable(argument);
-    }
-    return text;
+// `closetrace report` of the traces as the command line gave them ("DIR", "a.jsonl b.jsonl").
+std::string report_command(const std::vector<std::string>& traces_given) {
+    std::string command = "closetrace report";
+    for (const std::string& trace : traces_given) command += " " + printable(trace);
+    return command;
 }
 
 }  // namespace
@@ -631,7 +615,7 @@ std::string report_arguments(const TraceAnalysis& trace) {
 namespace {
 
 // Not keep-alive problems, so they do not fail verify; but nobody should miss them.
-std::string other_problems(const TraceAnalysis& trace) {
+std::string other_problems(const TraceAnalysis& trace, const std::string& report) {
     // Named as the report's sections name them.
     const std::tuple<const CaughtList&, std::string_view, std::string_view> lists[] = {
         {trace.inflight_resets, "in-flight reset", "in-flight resets"},
@@ -646,13 +630,16 @@ std::string other_problems(const TraceAnalysis& trace) {
         if (list.total > 0) others.push_back(count_of(list.total, singular, plural));
     }
     if (others.empty()) return "";
-    return fmt::format("Not keep-alive problems, but see `closetrace report {}`: {}.\n",
-                       report_arguments(trace), fmt::join(others, " and "));
+    return fmt::format("Not keep-alive problems, but see `{}`: {}.\n", report,
+                       fmt::join(others, " and "));
 }
 
 }  // namespace
 
-std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result) {
+std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result,
+                          const std::vector<std::string>& traces_given) {
+    const std::string report =
+        report_command(traces_given.empty() ? std::vector{trace.file} : traces_given);
     switch (result.conclusion) {
         case VerifyConclusion::Passed:
             return fmt::format(
@@ -663,16 +650,16 @@ std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result
                        count_of(trace.connections, "connection", "connections"),
                        count_of(trace.requests, "request", "requests"),
                        count_of(trace.local_idle.count(), "idle close", "idle closes")) +
-                   other_problems(trace);
+                   other_problems(trace, report);
         case VerifyConclusion::Inconclusive:
             return fmt::format("closetrace verify: {}: INCONCLUSIVE\n  - {}\n",
                                printable(trace.file), result.too_little) +
-                   other_problems(trace);
+                   other_problems(trace, report);
         case VerifyConclusion::Failed: break;
     }
     std::string out = fmt::format("closetrace verify: {}: FAIL\n", printable(trace.file));
     for (const std::string& reason : result.reasons) out += "  - " + reason + "\n";
-    out += fmt::format("See `closetrace report {}` for the fix.\n", report_arguments(trace));
+    out += fmt::format("See `{}` for the fix.\n", report);
     return out;
 }
 

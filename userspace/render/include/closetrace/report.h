@@ -25,7 +25,10 @@ std::string render_report(const TraceAnalysis& trace, const Assessment& assessme
                           const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
 std::string render_diff(const TraceAnalysis& before, const TraceAnalysis& after,
                         const DiffResult& result, OutputFormat format);
-std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result);
+// `traces_given`: the traces as the command line named them, for the `closetrace report` it
+// points at (none: the trace's file).
+std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result,
+                          const std::vector<std::string>& traces_given = {});
 
 // One self-contained page (inline CSS and SVG, no script, no fetches) with the same conclusion
 // and recommendations, the idle times of each side as histograms, the verdicts over time and a
@@ -50,8 +53,10 @@ CommandOutput run_report(const std::vector<std::string>& paths, OutputFormat for
                          const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns);
 CommandOutput run_diff(const std::vector<std::string>& before_paths,
                        const std::vector<std::string>& after_paths, OutputFormat format);
+// `traces_given`: as render_verify's (none: `paths`).
 CommandOutput run_verify(const std::vector<std::string>& paths,
-                         std::optional<double> peer_idle_timeout_s);
+                         std::optional<double> peer_idle_timeout_s,
+                         const std::vector<std::string>& traces_given = {});
 // One trace each.
 inline CommandOutput run_report(const std::string& path, OutputFormat format,
                                 const std::vector<Breakdown>& breakdowns = kDefaultBreakdowns) {
