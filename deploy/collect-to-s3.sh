@@ -29,7 +29,8 @@ if [[ ! -e $trace_dir ]]; then
   exit 0
 fi
 if [[ ! -d $trace_dir ]]; then
-  echo "collect-to-s3.sh: $trace_dir is not a directory; give the directory closetrace record writes to" >&2
+  echo "collect-to-s3.sh: $trace_dir is not a directory;" \
+    "give the directory closetrace record writes to" >&2
   exit 2
 fi
 destination=${destination%/}
@@ -37,10 +38,14 @@ destination=${destination%/}
 host=$(hostname)
 collected="$trace_dir/.collected-to-s3"
 touch "$collected"
-# One run at a time (cron beside SSM would copy every file twice). Not on $collected, which is
-# replaced below, nor on the directory, which a rotating recorder holds.
+# One run at a time (cron beside SSM would copy every file twice); a later run copies what a
+# run still going leaves. Not on $collected, which is replaced below, nor on the directory,
+# which a rotating recorder holds.
 exec {run_lock}>>"$trace_dir/.collect-to-s3.lock"
-flock "$run_lock"
+if ! flock --nonblock "$run_lock"; then
+  echo "collect-to-s3.sh: another run is copying from $trace_dir; nothing done"
+  exit 0
+fi
 
 # Is the file (by its name without .gz) recorded as copied to this destination?
 already_copied() {
@@ -56,14 +61,13 @@ for trace in "$trace_dir"/closetrace-*.jsonl "$trace_dir"/closetrace-*.jsonl.gz;
     continue
   fi
   if [[ $name == *.live.jsonl ]]; then
-    # A rotating recorder holds the directory's lock while it writes its live file.
-    if flock --nonblock "$trace_dir" true; then
-      echo "collect-to-s3.sh: skipping $trace: its recorder is not running; the next one started" \
-        "on $trace_dir closes it, and a later run copies it" >&2
-    fi
+    # Not probed with the directory's lock: that would make a recorder starting now fail.
+    echo "collect-to-s3.sh: skipping $trace: being written (if its recorder died, the next one" \
+      "started on $trace_dir closes it, and a later run copies it)"
     continue
   fi
   # Opened once: gone since listed (retention, or compressed into its .gz) is nothing to copy.
+  # (A failed redirection of exec ends a POSIX-mode shell; bash as run here goes on.)
   if ! exec {file}<"$trace"; then
     continue
   fi 2>/dev/null

@@ -451,23 +451,24 @@ class CollectToS3Test(unittest.TestCase):
         self.assertEqual(list(self.uploads().values()), [WHOLE_TRACE])
         self.assertFalse(second.exists(), "an empty file was left in its place")
 
-    def test_skips_empty_files_and_names_a_dead_recorders_live_file(self):
+    def test_skips_empty_files_and_names_the_live_file(self):
         (self.traces / "closetrace-20261125T010203.jsonl").write_text("")
         live = self.traces / "closetrace-20261125T010204-000002.live.jsonl"
         live.write_text('{"type":"header"}\n')
         result = self.run_script("s3://bucket/prefix", str(self.traces))
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("empty", result.stderr)
-        self.assertIn(f"skipping {live}: its recorder is not running", result.stderr)
+        self.assertIn(f"skipping {live}: being written", result.stdout)
         self.assertEqual(self.uploads(), {})
-        # While a recorder holds the directory, its live file is no news.
-        directory = os.open(self.traces, os.O_RDONLY)
-        try:
-            fcntl.flock(directory, fcntl.LOCK_EX)
-            held = self.run_script("s3://bucket/prefix", str(self.traces))
-        finally:
-            os.close(directory)
-        self.assertNotIn("not running", held.stderr)
+
+    def test_a_run_while_another_copies_does_nothing(self):
+        (self.traces / "closetrace-20261125T010203.jsonl").write_text(WHOLE_TRACE)
+        with open(self.traces / ".collect-to-s3.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            result = self.run_script("s3://bucket/prefix", str(self.traces))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("another run is copying", result.stdout)
+        self.assertEqual(self.uploads(), {})
 
     def test_refuses_bad_arguments_without_calling_aws(self):
         self.assertNotEqual(self.run_script().returncode, 0)
