@@ -190,7 +190,9 @@ TEST(RecordingMetrics, OutlastingPeersCountTheAddressesThatNeverClosedAnIdleOne)
               std::nullopt);
     // Once it closes one itself, a peer no longer outlasts this host.
     metrics.add(from("10.0.0.1", make_conn(Verdict::PeerIdleClose, 3000)));
-    metrics.refresh(0, kT0);
+    metrics.refresh(0, kT0 + std::chrono::milliseconds(500));  // not yet: once a second
+    EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "server"}}), 2);
+    metrics.refresh(0, kT0 + RecordingMetrics::kPublishEvery);
     EXPECT_EQ(value_of(metrics, "closetrace_outlasting_peers", {{"role", "server"}}), 1);
 }
 

@@ -259,6 +259,9 @@ void RecordingMetrics::refresh(uint64_t lost_events, std::chrono::steady_clock::
     if (!generation_start_) generation_start_ = now;
     const bool new_generation = now - *generation_start_ >= kGeneration;
     if (new_generation) generation_start_ = now;
+    // Finding a timeout sorts up to two generations of idle times: at most once a second.
+    if (!new_generation && published_at_ && now - *published_at_ < kPublishEvery) return;
+    published_at_ = now;
     for (auto& [labels, series] : series_) {
         if (new_generation) {
             series.generations[1] = std::move(series.generations[0]);
@@ -293,12 +296,21 @@ void RecordingMetrics::publish_gauges(Series& series) {
                 with(series.labels, "side", kSideNames[side]),
                 cluster ? std::optional(cluster->max_ms / 1000) : std::nullopt);
     }
-    std::unordered_map<std::string, IdleTimerCloses> by_peer = previous.by_peer;
-    for (const auto& [peer, closes] : current.by_peer) by_peer[peer] += closes;
-    const auto outlasting = std::ranges::count_if(
-        by_peer, [](const auto& peer_closes) { return peer_closes.second.outlasting(); });
+    // Each peer's closes of both generations.
+    std::size_t outlasting = 0;
+    for (const auto& [peer, closes] : current.by_peer) {
+        IdleTimerCloses both = closes;
+        if (const auto before = previous.by_peer.find(peer); before != previous.by_peer.end()) {
+            both += before->second;
+        }
+        if (both.outlasting()) ++outlasting;
+    }
+    for (const auto& [peer, closes] : previous.by_peer) {
+        if (!current.by_peer.contains(peer) && closes.outlasting()) ++outlasting;
+    }
+    const bool any_peer = !current.by_peer.empty() || !previous.by_peer.empty();
     publish(outlasting_peers_, series.outlasting_peers, series.labels,
-            by_peer.empty() ? std::nullopt : std::optional(static_cast<double>(outlasting)));
+            any_peer ? std::optional(static_cast<double>(outlasting)) : std::nullopt);
 }
 
 void RecordingMetrics::serve(const std::string& address) {

@@ -47,15 +47,17 @@ public:
 
     // Counts a connection as the recorder writes it.
     void add(const Connection& conn);
-    // Once per loop of the recorder: the kernel's lost events so far, and the idle timeouts and
-    // outlasting peers of the series whose idle-timer closes changed since, or aged out by `now`
-    // (a timeout is the densest cluster of their idle times, too costly to find again at every
-    // close of a busy host).
+    // Once per loop of the recorder: the kernel's lost events so far, and, at most every
+    // kPublishEvery, the idle timeouts and outlasting peers of the series whose idle-timer
+    // closes changed since, or aged out by `now` (a timeout is the densest cluster of their idle
+    // times, too costly to find again at every close of a busy host).
     void refresh(uint64_t lost_events, std::chrono::steady_clock::time_point now);
 
     // The gauges show the idle-timer closes of the last hour at most: this generation's and the
     // one before, each half an hour. A timeout fixed, or a container gone, stops showing.
     static constexpr std::chrono::minutes kGeneration{30};
+    // The gauges are found again at most this often (Prometheus scrapes every 15 s or so).
+    static constexpr std::chrono::seconds kPublishEvery{1};
 
     // Serves the metrics at http://ADDRESS/metrics ("127.0.0.1:9478", "0.0.0.0:9478") until
     // destroyed; throws MetricsError when ADDRESS is malformed or cannot be listened on.
@@ -117,6 +119,7 @@ private:
     prometheus::Counter& lost_events_;
     uint64_t lost_events_counted_ = 0;
     std::optional<std::chrono::steady_clock::time_point> generation_start_;  // at the first refresh
+    std::optional<std::chrono::steady_clock::time_point> published_at_;
     std::map<prometheus::Labels, Series> series_;
     std::unique_ptr<prometheus::Exposer> exposer_;
 };
