@@ -955,11 +955,6 @@ int64_t wall_start_ns(const TraceAnalysis& trace) {
     return static_cast<int64_t>(trace.header.start_ns) + trace.header.mono_to_wall_ns;
 }
 
-int64_t wall_end_ns(const TraceAnalysis& trace) {
-    const uint64_t end_ns = trace.summary ? trace.summary->end_ns : trace.last_ns;
-    return static_cast<int64_t>(end_ns) + trace.header.mono_to_wall_ns;
-}
-
 // Each distinct value of `member` over the parts, in the order first seen, joined by ", ".
 std::string distinct_joined(const std::vector<TraceAnalysis>& parts,
                             std::string TraceHeader::*member) {
@@ -997,7 +992,7 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     m.incomplete += part.incomplete;
     m.requests += part.requests;
     m.event_lines += part.event_lines;
-    m.last_ns = std::max(m.last_ns, static_cast<uint64_t>(wall_end_ns(part)));
+    m.last_ns = std::max(m.last_ns, static_cast<uint64_t>(part.end_wall_ns()));
     m.verdicts += part.verdicts;
     m.local_idle.add(part.local_idle);
     for (const auto& [host, idle] : part.local_idle_by_host) m.local_idle_by_host[host].add(idle);
@@ -1044,7 +1039,7 @@ std::optional<TraceSummary> merged_summary(const std::vector<TraceAnalysis>& par
         add_counts(merged.by_initiator, s.by_initiator);
         add_counts(merged.by_how, s.by_how);
         add_counts(merged.verdicts, s.verdicts);
-        end_wall_ns = std::max(end_wall_ns, wall_end_ns(part));
+        end_wall_ns = std::max(end_wall_ns, part.end_wall_ns());
     }
     merged.end_ns = static_cast<uint64_t>(std::max<int64_t>(end_wall_ns, 0));
     merged.duration_s =
