@@ -71,36 +71,21 @@ TraceFacts load_traces(const std::vector<std::string>& arguments) {
     } catch (const TraceArgumentError& error) {
         fail(error.what());
     }
-    std::vector<TraceFileRead<TraceFacts>> loaded(paths.size());
-    std::vector<std::string> no_recording(paths.size());
-    read_in_parallel(paths.size(), [&](std::size_t index) {
-        try {
-            loaded[index] = load_trace(paths[index], paths.size() > 1);
-        } catch (const NoRecordingError& error) {
-            no_recording[index] = error.what();
-        }
-    });
-    std::vector<TraceFacts> parts;
-    std::vector<std::string> part_paths;
-    for (std::size_t index = 0; index < paths.size(); ++index) {
-        if (!no_recording[index].empty()) {
-            warn(no_recording[index] + "; left out");
-            continue;
-        }
-        if (!loaded[index].problem.empty()) warn(loaded[index].problem);
-        parts.push_back(std::move(loaded[index].result));
-        part_paths.push_back(paths[index]);
-    }
-    if (parts.empty()) {
-        fail(fmt::format("unusable trace: {}; none of the {} files given holds a recording",
-                         no_recording.front(), paths.size()));
-    }
+    TracesRead<TraceFileRead<TraceFacts>> read;
     try {
-        std::vector<RecordingSpan> spans;
-        for (const TraceFacts& part : parts) spans.push_back({&part.header, part.end_wall_ns});
-        refuse_a_recording_read_twice(part_paths, spans);
+        read = read_traces<TraceFileRead<TraceFacts>>(
+            paths, [&](const std::string& path) { return load_trace(path, paths.size() > 1); },
+            [](const TraceFileRead<TraceFacts>& part) {
+                return RecordingSpan{&part.result.header, part.result.end_wall_ns};
+            });
     } catch (const TraceArgumentError& error) {
         fail(error.what());
+    }
+    for (const std::string& left_out : read.left_out) warn(left_out);
+    std::vector<TraceFacts> parts;
+    for (TraceFileRead<TraceFacts>& trace : read.parts) {
+        if (!trace.problem.empty()) warn(trace.problem);
+        parts.push_back(std::move(trace.result));
     }
     return merge_trace_facts(std::move(parts));
 }

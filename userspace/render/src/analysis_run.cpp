@@ -74,39 +74,18 @@ TraceAnalysis load(const std::string& path, bool one_of_several = false) {
 // unusable file in the order given is the error.
 TraceAnalysis load_all(const std::vector<std::string>& paths) {
     if (paths.size() == 1) return load(paths.front());
-    std::vector<TraceAnalysis> loaded(paths.size());
-    std::vector<std::string> no_recording(paths.size());
-    read_in_parallel(paths.size(), [&](std::size_t index) {
-        try {
-            loaded[index] = load(paths[index], true);
-        } catch (const NoRecordingError& error) {
-            no_recording[index] = error.what();
-        }
-    });
-    std::vector<TraceAnalysis> parts;
-    std::vector<std::string> part_paths;
-    std::vector<std::string> left_out;
-    for (std::size_t index = 0; index < paths.size(); ++index) {
-        if (no_recording[index].empty()) {
-            parts.push_back(std::move(loaded[index]));
-            part_paths.push_back(paths[index]);
-        } else {
-            left_out.push_back(no_recording[index] + "; left out");
-        }
-    }
-    if (parts.empty()) {
-        throw UnusableInput{fmt::format("{}; none of the {} files given holds a recording",
-                                        no_recording.front(), paths.size())};
-    }
+    TracesRead<TraceAnalysis> read;
     try {
-        std::vector<RecordingSpan> spans;
-        for (const TraceAnalysis& part : parts) spans.push_back({&part.header, part.end_wall_ns()});
-        refuse_a_recording_read_twice(part_paths, spans);
+        read = read_traces<TraceAnalysis>(
+            paths, [](const std::string& path) { return load(path, true); },
+            [](const TraceAnalysis& part) {
+                return RecordingSpan{&part.header, part.end_wall_ns()};
+            });
     } catch (const TraceArgumentError& error) {
         throw UnusableInput{error.what()};
     }
-    TraceAnalysis merged = merge_traces(std::move(parts));
-    merged.warnings.insert(merged.warnings.begin(), left_out.begin(), left_out.end());
+    TraceAnalysis merged = merge_traces(std::move(read.parts));
+    merged.warnings.insert(merged.warnings.begin(), read.left_out.begin(), read.left_out.end());
     return merged;
 }
 

@@ -73,6 +73,22 @@ struct RecordingSpan {
 void refuse_a_recording_read_twice(const std::vector<std::string>& files,
                                    const std::vector<RecordingSpan>& spans);
 
+// Several traces read in parallel: those that hold a recording, and why each other was left
+// out ("FILE: empty file, …; left out").
+template <typename Part>
+struct TracesRead {
+    std::vector<Part> parts;
+    std::vector<std::string> left_out;
+};
+
+// Reads each of `paths` with read(path), which throws NoRecordingError for a file that holds
+// no recording: such files are left out. span_of(part) is a part's RecordingSpan. Throws
+// TraceArgumentError where no file holds a recording, or two hold the same sockets at once
+// (refuse_a_recording_read_twice); read's own exceptions, the first in the order given.
+template <typename Part, typename Read, typename SpanOf>
+TracesRead<Part> read_traces(const std::vector<std::string>& paths, const Read& read,
+                             const SpanOf& span_of);
+
 // Calls read(index) once for each index in [0, count), on up to hardware_concurrency() threads;
 // `read` writes its result to a slot of its own. After all have run, rethrows the exception of
 // the lowest index that threw, so that the error reported does not depend on timing.
@@ -98,6 +114,38 @@ void read_in_parallel(std::size_t count, const Read& read) {
     for (const std::exception_ptr& failure : failures) {
         if (failure) std::rethrow_exception(failure);
     }
+}
+
+template <typename Part, typename Read, typename SpanOf>
+TracesRead<Part> read_traces(const std::vector<std::string>& paths, const Read& read,
+                             const SpanOf& span_of) {
+    std::vector<Part> loaded(paths.size());
+    std::vector<std::string> no_recording(paths.size());
+    read_in_parallel(paths.size(), [&](std::size_t index) {
+        try {
+            loaded[index] = read(paths[index]);
+        } catch (const NoRecordingError& error) {
+            no_recording[index] = error.what();
+        }
+    });
+    TracesRead<Part> traces;
+    std::vector<std::string> part_paths;
+    std::vector<RecordingSpan> spans;
+    for (std::size_t index = 0; index < paths.size(); ++index) {
+        if (!no_recording[index].empty()) {
+            traces.left_out.push_back(no_recording[index] + "; left out");
+            continue;
+        }
+        traces.parts.push_back(std::move(loaded[index]));
+        part_paths.push_back(paths[index]);
+    }
+    if (traces.parts.empty()) {
+        throw TraceArgumentError(no_recording.front() + "; none of the " +
+                                 std::to_string(paths.size()) + " files given holds a recording");
+    }
+    for (const Part& part : traces.parts) spans.push_back(span_of(part));
+    refuse_a_recording_read_twice(part_paths, spans);
+    return traces;
 }
 
 }  // namespace closetrace
