@@ -939,8 +939,7 @@ TEST(TraceReading, MissingHeader) {
 
 TEST(TraceReading, AFileCutInsideItsHeaderSaysSo) {
     const std::string header = header_line(sample_header());
-    for (const std::size_t length : {std::size_t{5}, std::size_t{12}, std::size_t{50},
-                                     header.size() - 1}) {
+    for (std::size_t length = 1; length < header.size(); ++length) {
         EXPECT_STREQ(read_error(header.substr(0, length)).what(),
                      "t.jsonl:1: the file ends inside its header line (a recording stopped "
                      "before it had written one line): it holds no connection")
