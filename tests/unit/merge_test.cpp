@@ -398,9 +398,17 @@ TEST(TraceFiles, RefusesTwoRecordingsOfAHostAtTheSameTime) {
     other_netns.filters.netns = 4026532001;
     EXPECT_NO_THROW(refuse_a_recording_read_twice(
         {"a", "b"}, {span_of(daemon_netns, 3600), span_of(other_netns, 60)}));
-    // One after the other (a recorder restarted): fine.
+    // One after the other (a recorder restarted): fine, within the two clocks' estimates.
     EXPECT_NO_THROW(refuse_a_recording_read_twice({"a", "b"},
                                                   {span_of(daemon, 600), span_of(by_hand, 60)}));
+    RecordingSpan until_just_after = span_of(daemon, 600);
+    until_just_after.end_wall_ns += 90 * static_cast<int64_t>(kMs);
+    EXPECT_NO_THROW(
+        refuse_a_recording_read_twice({"a", "b"}, {until_just_after, span_of(by_hand, 60)}));
+    until_just_after.end_wall_ns += 20 * static_cast<int64_t>(kMs);
+    EXPECT_THROW(
+        refuse_a_recording_read_twice({"a", "b"}, {until_just_after, span_of(by_hand, 60)}),
+        TraceArgumentError);
     // A subtree's recording and one of a cgroup below it share that cgroup's sockets.
     TraceHeader subtree = daemon;
     TraceHeader below = by_hand;
