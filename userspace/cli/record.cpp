@@ -591,7 +591,7 @@ public:
         writer_ = &output_.open_file(start_ns, header_.mono_to_wall_ns);
         TraceHeader header = header_;
         header.start_ns = start_ns;
-        header.start_wall = iso8601_utc(static_cast<int64_t>(start_ns) + header.mono_to_wall_ns);
+        header.start_wall = iso8601_utc(header.start_wall_ns());
         writer_->write_line(header_line(header));
         writer_->flush();
         file_ = FileSpan{.start_ns = start_ns, .events_before = events_, .lost_before = lost_seen_};

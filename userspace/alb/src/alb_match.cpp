@@ -313,7 +313,7 @@ TraceFacts read_facts(TraceReader& reader, std::string file, bool keep_unpaired)
     facts.header = header;
     facts.hosts = {header.host};
     facts.has_summary = summary_end_ns.has_value();
-    facts.start_wall_ns = static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
+    facts.start_wall_ns = header.start_wall_ns();
     facts.end_wall_ns =
         static_cast<int64_t>(summary_end_ns.value_or(last_ns)) + header.mono_to_wall_ns;
     facts.warnings = reader.warnings();

@@ -951,10 +951,6 @@ void add_caught(CaughtList& into, const CaughtList& from) {
     into.listed.insert(into.listed.end(), from.listed.begin(), from.listed.end());
 }
 
-int64_t wall_start_ns(const TraceAnalysis& trace) {
-    return static_cast<int64_t>(trace.header.start_ns) + trace.header.mono_to_wall_ns;
-}
-
 // Each distinct value of `member` over the parts, in the order first seen, joined by ", ".
 std::string distinct_joined(const std::vector<TraceAnalysis>& parts,
                             std::string TraceHeader::*member) {
@@ -972,12 +968,13 @@ std::string distinct_joined(const std::vector<TraceAnalysis>& parts,
 // The merged analysis before any part is added: its header on the wall clock, from the earliest
 // start.
 TraceAnalysis merged_shell(const std::vector<TraceAnalysis>& parts) {
-    const TraceAnalysis& earliest = *std::ranges::min_element(parts, {}, wall_start_ns);
+    const TraceAnalysis& earliest = *std::ranges::min_element(
+        parts, {}, [](const TraceAnalysis& part) { return part.header.start_wall_ns(); });
     TraceAnalysis merged;
     merged.header = earliest.header;
     merged.header.host = distinct_joined(parts, &TraceHeader::host);
     merged.header.kernel = distinct_joined(parts, &TraceHeader::kernel);
-    merged.header.start_ns = static_cast<uint64_t>(wall_start_ns(earliest));
+    merged.header.start_ns = static_cast<uint64_t>(earliest.header.start_wall_ns());
     merged.header.mono_to_wall_ns = 0;
     merged.verdicts_over_time = VerdictTimeline(merged.header.start_ns);
     return merged;

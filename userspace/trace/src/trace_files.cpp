@@ -100,10 +100,6 @@ bool one_rotation_directory(const std::string& a, const std::string& b) {
            TraceRotation::named_by_rotation(first) && TraceRotation::named_by_rotation(second);
 }
 
-int64_t start_wall_ns(const TraceHeader& header) {
-    return static_cast<int64_t>(header.start_ns) + header.mono_to_wall_ns;
-}
-
 // Two recorders' estimates of the wall clock differ by far less.
 constexpr int64_t kClockSlackNs = 100'000'000;
 
@@ -127,11 +123,11 @@ void refuse_a_recording_read_twice(const std::vector<std::string>& files,
     for (std::size_t i = 0; i < spans.size(); ++i) by_host[spans[i].header->host].push_back(i);
     for (auto& [host, indexes] : by_host) {
         std::ranges::stable_sort(
-            indexes, {}, [&](std::size_t i) { return start_wall_ns(*spans[i].header); });
+            indexes, {}, [&](std::size_t i) { return spans[i].header->start_wall_ns(); });
         std::vector<std::size_t> still_recording;
         for (const std::size_t later : indexes) {
             const TraceHeader& header = *spans[later].header;
-            const int64_t start = start_wall_ns(header);
+            const int64_t start = header.start_wall_ns();
             std::erase_if(still_recording, [&](std::size_t earlier) {
                 return spans[earlier].end_wall_ns - start <= kClockSlackNs;
             });

@@ -59,6 +59,9 @@ struct TraceHeader {
     int64_t mono_to_wall_ns = 0;  // monotonic ns + this = Unix-epoch ns
     TraceFilters filters;
     TraceProbes probes;
+
+    // When the recording (or this file of it) began, on the wall clock: Unix-epoch ns.
+    int64_t start_wall_ns() const { return static_cast<int64_t>(start_ns) + mono_to_wall_ns; }
 };
 
 struct TraceSummary {
