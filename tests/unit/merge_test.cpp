@@ -584,6 +584,12 @@ TEST(ReportOfSeveralTraces, EachHostsIdleTimerIsShown) {
     EXPECT_EQ(report["by_host"]["groups"][1]["idle_timer_ms"], 2002.0);
     EXPECT_THAT(run_report({first, second}, OutputFormat::Html).out,
                 HasSubstr("<td class=\"num\">2.002 s</td></tr>"));
+    // verify names the hosts whose closes came too soon, not only the pooled figures.
+    const CommandOutput verify = run_verify({first, second}, 4.0);
+    EXPECT_EQ(verify.exit_code, 1) << verify.err;
+    EXPECT_THAT(verify.out, HasSubstr("3 of 6 idle closes by these hosts came sooner than the "
+                                      "peer's idle timeout of 4.000 s (given): the shortest after "
+                                      "2.000 s, the median after 2.002 s; on api-2 (3)\n"));
 }
 
 TEST(ReportOfSeveralTraces, TheHtmlPageListsTheTracesAndEachHostsFigures) {

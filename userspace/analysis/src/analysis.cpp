@@ -398,6 +398,24 @@ std::string medians_by_host(const TraceAnalysis& trace) {
     return "; by host: " + analysis_text::listed_names(named, kHostsNamed);
 }
 
+// "; on api-2 (5), api-1 (1)": the hosts whose idle closes came sooner than `peer_ms`, most such
+// closes first, where the idle closes are of several hosts.
+std::string early_closes_by_host(const TraceAnalysis& trace, double peer_ms) {
+    if (trace.local_idle_by_host.size() < 2) return "";
+    std::vector<std::pair<uint64_t, std::string>> early;
+    for (const auto& [name, idle] : trace.local_idle_by_host) {
+        if (const uint64_t count = idle.count_below(peer_ms); count > 0) {
+            early.emplace_back(count, name);
+        }
+    }
+    std::ranges::sort(early, [](const auto& a, const auto& b) {
+        return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    std::vector<std::string> named;
+    for (const auto& [count, name] : early) named.push_back(fmt::format("{} ({})", name, count));
+    return "; on " + analysis_text::listed_names(named, kHostsNamed);
+}
+
 std::string idle_sentence(const TraceAnalysis& trace, const HostWords& host) {
     const IdleHistogram& local = trace.local_idle;
     const IdleHistogram& peer = trace.peer_idle;
@@ -1536,11 +1554,11 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
         }
         result.reasons.push_back(fmt::format(
             "{} of {} by {} came sooner than the peer's idle timeout of {}: the shortest "
-            "after "
-            "{}, the median after {}{}",
+            "after {}, the median after {}{}{}",
             a.early_idle_closes, count_of(trace.local_idle.count(), "idle close", "idle closes"),
             host.object, analysis_text::peer_timeout_text(result.peer_timeout),
-            duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)), hint));
+            duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)),
+            early_closes_by_host(trace, result.peer_timeout.ms), hint));
     }
     if (!result.reasons.empty()) {
         result.conclusion = VerifyConclusion::Failed;
