@@ -605,6 +605,54 @@ TEST(Dominance, RacesFirstWhenTheyAreMost) {
     EXPECT_THAT(a.conclusion, HasSubstr("Fix: Node.js"));
 }
 
+// A race whose close was no timer's (this host closing every idle connection as it stopped, or
+// closing connections over its limit as they opened) is a 502 all the same, but a longer
+// keep-alive timeout would not prevent it, nor does its idle time tell the timer.
+Connection race_closed_by(CloseCause cause, double idle_ms) {
+    Connection conn = make_conn({.verdict = Verdict::LocalCloseRace, .idle_ms = idle_ms});
+    conn.close.cause = cause;
+    return conn;
+}
+
+TEST(Dominance, RacesOfAShutdownPointAtDrainingNotTheKeepAliveTimeout) {
+    const TraceAnalysis trace =
+        Recording()
+            .add_conn(race_closed_by(CloseCause::ClosedTogether, 4'340))
+            .add_conn(race_closed_by(CloseCause::ClosedTogether, 590))
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000}, 3)
+            .finish();
+    EXPECT_EQ(trace.local_idle.count(), 0u);
+    const Assessment a = assess_default(trace);
+    EXPECT_FALSE(a.closes_before_peer);
+    EXPECT_EQ(a.races, 2u);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::Drain);
+    EXPECT_THAT(a.conclusion, HasSubstr("2 requests arrived on connections this host had just "
+                                        "closed (close races: the load balancer's 502). 2 "
+                                        "requests arrived on connections this host closed "
+                                        "together with its other idle ones (node; the first at"));
+    EXPECT_THAT(a.conclusion, HasSubstr("not a keep-alive timeout. Drain before stopping"));
+    EXPECT_THAT(a.conclusion, Not(HasSubstr("keepAliveTimeout")));
+}
+
+TEST(Dominance, RacesOfRefusedConnectionsPointAtTheLimit) {
+    const TraceAnalysis trace = Recording()
+                                    .add_conn(race_closed_by(CloseCause::Refused, 1.2))
+                                    .add_conn(race_closed_by(CloseCause::Refused, 0.9))
+                                    .add({.verdict = Verdict::LocalCloseRace, .idle_ms = 5'000})
+                                    .finish();
+    EXPECT_EQ(trace.local_idle.count(), 1u);  // the timer's race alone
+    const Assessment a = assess_default(trace);
+    EXPECT_TRUE(a.closes_before_peer);
+    ASSERT_EQ(a.recommendations.size(), 2u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::KeepAliveTimeout);
+    EXPECT_EQ(a.recommendations[1].kind, RecommendationKind::ConnectionLimit);
+    EXPECT_THAT(a.recommendations[1].text,
+                HasSubstr("2 requests arrived on connections this host closed as soon as it "
+                          "accepted them, before any request (node)"));
+    EXPECT_THAT(a.recommendations[1].text, HasSubstr("server.maxConnections"));
+}
+
 TEST(Dominance, InflightResetsPointAtLoad) {
     const TraceAnalysis trace = Recording()
                                     .add({.verdict = Verdict::LocalCloseRace})

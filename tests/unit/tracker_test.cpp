@@ -1645,6 +1645,82 @@ TEST(TrackerCause, CrashWithARequestReadIsAProcessExit) {
     EXPECT_EQ(conn.requests[0].outcome, Outcome::UnansweredAtClose);
 }
 
+// A keep-alive connection, idle since `idle_from_ns`, that this host's process closes at
+// `close_ns`; with `late`, a request comes just after the close.
+std::vector<Event> closed_idle(const Socket& socket, uint64_t idle_from_ns, uint64_t close_ns,
+                               bool late = false) {
+    std::vector<Event> events{
+        socket.established(idle_from_ns - 2 * kMs),
+        socket.message(idle_from_ns - kMs, Direction::In, kGet),
+        socket.message(idle_from_ns, Direction::Out, kOk),
+        owner_close(socket, close_ns, activity(idle_from_ns - kMs, idle_from_ns), false),
+    };
+    if (late) events.push_back(socket.message(close_ns + 300 * kUs, Direction::In, kLatePost));
+    return events;
+}
+
+Socket other_socket(uint64_t cookie) {
+    Socket socket;
+    socket.cookie = cookie;
+    socket.tuple = ipv4_tuple(8080, static_cast<uint16_t>(51000 + cookie));
+    return socket;
+}
+
+std::vector<Event> joined(std::initializer_list<std::vector<Event>> parts) {
+    std::vector<Event> events;
+    for (const std::vector<Event>& part : parts) events.insert(events.end(), part.begin(), part.end());
+    std::ranges::stable_sort(events, {}, &Event::ts_ns);
+    return events;
+}
+
+// Node's server.close() closes every idle keep-alive connection at once, however long each was
+// idle: no timer, and a request sent on one of them meanwhile is a shutdown's 502.
+TEST(TrackerCause, IdleConnectionsClosedTogetherAreAShutdown) {
+    const uint64_t close_ns = 5'340 * kMs;
+    const std::vector<Connection> conns = run(joined({
+        closed_idle(other_socket(1), 1 * kSec, close_ns, true),
+        closed_idle(other_socket(2), 1 * kSec, close_ns + 40 * kUs),
+        closed_idle(other_socket(3), 4'700 * kMs, close_ns + 80 * kUs),
+    }));
+    ASSERT_EQ(conns.size(), 3u);
+    for (const Connection& conn : conns) {
+        EXPECT_EQ(conn.close.cause, CloseCause::ClosedTogether) << conn.remote.port;
+    }
+    EXPECT_EQ(conns[0].verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conns[1].verdict, Verdict::LocalIdleClose);
+}
+
+// A timer closes at once only connections idle since the same moment; and another process's
+// close at that moment is not this one's.
+TEST(TrackerCause, TimerClosesAtOnceStayTimers) {
+    const uint64_t close_ns = 6 * kSec;
+    std::vector<Event> other_process = closed_idle(other_socket(3), 5'500 * kMs, close_ns + 20 * kUs);
+    other_process.back().pid = 777;
+    const std::vector<Connection> conns = run(joined({
+        closed_idle(other_socket(1), 1 * kSec, close_ns, true),
+        closed_idle(other_socket(2), 1 * kSec + 200 * kUs, close_ns + 200 * kUs),
+        other_process,
+    }));
+    ASSERT_EQ(conns.size(), 3u);
+    EXPECT_EQ(conns[0].close.cause, CloseCause::IdleTimer);
+    EXPECT_EQ(conns[0].verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conns[1].close.cause, CloseCause::IdleTimer);
+    EXPECT_EQ(conns[2].close.cause, CloseCause::KeepaliveEnded);  // 0.5 s after its response
+}
+
+// Node's server.maxConnections: a connection over the limit is closed as soon as it is accepted,
+// and the balancer's request on it meets the close.
+TEST(TrackerCause, ClosedAsItOpenedIsRefused) {
+    const Socket socket;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        owner_close(socket, 1 * kSec + 1'200 * kUs, activity(1 * kSec, 1 * kSec), false),
+        socket.message(1 * kSec + 1'500 * kUs, Direction::In, kLatePost),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalCloseRace);
+    EXPECT_EQ(conn.close.cause, CloseCause::Refused);
+}
+
 TEST(TrackerCause, PooledConnectionForgottenInBetween) {
     Socket socket;
     socket.role = Role::Client;

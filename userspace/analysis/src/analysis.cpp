@@ -136,6 +136,16 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     switch (conn.verdict) {
         case Verdict::LocalCloseRace:
             list_caught(a.races, conn, client_end, source);
+            switch (conn.close.cause) {
+                case CloseCause::IdleTimer:
+                case CloseCause::UnreadRequest: ++a.timer_close_races; break;
+                case CloseCause::ClosedTogether:
+                case CloseCause::ProcessExit:
+                    list_caught(a.shutdown_races, conn, client_end, source);
+                    break;
+                case CloseCause::Refused: list_caught(a.refused_races, conn, client_end, source); break;
+                default: break;
+            }
             [[fallthrough]];
         case Verdict::LocalIdleClose:
             if (!server_side || !idle_ms) break;
@@ -329,6 +339,33 @@ Recommendation process_exit_recommendation(const TraceAnalysis& trace) {
                 "drain connections before stopping it.",
                 count_of(exits.total, "connection was", "connections were"),
                 processes_of(exits))};
+}
+
+Recommendation drain_recommendation(const TraceAnalysis& trace) {
+    const CaughtList& races = trace.shutdown_races;
+    const HostWords host = host_words(trace);
+    return {.kind = RecommendationKind::Drain,
+            .text = fmt::format(
+                "{} on connections {} closed together with its other idle ones ({}; the first "
+                "at {}): a shutdown, restart or reload closing keep-alive connections the load "
+                "balancer still used, not a keep-alive timeout. Drain before stopping: "
+                "deregister the target first and stop the process only after the load "
+                "balancer's deregistration delay, keeping idle connections open until then.",
+                count_of(races.total, "request arrived", "requests arrived"), host.object,
+                processes_of(races), iso8601_utc(races.listed.front().wall_ns))};
+}
+
+Recommendation connection_limit_recommendation(const TraceAnalysis& trace) {
+    const CaughtList& races = trace.refused_races;
+    const HostWords host = host_words(trace);
+    return {.kind = RecommendationKind::ConnectionLimit,
+            .text = fmt::format(
+                "{} on connections {} closed as soon as it accepted them, before any request "
+                "({}): a connection limit or a server refusing work (Node.js "
+                "server.maxConnections, nginx worker_connections), not a keep-alive timeout. "
+                "Raise the limit, or add capacity so that it is not reached.",
+                count_of(races.total, "request arrived", "requests arrived"), host.object,
+                processes_of(races))};
 }
 
 // AWS NAT gateways drop flows idle this long (documented).
@@ -815,11 +852,12 @@ void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
 
 std::optional<double> timer_idle_ms(const Connection& conn) {
     // Only a timer tells a side's idle timeout: a close asked for, a client done with its
-    // connection, a probe or a process exit does not, nor does anything on a health checker's
-    // connection. A race's close is the closer's timer whatever the late request did.
-    const bool race = conn.verdict == Verdict::LocalCloseRace ||
-                      conn.verdict == Verdict::PeerCloseRace;
-    if ((is_timer_close(conn) || race) && !conn.health_check) return conn.close.idle_ms;
+    // connection, a probe, a shutdown or a process exit does not, nor does anything on a health
+    // checker's connection. A race's close is the closer's timer whatever the late request did,
+    // also when it left the request unread.
+    const bool unread_race = conn.verdict == Verdict::LocalCloseRace &&
+                             conn.close.cause == CloseCause::UnreadRequest;
+    if ((is_timer_close(conn) || unread_race) && !conn.health_check) return conn.close.idle_ms;
     return std::nullopt;
 }
 
@@ -892,7 +930,8 @@ void keep_earliest(CaughtList& list) {
 
 void keep_earliest_of_each(TraceAnalysis& a) {
     for (CaughtList* list :
-         {&a.races, &a.inflight_resets, &a.process_exits, &a.peer_gave_up, &a.forgotten}) {
+         {&a.races, &a.shutdown_races, &a.refused_races, &a.inflight_resets, &a.process_exits,
+          &a.peer_gave_up, &a.forgotten}) {
         keep_earliest(*list);
     }
 }
@@ -1023,6 +1062,9 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     m.health_check_connections += part.health_check_connections;
     add_counts(m.health_checkers, part.health_checkers);
     add_caught(m.races, part.races);
+    m.timer_close_races += part.timer_close_races;
+    add_caught(m.shutdown_races, part.shutdown_races);
+    add_caught(m.refused_races, part.refused_races);
     add_caught(m.inflight_resets, part.inflight_resets);
     add_caught(m.process_exits, part.process_exits);
     add_caught(m.peer_gave_up, part.peer_gave_up);
@@ -1308,7 +1350,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     a.peer_gave_up = trace.peer_gave_up.total;
     a.forgotten = trace.forgotten.total;
     a.early_idle_closes = trace.local_idle.count_below(peer_timeout.ms);
-    a.closes_before_peer = a.races > 0 || a.early_idle_closes > 0;
+    a.closes_before_peer = trace.timer_close_races > 0 || a.early_idle_closes > 0;
     a.recommended_keepalive_s =
         static_cast<uint64_t>(std::ceil((peer_timeout.ms + kKeepAliveMarginMs) / 1000));
 
@@ -1347,6 +1389,8 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     }
     if (a.forgotten > 0) lifecycle.push_back(pool_recommendation(trace));
     std::vector<Recommendation> elsewhere;
+    if (trace.shutdown_races.total > 0) elsewhere.push_back(drain_recommendation(trace));
+    if (trace.refused_races.total > 0) elsewhere.push_back(connection_limit_recommendation(trace));
     if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a, host_words(trace)));
     if (a.process_exits > 0) {
         const auto position =

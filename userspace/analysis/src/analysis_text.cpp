@@ -75,6 +75,8 @@ std::string left_out_sentence(const TraceAnalysis& trace) {
         {CloseCause::ClosedAfterUse, "closed by the client right after use"},
         {CloseCause::Probe, "probes (no request)"},
         {CloseCause::ProcessExit, "process exits"},
+        {CloseCause::ClosedTogether, "closed together with other idle ones (a shutdown)"},
+        {CloseCause::Refused, "refused as they opened"},
         {CloseCause::InFlight, "with a request in flight"},
         {CloseCause::UnreadRequest, "with a request unread"},
         {CloseCause::Forgotten, "forgotten in between"},

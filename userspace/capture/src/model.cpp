@@ -45,7 +45,7 @@ constexpr std::array<std::pair<Outcome, std::string_view>, 6> kOutcomeNames{{
     {Outcome::UnreadAtClose, "unread_at_close"},
 }};
 
-constexpr std::array<std::pair<CloseCause, std::string_view>, 10> kCauseNames{{
+constexpr std::array<std::pair<CloseCause, std::string_view>, 12> kCauseNames{{
     {CloseCause::IdleTimer, "idle_timer"},
     {CloseCause::ConnectionClose, "connection_close"},
     {CloseCause::KeepaliveEnded, "keepalive_ended"},
@@ -55,6 +55,8 @@ constexpr std::array<std::pair<CloseCause, std::string_view>, 10> kCauseNames{{
     {CloseCause::ProcessExit, "process_exit"},
     {CloseCause::InFlight, "in_flight"},
     {CloseCause::Forgotten, "forgotten"},
+    {CloseCause::ClosedTogether, "closed_together"},
+    {CloseCause::Refused, "refused"},
     {CloseCause::Unknown, "unknown"},
 }};
 
@@ -186,8 +188,13 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     const auto last = std::ranges::find_if(conn.requests.rbegin(), conn.requests.rend(),
                                            [](const Request& r) { return !came_after_the_close(r); });
     if (last == conn.requests.rend()) {
-        return conn.requests.empty() && conn.requests_omitted == 0 ? CloseCause::Probe
-                                                                     : CloseCause::IdleTimer;
+        if (conn.requests.empty() && conn.requests_omitted == 0) return CloseCause::Probe;
+        if (local && evidence.closed_together) return CloseCause::ClosedTogether;
+        // Closed as soon as it opened: no keep-alive timer runs that short.
+        if (local && close.idle_ms && *close.idle_ms < kRightAfterExchangeMs) {
+            return CloseCause::Refused;
+        }
+        return CloseCause::IdleTimer;
     }
     if (last->outcome != Outcome::Completed) {
         const bool forgotten = !local && close.how == CloseHow::Rst && !close.peer_fin_ns &&
@@ -204,6 +211,7 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
         return *evidence.asked_by_tls_alert == requester(conn.role) ? CloseCause::ConnectionClose
                                                                     : CloseCause::KeepaliveEnded;
     }
+    if (local && evidence.closed_together) return CloseCause::ClosedTogether;
     if (!close.idle_ms) return CloseCause::Unknown;
     return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));
 }

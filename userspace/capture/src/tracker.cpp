@@ -873,9 +873,66 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
     }
 }
 
+// Connections this host's processes closed after some idle (the owner's FIN from ESTABLISHED),
+// kept a little longer than the linger. A timer closes each connection its timeout after that
+// connection's last exchange, so closes at the same instant share their idle time; several
+// closed by one process in the same instant after idle times far apart are a shutdown's, a
+// restart's or a reload's (CloseCause::ClosedTogether: Node's server.close() closes every idle
+// keep-alive connection at once).
+class IdleCloses {
+public:
+    // Closes within this of each other are at once (one pass of a process over its connections).
+    static constexpr uint64_t kWindowNs = 10'000'000;
+    // Idle times at least this far apart (the longer over the shorter) are no one timer's, also
+    // not one that sweeps its connections every so often.
+    static constexpr double kApart = 1.5;
+
+    void note(uint64_t cookie, const Event& event) {
+        if (event.kind != EventKind::State || !event.by_owner || event.owner_exiting ||
+            event.old_state != kTcpEstablished || event.new_state != kTcpFinWait1) {
+            return;
+        }
+        const std::optional<double> idle = idle_ms(event.ts_ns, event.snap);
+        if (!idle || *idle < kIdleGapMs) return;
+        by_time_.emplace(event.ts_ns, Close{.cookie = cookie, .pid = event.pid,
+                                            .netns = event.netns, .idle_ms = *idle});
+    }
+
+    void forget_before(uint64_t ts_ns) { by_time_.erase(by_time_.begin(), by_time_.lower_bound(ts_ns)); }
+
+    // Whether `cookie`'s close at `ts_ns` was one of several its process made at once after idle
+    // times too far apart for a timer.
+    bool closed_together(uint64_t cookie, uint64_t ts_ns) const {
+        const auto own = std::ranges::find(by_time_.lower_bound(ts_ns), by_time_.upper_bound(ts_ns),
+                                           cookie, [](const auto& entry) { return entry.second.cookie; });
+        if (own == by_time_.upper_bound(ts_ns)) return false;
+        const Close& close = own->second;
+        double shortest = close.idle_ms;
+        double longest = close.idle_ms;
+        const auto last = by_time_.upper_bound(ts_ns + kWindowNs);
+        for (auto it = by_time_.lower_bound(ts_ns > kWindowNs ? ts_ns - kWindowNs : 0); it != last;
+             ++it) {
+            if (it->second.pid != close.pid || it->second.netns != close.netns) continue;
+            shortest = std::min(shortest, it->second.idle_ms);
+            longest = std::max(longest, it->second.idle_ms);
+        }
+        return longest >= kApart * shortest;
+    }
+
+private:
+    struct Close {
+        uint64_t cookie = 0;
+        uint32_t pid = 0;
+        uint32_t netns = 0;
+        double idle_ms = 0;
+    };
+    std::multimap<uint64_t, Close> by_time_;
+};
+
 // `spare`: the builder of a connection that has none yet, reused from one to the next (no
-// allocation for its vectors per connection).
-Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare) {
+// allocation for its vectors per connection). `idle_closes`: this host's recent closes after idle, to tell a shutdown's from a timer's.
+Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare,
+                            const IdleCloses& idle_closes) {
     order_by_time(tracked.lifecycle);
     order_by_time(tracked.messages);
     Connection conn;
@@ -905,7 +962,10 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     }
     conn.close.unread_bytes = close.unread_bytes;
     conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
-    CloseEvidence evidence{.owner_exiting = close.owner_exiting};
+    CloseEvidence evidence{
+        .owner_exiting = close.owner_exiting,
+        .closed_together = close.initiator == Initiator::Local && close.local_fin &&
+                           idle_closes.closed_together(cookie, *close.local_fin)};
     add_tls_evidence(evidence, conn, close, builder);
     conn.close.cause = classify_close(conn, evidence);
     conn.close.asked_by = asked_by(conn);
@@ -1158,6 +1218,7 @@ struct ConnTracker::State {
     // Spans (from, to] in which the kernel lost events, in time order, touching ones merged.
     std::vector<std::pair<uint64_t, uint64_t>> losses;
     RequestBuilder spare_builder{true};  // for build_connection()
+    IdleCloses idle_closes;
     // When given_up() last walked the connections (they are many: it walks rarely).
     uint64_t swept_ns = 0;
 
@@ -1172,7 +1233,8 @@ struct ConnTracker::State {
     // its establishment (from the start, when that was not seen) to the end of its linger, in
     // which a late request's reset still belongs to it (to the end, while it is open).
     Connection finalise(uint64_t cookie, Tracked tracked, uint64_t linger_ns) {
-        Connection conn = build_connection(cookie, std::move(tracked), spare_builder);
+        Connection conn =
+            build_connection(cookie, std::move(tracked), spare_builder, idle_closes);
         const uint64_t end =
             conn.closed_ns ? *conn.closed_ns + linger_ns : std::numeric_limits<uint64_t>::max();
         conn.incomplete = lost_during(conn.established_ns.value_or(0), end);
@@ -1392,12 +1454,16 @@ void ConnTracker::on_event(const Event& event) {
     }
     const std::optional<uint64_t> closed_before = tracked.closed_ns();
     State::add(tracked, event, arrival, false, options_);
+    state_->idle_closes.note(event.cookie, event);
     if (tracked.closed_ns() != closed_before) {
         state_->closed.emplace(*tracked.closed_ns(), event.cookie, tracked.first_arrival);
     }
 }
 
 std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
+    // Closes a connection still to be finalised may have been at once with.
+    const uint64_t kept_ns = options_.linger_ns + 2 * IdleCloses::kWindowNs;
+    if (now_ns > kept_ns) state_->idle_closes.forget_before(now_ns - kept_ns);
     std::vector<uint64_t> stale;
     for (const auto& [cookie, resets] : state_->unconfirmed) {
         if (state_->by_cookie.at(cookie).newest_ns + options_.linger_ns < now_ns) {

@@ -79,6 +79,8 @@ const char* kind_name(RecommendationKind kind) {
         case RecommendationKind::UpstreamIdleTimeout: return "upstream_idle_timeout";
         case RecommendationKind::Load: return "load";
         case RecommendationKind::ProcessExit: return "process_exit";
+        case RecommendationKind::Drain: return "drain";
+        case RecommendationKind::ConnectionLimit: return "connection_limit";
         case RecommendationKind::ClientTimeout: return "client_timeout";
         case RecommendationKind::PoolIdleTimeout: return "pool_idle_timeout";
         case RecommendationKind::NothingToFix: return "nothing_to_fix";

@@ -284,6 +284,12 @@ struct TraceAnalysis {
     uint64_t health_check_connections = 0;
     std::map<std::string, uint64_t> health_checkers;  // by name
     CaughtList races;                             // local_close_race, peer_close_race
+    // local_close_race by the close's cause: the idle timer's (or the request left unread by
+    // it), the keep-alive fix's business; a shutdown's (closed_together, process_exit); a
+    // connection refused as it opened.
+    uint64_t timer_close_races = 0;
+    CaughtList shutdown_races;
+    CaughtList refused_races;
     CaughtList inflight_resets;                   // local_reset_inflight but process exits
     CaughtList process_exits;                     // local_reset_inflight: the owner exited
     CaughtList peer_gave_up;                      // peer_close_inflight but forgotten
@@ -409,6 +415,8 @@ enum class RecommendationKind {
     UpstreamIdleTimeout,
     Load,
     ProcessExit,
+    Drain,            // close races of a shutdown: connections closed while still in use
+    ConnectionLimit,  // close races of connections refused as they opened
     ClientTimeout,
     PoolIdleTimeout,  // connections forgotten by a NAT or conntrack in between
     NothingToFix,

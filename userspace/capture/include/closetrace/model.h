@@ -38,6 +38,10 @@ enum class CloseCause {
     InFlight,         // closed or reset with a request unanswered (a timeout, an abort)
     Forgotten,        // a request after a long idle was answered by a reset: a NAT or
                       // conntrack entry in between had expired
+    ClosedTogether,   // this host closed it idle at once with others idle for far other times:
+                      // a shutdown, restart or reload, not a timer
+    Refused,          // this host closed it right after it opened, before any request: a
+                      // connection limit, or a server not taking connections
     Unknown,
 };
 
@@ -241,10 +245,14 @@ inline constexpr double kRightAfterExchangeMs = 1'000;
 inline constexpr double kIdleGapMs = 500;
 
 // What the kernel told of a close beyond the connection record: the owning process was exiting;
+// it closed the connection together with others (a shutdown);
 // the side that asked for it with a TLS alert (its close_notify before the closer's first FIN,
 // RST or alert), when not the closer itself; the bytes left unread were only TLS alerts.
 struct CloseEvidence {
     bool owner_exiting = false;
+    // This host's process closed it at once with other idle connections whose idle times were
+    // far apart (the tracker's IdleCloses).
+    bool closed_together = false;
     std::optional<Initiator> asked_by_tls_alert{};
     bool unread_only_tls_alerts = false;
 };
@@ -290,7 +298,7 @@ inline constexpr CloseCause kAllCloseCauses[] = {
     CloseCause::IdleTimer,     CloseCause::ConnectionClose, CloseCause::KeepaliveEnded,
     CloseCause::ClosedAfterUse, CloseCause::Probe,          CloseCause::UnreadRequest,
     CloseCause::ProcessExit,   CloseCause::InFlight,        CloseCause::Forgotten,
-    CloseCause::Unknown,
+    CloseCause::ClosedTogether, CloseCause::Refused,        CloseCause::Unknown,
 };
 
 }  // namespace closetrace
