@@ -95,6 +95,32 @@ std::string joined(const std::vector<std::string>& sentences) {
 // ---------------------------------------------------------------------------------------------
 // Matching
 
+// 502s of a deploy without draining (the backend closing every idle connection as it stopped)
+// and of a connection limit are close races too, but no keep-alive timeout would have helped.
+TEST(AlbMatch, RacesOfAShutdownOrALimitDoNotAskForALongerKeepAlive) {
+    const int64_t t = kStart + 65 * kSecond;
+    CaughtRequest shutdown = race(2, t, "POST", "/pay");
+    shutdown.cause = CloseCause::ClosedTogether;
+    CaughtRequest refused = race(3, t + 5 * kSecond, "POST", "/pay");
+    refused.cause = CloseCause::Refused;
+    const TraceFacts facts = facts_with({shutdown, refused});
+    const AlbCorrelation result =
+        correlate(facts, {alb_502(t, "POST https://shop.example.com:443/pay HTTP/1.1"),
+                          alb_502(t + 5 * kSecond, "POST https://shop.example.com:443/pay HTTP/1.1")});
+    ASSERT_EQ(result.pairs.size(), 2u);
+    const std::string conclusions = joined(alb_conclusions(facts, result, kSkew));
+    EXPECT_NE(conclusions.find("All 2 502s are explained by close races, none of them the "
+                               "keep-alive timer's. One is on a connection the backend closed "
+                               "together with its other idle ones as it stopped"),
+              std::string::npos)
+        << conclusions;
+    EXPECT_NE(conclusions.find("One is on a connection the backend closed as soon as it accepted "
+                               "it (a connection limit"),
+              std::string::npos)
+        << conclusions;
+    EXPECT_EQ(conclusions.find("keepAliveTimeout"), std::string::npos) << conclusions;
+}
+
 TEST(AlbMatch, ExactMatch) {
     const int64_t t = kStart + 65 * kSecond;
     const TraceFacts facts = facts_with({race(2, t, "POST", "/pay")});

@@ -107,7 +107,42 @@ constexpr std::string_view kHttp2IdleSettings =
     "grpc.max_connection_idle_ms and grpc.max_connection_age_ms, Envoy idle_timeout, nginx "
     "keepalive_timeout)";
 
-std::string close_race_sentence(const std::string& who, uint64_t count, uint64_t streams) {
+// What the close races explaining some lines were: HTTP/2 streams, and races whose close was a
+// shutdown's or a connection limit's rather than the keep-alive timer's.
+struct RaceKinds {
+    uint64_t streams = 0;
+    uint64_t shutdown = 0;  // close.cause closed_together or process_exit
+    uint64_t refused = 0;
+};
+
+std::string untimed_races_sentence(const RaceKinds& kinds) {
+    std::string sentence;
+    if (kinds.shutdown > 0) {
+        sentence += fmt::format(
+            " {} the backend closed together with its other idle ones as it stopped (a "
+            "shutdown, restart or reload, not its keep-alive timeout): deregister the target and "
+            "stop the process only after the deregistration delay.",
+            kinds.shutdown == 1 ? std::string("One is on a connection")
+                                : fmt::format("{} are on connections", kinds.shutdown));
+    }
+    if (kinds.refused > 0) {
+        sentence += fmt::format(
+            " {} the backend closed as soon as it accepted {} (a connection limit such as "
+            "Node.js server.maxConnections, not its keep-alive timeout): raise the limit or add "
+            "capacity.",
+            kinds.refused == 1 ? std::string("One is on a connection")
+                               : fmt::format("{} are on connections", kinds.refused),
+            kinds.refused == 1 ? "it" : "them");
+    }
+    return sentence;
+}
+
+std::string close_race_sentence(const std::string& who, uint64_t count, const RaceKinds& kinds) {
+    const uint64_t streams = kinds.streams;
+    if (kinds.shutdown + kinds.refused == count) {
+        return who + " explained by close races, none of them the keep-alive timer's." +
+               untimed_races_sentence(kinds);
+    }
     if (streams == count) {
         return fmt::format(
             "{} explained by close races on HTTP/2: the backend's GOAWAY or close went out just "
@@ -127,15 +162,15 @@ std::string close_race_sentence(const std::string& who, uint64_t count, uint64_t
                                              : fmt::format("{} of them are", streams),
                                 kHttp2IdleSettings);
     }
-    return sentence;
+    return sentence + untimed_races_sentence(kinds);
 }
 
-// `streams`: how many of the `count` lines are HTTP/2 streams.
+// `kinds`: what the `count` lines' close races were.
 std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint64_t total,
-                               uint64_t streams) {
+                               const RaceKinds& kinds) {
     const std::string who = subject(count, total, status);
     switch (verdict) {
-        case Verdict::LocalCloseRace: return close_race_sentence(who, count, streams);
+        case Verdict::LocalCloseRace: return close_race_sentence(who, count, kinds);
         case Verdict::LocalResetInflight:
             return who +
                    " explained by in-flight closes: the backend reset or closed the "
@@ -211,7 +246,7 @@ void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& he
         const int64_t wall_ns = static_cast<int64_t>(request.request_ns) + header.mono_to_wall_ns;
         facts.caught_requests.push_back({conn.id, conn.cookie, conn.verdict, conn.local,
                                          conn.remote, request, wall_ns, header.host,
-                                         std::nullopt});
+                                         std::nullopt, conn.close.cause});
     }
     if (!conn.http2) return;
     // Its caught streams (those `report` lists), timed by their opening, else their reset; a
@@ -233,7 +268,7 @@ void add_caught(TraceFacts& facts, const Connection& conn, const TraceHeader& he
         const int64_t wall_ns = static_cast<int64_t>(*when_ns) + header.mono_to_wall_ns;
         facts.caught_requests.push_back({conn.id, conn.cookie, conn.verdict, conn.local,
                                          conn.remote, std::move(request), wall_ns, header.host,
-                                         stream});
+                                         stream, conn.close.cause});
     }
 }
 
@@ -517,12 +552,18 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
         for (Verdict verdict : kAllVerdicts) {
             const auto explained = tally.explained.find(verdict);
             if (explained == tally.explained.end()) continue;
-            const auto streams = std::ranges::count_if(result.pairs, [&](const AlbPair& pair) {
-                return pair.request.stream && pair.request.verdict == verdict &&
-                       pair.error.entry.elb_status_code == status;
-            });
-            sentences.push_back(explained_sentence(status, verdict, explained->second,
-                                                   tally.lines, static_cast<uint64_t>(streams)));
+            RaceKinds kinds;
+            for (const AlbPair& pair : result.pairs) {
+                if (pair.request.verdict != verdict || pair.error.entry.elb_status_code != status)
+                    continue;
+                if (pair.request.stream) ++kinds.streams;
+                const CloseCause cause = pair.request.cause;
+                if (cause == CloseCause::ClosedTogether || cause == CloseCause::ProcessExit)
+                    ++kinds.shutdown;
+                if (cause == CloseCause::Refused) ++kinds.refused;
+            }
+            sentences.push_back(
+                explained_sentence(status, verdict, explained->second, tally.lines, kinds));
         }
         if (tally.unexplained > 0) {
             sentences.push_back(unexplained_sentence(trace, result, status, tally.unexplained,

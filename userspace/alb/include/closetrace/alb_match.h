@@ -43,6 +43,7 @@ struct CaughtRequest {
     // opaque, without names (HPACK is not followed), its request_ns when the stream was opened
     // (else reset), its outcome unanswered_at_close. nullopt for an HTTP/1 request.
     std::optional<Http2Stream> stream{};
+    CloseCause cause = CloseCause::Unknown;  // its connection's close.cause
 };
 
 // Whether a log line of `type` (the client's protocol to the load balancer) can have gone to its
