@@ -279,6 +279,50 @@ class CloseCauseTest(unittest.TestCase):
         self.assertNotIn("load", self.recommendation_kinds(report), report["recommendations"])
         self.assertIn("exit", report["conclusion"].lower(), report["conclusion"])
 
+    # ---- a deploy without draining: every idle connection closed at once -----------------
+    def test_shutdown(self):
+        result = self.run_scenario("shutdown")
+        self.assertEqual(result.measured["race_status"], 502)
+        together = [w for w in self.wire(result) if w.cause[0] == {"closed_together"}]
+        self.assertEqual(len(together), 2, [w.describe() for w in self.wire(result)])
+        idles = sorted(w.idle_since_exchange for w in together)
+        self.assertGreater(idles[1], 1.5 * idles[0], idles)  # far apart: no one timer
+        races = [w for w in together if w.verdict == "local_close_race"]
+        self.assertEqual(len(races), 1, [w.describe() for w in together])
+        self.assert_agrees_with_wire(result)
+        self.assert_health_checks(result)
+        trace = self.by_port(result)
+        c = trace[races[0].remote[1]]
+        self.assertEqual((c["verdict"], c["close"]["cause"]), ("local_close_race", "closed_together"),
+                         c)
+        report = report_json(result.trace)
+        kinds = self.recommendation_kinds(report)
+        self.assertEqual(kinds[0], "drain", report["recommendations"])
+        self.assertNotIn("keepalive_timeout", kinds, report["recommendations"])
+        self.assertEqual(report["idle"]["this_host"]["closes"], 0, report["idle"])
+
+    # ---- a connection limit: connections closed as they open -------------------------------
+    def test_connection_limit(self):
+        result = self.run_scenario("connection_limit")
+        # the backend's FIN, then its RST answering the POST: the client reads either first
+        self.assertTrue(all(e in ("closed", "reset") for e in result.measured["over_errors"]),
+                        result.measured["over_errors"])
+        refused = [w for w in self.wire(result) if w.cause[0] == {"refused"}]
+        over = [w for w in refused if any(o["target"].startswith("/over")
+                                          for o in w.request_outcomes())]
+        self.assertEqual(len(over), 2, [w.describe() for w in self.wire(result)])
+        for w in over:
+            self.assertEqual((w.initiator, w.verdict), ("local", "local_close_race"), w.describe())
+        self.assert_agrees_with_wire(result)
+        trace = self.by_port(result)
+        for w in over:
+            c = trace[w.remote[1]]
+            self.assertEqual((c["verdict"], c["close"]["cause"]), ("local_close_race", "refused"), c)
+        report = report_json(result.trace)
+        kinds = self.recommendation_kinds(report)
+        self.assertIn("connection_limit", kinds, report["recommendations"])
+        self.assertNotIn("keepalive_timeout", kinds, report["recommendations"])
+
     # ---- pipelining -----------------------------------------------------------------------
     def test_pipelining(self):
         result = self.run_scenario("pipelining")

@@ -143,12 +143,15 @@ class Conn:
         return status, headers, body
 
     def request(self, method="GET", path="/", body=b"", timeout=5.0, on_sent=None,
-                close_on_timeout=True, reconnect=True, headers=None, wait_server_close=0.0):
+                close_on_timeout=True, reconnect=True, headers=None, wait_server_close=0.0,
+                reuse_closed=False):
         """Send one request; returns a result dict.  Reconnects first if there is no socket
         (or the previous one failed) when reconnect is true.  headers: extra or replaced
         header lines (see build_request).  wait_server_close: after a response with
         Connection: close, wait up to that many seconds for the server's FIN before closing
-        (0: close at once, as most clients do; then client and server race to close)."""
+        (0: close at once, as most clients do; then client and server race to close).
+        reuse_closed: send even on a connection the server already closed, as a busy balancer
+        that has not read the FIN yet does."""
         res = {"method": method, "path": path, "sent": None, "status": None, "error": None,
                "done": None, "local_port": None, "reconnected": False}
         try:
@@ -164,7 +167,7 @@ class Conn:
         except OSError as e:
             res["error"] = f"connect:{e.__class__.__name__}"
             return res
-        if not res["reconnected"] and self._peer_closed():
+        if not res["reconnected"] and not reuse_closed and self._peer_closed():
             # like any keep-alive client: do not reuse a connection the peer already closed
             res["stale_closed"] = True
             if not reconnect:
@@ -262,7 +265,8 @@ def serve(host, port):
                                                          "local_port": res["local_port"]}),
                               close_on_timeout=cmd.get("close_on_timeout", True),
                               reconnect=cmd.get("reconnect", True),
-                              wait_server_close=float(cmd.get("wait_server_close", 0)))
+                              wait_server_close=float(cmd.get("wait_server_close", 0)),
+                              reuse_closed=cmd.get("reuse_closed", False))
                 r.update(ev="result", id=cid)
                 _emit(r)
             elif op == "wait_close":

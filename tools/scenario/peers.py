@@ -32,6 +32,10 @@ NODE_SERVER_JS = r"""
 //                           keep-alive timeout, run before the poll phase reads any socket)
 //   MAX_REQUESTS env     -> server.maxRequestsPerSocket (the last response says
 //                           Connection: close)
+//   MAX_CONNECTIONS env  -> server.maxConnections (a connection over it is closed as soon as
+//                           it is accepted)
+//   SIGUSR2              -> server.close(): stop listening and close every idle keep-alive
+//                           connection at once (a shutdown without draining)
 const http = require('http');
 const KA = parseInt(process.env.KEEPALIVE_MS || '5000');
 const HT = parseInt(process.env.HEADERS_MS || String(KA + 1000));
@@ -78,10 +82,12 @@ server.keepAliveTimeout = KA;
 server.headersTimeout = HT;
 server.requestTimeout = 0;
 if (process.env.MAX_REQUESTS) server.maxRequestsPerSocket = parseInt(process.env.MAX_REQUESTS);
+if (process.env.MAX_CONNECTIONS) server.maxConnections = parseInt(process.env.MAX_CONNECTIONS);
 server.on('connection', (s) => log({ev: 'connection', peer: `${s.remoteAddress}:${s.remotePort}`}));
 server.listen(PORT, HOST, () => log({ev: 'listening', port: PORT, keepAliveTimeout: KA,
                                      headersTimeout: HT, node: process.version}));
 process.on('SIGTERM', () => process.exit(0));
+process.on('SIGUSR2', () => { log({ev: 'shutdown'}); server.close(); });
 """
 
 
@@ -164,9 +170,9 @@ def _mkdir(kind, base=None):
 
 def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=8080,
                        slow_ms=1000, default_delay_ms=0, ns="backend", base_dir=None,
-                       max_requests=None) -> Peer:
+                       max_requests=None, max_connections=None) -> Peer:
     """Node.js http server, 200 to GET and POST on any path (see NODE_SERVER_JS);
-    max_requests sets server.maxRequestsPerSocket."""
+    max_requests sets server.maxRequestsPerSocket, max_connections server.maxConnections."""
     d = _mkdir("node", base_dir)
     script = os.path.join(d, "server.js")
     with open(script, "w") as f:
@@ -177,6 +183,8 @@ def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=
                HOST="0.0.0.0", SLOW_MS=str(slow_ms), DEFAULT_DELAY=str(default_delay_ms))
     if max_requests:
         env["MAX_REQUESTS"] = str(max_requests)
+    if max_connections:
+        env["MAX_CONNECTIONS"] = str(max_connections)
     log = os.path.join(d, "node.log")
     with open(log, "w") as out:
         p = topo.spawn_in(ns, [NODE, script], stdout=out, stderr=subprocess.STDOUT, env=env)

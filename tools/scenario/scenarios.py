@@ -74,6 +74,7 @@ class ScenarioResult:
     # scenario records the client (nat_forgotten)
     local_addr: str | None = None
     local_exits: list = field(default_factory=list)  # wall times the local server was killed
+    local_shutdowns: list = field(default_factory=list)  # ... told to close its connections
 
     @property
     def host_addr(self):
@@ -81,7 +82,8 @@ class ScenarioResult:
 
     def wire_conns(self, local_ports=None):
         return wire.read_capture(self.pcap, self.host_addr,
-                                 local_ports or {self.backend_port}, self.local_exits)
+                                 local_ports or {self.backend_port}, self.local_exits,
+                                 self.local_shutdowns)
 
     def trace_data(self):
         return wire.load_trace(self.trace) if self.trace else None
@@ -92,7 +94,8 @@ class ScenarioResult:
         if not self.trace:
             raise ValueError("no trace recorded (recorder=None)")
         return wire.compare_files(self.trace, self.pcap, self.host_addr,
-                                  {self.backend_port}, self.local_exits, verbose=verbose,
+                                  {self.backend_port}, self.local_exits,
+                                  self.local_shutdowns, verbose=verbose,
                                   check_verdicts=check_verdicts, **checks)
 
     def balancer_statuses(self) -> list[int]:
@@ -151,6 +154,7 @@ class _Run:
         self.backend = None
         self.health: list[clients.HealthChecker] = []
         self.local_exits: list[float] = []
+        self.local_shutdowns: list[float] = []
         # the recorded host: the capture runs on its interface toward the balancer
         self.capture_ns = capture_ns
         self.local_addr = self.topo.addr[capture_ns]
@@ -269,7 +273,7 @@ class _Run:
             balancer_alb_log=getattr(b, "alb_log", None) if b else None,
             backend_log=(getattr(n, "log", None) or getattr(n, "access_log", "")) if n else "",
             client_log=self.client_log, local_addr=self.local_addr,
-            local_exits=list(self.local_exits),
+            local_exits=list(self.local_exits), local_shutdowns=list(self.local_shutdowns),
             backend_addr=self.topo.addr["backend"], backend_port=BACKEND_PORT,
             balancer_addr=self.topo.addr["balancer"],
             duration_s=round(time.monotonic() - self.t0, 2),
@@ -702,6 +706,81 @@ def crash(recorder=None, workdir=None, *, slow=3, slow_ms=5000, normal_requests=
     return run.result("nginx")
 
 
+def shutdown(recorder=None, workdir=None, *, backend_keepalive_ms=20000,
+             balancer_keepalive_s=60.0, slow_ms=300, hc_interval_s=0.7,
+             recorder_ns="host") -> ScenarioResult:
+    """A deploy without draining: the Node backend (keepAliveTimeout 20 s, above nginx's 60 s
+    upstream keepalive_timeout in this scenario's span: neither timer runs out) is told to stop
+    (SIGUSR2: server.close(), which closes every idle keep-alive connection at once) while
+    nginx holds two idle upstream connections, idle for about 2.4 s and 0.8 s, and is stopped
+    with a client's POST waiting: after SIGCONT nginx sends it on a closed connection, the
+    backend answers RST, nginx returns 502.  A shutdown's close race, no timer's."""
+    with _Run("shutdown", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                               slow_ms=slow_ms, port=BACKEND_PORT,
+                                               base_dir=run.workdir)
+        b = _start_balancer(run, "nginx", balancer_keepalive_s)
+        run.health_checks(hc_interval_s)
+        host = t.addr["balancer_client_side"]
+        # two upstream connections at once, then one of them used again: idle times far apart
+        proc = clients.spawn_parallel(t, "client", host, BALANCER_PORT, conns=2, path="/slow")
+        for r in clients.parallel_results(proc):
+            run.log_client(r, phase="parallel")
+        time.sleep(1.5)
+        cl = run.client("client", host, BALANCER_PORT)
+        run.log_client(cl.request("GET", "/again"), phase="again")
+        time.sleep(0.8)
+        b.signal(signal.SIGSTOP, workers=True)
+        try:
+            p = cl.send("POST", "/pay", body="amount=100")
+            p.wait_sent()
+            run.local_shutdowns.append(time.time())
+            run.backend.signal(signal.SIGUSR2)
+            end = time.monotonic() + 2
+            while time.monotonic() < end and not _upstream_in_state(t, "close-wait"):
+                time.sleep(0.03)
+            time.sleep(0.05)
+        finally:
+            b.signal(signal.SIGCONT, workers=True)
+        r = run.log_client(p.result(15), phase="race")
+        run.measured["race_status"] = r.get("status")
+        time.sleep(0.5)
+    return run.result("nginx")
+
+
+def connection_limit(recorder=None, workdir=None, *, limit=2, tries=2, hc_interval_s=0.7,
+                     recorder_ns="host") -> ScenarioResult:
+    """A backend at its connection limit (Node server.maxConnections): `limit` keep-alive
+    connections hold it, and each of `tries` new connections is closed as soon as Node accepts
+    it; its client, like a busy balancer that has not read the FIN yet, sends its POST 0.2 s
+    after connecting, and the backend answers RST.  Health checks in that span meet the limit
+    too."""
+    with _Run("connection_limit", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=10000, max_connections=limit,
+                                               port=BACKEND_PORT, base_dir=run.workdir)
+        run.health_checks(hc_interval_s)
+        time.sleep(3 * hc_interval_s)
+        backend = t.addr["backend"]
+        holders = [run.client("balancer", backend, BACKEND_PORT) for _ in range(limit)]
+        for i, holder in enumerate(holders):
+            run.log_client(holder.request("GET", f"/hold{i}"), phase="hold")
+        results = []
+        for i in range(tries):
+            c = run.client("balancer", backend, BACKEND_PORT)
+            c.connect()
+            time.sleep(0.2)
+            results.append(run.log_client(c.request("POST", f"/over{i}", body="amount=100",
+                                                    reuse_closed=True, reconnect=False),
+                                          phase="over"))
+        run.measured["over_errors"] = [r.get("error") for r in results]
+        for holder in holders:
+            run.log_client(holder.close(), phase="release")
+        time.sleep(3 * hc_interval_s)
+    return run.result(None)
+
+
 def _node_requests(log_path, path_prefix) -> int:
     """Requests Node logged as read (NODE_SERVER_JS's "request" lines) whose url starts
     with path_prefix."""
@@ -791,7 +870,8 @@ SCENARIOS = {"mismatch": mismatch, "fixed": fixed, "overload": overload,
              "broken_behind_hc": broken_behind_hc, "mixed_peers": mixed_peers,
              "one_shot": one_shot,
              "max_requests": max_requests, "unread_race": unread_race, "crash": crash,
-             "pipelining": pipelining, "nat_forgotten": nat_forgotten}
+             "pipelining": pipelining, "nat_forgotten": nat_forgotten, "shutdown": shutdown,
+             "connection_limit": connection_limit}
 
 
 def main(argv=None):

@@ -36,7 +36,7 @@ HEALTH_CHECKERS = ("ELB-HealthChecker", "kube-probe", "GoogleHC", "Consul Health
                    "Amazon-Route53-Health-Check-Service", "Envoy/HC")
 # the trace format's thresholds (issue 14): an idle timer closes after >= 1 s idle; a client
 # that closes within 1 s of its last response closed after use; a late or unread request
-# after >= 0.5 s idle is a race's
+# after >= 0.5 s idle is a race's, and a connection idle that long is one of a shutdown's
 IDLE_TIMER_MIN_S = 1.0
 AFTER_USE_MAX_S = 1.0
 RACE_IDLE_MIN_S = 0.5
@@ -221,6 +221,7 @@ class WireConn:
     segments: list = field(default_factory=list)  # {"t","dir","len","head","seq"}
     capture_gaps: int = 0  # payload the capture missed (sequence holes), both directions
     exit_times: tuple = ()  # when the harness killed the local process (see ``cause``)
+    shutdown_times: tuple = ()  # when the harness told the local server to stop (``cause``)
     _seen: set = field(default_factory=set, repr=False)
     _next: dict = field(default_factory=dict, repr=False)
 
@@ -409,7 +410,10 @@ class WireConn:
 
         The wire cannot see a process exit: a harness that killed the process passes the
         time in ``exit_times`` (read_capture(local_exits=...)); a local close within
-        0.3 s after it is ``process_exit``."""
+        0.3 s after it is ``process_exit``.  Nor a shutdown: a harness that told the server to
+        close its idle connections at once (Node's server.close()) passes the time in
+        ``shutdown_times``, and the scenario leaves them idle for times far apart; a local
+        close of an idle (>= 0.5 s) connection within 0.3 s after it is ``closed_together``."""
         fc = self.first_close
         if fc is None or self.refused:
             return None, None
@@ -441,6 +445,12 @@ class WireConn:
         idle = self.idle_since_exchange
         if idle is None:
             return None, None
+        if who == "local" and idle >= RACE_IDLE_MIN_S and \
+                any(0 <= t - s <= 0.3 for s in self.shutdown_times):
+            return {"closed_together"}, None
+        # closed as it opened, before any request: a connection limit
+        if who == "local" and not done and idle < IDLE_TIMER_MIN_S:
+            return {"refused"}, None
         if idle >= IDLE_TIMER_MIN_S:
             return {"idle_timer"}, None
         if closer_requested and idle < AFTER_USE_MAX_S:
@@ -654,11 +664,14 @@ def conns_from_packets(pkts, local_addr, local_ports=None) -> list[WireConn]:
     return done
 
 
-def read_capture(path, local_addr, local_ports=None, local_exits=()) -> list[WireConn]:
-    """local_exits: wall times the harness killed the local process (see WireConn.cause)."""
+def read_capture(path, local_addr, local_ports=None, local_exits=(),
+                 local_shutdowns=()) -> list[WireConn]:
+    """local_exits: wall times the harness killed the local process; local_shutdowns: when it
+    told the local server to stop (see WireConn.cause)."""
     conns = conns_from_packets(read_packets(path), local_addr, local_ports)
     for c in conns:
         c.exit_times = tuple(local_exits)
+        c.shutdown_times = tuple(local_shutdowns)
     return conns
 
 
@@ -831,12 +844,13 @@ def compare(trace_conns, wire_conns, mono_to_wall_ns=None, local_addr=None,
     return disagreements
 
 
-def compare_files(trace_path, pcap_path, local_addr, local_ports=None, local_exits=(), **kw):
+def compare_files(trace_path, pcap_path, local_addr, local_ports=None, local_exits=(),
+                  local_shutdowns=(), **kw):
     tr = load_trace(trace_path)
     hdr, summ = tr["header"] or {}, tr["summary"] or {}
     off = hdr.get("mono_to_wall_ns")
     end = _twall(summ.get("end_ns"), off)
-    wire = read_capture(pcap_path, local_addr, local_ports, local_exits)
+    wire = read_capture(pcap_path, local_addr, local_ports, local_exits, local_shutdowns)
     return compare(tr["conns"], wire, mono_to_wall_ns=off, local_addr=local_addr,
                    trace_end_wall=end, **kw)
 
