@@ -1614,6 +1614,41 @@ static __always_inline bool is_tls_control(const struct packet *p, bool started)
 	       (h[0] == CT_TLS_APPLICATION_DATA && len <= CT_TLS_LONGEST_CONTROL);
 }
 
+/*
+ * A TLS alert right after this side's own message (a server's close_notify after its response):
+ * the close it begins matters, so it is written at once. It is counted as a message of its
+ * direction's kind, as userspace counts every record, but leaves the slots (the exchange it
+ * follows) and the previous message's start alone: it is no activity.
+ */
+static __always_inline void write_tls_alert(const struct packet *p)
+{
+	struct message_state *m = p->messages;
+	if (!m->request_direction)
+		m->request_direction = request_direction_of(p);
+	__u8 kind = p->direction == m->request_direction ? CT_MESSAGE_REQUEST : CT_MESSAGE_RESPONSE;
+	struct ct_message_event *event = reserve_event(sizeof(*event));
+	if (event) {
+		__builtin_memset(event, 0, sizeof(*event));
+		packet_head(p, &event->hdr);
+		event->hdr.ts_ns = p->now;
+		event->hdr.kind = CT_EV_MESSAGE;
+		event->hdr.size = sizeof(*event);
+		event->previous_ns = m->last_start_ns;
+		event->segment_len = p->payload_len;
+		event->requests = m->counts[CT_MESSAGE_REQUEST];
+		event->responses = m->counts[CT_MESSAGE_RESPONSE];
+		__u64 n = p->payload_len < CT_PAYLOAD_MAX ? p->payload_len : CT_PAYLOAD_MAX;
+		if (n > 0 && !bpf_skb_load_bytes(p->skb, p->payload_offset, event->payload,
+						 copy_len(n)))
+			event->captured = copy_len(n);
+		event->direction = p->direction;
+		event->role = p->state->role;
+		event->kind = kind;
+		submit_event(event, sizeof(*event));
+	}
+	m->counts[kind & 1]++;
+}
+
 static __always_inline void on_payload(const struct packet *p)
 {
 	struct message_state *m = p->messages;
@@ -1645,13 +1680,18 @@ static __always_inline void on_payload(const struct packet *p)
 		p->messages->request_direction && p->direction != p->messages->request_direction;
 	bool started = !overlaps && !(same_direction && !(response_direction &&
 							  opens_response(p->skb, p->payload_offset)));
+	bool tls_control = !started && is_tls_control(p, false);
 	if (started)
 		start_message(p, silence_ns);
+	else if (tls_control && !overlaps)
+		write_tls_alert(p);
 	else
 		continue_message(p);
+	if (started)
+		tls_control = is_tls_control(p, true);
 	/* After the message's logic, which reads its silence from the clocks before: a TLS alert is
 	 * no activity (is_tls_control). */
-	if (!is_tls_control(p, started)) {
+	if (!tls_control) {
 		if (p->direction == CT_DIR_IN)
 			state->last_rx_ns = p->now;
 		else

@@ -62,6 +62,12 @@ def segments(pcap, port, client_port):
     return rows
 
 
+def first_tls_close(wire):
+    """The segment that began the close: the first alert, FIN or RST of either side (a side's
+    close_notify goes before its FIN, and the other side may answer it before that FIN)."""
+    return next(row for row in wire if row[2] & 0x5 or ALERT in row[4])
+
+
 class TlsCloseTest(PeerTest):
     TOOLS = ("nginx", "openssl", "tcpdump", "tshark")
 
@@ -139,17 +145,16 @@ class TlsCloseTest(PeerTest):
         return server_end(client_port), segments(pcap, self.port, client_port)
 
     def assert_health_check(self, check, wire):
-        """Its Connection: close and User-Agent are encrypted: the close is judged by the TCP
-        close and the alerts as the wire shows them, and is a close right after a completed
-        exchange, no race, no idle timer and no request caught."""
-        first_close = next(row for row in wire if row[2] & 0x5)
+        """Its Connection: close and User-Agent are encrypted: the close is judged by the
+        alerts and the TCP close as the wire shows them (the first of them is the close), and
+        is a close right after a completed exchange, no race, no idle timer and no request
+        caught."""
+        first_close = first_tls_close(wire)
         self.assertEqual(check["close"]["initiator"], "peer" if first_close[1] else "local",
                          f"{check} {wire}")
-        # The server's alert follows its response in the same direction, so the kernel takes it
-        # for the response's continuation: the client's FIN after it reads as closed_after_use.
-        self.assertIn(check["close"]["cause"],
-                      ("closed_after_use", "keepalive_ended") if first_close[1]
-                      else ("keepalive_ended", "connection_close"), f"{check} {wire}")
+        self.assertEqual(check["close"]["cause"],
+                         "closed_after_use" if first_close[1] else "keepalive_ended",
+                         f"{check} {wire}")
         self.assertNotIn("race", check["verdict"], check)
         self.assertEqual({r["outcome"] for r in check["requests"]}, {"completed"}, check)
         self.assertIsNone(check["health_check"], check)
@@ -176,16 +181,17 @@ class TlsCloseTest(PeerTest):
         self.assertEqual([r["outcome"] for r in conn["requests"]],
                          ["completed"] * len(conn["requests"]), conn)
         self.assertAlmostEqual(conn["close"]["idle_ms"], wire_idle_ms, delta=50, msg=conn)
-        # Who closed first at the TCP level varies: nginx may reset when the client's alert is
-        # still unread (TCP_ABORT_ON_CLOSE), or it may be the client's FIN.
-        first_fin_or_rst = next(row for row in wire if row[2] & 0x5)
-        if not first_fin_or_rst[1]:
-            self.assertEqual(conn["close"]["initiator"], "local", conn)
-            self.assertEqual(conn["verdict"], "local_reset" if first_fin_or_rst[2] & 0x4
-                             else "local_idle_close", conn)
-            self.assertEqual(conn["close"]["cause"], "idle_timer", conn)
+        # The server began the close (its alert, FIN or RST), whichever FIN or RST went first at
+        # the TCP level: nginx may reset when the client's alert is still unread
+        # (TCP_ABORT_ON_CLOSE), or the client's FIN may go before nginx's.
+        self.assertFalse(first_tls_close(wire)[1], f"the wire: the server's close first {wire}")
+        self.assertEqual(conn["close"]["initiator"], "local", conn)
+        server_fin_or_rst = next(row for row in wire if not row[1] and row[2] & 0x5)
+        self.assertEqual(conn["verdict"], "local_reset" if server_fin_or_rst[2] & 0x4
+                         else "local_idle_close", conn)
+        self.assertEqual(conn["close"]["cause"], "idle_timer", conn)
 
-    def test_a_close_notify_before_the_servers_fin_asks_for_the_close(self):
+    def test_a_close_notify_before_the_servers_fin_is_the_clients_close(self):
         def client():
             tls = self.exchange()
             time.sleep(KEEPALIVE_TIMEOUT_S / 2)
@@ -203,9 +209,13 @@ class TlsCloseTest(PeerTest):
         self.assertTrue(alerts and alerts[0][0] <= first_fin[0],
                         f"the wire: the client's alert before it {wire}")
 
-        self.assertEqual(conn["close"]["initiator"], "local", conn)
-        self.assertEqual(conn["close"]["cause"], "connection_close", conn)
-        self.assertEqual(conn["close"]["asked_by"], "peer", conn)
+        # The client closed first, at the TLS layer, half a second after its exchange: done
+        # with its connection, whoever's FIN went first.
+        self.assertEqual(conn["close"]["initiator"], "peer", conn)
+        self.assertEqual(conn["verdict"], "peer_idle_close", conn)
+        self.assertEqual(conn["close"]["cause"], "closed_after_use", conn)
+        self.assertAlmostEqual(conn["close"]["idle_ms"], KEEPALIVE_TIMEOUT_S / 2 * 1000, delta=50,
+                               msg=conn)
         self.assertEqual([r["outcome"] for r in conn["requests"]],
                          ["completed"] * len(conn["requests"]), conn)
 

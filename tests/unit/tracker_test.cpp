@@ -465,8 +465,9 @@ TEST(TrackerTlsClose, TheClientsCloseNotifyAfterTheServersFinIsNoLateRequest) {
     EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
 }
 
-TEST(TrackerTlsClose, ThePeersCloseNotifyBeforeTheFinAsksForTheClose) {
-    // The client closes at the TLS layer; the server closes its socket when it reads that.
+// The client closes at the TLS layer after 5 s idle (an ALB's idle timeout); the server closes
+// its socket when it reads that, and its FIN may go before the client's: the client closed.
+TEST(TrackerTlsClose, ThePeersCloseNotifyBeforeAnyFinIsThePeersClose) {
     const IdleServer server;
     const Socket& socket = server.socket;
     const uint64_t alert_ns = server.fin_ns - 50 * kUs;
@@ -474,11 +475,36 @@ TEST(TrackerTlsClose, ThePeersCloseNotifyBeforeTheFinAsksForTheClose) {
     events.insert(events.end() - 1, socket.message(alert_ns, Direction::In, kTlsCloseNotify));
 
     const Connection conn = run_one(events);
-    EXPECT_EQ(conn.close.initiator, Initiator::Local);
-    EXPECT_EQ(conn.close.cause, CloseCause::ConnectionClose);
-    EXPECT_EQ(conn.close.asked_by, Initiator::Peer);
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    EXPECT_NEAR(*conn.close.idle_ms, 4'999.95, 0.001);  // at the alert, not at the FIN
+    EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
     ASSERT_EQ(conn.requests.size(), 1u);
     EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+}
+
+// nginx's idle close over TLS: its close_notify, which the balancer answers with its own
+// close_notify and a FIN (or an RST) before nginx's FIN leaves: nginx closed first.
+TEST(TrackerTlsClose, ThisHostsCloseNotifyBeforeAnyFinIsItsClose) {
+    const Socket socket;
+    const uint64_t alert_ns = 4 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(2 * kSec, Direction::In, kGet),
+        socket.message(2 * kSec + kMs, Direction::Out, kOk),
+        socket.message(alert_ns, Direction::Out, kTlsCloseNotify),
+        socket.message(alert_ns + 130 * kUs, Direction::In, kTlsCloseNotify),
+        socket.state(alert_ns + 130 * kUs, kTcpEstablished, kTcpCloseWait,
+                     activity(2 * kSec, 2 * kSec + kMs)),
+        socket.state(alert_ns + 200 * kUs, kTcpCloseWait, kTcpLastAck,
+                     activity(2 * kSec, 2 * kSec + kMs)),
+    });
+    EXPECT_EQ(conn.close.initiator, Initiator::Local);
+    EXPECT_EQ(conn.close.how, CloseHow::Fin);
+    EXPECT_EQ(conn.close.cause, CloseCause::IdleTimer);
+    EXPECT_NEAR(*conn.close.idle_ms, 1'999.0, 0.001);
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
 }
 
 TEST(TrackerTlsClose, TheClientsCloseNotifyLeftUnreadAtTheServersAbortIsNoRequest) {

@@ -69,9 +69,10 @@ std::string client_end_text(const ClientEnd& client) {
 std::string left_out_sentence(const TraceAnalysis& trace) {
     const std::pair<CloseCause, const char*> reasons[] = {
         {CloseCause::ConnectionClose,
-         "asked for by the client (Connection: close, TLS close_notify)"},
+         "asked for by the client (Connection: close)"},
         {CloseCause::KeepaliveEnded,
-         "keep-alive ended by the server (Connection: close, TLS close_notify)"},
+         "keep-alive ended by the server (Connection: close, or a close right after its "
+         "response: an HTTPS health check's Connection: close is encrypted)"},
         {CloseCause::ClosedAfterUse, "closed by the client right after use"},
         {CloseCause::Probe, "probes (no request)"},
         {CloseCause::ProcessExit, "process exits"},

@@ -206,11 +206,6 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
         return last->close_asked == CloseAsked::Request ? CloseCause::ConnectionClose
                                                         : CloseCause::KeepaliveEnded;
     }
-    // A TLS close_notify asks as Connection: close does, from whichever side sent it.
-    if (evidence.asked_by_tls_alert) {
-        return *evidence.asked_by_tls_alert == requester(conn.role) ? CloseCause::ConnectionClose
-                                                                    : CloseCause::KeepaliveEnded;
-    }
     if (local && evidence.closed_together) return CloseCause::ClosedTogether;
     if (!close.idle_ms) return CloseCause::Unknown;
     return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));

@@ -815,25 +815,34 @@ std::optional<double> idle_since_last_exchange(const CloseFacts& close,
     return idle_ms(*first, SockSnapshot{.last_rx_ns = response_clock, .last_tx_ns = 0});
 }
 
-// What TLS alerts tell of a close (CloseEvidence): the side that asked for it, the other side's
-// close_notify after the last exchange and before the closer's first FIN, RST or own alert; and
-// whether the bytes this host left unread were the peer's alerts, no request (every one was
-// answered).
-void add_tls_evidence(CloseEvidence& evidence, const Connection& conn, const CloseFacts& close,
-                      const RequestBuilder& builder) {
-    const std::optional<uint64_t> peer_alert = builder.tls_control_since_exchange(Initiator::Peer);
-    evidence.unread_only_tls_alerts =
-        close.unread_bytes > 0 && peer_alert &&
-        std::ranges::all_of(conn.requests,
-                            [](const Request& r) { return r.outcome == Outcome::Completed; });
-    const Initiator closer = conn.close.initiator;
-    if (closer == Initiator::Unknown) return;
-    const Initiator other = closer == Initiator::Local ? Initiator::Peer : Initiator::Local;
-    const std::optional<uint64_t> alert = builder.tls_control_since_exchange(other);
-    const std::optional<uint64_t> closer_alert = builder.tls_control_since_exchange(closer);
+// A TLS connection's close begins with its closer's close_notify: the side whose alert came
+// after the last exchange and before any FIN or RST closed it first, whichever FIN or RST went
+// first (the other side may answer the alert before the closer's own FIN leaves). Its idle time
+// is the one at its alert.
+void begin_close_with_tls_alert(CloseFacts& close, const RequestBuilder& builder) {
     const std::optional<uint64_t> first = earliest_close(close);
-    if (!alert || !first || *alert > *first || (closer_alert && *closer_alert <= *alert)) return;
-    evidence.asked_by_tls_alert = other;
+    const std::optional<uint64_t> local = builder.tls_control_since_exchange(Initiator::Local);
+    const std::optional<uint64_t> peer = builder.tls_control_since_exchange(Initiator::Peer);
+    const std::optional<uint64_t> alert = earliest(local, peer);
+    if (!first || !alert || *alert >= *first) return;
+    const Initiator side = alert == local ? Initiator::Local : Initiator::Peer;
+    if (side == close.initiator) return;
+    close.initiator = side;
+    const std::optional<uint64_t> rst = side == Initiator::Local ? close.local_rst : close.peer_rst;
+    const std::optional<uint64_t> fin = side == Initiator::Local ? close.local_fin : close.peer_fin;
+    close.how = rst && (!fin || *rst < *fin) ? CloseHow::Rst : CloseHow::Fin;
+    if (close.idle_ms) {
+        close.idle_ms = std::max(0.0, *close.idle_ms - static_cast<double>(*first - *alert) / 1e6);
+    }
+}
+
+// Whether the bytes this host left unread were the peer's TLS alerts, no request (every one was
+// answered).
+bool unread_only_tls_alerts(const Connection& conn, const CloseFacts& close,
+                            const RequestBuilder& builder) {
+    return close.unread_bytes > 0 && builder.tls_control_since_exchange(Initiator::Peer) &&
+           std::ranges::all_of(conn.requests,
+                               [](const Request& r) { return r.outcome == Outcome::Completed; });
 }
 
 void fill_identity(Connection& conn, const Tracked& tracked) {
@@ -939,7 +948,14 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     conn.cookie = cookie;
     fill_identity(conn, tracked);
 
-    const CloseFacts close = derive_close(tracked.lifecycle);
+    CloseFacts close = derive_close(tracked.lifecycle);
+    // A connection with few messages has none settled yet, nor a builder of its own.
+    RequestBuilder& builder =
+        tracked.builder
+            ? *tracked.builder
+            : spare.reset(serves_requests(conn.role, tracked.messages).value_or(true));
+    for (MessageFact& message : tracked.messages) builder.feed(message);
+    begin_close_with_tls_alert(close, builder);
     conn.close = {.initiator = close.initiator,
                   .how = close.how,
                   .local_fin_ns = recorded_time(close.local_fin),
@@ -948,13 +964,6 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
                   .peer_rst_ns = recorded_time(close.peer_rst),
                   .rst_reason = close.rst_reason,
                   .idle_ms = close.idle_ms};
-
-    // A connection with few messages has none settled yet, nor a builder of its own.
-    RequestBuilder& builder =
-        tracked.builder
-            ? *tracked.builder
-            : spare.reset(serves_requests(conn.role, tracked.messages).value_or(true));
-    for (MessageFact& message : tracked.messages) builder.feed(message);
     conn.requests = builder.finish(close, conn.closed_ns, conn.established_ns, tracked.lifecycle,
                                    conn.requests_omitted);
     if (!builder.health_checker().empty()) {
@@ -962,11 +971,11 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     }
     conn.close.unread_bytes = close.unread_bytes;
     conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
-    CloseEvidence evidence{
+    const CloseEvidence evidence{
         .owner_exiting = close.owner_exiting,
         .closed_together = close.initiator == Initiator::Local && close.local_fin &&
-                           idle_closes.closed_together(cookie, *close.local_fin)};
-    add_tls_evidence(evidence, conn, close, builder);
+                           idle_closes.closed_together(cookie, *close.local_fin),
+        .unread_only_tls_alerts = unread_only_tls_alerts(conn, close, builder)};
     conn.close.cause = classify_close(conn, evidence);
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);

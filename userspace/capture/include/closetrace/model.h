@@ -245,15 +245,13 @@ inline constexpr double kRightAfterExchangeMs = 1'000;
 inline constexpr double kIdleGapMs = 500;
 
 // What the kernel told of a close beyond the connection record: the owning process was exiting;
-// it closed the connection together with others (a shutdown);
-// the side that asked for it with a TLS alert (its close_notify before the closer's first FIN,
-// RST or alert), when not the closer itself; the bytes left unread were only TLS alerts.
+// it closed the connection together with others (a shutdown); the bytes left unread were only
+// TLS alerts.
 struct CloseEvidence {
     bool owner_exiting = false;
     // This host's process closed it at once with other idle connections whose idle times were
     // far apart (the tracker's IdleCloses).
     bool closed_together = false;
-    std::optional<Initiator> asked_by_tls_alert{};
     bool unread_only_tls_alerts = false;
 };
 
