@@ -342,6 +342,15 @@ TEST(AlbMatch, StatusMustFitTheVerdict) {
     ASSERT_EQ(in_flight.pairs.size(), 1u);
     EXPECT_NE(joined(alb_conclusions(reset, in_flight, kSkew)).find("in-flight closes"),
               std::string::npos);
+    // A process exit is said as such: no load to look for.
+    CaughtRequest exit = caught(1, Verdict::LocalResetInflight, t, "GET", "/report");
+    exit.cause = CloseCause::ProcessExit;
+    const TraceFacts exited = facts_with({exit});
+    const AlbCorrelation crash = correlate(exited, {alb_502(t, request)});
+    EXPECT_NE(joined(alb_conclusions(exited, crash, kSkew))
+                  .find("The 502 is explained by the backend's process exiting with the request "
+                        "unanswered"),
+              std::string::npos);
 }
 
 TEST(AlbMatch, SelectionCounts) {
@@ -374,6 +383,11 @@ TEST(AlbMatch, SelectionCounts) {
     EXPECT_NE(joined(alb_conclusions(facts, result, kSkew))
                   .find("All 2 502s are unexplained while the trace shows no close race or "
                         "in-flight close: look away from the connection lifecycle"),
+              std::string::npos);
+    // The one never sent is said too: the load balancer could not reach a target.
+    EXPECT_NE(joined(alb_conclusions(facts, result, kSkew))
+                  .find("One load balancer error never reached a target (no target or no request "
+                        "time in the line"),
               std::string::npos);
 }
 

@@ -107,12 +107,14 @@ constexpr std::string_view kHttp2IdleSettings =
     "grpc.max_connection_idle_ms and grpc.max_connection_age_ms, Envoy idle_timeout, nginx "
     "keepalive_timeout)";
 
-// What the close races explaining some lines were: HTTP/2 streams, and races whose close was a
-// shutdown's or a connection limit's rather than the keep-alive timer's.
+// What the caught requests explaining some lines were: HTTP/2 streams; close races whose close
+// was a shutdown's or a connection limit's rather than the keep-alive timer's; in-flight closes
+// of a process exiting.
 struct RaceKinds {
     uint64_t streams = 0;
     uint64_t shutdown = 0;  // close.cause closed_together or process_exit
     uint64_t refused = 0;
+    uint64_t exits = 0;  // close.cause process_exit
 };
 
 std::string untimed_races_sentence(const RaceKinds& kinds) {
@@ -172,10 +174,19 @@ std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint
     switch (verdict) {
         case Verdict::LocalCloseRace: return close_race_sentence(who, count, kinds);
         case Verdict::LocalResetInflight:
+            if (kinds.exits == count) {
+                return who +
+                       " explained by the backend's process exiting with the request unanswered "
+                       "(a crash, a kill, a deploy without draining), not by load: check why it "
+                       "exited then.";
+            }
             return who +
                    " explained by in-flight closes: the backend reset or closed the "
                    "connection with the request unanswered (crash, restart, aborted "
-                   "handler, overload): look at the backend's health and resources then.";
+                   "handler, overload): look at the backend's health and resources then." +
+                   (kinds.exits > 0 ? fmt::format(" {} of them as its process exited.",
+                                                  kinds.exits)
+                                    : std::string());
         case Verdict::PeerCloseInflight:
             return who + (status == 504
                               ? " explained by the load balancer closing the connection while "
@@ -561,6 +572,7 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
                 if (cause == CloseCause::ClosedTogether || cause == CloseCause::ProcessExit)
                     ++kinds.shutdown;
                 if (cause == CloseCause::Refused) ++kinds.refused;
+                if (cause == CloseCause::ProcessExit) ++kinds.exits;
             }
             sentences.push_back(
                 explained_sentence(status, verdict, explained->second, tally.lines, kinds));
@@ -569,6 +581,16 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
             sentences.push_back(unexplained_sentence(trace, result, status, tally.unexplained,
                                                      tally.lines, skew_ns));
         }
+    }
+    if (counts.not_sent > 0) {
+        sentences.push_back(fmt::format(
+            "{} never reached a target (no target or no request time in the line: the load "
+            "balancer could not connect to one, a target down, restarting or refusing "
+            "connections): no connection in the trace can explain {}; look at the targets' "
+            "health and deploys around {}.",
+            counts.not_sent == 1 ? std::string("One load balancer error")
+                                 : fmt::format("{} load balancer errors", counts.not_sent),
+            counts.not_sent == 1 ? "it" : "them", counts.not_sent == 1 ? "its time" : "then"));
     }
     // With unexplained lines, their sentences already speak of the unmatched requests.
     if (counts.on_trace > 0 && result.unexplained.empty() && !result.unmatched_requests.empty()) {
