@@ -1716,6 +1716,38 @@ TEST(TrackerCause, IdleConnectionsClosedTogetherAreAShutdown) {
     EXPECT_EQ(conns[1].verdict, Verdict::LocalIdleClose);
 }
 
+// A balancer reloading (nginx -s reload) closes its idle upstream connections at once: the peer's
+// FINs tell no idle timeout of the peer.
+TEST(TrackerCause, PeerClosesTogetherAreARestartNotItsTimer) {
+    const uint64_t close_ns = 5'340 * kMs;
+    const auto peer_closes = [&](const Socket& socket, uint64_t idle_from_ns, uint64_t at_ns) {
+        return std::vector<Event>{
+            socket.established(idle_from_ns - 2 * kMs),
+            socket.message(idle_from_ns - kMs, Direction::In, kGet),
+            socket.message(idle_from_ns, Direction::Out, kOk),
+            socket.state(at_ns, kTcpEstablished, kTcpCloseWait,
+                         activity(idle_from_ns - kMs, idle_from_ns)),
+        };
+    };
+    Socket elsewhere = other_socket(3);
+    elsewhere.tuple.raddr[3] = 9;  // another peer closing at that moment
+    const std::vector<Connection> conns = run(joined({
+        peer_closes(other_socket(1), 1 * kSec, close_ns),
+        peer_closes(other_socket(2), 4'700 * kMs, close_ns + 30 * kUs),
+        peer_closes(elsewhere, 3 * kSec, close_ns + 60 * kUs),
+    }));
+    ASSERT_EQ(conns.size(), 3u);
+    std::map<std::string, CloseCause> by_peer;
+    for (const Connection& conn : conns) {
+        by_peer[conn.remote.addr + ":" + std::to_string(conn.remote.port)] = conn.close.cause;
+        EXPECT_EQ(conn.verdict, Verdict::PeerIdleClose);
+    }
+    EXPECT_EQ(by_peer, (std::map<std::string, CloseCause>{
+                           {"10.0.0.1:51001", CloseCause::ClosedTogether},
+                           {"10.0.0.1:51002", CloseCause::ClosedTogether},
+                           {"10.0.0.9:51003", CloseCause::IdleTimer}}));
+}
+
 // A timer closes at once only connections idle since the same moment; and another process's
 // close at that moment is not this one's.
 TEST(TrackerCause, TimerClosesAtOnceStayTimers) {

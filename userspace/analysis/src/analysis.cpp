@@ -157,7 +157,8 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
             break;
         case Verdict::PeerCloseRace:
             list_caught(a.races, conn, client_end, source);
-            ++a.upstream_racers[std::string(comm)];
+            // Only the upstream's timer asks for a shorter idle timeout here.
+            if (conn.close.cause == CloseCause::IdleTimer) ++a.upstream_racers[std::string(comm)];
             [[fallthrough]];
         case Verdict::PeerIdleClose:
             if (!idle_ms) break;

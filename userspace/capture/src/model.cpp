@@ -189,7 +189,7 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
                                            [](const Request& r) { return !came_after_the_close(r); });
     if (last == conn.requests.rend()) {
         if (conn.requests.empty() && conn.requests_omitted == 0) return CloseCause::Probe;
-        if (local && evidence.closed_together) return CloseCause::ClosedTogether;
+        if (evidence.closed_together) return CloseCause::ClosedTogether;
         // Closed as soon as it opened: no keep-alive timer runs that short.
         if (local && close.idle_ms && *close.idle_ms < kRightAfterExchangeMs) {
             return CloseCause::Refused;
@@ -206,7 +206,7 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
         return last->close_asked == CloseAsked::Request ? CloseCause::ConnectionClose
                                                         : CloseCause::KeepaliveEnded;
     }
-    if (local && evidence.closed_together) return CloseCause::ClosedTogether;
+    if (evidence.closed_together) return CloseCause::ClosedTogether;
     if (!close.idle_ms) return CloseCause::Unknown;
     return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));
 }

@@ -882,12 +882,12 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
     }
 }
 
-// Connections this host's processes closed after some idle (the owner's FIN from ESTABLISHED),
-// kept a little longer than the linger. A timer closes each connection its timeout after that
-// connection's last exchange, so closes at the same instant share their idle time; several
-// closed by one process in the same instant after idle times far apart are a shutdown's, a
-// restart's or a reload's (CloseCause::ClosedTogether: Node's server.close() closes every idle
-// keep-alive connection at once).
+// Connections closed after some idle (a FIN from ESTABLISHED), by this host's processes and by
+// its peers, kept a little longer than the linger. A timer closes each connection its timeout
+// after that connection's last exchange, so closes at the same instant share their idle time;
+// several closed by one process, or by one peer, in the same instant after idle times far apart
+// are a shutdown's, a restart's or a reload's (CloseCause::ClosedTogether: Node's server.close()
+// closes every idle keep-alive connection at once, and so does nginx reloading).
 class IdleCloses {
 public:
     // Closes within this of each other are at once (one pass of a process over its connections).
@@ -897,31 +897,38 @@ public:
     static constexpr double kApart = 1.5;
 
     void note(uint64_t cookie, const Event& event) {
-        if (event.kind != EventKind::State || !event.by_owner || event.owner_exiting ||
-            event.old_state != kTcpEstablished || event.new_state != kTcpFinWait1) {
-            return;
-        }
+        if (event.kind != EventKind::State || event.old_state != kTcpEstablished) return;
+        const bool local = event.new_state == kTcpFinWait1 && event.by_owner;
+        const bool peer = event.new_state == kTcpCloseWait;
+        if ((!local && !peer) || event.owner_exiting) return;
         const std::optional<double> idle = idle_ms(event.ts_ns, event.snap);
         if (!idle || *idle < kIdleGapMs) return;
-        by_time_.emplace(event.ts_ns, Close{.cookie = cookie, .pid = event.pid,
-                                            .netns = event.netns, .idle_ms = *idle});
+        by_time_.emplace(event.ts_ns, Close{.cookie = cookie,
+                                            .closer = local ? Closer{.pid = event.pid}
+                                                            : Closer{.peer = event.tuple.raddr,
+                                                                     .by_peer = true},
+                                            .netns = event.netns,
+                                            .idle_ms = *idle});
     }
 
-    void forget_before(uint64_t ts_ns) { by_time_.erase(by_time_.begin(), by_time_.lower_bound(ts_ns)); }
+    void forget_before(uint64_t ts_ns) {
+        by_time_.erase(by_time_.begin(), by_time_.lower_bound(ts_ns));
+    }
 
-    // Whether `cookie`'s close at `ts_ns` was one of several its process made at once after idle
-    // times too far apart for a timer.
+    // Whether `cookie`'s close at `ts_ns` was one of several its closer (a process of this host,
+    // or the peer) made at once after idle times too far apart for a timer.
     bool closed_together(uint64_t cookie, uint64_t ts_ns) const {
-        const auto own = std::ranges::find(by_time_.lower_bound(ts_ns), by_time_.upper_bound(ts_ns),
-                                           cookie, [](const auto& entry) { return entry.second.cookie; });
-        if (own == by_time_.upper_bound(ts_ns)) return false;
+        const auto at = by_time_.equal_range(ts_ns);
+        const auto own = std::ranges::find(at.first, at.second, cookie,
+                                           [](const auto& entry) { return entry.second.cookie; });
+        if (own == at.second) return false;
         const Close& close = own->second;
         double shortest = close.idle_ms;
         double longest = close.idle_ms;
         const auto last = by_time_.upper_bound(ts_ns + kWindowNs);
         for (auto it = by_time_.lower_bound(ts_ns > kWindowNs ? ts_ns - kWindowNs : 0); it != last;
              ++it) {
-            if (it->second.pid != close.pid || it->second.netns != close.netns) continue;
+            if (it->second.closer != close.closer || it->second.netns != close.netns) continue;
             shortest = std::min(shortest, it->second.idle_ms);
             longest = std::max(longest, it->second.idle_ms);
         }
@@ -929,17 +936,32 @@ public:
     }
 
 private:
+    // This host's process, or the peer's address.
+    struct Closer {
+        uint32_t pid = 0;
+        std::array<uint8_t, 16> peer{};
+        bool by_peer = false;
+        bool operator==(const Closer&) const = default;
+    };
     struct Close {
         uint64_t cookie = 0;
-        uint32_t pid = 0;
+        Closer closer{};
         uint32_t netns = 0;
         double idle_ms = 0;
     };
     std::multimap<uint64_t, Close> by_time_;
 };
 
+// Whether the closer's FIN, which began the close, was one of several at once (IdleCloses).
+bool closed_together(const CloseFacts& close, uint64_t cookie, const IdleCloses& idle_closes) {
+    const std::optional<uint64_t> fin =
+        close.initiator == Initiator::Local ? close.local_fin : close.peer_fin;
+    return close.initiator != Initiator::Unknown && fin && idle_closes.closed_together(cookie, *fin);
+}
+
 // `spare`: the builder of a connection that has none yet, reused from one to the next (no
-// allocation for its vectors per connection). `idle_closes`: this host's recent closes after idle, to tell a shutdown's from a timer's.
+// allocation for its vectors per connection). `idle_closes`: the recent closes after idle, to tell
+// a shutdown's from a timer's.
 Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare,
                             const IdleCloses& idle_closes) {
     order_by_time(tracked.lifecycle);
@@ -973,8 +995,7 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
     const CloseEvidence evidence{
         .owner_exiting = close.owner_exiting,
-        .closed_together = close.initiator == Initiator::Local && close.local_fin &&
-                           idle_closes.closed_together(cookie, *close.local_fin),
+        .closed_together = closed_together(close, cookie, idle_closes),
         .unread_only_tls_alerts = unread_only_tls_alerts(conn, close, builder)};
     conn.close.cause = classify_close(conn, evidence);
     conn.close.asked_by = asked_by(conn);

@@ -303,7 +303,7 @@ struct TraceAnalysis {
     // above, by their server end).
     std::map<std::string, GroupFigures> by_same_host;
     // Server side: who idle-closed (local_idle_close + local_close_race) by comm; client side:
-    // who sent requests on connections the peer had closed (peer_close_race).
+    // who sent requests on connections the peer's idle timer had closed (peer_close_race).
     std::map<std::string, uint64_t> local_idle_closers;
     // Those of them whose idle-closed connections spoke HTTP/2: their fix is another setting.
     std::set<std::string> http2_idle_closers;

@@ -38,8 +38,8 @@ enum class CloseCause {
     InFlight,         // closed or reset with a request unanswered (a timeout, an abort)
     Forgotten,        // a request after a long idle was answered by a reset: a NAT or
                       // conntrack entry in between had expired
-    ClosedTogether,   // this host closed it idle at once with others idle for far other times:
-                      // a shutdown, restart or reload, not a timer
+    ClosedTogether,   // its closer (a process here, or the peer) closed it idle at once with
+                      // others idle for far other times: a shutdown, restart or reload
     Refused,          // this host closed it right after it opened, before any request: a
                       // connection limit, or a server not taking connections
     Unknown,
@@ -245,12 +245,12 @@ inline constexpr double kRightAfterExchangeMs = 1'000;
 inline constexpr double kIdleGapMs = 500;
 
 // What the kernel told of a close beyond the connection record: the owning process was exiting;
-// it closed the connection together with others (a shutdown); the bytes left unread were only
-// TLS alerts.
+// the closer closed it together with others (a shutdown); the bytes left unread were only TLS
+// alerts.
 struct CloseEvidence {
     bool owner_exiting = false;
-    // This host's process closed it at once with other idle connections whose idle times were
-    // far apart (the tracker's IdleCloses).
+    // Its closer (this host's process, or the peer) closed it at once with other idle
+    // connections whose idle times were far apart (the tracker's IdleCloses).
     bool closed_together = false;
     bool unread_only_tls_alerts = false;
 };
