@@ -653,6 +653,26 @@ TEST(Dominance, RacesOfRefusedConnectionsPointAtTheLimit) {
     EXPECT_THAT(a.recommendations[1].text, HasSubstr("server.maxConnections"));
 }
 
+// TLS connections' requests are the kernel's turns of the conversation, the handshake's too: the
+// report says so rather than let their rates pass for HTTP's.
+TEST(Warnings, OpaqueConnectionsSayTheirRequestsAreTurns) {
+    Connection tls = make_conn({.verdict = Verdict::LocalIdleClose});
+    for (Request& request : tls.requests) {
+        request.method.reset();
+        request.target.reset();
+        request.opaque = true;
+    }
+    const TraceAnalysis trace =
+        Recording().add_conn(tls).add({.verdict = Verdict::LocalIdleClose}).finish();
+    EXPECT_EQ(trace.opaque_connections, 1u);
+    ASSERT_EQ(trace.warnings.size(), 1u);
+    EXPECT_EQ(trace.warnings[0],
+              "test.jsonl: 1 connection carried no readable HTTP (TLS, or another protocol): its "
+              "requests are counted by the turns of the conversation, a TLS handshake's one or "
+              "two among them, so figures per 1,000 requests run low for them");
+    EXPECT_TRUE(Recording().add({.verdict = Verdict::LocalIdleClose}).finish().warnings.empty());
+}
+
 TEST(Dominance, InflightResetsPointAtLoad) {
     const TraceAnalysis trace = Recording()
                                     .add({.verdict = Verdict::LocalCloseRace})

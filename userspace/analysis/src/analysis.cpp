@@ -104,6 +104,9 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
         return;
     }
     a.requests += requests_of(conn);
+    if (!conn.http2 && !conn.requests.empty() && conn.requests.front().opaque) {
+        ++a.opaque_connections;
+    }
     ++a.verdicts[conn.verdict];
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
     const std::string_view comm = conn.comm ? std::string_view(*conn.comm) : std::string_view();
@@ -966,6 +969,14 @@ TraceAnalysis TraceAnalyzer::finish_part(std::vector<std::string> reader_warning
                                            count_of(a.incomplete, "connection", "connections"))
                              : std::string("some connections may be incomplete")));
     }
+    if (a.opaque_connections > 0) {
+        a.warnings.push_back(fmt::format(
+            "{}: {} carried no readable HTTP (TLS, or another protocol): {} requests are "
+            "counted by the turns of the conversation, a TLS handshake's one or two among them, "
+            "so figures per 1,000 requests run low for them",
+            a.file, count_of(a.opaque_connections, "connection", "connections"),
+            a.opaque_connections == 1 ? "its" : "their"));
+    }
     return std::move(analysis_);
 }
 
@@ -1046,6 +1057,7 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     m.connections += part.connections;
     m.incomplete += part.incomplete;
     m.requests += part.requests;
+    m.opaque_connections += part.opaque_connections;
     m.event_lines += part.event_lines;
     m.last_ns = std::max(m.last_ns, static_cast<uint64_t>(part.end_wall_ns()));
     m.verdicts += part.verdicts;

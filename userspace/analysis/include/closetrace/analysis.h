@@ -262,6 +262,9 @@ struct TraceAnalysis {
     // since their verdicts may be wrong.
     uint64_t incomplete = 0;
     uint64_t requests = 0;     // requests over the connections judged (not incomplete)
+    // Of those connections, the ones whose requests were opaque (TLS): counted by turns of the
+    // conversation, the handshake's among them.
+    uint64_t opaque_connections = 0;
     uint64_t event_lines = 0;  // `event` lines (informational)
     uint64_t last_ns = 0;      // the latest monotonic time any conn line records
     VerdictCounts verdicts;
