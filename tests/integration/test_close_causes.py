@@ -293,8 +293,8 @@ class CloseCauseTest(unittest.TestCase):
         self.assert_health_checks(result)
         trace = self.by_port(result)
         c = trace[races[0].remote[1]]
-        self.assertEqual((c["verdict"], c["close"]["cause"]), ("local_close_race", "closed_together"),
-                         c)
+        self.assertEqual((c["verdict"], c["close"]["cause"]),
+                         ("local_close_race", "closed_together"), c)
         report = report_json(result.trace)
         kinds = self.recommendation_kinds(report)
         self.assertEqual(kinds[0], "drain", report["recommendations"])
@@ -317,7 +317,8 @@ class CloseCauseTest(unittest.TestCase):
         trace = self.by_port(result)
         for w in over:
             c = trace[w.remote[1]]
-            self.assertEqual((c["verdict"], c["close"]["cause"]), ("local_close_race", "refused"), c)
+            self.assertEqual((c["verdict"], c["close"]["cause"]),
+                             ("local_close_race", "refused"), c)
         report = report_json(result.trace)
         kinds = self.recommendation_kinds(report)
         self.assertIn("connection_limit", kinds, report["recommendations"])

@@ -104,9 +104,9 @@ TEST(AlbMatch, RacesOfAShutdownOrALimitDoNotAskForALongerKeepAlive) {
     CaughtRequest refused = race(3, t + 5 * kSecond, "POST", "/pay");
     refused.cause = CloseCause::Refused;
     const TraceFacts facts = facts_with({shutdown, refused});
+    const std::string pay = "POST https://shop.example.com:443/pay HTTP/1.1";
     const AlbCorrelation result =
-        correlate(facts, {alb_502(t, "POST https://shop.example.com:443/pay HTTP/1.1"),
-                          alb_502(t + 5 * kSecond, "POST https://shop.example.com:443/pay HTTP/1.1")});
+        correlate(facts, {alb_502(t, pay), alb_502(t + 5 * kSecond, pay)});
     ASSERT_EQ(result.pairs.size(), 2u);
     const std::string conclusions = joined(alb_conclusions(facts, result, kSkew));
     EXPECT_NE(conclusions.find("All 2 502s are explained by close races, none of them the "
@@ -385,9 +385,10 @@ TEST(AlbMatch, SelectionCounts) {
                         "in-flight close: look away from the connection lifecycle"),
               std::string::npos);
     // The one never sent is said too: the load balancer could not reach a target.
+    EXPECT_EQ(result.counts.unreached, 1u);
     EXPECT_NE(joined(alb_conclusions(facts, result, kSkew))
-                  .find("One load balancer error never reached a target (no target or no request "
-                        "time in the line"),
+                  .find("One 502 at " + iso8601_utc(t + 2 * kMs) +
+                        " never reached a target (no target or no request time in the line"),
               std::string::npos);
 }
 

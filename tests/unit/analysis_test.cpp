@@ -629,10 +629,25 @@ TEST(Dominance, RacesOfAShutdownPointAtDrainingNotTheKeepAliveTimeout) {
     EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::Drain);
     EXPECT_THAT(a.conclusion, HasSubstr("2 requests arrived on connections this host had just "
                                         "closed (close races: the load balancer's 502). 2 "
-                                        "requests arrived on connections this host closed "
-                                        "together with its other idle ones (node; the first at"));
+                                        "requests arrived on connections this host closed while "
+                                        "stopping (node; the first at"));
     EXPECT_THAT(a.conclusion, HasSubstr("not a keep-alive timeout. Drain before stopping"));
     EXPECT_THAT(a.conclusion, Not(HasSubstr("keepAliveTimeout")));
+}
+
+// verify still fails a shutdown's 502s, and says what they were.
+TEST(Dominance, VerifySaysWhichRacesNoTimerMade) {
+    const TraceAnalysis trace =
+        Recording()
+            .add_conn(race_closed_by(CloseCause::ClosedTogether, 4'340))
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000}, 3)
+            .finish();
+    const VerifyResult verify = verify_trace(trace, std::nullopt);
+    EXPECT_EQ(verify.conclusion, VerifyConclusion::Failed);
+    ASSERT_EQ(verify.reasons.size(), 1u);
+    EXPECT_THAT(verify.reasons[0],
+                HasSubstr("; 1 of them closed together with other idle ones (a shutdown or "
+                          "restart: drain before stopping)"));
 }
 
 TEST(Dominance, RacesOfRefusedConnectionsPointAtTheLimit) {

@@ -1694,7 +1694,9 @@ Socket other_socket(uint64_t cookie) {
 
 std::vector<Event> joined(std::initializer_list<std::vector<Event>> parts) {
     std::vector<Event> events;
-    for (const std::vector<Event>& part : parts) events.insert(events.end(), part.begin(), part.end());
+    for (const std::vector<Event>& part : parts) {
+        events.insert(events.end(), part.begin(), part.end());
+    }
     std::ranges::stable_sort(events, {}, &Event::ts_ns);
     return events;
 }
@@ -1714,6 +1716,28 @@ TEST(TrackerCause, IdleConnectionsClosedTogetherAreAShutdown) {
     }
     EXPECT_EQ(conns[0].verdict, Verdict::LocalCloseRace);
     EXPECT_EQ(conns[1].verdict, Verdict::LocalIdleClose);
+}
+
+// Live, connections are finalised at the poll after their linger, however late it comes: the
+// closes they were at once with are decided by then.
+TEST(TrackerCause, ClosedTogetherAlsoWhenFinalisedLive) {
+    const uint64_t close_ns = 5'340 * kMs;
+    ConnTracker tracker;
+    for (const Event& event : joined({
+             closed_idle(other_socket(1), 1 * kSec, close_ns, true),
+             closed_idle(other_socket(2), 4'700 * kMs, close_ns + 40 * kUs),
+         })) {
+        tracker.on_event(event);
+    }
+    EXPECT_TRUE(tracker.take_finished(close_ns + 100 * kMs).empty());  // still open
+    // Their sockets gone (time-wait), and the poll after the linger late by half a second.
+    tracker.on_event(other_socket(1).state(close_ns + kMs, kTcpFinWait1, kTcpClose));
+    tracker.on_event(other_socket(2).state(close_ns + kMs, kTcpFinWait1, kTcpClose));
+    const std::vector<Connection> conns = tracker.take_finished(close_ns + 2'500 * kMs);
+    ASSERT_EQ(conns.size(), 2u);
+    for (const Connection& conn : conns) {
+        EXPECT_EQ(conn.close.cause, CloseCause::ClosedTogether) << conn.remote.port;
+    }
 }
 
 // A balancer reloading (nginx -s reload) closes its idle upstream connections at once: the peer's
@@ -1752,7 +1776,8 @@ TEST(TrackerCause, PeerClosesTogetherAreARestartNotItsTimer) {
 // close at that moment is not this one's.
 TEST(TrackerCause, TimerClosesAtOnceStayTimers) {
     const uint64_t close_ns = 6 * kSec;
-    std::vector<Event> other_process = closed_idle(other_socket(3), 5'500 * kMs, close_ns + 20 * kUs);
+    std::vector<Event> other_process =
+        closed_idle(other_socket(3), 5'500 * kMs, close_ns + 20 * kUs);
     other_process.back().pid = 777;
     const std::vector<Connection> conns = run(joined({
         closed_idle(other_socket(1), 1 * kSec, close_ns, true),

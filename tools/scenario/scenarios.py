@@ -709,8 +709,8 @@ def crash(recorder=None, workdir=None, *, slow=3, slow_ms=5000, normal_requests=
 def shutdown(recorder=None, workdir=None, *, backend_keepalive_ms=20000,
              balancer_keepalive_s=60.0, slow_ms=300, hc_interval_s=0.7,
              recorder_ns="host") -> ScenarioResult:
-    """A deploy without draining: the Node backend (keepAliveTimeout 20 s, above nginx's 60 s
-    upstream keepalive_timeout in this scenario's span: neither timer runs out) is told to stop
+    """A deploy without draining: the Node backend (keepAliveTimeout 20 s; nginx's upstream
+    keepalive_timeout 60 s: neither timer runs out in this scenario's span) is told to stop
     (SIGUSR2: server.close(), which closes every idle keep-alive connection at once) while
     nginx holds two idle upstream connections, idle for about 2.4 s and 0.8 s, and is stopped
     with a client's POST waiting: after SIGCONT nginx sends it on a closed connection, the

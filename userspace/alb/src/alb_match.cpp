@@ -184,9 +184,9 @@ std::string explained_sentence(int status, Verdict verdict, uint64_t count, uint
                    " explained by in-flight closes: the backend reset or closed the "
                    "connection with the request unanswered (crash, restart, aborted "
                    "handler, overload): look at the backend's health and resources then." +
-                   (kinds.exits > 0 ? fmt::format(" {} of them as its process exited.",
-                                                  kinds.exits)
-                                    : std::string());
+                   (kinds.exits > 0
+                        ? fmt::format(" {} of them came as its process exited.", kinds.exits)
+                        : std::string());
         case Verdict::PeerCloseInflight:
             return who + (status == 504
                               ? " explained by the load balancer closing the connection while "
@@ -445,6 +445,15 @@ void AlbCorrelator::add(const LbLogEntry& entry, const std::string& file, uint64
     ++counts_.lb_errors;
     if (!entry.target || !dispatch_ns) {
         ++counts_.not_sent;
+        const bool during = entry.time_ns >= trace_.start_wall_ns - skew_ns_ &&
+                            entry.time_ns <= trace_.end_wall_ns + skew_ns_;
+        if (*entry.elb_status_code == 502 && (!entry.target || on_endpoint) && during) {
+            counts_.unreached_first_ns =
+                counts_.unreached == 0 ? entry.time_ns
+                                       : std::min(counts_.unreached_first_ns, entry.time_ns);
+            counts_.unreached_last_ns = std::max(counts_.unreached_last_ns, entry.time_ns);
+            ++counts_.unreached;
+        }
     } else if (!on_endpoint) {
         ++counts_.other_targets;
     } else if (!in_recording) {
@@ -582,15 +591,19 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
                                                      tally.lines, skew_ns));
         }
     }
-    if (counts.not_sent > 0) {
+    if (counts.unreached > 0) {
+        const std::string when =
+            counts.unreached == 1
+                ? "at " + iso8601_utc(counts.unreached_first_ns)
+                : fmt::format("between {} and {}", iso8601_utc(counts.unreached_first_ns),
+                              iso8601_utc(counts.unreached_last_ns));
         sentences.push_back(fmt::format(
-            "{} never reached a target (no target or no request time in the line: the load "
+            "{} {} never reached a target (no target or no request time in the line: the load "
             "balancer could not connect to one, a target down, restarting or refusing "
             "connections): no connection in the trace can explain {}; look at the targets' "
-            "health and deploys around {}.",
-            counts.not_sent == 1 ? std::string("One load balancer error")
-                                 : fmt::format("{} load balancer errors", counts.not_sent),
-            counts.not_sent == 1 ? "it" : "them", counts.not_sent == 1 ? "its time" : "then"));
+            "health and deploys then.",
+            counts.unreached == 1 ? std::string("One 502") : fmt::format("{} 502s", counts.unreached),
+            when, counts.unreached == 1 ? "it" : "them"));
     }
     // With unexplained lines, their sentences already speak of the unmatched requests.
     if (counts.on_trace > 0 && result.unexplained.empty() && !result.unmatched_requests.empty()) {

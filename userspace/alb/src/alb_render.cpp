@@ -277,6 +277,7 @@ std::string render_alb_json(const TraceFacts& trace, const LbLogReadStats& stats
           {"other_targets", counts.other_targets},
           {"outside_recording", counts.outside_recording},
           {"not_sent", counts.not_sent},
+          {"unreached", counts.unreached},
           {"requests_on_trace", counts.requests_on_trace}}},
         {"skew_ms", skew_ms},
         {"maps", maps},

@@ -339,6 +339,12 @@ struct CloseFacts {
 
     std::optional<uint64_t> local_first() const { return earliest(local_fin, local_rst); }
     std::optional<uint64_t> peer_first() const { return earliest(peer_fin, peer_rst); }
+    std::optional<uint64_t> fin_of(Initiator side) const {
+        return side == Initiator::Local ? local_fin : peer_fin;
+    }
+    std::optional<uint64_t> rst_of(Initiator side) const {
+        return side == Initiator::Local ? local_rst : peer_rst;
+    }
 
     void mark(std::optional<uint64_t>& first, const LifecycleFact& fact, Initiator side,
               CloseHow kind) {
@@ -815,21 +821,25 @@ std::optional<double> idle_since_last_exchange(const CloseFacts& close,
     return idle_ms(*first, SockSnapshot{.last_rx_ns = response_clock, .last_tx_ns = 0});
 }
 
+// A closer sends its close_notify right before its FIN: a short TLS record longer before the first
+// FIN or RST is something else (a TLS 1.3 record of a few bytes of data, a key update).
+constexpr uint64_t kAlertBeforeCloseNs = 1'000'000'000;
+
 // A TLS connection's close begins with its closer's close_notify: the side whose alert came
-// after the last exchange and before any FIN or RST closed it first, whichever FIN or RST went
-// first (the other side may answer the alert before the closer's own FIN leaves). Its idle time
-// is the one at its alert.
+// after the last exchange, shortly before any FIN or RST, closed it first, whichever FIN or RST
+// went first (the other side may answer the alert before the closer's own FIN leaves). Its idle
+// time is the one at its alert.
 void begin_close_with_tls_alert(CloseFacts& close, const RequestBuilder& builder) {
     const std::optional<uint64_t> first = earliest_close(close);
     const std::optional<uint64_t> local = builder.tls_control_since_exchange(Initiator::Local);
     const std::optional<uint64_t> peer = builder.tls_control_since_exchange(Initiator::Peer);
     const std::optional<uint64_t> alert = earliest(local, peer);
-    if (!first || !alert || *alert >= *first) return;
+    if (!first || !alert || *alert >= *first || *first - *alert > kAlertBeforeCloseNs) return;
     const Initiator side = alert == local ? Initiator::Local : Initiator::Peer;
     if (side == close.initiator) return;
     close.initiator = side;
-    const std::optional<uint64_t> rst = side == Initiator::Local ? close.local_rst : close.peer_rst;
-    const std::optional<uint64_t> fin = side == Initiator::Local ? close.local_fin : close.peer_fin;
+    const std::optional<uint64_t> rst = close.rst_of(side);
+    const std::optional<uint64_t> fin = close.fin_of(side);
     close.how = rst && (!fin || *rst < *fin) ? CloseHow::Rst : CloseHow::Fin;
     if (close.idle_ms) {
         close.idle_ms = std::max(0.0, *close.idle_ms - static_cast<double>(*first - *alert) / 1e6);
@@ -883,11 +893,11 @@ void fill_identity(Connection& conn, const Tracked& tracked) {
 }
 
 // Connections closed after some idle (a FIN from ESTABLISHED), by this host's processes and by
-// its peers, kept a little longer than the linger. A timer closes each connection its timeout
-// after that connection's last exchange, so closes at the same instant share their idle time;
-// several closed by one process, or by one peer, in the same instant after idle times far apart
-// are a shutdown's, a restart's or a reload's (CloseCause::ClosedTogether: Node's server.close()
-// closes every idle keep-alive connection at once, and so does nginx reloading).
+// its peers. A timer closes each connection its timeout after that connection's last exchange,
+// so closes at the same instant share their idle time; several closed by one closer (a process
+// here, or the peer's address) of one service (role and port) in the same instant after idle
+// times far apart are a shutdown's, a restart's or a reload's (CloseCause::ClosedTogether: Node's
+// server.close() closes every idle keep-alive connection at once, and so does nginx reloading).
 class IdleCloses {
 public:
     // Closes within this of each other are at once (one pass of a process over its connections).
@@ -903,67 +913,91 @@ public:
         if ((!local && !peer) || event.owner_exiting) return;
         const std::optional<double> idle = idle_ms(event.ts_ns, event.snap);
         if (!idle || *idle < kIdleGapMs) return;
-        by_time_.emplace(event.ts_ns, Close{.cookie = cookie,
-                                            .closer = local ? Closer{.pid = event.pid}
-                                                            : Closer{.peer = event.tuple.raddr,
-                                                                     .by_peer = true},
-                                            .netns = event.netns,
-                                            .idle_ms = *idle});
+        const Tuple& tuple = event.tuple;
+        Closer closer{.side = local ? Initiator::Local : Initiator::Peer,
+                      .role = event.role,
+                      .port = event.role == Role::Client ? tuple.rport : tuple.lport,
+                      .netns = event.netns};
+        if (local) {
+            closer.pid = event.pid;
+        } else {
+            closer.peer = tuple.raddr;
+        }
+        by_time_.emplace(event.ts_ns, Close{.cookie = cookie, .closer = closer, .idle_ms = *idle});
     }
 
-    void forget_before(uint64_t ts_ns) {
-        by_time_.erase(by_time_.begin(), by_time_.lower_bound(ts_ns));
+    // Decides for each close noted at least kWindowNs + `settle_ns` (events' reordering) before
+    // `now_ns`, when every close at once with it has come, whether it was one of several; and
+    // forgets the closes no decision still to come needs.
+    void settle(uint64_t now_ns, uint64_t settle_ns) {
+        for (auto it = by_time_.begin();
+             it != by_time_.end() && it->first + kWindowNs + settle_ns <= now_ns; ++it) {
+            if (it->second.decided) continue;
+            it->second.decided = true;
+            if (one_of_several(it)) together_[it->second.cookie] = it->second.closer.side;
+        }
+        const uint64_t needed = 2 * kWindowNs + settle_ns;
+        by_time_.erase(by_time_.begin(),
+                       by_time_.lower_bound(now_ns > needed ? now_ns - needed : 0));
     }
 
-    // Whether `cookie`'s close at `ts_ns` was one of several its closer (a process of this host,
-    // or the peer) made at once after idle times too far apart for a timer.
-    bool closed_together(uint64_t cookie, uint64_t ts_ns) const {
-        const auto at = by_time_.equal_range(ts_ns);
-        const auto own = std::ranges::find(at.first, at.second, cookie,
-                                           [](const auto& entry) { return entry.second.cookie; });
-        if (own == at.second) return false;
-        const Close& close = own->second;
-        double shortest = close.idle_ms;
-        double longest = close.idle_ms;
+    // The side whose close of `cookie` settle() found one of several at once (Unknown: none);
+    // forgets it.
+    Initiator take_closed_together(uint64_t cookie) {
+        const auto found = together_.find(cookie);
+        if (found == together_.end()) return Initiator::Unknown;
+        const Initiator side = found->second;
+        together_.erase(found);
+        return side;
+    }
+
+private:
+    struct Closer {
+        Initiator side = Initiator::Unknown;
+        uint32_t pid = 0;                  // this host's process, for its own closes
+        std::array<uint8_t, 16> peer{};    // the peer's address, for the peer's
+        Role role = Role::Unknown;
+        uint16_t port = 0;                 // the service's: local for a server, remote else
+        uint32_t netns = 0;
+        bool operator==(const Closer&) const = default;
+    };
+    struct Close {
+        uint64_t cookie = 0;
+        Closer closer{};
+        double idle_ms = 0;
+        bool decided = false;
+    };
+    using ByTime = std::multimap<uint64_t, Close>;
+
+    bool one_of_several(ByTime::const_iterator close) const {
+        const uint64_t ts_ns = close->first;
+        double shortest = close->second.idle_ms;
+        double longest = shortest;
         const auto last = by_time_.upper_bound(ts_ns + kWindowNs);
         for (auto it = by_time_.lower_bound(ts_ns > kWindowNs ? ts_ns - kWindowNs : 0); it != last;
              ++it) {
-            if (it->second.closer != close.closer || it->second.netns != close.netns) continue;
+            if (it->second.closer != close->second.closer) continue;
             shortest = std::min(shortest, it->second.idle_ms);
             longest = std::max(longest, it->second.idle_ms);
         }
         return longest >= kApart * shortest;
     }
 
-private:
-    // This host's process, or the peer's address.
-    struct Closer {
-        uint32_t pid = 0;
-        std::array<uint8_t, 16> peer{};
-        bool by_peer = false;
-        bool operator==(const Closer&) const = default;
-    };
-    struct Close {
-        uint64_t cookie = 0;
-        Closer closer{};
-        uint32_t netns = 0;
-        double idle_ms = 0;
-    };
-    std::multimap<uint64_t, Close> by_time_;
+    ByTime by_time_;
+    std::unordered_map<uint64_t, Initiator> together_;  // decided: the cookie's closer side
 };
 
 // Whether the closer's FIN, which began the close, was one of several at once (IdleCloses).
-bool closed_together(const CloseFacts& close, uint64_t cookie, const IdleCloses& idle_closes) {
-    const std::optional<uint64_t> fin =
-        close.initiator == Initiator::Local ? close.local_fin : close.peer_fin;
-    return close.initiator != Initiator::Unknown && fin && idle_closes.closed_together(cookie, *fin);
+bool closed_together(const CloseFacts& close, uint64_t cookie, IdleCloses& idle_closes) {
+    const Initiator side = idle_closes.take_closed_together(cookie);
+    return side != Initiator::Unknown && side == close.initiator;
 }
 
 // `spare`: the builder of a connection that has none yet, reused from one to the next (no
 // allocation for its vectors per connection). `idle_closes`: the recent closes after idle, to tell
 // a shutdown's from a timer's.
 Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare,
-                            const IdleCloses& idle_closes) {
+                            IdleCloses& idle_closes) {
     order_by_time(tracked.lifecycle);
     order_by_time(tracked.messages);
     Connection conn;
@@ -1491,9 +1525,7 @@ void ConnTracker::on_event(const Event& event) {
 }
 
 std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
-    // Closes a connection still to be finalised may have been at once with.
-    const uint64_t kept_ns = options_.linger_ns + 2 * IdleCloses::kWindowNs;
-    if (now_ns > kept_ns) state_->idle_closes.forget_before(now_ns - kept_ns);
+    state_->idle_closes.settle(now_ns, options_.reorder_ns);
     std::vector<uint64_t> stale;
     for (const auto& [cookie, resets] : state_->unconfirmed) {
         if (state_->by_cookie.at(cookie).newest_ns + options_.linger_ns < now_ns) {
@@ -1521,6 +1553,7 @@ std::vector<Connection> ConnTracker::take_finished(uint64_t now_ns) {
 }
 
 std::vector<Connection> ConnTracker::finish_all(uint64_t /*end_ns*/) {
+    state_->idle_closes.settle(std::numeric_limits<uint64_t>::max(), 0);  // every close has come
     // Closed ones first, in closing order; then the open ones in the order they were first seen.
     std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> held;  // (closed, first arrival, cookie)
     for (const auto& [cookie, tracked] : state_->by_cookie) {

@@ -113,6 +113,11 @@ struct StatusTally {
 struct AlbCounts {
     uint64_t lb_errors = 0;  // 502, 504, 460 lines with target_status_code "-"
     uint64_t not_sent = 0;   // of those, never sent: target:port "-" or request time -1
+    // Of those, the 502s answered during the recording, for no target or this trace's: the load
+    // balancer could not reach a target then. Their first and last times (Unix epoch ns).
+    uint64_t unreached = 0;
+    int64_t unreached_first_ns = 0;
+    int64_t unreached_last_ns = 0;
     uint64_t other_targets = 0;
     uint64_t outside_recording = 0;
     uint64_t on_trace = 0;  // on the trace's endpoints during the recording: the ones matched

@@ -94,9 +94,12 @@ struct IdleFigures {
 IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms);
 
 // The idle time (ms) a close tells of the closer's idle timer: that of an idle-timer close or a
-// race, not on a health checker's connection; nullopt for any other close. What the idle figures
+// race (not a shutdown's or a refusal's), not on a health checker's connection; nullopt for any other close. What the idle figures
 // of one side (local_idle, peer_idle, ...) and the timeout it shows are made of.
 std::optional<double> timer_idle_ms(const Connection& conn);
+// A close made neither by a timer nor asked for though the connection was idle: a shutdown's
+// (closed_together, process_exit) or a refusal. Its race asks for no keep-alive fix.
+bool is_shutdown_or_refusal(CloseCause cause);
 
 struct VerdictCounts {
     std::array<uint64_t, std::size(kAllVerdicts)> connections{};
@@ -287,9 +290,8 @@ struct TraceAnalysis {
     uint64_t health_check_connections = 0;
     std::map<std::string, uint64_t> health_checkers;  // by name
     CaughtList races;                             // local_close_race, peer_close_race
-    // local_close_race by the close's cause: the idle timer's (or the request left unread by
-    // it), the keep-alive fix's business; a shutdown's (closed_together, process_exit); a
-    // connection refused as it opened.
+    // local_close_race by the close's cause: a shutdown's (closed_together, process_exit); a
+    // connection refused as it opened; the others, the keep-alive fix's business (a timer's).
     uint64_t timer_close_races = 0;
     CaughtList shutdown_races;
     CaughtList refused_races;

@@ -244,9 +244,9 @@ inline constexpr double kRightAfterExchangeMs = 1'000;
 // to a keep-alive timer.
 inline constexpr double kIdleGapMs = 500;
 
-// What the kernel told of a close beyond the connection record: the owning process was exiting;
-// the closer closed it together with others (a shutdown); the bytes left unread were only TLS
-// alerts.
+// What is known of a close beyond the connection record: the owning process was exiting (the
+// kernel's); the closer closed it together with others, a shutdown (the tracker's, across
+// connections); the bytes left unread were only TLS alerts.
 struct CloseEvidence {
     bool owner_exiting = false;
     // Its closer (this host's process, or the peer) closed it at once with other idle
