@@ -118,23 +118,24 @@ struct RaceKinds {
 };
 
 std::string untimed_races_sentence(const RaceKinds& kinds) {
+    const auto on_connections = [](uint64_t count) {
+        return count == 1 ? std::string("One is on a connection")
+                          : fmt::format("{} are on connections", count);
+    };
     std::string sentence;
     if (kinds.shutdown > 0) {
         sentence += fmt::format(
             " {} the backend closed together with its other idle ones as it stopped (a "
             "shutdown, restart or reload, not its keep-alive timeout): deregister the target and "
             "stop the process only after the deregistration delay.",
-            kinds.shutdown == 1 ? std::string("One is on a connection")
-                                : fmt::format("{} are on connections", kinds.shutdown));
+            on_connections(kinds.shutdown));
     }
     if (kinds.refused > 0) {
         sentence += fmt::format(
             " {} the backend closed as soon as it accepted {} (a connection limit such as "
             "Node.js server.maxConnections, not its keep-alive timeout): raise the limit or add "
             "capacity.",
-            kinds.refused == 1 ? std::string("One is on a connection")
-                               : fmt::format("{} are on connections", kinds.refused),
-            kinds.refused == 1 ? "it" : "them");
+            on_connections(kinds.refused), kinds.refused == 1 ? "it" : "them");
     }
     return sentence;
 }
@@ -578,8 +579,7 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
                     continue;
                 if (pair.request.stream) ++kinds.streams;
                 const CloseCause cause = pair.request.cause;
-                if (cause == CloseCause::ClosedTogether || cause == CloseCause::ProcessExit)
-                    ++kinds.shutdown;
+                if (is_shutdown_close(cause)) ++kinds.shutdown;
                 if (cause == CloseCause::Refused) ++kinds.refused;
                 if (cause == CloseCause::ProcessExit) ++kinds.exits;
             }
@@ -602,7 +602,8 @@ std::vector<std::string> alb_conclusions(const TraceFacts& trace, const AlbCorre
             "balancer could not connect to one, a target down, restarting or refusing "
             "connections): no connection in the trace can explain {}; look at the targets' "
             "health and deploys then.",
-            counts.unreached == 1 ? std::string("One 502") : fmt::format("{} 502s", counts.unreached),
+            counts.unreached == 1 ? std::string("One 502")
+                                  : fmt::format("{} 502s", counts.unreached),
             when, counts.unreached == 1 ? "it" : "them"));
     }
     // With unexplained lines, their sentences already speak of the unmatched requests.

@@ -139,15 +139,10 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     switch (conn.verdict) {
         case Verdict::LocalCloseRace:
             list_caught(a.races, conn, client_end, source);
-            switch (conn.close.cause) {
-                case CloseCause::ClosedTogether:
-                case CloseCause::ProcessExit:
-                    list_caught(a.shutdown_races, conn, client_end, source);
-                    break;
-                case CloseCause::Refused:
-                    list_caught(a.refused_races, conn, client_end, source);
-                    break;
-                default: ++a.timer_close_races;
+            if (is_shutdown_close(conn.close.cause)) {
+                list_caught(a.shutdown_races, conn, client_end, source);
+            } else if (conn.close.cause == CloseCause::Refused) {
+                list_caught(a.refused_races, conn, client_end, source);
             }
             [[fallthrough]];
         case Verdict::LocalIdleClose:
@@ -855,11 +850,6 @@ void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
     }
 }
 
-bool is_shutdown_or_refusal(CloseCause cause) {
-    return cause == CloseCause::ClosedTogether || cause == CloseCause::ProcessExit ||
-           cause == CloseCause::Refused;
-}
-
 std::optional<double> timer_idle_ms(const Connection& conn) {
     // Only a timer tells a side's idle timeout: a close asked for, a client done with its
     // connection, a probe or a process exit does not, nor does anything on a health checker's
@@ -1082,7 +1072,6 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     m.health_check_connections += part.health_check_connections;
     add_counts(m.health_checkers, part.health_checkers);
     add_caught(m.races, part.races);
-    m.timer_close_races += part.timer_close_races;
     add_caught(m.shutdown_races, part.shutdown_races);
     add_caught(m.refused_races, part.refused_races);
     add_caught(m.inflight_resets, part.inflight_resets);
@@ -1370,7 +1359,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     a.peer_gave_up = trace.peer_gave_up.total;
     a.forgotten = trace.forgotten.total;
     a.early_idle_closes = trace.local_idle.count_below(peer_timeout.ms);
-    a.closes_before_peer = trace.timer_close_races > 0 || a.early_idle_closes > 0;
+    a.closes_before_peer = trace.timer_close_races() > 0 || a.early_idle_closes > 0;
     a.recommended_keepalive_s =
         static_cast<uint64_t>(std::ceil((peer_timeout.ms + kKeepAliveMarginMs) / 1000));
 
@@ -1510,8 +1499,8 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     }
     if (a.closes_before_peer || a.upstream_races > 0) {
         std::vector<std::string> remaining;
-        if (after.timer_close_races > 0) {
-            remaining.push_back(count_of(after.timer_close_races, "close race", "close races"));
+        if (after.timer_close_races() > 0) {
+            remaining.push_back(count_of(after.timer_close_races(), "close race", "close races"));
         }
         if (a.upstream_races > 0) {
             remaining.push_back(

@@ -94,12 +94,10 @@ struct IdleFigures {
 IdleFigures idle_figures(const IdleHistogram& closes, std::optional<double> other_side_longest_ms);
 
 // The idle time (ms) a close tells of the closer's idle timer: that of an idle-timer close or a
-// race (not a shutdown's or a refusal's), not on a health checker's connection; nullopt for any other close. What the idle figures
+// race (not a shutdown's or a refusal's), not on a health checker's connection; nullopt for any
+// other close. What the idle figures
 // of one side (local_idle, peer_idle, ...) and the timeout it shows are made of.
 std::optional<double> timer_idle_ms(const Connection& conn);
-// A close made neither by a timer nor asked for though the connection was idle: a shutdown's
-// (closed_together, process_exit) or a refusal. Its race asks for no keep-alive fix.
-bool is_shutdown_or_refusal(CloseCause cause);
 
 struct VerdictCounts {
     std::array<uint64_t, std::size(kAllVerdicts)> connections{};
@@ -291,8 +289,7 @@ struct TraceAnalysis {
     std::map<std::string, uint64_t> health_checkers;  // by name
     CaughtList races;                             // local_close_race, peer_close_race
     // local_close_race by the close's cause: a shutdown's (closed_together, process_exit); a
-    // connection refused as it opened; the others, the keep-alive fix's business (a timer's).
-    uint64_t timer_close_races = 0;
+    // connection refused as it opened; the others (timer_close_races()), the keep-alive fix's.
     CaughtList shutdown_races;
     CaughtList refused_races;
     CaughtList inflight_resets;                   // local_reset_inflight but process exits
@@ -327,6 +324,10 @@ struct TraceAnalysis {
         return causes[static_cast<std::size_t>(cause)];
     }
     uint64_t lost_events() const { return summary ? summary->lost_events : 0; }
+    // local_close_race whose close a timer made: neither a shutdown's nor a refusal.
+    uint64_t timer_close_races() const {
+        return verdicts[Verdict::LocalCloseRace] - shutdown_races.total - refused_races.total;
+    }
     // Server side, by either side: what tells who closes first.
     uint64_t idle_timer_closes() const { return local_idle.count() + peer_idle.count(); }
     uint64_t same_host_connections() const;

@@ -271,6 +271,15 @@ Verdict judge(const Connection& conn);
 inline bool is_timer_close(const Connection& conn) {
     return conn.close.cause == CloseCause::IdleTimer;
 }
+// A close of an idle connection no timer made: a shutdown's (closed together with others, or the
+// owner exiting). Its race asks for draining, not for a keep-alive fix.
+inline bool is_shutdown_close(CloseCause cause) {
+    return cause == CloseCause::ClosedTogether || cause == CloseCause::ProcessExit;
+}
+// ... or a connection refused as it opened: neither tells a keep-alive timeout.
+inline bool is_shutdown_or_refusal(CloseCause cause) {
+    return is_shutdown_close(cause) || cause == CloseCause::Refused;
+}
 
 // A long keep-alive connection carries many thousands of requests; its record keeps the first
 // and the last ones and every request that was not completed (the evidence), and counts the rest.
