@@ -640,14 +640,15 @@ TEST(Dominance, VerifySaysWhichRacesNoTimerMade) {
     const TraceAnalysis trace =
         Recording()
             .add_conn(race_closed_by(CloseCause::ClosedTogether, 4'340))
+            .add_conn(race_closed_by(CloseCause::ProcessExit, 700))
             .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000}, 3)
             .finish();
     const VerifyResult verify = verify_trace(trace, std::nullopt);
     EXPECT_EQ(verify.conclusion, VerifyConclusion::Failed);
     ASSERT_EQ(verify.reasons.size(), 1u);
     EXPECT_THAT(verify.reasons[0],
-                HasSubstr("; 1 of them closed together with other idle ones (a shutdown or "
-                          "restart: drain before stopping)"));
+                HasSubstr("; 2 of them closed by a server stopping (a shutdown, restart or "
+                          "reload: drain before stopping)"));
 }
 
 TEST(Dominance, RacesOfRefusedConnectionsPointAtTheLimit) {

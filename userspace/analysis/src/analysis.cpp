@@ -1569,8 +1569,8 @@ std::string untimed_races_text(const TraceAnalysis& trace) {
     };
     std::string text;
     if (const uint64_t shutdown = trace.shutdown_races.total) {
-        text += fmt::format("; {} closed together with other idle ones (a shutdown or restart: "
-                            "drain before stopping)",
+        text += fmt::format("; {} closed by a server stopping (a shutdown, restart or "
+                            "reload: drain before stopping)",
                             of_them(shutdown));
     }
     if (const uint64_t refused = trace.refused_races.total) {
