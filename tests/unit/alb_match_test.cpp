@@ -446,6 +446,30 @@ TEST(AlbConclusions, LostEventsAreMentioned) {
               std::string::npos);
 }
 
+// The text a user pastes into a ticket (stdout, without the warnings on stderr) says which logs
+// were not read whole.
+TEST(AlbRender, LogsNotReadWholeAreInTheText) {
+    const TraceFacts facts = facts_with({});
+    const AlbCorrelation result =
+        correlate(facts, {alb_502(kStart + kSecond, "GET https://h:443/ HTTP/1.1")});
+    LbLogReadStats stats;
+    stats.files = 2;
+    stats.lines = 1;
+    stats.file_errors = {"logs/b.log.gz: gzip data cut short"};
+    const std::string text =
+        render_alb_text(facts, stats, result, alb_conclusions(facts, result, kSkew), kSkew);
+    EXPECT_NE(text.find("logs      2 files, 1 lines, 0 malformed; 1 not read whole (below)\n"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("\nlogs not read whole (the figures count their lines up to the fault)\n"
+                        "  logs/b.log.gz: gzip data cut short\n"),
+              std::string::npos)
+        << text;
+    stats.file_errors.clear();
+    EXPECT_EQ(render_alb_text(facts, stats, result, {}, kSkew).find("not read whole"),
+              std::string::npos);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Port mappings and the trace
 

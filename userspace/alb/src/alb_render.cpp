@@ -105,8 +105,11 @@ std::string inputs_text(const TraceFacts& trace, const LbLogReadStats& stats,
                        trace.has_summary ? "" : ", cut short");
     out += fmt::format("          endpoints {}; caught connections: {}\n",
                        endpoints.empty() ? "none" : endpoints, caught_summary(trace));
-    out += fmt::format("logs      {} file{}, {} lines, {} malformed\n", stats.files,
-                       stats.files == 1 ? "" : "s", stats.lines, stats.malformed);
+    out += fmt::format("logs      {} file{}, {} lines, {} malformed{}\n", stats.files,
+                       stats.files == 1 ? "" : "s", stats.lines, stats.malformed,
+                       stats.file_errors.empty()
+                           ? ""
+                           : fmt::format("; {} not read whole (below)", stats.file_errors.size()));
     const AlbCounts& counts = result.counts;
     out += fmt::format(
         "          {} load balancer errors (502/504/460, no target response): {} on this "
@@ -233,6 +236,13 @@ std::string render_alb_text(const TraceFacts& trace, const LbLogReadStats& stats
                            stats.malformed);
         for (const std::string& example : stats.malformed_examples) {
             out += fmt::format("  {}\n", printable(example));
+        }
+    }
+    if (!stats.file_errors.empty()) {
+        // Pasted into a ticket without stderr, the figures must still say they may miss lines.
+        out += "\nlogs not read whole (the figures count their lines up to the fault)\n";
+        for (const std::string& error : stats.file_errors) {
+            out += fmt::format("  {}\n", printable(error));
         }
     }
     out += fmt::format("\nwhat it means\n");
