@@ -482,11 +482,16 @@ TEST(Recommendations, NameTheSettingOfEachServer) {
         {"node", "server.keepAliveTimeout = 65000 and server.headersTimeout = 66000"},
         {"nginx", "keepalive_timeout 65s"},
         {"gunicorn", "--keep-alive 65"},
+        // setproctitle renames Gunicorn's processes ("gunicorn: worker [app]", cut to 15).
+        {"gunicorn: worke", "Gunicorn (comm gunicorn: worke): --keep-alive 65"},
         {"uvicorn", "--timeout-keep-alive 65"},
         {"python3", "Gunicorn --keep-alive 65 or uvicorn --timeout-keep-alive 65"},
         {"puma", "persistent_timeout 65"},
         {"ruby", "persistent_timeout 65"},
         {"java", "keepAliveTimeout=\"65000\" on the Connector"},
+        // The JVM names its threads: Tomcat closes idle connections in its connector's.
+        {"http-nio-8080-e", "Tomcat (comm http-nio-8080-e): keepAliveTimeout=\"65000\""},
+        {"https-jsse-nio-", "keepAliveTimeout=\"65000\" on the Connector"},
         {"httpd", "KeepAliveTimeout 65"},
         {"apache2", "KeepAliveTimeout 65"},
         {"haproxy", "timeout http-keep-alive 65s"},
@@ -497,6 +502,8 @@ TEST(Recommendations, NameTheSettingOfEachServer) {
     }
     EXPECT_THAT(keepalive_fix("node", 65),
                 HasSubstr("headersTimeout must exceed keepAliveTimeout"));
+    // A name matched by its start is shown escaped, as any other (a process names itself).
+    EXPECT_THAT(keepalive_fix("python\x1b[2J", 65), Not(HasSubstr("\x1b")));
 }
 
 TEST(Recommendations, NameTheHttp2IdleSettingOfEachServer) {

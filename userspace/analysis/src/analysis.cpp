@@ -1215,7 +1215,9 @@ using FixText = std::string (*)(const std::string& comm, uint64_t value_s);
 // timeout (the one that sends GOAWAY); nullptr where it has none we know, which gets the
 // generic advice.
 struct ServerSettings {
-    std::string_view comms[2];  // the process names it runs as; "python*" is a prefix
+    // The names its closing thread has (comm): the process's, a setproctitle'd one ("gunicorn:
+    // worke"), or a thread's own (Tomcat's "http-nio-8080-e"); "python*" is a prefix.
+    std::string_view comms[4];
     FixText keepalive;
     FixText http2_idle;
 };
@@ -1227,14 +1229,14 @@ const ServerSettings kServerSettings[] = {
              "Node.js (comm {}): set server.keepAliveTimeout = {} and "
              "server.headersTimeout = {} (milliseconds; headersTimeout must exceed "
              "keepAliveTimeout)",
-             comm, value_s * 1000, value_s * 1000 + 1000);
+             analysis_text::printable(comm), value_s * 1000, value_s * 1000 + 1000);
      },
      [](const std::string& comm, uint64_t value_s) {
          return fmt::format(
              "Node.js HTTP/2 (comm {}): the session timeout, server.setTimeout({}) on "
              "http2.createServer() (or session.setTimeout); grpc-js: "
              "grpc.max_connection_idle_ms = {} and grpc.max_connection_age_ms no shorter",
-             comm, value_s * 1000, value_s * 1000);
+             analysis_text::printable(comm), value_s * 1000, value_s * 1000);
      }},
     {{"nginx"},
      [](const std::string&, uint64_t value_s) {
@@ -1254,9 +1256,10 @@ const ServerSettings kServerSettings[] = {
              "connection manager (and max_connection_duration no shorter)",
              value_s);
      }},
-    {{"gunicorn"},
-     [](const std::string&, uint64_t value_s) {
-         return fmt::format("Gunicorn (comm gunicorn): --keep-alive {}", value_s);
+    {{"gunicorn*"},
+     [](const std::string& comm, uint64_t value_s) {
+         return fmt::format("Gunicorn (comm {}): --keep-alive {}",
+                            analysis_text::printable(comm), value_s);
      },
      nullptr},
     {{"uvicorn"},
@@ -1269,26 +1272,27 @@ const ServerSettings kServerSettings[] = {
          return fmt::format(
              "Python (comm {}): Gunicorn --keep-alive {} or uvicorn "
              "--timeout-keep-alive {}, whichever serves these connections",
-             comm, value_s, value_s);
+             analysis_text::printable(comm), value_s, value_s);
      },
      nullptr},
     {{"puma", "ruby"},
      [](const std::string& comm, uint64_t value_s) {
-         return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb", comm,
-                            value_s);
+         return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb",
+                            analysis_text::printable(comm), value_s);
      },
      nullptr},
-    {{"java"},
-     [](const std::string&, uint64_t value_s) {
+    {{"java", "http-nio*", "https-jsse*", "https-openssl*"},
+     [](const std::string& comm, uint64_t value_s) {
          return fmt::format(
-             "Tomcat (comm java): keepAliveTimeout=\"{}\" on the Connector (Spring "
+             "Tomcat (comm {}): keepAliveTimeout=\"{}\" on the Connector (Spring "
              "Boot: server.tomcat.keep-alive-timeout={}s)",
-             value_s * 1000, value_s);
+             analysis_text::printable(comm), value_s * 1000, value_s);
      },
      nullptr},
     {{"httpd", "apache2"},
      [](const std::string& comm, uint64_t value_s) {
-         return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}", comm, value_s);
+         return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}",
+                            analysis_text::printable(comm), value_s);
      },
      nullptr},
     {{"haproxy"},
