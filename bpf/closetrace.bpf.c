@@ -1285,6 +1285,143 @@ static __always_inline bool seen_before(const struct packet *p, bool *overlaps)
 	return false;
 }
 
+/*
+ * A listener that defers its accept (TCP_DEFER_ACCEPT: Apache's default AcceptFilter, nginx's
+ * `listen ... deferred`) completes a connection only with its first data segment, and the hooks
+ * see that segment on the listener, before the connection's own socket exists (so do they a
+ * TCP Fast Open SYN's data). Its start is kept here by the connection's endpoints until the new
+ * socket's first packet takes it: microseconds later in the same softirq for an accepted one.
+ * Endpoints as a dual-stack socket shows them (IPv4 as ::ffff:a.b.c.d); not the namespace: two
+ * namespaces would need the same endpoints within those microseconds.
+ */
+struct deferred_key {
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+};
+
+struct deferred_start {
+	__u64 ts_ns;
+	__u32 next_seq;    /* the sequence number after the segment's last byte */
+	__u32 segment_len;
+	__u16 captured;
+	__u8 pad[6];
+	__u8 head[CT_PAYLOAD_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct deferred_key);
+	__type(value, struct deferred_start);
+} deferred_starts SEC(".maps");
+
+/* Where a segment's start is put together (one per CPU: too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct deferred_start);
+} deferred_scratch SEC(".maps");
+
+static __always_inline void mapped_address(__u8 to[16], const __u8 *ipv4)
+{
+	__builtin_memset(to, 0, 10);
+	to[10] = 0xff;
+	to[11] = 0xff;
+	__builtin_memcpy(to + 12, ipv4, 4);
+}
+
+/* A data segment on a listener: kept for the socket its handshake completes (see above). */
+static __always_inline void keep_deferred_start(struct __sk_buff *skb, const __u8 *ip,
+						const __u8 *ip_end, const __u8 *tcp,
+						__u32 payload_offset)
+{
+	struct deferred_key key = {};
+	key.lport = ((__u16)tcp[2] << 8) | tcp[3];
+	key.rport = ((__u16)tcp[0] << 8) | tcp[1];
+	if (!port_matches(key.lport, key.rport))
+		return;
+	/* The bounds on_packet checked, again: the verifier has merged its two paths by now. */
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (ip + 20 > ip_end)
+			return;
+		mapped_address(key.laddr, ip + 16);
+		mapped_address(key.raddr, ip + 12);
+	} else {
+		if (ip + 40 > ip_end)
+			return;
+		__builtin_memcpy(key.laddr, ip + 24, 16);
+		__builtin_memcpy(key.raddr, ip + 8, 16);
+	}
+	__u32 zero = 0;
+	struct deferred_start *start = bpf_map_lookup_elem(&deferred_scratch, &zero);
+	if (!start)
+		return;
+	__u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
+	__u32 len = skb->len - payload_offset;
+	/* A SYN's data begins one past its sequence number. */
+	start->next_seq = seq + ((tcp[13] & CT_TCP_SYN) ? 1 : 0) + len;
+	start->ts_ns = bpf_ktime_get_ns();
+	start->segment_len = len;
+	start->captured = 0;
+	__u64 n = len < CT_PAYLOAD_MAX ? len : CT_PAYLOAD_MAX;
+	if (n > 0 && !bpf_skb_load_bytes(skb, payload_offset, start->head, copy_len(n)))
+		start->captured = copy_len(n);
+	bpf_map_update_elem(&deferred_starts, &key, start, BPF_ANY);
+}
+
+/*
+ * A server socket's first packet: the request that completed its handshake on a listener that
+ * defers its accept, if one was kept, is its first message (as start_message would have read
+ * it). HTTP/2 is not followed on such a socket: its client preface has passed unwalked.
+ */
+static __always_inline void take_deferred_start(const struct packet *p)
+{
+	struct ct_tuple tuple = {};
+	tuple_from_bpf_sock(p->sk, &tuple);
+	struct deferred_key key = {.lport = tuple.lport, .rport = tuple.rport};
+	if (tuple.family == AF_INET) {
+		mapped_address(key.laddr, tuple.laddr);
+		mapped_address(key.raddr, tuple.raddr);
+	} else {
+		__builtin_memcpy(key.laddr, tuple.laddr, 16);
+		__builtin_memcpy(key.raddr, tuple.raddr, 16);
+	}
+	struct deferred_start *start = bpf_map_lookup_elem(&deferred_starts, &key);
+	if (!start)
+		return;
+	struct message_state *m = p->messages;
+	struct sock_state *state = p->state;
+	/* The connection was established by this segment: not before it. */
+	__u64 ts = start->ts_ns > state->established_ns ? start->ts_ns : state->established_ns;
+	m->request_direction = CT_DIR_IN;
+	m->http2 = HTTP2_NOT;
+	m->next_seq[CT_DIR_IN - 1] = start->next_seq;
+	m->seq_known |= 1 << (CT_DIR_IN - 1);
+	m->counts[CT_MESSAGE_REQUEST] = 1;
+	m->current = CT_MESSAGE_REQUEST;
+	m->answer_pending = 1;
+	m->last_start_ns = ts;
+	struct message_slot *slot = &m->slots[CT_MESSAGE_REQUEST];
+	slot->ts_ns = ts;
+	slot->previous_ns = 0;
+	slot->segment_len = start->segment_len;
+	slot->counts_before[CT_MESSAGE_REQUEST] = 0;
+	slot->counts_before[CT_MESSAGE_RESPONSE] = 0;
+	slot->direction = CT_DIR_IN;
+	slot->status = SLOT_TO_WRITE;
+	slot->captured = start->captured <= CT_PAYLOAD_MAX ? start->captured : CT_PAYLOAD_MAX;
+	__builtin_memcpy(slot->head, start->head, CT_PAYLOAD_MAX);
+	note_head_end(slot);
+	state->last_rx_ns = ts;
+	state->last_direction = CT_DIR_IN;
+	bpf_map_delete_elem(&deferred_starts, &key);
+	if (slot->head_complete)
+		write_packet_slot(p, CT_MESSAGE_REQUEST);
+}
+
 /* Frames walked in one segment at most: a segment with more loses the track of its direction. */
 #define CT_HTTP2_FRAMES_PER_SEGMENT 32
 #define CT_HTTP2_FRAME_HEADER_LEN 9
@@ -1752,6 +1889,10 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 #else
 	struct sock_state *state = bpf_sk_storage_get(&sock_states, sk, NULL, 0);
 #endif
+	if (!state && has_payload && sk->state == TCP_LISTEN && direction == CT_DIR_IN) {
+		keep_deferred_start(skb, data, data_end, tcp, payload_offset);
+		return;
+	}
 	if (!state && (!has_payload || !is_midlife_state(sk->state) ||
 		       !port_matches(sk->src_port, bpf_ntohs(sk->dst_port))))
 		return;
@@ -1801,6 +1942,8 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 #else
 	p.messages = &state->messages;
 #endif
+	if (!p.messages->seq_known && state->role == CT_ROLE_SERVER)
+		take_deferred_start(&p);
 	if (has_payload)
 		on_payload(&p);
 	if (closes) {

@@ -4,6 +4,7 @@ request, yet its record counts every request and lists the first, the one after 
 the last; a request head sent a few bytes per segment is reassembled to its method and target;
 an interim response (100 Continue) is no answer, and the body it asked for is no request."""
 import socket
+import threading
 import time
 import unittest
 
@@ -179,6 +180,67 @@ class MessagesTest(unittest.TestCase):
                     self.assertEqual(held, [[{"status": 200}]], held)
                 else:
                     self.assertEqual((last["outcome"], last["status"]), ("completed", 200), last)
+
+
+HEALTH_CHECK = (b"GET /health HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n"
+                b"User-Agent: ELB-HealthChecker/2.0\r\n\r\n")
+
+
+class DeferredAcceptServer(KeepAliveServer):
+    """A listener that defers its accept until data arrives (TCP_DEFER_ACCEPT: Apache's default
+    AcceptFilter, nginx's `listen ... deferred`): the connection is completed by its first
+    request's segment, which the hooks see on the listener. `dual_stack` listens on :: for IPv4
+    too, so its sockets show IPv4 peers as ::ffff:a.b.c.d (Apache, Go, Java)."""
+
+    def __init__(self, port, dual_stack):
+        self.listener = socket.socket(socket.AF_INET6 if dual_stack else socket.AF_INET)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack:
+            self.listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+        self.listener.bind(("::" if dual_stack else "127.0.0.1", port))
+        self.listener.listen(16)
+        self.port = port
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+
+class DeferredAcceptTest(unittest.TestCase):
+    """The first request of a connection to a deferred-accept listener is read like any other:
+    a health check is a health check with its request, not a probe without one."""
+
+    def setUp(self):
+        require_bpf()
+
+    def test_first_requests_on_a_deferred_accept_listener(self):
+        for port, dual_stack in ((PORT + 2, False), (PORT + 3, True)):
+            with self.subTest(dual_stack=dual_stack), DeferredAcceptServer(port, dual_stack):
+                recorder = Recorder("--port", str(port))
+                self.addCleanup(recorder.cleanup)
+                with recorder:
+                    check = client(port)
+                    check_port = check.getsockname()[1]
+                    check.sendall(HEALTH_CHECK)
+                    self.assertTrue(check.recv(4096).endswith(b"ok"))
+                    check.close()
+                    busy = client(port)
+                    busy_port = busy.getsockname()[1]
+                    for _ in range(3):
+                        exchange(busy)
+                    busy.close()
+                    time.sleep(0.6)  # past the linger: every connection is written
+                self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+                _, conns, _, _ = recorder.trace()
+                conn = server_record(conns, check_port)
+                self.assertEqual([(r["method"], r["target"], r["status"])
+                                  for r in conn["requests"]], [("GET", "/health", 200)], conn)
+                self.assertEqual(conn.get("health_check"), "ELB-HealthChecker", conn)
+                self.assertEqual(conn["close"]["cause"], "connection_close", conn)
+                conn = server_record(conns, busy_port)
+                listed = conn["requests"]
+                self.assertEqual(len(listed) + conn["requests_omitted"], 3, conn)
+                self.assertEqual((listed[0]["method"], listed[0]["target"]),
+                                 ("GET", "/split/path/abc"), conn)
+                self.assertTrue(all(r["status"] == 200 for r in listed), conn)
 
 
 if __name__ == "__main__":
