@@ -1608,11 +1608,32 @@ TEST(TrackerCause, ClientClosesRightAfterUse) {
 
 TEST(TrackerCause, ProbeWithoutARequest) {
     const Socket socket;
+    SockSnapshot silent = activity(0, 0);
+    silent.bytes_in = silent.bytes_out = 0;
     const Connection conn = run_one({
         socket.established(1 * kSec),
-        socket.state(1 * kSec + kMs, kTcpEstablished, kTcpCloseWait, activity(0, 0)),
+        socket.state(1 * kSec + kMs, kTcpEstablished, kTcpCloseWait, silent),
     });
     EXPECT_EQ(conn.close.cause, CloseCause::Probe);
+}
+
+// The client sent bytes (the socket counts them) that no message record shows: no probe. Its
+// idle at the close says what it can.
+TEST(TrackerCause, BytesWithoutMessagesAreNoProbe) {
+    const Socket socket;
+    SockSnapshot sent = activity(1 * kSec + kMs, 1 * kSec + 2 * kMs);
+    sent.bytes_out = 0;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.state(1 * kSec + 9 * kMs, kTcpEstablished, kTcpCloseWait, sent),
+    });
+    EXPECT_EQ(conn.close.cause, CloseCause::ClosedAfterUse);
+    SockSnapshot unknown_idle = activity(0, 0);
+    const Connection idle_unknown = run_one({
+        socket.established(1 * kSec),
+        socket.state(1 * kSec + 9 * kMs, kTcpEstablished, kTcpCloseWait, unknown_idle),
+    });
+    EXPECT_EQ(idle_unknown.close.cause, CloseCause::Unknown);
 }
 
 // The keep-alive timer closes the socket while a request that came after the idle waits unread:

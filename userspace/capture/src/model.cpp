@@ -168,6 +168,16 @@ bool any_outcome(const std::vector<Request>& requests, Outcome outcome) {
 // The side that sends the requests: the peer of a connection this host serves.
 Initiator requester(Role role) { return role == Role::Client ? Initiator::Local : Initiator::Peer; }
 
+// Payload from the side that sends requests (either side when the role is unknown), by the
+// socket's own byte counts.
+bool requester_sent_bytes(const Connection& conn) {
+    switch (conn.role) {
+        case Role::Server: return conn.bytes_in > 0;
+        case Role::Client: return conn.bytes_out > 0;
+        default: return conn.bytes_in + conn.bytes_out > 0;
+    }
+}
+
 Initiator other_side(Initiator side) {
     return side == Initiator::Local ? Initiator::Peer : Initiator::Local;
 }
@@ -188,7 +198,14 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     const auto last = std::ranges::find_if(conn.requests.rbegin(), conn.requests.rend(),
                                            [](const Request& r) { return !came_after_the_close(r); });
     if (last == conn.requests.rend()) {
-        if (conn.requests.empty() && conn.requests_omitted == 0) return CloseCause::Probe;
+        if (conn.requests.empty() && conn.requests_omitted == 0) {
+            if (!requester_sent_bytes(conn)) return CloseCause::Probe;
+            // Requests that no message shows (a connection met mid-life, messages lost): its
+            // idle tells what it can.
+            if (evidence.closed_together) return CloseCause::ClosedTogether;
+            if (!close.idle_ms) return CloseCause::Unknown;
+            return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));
+        }
         if (evidence.closed_together) return CloseCause::ClosedTogether;
         // Closed as soon as it opened: no keep-alive timer runs that short.
         if (local && close.idle_ms && *close.idle_ms < kRightAfterExchangeMs) {
