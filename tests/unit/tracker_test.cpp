@@ -1608,8 +1608,10 @@ TEST(TrackerCause, ClientClosesRightAfterUse) {
 
 TEST(TrackerCause, ProbeWithoutARequest) {
     const Socket socket;
+    // The socket counts sequence numbers: the client's FIN is the one byte in.
     SockSnapshot silent = activity(0, 0);
-    silent.bytes_in = silent.bytes_out = 0;
+    silent.bytes_in = 1;
+    silent.bytes_out = 1;
     const Connection conn = run_one({
         socket.established(1 * kSec),
         socket.state(1 * kSec + kMs, kTcpEstablished, kTcpCloseWait, silent),

@@ -169,12 +169,15 @@ bool any_outcome(const std::vector<Request>& requests, Outcome outcome) {
 Initiator requester(Role role) { return role == Role::Client ? Initiator::Local : Initiator::Peer; }
 
 // Payload from the side that sends requests (either side when the role is unknown), by the
-// socket's own byte counts.
+// socket's own byte counts, which count sequence numbers: a FIN received is one byte in, and a
+// client's acknowledged SYN and FIN are two out.
 bool requester_sent_bytes(const Connection& conn) {
+    const bool in = conn.bytes_in > 1;
+    const bool out = conn.bytes_out > 2;
     switch (conn.role) {
-        case Role::Server: return conn.bytes_in > 0;
-        case Role::Client: return conn.bytes_out > 0;
-        default: return conn.bytes_in + conn.bytes_out > 0;
+        case Role::Server: return in;
+        case Role::Client: return out;
+        default: return in || out;
     }
 }
 
