@@ -460,3 +460,193 @@ def start_haproxy_balancer(topo: Topology, backend_addr=None, backend_port=8080,
                 error_log=log, conf=conf)
     wait_port(topo, ns, "127.0.0.1", port, proc=p)
     return peer
+
+
+# ---------------------------------------------------------------------------------------
+# Other HTTP servers as backends (audit of closetrace's per-server advice): Apache httpd
+# (mpm_event), Gunicorn (gthread / sync), uvicorn (its own script, or python3 -m uvicorn),
+# Go net/http.  Each answers 200 "ok" to any method and path (Apache: GET only, see below)
+# and has an idle keep-alive timeout of `keepalive_s` seconds.
+
+APACHE2 = "/usr/sbin/apache2"
+APACHE_MODULES = "/usr/lib/apache2/modules"
+GUNICORN = "/usr/bin/gunicorn"
+SYS_PYTHON = "/usr/bin/python3"   # Debian's python3 (gunicorn, uvicorn, setproctitle)
+GO = "/usr/bin/go"
+
+WSGI_APP = r'''
+def app(environ, start_response):
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    if n:
+        environ["wsgi.input"].read(n)
+    body = ("ok %s %s\n" % (environ["REQUEST_METHOD"], environ["PATH_INFO"])).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+ASGI_APP = r'''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while True:
+        m = await receive()
+        if not m.get("more_body"):
+            break
+    body = ("ok %s %s\n" % (scope["method"], scope["path"])).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+# uvicorn's console script as pip installs it (Debian's python3-uvicorn ships none): its
+# process name (comm) is "uvicorn".
+UVICORN_SCRIPT = "#!/usr/bin/python3\nimport sys\nfrom uvicorn.main import main\nsys.exit(main())\n"
+
+GO_SERVER = r'''
+package main
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	idle, err := time.ParseDuration(os.Getenv("IDLE"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		body := fmt.Sprintf("ok %s %s\n", r.Method, r.URL.Path)
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		io.WriteString(w, body)
+	})
+	s := &http.Server{Addr: ":" + os.Getenv("PORT"), Handler: h, IdleTimeout: idle}
+	log.Printf("listening %s IdleTimeout %s", s.Addr, idle)
+	log.Fatal(s.ListenAndServe())
+}
+'''
+
+BACKEND_KINDS = ("apache", "gunicorn-gthread", "gunicorn-sync", "uvicorn", "uvicorn-py", "go")
+
+
+def _go_binary(name="goserver") -> str:
+    """GO_SERVER built once (cached by source hash) as `name`: comm is the binary's name."""
+    import hashlib
+    h = hashlib.sha256(GO_SERVER.encode()).hexdigest()[:12]
+    d = os.path.join(tempfile.gettempdir(), f"cts-go-{h}")
+    binary = os.path.join(d, name)
+    if os.path.exists(binary):
+        return binary
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "main.go"), "w") as f:
+        f.write(GO_SERVER)
+    env = dict(os.environ, GO111MODULE="off", GOCACHE=os.path.join(d, "cache"),
+               GOPATH=os.path.join(d, "gopath"), GOFLAGS="")
+    subprocess.run([GO, "build", "-o", binary, "main.go"], cwd=d, env=env, check=True,
+                   timeout=300)
+    return binary
+
+
+def _apache_conf(d, port, keepalive_s, max_keepalive_requests=10000, extra=""):
+    # mpm_event; the document root holds one file and every path is rewritten to it (static
+    # files answer 405 to POST, which only the raced request sends: it never gets an answer).
+    os.makedirs(os.path.join(d, "htdocs"), exist_ok=True)
+    with open(os.path.join(d, "htdocs", "ok.txt"), "w") as f:
+        f.write("ok\n")
+    m = APACHE_MODULES
+    return textwrap.dedent(f"""
+        ServerRoot {d}
+        DefaultRuntimeDir {d}
+        PidFile {d}/apache2.pid
+        Mutex file:{d} default
+        LoadModule mpm_event_module {m}/mod_mpm_event.so
+        LoadModule authz_core_module {m}/mod_authz_core.so
+        LoadModule rewrite_module {m}/mod_rewrite.so
+        LoadModule mime_module {m}/mod_mime.so
+        TypesConfig /etc/mime.types
+        User www-data
+        Group www-data
+        ServerName backend
+        Listen {port}
+        KeepAlive On
+        KeepAliveTimeout {keepalive_s}
+        MaxKeepAliveRequests {max_keepalive_requests}
+        ErrorLog {d}/error.log
+        LogLevel info
+        LogFormat "%{{%s}}t.%{{msec_frac}}t %a:%{{remote}}p \\"%r\\" %>s %k" ct
+        CustomLog {d}/access.log ct
+        DocumentRoot {d}/htdocs
+        <Directory {d}/htdocs>
+            Require all granted
+        </Directory>
+        RewriteEngine On
+        RewriteRule ^ /ok.txt [L]
+        {extra}
+    """)
+
+
+def start_backend(topo: Topology, kind: str, keepalive_s=2, port=8080, ns="backend",
+                  base_dir=None, apache_extra="") -> Peer:
+    """One of BACKEND_KINDS with an idle keep-alive timeout of `keepalive_s` seconds:
+      apache            apache2 -DFOREGROUND, mpm_event, KeepAliveTimeout keepalive_s (comm apache2)
+      gunicorn-gthread  gunicorn --worker-class gthread --threads 4 --keep-alive keepalive_s
+      gunicorn-sync     gunicorn (sync worker: Connection: close on every response)
+      uvicorn           the `uvicorn` script --timeout-keep-alive keepalive_s (comm uvicorn)
+      uvicorn-py        python3 -m uvicorn ... (comm python3)
+      go                Go net/http, http.Server.IdleTimeout = keepalive_s (comm goserver)"""
+    d = _mkdir(kind, base_dir)
+    addr = topo.addr["backend"]
+    log = os.path.join(d, f"{kind}.log")
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if kind == "apache":
+        for x in (d, os.path.dirname(d)):  # www-data must reach the document root
+            os.chmod(x, 0o755)
+        conf = os.path.join(d, "apache2.conf")
+        with open(conf, "w") as f:
+            f.write(_apache_conf(d, port, keepalive_s, extra=apache_extra))
+        r = topo.run_in(ns, [APACHE2, "-t", "-f", conf], check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"apache2 -t failed: {r.stdout}{r.stderr}")
+        argv = [APACHE2, "-f", conf, "-DFOREGROUND"]
+    elif kind.startswith("gunicorn"):
+        with open(os.path.join(d, "wsgiapp.py"), "w") as f:
+            f.write(WSGI_APP)
+        argv = [GUNICORN, "--bind", f"0.0.0.0:{port}", "--workers", "1", "--chdir", d,
+                "--access-logfile", "-", "--log-level", "debug"]
+        if kind == "gunicorn-gthread":
+            argv += ["--worker-class", "gthread", "--threads", "4",
+                     "--keep-alive", str(keepalive_s)]
+        argv += ["wsgiapp:app"]
+    elif kind in ("uvicorn", "uvicorn-py"):
+        with open(os.path.join(d, "asgiapp.py"), "w") as f:
+            f.write(ASGI_APP)
+        if kind == "uvicorn":
+            script = os.path.join(d, "uvicorn")
+            with open(script, "w") as f:
+                f.write(UVICORN_SCRIPT)
+            os.chmod(script, 0o755)
+            argv = [script]
+        else:
+            argv = [SYS_PYTHON, "-m", "uvicorn"]
+        argv += ["--host", "0.0.0.0", "--port", str(port), "--app-dir", d,
+                 "--timeout-keep-alive", str(keepalive_s), "asgiapp:app"]
+    elif kind == "go":
+        argv = [_go_binary()]
+        env.update(IDLE=f"{keepalive_s}s", PORT=str(port))
+    else:
+        raise ValueError(f"unknown backend {kind!r}")
+    with open(log, "w") as out:
+        p = topo.spawn_in(ns, argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=d)
+    access = os.path.join(d, "access.log") if kind == "apache" else log
+    peer = Peer(topo, ns, p, d, kind, addr, port, log=log, access_log=access)
+    wait_port(topo, ns, addr, port, proc=p)
+    return peer

@@ -354,7 +354,8 @@ def _race(run: _Run, cl, b, pause_offset_s, hold_max_s, method, path, idx):
 
 def mismatch(recorder=None, workdir=None, *, races=3, normal_requests=5, wrk_seconds=1,
              backend_keepalive_ms=1000, balancer_keepalive_s=3.0, balancer="nginx",
-             race_method="POST", race_path="/pay", recorder_ns="host") -> ScenarioResult:
+             race_method="POST", race_path="/pay", recorder_ns="host", backend="node",
+             backend_keepalive_s=2, hc_interval_s=None, apache_extra="") -> ScenarioResult:
     """Backend keep-alive shorter than the balancer's: the backend closes idle upstream
     connections first, and a request the balancer sends on one gets an RST (nginx: 502).
 
@@ -366,9 +367,17 @@ def mismatch(recorder=None, workdir=None, *, races=3, normal_requests=5, wrk_sec
     measured: backend_close_delay_s (calibration), races[...]."""
     with _Run("mismatch", recorder, workdir, recorder_ns) as run:
         t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
-                                               port=BACKEND_PORT, base_dir=run.workdir)
+        if backend == "node":
+            run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                                   port=BACKEND_PORT, base_dir=run.workdir)
+        else:  # peers.BACKEND_KINDS; keep-alive in whole seconds
+            backend_keepalive_ms = backend_keepalive_s * 1000
+            run.backend = peers.start_backend(t, backend, keepalive_s=backend_keepalive_s,
+                                              port=BACKEND_PORT, base_dir=run.workdir,
+                                              apache_extra=apache_extra)
         b = _start_balancer(run, balancer, balancer_keepalive_s)
+        if hc_interval_s:
+            run.health_checks(hc_interval_s)
         delay = _measure_backend_close(run, timeout=backend_keepalive_ms / 1000 + 5)
         run.measured["backend_close_delay_s"] = delay
         if delay is None:
@@ -882,8 +891,16 @@ def main(argv=None):
                     "{trace} is replaced by the trace path")
     ap.add_argument("--workdir")
     ap.add_argument("--balancer", choices=["nginx", "haproxy"])
-    ap.add_argument("--backend", choices=["node", "nginx"],
+    ap.add_argument("--backend", choices=["node", "nginx", *peers.BACKEND_KINDS],
                     help="max_requests, unread_race, pipelining: the backend server")
+    ap.add_argument("--backend-keepalive", type=int, help="mismatch with --backend "
+                    f"{'/'.join(peers.BACKEND_KINDS)}: its keep-alive timeout (s)")
+    ap.add_argument("--balancer-keepalive", type=float, help="mismatch: nginx's upstream "
+                    "keepalive_timeout (s)")
+    ap.add_argument("--hc-interval", type=float, help="mismatch: ALB-style health checks "
+                    "every N s")
+    ap.add_argument("--apache-extra", help="mismatch --backend apache: more config lines")
+    ap.add_argument("--wrk-seconds", type=int, help="mismatch: the wrk burst (0: none)")
     ap.add_argument("--compare", action="store_true", help="compare the trace with the wire")
     ap.add_argument("--wire", action="store_true", help="print the wire's connections")
     a = ap.parse_args(argv)
@@ -894,6 +911,16 @@ def main(argv=None):
         kw["balancer"] = a.balancer
     if a.backend:
         kw["backend"] = a.backend
+    if a.backend_keepalive is not None:
+        kw["backend_keepalive_s"] = a.backend_keepalive
+    if a.balancer_keepalive is not None:
+        kw["balancer_keepalive_s"] = a.balancer_keepalive
+    if a.hc_interval is not None:
+        kw["hc_interval_s"] = a.hc_interval
+    if a.apache_extra:
+        kw["apache_extra"] = a.apache_extra
+    if a.wrk_seconds is not None:
+        kw["wrk_seconds"] = a.wrk_seconds
     rec = shlex.split(a.recorder) if a.recorder else None
     res = SCENARIOS[a.scenario](recorder=rec, workdir=a.workdir, **kw)
     print(res.to_json())

@@ -695,6 +695,10 @@ def load_trace(path) -> dict:
         if t == "header":
             res["header"] = o
         elif t == "conn":
+            for end in ("local", "remote"):  # a dual-stack socket's view of IPv4 (Apache, Go)
+                a = (o.get(end) or {}).get("addr")
+                if isinstance(a, str) and a.startswith("::ffff:") and "." in a:
+                    o[end]["addr"] = a[len("::ffff:"):]
             res["conns"].append(o)
         elif t == "event":
             res["events"].append(o)
