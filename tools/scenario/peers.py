@@ -588,6 +588,7 @@ def _apache_conf(d, port, keepalive_s, max_keepalive_requests=10000, extra=""):
             Require all granted
         </Directory>
         RewriteEngine On
+        RewriteCond %{{REQUEST_URI}} !^/cgi/
         RewriteRule ^ /ok.txt [L]
         {extra}
     """)
@@ -605,6 +606,12 @@ def start_backend(topo: Topology, kind: str, keepalive_s=2, port=8080, ns="backe
     d = _mkdir(kind, base_dir)
     addr = topo.addr["backend"]
     log = os.path.join(d, f"{kind}.log")
+    if kind == "apache" and "/cgi/" in apache_extra:  # a slow CGI: /cgi/slow (sleeps 3 s)
+        os.makedirs(os.path.join(d, "cgi"))
+        with open(os.path.join(d, "cgi", "slow"), "w") as f:
+            f.write("#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n")
+        os.chmod(os.path.join(d, "cgi", "slow"), 0o755)
+        apache_extra = apache_extra.replace("{dir}", d)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if kind == "apache":

@@ -413,6 +413,79 @@ def mismatch(recorder=None, workdir=None, *, races=3, normal_requests=5, wrk_sec
     return run.result(balancer)
 
 
+APACHE_BUSY_EXTRA = """
+LoadModule cgid_module /usr/lib/apache2/modules/mod_cgid.so
+LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
+ScriptSock {dir}/cgid.sock
+ScriptAlias /cgi/ {dir}/cgi/
+ServerLimit 1
+StartServers 1
+ThreadsPerChild 2
+ThreadLimit 2
+MaxRequestWorkers 2
+MinSpareThreads 1
+MaxSpareThreads 2
+AcceptFilter http none
+"""
+
+
+def apache_busy(recorder=None, workdir=None, *, races=2, keepalive_s=30,
+                balancer_keepalive_s=60.0, slow=3, hc_interval_s=2.0,
+                recorder_ns="host") -> ScenarioResult:
+    """Apache mpm_event with 2 worker threads and a long KeepAliveTimeout behind nginx: when
+    every worker is busy (3 slow CGI requests straight to the backend) the event MPM closes
+    its idle keep-alive connections at once, long before KeepAliveTimeout.  With nginx's
+    worker SIGSTOPped, a POST sent meanwhile on the client's keep-alive connection is written
+    on the closed upstream connection at SIGCONT: 502 (raising KeepAliveTimeout cannot help)."""
+    with _Run("apache_busy", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_backend(t, "apache", keepalive_s=keepalive_s,
+                                          port=BACKEND_PORT, base_dir=run.workdir,
+                                          apache_extra=APACHE_BUSY_EXTRA)
+        b = _start_balancer(run, "nginx", balancer_keepalive_s)
+        if hc_interval_s:
+            run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        for i in range(3):
+            run.log_client(cl.request("GET", f"/normal{i}"), phase="normal")
+        attempts = []
+        for i in range(races):
+            warm = run.log_client(cl.request("GET", f"/warm{i}"), phase="warm", race=i)
+            time.sleep(0.5)
+            b.signal(signal.SIGSTOP, workers=True)
+            try:
+                idle_open = _upstream_in_state(t, "established")
+                slow_clients = []
+                for j in range(slow):
+                    c = run.client("balancer", t.addr["backend"], BACKEND_PORT)
+                    slow_clients.append((c, c.send("GET", f"/cgi/slow?r={i}&n={j}",
+                                                   timeout=10)))
+                fin_seen = None
+                end = time.monotonic() + 2.5
+                while time.monotonic() < end:
+                    if _upstream_in_state(t, "close-wait"):
+                        fin_seen = time.time()
+                        break
+                    time.sleep(0.03)
+                p = cl.send("POST", "/pay", body=f"race={i}&amount=100")
+                p.wait_sent()
+                time.sleep(0.1)
+            finally:
+                b.signal(signal.SIGCONT, workers=True)
+            r = run.log_client(p.result(15), phase="race", race=i)
+            for c, sp in slow_clients:
+                run.log_client(sp.result(15), phase="slow", race=i)
+                c.quit()
+            attempts.append({"race": i, "warm_done": warm.get("done"), "idle_open": idle_open,
+                             "fin_seen": fin_seen, "status": r.get("status"),
+                             "error": r.get("error")})
+            time.sleep(1.0)
+        run.measured["races"] = attempts
+        run.measured["race_statuses"] = [a["status"] for a in attempts]
+        time.sleep(0.5)
+    return run.result("nginx")
+
+
 def fixed(recorder=None, workdir=None, *, races=3, normal_requests=5,
           backend_keepalive_ms=5000, balancer_keepalive_s=3.0, balancer="nginx",
           pause_offset_s=1.7, race_method="POST", race_path="/pay",
@@ -880,7 +953,7 @@ SCENARIOS = {"mismatch": mismatch, "fixed": fixed, "overload": overload,
              "one_shot": one_shot,
              "max_requests": max_requests, "unread_race": unread_race, "crash": crash,
              "pipelining": pipelining, "nat_forgotten": nat_forgotten, "shutdown": shutdown,
-             "connection_limit": connection_limit}
+             "connection_limit": connection_limit, "apache_busy": apache_busy}
 
 
 def main(argv=None):
