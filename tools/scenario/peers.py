@@ -534,7 +534,23 @@ func main() {
 }
 '''
 
-BACKEND_KINDS = ("apache", "gunicorn-gthread", "gunicorn-sync", "uvicorn", "uvicorn-py", "go")
+BACKEND_KINDS = ("apache", "gunicorn-gthread", "gunicorn-sync", "uvicorn", "uvicorn-py", "go",
+                 "tomcat")
+CATALINA_HOME = "/usr/share/tomcat10"
+
+TOMCAT_SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Server port="-1" shutdown="SHUTDOWN">
+  <Service name="Catalina">
+    <Connector port="{port}" protocol="HTTP/1.1" keepAliveTimeout="{keepalive_ms}"
+               connectionTimeout="20000" maxKeepAliveRequests="10000"/>
+    <Engine name="Catalina" defaultHost="localhost">
+      <Host name="localhost" appBase="webapps" unpackWARs="false" autoDeploy="false">
+        <Valve className="org.apache.catalina.valves.rewrite.RewriteValve"/>
+      </Host>
+    </Engine>
+  </Service>
+</Server>
+"""
 
 
 def _go_binary(name="goserver") -> str:
@@ -646,6 +662,20 @@ def start_backend(topo: Topology, kind: str, keepalive_s=2, port=8080, ns="backe
             argv = [SYS_PYTHON, "-m", "uvicorn"]
         argv += ["--host", "0.0.0.0", "--port", str(port), "--app-dir", d,
                  "--timeout-keep-alive", str(keepalive_s), "asgiapp:app"]
+    elif kind == "tomcat":  # catalina.sh run: java in the foreground; every path -> ok.txt
+        for sub in ("conf/Catalina/localhost", "logs", "temp", "work", "webapps/ROOT"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        with open(os.path.join(d, "conf", "server.xml"), "w") as f:
+            f.write(TOMCAT_SERVER_XML.format(port=port, keepalive_ms=int(keepalive_s * 1000)))
+        subprocess.run(["cp", "/etc/tomcat10/web.xml", os.path.join(d, "conf", "web.xml")],
+                       check=True)
+        with open(os.path.join(d, "conf", "Catalina", "localhost", "rewrite.config"), "w") as f:
+            f.write("RewriteRule ^/.*$ /ok.txt [L]\n")
+        with open(os.path.join(d, "webapps", "ROOT", "ok.txt"), "w") as f:
+            f.write("ok\n")
+        env.update(CATALINA_HOME=CATALINA_HOME, CATALINA_BASE=d,
+                   CATALINA_TMPDIR=os.path.join(d, "temp"), JAVA_OPTS="-Xmx128m -Xss512k")
+        argv = [os.path.join(CATALINA_HOME, "bin", "catalina.sh"), "run"]
     elif kind == "go":
         argv = [_go_binary()]
         env.update(IDLE=f"{keepalive_s}s", PORT=str(port))
