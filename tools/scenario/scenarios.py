@@ -432,11 +432,11 @@ AcceptFilter http none
 def apache_busy(recorder=None, workdir=None, *, races=2, keepalive_s=30,
                 balancer_keepalive_s=60.0, slow=3, hc_interval_s=2.0,
                 recorder_ns="host") -> ScenarioResult:
-    """Apache mpm_event with 2 worker threads and a long KeepAliveTimeout behind nginx: when
-    every worker is busy (3 slow CGI requests straight to the backend) the event MPM closes
-    its idle keep-alive connections at once, long before KeepAliveTimeout.  With nginx's
-    worker SIGSTOPped, a POST sent meanwhile on the client's keep-alive connection is written
-    on the closed upstream connection at SIGCONT: 502 (raising KeepAliveTimeout cannot help)."""
+    """Apache mpm_event with 2 worker threads and a long KeepAliveTimeout behind nginx, every
+    worker busy (3 slow CGI requests straight to the backend). With nginx's worker SIGSTOPped,
+    a POST is sent on the client's keep-alive connection; measured here, Apache closes the
+    upstream connection it arrives on when a worker frees (FIN ~0.25 s after the request), not
+    its idle ones at once: 502, an in-flight close, which raising KeepAliveTimeout cannot help."""
     with _Run("apache_busy", recorder, workdir, recorder_ns) as run:
         t = run.topo
         run.backend = peers.start_backend(t, "apache", keepalive_s=keepalive_s,
