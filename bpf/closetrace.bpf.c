@@ -1199,6 +1199,27 @@ static __always_inline __u8 request_direction_of(const struct packet *p)
  */
 static __always_inline void continue_message(const struct packet *p);
 
+/* A message of `kind` starts: counted, and its slot made ready for its head. */
+static __always_inline struct message_slot *open_slot(struct message_state *m, __u8 kind,
+						      __u64 ts_ns, __u32 segment_len,
+						      __u8 direction, bool matters)
+{
+	struct message_slot *slot = &m->slots[kind & 1];
+	slot->ts_ns = ts_ns;
+	slot->previous_ns = m->last_start_ns;
+	slot->segment_len = segment_len;
+	slot->counts_before[CT_MESSAGE_REQUEST] = m->counts[CT_MESSAGE_REQUEST];
+	slot->counts_before[CT_MESSAGE_RESPONSE] = m->counts[CT_MESSAGE_RESPONSE];
+	m->counts[kind & 1]++;
+	slot->direction = direction;
+	slot->captured = 0;
+	slot->head_complete = 0;
+	slot->status = matters ? SLOT_TO_WRITE : SLOT_HELD;
+	m->current = kind;
+	m->last_start_ns = ts_ns;
+	return slot;
+}
+
 static __always_inline void start_message(const struct packet *p, __u64 silence_ns)
 {
 	struct message_state *m = p->messages;
@@ -1228,17 +1249,8 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 		matters = closing || first || m->answer_pending;
 	}
 
-	struct message_slot *slot = &m->slots[kind & 1];
-	slot->ts_ns = p->now;
-	slot->previous_ns = m->last_start_ns;
-	slot->segment_len = p->payload_len;
-	slot->counts_before[CT_MESSAGE_REQUEST] = m->counts[CT_MESSAGE_REQUEST];
-	slot->counts_before[CT_MESSAGE_RESPONSE] = m->counts[CT_MESSAGE_RESPONSE];
-	m->counts[kind & 1]++;
-	slot->direction = p->direction;
-	slot->captured = 0;
-	slot->head_complete = 0;
-	slot->status = matters ? SLOT_TO_WRITE : SLOT_HELD;
+	struct message_slot *slot =
+		open_slot(m, kind, p->now, p->payload_len, p->direction, matters);
 	__u64 n = p->payload_len < CT_PAYLOAD_MAX ? p->payload_len : CT_PAYLOAD_MAX;
 	if (n > 0) {
 		__u64 len = copy_len(n);
@@ -1246,8 +1258,6 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 			slot->captured = len;
 	}
 	note_head_end(slot);
-	m->current = kind;
-	m->last_start_ns = p->now;
 	if (matters && slot->head_complete)
 		write_packet_slot(p, kind);
 }
@@ -1400,18 +1410,9 @@ static __always_inline void take_deferred_start(const struct packet *p)
 	m->http2 = HTTP2_NOT;
 	m->next_seq[CT_DIR_IN - 1] = start->next_seq;
 	m->seq_known |= 1 << (CT_DIR_IN - 1);
-	m->counts[CT_MESSAGE_REQUEST] = 1;
-	m->current = CT_MESSAGE_REQUEST;
 	m->answer_pending = 1;
-	m->last_start_ns = ts;
-	struct message_slot *slot = &m->slots[CT_MESSAGE_REQUEST];
-	slot->ts_ns = ts;
-	slot->previous_ns = 0;
-	slot->segment_len = start->segment_len;
-	slot->counts_before[CT_MESSAGE_REQUEST] = 0;
-	slot->counts_before[CT_MESSAGE_RESPONSE] = 0;
-	slot->direction = CT_DIR_IN;
-	slot->status = SLOT_TO_WRITE;
+	struct message_slot *slot = open_slot(m, CT_MESSAGE_REQUEST, ts, start->segment_len,
+					      CT_DIR_IN, true);
 	slot->captured = start->captured <= CT_PAYLOAD_MAX ? start->captured : CT_PAYLOAD_MAX;
 	__builtin_memcpy(slot->head, start->head, CT_PAYLOAD_MAX);
 	note_head_end(slot);
