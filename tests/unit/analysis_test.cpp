@@ -1058,6 +1058,76 @@ TEST(Verify, IsInconclusiveWithoutAnIdleClose) {
               VerifyConclusion::Inconclusive);
 }
 
+// A connection a server with keep-alive off ends: one request, answered 2 ms later with
+// `Connection: close` when `said_so` (else just closed), its FIN 0.1 ms after the answer.
+Connection closed_after_its_answer(bool said_so = true) {
+    Connection conn = make_conn({.verdict = Verdict::LocalIdleClose, .idle_ms = 0.1,
+                                 .comm = "gunicorn: worke"});
+    if (said_so) conn.requests.back().close_asked = CloseAsked::Response;
+    conn.close.cause = classify_close(conn, {});
+    return conn;
+}
+
+// `connections` such connections, then `others`.
+TraceAnalysis keepalive_off(int connections, bool said_so = true,
+                            const std::vector<Connection>& others = {}) {
+    Recording recording;
+    for (int i = 0; i < connections; ++i) recording.add_conn(closed_after_its_answer(said_so));
+    for (const Connection& other : others) recording.add_conn(other);
+    return recording.finish();
+}
+
+// Keep-alive off (Gunicorn's sync worker) leaves no idle connection to race: no idle close will
+// ever come to show a timer, and waiting for one (record longer) would be waiting forever.
+TEST(KeepAliveOff, IsNothingToFixAndPassesVerify) {
+    const TraceAnalysis trace = keepalive_off(25);
+    ASSERT_EQ(trace.with_cause(CloseCause::KeepaliveEnded), 25u);
+    EXPECT_TRUE(trace.keeps_no_connection_alive());
+    const Assessment a = assess_default(trace);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::NothingToFix);
+    EXPECT_EQ(a.recommendations[0].comm, "gunicorn: worke");
+    EXPECT_THAT(a.conclusion, HasSubstr("this host keeps no connection alive (25 connections"));
+    EXPECT_THAT(a.conclusion, HasSubstr("--keep-alive 65 (with a worker class that keeps"));
+    const VerifyResult result = verify_trace(trace, std::nullopt);
+    EXPECT_EQ(result.conclusion, VerifyConclusion::Passed);
+    EXPECT_THAT(render_verify(trace, result),
+                HasSubstr("OK: no close race, and this host keeps no connection alive (25 "
+                          "connections ended after one request"));
+}
+
+// Too few such connections, one kept open after its answer, or closes after an answer that did
+// not say Connection: close (an idle timer can look like that): not keep-alive off.
+TEST(KeepAliveOff, NeedsEnoughConnectionsAllClosedAsAnnounced) {
+    EXPECT_FALSE(keepalive_off(19).keeps_no_connection_alive());
+    EXPECT_FALSE(keepalive_off(25, false).keeps_no_connection_alive());
+    for (const Verdict kept_open : {Verdict::Open, Verdict::PeerIdleClose}) {
+        const TraceAnalysis mixed =
+            keepalive_off(25, true, {make_conn({.verdict = kept_open, .idle_ms = 3000})});
+        EXPECT_EQ(mixed.kept_alive_connections, 1u);
+        EXPECT_FALSE(mixed.keeps_no_connection_alive());
+    }
+    Connection reused = closed_after_its_answer();
+    reused.requests.insert(reused.requests.begin(), reused.requests.front());
+    reused.requests.front().close_asked = CloseAsked::None;
+    const TraceAnalysis second = keepalive_off(25, true, {reused});
+    EXPECT_EQ(second.kept_alive_connections, 1u);
+    EXPECT_FALSE(second.keeps_no_connection_alive());
+    const Assessment a = assess_default(keepalive_off(19));
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::RecordLonger);
+    EXPECT_EQ(verify_trace(keepalive_off(25, false), std::nullopt).conclusion,
+              VerifyConclusion::Inconclusive);
+}
+
+// Turning keep-alive off is a fix of the races (at the cost of a handshake per request).
+TEST(KeepAliveOff, AfterRacesIsFixed) {
+    const TraceAnalysis before = Recording().add({.verdict = Verdict::LocalCloseRace}, 3).finish();
+    const DiffResult result = diff_traces(before, keepalive_off(30));
+    EXPECT_EQ(result.conclusion, DiffConclusion::Fixed) << result.explanation;
+    EXPECT_THAT(result.explanation,
+                HasSubstr("After: none, this host keeps no connection alive (30 connections"));
+}
+
 TEST(Verify, HoldsIdleClosesAgainstThePeersObservedTimeout) {
     const TraceAnalysis early = Recording()
                                     .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 2000})

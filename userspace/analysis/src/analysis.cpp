@@ -90,6 +90,27 @@ void count_in(GroupFigures& group, const Connection& conn) {
     if (conn.verdict == Verdict::PeerIdleClose) ++group.peer_idle_timer_closes;
 }
 
+// Server side, one connection's word on whether this host keeps connections alive. It does
+// where a connection stayed open after an answer: a second request came, an idle timer closed
+// it, or it was still open at the end. It does not where it answered the one request with
+// `Connection: close` and closed (a close after the answer without that header could be an
+// idle timer's, and a TLS connection's header is not seen).
+void count_keepalive_use(TraceAnalysis& a, const Connection& conn, std::string_view comm) {
+    const uint64_t requests = requests_of(conn);
+    if (requests == 0) return;
+    const Request* last = conn.http2 || conn.requests.empty() ? nullptr : &conn.requests.back();
+    const bool left_open_after_answer = conn.verdict == Verdict::Open && last &&
+                                        last->outcome == Outcome::Completed &&
+                                        last->close_asked == CloseAsked::None;
+    if (requests > 1 || timer_idle_ms(conn) || left_open_after_answer) {
+        ++a.kept_alive_connections;
+    } else if (last && conn.verdict != Verdict::Open &&
+               conn.close.cause == CloseCause::KeepaliveEnded &&
+               last->close_asked == CloseAsked::Response) {
+        ++a.closed_after_one_answer[std::string(comm)];
+    }
+}
+
 // Counts one connection into `a`, whose groups `indexes` finds; `client_end` when both ends
 // are on this host (EndPairer); `source` is the header of the trace it was read from (for a
 // merged analysis, whose clock is the wall clock, not `a`'s own).
@@ -129,6 +150,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     }
 
     const bool server_side = conn.role != Role::Client;
+    if (server_side) count_keepalive_use(a, conn, comm);
     const std::optional<double> idle_ms = timer_idle_ms(conn);
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
@@ -414,6 +436,32 @@ Recommendation client_timeout_recommendation(const Assessment& a, const TraceAna
             count_of(a.peer_gave_up, "request", "requests"), host.object, wait, host.possessive);
     }
     return {.kind = RecommendationKind::ClientTimeout, .text = text};
+}
+
+// A server with keep-alive off leaves the peer no idle connection to reuse, so nothing to race;
+// what it costs, and how to keep connections alive safely, for whoever wants that instead.
+Recommendation keepalive_off_recommendation(const TraceAnalysis& trace, const Assessment& a,
+                                            const HostWords& host) {
+    const std::string comm = by_count(trace.closed_after_one_answer).front().first;
+    const uint64_t value_s = a.recommended_keepalive_s;
+    const std::string fix =
+        comm.empty() ? fmt::format("the server owning these connections (its process was not "
+                                   "seen): an idle keep-alive timeout of {} s",
+                                   value_s)
+                     : keepalive_fix(comm, value_s);
+    return {.kind = RecommendationKind::NothingToFix,
+            .comm = comm.empty() ? std::nullopt : std::optional(comm),
+            .value_s = value_s,
+            .text = fmt::format(
+                "Nothing to fix in the connection lifecycle: {} keep{} no connection alive "
+                "({} ended after one request, answered with Connection: close, and none stayed "
+                "open after an answer), so the peer has no idle connection to reuse and none can race. "
+                "Each request costs a new connection; to keep connections alive instead, with a "
+                "timeout above the peer's idle timeout of {}: {}.",
+                host.object, host.verb_s,
+                count_of(trace.connections_closed_after_one_answer(), "connection",
+                         "connections"),
+                analysis_text::peer_timeout_text(a.peer_timeout), fix)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -898,6 +946,17 @@ uint64_t TraceAnalysis::same_host_connections() const {
     return connections;
 }
 
+uint64_t TraceAnalysis::connections_closed_after_one_answer() const {
+    uint64_t connections = 0;
+    for (const auto& [comm, closed] : closed_after_one_answer) connections += closed;
+    return connections;
+}
+
+bool TraceAnalysis::keeps_no_connection_alive() const {
+    return kept_alive_connections == 0 &&
+           connections_closed_after_one_answer() >= kMinRequestsToConclude;
+}
+
 TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
     analysis_.file = std::move(file);
     analysis_.header = std::move(header);
@@ -1086,6 +1145,8 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     add_counts(m.local_idle_closers, part.local_idle_closers);
     m.http2_idle_closers.insert(part.http2_idle_closers.begin(), part.http2_idle_closers.end());
     add_counts(m.upstream_racers, part.upstream_racers);
+    add_counts(m.closed_after_one_answer, part.closed_after_one_answer);
+    m.kept_alive_connections += part.kept_alive_connections;
     m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
 }
 
@@ -1258,7 +1319,9 @@ const ServerSettings kServerSettings[] = {
      }},
     {{"gunicorn*"},
      [](const std::string& comm, uint64_t value_s) {
-         return fmt::format("Gunicorn (comm {}): --keep-alive {}",
+         return fmt::format("Gunicorn (comm {}): --keep-alive {} (with a worker class that "
+                            "keeps connections alive, such as gthread: the default sync worker "
+                            "never does)",
                             analysis_text::printable(comm), value_s);
      },
      nullptr},
@@ -1426,7 +1489,9 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     std::vector<Recommendation>& second = lifecycle_first ? elsewhere : lifecycle;
     a.recommendations = std::move(first);
     a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
-    if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
+    if (a.recommendations.empty() && trace.keeps_no_connection_alive()) {
+        a.recommendations.push_back(keepalive_off_recommendation(trace, a, host_words(trace)));
+    } else if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
         // As verify: a host whose timer is the shorter one shows nothing wrong until one fires.
         a.recommendations.push_back(
             {.kind = RecommendationKind::RecordLonger,
@@ -1523,7 +1588,8 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
         result.explanation =
             fmt::format("After the change {} still close{} first: {}.", after_hosts.object,
                         after_hosts.verb_s, joined);
-    } else if (after.requests < kMinRequestsToConclude || after_idle_closes == 0) {
+    } else if ((after.requests < kMinRequestsToConclude || after_idle_closes == 0) &&
+               !after.keeps_no_connection_alive()) {
         result.conclusion = DiffConclusion::Inconclusive;
         result.explanation = "The later recording has " + too_little_to_tell(after, result.peer_timeout);
     } else if (!b.closes_before_peer && b.upstream_races == 0) {
@@ -1535,15 +1601,21 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
             before_hosts.object, timeout);
     } else {
         result.conclusion = DiffConclusion::Fixed;
+        const std::string over =
+            after_idle_closes == 0 && after.keeps_no_connection_alive()
+                ? fmt::format("{} keep{} no connection alive ({} ended after one request, "
+                              "answered with Connection: close), so none can race",
+                              after_hosts.object, after_hosts.verb_s,
+                              count_of(after.connections_closed_after_one_answer(),
+                                       "connection", "connections"))
+                : fmt::format("over {} and {}", count_of(after.requests, "request", "requests"),
+                              count_of(after_idle_closes, "idle close", "idle closes"));
         result.explanation = fmt::format(
-            "Before: {} and {} by {} sooner than the peer's idle timeout of {}. After: "
-            "none, "
-            "over {} and {}.",
+            "Before: {} and {} by {} sooner than the peer's idle timeout of {}. After: none, "
+            "{}.",
             count_of(b.races + b.upstream_races, "close race", "close races"),
             count_of(b.early_idle_closes, "idle close", "idle closes"), before_hosts.object,
-            timeout,
-            count_of(after.requests, "request", "requests"),
-            count_of(after_idle_closes, "idle close", "idle closes"));
+            timeout, over);
         if (a.inflight_resets > 0) {
             result.explanation +=
                 fmt::format(" {} remain: not a keep-alive problem (see the report).",
@@ -1644,9 +1716,10 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
     }
     if (!result.reasons.empty()) {
         result.conclusion = VerifyConclusion::Failed;
-    } else if (trace.idle_timer_closes() == 0) {
+    } else if (trace.idle_timer_closes() == 0 && !trace.keeps_no_connection_alive()) {
         // Not a pass: a recording shorter than either side's idle timeout, or without traffic,
-        // shows no timer at all, and a host whose timer is the shorter one would pass.
+        // shows no timer at all, and a host whose timer is the shorter one would pass. A host
+        // with keep-alive off has no timer to show.
         result.conclusion = VerifyConclusion::Inconclusive;
         result.too_little = "The recording has " + too_little_to_tell(trace, result.peer_timeout);
     } else {

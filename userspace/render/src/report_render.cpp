@@ -643,16 +643,24 @@ std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result
     const std::string report =
         report_command(traces_given.empty() ? std::vector{trace.file} : traces_given);
     switch (result.conclusion) {
-        case VerifyConclusion::Passed:
-            return fmt::format(
-                       "closetrace verify: {}: OK: no close race, and no idle close by this host "
-                       "sooner than the peer's idle timeout of {}; {}, {}, {} by this host.\n",
-                       printable(trace.file),
-                       analysis_text::peer_timeout_text(result.peer_timeout),
-                       count_of(trace.connections, "connection", "connections"),
-                       count_of(trace.requests, "request", "requests"),
-                       count_of(trace.local_idle.count(), "idle close", "idle closes")) +
+        case VerifyConclusion::Passed: {
+            const std::string why =
+                trace.idle_timer_closes() == 0
+                    ? fmt::format("this host keeps no connection alive ({} ended after one "
+                                  "request, answered with Connection: close), so none can race",
+                                  count_of(trace.connections_closed_after_one_answer(),
+                                           "connection", "connections"))
+                    : fmt::format("no idle close by this host sooner than the peer's idle "
+                                  "timeout of {}",
+                                  analysis_text::peer_timeout_text(result.peer_timeout));
+            return fmt::format("closetrace verify: {}: OK: no close race, and {}; {}, {}, {} by "
+                               "this host.\n",
+                               printable(trace.file), why,
+                               count_of(trace.connections, "connection", "connections"),
+                               count_of(trace.requests, "request", "requests"),
+                               count_of(trace.local_idle.count(), "idle close", "idle closes")) +
                    other_problems(trace, report);
+        }
         case VerifyConclusion::Inconclusive:
             return fmt::format("closetrace verify: {}: INCONCLUSIVE\n  - {}\n",
                                printable(trace.file), result.too_little) +

@@ -310,6 +310,11 @@ struct TraceAnalysis {
     // Those of them whose idle-closed connections spoke HTTP/2: their fix is another setting.
     std::set<std::string> http2_idle_closers;
     std::map<std::string, uint64_t> upstream_racers;
+    // Server side, whether this host keeps connections alive at all (count_keepalive_use): the
+    // connections it ended by answering their one request with `Connection: close` (by comm),
+    // and those it kept open after an answer.
+    std::map<std::string, uint64_t> closed_after_one_answer;
+    uint64_t kept_alive_connections = 0;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;
@@ -330,6 +335,9 @@ struct TraceAnalysis {
     }
     // Server side, by either side: what tells who closes first.
     uint64_t idle_timer_closes() const { return local_idle.count() + peer_idle.count(); }
+    // Keep-alive off: enough connections closed after one answer, and none kept open after one.
+    bool keeps_no_connection_alive() const;
+    uint64_t connections_closed_after_one_answer() const;
     uint64_t same_host_connections() const;
     std::set<std::string> hosts() const;  // the headers' of the traces merged, or the one's
     std::size_t host_count() const { return hosts().size(); }
