@@ -2,6 +2,7 @@
 
     python3 -m unittest tests/scenario/test_wire_judge.py -v
 """
+import dataclasses
 import os
 import sys
 import unittest
@@ -24,12 +25,14 @@ class Conn:
         self.send(first, SYN, at=0)
         self.send(second, SYN | ACK, at=0.0001)
 
-    def send(self, d, flags=ACK | PSH, data=b"", at=0.001):
+    def send(self, d, flags=ACK | PSH, data=b"", at=0.001, ack=None):
+        """`ack`: what the packet acknowledges; everything the other side sent by default."""
         self.t += at
         src, dst = (LOCAL, PEER) if d == "out" else (PEER, LOCAL)
+        other = self.seq["in" if d == "out" else "out"]
         self.pkts.append(Packet(self.t, src[0], src[1], dst[0], dst[1], flags, len(data),
-                                self.seq[d] if data else 0, data))
-        self.seq[d] += len(data)
+                                self.seq[d], data, other if ack is None else ack))
+        self.seq[d] += len(data) + (1 if flags & FIN else 0)
         return self
 
     def judge(self, exits=()):
@@ -67,6 +70,25 @@ class WireJudgeTest(unittest.TestCase):
                          [("/a", 200), ("/b", 200)])
         self.assertEqual(c.cause, ({"idle_timer"}, None))
         self.assertAlmostEqual(c.idle_since_exchange, 2.0, delta=0.01)
+
+    def test_crossed_fins_let_either_side_be_the_closer(self):
+        # A response with Connection: close; the client's FIN reaches the capture 9 us before
+        # the server's, which does not acknowledge it: the server had closed on its own.
+        answered = (Conn().send("in", data=req("/a"))
+                    .send("out", data=resp(extra="Connection: close\r\n")))
+        fin_seq = answered.seq["in"]
+        c = (answered.send("in", FIN | ACK)
+             .send("out", FIN | ACK, at=0.000009, ack=fin_seq).judge())
+        self.assertTrue(c.fins_crossed)
+        self.assertEqual(c.verdict, "peer_idle_close")
+        taken = dataclasses.replace(c, taken_closer="local")
+        self.assertEqual((taken.initiator, taken.verdict, taken.cause),
+                         ("local", "local_idle_close", ({"keepalive_ended"}, "local")))
+        # The server's FIN acknowledging the client's: it closed after it saw the client's.
+        c = (Conn().send("in", data=req("/a")).send("out", data=resp())
+             .send("in", FIN | ACK, at=2.0).send("out", FIN | ACK).judge())
+        self.assertFalse(c.fins_crossed)
+        self.assertEqual(dataclasses.replace(c, taken_closer="local").initiator, "peer")
 
     def test_health_check_connection_close(self):
         hc = "User-Agent: ELB-HealthChecker/2.0\r\nConnection: close\r\n"

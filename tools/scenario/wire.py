@@ -23,6 +23,7 @@ import struct
 import subprocess
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")
@@ -123,6 +124,7 @@ class Packet:
     length: int
     seq: int
     payload: bytes
+    ack: int | None = None  # relative to the other direction's first sequence number
 
     def flag_str(self):
         return "".join(c for c, b in (("S", SYN), ("F", FIN), ("R", RST), ("P", PSH), ("A", ACK))
@@ -143,7 +145,7 @@ def _read_tshark(path):
             "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f",
             "-e", "frame.time_epoch", "-e", "ip.src", "-e", "tcp.srcport", "-e", "ip.dst",
             "-e", "tcp.dstport", "-e", "tcp.flags", "-e", "tcp.len", "-e", "tcp.seq",
-            "-e", "tcp.payload"]
+            "-e", "tcp.payload", "-e", "tcp.ack"]
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        timeout=120)
     if r.returncode != 0:
@@ -154,8 +156,9 @@ def _read_tshark(path):
         if len(f) < 8 or not f[0]:
             continue
         payload = bytes.fromhex(f[8].replace(":", "")) if len(f) > 8 and f[8] else b""
+        ack = int(f[9]) if len(f) > 9 and f[9] else None
         pkts.append(Packet(float(f[0]), f[1], int(f[2]), f[3], int(f[4]), int(f[5], 16),
-                           int(f[6] or 0), int(f[7] or 0), payload))
+                           int(f[6] or 0), int(f[7] or 0), payload, ack))
     return pkts
 
 
@@ -192,15 +195,18 @@ def _read_pcap(path):
         tcp = ip[ihl:tot]
         src = ".".join(map(str, ip[12:16]))
         dst = ".".join(map(str, ip[16:20]))
-        sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+        sport, dport, seq, ack = struct.unpack("!HHII", tcp[:12])
         doff = (tcp[12] >> 4) * 4
         flags = tcp[13] | ((tcp[12] & 1) << 8)
         payload = tcp[doff:]
         k = (src, sport, dst, dport)
         if flags & SYN or k not in first_seq:
             first_seq[k] = seq
+        back = first_seq.get((dst, dport, src, sport))
         pkts.append(Packet(t, src, sport, dst, dport, flags, len(payload),
-                           (seq - first_seq[k]) & 0xFFFFFFFF, payload))
+                           (seq - first_seq[k]) & 0xFFFFFFFF, payload,
+                           (ack - back) & 0xFFFFFFFF if flags & ACK and back is not None
+                           else None))
     return pkts
 
 
@@ -216,6 +222,13 @@ class WireConn:
     last_t: float | None = None
     local_fin_t: float | None = None
     peer_fin_t: float | None = None
+    # each FIN's own sequence number and what it acknowledged (see fins_crossed)
+    local_fin_seq: int | None = None
+    local_fin_ack: int | None = None
+    peer_fin_seq: int | None = None
+    peer_fin_ack: int | None = None
+    # crossed FINs: the closer the trace names, which the judge then takes (see compare)
+    taken_closer: str | None = None
     local_rsts: list = field(default_factory=list)
     peer_rsts: list = field(default_factory=list)
     segments: list = field(default_factory=list)  # {"t","dir","len","head","seq"}
@@ -246,7 +259,27 @@ class WireConn:
                                                 (self.local_rst_t, "local", "rst"),
                                                 (self.peer_rst_t, "peer", "rst"))
              if t is not None]
+        if self.taken_closer is not None and self.fins_crossed:
+            c = [x for x in c if x[1] == self.taken_closer and x[2] == "fin"]
         return min(c) if c else None
+
+    @property
+    def fins_crossed(self):
+        """Both sides sent a FIN before the other's reached them (the second FIN does not
+        acknowledge the first), and no RST came before them: each closed on its own (a response
+        with Connection: close and a client closing as it reads it), microseconds apart, and
+        which FIN the capture shows first says only which was on the wire first. Either side
+        may be named the closer."""
+        if self.local_fin_t is None or self.peer_fin_t is None:
+            return False
+        second_t = max(self.local_fin_t, self.peer_fin_t)
+        if any(t < second_t for t in self.local_rsts + self.peer_rsts):
+            return False
+        if self.local_fin_t <= self.peer_fin_t:
+            first_seq, second_ack = self.local_fin_seq, self.peer_fin_ack
+        else:
+            first_seq, second_ack = self.peer_fin_seq, self.local_fin_ack
+        return first_seq is not None and second_ack is not None and second_ack <= first_seq
 
     @property
     def initiator(self):
@@ -641,8 +674,10 @@ def conns_from_packets(pkts, local_addr, local_ports=None) -> list[WireConn]:
         if p.flags & FIN:
             if out and c.local_fin_t is None:
                 c.local_fin_t = p.t
+                c.local_fin_seq, c.local_fin_ack = p.seq + p.length, p.ack
             if not out and c.peer_fin_t is None:
                 c.peer_fin_t = p.t
+                c.peer_fin_seq, c.peer_fin_ack = p.seq + p.length, p.ack
         if p.flags & RST:
             (c.local_rsts if out else c.peer_rsts).append(p.t)
         if p.length > 0:
@@ -817,6 +852,8 @@ def compare(trace_conns, wire_conns, mono_to_wall_ns=None, local_addr=None,
         used.add(id(w))
         cl = t.get("close") or {}
         t_init, t_how = cl.get("initiator"), cl.get("how")
+        if w.fins_crossed and t_how == "fin" and t_init in ("local", "peer"):
+            w = dataclasses.replace(w, taken_closer=t_init)
         if t_how is None and t.get("verdict") == "open":
             if not w.closed or (trace_end_wall is not None and w.first_close[0] >= trace_end_wall):
                 continue
