@@ -30,11 +30,13 @@ class ScenarioTest(unittest.TestCase):
         require_bpf()
         require_peers(PEERS)
 
-    def run_scenario(self, name, **options):
-        if name not in self.results:
+    def run_scenario(self, name, key=None, **options):
+        """`key`: what the result is shared as (the scenario's name by default)."""
+        key = key or name
+        if key not in self.results:
             run = scenarios.SCENARIOS[name]
-            self.results[name] = run(recorder=backend_recorder(), recorder_ns="backend", **options)
-        result = self.results[name]
+            self.results[key] = run(recorder=backend_recorder(), recorder_ns="backend", **options)
+        result = self.results[key]
         self.assertEqual(result.recorder_rc, 0, f"recorder failed; see {result.recorder_log}")
         return result
 
@@ -113,6 +115,35 @@ class ScenarioTest(unittest.TestCase):
             unanswered = [r for r in conn["requests"] if r["outcome"] == "unanswered_at_close"]
             self.assertTrue(unanswered, conn)
             self.assertTrue(unanswered[0]["target"].startswith("/slow"), conn)
+
+    def test_keepalive_off(self):
+        # Gunicorn's sync worker answers every request with Connection: close, behind nginx and
+        # ALB-style health checks: no connection is ever idle, so nothing can race. Waiting for
+        # an idle close ("record longer") would be waiting forever.
+        require_peers(("gunicorn",))
+        result = self.run_scenario("mismatch", key="keepalive_off", races=0,
+                                   backend="gunicorn-sync", hc_interval_s=1)
+        disagreements = result.compare(verbose=True, check_verdicts=True, check_causes=True,
+                                       check_health=True)
+        self.assertEqual(disagreements, [], f"trace and capture disagree (kept in {result.workdir})")
+        causes = {}
+        for conn in self.conns(result):
+            cause = conn["close"]["cause"] if conn["close"] else None
+            causes[cause] = causes.get(cause, 0) + 1
+        self.assertGreaterEqual(causes.get("keepalive_ended", 0), 20, causes)
+        self.assertGreater(causes.get("connection_close", 0), 0, causes)  # the health checks
+
+        recommendation = report_json(result.trace)["recommendations"][0]
+        self.assertEqual((recommendation["kind"], recommendation["comm"]),
+                         ("nothing_to_fix", "gunicorn: worke"), recommendation)
+        verify = closetrace("verify", result.trace)
+        self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+        self.assertIn("keeps no connection alive", verify.stdout)
+        # Turning keep-alive off fixes the races of a keep-alive timeout shorter than nginx's.
+        before = self.run_scenario("mismatch", races=3)
+        diff = closetrace("diff", before.trace, result.trace, "--format", "json")
+        self.assertEqual(diff.returncode, 0, diff.stderr)
+        self.assertEqual(json.loads(diff.stdout)["conclusion"], "fixed", diff.stdout[:2000])
 
     @classmethod
     def tearDownClass(cls):
