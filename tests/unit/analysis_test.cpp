@@ -1240,7 +1240,7 @@ TEST(ReportText, MakesWireBytesPrintable) {
 TEST(ReportText, WidensThePeerColumnForIpv6Peers) {
     const TraceAnalysis trace =
         Recording()
-            .add({.verdict = Verdict::LocalCloseRace, .peer = "::ffff:10.0.0.1"})
+            .add({.verdict = Verdict::LocalCloseRace, .peer = "2001:db8::10:0:0:1"})
             .add({.verdict = Verdict::LocalCloseRace})
             .finish();
     const std::string text = render_report(trace, assess_default(trace), OutputFormat::Text);
@@ -1254,9 +1254,25 @@ TEST(ReportText, WidensThePeerColumnForIpv6Peers) {
     const auto idle_end = [](const std::string& line, const std::string& word) {
         return line.find(word) + word.size();
     };
-    EXPECT_THAT(lines[1], HasSubstr("[::ffff:10.0.0.1]:40000"));
+    EXPECT_THAT(lines[1], HasSubstr("[2001:db8::10:0:0:1]:40000"));
     EXPECT_EQ(idle_end(lines[0], "idle"), idle_end(lines[1], "2.000 s"));
     EXPECT_EQ(idle_end(lines[0], "idle"), idle_end(lines[2], "2.000 s"));
+}
+
+// A dual-stack server (Node listens on ::) sees its IPv4 peers as ::ffff:a.b.c.d: they are shown
+// as the load balancer's logs and every IPv4 socket show them, one peer in one row.
+TEST(ReportText, ShowsIpv4PeersOfDualStackSocketsAsIpv4) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalCloseRace, .peer = "::ffff:10.0.0.1"})
+            .add({.verdict = Verdict::LocalIdleClose, .peer = "10.0.0.1"})
+            .finish();
+    ASSERT_EQ(trace.by_peer.size(), 1u);
+    EXPECT_EQ(trace.by_peer.begin()->first, "10.0.0.1");
+    EXPECT_EQ(trace.by_peer.begin()->second.connections, 2u);
+    const std::string text = render_report(trace, assess_default(trace), OutputFormat::Text);
+    EXPECT_THAT(text, HasSubstr(" 10.0.0.1:40000 "));
+    EXPECT_THAT(text, Not(HasSubstr("ffff")));
 }
 
 // ---------------------------------------------------------------------------------------------

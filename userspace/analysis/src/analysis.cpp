@@ -132,7 +132,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
     const std::string_view comm = conn.comm ? std::string_view(*conn.comm) : std::string_view();
     count_in(indexes.by_comm.find(a.by_comm, comm), conn);
-    GroupFigures& peer = indexes.by_peer.find(a.by_peer, conn.remote.addr);
+    GroupFigures& peer = indexes.by_peer.find(a.by_peer, plain_address(conn.remote.addr));
     count_in(peer, conn);
     container_label(conn.container, indexes.label);
     count_in(indexes.by_container.find(a.by_container, indexes.label), conn);

@@ -19,9 +19,10 @@ std::string printable(std::string_view text) {
 }
 
 std::string endpoint_text(const Endpoint& endpoint) {
-    const bool ipv6 = endpoint.addr.find(':') != std::string::npos;
-    return ipv6 ? fmt::format("[{}]:{}", printable(endpoint.addr), endpoint.port)
-                : fmt::format("{}:{}", printable(endpoint.addr), endpoint.port);
+    const std::string_view addr = plain_address(endpoint.addr);
+    const bool ipv6 = addr.find(':') != std::string_view::npos;
+    return ipv6 ? fmt::format("[{}]:{}", printable(addr), endpoint.port)
+                : fmt::format("{}:{}", printable(addr), endpoint.port);
 }
 
 std::string request_line(const Request& request) {
