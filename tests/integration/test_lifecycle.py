@@ -1,12 +1,14 @@
 """Issue: the kernel lifecycle record. Real sockets on loopback close in each way while
 `closetrace record` runs; every conn record's initiator and how must say what happened."""
+import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 import unittest
 
-from support import Recorder, free_port, require_bpf
+from support import LoopbackCapture, PeerTest, Recorder, free_port, require_bpf, wait_for
 
 
 class Pair:
@@ -161,6 +163,52 @@ class LifecycleTest(unittest.TestCase):
                 self.assertEqual(conn["local"]["addr"], "127.0.0.1")
                 self.assertGreater(conn["bytes_in"] + conn["bytes_out"], 0, conn)
                 self.assertIsNotNone(conn["close"]["idle_ms"], conn)
+
+
+class RefusedConnectTest(PeerTest):
+    """A connect() to a port where nothing listens: the wire shows the SYN answered with a reset
+    and no SYN-ACK; the client socket's record says the peer reset it, refused, not a probe."""
+    TOOLS = ("tcpdump", "tshark")
+
+    def test_a_connect_answered_with_a_reset_is_refused(self):
+        port = free_port()
+        pcap = os.path.join(self.workdir, "wire.pcap")
+        recorder = Recorder("--port", str(port), "--quiet", linger_ms=300)
+        self.addCleanup(recorder.cleanup)
+        with LoopbackCapture(pcap, port):
+            with recorder:
+                client = socket.socket()
+                client.bind(("127.0.0.1", 0))
+                client_port = client.getsockname()[1]
+                with self.assertRaises(ConnectionRefusedError):
+                    client.connect(("127.0.0.1", port))
+                client.close()
+                time.sleep(0.5)  # past the linger
+            wait_for(lambda: len(wire_flags(pcap, client_port)) >= 2, timeout=30, interval=0.5)
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        flags = wire_flags(pcap, client_port)
+        self.assertEqual(flags[0], (True, SYN), flags)
+        self.assertIn((False, RST | ACK), flags)
+        self.assertFalse(any(f & SYN and f & ACK for _, f in flags), flags)
+
+        _, conns, _, _ = recorder.trace()
+        [conn] = [c for c in conns if c["local"]["port"] == client_port]
+        self.assertEqual((conn["role"], conn["verdict"]), ("client", "peer_reset"), conn)
+        self.assertEqual((conn["close"]["initiator"], conn["close"]["how"],
+                          conn["close"]["cause"]), ("peer", "rst", "refused"), conn)
+        self.assertEqual(conn["requests"], [])
+
+
+SYN, RST, ACK = 0x02, 0x04, 0x10
+
+
+def wire_flags(pcap, client_port):
+    """(from the client, TCP flags) of each segment of the connection from `client_port`."""
+    out = subprocess.run(["tshark", "-r", pcap, "-Y", f"tcp.port == {client_port}", "-T",
+                          "fields", "-E", "separator=/t", "-e", "tcp.srcport", "-e",
+                          "tcp.flags"], capture_output=True, text=True, check=True).stdout
+    return [(int(source) == client_port, int(flags, 16) & (SYN | RST | ACK))
+            for source, flags in (line.split("\t") for line in out.splitlines())]
 
 
 if __name__ == "__main__":

@@ -1619,6 +1619,31 @@ TEST(TrackerCause, ProbeWithoutARequest) {
     EXPECT_EQ(conn.close.cause, CloseCause::Probe);
 }
 
+// A connect() answered with a reset (nothing listens on the port): the kernel writes the reset
+// and the move from SYN_SENT to CLOSE, and no ESTABLISHED. Refused, not a probe.
+TEST(TrackerCause, ConnectAnsweredWithAResetIsRefused) {
+    Socket socket;
+    socket.role = Role::Client;
+    SockSnapshot nothing = activity(0, 0);
+    nothing.bytes_in = 0;
+    nothing.bytes_out = 0;
+    Event closed = socket.state(1 * kSec + 20 * kUs, kTcpSynSent, kTcpClose, nothing);
+    closed.pid = 77;
+    closed.comm = "nginx";
+    const Connection conn = run_one({socket.reset_received(1 * kSec + 10 * kUs), closed});
+    EXPECT_EQ(conn.close.initiator, Initiator::Peer);
+    EXPECT_EQ(conn.close.how, CloseHow::Rst);
+    EXPECT_EQ(conn.close.cause, CloseCause::Refused);
+    EXPECT_EQ(conn.verdict, Verdict::PeerReset);
+    // Established first: a reset is no refusal.
+    const Connection established = run_one({socket.established(1 * kSec),
+                                            socket.reset_received(1 * kSec + 10 * kMs),
+                                            socket.state(1 * kSec + 11 * kMs, kTcpEstablished,
+                                                         kTcpClose, nothing)});
+    EXPECT_EQ(established.close.initiator, Initiator::Peer);
+    EXPECT_NE(established.close.cause, CloseCause::Refused);
+}
+
 // The client sent bytes (the socket counts them) that no message record shows: no probe. Its
 // idle at the close says what it can.
 TEST(TrackerCause, BytesWithoutMessagesAreNoProbe) {

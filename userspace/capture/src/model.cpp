@@ -191,6 +191,10 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     const CloseInfo& close = conn.close;
     if (close.initiator == Initiator::Unknown) return CloseCause::Unknown;
     const bool local = close.initiator == Initiator::Local;
+    // Nothing listened on the peer's port (or its backlog was full): no connection to judge.
+    if (!local && evidence.never_established && close.how == CloseHow::Rst) {
+        return CloseCause::Refused;
+    }
     if (local && evidence.owner_exiting) return CloseCause::ProcessExit;
     if (local && close.unread_bytes > 0 && !evidence.unread_only_tls_alerts) {
         return CloseCause::UnreadRequest;

@@ -996,6 +996,14 @@ bool closed_together(const CloseFacts& close, uint64_t cookie, IdleCloses& idle_
 // `spare`: the builder of a connection that has none yet, reused from one to the next (no
 // allocation for its vectors per connection). `idle_closes`: the recent closes after idle, to tell
 // a shutdown's from a timer's.
+// Its connect() never completed: the socket closed from SYN_SENT.
+bool never_established(const std::vector<LifecycleFact>& lifecycle) {
+    return std::ranges::any_of(lifecycle, [](const LifecycleFact& fact) {
+        return fact.kind == EventKind::State && fact.old_state == kTcpSynSent &&
+               fact.new_state == kTcpClose;
+    });
+}
+
 Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare,
                             IdleCloses& idle_closes) {
     order_by_time(tracked.lifecycle);
@@ -1030,7 +1038,8 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     const CloseEvidence evidence{
         .owner_exiting = close.owner_exiting,
         .closed_together = closed_together(close, cookie, idle_closes),
-        .unread_only_tls_alerts = unread_only_tls_alerts(conn, close, builder)};
+        .unread_only_tls_alerts = unread_only_tls_alerts(conn, close, builder),
+        .never_established = never_established(tracked.lifecycle)};
     conn.close.cause = classify_close(conn, evidence);
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);

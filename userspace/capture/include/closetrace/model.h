@@ -253,6 +253,8 @@ struct CloseEvidence {
     // connections whose idle times were far apart (the tracker's IdleCloses).
     bool closed_together = false;
     bool unread_only_tls_alerts = false;
+    // Its connect() never completed (closed from SYN_SENT): a reset to it is a refusal.
+    bool never_established = false;
 };
 
 // The cause of a close that nothing else explains, by how long its connection had been idle
