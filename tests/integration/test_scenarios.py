@@ -125,7 +125,8 @@ class ScenarioTest(unittest.TestCase):
                                    backend="gunicorn-sync", hc_interval_s=1)
         disagreements = result.compare(verbose=True, check_verdicts=True, check_causes=True,
                                        check_health=True)
-        self.assertEqual(disagreements, [], f"trace and capture disagree (kept in {result.workdir})")
+        self.assertEqual(disagreements, [],
+                         f"trace and capture disagree (kept in {result.workdir})")
         causes = {}
         for conn in self.conns(result):
             cause = conn["close"]["cause"] if conn["close"] else None

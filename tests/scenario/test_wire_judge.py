@@ -89,6 +89,11 @@ class WireJudgeTest(unittest.TestCase):
              .send("in", FIN | ACK, at=2.0).send("out", FIN | ACK).judge())
         self.assertFalse(c.fins_crossed)
         self.assertEqual(dataclasses.replace(c, taken_closer="local").initiator, "peer")
+        # Seconds apart, a FIN that acknowledges nothing says the capture lost a segment.
+        answered = Conn().send("in", data=req("/a")).send("out", data=resp())
+        fin_seq = answered.seq["in"]
+        c = answered.send("in", FIN | ACK).send("out", FIN | ACK, at=2.0, ack=fin_seq).judge()
+        self.assertFalse(c.fins_crossed)
 
     def test_health_check_connection_close(self):
         hc = "User-Agent: ELB-HealthChecker/2.0\r\nConnection: close\r\n"

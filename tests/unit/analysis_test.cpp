@@ -1104,19 +1104,68 @@ TEST(KeepAliveOff, NeedsEnoughConnectionsAllClosedAsAnnounced) {
     for (const Verdict kept_open : {Verdict::Open, Verdict::PeerIdleClose}) {
         const TraceAnalysis mixed =
             keepalive_off(25, true, {make_conn({.verdict = kept_open, .idle_ms = 3000})});
-        EXPECT_EQ(mixed.kept_alive_connections, 1u);
+        EXPECT_EQ(mixed.keepalive_use_by_host.at("ip-10-0-0-2").kept_alive, 1u);
         EXPECT_FALSE(mixed.keeps_no_connection_alive());
     }
     Connection reused = closed_after_its_answer();
     reused.requests.insert(reused.requests.begin(), reused.requests.front());
     reused.requests.front().close_asked = CloseAsked::None;
     const TraceAnalysis second = keepalive_off(25, true, {reused});
-    EXPECT_EQ(second.kept_alive_connections, 1u);
+    EXPECT_EQ(second.keepalive_use_by_host.at("ip-10-0-0-2").kept_alive, 1u);
     EXPECT_FALSE(second.keeps_no_connection_alive());
     const Assessment a = assess_default(keepalive_off(19));
     EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::RecordLonger);
     EXPECT_EQ(verify_trace(keepalive_off(25, false), std::nullopt).conclusion,
               VerifyConclusion::Inconclusive);
+}
+
+// A TLS connection's turns count as requests and its headers are not seen: it says nothing of
+// keep-alive, unless an idle timer closed it. HTTP/2 keeps its connection by design.
+TEST(KeepAliveOff, TlsOnlyByItsIdleTimerAndHttp2AlwaysKeep) {
+    Connection tls = make_conn({.verdict = Verdict::PeerIdleClose, .idle_ms = 50});
+    tls.requests.front() = {.opaque = true, .request_ns = tls.requests.front().request_ns,
+                            .outcome = Outcome::Completed};
+    tls.requests.push_back(tls.requests.front());
+    tls.close.cause = classify_close(tls, {});
+    EXPECT_TRUE(keepalive_off(25, true, {tls}).keeps_no_connection_alive());
+    Connection tls_idle = tls;
+    tls_idle.close.idle_ms = 3000;
+    tls_idle.close.cause = classify_close(tls_idle, {});
+    ASSERT_EQ(tls_idle.close.cause, CloseCause::IdleTimer);
+    EXPECT_FALSE(keepalive_off(25, true, {tls_idle}).keeps_no_connection_alive());
+    Connection h2 = closed_after_its_answer();
+    h2.http2 = Http2Connection{.client = Initiator::Peer};
+    h2.http2->peer.streams_opened = 1;
+    EXPECT_FALSE(keepalive_off(25, true, {h2}).keeps_no_connection_alive());
+}
+
+// Several hosts merged: every one of them must be seen to keep no connection alive, not only
+// enough connections among them all.
+TEST(KeepAliveOff, OfSeveralHostsIsEveryHosts) {
+    const auto part = [](const std::string& host, int closed,
+                         const std::vector<Connection>& others) {
+        TraceHeader header = test_header();
+        header.host = host;
+        TraceAnalyzer analyzer(host + ".jsonl", header);
+        for (int i = 0; i < closed; ++i) analyzer.add(closed_after_its_answer());
+        for (const Connection& other : others) analyzer.add(other);
+        analyzer.add(test_summary());
+        return analyzer.finish_part({});
+    };
+    // api-2's clients close after use: nothing tells whether api-2 would keep them.
+    const Connection used = make_conn({.verdict = Verdict::PeerIdleClose, .idle_ms = 100});
+    ASSERT_EQ(used.close.cause, CloseCause::ClosedAfterUse);
+    std::vector<TraceAnalysis> both;
+    both.push_back(part("api-1", 25, {}));
+    both.push_back(part("api-2", 20, {used}));
+    const TraceAnalysis off = merge_traces(std::move(both));
+    EXPECT_TRUE(off.keeps_no_connection_alive());
+    EXPECT_THAT(keeps_no_connection_alive_text(off),
+                HasSubstr("these hosts keep no connection alive (45 connections"));
+    std::vector<TraceAnalysis> unknown;
+    unknown.push_back(part("api-1", 40, {}));
+    unknown.push_back(part("api-2", 0, {used}));
+    EXPECT_FALSE(merge_traces(std::move(unknown)).keeps_no_connection_alive());
 }
 
 // Turning keep-alive off is a fix of the races (at the cost of a handshake per request).

@@ -41,6 +41,9 @@ HEALTH_CHECKERS = ("ELB-HealthChecker", "kube-probe", "GoogleHC", "Consul Health
 IDLE_TIMER_MIN_S = 1.0
 AFTER_USE_MAX_S = 1.0
 RACE_IDLE_MIN_S = 0.5
+# two FINs that cross are sent within a round trip of each other (see WireConn.fins_crossed);
+# far more apart, the second not acknowledging the first says the capture lost something
+FINS_CROSS_WITHIN_S = 0.01
 # a segment that starts a message (its head may go on in the next segments)
 _HEAD_START_RX = re.compile(rb"^((%s) |HTTP/1\.)" % b"|".join(m.encode() for m in HTTP_METHODS))
 
@@ -273,7 +276,8 @@ class WireConn:
         if self.local_fin_t is None or self.peer_fin_t is None:
             return False
         second_t = max(self.local_fin_t, self.peer_fin_t)
-        if any(t < second_t for t in self.local_rsts + self.peer_rsts):
+        if any(t < second_t for t in self.local_rsts + self.peer_rsts) or \
+                second_t - min(self.local_fin_t, self.peer_fin_t) > FINS_CROSS_WITHIN_S:
             return False
         if self.local_fin_t <= self.peer_fin_t:
             first_seq, second_ack = self.local_fin_seq, self.peer_fin_ack

@@ -90,24 +90,30 @@ void count_in(GroupFigures& group, const Connection& conn) {
     if (conn.verdict == Verdict::PeerIdleClose) ++group.peer_idle_timer_closes;
 }
 
-// Server side, one connection's word on whether this host keeps connections alive. It does
-// where a connection stayed open after an answer: a second request came, an idle timer closed
-// it, or it was still open at the end. It does not where it answered the one request with
-// `Connection: close` and closed (a close after the answer without that header could be an
-// idle timer's, and a TLS connection's header is not seen).
-void count_keepalive_use(TraceAnalysis& a, const Connection& conn, std::string_view comm) {
+// Server side, one connection's word on whether `host` keeps connections alive. It does where a
+// connection stayed open after an answer: an idle timer closed it (TLS too), a second request
+// came, it spoke HTTP/2, or it was still open at the end. It does not where it answered its one
+// request with `Connection: close` and closed (a close after the answer without that header
+// could be an idle timer's). A TLS connection says nothing more: its headers are not seen, and
+// its handshake's turns count as requests.
+void count_keepalive_use(TraceAnalysis& a, const Connection& conn, std::string_view comm,
+                         const std::string& host) {
+    KeepAliveUse& use = a.keepalive_use_by_host[host];
     const uint64_t requests = requests_of(conn);
-    if (requests == 0) return;
     const Request* last = conn.http2 || conn.requests.empty() ? nullptr : &conn.requests.back();
-    const bool left_open_after_answer = conn.verdict == Verdict::Open && last &&
-                                        last->outcome == Outcome::Completed &&
-                                        last->close_asked == CloseAsked::None;
-    if (requests > 1 || timer_idle_ms(conn) || left_open_after_answer) {
-        ++a.kept_alive_connections;
+    if (timer_idle_ms(conn)) {
+        ++use.kept_alive;
+    } else if (requests == 0 || (last && conn.requests.front().opaque)) {
+        return;
+    } else if (conn.http2 || requests > 1 ||
+               (conn.verdict == Verdict::Open && last && last->outcome == Outcome::Completed &&
+                last->close_asked == CloseAsked::None)) {
+        ++use.kept_alive;
     } else if (last && conn.verdict != Verdict::Open &&
                conn.close.cause == CloseCause::KeepaliveEnded &&
                last->close_asked == CloseAsked::Response) {
-        ++a.closed_after_one_answer[std::string(comm)];
+        ++use.closed_after_one_answer;
+        ++a.closed_after_one_answer_by_comm[std::string(comm)];
     }
 }
 
@@ -150,7 +156,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
     }
 
     const bool server_side = conn.role != Role::Client;
-    if (server_side) count_keepalive_use(a, conn, comm);
+    if (server_side) count_keepalive_use(a, conn, comm, source.host);
     const std::optional<double> idle_ms = timer_idle_ms(conn);
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
@@ -440,9 +446,8 @@ Recommendation client_timeout_recommendation(const Assessment& a, const TraceAna
 
 // A server with keep-alive off leaves the peer no idle connection to reuse, so nothing to race;
 // what it costs, and how to keep connections alive safely, for whoever wants that instead.
-Recommendation keepalive_off_recommendation(const TraceAnalysis& trace, const Assessment& a,
-                                            const HostWords& host) {
-    const std::string comm = by_count(trace.closed_after_one_answer).front().first;
+Recommendation keepalive_off_recommendation(const TraceAnalysis& trace, const Assessment& a) {
+    const std::string comm = by_count(trace.closed_after_one_answer_by_comm).front().first;
     const uint64_t value_s = a.recommended_keepalive_s;
     const std::string fix =
         comm.empty() ? fmt::format("the server owning these connections (its process was not "
@@ -453,14 +458,11 @@ Recommendation keepalive_off_recommendation(const TraceAnalysis& trace, const As
             .comm = comm.empty() ? std::nullopt : std::optional(comm),
             .value_s = value_s,
             .text = fmt::format(
-                "Nothing to fix in the connection lifecycle: {} keep{} no connection alive "
-                "({} ended after one request, answered with Connection: close, and none stayed "
-                "open after an answer), so the peer has no idle connection to reuse and none can race. "
-                "Each request costs a new connection; to keep connections alive instead, with a "
-                "timeout above the peer's idle timeout of {}: {}.",
-                host.object, host.verb_s,
-                count_of(trace.connections_closed_after_one_answer(), "connection",
-                         "connections"),
+                "Nothing to fix in the connection lifecycle: {}, so the peer has no idle "
+                "connection to reuse and none can race. Each request costs a new connection; "
+                "to keep connections alive instead, with a timeout above the peer's idle "
+                "timeout of {}: {}.",
+                keeps_no_connection_alive_text(trace),
                 analysis_text::peer_timeout_text(a.peer_timeout), fix)};
 }
 
@@ -948,13 +950,18 @@ uint64_t TraceAnalysis::same_host_connections() const {
 
 uint64_t TraceAnalysis::connections_closed_after_one_answer() const {
     uint64_t connections = 0;
-    for (const auto& [comm, closed] : closed_after_one_answer) connections += closed;
+    for (const auto& [host, use] : keepalive_use_by_host) {
+        connections += use.closed_after_one_answer;
+    }
     return connections;
 }
 
 bool TraceAnalysis::keeps_no_connection_alive() const {
-    return kept_alive_connections == 0 &&
-           connections_closed_after_one_answer() >= kMinRequestsToConclude;
+    return std::ranges::all_of(hosts(), [&](const std::string& host) {
+        const auto use = keepalive_use_by_host.find(host);
+        return use != keepalive_use_by_host.end() && use->second.kept_alive == 0 &&
+               use->second.closed_after_one_answer >= kMinRequestsToConclude;
+    });
 }
 
 TraceAnalyzer::TraceAnalyzer(std::string file, TraceHeader header) {
@@ -1145,8 +1152,12 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
     add_counts(m.local_idle_closers, part.local_idle_closers);
     m.http2_idle_closers.insert(part.http2_idle_closers.begin(), part.http2_idle_closers.end());
     add_counts(m.upstream_racers, part.upstream_racers);
-    add_counts(m.closed_after_one_answer, part.closed_after_one_answer);
-    m.kept_alive_connections += part.kept_alive_connections;
+    for (const auto& [host, use] : part.keepalive_use_by_host) {
+        KeepAliveUse& merged_use = m.keepalive_use_by_host[host];
+        merged_use.closed_after_one_answer += use.closed_after_one_answer;
+        merged_use.kept_alive += use.kept_alive;
+    }
+    add_counts(m.closed_after_one_answer_by_comm, part.closed_after_one_answer_by_comm);
     m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
 }
 
@@ -1391,6 +1402,15 @@ std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
         analysis_text::printable(comm), analysis_text::printable(comm), value_s, value_s);
 }
 
+std::string keeps_no_connection_alive_text(const TraceAnalysis& trace) {
+    const HostWords host = host_words(trace);
+    return fmt::format("{} keep{} no connection alive ({} ended after one request, answered with "
+                       "Connection: close, and none stayed open after an answer)",
+                       host.object, host.verb_s,
+                       count_of(trace.connections_closed_after_one_answer(), "connection",
+                                "connections"));
+}
+
 std::string http2_idle_fix(const std::string& comm, uint64_t value_s) {
     const ServerSettings* server = server_settings(comm);
     if (server && server->http2_idle) return server->http2_idle(comm, value_s);
@@ -1490,7 +1510,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     a.recommendations = std::move(first);
     a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
     if (a.recommendations.empty() && trace.keeps_no_connection_alive()) {
-        a.recommendations.push_back(keepalive_off_recommendation(trace, a, host_words(trace)));
+        a.recommendations.push_back(keepalive_off_recommendation(trace, a));
     } else if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
         // As verify: a host whose timer is the shorter one shows nothing wrong until one fires.
         a.recommendations.push_back(
@@ -1602,12 +1622,8 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
     } else {
         result.conclusion = DiffConclusion::Fixed;
         const std::string over =
-            after_idle_closes == 0 && after.keeps_no_connection_alive()
-                ? fmt::format("{} keep{} no connection alive ({} ended after one request, "
-                              "answered with Connection: close), so none can race",
-                              after_hosts.object, after_hosts.verb_s,
-                              count_of(after.connections_closed_after_one_answer(),
-                                       "connection", "connections"))
+            after.keeps_no_connection_alive()
+                ? keeps_no_connection_alive_text(after) + ", so none can race"
                 : fmt::format("over {} and {}", count_of(after.requests, "request", "requests"),
                               count_of(after_idle_closes, "idle close", "idle closes"));
         result.explanation = fmt::format(
@@ -1724,6 +1740,7 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
         result.too_little = "The recording has " + too_little_to_tell(trace, result.peer_timeout);
     } else {
         result.conclusion = VerifyConclusion::Passed;
+        result.keeps_no_connection_alive = trace.keeps_no_connection_alive();
     }
     return result;
 }

@@ -191,7 +191,7 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     const CloseInfo& close = conn.close;
     if (close.initiator == Initiator::Unknown) return CloseCause::Unknown;
     const bool local = close.initiator == Initiator::Local;
-    // Nothing listened on the peer's port (or its backlog was full): no connection to judge.
+    // Nothing listened on the peer's port, or a firewall rejected the connect with a reset.
     if (!local && evidence.never_established && close.how == CloseHow::Rst) {
         return CloseCause::Refused;
     }

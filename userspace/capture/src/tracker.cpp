@@ -993,17 +993,25 @@ bool closed_together(const CloseFacts& close, uint64_t cookie, IdleCloses& idle_
     return side != Initiator::Unknown && side == close.initiator;
 }
 
+// Its connect() never completed: the socket closed from SYN_SENT and was never established (a
+// socket may connect() again after a refusal).
+bool never_established(const std::vector<LifecycleFact>& lifecycle) {
+    const auto is_state = [](const LifecycleFact& fact, uint8_t from, uint8_t to) {
+        return fact.kind == EventKind::State && (from == 0 || fact.old_state == from) &&
+               fact.new_state == to;
+    };
+    return std::ranges::any_of(lifecycle,
+                               [&](const auto& fact) {
+                                   return is_state(fact, kTcpSynSent, kTcpClose);
+                               }) &&
+           std::ranges::none_of(lifecycle, [&](const auto& fact) {
+               return is_state(fact, 0, kTcpEstablished);
+           });
+}
+
 // `spare`: the builder of a connection that has none yet, reused from one to the next (no
 // allocation for its vectors per connection). `idle_closes`: the recent closes after idle, to tell
 // a shutdown's from a timer's.
-// Its connect() never completed: the socket closed from SYN_SENT.
-bool never_established(const std::vector<LifecycleFact>& lifecycle) {
-    return std::ranges::any_of(lifecycle, [](const LifecycleFact& fact) {
-        return fact.kind == EventKind::State && fact.old_state == kTcpSynSent &&
-               fact.new_state == kTcpClose;
-    });
-}
-
 Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& spare,
                             IdleCloses& idle_closes) {
     order_by_time(tracked.lifecycle);

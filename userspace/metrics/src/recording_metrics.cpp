@@ -233,7 +233,10 @@ void RecordingMetrics::count_idle_close(Series& series, const Connection& conn) 
     IdleTimerGeneration& closes = series.generations[0];
     closes.idle_ms[side].add(*idle_ms);
     // The server side's, as report's peer timeout weighs them (resolve_peer_timeout).
-    if (conn.role != Role::Client) count_peer_idle_close(closes, conn.remote.addr, side, *idle_ms);
+    if (conn.role != Role::Client) {
+        count_peer_idle_close(closes, std::string(plain_address(conn.remote.addr)), side,
+                              *idle_ms);
+    }
     series.closes_changed = true;
 }
 

@@ -645,11 +645,8 @@ std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result
     switch (result.conclusion) {
         case VerifyConclusion::Passed: {
             const std::string why =
-                trace.idle_timer_closes() == 0
-                    ? fmt::format("this host keeps no connection alive ({} ended after one "
-                                  "request, answered with Connection: close), so none can race",
-                                  count_of(trace.connections_closed_after_one_answer(),
-                                           "connection", "connections"))
+                result.keeps_no_connection_alive
+                    ? keeps_no_connection_alive_text(trace) + ", so none can race"
                     : fmt::format("no idle close by this host sooner than the peer's idle "
                                   "timeout of {}",
                                   analysis_text::peer_timeout_text(result.peer_timeout));

@@ -246,6 +246,13 @@ struct TraceSource {
 
 // Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
 // bounded by the distinct processes and peer addresses (not by the number of lines).
+// Server side, one host's word on keep-alive: HTTP/1 connections it ended by answering their
+// one request with `Connection: close`, and connections it kept open after an answer.
+struct KeepAliveUse {
+    uint64_t closed_after_one_answer = 0;
+    uint64_t kept_alive = 0;
+};
+
 struct TraceAnalysis {
     // For several traces merged (merge_traces): file says how many, of how many hosts; the
     // header's times are wall clock (mono_to_wall_ns 0) and its host names them all; the
@@ -310,11 +317,11 @@ struct TraceAnalysis {
     // Those of them whose idle-closed connections spoke HTTP/2: their fix is another setting.
     std::set<std::string> http2_idle_closers;
     std::map<std::string, uint64_t> upstream_racers;
-    // Server side, whether this host keeps connections alive at all (count_keepalive_use): the
-    // connections it ended by answering their one request with `Connection: close` (by comm),
-    // and those it kept open after an answer.
-    std::map<std::string, uint64_t> closed_after_one_answer;
-    uint64_t kept_alive_connections = 0;
+    // Server side, whether each host keeps connections alive at all (count_keepalive_use), and
+    // the processes that ended connections after one answer (for the setting that turns
+    // keep-alive on).
+    std::map<std::string, KeepAliveUse> keepalive_use_by_host;
+    std::map<std::string, uint64_t> closed_after_one_answer_by_comm;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;
@@ -335,7 +342,8 @@ struct TraceAnalysis {
     }
     // Server side, by either side: what tells who closes first.
     uint64_t idle_timer_closes() const { return local_idle.count() + peer_idle.count(); }
-    // Keep-alive off: enough connections closed after one answer, and none kept open after one.
+    // Keep-alive off on every host: enough connections closed after one answer, and none kept
+    // open after one.
     bool keeps_no_connection_alive() const;
     uint64_t connections_closed_after_one_answer() const;
     uint64_t same_host_connections() const;
@@ -467,6 +475,9 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout);
 
 // The setting that raises the keep-alive timeout of the server `comm` to `value_s`.
 std::string keepalive_fix(const std::string& comm, uint64_t value_s);
+// "this host keeps no connection alive (N connections ended after one request, ...)": why a
+// recording that keeps_no_connection_alive() has nothing to race.
+std::string keeps_no_connection_alive_text(const TraceAnalysis& trace);
 // The same for a server whose HTTP/2 connections close idle: its session or connection idle
 // timeout, which closes with a GOAWAY.
 std::string http2_idle_fix(const std::string& comm, uint64_t value_s);
@@ -494,6 +505,8 @@ struct VerifyResult {
     VerifyConclusion conclusion = VerifyConclusion::Failed;
     std::vector<std::string> reasons;  // why it failed; empty otherwise
     std::string too_little;            // why it is inconclusive; empty otherwise
+    // Passed with keep-alive off: no idle timer to show (TraceAnalysis::keeps_no_connection_alive).
+    bool keeps_no_connection_alive = false;
 };
 VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer_timeout_ms);
 

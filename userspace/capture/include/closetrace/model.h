@@ -41,7 +41,8 @@ enum class CloseCause {
     ClosedTogether,   // its closer (a process here, or the peer) closed it idle at once with
                       // others idle for far other times: a shutdown, restart or reload
     Refused,          // this host closed it right after it opened, before any request: a
-                      // connection limit, or a server not taking connections
+                      // connection limit, or a server not taking connections; or the peer
+                      // reset this host's connect() (nothing listening, a firewall's reject)
     Unknown,
 };
 
