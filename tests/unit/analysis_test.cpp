@@ -1119,6 +1119,21 @@ TEST(KeepAliveOff, NeedsEnoughConnectionsAllClosedAsAnnounced) {
               VerifyConclusion::Inconclusive);
 }
 
+// wrk stopping with a request in flight: the peer gave up on it, advice of its own, and the
+// lifecycle's answer is still that nothing can race.
+TEST(KeepAliveOff, IsToldBesideOtherAdvice) {
+    Connection gave_up = make_conn({.verdict = Verdict::PeerCloseInflight});
+    gave_up.requests.erase(gave_up.requests.begin());
+    gave_up.close.cause = classify_close(gave_up, {});
+    const TraceAnalysis trace = keepalive_off(25, true, {gave_up});
+    ASSERT_EQ(trace.peer_gave_up.total, 1u);
+    const Assessment a = assess_default(trace);
+    ASSERT_EQ(a.recommendations.size(), 2u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::ClientTimeout);
+    EXPECT_EQ(a.recommendations[1].kind, RecommendationKind::NothingToFix);
+    EXPECT_THAT(a.recommendations[1].text, HasSubstr("keeps no connection alive"));
+}
+
 // A TLS connection's turns count as requests and its headers are not seen: it says nothing of
 // keep-alive, unless an idle timer closed it. HTTP/2 keeps its connection by design.
 TEST(KeepAliveOff, TlsOnlyByItsIdleTimerAndHttp2AlwaysKeep) {

@@ -1484,6 +1484,11 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
             upstream_recommendation(comm, races, trace.upstream_peer_idle, host_words(trace)));
     }
     if (a.forgotten > 0) lifecycle.push_back(pool_recommendation(trace));
+    // Keep-alive off answers the lifecycle's question also beside other advice (a client that
+    // gave up on a request says nothing of it).
+    if (lifecycle.empty() && trace.keeps_no_connection_alive()) {
+        lifecycle.push_back(keepalive_off_recommendation(trace, a));
+    }
     std::vector<Recommendation> elsewhere;
     if (trace.shutdown_races.total > 0) elsewhere.push_back(drain_recommendation(trace));
     if (trace.refused_races.total > 0) elsewhere.push_back(connection_limit_recommendation(trace));
@@ -1509,9 +1514,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     std::vector<Recommendation>& second = lifecycle_first ? elsewhere : lifecycle;
     a.recommendations = std::move(first);
     a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
-    if (a.recommendations.empty() && trace.keeps_no_connection_alive()) {
-        a.recommendations.push_back(keepalive_off_recommendation(trace, a));
-    } else if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
+    if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
         // As verify: a host whose timer is the shorter one shows nothing wrong until one fires.
         a.recommendations.push_back(
             {.kind = RecommendationKind::RecordLonger,
