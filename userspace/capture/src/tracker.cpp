@@ -996,17 +996,13 @@ bool closed_together(const CloseFacts& close, uint64_t cookie, IdleCloses& idle_
 // Its connect() never completed: the socket closed from SYN_SENT and was never established (a
 // socket may connect() again after a refusal).
 bool never_established(const std::vector<LifecycleFact>& lifecycle) {
-    const auto is_state = [](const LifecycleFact& fact, uint8_t from, uint8_t to) {
-        return fact.kind == EventKind::State && (from == 0 || fact.old_state == from) &&
-               fact.new_state == to;
-    };
-    return std::ranges::any_of(lifecycle,
-                               [&](const auto& fact) {
-                                   return is_state(fact, kTcpSynSent, kTcpClose);
-                               }) &&
-           std::ranges::none_of(lifecycle, [&](const auto& fact) {
-               return is_state(fact, 0, kTcpEstablished);
-           });
+    bool closed_connecting = false;
+    for (const LifecycleFact& fact : lifecycle) {
+        if (fact.kind != EventKind::State) continue;
+        if (fact.new_state == kTcpEstablished) return false;
+        closed_connecting |= fact.old_state == kTcpSynSent && fact.new_state == kTcpClose;
+    }
+    return closed_connecting;
 }
 
 // `spare`: the builder of a connection that has none yet, reused from one to the next (no

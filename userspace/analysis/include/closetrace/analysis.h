@@ -244,8 +244,6 @@ struct TraceSource {
     bool complete = false;  // it has its summary line
 };
 
-// Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
-// bounded by the distinct processes and peer addresses (not by the number of lines).
 // Server side, one host's word on keep-alive: HTTP/1 connections it ended by answering their
 // one request with `Connection: close`, and connections it kept open after an answer.
 struct KeepAliveUse {
@@ -253,6 +251,8 @@ struct KeepAliveUse {
     uint64_t kept_alive = 0;
 };
 
+// Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
+// bounded by the distinct processes and peer addresses (not by the number of lines).
 struct TraceAnalysis {
     // For several traces merged (merge_traces): file says how many, of how many hosts; the
     // header's times are wall clock (mono_to_wall_ns 0) and its host names them all; the
