@@ -14,6 +14,7 @@ CLOCK_MONOTONIC ns, converted with the header's ``mono_to_wall_ns``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,6 @@ import struct
 import subprocess
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass, field
 
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")
