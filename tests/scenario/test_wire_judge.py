@@ -95,6 +95,23 @@ class WireJudgeTest(unittest.TestCase):
         c = answered.send("in", FIN | ACK).send("out", FIN | ACK, at=2.0, ack=fin_seq).judge()
         self.assertFalse(c.fins_crossed)
 
+    def test_a_request_crossing_this_hosts_fin_came_after_the_close(self):
+        # Node's timer closes as the reused connection's POST arrives: on the wire the POST is
+        # 5 us before the FIN, which does not acknowledge it; the closed socket resets it.
+        idle = Conn().send("in", data=req("/first")).send("out", data=resp())
+        before_post = idle.seq["in"]
+        c = (idle.send("in", data=req("/pay"), at=2.0)
+             .send("out", FIN | ACK, at=0.000005, ack=before_post)
+             .send("out", RST, at=0.0001).judge())
+        self.assertEqual([o["outcome"] for o in c.request_outcomes()],
+                         ["completed", "after_local_close"])
+        self.assertEqual(c.verdict, "local_close_race")
+        # The FIN acknowledging it: the request was there when the socket closed.
+        c = (Conn().send("in", data=req("/first")).send("out", data=resp())
+             .send("in", data=req("/pay"), at=2.0).send("out", FIN | ACK, at=0.000005)
+             .send("out", RST, at=0.0001).judge())
+        self.assertEqual(c.request_outcomes()[1]["outcome"], "unanswered_at_close")
+
     def test_health_check_connection_close(self):
         hc = "User-Agent: ELB-HealthChecker/2.0\r\nConnection: close\r\n"
         c = (Conn().send("in", data=req("/health", hc))

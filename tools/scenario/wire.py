@@ -353,7 +353,9 @@ class WireConn:
 
         unread_at_close: this host's first close was an RST (no FIN of its own before it)
         with the request unanswered: Linux resets a socket closed with unread bytes
-        (TCP_ABORT_ON_CLOSE), so the request was never read."""
+        (TCP_ABORT_ON_CLOSE), so the request was never read.  after_local_close also for a
+        request just before this host's FIN on the wire that the FIN does not acknowledge:
+        it crossed the FIN (the socket was closed before it came)."""
         fc = self.first_close
         unread_rst = fc is not None and fc[1] == "local" and fc[2] == "rst" and \
             self.role != "client"
@@ -362,6 +364,14 @@ class WireConn:
         fin_t, rst_t = ((self.peer_fin_t, self.peer_rst_t) if self.role != "client"
                         else (self.local_fin_t, self.local_rst_t))
         requester_close = min(t for t in (fin_t, rst_t, math.inf) if t is not None)
+
+        def crossed_local_fin(q):
+            # On the wire just before this host's FIN, which does not acknowledge it: the close
+            # held the socket as the request came, so the socket was closed before it (and then
+            # answered it with a reset), as for crossed FINs.
+            return fc is not None and fc[1:] == ("local", "fin") and q["t"] < fc[0] and \
+                fc[0] - q["t"] <= FINS_CROSS_WITHIN_S and self.local_fin_ack is not None and \
+                self.local_fin_ack <= q["seq"]
         out = []
         for q, r in self.exchanges():
             if r is not None and requester_close < r["t"] and rst_t is not None and \
@@ -378,7 +388,8 @@ class WireConn:
                  "user_agent": q["headers"].get("user-agent")}
             if r is not None:
                 o["outcome"] = "completed"
-            elif fc and q["t"] >= fc[0] and fc[1] == "local" and self.role != "client":
+            elif fc and (q["t"] >= fc[0] or crossed_local_fin(q)) and fc[1] == "local" and \
+                    self.role != "client":
                 o["outcome"] = "after_local_close"
             elif fc and q["t"] >= fc[0] and fc[1] == "peer" and self.role == "client":
                 o["outcome"] = "after_peer_close"
@@ -581,7 +592,7 @@ def _parse_head(head: bytes, is_request: bool):
 def _parse_messages(segs, is_request):
     """HTTP/1.x messages in one direction's segments (see WireConn.messages)."""
     msgs = []
-    head, head_t = b"", None    # a head still being collected
+    head, head_t, head_seq = b"", None, None  # a head still being collected
     body_left = 0               # Content-Length bytes still to come
     chunk = None                # bytes of a chunked body still being parsed
     for s in segs:
@@ -619,7 +630,7 @@ def _parse_messages(segs, is_request):
             if not head and not _HEAD_START_RX.match(data):
                 break  # not a message start (body until close, or lost bytes): skip
             if not head:
-                head_t = s["t"]
+                head_t, head_seq = s["t"], s["seq"]
             head += data
             data = b""
             i = head.find(b"\r\n\r\n")
@@ -628,7 +639,7 @@ def _parse_messages(segs, is_request):
             data, head = head[i + 4:], head[:i]
             m = _parse_head(head, is_request)
             head = b""
-            m["t"], m["end_t"] = head_t, s["t"]
+            m["t"], m["end_t"], m["seq"] = head_t, s["t"], head_seq
             msgs.append(m)
             h = m["headers"]
             st = m.get("status")
