@@ -41,9 +41,9 @@ HEALTH_CHECKERS = ("ELB-HealthChecker", "kube-probe", "GoogleHC", "Consul Health
 IDLE_TIMER_MIN_S = 1.0
 AFTER_USE_MAX_S = 1.0
 RACE_IDLE_MIN_S = 0.5
-# two FINs that cross are sent within a round trip of each other (see WireConn.fins_crossed);
-# far more apart, the second not acknowledging the first says the capture lost something
-FINS_CROSS_WITHIN_S = 0.01
+# segments that cross are sent within a round trip of each other (see _crossed); far more
+# apart, the second not acknowledging the first says the capture lost something
+CROSS_WITHIN_S = 0.01
 # a segment that starts a message (its head may go on in the next segments)
 _HEAD_START_RX = re.compile(rb"^((%s) |HTTP/1\.)" % b"|".join(m.encode() for m in HTTP_METHODS))
 
@@ -275,15 +275,12 @@ class WireConn:
         may be named the closer."""
         if self.local_fin_t is None or self.peer_fin_t is None:
             return False
-        second_t = max(self.local_fin_t, self.peer_fin_t)
-        if any(t < second_t for t in self.local_rsts + self.peer_rsts) or \
-                second_t - min(self.local_fin_t, self.peer_fin_t) > FINS_CROSS_WITHIN_S:
+        first, second = sorted(((self.local_fin_t, self.local_fin_seq, self.local_fin_ack),
+                                (self.peer_fin_t, self.peer_fin_seq, self.peer_fin_ack)),
+                               key=lambda fin: fin[0])
+        if any(t < second[0] for t in self.local_rsts + self.peer_rsts):
             return False
-        if self.local_fin_t <= self.peer_fin_t:
-            first_seq, second_ack = self.local_fin_seq, self.peer_fin_ack
-        else:
-            first_seq, second_ack = self.peer_fin_seq, self.local_fin_ack
-        return first_seq is not None and second_ack is not None and second_ack <= first_seq
+        return _crossed(first[0], first[1], second[0], second[2])
 
     @property
     def initiator(self):
@@ -369,9 +366,8 @@ class WireConn:
             # On the wire just before this host's FIN, which does not acknowledge it: the close
             # held the socket as the request came, so the socket was closed before it (and then
             # answered it with a reset), as for crossed FINs.
-            return fc is not None and fc[1:] == ("local", "fin") and q["t"] < fc[0] and \
-                fc[0] - q["t"] <= FINS_CROSS_WITHIN_S and self.local_fin_ack is not None and \
-                self.local_fin_ack <= q["seq"]
+            return fc is not None and fc[1:] == ("local", "fin") and \
+                _crossed(q["t"], q["seq"], fc[0], self.local_fin_ack)
         out = []
         for q, r in self.exchanges():
             if r is not None and requester_close < r["t"] and rst_t is not None and \
@@ -587,6 +583,14 @@ def _parse_head(head: bytes, is_request: bool):
     conn = {x.strip().lower() for x in m["headers"].get("connection", "").split(",")}
     m["close"] = "close" in conn or (version == "HTTP/1.0" and "keep-alive" not in conn)
     return m
+
+
+def _crossed(first_t, first_seq, second_t, second_ack):
+    """The other side's segment sent at `second_t`, acknowledging `second_ack`, crossed the one
+    sent at `first_t` with sequence number `first_seq`: sent soon after it (CROSS_WITHIN_S)
+    without acknowledging it, so its sender had not seen it."""
+    return first_seq is not None and second_ack is not None and \
+        0 <= second_t - first_t <= CROSS_WITHIN_S and second_ack <= first_seq
 
 
 def _parse_messages(segs, is_request):

@@ -81,6 +81,11 @@ uint64_t requests_of(const Connection& conn) {
     return (h2.client == Initiator::Local ? h2.local : h2.peer).streams_opened;
 }
 
+// Its requests were not HTTP (TLS): counted by turns of the conversation, headers unseen.
+bool is_opaque(const Connection& conn) {
+    return !conn.http2 && !conn.requests.empty() && conn.requests.front().opaque;
+}
+
 void count_in(GroupFigures& group, const Connection& conn) {
     ++group.connections;
     group.requests += requests_of(conn);
@@ -103,7 +108,7 @@ void count_keepalive_use(TraceAnalysis& a, const Connection& conn, std::string_v
     const Request* last = conn.http2 || conn.requests.empty() ? nullptr : &conn.requests.back();
     if (timer_idle_ms(conn)) {
         ++use.kept_alive;
-    } else if (requests == 0 || (last && conn.requests.front().opaque)) {
+    } else if (requests == 0 || is_opaque(conn)) {
         return;
     } else if (conn.http2 || requests > 1 ||
                (conn.verdict == Verdict::Open && last && last->outcome == Outcome::Completed &&
@@ -131,9 +136,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
         return;
     }
     a.requests += requests_of(conn);
-    if (!conn.http2 && !conn.requests.empty() && conn.requests.front().opaque) {
-        ++a.opaque_connections;
-    }
+    if (is_opaque(conn)) ++a.opaque_connections;
     ++a.verdicts[conn.verdict];
     a.verdicts_over_time.add(verdict_time(conn) + to_clock_of_a, conn.verdict);
     const std::string_view comm = conn.comm ? std::string_view(*conn.comm) : std::string_view();
