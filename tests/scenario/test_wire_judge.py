@@ -168,6 +168,19 @@ class WireJudgeTest(unittest.TestCase):
         self.assertEqual(c.request_outcomes()[-1]["outcome"], "unanswered_at_close")
         self.assertEqual(c.cause, ({"forgotten"}, None))
 
+    def test_a_websocket_closed_by_its_application_is_upgraded(self):
+        # After 101 the bytes are WebSocket frames: no request, no race; the server's
+        # application closes 2 s after the last frame, which is no keep-alive timer.
+        upgrade = req("/ws", "Upgrade: websocket\r\nConnection: Upgrade\r\n")
+        switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        c = (Conn().send("in", data=upgrade).send("out", data=switched)
+             .send("in", data=b"\x81\x85abcd" + bytes(5)).send("out", data=b"\x81\x05hello")
+             .send("out", FIN | ACK, at=2.0).send("in", data=b"\x81\x85abcd" + bytes(5))
+             .send("out", RST, at=0.0001).judge())
+        self.assertEqual([(o["target"], o["outcome"], o["status"])
+                          for o in c.request_outcomes()], [("/ws", "completed", 101)])
+        self.assertEqual((c.verdict, c.cause), ("local_idle_close", ({"upgraded"}, None)))
+
     def test_probe(self):
         c = Conn().send("in", FIN | ACK, at=0.01).judge()
         self.assertEqual(c.cause, ({"probe"}, None))

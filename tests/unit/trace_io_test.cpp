@@ -487,6 +487,29 @@ TEST(TraceReading, Schema1RecordsGetACause) {
     EXPECT_EQ(got.requests[0].idle_before_ms, std::nullopt);
 }
 
+// Recorded before `upgraded` (2026-12-07), a WebSocket's close said what its idle told: read as
+// upgraded, as classify_close says now; a process exit stays one.
+TEST(TraceReading, WebSocketClosesRecordedBeforeUpgradedReadAsUpgraded) {
+    Connection conn = sample_connection();
+    conn.requests.pop_back();
+    conn.requests[0].status = 101;
+    conn.verdict = Verdict::LocalIdleClose;
+    const std::string header = header_line(sample_header());
+    for (const CloseCause written : {CloseCause::IdleTimer, CloseCause::KeepaliveEnded,
+                                     CloseCause::UnreadRequest, CloseCause::ProcessExit}) {
+        conn.close.cause = written;
+        conn.close.asked_by =
+            written == CloseCause::KeepaliveEnded ? std::optional(Initiator::Local) : std::nullopt;
+        const ReadResult read = read_trace(trace_text({header, conn_line(conn)}));
+        ASSERT_EQ(read.records.size(), 1u);
+        const CloseInfo& got = std::get<Connection>(read.records[0]).close;
+        EXPECT_EQ(got.cause, written == CloseCause::ProcessExit ? CloseCause::ProcessExit
+                                                                 : CloseCause::Upgraded)
+            << to_string(written);
+        EXPECT_EQ(got.asked_by, std::nullopt);
+    }
+}
+
 TEST(TraceIo, DoublesRoundTripExactly) {
     Connection conn = sample_connection();
     for (const double idle_ms : {0.1, 2001.2, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 3.0}) {

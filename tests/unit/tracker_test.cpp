@@ -1706,6 +1706,53 @@ TEST(TrackerCause, UnreadRequestWithoutIdleIsAnInflightLoss) {
     EXPECT_EQ(conn.requests[1].outcome, Outcome::UnreadAtClose);
 }
 
+constexpr std::string_view kUpgrade =
+    "GET /ws HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+constexpr std::string_view kSwitched =
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+// A masked WebSocket text frame from the client, an unmasked one from the server.
+constexpr std::string_view kClientFrame = "\x81\x85" "abcd" "\x09\x07\x0f\x08\x0e";
+constexpr std::string_view kServerFrame = "\x81\x05hello";
+
+// A WebSocket's application (its heartbeat giving up on a silent client) closes it 2 s after the
+// last frame: no keep-alive timer, whatever the idle; a frame crossing the close is no request.
+TEST(TrackerCause, WebSocketClosedByItsApplicationIsUpgraded) {
+    const Socket socket;
+    const uint64_t frames_ns = 1 * kSec + 3 * kMs;
+    const uint64_t close_ns = frames_ns + 2 * kSec;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kUpgrade),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kSwitched),
+        socket.message(frames_ns, Direction::In, kClientFrame),
+        socket.message(frames_ns + kMs, Direction::Out, kServerFrame),
+        owner_close(socket, close_ns, activity(frames_ns, frames_ns + kMs), false),
+        socket.message(close_ns + kMs, Direction::In, kClientFrame),
+        socket.reset_sent(close_ns + kMs, "TCP_CLOSE"),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::Upgraded);
+    ASSERT_EQ(conn.requests.size(), 1u);
+    EXPECT_EQ(conn.requests[0].status, 101);
+    EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+}
+
+// Frames left unread when the application closes reset the connection: no request was unread.
+TEST(TrackerCause, WebSocketResetWithFramesUnreadIsUpgraded) {
+    const Socket socket;
+    const uint64_t frame_ns = 1 * kSec + 3 * kMs;
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kUpgrade),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kSwitched),
+        socket.message(frame_ns, Direction::In, kClientFrame),
+        owner_close(socket, frame_ns + kMs, activity(frame_ns, 1 * kSec + 2 * kMs, 11), true),
+        socket.reset_sent(frame_ns + kMs, "TCP_ABORT_ON_CLOSE"),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalReset);
+    EXPECT_EQ(conn.close.cause, CloseCause::Upgraded);
+}
+
 TEST(TrackerCause, CrashWithARequestReadIsAProcessExit) {
     const Socket socket;
     const uint64_t request_ns = 1 * kSec + kMs;

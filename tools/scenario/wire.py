@@ -336,11 +336,18 @@ class WireConn:
 
     def exchanges(self):
         """(request, response|None) pairs: HTTP/1.1 answers requests in order, so the n-th
-        final (non-1xx) response belongs to the n-th request."""
+        final (non-1xx) response belongs to the n-th request.  101 Switching Protocols is
+        final, and the last: what follows is another protocol (WebSocket frames)."""
         reqs = self.messages(self.req_dir)
         resps = [m for m in self.messages("out" if self.req_dir == "in" else "in")
-                 if not (m.get("status") or 0) // 100 == 1]
-        return [(q, resps[i] if i < len(resps) else None) for i, q in enumerate(reqs)]
+                 if m.get("status") == 101 or not (m.get("status") or 0) // 100 == 1]
+        pairs = []
+        for i, q in enumerate(reqs):
+            r = resps[i] if i < len(resps) else None
+            pairs.append((q, r))
+            if r is not None and r.get("status") == 101:
+                break
+        return pairs
 
     def request_outcomes(self):
         """Requests in order, each with an outcome like the trace's: completed |
@@ -471,6 +478,8 @@ class WireConn:
                     else {"process_exit"}), None
         if not reqs:
             return {"probe"}, None
+        if reqs[-1]["status"] == 101:
+            return {"upgraded"}, None
         if "unread_at_close" in outs:
             return {"unread_request"}, None
         if who == "peer" and how == "rst" and self.role == "client" and \

@@ -45,7 +45,7 @@ constexpr std::array<std::pair<Outcome, std::string_view>, 6> kOutcomeNames{{
     {Outcome::UnreadAtClose, "unread_at_close"},
 }};
 
-constexpr std::array<std::pair<CloseCause, std::string_view>, 12> kCauseNames{{
+constexpr std::array<std::pair<CloseCause, std::string_view>, 13> kCauseNames{{
     {CloseCause::IdleTimer, "idle_timer"},
     {CloseCause::ConnectionClose, "connection_close"},
     {CloseCause::KeepaliveEnded, "keepalive_ended"},
@@ -57,6 +57,7 @@ constexpr std::array<std::pair<CloseCause, std::string_view>, 12> kCauseNames{{
     {CloseCause::Forgotten, "forgotten"},
     {CloseCause::ClosedTogether, "closed_together"},
     {CloseCause::Refused, "refused"},
+    {CloseCause::Upgraded, "upgraded"},
     {CloseCause::Unknown, "unknown"},
 }};
 
@@ -196,6 +197,8 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
         return CloseCause::Refused;
     }
     if (local && evidence.owner_exiting) return CloseCause::ProcessExit;
+    // Bytes left unread, an idle, a close right after: all the new protocol's (WebSocket frames).
+    if (switched_protocols(conn)) return CloseCause::Upgraded;
     if (local && close.unread_bytes > 0 && !evidence.unread_only_tls_alerts) {
         return CloseCause::UnreadRequest;
     }
@@ -233,6 +236,11 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     if (evidence.closed_together) return CloseCause::ClosedTogether;
     if (!close.idle_ms) return CloseCause::Unknown;
     return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));
+}
+
+bool switched_protocols(const Connection& conn) {
+    return !conn.requests.empty() && conn.requests.back().status == 101 &&
+           conn.requests.back().outcome == Outcome::Completed;
 }
 
 CloseCause cause_by_idle(double idle_ms, Initiator closer, Initiator client) {

@@ -43,6 +43,8 @@ enum class CloseCause {
     Refused,          // this host closed it right after it opened, before any request: a
                       // connection limit, or a server not taking connections; or the peer
                       // reset this host's connect() (nothing listening, a firewall's reject)
+    Upgraded,         // it switched protocols (101: a WebSocket): its close is the new
+                      // protocol's, not a keep-alive timer's
     Unknown,
 };
 
@@ -266,6 +268,9 @@ CloseCause cause_by_idle(double idle_ms, Initiator closer, Initiator client);
 // Why the connection closed, from its close, requests and `evidence` (nothing for a trace
 // recorded before closetrace/2, whose records lack the facts of some causes).
 CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence);
+// Whether its last request was answered 101 Switching Protocols (a WebSocket): nothing after it
+// is HTTP/1, and its close is the new protocol's.
+bool switched_protocols(const Connection& conn);
 // For ConnectionClose and KeepaliveEnded (by `conn.close.cause`): the side whose message asked.
 std::optional<Initiator> asked_by(const Connection& conn);
 // The verdict from the close and the requests' outcomes (and the unread-request race, by cause).
@@ -308,7 +313,8 @@ inline constexpr CloseCause kAllCloseCauses[] = {
     CloseCause::IdleTimer,     CloseCause::ConnectionClose, CloseCause::KeepaliveEnded,
     CloseCause::ClosedAfterUse, CloseCause::Probe,          CloseCause::UnreadRequest,
     CloseCause::ProcessExit,   CloseCause::InFlight,        CloseCause::Forgotten,
-    CloseCause::ClosedTogether, CloseCause::Refused,        CloseCause::Unknown,
+    CloseCause::ClosedTogether, CloseCause::Refused,        CloseCause::Upgraded,
+    CloseCause::Unknown,
 };
 
 }  // namespace closetrace
