@@ -106,6 +106,32 @@ class CloseCauseTest(unittest.TestCase):
         verify = closetrace("verify", result.trace)
         self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
 
+    # ---- WebSockets beside healthy keep-alive ------------------------------------------
+    def test_websocket(self):
+        result = self.run_scenario("websocket")
+        sockets = [w for w in self.wire(result)
+                   if [o["status"] for o in w.request_outcomes()] == [101]]
+        self.assertEqual(len(sockets), 4, [w.describe() for w in self.wire(result)])
+        for w in sockets:
+            self.assertEqual(w.cause[0], {"upgraded"}, w.describe())
+        by_application = [w for w in sockets if w.initiator == "local"]
+        self.assertEqual(len(by_application), 3, [w.describe() for w in sockets])
+        for w in by_application:  # the application's 1.5 s, shorter than nginx's 3 s
+            self.assertAlmostEqual(w.idle_since_exchange, 1.5 + 0.6, delta=0.3, msg=w.describe())
+        self.assert_agrees_with_wire(result)
+        self.assert_health_checks(result)
+        trace = self.by_port(result)
+        for w in sockets:
+            self.assertEqual(trace[w.remote[1]]["close"].get("cause"), "upgraded")
+        # The WebSockets' closes tell no keep-alive timeout: nginx's timer is the only one, and
+        # this host closes no idle keep-alive connection before it.
+        report = report_json(result.trace)
+        self.assertEqual(report["idle"]["this_host"]["closes"], 0, report["idle"])
+        self.assertEqual(report["causes"]["upgraded"], 4, report["causes"])
+        self.assertEqual(self.recommendation_kinds(report), ["nothing_to_fix"], report)
+        verify = closetrace("verify", result.trace)
+        self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+
     # ---- a broken backend behind health checks, the peer shows no timer ---------------
     def test_broken_behind_hc(self):
         result = self.run_scenario("broken_behind_hc")

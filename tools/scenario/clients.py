@@ -17,6 +17,7 @@ Per request it reports: ``sent`` (wall time the request was written), ``status``
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -372,11 +373,59 @@ def oneshot(host, port, path, timeout, hold):
     _emit(r)
 
 
+def websocket(host, port, path, conns, frames, gap, timeout, close_after):
+    """`conns` WebSocket clients at once, each on its own connection: the upgrade (GET with
+    Upgrade: websocket), then `frames` masked text frames `gap` s apart, each answered by a
+    frame of the server's. Then silent: with `close_after` >= 0 the client closes that long
+    after its last frame, else it waits (up to `timeout`) for the server to close. One JSON
+    line each: local_port, status, answered frames, closed (its own close's time) or
+    server_close ({"how", "t"}), error."""
+    def one(i):
+        c = Conn(host, port)
+        res = {"i": i, "status": None, "answered": 0, "error": None}
+        try:
+            res["local_port"] = c.connect()
+            key = base64.b64encode(os.urandom(16)).decode()
+            c.sock.sendall(build_request("GET", path, host, headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": key,
+                "Sec-WebSocket-Version": "13"}))
+            deadline = time.monotonic() + timeout
+            res["status"] = c._read_response(deadline)[0]
+            for j in range(frames):
+                if j:
+                    time.sleep(gap)
+                mask = os.urandom(4)
+                payload = bytes(b ^ mask[k % 4] for k, b in enumerate(f"frame {j}".encode()))
+                c.sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
+                while len(c.buf) < 2:
+                    c._recv(deadline)
+                c.buf = c.buf[2:]
+                res["answered"] += 1
+            if close_after >= 0:
+                time.sleep(close_after)
+                res["closed"] = time.time()
+            else:
+                res["server_close"] = c.wait_close(timeout)
+        except (OSError, EOFError, ValueError) as e:
+            res["error"] = e.__class__.__name__
+        c.close()
+        results[i] = res
+
+    results = [None] * conns
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        _emit(r)
+
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["serve", "keepalive", "parallel", "healthcheck",
-                                     "pipeline", "oneshot"])
+                                     "pipeline", "oneshot", "websocket"])
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("-n", type=int, default=1)
@@ -388,6 +437,7 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--interval", type=float, default=0.7)
     ap.add_argument("--hold", type=float, default=0.0)
+    ap.add_argument("--close-after", type=float, default=-1.0)
     a = ap.parse_args(argv)
     if a.mode == "serve":
         serve(a.host, a.port)
@@ -399,6 +449,8 @@ def main(argv=None):
         pipeline(a.host, a.port, a.path.split(","), a.timeout, a.hold)
     elif a.mode == "oneshot":
         oneshot(a.host, a.port, a.path, a.timeout, a.hold)
+    elif a.mode == "websocket":
+        websocket(a.host, a.port, a.path, a.c, a.n, a.delay, a.timeout, a.close_after)
     else:
         parallel_batch(a.host, a.port, a.c, a.method, a.path, a.timeout, a.body)
 
@@ -579,6 +631,17 @@ def run_oneshot(topo, ns, host, port, path="/", hold=0.0, timeout=5.0) -> dict:
                          str(port), "--path", path, "--timeout", str(timeout),
                          "--hold", str(hold)], timeout=timeout + hold + 15)
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_websocket(topo, ns, host, port, path="/ws", conns=1, frames=3, gap=0.3,
+                  close_after=-1.0, timeout=10.0) -> list[dict]:
+    """WebSocket clients at once (see websocket()); their results."""
+    r = topo.run_in(ns, [sys.executable, SCRIPT, "websocket", "--host", host, "--port",
+                         str(port), "--path", path, "-c", str(conns), "-n", str(frames),
+                         "--delay", str(gap), "--close-after", str(close_after),
+                         "--timeout", str(timeout)],
+                    timeout=timeout + frames * gap + max(close_after, 0) + 15)
+    return [json.loads(line) for line in r.stdout.strip().splitlines()]
 
 
 def run_wrk(topo, ns, url, threads=2, connections=4, duration_s=2, timeout_s=2,

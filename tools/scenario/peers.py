@@ -36,7 +36,11 @@ NODE_SERVER_JS = r"""
 //                           it is accepted)
 //   SIGUSR2              -> server.close(): stop listening and close every idle keep-alive
 //                           connection at once (a shutdown without draining)
+//   Upgrade: websocket   -> 101 Switching Protocols; a two-byte frame back for every read; the
+//                           application closes the socket WS_IDLE_MS env (1500) after its last
+//                           frame, as a heartbeat gives up on a silent client (no keep-alive timer)
 const http = require('http');
+const crypto = require('crypto');
 const KA = parseInt(process.env.KEEPALIVE_MS || '5000');
 const HT = parseInt(process.env.HEADERS_MS || String(KA + 1000));
 const PORT = parseInt(process.env.PORT || '8080');
@@ -77,6 +81,25 @@ const server = http.createServer((req, res) => {
       }), parseInt(u.searchParams.get('lag_in')));
     }
   });
+});
+const WS_IDLE = parseInt(process.env.WS_IDLE_MS || '1500');
+server.on('upgrade', (req, socket) => {
+  const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  const key = req.headers['sec-websocket-key'] || '';
+  const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11')
+    .digest('base64');
+  socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n' +
+               `Connection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+  log({ev: 'upgrade', url: req.url, peer});
+  let timer = null;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => { log({ev: 'ws_idle_close', peer}); socket.end(); }, WS_IDLE);
+  };
+  socket.on('data', () => { socket.write(Buffer.from([0x8a, 0x00])); arm(); });
+  socket.on('end', () => { clearTimeout(timer); socket.end(); });
+  socket.on('error', () => clearTimeout(timer));
+  arm();
 });
 server.keepAliveTimeout = KA;
 server.headersTimeout = HT;
@@ -170,9 +193,10 @@ def _mkdir(kind, base=None):
 
 def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=8080,
                        slow_ms=1000, default_delay_ms=0, ns="backend", base_dir=None,
-                       max_requests=None, max_connections=None) -> Peer:
+                       max_requests=None, max_connections=None, ws_idle_ms=None) -> Peer:
     """Node.js http server, 200 to GET and POST on any path (see NODE_SERVER_JS);
-    max_requests sets server.maxRequestsPerSocket, max_connections server.maxConnections."""
+    max_requests sets server.maxRequestsPerSocket, max_connections server.maxConnections,
+    ws_idle_ms how long a silent WebSocket stays open."""
     d = _mkdir("node", base_dir)
     script = os.path.join(d, "server.js")
     with open(script, "w") as f:
@@ -185,6 +209,8 @@ def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=
         env["MAX_REQUESTS"] = str(max_requests)
     if max_connections:
         env["MAX_CONNECTIONS"] = str(max_connections)
+    if ws_idle_ms:
+        env["WS_IDLE_MS"] = str(ws_idle_ms)
     log = os.path.join(d, "node.log")
     with open(log, "w") as out:
         p = topo.spawn_in(ns, [NODE, script], stdout=out, stderr=subprocess.STDOUT, env=env)

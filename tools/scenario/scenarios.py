@@ -619,6 +619,35 @@ def healthy(recorder=None, workdir=None, *, backend_keepalive_ms=10000,
     return run.result("nginx")
 
 
+def websocket(recorder=None, workdir=None, *, conns=3, frames=3, gap_s=0.3, ws_idle_ms=1500,
+              backend_keepalive_ms=10000, balancer_keepalive_s=3.0, rounds=2, per_round=3,
+              hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """WebSockets beside healthy keep-alive: `healthy`'s setup (Node keepAliveTimeout 10 s
+    behind nginx's 3 s, whose timer closes its idle upstream connections), and `conns`
+    WebSocket clients in the balancer's namespace (an ALB's connections to its target) that
+    upgrade straight to the backend, exchange `frames` frames `gap_s` apart and fall silent:
+    the backend's application closes each `ws_idle_ms` after its last frame (a heartbeat
+    giving up on a silent client), sooner than nginx's timer, and no keep-alive timer. One
+    more client closes its WebSocket itself right after its frames (a browser leaving)."""
+    with _Run("websocket", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
+                                               port=BACKEND_PORT, base_dir=run.workdir,
+                                               ws_idle_ms=ws_idle_ms)
+        _start_balancer(run, "nginx", balancer_keepalive_s)
+        run.health_checks(hc_interval_s)
+        backend = t.addr["backend"]
+        for r in clients.run_websocket(t, "balancer", backend, BACKEND_PORT, conns=conns,
+                                       frames=frames, gap=gap_s):
+            run.log_client(r, phase="websocket")
+        for r in clients.run_websocket(t, "balancer", backend, BACKEND_PORT, frames=frames,
+                                       gap=gap_s, close_after=0.1):
+            run.log_client(r, phase="websocket_left")
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        _keepalive_rounds(run, cl, rounds, per_round, 0.3, balancer_keepalive_s + 0.5, "normal")
+    return run.result("nginx")
+
+
 def broken_behind_hc(recorder=None, workdir=None, *, backend_keepalive_ms=1000,
                      balancer_keepalive_s=60.0, rounds=3, per_round=2, gap_s=0.3,
                      idle_s=2.5, hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
@@ -950,7 +979,7 @@ def nat_forgotten(recorder=None, workdir=None, *, conntrack_timeout_s=2, idle_s=
 SCENARIOS = {"mismatch": mismatch, "fixed": fixed, "overload": overload,
              "client_gives_up": client_gives_up, "healthy": healthy,
              "broken_behind_hc": broken_behind_hc, "mixed_peers": mixed_peers,
-             "one_shot": one_shot,
+             "one_shot": one_shot, "websocket": websocket,
              "max_requests": max_requests, "unread_race": unread_race, "crash": crash,
              "pipelining": pipelining, "nat_forgotten": nat_forgotten, "shutdown": shutdown,
              "connection_limit": connection_limit, "apache_busy": apache_busy}
