@@ -504,6 +504,15 @@ TEST(Recommendations, NameTheSettingOfEachServer) {
                 HasSubstr("headersTimeout must exceed keepAliveTimeout"));
     // A name matched by its start is shown escaped, as any other (a process names itself).
     EXPECT_THAT(keepalive_fix("python\x1b[2J", 65), Not(HasSubstr("\x1b")));
+    // A server whose idle closes need the fix keeps connections alive already: what turns
+    // keep-alive on is for a server that keeps none (keepalive_on_fix).
+    EXPECT_THAT(keepalive_fix("gunicorn", 65), Not(HasSubstr("worker class")));
+    EXPECT_THAT(keepalive_on_fix("gunicorn", 65),
+                HasSubstr("--keep-alive 65 (with a worker class that keeps connections alive"));
+    EXPECT_THAT(keepalive_on_fix("apache2", 65),
+                HasSubstr("KeepAliveTimeout 65 (with KeepAlive On)"));
+    EXPECT_THAT(keepalive_on_fix("http-nio-8080-e", 65), HasSubstr("maxKeepAliveRequests above 1"));
+    EXPECT_EQ(keepalive_on_fix("node", 65), keepalive_fix("node", 65));
 }
 
 TEST(Recommendations, NameTheHttp2IdleSettingOfEachServer) {
@@ -1094,6 +1103,9 @@ TEST(KeepAliveOff, IsNothingToFixAndPassesVerify) {
     EXPECT_THAT(render_verify(trace, result),
                 HasSubstr("OK: no close race, and this host keeps no connection alive (25 "
                           "connections ended after one request"));
+    EXPECT_THAT(render_verify(trace, result),
+                HasSubstr("after an answer), so the peer has no idle connection to reuse and "
+                          "none can race; "));
 }
 
 // Too few such connections, one kept open after its answer, or closes after an answer that did

@@ -456,15 +456,14 @@ Recommendation keepalive_off_recommendation(const TraceAnalysis& trace, const As
         comm.empty() ? fmt::format("the server owning these connections (its process was not "
                                    "seen): an idle keep-alive timeout of {} s",
                                    value_s)
-                     : keepalive_fix(comm, value_s);
+                     : keepalive_on_fix(comm, value_s);
     return {.kind = RecommendationKind::NothingToFix,
             .comm = comm.empty() ? std::nullopt : std::optional(comm),
             .value_s = value_s,
             .text = fmt::format(
-                "Nothing to fix in the connection lifecycle: {}, so the peer has no idle "
-                "connection to reuse and none can race. Each request costs a new connection; "
-                "to keep connections alive instead, with a timeout above the peer's idle "
-                "timeout of {}: {}.",
+                "Nothing to fix in the connection lifecycle: {}. Each request costs a new "
+                "connection; to keep connections alive instead, with a timeout above the "
+                "peer's idle timeout of {}: {}.",
                 keeps_no_connection_alive_text(trace),
                 analysis_text::peer_timeout_text(a.peer_timeout), fix)};
 }
@@ -1295,6 +1294,8 @@ struct ServerSettings {
     std::string_view comms[4];
     FixText keepalive;
     FixText http2_idle;
+    // What turns keep-alive on where it is off, if more than the timeout does.
+    std::string_view keepalive_on = {};
 };
 
 const ServerSettings kServerSettings[] = {
@@ -1333,12 +1334,12 @@ const ServerSettings kServerSettings[] = {
      }},
     {{"gunicorn*"},
      [](const std::string& comm, uint64_t value_s) {
-         return fmt::format("Gunicorn (comm {}): --keep-alive {} (with a worker class that "
-                            "keeps connections alive, such as gthread: the default sync worker "
-                            "never does)",
-                            analysis_text::printable(comm), value_s);
+         return fmt::format("Gunicorn (comm {}): --keep-alive {}", analysis_text::printable(comm),
+                            value_s);
      },
-     nullptr},
+     nullptr,
+     "with a worker class that keeps connections alive, such as gthread: the default sync "
+     "worker never does"},
     {{"uvicorn"},
      [](const std::string&, uint64_t value_s) {
          return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
@@ -1365,13 +1366,15 @@ const ServerSettings kServerSettings[] = {
              "Boot: server.tomcat.keep-alive-timeout={}s)",
              analysis_text::printable(comm), value_s * 1000, value_s);
      },
-     nullptr},
+     nullptr,
+     "with maxKeepAliveRequests above 1 (1 turns keep-alive off)"},
     {{"httpd", "apache2"},
      [](const std::string& comm, uint64_t value_s) {
          return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}",
                             analysis_text::printable(comm), value_s);
      },
-     nullptr},
+     nullptr,
+     "with KeepAlive On"},
     {{"haproxy"},
      [](const std::string&, uint64_t value_s) {
          return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
@@ -1405,10 +1408,19 @@ std::string keepalive_fix(const std::string& comm, uint64_t value_s) {
         analysis_text::printable(comm), analysis_text::printable(comm), value_s, value_s);
 }
 
+std::string keepalive_on_fix(const std::string& comm, uint64_t value_s) {
+    const ServerSettings* server = server_settings(comm);
+    const std::string fix = keepalive_fix(comm, value_s);
+    return server && !server->keepalive_on.empty()
+               ? fmt::format("{} ({})", fix, server->keepalive_on)
+               : fix;
+}
+
 std::string keeps_no_connection_alive_text(const TraceAnalysis& trace) {
     const HostWords host = host_words(trace);
     return fmt::format("{} keep{} no connection alive ({} ended after one request, answered with "
-                       "Connection: close, and none stayed open after an answer)",
+                       "Connection: close, and none stayed open after an answer), so the peer "
+                       "has no idle connection to reuse and none can race",
                        host.object, host.verb_s,
                        count_of(trace.connections_closed_after_one_answer(), "connection",
                                 "connections"));
@@ -1629,7 +1641,7 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
         result.conclusion = DiffConclusion::Fixed;
         const std::string over =
             after.keeps_no_connection_alive()
-                ? keeps_no_connection_alive_text(after) + ", so none can race"
+                ? keeps_no_connection_alive_text(after)
                 : fmt::format("over {} and {}", count_of(after.requests, "request", "requests"),
                               count_of(after_idle_closes, "idle close", "idle closes"));
         result.explanation = fmt::format(

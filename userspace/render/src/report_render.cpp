@@ -646,7 +646,7 @@ std::string render_verify(const TraceAnalysis& trace, const VerifyResult& result
         case VerifyConclusion::Passed: {
             const std::string why =
                 result.keeps_no_connection_alive
-                    ? keeps_no_connection_alive_text(trace) + ", so none can race"
+                    ? keeps_no_connection_alive_text(trace)
                     : fmt::format("no idle close by this host sooner than the peer's idle "
                                   "timeout of {}",
                                   analysis_text::peer_timeout_text(result.peer_timeout));

@@ -475,8 +475,10 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout);
 
 // The setting that raises the keep-alive timeout of the server `comm` to `value_s`.
 std::string keepalive_fix(const std::string& comm, uint64_t value_s);
-// "this host keeps no connection alive (N connections ended after one request, ...)": why a
-// recording that keeps_no_connection_alive() has nothing to race.
+// The same for a server that keeps no connection alive: also what turns keep-alive on.
+std::string keepalive_on_fix(const std::string& comm, uint64_t value_s);
+// "this host keeps no connection alive (N connections ended after one request, ...), so ...
+// none can race": why a recording that keeps_no_connection_alive() has nothing to race.
 std::string keeps_no_connection_alive_text(const TraceAnalysis& trace);
 // The same for a server whose HTTP/2 connections close idle: its session or connection idle
 // timeout, which closes with a GOAWAY.
