@@ -132,6 +132,23 @@ class CloseCauseTest(unittest.TestCase):
         verify = closetrace("verify", result.trace)
         self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
 
+    # ---- Gunicorn's arbiter killing a worker busy past --timeout -------------------------
+    def test_worker_timeout(self):
+        require_peers(("gunicorn",))
+        result = self.run_scenario("worker_timeout")
+        self.assertEqual(result.measured["slow_statuses"], [502, 502])
+        killed = [w for w in self.wire(result) if w.verdict == "local_reset_inflight"]
+        self.assertEqual(len(killed), 2, [w.describe() for w in self.wire(result)])
+        for w in killed:  # the request read, no response: the worker's close is a FIN
+            self.assertEqual((w.how, w.cause[0]), ("fin", {"in_flight"}), w.describe())
+        self.assert_agrees_with_wire(result)
+        self.assert_health_checks(result)
+        report = report_json(result.trace)
+        [load] = [r for r in report["recommendations"] if r["kind"] == "load"]
+        self.assertIn("Gunicorn's arbiter kills a worker busy on one request for longer than "
+                      "--timeout", load["text"])
+        self.assertIn("(comm gunicorn: worke): its requests here had waited 2.", load["text"])
+
     # ---- a broken backend behind health checks, the peer shows no timer ---------------
     def test_broken_behind_hc(self):
         result = self.run_scenario("broken_behind_hc")

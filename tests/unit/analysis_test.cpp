@@ -720,6 +720,28 @@ TEST(Dominance, InflightResetsPointAtLoad) {
     EXPECT_THAT(a.conclusion, HasSubstr("Next: In-flight resets (4) outnumber close races (1)"));
 }
 
+// Gunicorn closes a request's connection unanswered when its arbiter kills a worker busy past
+// --timeout: the advice names it, with the shortest wait (the kill's); Node's closes get none.
+TEST(Dominance, InflightResetsByGunicornNameItsWorkerTimeout) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalResetInflight, .comm = "gunicorn: worke"}, 3)
+            .add({.verdict = Verdict::LocalResetInflight, .comm = "node"})
+            .finish();
+    const Assessment a = assess_default(trace);
+    ASSERT_EQ(a.recommendations[0].kind, RecommendationKind::Load);
+    const std::string& text = a.recommendations[0].text;
+    EXPECT_THAT(text, HasSubstr("scale out (the field report's third step). Also, Gunicorn's "
+                                "arbiter kills a worker busy on one request for longer than "
+                                "--timeout (30 s by default"));
+    EXPECT_THAT(text, HasSubstr("(comm gunicorn: worke): its requests here had waited 1.500 s or "
+                                "more when their connections closed"));
+    EXPECT_EQ(text.find("Also,"), text.rfind("Also,"));  // one server, named once
+    const TraceAnalysis node =
+        Recording().add({.verdict = Verdict::LocalResetInflight}, 3).finish();
+    EXPECT_THAT(assess_default(node).recommendations[0].text, Not(HasSubstr("Also,")));
+}
+
 // One reset request is not load: a server also closes on a request it refuses.
 TEST(Dominance, OneInflightResetDoesNotPointAtLoadYet) {
     const TraceAnalysis trace = Recording()

@@ -501,10 +501,17 @@ SYS_PYTHON = "/usr/bin/python3"   # Debian's python3 (gunicorn, uvicorn, setproc
 GO = "/usr/bin/go"
 
 WSGI_APP = r'''
+import time
+import urllib.parse
+
+
 def app(environ, start_response):
     n = int(environ.get("CONTENT_LENGTH") or 0)
     if n:
         environ["wsgi.input"].read(n)
+    if environ["PATH_INFO"].startswith("/slow"):  # /slow?ms=MS: a slow handler (6 s)
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        time.sleep(int(query.get("ms", ["6000"])[0]) / 1000)
     body = ("ok %s %s\n" % (environ["REQUEST_METHOD"], environ["PATH_INFO"])).encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
@@ -637,8 +644,10 @@ def _apache_conf(d, port, keepalive_s, max_keepalive_requests=10000, extra=""):
 
 
 def start_backend(topo: Topology, kind: str, keepalive_s=2, port=8080, ns="backend",
-                  base_dir=None, apache_extra="") -> Peer:
-    """One of BACKEND_KINDS with an idle keep-alive timeout of `keepalive_s` seconds:
+                  base_dir=None, apache_extra="", workers=1, worker_timeout_s=None) -> Peer:
+    """One of BACKEND_KINDS with an idle keep-alive timeout of `keepalive_s` seconds
+    (gunicorn's also --workers `workers` and --timeout `worker_timeout_s`; its app's
+    /slow?ms= sleeps):
       apache            apache2 -DFOREGROUND, mpm_event, KeepAliveTimeout keepalive_s (comm apache2)
       gunicorn-gthread  gunicorn --worker-class gthread --threads 4 --keep-alive keepalive_s
       gunicorn-sync     gunicorn (sync worker: Connection: close on every response)
@@ -669,11 +678,13 @@ def start_backend(topo: Topology, kind: str, keepalive_s=2, port=8080, ns="backe
     elif kind.startswith("gunicorn"):
         with open(os.path.join(d, "wsgiapp.py"), "w") as f:
             f.write(WSGI_APP)
-        argv = [GUNICORN, "--bind", f"0.0.0.0:{port}", "--workers", "1", "--chdir", d,
+        argv = [GUNICORN, "--bind", f"0.0.0.0:{port}", "--workers", str(workers), "--chdir", d,
                 "--access-logfile", "-", "--log-level", "debug"]
         if kind == "gunicorn-gthread":
             argv += ["--worker-class", "gthread", "--threads", "4",
                      "--keep-alive", str(keepalive_s)]
+        if worker_timeout_s:
+            argv += ["--timeout", str(worker_timeout_s)]
         argv += ["wsgiapp:app"]
     elif kind in ("uvicorn", "uvicorn-py"):
         with open(os.path.join(d, "asgiapp.py"), "w") as f:

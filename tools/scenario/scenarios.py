@@ -730,6 +730,30 @@ def max_requests(recorder=None, workdir=None, *, backend="node", limit=3, connec
     return run.result(None)
 
 
+def worker_timeout(recorder=None, workdir=None, *, slow=2, worker_timeout_s=2,
+                   hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+    """Gunicorn (sync workers, --workers 2, --timeout `worker_timeout_s`) behind nginx: `slow`
+    requests one after another through nginx to a handler that sleeps 6 s, longer than the
+    timeout. The arbiter kills the busy worker (SIGABRT; its log says WORKER TIMEOUT): the
+    connection of the request it was serving closes unanswered, nginx answers 502. The other
+    worker serves the health checks meanwhile."""
+    with _Run("worker_timeout", recorder, workdir, recorder_ns) as run:
+        t = run.topo
+        run.backend = peers.start_backend(t, "gunicorn-sync", port=BACKEND_PORT,
+                                          base_dir=run.workdir, workers=2,
+                                          worker_timeout_s=worker_timeout_s)
+        _start_balancer(run, "nginx", 60.0)
+        run.health_checks(hc_interval_s)
+        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
+        statuses = []
+        for i in range(slow):
+            r = run.log_client(cl.request("GET", f"/slow{i}", timeout=11), phase="slow")
+            statuses.append(r.get("status"))
+        run.measured["slow_statuses"] = statuses
+        time.sleep(1.0)
+    return run.result("nginx")
+
+
 def unread_race(recorder=None, workdir=None, *, backend="node", races=2, hc_interval_s=0.7,
                 recorder_ns="host") -> ScenarioResult:
     """The unread-request race made deterministic: a request arrives on an idle keep-alive
@@ -982,7 +1006,8 @@ SCENARIOS = {"mismatch": mismatch, "fixed": fixed, "overload": overload,
              "one_shot": one_shot, "websocket": websocket,
              "max_requests": max_requests, "unread_race": unread_race, "crash": crash,
              "pipelining": pipelining, "nat_forgotten": nat_forgotten, "shutdown": shutdown,
-             "connection_limit": connection_limit, "apache_busy": apache_busy}
+             "connection_limit": connection_limit, "apache_busy": apache_busy,
+             "worker_timeout": worker_timeout}
 
 
 def main(argv=None):

@@ -319,7 +319,12 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
 // the server refused.
 constexpr uint64_t kFewInflightResets = 3;
 
-Recommendation load_recommendation(const Assessment& a, const HostWords& host) {
+// For the servers among `inflight`'s closers that close a request's connection on a timeout of
+// their own: " Also, for comm gunicorn: Gunicorn's arbiter kills ...". Empty when none is.
+std::string request_timeout_hint(const CaughtList& inflight);
+
+Recommendation load_recommendation(const TraceAnalysis& trace, const Assessment& a) {
+    const HostWords host = host_words(trace);
     const uint64_t races = a.races + a.upstream_races;
     std::string text;
     if (a.dominant == FailureKind::InflightResets && a.inflight_resets < kFewInflightResets) {
@@ -343,7 +348,8 @@ Recommendation load_recommendation(const Assessment& a, const HostWords& host) {
             "memory, scaling) around the listed times.",
             count_of(a.inflight_resets, "in-flight reset", "in-flight resets"), host.possessive);
     }
-    return {.kind = RecommendationKind::Load, .text = text};
+    return {.kind = RecommendationKind::Load,
+            .text = text + request_timeout_hint(trace.inflight_resets)};
 }
 
 // The processes named by a caught list (its listed connections), for a sentence.
@@ -1296,6 +1302,9 @@ struct ServerSettings {
     FixText http2_idle;
     // What turns keep-alive on where it is off, if more than the timeout does.
     std::string_view keepalive_on = {};
+    // How it closes a connection with its request unanswered on a timeout of its own, a
+    // sentence that names the server.
+    std::string_view request_timeout = {};
 };
 
 const ServerSettings kServerSettings[] = {
@@ -1339,7 +1348,10 @@ const ServerSettings kServerSettings[] = {
      },
      nullptr,
      "with a worker class that keeps connections alive, such as gthread: the default sync "
-     "worker never does"},
+     "worker never does",
+     "Gunicorn's arbiter kills a worker busy on one request for longer than --timeout (30 s "
+     "by default; its log says WORKER TIMEOUT), which closes that request's connection "
+     "unanswered"},
     {{"uvicorn"},
      [](const std::string&, uint64_t value_s) {
          return fmt::format("uvicorn (comm uvicorn): --timeout-keep-alive {}", value_s);
@@ -1394,6 +1406,35 @@ const ServerSettings* server_settings(const std::string& comm) {
         }
     }
     return nullptr;
+}
+
+std::string request_timeout_hint(const CaughtList& inflight) {
+    // Each such server's first comm and the shortest wait of its requests: a timeout's kill
+    // comes that long after the request (the ones queued behind it waited longer).
+    std::vector<std::tuple<const ServerSettings*, std::string, std::optional<double>>> servers;
+    for (const CaughtConnection& caught : inflight.listed) {
+        const ServerSettings* server = caught.comm ? server_settings(*caught.comm) : nullptr;
+        if (!server || server->request_timeout.empty()) continue;
+        auto it = std::ranges::find(servers, server, [](const auto& s) { return std::get<0>(s); });
+        if (it == servers.end()) it = servers.insert(it, {server, *caught.comm, std::nullopt});
+        if (caught.request_after_close_ms && *caught.request_after_close_ms <= 0) {
+            const double waited_ms = -*caught.request_after_close_ms;
+            std::optional<double>& shortest = std::get<2>(*it);
+            shortest = std::min(shortest.value_or(waited_ms), waited_ms);
+        }
+    }
+    std::string hint;
+    for (const auto& [server, comm, shortest_ms] : servers) {
+        hint += fmt::format(" Also, {} (comm {}){}.", server->request_timeout,
+                            analysis_text::printable(comm),
+                            shortest_ms ? fmt::format(": its requests here had waited {} or "
+                                                      "more when their connections closed; if "
+                                                      "that is the timeout, raise it above the "
+                                                      "slowest request",
+                                                      analysis_text::duration(*shortest_ms))
+                                        : "");
+    }
+    return hint;
 }
 
 }  // namespace
@@ -1507,7 +1548,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     std::vector<Recommendation> elsewhere;
     if (trace.shutdown_races.total > 0) elsewhere.push_back(drain_recommendation(trace));
     if (trace.refused_races.total > 0) elsewhere.push_back(connection_limit_recommendation(trace));
-    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(a, host_words(trace)));
+    if (a.inflight_resets > 0) elsewhere.push_back(load_recommendation(trace, a));
     if (a.process_exits > 0) {
         const auto position =
             a.dominant == FailureKind::ProcessExits ? elsewhere.begin() : elsewhere.end();
