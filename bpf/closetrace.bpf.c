@@ -1171,14 +1171,20 @@ static __always_inline void write_packet_slot(const struct packet *p, __u8 kind)
 	write_slot(&head, p->state->role, p->messages, kind);
 }
 
-/* An interim response ("HTTP/1.1 100 Continue", not 101): the request's body follows it, and
- * its final response is still to come. */
-static __always_inline bool opens_interim_response(struct __sk_buff *skb, __u32 payload_offset)
+/* What a response's status line says of the messages after it. */
+enum response_opening {
+	RESPONSE_FINAL = 0,
+	RESPONSE_INTERIM = 1,   /* "HTTP/1.1 100 Continue": the request's body and final answer follow */
+	RESPONSE_SWITCHING = 2, /* 101 Switching Protocols (a WebSocket): nothing after it is HTTP */
+};
+
+static __always_inline __u8 response_opening(struct __sk_buff *skb, __u32 payload_offset)
 {
 	char line[12];
-	if (bpf_skb_load_bytes(skb, payload_offset, line, sizeof(line)))
-		return false;
-	return is_response_start(line) && line[9] == '1' && !(line[10] == '0' && line[11] == '1');
+	if (bpf_skb_load_bytes(skb, payload_offset, line, sizeof(line)) ||
+	    !is_response_start(line) || line[9] != '1')
+		return RESPONSE_FINAL;
+	return line[10] == '0' && line[11] == '1' ? RESPONSE_SWITCHING : RESPONSE_INTERIM;
 }
 
 /* Requests come from the client; a socket first seen mid-life tells by its first message. */
@@ -1232,7 +1238,9 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 		continue_message(p);
 		return;
 	}
-	if (kind == CT_MESSAGE_RESPONSE && opens_interim_response(p->skb, p->payload_offset)) {
+	__u8 opening = kind == CT_MESSAGE_RESPONSE ? response_opening(p->skb, p->payload_offset)
+						   : RESPONSE_FINAL;
+	if (opening == RESPONSE_INTERIM) {
 		m->interim = 1;
 		return;
 	}
@@ -1246,7 +1254,12 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 		matters = closing || first || silence_ns >= idle_gap_ns;
 		m->answer_pending = matters;
 	} else {
-		matters = closing || first || m->answer_pending;
+		/* A switch of protocols ends the connection's HTTP: it is written, with its request,
+		 * for the close to be told as the new protocol's. */
+		bool switching = opening == RESPONSE_SWITCHING;
+		matters = closing || first || m->answer_pending || switching;
+		if (switching && m->slots[CT_MESSAGE_REQUEST].status == SLOT_HELD)
+			write_packet_slot(p, CT_MESSAGE_REQUEST);
 	}
 
 	struct message_slot *slot =

@@ -109,9 +109,15 @@ class CloseCauseTest(unittest.TestCase):
     # ---- WebSockets beside healthy keep-alive ------------------------------------------
     def test_websocket(self):
         result = self.run_scenario("websocket")
+        clients = [r for r in result.client_results() if r.get("phase", "").startswith("websocket")]
+        self.assertEqual([(r["status"], r["answered"], r["error"]) for r in clients],
+                         [(101, 3, None)] * 4, clients)
         sockets = [w for w in self.wire(result)
-                   if [o["status"] for o in w.request_outcomes()] == [101]]
+                   if [o["status"] for o in w.request_outcomes()] in ([101], [200, 101])]
         self.assertEqual(len(sockets), 4, [w.describe() for w in self.wire(result)])
+        # one upgraded a connection right after a GET on it: the kernel writes the 101 and its
+        # request all the same
+        self.assertEqual(sum(len(w.request_outcomes()) == 2 for w in sockets), 1)
         for w in sockets:
             self.assertEqual(w.cause[0], {"upgraded"}, w.describe())
         by_application = [w for w in sockets if w.initiator == "local"]

@@ -508,10 +508,11 @@ TEST(Recommendations, NameTheSettingOfEachServer) {
     // keep-alive on is for a server that keeps none (keepalive_on_fix).
     EXPECT_THAT(keepalive_fix("gunicorn", 65), Not(HasSubstr("worker class")));
     EXPECT_THAT(keepalive_on_fix("gunicorn", 65),
-                HasSubstr("--keep-alive 65 (with a worker class that keeps connections alive"));
+                HasSubstr("--keep-alive 65, with a worker class that keeps connections alive"));
     EXPECT_THAT(keepalive_on_fix("apache2", 65),
-                HasSubstr("KeepAliveTimeout 65 (with KeepAlive On)"));
-    EXPECT_THAT(keepalive_on_fix("http-nio-8080-e", 65), HasSubstr("maxKeepAliveRequests above 1"));
+                HasSubstr("KeepAliveTimeout 65, with KeepAlive On"));
+    EXPECT_THAT(keepalive_on_fix("http-nio-8080-e", 65),
+                HasSubstr("and maxKeepAliveRequests other than 1, which turns keep-alive off"));
     EXPECT_EQ(keepalive_on_fix("node", 65), keepalive_fix("node", 65));
 }
 
@@ -1119,7 +1120,7 @@ TEST(KeepAliveOff, IsNothingToFixAndPassesVerify) {
     EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::NothingToFix);
     EXPECT_EQ(a.recommendations[0].comm, "gunicorn: worke");
     EXPECT_THAT(a.conclusion, HasSubstr("this host keeps no connection alive (25 connections"));
-    EXPECT_THAT(a.conclusion, HasSubstr("--keep-alive 65 (with a worker class that keeps"));
+    EXPECT_THAT(a.conclusion, HasSubstr("--keep-alive 65, with a worker class that keeps"));
     const VerifyResult result = verify_trace(trace, std::nullopt);
     EXPECT_EQ(result.conclusion, VerifyConclusion::Passed);
     EXPECT_THAT(render_verify(trace, result),
@@ -1141,6 +1142,15 @@ TEST(KeepAliveOff, NeedsEnoughConnectionsAllClosedAsAnnounced) {
         EXPECT_EQ(mixed.keepalive_use_by_host.at("ip-10-0-0-2").kept_alive, 1u);
         EXPECT_FALSE(mixed.keeps_no_connection_alive());
     }
+    // A WebSocket opened by a connection's one request and still open is the new protocol's:
+    // no word on keep-alive. Opened by a second request, it was kept alive before.
+    Connection websocket = make_conn({.verdict = Verdict::Open, .comm = "gunicorn: worke"});
+    websocket.requests.back().status = 101;
+    websocket.close = CloseInfo{};
+    EXPECT_TRUE(keepalive_off(25, true, {websocket}).keeps_no_connection_alive());
+    websocket.requests.insert(websocket.requests.begin(), websocket.requests.front());
+    websocket.requests.front().status = 200;
+    EXPECT_FALSE(keepalive_off(25, true, {websocket}).keeps_no_connection_alive());
     Connection reused = closed_after_its_answer();
     reused.requests.insert(reused.requests.begin(), reused.requests.front());
     reused.requests.front().close_asked = CloseAsked::None;

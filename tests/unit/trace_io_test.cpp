@@ -495,8 +495,9 @@ TEST(TraceReading, WebSocketClosesRecordedBeforeUpgradedReadAsUpgraded) {
     conn.requests[0].status = 101;
     conn.verdict = Verdict::LocalIdleClose;
     const std::string header = header_line(sample_header());
-    for (const CloseCause written : {CloseCause::IdleTimer, CloseCause::KeepaliveEnded,
-                                     CloseCause::UnreadRequest, CloseCause::ProcessExit}) {
+    for (const CloseCause written :
+         {CloseCause::IdleTimer, CloseCause::KeepaliveEnded, CloseCause::UnreadRequest,
+          CloseCause::ClosedTogether, CloseCause::ProcessExit}) {
         conn.close.cause = written;
         conn.close.asked_by =
             written == CloseCause::KeepaliveEnded ? std::optional(Initiator::Local) : std::nullopt;
@@ -508,6 +509,23 @@ TEST(TraceReading, WebSocketClosesRecordedBeforeUpgradedReadAsUpgraded) {
             << to_string(written);
         EXPECT_EQ(got.asked_by, std::nullopt);
     }
+    // A frame that a reset answered after the close was listed as a late request: it is the
+    // new protocol's, so no race; a closer not known stays so.
+    Connection raced = conn;
+    raced.close.cause = CloseCause::IdleTimer;
+    raced.requests.push_back({.method = std::nullopt, .opaque = true, .request_ns = 1950,
+                              .outcome = Outcome::AfterLocalClose});
+    raced.verdict = Verdict::LocalCloseRace;
+    const ReadResult read = read_trace(trace_text({header, conn_line(raced)}));
+    const Connection& got = std::get<Connection>(read.records.at(0));
+    EXPECT_EQ(got.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(got.close.cause, CloseCause::Upgraded);
+    EXPECT_EQ(got.requests.size(), 1u);
+    Connection unknown = conn;
+    unknown.close = CloseInfo{};
+    unknown.verdict = Verdict::Open;
+    const ReadResult open = read_trace(trace_text({header, conn_line(unknown)}));
+    EXPECT_EQ(std::get<Connection>(open.records.at(0)).close.cause, CloseCause::Unknown);
 }
 
 TEST(TraceIo, DoublesRoundTripExactly) {

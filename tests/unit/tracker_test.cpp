@@ -1728,13 +1728,38 @@ TEST(TrackerCause, WebSocketClosedByItsApplicationIsUpgraded) {
         socket.message(frames_ns + kMs, Direction::Out, kServerFrame),
         owner_close(socket, close_ns, activity(frames_ns, frames_ns + kMs), false),
         socket.message(close_ns + kMs, Direction::In, kClientFrame),
-        socket.reset_sent(close_ns + kMs, "TCP_CLOSE"),
+        socket.reset_sent(close_ns + kMs, "TCP_CLOSE", kClientFrame),
     });
     EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
     EXPECT_EQ(conn.close.cause, CloseCause::Upgraded);
     ASSERT_EQ(conn.requests.size(), 1u);
     EXPECT_EQ(conn.requests[0].status, 101);
     EXPECT_EQ(conn.requests[0].outcome, Outcome::Completed);
+    EXPECT_EQ(conn.requests_omitted, 0u);
+}
+
+// An upgrade on a connection that served requests before: the kernel counts the earlier ones
+// and writes the upgrade with its 101; bytes behind the upgrade request (pipelined) are the new
+// protocol's.
+TEST(TrackerCause, WebSocketOnAReusedConnectionIsUpgraded) {
+    const Socket socket;
+    const uint64_t upgrade_ns = 1 * kSec + 10 * kMs;
+    const std::string pipelined = std::string(kUpgrade) + "GET /not-http HTTP/1.1\r\n\r\n";
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, kGet),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kOk),
+        socket.numbered(upgrade_ns, Direction::In, pipelined, 3, 3, 1 * kSec + 5 * kMs),
+        socket.numbered(upgrade_ns + kMs, Direction::Out, kSwitched, 4, 3, upgrade_ns),
+        owner_close(socket, upgrade_ns + 3 * kSec, activity(upgrade_ns, upgrade_ns + kMs),
+                    false),
+    });
+    EXPECT_EQ(conn.verdict, Verdict::LocalIdleClose);
+    EXPECT_EQ(conn.close.cause, CloseCause::Upgraded);
+    ASSERT_EQ(conn.requests.size(), 2u);
+    EXPECT_EQ(conn.requests[1].target, "/ws");
+    EXPECT_EQ(conn.requests[1].status, 101);
+    EXPECT_EQ(conn.requests_omitted, 2u);  // the two exchanges counted between the listed ones
 }
 
 // Frames left unread when the application closes reset the connection: no request was unread.

@@ -373,24 +373,29 @@ def oneshot(host, port, path, timeout, hold):
     _emit(r)
 
 
-def websocket(host, port, path, conns, frames, gap, timeout, close_after):
-    """`conns` WebSocket clients at once, each on its own connection: the upgrade (GET with
-    Upgrade: websocket), then `frames` masked text frames `gap` s apart, each answered by a
-    frame of the server's. Then silent: with `close_after` >= 0 the client closes that long
-    after its last frame, else it waits (up to `timeout`) for the server to close. One JSON
-    line each: local_port, status, answered frames, closed (its own close's time) or
-    server_close ({"how", "t"}), error."""
+def websocket(host, port, path, conns, frames, gap, timeout, close_after, reuse=False):
+    """`conns` WebSocket clients at once, each on its own connection: with `reuse` a plain GET
+    first (the upgrade then comes on a connection kept alive, right after its answer), the
+    upgrade (GET with Upgrade: websocket), then `frames` masked text frames `gap` s apart,
+    each answered by a frame of the server's. Then silent: with `close_after` >= 0 the client
+    closes that long after its last frame, else it waits (up to `timeout`) for the server to
+    close. One JSON line each: local_port, status, answered frames, closed (its own close's
+    time) or server_close ({"how", "t"}), error."""
     def one(i):
         c = Conn(host, port)
         res = {"i": i, "status": None, "answered": 0, "error": None}
         try:
             res["local_port"] = c.connect()
+            if reuse:
+                res["before"] = c.request("GET", "/before-upgrade", timeout=timeout)["status"]
             key = base64.b64encode(os.urandom(16)).decode()
             c.sock.sendall(build_request("GET", path, host, headers={
                 "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": key,
                 "Sec-WebSocket-Version": "13"}))
             deadline = time.monotonic() + timeout
             res["status"] = c._read_response(deadline)[0]
+            if res["status"] != 101:
+                raise ValueError(f"no switch of protocols: {res['status']}")
             for j in range(frames):
                 if j:
                     time.sleep(gap)
@@ -399,6 +404,8 @@ def websocket(host, port, path, conns, frames, gap, timeout, close_after):
                 c.sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
                 while len(c.buf) < 2:
                     c._recv(deadline)
+                if c.buf[:2] != b"\x8a\x00":  # the server's empty pong
+                    raise ValueError(f"unexpected frame {c.buf[:2]!r}")
                 c.buf = c.buf[2:]
                 res["answered"] += 1
             if close_after >= 0:
@@ -406,8 +413,8 @@ def websocket(host, port, path, conns, frames, gap, timeout, close_after):
                 res["closed"] = time.time()
             else:
                 res["server_close"] = c.wait_close(timeout)
-        except (OSError, EOFError, ValueError) as e:
-            res["error"] = e.__class__.__name__
+        except Exception as e:  # noqa: BLE001 - every client reports, whatever went wrong
+            res["error"] = f"{e.__class__.__name__}: {e}"
         c.close()
         results[i] = res
 
@@ -438,6 +445,7 @@ def main(argv=None):
     ap.add_argument("--interval", type=float, default=0.7)
     ap.add_argument("--hold", type=float, default=0.0)
     ap.add_argument("--close-after", type=float, default=-1.0)
+    ap.add_argument("--reuse", action="store_true")
     a = ap.parse_args(argv)
     if a.mode == "serve":
         serve(a.host, a.port)
@@ -450,7 +458,7 @@ def main(argv=None):
     elif a.mode == "oneshot":
         oneshot(a.host, a.port, a.path, a.timeout, a.hold)
     elif a.mode == "websocket":
-        websocket(a.host, a.port, a.path, a.c, a.n, a.delay, a.timeout, a.close_after)
+        websocket(a.host, a.port, a.path, a.c, a.n, a.delay, a.timeout, a.close_after, a.reuse)
     else:
         parallel_batch(a.host, a.port, a.c, a.method, a.path, a.timeout, a.body)
 
@@ -634,12 +642,12 @@ def run_oneshot(topo, ns, host, port, path="/", hold=0.0, timeout=5.0) -> dict:
 
 
 def run_websocket(topo, ns, host, port, path="/ws", conns=1, frames=3, gap=0.3,
-                  close_after=-1.0, timeout=10.0) -> list[dict]:
+                  close_after=-1.0, reuse=False, timeout=10.0) -> list[dict]:
     """WebSocket clients at once (see websocket()); their results."""
     r = topo.run_in(ns, [sys.executable, SCRIPT, "websocket", "--host", host, "--port",
                          str(port), "--path", path, "-c", str(conns), "-n", str(frames),
                          "--delay", str(gap), "--close-after", str(close_after),
-                         "--timeout", str(timeout)],
+                         "--timeout", str(timeout)] + (["--reuse"] if reuse else []),
                     timeout=timeout + frames * gap + max(close_after, 0) + 15)
     return [json.loads(line) for line in r.stdout.strip().splitlines()]
 

@@ -92,13 +92,20 @@ server.on('upgrade', (req, socket) => {
                `Connection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
   log({ev: 'upgrade', url: req.url, peer});
   let timer = null;
+  let closed = false;
   const arm = () => {
     clearTimeout(timer);
-    timer = setTimeout(() => { log({ev: 'ws_idle_close', peer}); socket.end(); }, WS_IDLE);
+    if (closed) return;
+    timer = setTimeout(() => {
+      closed = true;
+      log({ev: 'ws_idle_close', peer});
+      socket.end();
+    }, WS_IDLE);
   };
-  socket.on('data', () => { socket.write(Buffer.from([0x8a, 0x00])); arm(); });
-  socket.on('end', () => { clearTimeout(timer); socket.end(); });
-  socket.on('error', () => clearTimeout(timer));
+  socket.on('data', () => { if (!closed) socket.write(Buffer.from([0x8a, 0x00])); arm(); });
+  socket.on('end', () => { closed = true; clearTimeout(timer); socket.end(); });
+  socket.on('close', () => { closed = true; clearTimeout(timer); });
+  socket.on('error', () => {});
   arm();
 });
 server.keepAliveTimeout = KA;

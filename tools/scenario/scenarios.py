@@ -595,11 +595,13 @@ def _keepalive_rounds(run: _Run, cl, rounds, per_round, gap_s, idle_s, phase):
         time.sleep(idle_s)
 
 
-def _node_behind_nginx(run: _Run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s):
+def _node_behind_nginx(run: _Run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s,
+                       **backend_options):
     """The Node backend behind nginx, ALB-style health checks straight to the backend, and a
     keep-alive client of nginx in the client namespace, which is returned."""
     run.backend = peers.start_node_backend(run.topo, keepalive_ms=backend_keepalive_ms,
-                                           port=BACKEND_PORT, base_dir=run.workdir)
+                                           port=BACKEND_PORT, base_dir=run.workdir,
+                                           **backend_options)
     _start_balancer(run, "nginx", balancer_keepalive_s)
     run.health_checks(hc_interval_s)
     return run.client("client", run.topo.addr["balancer_client_side"], BALANCER_PORT)
@@ -628,22 +630,19 @@ def websocket(recorder=None, workdir=None, *, conns=3, frames=3, gap_s=0.3, ws_i
     upgrade straight to the backend, exchange `frames` frames `gap_s` apart and fall silent:
     the backend's application closes each `ws_idle_ms` after its last frame (a heartbeat
     giving up on a silent client), sooner than nginx's timer, and no keep-alive timer. One
-    more client closes its WebSocket itself right after its frames (a browser leaving)."""
+    more client upgrades a connection it has just made a GET on (below the kernel's idle gap)
+    and closes its WebSocket itself right after its frames (a browser leaving)."""
     with _Run("websocket", recorder, workdir, recorder_ns) as run:
         t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=backend_keepalive_ms,
-                                               port=BACKEND_PORT, base_dir=run.workdir,
-                                               ws_idle_ms=ws_idle_ms)
-        _start_balancer(run, "nginx", balancer_keepalive_s)
-        run.health_checks(hc_interval_s)
+        cl = _node_behind_nginx(run, backend_keepalive_ms, balancer_keepalive_s, hc_interval_s,
+                                ws_idle_ms=ws_idle_ms)
         backend = t.addr["backend"]
         for r in clients.run_websocket(t, "balancer", backend, BACKEND_PORT, conns=conns,
                                        frames=frames, gap=gap_s):
             run.log_client(r, phase="websocket")
         for r in clients.run_websocket(t, "balancer", backend, BACKEND_PORT, frames=frames,
-                                       gap=gap_s, close_after=0.1):
+                                       gap=gap_s, close_after=0.1, reuse=True):
             run.log_client(r, phase="websocket_left")
-        cl = run.client("client", t.addr["balancer_client_side"], BALANCER_PORT)
         _keepalive_rounds(run, cl, rounds, per_round, 0.3, balancer_keepalive_s + 0.5, "normal")
     return run.result("nginx")
 

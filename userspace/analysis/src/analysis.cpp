@@ -97,7 +97,8 @@ void count_in(GroupFigures& group, const Connection& conn) {
 
 // Server side, one connection's word on whether `host` keeps connections alive. It does where a
 // connection stayed open after an answer: an idle timer closed it (TLS too), a second request
-// came, it spoke HTTP/2, or it was still open at the end. It does not where it answered its one
+// came, it spoke HTTP/2, or it was still open at the end (not a WebSocket opened by its one
+// request: that is the new protocol's). It does not where it answered its one
 // request with `Connection: close` and closed (a close after the answer without that header
 // could be an idle timer's). A TLS connection says nothing more: its headers are not seen, and
 // its handshake's turns count as requests.
@@ -108,7 +109,9 @@ void count_keepalive_use(TraceAnalysis& a, const Connection& conn, std::string_v
     const Request* last = conn.http2 || conn.requests.empty() ? nullptr : &conn.requests.back();
     if (timer_idle_ms(conn)) {
         ++use.kept_alive;
-    } else if (requests == 0 || is_opaque(conn)) {
+    } else if (requests == 0 || is_opaque(conn) || (requests == 1 && switched_protocols(conn))) {
+        // Nothing told; a WebSocket opened by the connection's one request stays open as the
+        // new protocol's.
         return;
     } else if (conn.http2 || requests > 1 ||
                (conn.verdict == Verdict::Open && last && last->outcome == Outcome::Completed &&
@@ -910,8 +913,8 @@ void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
 
 std::optional<double> timer_idle_ms(const Connection& conn) {
     // Only a timer tells a side's idle timeout: a close asked for, a client done with its
-    // connection, a probe or a process exit does not, nor does anything on a health checker's
-    // connection. A race's close is the closer's timer whatever the late request did, unless it
+    // connection, a probe, a process exit or a WebSocket's close does not, nor does anything on
+    // a health checker's connection. A race's close is the closer's timer whatever the late request did, unless it
     // was a shutdown's or a refusal.
     const bool race = (conn.verdict == Verdict::LocalCloseRace ||
                        conn.verdict == Verdict::PeerCloseRace) &&
@@ -1347,8 +1350,8 @@ const ServerSettings kServerSettings[] = {
                             value_s);
      },
      nullptr,
-     "with a worker class that keeps connections alive, such as gthread: the default sync "
-     "worker never does",
+     "with a worker class that keeps connections alive, such as gthread (the default sync "
+     "worker never does)",
      "Gunicorn's arbiter kills a worker busy on one request for longer than --timeout (30 s "
      "by default; its log says WORKER TIMEOUT), which closes that request's connection "
      "unanswered"},
@@ -1364,7 +1367,9 @@ const ServerSettings kServerSettings[] = {
              "--timeout-keep-alive {}, whichever serves these connections",
              analysis_text::printable(comm), value_s, value_s);
      },
-     nullptr},
+     nullptr,
+     "for Gunicorn with a worker class that keeps connections alive, such as gthread (the "
+     "default sync worker never does)"},
     {{"puma", "ruby"},
      [](const std::string& comm, uint64_t value_s) {
          return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb",
@@ -1379,7 +1384,8 @@ const ServerSettings kServerSettings[] = {
              analysis_text::printable(comm), value_s * 1000, value_s);
      },
      nullptr,
-     "with maxKeepAliveRequests above 1 (1 turns keep-alive off)"},
+     "and maxKeepAliveRequests other than 1, which turns keep-alive off (Spring Boot: "
+     "server.tomcat.max-keep-alive-requests)"},
     {{"httpd", "apache2"},
      [](const std::string& comm, uint64_t value_s) {
          return fmt::format("Apache httpd (comm {}): KeepAliveTimeout {}",
@@ -1391,7 +1397,8 @@ const ServerSettings kServerSettings[] = {
      [](const std::string&, uint64_t value_s) {
          return fmt::format("HAProxy (comm haproxy): timeout http-keep-alive {}s", value_s);
      },
-     nullptr},
+     nullptr,
+     "without option httpclose, which closes after each response"},
 };
 
 // The settings of the server `comm` runs, if it is one we know.
@@ -1453,7 +1460,7 @@ std::string keepalive_on_fix(const std::string& comm, uint64_t value_s) {
     const ServerSettings* server = server_settings(comm);
     const std::string fix = keepalive_fix(comm, value_s);
     return server && !server->keepalive_on.empty()
-               ? fmt::format("{} ({})", fix, server->keepalive_on)
+               ? fmt::format("{}, {}", fix, server->keepalive_on)
                : fix;
 }
 

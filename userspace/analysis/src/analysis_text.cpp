@@ -79,7 +79,7 @@ std::string left_out_sentence(const TraceAnalysis& trace) {
         {CloseCause::ClosedTogether, "closed together with other idle ones (a shutdown)"},
         {CloseCause::Refused,
          "refused as they opened (by this host's connection limit, or connects the peer reset)"},
-        {CloseCause::Upgraded, "switched to another protocol (101: WebSocket)"},
+        {CloseCause::Upgraded, "switched protocols (101 Switching Protocols: WebSockets)"},
         {CloseCause::InFlight, "with a request in flight"},
         {CloseCause::UnreadRequest, "with a request unread"},
         {CloseCause::Forgotten, "forgotten in between"},

@@ -243,6 +243,21 @@ bool switched_protocols(const Connection& conn) {
            conn.requests.back().outcome == Outcome::Completed;
 }
 
+void reread_switch_of_protocols(Connection& conn) {
+    const auto switched = std::ranges::find_if(conn.requests, [](const Request& r) {
+        return r.status == 101 && r.outcome == Outcome::Completed;
+    });
+    if (switched == conn.requests.end()) return;
+    conn.requests.erase(std::next(switched), conn.requests.end());
+    // classify_close's order: an unknown closer, then a process exit, come first.
+    if (conn.close.initiator != Initiator::Unknown &&
+        conn.close.cause != CloseCause::ProcessExit) {
+        conn.close.cause = CloseCause::Upgraded;
+        conn.close.asked_by.reset();
+    }
+    conn.verdict = judge(conn);
+}
+
 CloseCause cause_by_idle(double idle_ms, Initiator closer, Initiator client) {
     if (idle_ms >= kRightAfterExchangeMs) return CloseCause::IdleTimer;
     return closer == client ? CloseCause::ClosedAfterUse : CloseCause::KeepaliveEnded;

@@ -541,7 +541,10 @@ public:
                 }
                 ++answered_;
             }
-            if (head.status == 101) upgraded_ = true;
+            if (head.status == 101) {
+                switch_protocols();
+                return;
+            }
         }
     }
 
@@ -573,7 +576,9 @@ public:
     std::vector<Request> finish(const CloseFacts& close, std::optional<uint64_t> closed_ns,
                                 std::optional<uint64_t> established_ns,
                                 std::span<const LifecycleFact> lifecycle, uint64_t& omitted) {
-        if (serves_) {
+        // After a switch of protocols a reset's trigger, or bytes left unread, are the new
+        // protocol's (a WebSocket frame), no request.
+        if (serves_ && !upgraded_) {
             bool reset_before = false;
             for (const LifecycleFact& fact : lifecycle) {
                 if (!fact.sent) continue;
@@ -632,6 +637,14 @@ private:
         request.response_ns.reset();
         request.status.reset();
         if (request.close_asked == CloseAsked::Response) request.close_asked = CloseAsked::None;
+    }
+
+    // After 101 Switching Protocols nothing is HTTP/1.x: requests counted or listed after the
+    // one it answered (pipelined behind it) were the new protocol's bytes.
+    void switch_protocols() {
+        upgraded_ = true;
+        std::erase_if(pending_, [this](const Pending& p) { return p.number >= answered_; });
+        total_ = answered_;
     }
 
     static double ms_between(uint64_t from_ns, uint64_t to_ns) {

@@ -1171,20 +1171,15 @@ constexpr MemberRule<Connection> kConnMembers[] = {
 
 // Into `conn`, which holds the previous conn line's values (TraceReader reuses the record and
 // its storage). `v1`: a closetrace/1 record, whose close cause is derived here from what it
-// holds. A connection that switched protocols is `upgraded` also where it was recorded before
-// that cause (2026-12-07) with the cause its idle told, as classify_close orders it: after a
-// process exit.
+// holds. A connection that switched protocols reads as it is judged since 2026-12-07.
 void read_connection(ondemand::object& line, bool v1, Connection& conn) {
     rewind(line);
     read_members<Connection>(line, kConnMembers, MemberPath{nullptr, "conn"}, conn);
     if (v1) {
         conn.close.cause = classify_close(conn, {});
         conn.close.asked_by = asked_by(conn);
-    } else if (conn.close.initiator != Initiator::Unknown &&
-               conn.close.cause != CloseCause::ProcessExit && switched_protocols(conn)) {
-        conn.close.cause = CloseCause::Upgraded;
-        conn.close.asked_by.reset();
     }
+    reread_switch_of_protocols(conn);
 }
 
 template <EventKind... Kinds>

@@ -271,6 +271,11 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
 // Whether its last request was answered 101 Switching Protocols (a WebSocket): nothing after it
 // is HTTP/1, and its close is the new protocol's.
 bool switched_protocols(const Connection& conn);
+// A connection recorded before `upgraded` (2026-12-07) as it reads now: requests listed after the
+// one answered 101 were the new protocol's bytes (a frame a reset answered), its cause
+// `upgraded` where classify_close gives it (but a process exit), its verdict judged again.
+// Nothing changes for a connection recorded since.
+void reread_switch_of_protocols(Connection& conn);
 // For ConnectionClose and KeepaliveEnded (by `conn.close.cause`): the side whose message asked.
 std::optional<Initiator> asked_by(const Connection& conn);
 // The verdict from the close and the requests' outcomes (and the unread-request race, by cause).
