@@ -1244,6 +1244,11 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 		m->interim = 1;
 		return;
 	}
+	/* A switch of protocols ends the connection's HTTP: the request it answers is written with
+	 * it (below), for the close to be told as the new protocol's. */
+	bool switching = opening == RESPONSE_SWITCHING;
+	if (switching && m->slots[CT_MESSAGE_REQUEST].status == SLOT_HELD)
+		m->slots[CT_MESSAGE_REQUEST].status = SLOT_TO_WRITE;
 	if (m->slots[m->current & 1].status == SLOT_TO_WRITE)
 		write_packet_slot(p, m->current);
 
@@ -1254,12 +1259,7 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 		matters = closing || first || silence_ns >= idle_gap_ns;
 		m->answer_pending = matters;
 	} else {
-		/* A switch of protocols ends the connection's HTTP: it is written, with its request,
-		 * for the close to be told as the new protocol's. */
-		bool switching = opening == RESPONSE_SWITCHING;
 		matters = closing || first || m->answer_pending || switching;
-		if (switching && m->slots[CT_MESSAGE_REQUEST].status == SLOT_HELD)
-			write_packet_slot(p, CT_MESSAGE_REQUEST);
 	}
 
 	struct message_slot *slot =

@@ -115,8 +115,8 @@ class CloseCauseTest(unittest.TestCase):
         sockets = [w for w in self.wire(result)
                    if [o["status"] for o in w.request_outcomes()] in ([101], [200, 101])]
         self.assertEqual(len(sockets), 4, [w.describe() for w in self.wire(result)])
-        # one upgraded a connection right after a GET on it: the kernel writes the 101 and its
-        # request all the same
+        # one upgraded a connection right after a GET on it (the kernel writes the 101 and its
+        # request all the same: the trace's cause below tells)
         self.assertEqual(sum(len(w.request_outcomes()) == 2 for w in sockets), 1)
         for w in sockets:
             self.assertEqual(w.cause[0], {"upgraded"}, w.describe())
@@ -151,9 +151,9 @@ class CloseCauseTest(unittest.TestCase):
         self.assert_health_checks(result)
         report = report_json(result.trace)
         [load] = [r for r in report["recommendations"] if r["kind"] == "load"]
-        self.assertIn("Gunicorn's arbiter kills a worker busy on one request for longer than "
-                      "--timeout", load["text"])
-        self.assertIn("(comm gunicorn: worke): its requests here had waited 2.", load["text"])
+        self.assertIn("Also, for comm gunicorn: worke: Gunicorn's arbiter kills a worker busy on "
+                      "one request for longer than --timeout", load["text"])
+        self.assertIn("Its requests here had waited 2.", load["text"])
 
     # ---- a broken backend behind health checks, the peer shows no timer ---------------
     def test_broken_behind_hc(self):

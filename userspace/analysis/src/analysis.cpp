@@ -73,6 +73,27 @@ void list_caught(CaughtList& list, const Connection& conn,
     if (caught.wall_ns < latest->wall_ns) *latest = std::move(caught);
 }
 
+void keep_shortest(std::map<std::string, double>& shortest, const std::string& key, double ms) {
+    const auto [it, added] = shortest.try_emplace(key, ms);
+    if (!added) it->second = std::min(it->second, ms);
+}
+
+// See TraceAnalysis::shortest_unanswered_ms_by_comm.
+void note_unanswered_wait(TraceAnalysis& a, const Connection& conn, std::string_view comm) {
+    const auto unanswered = std::ranges::find(conn.requests, Outcome::UnansweredAtClose,
+                                              &Request::outcome);
+    const CloseInfo& close = conn.close;
+    const std::optional<uint64_t> closed_ns =
+        close.local_fin_ns && close.local_rst_ns
+            ? std::min(*close.local_fin_ns, *close.local_rst_ns)
+            : (close.local_fin_ns ? close.local_fin_ns : close.local_rst_ns);
+    if (unanswered == conn.requests.end() || !closed_ns || *closed_ns < unanswered->request_ns) {
+        return;
+    }
+    keep_shortest(a.shortest_unanswered_ms_by_comm, std::string(comm),
+                  static_cast<double>(*closed_ns - unanswered->request_ns) / 1e6);
+}
+
 // The requests a connection carried: its HTTP/1 requests, or the streams its HTTP/2 client
 // opened (each stream is one request; their names are not decoded).
 uint64_t requests_of(const Connection& conn) {
@@ -201,6 +222,7 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
             list_caught(conn.close.cause == CloseCause::ProcessExit ? a.process_exits
                                                                      : a.inflight_resets,
                         conn, client_end, source);
+            if (conn.close.cause == CloseCause::InFlight) note_unanswered_wait(a, conn, comm);
             break;
         case Verdict::PeerCloseInflight:
             list_caught(conn.close.cause == CloseCause::Forgotten ? a.forgotten : a.peer_gave_up,
@@ -322,9 +344,12 @@ Recommendation upstream_recommendation(const std::string& comm, uint64_t races,
 // the server refused.
 constexpr uint64_t kFewInflightResets = 3;
 
-// For the servers among `inflight`'s closers that close a request's connection on a timeout of
-// their own: " Also, for comm gunicorn: Gunicorn's arbiter kills ...". Empty when none is.
-std::string request_timeout_hint(const CaughtList& inflight);
+// For the processes that closed in-flight connections as a server does on a timeout of its own
+// (TraceAnalysis::shortest_unanswered_ms_by_comm): " Also, for comm gunicorn: Gunicorn's
+// arbiter kills ...". Empty when none did.
+std::string request_timeout_hint(const TraceAnalysis& trace);
+// Server timeouts that kill a request are whole seconds.
+constexpr double kRequestTimeoutMinMs = 1'000;
 
 Recommendation load_recommendation(const TraceAnalysis& trace, const Assessment& a) {
     const HostWords host = host_words(trace);
@@ -352,7 +377,7 @@ Recommendation load_recommendation(const TraceAnalysis& trace, const Assessment&
             count_of(a.inflight_resets, "in-flight reset", "in-flight resets"), host.possessive);
     }
     return {.kind = RecommendationKind::Load,
-            .text = text + request_timeout_hint(trace.inflight_resets)};
+            .text = text + request_timeout_hint(trace)};
 }
 
 // The processes named by a caught list (its listed connections), for a sentence.
@@ -1169,6 +1194,9 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
         merged_use.kept_alive += use.kept_alive;
     }
     add_counts(m.closed_after_one_answer_by_comm, part.closed_after_one_answer_by_comm);
+    for (const auto& [comm, waited_ms] : part.shortest_unanswered_ms_by_comm) {
+        keep_shortest(m.shortest_unanswered_ms_by_comm, comm, waited_ms);
+    }
     m.verdicts_over_time.add(part.verdicts_over_time, part.header.mono_to_wall_ns);
 }
 
@@ -1369,7 +1397,10 @@ const ServerSettings kServerSettings[] = {
      },
      nullptr,
      "for Gunicorn with a worker class that keeps connections alive, such as gthread (the "
-     "default sync worker never does)"},
+     "default sync worker never does)",
+     "if Gunicorn serves these, its arbiter kills a worker busy on one request for longer than "
+     "--timeout (30 s by default; its log says WORKER TIMEOUT), which closes that request's "
+     "connection unanswered"},
     {{"puma", "ruby"},
      [](const std::string& comm, uint64_t value_s) {
          return fmt::format("Puma (comm {}): persistent_timeout {} in config/puma.rb",
@@ -1384,7 +1415,7 @@ const ServerSettings kServerSettings[] = {
              analysis_text::printable(comm), value_s * 1000, value_s);
      },
      nullptr,
-     "and maxKeepAliveRequests other than 1, which turns keep-alive off (Spring Boot: "
+     "and maxKeepAliveRequests not 1 (1 turns keep-alive off; Spring Boot: "
      "server.tomcat.max-keep-alive-requests)"},
     {{"httpd", "apache2"},
      [](const std::string& comm, uint64_t value_s) {
@@ -1415,31 +1446,25 @@ const ServerSettings* server_settings(const std::string& comm) {
     return nullptr;
 }
 
-std::string request_timeout_hint(const CaughtList& inflight) {
-    // Each such server's first comm and the shortest wait of its requests: a timeout's kill
-    // comes that long after the request (the ones queued behind it waited longer).
-    std::vector<std::tuple<const ServerSettings*, std::string, std::optional<double>>> servers;
-    for (const CaughtConnection& caught : inflight.listed) {
-        const ServerSettings* server = caught.comm ? server_settings(*caught.comm) : nullptr;
-        if (!server || server->request_timeout.empty()) continue;
-        auto it = std::ranges::find(servers, server, [](const auto& s) { return std::get<0>(s); });
-        if (it == servers.end()) it = servers.insert(it, {server, *caught.comm, std::nullopt});
-        if (caught.request_after_close_ms && *caught.request_after_close_ms <= 0) {
-            const double waited_ms = -*caught.request_after_close_ms;
-            std::optional<double>& shortest = std::get<2>(*it);
-            shortest = std::min(shortest.value_or(waited_ms), waited_ms);
-        }
-    }
+std::string request_timeout_hint(const TraceAnalysis& trace) {
+    // Each such server once, by its first closing process, with that process' shortest wait.
+    std::vector<std::pair<const ServerSettings*, std::string>> named;
     std::string hint;
-    for (const auto& [server, comm, shortest_ms] : servers) {
-        hint += fmt::format(" Also, {} (comm {}){}.", server->request_timeout,
-                            analysis_text::printable(comm),
-                            shortest_ms ? fmt::format(": its requests here had waited {} or "
-                                                      "more when their connections closed; if "
-                                                      "that is the timeout, raise it above the "
-                                                      "slowest request",
-                                                      analysis_text::duration(*shortest_ms))
-                                        : "");
+    for (const auto& [comm, shortest_ms] : trace.shortest_unanswered_ms_by_comm) {
+        const ServerSettings* server = server_settings(comm);
+        // Its timeout is whole seconds: a shorter wait was some other close.
+        const bool named_already =
+            std::ranges::any_of(named, [server](const auto& n) { return n.first == server; });
+        if (!server || server->request_timeout.empty() || shortest_ms < kRequestTimeoutMinMs ||
+            named_already) {
+            continue;
+        }
+        named.emplace_back(server, comm);
+        hint += fmt::format(
+            " Also, for comm {}: {}. Its requests here had waited {} or more when their "
+            "connections closed: if that is the timeout, raise it above the slowest request.",
+            analysis_text::printable(comm), server->request_timeout,
+            analysis_text::duration(shortest_ms));
     }
     return hint;
 }

@@ -198,7 +198,7 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     }
     if (local && evidence.owner_exiting) return CloseCause::ProcessExit;
     // Bytes left unread, an idle, a close right after: all the new protocol's (WebSocket frames).
-    if (switched_protocols(conn)) return CloseCause::Upgraded;
+    if (evidence.switched_protocols || switched_protocols(conn)) return CloseCause::Upgraded;
     if (local && close.unread_bytes > 0 && !evidence.unread_only_tls_alerts) {
         return CloseCause::UnreadRequest;
     }
@@ -244,6 +244,7 @@ bool switched_protocols(const Connection& conn) {
 }
 
 void reread_switch_of_protocols(Connection& conn) {
+    if (conn.http2) return;
     const auto switched = std::ranges::find_if(conn.requests, [](const Request& r) {
         return r.status == 101 && r.outcome == Outcome::Completed;
     });

@@ -549,6 +549,8 @@ public:
     }
 
     bool serves() const { return serves_; }
+    // A 101 Switching Protocols passed, whether or not the request it answered is listed.
+    bool switched_protocols() const { return upgraded_; }
     // When `side` first sent TLS records that carry no HTTP message (its close_notify) since
     // the last request or response.
     std::optional<uint64_t> tls_control_since_exchange(Initiator side) const {
@@ -644,6 +646,7 @@ private:
     void switch_protocols() {
         upgraded_ = true;
         std::erase_if(pending_, [this](const Pending& p) { return p.number >= answered_; });
+        segments_.clear();
         total_ = answered_;
     }
 
@@ -1056,7 +1059,8 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
         .owner_exiting = close.owner_exiting,
         .closed_together = closed_together(close, cookie, idle_closes),
         .unread_only_tls_alerts = unread_only_tls_alerts(conn, close, builder),
-        .never_established = never_established(tracked.lifecycle)};
+        .never_established = never_established(tracked.lifecycle),
+        .switched_protocols = builder.switched_protocols()};
     conn.close.cause = classify_close(conn, evidence);
     conn.close.asked_by = asked_by(conn);
     conn.verdict = judge(conn);

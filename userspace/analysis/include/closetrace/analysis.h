@@ -322,6 +322,10 @@ struct TraceAnalysis {
     // keep-alive on).
     std::map<std::string, KeepAliveUse> keepalive_use_by_host;
     std::map<std::string, uint64_t> closed_after_one_answer_by_comm;
+    // In-flight resets whose request was read and left unanswered (cause in_flight), by the
+    // process that closed: the shortest such request's wait. A server's own timeout (Gunicorn's
+    // --timeout) closes that long after the request it kills.
+    std::map<std::string, double> shortest_unanswered_ms_by_comm;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;

@@ -258,6 +258,9 @@ struct CloseEvidence {
     bool unread_only_tls_alerts = false;
     // Its connect() never completed (closed from SYN_SENT): a reset to it is a refusal.
     bool never_established = false;
+    // A 101 Switching Protocols passed, also where the request it answered is not listed (the
+    // upgrade made before the recording, or its record lost).
+    bool switched_protocols = false;
 };
 
 // The cause of a close that nothing else explains, by how long its connection had been idle
