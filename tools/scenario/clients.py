@@ -300,24 +300,33 @@ def keepalive_batch(host, port, n, delay, method, path, timeout, body=""):
     return out
 
 
-def parallel_batch(host, port, conns, method, path, timeout, body=""):
+def _at_once(conns, one):
+    """one(i) for i in range(conns), each in a thread of its own, all at once; their results,
+    each emitted as a JSON line, in order."""
     results = [None] * conns
 
-    def one(i):
-        c = Conn(host, port)
-        r = c.request(method, path, body, timeout)
-        r["i"] = i
-        results[i] = r
-        c.close()
+    def run(i):
+        results[i] = one(i)
 
-    th = [threading.Thread(target=one, args=(i,)) for i in range(conns)]
-    for t in th:
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+    for t in threads:
         t.start()
-    for t in th:
+    for t in threads:
         t.join()
     for r in results:
         _emit(r)
     return results
+
+
+def parallel_batch(host, port, conns, method, path, timeout, body=""):
+    def one(i):
+        c = Conn(host, port)
+        r = c.request(method, path, body, timeout)
+        r["i"] = i
+        c.close()
+        return r
+
+    return _at_once(conns, one)
 
 
 def healthcheck(host, port, interval, path, timeout, stop_file=None):
@@ -416,16 +425,9 @@ def websocket(host, port, path, conns, frames, gap, timeout, close_after, reuse=
         except Exception as e:  # noqa: BLE001 - every client reports, whatever went wrong
             res["error"] = f"{e.__class__.__name__}: {e}"
         c.close()
-        results[i] = res
+        return res
 
-    results = [None] * conns
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for r in results:
-        _emit(r)
+    _at_once(conns, one)
 
 
 def main(argv=None):
