@@ -5,6 +5,7 @@ the cause (where the wire can tell it), the requests' outcomes and the health ch
 report/verify must draw the conclusion the issue asks for.  What each scenario measured on
 the wire is in tools/scenario/README.md."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,8 +123,11 @@ class CloseCauseTest(unittest.TestCase):
             self.assertEqual(w.cause[0], {"upgraded"}, w.describe())
         by_application = [w for w in sockets if w.initiator == "local"]
         self.assertEqual(len(by_application), 3, [w.describe() for w in sockets])
-        for w in by_application:  # the application's 1.5 s, shorter than nginx's 3 s
-            self.assertAlmostEqual(w.idle_since_exchange, 1.5 + 0.6, delta=0.3, msg=w.describe())
+        for w in by_application:  # the application's 1.5 s after the last frame, under nginx's 3 s
+            last_frame = max(x["t"] for x in w.segments
+                             if x["dir"] == "in" and x["t"] < w.first_close[0])
+            self.assertAlmostEqual(w.first_close[0] - last_frame, 1.5, delta=0.25,
+                                   msg=w.describe())
         self.assert_agrees_with_wire(result)
         self.assert_health_checks(result)
         trace = self.by_port(result)
@@ -153,7 +157,10 @@ class CloseCauseTest(unittest.TestCase):
         [load] = [r for r in report["recommendations"] if r["kind"] == "load"]
         self.assertIn("Also, for comm gunicorn: worke: Gunicorn's arbiter kills a worker busy on "
                       "one request for longer than --timeout", load["text"])
-        self.assertIn("Its requests here had waited 2.", load["text"])
+        # the arbiter looks about once a second: the kill comes 2-3 s after the request
+        waited = re.search(r"Its requests here had waited ([\d.]+) s or more", load["text"])
+        self.assertIsNotNone(waited, load["text"])
+        self.assertTrue(2.0 <= float(waited.group(1)) < 4.0, load["text"])
 
     # ---- a broken backend behind health checks, the peer shows no timer ---------------
     def test_broken_behind_hc(self):
