@@ -82,11 +82,8 @@ void keep_shortest(std::map<std::string, double>& shortest, const std::string& k
 void note_unanswered_wait(TraceAnalysis& a, const Connection& conn, std::string_view comm) {
     const auto unanswered = std::ranges::find(conn.requests, Outcome::UnansweredAtClose,
                                               &Request::outcome);
-    const CloseInfo& close = conn.close;
     const std::optional<uint64_t> closed_ns =
-        close.local_fin_ns && close.local_rst_ns
-            ? std::min(*close.local_fin_ns, *close.local_rst_ns)
-            : (close.local_fin_ns ? close.local_fin_ns : close.local_rst_ns);
+        earliest(conn.close.local_fin_ns, conn.close.local_rst_ns);
     if (unanswered == conn.requests.end() || !closed_ns || *closed_ns < unanswered->request_ns) {
         return;
     }
@@ -939,8 +936,8 @@ void VerdictTimeline::add(const VerdictTimeline& other, int64_t offset_ns) {
 std::optional<double> timer_idle_ms(const Connection& conn) {
     // Only a timer tells a side's idle timeout: a close asked for, a client done with its
     // connection, a probe, a process exit or a WebSocket's close does not, nor does anything on
-    // a health checker's connection. A race's close is the closer's timer whatever the late request did, unless it
-    // was a shutdown's or a refusal.
+    // a health checker's connection. A race's close is the closer's timer whatever the late
+    // request did, unless it was a shutdown's or a refusal.
     const bool race = (conn.verdict == Verdict::LocalCloseRace ||
                        conn.verdict == Verdict::PeerCloseRace) &&
                       !is_shutdown_or_refusal(conn.close.cause);
@@ -1447,19 +1444,17 @@ const ServerSettings* server_settings(const std::string& comm) {
 }
 
 std::string request_timeout_hint(const TraceAnalysis& trace) {
-    // Each such server once, by its first closing process, with that process' shortest wait.
-    std::vector<std::pair<const ServerSettings*, std::string>> named;
+    // Each such server once, by its first closing process, with that process' shortest wait;
+    // its timeout is whole seconds, so a shorter wait was some other close.
+    std::vector<const ServerSettings*> named;
     std::string hint;
     for (const auto& [comm, shortest_ms] : trace.shortest_unanswered_ms_by_comm) {
         const ServerSettings* server = server_settings(comm);
-        // Its timeout is whole seconds: a shorter wait was some other close.
-        const bool named_already =
-            std::ranges::any_of(named, [server](const auto& n) { return n.first == server; });
         if (!server || server->request_timeout.empty() || shortest_ms < kRequestTimeoutMinMs ||
-            named_already) {
+            std::ranges::find(named, server) != named.end()) {
             continue;
         }
-        named.emplace_back(server, comm);
+        named.push_back(server);
         hint += fmt::format(
             " Also, for comm {}: {}. Its requests here had waited {} or more when their "
             "connections closed: if that is the timeout, raise it above the slowest request.",

@@ -238,16 +238,21 @@ CloseCause classify_close(const Connection& conn, const CloseEvidence& evidence)
     return cause_by_idle(*close.idle_ms, close.initiator, requester(conn.role));
 }
 
+namespace {
+
+bool answered_by_a_switch(const Request& request) {
+    return request.status == 101 && request.outcome == Outcome::Completed;
+}
+
+}  // namespace
+
 bool switched_protocols(const Connection& conn) {
-    return !conn.requests.empty() && conn.requests.back().status == 101 &&
-           conn.requests.back().outcome == Outcome::Completed;
+    return !conn.requests.empty() && answered_by_a_switch(conn.requests.back());
 }
 
 void reread_switch_of_protocols(Connection& conn) {
     if (conn.http2) return;
-    const auto switched = std::ranges::find_if(conn.requests, [](const Request& r) {
-        return r.status == 101 && r.outcome == Outcome::Completed;
-    });
+    const auto switched = std::ranges::find_if(conn.requests, answered_by_a_switch);
     if (switched == conn.requests.end()) return;
     conn.requests.erase(std::next(switched), conn.requests.end());
     // classify_close's order: an unknown closer, then a process exit, come first.
