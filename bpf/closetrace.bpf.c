@@ -55,10 +55,11 @@ const volatile __u64 idle_gap_ns = 500000000ULL;
 const volatile bool copy_http2_fragments = false;
 
 /*
- * Set by userspace once every program is attached; until then no socket gets state. A socket
- * tracked from its opening is reported whole (its role, every request), which holds only if
- * the hooks that see its payload were already attached: programs attach one at a time, and a
- * connection opened in between lost its first request. Sockets opened before this is set are
+ * Set by userspace once every program is attached, and cleared before any is detached: the
+ * recording is the span in which every program sees every socket, and outside it no program
+ * records anything. Programs attach and detach one at a time: a connection opened in between
+ * would lose its first request, one closed in between its last answer (its close seen, the
+ * response before it not: a request falsely in flight). Sockets opened before this is set are
  * met later as open before recording. In the portable object it also keeps an entry from
  * being made for a socket that dies before the state program sees its close: such an entry
  * would stay live and be taken over by the next socket at that address.
@@ -504,8 +505,6 @@ static __always_inline struct sock_state *find_state(const struct sock *sk, __u6
 /* A fresh entry for the socket at `address` (any stale one replaced). */
 static __always_inline struct sock_state *create_state_at(const __u64 *address, __u64 now)
 {
-	if (!recording)
-		return NULL;
 	struct sock_state fresh = {};
 	/* Unique: one CPU never stamps two sockets in the same nanosecond. */
 	fresh.identity = (now << 8) | (bpf_get_smp_processor_id() & 0xff);
@@ -521,8 +520,6 @@ static __always_inline struct sock_state *new_state(struct sock *sk, __u8 role, 
 	__u64 address = (__u64)sk;
 	struct sock_state *state = create_state_at(&address, now);
 #else
-	if (!recording)
-		return NULL;
 	struct sock_state *state =
 		bpf_sk_storage_get(&sock_states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 #endif
@@ -692,7 +689,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 	/* Our FIN acknowledged: no trace line says when, and the close's facts are in the FIN's
 	 * record and the one at TCP_CLOSE. Not written: a twelfth of a churn connection's records
 	 * (docs/trace-format.md, `state` events). */
-	if (oldstate == TCP_FIN_WAIT1 && newstate == TCP_FIN_WAIT2)
+	if (!recording || (oldstate == TCP_FIN_WAIT1 && newstate == TCP_FIN_WAIT2))
 		return 0;
 	if (SOCK_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -945,6 +942,8 @@ static __always_inline void read_trigger(const struct sk_buff *skb, struct ct_re
 static __always_inline int handle_reset_sent(unsigned long long *ctx, const struct sock *sk,
 					     const struct sk_buff *skb, bool use_dynptr)
 {
+	if (!recording)
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	int reason = CT_RST_REASON_UNKNOWN;
 	/* The reason argument exists since 6.10; reading it elsewhere would not verify. */
@@ -1016,6 +1015,8 @@ int BPF_PROG(on_reset_sent, const struct sock *sk, const struct sk_buff *skb)
 CT_TRACEPOINT("tcp_receive_reset")
 int BPF_PROG(on_reset_received, struct sock *sk)
 {
+	if (!recording)
+		return 0;
 	struct sock_state *state = find_state(sk, 0);
 	if (!state)
 		return 0;
@@ -1857,7 +1858,7 @@ static __always_inline void on_payload(const struct packet *p)
 static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 {
 	struct bpf_sock *sk = skb->sk;
-	if (!sk)
+	if (!recording || !sk)
 		return;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != IPPROTO_TCP)

@@ -261,7 +261,9 @@ class KeepAliveServer(ThreadedServer):
 class ChurningTraffic:
     """Short connections to a local listener until stopped, so a recording has work in flight."""
 
-    def __init__(self):
+    def __init__(self, pause_s=0.005):
+        """`pause_s`: between one connection's close and the next one's opening."""
+        self.pause_s = pause_s
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -289,7 +291,7 @@ class ChurningTraffic:
                     client.recv(1024)
             except OSError:
                 pass
-            time.sleep(0.005)
+            time.sleep(self.pause_s)
 
     def __enter__(self):
         self.server.start()

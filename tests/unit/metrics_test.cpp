@@ -251,6 +251,10 @@ TEST(RecordingMetrics, LabelsNameTheServerSideNeverThePeer) {
     Connection found_open = upstream;
     found_open.role = Role::Unknown;
     EXPECT_EQ(connection_labels(found_open).at("server_port"), "3000");
+    // Paired with its other end on this host, which serves: a service on a high port.
+    found_open.remote.port = 60163;
+    found_open.other_end = OtherEnd{.cookie = 7, .server = Initiator::Peer};
+    EXPECT_EQ(connection_labels(found_open).at("server_port"), "60163");
 }
 
 // A free port below the kernel's ephemeral range (32768 and up by default): a port the kernel

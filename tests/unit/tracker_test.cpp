@@ -1357,8 +1357,11 @@ TEST(TrackerOtherEnd, EndsWithoutARequestAreToldApartByTheFilteredPortOrNot) {
     ASSERT_EQ(connections.size(), 2u);
     EXPECT_EQ(other_end_of_record(connections, 11),
               (OtherEnd{.cookie = 12, .server = Initiator::Local}));
+    EXPECT_EQ(serves_here(record_of(connections, 11)), true);
+    EXPECT_EQ(serves_here(record_of(connections, 12)), false);
     // Nothing tells: named, but neither is said to serve.
     connections = run(events);
+    EXPECT_EQ(serves_here(record_of(connections, 11)), std::nullopt);
     EXPECT_EQ(other_end_of_record(connections, 11),
               (OtherEnd{.cookie = 12, .server = std::nullopt}));
     EXPECT_EQ(other_end_of_record(connections, 12),

@@ -237,13 +237,13 @@ public:
         if (!notable) ++shown_this_second_;
 
         // client -> server: this host's end first when it opened the connection. Of one found
-        // open (role unknown) nobody knows who opened it: this host's end <-> the peer's.
-        const bool opened_here = conn.role != Role::Server;
+        // open that nothing tells about: this host's end <-> the peer's.
+        const std::optional<bool> serves = serves_here(conn);
+        const bool opened_here = !serves.value_or(false);
         std::string line = fmt::format(
             "{} {}{:<21} {} {} {}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
             notable ? "!! " : "   ", to_string(conn.verdict),
-            endpoint_text(opened_here ? conn.local : conn.remote),
-            conn.role == Role::Unknown ? "<->" : "->",
+            endpoint_text(opened_here ? conn.local : conn.remote), serves ? "->" : "<->",
             endpoint_text(opened_here ? conn.remote : conn.local));
         if (conn.comm) line += fmt::format(" [{}]", printable(*conn.comm));
         if (conn.container) line += " {" + printable(container_label(conn.container)) + "}";

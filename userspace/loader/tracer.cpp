@@ -529,10 +529,13 @@ int Tracer::drain() {
 }
 
 OpenHandover Tracer::finish() {
-    // No program may change a socket's messages while the iterator writes them: a packet racing
-    // it could write a message twice or tear a held one. Detached programs still running on
-    // another CPU are done after an RCU grace period, which membarrier's global command waits
-    // for (refused on nohz_full kernels: then only that instant's packets could race).
+    // Every program stops at once, before any is detached: a connection that closed while some
+    // were still attached would show its close without the messages before it. No program may
+    // change a socket's messages while the iterator writes them: a packet racing it could
+    // write a message twice or tear a held one. Programs still running on another CPU are done
+    // after an RCU grace period, which membarrier's global command waits for (refused on
+    // nohz_full kernels: then only that instant's packets could race).
+    *impl_->object.recording = 0;
     impl_->detach();
     syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
     drain();

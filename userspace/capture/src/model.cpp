@@ -147,6 +147,14 @@ uint64_t last_seen_ns(const Connection& conn) {
     return latest;
 }
 
+std::optional<bool> serves_here(const Connection& conn) {
+    if (conn.role != Role::Unknown) return conn.role == Role::Server;
+    if (conn.other_end && conn.other_end->server) {
+        return *conn.other_end->server == Initiator::Local;
+    }
+    return std::nullopt;
+}
+
 std::string_view plain_address(std::string_view addr) {
     constexpr std::string_view kMappedPrefix = "::ffff:";
     if (addr.starts_with(kMappedPrefix) && addr.find('.') != std::string_view::npos) {

@@ -99,11 +99,12 @@ prometheus::Labels with(prometheus::Labels labels, const std::string& name,
 }  // namespace
 
 prometheus::Labels connection_labels(const Connection& conn) {
-    // The server side's port: a backend's own, a proxy's upstream's. A connection found open has
-    // no known role: the lower port, since the client's is the ephemeral one.
-    uint16_t server_port = std::min(conn.local.port, conn.remote.port);
-    if (conn.role == Role::Server) server_port = conn.local.port;
-    if (conn.role == Role::Client) server_port = conn.remote.port;
+    // The server side's port: a backend's own, a proxy's upstream's. Of a connection found open
+    // that nothing tells about, the lower port, since the client's is the ephemeral one.
+    const std::optional<bool> serves = serves_here(conn);
+    const uint16_t server_port = !serves ? std::min(conn.local.port, conn.remote.port)
+                                 : *serves ? conn.local.port
+                                           : conn.remote.port;
     return {{"server_port", std::to_string(server_port)},
             {"comm", printable(conn.comm.value_or(""))},
             {"container", printable(container_label(conn.container))},

@@ -217,6 +217,10 @@ struct Connection {
     uint64_t request_count() const { return requests.size() + requests_omitted; }
 };
 
+// Whether this host's end serves the connection: by its role, else (an end found open) by what
+// the recorder learned pairing it with its other end on this host; nullopt when nothing tells.
+std::optional<bool> serves_here(const Connection& conn);
+
 // The latest monotonic time a connection records (its listed requests, close and end): where a
 // trace without a summary ends.
 uint64_t last_seen_ns(const Connection& conn);
