@@ -1362,6 +1362,14 @@ TEST(TrackerOtherEnd, EndsWithoutARequestAreToldApartByTheFilteredPortOrNot) {
     // Nothing tells: named, but neither is said to serve.
     connections = run(events);
     EXPECT_EQ(serves_here(record_of(connections, 11)), std::nullopt);
+    // Alone (its other end on another host), by the port the recording filters on.
+    Connection alone = record_of(connections, 11);
+    alone.other_end.reset();
+    const uint16_t service[] = {8080};
+    EXPECT_EQ(serves_here(alone, service), true);
+    std::swap(alone.local, alone.remote);
+    EXPECT_EQ(serves_here(alone, service), false);
+    EXPECT_EQ(serves_here(alone), std::nullopt);
     EXPECT_EQ(other_end_of_record(connections, 11),
               (OtherEnd{.cookie = 12, .server = std::nullopt}));
     EXPECT_EQ(other_end_of_record(connections, 12),

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -217,7 +218,8 @@ private:
 // most `kRoutinePerSecond` a second, then a count, so churn cannot flood the terminal.
 class LiveView {
 public:
-    LiveView(bool quiet, int64_t mono_to_wall) : quiet_(quiet), mono_to_wall_(mono_to_wall) {}
+    LiveView(bool quiet, int64_t mono_to_wall, std::span<const uint16_t> ports)
+        : quiet_(quiet), mono_to_wall_(mono_to_wall), ports_(ports) {}
 
     void show(const Connection& conn) {
         if (quiet_) return;
@@ -238,7 +240,7 @@ public:
 
         // client -> server: this host's end first when it opened the connection. Of one found
         // open that nothing tells about: this host's end <-> the peer's.
-        const std::optional<bool> serves = serves_here(conn);
+        const std::optional<bool> serves = serves_here(conn, ports_);
         const bool opened_here = !serves.value_or(false);
         std::string line = fmt::format(
             "{} {}{:<21} {} {} {}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
@@ -276,6 +278,7 @@ private:
 
     bool quiet_;
     int64_t mono_to_wall_;
+    std::span<const uint16_t> ports_;  // --port: the service's, which tell a found-open end's
     uint64_t current_second_ = 0;
     int shown_this_second_ = 0;
     uint64_t suppressed_ = 0;
@@ -580,7 +583,7 @@ public:
           // those out; the netns of such a reset is known, so --netns keeps its own.
           keep_unattributed_(options.cgroup.empty() && options.container.empty() &&
                              options.pid == 0),
-          live_(options.quiet, header.mono_to_wall_ns),
+          live_(options.quiet, header.mono_to_wall_ns, options.ports),
           metrics_(metrics) {
         if (options.pid != 0) family_.emplace(options.pid);
         capture_.consume = [this](const Event& event) { take(event); };

@@ -147,11 +147,14 @@ uint64_t last_seen_ns(const Connection& conn) {
     return latest;
 }
 
-std::optional<bool> serves_here(const Connection& conn) {
+std::optional<bool> serves_here(const Connection& conn, std::span<const uint16_t> service_ports) {
     if (conn.role != Role::Unknown) return conn.role == Role::Server;
     if (conn.other_end && conn.other_end->server) {
         return *conn.other_end->server == Initiator::Local;
     }
+    const bool local = std::ranges::find(service_ports, conn.local.port) != service_ports.end();
+    const bool remote = std::ranges::find(service_ports, conn.remote.port) != service_ports.end();
+    if (local != remote) return local;
     return std::nullopt;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -218,8 +219,10 @@ struct Connection {
 };
 
 // Whether this host's end serves the connection: by its role, else (an end found open) by what
-// the recorder learned pairing it with its other end on this host; nullopt when nothing tells.
-std::optional<bool> serves_here(const Connection& conn);
+// the recorder learned pairing it with its other end on this host, else by which of its ports
+// is one of `service_ports` (a recording's --port); nullopt when nothing tells.
+std::optional<bool> serves_here(const Connection& conn,
+                                std::span<const uint16_t> service_ports = {});
 
 // The latest monotonic time a connection records (its listed requests, close and end): where a
 // trace without a summary ends.
