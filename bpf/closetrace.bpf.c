@@ -130,7 +130,8 @@ struct message_state {
 	__u8 answer_pending;          /* a written request: its responses are written too */
 	__u8 interim;                 /* a 1xx response passed: the request's body comes next */
 	__u8 http2;                   /* enum http2_followed: decided by the socket's first payload */
-	__u8 pad[2];
+	__u8 switched;                /* a 101 Switching Protocols passed: no HTTP/1.x after it */
+	__u8 pad[1];
 	struct message_slot slots[2]; /* by enum ct_message_kind */
 };
 
@@ -1250,6 +1251,8 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 	bool switching = opening == RESPONSE_SWITCHING;
 	if (switching && m->slots[CT_MESSAGE_REQUEST].status == SLOT_HELD)
 		m->slots[CT_MESSAGE_REQUEST].status = SLOT_TO_WRITE;
+	if (switching)
+		m->switched = 1;
 	if (m->slots[m->current & 1].status == SLOT_TO_WRITE)
 		write_packet_slot(p, m->current);
 
@@ -1801,6 +1804,14 @@ static __always_inline void write_tls_alert(const struct packet *p)
 	m->counts[kind & 1]++;
 }
 
+static __always_inline void note_payload_time(struct sock_state *state, const struct packet *p)
+{
+	if (p->direction == CT_DIR_IN)
+		state->last_rx_ns = p->now;
+	else
+		state->last_tx_ns = p->now;
+}
+
 static __always_inline void on_payload(const struct packet *p)
 {
 	struct message_state *m = p->messages;
@@ -1812,6 +1823,12 @@ static __always_inline void on_payload(const struct packet *p)
 	if (seen_before(p, &overlaps))
 		return;
 	struct sock_state *state = p->state;
+	/* After a switch of protocols the bytes are the new protocol's (WebSocket frames): neither
+	 * counted nor kept, once the 101's head is whole; only the time of activity moves on. */
+	if (m->switched && m->slots[m->current & 1].status != SLOT_TO_WRITE) {
+		note_payload_time(state, p);
+		return;
+	}
 	__u64 last_payload = state->last_rx_ns > state->last_tx_ns ? state->last_rx_ns
 								    : state->last_tx_ns;
 	__u64 silence_ns = last_payload && p->now > last_payload ? p->now - last_payload : 0;
@@ -1843,12 +1860,8 @@ static __always_inline void on_payload(const struct packet *p)
 		tls_control = is_tls_control(p, true);
 	/* After the message's logic, which reads its silence from the clocks before: a TLS alert is
 	 * no activity (is_tls_control). */
-	if (!tls_control) {
-		if (p->direction == CT_DIR_IN)
-			state->last_rx_ns = p->now;
-		else
-			state->last_tx_ns = p->now;
-	}
+	if (!tls_control)
+		note_payload_time(state, p);
 }
 
 /*

@@ -182,6 +182,65 @@ class MessagesTest(unittest.TestCase):
                     self.assertEqual((last["outcome"], last["status"]), ("completed", 200), last)
 
 
+UPGRADE = (b"GET /chat HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\n\r\n")
+SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\n\r\n")
+
+
+class SwitchingServer(ThreadedServer):
+    """Answers a connection's first request 101 Switching Protocols, then echoes every frame."""
+
+    def handle(self, conn):
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            conn.sendall(SWITCHING)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+
+class SwitchedProtocolsTest(unittest.TestCase):
+    def setUp(self):
+        require_bpf()
+
+    def test_the_new_protocols_bytes_are_no_messages(self):
+        """After a 101 the kernel neither counts nor writes the frames, also those that follow
+        an idle gap (each would be written as a message) or read like HTTP."""
+        frames = (b"\x81\x05hello", b"GET /frame HTTP/1.1\r\n\r\n", b"\x88\x00")
+        with SwitchingServer() as server:
+            recorder = Recorder("--port", str(server.port), "--quiet", "--events")
+            self.addCleanup(recorder.cleanup)
+            with recorder:
+                sock = client(server.port)
+                client_port = sock.getsockname()[1]
+                sock.sendall(UPGRADE)
+                self.assertEqual(sock.recv(4096), SWITCHING)
+                for frame in frames:
+                    time.sleep(0.6)  # past --idle-gap-ms
+                    sock.sendall(frame)
+                    self.assertEqual(sock.recv(4096), frame)
+                sock.close()
+                time.sleep(0.6)  # past the linger: both ends are written
+        self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+        _, conns, events, _ = recorder.trace()
+        messages = [(e["direction"], e["message"], e["heads"]) for e in events
+                    if e["kind"] == "message" and client_port in
+                    (e["local"]["port"], e["remote"]["port"])]
+        request = [{"method": "GET", "target": "/chat"}]
+        self.assertCountEqual(messages, [("in", "request", request), ("out", "response",
+                                         [{"status": 101}]), ("out", "request", request),
+                                         ("in", "response", [{"status": 101}])], messages)
+        conn = server_record(conns, client_port)
+        self.assertEqual([(r["target"], r["status"]) for r in conn["requests"]],
+                         [("/chat", 101)], conn)
+        self.assertEqual(conn["close"]["cause"], "upgraded", conn)
+
+
 HEALTH_CHECK = (b"GET /health HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n"
                 b"User-Agent: ELB-HealthChecker/2.0\r\n\r\n")
 
