@@ -153,7 +153,8 @@ struct sock_state {
 	__u32 netns;
 	__u8 role;
 	__u8 last_direction; /* direction of the last payload: a change starts a new message */
-	__u8 pad[2];
+	__u8 close_written;  /* its TCP_CLOSE record went out, its held messages and counts first */
+	__u8 pad[1];
 #ifndef CT_NO_KERNEL_BTF
 	struct message_state messages;
 #endif
@@ -750,6 +751,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
 		write_held_of_sock(sk, state, now);
 		/* An HTTP/2 connection's counts travel with its close, ahead of the state record. */
 		write_http2_counts(sk, state, CT_HTTP2_CLOSE, now);
+		state->close_written = 1;
 	}
 #endif
 
@@ -777,19 +779,20 @@ int BPF_PROG(on_state_change, struct sock *sk, int oldstate, int newstate)
  * Run by the loader once, when the recording ends and every other program is detached: each
  * tracked socket still open writes the messages its close would have written, and an HTTP/2
  * connection its counts, so that the counts of a connection open at the end are exact and its
- * last exchange is known (a request answered is not left in flight). A socket already closed
- * has nothing held. One byte of output per socket lets the loader read a bounded number of
- * sockets at a time and drain the ring buffer in between. Iterators need the kernel's BTF: the
- * portable object has none.
+ * last exchange is known (a request answered is not left in flight). A socket whose close was
+ * written has nothing held; one that closed after the recording ended is open to the trace. One
+ * byte of output per socket lets the loader read a bounded number of sockets at a time and
+ * drain the ring buffer in between. Iterators need the kernel's BTF: the portable object has
+ * none.
  */
 static __always_inline void write_open_socket(struct seq_file *seq, struct sock *sk,
 					      struct sock_state *state)
 {
 	__u64 now = bpf_ktime_get_ns();
 	write_held_of_sock(sk, state, now);
-	/* An HTTP/2 connection's frames are counted, not written: its counts as they are now (a
-	 * socket that reached TCP_CLOSE wrote them with its close). */
-	if (SOCK_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
+	/* An HTTP/2 connection's frames are counted, not written: its counts as they are now,
+	 * unless its close wrote them. */
+	if (!state->close_written)
 		write_http2_counts(sk, state, CT_HTTP2_END, now);
 	const char visited = 1;
 	bpf_seq_write(seq, &visited, sizeof(visited));
@@ -1823,9 +1826,17 @@ static __always_inline void on_payload(const struct packet *p)
 	if (seen_before(p, &overlaps))
 		return;
 	struct sock_state *state = p->state;
-	/* After a switch of protocols the bytes are the new protocol's (WebSocket frames): neither
-	 * counted nor kept, once the 101's head is whole; only the time of activity moves on. */
-	if (m->switched && m->slots[m->current & 1].status != SLOT_TO_WRITE) {
+	/* After a switch of protocols the bytes are the new protocol's (WebSocket frames): no
+	 * message starts. A 101 still waiting for the rest of its head (a frame in its segment)
+	 * takes the bytes that follow it, and goes when the other side speaks. */
+	if (m->switched) {
+		struct message_slot *slot = &m->slots[m->current & 1];
+		if (slot->status == SLOT_TO_WRITE) {
+			if (p->direction == slot->direction)
+				continue_message(p);
+			else
+				write_packet_slot(p, m->current);
+		}
 		note_payload_time(state, p);
 		return;
 	}

@@ -189,7 +189,12 @@ SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
 
 
 class SwitchingServer(ThreadedServer):
-    """Answers a connection's first request 101 Switching Protocols, then echoes every frame."""
+    """Answers a connection's first request 101 Switching Protocols, with `greeting` (a first
+    frame) in the same segment, then echoes every frame."""
+
+    def __init__(self, greeting):
+        super().__init__()
+        self.greeting = greeting
 
     def handle(self, conn):
         with conn:
@@ -199,7 +204,7 @@ class SwitchingServer(ThreadedServer):
                 if not data:
                     return
                 head += data
-            conn.sendall(SWITCHING)
+            conn.sendall(SWITCHING + self.greeting)
             while data := conn.recv(65536):
                 conn.sendall(data)
 
@@ -210,22 +215,30 @@ class SwitchedProtocolsTest(unittest.TestCase):
 
     def test_the_new_protocols_bytes_are_no_messages(self):
         """After a 101 the kernel neither counts nor writes the frames, also those that follow
-        an idle gap (each would be written as a message) or read like HTTP."""
+        an idle gap (each would be written as a message) or read like HTTP, and also when the
+        server's first frame shares the 101's segment."""
+        for greeting in (b"", b"\x81\x02hi"):
+            with self.subTest(greeting=greeting), SwitchingServer(greeting) as server:
+                self.assert_only_the_upgrade_is_messages(server)
+
+    def assert_only_the_upgrade_is_messages(self, server):
         frames = (b"\x81\x05hello", b"GET /frame HTTP/1.1\r\n\r\n", b"\x88\x00")
-        with SwitchingServer() as server:
-            recorder = Recorder("--port", str(server.port), "--quiet", "--events")
-            self.addCleanup(recorder.cleanup)
-            with recorder:
-                sock = client(server.port)
-                client_port = sock.getsockname()[1]
-                sock.sendall(UPGRADE)
-                self.assertEqual(sock.recv(4096), SWITCHING)
-                for frame in frames:
-                    time.sleep(0.6)  # past --idle-gap-ms
-                    sock.sendall(frame)
-                    self.assertEqual(sock.recv(4096), frame)
-                sock.close()
-                time.sleep(0.6)  # past the linger: both ends are written
+        recorder = Recorder("--port", str(server.port), "--quiet", "--events")
+        self.addCleanup(recorder.cleanup)
+        with recorder:
+            sock = client(server.port)
+            client_port = sock.getsockname()[1]
+            sock.sendall(UPGRADE)
+            received = b""
+            while len(received) < len(SWITCHING + server.greeting):
+                received += sock.recv(4096)
+            self.assertEqual(received, SWITCHING + server.greeting)
+            for frame in frames:
+                time.sleep(0.6)  # past --idle-gap-ms
+                sock.sendall(frame)
+                self.assertEqual(sock.recv(4096), frame)
+            sock.close()
+            time.sleep(0.6)  # past the linger: both ends are written
         self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
         _, conns, events, _ = recorder.trace()
         messages = [(e["direction"], e["message"], e["heads"]) for e in events

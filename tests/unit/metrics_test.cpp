@@ -255,6 +255,10 @@ TEST(RecordingMetrics, LabelsNameTheServerSideNeverThePeer) {
     found_open.remote.port = 60163;
     found_open.other_end = OtherEnd{.cookie = 7, .server = Initiator::Peer};
     EXPECT_EQ(connection_labels(found_open).at("server_port"), "60163");
+    // Alone, by the port the recording filters on.
+    found_open.other_end.reset();
+    const uint16_t service[] = {60163};
+    EXPECT_EQ(connection_labels(found_open, service).at("server_port"), "60163");
 }
 
 // A free port below the kernel's ephemeral range (32768 and up by default): a port the kernel

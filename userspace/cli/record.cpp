@@ -241,12 +241,12 @@ public:
         // client -> server: this host's end first when it opened the connection. Of one found
         // open that nothing tells about: this host's end <-> the peer's.
         const std::optional<bool> serves = serves_here(conn, ports_);
-        const bool opened_here = !serves.value_or(false);
+        const bool local_first = !serves.value_or(false);
         std::string line = fmt::format(
             "{} {}{:<21} {} {} {}", time_of_day_utc(static_cast<int64_t>(at) + mono_to_wall_),
             notable ? "!! " : "   ", to_string(conn.verdict),
-            endpoint_text(opened_here ? conn.local : conn.remote), serves ? "->" : "<->",
-            endpoint_text(opened_here ? conn.remote : conn.local));
+            endpoint_text(local_first ? conn.local : conn.remote), serves ? "->" : "<->",
+            endpoint_text(local_first ? conn.remote : conn.local));
         if (conn.comm) line += fmt::format(" [{}]", printable(*conn.comm));
         if (conn.container) line += " {" + printable(container_label(conn.container)) + "}";
         if (conn.close.idle_ms) line += fmt::format(" idle {:.1f} ms", *conn.close.idle_ms);
@@ -278,7 +278,7 @@ private:
 
     bool quiet_;
     int64_t mono_to_wall_;
-    std::span<const uint16_t> ports_;  // --port: the service's, which tell a found-open end's
+    std::span<const uint16_t> ports_;  // --port: which end serves, of a connection found open
     uint64_t current_second_ = 0;
     int shown_this_second_ = 0;
     uint64_t suppressed_ = 0;
@@ -777,11 +777,11 @@ void print_summary(const RecordOptions& options, const TraceOutput& output,
 
 // --metrics: served from before the programs are attached, so that a bad address or a port in
 // use stops the recording before it starts. Null without --metrics.
-std::unique_ptr<RecordingMetrics> serve_metrics(const std::string& address) {
-    if (address.empty()) return nullptr;
-    auto metrics = std::make_unique<RecordingMetrics>();
+std::unique_ptr<RecordingMetrics> serve_metrics(const RecordOptions& options) {
+    if (options.metrics.empty()) return nullptr;
+    auto metrics = std::make_unique<RecordingMetrics>(options.ports);
     try {
-        metrics->serve(address);
+        metrics->serve(options.metrics);
     } catch (const MetricsError& error) {
         fail(error.what(), 2);
     }
@@ -793,7 +793,7 @@ std::unique_ptr<RecordingMetrics> serve_metrics(const std::string& address) {
 void record(const RecordOptions& options) {
     check_output_options(options);
     install_signal_handlers(options.rotates());
-    const std::unique_ptr<RecordingMetrics> metrics = serve_metrics(options.metrics);
+    const std::unique_ptr<RecordingMetrics> metrics = serve_metrics(options);
     const HostFacts host = check_host(options);
     TracerConfig config = kernel_config(options, host);
     ContainerAttributor attributor = host_attributor(host);

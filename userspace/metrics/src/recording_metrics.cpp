@@ -98,10 +98,11 @@ prometheus::Labels with(prometheus::Labels labels, const std::string& name,
 
 }  // namespace
 
-prometheus::Labels connection_labels(const Connection& conn) {
+prometheus::Labels connection_labels(const Connection& conn,
+                                     std::span<const uint16_t> service_ports) {
     // The server side's port: a backend's own, a proxy's upstream's. Of a connection found open
     // that nothing tells about, the lower port, since the client's is the ephemeral one.
-    const std::optional<bool> serves = serves_here(conn);
+    const std::optional<bool> serves = serves_here(conn, service_ports);
     const uint16_t server_port = !serves ? std::min(conn.local.port, conn.remote.port)
                                  : *serves ? conn.local.port
                                            : conn.remote.port;
@@ -111,8 +112,9 @@ prometheus::Labels connection_labels(const Connection& conn) {
             {"role", to_string(conn.role)}};
 }
 
-RecordingMetrics::RecordingMetrics()
-    : registry_(std::make_shared<prometheus::Registry>()),
+RecordingMetrics::RecordingMetrics(std::vector<uint16_t> service_ports)
+    : service_ports_(std::move(service_ports)),
+      registry_(std::make_shared<prometheus::Registry>()),
       closes_(prometheus::BuildCounter()
                   .Name("closetrace_closes_total")
                   .Help("Connections closed, by verdict and close cause (incomplete ones apart)")
@@ -164,7 +166,7 @@ RecordingMetrics::RecordingMetrics()
                        .Add({})) {}
 
 RecordingMetrics::Series& RecordingMetrics::series_of(const Connection& conn) {
-    prometheus::Labels labels = connection_labels(conn);
+    prometheus::Labels labels = connection_labels(conn, service_ports_);
     auto found = series_.find(labels);
     if (found != series_.end()) return found->second;
     Series& series = series_[labels];

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -39,11 +40,13 @@ public:
 
 // The labels every per-connection series carries; bounded by the servers and containers on this
 // host, never by the peers: the server side's port, the owning process, its container, the role.
-prometheus::Labels connection_labels(const Connection& conn);
+// `service_ports`: the recording's --port, which tell the server side of a connection found open.
+prometheus::Labels connection_labels(const Connection& conn,
+                                     std::span<const uint16_t> service_ports = {});
 
 class RecordingMetrics {
 public:
-    RecordingMetrics();
+    explicit RecordingMetrics(std::vector<uint16_t> service_ports = {});
 
     // Counts a connection as the recorder writes it.
     void add(const Connection& conn);
@@ -105,6 +108,8 @@ private:
     static void count_peer_idle_close(IdleTimerGeneration& closes, const std::string& peer,
                                       Side side, double idle_ms);
     void publish_gauges(Series& series);
+
+    std::vector<uint16_t> service_ports_;  // see connection_labels
 
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>& closes_;
