@@ -1252,10 +1252,11 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 	/* A switch of protocols ends the connection's HTTP: the request it answers is written with
 	 * it (below), for the close to be told as the new protocol's. */
 	bool switching = opening == RESPONSE_SWITCHING;
-	if (switching && m->slots[CT_MESSAGE_REQUEST].status == SLOT_HELD)
-		m->slots[CT_MESSAGE_REQUEST].status = SLOT_TO_WRITE;
-	if (switching)
+	if (switching) {
 		m->switched = 1;
+		if (m->slots[CT_MESSAGE_REQUEST].status == SLOT_HELD)
+			m->slots[CT_MESSAGE_REQUEST].status = SLOT_TO_WRITE;
+	}
 	if (m->slots[m->current & 1].status == SLOT_TO_WRITE)
 		write_packet_slot(p, m->current);
 
