@@ -6,6 +6,8 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -510,6 +512,39 @@ TEST(HttpParse, RandomBinaryKeepsEveryInvariant) {
     // Binary that cannot start a token is always opaque.
     expect_opaque("\x89PNG\r\n\x1a\n\0\0\0\rIHDR"sv);
     expect_opaque("\xff\xfe\x00\x01\x02"sv);
+}
+
+std::optional<uint32_t> announced_timeout(std::string_view bytes) {
+    const ParseResult result = parse(bytes);
+    EXPECT_EQ(result.count, 1u) << bytes;
+    return result.messages[0].keep_alive_timeout_s;
+}
+
+TEST(HttpParse, KeepAliveTimeoutAsServersAnnounceIt) {
+    // Node's, Apache's and nginx's (keepalive_timeout 75s 60s) forms.
+    EXPECT_EQ(announced_timeout("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n"
+                                "Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"),
+              5u);
+    EXPECT_EQ(announced_timeout("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\n\r\n"), 5u);
+    EXPECT_EQ(announced_timeout("HTTP/1.1 200 OK\r\nkeep-alive: MAX=99 , Timeout = 60\r\n\r\n"),
+              60u);
+    EXPECT_EQ(announced_timeout("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=99999999999\r\n\r\n"),
+              std::numeric_limits<uint32_t>::max());
+}
+
+TEST(HttpParse, KeepAliveWithoutATimeoutAnnouncesNone) {
+    for (const std::string_view bytes : {
+             "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n"sv,
+             "HTTP/1.1 200 OK\r\nKeep-Alive: max=100\r\n\r\n"sv,
+             "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=\r\n\r\n"sv,
+             "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=-5\r\n\r\n"sv,
+             "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5s\r\n\r\n"sv,
+             "HTTP/1.1 200 OK\r\nKeep-Alive: timeouts=5\r\n\r\n"sv,
+             // Cut by the capture before its line ends: not read.
+             "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5"sv,
+         }) {
+        EXPECT_FALSE(announced_timeout(bytes)) << bytes;
+    }
 }
 
 TEST(HttpPublicTarget, CutsAtQueryFragmentOrPathParameters) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <limits>
 #include <optional>
 
 #include "closetrace.h"
@@ -228,9 +229,10 @@ std::size_t skip_empty_lines(std::string_view bytes, std::size_t offset) {
     return offset;
 }
 
-// Parses a Content-Length value (digits only). Values beyond `limit` are reported as limit + 1:
-// such a body cannot lie within the buffer anyway, and the cap keeps the arithmetic in range.
-std::optional<std::size_t> parse_content_length(std::string_view value, std::size_t limit) {
+// Parses a decimal number (digits only: a Content-Length value). Values beyond `limit` are
+// reported as limit + 1: such a body cannot lie within the buffer anyway, and the cap keeps the
+// arithmetic in range.
+std::optional<std::size_t> parse_decimal(std::string_view value, std::size_t limit) {
     if (value.empty()) {
         return std::nullopt;
     }
@@ -257,6 +259,27 @@ struct BodyFraming {
 };
 
 // Whether a list-valued header field ("keep-alive, Upgrade") holds `lowercase_token`.
+// The `timeout` parameter of a Keep-Alive field ("timeout=5, max=100"), in seconds; nullopt
+// when it has none or it is no number. Above the largest uint32_t it is that.
+std::optional<uint32_t> keep_alive_timeout(std::string_view value) {
+    while (!value.empty()) {
+        const std::size_t comma = value.find(',');
+        const std::string_view parameter = trim_whitespace(value.substr(0, comma));
+        value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
+        const std::size_t equals = parameter.find('=');
+        if (equals == std::string_view::npos ||
+            !equals_ignoring_case(trim_whitespace(parameter.substr(0, equals)), "timeout")) {
+            continue;
+        }
+        constexpr std::size_t kMax = std::numeric_limits<uint32_t>::max();
+        const std::optional<std::size_t> seconds =
+            parse_decimal(trim_whitespace(parameter.substr(equals + 1)), kMax);
+        if (!seconds) return std::nullopt;
+        return static_cast<uint32_t>(std::min(*seconds, kMax));
+    }
+    return std::nullopt;
+}
+
 bool has_token(std::string_view value, std::string_view lowercase_token) {
     while (!value.empty()) {
         const std::size_t comma = value.find(',');
@@ -305,6 +328,8 @@ ReadState read_head(std::string_view bytes, std::size_t offset, Message& message
         if (equals_ignoring_case(name, "connection")) {
             message.connection_close = message.connection_close || has_token(value, "close");
             message.keep_alive = message.keep_alive || has_token(value, "keep-alive");
+        } else if (equals_ignoring_case(name, "keep-alive")) {
+            message.keep_alive_timeout_s = keep_alive_timeout(value);
         } else if (equals_ignoring_case(name, "user-agent")) {
             message.user_agent = value;
         } else if (equals_ignoring_case(name, "transfer-encoding")) {
@@ -314,7 +339,7 @@ ReadState read_head(std::string_view bytes, std::size_t offset, Message& message
             if (framing.content_length) {
                 framing.length_trusted = false;
             }
-            framing.content_length = parse_content_length(value, bytes.size());
+            framing.content_length = parse_decimal(value, bytes.size());
             if (!framing.content_length) {
                 framing.length_trusted = false;
             }

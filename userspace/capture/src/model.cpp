@@ -147,15 +147,21 @@ uint64_t last_seen_ns(const Connection& conn) {
     return latest;
 }
 
+std::optional<bool> serves_by_port(uint16_t port, uint16_t other_port,
+                                   std::span<const uint16_t> service_ports) {
+    const bool filtered = std::ranges::find(service_ports, port) != service_ports.end();
+    const bool other_filtered =
+        std::ranges::find(service_ports, other_port) != service_ports.end();
+    if (filtered != other_filtered) return filtered;
+    return std::nullopt;
+}
+
 std::optional<bool> serves_here(const Connection& conn, std::span<const uint16_t> service_ports) {
     if (conn.role != Role::Unknown) return conn.role == Role::Server;
     if (conn.other_end && conn.other_end->server) {
         return *conn.other_end->server == Initiator::Local;
     }
-    const bool local = std::ranges::find(service_ports, conn.local.port) != service_ports.end();
-    const bool remote = std::ranges::find(service_ports, conn.remote.port) != service_ports.end();
-    if (local != remote) return local;
-    return std::nullopt;
+    return serves_by_port(conn.local.port, conn.remote.port, service_ports);
 }
 
 std::string_view plain_address(std::string_view addr) {

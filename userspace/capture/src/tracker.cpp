@@ -172,6 +172,9 @@ struct MessageFact {
     Direction direction = Direction::In;
     bool response = false;  // the kernel's kind
     SegmentDigest segment;  // an incoming message's first segment
+    // The idle timeout a response head in it announced ("Keep-Alive: timeout=N"), in seconds;
+    // 0 when none did. Here, where the layout has room, rather than in every Head.
+    uint32_t keep_alive_timeout_s = 0;
     Heads heads;
 };
 
@@ -204,17 +207,30 @@ Head parse_head(const http::Message& message, bool full_target) {
     return head;
 }
 
-Heads parse_heads(std::string_view payload, bool full_target) {
+// The heads a payload starts with, and the idle timeout the last response among them announced
+// (MessageFact::keep_alive_timeout_s).
+struct ParsedPayload {
+    Heads heads;
+    uint32_t keep_alive_timeout_s = 0;
+};
+
+ParsedPayload parse_payload(std::string_view payload, bool full_target) {
     const http::ParseResult parsed = http::parse(payload);
     // A segment whose bytes were not captured is still one message.
-    Heads heads;
-    if (parsed.count == 0) return heads;
-    heads.first = parse_head(parsed.messages[0], full_target);
-    for (std::size_t i = 1; i < parsed.count; ++i) {
-        if (!heads.pipelined) heads.pipelined = std::make_unique<std::vector<Head>>();
-        heads.pipelined->push_back(parse_head(parsed.messages[i], full_target));
+    ParsedPayload result;
+    for (std::size_t i = 0; i < parsed.count; ++i) {
+        const http::Message& message = parsed.messages[i];
+        if (message.kind == http::MessageKind::Response && message.keep_alive_timeout_s) {
+            result.keep_alive_timeout_s = *message.keep_alive_timeout_s;
+        }
+        if (i == 0) {
+            result.heads.first = parse_head(message, full_target);
+            continue;
+        }
+        if (!result.heads.pipelined) result.heads.pipelined = std::make_unique<std::vector<Head>>();
+        result.heads.pipelined->push_back(parse_head(message, full_target));
     }
-    return heads;
+    return result;
 }
 
 std::string segment_prefix(std::string_view payload) {
@@ -522,6 +538,7 @@ public:
             }
             return;
         }
+        if (message.keep_alive_timeout_s != 0) keep_alive_timeout_s_ = message.keep_alive_timeout_s;
         for (std::size_t i = 0; i < message.heads.size(); ++i) {
             const Head& head = message.heads[i];
             if (head.status != 0 && http::is_interim_status(head.status)) {
@@ -558,6 +575,10 @@ public:
     }
     // The known health checker that sent requests here; empty when none did.
     std::string_view health_checker() const { return health_checker_; }
+    // The idle timeout the server's latest response that announced one announced, in seconds.
+    std::optional<uint32_t> keep_alive_timeout_s() const {
+        return keep_alive_timeout_s_ != 0 ? std::optional(keep_alive_timeout_s_) : std::nullopt;
+    }
 
     // Drops answered requests that the record would not list (bound_request_list keeps the first
     // kListedFirstRequests, the last kListedLastRequests and every one not completed), and the
@@ -783,6 +804,7 @@ private:
     uint64_t last_exchange_ns_ = 0;  // the latest request or response start; 0 before any
     std::optional<uint64_t> tls_control_since_exchange_[2];  // [0] the peer's, [1] this host's
     std::string_view health_checker_;  // one of http::health_checker's names
+    uint32_t keep_alive_timeout_s_ = 0;  // MessageFact::keep_alive_timeout_s
 };
 
 // A tracked connection: a hundred thousand of them may be held at once, so its members are laid
@@ -1053,6 +1075,7 @@ Connection build_connection(uint64_t cookie, Tracked tracked, RequestBuilder& sp
     if (!builder.health_checker().empty()) {
         conn.health_check = std::string(builder.health_checker());
     }
+    conn.keep_alive_timeout_s = builder.keep_alive_timeout_s();
     conn.close.unread_bytes = close.unread_bytes;
     conn.close.idle_ms = idle_since_last_exchange(close, conn.requests, builder.serves());
     const CloseEvidence evidence{
@@ -1109,7 +1132,8 @@ LifecycleFact lifecycle_fact(const Event& event, uint64_t arrival, bool by_tuple
             .flags = event.trigger_flags,
             .payload_len = event.payload_len,
             .prefix = segment_prefix(event.payload),
-            .heads = event.payload_len > 0 ? parse_heads(event.payload, full_target) : Heads{}});
+            .heads = event.payload_len > 0 ? parse_payload(event.payload, full_target).heads
+                                           : Heads{}});
     }
     return fact;
 }
@@ -1197,9 +1221,9 @@ Initiator server_of(Tracked& end, Tracked& other, std::span<const uint16_t> port
         return *end_serves ? Initiator::Local : Initiator::Peer;
     }
     if (other_serves && !end_serves) return *other_serves ? Initiator::Peer : Initiator::Local;
-    const bool end_filtered = std::ranges::find(ports, end.tuple.lport) != ports.end();
-    const bool other_filtered = std::ranges::find(ports, other.tuple.lport) != ports.end();
-    if (end_filtered != other_filtered) return end_filtered ? Initiator::Local : Initiator::Peer;
+    const std::optional<bool> end_by_port =
+        serves_by_port(end.tuple.lport, other.tuple.lport, ports);
+    if (end_by_port) return *end_by_port ? Initiator::Local : Initiator::Peer;
     return Initiator::Unknown;
 }
 
@@ -1430,6 +1454,7 @@ struct ConnTracker::State {
         if (event.kind == EventKind::Message) {
             // Room for a request and its answer, which nearly every connection holds.
             if (tracked.messages.empty()) tracked.messages.reserve(2);
+            ParsedPayload parsed = parse_payload(event.payload, full_target);
             tracked.messages.push_back(
                 {.ts_ns = event.ts_ns,
                  .arrival = arrival,
@@ -1441,7 +1466,8 @@ struct ConnTracker::State {
                  .segment = event.direction == Direction::In
                                 ? SegmentDigest::of(event.payload, event.payload_len)
                                 : SegmentDigest{},
-                 .heads = parse_heads(event.payload, full_target)});
+                 .keep_alive_timeout_s = parsed.keep_alive_timeout_s,
+                 .heads = std::move(parsed.heads)});
             if (tracked.messages.size() >= tracked.settle_at) settle(tracked, options.reorder_ns);
             return;
         }

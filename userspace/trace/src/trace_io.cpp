@@ -1129,6 +1129,8 @@ constexpr MemberRule<Connection> kConnMembers[] = {
      },
      absent<&Connection::container>},
     optional_into<&Connection::health_check>("health_check"),
+    // Since 2026-12-07, within closetrace/5: written only when a response announced one.
+    optional_into<&Connection::keep_alive_timeout_s>("keep_alive_timeout_s"),
     {"established_ns", into<&Connection::established_ns>},
     {"closed_ns", into<&Connection::closed_ns>},
     {"bytes_in", not_decoded<&Connection::bytes_in>},
@@ -1550,6 +1552,9 @@ void append_conn_line(std::string& out, const Connection& conn) {
         json.null();
     }
     json.name("health_check").nullable(conn.health_check);
+    if (conn.keep_alive_timeout_s) {
+        json.name("keep_alive_timeout_s").number(*conn.keep_alive_timeout_s);
+    }
     json.name("established_ns").nullable(conn.established_ns);
     json.name("closed_ns").nullable(conn.closed_ns);
     json.name("bytes_in").number(conn.bytes_in);

@@ -33,6 +33,9 @@ struct Message {
     bool connection_close = false;  // "Connection: close"
     bool keep_alive = false;        // "Connection: keep-alive"
     std::string_view user_agent;    // the User-Agent value; empty when not seen
+    // "Keep-Alive: timeout=N": how long, in seconds, the sender keeps an idle connection open
+    // (a server's announcement: Node, Apache, nginx with keepalive_timeout's second value).
+    std::optional<uint32_t> keep_alive_timeout_s;
 };
 
 // The message asks for the connection to close after its exchange: "Connection: close", or

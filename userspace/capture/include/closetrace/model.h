@@ -193,6 +193,9 @@ struct Connection {
     std::optional<ContainerRef> container;  // null for a host process
     // The known health checker that sent requests on it (http::health_checker), if any.
     std::optional<std::string> health_check;
+    // The idle timeout the server announced in its responses ("Keep-Alive: timeout=N"), in
+    // seconds: the latest of the responses recorded. nullopt when none announced one.
+    std::optional<uint32_t> keep_alive_timeout_s;
     std::optional<uint64_t> established_ns;
     std::optional<uint64_t> closed_ns;
     uint64_t bytes_in = 0;
@@ -217,6 +220,12 @@ struct Connection {
 
     uint64_t request_count() const { return requests.size() + requests_omitted; }
 };
+
+// Whether the end with local port `port` serves, where the other end's is `other_port`: the end
+// whose port is one of `service_ports` (a recording's --port; the other's is ephemeral);
+// nullopt when both or neither are.
+std::optional<bool> serves_by_port(uint16_t port, uint16_t other_port,
+                                   std::span<const uint16_t> service_ports);
 
 // Whether this host's end serves the connection: by its role, else (an end found open) by what
 // the recorder learned pairing it with its other end on this host, else by which of its ports
