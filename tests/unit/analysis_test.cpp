@@ -19,6 +19,7 @@ namespace closetrace {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 constexpr uint64_t kMs = 1'000'000;
@@ -48,6 +49,7 @@ struct ConnSpec {
     std::optional<std::string> comm = "node";
     std::string peer = "10.0.0.1";
     uint64_t at_ns = kStartNs + 1000 * kMs;  // the first request
+    std::optional<uint32_t> keep_alive_timeout_s{};  // announced by the server's responses
 };
 
 // A connection as the tracker would write it for `spec.verdict`: one completed request, then for
@@ -62,6 +64,7 @@ Connection make_conn(const ConnSpec& spec) {
     conn.remote = {spec.peer, 40000};
     conn.role = spec.role;
     conn.comm = spec.comm;
+    conn.keep_alive_timeout_s = spec.keep_alive_timeout_s;
     conn.verdict = spec.verdict;
     conn.established_ns = spec.at_ns - kMs;
     conn.requests.push_back({.method = "GET",
@@ -1488,6 +1491,130 @@ TEST(Commands, VerifyExitsOneWithTheReasons) {
     EXPECT_EQ(output.exit_code, 1);
     EXPECT_THAT(output.out, HasSubstr(": FAIL\n  - 3 close races"));
     EXPECT_TRUE(output.err.empty());
+}
+
+}  // namespace
+}  // namespace closetrace
+
+namespace closetrace {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Announced idle timeouts (Keep-Alive: timeout=N)
+
+// Node's default: it says Keep-Alive: timeout=5 on every response. A recording shorter than
+// that, or too busy for a connection to idle, shows no idle close, yet the answer is known.
+TEST(Announced, ATimeoutBelowThePeersClosesFirstBeforeAnyIdleClose) {
+    const TraceAnalysis trace =
+        Recording().add({.verdict = Verdict::Open, .keep_alive_timeout_s = 5}, 3).finish();
+    ASSERT_EQ(trace.announced_keepalive_by_comm.size(), 1u);
+    EXPECT_EQ(trace.announced_keepalive_by_comm.at("node").shortest_s, 5u);
+    EXPECT_EQ(trace.announced_keepalive_by_comm.at("node").connections, 3u);
+    const Assessment a = assess_default(trace);
+    EXPECT_TRUE(a.closes_before_peer);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::KeepAliveTimeout);
+    EXPECT_EQ(a.recommendations[0].comm, "node");
+    EXPECT_EQ(a.recommendations[0].value_s, 65u);
+    EXPECT_THAT(a.recommendations[0].text,
+                HasSubstr("It announces Keep-Alive: timeout=5 in its responses (on 3 "
+                          "connections), below the peer's idle timeout of 60.00 s"));
+    EXPECT_THAT(a.conclusion, HasSubstr("On this host, node says Keep-Alive: timeout=5 in "
+                                        "responses, below the peer's idle timeout of 60.00 s "
+                                        "(assumed: the ALB default): this host closes idle "
+                                        "connections first"));
+    const VerifyResult verify = verify_trace(trace, std::nullopt);
+    EXPECT_EQ(verify.conclusion, VerifyConclusion::Failed);
+    ASSERT_EQ(verify.reasons.size(), 1u);
+    EXPECT_THAT(verify.reasons[0], HasSubstr("comm node announces Keep-Alive: timeout=5"));
+    EXPECT_THAT(verify.reasons[0], HasSubstr("pass --peer-idle-timeout"));
+}
+
+TEST(Announced, ATimeoutAboveThePeersIsNoFinding) {
+    const TraceAnalysis trace =
+        Recording().add({.verdict = Verdict::Open, .keep_alive_timeout_s = 80}, 3).finish();
+    const Assessment a = assess_default(trace);
+    EXPECT_FALSE(a.closes_before_peer);
+    EXPECT_TRUE(a.early_announcements.empty());
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::RecordLonger);
+    EXPECT_EQ(verify_trace(trace, std::nullopt).conclusion, VerifyConclusion::Inconclusive);
+    // Held against the peer's timeout as given: 90 s is above 80 s.
+    EXPECT_EQ(verify_trace(trace, 90'000.0).conclusion, VerifyConclusion::Failed);
+}
+
+// The peer's own announcement on connections this host opened says nothing of this host.
+TEST(Announced, OnlyThisHostsServersCount) {
+    const TraceAnalysis trace = Recording()
+                                    .add({.verdict = Verdict::Open,
+                                          .role = Role::Client,
+                                          .keep_alive_timeout_s = 5},
+                                         3)
+                                    .finish();
+    EXPECT_TRUE(trace.announced_keepalive_by_comm.empty());
+}
+
+// A server seen closing early gets one recommendation, which its announcement completes.
+TEST(Announced, CompletesTheAdviceOfAServerSeenClosingEarly) {
+    const TraceAnalysis trace =
+        Recording()
+            .add({.verdict = Verdict::LocalIdleClose, .idle_ms = 5200, .keep_alive_timeout_s = 5})
+            .add({.verdict = Verdict::Open, .keep_alive_timeout_s = 4})
+            .finish();
+    const Assessment a = assess_default(trace);
+    ASSERT_EQ(a.recommendations.size(), 1u);
+    EXPECT_EQ(a.recommendations[0].comm, "node");
+    EXPECT_THAT(a.recommendations[0].text,
+                HasSubstr("timeout=4 in its responses (on 2 connections)"));
+    EXPECT_THAT(a.conclusion, HasSubstr("1 of its idle closes came sooner"));
+    EXPECT_THAT(a.conclusion, Not(HasSubstr("says Keep-Alive")));
+}
+
+TEST(Announced, DiffIsNotFixedWhileAServerStillAnnouncesLess) {
+    const TraceAnalysis before = Recording().add({.verdict = Verdict::LocalCloseRace}, 3).finish();
+    const TraceAnalysis after =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000, .keep_alive_timeout_s = 5},
+                 30)
+            .finish();
+    const DiffResult result = diff_traces(before, after);
+    EXPECT_EQ(result.conclusion, DiffConclusion::NotFixed);
+    EXPECT_THAT(result.explanation,
+                HasSubstr("comm node announces Keep-Alive: timeout=5, below the peer's idle "
+                          "timeout of 60.00 s"));
+    const TraceAnalysis fixed =
+        Recording()
+            .add({.verdict = Verdict::PeerIdleClose, .idle_ms = 60'000, .keep_alive_timeout_s = 80},
+                 30)
+            .finish();
+    const TraceAnalysis announced =
+        Recording().add({.verdict = Verdict::Open, .keep_alive_timeout_s = 5}, 3).finish();
+    const DiffResult fixed_result = diff_traces(announced, fixed);
+    EXPECT_EQ(fixed_result.conclusion, DiffConclusion::Fixed);
+    EXPECT_THAT(fixed_result.explanation,
+                HasSubstr("Before: 0 close races and 0 idle closes by this host sooner than the "
+                          "peer's idle timeout of 60.00 s (observed), comm node announcing "
+                          "Keep-Alive: timeout=5. After: none"));
+}
+
+TEST(Announced, MergedTracesKeepTheShortestAndCountEveryConnection) {
+    const auto part = [](const std::string& host, uint32_t timeout_s, int connections) {
+        TraceHeader header = test_header();
+        header.host = host;
+        TraceAnalyzer analyzer(host + ".jsonl", header);
+        for (int i = 0; i < connections; ++i) {
+            analyzer.add(make_conn({.verdict = Verdict::Open, .keep_alive_timeout_s = timeout_s}));
+        }
+        analyzer.add(test_summary());
+        return analyzer.finish_part({});
+    };
+    std::vector<TraceAnalysis> parts;
+    parts.push_back(part("api-1", 80, 2));
+    parts.push_back(part("api-2", 5, 3));
+    const TraceAnalysis merged = merge_traces(std::move(parts));
+    ASSERT_EQ(merged.announced_keepalive_by_comm.size(), 1u);
+    EXPECT_EQ(merged.announced_keepalive_by_comm.at("node").shortest_s, 5u);
+    EXPECT_EQ(merged.announced_keepalive_by_comm.at("node").connections, 5u);
 }
 
 }  // namespace

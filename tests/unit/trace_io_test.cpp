@@ -213,6 +213,7 @@ void expect_same_connection(const Connection& actual, const Connection& expected
     EXPECT_EQ(actual.close.asked_by, expected.close.asked_by);
     EXPECT_EQ(actual.close.unread_bytes, expected.close.unread_bytes);
     EXPECT_EQ(actual.health_check, expected.health_check);
+    EXPECT_EQ(actual.keep_alive_timeout_s, expected.keep_alive_timeout_s);
     EXPECT_EQ(actual.incomplete, expected.incomplete);
     EXPECT_EQ(actual.other_end, expected.other_end);
     EXPECT_EQ(actual.requests_lower_bound, expected.requests_lower_bound);
@@ -456,6 +457,17 @@ TEST(TraceIo, RequestsLowerBoundRoundTripsAndIsWrittenOnlyWhenTrue) {
     EXPECT_FALSE(conn_round_trip(conn).requests_lower_bound);
     conn.requests_lower_bound = true;
     EXPECT_NE(conn_line(conn).find(R"(,"requests_lower_bound":true)"), std::string::npos);
+    expect_same_connection(conn_round_trip(conn), conn);
+}
+
+// Since 2026-12-07: written only when a response announced a timeout; absent reads as none.
+TEST(TraceIo, KeepAliveTimeoutWrittenOnlyWhenAnnounced) {
+    Connection conn = sample_connection();
+    EXPECT_EQ(conn_line(conn).find("keep_alive_timeout_s"), std::string::npos);
+    EXPECT_EQ(conn_round_trip(conn).keep_alive_timeout_s, std::nullopt);
+    conn.keep_alive_timeout_s = 5;
+    EXPECT_NE(conn_line(conn).find(R"("health_check":null,"keep_alive_timeout_s":5,)"),
+              std::string::npos);
     expect_same_connection(conn_round_trip(conn), conn);
 }
 
@@ -1470,6 +1482,7 @@ TEST(TraceReading, ConnLinesReadIntoOneRecordReadAsAlone) {
         .ecs = EcsTask{.task_arn = "arn:aws:ecs:us-west-2:012345678910:task/default/7f3c",
                        .family = "shop-api", .revision = "12"}};
     full.health_check = "ELB-HealthChecker";
+    full.keep_alive_timeout_s = 5;
     full.close.cause = CloseCause::ConnectionClose;
     full.close.asked_by = Initiator::Peer;
     full.close.unread_bytes = 12;

@@ -1590,6 +1590,45 @@ TEST(TrackerCause, HealthCheckAsksForTheClose) {
     EXPECT_EQ(conn.requests[0].close_asked, CloseAsked::Request);
 }
 
+// Node's response: it announces the idle timeout (keepAliveTimeout / 1000) on every one.
+constexpr std::string_view kOkNode =
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+    "Keep-Alive: timeout=5\r\n\r\nok";
+
+TEST(TrackerKeepAliveTimeout, TheServersLatestAnnouncementEitherSide) {
+    for (const Role role : {Role::Server, Role::Client}) {
+        const Socket socket{.role = role};
+        const Direction request = role == Role::Server ? Direction::In : Direction::Out;
+        const Direction response = role == Role::Server ? Direction::Out : Direction::In;
+        const std::string_view later =
+            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=80, max=1000\r\nContent-Length: 0\r\n\r\n";
+        const Connection conn = run_one({
+            socket.established(1 * kSec),
+            socket.message(1 * kSec + kMs, request, kGet),
+            socket.message(1 * kSec + 2 * kMs, response, kOkNode),
+            // After an idle gap, so that the kernel writes the exchange.
+            socket.message(3 * kSec, request, kGet),
+            socket.message(3 * kSec + kMs, response, later),
+            // A response without the header changes nothing.
+            socket.message(6 * kSec, request, kGet),
+            socket.message(6 * kSec + kMs, response, kOk),
+        });
+        EXPECT_EQ(conn.keep_alive_timeout_s, 80u) << to_string(role);
+    }
+}
+
+TEST(TrackerKeepAliveTimeout, NoneWithoutTheHeaderNorFromARequest) {
+    const Socket socket;
+    const std::string_view http10_request =
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\nKeep-Alive: timeout=30\r\n\r\n";
+    const Connection conn = run_one({
+        socket.established(1 * kSec),
+        socket.message(1 * kSec + kMs, Direction::In, http10_request),
+        socket.message(1 * kSec + 2 * kMs, Direction::Out, kOk),
+    });
+    EXPECT_EQ(conn.keep_alive_timeout_s, std::nullopt);
+}
+
 TEST(TrackerCause, ServerEndsKeepAliveByItsResponse) {
     const Socket socket;
     const Connection conn = run_one({

@@ -78,6 +78,15 @@ void keep_shortest(std::map<std::string, double>& shortest, const std::string& k
     if (!added) it->second = std::min(it->second, ms);
 }
 
+// Into TraceAnalysis::announced_keepalive_by_comm: `announced` of one connection or of a trace.
+void note_announcement(std::map<std::string, AnnouncedTimeout>& by_comm, const std::string& comm,
+                       const AnnouncedTimeout& announced) {
+    const auto [it, added] = by_comm.try_emplace(comm, announced);
+    if (added) return;
+    it->second.shortest_s = std::min(it->second.shortest_s, announced.shortest_s);
+    it->second.connections += announced.connections;
+}
+
 // See TraceAnalysis::shortest_unanswered_ms_by_comm.
 void note_unanswered_wait(TraceAnalysis& a, const Connection& conn, std::string_view comm) {
     const auto unanswered = std::ranges::find(conn.requests, Outcome::UnansweredAtClose,
@@ -181,6 +190,10 @@ void count_connection(TraceAnalysis& a, GroupIndexes& indexes, const Connection&
 
     const bool server_side = conn.role != Role::Client;
     if (server_side) count_keepalive_use(a, conn, comm, source.host);
+    if (server_side && conn.keep_alive_timeout_s) {
+        note_announcement(a.announced_keepalive_by_comm, std::string(comm),
+                          {.shortest_s = *conn.keep_alive_timeout_s, .connections = 1});
+    }
     const std::optional<double> idle_ms = timer_idle_ms(conn);
     if (server_side && idle_ms && nothing_in_flight_at_close(conn.verdict)) {
         if (conn.close.initiator == Initiator::Local)
@@ -283,6 +296,16 @@ Recommendation keepalive_recommendation(const std::optional<std::string>& comm, 
             .comm = comm,
             .value_s = value_s,
             .text = fmt::format("{}; {}.", fix, keepalive_basis(a.peer_timeout, value_s))};
+}
+
+// "It announces Keep-Alive: timeout=5 in its responses (on 12 connections), below the peer's
+// idle timeout of 60 s ...": what an early announcement adds to the process' advice.
+std::string announcement_sentence(const AnnouncedTimeout& announced, const PeerTimeout& peer) {
+    return fmt::format(
+        "It announces Keep-Alive: timeout={} in its responses (on {}), below the peer's idle "
+        "timeout of {}: it closes idle connections before the peer does.",
+        announced.shortest_s, count_of(announced.connections, "connection", "connections"),
+        analysis_text::peer_timeout_text(peer));
 }
 
 // How the conclusion and the advice name what they are about: this host, or the hosts of
@@ -581,6 +604,18 @@ std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
             "connection as {} close{} it (a close race, the load balancer's 502).",
             fmt::format("{} of {} idle closes", a.early_idle_closes, host.its),
             analysis_text::peer_timeout_text(a.peer_timeout), host.object, host.verb_s));
+    } else if (!a.early_announcements.empty()) {
+        std::vector<std::string> said;
+        for (const auto& [comm, announced] : a.early_announcements) {
+            said.push_back(fmt::format("{} says Keep-Alive: timeout={}",
+                                       analysis_text::printable(comm), announced.shortest_s));
+        }
+        sentences.push_back(fmt::format(
+            "On {}, {} in responses, below the peer's idle timeout of {}: {} close{} idle "
+            "connections first, and a request can arrive on one as it closes (a close race, the "
+            "load balancer's 502).",
+            host.object, fmt::join(said, "; "), analysis_text::peer_timeout_text(a.peer_timeout),
+            host.object, host.verb_s));
     }
     if (a.upstream_races > 0) {
         sentences.push_back(fmt::format(
@@ -1191,6 +1226,9 @@ void add_part(TraceAnalysis& merged, const TraceAnalysis& part) {
         merged_use.kept_alive += use.kept_alive;
     }
     add_counts(m.closed_after_one_answer_by_comm, part.closed_after_one_answer_by_comm);
+    for (const auto& [comm, announced] : part.announced_keepalive_by_comm) {
+        note_announcement(m.announced_keepalive_by_comm, comm, announced);
+    }
     for (const auto& [comm, waited_ms] : part.shortest_unanswered_ms_by_comm) {
         keep_shortest(m.shortest_unanswered_ms_by_comm, comm, waited_ms);
     }
@@ -1529,7 +1567,13 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     a.peer_gave_up = trace.peer_gave_up.total;
     a.forgotten = trace.forgotten.total;
     a.early_idle_closes = trace.local_idle.count_below(peer_timeout.ms);
-    a.closes_before_peer = trace.timer_close_races() > 0 || a.early_idle_closes > 0;
+    for (const auto& [comm, announced] : trace.announced_keepalive_by_comm) {
+        if (announced.shortest_s * 1000.0 < peer_timeout.ms) {
+            a.early_announcements.emplace_back(comm, announced);
+        }
+    }
+    const bool seen_closing_first = trace.timer_close_races() > 0 || a.early_idle_closes > 0;
+    a.closes_before_peer = seen_closing_first || !a.early_announcements.empty();
     a.recommended_keepalive_s =
         static_cast<uint64_t>(std::ceil((peer_timeout.ms + kKeepAliveMarginMs) / 1000));
 
@@ -1553,7 +1597,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     }
 
     std::vector<Recommendation> lifecycle;
-    if (a.closes_before_peer) {
+    if (seen_closing_first) {
         if (trace.local_idle_closers.empty())
             lifecycle.push_back(keepalive_recommendation(std::nullopt, false, a));
         for (const auto& [comm, closes] : by_count(trace.local_idle_closers)) {
@@ -1561,6 +1605,13 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
                 keepalive_recommendation(comm.empty() ? std::nullopt : std::optional(comm),
                                          trace.http2_idle_closers.contains(comm), a));
         }
+    }
+    for (const auto& [comm, announced] : a.early_announcements) {
+        auto advised = std::ranges::find(lifecycle, std::optional(comm), &Recommendation::comm);
+        if (advised == lifecycle.end()) {
+            advised = lifecycle.insert(advised, keepalive_recommendation(comm, false, a));
+        }
+        advised->text += " " + announcement_sentence(announced, a.peer_timeout);
     }
     for (const auto& [comm, races] : by_count(trace.upstream_racers)) {
         lifecycle.push_back(
@@ -1688,6 +1739,11 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
                             after_hosts.object, timeout,
                             duration(*after.local_idle.percentile(50))));
         }
+        for (const auto& [comm, announced] : a.early_announcements) {
+            remaining.push_back(fmt::format(
+                "comm {} announces Keep-Alive: timeout={}, below the peer's idle timeout of {}",
+                analysis_text::printable(comm), announced.shortest_s, timeout));
+        }
         std::string joined;
         for (const std::string& part : remaining) joined += (joined.empty() ? "" : "; ") + part;
         result.conclusion = DiffConclusion::NotFixed;
@@ -1712,12 +1768,17 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
                 ? keeps_no_connection_alive_text(after)
                 : fmt::format("over {} and {}", count_of(after.requests, "request", "requests"),
                               count_of(after_idle_closes, "idle close", "idle closes"));
+        std::string announced_before;
+        for (const auto& [comm, announced] : b.early_announcements) {
+            announced_before += fmt::format(", comm {} announcing Keep-Alive: timeout={}",
+                                            analysis_text::printable(comm), announced.shortest_s);
+        }
         result.explanation = fmt::format(
-            "Before: {} and {} by {} sooner than the peer's idle timeout of {}. After: none, "
+            "Before: {} and {} by {} sooner than the peer's idle timeout of {}{}. After: none, "
             "{}.",
             count_of(b.races + b.upstream_races, "close race", "close races"),
             count_of(b.early_idle_closes, "idle close", "idle closes"), before_hosts.object,
-            timeout, over);
+            timeout, announced_before, over);
         if (a.inflight_resets > 0) {
             result.explanation +=
                 fmt::format(" {} remain: not a keep-alive problem (see the report).",
@@ -1815,6 +1876,18 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             host.object, analysis_text::peer_timeout_text(result.peer_timeout),
             duration(*trace.local_idle.min()), duration(*trace.local_idle.percentile(50)),
             early_closes_by_host(trace, result.peer_timeout.ms), hint));
+    }
+    for (const auto& [comm, announced] : a.early_announcements) {
+        std::string hint;
+        if (result.peer_timeout.assumed()) {
+            hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
+        }
+        result.reasons.push_back(fmt::format(
+            "comm {} announces Keep-Alive: timeout={} in its responses (on {}), below the peer's "
+            "idle timeout of {}: it closes idle connections before the peer does{}",
+            analysis_text::printable(comm), announced.shortest_s,
+            count_of(announced.connections, "connection", "connections"),
+            analysis_text::peer_timeout_text(result.peer_timeout), hint));
     }
     if (!result.reasons.empty()) {
         result.conclusion = VerifyConclusion::Failed;

@@ -233,6 +233,18 @@ json sources_json(const TraceAnalysis& trace) {
     return files;
 }
 
+json announced_json(const TraceAnalysis& trace, const Assessment& assessment) {
+    json announced = json::array();
+    for (const auto& [comm, timeout] : trace.announced_keepalive_by_comm) {
+        announced.push_back(
+            {{"comm", comm},
+             {"timeout_s", timeout.shortest_s},
+             {"connections", timeout.connections},
+             {"below_peer", timeout.shortest_s * 1000.0 < assessment.peer_timeout.ms}});
+    }
+    return announced;
+}
+
 json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
     json verdicts = json::object();
     for (const Verdict verdict : kAllVerdicts) {
@@ -278,6 +290,7 @@ json report_json(const TraceAnalysis& trace, const Assessment& assessment) {
           {"upstream_peer", idle_json(idle_figures(trace.upstream_peer_idle, std::nullopt))}}},
         {"peer_idle_timeout", peer_timeout_json(assessment.peer_timeout)},
         {"early_idle_closes", assessment.early_idle_closes},
+        {"announced_keepalive", announced_json(trace, assessment)},
         {"closes_before_peer", assessment.closes_before_peer},
         {"dominant", failure_name(assessment.dominant)},
         {"races", caught_list_json(trace.races, names_hosts)},
@@ -464,6 +477,11 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
     out += fmt::format("  Held against the peer's idle timeout of {}: {} by this host sooner.\n",
                        analysis_text::peer_timeout_text(a.peer_timeout),
                        count_of(a.early_idle_closes, "idle close", "idle closes"));
+    for (const auto& [comm, announced] : trace.announced_keepalive_by_comm) {
+        out += fmt::format("  comm {} announces Keep-Alive: timeout={} (the shortest, on {}).\n",
+                           printable(comm), announced.shortest_s,
+                           count_of(announced.connections, "connection", "connections"));
+    }
     out += "  " + analysis_text::left_out_sentence(trace) + "\n";
 
     out += "\nWhy connections closed\n";

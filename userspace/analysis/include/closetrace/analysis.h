@@ -251,6 +251,12 @@ struct KeepAliveUse {
     uint64_t kept_alive = 0;
 };
 
+// The idle timeout a process announced in its responses (Keep-Alive: timeout=N).
+struct AnnouncedTimeout {
+    uint32_t shortest_s = 0;   // the shortest it announced, in seconds
+    uint64_t connections = 0;  // connections on which it announced one
+};
+
 // Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
 // bounded by the distinct processes and peer addresses (not by the number of lines).
 struct TraceAnalysis {
@@ -326,6 +332,10 @@ struct TraceAnalysis {
     // process that closed: the shortest such request's wait. A server's own timeout (Gunicorn's
     // --timeout) closes that long after the request it kills.
     std::map<std::string, double> shortest_unanswered_ms_by_comm;
+    // Server side, by comm: the idle timeout each process announced in its responses
+    // (Connection::keep_alive_timeout_s). It tells how soon the process closes idle connections
+    // also where the recording saw it close none.
+    std::map<std::string, AnnouncedTimeout> announced_keepalive_by_comm;
     // Each connection at its first FIN or RST (else when it was last seen), from the header's
     // start.
     VerdictTimeline verdicts_over_time;
@@ -465,7 +475,11 @@ struct Assessment {
     uint64_t process_exits = 0;      // local_reset_inflight with cause process_exit
     uint64_t peer_gave_up = 0;       // peer_close_inflight but forgotten
     uint64_t forgotten = 0;          // peer_close_inflight with cause forgotten
-    // This host closes idle connections before its peer: races, or early idle closes.
+    // Server side, the processes that announce an idle timeout shorter than the peer's: they
+    // close idle connections first, whether or not the recording saw them do it.
+    std::vector<std::pair<std::string, AnnouncedTimeout>> early_announcements;
+    // This host closes idle connections before its peer: races, early idle closes, or an
+    // early announcement.
     bool closes_before_peer = false;
     // The most frequent of races, in-flight resets, process exits and requests the peer gave up
     // on (ties in that order); None when there were none.
