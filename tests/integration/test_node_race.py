@@ -8,7 +8,7 @@ import sys
 import time
 import unittest
 
-from support import SCENARIO_TOOLS, PeerTest, Recorder, read_trace
+from support import SCENARIO_TOOLS, PeerTest, Recorder, closetrace, read_trace, report_json
 
 sys.path.insert(0, SCENARIO_TOOLS)
 
@@ -140,6 +140,82 @@ class NodeRaceTest(PeerTest):
                                      mono_to_wall_ns=header["mono_to_wall_ns"],
                                      local_addr=backend, check_verdicts=True)
         self.assertEqual(disagreements, [])
+
+
+class AnnouncedTimeoutTest(PeerTest):
+    """Node says its keepAliveTimeout in every response (Keep-Alive: timeout=N). A recording
+    shorter than that timeout shows no idle close, yet the announcement tells who closes first:
+    the trace must hold what the wire carries, and verify must fail on Node's default against an
+    ALB's 60 s, from a recording of a few requests, and stay inconclusive on the fixed 80 s."""
+
+    def record(self, keepalive_ms):
+        """A few keep-alive requests and ALB health checks beside them, in about 2 s.
+        Returns the trace's conn records and the wire's connections."""
+        pcap = os.path.join(self.workdir, "backend.pcap")
+        trace = os.path.join(self.workdir, "trace.jsonl")
+        with netns.Topology() as topo:
+            peers.start_node_backend(topo, keepalive_ms=keepalive_ms, port=PORT,
+                                     base_dir=self.workdir)
+            capture = wire.Capture(topo, "backend", "to-bal", pcap,
+                                   bpf_filter=f"tcp port {PORT}").start()
+            recorder = Recorder("--port", str(PORT), "--quiet", "--netns",
+                                f"/run/netns/{topo.nsname('backend')}", linger_ms=500)
+            with recorder:
+                checks = clients.HealthChecker(topo, "balancer", topo.addr["backend"], PORT,
+                                               interval=0.4)
+                client = clients.KeepAliveClient(topo, "balancer", topo.addr["backend"], PORT)
+                try:
+                    for i in range(5):
+                        self.assertEqual(client.request("GET", f"/item/{i}")["status"], 200)
+                        time.sleep(0.2)
+                finally:
+                    client.quit()
+                    checked = checks.stop()
+                self.assertTrue(any(c.get("status") == 200 for c in checked), checked)
+                time.sleep(0.8)
+            capture.stop()
+            self.assertEqual(recorder.process.returncode, 0, recorder.stderr)
+            shutil.copyfile(recorder.path, trace)
+            recorder.cleanup()
+            _, conns, _, summary = read_trace(trace)
+            self.assertEqual(summary["lost_events"], 0)
+            return trace, conns, wire.read_capture(pcap, topo.addr["backend"], {PORT})
+
+    def check_against_the_wire(self, conns, wire_conns, announced_s):
+        """Every connection's announcement as on the wire: the keep-alive client's says
+        `announced_s`; the health checks' (answered with Connection: close) say none."""
+        on_wire = {(w.remote[0], w.remote[1]): w for w in wire_conns}
+        said = []
+        for conn in conns:
+            w = on_wire.get((conn["remote"]["addr"], conn["remote"]["port"]))
+            self.assertIsNotNone(w, conn)
+            self.assertEqual(conn.get("keep_alive_timeout_s"), w.keep_alive_timeout_s,
+                             w.describe())
+            said.append(conn.get("keep_alive_timeout_s"))
+        self.assertIn(announced_s, said)
+        self.assertIn(None, said, "no health check connection was recorded")
+
+    def test_node_default_fails_verify_before_any_idle_close(self):
+        trace, conns, wire_conns = self.record(5000)
+        self.check_against_the_wire(conns, wire_conns, 5)
+        self.assertFalse([c for c in conns if c["close"]["cause"] == "idle_timer"], conns)
+        result = closetrace("verify", trace)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("comm node announces Keep-Alive: timeout=5", result.stdout)
+        report = report_json(trace)
+        self.assertEqual([(a["comm"], a["timeout_s"], a["below_peer"])
+                          for a in report["announced_keepalive"]], [("node", 5, True)])
+        self.assertEqual(report["recommendations"][0]["kind"], "keepalive_timeout")
+        self.assertEqual(report["recommendations"][0]["value_s"], 65)
+
+    def test_the_fixed_timeout_announced_proves_nothing_yet(self):
+        trace, conns, wire_conns = self.record(80000)
+        self.check_against_the_wire(conns, wire_conns, 80)
+        result = closetrace("verify", trace)
+        self.assertEqual(result.returncode, 3, result.stdout + result.stderr)
+        report = report_json(trace)
+        self.assertEqual([(a["comm"], a["timeout_s"], a["below_peer"])
+                          for a in report["announced_keepalive"]], [("node", 80, False)])
 
 
 if __name__ == "__main__":

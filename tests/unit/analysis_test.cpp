@@ -1517,8 +1517,10 @@ TEST(Announced, ATimeoutBelowThePeersClosesFirstBeforeAnyIdleClose) {
     EXPECT_EQ(a.recommendations[0].comm, "node");
     EXPECT_EQ(a.recommendations[0].value_s, 65u);
     EXPECT_THAT(a.recommendations[0].text,
-                HasSubstr("It announces Keep-Alive: timeout=5 in its responses (on 3 "
-                          "connections), below the peer's idle timeout of 60.00 s"));
+                HasSubstr("assumes the peer is an ALB with the default idle timeout of 60 s "
+                          "(the peer never closed an idle connection in this recording): use "
+                          "the load balancer's actual idle timeout plus 5 s. It announces "
+                          "Keep-Alive: timeout=5 in its responses (on 3 connections)."));
     EXPECT_THAT(a.conclusion, HasSubstr("On this host, node says Keep-Alive: timeout=5 in "
                                         "responses, below the peer's idle timeout of 60.00 s "
                                         "(assumed: the ALB default): this host closes idle "

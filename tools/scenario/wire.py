@@ -444,6 +444,19 @@ class WireConn:
         return None
 
     @property
+    def keep_alive_timeout_s(self):
+        """The idle timeout, in seconds, that the latest response announcing one announced
+        (``Keep-Alive: timeout=N``); None when none did."""
+        response_dir = "out" if self.req_dir == "in" else "in"
+        announced = None
+        for m in self.messages(response_dir):
+            for parameter in m["headers"].get("keep-alive", "").split(","):
+                name, _, value = parameter.partition("=")
+                if name.strip().lower() == "timeout" and value.strip().isdigit():
+                    announced = int(value.strip())
+        return announced
+
+    @property
     def idle_since_exchange(self):
         """Seconds from the end of the last completed exchange (the response's last segment;
         the handshake without one) to the first FIN/RST: the trace's new ``idle_ms``."""

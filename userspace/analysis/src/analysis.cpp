@@ -298,14 +298,12 @@ Recommendation keepalive_recommendation(const std::optional<std::string>& comm, 
             .text = fmt::format("{}; {}.", fix, keepalive_basis(a.peer_timeout, value_s))};
 }
 
-// "It announces Keep-Alive: timeout=5 in its responses (on 12 connections), below the peer's
-// idle timeout of 60 s ...": what an early announcement adds to the process' advice.
-std::string announcement_sentence(const AnnouncedTimeout& announced, const PeerTimeout& peer) {
-    return fmt::format(
-        "It announces Keep-Alive: timeout={} in its responses (on {}), below the peer's idle "
-        "timeout of {}: it closes idle connections before the peer does.",
-        announced.shortest_s, count_of(announced.connections, "connection", "connections"),
-        analysis_text::peer_timeout_text(peer));
+// "It announces Keep-Alive: timeout=5 in its responses (on 12 connections).": what an early
+// announcement adds to the process' advice, whose basis names the peer's timeout.
+std::string announcement_sentence(const AnnouncedTimeout& announced) {
+    return fmt::format("It announces Keep-Alive: timeout={} in its responses (on {}).",
+                       announced.shortest_s,
+                       count_of(announced.connections, "connection", "connections"));
 }
 
 // How the conclusion and the advice name what they are about: this host, or the hosts of
@@ -1611,7 +1609,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
         if (advised == lifecycle.end()) {
             advised = lifecycle.insert(advised, keepalive_recommendation(comm, false, a));
         }
-        advised->text += " " + announcement_sentence(announced, a.peer_timeout);
+        advised->text += " " + announcement_sentence(announced);
     }
     for (const auto& [comm, races] : by_count(trace.upstream_racers)) {
         lifecycle.push_back(
