@@ -1521,10 +1521,10 @@ TEST(Announced, ATimeoutBelowThePeersClosesFirstBeforeAnyIdleClose) {
                           "(the peer never closed an idle connection in this recording): use "
                           "the load balancer's actual idle timeout plus 5 s. It announces "
                           "Keep-Alive: timeout=5 in its responses (on 3 connections)."));
-    EXPECT_THAT(a.conclusion, HasSubstr("On this host, node says Keep-Alive: timeout=5 in "
-                                        "responses, below the peer's idle timeout of 60.00 s "
-                                        "(assumed: the ALB default): this host closes idle "
-                                        "connections first"));
+    EXPECT_THAT(a.conclusion, HasSubstr("On this host, comm node announces Keep-Alive: "
+                                        "timeout=5 in its responses, below the peer's idle "
+                                        "timeout of 60.00 s (assumed: the ALB default): this host "
+                                        "closes idle connections first"));
     const VerifyResult verify = verify_trace(trace, std::nullopt);
     EXPECT_EQ(verify.conclusion, VerifyConclusion::Failed);
     ASSERT_EQ(verify.reasons.size(), 1u);
@@ -1572,6 +1572,23 @@ TEST(Announced, CompletesTheAdviceOfAServerSeenClosingEarly) {
     EXPECT_THAT(a.conclusion, Not(HasSubstr("says Keep-Alive")));
 }
 
+// The races seen are a shutdown's: their advice comes first, the announcement's after it.
+TEST(Announced, AdviceForTheRacesSeenComesFirst) {
+    Connection announcing = race_closed_by(CloseCause::ClosedTogether, 4'340);
+    announcing.keep_alive_timeout_s = 20;
+    const TraceAnalysis trace =
+        Recording()
+            .add_conn(announcing)
+            .add_conn(race_closed_by(CloseCause::ClosedTogether, 590))
+            .finish();
+    const Assessment a = assess_default(trace);
+    ASSERT_EQ(a.recommendations.size(), 2u);
+    EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::Drain);
+    EXPECT_EQ(a.recommendations[1].kind, RecommendationKind::KeepAliveTimeout);
+    EXPECT_THAT(a.recommendations[1].text, HasSubstr("timeout=20 in its responses"));
+    EXPECT_THAT(a.conclusion, HasSubstr("Drain before stopping"));
+}
+
 TEST(Announced, DiffIsNotFixedWhileAServerStillAnnouncesLess) {
     const TraceAnalysis before = Recording().add({.verdict = Verdict::LocalCloseRace}, 3).finish();
     const TraceAnalysis after =
@@ -1595,7 +1612,7 @@ TEST(Announced, DiffIsNotFixedWhileAServerStillAnnouncesLess) {
     EXPECT_EQ(fixed_result.conclusion, DiffConclusion::Fixed);
     EXPECT_THAT(fixed_result.explanation,
                 HasSubstr("Before: 0 close races and 0 idle closes by this host sooner than the "
-                          "peer's idle timeout of 60.00 s (observed), comm node announcing "
+                          "peer's idle timeout of 60.00 s (observed); comm node announces "
                           "Keep-Alive: timeout=5. After: none"));
 }
 

@@ -840,11 +840,12 @@ def crash(recorder=None, workdir=None, *, slow=3, slow_ms=5000, normal_requests=
     return run.result("nginx")
 
 
-def shutdown(recorder=None, workdir=None, *, backend_keepalive_ms=20000,
+def shutdown(recorder=None, workdir=None, *, backend_keepalive_ms=65000,
              balancer_keepalive_s=60.0, slow_ms=300, hc_interval_s=0.7,
              recorder_ns="host") -> ScenarioResult:
-    """A deploy without draining: the Node backend (keepAliveTimeout 20 s; nginx's upstream
-    keepalive_timeout 60 s: neither timer runs out in this scenario's span) is told to stop
+    """A deploy without draining: the Node backend (keepAliveTimeout 65 s, above nginx's
+    upstream keepalive_timeout of 60 s, as it should be: neither timer runs out in this
+    scenario's span, and the only fault is the stop) is told to stop
     (SIGUSR2: server.close(), which closes every idle keep-alive connection at once) while
     nginx holds two idle upstream connections, idle for about 2.4 s and 0.8 s, and is stopped
     with a client's POST waiting: after SIGCONT nginx sends it on a closed connection, the
@@ -885,14 +886,15 @@ def shutdown(recorder=None, workdir=None, *, backend_keepalive_ms=20000,
 
 def connection_limit(recorder=None, workdir=None, *, limit=2, tries=2, hc_interval_s=0.7,
                      recorder_ns="host") -> ScenarioResult:
-    """A backend at its connection limit (Node server.maxConnections): `limit` keep-alive
+    """A backend at its connection limit (Node server.maxConnections; keepAliveTimeout 65 s,
+    above an ALB's idle timeout, as it should be): `limit` keep-alive
     connections hold it, and each of `tries` new connections is closed as soon as Node accepts
     it; its client, like a busy balancer that has not read the FIN yet, sends its POST 0.2 s
     after connecting, and the backend answers RST.  Health checks in that span meet the limit
     too."""
     with _Run("connection_limit", recorder, workdir, recorder_ns) as run:
         t = run.topo
-        run.backend = peers.start_node_backend(t, keepalive_ms=10000, max_connections=limit,
+        run.backend = peers.start_node_backend(t, keepalive_ms=65000, max_connections=limit,
                                                port=BACKEND_PORT, base_dir=run.workdir)
         run.health_checks(hc_interval_s)
         time.sleep(3 * hc_interval_s)

@@ -605,11 +605,10 @@ std::string conclusion(const TraceAnalysis& trace, const Assessment& a) {
     } else if (!a.early_announcements.empty()) {
         std::vector<std::string> said;
         for (const auto& [comm, announced] : a.early_announcements) {
-            said.push_back(fmt::format("{} says Keep-Alive: timeout={}",
-                                       analysis_text::printable(comm), announced.shortest_s));
+            said.push_back(analysis_text::announced_text(comm, announced));
         }
         sentences.push_back(fmt::format(
-            "On {}, {} in responses, below the peer's idle timeout of {}: {} close{} idle "
+            "On {}, {} in its responses, below the peer's idle timeout of {}: {} close{} idle "
             "connections first, and a request can arrive on one as it closes (a close race, the "
             "load balancer's 502).",
             host.object, fmt::join(said, "; "), analysis_text::peer_timeout_text(a.peer_timeout),
@@ -1604,10 +1603,15 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
                                          trace.http2_idle_closers.contains(comm), a));
         }
     }
+    // A process seen closing first gets its announcement in its advice; one only announcing it
+    // gets advice that follows every other: it foretells races, the rest explains those seen.
+    std::vector<Recommendation> announced_only;
     for (const auto& [comm, announced] : a.early_announcements) {
-        auto advised = std::ranges::find(lifecycle, std::optional(comm), &Recommendation::comm);
+        const std::optional<std::string> process = comm.empty() ? std::nullopt : std::optional(comm);
+        auto advised = std::ranges::find(lifecycle, process, &Recommendation::comm);
         if (advised == lifecycle.end()) {
-            advised = lifecycle.insert(advised, keepalive_recommendation(comm, false, a));
+            advised = announced_only.insert(announced_only.end(),
+                                            keepalive_recommendation(process, false, a));
         }
         advised->text += " " + announcement_sentence(announced);
     }
@@ -1646,6 +1650,8 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     std::vector<Recommendation>& second = lifecycle_first ? elsewhere : lifecycle;
     a.recommendations = std::move(first);
     a.recommendations.insert(a.recommendations.end(), second.begin(), second.end());
+    a.recommendations.insert(a.recommendations.end(), announced_only.begin(),
+                             announced_only.end());
     if (a.recommendations.empty() && trace.idle_timer_closes() == 0) {
         // As verify: a host whose timer is the shorter one shows nothing wrong until one fires.
         a.recommendations.push_back(
@@ -1738,9 +1744,9 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
                             duration(*after.local_idle.percentile(50))));
         }
         for (const auto& [comm, announced] : a.early_announcements) {
-            remaining.push_back(fmt::format(
-                "comm {} announces Keep-Alive: timeout={}, below the peer's idle timeout of {}",
-                analysis_text::printable(comm), announced.shortest_s, timeout));
+            remaining.push_back(fmt::format("{}, below the peer's idle timeout of {}",
+                                            analysis_text::announced_text(comm, announced),
+                                            timeout));
         }
         std::string joined;
         for (const std::string& part : remaining) joined += (joined.empty() ? "" : "; ") + part;
@@ -1768,8 +1774,7 @@ DiffResult diff_traces(const TraceAnalysis& before, const TraceAnalysis& after) 
                               count_of(after_idle_closes, "idle close", "idle closes"));
         std::string announced_before;
         for (const auto& [comm, announced] : b.early_announcements) {
-            announced_before += fmt::format(", comm {} announcing Keep-Alive: timeout={}",
-                                            analysis_text::printable(comm), announced.shortest_s);
+            announced_before += "; " + analysis_text::announced_text(comm, announced);
         }
         result.explanation = fmt::format(
             "Before: {} and {} by {} sooner than the peer's idle timeout of {}{}. After: none, "
@@ -1881,9 +1886,9 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
         }
         result.reasons.push_back(fmt::format(
-            "comm {} announces Keep-Alive: timeout={} in its responses (on {}), below the peer's "
-            "idle timeout of {}: it closes idle connections before the peer does{}",
-            analysis_text::printable(comm), announced.shortest_s,
+            "{} in its responses (on {}), below the peer's idle timeout of {}: it closes idle "
+            "connections before the peer does{}",
+            analysis_text::announced_text(comm, announced),
             count_of(announced.connections, "connection", "connections"),
             analysis_text::peer_timeout_text(result.peer_timeout), hint));
     }

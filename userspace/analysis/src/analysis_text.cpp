@@ -60,6 +60,11 @@ std::string outlasting_text(const OutlastingPeers& peers) {
         duration(peers.longest_ms));
 }
 
+std::string announced_text(const std::string& comm, const AnnouncedTimeout& announced) {
+    const std::string process = comm.empty() ? "a process not seen" : "comm " + printable(comm);
+    return fmt::format("{} announces Keep-Alive: timeout={}", process, announced.shortest_s);
+}
+
 std::string client_end_text(const ClientEnd& client) {
     const std::string name = client.comm ? printable(*client.comm) : "a process not seen";
     return client.pid ? fmt::format("client on this host: {} (pid {})", name, *client.pid)

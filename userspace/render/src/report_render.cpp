@@ -478,8 +478,8 @@ std::string report_text(const TraceAnalysis& trace, const Assessment& a,
                        analysis_text::peer_timeout_text(a.peer_timeout),
                        count_of(a.early_idle_closes, "idle close", "idle closes"));
     for (const auto& [comm, announced] : trace.announced_keepalive_by_comm) {
-        out += fmt::format("  comm {} announces Keep-Alive: timeout={} (the shortest, on {}).\n",
-                           printable(comm), announced.shortest_s,
+        out += fmt::format("  {} (the shortest, on {}).\n",
+                           analysis_text::announced_text(comm, announced),
                            count_of(announced.connections, "connection", "connections"));
     }
     out += "  " + analysis_text::left_out_sentence(trace) + "\n";

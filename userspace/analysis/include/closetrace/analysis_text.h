@@ -31,6 +31,9 @@ std::string outlasting_names(const OutlastingPeers& peers);
 std::string listed_names(const std::vector<std::string>& names, std::size_t shown);
 // "client on this host: python3 (pid 3762)": the other process of a same-host connection.
 std::string client_end_text(const ClientEnd& client);
+// "comm node announces Keep-Alive: timeout=5": a process' announced idle timeout (a comm not
+// seen is "a process not seen").
+std::string announced_text(const std::string& comm, const AnnouncedTimeout& announced);
 // What the idle timeouts leave out, by cause, and the health checkers' connections.
 std::string left_out_sentence(const TraceAnalysis& trace);
 
