@@ -1867,11 +1867,12 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             "again with a larger --ring-mb)",
             count_of(trace.incomplete, "incomplete connection", "incomplete connections")));
     }
+    // Where the peer's timeout is assumed, the reasons held against it say how to give it.
+    const std::string hint =
+        result.peer_timeout.assumed()
+            ? "; pass --peer-idle-timeout with the load balancer's idle timeout"
+            : "";
     if (a.early_idle_closes > 0) {
-        std::string hint;
-        if (result.peer_timeout.assumed()) {
-            hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
-        }
         result.reasons.push_back(fmt::format(
             "{} of {} by {} came sooner than the peer's idle timeout of {}: the shortest "
             "after {}, the median after {}{}{}",
@@ -1881,10 +1882,6 @@ VerifyResult verify_trace(const TraceAnalysis& trace, std::optional<double> peer
             early_closes_by_host(trace, result.peer_timeout.ms), hint));
     }
     for (const auto& [comm, announced] : a.early_announcements) {
-        std::string hint;
-        if (result.peer_timeout.assumed()) {
-            hint = "; pass --peer-idle-timeout with the load balancer's idle timeout";
-        }
         result.reasons.push_back(fmt::format(
             "{} in its responses (on {}), below the peer's idle timeout of {}: it closes idle "
             "connections before the peer does{}",
