@@ -278,6 +278,38 @@ TEST(ReportHtml, TimelinesOfHttp2RacesShowTheGoawayAndTheLateStream) {
     expect_only_our_markup(html);
 }
 
+// Each process' announced idle timeout, in every rendering; a comm from the wire escaped.
+TEST(ReportRendering, ListsEveryAnnouncedTimeout) {
+    TraceHeader header;
+    header.start_ns = kStartNs;
+    TraceAnalyzer analyzer("node.jsonl", header);
+    for (const char* comm : {"node", "<b>x"}) {
+        Connection conn;
+        conn.role = Role::Server;
+        conn.comm = comm;
+        conn.keep_alive_timeout_s = 5;
+        analyzer.add(conn);
+    }
+    const TraceAnalysis trace = analyzer.finish({});
+    const Assessment assessment = assess(trace, resolve_peer_timeout({&trace}, std::nullopt));
+    EXPECT_THAT(render_report(trace, assessment, OutputFormat::Text),
+                HasSubstr("comm node announces Keep-Alive: timeout=5 (the shortest, on 1 "
+                          "connection)."));
+    const std::string html = render_report_html(trace, assessment);
+    EXPECT_THAT(html, HasSubstr("<p>comm node announces Keep-Alive: timeout=5 in its responses"));
+    EXPECT_THAT(html, HasSubstr("comm &lt;b&gt;x announces"));
+    expect_only_our_markup(html);
+    const nlohmann::json report =
+        nlohmann::json::parse(render_report(trace, assessment, OutputFormat::Json));
+    EXPECT_EQ(report["announced_keepalive"].size(), 2u);
+    EXPECT_EQ(report["announced_keepalive"][1]["comm"], "node");
+    EXPECT_EQ(report["announced_keepalive"][1]["timeout_s"], 5);
+    EXPECT_EQ(report["announced_keepalive"][1]["below_peer"], true);
+    const DiffResult diff = diff_traces(trace, trace);
+    EXPECT_THAT(render_diff(trace, trace, diff, OutputFormat::Text),
+                HasSubstr("  Keep-Alive: timeout announced (min)                 5 s"));
+}
+
 TEST(ReportHtml, TimelinesOfUpstreamRacesShowThePeersClose) {
     TraceHeader header;
     header.start_ns = kStartNs;

@@ -449,6 +449,11 @@ void idle_section(std::string& out, const View& view, const TraceAnalysis& trace
         escaped(analysis_text::peer_timeout_text(a.peer_timeout)),
         figure(view, "early_idle_closes"), a.early_idle_closes,
         a.early_idle_closes == 1 ? "idle close" : "idle closes");
+    for (const auto& [comm, announced] : trace.announced_keepalive_by_comm) {
+        out += fmt::format("<p>{} in its responses (the shortest, on {}).</p>\n",
+                           escaped(analysis_text::announced_text(comm, announced)),
+                           count_of(announced.connections, "connection", "connections"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

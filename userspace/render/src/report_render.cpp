@@ -594,6 +594,14 @@ std::string diff_text(const TraceAnalysis& before, const TraceAnalysis& after,
     both("  idle closes by this host sooner", [](const TraceAnalysis&, const Assessment& a) {
         return std::to_string(a.early_idle_closes);
     });
+    both("  Keep-Alive: timeout announced (min)", [](const TraceAnalysis& t, const Assessment&) {
+        const auto shortest = std::ranges::min_element(
+            t.announced_keepalive_by_comm, {},
+            [](const auto& entry) { return entry.second.shortest_s; });
+        return shortest == t.announced_keepalive_by_comm.end()
+                   ? std::string("-")
+                   : fmt::format("{} s", shortest->second.shortest_s);
+    });
     out += fmt::format("\nBefore: {}\n\nAfter: {}\n", result.before.conclusion,
                        result.after.conclusion);
     return out;
