@@ -296,7 +296,8 @@ TEST(ReportRendering, ListsEveryAnnouncedTimeout) {
                 HasSubstr("comm node announces Keep-Alive: timeout=5 (the shortest, on 1 "
                           "connection)."));
     const std::string html = render_report_html(trace, assessment);
-    EXPECT_THAT(html, HasSubstr("<p>comm node announces Keep-Alive: timeout=5 in its responses"));
+    EXPECT_THAT(html, HasSubstr("<p>comm node announces Keep-Alive: timeout=5 in its responses "
+                                "(the shortest, on 1 connection).</p>\n</section>"));
     EXPECT_THAT(html, HasSubstr("comm &lt;b&gt;x announces"));
     expect_only_our_markup(html);
     const nlohmann::json report =

@@ -258,7 +258,6 @@ struct BodyFraming {
     bool chunked = false;            // a Transfer-Encoding naming chunked
 };
 
-// Whether a list-valued header field ("keep-alive, Upgrade") holds `lowercase_token`.
 // The `timeout` parameter of a Keep-Alive field ("timeout=5, max=100"), in seconds; nullopt
 // when it has none or it is no number. Above the largest uint32_t it is that.
 std::optional<uint32_t> keep_alive_timeout(std::string_view value) {
@@ -280,6 +279,7 @@ std::optional<uint32_t> keep_alive_timeout(std::string_view value) {
     return std::nullopt;
 }
 
+// Whether a list-valued header field ("keep-alive, Upgrade") holds `lowercase_token`.
 bool has_token(std::string_view value, std::string_view lowercase_token) {
     while (!value.empty()) {
         const std::size_t comma = value.find(',');

@@ -444,7 +444,7 @@ void idle_section(std::string& out, const View& view, const TraceAnalysis& trace
     idle_table(out, view, trace);
     out += fmt::format(
         "<p>Held against the peer's idle timeout of <span{}>{}</span>: <span{}>{}</span> by this "
-        "host sooner.</p>\n</section>\n",
+        "host sooner.</p>\n",
         figure_ms(view, "peer_idle_timeout.ms", a.peer_timeout.ms),
         escaped(analysis_text::peer_timeout_text(a.peer_timeout)),
         figure(view, "early_idle_closes"), a.early_idle_closes,
@@ -454,6 +454,7 @@ void idle_section(std::string& out, const View& view, const TraceAnalysis& trace
                            escaped(analysis_text::announced_text(comm, announced)),
                            count_of(announced.connections, "connection", "connections"));
     }
+    out += "</section>\n";
 }
 
 // ---------------------------------------------------------------------------------------------
