@@ -213,6 +213,8 @@ class AnnouncedTimeoutTest(PeerTest):
         self.check_against_the_wire(conns, wire_conns, 80)
         result = closetrace("verify", trace)
         self.assertEqual(result.returncode, 3, result.stdout + result.stderr)
+        self.assertIn("comm node announces Keep-Alive: timeout=80, not below the peer's idle "
+                      "timeout", result.stdout)
         report = report_json(trace)
         self.assertEqual([(a["comm"], a["timeout_s"], a["below_peer"])
                           for a in report["announced_keepalive"]], [("node", 80, False)])

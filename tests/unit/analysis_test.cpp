@@ -1540,7 +1540,12 @@ TEST(Announced, ATimeoutAboveThePeersIsNoFinding) {
     EXPECT_TRUE(a.early_announcements.empty());
     ASSERT_EQ(a.recommendations.size(), 1u);
     EXPECT_EQ(a.recommendations[0].kind, RecommendationKind::RecordLonger);
-    EXPECT_EQ(verify_trace(trace, std::nullopt).conclusion, VerifyConclusion::Inconclusive);
+    const VerifyResult verify = verify_trace(trace, std::nullopt);
+    EXPECT_EQ(verify.conclusion, VerifyConclusion::Inconclusive);
+    EXPECT_THAT(verify.too_little,
+                HasSubstr("so that idle connections get closed. comm node announces Keep-Alive: "
+                          "timeout=80, not below the peer's idle timeout: what a fix says, which "
+                          "an idle close would confirm."));
     // Held against the peer's timeout as given: 90 s is above 80 s.
     EXPECT_EQ(verify_trace(trace, 90'000.0).conclusion, VerifyConclusion::Failed);
 }

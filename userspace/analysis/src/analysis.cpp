@@ -1543,13 +1543,20 @@ namespace {
 // What a recording with too few requests or idle closes lacks ("N requests and M idle closes by
 // either side: ..."), and how to record one that tells.
 std::string too_little_to_tell(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
-    return fmt::format(
+    std::string text = fmt::format(
         "{} and {} by either side: too little to tell who closes first. Record for longer than "
         "the peer's idle timeout ({}) with traffic (at least {} requests), so that idle "
         "connections get closed.",
         count_of(trace.requests, "request", "requests"),
         count_of(trace.idle_timer_closes(), "idle close", "idle closes"),
         duration(peer_timeout.ms), kMinRequestsToConclude);
+    // Called where no announcement is early: any there is says the same as the fix.
+    for (const auto& [comm, announced] : trace.announced_keepalive_by_comm) {
+        text += fmt::format(" {}, not below the peer's idle timeout: what a fix says, which an "
+                            "idle close would confirm.",
+                            analysis_text::announced_text(comm, announced));
+    }
+    return text;
 }
 
 }  // namespace
