@@ -1572,7 +1572,7 @@ Assessment assess(const TraceAnalysis& trace, const PeerTimeout& peer_timeout) {
     a.forgotten = trace.forgotten.total;
     a.early_idle_closes = trace.local_idle.count_below(peer_timeout.ms);
     for (const auto& [comm, announced] : trace.announced_keepalive_by_comm) {
-        if (announced.shortest_s * 1000.0 < peer_timeout.ms) {
+        if (announced.below(peer_timeout.ms)) {
             a.early_announcements.emplace_back(comm, announced);
         }
     }

@@ -240,7 +240,7 @@ json announced_json(const TraceAnalysis& trace, const Assessment& assessment) {
             {{"comm", comm},
              {"timeout_s", timeout.shortest_s},
              {"connections", timeout.connections},
-             {"below_peer", timeout.shortest_s * 1000.0 < assessment.peer_timeout.ms}});
+             {"below_peer", timeout.below(assessment.peer_timeout.ms)}});
     }
     return announced;
 }

@@ -255,6 +255,9 @@ struct KeepAliveUse {
 struct AnnouncedTimeout {
     uint32_t shortest_s = 0;   // the shortest it announced, in seconds
     uint64_t connections = 0;  // connections on which it announced one
+
+    // An early announcement: below the peer's idle timeout, so the process closes first.
+    bool below(double peer_timeout_ms) const { return shortest_s * 1000.0 < peer_timeout_ms; }
 };
 
 // Everything `report`, `diff` and `verify` need from one trace, read in one pass in memory
