@@ -110,7 +110,8 @@ struct message_slot {
 	__u8 direction;
 	__u8 status;        /* enum slot_status */
 	__u8 head_complete; /* the blank line ending the head, or CT_PAYLOAD_MAX bytes, was seen */
-	__u8 pad[7];
+	__u8 tail_at;       /* ct_message_event.tail_at */
+	__u8 pad[6];
 	__u8 head[CT_PAYLOAD_MAX];
 };
 
@@ -596,6 +597,7 @@ static __always_inline void write_slot(const struct ct_event *head, __u8 role,
 	event->role = role;
 	event->kind = kind;
 	event->flags = flags;
+	event->tail_at = slot->tail_at;
 	__builtin_memcpy(event->payload, slot->head, CT_PAYLOAD_MAX);
 	submit_event(event, sizeof(*event));
 }
@@ -1062,6 +1064,55 @@ struct {
 	__type(value, __u8[CT_PAYLOAD_MAX]);
 } head_scratch SEC(".maps");
 
+/* 0x80 in each byte of x that is zero, and nothing elsewhere (no borrow from byte to byte). */
+static __always_inline __u64 zero_bytes(__u64 x)
+{
+	const __u64 low7 = 0x7f7f7f7f7f7f7f7fULL;
+	return ~(((x & low7) + low7) | x | low7);
+}
+
+/* The index of the lowest byte of a mask that zero_bytes made (not 0). */
+static __always_inline __u32 lowest_byte(__u64 mask)
+{
+	__u32 index = 0;
+	if (!(mask & 0xffffffffULL)) {
+		index += 4;
+		mask >>= 32;
+	}
+	if (!(mask & 0xffffULL)) {
+		index += 2;
+		mask >>= 16;
+	}
+	if (!(mask & 0xffULL))
+		index += 1;
+	return index;
+}
+
+#define CT_EACH_BYTE(c) (0x0101010101010101ULL * (__u8)(c))
+
+/*
+ * The offset just past the first blank line ("\r\n\r\n") that starts at buf[0, CT_PAYLOAD_MAX - 3),
+ * or 0: eight bytes a step, each compared with the pattern at four shifts at once.
+ */
+static __always_inline __u32 blank_line_end(const __u8 *buf)
+{
+	__u64 word;
+	__builtin_memcpy(&word, buf, sizeof(word));
+	for (__u32 i = 0; i < CT_PAYLOAD_MAX / 8; i++) {
+		__u64 next = 0;
+		if (i + 1 < CT_PAYLOAD_MAX / 8)
+			__builtin_memcpy(&next, buf + 8 * (i + 1), sizeof(next));
+		__u64 at = zero_bytes(word ^ CT_EACH_BYTE('\r')) &
+			   zero_bytes(((word >> 8) | (next << 56)) ^ CT_EACH_BYTE('\n')) &
+			   zero_bytes(((word >> 16) | (next << 48)) ^ CT_EACH_BYTE('\r')) &
+			   zero_bytes(((word >> 24) | (next << 40)) ^ CT_EACH_BYTE('\n'));
+		if (at)
+			return 8 * i + lowest_byte(at) + 4;
+		word = next;
+	}
+	return 0;
+}
+
 /* A head ends with a blank line; a segment that ends on one leaves nothing to reassemble. */
 static __always_inline void note_head_end(struct message_slot *slot)
 {
@@ -1203,6 +1254,56 @@ static __always_inline __u8 request_direction_of(const struct packet *p)
 							  : p->direction;
 }
 
+/* Windows of a long head searched for its end, CT_HEAD_STEP bytes apart (each overlaps the one
+ * before by a word, so that a blank line across their border is found): heads up to ~2 KiB. */
+#define CT_HEAD_STEP (CT_PAYLOAD_MAX - 8)
+#define CT_HEAD_WINDOWS 8
+
+/*
+ * The offset just past the blank line that ends the head opening a segment of more than
+ * CT_PAYLOAD_MAX bytes, or 0 when none is found. Global, so that the verifier checks its loops
+ * once rather than on every path that reaches it.
+ */
+__noinline int head_end_in_segment(struct __sk_buff *skb, __u32 payload_offset, __u32 payload_len)
+{
+	__u32 zero = 0;
+	__u8 *window = bpf_map_lookup_elem(&head_scratch, &zero);
+	if (!window || payload_len <= CT_PAYLOAD_MAX)
+		return 0;
+	__u32 last = payload_len - CT_PAYLOAD_MAX;
+	for (__u32 i = 0; i <= CT_HEAD_WINDOWS; i++) {
+		__u32 start = i * CT_HEAD_STEP < last ? i * CT_HEAD_STEP : last;
+		if (bpf_skb_load_bytes(skb, payload_offset + start, window, CT_PAYLOAD_MAX))
+			return 0;
+		__u32 end = blank_line_end(window);
+		if (end)
+			return start + end;
+		if (start == last)
+			return 0;
+	}
+	return 0;
+}
+
+/*
+ * A response head longer than the capture, that ends within its first segment: its last
+ * CT_HEAD_TAIL bytes replace the capture's end (ct_message_event.tail_at), where Node.js's
+ * Connection and Keep-Alive fields stand behind the application's own. A segment no longer than
+ * the capture costs one comparison.
+ */
+static __always_inline void keep_head_tail(const struct packet *p, struct message_slot *slot)
+{
+	if (p->payload_len <= CT_PAYLOAD_MAX || slot->captured != CT_PAYLOAD_MAX)
+		return;
+	int end = head_end_in_segment(p->skb, p->payload_offset, p->payload_len);
+	if (end <= CT_PAYLOAD_MAX) /* none found, or the whole head is in the capture */
+		return;
+	if (bpf_skb_load_bytes(p->skb, p->payload_offset + end - CT_HEAD_TAIL,
+			       slot->head + CT_PAYLOAD_MAX - CT_HEAD_TAIL, CT_HEAD_TAIL))
+		slot->captured = CT_PAYLOAD_MAX - CT_HEAD_TAIL; /* the helper zeroed them */
+	else
+		slot->tail_at = CT_PAYLOAD_MAX - CT_HEAD_TAIL;
+}
+
 /*
  * A segment that starts a message: count it, keep its head in the slot of its kind, and decide
  * whether it matters. The other kind's message before it is over: if it was to be written and
@@ -1225,6 +1326,7 @@ static __always_inline struct message_slot *open_slot(struct message_state *m, _
 	slot->direction = direction;
 	slot->captured = 0;
 	slot->head_complete = 0;
+	slot->tail_at = 0;
 	slot->status = matters ? SLOT_TO_WRITE : SLOT_HELD;
 	m->current = kind;
 	m->last_start_ns = ts_ns;
@@ -1278,6 +1380,8 @@ static __always_inline void start_message(const struct packet *p, __u64 silence_
 		if (!bpf_skb_load_bytes(p->skb, p->payload_offset, slot->head, len))
 			slot->captured = len;
 	}
+	if (kind == CT_MESSAGE_RESPONSE)
+		keep_head_tail(p, slot);
 	note_head_end(slot);
 	if (matters && slot->head_complete)
 		write_packet_slot(p, kind);

@@ -14,12 +14,16 @@
 /* Bumped whenever a record layout below, or the values a field may hold, changes. The programs
  * carry it (abi_version in their read-only data) and the loader refuses programs built with
  * another version than its own. */
-#define CT_ABI_VERSION 7
+#define CT_ABI_VERSION 8
 
 /* Bytes of payload captured from a message head (reassembled across segments) or a reset's
  * trigger: enough for the request line and the first headers, where Connection and User-Agent
  * usually stand. */
 #define CT_PAYLOAD_MAX 256
+/* A response head longer than CT_PAYLOAD_MAX keeps its last bytes in the capture's end (see
+ * ct_message_event.tail_at): Node.js writes Connection and Keep-Alive after every field the
+ * application set, often hundreds of bytes in. */
+#define CT_HEAD_TAIL 96
 /* Ports the in-kernel filter can hold (local or remote port matches). */
 #define CT_MAX_PORTS 16
 #define CT_COMM_LEN 16
@@ -188,7 +192,12 @@ struct ct_message_event {
 	__u8 role;
 	__u8 kind;             /* enum ct_message_kind */
 	__u8 flags;            /* enum ct_message_flag */
-	__u8 pad[6];
+	/* 0: payload holds the head's first `captured` bytes. Otherwise the head outgrew it and
+	 * ended within its first segment: payload[0, tail_at) are its first bytes and
+	 * payload[tail_at, CT_PAYLOAD_MAX) its last CT_HEAD_TAIL, up to the blank line that ends
+	 * it (tail_at = CT_PAYLOAD_MAX - CT_HEAD_TAIL). */
+	__u8 tail_at;
+	__u8 pad[5];
 	__u8 payload[CT_PAYLOAD_MAX];
 };
 

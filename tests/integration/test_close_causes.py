@@ -237,10 +237,16 @@ class CloseCauseTest(unittest.TestCase):
         self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
 
     # ---- a server that ends keep-alive after N requests --------------------------------
-    def check_max_requests(self, backend, initiator):
-        result = self.run_scenario("max_requests", backend=backend)
+    def check_max_requests(self, backend, initiator, **options):
+        result = self.run_scenario("max_requests", backend=backend, **options)
         ended = [w for w in self.wire(result) if w.cause[0] == {"keepalive_ended"}]
         self.assertEqual(len(ended), 2)
+        if options.get("security_headers"):
+            # Connection and Keep-Alive lie past the kernel's first 256 bytes of each head
+            for w in ended:
+                heads = [m["head_len"] for m in w.messages("out")]
+                self.assertEqual(len(heads), 3, w.describe())
+                self.assertTrue(all(length > 256 for length in heads), heads)
         for w in ended:
             self.assertEqual(w.cause[1], "local")
             self.assertEqual(w.initiator, initiator, w.describe())
@@ -273,6 +279,10 @@ class CloseCauseTest(unittest.TestCase):
         # Node 20 announces Connection: close on the 3rd response but does not close:
         # the client does (measured)
         self.check_max_requests("node", "peer")
+
+    def test_max_requests_node_behind_long_heads(self):
+        # an Express application's helmet fields put Node's Connection: close ~700 bytes in
+        self.check_max_requests("node", "peer", security_headers=True)
 
     def test_max_requests_nginx(self):
         self.check_max_requests("nginx", "local")

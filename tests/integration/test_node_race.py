@@ -148,14 +148,14 @@ class AnnouncedTimeoutTest(PeerTest):
     the trace must hold what the wire carries, and verify must fail on Node's default against an
     ALB's 60 s, from a recording of a few requests, and stay inconclusive on the fixed 80 s."""
 
-    def record(self, keepalive_ms):
+    def record(self, keepalive_ms, security_headers=False):
         """A few keep-alive requests and ALB health checks beside them, in about 2 s.
         Returns the trace's conn records and the wire's connections."""
         pcap = os.path.join(self.workdir, "backend.pcap")
         trace = os.path.join(self.workdir, "trace.jsonl")
         with netns.Topology() as topo:
             peers.start_node_backend(topo, keepalive_ms=keepalive_ms, port=PORT,
-                                     base_dir=self.workdir)
+                                     base_dir=self.workdir, security_headers=security_headers)
             capture = wire.Capture(topo, "backend", "to-bal", pcap,
                                    bpf_filter=f"tcp port {PORT}").start()
             recorder = Recorder("--port", str(PORT), "--quiet", "--netns",
@@ -207,6 +207,17 @@ class AnnouncedTimeoutTest(PeerTest):
                           for a in report["announced_keepalive"]], [("node", 5, True)])
         self.assertEqual(report["recommendations"][0]["kind"], "keepalive_timeout")
         self.assertEqual(report["recommendations"][0]["value_s"], 65)
+
+    def test_announced_after_an_applications_long_head(self):
+        """An Express application's helmet fields come first in Node's responses: its
+        Keep-Alive field stands ~700 bytes in, past the kernel's first 256 bytes of the head."""
+        trace, conns, wire_conns = self.record(5000, security_headers=True)
+        responses = [m["head_len"] for w in wire_conns for m in w.messages("out")]
+        self.assertTrue(responses and all(length > 256 for length in responses), responses)
+        self.check_against_the_wire(conns, wire_conns, 5)
+        result = closetrace("verify", trace)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("comm node announces Keep-Alive: timeout=5", result.stdout)
 
     def test_the_fixed_timeout_announced_proves_nothing_yet(self):
         trace, conns, wire_conns = self.record(80000)

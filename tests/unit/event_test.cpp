@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -120,6 +121,56 @@ TEST(DecodeEvent, CapturedLengthIsClampedToTheBuffer) {
     EXPECT_EQ(event->direction, Direction::Out);
     EXPECT_EQ(event->payload.size(), static_cast<std::size_t>(CT_PAYLOAD_MAX));
     EXPECT_EQ(event->payload_len, 1448u);
+}
+
+// A response head of `head_len` bytes that outgrew the capture, as the kernel records it: the
+// first CT_PAYLOAD_MAX - CT_HEAD_TAIL bytes, then its last CT_HEAD_TAIL (ct_message_event).
+ct_message_event long_response(const std::string& head) {
+    ct_message_event record{};
+    record.hdr = make_header(CT_EV_MESSAGE, sizeof(record));
+    record.kind = CT_MESSAGE_RESPONSE;
+    record.segment_len = static_cast<uint32_t>(head.size());
+    record.captured = CT_PAYLOAD_MAX;
+    record.tail_at = CT_PAYLOAD_MAX - CT_HEAD_TAIL;
+    std::memcpy(record.payload, head.data(), record.tail_at);
+    std::memcpy(record.payload + record.tail_at, head.data() + head.size() - CT_HEAD_TAIL,
+                CT_HEAD_TAIL);
+    return record;
+}
+
+const std::string kStatusLine = "HTTP/1.1 200 OK\r\n";
+const std::string kNodesFields =
+    "Date: Tue, 08 Dec 2026 01:13:04 GMT\r\nConnection: keep-alive\r\n"
+    "Keep-Alive: timeout=5\r\nContent-Length: 11\r\n\r\n";
+
+TEST(DecodeEvent, ALongHeadKeepsItsFirstAndLastWholeLines) {
+    const std::string csp = "Content-Security-Policy: " + std::string(400, 'a') + "\r\n";
+    const auto event =
+        decode_event(bytes_of(long_response(kStatusLine + csp + kNodesFields)), {}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_TRUE(event->head_tail_kept);
+    // The CSP line, cut at both ends, is left out; the tail's first whole line is Connection.
+    EXPECT_EQ(event->payload, kStatusLine +
+                                  "Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+                                  "Content-Length: 11\r\n\r\n");
+}
+
+TEST(DecodeEvent, AHeadCutInItsFirstLineKeepsThatLineAlone) {
+    // No line ends within the first bytes: nothing whole to join the tail to.
+    const std::string head = "HTTP/1.1 200 " + std::string(300, 'x') + "\r\n" + kNodesFields;
+    const auto event = decode_event(bytes_of(long_response(head)), {}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_FALSE(event->head_tail_kept);
+    EXPECT_EQ(event->payload, head.substr(0, CT_PAYLOAD_MAX - CT_HEAD_TAIL));
+}
+
+TEST(DecodeEvent, ATailBeyondTheCaptureIsIgnored) {
+    ct_message_event record = long_response(kStatusLine + std::string(400, 'a') + kNodesFields);
+    record.captured = record.tail_at;  // corrupt: the tail would lie past what was captured
+    const auto event = decode_event(bytes_of(record), {}, nullptr);
+    ASSERT_TRUE(event);
+    EXPECT_FALSE(event->head_tail_kept);
+    EXPECT_EQ(event->payload.size(), static_cast<std::size_t>(record.tail_at));
 }
 
 TEST(DecodeEvent, AReusedEventHoldsOnlyTheLatestRecord) {

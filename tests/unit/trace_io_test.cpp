@@ -704,6 +704,18 @@ TEST(TraceIo, MessageEventLine) {
     EXPECT_EQ(read.payload, "HTTP/");
 }
 
+TEST(TraceIo, AMessageEventLineSaysWhereItsHeadKeptItsLastLines) {
+    Event event;
+    event.kind = EventKind::Message;
+    event.response = true;
+    event.payload_len = 900;
+    event.payload = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+    EXPECT_EQ(event_line(event, {}).find("head_tail_kept"), std::string::npos);
+    event.head_tail_kept = true;
+    EXPECT_NE(event_line(event, {}).find(R"("held":false,"head_tail_kept":true,"heads":)"),
+              std::string::npos);
+}
+
 // The late request of a close race, as the reset it was answered with carries it.
 Event late_request_reset() {
     Event event;

@@ -34,6 +34,9 @@ NODE_SERVER_JS = r"""
 //                           Connection: close)
 //   MAX_CONNECTIONS env  -> server.maxConnections (a connection over it is closed as soon as
 //                           it is accepted)
+//   SECURITY_HEADERS env -> the header fields helmet (Express) sets by default on every
+//                           response, ~700 bytes that Node writes before its own Connection
+//                           and Keep-Alive
 //   SIGUSR2              -> server.close(): stop listening and close every idle keep-alive
 //                           connection at once (a shutdown without draining)
 //   Upgrade: websocket   -> 101 Switching Protocols; a two-byte frame back for every read; the
@@ -47,6 +50,23 @@ const PORT = parseInt(process.env.PORT || '8080');
 const HOST = process.env.HOST || '0.0.0.0';
 const SLOW = parseInt(process.env.SLOW_MS || '1000');
 const DEF = parseInt(process.env.DEFAULT_DELAY || '0');
+const SECURITY_HEADERS = process.env.SECURITY_HEADERS ? {
+  'Content-Security-Policy': "default-src 'self';base-uri 'self';font-src 'self' https: data:;" +
+    "form-action 'self';frame-ancestors 'self';img-src 'self' data:;object-src 'none';" +
+    "script-src 'self';script-src-attr 'none';style-src 'self' https: 'unsafe-inline';" +
+    'upgrade-insecure-requests',
+  'Cross-Origin-Opener-Policy': 'same-origin',
+  'Cross-Origin-Resource-Policy': 'same-origin',
+  'Origin-Agent-Cluster': '?1',
+  'Referrer-Policy': 'no-referrer',
+  'Strict-Transport-Security': 'max-age=15552000; includeSubDomains',
+  'X-Content-Type-Options': 'nosniff',
+  'X-DNS-Prefetch-Control': 'off',
+  'X-Download-Options': 'noopen',
+  'X-Frame-Options': 'SAMEORIGIN',
+  'X-Permitted-Cross-Domain-Policies': 'none',
+  'X-XSS-Protection': '0',
+} : {};
 const log = (o) => process.stdout.write(JSON.stringify(Object.assign({t: Date.now() / 1000}, o)) + '\n');
 const server = http.createServer((req, res) => {
   const u = new URL(req.url, 'http://x');
@@ -66,6 +86,7 @@ const server = http.createServer((req, res) => {
     const answer = () => {
       const body = `ok ${req.method} ${u.pathname} ${Buffer.concat(chunks).length}\n`;
       const status = parseInt(u.searchParams.get('status') || '200');
+      for (const [name, value] of Object.entries(SECURITY_HEADERS)) res.setHeader(name, value);
       res.writeHead(status, {'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body)});
       res.end(body);
       log({ev: 'response', method: req.method, url: req.url, peer: sock});
@@ -200,10 +221,12 @@ def _mkdir(kind, base=None):
 
 def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=8080,
                        slow_ms=1000, default_delay_ms=0, ns="backend", base_dir=None,
-                       max_requests=None, max_connections=None, ws_idle_ms=None) -> Peer:
+                       max_requests=None, max_connections=None, ws_idle_ms=None,
+                       security_headers=False) -> Peer:
     """Node.js http server, 200 to GET and POST on any path (see NODE_SERVER_JS);
     max_requests sets server.maxRequestsPerSocket, max_connections server.maxConnections,
-    ws_idle_ms how long a silent WebSocket stays open."""
+    ws_idle_ms how long a silent WebSocket stays open; security_headers adds helmet's fields
+    to every response, as an Express application has them."""
     d = _mkdir("node", base_dir)
     script = os.path.join(d, "server.js")
     with open(script, "w") as f:
@@ -218,6 +241,8 @@ def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=
         env["MAX_CONNECTIONS"] = str(max_connections)
     if ws_idle_ms:
         env["WS_IDLE_MS"] = str(ws_idle_ms)
+    if security_headers:
+        env["SECURITY_HEADERS"] = "1"
     log = os.path.join(d, "node.log")
     with open(log, "w") as out:
         p = topo.spawn_in(ns, [NODE, script], stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -702,16 +702,19 @@ def one_shot(recorder=None, workdir=None, *, holds=(0.0, 0.0, 0.2, 0.4),
 
 
 def max_requests(recorder=None, workdir=None, *, backend="node", limit=3, connections=2,
-                 hc_interval_s=0.7, recorder_ns="host") -> ScenarioResult:
+                 hc_interval_s=0.7, recorder_ns="host",
+                 security_headers=False) -> ScenarioResult:
     """A server that ends keep-alive after `limit` requests (Node maxRequestsPerSocket,
     nginx keepalive_requests): its last response says Connection: close and it closes.
     A keep-alive client in the balancer's namespace sends `limit` requests on each of
-    `connections` connections."""
+    `connections` connections. `security_headers`: Node's responses carry helmet's fields
+    (peers.start_node_backend), which put its Connection field ~700 bytes in."""
     with _Run("max_requests", recorder, workdir, recorder_ns) as run:
         t = run.topo
         if backend == "node":
             run.backend = peers.start_node_backend(t, keepalive_ms=5000, max_requests=limit,
-                                                   port=BACKEND_PORT, base_dir=run.workdir)
+                                                   port=BACKEND_PORT, base_dir=run.workdir,
+                                                   security_headers=security_headers)
         else:
             run.backend = peers.start_nginx_backend(t, keepalive_timeout_s=5.0,
                                                     keepalive_requests=limit,

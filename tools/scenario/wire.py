@@ -325,9 +325,9 @@ class WireConn:
         """The HTTP/1.x messages of one direction, parsed from the reassembled stream (so
         pipelined requests in one segment count one each): dicts with ``t`` (its first
         segment), ``end_t`` (its last), ``line``, ``method`` or ``status``, ``headers``
-        (lower-case names) and ``close`` (it asks to end the connection: ``Connection:
-        close``, or HTTP/1.0 without keep-alive).  After a capture gap the parser waits for a
-        segment that starts a message."""
+        (lower-case names), ``head_len`` (its bytes before the blank line) and ``close`` (it
+        asks to end the connection: ``Connection: close``, or HTTP/1.0 without keep-alive).
+        After a capture gap the parser waits for a segment that starts a message."""
         cache = self.__dict__.setdefault("_msgs_cache", {})
         if direction not in cache:
             segs = [x for x in self.segments if x["dir"] == direction]
@@ -592,7 +592,7 @@ class WireConn:
 
 def _parse_head(head: bytes, is_request: bool):
     lines = head.decode("latin-1").split("\r\n")
-    m = {"line": lines[0], "headers": {}}
+    m = {"line": lines[0], "headers": {}, "head_len": len(head)}
     for ln in lines[1:]:
         k, _, v = ln.partition(":")
         m["headers"][k.strip().lower()] = v.strip()

@@ -63,6 +63,29 @@ void assign_payload(std::string& to, const uint8_t* payload, std::size_t capture
     to.assign(reinterpret_cast<const char*>(payload), std::min(captured, max));
 }
 
+// A message's head as the record holds it (see Event::head_tail_kept): its first bytes up to
+// their last whole line, then its last bytes from their first whole line on, when the kernel
+// kept a head's last bytes at the capture's end. Tells whether it did.
+bool assign_head(std::string& to, const ct_message_event& record) {
+    const std::string_view captured(reinterpret_cast<const char*>(record.payload),
+                                    std::min<std::size_t>(record.captured, CT_PAYLOAD_MAX));
+    if (record.tail_at == 0 || record.tail_at >= captured.size()) {
+        to.assign(captured);
+        return false;
+    }
+    const std::string_view first = captured.substr(0, record.tail_at);
+    const std::string_view last = captured.substr(record.tail_at);
+    const std::size_t first_end = first.rfind('\n');
+    const std::size_t last_begin = last.find('\n');
+    if (first_end == std::string_view::npos || last_begin == std::string_view::npos) {
+        to.assign(first);
+        return false;
+    }
+    to.assign(first.substr(0, first_end + 1));
+    to.append(last.substr(last_begin + 1));
+    return true;
+}
+
 // Every member back to its default. A copy, not a move: the strings keep their buffers.
 void reset(Event& event) {
     static const Event kDefaults;
@@ -158,7 +181,7 @@ bool decode_event(std::span<const uint8_t> raw, const RstReasonNames& reasons, E
             event.previous_ns = record.previous_ns;
             event.held = (record.flags & CT_MESSAGE_HELD) != 0;
             event.payload_len = record.segment_len;
-            assign_payload(event.payload, record.payload, record.captured, CT_PAYLOAD_MAX);
+            event.head_tail_kept = assign_head(event.payload, record);
             return true;
         }
         case CT_EV_HTTP2: {

@@ -1632,6 +1632,7 @@ void append_event_line(std::string& out, const Event& event, PayloadPolicy polic
             json.name("requests_before").number(event.requests_before);
             json.name("responses_before").number(event.responses_before);
             json.name("held").boolean(event.held);
+            if (event.head_tail_kept) json.name("head_tail_kept").boolean(true);
             break;
         case EventKind::Http2:
             json.name("record").string(to_string(event.http2.kind));

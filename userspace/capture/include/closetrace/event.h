@@ -145,6 +145,9 @@ struct Event {
     uint32_t responses_before = 0;  // responses before it (interim ones not counted)
     uint64_t previous_ns = 0;  // when the previous message (either kind) started; 0 none
     bool held = false;         // written only when the connection began to close
+    // The head outgrew the capture: `payload` holds its first whole lines, then its last ones
+    // up to the blank line that ends it (ct_message_event.tail_at); those between are left out.
+    bool head_tail_kept = false;
 
     // Http2
     Http2Record http2;
