@@ -132,7 +132,7 @@ struct message_state {
 	__u8 interim;                 /* a 1xx response passed: the request's body comes next */
 	__u8 http2;                   /* enum http2_followed: decided by the socket's first payload */
 	__u8 switched;                /* a 101 Switching Protocols passed: no HTTP/1.x after it */
-	__u8 pad[1];
+	__u8 short_heads;             /* a long response's head fit the capture: so will the next */
 	struct message_slot slots[2]; /* by enum ct_message_kind */
 };
 
@@ -1090,29 +1090,6 @@ static __always_inline __u32 lowest_byte(__u64 mask)
 
 #define CT_EACH_BYTE(c) (0x0101010101010101ULL * (__u8)(c))
 
-/*
- * The offset just past the first blank line ("\r\n\r\n") that starts at buf[0, CT_PAYLOAD_MAX - 3),
- * or 0: eight bytes a step, each compared with the pattern at four shifts at once.
- */
-static __always_inline __u32 blank_line_end(const __u8 *buf)
-{
-	__u64 word;
-	__builtin_memcpy(&word, buf, sizeof(word));
-	for (__u32 i = 0; i < CT_PAYLOAD_MAX / 8; i++) {
-		__u64 next = 0;
-		if (i + 1 < CT_PAYLOAD_MAX / 8)
-			__builtin_memcpy(&next, buf + 8 * (i + 1), sizeof(next));
-		__u64 at = zero_bytes(word ^ CT_EACH_BYTE('\r')) &
-			   zero_bytes(((word >> 8) | (next << 56)) ^ CT_EACH_BYTE('\n')) &
-			   zero_bytes(((word >> 16) | (next << 48)) ^ CT_EACH_BYTE('\r')) &
-			   zero_bytes(((word >> 24) | (next << 40)) ^ CT_EACH_BYTE('\n'));
-		if (at)
-			return 8 * i + lowest_byte(at) + 4;
-		word = next;
-	}
-	return 0;
-}
-
 /* A head ends with a blank line; a segment that ends on one leaves nothing to reassemble. */
 static __always_inline void note_head_end(struct message_slot *slot)
 {
@@ -1206,6 +1183,7 @@ struct packet {
 	__u32 payload_len;
 	__u32 seq;
 	__u8 direction;
+	bool long_heads; /* the programs for a long response head (see on_packet) */
 };
 
 /* The socket of a packet, as message records name it. */
@@ -1254,31 +1232,76 @@ static __always_inline __u8 request_direction_of(const struct packet *p)
 							  : p->direction;
 }
 
-/* Windows of a long head searched for its end, CT_HEAD_STEP bytes apart (each overlaps the one
- * before by a word, so that a blank line across their border is found): heads up to ~2 KiB. */
-#define CT_HEAD_STEP (CT_PAYLOAD_MAX - 8)
-#define CT_HEAD_WINDOWS 8
+/* A long head is searched for its end a window at a time, up to ~2 KiB; each window overlaps the
+ * one before by a word, so that a blank line across their border is found. */
+#define CT_HEAD_WINDOW 512
+#define CT_HEAD_WINDOWS 4
+_Static_assert((CT_HEAD_WINDOW & (CT_HEAD_WINDOW - 1)) == 0, "CT_HEAD_WINDOW: a power of 2");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[CT_HEAD_WINDOW]);
+} head_window SEC(".maps");
 
 /*
- * The offset just past the blank line that ends the head opening a segment of more than
- * CT_PAYLOAD_MAX bytes, or 0 when none is found. Global, so that the verifier checks its loops
- * once rather than on every path that reaches it.
+ * The offset just past the first blank line ("\r\n\r\n") that starts in a window, or 0: eight
+ * bytes a step. A step tests only for line feeds one and three bytes after each of its bytes;
+ * the rare step that has such a pair tests for the carriage returns too.
+ */
+static __always_inline __u32 blank_line_end(const __u8 *window)
+{
+	const __u64 lf = CT_EACH_BYTE('\n'), cr = CT_EACH_BYTE('\r');
+	__u64 word;
+	__builtin_memcpy(&word, window, sizeof(word));
+	__u64 word_lf = zero_bytes(word ^ lf);
+	for (__u32 i = 0; i < CT_HEAD_WINDOW / 8; i++) {
+		__u64 next = 0;
+		if (i + 1 < CT_HEAD_WINDOW / 8)
+			__builtin_memcpy(&next, window + 8 * (i + 1), sizeof(next));
+		__u64 next_lf = zero_bytes(next ^ lf);
+		__u64 at = ((word_lf >> 8) | (next_lf << 56)) & ((word_lf >> 24) | (next_lf << 40));
+		if (at) {
+			at &= zero_bytes(word ^ cr) & zero_bytes(((word >> 16) | (next << 48)) ^ cr);
+			if (at)
+				return 8 * i + lowest_byte(at) + 4;
+		}
+		word = next;
+		word_lf = next_lf;
+	}
+	return 0;
+}
+
+/*
+ * The offset just past the blank line that ends the head opening a segment, or 0 when none is
+ * found. Global, so that the verifier checks its loops once rather than on every path that
+ * reaches it; called only from the programs for long heads (on_packet), since a program that
+ * calls a function of its own costs ~100 ns more a run.
  */
 __noinline int head_end_in_segment(struct __sk_buff *skb, __u32 payload_offset, __u32 payload_len)
 {
 	__u32 zero = 0;
-	__u8 *window = bpf_map_lookup_elem(&head_scratch, &zero);
-	if (!window || payload_len <= CT_PAYLOAD_MAX)
+	__u8 *window = bpf_map_lookup_elem(&head_window, &zero);
+	if (!window)
 		return 0;
-	__u32 last = payload_len - CT_PAYLOAD_MAX;
-	for (__u32 i = 0; i <= CT_HEAD_WINDOWS; i++) {
-		__u32 start = i * CT_HEAD_STEP < last ? i * CT_HEAD_STEP : last;
-		if (bpf_skb_load_bytes(skb, payload_offset + start, window, CT_PAYLOAD_MAX))
+	for (__u32 i = 0; i < CT_HEAD_WINDOWS; i++) {
+		__u32 start = i * (CT_HEAD_WINDOW - 8);
+		if (start >= payload_len)
 			return 0;
+		__u32 left = payload_len - start;
+		__u64 n = left < CT_HEAD_WINDOW ? left : CT_HEAD_WINDOW;
+		/* A length older verifiers can bound (see copy_len). */
+		__u64 minus_one = n - 1;
+		barrier_var(minus_one);
+		n = (minus_one & (CT_HEAD_WINDOW - 1)) + 1;
+		if (bpf_skb_load_bytes(skb, payload_offset + start, window, n))
+			return 0;
+		/* Past n the window holds an earlier segment's bytes: no end there. */
 		__u32 end = blank_line_end(window);
-		if (end)
+		if (end && end <= n)
 			return start + end;
-		if (start == last)
+		if (n < CT_HEAD_WINDOW)
 			return 0;
 	}
 	return 0;
@@ -1292,11 +1315,17 @@ __noinline int head_end_in_segment(struct __sk_buff *skb, __u32 payload_offset, 
  */
 static __always_inline void keep_head_tail(const struct packet *p, struct message_slot *slot)
 {
-	if (p->payload_len <= CT_PAYLOAD_MAX || slot->captured != CT_PAYLOAD_MAX)
+	if (!p->long_heads || p->payload_len <= CT_PAYLOAD_MAX || slot->captured != CT_PAYLOAD_MAX ||
+	    !is_response_start((const char *)slot->head))
 		return;
 	int end = head_end_in_segment(p->skb, p->payload_offset, p->payload_len);
-	if (end <= CT_PAYLOAD_MAX) /* none found, or the whole head is in the capture */
+	if (end <= 0)
 		return;
+	if (end <= CT_PAYLOAD_MAX) {
+		/* A body made it long (a file, a JSON document): the server's heads are short. */
+		p->messages->short_heads = 1;
+		return;
+	}
 	if (bpf_skb_load_bytes(p->skb, p->payload_offset + end - CT_HEAD_TAIL,
 			       slot->head + CT_PAYLOAD_MAX - CT_HEAD_TAIL, CT_HEAD_TAIL))
 		slot->captured = CT_PAYLOAD_MAX - CT_HEAD_TAIL; /* the helper zeroed them */
@@ -1980,11 +2009,34 @@ static __always_inline void on_payload(const struct packet *p)
 		note_payload_time(state, p);
 }
 
+/* The programs for a long response head, by direction (filled by the loader). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} long_head_ingress SEC(".maps"), long_head_egress SEC(".maps");
+
+/*
+ * Does the segment open a response longer than the capture? Then its head may end past it;
+ * unless an earlier response on the socket was as long for its body, its head short.
+ */
+static __always_inline bool opens_long_response(const struct packet *p)
+{
+	__u8 request_direction = p->messages->request_direction;
+	return p->payload_len > CT_PAYLOAD_MAX && !p->messages->short_heads && request_direction &&
+	       p->direction != request_direction && p->state->last_direction != p->direction &&
+	       opens_response(p->skb, p->payload_offset);
+}
+
 /*
  * Every packet of a tracked socket passes here: update the last-payload clocks, count messages,
- * and write the heads of those that matter (see ct_message_event).
+ * and write the heads of those that matter (see ct_message_event). A packet that opens a
+ * response longer than the capture goes, by tail call, to the same logic in the programs for
+ * long heads (`long_heads`), which also keep the end of such a head (keep_head_tail); a failed
+ * tail call leaves it here, its head's first bytes kept.
  */
-static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
+static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction, bool long_heads)
 {
 	struct bpf_sock *sk = skb->sk;
 	if (!recording || !sk)
@@ -2080,12 +2132,19 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 		.payload_len = has_payload ? skb->len - payload_offset : 0,
 		.seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7],
 		.direction = direction,
+		.long_heads = long_heads,
 	};
 #ifdef CT_NO_KERNEL_BTF
 	p.messages = &link->messages;
 #else
 	p.messages = &state->messages;
 #endif
+	if (!long_heads && has_payload && opens_long_response(&p)) {
+		if (direction == CT_DIR_OUT)
+			bpf_tail_call(skb, &long_head_egress, 0);
+		else
+			bpf_tail_call(skb, &long_head_ingress, 0);
+	}
 	if (!p.messages->seq_known && state->role == CT_ROLE_SERVER)
 		take_deferred_start(&p);
 	if (has_payload)
@@ -2113,13 +2172,28 @@ static __always_inline void on_packet(struct __sk_buff *skb, __u8 direction)
 SEC("cgroup_skb/ingress")
 int on_ingress(struct __sk_buff *skb)
 {
-	on_packet(skb, CT_DIR_IN);
+	on_packet(skb, CT_DIR_IN, false);
 	return 1; /* observe only: always let the packet through */
 }
 
 SEC("cgroup_skb/egress")
 int on_egress(struct __sk_buff *skb)
 {
-	on_packet(skb, CT_DIR_OUT);
+	on_packet(skb, CT_DIR_OUT, false);
+	return 1;
+}
+
+/* Not attached: reached from the above by tail call (long_head_ingress, long_head_egress). */
+SEC("cgroup_skb/ingress")
+int on_ingress_long_head(struct __sk_buff *skb)
+{
+	on_packet(skb, CT_DIR_IN, true);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int on_egress_long_head(struct __sk_buff *skb)
+{
+	on_packet(skb, CT_DIR_OUT, true);
 	return 1;
 }

@@ -43,13 +43,16 @@ struct Options {
     uint16_t port = 0;
     int64_t idle_timeout_ms = -1;
     int64_t response_delay_ms = 0;
+    // Bytes of an X-Padding field before Connection and Keep-Alive: a head as long as an
+    // application's (Node writes its own fields after the application's).
+    int64_t header_padding = 0;
     bool verbose = false;
 };
 
 constexpr ct_peer::Usage kUsage{
     "ct_keepalive_server",
-    "ct_keepalive_server --port N --idle-timeout-ms MS [--response-delay-ms MS] [--bind ADDR] "
-    "[--verbose]"};
+    "ct_keepalive_server --port N --idle-timeout-ms MS [--response-delay-ms MS] "
+    "[--header-padding BYTES] [--bind ADDR] [--verbose]"};
 
 Options parse_options(int argc, char** argv) {
     Options options;
@@ -62,6 +65,8 @@ Options parse_options(int argc, char** argv) {
             options.idle_timeout_ms = args.number();
         } else if (option == "--response-delay-ms") {
             options.response_delay_ms = args.number();
+        } else if (option == "--header-padding") {
+            options.header_padding = args.number();
         } else if (option == "--bind") {
             options.bind_address = std::string(args.value());
         } else if (option == "--verbose" || option == "-v") {
@@ -465,6 +470,11 @@ private:
         static constexpr std::string_view kBody = "ok\n";
         conn.out = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
                    std::to_string(kBody.size()) + "\r\n";
+        if (options_.header_padding > 0) {
+            conn.out += "X-Padding: " +
+                        std::string(static_cast<std::size_t>(options_.header_padding), 'p') +
+                        "\r\n";
+        }
         if (conn.close_after_response) {
             conn.out += "Connection: close\r\n";
         } else {

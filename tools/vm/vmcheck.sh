@@ -128,12 +128,13 @@ expect_conn() { # TRACE ROLE PORT INITIATOR HOW VERDICT REQUESTS CASE
 check_lifecycle() { # NAME PORT [RECORD ARGS...]: marks NAME
 	name=$1
 	port=$2
+	long_port=$((port + 10)) # the server with long response heads
 	shift 2
 	t0=$(now)
 	LIFE_FAIL=
 	if ! start_server $port; then
 		mark $name FAIL "ct_keepalive_server did not start"
-	elif ! start_record $T/$name.jsonl --port $port "$@"; then
+	elif ! start_record $T/$name.jsonl --port $port --port $long_port "$@"; then
 		show record-stderr $T/$name.jsonl.err
 		mark $name FAIL "record did not start: $(tail -n1 $T/$name.jsonl.err)"
 		stop_server
@@ -144,23 +145,36 @@ check_lifecycle() { # NAME PORT [RECORD ARGS...]: marks NAME
 		$CLIENT --host 127.0.0.1 --port $port --delay-ms 50 --count 2 >$T/c2.out 2>&1
 		# Client reset: close with SO_LINGER 0.
 		$CLIENT --host 127.0.0.1 --port $port --delay-ms 50 --count 2 --reset >$T/c3.out 2>&1
+		# Long heads: the server's Keep-Alive field lies past the kernel's first 256 bytes of
+		# each response, as Node writes it after an application's fields.
+		stop_server
+		if start_server $long_port --idle-timeout-ms 2000 --header-padding 600; then
+			$CLIENT --host 127.0.0.1 --port $long_port --delay-ms 50 --count 2 >$T/c4.out 2>&1
+		fi
 		sleep 1 # past the linger: every connection is written before the end
 		stop_record
 		rrc=$?
 		stop_server
-		cat $T/c1.out $T/c2.out $T/c3.out
+		cat $T/c1.out $T/c2.out $T/c3.out $T/c4.out
 		show $name-trace $T/$name.jsonl
 		[ $rrc -eq 0 ] || LIFE_FAIL="${LIFE_FAIL:+$LIFE_FAIL; }record-exit=$rrc"
 		grep -q 'closed-by-peer' $T/c1.out || LIFE_FAIL="${LIFE_FAIL:+$LIFE_FAIL; }server_first:server-did-not-close"
 		p1=$(client_port $T/c1.out)
 		p2=$(client_port $T/c2.out)
 		p3=$(client_port $T/c3.out)
+		p4=$(client_port $T/c4.out)
 		expect_conn $T/$name.jsonl server "$p1" local fin local_idle_close 2 server_first
 		expect_conn $T/$name.jsonl client "$p1" peer fin peer_idle_close 2 server_first
 		expect_conn $T/$name.jsonl server "$p2" peer fin peer_idle_close 2 client_first
 		expect_conn $T/$name.jsonl client "$p2" local fin local_idle_close 2 client_first
 		expect_conn $T/$name.jsonl server "$p3" peer rst peer_reset 2 client_reset
 		expect_conn $T/$name.jsonl client "$p3" local rst local_reset 2 client_reset
+		expect_conn $T/$name.jsonl server "$p4" peer fin peer_idle_close 2 long_heads
+		expect_conn $T/$name.jsonl client "$p4" local fin local_idle_close 2 long_heads
+		for role in server client; do
+			ka=$(field "$(conn_line $T/$name.jsonl $role "$p4")" keep_alive_timeout_s)
+			[ "$ka" = 2 ] || LIFE_FAIL="${LIFE_FAIL:+$LIFE_FAIL; }long_heads:$role:keep_alive_timeout_s=${ka:-none},want=2"
+		done
 		# The server's idle close: the idle time it records is its timeout.
 		idle=$(field "$(conn_line $T/$name.jsonl server "$p1")" idle_ms)
 		if ! awk -v i="${idle:-0}" -v t=$IDLE_MS 'BEGIN { exit !(i >= t - 5 && i <= t + 150) }'; then
@@ -169,7 +183,7 @@ check_lifecycle() { # NAME PORT [RECORD ARGS...]: marks NAME
 		lost=$(sed -n 's/.*"lost_events":\([0-9]*\).*/\1/p' $T/$name.jsonl)
 		[ "$lost" = "0" ] || LIFE_FAIL="${LIFE_FAIL:+$LIFE_FAIL; }lost_events=$lost"
 		if [ -z "$LIFE_FAIL" ]; then
-			mark $name PASS "server_first client_first client_reset: 6 conn records as expected (server idle_ms $idle)"
+			mark $name PASS "server_first client_first client_reset long_heads: 8 conn records as expected (server idle_ms $idle)"
 		else
 			show record-stderr $T/$name.jsonl.err
 			mark $name FAIL "$LIFE_FAIL"

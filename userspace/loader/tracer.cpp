@@ -202,10 +202,29 @@ Skeleton* open_configured(const TracerConfig& config, Variant variant) {
                                   variant.open_messages == OpenMessages::Netns);
     }
     if (!config.messages) {
-        bpf_program__set_autoload(skeleton->progs.on_ingress, false);
-        bpf_program__set_autoload(skeleton->progs.on_egress, false);
+        for (bpf_program* program :
+             {skeleton->progs.on_ingress, skeleton->progs.on_egress,
+              skeleton->progs.on_ingress_long_head, skeleton->progs.on_egress_long_head}) {
+            bpf_program__set_autoload(program, false);
+        }
     }
     return skeleton;
+}
+
+// The programs for a response head longer than the capture, which the cgroup_skb programs reach
+// by tail call (on_packet in closetrace.bpf.c). Empty slots leave such heads their first bytes.
+template <typename Skeleton>
+int fill_long_head_programs(Skeleton* skeleton) {
+    const uint32_t slot = 0;
+    for (const auto [programs, program] :
+         {std::pair{skeleton->maps.long_head_ingress, skeleton->progs.on_ingress_long_head},
+          std::pair{skeleton->maps.long_head_egress, skeleton->progs.on_egress_long_head}}) {
+        const int fd = bpf_program__fd(program);
+        if (bpf_map__update_elem(programs, &slot, sizeof(slot), &fd, sizeof(fd), BPF_ANY) != 0) {
+            return -errno;
+        }
+    }
+    return 0;
 }
 
 // What the tracer uses of a loaded object, whichever it is.
@@ -268,6 +287,14 @@ LoadedObject load_object(const TracerConfig& config, ProbeSet& probes) {
                             .recording = &skeleton->bss->recording};
         if (variant.open_messages != OpenMessages::StorageMap) {
             object.storage_iterator_missing = storage_iterator_refusal;
+        }
+        if (config.messages) {
+            if (const int unfilled = fill_long_head_programs(skeleton); unfilled != 0) {
+                probes.notes.emplace_back(fmt::format(
+                    "response heads longer than {} bytes keep their first bytes only (Node's "
+                    "Connection and Keep-Alive may be past them): {}",
+                    CT_PAYLOAD_MAX, errno_text(unfilled)));
+            }
         }
         if constexpr (kHasDynptrReset<Skeleton>) {
             if (variant.dynptr_reset) object.reset_sent = skeleton->progs.on_reset_sent_dynptr;
