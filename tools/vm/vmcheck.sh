@@ -173,7 +173,8 @@ check_lifecycle() { # NAME PORT [RECORD ARGS...]: marks NAME
 		expect_conn $T/$name.jsonl client "$p4" local fin local_idle_close 2 long_heads
 		for role in server client; do
 			ka=$(field "$(conn_line $T/$name.jsonl $role "$p4")" keep_alive_timeout_s)
-			[ "$ka" = 2 ] || LIFE_FAIL="${LIFE_FAIL:+$LIFE_FAIL; }long_heads:$role:keep_alive_timeout_s=${ka:-none},want=2"
+			[ "$ka" = 2 ] ||
+				LIFE_FAIL="${LIFE_FAIL:+$LIFE_FAIL; }long_heads:$role:keep_alive_timeout_s=${ka:-none},want=2"
 		done
 		# The server's idle close: the idle time it records is its timeout.
 		idle=$(field "$(conn_line $T/$name.jsonl server "$p1")" idle_ms)
