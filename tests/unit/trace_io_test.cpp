@@ -629,7 +629,7 @@ TEST(TraceIo, ResetSentEventLine) {
     event.tuple.family = AF_INET6;
     event.tuple.laddr = {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2};
     event.tuple.raddr = {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
-    event.rst_reason = "NO_SOCKET";
+    event.rst_reason.emplace("NO_SOCKET");  // not `= ...`: a false maybe-uninitialized in g++ 12
     event.trigger_flags = 0x18;  // PSH|ACK
     event.sk_state = 0;
     event.payload_len = 1400;

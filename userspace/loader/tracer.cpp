@@ -216,7 +216,7 @@ Skeleton* open_configured(const TracerConfig& config, Variant variant) {
 template <typename Skeleton>
 int fill_long_head_programs(Skeleton* skeleton) {
     const uint32_t slot = 0;
-    for (const auto [programs, program] :
+    for (const auto& [programs, program] :
          {std::pair{skeleton->maps.long_head_ingress, skeleton->progs.on_ingress_long_head},
           std::pair{skeleton->maps.long_head_egress, skeleton->progs.on_egress_long_head}}) {
         const int fd = bpf_program__fd(program);
