@@ -1064,32 +1064,6 @@ struct {
 	__type(value, __u8[CT_PAYLOAD_MAX]);
 } head_scratch SEC(".maps");
 
-/* 0x80 in each byte of x that is zero, and nothing elsewhere (no borrow from byte to byte). */
-static __always_inline __u64 zero_bytes(__u64 x)
-{
-	const __u64 low7 = 0x7f7f7f7f7f7f7f7fULL;
-	return ~(((x & low7) + low7) | x | low7);
-}
-
-/* The index of the lowest byte of a mask that zero_bytes made (not 0). */
-static __always_inline __u32 lowest_byte(__u64 mask)
-{
-	__u32 index = 0;
-	if (!(mask & 0xffffffffULL)) {
-		index += 4;
-		mask >>= 32;
-	}
-	if (!(mask & 0xffffULL)) {
-		index += 2;
-		mask >>= 16;
-	}
-	if (!(mask & 0xffULL))
-		index += 1;
-	return index;
-}
-
-#define CT_EACH_BYTE(c) (0x0101010101010101ULL * (__u8)(c))
-
 /* A head ends with a blank line; a segment that ends on one leaves nothing to reassemble. */
 static __always_inline void note_head_end(struct message_slot *slot)
 {
@@ -1245,6 +1219,32 @@ struct {
 	__type(value, __u8[CT_HEAD_WINDOW]);
 } head_window SEC(".maps");
 
+/* 0x80 in each byte of x that is zero, and nothing elsewhere (no borrow from byte to byte). */
+static __always_inline __u64 zero_bytes(__u64 x)
+{
+	const __u64 low7 = 0x7f7f7f7f7f7f7f7fULL;
+	return ~(((x & low7) + low7) | x | low7);
+}
+
+/* The index of the lowest byte of a mask that zero_bytes made (not 0). */
+static __always_inline __u32 lowest_byte(__u64 mask)
+{
+	__u32 index = 0;
+	if (!(mask & 0xffffffffULL)) {
+		index += 4;
+		mask >>= 32;
+	}
+	if (!(mask & 0xffffULL)) {
+		index += 2;
+		mask >>= 16;
+	}
+	if (!(mask & 0xffULL))
+		index += 1;
+	return index;
+}
+
+#define CT_EACH_BYTE(c) (0x0101010101010101ULL * (__u8)(c))
+
 /*
  * The offset just past the first blank line ("\r\n\r\n") that starts in a window, or 0: eight
  * bytes a step. A step tests only for line feeds one and three bytes after each of its bytes;
@@ -1310,8 +1310,8 @@ __noinline int head_end_in_segment(struct __sk_buff *skb, __u32 payload_offset, 
 /*
  * A response head longer than the capture, that ends within its first segment: its last
  * CT_HEAD_TAIL bytes replace the capture's end (ct_message_event.tail_at), where Node.js's
- * Connection and Keep-Alive fields stand behind the application's own. A segment no longer than
- * the capture costs one comparison.
+ * Connection and Keep-Alive fields stand behind the application's own. In the programs for long
+ * heads only (on_packet).
  */
 static __always_inline void keep_head_tail(const struct packet *p, struct message_slot *slot)
 {
@@ -2018,8 +2018,8 @@ struct {
 } long_head_ingress SEC(".maps"), long_head_egress SEC(".maps");
 
 /*
- * Does the segment open a response longer than the capture? Then its head may end past it;
- * unless an earlier response on the socket was as long for its body, its head short.
+ * Does the segment open a response longer than the capture? Then its head may end past it,
+ * unless the socket's earlier long response was long for its body (short_heads).
  */
 static __always_inline bool opens_long_response(const struct packet *p)
 {
