@@ -8,6 +8,7 @@ them).  Each start waits (bounded) until the port accepts connections.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import textwrap
 import time
 
 from netns import Topology, children_of
+from security_headers import SECURITY_HEADERS
 
 NODE = "/usr/bin/node"
 NGINX = "/usr/sbin/nginx"
@@ -34,9 +36,9 @@ NODE_SERVER_JS = r"""
 //                           Connection: close)
 //   MAX_CONNECTIONS env  -> server.maxConnections (a connection over it is closed as soon as
 //                           it is accepted)
-//   SECURITY_HEADERS env -> the header fields helmet (Express) sets by default on every
-//                           response, ~700 bytes that Node writes before its own Connection
-//                           and Keep-Alive
+//   SECURITY_HEADERS env -> header fields (a JSON object) added to every response: helmet's
+//                           (security_headers.py), ~700 bytes that Node writes before its own
+//                           Connection and Keep-Alive
 //   SIGUSR2              -> server.close(): stop listening and close every idle keep-alive
 //                           connection at once (a shutdown without draining)
 //   Upgrade: websocket   -> 101 Switching Protocols; a two-byte frame back for every read; the
@@ -50,23 +52,7 @@ const PORT = parseInt(process.env.PORT || '8080');
 const HOST = process.env.HOST || '0.0.0.0';
 const SLOW = parseInt(process.env.SLOW_MS || '1000');
 const DEF = parseInt(process.env.DEFAULT_DELAY || '0');
-const SECURITY_HEADERS = process.env.SECURITY_HEADERS ? {
-  'Content-Security-Policy': "default-src 'self';base-uri 'self';font-src 'self' https: data:;" +
-    "form-action 'self';frame-ancestors 'self';img-src 'self' data:;object-src 'none';" +
-    "script-src 'self';script-src-attr 'none';style-src 'self' https: 'unsafe-inline';" +
-    'upgrade-insecure-requests',
-  'Cross-Origin-Opener-Policy': 'same-origin',
-  'Cross-Origin-Resource-Policy': 'same-origin',
-  'Origin-Agent-Cluster': '?1',
-  'Referrer-Policy': 'no-referrer',
-  'Strict-Transport-Security': 'max-age=15552000; includeSubDomains',
-  'X-Content-Type-Options': 'nosniff',
-  'X-DNS-Prefetch-Control': 'off',
-  'X-Download-Options': 'noopen',
-  'X-Frame-Options': 'SAMEORIGIN',
-  'X-Permitted-Cross-Domain-Policies': 'none',
-  'X-XSS-Protection': '0',
-} : {};
+const SECURITY_HEADERS = JSON.parse(process.env.SECURITY_HEADERS || '{}');
 const log = (o) => process.stdout.write(JSON.stringify(Object.assign({t: Date.now() / 1000}, o)) + '\n');
 const server = http.createServer((req, res) => {
   const u = new URL(req.url, 'http://x');
@@ -242,7 +228,7 @@ def start_node_backend(topo: Topology, keepalive_ms=1000, headers_ms=None, port=
     if ws_idle_ms:
         env["WS_IDLE_MS"] = str(ws_idle_ms)
     if security_headers:
-        env["SECURITY_HEADERS"] = "1"
+        env["SECURITY_HEADERS"] = json.dumps(SECURITY_HEADERS)
     log = os.path.join(d, "node.log")
     with open(log, "w") as out:
         p = topo.spawn_in(ns, [NODE, script], stdout=out, stderr=subprocess.STDOUT, env=env)
